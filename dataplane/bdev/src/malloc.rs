@@ -1,0 +1,276 @@
+//! RAM block device: one anonymous mapping shared by every channel.
+//!
+//! The mapping is `MAP_NORESERVE` and untouched pages read as zeroes, so a large device
+//! costs nothing until it is written. Channels copy synchronously at submit and queue the
+//! completion in a preallocated ring that the next `poll` hands back.
+
+use std::collections::VecDeque;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::{check_request, Bdev, BdevError, BdevInfo, IoChannel, IoOp, IoRequest, IoStatus};
+
+/// Ranges at least this long are zeroed by dropping their whole pages
+/// (`MADV_DONTNEED`) rather than by writing zeroes; shorter ones are memset.
+const MADVISE_MIN: usize = 64 * 1024;
+
+/// Completions a channel can hold between two polls before its ring grows.
+const COMPLETION_RING: usize = 1024;
+
+/// The anonymous mapping behind a [`MallocBdev`].
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this struct until Drop; every access goes
+// through raw-pointer copies bounded by `len`. Concurrent access to the same bytes from
+// several channels is the host's race, as on a real disk, and never touches memory
+// outside the mapping.
+unsafe impl Send for Mapping {}
+// SAFETY: as for Send: shared access is only through bounded raw copies.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(len: usize) -> std::io::Result<Self> {
+        // SAFETY: a fresh anonymous private mapping; no existing memory is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
+        Ok(Mapping { ptr, len })
+    }
+
+    /// Copies `len` bytes at `offset` into `dst`.
+    ///
+    /// # Safety
+    /// `offset + len <= self.len`, and `dst` is valid for `len` bytes of writes.
+    unsafe fn read(&self, offset: usize, dst: *mut u8, len: usize) {
+        // SAFETY: the caller keeps the range inside the mapping and `dst` valid; the two
+        // cannot overlap because `dst` is the caller's buffer, not the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), dst, len) }
+    }
+
+    /// Copies `len` bytes from `src` to `offset`.
+    ///
+    /// # Safety
+    /// `offset + len <= self.len`, and `src` is valid for `len` bytes of reads.
+    unsafe fn write(&self, offset: usize, src: *const u8, len: usize) {
+        // SAFETY: as in `read`, with the direction reversed.
+        unsafe { std::ptr::copy_nonoverlapping(src, self.ptr.as_ptr().add(offset), len) }
+    }
+
+    /// Zeroes `len` bytes at `offset`: whole pages are dropped (they read back as zeroes
+    /// and give their memory back), the partial pages at either end are memset.
+    ///
+    /// # Safety
+    /// `offset + len <= self.len`.
+    unsafe fn zero(&self, offset: usize, len: usize) {
+        let page = page_size();
+        let start = offset;
+        let end = offset + len;
+        let first_page = start.div_ceil(page) * page;
+        let last_page = end / page * page;
+        let base = self.ptr.as_ptr();
+        if len >= MADVISE_MIN && first_page < last_page {
+            // SAFETY: both partial ranges lie inside [offset, offset+len), inside the
+            // mapping; madvise gets a page-aligned range inside the mapping, and
+            // MADV_DONTNEED on a private anonymous mapping makes those pages read as
+            // zeroes without affecting anything else.
+            unsafe {
+                std::ptr::write_bytes(base.add(start), 0, first_page - start);
+                std::ptr::write_bytes(base.add(last_page), 0, end - last_page);
+                let rc = libc::madvise(
+                    base.add(first_page).cast(),
+                    last_page - first_page,
+                    libc::MADV_DONTNEED,
+                );
+                if rc != 0 {
+                    std::ptr::write_bytes(base.add(first_page), 0, last_page - first_page);
+                }
+            }
+        } else {
+            // SAFETY: the range is inside the mapping (caller's contract).
+            unsafe { std::ptr::write_bytes(base.add(start), 0, len) }
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `new`; no channel outlives it
+        // because each holds an `Arc<Mapping>`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf takes no pointers.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
+/// A block device in RAM.
+pub struct MallocBdev {
+    info: BdevInfo,
+    mem: Arc<Mapping>,
+}
+
+impl std::fmt::Debug for MallocBdev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MallocBdev")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+impl MallocBdev {
+    /// Creates a RAM device of `size_bytes` bytes in blocks of `block_size` (512 or
+    /// 4096) bytes. Memory is reserved lazily: untouched blocks cost nothing.
+    pub fn new(name: &str, size_bytes: u64, block_size: u32) -> Result<Arc<MallocBdev>, BdevError> {
+        if block_size != 512 && block_size != 4096 {
+            return Err(BdevError::Invalid(format!(
+                "RAM device {name}: block size {block_size} is not supported; use 512 or 4096"
+            )));
+        }
+        if size_bytes == 0 {
+            return Err(BdevError::Invalid(format!(
+                "RAM device {name}: size is 0 bytes; it must hold at least one {block_size}-byte block"
+            )));
+        }
+        if !size_bytes.is_multiple_of(u64::from(block_size)) {
+            return Err(BdevError::Invalid(format!(
+                "RAM device {name}: size {size_bytes} bytes is not a multiple of the {block_size}-byte block size"
+            )));
+        }
+        let len = usize::try_from(size_bytes).map_err(|_| {
+            BdevError::Invalid(format!(
+                "RAM device {name}: size {size_bytes} bytes does not fit in this machine's address space"
+            ))
+        })?;
+        let mem = Mapping::new(len).map_err(|e| {
+            BdevError::Invalid(format!(
+                "RAM device {name}: could not map {size_bytes} bytes of memory: {e}"
+            ))
+        })?;
+        Ok(Arc::new(MallocBdev {
+            info: BdevInfo {
+                name: name.to_string(),
+                block_size,
+                num_blocks: size_bytes / u64::from(block_size),
+                read_only: false,
+                volatile_write_cache: false,
+                supports_deallocate: true,
+            },
+            mem: Arc::new(mem),
+        }))
+    }
+
+    fn check_bytes(&self, offset: u64, len: usize) -> Result<usize, IoStatus> {
+        let end = offset.checked_add(len as u64).ok_or(IoStatus::OutOfRange)?;
+        if end > self.mem.len as u64 {
+            return Err(IoStatus::OutOfRange);
+        }
+        Ok(offset as usize)
+    }
+
+    /// Copies device bytes at `offset` into `buf`. For tests and tools (e.g. to check
+    /// what a host wrote), not for the I/O path; it does not order against in-flight
+    /// requests.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoStatus> {
+        let off = self.check_bytes(offset, buf.len())?;
+        // SAFETY: `check_bytes` keeps the range inside the mapping; `buf` is a live
+        // exclusive slice of exactly `buf.len()` bytes.
+        unsafe { self.mem.read(off, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Copies `data` onto the device at `offset`. For tests and tools (e.g. to corrupt a
+    /// block on purpose), not for the I/O path; it does not order against in-flight
+    /// requests.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), IoStatus> {
+        let off = self.check_bytes(offset, data.len())?;
+        // SAFETY: `check_bytes` keeps the range inside the mapping; `data` is a live slice.
+        unsafe { self.mem.write(off, data.as_ptr(), data.len()) };
+        Ok(())
+    }
+}
+
+impl Bdev for MallocBdev {
+    fn info(&self) -> &BdevInfo {
+        &self.info
+    }
+
+    fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
+        Ok(Box::new(MallocChannel {
+            info: self.info.clone(),
+            mem: self.mem.clone(),
+            done: VecDeque::with_capacity(COMPLETION_RING),
+        }))
+    }
+}
+
+struct MallocChannel {
+    info: BdevInfo,
+    mem: Arc<Mapping>,
+    /// Completions not yet handed to `poll`.
+    done: VecDeque<(u64, IoStatus)>,
+}
+
+impl MallocChannel {
+    /// # Safety
+    /// As [`IoChannel::submit`]: the buffer of a Read/Write is valid for `req.len` bytes.
+    unsafe fn execute(&self, req: &IoRequest) -> IoStatus {
+        let (offset, len) = match check_request(&self.info, req) {
+            Ok(r) => r,
+            Err(status) => return status,
+        };
+        // `check_request` bounded the range by the device size, which fits in usize.
+        let (offset, len) = (offset as usize, len as usize);
+        match req.op {
+            // SAFETY: range checked against the device (= mapping) size above; the
+            // buffer is `len` bytes by the submit contract and `check_request`.
+            IoOp::Read => unsafe { self.mem.read(offset, req.buf, len) },
+            // SAFETY: as for Read.
+            IoOp::Write => unsafe { self.mem.write(offset, req.buf, len) },
+            // SAFETY: range checked against the mapping size above.
+            IoOp::WriteZeroes | IoOp::Deallocate => unsafe { self.mem.zero(offset, len) },
+            IoOp::Flush => {}
+        }
+        IoStatus::Success
+    }
+}
+
+impl IoChannel for MallocChannel {
+    unsafe fn submit(&mut self, req: IoRequest) {
+        // SAFETY: forwarded from our caller's contract on `req.buf`.
+        let status = unsafe { self.execute(&req) };
+        self.done.push_back((req.tag, status));
+    }
+
+    fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
+        let n = self.done.len();
+        for _ in 0..n {
+            if let Some((tag, status)) = self.done.pop_front() {
+                done(tag, status);
+            }
+        }
+        n
+    }
+
+    fn in_flight(&self) -> usize {
+        self.done.len()
+    }
+}

@@ -1,0 +1,140 @@
+use super::*;
+use crate::{BdevError, MallocBdev};
+
+fn dev(bs: u32) -> std::sync::Arc<MallocBdev> {
+    MallocBdev::new("ram0", 4 << 20, bs).unwrap()
+}
+
+#[test]
+fn info_is_as_configured() {
+    let d = dev(512);
+    let info = d.info();
+    assert_eq!(info.name, "ram0");
+    assert_eq!(info.block_size, 512);
+    assert_eq!(info.num_blocks, 8192);
+    assert!(!info.read_only);
+    assert!(!info.volatile_write_cache);
+    assert!(info.supports_deallocate);
+}
+
+#[test]
+fn round_trip() {
+    check_round_trip(&*dev(512));
+    check_round_trip(&*dev(4096));
+}
+
+#[test]
+fn out_of_range() {
+    check_out_of_range(&*dev(512));
+    check_out_of_range(&*dev(4096));
+}
+
+#[test]
+fn flush() {
+    check_flush(&*dev(4096));
+}
+
+#[test]
+fn write_zeroes_and_deallocate_read_back_zeroes() {
+    check_zeroes_and_deallocate(&*dev(512));
+    check_zeroes_and_deallocate(&*dev(4096));
+}
+
+#[test]
+fn many_in_flight() {
+    check_many_in_flight(&*dev(512), 256);
+}
+
+#[test]
+fn completion_comes_from_poll_never_from_submit() {
+    let d = dev(512);
+    let mut ch = d.open_channel().unwrap();
+    // SAFETY: no buffer.
+    unsafe { ch.submit(IoRequest::no_data(IoOp::Flush, 0, 0, 42)) };
+    assert_eq!(ch.in_flight(), 1);
+    assert!(ch.completion_fd().is_none());
+    let mut seen = vec![];
+    assert_eq!(ch.poll(&mut |t, s| seen.push((t, s))), 1);
+    assert_eq!(seen, vec![(42, IoStatus::Success)]);
+    assert_eq!(ch.poll(&mut |_, _| panic!("twice")), 0);
+}
+
+#[test]
+fn channels_share_the_memory() {
+    let d = dev(4096);
+    let mut a = d.open_channel().unwrap();
+    let mut b = d.open_channel().unwrap();
+    let data = pattern(4096, 9, 2, 8);
+    assert_eq!(write(a.as_mut(), 4096, 9, &data), IoStatus::Success);
+    let (st, buf) = read(b.as_mut(), 4096, 9, 2);
+    assert_eq!(st, IoStatus::Success);
+    assert_eq!(buf.as_slice(), data.as_slice());
+    // And the test accessors see the same bytes.
+    let mut raw = vec![0u8; 8192];
+    d.read_at(9 * 4096, &mut raw).unwrap();
+    assert_eq!(raw, data);
+}
+
+#[test]
+fn write_at_corrupts_a_block_for_tests() {
+    let d = dev(512);
+    let mut ch = d.open_channel().unwrap();
+    assert_eq!(write(ch.as_mut(), 512, 3, &[0x11; 512]), IoStatus::Success);
+    d.write_at(3 * 512 + 10, &[0xee; 4]).unwrap();
+    let (_, buf) = read(ch.as_mut(), 512, 3, 1);
+    assert_eq!(
+        &buf.as_slice()[8..16],
+        &[0x11, 0x11, 0xee, 0xee, 0xee, 0xee, 0x11, 0x11]
+    );
+    assert_eq!(d.write_at(4 << 20, &[0]), Err(IoStatus::OutOfRange));
+    assert_eq!(
+        d.read_at((4 << 20) - 1, &mut [0; 2]),
+        Err(IoStatus::OutOfRange)
+    );
+    assert_eq!(d.read_at(u64::MAX, &mut [0; 2]), Err(IoStatus::OutOfRange));
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[test]
+fn a_one_gib_device_costs_nothing_until_written() {
+    let before = rss_bytes();
+    let d = MallocBdev::new("big", 1 << 30, 4096).unwrap();
+    let mut ch = d.open_channel().unwrap();
+    let last = d.info().num_blocks - 1;
+    assert_eq!(
+        write(ch.as_mut(), 4096, last, &[0xab; 4096]),
+        IoStatus::Success
+    );
+    let (_, buf) = read(ch.as_mut(), 4096, last, 1);
+    assert!(buf.as_slice().iter().all(|&b| b == 0xab));
+    let grown = rss_bytes().saturating_sub(before);
+    // Other tests run in parallel in this process, so allow some slack; a committed
+    // 1 GiB would be far above it.
+    assert!(grown < 128 << 20, "RSS grew by {grown} bytes");
+}
+
+#[test]
+fn invalid_arguments_are_refused_with_a_sentence() {
+    let msg = |r: Result<_, BdevError>| r.unwrap_err().to_string();
+    assert_eq!(
+        msg(MallocBdev::new("r", 1 << 20, 1024)),
+        "RAM device r: block size 1024 is not supported; use 512 or 4096"
+    );
+    assert_eq!(
+        msg(MallocBdev::new("r", 0, 512)),
+        "RAM device r: size is 0 bytes; it must hold at least one 512-byte block"
+    );
+    assert_eq!(
+        msg(MallocBdev::new("r", 1000, 512)),
+        "RAM device r: size 1000 bytes is not a multiple of the 512-byte block size"
+    );
+    assert!(matches!(
+        MallocBdev::new("r", 1000, 512),
+        Err(BdevError::Invalid(_))
+    ));
+}

@@ -1,0 +1,479 @@
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use super::*;
+use crate::{BdevError, UringBdev, UringOptions};
+
+fn file_of(size: u64) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    f.as_file().set_len(size).unwrap();
+    f
+}
+
+fn open(path: &Path, opts: UringOptions) -> Arc<UringBdev> {
+    UringBdev::open(path, opts).unwrap()
+}
+
+fn err(path: &Path, opts: UringOptions) -> String {
+    UringBdev::open(path, opts).unwrap_err().to_string()
+}
+
+fn buffered() -> UringOptions {
+    UringOptions {
+        direct: false,
+        ..UringOptions::default()
+    }
+}
+
+#[test]
+fn defaults() {
+    let o = UringOptions::default();
+    assert_eq!(o.block_size, None);
+    assert!(!o.read_only);
+    assert!(o.direct);
+    assert_eq!(o.queue_depth, 128);
+}
+
+#[test]
+fn file_info() {
+    let f = file_of(8 << 20);
+    let d = open(f.path(), UringOptions::default());
+    let info = d.info();
+    assert_eq!(info.name, f.path().display().to_string());
+    assert_eq!(info.block_size, 4096, "files default to 4096-byte blocks");
+    assert_eq!(info.num_blocks, 2048);
+    assert!(!info.read_only);
+    assert!(info.volatile_write_cache);
+    assert!(info.supports_deallocate, "ext4/xfs/tmpfs punch holes");
+    assert!(d.is_direct());
+    assert!(!d.is_block_device());
+}
+
+#[test]
+fn round_trip_direct_and_buffered() {
+    let f = file_of(8 << 20);
+    check_round_trip(&*open(f.path(), UringOptions::default()));
+    let f = file_of(8 << 20);
+    check_round_trip(&*open(f.path(), buffered()));
+    let f = file_of(8 << 20);
+    let opts = UringOptions {
+        block_size: Some(512),
+        ..buffered()
+    };
+    check_round_trip(&*open(f.path(), opts));
+}
+
+#[test]
+fn data_reaches_the_file() {
+    let f = file_of(1 << 20);
+    let d = open(f.path(), UringOptions::default());
+    let mut ch = d.open_channel().unwrap();
+    let data = pattern(4096, 3, 2, 0x42);
+    assert_eq!(write(ch.as_mut(), 4096, 3, &data), IoStatus::Success);
+    assert_eq!(
+        run1(ch.as_mut(), IoRequest::no_data(IoOp::Flush, 0, 0, 1)),
+        IoStatus::Success
+    );
+    let on_disk = std::fs::read(f.path()).unwrap();
+    assert_eq!(&on_disk[3 * 4096..5 * 4096], data.as_slice());
+}
+
+#[test]
+fn out_of_range() {
+    let f = file_of(4 << 20);
+    check_out_of_range(&*open(f.path(), UringOptions::default()));
+}
+
+#[test]
+fn flush() {
+    let f = file_of(4 << 20);
+    check_flush(&*open(f.path(), UringOptions::default()));
+}
+
+#[test]
+fn write_zeroes_and_deallocate_read_back_zeroes() {
+    let f = file_of(4 << 20);
+    check_zeroes_and_deallocate(&*open(f.path(), UringOptions::default()));
+    let f = file_of(4 << 20);
+    let opts = UringOptions {
+        block_size: Some(512),
+        ..buffered()
+    };
+    check_zeroes_and_deallocate(&*open(f.path(), opts));
+}
+
+/// tmpfs cannot FALLOC_FL_ZERO_RANGE, so Write Zeroes falls back to writing zeroes.
+#[test]
+fn write_zeroes_falls_back_where_zero_range_is_refused() {
+    if !Path::new("/dev/shm").is_dir() {
+        eprintln!("skipped: no /dev/shm");
+        return;
+    }
+    let f = tempfile::Builder::new().tempfile_in("/dev/shm").unwrap();
+    // Larger than the zero buffer, so the fallback takes several writes.
+    f.as_file().set_len(4 << 20).unwrap();
+    let d = open(f.path(), buffered());
+    check_zeroes_and_deallocate(&*d);
+    let mut ch = d.open_channel().unwrap();
+    let data = pattern(4096, 10, 200, 9);
+    assert_eq!(write(ch.as_mut(), 4096, 10, &data), IoStatus::Success);
+    let st = run1(
+        ch.as_mut(),
+        IoRequest::no_data(IoOp::WriteZeroes, 11, 198, 3),
+    );
+    assert_eq!(st, IoStatus::Success);
+    let (_, buf) = read(ch.as_mut(), 4096, 10, 200);
+    let got = buf.as_slice();
+    assert_eq!(&got[..4096], &data[..4096]);
+    assert!(got[4096..199 * 4096].iter().all(|&b| b == 0));
+    assert_eq!(&got[199 * 4096..], &data[199 * 4096..]);
+}
+
+#[test]
+fn many_in_flight_more_than_the_queue_depth() {
+    let f = file_of(4 << 20);
+    check_many_in_flight(&*open(f.path(), UringOptions::default()), 256);
+    let f = file_of(4 << 20);
+    let opts = UringOptions {
+        queue_depth: 4,
+        ..UringOptions::default()
+    };
+    check_many_in_flight(&*open(f.path(), opts), 256);
+}
+
+#[test]
+fn channels_share_the_file() {
+    let f = file_of(4 << 20);
+    let d = open(f.path(), UringOptions::default());
+    let mut a = d.open_channel().unwrap();
+    let mut b = d.open_channel().unwrap();
+    let data = pattern(4096, 1, 4, 2);
+    assert_eq!(write(a.as_mut(), 4096, 1, &data), IoStatus::Success);
+    let (st, buf) = read(b.as_mut(), 4096, 1, 4);
+    assert_eq!(st, IoStatus::Success);
+    assert_eq!(buf.as_slice(), data.as_slice());
+    drop(d); // channels keep the device open
+    let (st, _) = read(a.as_mut(), 4096, 1, 4);
+    assert_eq!(st, IoStatus::Success);
+}
+
+fn readable(fd: RawFd, timeout_ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    n == 1
+}
+
+/// The completion eventfd wakes a sleeping reactor, and is drained once the channel has
+/// nothing left, so it does not keep the reactor awake.
+#[test]
+fn completion_fd_signals_and_is_drained() {
+    let f = file_of(4 << 20);
+    let d = open(f.path(), UringOptions::default());
+    let mut ch = d.open_channel().unwrap();
+    let fd = ch
+        .completion_fd()
+        .expect("uring channels have a completion fd");
+    assert!(!readable(fd, 0));
+    let buf = AlignedBuf::new(4096);
+    // SAFETY: `buf` outlives the completion below.
+    unsafe { ch.submit(IoRequest::rw(IoOp::Read, 0, 1, buf.ptr(), 4096, 77)) };
+    // The first poll submits; the completion may already be there.
+    let mut got = vec![];
+    ch.poll(&mut |t, s| got.push((t, s)));
+    if got.is_empty() {
+        assert!(
+            readable(fd, 5000),
+            "the completion did not signal the eventfd"
+        );
+        ch.poll(&mut |t, s| got.push((t, s)));
+    }
+    assert_eq!(got, vec![(77, IoStatus::Success)]);
+    // An empty poll drains it.
+    assert_eq!(ch.poll(&mut |_, _| panic!("nothing left")), 0);
+    assert!(
+        !readable(fd, 0),
+        "eventfd left readable with nothing to reap"
+    );
+}
+
+#[test]
+fn read_only_device_refuses_writes() {
+    let f = file_of(1 << 20);
+    let d = open(
+        f.path(),
+        UringOptions {
+            read_only: true,
+            ..UringOptions::default()
+        },
+    );
+    assert!(d.info().read_only);
+    assert!(!d.info().supports_deallocate);
+    let mut ch = d.open_channel().unwrap();
+    let buf = AlignedBuf::new(4096);
+    for req in [
+        IoRequest::rw(IoOp::Write, 0, 1, buf.ptr(), 4096, 1),
+        IoRequest::no_data(IoOp::WriteZeroes, 0, 1, 1),
+        IoRequest::no_data(IoOp::Deallocate, 0, 1, 1),
+    ] {
+        assert_eq!(run1(ch.as_mut(), req), IoStatus::ReadOnly, "{:?}", req.op);
+    }
+    let (st, _) = read(ch.as_mut(), 4096, 0, 1);
+    assert_eq!(st, IoStatus::Success);
+    assert_eq!(
+        run1(ch.as_mut(), IoRequest::no_data(IoOp::Flush, 0, 0, 1)),
+        IoStatus::Success
+    );
+}
+
+/// Makes a file unwritable even for root (immutable flag), or by mode when not root;
+/// undoes the flag on drop so the temp file can be removed.
+struct ReadOnlyFile {
+    file: tempfile::NamedTempFile,
+    immutable: bool,
+}
+
+const FS_IMMUTABLE_FL: libc::c_long = 0x10;
+
+fn set_flags(path: &Path, flags: libc::c_long) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut v = flags;
+    // SAFETY: FS_IOC_SETFLAGS reads one long from the live local.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &mut v) };
+    rc == 0
+}
+
+impl ReadOnlyFile {
+    fn new(size: u64) -> Option<Self> {
+        let file = file_of(size);
+        // SAFETY: geteuid takes no arguments.
+        if unsafe { libc::geteuid() } == 0 {
+            if !set_flags(file.path(), FS_IMMUTABLE_FL) {
+                return None;
+            }
+            Some(ReadOnlyFile {
+                file,
+                immutable: true,
+            })
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o444)).ok()?;
+            Some(ReadOnlyFile {
+                file,
+                immutable: false,
+            })
+        }
+    }
+}
+
+impl Drop for ReadOnlyFile {
+    fn drop(&mut self) {
+        if self.immutable {
+            set_flags(self.file.path(), 0);
+        }
+    }
+}
+
+#[test]
+fn read_only_file_opened_read_write_is_refused_with_advice() {
+    let Some(ro) = ReadOnlyFile::new(1 << 20) else {
+        eprintln!("skipped: cannot make a read-only file here");
+        return;
+    };
+    let path = ro.file.path();
+    let msg = err(path, UringOptions::default());
+    assert!(
+        msg.starts_with(&format!(
+            "{}: opened read-write but the file is read-only (",
+            path.display()
+        )),
+        "{msg}"
+    );
+    assert!(msg.ends_with("); set read_only = true"), "{msg}");
+    // As advised, it opens read-only.
+    let d = open(
+        path,
+        UringOptions {
+            read_only: true,
+            ..UringOptions::default()
+        },
+    );
+    assert!(d.info().read_only);
+}
+
+#[test]
+fn start_up_errors_are_sentences() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.img");
+    let m = err(&missing, UringOptions::default());
+    assert_eq!(
+        m,
+        format!(
+            "{}: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
+    assert!(matches!(
+        UringBdev::open(&missing, UringOptions::default()),
+        Err(BdevError::Open { .. })
+    ));
+
+    assert_eq!(
+        err(dir.path(), UringOptions::default()),
+        format!(
+            "{} is a directory; give a regular file or a block device",
+            dir.path().display()
+        )
+    );
+
+    let f = file_of(1000);
+    assert_eq!(
+        err(f.path(), UringOptions::default()),
+        format!(
+            "{}: size 1000 bytes is not a multiple of the 4096-byte block size",
+            f.path().display()
+        )
+    );
+    let f = file_of(0);
+    assert_eq!(
+        err(f.path(), UringOptions::default()),
+        format!(
+            "{}: size is 0 bytes; it must hold at least one 4096-byte block",
+            f.path().display()
+        )
+    );
+    let f = file_of(4096);
+    let bad_bs = UringOptions {
+        block_size: Some(1000),
+        ..UringOptions::default()
+    };
+    assert_eq!(
+        err(f.path(), bad_bs),
+        format!(
+            "{}: block size 1000 is not supported; use 512 or 4096",
+            f.path().display()
+        )
+    );
+    let bad_qd = UringOptions {
+        queue_depth: 0,
+        ..UringOptions::default()
+    };
+    assert_eq!(
+        err(f.path(), bad_qd),
+        format!(
+            "{}: queue depth 0 is out of range; use 1 to 4096",
+            f.path().display()
+        )
+    );
+    assert_eq!(
+        err(Path::new("/dev/null"), UringOptions::default()),
+        "/dev/null is neither a regular file nor a block device"
+    );
+}
+
+/// A file truncated under the device makes reads come up short and then hit the end:
+/// the request ends with EIO rather than hanging or returning partial data as success.
+#[test]
+fn short_read_after_truncation_is_an_error_not_a_hang() {
+    let f = file_of(1 << 20);
+    let d = open(f.path(), buffered());
+    let mut ch = d.open_channel().unwrap();
+    f.as_file().set_len(8192 + 4096 / 2).unwrap();
+    let (st, _) = read(ch.as_mut(), 4096, 1, 4);
+    assert_eq!(st, IoStatus::Io(libc::EIO));
+    let (st, _) = read(ch.as_mut(), 4096, 0, 2);
+    assert_eq!(st, IoStatus::Success);
+}
+
+#[test]
+fn dropping_a_channel_with_requests_in_flight_waits_for_them() {
+    let f = file_of(4 << 20);
+    let d = open(f.path(), UringOptions::default());
+    let bufs: Vec<AlignedBuf> = (0..64).map(|_| AlignedBuf::new(4096)).collect();
+    {
+        let mut ch = d.open_channel().unwrap();
+        for (i, b) in bufs.iter().enumerate() {
+            // SAFETY: `bufs` outlives the channel, whose drop waits for the kernel.
+            unsafe {
+                ch.submit(IoRequest::rw(
+                    IoOp::Read,
+                    i as u64,
+                    1,
+                    b.ptr(),
+                    4096,
+                    i as u64,
+                ))
+            };
+        }
+        ch.poll(&mut |_, _| {});
+    }
+    drop(bufs);
+}
+
+/// Attaches a file to a loop device for the life of the value.
+struct Loop {
+    dev: PathBuf,
+    _file: tempfile::NamedTempFile,
+}
+
+impl Loop {
+    fn new(size: u64, sector: u32) -> Option<Loop> {
+        let file = file_of(size);
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--sector-size", &sector.to_string()])
+            .arg(file.path())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let dev = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+        Some(Loop { dev, _file: file })
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+#[test]
+fn block_device_size_and_block_size_come_from_the_device() {
+    for sector in [512u32, 4096] {
+        let Some(lo) = Loop::new(16 << 20, sector) else {
+            eprintln!("skipped: no loop device (needs root and losetup)");
+            return;
+        };
+        let d = open(&lo.dev, UringOptions::default());
+        assert!(d.is_block_device());
+        assert_eq!(d.info().block_size, sector);
+        assert_eq!(d.info().num_blocks, (16 << 20) / u64::from(sector));
+        check_round_trip(&*d);
+        check_out_of_range(&*d);
+        check_flush(&*d);
+        check_zeroes_and_deallocate(&*d);
+        check_many_in_flight(&*d, 256);
+        if sector == 4096 {
+            let small = UringOptions {
+                block_size: Some(512),
+                ..UringOptions::default()
+            };
+            assert_eq!(
+                err(&lo.dev, small),
+                format!(
+                    "{}: block size 512 is smaller than the device's 4096-byte logical block",
+                    lo.dev.display()
+                )
+            );
+        }
+    }
+}
