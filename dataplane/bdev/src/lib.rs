@@ -174,11 +174,20 @@ pub trait IoChannel {
     /// [`poll`]: IoChannel::poll
     unsafe fn submit(&mut self, req: IoRequest);
     /// Hand every finished request to `done` (tag, status); returns how many.
+    ///
+    /// Call it every reactor iteration while the channel is in use: a poll with nothing
+    /// to do makes no system call. A poller that submitted requests must not report
+    /// itself idle before it has polled the channel again (submissions may only reach the
+    /// device, and synchronous completions only be returned, at the next poll).
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize;
     /// Requests submitted whose completion has not been returned yet.
     fn in_flight(&self) -> usize;
     /// A file descriptor that becomes readable when a completion is ready, for a reactor
-    /// that sleeps in epoll when idle. `None` when completions are always synchronous.
+    /// that sleeps in epoll when idle (register it level-triggered, readable). The
+    /// channel resets it itself from `poll` once it has been idle for a while, so the
+    /// owner must not read it, and must keep polling while it is registered, or a stale
+    /// readiness keeps the reactor awake. `None` when completions are always synchronous
+    /// (ready by the next `poll`).
     fn completion_fd(&self) -> Option<RawFd> {
         None
     }

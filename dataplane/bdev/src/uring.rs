@@ -70,6 +70,12 @@ const ZERO_BUF_LEN: usize = 256 * 1024;
 const MAX_RW_CHUNK: u64 = 1 << 30;
 /// CQEs taken off the ring per batch (a stack array, so reaping allocates nothing).
 const REAP_BATCH: usize = 64;
+/// Empty polls after a completion before the channel resets its eventfd. Resetting is a
+/// system call; doing it after every burst would cost one per I/O at queue depth 1, and
+/// it only matters once the reactor is about to sleep (after some hundreds of
+/// microseconds of idle spinning, i.e. many more polls than this). If the reactor sleeps
+/// first, the stale readiness wakes it once and the next polls reset it.
+pub(crate) const DRAIN_AFTER_EMPTY_POLLS: u32 = 256;
 
 /// `_IOR(0x12, 114, size_t)`: device size in bytes. Not in libc; this is the encoding
 /// on x86_64 and aarch64 (the generic ioctl layout).
@@ -481,6 +487,8 @@ struct UringChannel {
     unsubmitted: usize,
     /// A CQE was reaped since the eventfd was last drained, so it may be readable.
     maybe_signaled: bool,
+    /// Consecutive polls that returned nothing.
+    empty_polls: u32,
 }
 
 impl UringChannel {
@@ -508,6 +516,7 @@ impl UringChannel {
             ready: VecDeque::with_capacity(depth),
             unsubmitted: 0,
             maybe_signaled: false,
+            empty_polls: 0,
         })
     }
 
@@ -759,13 +768,19 @@ impl IoChannel for UringChannel {
         }
         self.submit_pending();
         n += self.reap(done);
-        if n == 0 && self.maybe_signaled {
-            // Nothing was ready: consume the eventfd's count so a sleeping reactor is
-            // not woken for completions already reaped, then look again, because a
-            // CQE posted just before the read would otherwise wake nobody.
-            self.drain_eventfd();
-            self.maybe_signaled = false;
-            n += self.reap(done);
+        if n > 0 {
+            self.empty_polls = 0;
+        } else if self.maybe_signaled {
+            self.empty_polls += 1;
+            if self.empty_polls >= DRAIN_AFTER_EMPTY_POLLS {
+                // Idle for a while: consume the eventfd's count so a sleeping reactor is
+                // not woken for completions already reaped, then look again, because a
+                // CQE posted just before the read would otherwise wake nobody.
+                self.drain_eventfd();
+                self.maybe_signaled = false;
+                self.empty_polls = 0;
+                n += self.reap(done);
+            }
         }
         // Slots freed by reaping take parked requests; next chunks and fallbacks were
         // pushed while reaping. Both go out now rather than waiting a poll.

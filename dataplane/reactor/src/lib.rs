@@ -143,7 +143,7 @@ pub struct ReactorStats {
     pub busy_loops: u64,
     /// Times the reactor went to sleep in epoll_wait.
     pub sleeps: u64,
-    /// Mailbox closures run.
+    /// Mailbox closures run (counted as each starts).
     pub messages: u64,
     /// Timers fired.
     pub timers_fired: u64,
@@ -302,6 +302,8 @@ pub fn spawn(cfg: ReactorConfig) -> Result<ReactorHandle, ReactorError> {
     let join = std::thread::Builder::new()
         .name(format!("reactor-{id}"))
         .spawn(move || {
+            // However the thread ends (a poller may panic), senders must learn it.
+            let _stop_on_exit = StopOnExit(thread_shared.clone());
             if let Some(core) = core {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                     let reason = std::io::Error::last_os_error().to_string();
@@ -347,6 +349,14 @@ pub fn spawn(cfg: ReactorConfig) -> Result<ReactorHandle, ReactorError> {
             let _ = join.join();
             Err(ReactorError::Panicked(id))
         }
+    }
+}
+
+struct StopOnExit(Arc<Shared>);
+
+impl Drop for StopOnExit {
+    fn drop(&mut self) {
+        self.0.request_stop();
     }
 }
 
@@ -414,11 +424,10 @@ impl Reactor {
             let Some(m) = self.ctx.shared.mailbox.pop() else {
                 break;
             };
+            // Counted before it runs, so a closure that reports back sees itself counted.
+            self.ctx.shared.stats.messages.bump();
             m(&mut self.ctx);
             n += 1;
-        }
-        if n > 0 {
-            self.ctx.shared.stats.messages.add(n as u64);
         }
         n > 0
     }

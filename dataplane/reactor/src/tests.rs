@@ -526,3 +526,17 @@ fn stop_drops_pollers_and_timers_on_the_reactor() {
     shutdown(r);
     assert_eq!(dropped.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn a_panicking_poller_stops_the_reactor_and_join_reports_it() {
+    let r = reactor(DEFAULT_IDLE_SPIN);
+    r.send(|ctx| {
+        ctx.add_poller(Box::new(|_: &mut Ctx| -> PollStatus {
+            panic!("poller bug (expected by the test)")
+        }));
+    })
+    .unwrap();
+    wait_until("the reactor to notice", || r.is_stopped());
+    assert!(r.send(|_| ()).is_err());
+    assert!(matches!(r.join(), Err(ReactorError::Panicked(7))));
+}

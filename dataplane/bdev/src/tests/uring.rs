@@ -195,12 +195,26 @@ fn completion_fd_signals_and_is_drained() {
         ch.poll(&mut |t, s| got.push((t, s)));
     }
     assert_eq!(got, vec![(77, IoStatus::Success)]);
-    // An empty poll drains it.
-    assert_eq!(ch.poll(&mut |_, _| panic!("nothing left")), 0);
+    // Enough empty polls (a reactor spinning before it sleeps) reset it.
+    for _ in 0..crate::uring::DRAIN_AFTER_EMPTY_POLLS {
+        assert_eq!(ch.poll(&mut |_, _| panic!("nothing left")), 0);
+    }
     assert!(
         !readable(fd, 0),
         "eventfd left readable with nothing to reap"
     );
+    // And it signals again for the next completion.
+    // SAFETY: `buf` outlives the completion below.
+    unsafe { ch.submit(IoRequest::rw(IoOp::Read, 1, 1, buf.ptr(), 4096, 78)) };
+    ch.poll(&mut |t, s| got.push((t, s)));
+    if got.len() == 1 {
+        assert!(
+            readable(fd, 5000),
+            "the second completion did not signal the eventfd"
+        );
+        ch.poll(&mut |t, s| got.push((t, s)));
+    }
+    assert_eq!(got[1], (78, IoStatus::Success));
 }
 
 #[test]
@@ -476,4 +490,93 @@ fn block_device_size_and_block_size_come_from_the_device() {
             );
         }
     }
+}
+
+/// The way the target uses a channel: a poller on a reactor that sleeps when idle, with
+/// the completion fd registered. A completion must wake it (with `idle_spin` zero and no
+/// timer, nothing else would), and once the channel is quiet the reactor must be able to
+/// sleep again (no stale readiness keeping it awake).
+#[test]
+fn a_sleeping_reactor_wakes_for_completions_and_sleeps_again() {
+    use lightpool_reactor::{Ctx, Interest, PollStatus, ReactorConfig};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    let f = file_of(4 << 20);
+    let d = open(f.path(), UringOptions::default());
+    let r = lightpool_reactor::spawn(ReactorConfig {
+        id: 0,
+        core: None,
+        idle_spin: Duration::ZERO,
+    })
+    .unwrap();
+    let (done_tx, done_rx) = mpsc::channel::<(u64, IoStatus)>();
+    // Requests travel to the reactor as (lba, buffer address, tag).
+    let (req_tx, req_rx) = mpsc::channel::<(u64, usize, u64)>();
+    r.send(move |ctx: &mut Ctx| {
+        let mut ch = d.open_channel().unwrap();
+        let fd = ch.completion_fd().unwrap();
+        ctx.register_fd(fd, Interest::READABLE).unwrap();
+        ctx.add_poller(Box::new(move |_: &mut Ctx| {
+            let mut busy = false;
+            while let Ok((lba, addr, tag)) = req_rx.try_recv() {
+                let req = IoRequest::rw(IoOp::Write, lba, 1, addr as *mut u8, 4096, tag);
+                // SAFETY: the test keeps the buffer alive until every completion.
+                unsafe { ch.submit(req) };
+                busy = true;
+            }
+            let n = ch.poll(&mut |tag, st| done_tx.send((tag, st)).unwrap());
+            if busy || n > 0 {
+                PollStatus::Busy
+            } else {
+                PollStatus::Idle
+            }
+        }));
+    })
+    .unwrap();
+
+    let wait_asleep = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let a = r.stats();
+            if a.sleeping {
+                std::thread::sleep(Duration::from_millis(20));
+                let b = r.stats();
+                if b.sleeping && b.loops == a.loops {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reactor never settled asleep {what}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    wait_asleep("before I/O");
+
+    let buf = AlignedBuf::new(4096 * 8);
+    for round in 0..3u64 {
+        for i in 0..8u64 {
+            let addr = buf.ptr() as usize + i as usize * 4096;
+            req_tx.send((i, addr, round * 100 + i)).unwrap();
+        }
+        // Wake the reactor so the poller picks the requests up; it then falls asleep
+        // again while the writes are in flight.
+        r.send(|_| ()).unwrap();
+        let mut tags: Vec<u64> = (0..8)
+            .map(|_| {
+                let (tag, st) = done_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+                assert_eq!(st, IoStatus::Success);
+                tag
+            })
+            .collect();
+        tags.sort_unstable();
+        assert_eq!(tags, (0..8).map(|i| round * 100 + i).collect::<Vec<_>>());
+        wait_asleep("after the completions");
+    }
+    r.stop();
+    r.join().unwrap();
+    // The reactor dropped the poller, and with it the channel, before `buf` goes.
+    drop(buf);
 }
