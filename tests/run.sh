@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The project's test command: prepares the test guest, builds the target,
+# runs every test of the workspace including the end-to-end ones.
+#
+#   ./tests/run.sh                 (root the first time: setup installs packages)
+#   ./tests/run.sh guest_smoke     extra arguments go to `cargo test`
+#
+# Console logs of guest runs: target/e2e/<test>.console.log
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
+    # shellcheck source=/dev/null
+    . "$HOME/.cargo/env"
+fi
+command -v cargo >/dev/null || { echo "tests/run.sh: cargo is not on PATH" >&2; exit 1; }
+
+TIMINGS=()
+phase() {
+    local name=$1 t0 ms rc=0
+    shift
+    echo "==> $name"
+    t0=$(date +%s%N)
+    "$@" || rc=$?
+    ms=$((($(date +%s%N) - t0) / 1000000))
+    TIMINGS+=("$(printf '%-36s %5d.%d s' "$name" $((ms / 1000)) $((ms % 1000 / 100)))$([[ $rc == 0 ]] || echo "  FAILED (exit $rc)")")
+    return $rc
+}
+summary() {
+    echo "==> timings"
+    printf '    %s\n' "${TIMINGS[@]}"
+}
+trap summary EXIT
+
+phase "setup (tests/vm/setup.sh)" ./tests/vm/setup.sh
+# --bins: a no-op while the daemon has no binary target.
+phase "build lightpool-target (release)" cargo build --release -p lightpool-daemon --bins
+phase "cargo test (with e2e)" cargo test --workspace --features lightpool-e2e/e2e "$@"

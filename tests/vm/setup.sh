@@ -1,0 +1,301 @@
+#!/usr/bin/env bash
+# Prepare what the end-to-end tests boot: a Debian Linux 6.12 kernel and a
+# busybox initramfs that carries the NVMe/TCP initiator and target modules,
+# nvme-cli and fio. Idempotent; a second run on a ready machine takes seconds.
+#
+#   tests/vm/setup.sh            (root, the first time: it installs packages)
+#
+# Output, under ${LIGHTPOOL_CACHE:-<repo>/.cache}/vm/:
+#   vmlinuz          the guest kernel
+#   initramfs.cpio   the base initramfs (uncompressed newc); the harness
+#                    appends a per-test archive carrying /test/run.sh
+#   kernel-release   e.g. 6.12.107+deb12-amd64
+#   modules.txt      the modules the initramfs carries
+#
+# Environment:
+#   LIGHTPOOL_CACHE        cache root (default <repo>/.cache)
+#   LIGHTPOOL_KERNEL_PKG   pin the kernel package instead of the newest
+#                          linux-image-6.12.*+deb12-amd64-unsigned
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CACHE_ROOT=${LIGHTPOOL_CACHE:-$REPO/.cache}
+VM=$CACHE_ROOT/vm
+SELF=$REPO/tests/vm/setup.sh
+
+# Packages the host needs. kmod: depmod; libc-bin: ldd.
+HOST_PKGS=(qemu-system-x86 busybox-static cpio xz-utils nvme-cli fio kmod libc-bin)
+
+# Modules the guest loads, by name as modprobe knows them; their dependencies
+# come from modules.dep. A name that is built into the kernel is skipped.
+GUEST_MODULES=(
+    # network to the host
+    virtio_pci virtio_net
+    # NVMe/TCP initiator
+    nvme-core nvme-fabrics nvme-tcp
+    # NVMe/TCP target (the smoke test's peer inside the guest)
+    configfs nvmet nvmet-tcp
+    # digests: the kernel asks modprobe for crypto-crc32c(c)
+    crc32c_generic crc32c-intel libcrc32c
+    # block devices to back a namespace
+    brd loop null_blk
+)
+
+log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+mkdir -p "$VM"
+# One setup at a time per cache (CI jobs, several shells).
+exec 9>"$VM/.lock"
+flock 9
+
+# --- 1. host packages --------------------------------------------------------
+missing=()
+for p in "${HOST_PKGS[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+        missing+=("$p")
+    fi
+done
+APT_UPDATED=0
+apt_update_once() {
+    if [[ $APT_UPDATED == 0 ]]; then
+        log "apt-get update"
+        apt-get update -qq || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+}
+if ((${#missing[@]})); then
+    [[ $(id -u) == 0 ]] || die "packages missing (${missing[*]}); run this script as root once"
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+        apt_update_once
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+            || die "apt-get install ${missing[*]} failed"
+    fi
+fi
+
+# --- 2. kernel ---------------------------------------------------------------
+newest_kernel_pkg() {
+    apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' 2>/dev/null \
+        | awk '{print $1}' | sort -V | tail -n1
+}
+KPKG=${LIGHTPOOL_KERNEL_PKG:-}
+if [[ -z $KPKG ]]; then
+    KPKG=$(newest_kernel_pkg)
+    if [[ -z $KPKG ]]; then
+        if [[ -f $VM/kernel-pkg ]]; then
+            KPKG=$(cat "$VM/kernel-pkg")
+            log "no linux-image-6.12 in the apt lists; keeping the cached $KPKG"
+        else
+            [[ $(id -u) == 0 ]] || die "no linux-image-6.12.*+deb12-amd64-unsigned in the apt lists; run as root so that apt-get update can run"
+            apt_update_once
+            KPKG=$(newest_kernel_pkg)
+            [[ -n $KPKG ]] || die "apt has no linux-image-6.12.*+deb12-amd64-unsigned (is bookworm-backports or bookworm-updates in sources?)"
+        fi
+    fi
+fi
+# linux-image-6.12.107+deb12-amd64-unsigned -> 6.12.107+deb12-amd64
+KREL=${KPKG#linux-image-}
+KREL=${KREL%-unsigned}
+KDIR=$VM/kernel/$KPKG
+if [[ ! -f $KDIR/.unpacked ]]; then
+    rm -rf "$VM/dl" "$KDIR"
+    mkdir -p "$VM/dl"
+    log "downloading $KPKG (about 100 MB)"
+    # apt-get download drops privileges to _apt when it can; let it write here.
+    chmod 0777 "$VM/dl" 2>/dev/null || true
+    (cd "$VM/dl" && apt-get download -qq "$KPKG") || {
+        apt_update_once
+        (cd "$VM/dl" && apt-get download -qq "$KPKG") || die "apt-get download $KPKG failed"
+    }
+    deb=$(ls "$VM/dl"/*.deb)
+    log "unpacking $(basename "$deb")"
+    mkdir -p "$KDIR"
+    dpkg -x "$deb" "$KDIR"
+    [[ -f $KDIR/boot/vmlinuz-$KREL ]] || die "$deb has no boot/vmlinuz-$KREL"
+    [[ -d $KDIR/lib/modules/$KREL ]] || die "$deb has no lib/modules/$KREL"
+    # The package ships no modules.dep (its postinst makes one): make it.
+    depmod -b "$KDIR" "$KREL"
+    touch "$KDIR/.unpacked"
+    rm -rf "$VM/dl"
+    # Drop other kernels: one is enough and each is about 500 MB unpacked.
+    for d in "$VM"/kernel/*/; do
+        [[ ${d%/} == "$KDIR" ]] || { log "removing old kernel $(basename "$d")"; rm -rf "$d"; }
+    done
+fi
+
+# --- 3. initramfs ------------------------------------------------------------
+MODSRC=$KDIR/lib/modules/$KREL
+
+# Resolve the modules and their dependencies from modules.dep
+# (lines "kernel/drivers/net/virtio_net.ko.xz: kernel/drivers/net/net_failover.ko.xz ...").
+declare -A MODPATH=()    # normalized name -> relative path
+while IFS= read -r line; do
+    rel=${line%%:*}
+    n=${rel##*/}; n=${n%%.ko*}; n=${n//-/_}
+    MODPATH[$n]=$rel
+done <"$MODSRC/modules.dep"
+declare -A DEPS=()
+while IFS= read -r line; do
+    rel=${line%%:*}
+    DEPS[$rel]=${line#*:}
+done <"$MODSRC/modules.dep"
+declare -A BUILTIN=()
+while IFS= read -r rel; do
+    n=${rel##*/}; n=${n%%.ko*}; n=${n//-/_}
+    BUILTIN[$n]=1
+done <"$MODSRC/modules.builtin"
+
+declare -A WANT=()       # relative path -> 1
+builtin_names=()
+for m in "${GUEST_MODULES[@]}"; do
+    n=${m//-/_}
+    if [[ -n ${MODPATH[$n]:-} ]]; then
+        rel=${MODPATH[$n]}
+        WANT[$rel]=1
+        for d in ${DEPS[$rel]}; do WANT[$d]=1; done
+    elif [[ -n ${BUILTIN[$n]:-} ]]; then
+        builtin_names+=("$n")
+    else
+        die "module $m is neither in modules.dep nor modules.builtin of $KREL"
+    fi
+done
+mapfile -t MODS < <(printf '%s\n' "${!WANT[@]}" | sort)
+
+# Host programs and every shared library they load (ldd), plus libgcc_s,
+# which glibc dlopens for thread cancellation and unwinding.
+BINS=(/usr/sbin/nvme /usr/bin/fio)
+for b in "${BINS[@]}"; do [[ -x $b ]] || die "$b missing (nvme-cli / fio not installed?)"; done
+mapfile -t LIBS < <(
+    {
+        for b in "${BINS[@]}"; do
+            ldd "$b" | awk '/=> \//{print $3} /^\t\/[^ ]+ \(/{print $1}'
+        done
+        echo /lib/x86_64-linux-gnu/libgcc_s.so.1
+    } | sort -u
+)
+for f in "${LIBS[@]}"; do [[ -e $f ]] || die "library $f missing"; done
+BUSYBOX=/bin/busybox
+[[ -x $BUSYBOX ]] || die "$BUSYBOX missing (busybox-static not installed?)"
+
+# Stamp: everything the image is made of. Rebuild only when it changed.
+stamp=$(
+    {
+        sha256sum "$SELF"
+        echo "$KPKG"
+        printf '%s\n' "${MODS[@]}"
+        for f in "$BUSYBOX" "${BINS[@]}" "${LIBS[@]}"; do
+            stat -L -c '%n %s %Y' "$f"
+        done
+    } | sha256sum | cut -d' ' -f1
+)
+if [[ -f $VM/initramfs.cpio && -f $VM/vmlinuz && "$(cat "$VM/initramfs.stamp" 2>/dev/null)" == "$stamp" ]]; then
+    log "ready: $VM (kernel $KREL, initramfs up to date)"
+    exit 0
+fi
+
+log "building initramfs (${#MODS[@]} modules, kernel $KREL)"
+WORK=$(mktemp -d "$VM/build.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+R=$WORK/root
+mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,lib,lib64,etc/nvme,proc,sys,dev,tmp,run,root,test,mnt}
+chmod 1777 "$R/tmp"
+
+# busybox and its applet links
+cp "$BUSYBOX" "$R/bin/busybox"
+while IFS= read -r applet; do
+    [[ -e $R/$applet ]] || ln -s /bin/busybox "$R/$applet"
+done < <("$BUSYBOX" --list-full)
+[[ -L $R/sbin/modprobe ]] || ln -sf /bin/busybox "$R/sbin/modprobe"
+
+# nvme-cli, fio and their libraries, at the paths the host has them
+for f in "${BINS[@]}" "${LIBS[@]}"; do
+    mkdir -p "$R$(dirname "$f")"
+    cp -L "$f" "$R$f"
+done
+# /lib64/ld-linux-x86-64.so.2 is how binaries name the loader
+if [[ ! -e $R/lib64/ld-linux-x86-64.so.2 ]]; then
+    ln -s /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$R/lib64/ld-linux-x86-64.so.2"
+fi
+
+# modules, decompressed (busybox modprobe cannot read .ko.xz), and depmod
+MD=$R/lib/modules/$KREL
+mkdir -p "$MD"
+for rel in "${MODS[@]}"; do
+    dst=$MD/${rel%.xz}
+    mkdir -p "$(dirname "$dst")"
+    case $rel in
+        *.xz) xz -dc "$MODSRC/$rel" >"$dst" ;;
+        *.zst) die "zstd modules are not handled: $rel" ;;
+        *) cp "$MODSRC/$rel" "$dst" ;;
+    esac
+done
+cp "$MODSRC"/modules.builtin "$MODSRC"/modules.builtin.modinfo "$MODSRC"/modules.order "$MD"/ 2>/dev/null || true
+depmod -b "$R" "$KREL"
+
+# fixed identity, so that target ACLs in tests can name the host
+echo "nqn.2014-08.org.nvmexpress:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427" >"$R/etc/nvme/hostnqn"
+echo "1b4e28ba-2fa1-11d2-883f-0016d3cca427" >"$R/etc/nvme/hostid"
+echo "root:x:0:0:root:/root:/bin/sh" >"$R/etc/passwd"
+echo "root:x:0:" >"$R/etc/group"
+echo "127.0.0.1 localhost" >"$R/etc/hosts"
+
+cat >"$R/init" <<'INIT'
+#!/bin/sh
+# LightPool test guest: bring up the network, run /test/run.sh, print its exit
+# status on the console, power off.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+modprobe configfs 2>/dev/null
+mount -t configfs configfs /sys/kernel/config
+modprobe crc32c 2>/dev/null
+modprobe virtio_net
+modprobe nvme-tcp
+ip link set lo up
+ifc=
+for i in 1 2 3 4 5 6 7 8 9 10; do
+    for d in /sys/class/net/*; do
+        [ "${d##*/}" = lo ] || { ifc=${d##*/}; break; }
+    done
+    [ -n "$ifc" ] && break
+    sleep 0.2
+done
+if [ -n "$ifc" ]; then
+    ip link set "$ifc" up
+    ip addr add 10.0.2.15/24 dev "$ifc"
+    ip route add default via 10.0.2.2
+else
+    echo "LIGHTPOOL: no network interface" >&2
+fi
+echo "LIGHTPOOL-TEST-START"
+if [ -f /test/run.sh ]; then
+    cd /test && sh /test/run.sh
+    rc=$?
+    cd /
+else
+    echo "LIGHTPOOL: /test/run.sh missing" >&2
+    rc=127
+fi
+sync
+echo "LIGHTPOOL-TEST-EXIT=$rc"
+poweroff -f
+INIT
+chmod 0755 "$R/init"
+
+(cd "$R" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$WORK/initramfs.cpio"
+cp "$KDIR/boot/vmlinuz-$KREL" "$WORK/vmlinuz"
+printf '%s\n' "${MODS[@]}" | sed 's|.*/||; s|\.ko.*||' >"$WORK/modules.txt"
+if ((${#builtin_names[@]})); then printf '%s (built in)\n' "${builtin_names[@]}" >>"$WORK/modules.txt"; fi
+mv -f "$WORK/vmlinuz" "$VM/vmlinuz"
+mv -f "$WORK/modules.txt" "$VM/modules.txt"
+echo "$KREL" >"$VM/kernel-release"
+echo "$KPKG" >"$VM/kernel-pkg"
+mv -f "$WORK/initramfs.cpio" "$VM/initramfs.cpio"
+echo "$stamp" >"$VM/initramfs.stamp"
+log "ready: $VM (kernel $KREL, initramfs $(du -h "$VM/initramfs.cpio" | cut -f1))"
