@@ -151,7 +151,7 @@ pub struct ReactorStats {
     pub fd_wakeups: u64,
     /// True while the reactor is in epoll_wait (or about to be).
     pub sleeping: bool,
-    /// Linux thread id of the reactor thread (for /proc/self/task/<tid>).
+    /// Linux thread id of the reactor thread (for `/proc/self/task/<tid>`).
     pub tid: u64,
 }
 

@@ -440,6 +440,10 @@ fn idle_reactor_uses_under_two_percent_cpu() {
     let wall = t0.elapsed();
     let used = cpu1 - cpu0;
     let share = used.as_secs_f64() / wall.as_secs_f64();
+    eprintln!(
+        "idle reactor: {used:?} CPU in {wall:?} ({:.3}%)",
+        share * 100.0
+    );
     assert!(
         share < 0.02,
         "idle reactor used {used:?} of CPU in {wall:?} ({:.2}%)",
