@@ -1,5 +1,5 @@
 //! NVMe over Fabrics commands: Connect, Property Get/Set, Disconnect
-//! (NVMe-oF 1.1 section 3.3, Figures 19-32; NVMe Base 2.0 section 6).
+//! (NVMe-oF 1.1 section 3.3; NVMe Base 2.0 section 6).
 //!
 //! Every Fabrics command uses admin opcode 0x7F and names itself by FCTYPE at
 //! SQE byte 4 (where other commands keep the low byte of NSID).
@@ -9,7 +9,7 @@ use crate::nvme::{admin_opcode, Cqe, DataDirection, Sqe};
 use crate::status::Status;
 use crate::SpecError;
 
-/// Fabrics command types (NVMe-oF 1.1 Figure 10, NVMe Base 2.0 Figure 542).
+/// Fabrics command types (FCTYPE).
 pub mod fctype {
     pub const PROPERTY_SET: u8 = 0x00;
     pub const CONNECT: u8 = 0x01;
@@ -78,7 +78,7 @@ pub const IATTR_SQE: u8 = 0;
 /// IATTR value: the invalid parameter is in the Connect data.
 pub const IATTR_DATA: u8 = 1;
 
-/// The Connect command's own fields (NVMe-oF 1.1 Figure 19).
+/// The Connect command's own fields.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnectCommand {
     /// Record format, CDW10 bits 15:0 (byte 40).
@@ -126,7 +126,7 @@ impl ConnectCommand {
 
 pub const CONNECT_DATA_SIZE: usize = 1024;
 
-/// The 1024-byte Connect command data (NVMe-oF 1.1 Figure 20).
+/// The 1024-byte Connect command data.
 ///
 /// NQNs are kept as their raw NUL-padded 256-byte fields so parsing does not
 /// allocate; [`ConnectData::subnqn_str`] and [`ConnectData::hostnqn_str`] give
@@ -226,10 +226,10 @@ pub fn connect_response_dw0(cntlid: u16) -> u32 {
     u32::from(cntlid)
 }
 
-/// Connect response DW0 for "Connect Invalid Parameters" (NVMe-oF 1.1 Figure
-/// 21): bits 15:0 IPO (byte offset of the bad field), bits 23:16 IATTR (bit 0:
-/// 0 = offset is in the SQE, 1 = in the Connect data). Linux's
-/// `IPO_IATTR_CONNECT_DATA` builds the same value.
+/// Connect response DW0 for "Connect Invalid Parameters" (NVMe-oF 1.1
+/// Connect Response): bits 15:0 IPO (byte offset of the bad field), bits
+/// 23:16 IATTR (bit 0: 0 = offset is in the SQE, 1 = in the Connect data).
+/// Linux's `IPO_IATTR_CONNECT_DATA` builds the same value.
 pub fn connect_invalid_param_dw0(ipo: u16, iattr: u8) -> u32 {
     u32::from(ipo) | (u32::from(iattr) << 16)
 }
@@ -245,7 +245,7 @@ pub mod property_size {
     pub const EIGHT_BYTES: u8 = 1;
 }
 
-/// A Property Get or Set command (NVMe-oF 1.1 Figures 31 and 33).
+/// A Property Get or Set command.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PropertyCommand {
     /// ATTRIB (byte 40) bits 2:0 == 1: an 8-byte property.
@@ -303,7 +303,7 @@ impl PropertyCommand {
 }
 
 /// Property Get response: the value in DW0 (low) and DW1 (high) (NVMe-oF 1.1
-/// Figure 32).
+/// Property Get Response).
 pub fn property_get_response(cid: u16, value: u64) -> Cqe {
     Cqe {
         dw0: value as u32,

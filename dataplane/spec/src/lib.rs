@@ -11,8 +11,16 @@
 //!   controller registers.
 //! - [`fabrics`]: Connect, Property Get/Set, Disconnect.
 //! - [`tcp`]: NVMe/TCP PDU headers, receive-side header validation, digests.
+//! - [`identify`]: Identify Controller/Namespace, namespace lists and
+//!   namespace identification descriptors.
+//! - [`log`]: log pages (error, SMART, firmware slot, changed namespaces,
+//!   effects, discovery, ANA), the variable-length ones encoded by window.
+//! - [`features`]: Get/Set Features fields and async event completions.
 
 pub mod fabrics;
+pub mod features;
+pub mod identify;
+pub mod log;
 pub mod nvme;
 pub mod status;
 pub mod tcp;

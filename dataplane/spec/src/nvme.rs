@@ -1,8 +1,8 @@
 //! Submission and completion queue entries, SGL descriptors, opcodes and the
 //! controller registers that NVMe-oF exposes as properties.
 //!
-//! Layouts: NVMe Base 2.0 Figure 87 (common command format), Figure 90 (CQE),
-//! Figure 116-121 (SGL descriptors), Figure 35 (controller registers).
+//! Layouts from NVMe Base 2.0: Common Command Format, Completion Queue Entry,
+//! SGL descriptor formats and the controller register map.
 
 use crate::bytes::{array_at, put_u16, put_u32, put_u64, u16_at, u32_at, u64_at};
 use crate::status::Status;
@@ -38,7 +38,7 @@ pub struct Sqe {
     pub cdw15: u32,
 }
 
-/// Byte offsets of the SQE fields (Figure 87); also the IPO values a Connect
+/// Byte offsets of the SQE fields (Common Command Format); also the IPO values a Connect
 /// response names when an SQE field is wrong.
 pub mod sqe_offset {
     pub const OPCODE: usize = 0;
@@ -238,7 +238,7 @@ impl Cqe {
     }
 }
 
-/// SGL descriptor type values (identifier bits 7:4, Figure 118).
+/// SGL descriptor type values (identifier bits 7:4).
 pub mod sgl_type {
     pub const DATA_BLOCK: u8 = 0x0;
     pub const BIT_BUCKET: u8 = 0x1;
@@ -248,7 +248,7 @@ pub mod sgl_type {
     pub const TRANSPORT_DATA_BLOCK: u8 = 0x5;
 }
 
-/// SGL descriptor sub type values (identifier bits 3:0, Figure 119).
+/// SGL descriptor sub type values (identifier bits 3:0).
 pub mod sgl_subtype {
     pub const ADDRESS: u8 = 0x0;
     pub const OFFSET: u8 = 0x1;
@@ -317,7 +317,7 @@ impl SglDescriptor {
     }
 }
 
-/// Admin command opcodes (NVMe Base 2.0 Figure 139, NVMe-oF 1.1 Figure 10).
+/// Admin command opcodes (NVMe Base 2.0 "Opcodes for Admin Commands"; 0x7F from NVMe-oF).
 pub mod admin_opcode {
     pub const DELETE_IO_SQ: u8 = 0x00;
     pub const CREATE_IO_SQ: u8 = 0x01;
@@ -343,7 +343,7 @@ pub mod admin_opcode {
     pub const SECURITY_RECEIVE: u8 = 0x82;
 }
 
-/// NVM command set I/O opcodes (NVM Command Set 1.0 Figure 17).
+/// NVM command set I/O opcodes (NVM Command Set 1.0).
 pub mod io_opcode {
     pub const FLUSH: u8 = 0x00;
     pub const WRITE: u8 = 0x01;
@@ -368,8 +368,8 @@ pub enum DataDirection {
     Bidirectional,
 }
 
-/// The data transfer direction from opcode bits 1:0 (Figure 139/17 "Data
-/// Transfer" column). For the Fabrics opcode (0x7F) use
+/// The data transfer direction from opcode bits 1:0 (the "Data Transfer"
+/// column of the opcode tables). For the Fabrics opcode (0x7F) use
 /// [`crate::fabrics::data_transfer`] on the FCTYPE instead.
 pub fn data_transfer(opcode: u8) -> DataDirection {
     match opcode & 0x3 {
@@ -382,7 +382,7 @@ pub fn data_transfer(opcode: u8) -> DataDirection {
 
 pub const DSM_RANGE_SIZE: usize = 16;
 
-/// One Dataset Management range (NVM Command Set 1.0 Figure 39).
+/// One Dataset Management range (NVM Command Set 1.0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DsmRange {
     pub context_attributes: u32,
@@ -409,7 +409,7 @@ impl DsmRange {
     }
 }
 
-/// Controller register (property) offsets (NVMe Base 2.0 Figure 35).
+/// Controller register (property) offsets (NVMe Base 2.0 section 3.1).
 pub mod reg {
     pub const CAP: u32 = 0x00;
     pub const VS: u32 = 0x08;
@@ -423,7 +423,7 @@ pub mod reg {
     pub const ACQ: u32 = 0x30;
 }
 
-/// Controller Capabilities (CAP, Figure 36): the fields a target sets.
+/// Controller Capabilities (CAP): the fields a target sets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cap {
     /// Maximum Queue Entries Supported, 0's based (bits 15:0).
@@ -495,7 +495,7 @@ pub fn cap_value(mqes: u16, to_500ms: u8, css_nvm: bool, dstrd: u8, mpsmin: u8, 
     .to_u64()
 }
 
-/// Controller Configuration (CC, Figure 41) fields.
+/// Controller Configuration (CC) fields.
 pub mod cc {
     pub const EN: u32 = 1 << 0;
     pub const SHN_NONE: u8 = 0;
@@ -541,7 +541,7 @@ pub fn cc_iocqes(cc: u32) -> u8 {
     ((cc >> 20) & 0xF) as u8
 }
 
-/// Controller Status (CSTS, Figure 42) bits.
+/// Controller Status (CSTS) bits.
 pub mod csts {
     pub const RDY: u32 = 1 << 0;
     pub const CFS: u32 = 1 << 1;

@@ -1,4 +1,4 @@
-//! The completion queue entry Status Field (NVMe Base 2.0, Figure 93/94).
+//! The completion queue entry Status Field (NVMe Base 2.0 section 4.2.3).
 //!
 //! [`Status`] holds the 15-bit field *without* the phase tag: bits 7:0 Status
 //! Code (SC), 10:8 Status Code Type (SCT), 12:11 Command Retry Delay (CRD),
@@ -11,7 +11,7 @@ use core::fmt;
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Hash)]
 pub struct Status(pub u16);
 
-/// Status Code Type values (NVMe Base 2.0, Figure 95).
+/// Status Code Type values.
 pub mod sct {
     pub const GENERIC: u8 = 0x0;
     pub const COMMAND_SPECIFIC: u8 = 0x1;
@@ -20,7 +20,7 @@ pub mod sct {
     pub const VENDOR_SPECIFIC: u8 = 0x7;
 }
 
-/// Generic Command Status values, SCT 0 (NVMe Base 2.0, Figure 96, 97).
+/// Generic Command Status values, SCT 0.
 pub mod generic {
     pub const SUCCESS: u8 = 0x00;
     pub const INVALID_OPCODE: u8 = 0x01;
@@ -56,8 +56,8 @@ pub mod generic {
     pub const FORMAT_IN_PROGRESS: u8 = 0x84;
 }
 
-/// Command Specific Status values, SCT 1 (NVMe Base 2.0, Figure 98; NVM
-/// Command Set 1.0 Figure 19; NVMe-oF 1.1, Figure 40 for Connect).
+/// Command Specific Status values, SCT 1 (NVMe Base 2.0; NVM
+/// Command Set 1.0 for the I/O values; NVMe-oF 1.1 for Connect).
 ///
 /// Values from 0x80 on depend on the command: 0x82 means "write to read-only
 /// range" for an NVM I/O command and "Connect invalid parameters" for a
@@ -95,7 +95,7 @@ pub mod command_specific {
     pub const AUTHENTICATION_REQUIRED: u8 = 0x91;
 }
 
-/// Media and Data Integrity Errors, SCT 2 (NVMe Base 2.0, Figure 99).
+/// Media and Data Integrity Errors, SCT 2.
 pub mod media {
     pub const WRITE_FAULT: u8 = 0x80;
     pub const UNRECOVERED_READ_ERROR: u8 = 0x81;
@@ -107,7 +107,7 @@ pub mod media {
     pub const DEALLOCATED_OR_UNWRITTEN_BLOCK: u8 = 0x87;
 }
 
-/// Path Related Status, SCT 3 (NVMe Base 2.0, Figure 100).
+/// Path Related Status, SCT 3.
 pub mod path {
     pub const INTERNAL_PATH_ERROR: u8 = 0x00;
     pub const ASYMMETRIC_ACCESS_PERSISTENT_LOSS: u8 = 0x01;

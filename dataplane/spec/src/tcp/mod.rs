@@ -49,7 +49,7 @@ pub const PFV_1_0: u16 = 0;
 /// The largest PDA value (alignment 128 bytes).
 pub const MAX_PDA: u8 = 31;
 
-/// NVMe/TCP PDU types (Figure 7).
+/// NVMe/TCP PDU types.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PduType {
@@ -117,7 +117,7 @@ impl PduType {
     }
 }
 
-/// Common header FLAGS bits (Figure 8).
+/// Common header FLAGS bits.
 pub mod flags {
     pub const HDGSTF: u8 = 0x01;
     pub const DDGSTF: u8 = 0x02;
@@ -127,7 +127,7 @@ pub mod flags {
     pub const DATA_SUCCESS: u8 = 0x08;
 }
 
-/// Fatal Error Status values of a TermReq (Figures 15 and 17).
+/// Fatal Error Status values of a TermReq.
 pub mod fes {
     pub const INVALID_HEADER_FIELD: u16 = 0x01;
     pub const PDU_SEQUENCE_ERROR: u16 = 0x02;
@@ -235,7 +235,7 @@ impl CommonHeader {
     }
 }
 
-/// HLEN each PDU type must carry (Figures 11-23).
+/// HLEN each PDU type must carry.
 pub fn expected_hlen(t: PduType) -> u8 {
     match t {
         PduType::IcReq | PduType::IcResp => IC_PDU_SIZE as u8,

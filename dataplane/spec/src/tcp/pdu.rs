@@ -1,4 +1,4 @@
-//! PDU-specific headers and their encoders (NVMe/TCP 1.0 Figures 11-23).
+//! PDU-specific headers and their encoders (NVMe/TCP 1.0 section 3.6.2).
 //!
 //! Encoders write the whole header, the header digest when enabled, and the
 //! zero padding up to PDO, and return that length; the caller sends the data
@@ -49,7 +49,7 @@ fn finish_header(out: &mut [u8], hlen: usize, hdgst: bool, end: usize) -> usize 
     end.max(pos)
 }
 
-/// Initialize Connection Request (Figure 11).
+/// Initialize Connection Request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IcReq {
     /// PDU format version, bytes 8..10 (0 = 1.0).
@@ -105,7 +105,7 @@ impl IcReq {
     }
 }
 
-/// Initialize Connection Response (Figure 12).
+/// Initialize Connection Response.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IcResp {
     /// PDU format version, bytes 8..10.
@@ -153,7 +153,7 @@ fn ic_header(t: PduType) -> CommonHeader {
     }
 }
 
-/// H2CTermReq / C2HTermReq fields (Figures 14 and 16).
+/// H2CTermReq / C2HTermReq fields.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TermReq {
     /// Fatal error status, bytes 8..10.
@@ -270,7 +270,7 @@ pub fn capsule_resp_cqe(hdr: &[u8; CAPSULE_RESP_HLEN]) -> Cqe {
     Cqe::from_bytes(&array_at::<CQE_SIZE>(hdr, COMMON_HEADER_SIZE))
 }
 
-/// H2CData / C2HData PDU-specific header (Figures 18 and 20).
+/// H2CData / C2HData PDU-specific header.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DataHeader {
     /// Command capsule CID, bytes 8..10.
@@ -384,7 +384,7 @@ pub fn encode_h2c_data_header(
     encode_data_header(PduType::H2CData, h, f, hdgst, ddgst, pda, out)
 }
 
-/// Ready to Transfer PDU-specific header (Figure 22).
+/// Ready to Transfer PDU-specific header.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct R2t {
     /// Command capsule CID, bytes 8..10.

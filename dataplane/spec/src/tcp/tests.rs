@@ -1,5 +1,5 @@
 //! Byte-layout and receive-validation tests for NVMe/TCP PDUs. Offsets come
-//! from NVMe/TCP 1.0 Figures 8-23 and match Linux include/linux/nvme-tcp.h.
+//! from the NVMe/TCP 1.0 PDU tables and match Linux include/linux/nvme-tcp.h.
 
 use super::*;
 use crate::nvme::{Cqe, Sqe};
