@@ -817,3 +817,31 @@ mod tests {
         assert_eq!(csts::SHST_OCCURRING, 0x4);
     }
 }
+
+#[cfg(test)]
+mod roundtrip {
+    use super::*;
+
+    #[test]
+    fn arbitrary_bytes_roundtrip() {
+        let mut x: u64 = 0x1234_5678;
+        let mut byte = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 56) as u8
+        };
+        for _ in 0..1000 {
+            let mut s = [0u8; 64];
+            s.iter_mut().for_each(|b| *b = byte());
+            assert_eq!(Sqe::from_bytes(&s).to_bytes(), s);
+            let mut c = [0u8; 16];
+            c.iter_mut().for_each(|b| *b = byte());
+            let phase = Cqe::phase_of(&c);
+            assert_eq!(Cqe::from_bytes(&c).to_bytes_with_phase(phase), c);
+            let mut d = [0u8; 16];
+            d.iter_mut().for_each(|b| *b = byte());
+            assert_eq!(DsmRange::from_bytes(&d).to_bytes(), d);
+        }
+    }
+}

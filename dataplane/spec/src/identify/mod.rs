@@ -94,6 +94,11 @@ pub fn ascii_trimmed(field: &[u8]) -> &str {
     s.trim_end_matches(' ')
 }
 
+/// SQES value for 64-byte entries (minimum and maximum 2^6).
+pub const SQES_64: u8 = 0x66;
+/// CQES value for 16-byte entries (minimum and maximum 2^4).
+pub const CQES_16: u8 = 0x44;
+
 /// CMIC bits (byte 76).
 pub mod cmic {
     pub const MULTI_PORT: u8 = 1 << 0;

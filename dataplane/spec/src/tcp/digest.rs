@@ -29,6 +29,11 @@ pub fn header_digest_ok(hdr: &[u8], digest: &[u8; DIGEST_SIZE]) -> bool {
     header_digest(hdr) == *digest
 }
 
+/// The data digest bytes of `data` received or sent in one piece.
+pub fn data_digest(data: &[u8]) -> [u8; DIGEST_SIZE] {
+    crc32c(data).to_le_bytes()
+}
+
 /// Wire bytes of a data digest from its running CRC.
 pub fn digest_bytes(crc: u32) -> [u8; DIGEST_SIZE] {
     crc.to_le_bytes()
@@ -87,5 +92,6 @@ mod tests {
         assert!(!header_digest_ok(&hdr[..7], &d));
         assert_eq!(digest_value(&d), crc32c(&hdr));
         assert_eq!(digest_bytes(crc32c(&hdr)), d);
+        assert_eq!(data_digest(&hdr), d);
     }
 }

@@ -346,8 +346,10 @@ fn encode_data_header(
 
 /// Encodes a C2HData header for `h.datal` data bytes, PDO aligned to `pda`
 /// (the host's HPDA). `success` (the SUCCESS flag: no response capsule will
-/// follow) implies `last`, as the spec requires. Returns header bytes
-/// including header digest and padding.
+/// follow) implies `last`, as the spec requires; a controller may only use it
+/// when the host disabled SQ flow control at Connect, since the skipped
+/// response would have carried SQHD. Returns header bytes including header
+/// digest and padding.
 ///
 /// # Panics
 /// If `out` is shorter than the returned length ([`super::MAX_HEADER_BUF`]

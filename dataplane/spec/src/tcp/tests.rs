@@ -691,3 +691,105 @@ fn sender_roles() {
     assert!(!PduType::H2CTermReq.digests_apply());
     assert!(PduType::CapsuleCmd.digests_apply());
 }
+
+/// A small deterministic generator so the "never panics" tests need no
+/// extra crate.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+#[test]
+fn validation_never_panics_and_accepted_headers_are_consistent() {
+    let mut rng = Lcg(0x5EED);
+    let mut accepted = 0;
+    for _ in 0..200_000 {
+        let r = rng.next();
+        let t = (r % 11) as u8;
+        let hlen = match r % 5 {
+            0 => (rng.next() & 0xFF) as u8,
+            _ => PduType::try_from(t).map(expected_hlen).unwrap_or(24),
+        };
+        let h = CommonHeader {
+            pdu_type: t,
+            flags: (rng.next() & 0x0F) as u8,
+            hlen,
+            pdo: (rng.next() & 0xFF) as u8,
+            plen: match rng.next() % 3 {
+                0 => rng.next() as u32,
+                _ => (rng.next() % 300) as u32,
+            },
+        };
+        let hd = rng.next() & 1 == 1;
+        let dd = rng.next() & 1 == 1;
+        for role in [Role::Controller, Role::Host] {
+            let res = validate_header_for(role, &h, hd, dd, 8192, 8192);
+            let _ = (h.data_len(), h.padding_len(), h.has_data());
+            if let Ok(t) = res {
+                accepted += 1;
+                assert_ne!(t.sender(), role);
+                assert_eq!(h.hlen, expected_hlen(t));
+                if t.digests_apply() {
+                    let end = h.header_end();
+                    if h.has_data() {
+                        assert!(u32::from(h.pdo) >= end);
+                        assert_eq!(u32::from(h.pdo) + h.data_len() + h.ddgst_len(), h.plen);
+                        assert!(h.data_len() > 0);
+                    } else {
+                        assert_eq!(h.plen, end);
+                    }
+                }
+            }
+        }
+    }
+    assert!(accepted > 1000, "only {accepted} accepted");
+}
+
+#[test]
+fn encoded_headers_pass_validation() {
+    let mut out = [0u8; MAX_HEADER_BUF];
+    for hd in [false, true] {
+        for dd in [false, true] {
+            for pda in [0u8, 1, 7, 31] {
+                for len in [0u32, 1, 4096] {
+                    let n = encode_capsule_cmd_header(&Sqe::default(), hd, dd, len, pda, &mut out);
+                    let h = CommonHeader::parse(&out[..8].try_into().expect("8"));
+                    assert_eq!(
+                        validate_header(&h, hd, dd, 0, 4096),
+                        Ok(PduType::CapsuleCmd)
+                    );
+                    assert_eq!(check_pdo_alignment(&h, pda), Ok(()));
+                    assert_eq!(h.data_len(), len);
+                    assert_eq!(n as u32 + len + if dd && len > 0 { 4 } else { 0 }, h.plen);
+                    if len == 0 {
+                        continue;
+                    }
+                    let d = DataHeader {
+                        datal: len,
+                        ..DataHeader::default()
+                    };
+                    let n = encode_h2c_data_header(&d, true, hd, dd, pda, &mut out);
+                    let h = CommonHeader::parse(&out[..8].try_into().expect("8"));
+                    assert_eq!(validate_header(&h, hd, dd, 4096, 0), Ok(PduType::H2CData));
+                    assert_eq!(usize::from(h.pdo), n);
+                    assert_eq!(DataHeader::parse(&out[..24]).check_len(&h), Ok(()));
+                    let n = encode_c2h_data_header(&d, true, false, hd, dd, pda, &mut out);
+                    let h = CommonHeader::parse(&out[..8].try_into().expect("8"));
+                    assert_eq!(
+                        validate_header_for(Role::Host, &h, hd, dd, 0, 0),
+                        Ok(PduType::C2HData)
+                    );
+                    assert_eq!(usize::from(h.pdo), n);
+                    assert_eq!(check_pdo_alignment(&h, pda), Ok(()));
+                }
+            }
+        }
+    }
+}
