@@ -1,1 +1,272 @@
-fn main() {}
+//! `lightpool-target`: the NVMe-over-Fabrics target daemon. A thin binary: it reads the
+//! configuration, builds block devices and subsystems, starts the reactors and the
+//! NVMe/TCP listeners, and waits for SIGINT/SIGTERM.
+
+mod config;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use lightpool_bdev::{Bdev, MallocBdev, UringBdev, UringOptions};
+use lightpool_nvmf::{NamespaceConfig, SubsystemConfig, Target, TargetOptions};
+use lightpool_reactor::{ReactorConfig, ReactorHandle};
+use lightpool_transport_tcp::TcpTransport;
+
+use config::{parse_size, Config, ListenerSection, NamespaceSection, SubsystemSection};
+
+/// The subsystem served when no configuration is given.
+const DEFAULT_NQN: &str = "nqn.2024-01.io.lightpool:default";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lightpool-target",
+    version,
+    about = "LightPool NVMe-over-Fabrics target (NVMe/TCP)"
+)]
+struct Args {
+    /// TOML configuration (see README.md). Without it: one 1 GiB RAM namespace in
+    /// subsystem nqn.2024-01.io.lightpool:default on 127.0.0.1:4420.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Listen here instead of the configured listeners (IP:PORT).
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "lightpool_transport_tcp=debug".
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+fn default_config() -> Config {
+    Config {
+        target: Default::default(),
+        listeners: vec![ListenerSection {
+            address: "127.0.0.1:4420".into(),
+            transport: "tcp".into(),
+        }],
+        subsystems: vec![SubsystemSection {
+            nqn: DEFAULT_NQN.into(),
+            serial: "LIGHTPOOL0000001".into(),
+            model: "LightPool".into(),
+            allow_any_host: true,
+            hosts: vec![],
+            min_cntlid: 1,
+            max_cntlid: 0xFFEF,
+            namespaces: vec![NamespaceSection {
+                nsid: 1,
+                ram: Some("1GiB".into()),
+                file: None,
+                block_size: Some(512),
+                read_only: false,
+                direct: None,
+                nguid: None,
+                uuid: None,
+                ana_group: None,
+            }],
+        }],
+    }
+}
+
+fn load_config(args: &Args) -> Result<Config> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let cfg: Config = toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+            cfg.validate()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            cfg
+        }
+        None => default_config(),
+    };
+    if !args.listen.is_empty() {
+        cfg.listeners = args
+            .listen
+            .iter()
+            .map(|a| ListenerSection {
+                address: a.to_string(),
+                transport: "tcp".into(),
+            })
+            .collect();
+    }
+    if cfg.listeners.is_empty() {
+        bail!(
+            "no listener configured: add a [[listener]] with an address, or pass --listen IP:PORT"
+        );
+    }
+    Ok(cfg)
+}
+
+fn open_bdev(field: &str, n: &NamespaceSection) -> Result<Arc<dyn Bdev>> {
+    if let Some(size) = &n.ram {
+        let bytes = parse_size(size).map_err(|e| anyhow::anyhow!("{field}.ram: {e}"))?;
+        let bdev = MallocBdev::new(
+            &format!("ram{}", n.nsid),
+            bytes,
+            n.block_size.unwrap_or(512),
+        )
+        .map_err(|e| anyhow::anyhow!("{field}.ram: {e}"))?;
+        return Ok(bdev);
+    }
+    let path = n.file.as_ref().expect("validate() guarantees ram or file");
+    let opts = UringOptions {
+        block_size: n.block_size,
+        read_only: n.read_only,
+        direct: n.direct.unwrap_or(true),
+        ..UringOptions::default()
+    };
+    let bdev = UringBdev::open(path, opts).map_err(|e| anyhow::anyhow!("{field}.file: {e}"))?;
+    Ok(bdev)
+}
+
+fn build_target(cfg: &Config) -> Result<Arc<Target>> {
+    let t = &cfg.target;
+    let opts = TargetOptions {
+        max_queue_depth: t.max_queue_depth,
+        max_io_queues: t.max_io_queues,
+        in_capsule_data_size: t.in_capsule_data_size,
+        max_transfer_size: t.max_transfer_size,
+        ..TargetOptions::default()
+    };
+    let target = Target::new(opts).map_err(|e| anyhow::anyhow!("target: {e}"))?;
+    for (si, s) in cfg.subsystems.iter().enumerate() {
+        let mut sc = SubsystemConfig::new(&s.nqn);
+        sc.serial = s.serial.clone();
+        sc.model = s.model.clone();
+        sc.allow_any_host = s.allow_any_host;
+        sc.hosts = s.hosts.clone();
+        sc.min_cntlid = s.min_cntlid;
+        sc.max_cntlid = s.max_cntlid;
+        for (ni, n) in s.namespaces.iter().enumerate() {
+            let field = format!("subsystem[{si}].namespace[{ni}]");
+            sc.namespaces.push(NamespaceConfig {
+                nsid: n.nsid,
+                bdev: open_bdev(&field, n)?,
+                nguid: Config::nguid(n),
+                uuid: Config::uuid(n),
+                anagrpid: n.ana_group,
+            });
+        }
+        target
+            .add_subsystem(sc)
+            .map_err(|e| anyhow::anyhow!("subsystem[{si}]: {e}"))?;
+    }
+    Ok(target)
+}
+
+/// Block SIGINT and SIGTERM in every thread (reactors inherit the mask) so the main
+/// thread can wait for them with sigwait.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it and
+    // pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` was initialised by block_signals; sigwait writes one int.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(&args) {
+        eprintln!("lightpool-target: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let cfg = load_config(args)?;
+    let target = build_target(&cfg)?;
+    let sigs = block_signals();
+
+    let mut reactors: Vec<ReactorHandle> = Vec::new();
+    let spin = cfg.target.idle_spin_us.map(Duration::from_micros);
+    let cores: Vec<Option<usize>> = if cfg.target.cores.is_empty() {
+        vec![None; cfg.target.reactors]
+    } else {
+        cfg.target.cores.iter().map(|&c| Some(c)).collect()
+    };
+    for (id, core) in cores.into_iter().enumerate() {
+        let mut rc = ReactorConfig::new(id, core);
+        if let Some(s) = spin {
+            rc.idle_spin = s;
+        }
+        reactors
+            .push(lightpool_reactor::spawn(rc).with_context(|| format!("starting reactor {id}"))?);
+    }
+
+    let tcp = TcpTransport::new(target.clone(), reactors.clone())?;
+    let mut bound = Vec::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let addr: SocketAddr = l
+            .address
+            .parse()
+            .with_context(|| format!("listener[{i}].address"))?;
+        bound.push(tcp.listen(addr).with_context(|| format!("listener[{i}]"))?);
+    }
+
+    for s in target.subsystems() {
+        let ns: Vec<String> = s
+            .namespaces()
+            .iter()
+            .map(|n| {
+                format!(
+                    "nsid {} ({} x {} B, {})",
+                    n.nsid,
+                    n.num_blocks,
+                    n.block_size,
+                    n.bdev.info().name
+                )
+            })
+            .collect();
+        println!(
+            "lightpool-target {}: subsystem {} with {}",
+            env!("CARGO_PKG_VERSION"),
+            s.nqn,
+            ns.join(", ")
+        );
+    }
+    for a in &bound {
+        println!("lightpool-target: listening on {a} (NVMe/TCP, discovery included)");
+    }
+    if let (Some(a), Some(s)) = (bound.first(), target.subsystems().first()) {
+        println!(
+            "Connect a Linux host with: nvme connect -t tcp -a {} -s {} -n {}",
+            a.ip(),
+            a.port(),
+            s.nqn
+        );
+    }
+    use std::io::Write;
+    std::io::stdout().flush().ok();
+
+    let sig = wait_for_signal(&sigs);
+    tracing::info!(signal = sig, "shutting down");
+    for r in &reactors {
+        r.stop();
+    }
+    for r in &reactors {
+        r.join().ok();
+    }
+    Ok(())
+}

@@ -1,0 +1,672 @@
+//! One NVMe-oF queue (admin or I/O) as the target sees it, whatever the transport: the
+//! preallocated request slab (tag = slab index), the one dispatch point, and the bdev
+//! channels the queue's I/O goes through. A transport owns one of these per connection,
+//! on one reactor, for the connection's whole life.
+//!
+//! Request lifecycle, driven by the transport:
+//! `alloc` (capsule header arrived) -> `prepare` (what data moves, validated before any
+//! buffer is used) -> the transport fills the buffer for host-to-controller data ->
+//! `execute` -> completion appears in `next_done` (at once, or after `poll` reaps the
+//! bdev) -> the transport sends data and response -> `free`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lightpool_bdev::{IoChannel, IoOp, IoRequest, IoStatus};
+use lightpool_spec::nvme::{
+    self, Cqe, DataDirection, Sqe, SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK,
+};
+use lightpool_spec::status::{generic, Status};
+
+use crate::buf::AlignedBuf;
+use crate::ctrlr::{Controller, QueueStats};
+use crate::subsystem::Namespace;
+use crate::target::Target;
+
+/// Sizes a queue works with, taken from the target's options.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueOptions {
+    pub in_capsule: u32,
+    pub max_transfer: u32,
+}
+
+impl QueueOptions {
+    pub fn from_target(t: &Target) -> QueueOptions {
+        QueueOptions {
+            in_capsule: t.opts.in_capsule_data_size,
+            max_transfer: t.opts.max_transfer_size,
+        }
+    }
+}
+
+/// The data a command moves, as its SGL and opcode say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Xfer {
+    None,
+    /// Host to controller: `len` bytes, in the capsule or fetched by the transport (R2T).
+    H2C {
+        len: u32,
+        in_capsule: bool,
+    },
+    /// Controller to host: up to `len` bytes.
+    C2H {
+        len: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    Allocated,
+    Executing,
+    /// An Asynchronous Event Request waiting for an event.
+    Parked,
+    Done,
+}
+
+/// One entry of the request slab.
+pub struct Request<T> {
+    pub sqe: Sqe,
+    pub cqe: Cqe,
+    pub xfer: Xfer,
+    /// Bytes of controller-to-host data in the buffer once the request is done.
+    pub c2h_len: u32,
+    buf: Option<AlignedBuf>,
+    aux: Option<AlignedBuf>,
+    pending: u16,
+    state: SlotState,
+    /// Transport-private per-request state (R2T progress, send position, ...).
+    pub tr: T,
+}
+
+impl<T: Default> Request<T> {
+    fn new() -> Self {
+        Request {
+            sqe: Sqe::default(),
+            cqe: Cqe::default(),
+            xfer: Xfer::None,
+            c2h_len: 0,
+            buf: None,
+            aux: None,
+            pending: 0,
+            state: SlotState::Free,
+            tr: T::default(),
+        }
+    }
+}
+
+impl<T> Request<T> {
+    /// The data buffer, at least `len` bytes (allocated on the slot's first use, then
+    /// reused: no allocation on a warm queue).
+    pub fn buf_mut(&mut self, len: usize) -> &mut [u8] {
+        if self.buf.as_ref().is_none_or(|b| b.len() < len) {
+            self.buf = Some(AlignedBuf::new(len));
+        }
+        let b = self.buf.as_mut().expect("allocated just above");
+        &mut b.as_mut_slice()[..len]
+    }
+
+    /// The first `len` bytes of the data buffer (zeroes if it was never written).
+    pub fn buf(&mut self, len: usize) -> &[u8] {
+        self.buf_mut(len)
+    }
+
+    /// Controller-to-host data ready to send.
+    pub fn c2h_data(&self) -> &[u8] {
+        match &self.buf {
+            Some(b) => &b.as_slice()[..self.c2h_len as usize],
+            None => &[],
+        }
+    }
+
+    fn complete(&mut self, status: Status) {
+        self.cqe.cid = self.sqe.cid;
+        self.cqe.status = status;
+        self.state = SlotState::Done;
+    }
+}
+
+/// Where a queue stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueState {
+    /// No Connect yet.
+    Connecting,
+    Live,
+    /// The host asked to disconnect this queue; close after the response goes out.
+    Disconnecting,
+    /// The controller failed (keep-alive expired, admin queue gone): close now.
+    Failed,
+}
+
+/// Outcome of `execute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exec {
+    /// The response is ready (it is also queued in `next_done`).
+    Done,
+    /// Waiting on a block device or an event; `poll` will finish it.
+    Pending,
+}
+
+const PRECONNECT_SLOTS: usize = 4;
+
+/// A queue: see the module documentation.
+pub struct NvmfQueue<T> {
+    pub(crate) target: Arc<Target>,
+    pub(crate) opts: QueueOptions,
+    pub(crate) qid: u16,
+    entries: u16,
+    sqhd: u16,
+    pub(crate) ctrlr: Option<Arc<Controller>>,
+    state: QueueState,
+    pub(crate) sq_flow_disabled: bool,
+    slots: Vec<Request<T>>,
+    free: Vec<u16>,
+    done: VecDeque<u16>,
+    aers: Vec<u16>,
+    /// Namespaces by NSID - 1, cached at Connect (the I/O path never locks the subsystem).
+    pub(crate) namespaces: Vec<Option<Arc<Namespace>>>,
+    channels: Vec<Option<Box<dyn IoChannel>>>,
+    open_channels: Vec<usize>,
+    bdev_in_flight: usize,
+    ka_deadline: Option<Instant>,
+    pub(crate) stats: Arc<QueueStats>,
+}
+
+impl<T: Default> NvmfQueue<T> {
+    pub fn new(target: Arc<Target>) -> Self {
+        let opts = QueueOptions::from_target(&target);
+        let mut q = NvmfQueue {
+            target,
+            opts,
+            qid: 0,
+            entries: 0,
+            sqhd: 0,
+            ctrlr: None,
+            state: QueueState::Connecting,
+            sq_flow_disabled: false,
+            slots: Vec::new(),
+            free: Vec::new(),
+            done: VecDeque::new(),
+            aers: Vec::new(),
+            namespaces: Vec::new(),
+            channels: Vec::new(),
+            open_channels: Vec::new(),
+            bdev_in_flight: 0,
+            ka_deadline: None,
+            stats: Arc::new(QueueStats::default()),
+        };
+        q.grow_slots(PRECONNECT_SLOTS);
+        q
+    }
+
+    fn grow_slots(&mut self, n: usize) {
+        while self.slots.len() < n {
+            self.free.insert(0, self.slots.len() as u16);
+            self.slots.push(Request::new());
+        }
+        self.done.reserve(n.saturating_sub(self.done.capacity()));
+    }
+}
+
+impl<T: Default> NvmfQueue<T> {
+    pub fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    pub fn state(&self) -> QueueState {
+        self.state
+    }
+
+    pub fn controller(&self) -> Option<&Arc<Controller>> {
+        self.ctrlr.as_ref()
+    }
+
+    pub fn options(&self) -> QueueOptions {
+        self.opts
+    }
+
+    /// Whether the host turned SQ flow control off at Connect (then a C2H data PDU may
+    /// carry the completion and no response capsule is needed).
+    pub fn sq_flow_disabled(&self) -> bool {
+        self.sq_flow_disabled
+    }
+
+    /// Requests the block devices still own buffers of; the transport keeps polling
+    /// until this is zero before it drops the queue.
+    pub fn bdev_in_flight(&self) -> usize {
+        self.bdev_in_flight
+    }
+
+    /// Take a slot for a newly arrived command. `None` when the host has more commands
+    /// outstanding than the queue has entries.
+    pub fn alloc(&mut self, sqe: &Sqe) -> Option<u16> {
+        let slot = self.free.pop()?;
+        let r = &mut self.slots[usize::from(slot)];
+        r.sqe = *sqe;
+        r.cqe = Cqe::default();
+        r.xfer = Xfer::None;
+        r.c2h_len = 0;
+        r.pending = 0;
+        r.state = SlotState::Allocated;
+        if self.entries > 0 {
+            self.sqhd = (self.sqhd + 1) % self.entries;
+        }
+        Some(slot)
+    }
+
+    /// A request that is in use (not free), if `slot` names one: for tags that come from
+    /// the network (an H2CData transfer tag), which must be checked, not trusted.
+    pub fn try_req(&mut self, slot: u16) -> Option<&mut Request<T>> {
+        self.slots
+            .get_mut(usize::from(slot))
+            .filter(|r| r.state != SlotState::Free)
+    }
+
+    pub fn req_ref(&self, slot: u16) -> &Request<T> {
+        &self.slots[usize::from(slot)]
+    }
+
+    /// Controller-to-host data of a finished request.
+    pub fn c2h_of(&self, slot: u16) -> &[u8] {
+        self.slots[usize::from(slot)].c2h_data()
+    }
+
+    pub fn req(&mut self, slot: u16) -> &mut Request<T> {
+        &mut self.slots[usize::from(slot)]
+    }
+
+    /// Return a slot whose response has been sent.
+    pub fn free(&mut self, slot: u16) {
+        let r = &mut self.slots[usize::from(slot)];
+        debug_assert!(r.state != SlotState::Free, "slot {slot} freed twice");
+        r.state = SlotState::Free;
+        self.free.push(slot);
+    }
+
+    /// Decide what data the command moves, from its opcode and SGL, and check it against
+    /// the queue's limits before any buffer is touched. On error the request is already
+    /// completed with the status the specification gives (the transport still has to
+    /// consume any in-capsule data that follows).
+    pub fn prepare(&mut self, slot: u16, incapsule_len: u32) -> Result<Xfer, Status> {
+        let max_transfer = self.opts.max_transfer;
+        let in_capsule_max = self.opts.in_capsule;
+        let r = &mut self.slots[usize::from(slot)];
+        let res = classify(&r.sqe, incapsule_len, in_capsule_max, max_transfer);
+        match res {
+            Ok(x) => {
+                r.xfer = x;
+                Ok(x)
+            }
+            Err(st) => {
+                r.xfer = Xfer::None;
+                self.finish(slot, st);
+                Err(st)
+            }
+        }
+    }
+
+    /// Complete a request with `status` now (used by transports for transport-level
+    /// failures such as a data digest error).
+    pub fn finish(&mut self, slot: u16, status: Status) {
+        let sqhd = self.sqhd;
+        let qid = self.qid;
+        let r = &mut self.slots[usize::from(slot)];
+        r.cqe.sqhd = sqhd;
+        r.cqe.sqid = qid;
+        r.complete(status);
+        self.done.push_back(slot);
+    }
+
+    /// The next request whose response can be sent, in completion order.
+    pub fn next_done(&mut self) -> Option<u16> {
+        self.done.pop_front()
+    }
+
+    /// Run a command whose host-to-controller data (if any) is in its buffer.
+    pub fn execute(&mut self, slot: u16, now: Instant) -> Exec {
+        self.slots[usize::from(slot)].state = SlotState::Executing;
+        let sqe = self.slots[usize::from(slot)].sqe;
+        let outcome = if sqe.opcode == nvme::admin_opcode::FABRICS {
+            self.exec_fabrics(slot, now)
+        } else if self.ctrlr.is_none() {
+            Err(Status::generic(generic::COMMAND_SEQUENCE_ERROR).with_dnr())
+        } else if self.qid == 0 {
+            self.exec_admin(slot, now)
+        } else {
+            self.exec_io(slot)
+        };
+        match outcome {
+            Ok(Exec::Pending) => Exec::Pending,
+            Ok(Exec::Done) => {
+                self.finish(slot, Status::SUCCESS);
+                Exec::Done
+            }
+            Err(st) => {
+                self.finish(slot, st);
+                Exec::Done
+            }
+        }
+    }
+
+    /// Reap block-device completions, deliver async events, enforce keep-alive. Returns
+    /// how much work it did.
+    pub fn poll(&mut self, now: Instant) -> usize {
+        let mut work = 0;
+        if self.bdev_in_flight > 0 {
+            work += self.poll_bdevs();
+        }
+        let Some(c) = &self.ctrlr else { return work };
+        if c.is_failed() {
+            self.state = QueueState::Failed;
+            return work;
+        }
+        if self.qid == 0 {
+            if let Some(dl) = self.ka_deadline {
+                if now > dl {
+                    tracing::warn!(cntlid = c.cntlid, host = %c.hostnqn, "keep-alive timeout expired: controller failed");
+                    c.fail();
+                    self.state = QueueState::Failed;
+                    return work;
+                }
+            }
+            if !self.aers.is_empty() && c.has_events() {
+                work += self.deliver_events();
+            }
+        }
+        work
+    }
+
+    fn deliver_events(&mut self) -> usize {
+        let Some(c) = self.ctrlr.clone() else {
+            return 0;
+        };
+        let mut n = 0;
+        while let Some(&slot) = self.aers.last() {
+            let Some(dw0) = c.take_event() else { break };
+            self.aers.pop();
+            self.slots[usize::from(slot)].cqe.dw0 = dw0;
+            self.finish(slot, Status::SUCCESS);
+            n += 1;
+        }
+        n
+    }
+
+    pub(crate) fn park_aer(&mut self, slot: u16) -> Result<Exec, Status> {
+        if self.aers.len() > usize::from(crate::ctrlr::admin::AERL) {
+            return Err(Status::command_specific(
+                lightpool_spec::status::command_specific::ASYNC_EVENT_REQUEST_LIMIT_EXCEEDED,
+            )
+            .with_dnr());
+        }
+        self.slots[usize::from(slot)].state = SlotState::Parked;
+        self.aers.push(slot);
+        if self.ctrlr.as_ref().is_some_and(|c| c.has_events()) {
+            self.deliver_events();
+        }
+        Ok(Exec::Pending)
+    }
+
+    pub(crate) fn reset_keep_alive(&mut self, now: Instant) {
+        self.ka_deadline = self.ctrlr.as_ref().and_then(|c| {
+            let ms = c.kato_ms();
+            // The host is given the timeout plus a grace period for its own timer's slack,
+            // as Linux nvmet and SPDK do.
+            (ms != 0).then(|| {
+                now + Duration::from_millis(u64::from(ms))
+                    + Duration::from_millis(u64::from(ms) / 2 + 1000)
+            })
+        });
+    }
+
+    pub(crate) fn set_connected(
+        &mut self,
+        ctrlr: Arc<Controller>,
+        qid: u16,
+        entries: u16,
+        now: Instant,
+    ) {
+        self.qid = qid;
+        self.entries = entries;
+        self.namespaces = Vec::new();
+        for ns in ctrlr.subsys.namespaces() {
+            let idx = ns.nsid as usize - 1;
+            if self.namespaces.len() <= idx {
+                self.namespaces.resize(idx + 1, None);
+            }
+            self.namespaces[idx] = Some(ns.clone());
+        }
+        self.channels = (0..self.namespaces.len()).map(|_| None).collect();
+        ctrlr.register_stats(self.stats.clone());
+        self.ctrlr = Some(ctrlr);
+        self.state = QueueState::Live;
+        self.grow_slots(usize::from(entries) + PRECONNECT_SLOTS);
+        if qid == 0 {
+            self.reset_keep_alive(now);
+        }
+    }
+
+    pub(crate) fn set_disconnecting(&mut self) {
+        self.state = QueueState::Disconnecting;
+    }
+
+    pub(crate) fn slot_pending(&self, slot: u16) -> u16 {
+        self.slots[usize::from(slot)].pending
+    }
+
+    /// Submit one block-device operation for a request.
+    pub(crate) fn submit_bdev(
+        &mut self,
+        slot: u16,
+        ns_idx: usize,
+        op: IoOp,
+        lba: u64,
+        nblocks: u32,
+        use_aux: bool,
+    ) -> Result<(), Status> {
+        if self.channels[ns_idx].is_none() {
+            let ns = self.namespaces[ns_idx]
+                .as_ref()
+                .expect("caller checked the namespace exists");
+            match ns.bdev.open_channel() {
+                Ok(ch) => {
+                    self.channels[ns_idx] = Some(ch);
+                    self.open_channels.push(ns_idx);
+                }
+                Err(e) => {
+                    tracing::error!(nsid = ns.nsid, error = %e, "cannot open an I/O channel");
+                    return Err(Status::generic(generic::INTERNAL_ERROR));
+                }
+            }
+        }
+        let block_shift = self.namespaces[ns_idx]
+            .as_ref()
+            .map_or(9, |n| n.block_shift);
+        let r = &mut self.slots[usize::from(slot)];
+        let len = if matches!(op, IoOp::Read | IoOp::Write) {
+            (nblocks as usize) << block_shift
+        } else {
+            0
+        };
+        let buf = if len == 0 {
+            std::ptr::null_mut()
+        } else if use_aux {
+            if r.aux.as_ref().is_none_or(|b| b.len() < len) {
+                r.aux = Some(AlignedBuf::new(len));
+            }
+            r.aux.as_mut().expect("allocated just above").as_mut_ptr()
+        } else {
+            r.buf_mut(len).as_mut_ptr()
+        };
+        r.pending += 1;
+        self.bdev_in_flight += 1;
+        let req = IoRequest {
+            op,
+            offset_blocks: lba,
+            num_blocks: nblocks,
+            buf,
+            len,
+            tag: u64::from(slot),
+        };
+        let ch = self.channels[ns_idx].as_mut().expect("opened just above");
+        // SAFETY: the buffer belongs to slot `slot`, which stays Executing (never freed,
+        // never handed to the transport) until the channel returns this tag from poll();
+        // the queue is not dropped while bdev_in_flight > 0 (transports wait for it).
+        unsafe { ch.submit(req) };
+        Ok(())
+    }
+
+    fn poll_bdevs(&mut self) -> usize {
+        let mut n = 0;
+        let slots = &mut self.slots;
+        let done = &mut self.done;
+        let in_flight = &mut self.bdev_in_flight;
+        let sqhd = self.sqhd;
+        let qid = self.qid;
+        for &idx in &self.open_channels {
+            let Some(ch) = self.channels[idx].as_mut() else {
+                continue;
+            };
+            n += ch.poll(&mut |tag, st| {
+                *in_flight -= 1;
+                let r = &mut slots[tag as usize];
+                if st != IoStatus::Success && r.cqe.status.is_success() {
+                    r.cqe.status = bdev_status(st);
+                }
+                r.pending -= 1;
+                if r.pending == 0 {
+                    let mut status = r.cqe.status;
+                    if status.is_success() && r.sqe.opcode == nvme::io_opcode::COMPARE {
+                        status = compare_result(r);
+                    }
+                    r.cqe.sqhd = sqhd;
+                    r.cqe.sqid = qid;
+                    r.complete(status);
+                    done.push_back(tag as u16);
+                }
+            });
+        }
+        n
+    }
+
+    /// Tear down: fail the controller if this is its admin queue, give back the I/O
+    /// queue ID otherwise. The transport calls this once, when the connection ends.
+    pub fn close(&mut self) {
+        if let Some(c) = self.ctrlr.take() {
+            if self.qid == 0 {
+                c.fail();
+                c.unregister();
+            } else {
+                c.release_io_queue(self.qid);
+            }
+        }
+    }
+}
+
+fn compare_result<T>(r: &Request<T>) -> Status {
+    let (Some(host), Some(media)) = (&r.buf, &r.aux) else {
+        return Status::generic(generic::INTERNAL_ERROR);
+    };
+    let len = match r.xfer {
+        Xfer::H2C { len, .. } => len as usize,
+        _ => 0,
+    };
+    if host.as_slice()[..len] == media.as_slice()[..len] {
+        Status::SUCCESS
+    } else {
+        Status::media(lightpool_spec::status::media::COMPARE_FAILURE).with_dnr()
+    }
+}
+
+fn bdev_status(st: IoStatus) -> Status {
+    match st {
+        IoStatus::Success => Status::SUCCESS,
+        IoStatus::OutOfRange => Status::generic(generic::LBA_OUT_OF_RANGE).with_dnr(),
+        IoStatus::ReadOnly => Status::generic(NAMESPACE_WRITE_PROTECTED).with_dnr(),
+        IoStatus::Io(_) => Status::generic(generic::INTERNAL_ERROR),
+    }
+}
+
+/// Generic status 20h (NVMe 1.4+): Namespace is Write Protected.
+pub(crate) const NAMESPACE_WRITE_PROTECTED: u8 = 0x20;
+
+/// What data an SQE moves: direction from the opcode (fabrics commands by fctype),
+/// length and placement from the SGL.
+fn classify(
+    sqe: &Sqe,
+    incapsule_len: u32,
+    in_capsule_max: u32,
+    max_transfer: u32,
+) -> Result<Xfer, Status> {
+    let dir = if sqe.opcode == nvme::admin_opcode::FABRICS {
+        match lightpool_spec::fabrics::fctype(sqe) {
+            lightpool_spec::fabrics::fctype::CONNECT
+            | lightpool_spec::fabrics::fctype::AUTH_SEND => DataDirection::HostToController,
+            lightpool_spec::fabrics::fctype::AUTH_RECV => DataDirection::ControllerToHost,
+            _ => DataDirection::None,
+        }
+    } else {
+        nvme::data_transfer(sqe.opcode)
+    };
+    let sgl = sqe.sgl();
+    let invalid_len = || Status::generic(generic::DATA_SGL_LENGTH_INVALID).with_dnr();
+    match dir {
+        DataDirection::None => {
+            if incapsule_len != 0 {
+                return Err(invalid_len());
+            }
+            Ok(Xfer::None)
+        }
+        DataDirection::Bidirectional => Err(Status::generic(generic::INVALID_FIELD).with_dnr()),
+        DataDirection::HostToController => {
+            if sgl.length == 0 {
+                if incapsule_len != 0 {
+                    return Err(invalid_len());
+                }
+                return Ok(Xfer::None);
+            }
+            if sgl.length > max_transfer.max(in_capsule_max) {
+                return Err(invalid_len());
+            }
+            match sgl.id {
+                SGL_DATA_BLOCK_OFFSET => {
+                    if sgl.address != 0 {
+                        return Err(Status::generic(generic::INVALID_SGL_OFFSET).with_dnr());
+                    }
+                    if sgl.length > in_capsule_max || sgl.length != incapsule_len {
+                        return Err(invalid_len());
+                    }
+                    Ok(Xfer::H2C {
+                        len: sgl.length,
+                        in_capsule: true,
+                    })
+                }
+                SGL_TRANSPORT_DATA_BLOCK => {
+                    if incapsule_len != 0 {
+                        return Err(invalid_len());
+                    }
+                    Ok(Xfer::H2C {
+                        len: sgl.length,
+                        in_capsule: false,
+                    })
+                }
+                _ => Err(Status::generic(generic::SGL_DESCRIPTOR_TYPE_INVALID).with_dnr()),
+            }
+        }
+        DataDirection::ControllerToHost => {
+            if incapsule_len != 0 {
+                return Err(invalid_len());
+            }
+            if sgl.length == 0 {
+                return Ok(Xfer::None);
+            }
+            if sgl.id != SGL_TRANSPORT_DATA_BLOCK {
+                return Err(Status::generic(generic::SGL_DESCRIPTOR_TYPE_INVALID).with_dnr());
+            }
+            if sgl.length > max_transfer {
+                return Err(invalid_len());
+            }
+            Ok(Xfer::C2H { len: sgl.length })
+        }
+    }
+}

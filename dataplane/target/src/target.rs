@@ -1,0 +1,159 @@
+//! The target: every subsystem and listener this process serves.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::subsystem::{Subsystem, SubsystemConfig};
+use crate::transport::ListenerInfo;
+use crate::NvmfError;
+
+/// Limits and identity that apply to every controller.
+#[derive(Debug, Clone)]
+pub struct TargetOptions {
+    /// Entries per I/O queue a host may ask for (CAP.MQES + 1).
+    pub max_queue_depth: u16,
+    /// Entries of the admin queue a host may ask for.
+    pub max_admin_queue_depth: u16,
+    /// I/O queues per controller.
+    pub max_io_queues: u16,
+    /// Bytes of data a command capsule may carry (IOCCSZ - 64).
+    pub in_capsule_data_size: u32,
+    /// Largest data transfer of one command (MDTS), a power of two of at least 4 KiB.
+    pub max_transfer_size: u32,
+    /// What Identify Controller reports as the firmware revision.
+    pub firmware_revision: String,
+}
+
+impl Default for TargetOptions {
+    fn default() -> Self {
+        TargetOptions {
+            max_queue_depth: 1024,
+            max_admin_queue_depth: 32,
+            max_io_queues: 64,
+            in_capsule_data_size: 8192,
+            max_transfer_size: 128 * 1024,
+            firmware_revision: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+impl TargetOptions {
+    pub fn validate(&self) -> Result<(), NvmfError> {
+        let bad = |s: &str| Err(NvmfError::Invalid(s.to_string()));
+        if !self.max_transfer_size.is_power_of_two()
+            || !(4096..=(1 << 20)).contains(&self.max_transfer_size)
+        {
+            return bad("max_transfer_size must be a power of two between 4096 and 1048576");
+        }
+        if self.in_capsule_data_size < 4096
+            || self.in_capsule_data_size > self.max_transfer_size
+            || !self.in_capsule_data_size.is_multiple_of(16)
+        {
+            return bad(
+                "in_capsule_data_size must be a multiple of 16 between 4096 and max_transfer_size",
+            );
+        }
+        if self.max_queue_depth < 2
+            || self.max_admin_queue_depth < 2
+            || self.max_admin_queue_depth > 4096
+        {
+            return bad("queue depths must be at least 2 (admin at most 4096)");
+        }
+        if self.max_io_queues == 0 {
+            return bad("max_io_queues must be at least 1");
+        }
+        if self.firmware_revision.is_empty()
+            || self.firmware_revision.len() > 8
+            || !self.firmware_revision.is_ascii()
+        {
+            return bad("firmware_revision must be 1 to 8 ASCII characters");
+        }
+        Ok(())
+    }
+
+    /// MDTS in units of the 4 KiB minimum page size, as a power of two.
+    pub fn mdts(&self) -> u8 {
+        (self.max_transfer_size / 4096).trailing_zeros() as u8
+    }
+}
+
+/// Everything the process serves; shared by all reactors.
+pub struct Target {
+    pub opts: TargetOptions,
+    discovery: Arc<Subsystem>,
+    subsystems: RwLock<Vec<Arc<Subsystem>>>,
+    listeners: RwLock<Vec<ListenerInfo>>,
+    genctr: AtomicU64,
+}
+
+impl Target {
+    pub fn new(opts: TargetOptions) -> Result<Arc<Target>, NvmfError> {
+        opts.validate()?;
+        Ok(Arc::new(Target {
+            opts,
+            discovery: Subsystem::discovery(),
+            subsystems: RwLock::new(Vec::new()),
+            listeners: RwLock::new(Vec::new()),
+            genctr: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn add_subsystem(&self, cfg: SubsystemConfig) -> Result<Arc<Subsystem>, NvmfError> {
+        let s = Subsystem::new(cfg)?;
+        let mut subs = self.subsystems.write().expect("subsystem lock poisoned");
+        if subs.iter().any(|x| x.nqn == s.nqn) {
+            return Err(NvmfError::DuplicateSubsystem(s.nqn.clone()));
+        }
+        subs.push(s.clone());
+        drop(subs);
+        self.discovery_changed();
+        Ok(s)
+    }
+
+    /// The subsystem a Connect names, the discovery subsystem included.
+    pub fn find_subsystem(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        if nqn == self.discovery.nqn {
+            return Some(self.discovery.clone());
+        }
+        self.subsystems
+            .read()
+            .expect("subsystem lock poisoned")
+            .iter()
+            .find(|s| s.nqn == nqn)
+            .cloned()
+    }
+
+    pub fn subsystems(&self) -> Vec<Arc<Subsystem>> {
+        self.subsystems
+            .read()
+            .expect("subsystem lock poisoned")
+            .clone()
+    }
+
+    pub fn add_listener(&self, l: ListenerInfo) {
+        self.listeners
+            .write()
+            .expect("listener lock poisoned")
+            .push(l);
+        self.discovery_changed();
+    }
+
+    pub fn listeners(&self) -> Vec<ListenerInfo> {
+        self.listeners
+            .read()
+            .expect("listener lock poisoned")
+            .clone()
+    }
+
+    /// Generation counter of the discovery log.
+    pub fn discovery_genctr(&self) -> u64 {
+        self.genctr.load(Ordering::Acquire)
+    }
+
+    fn discovery_changed(&self) {
+        self.genctr.fetch_add(1, Ordering::AcqRel);
+        for c in self.discovery.controllers() {
+            c.notify_discovery_change();
+        }
+    }
+}
