@@ -178,7 +178,8 @@ pub fn run_guest(cfg: &GuestConfig) -> Result<GuestOutcome> {
         append.push_str(a);
     }
     let mut cmd = Command::new(&assets.qemu);
-    cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-M", "q35"])
+    cmd.args(["-accel", &format!("tcg,thread={}", tcg_thread())])
+        .args(["-cpu", "max", "-M", "q35"])
         .args(["-m", &cfg.mem_mb.to_string()])
         .args(["-smp", &cfg.cpus.to_string()])
         .args(["-nographic", "-no-reboot"])
@@ -255,8 +256,11 @@ pub fn run_guest(cfg: &GuestConfig) -> Result<GuestOutcome> {
         Err(e) => return Err(e.context(format!("waiting for QEMU ({})", cfg.name))),
     };
     let Some(exit_code) = parse_exit(&console) else {
+        let crash = first_crash_line(&console)
+            .map(|l| format!(" The guest kernel crashed: {l}."))
+            .unwrap_or_default();
         bail!(
-            "guest {:?} ended ({status}) without printing {EXIT_MARKER}<code>; console in {}; its tail:\n{}",
+            "guest {:?} ended ({status}) without printing {EXIT_MARKER}<code>.{crash} Console in {}; its tail:\n{}",
             cfg.name,
             console_log.display(),
             tail(&log, 40)
@@ -269,6 +273,17 @@ pub fn run_guest(cfg: &GuestConfig) -> Result<GuestOutcome> {
         boot_time,
         total_time,
     })
+}
+
+/// TCG's threading: "single" unless LIGHTPOOL_E2E_TCG_THREAD says otherwise.
+///
+/// With "multi" (one host thread per vCPU), QEMU 7.2 lets a vCPU run code
+/// that another vCPU has just patched, now and then: the 6.12 guest dies at
+/// boot with "Oops: int3" in a static branch the kernel was switching (seen in
+/// sched_clock_cpu when the TSC becomes the clocksource). One thread for all
+/// vCPUs makes code patching exact; the guest is no slower on our 2 cores.
+fn tcg_thread() -> String {
+    std::env::var("LIGHTPOOL_E2E_TCG_THREAD").unwrap_or_else(|_| "single".to_string())
 }
 
 /// The base initramfs followed by the per-test archive: the kernel unpacks
@@ -398,6 +413,18 @@ fn clean(b: &[u8]) -> String {
     out
 }
 
+/// The first line that says the guest kernel went down.
+fn first_crash_line(console: &str) -> Option<&str> {
+    console
+        .lines()
+        .find(|l| {
+            ["Oops:", "BUG:", "Kernel panic"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .map(str::trim)
+}
+
 /// The code after the last exit marker.
 fn parse_exit(console: &str) -> Option<i32> {
     let at = console.rfind(EXIT_MARKER)? + EXIT_MARKER.len();
@@ -435,6 +462,16 @@ mod tests {
             clean(b"\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS\r\nBooting\r\n"),
             "SeaBIOS\nBooting\n"
         );
+    }
+
+    #[test]
+    fn crash_line() {
+        let c = "Booting\n[    4.48] Oops: int3: 0000 [#1] PREEMPT SMP\n[ 4.49] Kernel panic - x\n";
+        assert_eq!(
+            first_crash_line(c),
+            Some("[    4.48] Oops: int3: 0000 [#1] PREEMPT SMP")
+        );
+        assert_eq!(first_crash_line("all fine\n"), None);
     }
 
     #[test]
