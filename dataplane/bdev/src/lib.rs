@@ -154,9 +154,34 @@ pub enum BdevError {
     Setup(#[source] std::io::Error),
 }
 
+/// What a successor process needs to take a block device over during a hot upgrade.
+#[derive(Debug)]
+pub enum Handover<'a> {
+    /// RAM: the memfd with the data, mapped again by the successor.
+    Ram {
+        memfd: std::os::fd::BorrowedFd<'a>,
+        block_size: u32,
+    },
+    /// A file or block device, reopened by path with the same options (nothing is
+    /// buffered in this process: every acknowledged write has reached the kernel).
+    File {
+        path: String,
+        block_size: u32,
+        read_only: bool,
+        direct: bool,
+        queue_depth: u32,
+    },
+    /// The device cannot be handed over (the upgrade is refused).
+    Unsupported,
+}
+
 /// A block device shared by all reactors.
 pub trait Bdev: Send + Sync {
     fn info(&self) -> &BdevInfo;
+    /// How a successor process takes this device over.
+    fn handover(&self) -> Handover<'_> {
+        Handover::Unsupported
+    }
     /// Open an I/O channel for use on the calling thread only.
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError>;
 }

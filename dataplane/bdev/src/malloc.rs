@@ -1,10 +1,14 @@
-//! RAM block device: one anonymous mapping shared by every channel.
+//! RAM block device: one shared-memory mapping (a memfd) shared by every channel.
 //!
-//! The mapping is `MAP_NORESERVE` and untouched pages read as zeroes, so a large device
-//! costs nothing until it is written. Channels copy synchronously at submit and queue the
+//! The memory is a memfd so that it outlives the process that made it: a hot upgrade
+//! hands the descriptor to the next binary, which maps the same pages
+//! ([`MallocBdev::from_memfd`]), and nothing the host wrote is lost. The mapping is
+//! `MAP_NORESERVE` and untouched pages read as zeroes, so a large device costs nothing
+//! until it is written. Channels copy synchronously at submit and queue the
 //! completion in a preallocated ring that the next `poll` hands back.
 
 use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -17,10 +21,11 @@ const MADVISE_MIN: usize = 64 * 1024;
 /// Completions a channel can hold between two polls before its ring grows.
 const COMPLETION_RING: usize = 1024;
 
-/// The anonymous mapping behind a [`MallocBdev`].
+/// The shared mapping behind a [`MallocBdev`], and the memfd it maps.
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    fd: OwnedFd,
 }
 
 // SAFETY: the mapping is plain memory owned by this struct until Drop; every access goes
@@ -32,15 +37,33 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    fn new(len: usize) -> std::io::Result<Self> {
-        // SAFETY: a fresh anonymous private mapping; no existing memory is affected.
+    fn new(name: &str, len: usize) -> std::io::Result<Self> {
+        let cname = std::ffi::CString::new(format!("lightpool-ram-{name}").replace('\0', "_"))
+            .expect("NUL bytes were replaced");
+        // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor.
+        let raw = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a descriptor we just created and own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: ftruncate on our own memfd; the size is checked by the kernel.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Self::map(fd, len)
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> std::io::Result<Self> {
+        // SAFETY: a fresh shared mapping of `len` bytes of a memfd at least that long;
+        // no existing memory is affected.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                fd.as_raw_fd(),
                 0,
             )
         };
@@ -48,7 +71,7 @@ impl Mapping {
             return Err(std::io::Error::last_os_error());
         }
         let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
-        Ok(Mapping { ptr, len })
+        Ok(Mapping { ptr, len, fd })
     }
 
     /// Copies `len` bytes at `offset` into `dst`.
@@ -70,8 +93,9 @@ impl Mapping {
         unsafe { std::ptr::copy_nonoverlapping(src, self.ptr.as_ptr().add(offset), len) }
     }
 
-    /// Zeroes `len` bytes at `offset`: whole pages are dropped (they read back as zeroes
-    /// and give their memory back), the partial pages at either end are memset.
+    /// Zeroes `len` bytes at `offset`: whole pages are punched out of the memfd (they
+    /// read back as zeroes and give their memory back), the partial pages at either end
+    /// are memset.
     ///
     /// # Safety
     /// `offset + len <= self.len`.
@@ -84,16 +108,16 @@ impl Mapping {
         let base = self.ptr.as_ptr();
         if len >= MADVISE_MIN && first_page < last_page {
             // SAFETY: both partial ranges lie inside [offset, offset+len), inside the
-            // mapping; madvise gets a page-aligned range inside the mapping, and
-            // MADV_DONTNEED on a private anonymous mapping makes those pages read as
-            // zeroes without affecting anything else.
+            // mapping; the punched range is page-aligned inside the memfd, and punching
+            // a hole in a shared memfd makes those pages read as zeroes in every mapping.
             unsafe {
                 std::ptr::write_bytes(base.add(start), 0, first_page - start);
                 std::ptr::write_bytes(base.add(last_page), 0, end - last_page);
-                let rc = libc::madvise(
-                    base.add(first_page).cast(),
-                    last_page - first_page,
-                    libc::MADV_DONTNEED,
+                let rc = libc::fallocate(
+                    self.fd.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    first_page as libc::off_t,
+                    (last_page - first_page) as libc::off_t,
                 );
                 if rc != 0 {
                     std::ptr::write_bytes(base.add(first_page), 0, last_page - first_page);
@@ -160,7 +184,7 @@ impl MallocBdev {
                 "RAM device {name}: size {size_bytes} bytes does not fit in this machine's address space"
             ))
         })?;
-        let mem = Mapping::new(len).map_err(|e| {
+        let mem = Mapping::new(name, len).map_err(|e| {
             BdevError::Invalid(format!(
                 "RAM device {name}: could not map {size_bytes} bytes of memory: {e}"
             ))
@@ -176,6 +200,50 @@ impl MallocBdev {
             },
             mem: Arc::new(mem),
         }))
+    }
+
+    /// Adopts the memory of a RAM device made by another process (hot upgrade): `fd` is
+    /// the memfd that [`MallocBdev::memfd`] exposed there. Its size gives the capacity.
+    pub fn from_memfd(
+        name: &str,
+        fd: OwnedFd,
+        block_size: u32,
+    ) -> Result<Arc<MallocBdev>, BdevError> {
+        if block_size != 512 && block_size != 4096 {
+            return Err(BdevError::Invalid(format!(
+                "RAM device {name}: block size {block_size} is not supported; use 512 or 4096"
+            )));
+        }
+        // SAFETY: fstat fills a plain struct for a descriptor we own.
+        let size = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
+                return Err(BdevError::Setup(std::io::Error::last_os_error()));
+            }
+            st.st_size as u64
+        };
+        if size == 0 || !size.is_multiple_of(u64::from(block_size)) {
+            return Err(BdevError::Invalid(format!(
+                "RAM device {name}: handed-over memory of {size} bytes is not a whole number of {block_size}-byte blocks"
+            )));
+        }
+        let mem = Mapping::map(fd, size as usize).map_err(BdevError::Setup)?;
+        Ok(Arc::new(MallocBdev {
+            info: BdevInfo {
+                name: name.to_string(),
+                block_size,
+                num_blocks: size / u64::from(block_size),
+                read_only: false,
+                volatile_write_cache: false,
+                supports_deallocate: true,
+            },
+            mem: Arc::new(mem),
+        }))
+    }
+
+    /// The memfd holding the device's data, for handing to a successor process.
+    pub fn memfd(&self) -> BorrowedFd<'_> {
+        self.mem.fd.as_fd()
     }
 
     fn check_bytes(&self, offset: u64, len: usize) -> Result<usize, IoStatus> {
@@ -209,6 +277,13 @@ impl MallocBdev {
 }
 
 impl Bdev for MallocBdev {
+    fn handover(&self) -> crate::Handover<'_> {
+        crate::Handover::Ram {
+            memfd: self.memfd(),
+            block_size: self.info.block_size,
+        }
+    }
+
     fn info(&self) -> &BdevInfo {
         &self.info
     }

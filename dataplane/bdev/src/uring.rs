@@ -435,6 +435,17 @@ fn probe_punch_hole(fd: &OwnedFd, size: u64, block_size: u32) -> bool {
 }
 
 impl Bdev for UringBdev {
+    fn handover(&self) -> crate::Handover<'_> {
+        let s = &self.shared;
+        crate::Handover::File {
+            path: s.info.name.clone(),
+            block_size: s.info.block_size,
+            read_only: s.info.read_only,
+            direct: s.direct,
+            queue_depth: s.queue_depth,
+        }
+    }
+
     fn info(&self) -> &BdevInfo {
         &self.shared.info
     }

@@ -138,3 +138,43 @@ fn invalid_arguments_are_refused_with_a_sentence() {
         Err(BdevError::Invalid(_))
     ));
 }
+
+#[test]
+fn memory_survives_in_the_memfd_for_a_successor() {
+    use std::os::fd::AsFd;
+    let a = MallocBdev::new("ha", 1 << 20, 512).expect("RAM");
+    a.write_at(4096 * 3, b"kept across the upgrade")
+        .expect("in range");
+    let fd = a.memfd().as_fd().try_clone_to_owned().expect("dup");
+    match a.handover() {
+        crate::Handover::Ram { block_size, .. } => assert_eq!(block_size, 512),
+        other => panic!("RAM device hands over its memfd, got {other:?}"),
+    }
+    drop(a);
+    let b = MallocBdev::from_memfd("hb", fd, 512).expect("adopt");
+    assert_eq!(b.info().num_blocks, 2048);
+    let mut got = [0u8; 23];
+    b.read_at(4096 * 3, &mut got).expect("in range");
+    assert_eq!(&got, b"kept across the upgrade");
+    // Deallocation zeroes through the memfd too.
+    let mut ch = b.open_channel().expect("channel");
+    // SAFETY: no buffer for Deallocate.
+    unsafe {
+        ch.submit(crate::IoRequest {
+            op: crate::IoOp::Deallocate,
+            offset_blocks: 0,
+            num_blocks: 2048,
+            buf: std::ptr::null_mut(),
+            len: 0,
+            tag: 1,
+        })
+    };
+    let mut n = 0;
+    ch.poll(&mut |_, st| {
+        assert_eq!(st, crate::IoStatus::Success);
+        n += 1;
+    });
+    assert_eq!(n, 1);
+    b.read_at(4096 * 3, &mut got).expect("in range");
+    assert_eq!(got, [0u8; 23]);
+}
