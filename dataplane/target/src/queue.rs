@@ -56,12 +56,14 @@ pub enum Xfer {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotState {
+pub(crate) enum SlotState {
     Free,
     Allocated,
     Executing,
     /// An Asynchronous Event Request waiting for an event.
     Parked,
+    /// Received while the queue was quiesced (hot upgrade): runs once it resumes.
+    Held,
     Done,
 }
 
@@ -72,10 +74,10 @@ pub struct Request<T> {
     pub xfer: Xfer,
     /// Bytes of controller-to-host data in the buffer once the request is done.
     pub c2h_len: u32,
-    buf: Option<AlignedBuf>,
+    pub(crate) buf: Option<AlignedBuf>,
     aux: Option<AlignedBuf>,
     pending: u16,
-    state: SlotState,
+    pub(crate) state: SlotState,
     /// Transport-private per-request state (R2T progress, send position, ...).
     pub tr: T,
 }
@@ -155,22 +157,25 @@ pub struct NvmfQueue<T> {
     pub(crate) target: Arc<Target>,
     pub(crate) opts: QueueOptions,
     pub(crate) qid: u16,
-    entries: u16,
-    sqhd: u16,
+    pub(crate) entries: u16,
+    pub(crate) sqhd: u16,
     pub(crate) ctrlr: Option<Arc<Controller>>,
-    state: QueueState,
+    pub(crate) state: QueueState,
     pub(crate) sq_flow_disabled: bool,
-    slots: Vec<Request<T>>,
-    free: Vec<u16>,
+    pub(crate) slots: Vec<Request<T>>,
+    pub(crate) free: Vec<u16>,
     done: VecDeque<u16>,
-    aers: Vec<u16>,
+    pub(crate) aers: Vec<u16>,
     /// Namespaces by NSID - 1, cached at Connect (the I/O path never locks the subsystem).
     pub(crate) namespaces: Vec<Option<Arc<Namespace>>>,
     channels: Vec<Option<Box<dyn IoChannel>>>,
     open_channels: Vec<usize>,
     bdev_in_flight: usize,
-    ka_deadline: Option<Instant>,
+    pub(crate) ka_deadline: Option<Instant>,
     pub(crate) stats: Arc<QueueStats>,
+    /// Hot upgrade: commands are received but not started.
+    quiesced: bool,
+    pub(crate) held: VecDeque<u16>,
 }
 
 impl<T: Default> NvmfQueue<T> {
@@ -195,12 +200,14 @@ impl<T: Default> NvmfQueue<T> {
             bdev_in_flight: 0,
             ka_deadline: None,
             stats: Arc::new(QueueStats::default()),
+            quiesced: false,
+            held: VecDeque::new(),
         };
         q.grow_slots(PRECONNECT_SLOTS);
         q
     }
 
-    fn grow_slots(&mut self, n: usize) {
+    pub(crate) fn grow_slots(&mut self, n: usize) {
         while self.slots.len() < n {
             self.free.insert(0, self.slots.len() as u16);
             self.slots.push(Request::new());
@@ -323,8 +330,14 @@ impl<T: Default> NvmfQueue<T> {
         self.done.pop_front()
     }
 
-    /// Run a command whose host-to-controller data (if any) is in its buffer.
+    /// Run a command whose host-to-controller data (if any) is in its buffer. While
+    /// the queue is quiesced the command is held instead and runs on `resume`.
     pub fn execute(&mut self, slot: u16, now: Instant) -> Exec {
+        if self.quiesced {
+            self.slots[usize::from(slot)].state = SlotState::Held;
+            self.held.push_back(slot);
+            return Exec::Pending;
+        }
         self.slots[usize::from(slot)].state = SlotState::Executing;
         let sqe = self.slots[usize::from(slot)].sqe;
         let outcome = if sqe.opcode == nvme::admin_opcode::FABRICS {
@@ -547,6 +560,25 @@ impl<T: Default> NvmfQueue<T> {
             });
         }
         n
+    }
+
+    /// Stop starting commands (hot upgrade): new ones are held, what is running finishes.
+    pub fn quiesce(&mut self) {
+        self.quiesced = true;
+    }
+
+    /// Whether nothing is running: no block-device I/O and no response waiting to be
+    /// taken by the transport. Held commands and parked AERs do not count.
+    pub fn is_drained(&self) -> bool {
+        self.bdev_in_flight == 0 && self.done.is_empty()
+    }
+
+    /// Start the held commands and take new ones again.
+    pub fn resume(&mut self, now: Instant) {
+        self.quiesced = false;
+        while let Some(slot) = self.held.pop_front() {
+            self.execute(slot, now);
+        }
     }
 
     /// Tear down: fail the controller if this is its admin queue, give back the I/O

@@ -352,6 +352,47 @@ impl Subsystem {
         None
     }
 
+    pub(crate) fn next_cntlid(&self) -> u16 {
+        self.controllers
+            .lock()
+            .expect("controller table lock poisoned")
+            .next
+    }
+
+    pub(crate) fn set_next_cntlid(&self, next: u16) {
+        let mut t = self
+            .controllers
+            .lock()
+            .expect("controller table lock poisoned");
+        t.next = next.clamp(self.min_cntlid, self.max_cntlid);
+    }
+
+    /// Put a restored controller in the table; false if its ID is taken.
+    pub(crate) fn adopt_controller(&self, c: &Arc<Controller>) -> bool {
+        let mut t = self
+            .controllers
+            .lock()
+            .expect("controller table lock poisoned");
+        if t.live
+            .iter()
+            .any(|w| w.upgrade().is_some_and(|x| x.cntlid == c.cntlid))
+        {
+            return false;
+        }
+        t.live.push(Arc::downgrade(c));
+        true
+    }
+
+    pub(crate) fn restore_ana(&self, groups: &[(u32, u8, u64)], chgcnt: u64) {
+        for &(id, state, cnt) in groups {
+            if let Some(g) = self.ana_group(id) {
+                g.state.store(state, Ordering::Release);
+                g.chgcnt.store(cnt, Ordering::Release);
+            }
+        }
+        self.ana_chgcnt.store(chgcnt, Ordering::Release);
+    }
+
     pub(crate) fn unregister_controller(&self, cntlid: u16) {
         let mut t = self
             .controllers

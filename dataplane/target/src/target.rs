@@ -110,6 +110,35 @@ impl Target {
         Ok(s)
     }
 
+    /// Add a subsystem without announcing a discovery change (state import).
+    pub(crate) fn add_subsystem_quiet(
+        &self,
+        cfg: SubsystemConfig,
+    ) -> Result<Arc<Subsystem>, NvmfError> {
+        let s = Subsystem::new(cfg)?;
+        let mut subs = self.subsystems.write().expect("subsystem lock poisoned");
+        if subs.iter().any(|x| x.nqn == s.nqn) {
+            return Err(NvmfError::DuplicateSubsystem(s.nqn.clone()));
+        }
+        subs.push(s.clone());
+        Ok(s)
+    }
+
+    pub(crate) fn add_listener_quiet(&self, l: ListenerInfo) {
+        self.listeners
+            .write()
+            .expect("listener lock poisoned")
+            .push(l);
+    }
+
+    pub(crate) fn set_discovery_genctr(&self, g: u64) {
+        self.genctr.store(g, Ordering::Release);
+    }
+
+    pub fn discovery_subsystem(&self) -> Arc<Subsystem> {
+        self.discovery.clone()
+    }
+
     /// The subsystem a Connect names, the discovery subsystem included.
     pub fn find_subsystem(&self, nqn: &str) -> Option<Arc<Subsystem>> {
         if nqn == self.discovery.nqn {

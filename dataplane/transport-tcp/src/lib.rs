@@ -2,20 +2,24 @@
 //!
 //! A listener's accept poller runs on one reactor and hands each new connection to a
 //! reactor in turn (round robin, by mailbox); the connection then lives on that reactor
-//! as a poller for its whole life. Each connection is one queue pair.
+//! for its whole life. Each connection is one queue pair. The connections and listeners
+//! of a reactor sit in that reactor's thread-local set, polled by one poller, so that a
+//! hot upgrade can reach all of them by mailbox to quiesce, export or adopt them.
 
 mod conn;
 mod tx;
 
+use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lightpool_nvmf::{ListenAddr, ListenerInfo, Target};
 use lightpool_reactor::{Ctx, Interest, PollStatus, Poller, ReactorHandle};
 
-pub use conn::{Conn, Stream, TcpReq, MAXH2CDATA};
+pub use conn::{Conn, ConnSnapshot, Stream, TcpReq, MAXH2CDATA};
 
 /// Errors setting up the transport.
 #[derive(Debug, thiserror::Error)]
@@ -30,15 +34,65 @@ pub enum TcpError {
     NoReactors,
     #[error(transparent)]
     Reactor(#[from] lightpool_reactor::ReactorError),
+    #[error("reactor {0} did not answer in time")]
+    Timeout(usize),
+    #[error("cannot duplicate a socket for the handover: {0}")]
+    Dup(#[source] std::io::Error),
+    #[error("connection state cannot be adopted: {0}")]
+    Adopt(String),
 }
 
 static NEXT_PORTID: AtomicU16 = AtomicU16::new(1);
+
+/// What a reactor holds of this transport.
+#[derive(Default)]
+struct Local {
+    conns: Vec<Entry>,
+    acceptors: Vec<Acceptor>,
+    registered: bool,
+    /// Hot upgrade: no new connections are accepted, no new commands are started.
+    quiesced: bool,
+    /// Hot upgrade: nothing is read or written at all (the state was exported, or is
+    /// adopted and not yet released by the previous process).
+    frozen: bool,
+}
+
+struct Entry {
+    conn: Conn<TcpStream>,
+    fd: RawFd,
+    watching_write: bool,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::new(Local::default());
+}
+
+fn ensure_poller(ctx: &mut Ctx, l: &mut Local) {
+    if !l.registered {
+        l.registered = true;
+        ctx.add_poller(Box::new(TcpPoller));
+    }
+}
 
 /// The NVMe/TCP transport of one target.
 pub struct TcpTransport {
     target: Arc<Target>,
     reactors: Vec<ReactorHandle>,
 }
+
+/// Listeners and connections as a hot upgrade carries them, each with the index of its
+/// socket in the descriptor list that travels beside it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TcpState {
+    pub listeners: Vec<(String, usize)>,
+    pub conns: Vec<(ConnSnapshot, usize, usize)>,
+}
+
+/// One reactor's listeners and connections with their duplicated sockets.
+type Exported = (Vec<(String, OwnedFd)>, Vec<(ConnSnapshot, usize, OwnedFd)>);
+
+/// Time a reactor has to answer a control request.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl TcpTransport {
     pub fn new(
@@ -66,6 +120,12 @@ impl TcpTransport {
             addr: ListenAddr::tcp(bound),
             portid: NEXT_PORTID.fetch_add(1, Ordering::Relaxed),
         });
+        self.start_acceptor(listener, false)?;
+        tracing::info!(%bound, "NVMe/TCP listening");
+        Ok(bound)
+    }
+
+    fn start_acceptor(&self, listener: TcpListener, frozen: bool) -> Result<(), TcpError> {
         let acceptor = Acceptor {
             listener,
             target: self.target.clone(),
@@ -76,11 +136,190 @@ impl TcpTransport {
             if let Err(e) = ctx.register_fd(acceptor.listener.as_raw_fd(), Interest::READABLE) {
                 tracing::error!(error = %e, "cannot watch the listening socket");
             }
-            ctx.add_poller(Box::new(acceptor));
+            LOCAL.with(|l| {
+                let mut l = l.borrow_mut();
+                l.frozen |= frozen;
+                l.acceptors.push(acceptor);
+                ensure_poller(ctx, &mut l);
+            });
         })?;
-        tracing::info!(%bound, "NVMe/TCP listening");
-        Ok(bound)
+        Ok(())
     }
+
+    /// Run `f` on every reactor and collect the answers.
+    fn ask<R: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Ctx, &mut Local) -> R + Send + Sync + Clone + 'static,
+    ) -> Result<Vec<R>, TcpError> {
+        let (tx, rx) = crossbeam::channel::unbounded();
+        for (i, r) in self.reactors.iter().enumerate() {
+            let tx = tx.clone();
+            let f = f.clone();
+            r.send(move |ctx: &mut Ctx| {
+                let out = LOCAL.with(|l| f(ctx, &mut l.borrow_mut()));
+                let _ = tx.send((i, out));
+            })?;
+        }
+        let mut out: Vec<Option<R>> = (0..self.reactors.len()).map(|_| None).collect();
+        for _ in 0..self.reactors.len() {
+            let (i, r) = rx
+                .recv_timeout(ASK_TIMEOUT)
+                .map_err(|_| TcpError::Timeout(0))?;
+            out[i] = Some(r);
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every reactor answered"))
+            .collect())
+    }
+
+    /// Hot upgrade, step 1: stop accepting connections and starting commands.
+    pub fn quiesce(&self) -> Result<(), TcpError> {
+        self.ask(|_, l| {
+            l.quiesced = true;
+            for e in &mut l.conns {
+                e.conn.quiesce();
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Whether every connection has drained (nothing running, nothing to send).
+    pub fn drained(&self) -> Result<bool, TcpError> {
+        Ok(self
+            .ask(|_, l| l.conns.iter().all(|e| e.conn.is_drained()))?
+            .into_iter()
+            .all(|d| d))
+    }
+
+    /// Hot upgrade, step 2: stop touching the sockets and export every listener and
+    /// connection, with duplicates of their descriptors (indices into the returned list
+    /// start at `fd_base`).
+    pub fn freeze_and_export(&self, fd_base: usize) -> Result<(TcpState, Vec<OwnedFd>), TcpError> {
+        let per = self.ask(|ctx, l| -> Result<Exported, std::io::Error> {
+            l.frozen = true;
+            let now = ctx.now();
+            let mut ls = Vec::new();
+            for a in &l.acceptors {
+                let addr = a.listener.local_addr()?.to_string();
+                ls.push((addr, a.listener.as_fd().try_clone_to_owned()?));
+            }
+            let mut cs = Vec::new();
+            for e in &l.conns {
+                cs.push((
+                    e.conn.export(now),
+                    ctx.id(),
+                    e.conn.stream().as_fd().try_clone_to_owned()?,
+                ));
+            }
+            Ok((ls, cs))
+        })?;
+        let mut st = TcpState {
+            listeners: Vec::new(),
+            conns: Vec::new(),
+        };
+        let mut fds = Vec::new();
+        for r in per {
+            let (ls, cs) = r.map_err(TcpError::Dup)?;
+            for (addr, fd) in ls {
+                st.listeners.push((addr, fd_base + fds.len()));
+                fds.push(fd);
+            }
+            for (snap, reactor, fd) in cs {
+                st.conns.push((snap, reactor, fd_base + fds.len()));
+                fds.push(fd);
+            }
+        }
+        Ok((st, fds))
+    }
+
+    /// The handover failed: serve again as before.
+    pub fn resume(&self) -> Result<(), TcpError> {
+        self.ask(|ctx, l| {
+            l.frozen = false;
+            l.quiesced = false;
+            let now = ctx.now();
+            for e in &mut l.conns {
+                e.conn.resume(now);
+            }
+        })?;
+        Ok(())
+    }
+
+    /// In the new process: take over the listeners and connections of `st`, frozen
+    /// until [`TcpTransport::release`]. `fds` is the descriptor list that came with it.
+    pub fn adopt(
+        target: Arc<Target>,
+        reactors: Vec<ReactorHandle>,
+        st: &TcpState,
+        fds: &mut [Option<OwnedFd>],
+    ) -> Result<TcpTransport, TcpError> {
+        let t = TcpTransport::new(target, reactors)?;
+        let mut take = |i: usize| {
+            fds.get_mut(i)
+                .and_then(Option::take)
+                .ok_or_else(|| TcpError::Adopt(format!("descriptor {i} is missing")))
+        };
+        for (addr, i) in &st.listeners {
+            let l = TcpListener::from(take(*i)?);
+            l.set_nonblocking(true).map_err(TcpError::Dup)?;
+            tracing::info!(%addr, "NVMe/TCP listener adopted");
+            t.start_acceptor(l, true)?;
+        }
+        let n = t.reactors.len();
+        let (tx, rx) = crossbeam::channel::unbounded();
+        for (snap, reactor, i) in &st.conns {
+            let stream = TcpStream::from(take(*i)?);
+            let target = t.target.clone();
+            let snap = snap.clone();
+            let tx = tx.clone();
+            // A connection is not Send (its block-device channels belong to one thread):
+            // it is rebuilt on the reactor that will own it.
+            t.reactors[reactor % n].send(move |ctx: &mut Ctx| {
+                let res = Conn::import(stream, target, &snap, Instant::now())
+                    .map(|conn| add_conn(ctx, conn, true));
+                let _ = tx.send(res.map_err(|e| e.to_string()));
+            })?;
+        }
+        for _ in &st.conns {
+            rx.recv_timeout(ASK_TIMEOUT)
+                .map_err(|_| TcpError::Timeout(0))?
+                .map_err(TcpError::Adopt)?;
+        }
+        // Every reactor is frozen until release, even those that got no connection.
+        t.ask(|ctx, l| {
+            l.frozen = true;
+            ensure_poller(ctx, l);
+        })?;
+        Ok(t)
+    }
+
+    /// In the new process, once the old one has let go: start serving.
+    pub fn release(&self) -> Result<(), TcpError> {
+        self.resume()
+    }
+}
+
+fn add_conn(ctx: &mut Ctx, conn: Conn<TcpStream>, frozen: bool) {
+    let fd = conn.stream().as_raw_fd();
+    if let Err(e) = ctx.register_fd(fd, Interest::READABLE) {
+        tracing::error!(peer = %conn.peer, error = %e, "cannot watch a connection");
+        return;
+    }
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        l.frozen |= frozen;
+        let mut conn = conn;
+        if l.quiesced {
+            conn.quiesce();
+        }
+        l.conns.push(Entry {
+            conn,
+            fd,
+            watching_write: false,
+        });
+        ensure_poller(ctx, &mut l);
+    });
 }
 
 struct Acceptor {
@@ -93,8 +332,8 @@ struct Acceptor {
 /// Connections accepted per poll at most.
 const ACCEPT_BUDGET: usize = 16;
 
-impl Poller for Acceptor {
-    fn poll(&mut self, _ctx: &mut Ctx) -> PollStatus {
+impl Acceptor {
+    fn poll(&mut self) -> bool {
         let mut work = false;
         for _ in 0..ACCEPT_BUDGET {
             match self.listener.accept() {
@@ -111,9 +350,10 @@ impl Poller for Acceptor {
                     self.next = self.next.wrapping_add(1);
                     let target = self.target.clone();
                     tracing::debug!(%peer, reactor = r.id(), "connection accepted");
-                    if let Err(e) =
-                        r.send(move |ctx: &mut Ctx| start_connection(ctx, stream, target, peer))
-                    {
+                    let res = r.send(move |ctx: &mut Ctx| {
+                        add_conn(ctx, Conn::new(stream, target, peer.to_string()), false)
+                    });
+                    if let Err(e) = res {
                         tracing::error!(%peer, error = %e, "cannot hand a connection to its reactor");
                     }
                 }
@@ -126,56 +366,56 @@ impl Poller for Acceptor {
                 }
             }
         }
-        if work {
-            PollStatus::Busy
-        } else {
-            PollStatus::Idle
-        }
+        work
     }
 }
 
-fn start_connection(ctx: &mut Ctx, stream: TcpStream, target: Arc<Target>, peer: SocketAddr) {
-    let fd = stream.as_raw_fd();
-    if let Err(e) = ctx.register_fd(fd, Interest::READABLE) {
-        tracing::error!(%peer, error = %e, "cannot watch a connection");
-        return;
-    }
-    let conn = Conn::new(stream, target, peer.to_string());
-    ctx.add_poller(Box::new(ConnPoller {
-        conn,
-        fd,
-        watching_write: false,
-    }));
-}
+/// The one poller of this transport on a reactor.
+struct TcpPoller;
 
-struct ConnPoller {
-    conn: Conn<TcpStream>,
-    fd: std::os::fd::RawFd,
-    watching_write: bool,
-}
-
-impl Poller for ConnPoller {
+impl Poller for TcpPoller {
     fn poll(&mut self, ctx: &mut Ctx) -> PollStatus {
-        let work = self.conn.poll(ctx.now());
-        if self.conn.is_closed() {
-            ctx.unregister_fd(self.fd);
-            tracing::debug!(peer = %self.conn.peer, "connection closed");
-            return PollStatus::Finished;
-        }
-        if self.conn.blocked_on_write != self.watching_write {
-            self.watching_write = self.conn.blocked_on_write;
-            let interest = Interest {
-                readable: true,
-                writable: self.watching_write,
-            };
-            if let Err(e) = ctx.modify_fd(self.fd, interest) {
-                tracing::warn!(error = %e, "cannot change the events watched");
+        LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            if l.frozen {
+                return PollStatus::Idle;
             }
-        }
-        if work > 0 || self.conn.has_pending_work() {
-            PollStatus::Busy
-        } else {
-            PollStatus::Idle
-        }
+            let mut busy = false;
+            if !l.quiesced {
+                for a in &mut l.acceptors {
+                    busy |= a.poll();
+                }
+            }
+            let now = ctx.now();
+            let mut i = 0;
+            while i < l.conns.len() {
+                let e = &mut l.conns[i];
+                let work = e.conn.poll(now);
+                if e.conn.is_closed() {
+                    ctx.unregister_fd(e.fd);
+                    tracing::debug!(peer = %e.conn.peer, "connection closed");
+                    l.conns.swap_remove(i);
+                    busy = true;
+                    continue;
+                }
+                if e.conn.blocked_on_write != e.watching_write {
+                    e.watching_write = e.conn.blocked_on_write;
+                    let interest = Interest {
+                        readable: true,
+                        writable: e.watching_write,
+                    };
+                    if let Err(err) = ctx.modify_fd(e.fd, interest) {
+                        tracing::warn!(error = %err, "cannot change the events watched");
+                    }
+                }
+                busy |= work > 0 || e.conn.has_pending_work();
+                i += 1;
+            }
+            if busy {
+                PollStatus::Busy
+            } else {
+                PollStatus::Idle
+            }
+        })
     }
 }

@@ -42,7 +42,7 @@ impl QueueStats {
 
 /// Controller state changed by admin commands (never touched on the I/O path).
 #[derive(Debug)]
-pub(crate) struct CtrlRegs {
+pub struct CtrlRegs {
     pub cc: u32,
     pub csts: u32,
     /// I/O queues granted through Set Features Number of Queues.
@@ -191,6 +191,19 @@ impl Controller {
         };
         let mut ev = self.events.lock().expect("events lock poisoned");
         ev.masked &= !(1u32 << (info & 31));
+    }
+
+    pub(crate) fn events_snapshot(&self) -> (Vec<u32>, u32) {
+        let ev = self.events.lock().expect("events lock poisoned");
+        (ev.queue.iter().copied().collect(), ev.masked)
+    }
+
+    pub(crate) fn restore_events(&self, events: &[u32], masked: u32) {
+        let mut ev = self.events.lock().expect("events lock poisoned");
+        ev.queue = events.iter().copied().collect();
+        ev.masked = masked;
+        self.events_pending
+            .store(!ev.queue.is_empty(), Ordering::Release);
     }
 
     pub(crate) fn has_events(&self) -> bool {
