@@ -9,6 +9,7 @@
 //! Backends, one file each:
 //! - [`MallocBdev`] (`malloc.rs`): RAM, for tests and as a scratch device.
 //! - [`UringBdev`] (`uring.rs`): a regular file or a block device through io_uring.
+//! - [`NvmeVfioBdev`] (`nvme_vfio.rs`): an NVMe SSD driven from userspace through VFIO.
 //!
 //! Buffers handed to channels are 4096-byte aligned (the target allocates its request
 //! buffers that way); backends that open their device with `O_DIRECT` rely on it.
@@ -16,9 +17,11 @@
 use std::os::fd::RawFd;
 
 mod malloc;
+mod nvme_vfio;
 mod uring;
 
 pub use malloc::MallocBdev;
+pub use nvme_vfio::{vfio_dma_pool, NvmeVfioBdev, NvmeVfioOptions};
 pub use uring::{UringBdev, UringOptions};
 
 /// What a block device tells the target about itself.

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use lightpool_nvme_vfio::vfio::normalize_pci_address;
 use serde::Deserialize;
 
 /// The whole file.
@@ -128,6 +129,10 @@ pub struct NamespaceSection {
     pub ram: Option<String>,
     /// File or block device served through io_uring.
     pub file: Option<PathBuf>,
+    /// PCI address of an NVMe SSD bound to vfio-pci, driven from userspace.
+    pub vfio: Option<String>,
+    /// The namespace of the `vfio` device to serve (default 1).
+    pub vfio_nsid: Option<u32>,
     /// Logical block size: 512 or 4096 (RAM default 512; files: the device's).
     pub block_size: Option<u32>,
     #[serde(default)]
@@ -235,20 +240,44 @@ impl Config {
             }
             for (ni, n) in s.namespaces.iter().enumerate() {
                 let g = |x: &str| format!("subsystem[{si}].namespace[{ni}].{x}");
-                match (&n.ram, &n.file) {
-                    (Some(_), Some(_)) => {
-                        return Err(ferr(g("ram"), "give either ram or file, not both"))
-                    }
-                    (None, None) => {
+                match (&n.ram, &n.file, &n.vfio) {
+                    (None, None, None) => {
                         return Err(ferr(
                             g("file"),
-                            "a namespace needs a backend: ram = \"SIZE\" or file = \"PATH\"",
+                            "a namespace needs a backend: ram = \"SIZE\", file = \"PATH\" or vfio = \"PCI ADDRESS\"",
                         ))
                     }
-                    (Some(r), None) => {
+                    (Some(r), None, None) => {
                         parse_size(r).map_err(|e| ferr(g("ram"), e))?;
                     }
-                    (None, Some(_)) => {}
+                    (None, Some(_), None) => {}
+                    (None, None, Some(a)) => {
+                        normalize_pci_address(a).ok_or_else(|| {
+                            ferr(
+                                g("vfio"),
+                                format!("{a:?} is not a PCI address such as \"0000:00:04.0\""),
+                            )
+                        })?;
+                        if n.block_size.is_some() {
+                            return Err(ferr(
+                                g("block_size"),
+                                "a vfio namespace has the block size the SSD is formatted with",
+                            ));
+                        }
+                    }
+                    (Some(_), _, _) => {
+                        return Err(ferr(g("ram"), "give one of ram, file or vfio, not several"))
+                    }
+                    (None, Some(_), Some(_)) => {
+                        return Err(ferr(g("file"), "give one of ram, file or vfio, not several"))
+                    }
+                }
+                match (n.vfio_nsid, &n.vfio) {
+                    (Some(_), None) => {
+                        return Err(ferr(g("vfio_nsid"), "only a vfio namespace has one"))
+                    }
+                    (Some(0), Some(_)) => return Err(ferr(g("vfio_nsid"), "must be 1 or more")),
+                    _ => {}
                 }
                 if let Some(bs) = n.block_size {
                     if bs != 512 && bs != 4096 {
@@ -329,6 +358,29 @@ mod tests {
         assert_eq!(
             c.validate().unwrap_err().field,
             "subsystem[0].namespace[0].file"
+        );
+    }
+
+    #[test]
+    fn vfio_namespaces() {
+        let ns = |body: &str| {
+            let c: Config = toml::from_str(&format!(
+                "[[subsystem]]\nnqn = \"nqn.x\"\n[[subsystem.namespace]]\nnsid = 1\n{body}\n"
+            ))
+            .expect("parses");
+            c.validate().err().map(|e| e.field)
+        };
+        assert_eq!(ns("vfio = \"0000:00:04.0\"\nvfio_nsid = 2"), None);
+        assert_eq!(ns("vfio = \"00:04.0\""), None);
+        let f = |x: &str| Some(format!("subsystem[0].namespace[0].{x}"));
+        assert_eq!(ns("vfio = \"nvme0\""), f("vfio"));
+        assert_eq!(ns("vfio = \"0000:00:04.0\"\nram = \"1GiB\""), f("ram"));
+        assert_eq!(ns("vfio = \"0000:00:04.0\"\nfile = \"/x\""), f("file"));
+        assert_eq!(ns("ram = \"1GiB\"\nvfio_nsid = 1"), f("vfio_nsid"));
+        assert_eq!(ns("vfio = \"0000:00:04.0\"\nvfio_nsid = 0"), f("vfio_nsid"));
+        assert_eq!(
+            ns("vfio = \"0000:00:04.0\"\nblock_size = 512"),
+            f("block_size")
         );
     }
 }

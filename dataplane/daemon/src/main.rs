@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use lightpool_bdev::{Bdev, MallocBdev, UringBdev, UringOptions};
+use lightpool_bdev::{Bdev, MallocBdev, NvmeVfioBdev, NvmeVfioOptions, UringBdev, UringOptions};
 use lightpool_nvmf::{NamespaceConfig, SubsystemConfig, Target, TargetOptions};
 use lightpool_reactor::{ReactorConfig, ReactorHandle};
 use lightpool_transport_tcp::TcpTransport;
@@ -59,6 +59,8 @@ fn default_config() -> Config {
                 nsid: 1,
                 ram: Some("1GiB".into()),
                 file: None,
+                vfio: None,
+                vfio_nsid: None,
                 block_size: Some(512),
                 read_only: false,
                 direct: None,
@@ -112,7 +114,19 @@ fn open_bdev(field: &str, n: &NamespaceSection) -> Result<Arc<dyn Bdev>> {
         .map_err(|e| anyhow::anyhow!("{field}.ram: {e}"))?;
         return Ok(bdev);
     }
-    let path = n.file.as_ref().expect("validate() guarantees ram or file");
+    if let Some(addr) = &n.vfio {
+        let opts = NvmeVfioOptions {
+            nsid: n.vfio_nsid.unwrap_or(1),
+            ..NvmeVfioOptions::default()
+        };
+        let bdev =
+            NvmeVfioBdev::open(addr, opts).map_err(|e| anyhow::anyhow!("{field}.vfio: {e}"))?;
+        return Ok(bdev);
+    }
+    let path = n
+        .file
+        .as_ref()
+        .expect("validate() guarantees ram, file or vfio");
     let opts = UringOptions {
         block_size: n.block_size,
         read_only: n.read_only,
