@@ -34,5 +34,12 @@ trap summary EXIT
 
 phase "setup (tests/vm/setup.sh)" ./tests/vm/setup.sh
 # --bins: a no-op while the daemon has no binary target.
+# The hot-upgrade tests need a second binary that reports another version: build it
+# first (only the daemon crate recompiles), set it aside, then build the real one.
+build_next() {
+    LIGHTPOOL_FIRMWARE_REVISION=0.1.0-n cargo build --release -p lightpool-daemon --bins &&
+        cp target/release/lightpool-target target/release/lightpool-target-next
+}
+phase "build lightpool-target-next (release)" build_next
 phase "build lightpool-target (release)" cargo build --release -p lightpool-daemon --bins
 phase "cargo test (with e2e)" cargo test --workspace --features lightpool-e2e/e2e "$@"

@@ -10,6 +10,7 @@
 
 mod cpio;
 mod host;
+pub mod nvme_host;
 mod vm;
 
 use std::fs;

@@ -160,6 +160,7 @@ for digests in "" "--hdr-digest --data-digest"; do
     nvme connect $A -n $NQN --nr-io-queues=2 $digests
     DEV=$(ns_dev)
     run_fio seqw --rw=write --bsrange=4k-1m --size=24m --offset=64m --verify_only
+    run_fio rand --rw=randwrite --bsrange=4k-1m --size=24m --verify_only
     # Flush and write-zeroes/discard reach the target.
     nvme flush $CTRL -n 1
     blkdiscard -o 0 -l 1048576 $DEV
@@ -200,7 +201,7 @@ say "all good"
     ] {
         assert!(out.console.contains(want), "{want:?} missing:\n{tail}");
     }
-    assert_eq!(out.console.matches("errors=0").count(), 6, "{tail}");
+    assert_eq!(out.console.matches("errors=0").count(), 8, "{tail}");
     for bad in [
         "I/O Error",
         "resetting controller",

@@ -3,6 +3,9 @@
 //! NVMe/TCP listeners, and waits for SIGINT/SIGTERM.
 
 mod config;
+mod control;
+mod fdpass;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use lightpool_bdev::{Bdev, MallocBdev, NvmeVfioBdev, NvmeVfioOptions, UringBdev, UringOptions};
 use lightpool_nvmf::{NamespaceConfig, SubsystemConfig, Target, TargetOptions};
 use lightpool_reactor::{ReactorConfig, ReactorHandle};
 use lightpool_transport_tcp::TcpTransport;
+use std::os::unix::net::UnixListener;
 
 use config::{parse_size, Config, ListenerSection, NamespaceSection, SubsystemSection};
 
@@ -36,8 +40,61 @@ struct Args {
     #[arg(long)]
     listen: Vec<SocketAddr>,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "lightpool_transport_tcp=debug".
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info", global = true)]
     log: String,
+    /// Unix socket for control (hot upgrade). Default: /run/lightpool-target.sock for
+    /// root, /tmp/lightpool-target-UID.sock otherwise.
+    #[arg(long, global = true)]
+    control_socket: Option<String>,
+    /// Take over from the target running behind this control socket (hot upgrade)
+    /// instead of starting from a configuration.
+    #[arg(long, conflicts_with_all = ["config", "listen"])]
+    upgrade_from: Option<String>,
+    /// Test hook: the state layout this process writes at a handover.
+    #[arg(long, hide = true, default_value_t = upgrade::STATE_LAYOUT)]
+    state_layout: u32,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Replace the running target with another binary without disturbing its hosts:
+    /// same connections, same controllers, nothing acknowledged lost.
+    Upgrade {
+        /// The new lightpool-target binary.
+        #[arg(long)]
+        binary: PathBuf,
+    },
+}
+
+/// What Identify Controller reports as the firmware revision: the package version,
+/// unless the build set LIGHTPOOL_FIRMWARE_REVISION.
+pub fn firmware_revision() -> &'static str {
+    option_env!("LIGHTPOOL_FIRMWARE_REVISION").unwrap_or(env!("CARGO_PKG_VERSION"))
+}
+
+fn default_control_socket() -> String {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        "/run/lightpool-target.sock".to_string()
+    } else {
+        format!("/tmp/lightpool-target-{uid}.sock")
+    }
+}
+
+/// A serving target: what the control thread and a hot upgrade need.
+pub struct Running {
+    pub target: Arc<Target>,
+    pub reactors: Vec<ReactorHandle>,
+    pub tcp: TcpTransport,
+    pub cores: Vec<Option<usize>>,
+    pub idle_spin_us: Option<u64>,
+    pub control: UnixListener,
+    pub control_path: String,
+    /// State layout written at a handover.
+    pub layout: u32,
 }
 
 fn default_config() -> Config {
@@ -144,6 +201,7 @@ fn build_target(cfg: &Config) -> Result<Arc<Target>> {
         max_io_queues: t.max_io_queues,
         in_capsule_data_size: t.in_capsule_data_size,
         max_transfer_size: t.max_transfer_size,
+        firmware_revision: firmware_revision().to_string(),
         ..TargetOptions::default()
     };
     let target = Target::new(opts).map_err(|e| anyhow::anyhow!("target: {e}"))?;
@@ -194,6 +252,23 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     sig
 }
 
+/// Start one reactor per entry: pinned to the core given, or unpinned.
+pub fn spawn_reactors(
+    cores: &[Option<usize>],
+    idle_spin_us: Option<u64>,
+) -> Result<Vec<ReactorHandle>> {
+    let mut reactors = Vec::new();
+    for (id, core) in cores.iter().enumerate() {
+        let mut rc = ReactorConfig::new(id, *core);
+        if let Some(us) = idle_spin_us {
+            rc.idle_spin = Duration::from_micros(us);
+        }
+        reactors
+            .push(lightpool_reactor::spawn(rc).with_context(|| format!("starting reactor {id}"))?);
+    }
+    Ok(reactors)
+}
+
 fn main() {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -202,33 +277,30 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(&args) {
+    let control = args
+        .control_socket
+        .clone()
+        .unwrap_or_else(default_control_socket);
+    let res = match &args.command {
+        Some(Cmd::Upgrade { binary }) => control::upgrade_command(&control, binary, &args.log),
+        None => run(&args, &control),
+    };
+    if let Err(e) = res {
         eprintln!("lightpool-target: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(args: &Args) -> Result<()> {
+fn start(args: &Args, control_path: &str) -> Result<Running> {
     let cfg = load_config(args)?;
     let target = build_target(&cfg)?;
-    let sigs = block_signals();
-
-    let mut reactors: Vec<ReactorHandle> = Vec::new();
-    let spin = cfg.target.idle_spin_us.map(Duration::from_micros);
+    let control = control::bind(control_path)?;
     let cores: Vec<Option<usize>> = if cfg.target.cores.is_empty() {
         vec![None; cfg.target.reactors]
     } else {
         cfg.target.cores.iter().map(|&c| Some(c)).collect()
     };
-    for (id, core) in cores.into_iter().enumerate() {
-        let mut rc = ReactorConfig::new(id, core);
-        if let Some(s) = spin {
-            rc.idle_spin = s;
-        }
-        reactors
-            .push(lightpool_reactor::spawn(rc).with_context(|| format!("starting reactor {id}"))?);
-    }
-
+    let reactors = spawn_reactors(&cores, cfg.target.idle_spin_us)?;
     let tcp = TcpTransport::new(target.clone(), reactors.clone())?;
     let mut bound = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
@@ -238,7 +310,6 @@ fn run(args: &Args) -> Result<()> {
             .with_context(|| format!("listener[{i}].address"))?;
         bound.push(tcp.listen(addr).with_context(|| format!("listener[{i}]"))?);
     }
-
     for s in target.subsystems() {
         let ns: Vec<String> = s
             .namespaces()
@@ -255,7 +326,7 @@ fn run(args: &Args) -> Result<()> {
             .collect();
         println!(
             "lightpool-target {}: subsystem {} with {}",
-            env!("CARGO_PKG_VERSION"),
+            firmware_revision(),
             s.nqn,
             ns.join(", ")
         );
@@ -271,16 +342,40 @@ fn run(args: &Args) -> Result<()> {
             s.nqn
         );
     }
+    println!("lightpool-target: control socket {control_path} (upgrade with: lightpool-target upgrade --binary NEW --control-socket {control_path})");
+    Ok(Running {
+        target,
+        reactors,
+        tcp,
+        cores,
+        idle_spin_us: cfg.target.idle_spin_us,
+        control,
+        control_path: control_path.to_string(),
+        layout: args.state_layout,
+    })
+}
+
+fn run(args: &Args, control_path: &str) -> Result<()> {
+    // Signals are blocked before any thread starts, so every thread inherits the mask
+    // and only the main thread takes them (sigwait below).
+    let sigs = block_signals();
+    let running = match &args.upgrade_from {
+        Some(from) => upgrade::take_over(from)?,
+        None => start(args, control_path)?,
+    };
     use std::io::Write;
     std::io::stdout().flush().ok();
+    let running = Arc::new(running);
+    control::serve(running.clone())?;
 
     let sig = wait_for_signal(&sigs);
     tracing::info!(signal = sig, "shutting down");
-    for r in &reactors {
+    for r in &running.reactors {
         r.stop();
     }
-    for r in &reactors {
+    for r in &running.reactors {
         r.join().ok();
     }
+    let _ = std::fs::remove_file(&running.control_path);
     Ok(())
 }

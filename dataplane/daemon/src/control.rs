@@ -1,0 +1,140 @@
+//! The control socket: a Unix socket the running target listens on for operators'
+//! commands (STATUS) and for a new binary taking over (HELLO, see upgrade.rs); and the
+//! `upgrade` command that drives a hot upgrade from the outside.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::fdpass::read_line;
+use crate::{firmware_revision, upgrade, Running};
+
+/// Listen on `path`; a stale socket file (nobody answers) is replaced, a live one is an
+/// error (another target runs there).
+pub fn bind(path: &str) -> Result<UnixListener> {
+    if Path::new(path).exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!("another lightpool-target answers on control socket {path}: stop it, or give this one its own --control-socket");
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale control socket {path}"))?;
+    }
+    UnixListener::bind(path).with_context(|| format!("cannot listen on control socket {path}"))
+}
+
+/// Serve the control socket on a thread of its own (never a reactor).
+pub fn serve(run: Arc<Running>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("lightpool-control".into())
+        .spawn(move || {
+            for conn in run.control.incoming() {
+                let Ok(stream) = conn else { continue };
+                if let Err(e) = handle(&run, stream) {
+                    tracing::warn!(error = format!("{e:#}"), "control request failed");
+                }
+            }
+        })
+        .context("starting the control thread")?;
+    Ok(())
+}
+
+fn handle(run: &Running, stream: UnixStream) -> Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let line = {
+        let mut r = BufReader::new(&stream);
+        read_line(&mut r)?.unwrap_or_default()
+    };
+    let mut w = &stream;
+    if line == "STATUS" {
+        writeln!(
+            w,
+            "OK version={} pid={} layout={}",
+            firmware_revision(),
+            std::process::id(),
+            run.layout
+        )?;
+    } else if line.starts_with("HELLO ") {
+        stream.set_read_timeout(None)?;
+        upgrade::hand_over(run, stream, &line)?;
+    } else {
+        writeln!(w, "ERR unknown command {line:?}")?;
+    }
+    Ok(())
+}
+
+/// Ask the target behind `path` for its status line.
+pub fn status(path: &str) -> Result<String> {
+    let mut s = UnixStream::connect(path)
+        .with_context(|| format!("no lightpool-target answers on control socket {path}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"STATUS\n")?;
+    let line = read_line(&mut BufReader::new(&s))?.unwrap_or_default();
+    match line.strip_prefix("OK ") {
+        Some(rest) => Ok(rest.to_string()),
+        None => bail!("unexpected status answer {line:?}"),
+    }
+}
+
+/// `lightpool-target upgrade --binary NEW`: start NEW so that it takes over from the
+/// running target, and report how it went.
+pub fn upgrade_command(path: &str, binary: &Path, log: &str) -> Result<()> {
+    let meta =
+        std::fs::metadata(binary).with_context(|| format!("new binary {}", binary.display()))?;
+    if !meta.is_file() {
+        bail!("new binary {} is not a file", binary.display());
+    }
+    let before = status(path)?;
+    eprintln!(
+        "upgrading the target on {path} ({before}) to {}",
+        binary.display()
+    );
+    let t0 = Instant::now();
+    let mut child = Command::new(binary)
+        .arg("--upgrade-from")
+        .arg(path)
+        .arg("--control-socket")
+        .arg(path)
+        .arg("--log")
+        .arg(log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        // Its own process group: the new target must outlive this command.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let out = child.stdout.take().expect("stdout was piped");
+    let mut took_over = None;
+    for line in BufReader::new(out).lines() {
+        let line = line?;
+        if line.contains("took over from") {
+            took_over = Some(line);
+        } else {
+            println!("{line}");
+        }
+    }
+    // The new target closes our pipe once it logs where the old one did (it took over)
+    // or when it exits (it did not).
+    match took_over {
+        Some(line) => {
+            let after = status(path)?;
+            println!("{line}");
+            println!(
+                "upgrade complete in {:.1} ms overall; now serving: {after}",
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+            Ok(())
+        }
+        None => {
+            let st = child.wait()?;
+            let still = status(path).unwrap_or_else(|e| format!("nothing ({e:#})"));
+            bail!("the new binary exited ({st}) without taking over; the target on {path} is serving: {still}")
+        }
+    }
+}

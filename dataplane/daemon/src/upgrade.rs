@@ -1,0 +1,432 @@
+//! Hot upgrade: the running target hands its state and every descriptor to a new binary
+//! over its control socket, and the new one carries on with the same connections.
+//!
+//! Protocol (lines over the Unix control socket; descriptors by SCM_RIGHTS):
+//!
+//! ```text
+//! new -> old   HELLO <min layout> <max layout> <version>
+//! old -> new   REFUSE <reason>                      (layout unreadable; old keeps serving)
+//!           |  STATE <layout> <fd count>  + fds     (old has quiesced and frozen)
+//!              FDS + fds ...                        (further batches of descriptors)
+//! new -> old   ADOPTED | REFUSE <reason>
+//! old -> new   BYE                                  (old exits; new starts polling)
+//! ```
+//!
+//! Until it says BYE the old process can always take back its frozen state and resume:
+//! when the new one refuses, dies (end of stream) or is too slow. After BYE the old one
+//! has let go for good; every acknowledged write is in the block devices (RAM devices
+//! live in memfds the new process maps), so nothing acknowledged is lost either way.
+
+use std::io::{BufReader, Read, Seek, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use lightpool_bdev::{Bdev, Handover, MallocBdev, UringBdev, UringOptions};
+use lightpool_nvmf::state::TargetState;
+use lightpool_nvmf::{NvmfError, Target};
+use lightpool_transport_tcp::{TcpState, TcpTransport};
+use serde::{Deserialize, Serialize};
+
+use crate::fdpass::{read_line, recv_with_fds, send_with_fds, FDS_PER_MESSAGE};
+use crate::Running;
+
+/// The layout of the state region this binary writes.
+pub const STATE_LAYOUT: u32 = 1;
+/// The layouts this binary can read.
+pub const READABLE_LAYOUTS: std::ops::RangeInclusive<u32> = 1..=1;
+
+const MAGIC: &[u8; 8] = b"LPSTATE\0";
+const HEADER: usize = 32;
+/// How long the old process waits for running commands to finish before it gives up.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the old process waits for the new one to adopt the state.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How the new process gets each namespace's block device.
+#[derive(Debug, Serialize, Deserialize)]
+enum BdevState {
+    Ram {
+        fd: usize,
+        block_size: u32,
+    },
+    File {
+        path: String,
+        block_size: u32,
+        read_only: bool,
+        direct: bool,
+        queue_depth: u32,
+    },
+}
+
+/// Everything in the region.
+#[derive(Debug, Serialize, Deserialize)]
+struct Snapshot {
+    layout: u32,
+    version: String,
+    pid: u32,
+    cores: Vec<Option<usize>>,
+    idle_spin_us: Option<u64>,
+    control_path: String,
+    control_fd: usize,
+    stdout_fd: usize,
+    stderr_fd: usize,
+    target: TargetState,
+    tcp: TcpState,
+    bdevs: Vec<(String, u32, BdevState)>,
+}
+
+fn write_region(snap: &Snapshot, layout: u32) -> Result<OwnedFd> {
+    let body = bincode::serialize(snap).context("encoding the state")?;
+    let mut hdr = [0u8; HEADER];
+    hdr[..8].copy_from_slice(MAGIC);
+    hdr[8..12].copy_from_slice(&layout.to_le_bytes());
+    hdr[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
+    hdr[24..28].copy_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    let name = std::ffi::CString::new("lightpool-state").expect("no NUL");
+    // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error()).context("creating the state region");
+    }
+    // SAFETY: raw is a new descriptor we own.
+    let mut f = unsafe { std::fs::File::from_raw_fd(raw) };
+    f.write_all(&hdr)?;
+    f.write_all(&body)?;
+    Ok(f.into())
+}
+
+/// Read and check a region: magic, a layout this binary reads, length and checksum.
+fn read_region(fd: OwnedFd) -> Result<Snapshot> {
+    let mut f = std::fs::File::from(fd);
+    f.rewind()?;
+    let mut hdr = [0u8; HEADER];
+    f.read_exact(&mut hdr)
+        .context("the state region is shorter than its header")?;
+    if &hdr[..8] != MAGIC {
+        bail!("the state region does not start with the LightPool magic");
+    }
+    let layout = u32::from_le_bytes(hdr[8..12].try_into().expect("4 bytes"));
+    if !READABLE_LAYOUTS.contains(&layout) {
+        bail!(
+            "state layout {layout} cannot be read by this binary (it reads {READABLE_LAYOUTS:?})"
+        );
+    }
+    let len = u64::from_le_bytes(hdr[16..24].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(hdr[24..28].try_into().expect("4 bytes"));
+    let mut body = Vec::new();
+    f.take(len).read_to_end(&mut body)?;
+    if body.len() as u64 != len || crc32c::crc32c(&body) != crc {
+        bail!("the state region is damaged (length or checksum does not match)");
+    }
+    let snap: Snapshot = bincode::deserialize(&body).context("decoding the state")?;
+    Ok(snap)
+}
+
+fn dup(fd: impl AsFd) -> Result<OwnedFd> {
+    Ok(fd.as_fd().try_clone_to_owned()?)
+}
+
+/// Old side: serve one HELLO. Returns only if the handover did not happen (the target
+/// keeps serving); on success the process exits.
+pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()> {
+    let mut it = hello.split_whitespace().skip(1);
+    let min: u32 = it
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("malformed HELLO"))?;
+    let max: u32 = it
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("malformed HELLO"))?;
+    let newver = it.next().unwrap_or("?").to_string();
+    if !(min..=max).contains(&run.layout) {
+        let why = format!(
+            "this target's state has layout {}, the new binary reads {min}..={max}",
+            run.layout
+        );
+        writeln!(sock, "REFUSE {why}")?;
+        tracing::warn!(new_version = %newver, "upgrade refused: {why}; still serving");
+        return Ok(());
+    }
+    tracing::info!(new_version = %newver, "upgrade: quiescing");
+    let t0 = Instant::now();
+    run.tcp.quiesce()?;
+    let deadline = t0 + DRAIN_TIMEOUT;
+    while !run.tcp.drained()? {
+        if Instant::now() > deadline {
+            run.tcp.resume()?;
+            writeln!(
+                sock,
+                "REFUSE commands did not finish within {DRAIN_TIMEOUT:?}"
+            )?;
+            bail!("upgrade abandoned: commands did not finish in time; still serving");
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    match send_state(run, &sock) {
+        Ok(()) => {}
+        Err(e) => {
+            run.tcp.resume()?;
+            let _ = writeln!(sock, "REFUSE {e:#}");
+            return Err(e.context("upgrade abandoned; still serving"));
+        }
+    }
+    sock.set_read_timeout(Some(ADOPT_TIMEOUT))?;
+    let reply = read_line(&mut BufReader::new(&sock)).ok().flatten();
+    match reply.as_deref() {
+        Some("ADOPTED") => {
+            sock.write_all(b"BYE\n")?;
+            tracing::info!(
+                pause_ms = t0.elapsed().as_secs_f64() * 1e3,
+                "upgrade: handed over; exiting"
+            );
+            // The new process owns every socket now: exit without closing anything at
+            // the protocol level (the kernel just drops this process's references).
+            std::process::exit(0);
+        }
+        other => {
+            run.tcp.resume()?;
+            let why = other.unwrap_or("the new process went away");
+            bail!("upgrade abandoned ({why}); still serving");
+        }
+    }
+}
+
+fn send_state(run: &Running, sock: &UnixStream) -> Result<()> {
+    // Descriptor 0 is the region, then listeners and connections, then the rest.
+    let (tcp, mut fds) = run.tcp.freeze_and_export(1)?;
+    let idx = |fds: &mut Vec<OwnedFd>, fd: OwnedFd| {
+        fds.push(fd);
+        fds.len()
+    };
+    let control_fd = idx(&mut fds, dup(&run.control)?);
+    let stdout_fd = idx(&mut fds, dup(std::io::stdout().as_fd())?);
+    let stderr_fd = idx(&mut fds, dup(std::io::stderr().as_fd())?);
+    let mut bdevs = Vec::new();
+    for s in run.target.subsystems() {
+        for n in s.namespaces() {
+            let st = match n.bdev.handover() {
+                Handover::Ram { memfd, block_size } => BdevState::Ram {
+                    fd: idx(&mut fds, dup(memfd)?),
+                    block_size,
+                },
+                Handover::File {
+                    path,
+                    block_size,
+                    read_only,
+                    direct,
+                    queue_depth,
+                } => BdevState::File {
+                    path,
+                    block_size,
+                    read_only,
+                    direct,
+                    queue_depth,
+                },
+                Handover::Unsupported => {
+                    bail!("namespace {} of {} cannot be handed over", n.nsid, s.nqn)
+                }
+            };
+            bdevs.push((s.nqn.clone(), n.nsid, st));
+        }
+    }
+    let snap = Snapshot {
+        layout: run.layout,
+        version: crate::firmware_revision().to_string(),
+        pid: std::process::id(),
+        cores: run.cores.clone(),
+        idle_spin_us: run.idle_spin_us,
+        control_path: run.control_path.clone(),
+        control_fd,
+        stdout_fd,
+        stderr_fd,
+        target: run.target.export_state(),
+        tcp,
+        bdevs,
+    };
+    let region = write_region(&snap, run.layout)?;
+    let mut all: Vec<RawFd> = vec![region.as_raw_fd()];
+    all.extend(fds.iter().map(|f| f.as_raw_fd()));
+    let mut first = true;
+    for chunk in all.chunks(FDS_PER_MESSAGE) {
+        let line = if first {
+            format!("STATE {} {}\n", run.layout, all.len())
+        } else {
+            "FDS\n".to_string()
+        };
+        first = false;
+        send_with_fds(sock, line.as_bytes(), chunk)?;
+    }
+    Ok(())
+}
+
+/// New side: take over from the target serving `path`. On success the old process has
+/// exited and this one serves every connection it had.
+pub fn take_over(path: &str) -> Result<Running> {
+    let t0 = Instant::now();
+    let sock = UnixStream::connect(path)
+        .with_context(|| format!("cannot reach the running target at {path}"))?;
+    let mut w = &sock;
+    writeln!(
+        w,
+        "HELLO {} {} {}",
+        READABLE_LAYOUTS.start(),
+        READABLE_LAYOUTS.end(),
+        crate::firmware_revision()
+    )?;
+    let mut buf = [0u8; 4096];
+    let (n, mut got) = recv_with_fds(&sock, &mut buf)?;
+    let first = String::from_utf8_lossy(&buf[..n]).trim_end().to_string();
+    if let Some(why) = first.strip_prefix("REFUSE ") {
+        bail!("the running target refused the upgrade: {why}");
+    }
+    let mut words = first.split_whitespace();
+    let total: usize = match (words.next(), words.nth(1).and_then(|v| v.parse().ok())) {
+        (Some("STATE"), Some(t)) => t,
+        _ => bail!("unexpected answer from the running target: {first:?}"),
+    };
+    while got.len() < total {
+        let (n, more) = recv_with_fds(&sock, &mut buf)?;
+        if n == 0 {
+            bail!("the running target went away during the handover");
+        }
+        got.extend(more);
+    }
+    if std::env::var("LIGHTPOOL_TEST_CRASH_AT").as_deref() == Ok("adopt") {
+        // Test hook: die in the middle of adoption; the old process must resume.
+        std::process::abort();
+    }
+    let t_state = t0.elapsed();
+    let mut fds: Vec<Option<OwnedFd>> = got.into_iter().map(Some).collect();
+    let snap = match fds[0]
+        .take()
+        .ok_or_else(|| anyhow!("no state region"))
+        .and_then(read_region)
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(w, "REFUSE {e:#}");
+            return Err(e.context("cannot read the running target's state"));
+        }
+    };
+    tracing::debug!(
+        state_ms = t_state.as_secs_f64() * 1e3,
+        "upgrade: state received"
+    );
+    match adopt(snap, &mut fds, t0, &sock) {
+        Ok(run) => Ok(run),
+        Err(e) => {
+            let _ = writeln!(w, "REFUSE {e:#}");
+            Err(e)
+        }
+    }
+}
+
+fn adopt(
+    snap: Snapshot,
+    fds: &mut [Option<OwnedFd>],
+    t0: Instant,
+    sock: &UnixStream,
+) -> Result<Running> {
+    let mut take = |i: usize| {
+        fds.get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| anyhow!("descriptor {i} is missing"))
+    };
+    let mut devs: Vec<(String, u32, Arc<dyn Bdev>)> = Vec::new();
+    for (nqn, nsid, st) in &snap.bdevs {
+        let b: Arc<dyn Bdev> = match st {
+            BdevState::Ram { fd, block_size } => {
+                MallocBdev::from_memfd(&format!("ram{nsid}"), take(*fd)?, *block_size)?
+            }
+            BdevState::File {
+                path,
+                block_size,
+                read_only,
+                direct,
+                queue_depth,
+            } => UringBdev::open(
+                std::path::Path::new(path),
+                UringOptions {
+                    block_size: Some(*block_size),
+                    read_only: *read_only,
+                    direct: *direct,
+                    queue_depth: *queue_depth,
+                },
+            )?,
+        };
+        devs.push((nqn.clone(), *nsid, b));
+    }
+    let (target, ctrlrs) =
+        Target::import_state(&snap.target, crate::firmware_revision(), |nqn, nsid| {
+            devs.iter()
+                .find(|(q, n, _)| q == nqn && *n == nsid)
+                .map(|(_, _, b)| b.clone())
+                .ok_or_else(|| {
+                    NvmfError::Invalid(format!("no block device handed over for {nqn} nsid {nsid}"))
+                })
+        })?;
+    let t_target = t0.elapsed();
+    let reactors = crate::spawn_reactors(&snap.cores, snap.idle_spin_us)?;
+    let t_reactors = t0.elapsed();
+    let tcp = TcpTransport::adopt(target.clone(), reactors.clone(), &snap.tcp, fds)?;
+    let t_adopt = t0.elapsed();
+    let mut take = |i: usize| {
+        fds.get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| anyhow!("descriptor {i} is missing"))
+    };
+    let control = UnixListener::from(take(snap.control_fd)?);
+    let out = take(snap.stdout_fd)?;
+    let err = take(snap.stderr_fd)?;
+
+    let mut w = sock;
+    w.write_all(b"ADOPTED\n")?;
+    let bye = read_line(&mut BufReader::new(sock))?;
+    if bye.as_deref() != Some("BYE") {
+        for r in &reactors {
+            r.stop();
+        }
+        bail!("the running target did not let go ({bye:?}); it keeps serving");
+    }
+    let t_bye = t0.elapsed();
+    tcp.release()?;
+    drop(ctrlrs);
+    let pause = t0.elapsed();
+    tracing::info!(
+        target_ms = t_target.as_secs_f64() * 1e3,
+        reactors_ms = t_reactors.as_secs_f64() * 1e3,
+        adopt_ms = t_adopt.as_secs_f64() * 1e3,
+        bye_ms = t_bye.as_secs_f64() * 1e3,
+        "upgrade: steps (since HELLO)"
+    );
+    println!(
+        "lightpool-target {}: took over from {} (pid {}): {} connection(s), {} listener(s); pause {:.3} ms",
+        crate::firmware_revision(),
+        snap.version,
+        snap.pid,
+        snap.tcp.conns.len(),
+        snap.tcp.listeners.len(),
+        pause.as_secs_f64() * 1e3
+    );
+    std::io::stdout().flush().ok();
+    // From here on, log where the previous process logged.
+    // SAFETY: dup2 onto our own stdout/stderr with descriptors we own.
+    unsafe {
+        libc::dup2(out.as_raw_fd(), 1);
+        libc::dup2(err.as_raw_fd(), 2);
+    }
+    Ok(Running {
+        target,
+        reactors,
+        tcp,
+        cores: snap.cores,
+        idle_spin_us: snap.idle_spin_us,
+        control,
+        control_path: snap.control_path,
+        layout: STATE_LAYOUT,
+    })
+}

@@ -1,0 +1,260 @@
+//! Hot upgrade of lightpool-target under load: hosts keep their connections, see no
+//! error, and read back everything they wrote, across ten upgrades; a state layout the
+//! new binary cannot read is refused and the old binary keeps serving; a new binary
+//! that dies while adopting leaves the old one serving.
+#![cfg(feature = "e2e")]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use lightpool_e2e::nvme_host::HostController;
+use lightpool_e2e::{e2e_dir, free_port, release_binary, HostProcess};
+
+const NQN: &str = "nqn.2024-01.io.lightpool:upgrade";
+
+struct Setup {
+    addr: SocketAddr,
+    control: String,
+    first: HostProcess,
+}
+
+fn start(name: &str, extra: &[&str]) -> Setup {
+    let port = free_port().expect("port");
+    let dir = e2e_dir().expect("e2e dir");
+    let control = dir.join(format!("{name}.sock")).display().to_string();
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[target]\nreactors = 2\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n[[subsystem]]\nnqn = \"{NQN}\"\n\
+             [[subsystem.namespace]]\nnsid = 1\nram = \"64MiB\"\nblock_size = 512\n"
+        ),
+    )
+    .expect("config");
+    let mut cmd = Command::new(release_binary("lightpool-target").expect("built"));
+    cmd.arg("--config")
+        .arg(&cfg)
+        .arg("--control-socket")
+        .arg(&control)
+        .args(extra);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let first = HostProcess::spawn_listening(name, cmd, addr, Duration::from_secs(20))
+        .expect("target starts");
+    Setup {
+        addr,
+        control,
+        first,
+    }
+}
+
+/// `lightpool-target upgrade --binary BIN`; returns (success, output).
+fn upgrade(control: &str, bin: &PathBuf, env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(release_binary("lightpool-target").expect("built"));
+    cmd.arg("upgrade")
+        .arg("--binary")
+        .arg(bin)
+        .arg("--control-socket")
+        .arg(control);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run upgrade");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// pid and version of the target behind the control socket.
+fn status(control: &str) -> (u32, String) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(control).expect("control socket answers");
+    s.write_all(b"STATUS\n").expect("send");
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).expect("answer");
+    let pid = line
+        .split("pid=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("pid");
+    let ver = line
+        .split("version=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .expect("version")
+        .to_string();
+    (pid, ver)
+}
+
+fn kill(pid: u32) {
+    // SAFETY: kill(2) with a pid we just read from the target itself.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+}
+
+/// I/O load: one controller, `queues` I/O queues, each writing and verifying batches of
+/// 16 blocks of 4 KiB in its own region until stopped. Returns blocks verified per
+/// queue and the longest batch round trip.
+fn load(
+    addr: SocketAddr,
+    queues: usize,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<Result<(Vec<usize>, Duration), String>> {
+    thread::spawn(move || {
+        let ctrl = HostController::connect(addr, NQN, queues).map_err(|e| format!("{e:#}"))?;
+        let HostController { mut admin, io, .. } = ctrl;
+        let mut handles = Vec::new();
+        for (qi, mut q) in io.into_iter().enumerate() {
+            let stop = stop.clone();
+            handles.push(thread::spawn(
+                move || -> Result<(usize, Duration), String> {
+                    let mut done = 0;
+                    let mut worst = Duration::ZERO;
+                    let mut gen = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        gen += 1;
+                        let base = (qi as u64) * 40_000;
+                        let lbas: Vec<u64> = (0..16)
+                            .map(|i| base + ((gen * 16 + i) % 4096) * 8)
+                            .collect();
+                        let t = Instant::now();
+                        done += q
+                            .write_verify_batch(&lbas, 4096, gen)
+                            .map_err(|e| format!("queue {qi}: {e:#}"))?;
+                        worst = worst.max(t.elapsed());
+                    }
+                    Ok((done, worst))
+                },
+            ));
+        }
+        // Keep the controller alive while the I/O queues work.
+        while !stop.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(500));
+            let c = HostController {
+                admin,
+                io: Vec::new(),
+                cntlid: 0,
+            };
+            let mut c = c;
+            c.keep_alive().map_err(|e| format!("admin: {e:#}"))?;
+            admin = c.admin;
+        }
+        let mut counts = Vec::new();
+        let mut worst = Duration::ZERO;
+        for h in handles {
+            let (n, w) = h.join().map_err(|_| "I/O thread panicked".to_string())??;
+            counts.push(n);
+            worst = worst.max(w);
+        }
+        Ok((counts, worst))
+    })
+}
+
+#[test]
+fn ten_upgrades_under_load_lose_nothing() {
+    let a = release_binary("lightpool-target").expect("built");
+    let b = release_binary("lightpool-target-next").expect("tests/run.sh builds the second binary");
+    let s = start("upgrade-ten", &[]);
+    let (pid0, v0) = status(&s.control);
+    let stop = Arc::new(AtomicBool::new(false));
+    let l = load(s.addr, 3, stop.clone());
+    thread::sleep(Duration::from_secs(1));
+    let mut pauses = Vec::new();
+    let mut versions = vec![v0.clone()];
+    for i in 0..10 {
+        let bin = if i % 2 == 0 { &b } else { &a };
+        let (ok, out) = upgrade(&s.control, bin, &[]);
+        assert!(
+            ok,
+            "upgrade {i} failed:\n{out}\ntarget log:\n{}",
+            s.first.log()
+        );
+        let pause: f64 = out
+            .split("pause ")
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no pause in:\n{out}"));
+        pauses.push(pause);
+        let (pid, v) = status(&s.control);
+        assert_ne!(pid, pid0, "a new process serves after upgrade {i}");
+        versions.push(v);
+        thread::sleep(Duration::from_millis(400));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (counts, worst) = l
+        .join()
+        .expect("load thread")
+        .unwrap_or_else(|e| panic!("host saw an error: {e}\nlog:\n{}", s.first.log()));
+    eprintln!(
+        "blocks verified per queue: {counts:?}; longest batch of 16 writes + 16 reads: {worst:?}"
+    );
+    eprintln!("handover pauses (ms): {pauses:?}");
+    eprintln!("versions: {versions:?}");
+    assert!(counts.iter().all(|&n| n > 0), "every queue did I/O");
+    // The last binary answers Identify with its own firmware revision, on a fresh
+    // controller as well.
+    let mut c = HostController::connect(s.addr, NQN, 1).expect("connect after upgrades");
+    let fr = String::from_utf8_lossy(&c.identify().expect("identify").fr)
+        .trim()
+        .to_string();
+    assert_eq!(fr, versions[10]);
+    assert_ne!(
+        versions[9], versions[10],
+        "the two binaries report different versions"
+    );
+    let (pid, _) = status(&s.control);
+    kill(pid);
+}
+
+#[test]
+fn unreadable_layout_is_refused_and_the_old_target_serves_on() {
+    let s = start("upgrade-refused", &["--state-layout", "7"]);
+    let (pid0, _) = status(&s.control);
+    let mut c = HostController::connect(s.addr, NQN, 1).expect("connect");
+    c.io[0]
+        .write_verify_batch(&[0, 8, 16], 4096, 1)
+        .expect("I/O before");
+    let b = release_binary("lightpool-target").expect("built");
+    let (ok, out) = upgrade(&s.control, &b, &[]);
+    assert!(!ok, "upgrade must fail:\n{out}");
+    assert!(out.contains("layout 7"), "{out}");
+    assert_eq!(status(&s.control).0, pid0, "the old process still serves");
+    c.io[0]
+        .write_verify_batch(&[0, 8, 16], 4096, 2)
+        .expect("same connection still works");
+    kill(pid0);
+}
+
+#[test]
+fn new_binary_dying_mid_adoption_leaves_the_old_one_serving() {
+    let s = start("upgrade-crash", &[]);
+    let (pid0, _) = status(&s.control);
+    let mut c = HostController::connect(s.addr, NQN, 2).expect("connect");
+    c.io[0]
+        .write_verify_batch(&[100, 108], 4096, 1)
+        .expect("I/O before");
+    let b = release_binary("lightpool-target").expect("built");
+    let (ok, out) = upgrade(&s.control, &b, &[("LIGHTPOOL_TEST_CRASH_AT", "adopt")]);
+    assert!(!ok, "upgrade must fail:\n{out}");
+    assert_eq!(status(&s.control).0, pid0, "the old process still serves");
+    for q in &mut c.io {
+        q.write_verify_batch(&[200, 208, 216], 4096, 3)
+            .expect("connections survive");
+    }
+    // And a later upgrade still works.
+    let (ok, out) = upgrade(&s.control, &b, &[]);
+    assert!(ok, "{out}");
+    c.io[1]
+        .write_verify_batch(&[300], 4096, 4)
+        .expect("after the real upgrade");
+    let (pid, _) = status(&s.control);
+    kill(pid);
+}
