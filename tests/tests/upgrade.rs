@@ -183,6 +183,9 @@ fn ten_upgrades_under_load_lose_nothing() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no pause in:\n{out}"));
         pauses.push(pause);
+        if let Some(steps) = out.lines().find(|l| l.contains("upgrade: steps")) {
+            eprintln!("upgrade {i}: {steps}");
+        }
         let (pid, v) = status(&s.control);
         assert_ne!(pid, pid0, "a new process serves after upgrade {i}");
         versions.push(v);
