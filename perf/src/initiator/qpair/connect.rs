@@ -1,0 +1,300 @@
+//! The blocking side of a queue pair: TCP connect, ICReq/ICResp, Fabrics Connect,
+//! commands waited for one at a time (admin queue), Disconnect.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use lightpool_spec::fabrics::{self, ConnectCommand, ConnectData};
+use lightpool_spec::nvme::Sqe;
+use lightpool_spec::status::{command_specific as cs, sct};
+use lightpool_spec::tcp::{
+    self as pdu, CommonHeader, IcReq, IcResp, PduType, Role, COMMON_HEADER_SIZE, IC_PDU_SIZE,
+    MAX_PDA,
+};
+
+use super::{Completion, Dir, Negotiated, Qpair, QpairConfig, BLOCKING_SLICE, HPDA};
+use crate::initiator::InitiatorError;
+
+impl Qpair<TcpStream> {
+    /// Opens a TCP connection to `addr` and negotiates digests with ICReq/ICResp.
+    /// The socket stays in blocking mode (for Connect and admin commands) until
+    /// [`Qpair::set_nonblocking`].
+    pub fn connect(
+        addr: SocketAddr,
+        hdgst: bool,
+        ddgst: bool,
+        cfg: QpairConfig,
+        timeout: Duration,
+    ) -> Result<Qpair<TcpStream>, InitiatorError> {
+        let mut s = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|source| InitiatorError::Connect { addr, source })?;
+        let io = |e| InitiatorError::io(addr, e);
+        s.set_nodelay(true).map_err(io)?;
+        s.set_write_timeout(Some(timeout)).map_err(io)?;
+        s.set_read_timeout(Some(timeout)).map_err(io)?;
+        let req = IcReq {
+            pfv: pdu::PFV_1_0,
+            hpda: HPDA,
+            hdgst,
+            ddgst,
+            maxr2t: 0,
+        };
+        s.write_all(&req.encode()).map_err(io)?;
+        let mut ch = [0u8; COMMON_HEADER_SIZE];
+        read_exact(&mut s, &mut ch, addr, "ICResp")?;
+        let c = CommonHeader::parse(&ch);
+        let proto = |msg: String| InitiatorError::Protocol { addr, qid: 0, msg };
+        match pdu::validate_header_for(Role::Host, &c, false, false, 0, 0) {
+            Ok(PduType::IcResp) => {}
+            Ok(PduType::C2HTermReq) => {
+                let mut rest = vec![0u8; c.plen as usize - COMMON_HEADER_SIZE];
+                read_exact(&mut s, &mut rest, addr, "C2HTermReq")?;
+                let mut all = ch.to_vec();
+                all.extend_from_slice(&rest);
+                let tr = pdu::TermReq::parse(&all);
+                return Err(InitiatorError::Terminated {
+                    addr,
+                    qid: 0,
+                    fes: tr.fes,
+                    fei: tr.fei,
+                });
+            }
+            _ => {
+                let shown = if ch.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+                    format!("{:?}", String::from_utf8_lossy(&ch))
+                } else {
+                    format!("{ch:02x?}")
+                };
+                return Err(proto(format!(
+                    "expected an ICResp but the peer sent {shown}; is this an NVMe/TCP target?"
+                )));
+            }
+        }
+        let mut b = [0u8; IC_PDU_SIZE];
+        b[..COMMON_HEADER_SIZE].copy_from_slice(&ch);
+        read_exact(&mut s, &mut b[COMMON_HEADER_SIZE..], addr, "ICResp")?;
+        let r = IcResp::parse(&b);
+        if r.pfv != pdu::PFV_1_0 {
+            return Err(proto(format!(
+                "ICResp PDU format version {} is not 1.0",
+                r.pfv
+            )));
+        }
+        if r.cpda > MAX_PDA {
+            return Err(proto(format!("ICResp CPDA {} is out of range", r.cpda)));
+        }
+        if r.maxh2cdata < 4096 || !r.maxh2cdata.is_multiple_of(4) {
+            return Err(proto(format!(
+                "ICResp MAXH2CDATA {} is invalid",
+                r.maxh2cdata
+            )));
+        }
+        for (asked, got, what) in [(hdgst, r.hdgst, "header"), (ddgst, r.ddgst, "data")] {
+            if asked != got {
+                return Err(InitiatorError::Unsupported(format!(
+                    "{addr}: {what} digests {} by the target",
+                    if asked {
+                        "were refused"
+                    } else {
+                        "were turned on unasked"
+                    }
+                )));
+            }
+        }
+        s.set_read_timeout(Some(BLOCKING_SLICE)).map_err(io)?;
+        let p = Negotiated {
+            hdgst,
+            ddgst,
+            cpda: r.cpda,
+            maxh2cdata: r.maxh2cdata,
+        };
+        Ok(Qpair::new(s, addr, p, cfg))
+    }
+
+    /// Switches to non-blocking I/O for the load loop.
+    pub fn set_nonblocking(&mut self) -> Result<(), InitiatorError> {
+        self.s
+            .set_nonblocking(true)
+            .map_err(|e| InitiatorError::io(self.peer, e))
+    }
+
+    /// Back to blocking I/O (with a short read timeout) for admin-style waits.
+    pub fn set_blocking(&mut self) -> Result<(), InitiatorError> {
+        let io = |e| InitiatorError::io(self.peer, e);
+        self.s.set_nonblocking(false).map_err(io)?;
+        self.s.set_read_timeout(Some(BLOCKING_SLICE)).map_err(io)
+    }
+
+    /// Submits `sqe` and waits for its completion (blocking mode only). `data` is
+    /// copied in for a write; a read's data is in [`Qpair::buf`] of the returned CID.
+    pub fn execute(
+        &mut self,
+        sqe: Sqe,
+        dir: Dir,
+        len: u32,
+        data: Option<&[u8]>,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<Completion, InitiatorError> {
+        let cid = self
+            .alloc()
+            .ok_or_else(|| self.err_protocol(format!("no free command slot for {what}")))?;
+        if let Some(d) = data {
+            self.buf_mut(cid)[..d.len()].copy_from_slice(d);
+        }
+        self.submit(cid, sqe, dir, len)?;
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::with_capacity(4);
+        loop {
+            self.flush()?;
+            out.clear();
+            self.poll(&mut out)?;
+            if let Some(c) = out.iter().find(|c| c.cid == cid) {
+                return Ok(*c);
+            }
+            if Instant::now() > deadline {
+                return Err(InitiatorError::Timeout {
+                    addr: self.peer,
+                    what: what.to_string(),
+                    timeout,
+                });
+            }
+        }
+    }
+
+    /// Fabrics Connect on this queue (in-capsule Connect data); returns the
+    /// controller ID.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fabric_connect(
+        &mut self,
+        qid: u16,
+        entries: u16,
+        kato_ms: u32,
+        cntlid: u16,
+        subnqn: &str,
+        hostnqn: &str,
+        hostid: [u8; 16],
+        timeout: Duration,
+    ) -> Result<u16, InitiatorError> {
+        let sqe = ConnectCommand {
+            recfmt: fabrics::RECFMT_0,
+            qid,
+            sqsize: entries - 1,
+            cattr: 0,
+            kato: kato_ms,
+        }
+        .to_sqe(0);
+        let data = ConnectData::new(hostid, cntlid, subnqn, hostnqn).to_bytes();
+        let what = if qid == 0 {
+            "Connect (admin queue)".to_string()
+        } else {
+            format!("Connect (I/O queue {qid})")
+        };
+        let c = self.execute(
+            sqe,
+            Dir::Write,
+            data.len() as u32,
+            Some(&data),
+            timeout,
+            &what,
+        )?;
+        if !c.status.is_success() {
+            return Err(InitiatorError::Refused {
+                addr: self.peer,
+                subnqn: subnqn.to_string(),
+                why: connect_failure(c, qid, entries, cntlid, subnqn, hostnqn),
+            });
+        }
+        self.qid = qid;
+        Ok((c.dw0 & 0xFFFF) as u16)
+    }
+
+    /// Disconnect (when the controller supports it) and close.
+    pub fn disconnect(
+        mut self,
+        send_disconnect: bool,
+        timeout: Duration,
+    ) -> Result<(), InitiatorError> {
+        self.set_blocking()?;
+        if send_disconnect && self.in_flight == 0 {
+            let c = self.execute(
+                fabrics::disconnect_sqe(0),
+                Dir::None,
+                0,
+                None,
+                timeout,
+                "Disconnect",
+            )?;
+            if !c.status.is_success() {
+                return Err(InitiatorError::Command {
+                    addr: self.peer,
+                    what: format!("Disconnect of queue {}", self.qid),
+                    status: c.status,
+                });
+            }
+        }
+        let _ = self.s.shutdown(std::net::Shutdown::Both);
+        Ok(())
+    }
+}
+
+fn read_exact(
+    s: &mut TcpStream,
+    buf: &mut [u8],
+    addr: SocketAddr,
+    what: &str,
+) -> Result<(), InitiatorError> {
+    s.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => InitiatorError::Closed { addr },
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => InitiatorError::Timeout {
+            addr,
+            what: what.to_string(),
+            timeout: s.read_timeout().ok().flatten().unwrap_or_default(),
+        },
+        _ => InitiatorError::io(addr, e),
+    })
+}
+
+/// Why a Connect was refused, in words.
+fn connect_failure(
+    c: Completion,
+    qid: u16,
+    entries: u16,
+    cntlid: u16,
+    subnqn: &str,
+    hostnqn: &str,
+) -> String {
+    let st = c.status;
+    if st.sct() == sct::COMMAND_SPECIFIC {
+        match st.sc() {
+            cs::CONNECT_INVALID_PARAMETERS => {
+                let (ipo, iattr) = fabrics::parse_connect_invalid_param_dw0(c.dw0);
+                let field = match (iattr, ipo) {
+                    (1, 256) => format!("the target has no subsystem named {subnqn:?}"),
+                    (1, 512) => format!("the target refused host NQN {hostnqn:?}"),
+                    (1, 16) => format!("controller ID {cntlid:#x} is not valid for queue {qid}"),
+                    (1, 0) => "the host identifier was refused".to_string(),
+                    (0, 42) => format!("queue ID {qid} was refused (too many I/O queues?)"),
+                    (0, 44) => {
+                        format!("a queue of {entries} entries was refused (use a smaller -q)")
+                    }
+                    (0, 48) => "the keep-alive timeout was refused".to_string(),
+                    (a, o) => format!(
+                        "invalid parameter at byte {o} of the {}",
+                        if a == 1 { "Connect data" } else { "command" }
+                    ),
+                };
+                return format!("{field} ({st})");
+            }
+            cs::CONNECT_INVALID_HOST => {
+                return format!("host {hostnqn:?} is not allowed to use {subnqn:?} ({st})")
+            }
+            cs::CONNECT_CONTROLLER_BUSY => {
+                return format!("the controller is busy or out of controller IDs ({st})")
+            }
+            _ => {}
+        }
+    }
+    format!("{st}")
+}

@@ -1,0 +1,21 @@
+//! `lightpool-perf`: an NVMe/TCP initiator and load generator in the shape of
+//! spdk_nvme_perf, with in-process block-device runs (`bdev`) and the transport's own
+//! limit (`limit`) as yardsticks.
+//!
+//! - [`initiator`]: the userspace NVMe/TCP host (queue pairs, controller, discovery).
+//! - [`workload`]: access patterns and mixes; [`verify`]: block stamps and checks.
+//! - [`engine`]: the pinned per-core load loop over any [`engine::IoQueue`].
+//! - [`nvme`], [`bdev`], [`limit`]: the three kinds of queue and their runs.
+//! - [`stats`], [`report`], [`plot`]: measurement and output; [`cli`]: the command line.
+
+pub mod bdev;
+pub mod cli;
+pub mod engine;
+pub mod initiator;
+pub mod limit;
+pub mod nvme;
+pub mod plot;
+pub mod report;
+pub mod stats;
+pub mod verify;
+pub mod workload;

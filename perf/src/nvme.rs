@@ -1,0 +1,512 @@
+//! Runs against NVMe/TCP targets: transport IDs, discovery, controllers and
+//! namespaces, one queue pair per (core, queue, namespace), keep-alive from the main
+//! thread, orderly shutdown.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
+use std::time::Duration;
+
+use lightpool_spec::log::trtype;
+use lightpool_spec::nvme::{io_opcode, Sqe};
+
+use crate::engine::{Device, Done, IoQueue, Job, PerfError, QueueSetup, RunOutcome, WorkerSpec};
+use crate::initiator::{
+    discover, Completion, ConnectOptions, Controller, Dir, InitiatorError, Qpair, QpairConfig,
+};
+use crate::stats::ErrorKind;
+use crate::workload::{split_region, Op, Region};
+
+/// A transport ID in spdk_nvme_perf's form:
+/// `trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:4420 subnqn:NQN [ns:N]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportId {
+    pub traddr: String,
+    pub trsvcid: u16,
+    pub ipv6: bool,
+    /// None: ask the discovery controller at this address.
+    pub subnqn: Option<String>,
+    /// None: every active namespace.
+    pub nsid: Option<u32>,
+}
+
+impl FromStr for TransportId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut t = TransportId {
+            traddr: String::new(),
+            trsvcid: lightpool_spec::tcp::DEFAULT_PORT,
+            ipv6: false,
+            subnqn: None,
+            nsid: None,
+        };
+        let mut have_svc = false;
+        for part in s.split_whitespace() {
+            let (k, v) = part
+                .split_once(':')
+                .ok_or_else(|| format!("transport ID field {part:?} is not KEY:VALUE"))?;
+            match k.to_ascii_lowercase().as_str() {
+                "trtype" => {
+                    if !v.eq_ignore_ascii_case("tcp") {
+                        return Err(format!("trtype {v:?} is not supported; use trtype:tcp"));
+                    }
+                }
+                "adrfam" => {
+                    t.ipv6 = match v.to_ascii_lowercase().as_str() {
+                        "ipv4" => false,
+                        "ipv6" => true,
+                        _ => return Err(format!("adrfam {v:?}: use ipv4 or ipv6")),
+                    }
+                }
+                "traddr" => t.traddr = v.to_string(),
+                "trsvcid" => {
+                    t.trsvcid = v
+                        .parse()
+                        .map_err(|_| format!("trsvcid {v:?} is not a TCP port number"))?;
+                    have_svc = true;
+                }
+                "subnqn" => t.subnqn = Some(v.to_string()),
+                "ns" | "nsid" => {
+                    t.nsid = Some(
+                        v.parse()
+                            .ok()
+                            .filter(|&n: &u32| n != 0 && n != u32::MAX)
+                            .ok_or_else(|| format!("ns {v:?} is not a namespace ID"))?,
+                    )
+                }
+                "hostnqn" => {
+                    return Err("give the host NQN with --hostnqn, not in the transport ID".into())
+                }
+                other => {
+                    return Err(format!(
+                        "unknown transport ID key {other:?} (known: trtype adrfam traddr trsvcid subnqn ns)"
+                    ))
+                }
+            }
+        }
+        if t.traddr.is_empty() {
+            return Err(format!("transport ID {s:?} has no traddr"));
+        }
+        if t.subnqn.is_none() && !have_svc {
+            t.trsvcid = lightpool_spec::tcp::DISCOVERY_PORT;
+        }
+        Ok(t)
+    }
+}
+
+impl TransportId {
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+        if let Ok(ip) = self.traddr.parse::<IpAddr>() {
+            if ip.is_ipv6() != self.ipv6 {
+                return Err(format!(
+                    "traddr {} does not match adrfam:{}",
+                    self.traddr,
+                    if self.ipv6 { "ipv6" } else { "ipv4" }
+                ));
+            }
+            return Ok(SocketAddr::new(ip, self.trsvcid));
+        }
+        (self.traddr.as_str(), self.trsvcid)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", self.traddr))?
+            .find(|a| a.is_ipv6() == self.ipv6)
+            .ok_or_else(|| format!("{} has no address of the asked family", self.traddr))
+    }
+}
+
+impl fmt::Display for TransportId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.traddr, self.trsvcid)?;
+        if let Some(n) = &self.subnqn {
+            write!(f, " {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How to reach the targets.
+#[derive(Clone, Debug)]
+pub struct NvmeOptions {
+    pub trids: Vec<TransportId>,
+    pub hostnqn: String,
+    pub hostid: [u8; 16],
+    pub hdgst: bool,
+    pub ddgst: bool,
+    pub kato_ms: u32,
+    pub timeout: Duration,
+    pub force_r2t: bool,
+    pub cores: Vec<Option<usize>>,
+    pub qpairs: usize,
+    /// LBAs to use (None: the whole namespace).
+    pub range: Option<(u64, u64)>,
+    pub seed: u64,
+}
+
+/// A queue pair and the namespace its I/O goes to.
+pub struct NvmeQueue {
+    qp: Qpair,
+    nsid: u32,
+    comps: Vec<Completion>,
+    disconnect: bool,
+    timeout: Duration,
+}
+
+impl IoQueue for NvmeQueue {
+    fn depth(&self) -> u16 {
+        self.qp.depth()
+    }
+
+    fn alloc(&mut self) -> Option<u16> {
+        self.qp.alloc()
+    }
+
+    fn buf(&self, tag: u16) -> &[u8] {
+        self.qp.buf(tag)
+    }
+
+    fn buf_mut(&mut self, tag: u16) -> &mut [u8] {
+        self.qp.buf_mut(tag)
+    }
+
+    #[inline]
+    fn submit(
+        &mut self,
+        tag: u16,
+        op: Op,
+        lba: u64,
+        blocks: u32,
+        bytes: u32,
+    ) -> Result<(), PerfError> {
+        let (opcode, dir) = match op {
+            Op::Read => (io_opcode::READ, Dir::Read),
+            Op::Write => (io_opcode::WRITE, Dir::Write),
+        };
+        let sqe = Sqe {
+            opcode,
+            nsid: self.nsid,
+            cdw10: lba as u32,
+            cdw11: (lba >> 32) as u32,
+            cdw12: blocks - 1,
+            ..Sqe::default()
+        };
+        Ok(self.qp.submit(tag, sqe, dir, bytes)?)
+    }
+
+    #[inline]
+    fn poll(&mut self, out: &mut Vec<Done>) -> Result<(), PerfError> {
+        self.comps.clear();
+        self.qp.poll(&mut self.comps)?;
+        out.extend(self.comps.iter().map(|c| Done {
+            tag: c.cid,
+            error: if c.digest_error {
+                Some(ErrorKind::DataDigest)
+            } else if c.status.is_success() {
+                None
+            } else {
+                Some(ErrorKind::from_status(c.status))
+            },
+        }));
+        Ok(())
+    }
+
+    #[inline]
+    fn flush(&mut self) -> Result<(), PerfError> {
+        Ok(self.qp.flush()?)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.qp.in_flight()
+    }
+
+    fn close(self) -> Result<(), PerfError> {
+        Ok(self.qp.disconnect(self.disconnect, self.timeout)?)
+    }
+
+    fn describe(&self) -> String {
+        format!("{} queue {}", self.qp.peer(), self.qp.qid())
+    }
+}
+
+/// A connected run, ready to start.
+pub struct Prepared {
+    pub ctrls: Vec<Controller>,
+    pub devices: Vec<Device>,
+    pub workers: Vec<WorkerSpec<NvmeQueue>>,
+    pub target: String,
+}
+
+/// Resolves discovery, connects every controller and every queue pair.
+pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
+    // (address, subsystem, nsid filter)
+    let mut targets: Vec<(SocketAddr, String, Option<u32>)> = Vec::new();
+    for t in &o.trids {
+        let addr = t.socket_addr().map_err(PerfError::Setup)?;
+        match &t.subnqn {
+            Some(n) => targets.push((addr, n.clone(), t.nsid)),
+            None => {
+                let found = discover(conn_opts(o, addr, String::new()))?;
+                if found.is_empty() {
+                    return Err(PerfError::Setup(format!(
+                        "the discovery controller at {addr} lists no NVM subsystem"
+                    )));
+                }
+                for e in found {
+                    eprintln!(
+                        "lightpool-perf: discovered {} at {}:{}",
+                        e.subnqn, e.traddr, e.trsvcid
+                    );
+                    if e.trtype != trtype::TCP {
+                        continue;
+                    }
+                    let a = TransportId {
+                        traddr: e.traddr.clone(),
+                        trsvcid: e.trsvcid.parse().map_err(|_| {
+                            PerfError::Setup(format!(
+                                "discovery entry port {:?} is invalid",
+                                e.trsvcid
+                            ))
+                        })?,
+                        ipv6: e.adrfam == lightpool_spec::log::adrfam::IPV6,
+                        subnqn: Some(e.subnqn.clone()),
+                        nsid: t.nsid,
+                    };
+                    targets.push((a.socket_addr().map_err(PerfError::Setup)?, e.subnqn, t.nsid));
+                }
+            }
+        }
+    }
+
+    let mut ctrls = Vec::new();
+    let mut devices = Vec::new();
+    // Per device: which controller.
+    let mut dev_ctrl = Vec::new();
+    for (addr, nqn, nsid) in &targets {
+        let mut c = Controller::connect(conn_opts(o, *addr, nqn.clone()))?;
+        let nss = match nsid {
+            Some(n) => vec![c.identify_namespace(*n)?],
+            None => c.namespaces()?,
+        };
+        if nss.is_empty() {
+            return Err(PerfError::Setup(format!(
+                "{addr}: subsystem {nqn} has no active namespace"
+            )));
+        }
+        for ns in nss {
+            let range = check_device(job, o, &c, ns)?;
+            devices.push(Device {
+                name: format!("{nqn} ns {} ({addr})", ns.nsid),
+                block_size: ns.block_size,
+                range,
+            });
+            dev_ctrl.push((ctrls.len(), ns.nsid));
+        }
+        ctrls.push(c);
+    }
+
+    let nq = o.cores.len() * o.qpairs;
+    for (i, c) in ctrls.iter_mut().enumerate() {
+        let per_ctrl = dev_ctrl.iter().filter(|(ci, _)| *ci == i).count();
+        let want = u16::try_from(nq * per_ctrl)
+            .map_err(|_| PerfError::Setup(format!("{nq} queue pairs per namespace is too many")))?;
+        let got = c.request_io_queues(want)?;
+        if got < want {
+            return Err(PerfError::Setup(format!(
+                "{}: the controller grants {got} I/O queues but {want} are needed ({} core(s) x {} queue pair(s) x {per_ctrl} namespace(s))",
+                c.addr(), o.cores.len(), o.qpairs
+            )));
+        }
+    }
+
+    // Regions: verify and sequential runs give each queue its own share.
+    let random = job.workload.random();
+    let mut regions: Vec<Vec<Region>> = Vec::new();
+    for d in &devices {
+        let io_blocks = job.io_size / d.block_size;
+        regions.push(if job.verify || !random {
+            split_region(d.range, io_blocks, nq).ok_or_else(|| {
+                PerfError::Setup(format!(
+                    "{}: the range of {} blocks holds fewer {}-byte I/Os than the {nq} queue(s) that share it",
+                    d.name, d.range.blocks, job.io_size
+                ))
+            })?
+        } else {
+            vec![d.range; nq]
+        });
+    }
+
+    let cfg = QpairConfig {
+        depth: job.depth,
+        buf_len: job.io_size as usize,
+        in_capsule_max: 0,
+        force_r2t: o.force_r2t,
+    };
+    let mut workers = Vec::new();
+    for (ci, core) in o.cores.iter().enumerate() {
+        let mut setups = Vec::new();
+        for qi in 0..o.qpairs {
+            let g = ci * o.qpairs + qi;
+            for (di, (cidx, nsid)) in dev_ctrl.iter().enumerate() {
+                let c = &mut ctrls[*cidx];
+                let mut qp = c.connect_io_queue(job.depth + 1, cfg)?;
+                qp.set_nonblocking()?;
+                setups.push(QueueSetup {
+                    queue: NvmeQueue {
+                        qp,
+                        nsid: *nsid,
+                        comps: Vec::with_capacity(usize::from(job.depth)),
+                        disconnect: c.info.disconnect_supported,
+                        timeout: o.timeout,
+                    },
+                    device: di,
+                    region: regions[di][g],
+                    seed: o.seed ^ ((di as u64) << 40) ^ (g as u64).wrapping_mul(0x9E37_79B9),
+                });
+            }
+        }
+        workers.push(WorkerSpec {
+            core: *core,
+            build: Box::new(move || Ok(setups)),
+        });
+    }
+    let target = targets
+        .iter()
+        .map(|(a, n, _)| format!("{n} at {a}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(Prepared {
+        ctrls,
+        devices,
+        workers,
+        target,
+    })
+}
+
+fn conn_opts(o: &NvmeOptions, addr: SocketAddr, subnqn: String) -> ConnectOptions {
+    ConnectOptions {
+        addr,
+        subnqn,
+        hostnqn: o.hostnqn.clone(),
+        hostid: o.hostid,
+        hdgst: o.hdgst,
+        ddgst: o.ddgst,
+        kato_ms: o.kato_ms,
+        timeout: o.timeout,
+    }
+}
+
+/// Checks the job against the controller's limits and the namespace; returns the
+/// LBA range to use.
+fn check_device(
+    job: &Job,
+    o: &NvmeOptions,
+    c: &Controller,
+    ns: crate::initiator::NamespaceInfo,
+) -> Result<Region, PerfError> {
+    let bad = |m: String| {
+        Err(PerfError::Setup(format!(
+            "{}: namespace {}: {m}",
+            c.addr(),
+            ns.nsid
+        )))
+    };
+    if !job.io_size.is_multiple_of(ns.block_size) {
+        return bad(format!(
+            "the I/O size {} is not a multiple of the {}-byte block size",
+            job.io_size, ns.block_size
+        ));
+    }
+    if job.io_size / ns.block_size > 65536 {
+        return bad(format!(
+            "the I/O size {} is more than 65536 blocks",
+            job.io_size
+        ));
+    }
+    if let Some(m) = c.info.max_transfer {
+        if job.io_size > m {
+            return bad(format!(
+                "the I/O size {} exceeds the controller's maximum transfer of {m} bytes (MDTS)",
+                job.io_size
+            ));
+        }
+    }
+    let entries = u32::from(job.depth) + 1;
+    if entries > c.info.max_queue_entries {
+        return bad(format!(
+            "queue depth {} needs {entries} queue entries but the controller allows {} (use -q {} or less)",
+            job.depth,
+            c.info.max_queue_entries,
+            c.info.max_queue_entries - 1
+        ));
+    }
+    let (start, end) = o.range.unwrap_or((0, ns.num_blocks));
+    if start >= end || end > ns.num_blocks {
+        return bad(format!(
+            "--range {start}:{end} does not fit the namespace's {} blocks",
+            ns.num_blocks
+        ));
+    }
+    if end - start < u64::from(job.io_size / ns.block_size) {
+        return bad(format!(
+            "--range {start}:{end} is smaller than one {}-byte I/O",
+            job.io_size
+        ));
+    }
+    Ok(Region {
+        start_lba: start,
+        blocks: end - start,
+    })
+}
+
+/// Runs a prepared job: keep-alive on every controller while it runs, then an orderly
+/// shutdown.
+pub fn run(job: &Job, p: Prepared) -> Result<(RunOutcome, Vec<Device>), PerfError> {
+    let Prepared {
+        mut ctrls,
+        devices,
+        workers,
+        ..
+    } = p;
+    let mut ka = || -> Result<(), PerfError> {
+        for c in ctrls.iter_mut() {
+            c.keep_alive_if_due()?;
+        }
+        Ok(())
+    };
+    let mut out = crate::engine::run(job, &devices, workers, &mut ka)?;
+    for c in ctrls {
+        let addr = c.addr();
+        if let Err(e) = c.shutdown() {
+            if out.error.is_none() && !matches!(e, InitiatorError::Closed { .. }) {
+                out.error = Some(format!("shutting down the controller at {addr}: {e}"));
+            }
+        }
+    }
+    Ok((out, devices))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spdk_style_transport_ids() {
+        let t: TransportId =
+            "trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.x:y ns:2"
+                .parse()
+                .expect("valid");
+        assert_eq!(t.subnqn.as_deref(), Some("nqn.x:y"));
+        assert_eq!(t.nsid, Some(2));
+        assert_eq!(t.socket_addr(), Ok("127.0.0.1:4420".parse().expect("addr")));
+        let d: TransportId = "trtype:TCP traddr:10.0.0.1".parse().expect("valid");
+        assert_eq!(d.trsvcid, 8009, "discovery defaults to the discovery port");
+        assert!("trtype:rdma traddr:1.2.3.4".parse::<TransportId>().is_err());
+        assert!("traddr:1.2.3.4 bogus:1".parse::<TransportId>().is_err());
+        assert!("trtype:tcp".parse::<TransportId>().is_err());
+        assert!("traddr 1.2.3.4".parse::<TransportId>().is_err());
+        let six: TransportId = "adrfam:ipv6 traddr:::1 trsvcid:4420 subnqn:a"
+            .parse()
+            .expect("valid");
+        assert_eq!(six.socket_addr(), Ok("[::1]:4420".parse().expect("addr")));
+    }
+}
