@@ -42,4 +42,7 @@ build_next() {
 }
 phase "build lightpool-target-next (release)" build_next
 phase "build lightpool-target (release)" cargo build --release -p lightpool-daemon --bins
+# What the VFIO guest test carries into the guest.
+phase "build hugepage-setup, nvme_vfio_iops (release)" \
+    cargo build --release -p hugepage-setup --bins -p lightpool-bdev --example nvme_vfio_iops
 phase "cargo test (with e2e)" cargo test --workspace --features lightpool-e2e/e2e "$@"

@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 pub use host::{free_port, release_binary, wait_for_port, HostProcess};
-pub use vm::{assets, run_guest, GuestConfig, GuestOutcome, VmAssets, EXIT_MARKER, START_MARKER};
+pub use vm::{
+    assets, binary_with_libraries, run_guest, GuestConfig, GuestOutcome, VmAssets, EXIT_MARKER,
+    START_MARKER,
+};
 
 /// The root of the Cargo workspace (the folder above tests/).
 pub fn workspace_root() -> PathBuf {

@@ -126,6 +126,32 @@ impl GuestConfig {
     }
 }
 
+/// A host binary and every shared library `ldd` lists for it, as
+/// [`GuestConfig::extra_files`] entries: the binary at `guest_path`, each library at
+/// its host path (the guest has the same Debian base).
+pub fn binary_with_libraries(binary: &Path, guest_path: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = vec![(
+        guest_path.to_string(),
+        fs::read(binary).with_context(|| format!("reading {}", binary.display()))?,
+    )];
+    let ldd = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("running ldd (package libc-bin)")?;
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux... (0x...)"
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            let data = fs::read(p).with_context(|| format!("reading {p}"))?;
+            out.push((p.to_string(), data));
+        }
+    }
+    Ok(out)
+}
+
 /// How a guest run ended: the script ran to its end and the guest powered off.
 #[derive(Debug, Clone)]
 pub struct GuestOutcome {

@@ -39,6 +39,9 @@ GUEST_MODULES=(
     crc32c_generic crc32c-intel libcrc32c
     # block devices to back a namespace
     brd loop null_blk
+    # a PCIe NVMe SSD for the userspace driver: the kernel's driver (to give the
+    # device back to), VFIO to take it, ext4 to mount it (hugepage-setup's refusal)
+    nvme vfio vfio_iommu_type1 vfio-pci ext4
 )
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
