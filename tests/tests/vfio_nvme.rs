@@ -210,6 +210,7 @@ fn vfio_nvme_served_over_tcp_and_back_to_the_kernel() {
         "E2E: setup is idempotent",
         "E2E: patterns read back over NVMe/TCP",
         "E2E: fio mixed errors=0",
+        "NVMe controller shut down",
         "E2E: kernel driver reads the pattern",
         "E2E: all good",
     ] {

@@ -21,6 +21,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let qd: usize = args.get(2).map_or(Ok(32), |s| s.parse())?;
     let secs: u64 = args.get(3).map_or(Ok(10), |s| s.parse())?;
     let bounce = args.get(4).is_some_and(|s| s == "bounce");
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let bdev = NvmeVfioBdev::open(addr, NvmeVfioOptions::default())?;
     let info = bdev.info().clone();
     let blocks_per_io = (4096 / info.block_size).max(1);
@@ -101,6 +108,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for b in pool_bufs {
         pool.put(b);
     }
+    // The last reference: the controller is shut down (CC.SHN) here.
+    drop(bdev);
     if errors > 0 {
         return Err(format!("{errors} reads failed").into());
     }
