@@ -268,6 +268,12 @@ impl HostQueue {
                 bail!("write failed: {}", c.status);
             }
         }
+        self.read_verify_batch(lbas, bs, gen)
+    }
+
+    /// Read `lbas` back (pipelined) and compare with what round `gen` wrote.
+    pub fn read_verify_batch(&mut self, lbas: &[u64], bs: u32, gen: u64) -> Result<usize> {
+        let blocks = bs / 512;
         let mut out = Vec::new();
         let mut cids = Vec::new();
         for &lba in lbas {

@@ -261,3 +261,50 @@ fn new_binary_dying_mid_adoption_leaves_the_old_one_serving() {
     let (pid, _) = status(&s.control);
     kill(pid);
 }
+
+#[test]
+fn both_sides_dying_after_let_go_recovers_from_the_region() {
+    let dir = e2e_dir().expect("dir").join("upgrade-recover-state");
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.display().to_string();
+    let mut s = start("upgrade-recover", &["--state-dir", &dir_s]);
+    let (pid0, _) = status(&s.control);
+    let lbas: Vec<u64> = (0..32).map(|i| i * 64).collect();
+    {
+        let mut c = HostController::connect(s.addr, NQN, 1).expect("connect");
+        c.io[0]
+            .write_verify_batch(&lbas, 4096, 7)
+            .expect("write before");
+    }
+    let b = release_binary("lightpool-target").expect("built");
+    let (ok, out) = upgrade(&s.control, &b, &[("LIGHTPOOL_TEST_CRASH_AT", "after-bye")]);
+    assert!(
+        !ok,
+        "the new binary died, the upgrade cannot report success:\n{out}"
+    );
+    // The old one had let go and exited; the new one died: nobody serves.
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        s.first.try_wait().expect("wait").is_some(),
+        "the old process (pid {pid0}) exited after BYE"
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&s.control).is_err(),
+        "nobody answers on the control socket"
+    );
+
+    let mut cmd = Command::new(release_binary("lightpool-target").expect("built"));
+    cmd.arg("--recover")
+        .arg("--state-dir")
+        .arg(&dir)
+        .arg("--control-socket")
+        .arg(&s.control);
+    let p = HostProcess::spawn_listening("upgrade-recover-2", cmd, s.addr, Duration::from_secs(20))
+        .expect("recovers");
+    assert!(p.log().contains("recovered 1 subsystem"), "{}", p.log());
+    let mut c = HostController::connect(s.addr, NQN, 1).expect("hosts reconnect");
+    c.io[0]
+        .read_verify_batch(&lbas, 4096, 7)
+        .expect("every acknowledged write is still there");
+    kill(p.id());
+}

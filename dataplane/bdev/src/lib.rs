@@ -160,10 +160,12 @@ pub enum BdevError {
 /// What a successor process needs to take a block device over during a hot upgrade.
 #[derive(Debug)]
 pub enum Handover<'a> {
-    /// RAM: the memfd with the data, mapped again by the successor.
+    /// RAM: the memfd (or tmpfs file, `path`) with the data, mapped again by the
+    /// successor.
     Ram {
         memfd: std::os::fd::BorrowedFd<'a>,
         block_size: u32,
+        path: Option<String>,
     },
     /// A file or block device, reopened by path with the same options (nothing is
     /// buffered in this process: every acknowledged write has reached the kernel).

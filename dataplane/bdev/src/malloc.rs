@@ -150,6 +150,8 @@ fn page_size() -> usize {
 pub struct MallocBdev {
     info: BdevInfo,
     mem: Arc<Mapping>,
+    /// The tmpfs file holding the memory, when it is a named one.
+    path: Option<String>,
 }
 
 impl std::fmt::Debug for MallocBdev {
@@ -199,6 +201,7 @@ impl MallocBdev {
                 supports_deallocate: true,
             },
             mem: Arc::new(mem),
+            path: None,
         }))
     }
 
@@ -238,7 +241,49 @@ impl MallocBdev {
                 supports_deallocate: true,
             },
             mem: Arc::new(mem),
+            path: None,
         }))
+    }
+
+    /// A RAM device whose memory is the file `path` on a tmpfs (e.g. /dev/shm), created
+    /// at `size_bytes` if missing and reattached if present (its size must match): the
+    /// data then outlives every process, so a target that crashes, or a hot upgrade
+    /// whose both sides die, loses nothing acknowledged.
+    pub fn open_shared(
+        name: &str,
+        path: &std::path::Path,
+        size_bytes: u64,
+        block_size: u32,
+    ) -> Result<Arc<MallocBdev>, BdevError> {
+        let shown = path.display().to_string();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|source| BdevError::Open {
+                path: shown.clone(),
+                source,
+            })?;
+        let len = f.metadata().map_err(BdevError::Setup)?.len();
+        if len == 0 {
+            f.set_len(size_bytes).map_err(BdevError::Setup)?;
+        } else if len != size_bytes {
+            return Err(BdevError::Invalid(format!(
+                "RAM device {name}: {shown} holds {len} bytes but the device is configured with {size_bytes}; remove the file or fix the size"
+            )));
+        }
+        let mut b = Self::from_memfd(name, f.into(), block_size)?;
+        Arc::get_mut(&mut b)
+            .expect("just created, not shared yet")
+            .path = Some(shown);
+        Ok(b)
+    }
+
+    /// The tmpfs file behind the device, if it has one.
+    pub fn shared_path(&self) -> Option<&str> {
+        self.path.as_deref()
     }
 
     /// The memfd holding the device's data, for handing to a successor process.
@@ -281,6 +326,7 @@ impl Bdev for MallocBdev {
         crate::Handover::Ram {
             memfd: self.memfd(),
             block_size: self.info.block_size,
+            path: self.path.clone(),
         }
     }
 

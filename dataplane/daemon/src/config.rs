@@ -40,6 +40,11 @@ pub struct TargetSection {
     /// Microseconds a reactor keeps polling with nothing to do before it sleeps.
     #[serde(default)]
     pub idle_spin_us: Option<u64>,
+    /// A directory on a tmpfs (e.g. /dev/shm/lightpool) for state that must outlive
+    /// the process: RAM namespaces keep their data in files here, and a hot upgrade
+    /// leaves its state region here, so `--recover` can restart from it.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for TargetSection {
@@ -52,6 +57,7 @@ impl Default for TargetSection {
             in_capsule_data_size: d_in_capsule(),
             max_transfer_size: d_max_transfer(),
             idle_spin_us: None,
+            state_dir: None,
         }
     }
 }

@@ -50,6 +50,14 @@ struct Args {
     /// instead of starting from a configuration.
     #[arg(long, conflicts_with_all = ["config", "listen"])]
     upgrade_from: Option<String>,
+    /// Directory for state that outlives the process (overrides [target] state_dir).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Start from the state region a hot upgrade left in the state directory (after
+    /// both processes of an upgrade died): same subsystems, namespaces, ANA states and
+    /// listeners; hosts reconnect.
+    #[arg(long, requires = "state_dir", conflicts_with_all = ["config", "upgrade_from"])]
+    recover: bool,
     /// Test hook: the state layout this process writes at a handover.
     #[arg(long, hide = true, default_value_t = upgrade::STATE_LAYOUT)]
     state_layout: u32,
@@ -95,6 +103,8 @@ pub struct Running {
     pub control_path: String,
     /// State layout written at a handover.
     pub layout: u32,
+    /// Where RAM namespaces and the last handover's state region live, if anywhere.
+    pub state_dir: Option<PathBuf>,
 }
 
 fn default_config() -> Config {
@@ -160,14 +170,35 @@ fn load_config(args: &Args) -> Result<Config> {
     Ok(cfg)
 }
 
-fn open_bdev(field: &str, n: &NamespaceSection) -> Result<Arc<dyn Bdev>> {
+/// The tmpfs file of a RAM namespace in the state directory.
+pub fn ram_file(dir: &std::path::Path, nqn: &str, nsid: u32) -> PathBuf {
+    let safe: String = nqn
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join(format!("ram-{safe}-{nsid}"))
+}
+
+fn open_bdev(
+    field: &str,
+    nqn: &str,
+    n: &NamespaceSection,
+    state_dir: Option<&std::path::Path>,
+) -> Result<Arc<dyn Bdev>> {
     if let Some(size) = &n.ram {
         let bytes = parse_size(size).map_err(|e| anyhow::anyhow!("{field}.ram: {e}"))?;
-        let bdev = MallocBdev::new(
-            &format!("ram{}", n.nsid),
-            bytes,
-            n.block_size.unwrap_or(512),
-        )
+        let name = format!("ram{}", n.nsid);
+        let bs = n.block_size.unwrap_or(512);
+        let bdev = match state_dir {
+            Some(dir) => MallocBdev::open_shared(&name, &ram_file(dir, nqn, n.nsid), bytes, bs),
+            None => MallocBdev::new(&name, bytes, bs),
+        }
         .map_err(|e| anyhow::anyhow!("{field}.ram: {e}"))?;
         return Ok(bdev);
     }
@@ -194,7 +225,7 @@ fn open_bdev(field: &str, n: &NamespaceSection) -> Result<Arc<dyn Bdev>> {
     Ok(bdev)
 }
 
-fn build_target(cfg: &Config) -> Result<Arc<Target>> {
+fn build_target(cfg: &Config, state_dir: Option<&std::path::Path>) -> Result<Arc<Target>> {
     let t = &cfg.target;
     let opts = TargetOptions {
         max_queue_depth: t.max_queue_depth,
@@ -217,7 +248,7 @@ fn build_target(cfg: &Config) -> Result<Arc<Target>> {
             let field = format!("subsystem[{si}].namespace[{ni}]");
             sc.namespaces.push(NamespaceConfig {
                 nsid: n.nsid,
-                bdev: open_bdev(&field, n)?,
+                bdev: open_bdev(&field, &s.nqn, n, state_dir)?,
                 nguid: Config::nguid(n),
                 uuid: Config::uuid(n),
                 anagrpid: n.ana_group,
@@ -293,7 +324,15 @@ fn main() {
 
 fn start(args: &Args, control_path: &str) -> Result<Running> {
     let cfg = load_config(args)?;
-    let target = build_target(&cfg)?;
+    let state_dir = args
+        .state_dir
+        .clone()
+        .or_else(|| cfg.target.state_dir.clone());
+    if let Some(d) = &state_dir {
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("creating the state directory {}", d.display()))?;
+    }
+    let target = build_target(&cfg, state_dir.as_deref())?;
     let control = control::bind(control_path)?;
     let cores: Vec<Option<usize>> = if cfg.target.cores.is_empty() {
         vec![None; cfg.target.reactors]
@@ -352,6 +391,7 @@ fn start(args: &Args, control_path: &str) -> Result<Running> {
         control,
         control_path: control_path.to_string(),
         layout: args.state_layout,
+        state_dir,
     })
 }
 
@@ -359,9 +399,10 @@ fn run(args: &Args, control_path: &str) -> Result<()> {
     // Signals are blocked before any thread starts, so every thread inherits the mask
     // and only the main thread takes them (sigwait below).
     let sigs = block_signals();
-    let running = match &args.upgrade_from {
-        Some(from) => upgrade::take_over(from)?,
-        None => start(args, control_path)?,
+    let running = match (&args.upgrade_from, &args.state_dir) {
+        (Some(from), _) => upgrade::take_over(from)?,
+        (None, Some(dir)) if args.recover => upgrade::recover(dir, control_path)?,
+        _ => start(args, control_path)?,
     };
     use std::io::Write;
     std::io::stdout().flush().ok();

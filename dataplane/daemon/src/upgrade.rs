@@ -51,6 +51,7 @@ enum BdevState {
     Ram {
         fd: usize,
         block_size: u32,
+        path: Option<String>,
     },
     File {
         path: String,
@@ -73,10 +74,14 @@ struct Snapshot {
     control_fd: usize,
     stdout_fd: usize,
     stderr_fd: usize,
+    state_dir: Option<String>,
     target: TargetState,
     tcp: TcpState,
     bdevs: Vec<(String, u32, BdevState)>,
 }
+
+/// Name of the region file a handover leaves in the state directory.
+pub const REGION_FILE: &str = "state.region";
 
 fn write_region(snap: &Snapshot, layout: u32) -> Result<OwnedFd> {
     let body = bincode::serialize(snap).context("encoding the state")?;
@@ -209,9 +214,14 @@ fn send_state(run: &Running, sock: &UnixStream) -> Result<()> {
     for s in run.target.subsystems() {
         for n in s.namespaces() {
             let st = match n.bdev.handover() {
-                Handover::Ram { memfd, block_size } => BdevState::Ram {
+                Handover::Ram {
+                    memfd,
+                    block_size,
+                    path,
+                } => BdevState::Ram {
                     fd: idx(&mut fds, dup(memfd)?),
                     block_size,
+                    path,
                 },
                 Handover::File {
                     path,
@@ -243,11 +253,24 @@ fn send_state(run: &Running, sock: &UnixStream) -> Result<()> {
         control_fd,
         stdout_fd,
         stderr_fd,
+        state_dir: run.state_dir.as_ref().map(|d| d.display().to_string()),
         target: run.target.export_state(),
         tcp,
         bdevs,
     };
     let region = write_region(&snap, run.layout)?;
+    if let Some(dir) = &run.state_dir {
+        // A copy that outlives both processes: `--recover` starts from it if the new
+        // one dies after the old one has let go.
+        let tmp = dir.join(format!("{REGION_FILE}.tmp"));
+        let mut src = std::fs::File::from(dup(&region)?);
+        src.rewind()?;
+        let mut dst =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        std::io::copy(&mut src, &mut dst)?;
+        dst.sync_all()?;
+        std::fs::rename(&tmp, dir.join(REGION_FILE))?;
+    }
     let mut all: Vec<RawFd> = vec![region.as_raw_fd()];
     all.extend(fds.iter().map(|f| f.as_raw_fd()));
     let mut first = true;
@@ -339,8 +362,25 @@ fn adopt(
     let mut devs: Vec<(String, u32, Arc<dyn Bdev>)> = Vec::new();
     for (nqn, nsid, st) in &snap.bdevs {
         let b: Arc<dyn Bdev> = match st {
-            BdevState::Ram { fd, block_size } => {
-                MallocBdev::from_memfd(&format!("ram{nsid}"), take(*fd)?, *block_size)?
+            BdevState::Ram {
+                fd,
+                block_size,
+                path: None,
+            } => MallocBdev::from_memfd(&format!("ram{nsid}"), take(*fd)?, *block_size)?,
+            // A RAM device in the state directory: reattach the same file by name, so
+            // the next handover and --recover know where it is.
+            BdevState::Ram {
+                fd,
+                block_size,
+                path: Some(p),
+            } => {
+                let len = std::fs::File::from(take(*fd)?).metadata()?.len();
+                MallocBdev::open_shared(
+                    &format!("ram{nsid}"),
+                    std::path::Path::new(p),
+                    len,
+                    *block_size,
+                )?
             }
             BdevState::File {
                 path,
@@ -393,6 +433,10 @@ fn adopt(
         bail!("the running target did not let go ({bye:?}); it keeps serving");
     }
     let t_bye = t0.elapsed();
+    if std::env::var("LIGHTPOOL_TEST_CRASH_AT").as_deref() == Ok("after-bye") {
+        // Test hook: die after the old process has let go; `--recover` must restore.
+        std::process::abort();
+    }
     tcp.release()?;
     drop(ctrlrs);
     let pause = t0.elapsed();
@@ -428,5 +472,96 @@ fn adopt(
         control,
         control_path: snap.control_path,
         layout: STATE_LAYOUT,
+        state_dir: snap.state_dir.map(std::path::PathBuf::from),
+    })
+}
+
+/// Start from the region a handover left in `dir`, after both processes died: the same
+/// subsystems, namespaces (RAM data from the state directory's files), ANA states and
+/// listeners. Controllers and connections are gone with the processes; hosts reconnect.
+pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
+    let path = dir.join(REGION_FILE);
+    let f = std::fs::File::open(&path)
+        .with_context(|| format!("no state region to recover from at {}", path.display()))?;
+    let mut snap = read_region(f.into()).with_context(|| format!("reading {}", path.display()))?;
+    let mut devs: Vec<(String, u32, Arc<dyn Bdev>)> = Vec::new();
+    for (nqn, nsid, st) in &snap.bdevs {
+        let b: Arc<dyn Bdev> = match st {
+            BdevState::Ram {
+                path: Some(p),
+                block_size,
+                ..
+            } => {
+                let len = std::fs::metadata(p)
+                    .with_context(|| format!("RAM data of {nqn} nsid {nsid} at {p}"))?
+                    .len();
+                MallocBdev::open_shared(
+                    &format!("ram{nsid}"),
+                    std::path::Path::new(p),
+                    len,
+                    *block_size,
+                )?
+            }
+            BdevState::Ram { path: None, .. } => {
+                bail!("namespace {nsid} of {nqn} was a RAM device outside the state directory: its data did not survive")
+            }
+            BdevState::File {
+                path,
+                block_size,
+                read_only,
+                direct,
+                queue_depth,
+            } => UringBdev::open(
+                std::path::Path::new(path),
+                UringOptions {
+                    block_size: Some(*block_size),
+                    read_only: *read_only,
+                    direct: *direct,
+                    queue_depth: *queue_depth,
+                },
+            )?,
+        };
+        devs.push((nqn.clone(), *nsid, b));
+    }
+    for s in &mut snap.target.subsystems {
+        s.controllers.clear();
+    }
+    snap.target.discovery_controllers.clear();
+    let listeners = std::mem::take(&mut snap.target.listeners);
+    let (target, _) =
+        Target::import_state(&snap.target, crate::firmware_revision(), |nqn, nsid| {
+            devs.iter()
+                .find(|(q, n, _)| q == nqn && *n == nsid)
+                .map(|(_, _, b)| b.clone())
+                .ok_or_else(|| NvmfError::Invalid(format!("no block device for {nqn} nsid {nsid}")))
+        })?;
+    let control = crate::control::bind(control_path)?;
+    let reactors = crate::spawn_reactors(&snap.cores, snap.idle_spin_us)?;
+    let tcp = TcpTransport::new(target.clone(), reactors.clone())?;
+    for l in &listeners {
+        let addr: std::net::SocketAddr = format!("{}:{}", l.traddr, l.trsvcid)
+            .parse()
+            .or_else(|_| format!("[{}]:{}", l.traddr, l.trsvcid).parse())
+            .with_context(|| format!("listener {}:{}", l.traddr, l.trsvcid))?;
+        tcp.listen(addr)?;
+    }
+    println!(
+        "lightpool-target {}: recovered {} subsystem(s) from {} (left by {} pid {})",
+        crate::firmware_revision(),
+        snap.target.subsystems.len(),
+        path.display(),
+        snap.version,
+        snap.pid
+    );
+    Ok(Running {
+        target,
+        reactors,
+        tcp,
+        cores: snap.cores,
+        idle_spin_us: snap.idle_spin_us,
+        control,
+        control_path: control_path.to_string(),
+        layout: STATE_LAYOUT,
+        state_dir: Some(dir.to_path_buf()),
     })
 }
