@@ -126,7 +126,39 @@ pub struct Container {
 struct ContainerState {
     groups: HashMap<u32, Arc<File>>,
     iommu_set: bool,
-    next_iova: u64,
+    iovas: IovaAllocator,
+}
+
+/// Hands out IOVA ranges: a bump pointer, plus the ranges given back, reused for
+/// mappings of the same (aligned) size, so that queue pairs made and dropped as hosts
+/// come and go do not walk through the IOMMU's address space.
+#[derive(Debug)]
+struct IovaAllocator {
+    next: u64,
+    free: Vec<(u64, u64)>,
+}
+
+impl IovaAllocator {
+    fn new() -> IovaAllocator {
+        IovaAllocator {
+            next: IOVA_BASE,
+            free: Vec::new(),
+        }
+    }
+
+    fn alloc(&mut self, len: u64) -> u64 {
+        let len = len.next_multiple_of(IOVA_ALIGN);
+        if let Some(i) = self.free.iter().position(|&(_, l)| l == len) {
+            return self.free.swap_remove(i).0;
+        }
+        let iova = self.next;
+        self.next += len;
+        iova
+    }
+
+    fn release(&mut self, iova: u64, len: u64) {
+        self.free.push((iova, len.next_multiple_of(IOVA_ALIGN)));
+    }
 }
 
 impl std::fmt::Debug for Container {
@@ -178,7 +210,7 @@ impl Container {
             state: Mutex::new(ContainerState {
                 groups: HashMap::new(),
                 iommu_set: false,
-                next_iova: IOVA_BASE,
+                iovas: IovaAllocator::new(),
             }),
         })
     }
@@ -321,7 +353,7 @@ impl DmaMapper for Container {
                 "the VFIO container has no device yet, so it has no IOMMU to map into",
             ));
         }
-        let iova = st.next_iova;
+        let iova = st.iovas.alloc(len as u64);
         let mut m = sys::vfio_iommu_type1_dma_map {
             argsz: std::mem::size_of::<sys::vfio_iommu_type1_dma_map>() as u32,
             flags: sys::VFIO_DMA_MAP_FLAG_READ | sys::VFIO_DMA_MAP_FLAG_WRITE,
@@ -333,9 +365,10 @@ impl DmaMapper for Container {
         // and maps the caller's pages, which the caller (DmaMemory) keeps mapped until it
         // calls unmap.
         if unsafe { libc::ioctl(self.fd.as_raw_fd(), VFIO_IOMMU_MAP_DMA, &mut m) } < 0 {
-            return Err(std::io::Error::last_os_error());
+            let e = std::io::Error::last_os_error();
+            st.iovas.release(iova, len as u64);
+            return Err(e);
         }
-        st.next_iova = (iova + len as u64).next_multiple_of(IOVA_ALIGN);
         Ok(iova)
     }
 
@@ -352,6 +385,11 @@ impl DmaMapper for Container {
         if unsafe { libc::ioctl(self.fd.as_raw_fd(), VFIO_IOMMU_UNMAP_DMA, &mut u) } < 0 {
             return Err(std::io::Error::last_os_error());
         }
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iovas
+            .release(iova, len as u64);
         Ok(())
     }
 }
@@ -542,6 +580,25 @@ mod tests {
         assert_eq!(VFIO_GET_API_VERSION, 0x3B64);
         assert_eq!(VFIO_GROUP_GET_DEVICE_FD, 0x3B6A);
         assert_eq!(VFIO_IOMMU_MAP_DMA, 0x3B71);
+    }
+
+    #[test]
+    fn iovas_are_aligned_and_reused() {
+        let mut a = IovaAllocator::new();
+        let x = a.alloc(4096);
+        let y = a.alloc(3 << 20);
+        assert_eq!(x, IOVA_BASE);
+        assert_eq!(y, IOVA_BASE + IOVA_ALIGN, "2 MiB aligned");
+        let z = a.alloc(1);
+        assert_eq!(z, IOVA_BASE + 3 * IOVA_ALIGN);
+        a.release(y, 3 << 20);
+        assert_eq!(
+            a.alloc(4096),
+            IOVA_BASE + 4 * IOVA_ALIGN,
+            "a different size is not reused"
+        );
+        assert_eq!(a.alloc(4 << 20), y, "the same aligned size is");
+        assert!(a.free.is_empty());
     }
 
     #[test]
