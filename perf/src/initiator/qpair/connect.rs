@@ -191,14 +191,19 @@ impl Qpair<TcpStream> {
         } else {
             format!("Connect (I/O queue {qid})")
         };
-        let c = self.execute(
+        // Connect data always travels in the capsule (targets such as Linux nvmet
+        // serve no R2T before the queue is connected), whatever writes do later.
+        let force_r2t = std::mem::replace(&mut self.cfg.force_r2t, false);
+        let res = self.execute(
             sqe,
             Dir::Write,
             data.len() as u32,
             Some(&data),
             timeout,
             &what,
-        )?;
+        );
+        self.cfg.force_r2t = force_r2t;
+        let c = res?;
         if !c.status.is_success() {
             return Err(InitiatorError::Refused {
                 addr: self.peer,

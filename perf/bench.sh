@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The README's benchmark: lightpool-target on core 0 serving a 1 GiB RAM namespace,
+# lightpool-perf on core 1, each case measured against the target and against
+# `lightpool-perf limit` (its server on core 0, client on core 1) back to back, REPS
+# times alternating; prints a markdown table of medians with target/limit ratios.
+#
+#   perf/bench.sh                  (builds both binaries with --release first)
+#   T=10 WARMUP=2 REPS=3 perf/bench.sh
+#   CASES="randread:4096:32" perf/bench.sh
+#
+# Needs python3 (JSON) and 2+ cores. Nothing else should run on cores 0 and 1.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+T=${T:-10}
+WARMUP=${WARMUP:-2}
+REPS=${REPS:-3}
+PORT=${PORT:-4420}
+TARGET_CORE=${TARGET_CORE:-0}
+PERF_CORE=${PERF_CORE:-1}
+CASES=${CASES:-"randread:4096:1 randread:4096:32 randwrite:4096:32 read:131072:16"}
+OUT=${OUT:-target/bench}
+BIN=target/release
+
+cargo build --release -q -p lightpool-daemon -p lightpool-perf
+mkdir -p "$OUT"
+cat > "$OUT/target.toml" <<EOF
+[target]
+cores = [$TARGET_CORE]
+
+[[listener]]
+address = "127.0.0.1:$PORT"
+
+[[subsystem]]
+nqn = "nqn.2024-01.io.lightpool:bench"
+
+[[subsystem.namespace]]
+nsid = 1
+ram = "1GiB"
+block_size = 512
+EOF
+
+"$BIN/lightpool-target" --config "$OUT/target.toml" --log warn > "$OUT/target.log" 2>&1 &
+TGT=$!
+trap 'kill $TGT 2>/dev/null || true' EXIT
+for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    sleep 0.1
+done
+TRID="trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:$PORT subnqn:nqn.2024-01.io.lightpool:bench"
+
+# Fill the namespace once so reads return written data, not untouched pages.
+"$BIN/lightpool-perf" -r "$TRID" -w write -o 131072 -q 16 -t 3 -c "$PERF_CORE" > /dev/null
+
+run() { # name workload size depth kind rep
+    local f="$OUT/$1-$5-$6.json"
+    if [[ $5 == limit ]]; then
+        "$BIN/lightpool-perf" limit --server-core "$TARGET_CORE" -c "$PERF_CORE" \
+            -w "$2" -o "$3" -q "$4" -t "$T" --warmup "$WARMUP" --json > "$f"
+    else
+        "$BIN/lightpool-perf" -r "$TRID" -c "$PERF_CORE" \
+            -w "$2" -o "$3" -q "$4" -t "$T" --warmup "$WARMUP" --json > "$f"
+    fi
+}
+
+for c in $CASES; do
+    IFS=: read -r w o q <<< "$c"
+    name="$w-$o-qd$q"
+    for rep in $(seq "$REPS"); do
+        run "$name" "$w" "$o" "$q" limit "$rep"
+        run "$name" "$w" "$o" "$q" target "$rep"
+    done
+done
+
+python3 - "$OUT" "$REPS" $CASES <<'PY'
+import json, statistics, sys
+out, reps, cases = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def med(name, kind, f):
+    return statistics.median(f(json.load(open(f"{out}/{name}-{kind}-{r}.json"))) for r in range(1, reps + 1))
+print("| Workload | Target IOPS | MiB/s | avg us | p50 us | p99 us | Limit IOPS | Limit MiB/s | Limit p50 us | IOPS ratio | p50 ratio |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for c in cases:
+    w, o, q = c.split(":")
+    name = f"{w}-{o}-qd{q}"
+    t = {k: med(name, "target", f) for k, f in {
+        "iops": lambda j: j["total"]["iops"], "mib": lambda j: j["total"]["mib_s"],
+        "avg": lambda j: j["latency"]["avg_us"], "p50": lambda j: j["latency"]["p50_us"],
+        "p99": lambda j: j["latency"]["p99_us"]}.items()}
+    l = {k: med(name, "limit", f) for k, f in {
+        "iops": lambda j: j["total"]["iops"], "mib": lambda j: j["total"]["mib_s"],
+        "p50": lambda j: j["latency"]["p50_us"]}.items()}
+    size = f"{int(o) // 1024} KiB"
+    print(f"| {w} {size} QD{q} | {t['iops']:,.0f} | {t['mib']:,.0f} | {t['avg']:.1f} | {t['p50']:.1f} | {t['p99']:.1f} "
+          f"| {l['iops']:,.0f} | {l['mib']:,.0f} | {l['p50']:.1f} | {t['iops'] / l['iops']:.2f} | {t['p50'] / l['p50']:.2f} |")
+PY
