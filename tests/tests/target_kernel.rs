@@ -3,8 +3,9 @@
 //! next host after a disconnect.
 #![cfg(feature = "e2e")]
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,11 @@ block_size = 512
     let path = e2e_dir().expect("e2e dir").join(format!("{name}.toml"));
     std::fs::write(&path, cfg).expect("write config");
     let mut cmd = Command::new(release_binary("lightpool-target").expect("built"));
-    cmd.arg("--config").arg(&path);
+    let control = e2e_dir().expect("e2e dir").join(format!("{name}.sock"));
+    cmd.arg("--config")
+        .arg(&path)
+        .arg("--control-socket")
+        .arg(&control);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
     HostProcess::spawn_listening(name, cmd, addr, Duration::from_secs(20)).expect("target starts")
 }
@@ -92,20 +97,72 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_nanos(ns)
 }
 
-/// Waits for the guest's two idle markers and returns the target's CPU share between
-/// them.
-fn measure_idle(listener: TcpListener, pid: u32) -> std::thread::JoinHandle<Option<f64>> {
+/// What the host side did for the guest.
+#[derive(Default, Debug)]
+struct AgentReport {
+    /// Target CPU share between the guest's idle markers.
+    idle: Option<f64>,
+    /// Outputs of the ANA changes the guest asked for.
+    ana: Vec<String>,
+}
+
+/// Acts on the guest's requests (one line per connection, answered "ok"): `idle-start`
+/// and `idle-end` bracket a window in which the target's CPU use is measured; `ana G S`
+/// sets ANA group G of the subsystem to state S through `lightpool-target ana`; `done`
+/// ends.
+fn host_agent(
+    listener: TcpListener,
+    pid: u32,
+    control: PathBuf,
+) -> std::thread::JoinHandle<AgentReport> {
     std::thread::spawn(move || {
-        let mut marks = Vec::new();
-        for _ in 0..2 {
-            let (mut s, _) = listener.accept().ok()?;
+        let mut report = AgentReport::default();
+        let mut idle_start = None;
+        while let Ok((mut s, _)) = listener.accept() {
             let mut b = String::new();
-            s.read_to_string(&mut b).ok()?;
-            marks.push((Instant::now(), cpu_time(pid)));
+            if s.read_to_string(&mut b).is_err() {
+                continue;
+            }
+            let words: Vec<&str> = b.split_whitespace().collect();
+            match words.as_slice() {
+                ["idle-start"] => idle_start = Some((Instant::now(), cpu_time(pid))),
+                ["idle-end"] => {
+                    if let Some((t, c)) = idle_start {
+                        let cpu = cpu_time(pid) - c;
+                        report.idle = Some(cpu.as_secs_f64() / t.elapsed().as_secs_f64());
+                    }
+                }
+                ["ana", group, state] => {
+                    let out = Command::new(release_binary("lightpool-target").expect("built"))
+                        .args([
+                            "ana",
+                            "--nqn",
+                            NQN,
+                            "--group",
+                            group,
+                            "--state",
+                            state,
+                            "--control-socket",
+                        ])
+                        .arg(&control)
+                        .output()
+                        .expect("run lightpool-target ana");
+                    report.ana.push(format!(
+                        "{}{}{}",
+                        if out.status.success() { "" } else { "FAILED: " },
+                        String::from_utf8_lossy(&out.stdout).trim(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+                ["done"] => {
+                    let _ = s.write_all(b"ok\n");
+                    break;
+                }
+                _ => {}
+            }
+            let _ = s.write_all(b"ok\n");
         }
-        let wall = marks[1].0 - marks[0].0;
-        let cpu = marks[1].1 - marks[0].1;
-        Some(cpu.as_secs_f64() / wall.as_secs_f64())
+        report
     })
 }
 
@@ -113,9 +170,10 @@ fn measure_idle(listener: TcpListener, pid: u32) -> std::thread::JoinHandle<Opti
 fn kernel_initiator_against_lightpool_target() {
     let port = free_port().expect("port");
     let target = start_target("e2e-kernel-target", port);
-    let idle_listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let idle_port = idle_listener.local_addr().expect("addr").port();
-    let idle = measure_idle(idle_listener, target.id());
+    let agent_listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let idle_port = agent_listener.local_addr().expect("addr").port();
+    let control = e2e_dir().expect("dir").join("e2e-kernel-target.sock");
+    let agent = host_agent(agent_listener, target.id(), control);
     let script = format!(
         r#"NQN={NQN}
 A="-t tcp -a 10.0.2.2 -s {port}"
@@ -173,6 +231,24 @@ nvme connect $A -n $NQN --hostnqn=nqn.2014-08.org.nvmexpress:uuid:11111111-2222-
 DEV=$(ns_dev)
 dd if=$DEV of=/dev/null bs=1M count=4 iflag=direct 2>&1 | tail -1
 nvme disconnect -n $NQN
+
+say "ana"
+nvme connect $A -n $NQN
+DEV=$(ns_dev)
+P=$(ls -d /sys/class/nvme/nvme*/nvme*c*n1 /sys/block/nvme*c*n1 2>/dev/null | head -1)
+say "ana path $P state $(cat $P/ana_state)"
+[ "$(cat $P/ana_state)" = optimized ]
+echo "ana 1 inaccessible" | nc 10.0.2.2 {idle_port}
+for i in $(seq 1 100); do [ "$(cat $P/ana_state)" = inaccessible ] && break; sleep 0.1; done
+say "ana after change: $(cat $P/ana_state)"
+[ "$(cat $P/ana_state)" = inaccessible ]
+echo "ana 1 optimized" | nc 10.0.2.2 {idle_port}
+for i in $(seq 1 100); do [ "$(cat $P/ana_state)" = optimized ] && break; sleep 0.1; done
+say "ana restored: $(cat $P/ana_state)"
+[ "$(cat $P/ana_state)" = optimized ]
+dd if=$DEV of=/dev/null bs=1M count=4 iflag=direct 2>&1 | tail -1
+nvme disconnect -n $NQN
+echo done | nc 10.0.2.2 {idle_port}
 say "all good"
 "#
     );
@@ -197,6 +273,8 @@ say "all good"
         "E2E: cycle done plain",
         "E2E: cycle done --hdr-digest --data-digest",
         "E2E: next host",
+        "E2E: ana after change: inaccessible",
+        "E2E: ana restored: optimized",
         "E2E: all good",
     ] {
         assert!(out.console.contains(want), "{want:?} missing:\n{tail}");
@@ -214,10 +292,14 @@ say "all good"
             "guest kernel logged {bad:?}:\n{tail}"
         );
     }
-    let idle = idle
-        .join()
-        .expect("idle thread")
-        .expect("idle window measured");
+    let report = agent.join().expect("agent thread");
+    eprintln!("ANA changes: {:?}", report.ana);
+    assert_eq!(report.ana.len(), 2, "{report:?}");
+    assert!(
+        report.ana.iter().all(|a| !a.starts_with("FAILED")),
+        "{report:?}"
+    );
+    let idle = report.idle.expect("idle window measured");
     eprintln!(
         "target CPU while hosts are connected and idle: {:.3}% of one core",
         idle * 100.0

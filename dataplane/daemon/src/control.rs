@@ -59,6 +59,12 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
             std::process::id(),
             run.layout
         )?;
+    } else if let Some(rest) = line.strip_prefix("ANA ") {
+        let answer = match set_ana(run, rest) {
+            Ok(()) => "OK".to_string(),
+            Err(e) => format!("ERR {e:#}"),
+        };
+        writeln!(w, "{answer}")?;
     } else if line.starts_with("HELLO ") {
         stream.set_read_timeout(None)?;
         upgrade::hand_over(run, stream, &line)?;
@@ -66,6 +72,59 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
         writeln!(w, "ERR unknown command {line:?}")?;
     }
     Ok(())
+}
+
+/// The ANA state names operators use, and their codes.
+pub fn ana_state_code(name: &str) -> Option<u8> {
+    use lightpool_spec::log::ana_state;
+    Some(match name {
+        "optimized" => ana_state::OPTIMIZED,
+        "non-optimized" => ana_state::NON_OPTIMIZED,
+        "inaccessible" => ana_state::INACCESSIBLE,
+        "persistent-loss" => ana_state::PERSISTENT_LOSS,
+        "change" => ana_state::CHANGE,
+        _ => return None,
+    })
+}
+
+/// "ANA <nqn> <group> <state>"
+fn set_ana(run: &Running, args: &str) -> Result<()> {
+    let mut it = args.split_whitespace();
+    let (Some(nqn), Some(group), Some(state)) = (it.next(), it.next(), it.next()) else {
+        bail!("usage: ANA <nqn> <group> <state>");
+    };
+    let group: u32 = group
+        .parse()
+        .with_context(|| format!("ANA group {group:?} is not a number"))?;
+    let code = ana_state_code(state).with_context(|| {
+        format!("unknown ANA state {state:?} (optimized, non-optimized, inaccessible, persistent-loss, change)")
+    })?;
+    let sub = run
+        .target
+        .find_subsystem(nqn)
+        .with_context(|| format!("no subsystem {nqn}"))?;
+    sub.set_ana_state(group, code)?;
+    tracing::info!(nqn, group, state, "ANA state changed");
+    Ok(())
+}
+
+/// `lightpool-target ana --nqn N --group G --state S`.
+pub fn ana_command(path: &str, nqn: &str, group: u32, state: &str) -> Result<()> {
+    if ana_state_code(state).is_none() {
+        bail!("unknown ANA state {state:?} (optimized, non-optimized, inaccessible, persistent-loss, change)");
+    }
+    let mut s = UnixStream::connect(path)
+        .with_context(|| format!("no lightpool-target answers on control socket {path}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    writeln!(s, "ANA {nqn} {group} {state}")?;
+    let line = read_line(&mut BufReader::new(&s))?.unwrap_or_default();
+    match line.as_str() {
+        "OK" => {
+            println!("{nqn}: ANA group {group} is now {state}");
+            Ok(())
+        }
+        other => bail!("{}", other.strip_prefix("ERR ").unwrap_or(other)),
+    }
 }
 
 /// Ask the target behind `path` for its status line.

@@ -74,6 +74,19 @@ enum Cmd {
         #[arg(long)]
         binary: PathBuf,
     },
+    /// Set the ANA state of a namespace group of the running target; connected hosts
+    /// get an ANA-change async event and re-read the ANA log.
+    Ana {
+        /// Subsystem NQN.
+        #[arg(long)]
+        nqn: String,
+        /// ANA group ID (by default a namespace's group is its NSID).
+        #[arg(long)]
+        group: u32,
+        /// optimized, non-optimized, inaccessible, persistent-loss or change.
+        #[arg(long)]
+        state: String,
+    },
 }
 
 /// What Identify Controller reports as the firmware revision: the package version,
@@ -314,6 +327,7 @@ fn main() {
         .unwrap_or_else(default_control_socket);
     let res = match &args.command {
         Some(Cmd::Upgrade { binary }) => control::upgrade_command(&control, binary, &args.log),
+        Some(Cmd::Ana { nqn, group, state }) => control::ana_command(&control, nqn, *group, state),
         None => run(&args, &control),
     };
     if let Err(e) = res {
