@@ -29,12 +29,21 @@ pub fn bind(path: &str) -> Result<UnixListener> {
 }
 
 /// Serve the control socket on a thread of its own (never a reactor).
+/// The thread holds only a weak reference, so that at shutdown the target and its
+/// block devices are dropped (a VFIO controller gets its orderly shutdown).
 pub fn serve(run: Arc<Running>) -> Result<()> {
+    let listener = run
+        .control
+        .try_clone()
+        .context("duplicating the control socket")?;
+    let weak = Arc::downgrade(&run);
+    drop(run);
     std::thread::Builder::new()
         .name("lightpool-control".into())
         .spawn(move || {
-            for conn in run.control.incoming() {
+            for conn in listener.incoming() {
                 let Ok(stream) = conn else { continue };
+                let Some(run) = weak.upgrade() else { break };
                 if let Err(e) = handle(&run, stream) {
                     tracing::warn!(error = format!("{e:#}"), "control request failed");
                 }

@@ -432,5 +432,9 @@ fn run(args: &Args, control_path: &str) -> Result<()> {
         r.join().ok();
     }
     let _ = std::fs::remove_file(&running.control_path);
+    // The reactors' connections and channels are gone with their threads; dropping the
+    // target now drops the block devices (flushes, and CC.SHN for VFIO controllers).
+    drop(running);
+    tracing::info!("stopped");
     Ok(())
 }
