@@ -24,6 +24,11 @@ struct Setup {
 }
 
 fn start(name: &str, extra: &[&str]) -> Setup {
+    start_on(name, "reactors = 2", extra)
+}
+
+/// `reactors` is the [target] line choosing reactors, e.g. "cores = [0]".
+fn start_on(name: &str, reactors: &str, extra: &[&str]) -> Setup {
     let port = free_port().expect("port");
     let dir = e2e_dir().expect("e2e dir");
     let control = dir.join(format!("{name}.sock")).display().to_string();
@@ -31,7 +36,7 @@ fn start(name: &str, extra: &[&str]) -> Setup {
     std::fs::write(
         &cfg,
         format!(
-            "[target]\nreactors = 2\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n[[subsystem]]\nnqn = \"{NQN}\"\n\
+            "[target]\n{reactors}\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n[[subsystem]]\nnqn = \"{NQN}\"\n\
              [[subsystem.namespace]]\nnsid = 1\nram = \"64MiB\"\nblock_size = 512\n"
         ),
     )
@@ -307,4 +312,94 @@ fn both_sides_dying_after_let_go_recovers_from_the_region() {
         .read_verify_batch(&lbas, 4096, 7)
         .expect("every acknowledged write is still there");
     kill(p.id());
+}
+
+/// Runs lightpool-perf (randrw, QD32, 4 queue pairs, --verify) for `secs` seconds
+/// against `addr` and returns its JSON report and exit status.
+fn perf_run(addr: SocketAddr, secs: u32) -> std::process::Child {
+    Command::new(release_binary("lightpool-perf").expect("tests/run.sh builds lightpool-perf"))
+        .arg("-r")
+        .arg(format!(
+            "trtype:tcp adrfam:ipv4 traddr:{} trsvcid:{} subnqn:{NQN}",
+            addr.ip(),
+            addr.port()
+        ))
+        .args([
+            "-q", "32", "-o", "4096", "-w", "randrw", "-M", "50", "--qpairs", "4", "--verify",
+            "--json",
+        ])
+        .args(["-t", &secs.to_string(), "--range", "0:65536", "--seed", "7"])
+        // The initiator on core 1, the target on core 0, as the benchmarks run.
+        .args(["-c", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start lightpool-perf")
+}
+
+fn perf_report(child: std::process::Child) -> (bool, String, String) {
+    let out = child.wait_with_output().expect("lightpool-perf finishes");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// The number after `"key":` in a JSON text (the report is flat enough for this).
+fn json_num(json: &str, key: &str) -> f64 {
+    let pat = format!("\"{key}\":");
+    let at = json
+        .find(&pat)
+        .unwrap_or_else(|| panic!("{key} missing from {json}"))
+        + pat.len();
+    json[at..]
+        .trim_start()
+        .split([',', '}'])
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+#[test]
+fn perf_verify_randrw_across_ten_upgrades() {
+    let a = release_binary("lightpool-target").expect("built");
+    let b = release_binary("lightpool-target-next").expect("built");
+    let s = start_on("upgrade-perf", "cores = [0]", &[]);
+    // Baseline: the same run without upgrades.
+    let (ok, base, err) = perf_report(perf_run(s.addr, 8));
+    assert!(ok, "baseline run failed: {err}\n{base}");
+    let base_p9999 = json_num(&base, "p99_99_us");
+    let base_max = json_num(&base, "max_us");
+    // With ten upgrades during the run.
+    let child = perf_run(s.addr, 12);
+    thread::sleep(Duration::from_millis(1500));
+    let mut pauses = Vec::new();
+    for i in 0..10 {
+        let bin = if i % 2 == 0 { &b } else { &a };
+        let (ok, out) = upgrade(&s.control, bin, &[]);
+        assert!(ok, "upgrade {i} failed:\n{out}");
+        pauses.push(
+            out.split("pause ")
+                .nth(1)
+                .and_then(|v| v.split_whitespace().next())
+                .unwrap_or("?")
+                .to_string(),
+        );
+        thread::sleep(Duration::from_millis(800));
+    }
+    let (ok, run, err) = perf_report(child);
+    eprintln!("handover pauses (ms): {pauses:?}");
+    eprintln!(
+        "baseline: p99.99 {base_p9999:.0} us, max {base_max:.0} us; with 10 upgrades: p99.99 {:.0} us, max {:.0} us, {:.0} IOPS",
+        json_num(&run, "p99_99_us"),
+        json_num(&run, "max_us"),
+        json_num(&run, "iops")
+    );
+    assert!(ok, "lightpool-perf failed across upgrades: {err}\n{run}");
+    assert_eq!(json_num(&run, "error_total"), 0.0, "{run}");
+    assert_eq!(json_num(&run, "mismatches"), 0.0, "{run}");
+    assert!(json_num(&run, "blocks_checked") > 0.0, "{run}");
+    let (pid, _) = status(&s.control);
+    kill(pid);
 }

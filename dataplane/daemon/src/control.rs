@@ -68,6 +68,15 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
             std::process::id(),
             run.layout
         )?;
+    } else if line == "REACTORS" {
+        // What a successor needs to start its reactors before it asks for the state.
+        let cores: Vec<String> = run
+            .cores
+            .iter()
+            .map(|c| c.map_or("-".to_string(), |c| c.to_string()))
+            .collect();
+        let spin = run.idle_spin_us.map_or("-".to_string(), |v| v.to_string());
+        writeln!(w, "OK cores={} idle_spin_us={spin}", cores.join(","))?;
     } else if let Some(rest) = line.strip_prefix("ANA ") {
         let answer = match set_ana(run, rest) {
             Ok(()) => "OK".to_string(),

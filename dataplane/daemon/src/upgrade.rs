@@ -158,20 +158,17 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
     }
     tracing::info!(new_version = %newver, "upgrade: quiescing");
     let t0 = Instant::now();
-    run.tcp.quiesce()?;
-    let deadline = t0 + DRAIN_TIMEOUT;
-    while !run.tcp.drained()? {
-        if Instant::now() > deadline {
-            run.tcp.resume()?;
-            writeln!(
-                sock,
-                "REFUSE commands did not finish within {DRAIN_TIMEOUT:?}"
-            )?;
-            bail!("upgrade abandoned: commands did not finish in time; still serving");
-        }
-        std::thread::sleep(Duration::from_micros(50));
-    }
-    match send_state(run, &sock) {
+    // Each reactor quiesces, and exports and freezes itself as soon as its connections
+    // have drained: one round trip, however busy the machine.
+    let Some((tcp, fds)) = run.tcp.quiesce_and_export(1, DRAIN_TIMEOUT)? else {
+        writeln!(
+            sock,
+            "REFUSE commands did not finish within {DRAIN_TIMEOUT:?}"
+        )?;
+        bail!("upgrade abandoned: commands did not finish in time; still serving");
+    };
+    let t_frozen = t0.elapsed();
+    match send_state(run, &sock, tcp, fds) {
         Ok(()) => {}
         Err(e) => {
             run.tcp.resume()?;
@@ -179,6 +176,7 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
             return Err(e.context("upgrade abandoned; still serving"));
         }
     }
+    let t_sent = t0.elapsed();
     sock.set_read_timeout(Some(ADOPT_TIMEOUT))?;
     let reply = read_line(&mut BufReader::new(&sock)).ok().flatten();
     match reply.as_deref() {
@@ -186,6 +184,8 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
             sock.write_all(b"BYE\n")?;
             tracing::info!(
                 pause_ms = t0.elapsed().as_secs_f64() * 1e3,
+                frozen_ms = t_frozen.as_secs_f64() * 1e3,
+                sent_ms = t_sent.as_secs_f64() * 1e3,
                 "upgrade: handed over; exiting"
             );
             // The new process owns every socket now: exit without closing anything at
@@ -200,9 +200,14 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
     }
 }
 
-fn send_state(run: &Running, sock: &UnixStream) -> Result<()> {
-    // Descriptor 0 is the region, then listeners and connections, then the rest.
-    let (tcp, mut fds) = run.tcp.freeze_and_export(1)?;
+/// Descriptor 0 is the region, then listeners and connections (`fds`, exported with
+/// base 1), then the rest.
+fn send_state(
+    run: &Running,
+    sock: &UnixStream,
+    tcp: TcpState,
+    mut fds: Vec<OwnedFd>,
+) -> Result<()> {
     let idx = |fds: &mut Vec<OwnedFd>, fd: OwnedFd| {
         fds.push(fd);
         fds.len()
@@ -288,7 +293,70 @@ fn send_state(run: &Running, sock: &UnixStream) -> Result<()> {
 
 /// New side: take over from the target serving `path`. On success the old process has
 /// exited and this one serves every connection it had.
+/// Cores, idle spin and the handles of reactors started ahead of a takeover.
+type Prestarted = (
+    Vec<Option<usize>>,
+    Option<u64>,
+    Vec<lightpool_reactor::ReactorHandle>,
+);
+
+/// Ask the running target how its reactors are laid out, and start ours the same way
+/// before the handover begins, so that starting threads is not part of the pause.
+fn prestart_reactors(path: &str) -> Result<Prestarted> {
+    let mut s = UnixStream::connect(path)
+        .with_context(|| format!("cannot reach the running target at {path}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"REACTORS\n")?;
+    let line = read_line(&mut BufReader::new(&s))?.unwrap_or_default();
+    let rest = line
+        .strip_prefix("OK ")
+        .ok_or_else(|| anyhow!("unexpected answer to REACTORS: {line:?}"))?;
+    let mut cores = Vec::new();
+    let mut spin = None;
+    for kv in rest.split_whitespace() {
+        match kv.split_once('=') {
+            Some(("cores", v)) => {
+                for c in v.split(',').filter(|c| !c.is_empty()) {
+                    cores.push(if c == "-" {
+                        None
+                    } else {
+                        Some(c.parse().with_context(|| format!("core {c:?}"))?)
+                    });
+                }
+            }
+            Some(("idle_spin_us", v)) if v != "-" => spin = Some(v.parse()?),
+            _ => {}
+        }
+    }
+    if cores.is_empty() {
+        bail!("the running target reported no reactors");
+    }
+    let reactors = crate::spawn_reactors(&cores, spin)?;
+    Ok((cores, spin, reactors))
+}
+
 pub fn take_over(path: &str) -> Result<Running> {
+    let (cores, spin, reactors) = prestart_reactors(path)?;
+    let stop = |reactors: &[lightpool_reactor::ReactorHandle]| {
+        for r in reactors {
+            r.stop();
+        }
+    };
+    match take_over_with(path, &cores, spin, reactors.clone()) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            stop(&reactors);
+            Err(e)
+        }
+    }
+}
+
+fn take_over_with(
+    path: &str,
+    cores: &[Option<usize>],
+    spin: Option<u64>,
+    reactors: Vec<lightpool_reactor::ReactorHandle>,
+) -> Result<Running> {
     let t0 = Instant::now();
     let sock = UnixStream::connect(path)
         .with_context(|| format!("cannot reach the running target at {path}"))?;
@@ -339,7 +407,12 @@ pub fn take_over(path: &str) -> Result<Running> {
         state_ms = t_state.as_secs_f64() * 1e3,
         "upgrade: state received"
     );
-    match adopt(snap, &mut fds, t0, &sock) {
+    if snap.cores != cores || snap.idle_spin_us != spin {
+        let why = "the reactors changed between REACTORS and HELLO";
+        let _ = writeln!(w, "REFUSE {why}");
+        bail!("{why}");
+    }
+    match adopt(snap, &mut fds, t0, &sock, reactors) {
         Ok(run) => Ok(run),
         Err(e) => {
             let _ = writeln!(w, "REFUSE {e:#}");
@@ -353,6 +426,7 @@ fn adopt(
     fds: &mut [Option<OwnedFd>],
     t0: Instant,
     sock: &UnixStream,
+    reactors: Vec<lightpool_reactor::ReactorHandle>,
 ) -> Result<Running> {
     let mut take = |i: usize| {
         fds.get_mut(i)
@@ -410,7 +484,7 @@ fn adopt(
                 })
         })?;
     let t_target = t0.elapsed();
-    let reactors = crate::spawn_reactors(&snap.cores, snap.idle_spin_us)?;
+    // The reactors were started before HELLO (prestart_reactors).
     let t_reactors = t0.elapsed();
     let tcp = TcpTransport::adopt(target.clone(), reactors.clone(), &snap.tcp, fds)?;
     let t_adopt = t0.elapsed();

@@ -55,6 +55,9 @@ struct Local {
     /// Hot upgrade: nothing is read or written at all (the state was exported, or is
     /// adopted and not yet released by the previous process).
     frozen: bool,
+    /// Hot upgrade: export as soon as every connection has drained, and answer here.
+    export_when_drained:
+        Option<crossbeam::channel::Sender<(usize, Result<Exported, std::io::Error>)>>,
 }
 
 struct Entry {
@@ -87,6 +90,9 @@ pub struct TcpState {
     pub listeners: Vec<(String, usize)>,
     pub conns: Vec<(ConnSnapshot, usize, usize)>,
 }
+
+/// What one reactor of the new process takes over: listeners and connections.
+type ReactorShare = (Vec<TcpListener>, Vec<(TcpStream, ConnSnapshot)>);
 
 /// One reactor's listeners and connections with their duplicated sockets.
 type Exported = (Vec<(String, OwnedFd)>, Vec<(ConnSnapshot, usize, OwnedFd)>);
@@ -196,24 +202,63 @@ impl TcpTransport {
     /// connection, with duplicates of their descriptors (indices into the returned list
     /// start at `fd_base`).
     pub fn freeze_and_export(&self, fd_base: usize) -> Result<(TcpState, Vec<OwnedFd>), TcpError> {
-        let per = self.ask(|ctx, l| -> Result<Exported, std::io::Error> {
-            l.frozen = true;
-            let now = ctx.now();
-            let mut ls = Vec::new();
-            for a in &l.acceptors {
-                let addr = a.listener.local_addr()?.to_string();
-                ls.push((addr, a.listener.as_fd().try_clone_to_owned()?));
+        let per = self.ask(export_local)?;
+        Self::collect(per, fd_base)
+    }
+
+    /// Hot upgrade in one step: quiesce every reactor, and have each export (and freeze)
+    /// itself the moment its connections have drained, with no round trips in between.
+    /// `None` if some reactor did not drain within `timeout` (then everything resumes).
+    pub fn quiesce_and_export(
+        &self,
+        fd_base: usize,
+        timeout: Duration,
+    ) -> Result<Option<(TcpState, Vec<OwnedFd>)>, TcpError> {
+        let (tx, rx) = crossbeam::channel::unbounded();
+        for r in &self.reactors {
+            let tx = tx.clone();
+            r.send(move |ctx: &mut Ctx| {
+                LOCAL.with(|l| {
+                    let mut l = l.borrow_mut();
+                    l.quiesced = true;
+                    for e in &mut l.conns {
+                        e.conn.quiesce();
+                    }
+                    if l.conns.iter().all(|e| e.conn.is_drained()) {
+                        let out = export_local(ctx, &mut l);
+                        let _ = tx.send((ctx.id(), out));
+                    } else {
+                        l.export_when_drained = Some(tx);
+                        ensure_poller(ctx, &mut l);
+                    }
+                })
+            })?;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut per: Vec<Option<Result<Exported, std::io::Error>>> =
+            (0..self.reactors.len()).map(|_| None).collect();
+        for _ in 0..self.reactors.len() {
+            match rx.recv_deadline(deadline) {
+                Ok((i, r)) => per[i] = Some(r),
+                Err(_) => {
+                    self.ask(|_, l| l.export_when_drained = None)?;
+                    self.resume()?;
+                    return Ok(None);
+                }
             }
-            let mut cs = Vec::new();
-            for e in &l.conns {
-                cs.push((
-                    e.conn.export(now),
-                    ctx.id(),
-                    e.conn.stream().as_fd().try_clone_to_owned()?,
-                ));
-            }
-            Ok((ls, cs))
-        })?;
+        }
+        Ok(Some(Self::collect(
+            per.into_iter()
+                .map(|r| r.expect("every reactor answered"))
+                .collect(),
+            fd_base,
+        )?))
+    }
+
+    fn collect(
+        per: Vec<Result<Exported, std::io::Error>>,
+        fd_base: usize,
+    ) -> Result<(TcpState, Vec<OwnedFd>), TcpError> {
         let mut st = TcpState {
             listeners: Vec::new(),
             conns: Vec::new(),
@@ -260,37 +305,58 @@ impl TcpTransport {
                 .and_then(Option::take)
                 .ok_or_else(|| TcpError::Adopt(format!("descriptor {i} is missing")))
         };
+        let n = t.reactors.len();
+        // One message per reactor, carrying everything it will own: it freezes itself,
+        // takes its listeners and rebuilds its connections (a connection is not Send:
+        // its block-device channels belong to one thread), then answers once.
+        let mut per: Vec<ReactorShare> = (0..n).map(|_| (Vec::new(), Vec::new())).collect();
         for (addr, i) in &st.listeners {
             let l = TcpListener::from(take(*i)?);
             l.set_nonblocking(true).map_err(TcpError::Dup)?;
             tracing::info!(%addr, "NVMe/TCP listener adopted");
-            t.start_acceptor(l, true)?;
+            per[0].0.push(l);
         }
-        let n = t.reactors.len();
-        let (tx, rx) = crossbeam::channel::unbounded();
         for (snap, reactor, i) in &st.conns {
-            let stream = TcpStream::from(take(*i)?);
-            let target = t.target.clone();
-            let snap = snap.clone();
+            per[reactor % n]
+                .1
+                .push((TcpStream::from(take(*i)?), snap.clone()));
+        }
+        let (tx, rx) = crossbeam::channel::unbounded();
+        for (r, (listeners, conns)) in t.reactors.iter().zip(per) {
             let tx = tx.clone();
-            // A connection is not Send (its block-device channels belong to one thread):
-            // it is rebuilt on the reactor that will own it.
-            t.reactors[reactor % n].send(move |ctx: &mut Ctx| {
-                let res = Conn::import(stream, target, &snap, Instant::now())
-                    .map(|conn| add_conn(ctx, conn, true));
-                let _ = tx.send(res.map_err(|e| e.to_string()));
+            let target = t.target.clone();
+            let reactors = t.reactors.clone();
+            r.send(move |ctx: &mut Ctx| {
+                LOCAL.with(|l| l.borrow_mut().frozen = true);
+                for listener in listeners {
+                    if let Err(e) = ctx.register_fd(listener.as_raw_fd(), Interest::READABLE) {
+                        tracing::error!(error = %e, "cannot watch the listening socket");
+                    }
+                    let acceptor = Acceptor {
+                        listener,
+                        target: target.clone(),
+                        reactors: reactors.clone(),
+                        next: 0,
+                    };
+                    LOCAL.with(|l| l.borrow_mut().acceptors.push(acceptor));
+                }
+                let now = Instant::now();
+                let mut res = Ok(());
+                for (stream, snap) in conns {
+                    match Conn::import(stream, target.clone(), &snap, now) {
+                        Ok(conn) => add_conn(ctx, conn, true),
+                        Err(e) => res = Err(e.to_string()),
+                    }
+                }
+                LOCAL.with(|l| ensure_poller(ctx, &mut l.borrow_mut()));
+                let _ = tx.send(res);
             })?;
         }
-        for _ in &st.conns {
+        for _ in 0..n {
             rx.recv_timeout(ASK_TIMEOUT)
                 .map_err(|_| TcpError::Timeout(0))?
                 .map_err(TcpError::Adopt)?;
         }
-        // Every reactor is frozen until release, even those that got no connection.
-        t.ask(|ctx, l| {
-            l.frozen = true;
-            ensure_poller(ctx, l);
-        })?;
         Ok(t)
     }
 
@@ -298,6 +364,26 @@ impl TcpTransport {
     pub fn release(&self) -> Result<(), TcpError> {
         self.resume()
     }
+}
+
+/// Freeze this reactor's part of the transport and export it, with duplicated sockets.
+fn export_local(ctx: &mut Ctx, l: &mut Local) -> Result<Exported, std::io::Error> {
+    l.frozen = true;
+    let now = ctx.now();
+    let mut ls = Vec::new();
+    for a in &l.acceptors {
+        let addr = a.listener.local_addr()?.to_string();
+        ls.push((addr, a.listener.as_fd().try_clone_to_owned()?));
+    }
+    let mut cs = Vec::new();
+    for e in &l.conns {
+        cs.push((
+            e.conn.export(now),
+            ctx.id(),
+            e.conn.stream().as_fd().try_clone_to_owned()?,
+        ));
+    }
+    Ok((ls, cs))
 }
 
 fn add_conn(ctx: &mut Ctx, conn: Conn<TcpStream>, frozen: bool) {
@@ -410,6 +496,12 @@ impl Poller for TcpPoller {
                 }
                 busy |= work > 0 || e.conn.has_pending_work();
                 i += 1;
+            }
+            if l.export_when_drained.is_some() && l.conns.iter().all(|e| e.conn.is_drained()) {
+                let tx = l.export_when_drained.take().expect("checked above");
+                let out = export_local(ctx, &mut l);
+                let _ = tx.send((ctx.id(), out));
+                return PollStatus::Idle;
             }
             if busy {
                 PollStatus::Busy
