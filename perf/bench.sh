@@ -49,8 +49,10 @@ for _ in $(seq 50); do
 done
 TRID="trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:$PORT subnqn:nqn.2024-01.io.lightpool:bench"
 
-# Fill the namespace once so reads return written data, not untouched pages.
-"$BIN/lightpool-perf" -r "$TRID" -w write -o 131072 -q 16 -t 3 -c "$PERF_CORE" > /dev/null
+# Write the whole namespace once (sequentially, 128 KiB at a time, past one full
+# pass) so that reads find data, and the RAM device's pages are all in place: the
+# first touch of each page costs a page fault that is no part of the target.
+"$BIN/lightpool-perf" -r "$TRID" -w write -o 131072 -q 16 -t "${FILL_SECONDS:-15}" -c "$PERF_CORE" > "$OUT/fill.txt"
 
 run() { # name workload size depth kind rep
     local f="$OUT/$1-$5-$6.json"

@@ -68,6 +68,14 @@ pub trait IoQueue {
     fn close(self) -> Result<(), PerfError>;
     /// For messages: which queue this is.
     fn describe(&self) -> String;
+    /// The socket to watch for input; `None`: poll every pass (block devices).
+    fn fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// Completions are waiting that no socket event will announce.
+    fn has_ready(&self) -> bool {
+        false
+    }
 }
 
 /// A device under test: a namespace or a block device.
@@ -575,6 +583,19 @@ fn drive<Q: IoQueue>(
     let mut running = true;
     let mut drain_deadline = end + job.io_timeout;
 
+    // Sockets are read when epoll says they hold something; other queues every pass.
+    let mut rd = crate::readiness::Readiness::new(ctxs.len())
+        .map_err(|e| PerfError::Setup(format!("epoll: {e}")))?;
+    let mut watched = Vec::with_capacity(ctxs.len());
+    for (i, c) in ctxs.iter().enumerate() {
+        if let Some(fd) = c.q.fd() {
+            rd.add(fd, i as u64)
+                .map_err(|e| PerfError::Setup(format!("epoll: {e}")))?;
+        }
+        watched.push(c.q.fd().is_some());
+    }
+    let mut ready = vec![false; ctxs.len()];
+
     let now = Instant::now();
     for c in ctxs.iter_mut() {
         while c.q.in_flight() < usize::from(c.q.depth()) {
@@ -589,9 +610,20 @@ fn drive<Q: IoQueue>(
         let now = Instant::now();
         let measuring = running && now >= measure_start && now < end;
         let mut in_flight = 0;
-        for c in ctxs.iter_mut() {
+        ready.fill(false);
+        let n = rd
+            .poll()
+            .map_err(|e| PerfError::Setup(format!("epoll: {e}")))?;
+        for k in 0..n {
+            if let Some(r) = ready.get_mut(rd.token(k) as usize) {
+                *r = true;
+            }
+        }
+        for (i, c) in ctxs.iter_mut().enumerate() {
             c.done.clear();
-            c.q.poll(&mut c.done)?;
+            if ready[i] || !watched[i] || c.q.has_ready() {
+                c.q.poll(&mut c.done)?;
+            }
             if !c.done.is_empty() {
                 c.last_progress = now;
             }

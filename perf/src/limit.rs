@@ -259,8 +259,37 @@ fn serve(mut conns: Vec<TcpStream>, w: Wire, data_len: usize, stop: &AtomicBool)
             open: true,
         })
         .collect();
+    // Read only what epoll says is ready (see crate::readiness); write whatever is
+    // queued, each connection's answers in one writev.
+    let mut rd = match crate::readiness::Readiness::new(cs.len()) {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    for (i, c) in cs.iter().enumerate() {
+        use std::os::fd::AsRawFd;
+        if rd.add(c.s.as_raw_fd(), i as u64).is_err() {
+            return;
+        }
+    }
+    let mut ready = vec![false; cs.len()];
     while !stop.load(Ordering::Relaxed) {
-        for c in cs.iter_mut().filter(|c| c.open) {
+        ready.fill(false);
+        let n = rd.poll().unwrap_or(0);
+        for k in 0..n {
+            if let Some(r) = ready.get_mut(rd.token(k) as usize) {
+                *r = true;
+            }
+        }
+        for (i, c) in cs.iter_mut().enumerate() {
+            if !c.open {
+                continue;
+            }
+            if !ready[i] {
+                if !c.tx.is_empty() && flush(&mut c.s, &mut c.tx, &data).is_err() {
+                    c.open = false;
+                }
+                continue;
+            }
             let tx = &mut c.tx;
             let mut on = |u: Unit<'_>| -> Option<Payload> {
                 match u {
@@ -522,6 +551,11 @@ impl IoQueue for RawQueue {
 
     fn describe(&self) -> String {
         "limit connection".to_string()
+    }
+
+    fn fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.s.as_raw_fd())
     }
 }
 

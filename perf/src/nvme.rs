@@ -226,6 +226,14 @@ impl IoQueue for NvmeQueue {
     fn describe(&self) -> String {
         format!("{} queue {}", self.qp.peer(), self.qp.qid())
     }
+
+    fn fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.qp.raw_fd())
+    }
+
+    fn has_ready(&self) -> bool {
+        self.qp.has_ready()
+    }
 }
 
 /// A connected run, ready to start.

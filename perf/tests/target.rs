@@ -55,7 +55,10 @@ fn r2t_writes_large_transfers_and_many_queues() {
         vec!["-w", "randread", "-o", "65536"],
         vec!["-w", "randrw", "-o", "131072", "--digest", "--qpairs", "2"],
         vec!["-w", "write", "-o", "16384", "--qpairs", "2"],
-    ] {
+    ]
+    .into_iter()
+    .chain(two_cores())
+    {
         let mut a = vec![
             "-r", &r, "-q", "4", "-t", "0.5", "--verify", "--range", "0:4096", "--json",
         ];
@@ -65,6 +68,12 @@ fn r2t_writes_large_transfers_and_many_queues() {
         assert!(run.total_iops() > 0.0, "{args:?}\n{}", run.dump());
         assert_eq!(run.field(&["verify", "mismatches"]), 0, "{}", run.dump());
     }
+}
+
+/// Two pinned workers with two queue pairs each, where the machine has two cores.
+fn two_cores() -> Option<Vec<&'static str>> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (n >= 2).then(|| vec!["-w", "randrw", "-o", "8192", "-c", "0,1", "--qpairs", "2"])
 }
 
 #[test]

@@ -112,6 +112,12 @@ impl Qpair<TcpStream> {
         Ok(Qpair::new(s, addr, p, cfg))
     }
 
+    /// The socket, for readiness polling.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.s.as_raw_fd()
+    }
+
     /// Switches to non-blocking I/O for the load loop.
     pub fn set_nonblocking(&mut self) -> Result<(), InitiatorError> {
         self.s

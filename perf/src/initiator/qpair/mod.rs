@@ -242,6 +242,12 @@ impl<S: Stream> Qpair<S> {
         self.cfg.depth
     }
 
+    /// Completions waiting for the next [`Qpair::poll`] that arrived while flushing
+    /// (no socket event will announce them).
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// Commands submitted and not yet completed.
     pub fn in_flight(&self) -> usize {
         self.in_flight
