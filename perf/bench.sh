@@ -40,11 +40,13 @@ ram = "1GiB"
 block_size = 512
 EOF
 
-"$BIN/lightpool-target" --config "$OUT/target.toml" --log warn > "$OUT/target.log" 2>&1 &
+"$BIN/lightpool-target" --config "$OUT/target.toml" --control-socket "$OUT/control.sock" \
+    --log warn > "$OUT/target.log" 2>&1 &
 TGT=$!
 trap 'kill $TGT 2>/dev/null || true' EXIT
-for _ in $(seq 50); do
+for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    kill -0 $TGT 2>/dev/null || { cat "$OUT/target.log" >&2; exit 1; }
     sleep 0.1
 done
 TRID="trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:$PORT subnqn:nqn.2024-01.io.lightpool:bench"

@@ -16,19 +16,21 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use clap::Args;
 use lightpool_spec::nvme::{io_opcode, Cqe, SglDescriptor, Sqe};
 use lightpool_spec::status::Status;
 use lightpool_spec::tcp::{
-    self as pdu, flags, CommonHeader, DataHeader, PduType, R2t, CAPSULE_CMD_HLEN,
+    self as pdu, flags, CommonHeader, DataHeader, IcResp, PduType, R2t, CAPSULE_CMD_HLEN,
     COMMON_HEADER_SIZE, MAX_HEADER_BUF,
 };
 
 use crate::cli::{fail_setup, parse_size_u64, OutputArgs, WorkloadArgs};
 use crate::engine::{Device, Done, IoQueue, PerfError, QueueSetup, WorkerSpec};
 use crate::initiator::tx::{TxQueue, INLINE_MAX, MAX_IOV};
+use crate::initiator::{Qpair, QpairConfig};
+use crate::nvme::NvmeQueue;
 use crate::report::Report;
 use crate::workload::{Op, Region};
 
@@ -38,6 +40,11 @@ pub struct LimitArgs {
     /// Core of the server end (where the target would run). Default: unpinned.
     #[arg(long)]
     pub server_core: Option<usize>,
+    /// The client: `raw` frames PDUs and nothing more (the transport's limit);
+    /// `nvme` is lightpool-perf's own initiator (ICReq, Connect, command slab, data
+    /// into the buffers), which measures what the initiator costs.
+    #[arg(long, default_value = "raw", value_parser = ["raw", "nvme"])]
+    pub client: String,
     /// Header and data digests.
     #[arg(long)]
     pub digest: bool,
@@ -247,32 +254,36 @@ struct SrvConn {
     open: bool,
 }
 
-/// Serves `conns` until `stop`: the stand-in target.
-fn serve(mut conns: Vec<TcpStream>, w: Wire, data_len: usize, stop: &AtomicBool) {
+/// Serves up to `n` connections from `l` until `stop`: the stand-in target.
+fn serve(l: TcpListener, n: usize, w: Wire, data_len: usize, stop: &AtomicBool) {
+    use std::os::fd::AsRawFd;
     let data = vec![0xA5u8; data_len.max(1)];
-    let mut cs: Vec<SrvConn> = conns
-        .drain(..)
-        .map(|s| SrvConn {
-            s,
-            f: Framer::new(),
-            tx: TxQueue::new(4096),
-            open: true,
-        })
-        .collect();
+    let mut cs: Vec<SrvConn> = Vec::with_capacity(n);
     // Read only what epoll says is ready (see crate::readiness); write whatever is
     // queued, each connection's answers in one writev.
-    let mut rd = match crate::readiness::Readiness::new(cs.len()) {
-        Ok(r) => r,
-        Err(_) => return,
+    let Ok(mut rd) = crate::readiness::Readiness::new(n) else {
+        return;
     };
-    for (i, c) in cs.iter().enumerate() {
-        use std::os::fd::AsRawFd;
-        if rd.add(c.s.as_raw_fd(), i as u64).is_err() {
-            return;
-        }
-    }
-    let mut ready = vec![false; cs.len()];
+    let mut ready = vec![false; n];
     while !stop.load(Ordering::Relaxed) {
+        if cs.len() < n {
+            match l.accept() {
+                Ok((s, _)) => {
+                    let ok = s.set_nodelay(true).and_then(|_| s.set_nonblocking(true));
+                    if ok.is_err() || rd.add(s.as_raw_fd(), cs.len() as u64).is_err() {
+                        continue;
+                    }
+                    cs.push(SrvConn {
+                        s,
+                        f: Framer::new(),
+                        tx: TxQueue::new(4096),
+                        open: true,
+                    });
+                }
+                Err(_) if cs.is_empty() => thread::sleep(Duration::from_micros(100)),
+                Err(_) => {}
+            }
+        }
         ready.fill(false);
         let n = rd.poll().unwrap_or(0);
         for k in 0..n {
@@ -294,6 +305,18 @@ fn serve(mut conns: Vec<TcpStream>, w: Wire, data_len: usize, stop: &AtomicBool)
             let mut on = |u: Unit<'_>| -> Option<Payload> {
                 match u {
                     Unit::Header(ch, hdr) => match PduType::try_from(ch.pdu_type) {
+                        Ok(PduType::IcReq) => {
+                            // For `--client nvme`: accept the digests asked for.
+                            let resp = IcResp {
+                                pfv: pdu::PFV_1_0,
+                                cpda: 0,
+                                hdgst: w.hdgst,
+                                ddgst: w.ddgst,
+                                maxh2cdata: w.maxh2cdata,
+                            };
+                            tx.push_bytes(&resp.encode());
+                            None
+                        }
                         Ok(PduType::CapsuleCmd) if hdr.len() >= CAPSULE_CMD_HLEN => {
                             let sqe = pdu::capsule_cmd_sqe(hdr.try_into().expect("72 bytes"));
                             if ch.has_data() {
@@ -559,7 +582,35 @@ impl IoQueue for RawQueue {
     }
 }
 
-/// Accepts `n` connections, then serves them on a thread pinned to `core`.
+/// `per_core` client queues for each core, connected here (the server answers
+/// while it waits for the rest).
+fn clients<Q: IoQueue + Send + 'static>(
+    cores: &[Option<usize>],
+    per_core: usize,
+    seed: u64,
+    region: Region,
+    connect: &dyn Fn() -> Result<Q, PerfError>,
+) -> Result<Vec<WorkerSpec<Q>>, PerfError> {
+    let mut workers = Vec::new();
+    for (ci, core) in cores.iter().enumerate() {
+        let mut setups = Vec::new();
+        for qi in 0..per_core {
+            setups.push(QueueSetup {
+                queue: connect()?,
+                device: 0,
+                region,
+                seed: seed ^ ((ci * per_core + qi) as u64).wrapping_mul(0x9E37_79B9),
+            });
+        }
+        workers.push(WorkerSpec {
+            core: *core,
+            build: Box::new(move || Ok(setups)),
+        });
+    }
+    Ok(workers)
+}
+
+/// Serves `n` connections on a thread pinned to `core`.
 fn start_server(
     n: usize,
     w: Wire,
@@ -575,21 +626,8 @@ fn start_server(
             if let Some(c) = core {
                 core_affinity::set_for_current(core_affinity::CoreId { id: c });
             }
-            let mut conns = Vec::with_capacity(n);
-            let deadline = Instant::now() + Duration::from_secs(10);
             let _ = l.set_nonblocking(true);
-            while conns.len() < n && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        let ok = s.set_nodelay(true).and_then(|_| s.set_nonblocking(true));
-                        if ok.is_ok() {
-                            conns.push(s);
-                        }
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(1)),
-                }
-            }
-            serve(conns, w, io_size as usize, &stop);
+            serve(l, n, w, io_size as usize, &stop);
         })
         .map_err(|e| PerfError::Setup(format!("cannot start the limit server: {e}")))?;
     Ok((addr, h))
@@ -646,40 +684,43 @@ pub fn main(a: &LimitArgs) -> i32 {
         range: region,
     }];
     let seed = a.w.seed();
-    let mut workers = Vec::new();
-    let mut setup_err = None;
-    for (ci, core) in cores.iter().enumerate() {
-        let mut setups = Vec::new();
-        for qi in 0..per_core {
-            let s = TcpStream::connect(addr).and_then(|s| {
-                s.set_nodelay(true)
-                    .and_then(|_| s.set_nonblocking(true))
-                    .map(|_| s)
-            });
-            match s {
-                Ok(s) => setups.push(QueueSetup {
-                    queue: RawQueue::new(s, w, job.depth, job.io_size),
-                    device: 0,
-                    region,
-                    seed: seed ^ ((ci * per_core + qi) as u64).wrapping_mul(0x9E37_79B9),
-                }),
-                Err(e) => {
-                    setup_err = Some(io_err(e));
-                }
-            }
-        }
-        workers.push(WorkerSpec {
-            core: *core,
-            build: Box::new(move || Ok(setups)),
-        });
-    }
-    if let Some(e) = setup_err {
-        stop.store(true, Ordering::SeqCst);
-        let _ = server.join();
-        return fail_setup(e);
-    }
     let started = SystemTime::now();
-    let outcome = crate::engine::run(&job, &devices, workers, &mut || Ok(()));
+    let (depth, io_size) = (job.depth, job.io_size);
+    let outcome = if a.client == "nvme" {
+        let timeout = Duration::from_secs(5);
+        let connect = || -> Result<NvmeQueue, PerfError> {
+            let cfg = QpairConfig {
+                depth,
+                buf_len: io_size as usize,
+                in_capsule_max: w.in_capsule,
+                force_r2t: false,
+            };
+            let mut qp = Qpair::connect(addr, w.hdgst, w.ddgst, cfg, timeout)?;
+            qp.fabric_connect(
+                1,
+                depth + 1,
+                0,
+                1,
+                "nqn.limit",
+                "nqn.limit-host",
+                [0; 16],
+                timeout,
+            )?;
+            qp.set_nonblocking()?;
+            Ok(NvmeQueue::new(qp, 1, false, timeout))
+        };
+        clients(&cores, per_core, seed, region, &connect)
+            .and_then(|ws| crate::engine::run(&job, &devices, ws, &mut || Ok(())))
+    } else {
+        let connect = || -> Result<RawQueue, PerfError> {
+            let s = TcpStream::connect(addr).map_err(io_err)?;
+            s.set_nodelay(true).map_err(io_err)?;
+            s.set_nonblocking(true).map_err(io_err)?;
+            Ok(RawQueue::new(s, w, depth, io_size))
+        };
+        clients(&cores, per_core, seed, region, &connect)
+            .and_then(|ws| crate::engine::run(&job, &devices, ws, &mut || Ok(())))
+    };
     stop.store(true, Ordering::SeqCst);
     let _ = server.join();
     let target = format!(
@@ -688,8 +729,12 @@ pub fn main(a: &LimitArgs) -> i32 {
         w.in_capsule
     );
     let digests = if a.digest { "header+data" } else { "" }.to_string();
-    let settings =
-        a.w.settings("raw TCP request/response", target, per_core, digests);
+    let mode = if a.client == "nvme" {
+        "lightpool-perf's initiator against a null target"
+    } else {
+        "raw TCP request/response"
+    };
+    let settings = a.w.settings(mode, target, per_core, digests);
     match outcome {
         Ok(out) => a
             .out
@@ -701,6 +746,7 @@ pub fn main(a: &LimitArgs) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     /// Every workload completes its I/Os through the framing (in-capsule and R2T
     /// writes, reads, digests).

@@ -152,6 +152,20 @@ pub struct NvmeQueue {
     timeout: Duration,
 }
 
+impl NvmeQueue {
+    /// I/O to `nsid` on `qp` (connected, non-blocking); `disconnect`: send the
+    /// Disconnect command at the end.
+    pub fn new(qp: Qpair, nsid: u32, disconnect: bool, timeout: Duration) -> NvmeQueue {
+        NvmeQueue {
+            comps: Vec::with_capacity(usize::from(qp.depth())),
+            qp,
+            nsid,
+            disconnect,
+            timeout,
+        }
+    }
+}
+
 impl IoQueue for NvmeQueue {
     fn depth(&self) -> u16 {
         self.qp.depth()

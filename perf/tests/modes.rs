@@ -46,6 +46,13 @@ fn limit_measures_reads_writes_and_r2t() {
         vec!["-w", "randwrite", "-o", "65536", "-q", "4"],
         vec!["-w", "read", "-o", "131072", "-q", "4", "--digest"],
         vec!["-w", "randrw", "-o", "16384", "-q", "4", "--qpairs", "2"],
+        // lightpool-perf's own initiator against the null server.
+        vec![
+            "--client", "nvme", "-w", "randrw", "-o", "16384", "-q", "4", "--digest",
+        ],
+        vec![
+            "--client", "nvme", "-w", "randread", "-o", "4096", "-q", "8", "--qpairs", "2",
+        ],
     ] {
         let mut a = vec!["limit", "-t", "0.3", "--json"];
         a.extend(args.iter().copied());
