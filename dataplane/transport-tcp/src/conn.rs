@@ -299,8 +299,11 @@ impl<S: Stream> Conn<S> {
                                 };
                                 if left == n {
                                     self.payload_done(now);
+                                    continue;
                                 }
-                                continue;
+                                // A short read: the socket is empty for now; asking
+                                // again would only cost a system call.
+                                return work;
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return work,
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -321,6 +324,15 @@ impl<S: Stream> Conn<S> {
                         self.rx_end = n;
                         budget = budget.saturating_sub(n);
                         work += 1;
+                        if n < self.rx.len() {
+                            // A short read: the socket is empty for now. Consume what
+                            // came and stop, rather than pay a system call for EAGAIN.
+                            self.consume(now);
+                            if self.rx_start == self.rx_end {
+                                return work;
+                            }
+                            continue;
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return work,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -56,6 +56,7 @@ struct Local {
     /// adopted and not yet released by the previous process).
     frozen: bool,
     /// Hot upgrade: export as soon as every connection has drained, and answer here.
+    last_accept: Option<Instant>,
     export_when_drained:
         Option<crossbeam::channel::Sender<(usize, Result<Exported, std::io::Error>)>>,
 }
@@ -415,6 +416,10 @@ struct Acceptor {
     next: usize,
 }
 
+/// A busy reactor tries accept() at most this often: a connection waits at most this
+/// long, and the I/O path does not pay a failing system call every iteration.
+const ACCEPT_INTERVAL: Duration = Duration::from_millis(1);
+
 /// Connections accepted per poll at most.
 const ACCEPT_BUDGET: usize = 16;
 
@@ -467,12 +472,16 @@ impl Poller for TcpPoller {
                 return PollStatus::Idle;
             }
             let mut busy = false;
-            if !l.quiesced {
+            let now = ctx.now();
+            if !l.quiesced
+                && l.last_accept
+                    .is_none_or(|t| now.duration_since(t) >= ACCEPT_INTERVAL)
+            {
+                l.last_accept = Some(now);
                 for a in &mut l.acceptors {
                     busy |= a.poll();
                 }
             }
-            let now = ctx.now();
             let mut i = 0;
             while i < l.conns.len() {
                 let e = &mut l.conns[i];
