@@ -47,6 +47,9 @@ pub const MAILBOX_BUDGET: usize = 64;
 /// idle target with connected hosts sees. 1 ms would allow only 20.
 pub const DEFAULT_IDLE_SPIN: Duration = Duration::from_micros(200);
 
+/// Consecutive idle iterations required (besides `idle_spin`) before sleeping.
+const MIN_IDLE_LOOPS: u32 = 64;
+
 /// Timers due sooner than this keep the reactor spinning instead of sleeping, because
 /// `epoll_wait` has millisecond resolution.
 const MIN_SLEEP: Duration = Duration::from_millis(1);
@@ -390,6 +393,7 @@ struct Reactor {
 impl Reactor {
     fn run(&mut self) {
         let mut last_active = Instant::now();
+        let mut idle_loops = 0u32;
         while !self.ctx.stop && !self.ctx.shared.stopped.load(Ordering::Relaxed) {
             self.ctx.now = Instant::now();
             self.ctx.iteration += 1;
@@ -404,10 +408,21 @@ impl Reactor {
             if active {
                 self.ctx.shared.stats.busy_loops.bump();
                 last_active = self.ctx.now;
-            } else if self.ctx.now.duration_since(last_active) >= self.idle_spin && self.sleep() {
-                // Spin again for idle_spin after a wake-up: whatever woke us is likely
-                // to bring more work right behind it.
-                last_active = Instant::now();
+                idle_loops = 0;
+            } else {
+                idle_loops = idle_loops.saturating_add(1);
+                // Both conditions: idle for idle_spin *and* for MIN_IDLE_LOOPS iterations
+                // in a row. Time alone misfires when the thread was preempted (the gap
+                // counts as idleness though the work is waiting right behind it).
+                if idle_loops >= MIN_IDLE_LOOPS
+                    && self.ctx.now.duration_since(last_active) >= self.idle_spin
+                    && self.sleep()
+                {
+                    // Spin again for idle_spin after a wake-up: whatever woke us is
+                    // likely to bring more work right behind it.
+                    last_active = Instant::now();
+                    idle_loops = 0;
+                }
             }
         }
         self.ctx.shared.request_stop();
