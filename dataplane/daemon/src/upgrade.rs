@@ -130,6 +130,63 @@ fn read_region(fd: OwnedFd) -> Result<Snapshot> {
     Ok(snap)
 }
 
+/// Take a namespace's block device over. `memfd` is the RAM device's descriptor that
+/// came with a handover; without it (recovery) a RAM device must live in the state
+/// directory. A RAM device in the state directory is reattached by name, so the next
+/// handover and `--recover` know where it is.
+fn open_bdev(
+    nqn: &str,
+    nsid: u32,
+    st: &BdevState,
+    memfd: Option<OwnedFd>,
+) -> Result<Arc<dyn Bdev>> {
+    let name = format!("ram{nsid}");
+    Ok(match (st, memfd) {
+        (
+            BdevState::Ram {
+                block_size,
+                path: Some(p),
+                ..
+            },
+            _,
+        ) => {
+            let len = std::fs::metadata(p)
+                .with_context(|| format!("RAM data of {nqn} nsid {nsid} at {p}"))?
+                .len();
+            MallocBdev::open_shared(&name, std::path::Path::new(p), len, *block_size)?
+        }
+        (
+            BdevState::Ram {
+                block_size,
+                path: None,
+                ..
+            },
+            Some(fd),
+        ) => MallocBdev::from_memfd(&name, fd, *block_size)?,
+        (BdevState::Ram { path: None, .. }, None) => {
+            bail!("namespace {nsid} of {nqn} was a RAM device outside the state directory: its data did not survive")
+        }
+        (
+            BdevState::File {
+                path,
+                block_size,
+                read_only,
+                direct,
+                queue_depth,
+            },
+            _,
+        ) => UringBdev::open(
+            std::path::Path::new(path),
+            UringOptions {
+                block_size: Some(*block_size),
+                read_only: *read_only,
+                direct: *direct,
+                queue_depth: *queue_depth,
+            },
+        )?,
+    })
+}
+
 fn dup(fd: impl AsFd) -> Result<OwnedFd> {
     Ok(fd.as_fd().try_clone_to_owned()?)
 }
@@ -435,44 +492,11 @@ fn adopt(
     };
     let mut devs: Vec<(String, u32, Arc<dyn Bdev>)> = Vec::new();
     for (nqn, nsid, st) in &snap.bdevs {
-        let b: Arc<dyn Bdev> = match st {
-            BdevState::Ram {
-                fd,
-                block_size,
-                path: None,
-            } => MallocBdev::from_memfd(&format!("ram{nsid}"), take(*fd)?, *block_size)?,
-            // A RAM device in the state directory: reattach the same file by name, so
-            // the next handover and --recover know where it is.
-            BdevState::Ram {
-                fd,
-                block_size,
-                path: Some(p),
-            } => {
-                let len = std::fs::File::from(take(*fd)?).metadata()?.len();
-                MallocBdev::open_shared(
-                    &format!("ram{nsid}"),
-                    std::path::Path::new(p),
-                    len,
-                    *block_size,
-                )?
-            }
-            BdevState::File {
-                path,
-                block_size,
-                read_only,
-                direct,
-                queue_depth,
-            } => UringBdev::open(
-                std::path::Path::new(path),
-                UringOptions {
-                    block_size: Some(*block_size),
-                    read_only: *read_only,
-                    direct: *direct,
-                    queue_depth: *queue_depth,
-                },
-            )?,
+        let memfd = match st {
+            BdevState::Ram { fd, .. } => Some(take(*fd)?),
+            BdevState::File { .. } => None,
         };
-        devs.push((nqn.clone(), *nsid, b));
+        devs.push((nqn.clone(), *nsid, open_bdev(nqn, *nsid, st, memfd)?));
     }
     let (target, ctrlrs) =
         Target::import_state(&snap.target, crate::firmware_revision(), |nqn, nsid| {
@@ -560,42 +584,7 @@ pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
     let mut snap = read_region(f.into()).with_context(|| format!("reading {}", path.display()))?;
     let mut devs: Vec<(String, u32, Arc<dyn Bdev>)> = Vec::new();
     for (nqn, nsid, st) in &snap.bdevs {
-        let b: Arc<dyn Bdev> = match st {
-            BdevState::Ram {
-                path: Some(p),
-                block_size,
-                ..
-            } => {
-                let len = std::fs::metadata(p)
-                    .with_context(|| format!("RAM data of {nqn} nsid {nsid} at {p}"))?
-                    .len();
-                MallocBdev::open_shared(
-                    &format!("ram{nsid}"),
-                    std::path::Path::new(p),
-                    len,
-                    *block_size,
-                )?
-            }
-            BdevState::Ram { path: None, .. } => {
-                bail!("namespace {nsid} of {nqn} was a RAM device outside the state directory: its data did not survive")
-            }
-            BdevState::File {
-                path,
-                block_size,
-                read_only,
-                direct,
-                queue_depth,
-            } => UringBdev::open(
-                std::path::Path::new(path),
-                UringOptions {
-                    block_size: Some(*block_size),
-                    read_only: *read_only,
-                    direct: *direct,
-                    queue_depth: *queue_depth,
-                },
-            )?,
-        };
-        devs.push((nqn.clone(), *nsid, b));
+        devs.push((nqn.clone(), *nsid, open_bdev(nqn, *nsid, st, None)?));
     }
     for s in &mut snap.target.subsystems {
         s.controllers.clear();
