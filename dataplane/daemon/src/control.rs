@@ -61,7 +61,7 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
     };
     let mut w = &stream;
     if line == "STATUS" {
-        writeln!(
+        send_line!(
             w,
             "OK version={} pid={} layout={}",
             firmware_revision(),
@@ -76,18 +76,18 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
             .map(|c| c.map_or("-".to_string(), |c| c.to_string()))
             .collect();
         let spin = run.idle_spin_us.map_or("-".to_string(), |v| v.to_string());
-        writeln!(w, "OK cores={} idle_spin_us={spin}", cores.join(","))?;
+        send_line!(w, "OK cores={} idle_spin_us={spin}", cores.join(","))?;
     } else if let Some(rest) = line.strip_prefix("ANA ") {
         let answer = match set_ana(run, rest) {
             Ok(()) => "OK".to_string(),
             Err(e) => format!("ERR {e:#}"),
         };
-        writeln!(w, "{answer}")?;
+        send_line!(w, "{answer}")?;
     } else if line.starts_with("HELLO ") {
         stream.set_read_timeout(None)?;
         upgrade::hand_over(run, stream, &line)?;
     } else {
-        writeln!(w, "ERR unknown command {line:?}")?;
+        send_line!(w, "ERR unknown command {line:?}")?;
     }
     Ok(())
 }
@@ -134,7 +134,7 @@ pub fn ana_command(path: &str, nqn: &str, group: u32, state: &str) -> Result<()>
     let mut s = UnixStream::connect(path)
         .with_context(|| format!("no lightpool-target answers on control socket {path}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    writeln!(s, "ANA {nqn} {group} {state}")?;
+    send_line!(s, "ANA {nqn} {group} {state}")?;
     let line = read_line(&mut BufReader::new(&s))?.unwrap_or_default();
     match line.as_str() {
         "OK" => {

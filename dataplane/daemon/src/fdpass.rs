@@ -5,6 +5,16 @@ use std::io::{self, BufRead, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
+/// `writeln!` with one `write_all`: the line goes out in one piece (`writeln!` on an
+/// unbuffered socket may write its parts separately, and a reader may see half a line).
+macro_rules! send_line {
+    ($w:expr, $($arg:tt)*) => {{
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        std::io::Write::write_all(&mut $w, line.as_bytes())
+    }};
+}
+
 /// Descriptors per message: the kernel's SCM_MAX_FD is 253.
 pub const FDS_PER_MESSAGE: usize = 250;
 

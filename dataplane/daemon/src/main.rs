@@ -3,8 +3,9 @@
 //! NVMe/TCP listeners, and waits for SIGINT/SIGTERM.
 
 mod config;
-mod control;
+#[macro_use]
 mod fdpass;
+mod control;
 mod upgrade;
 
 use std::net::SocketAddr;

@@ -209,7 +209,7 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
             "this target's state has layout {}, the new binary reads {min}..={max}",
             run.layout
         );
-        writeln!(sock, "REFUSE {why}")?;
+        send_line!(sock, "REFUSE {why}")?;
         tracing::warn!(new_version = %newver, "upgrade refused: {why}; still serving");
         return Ok(());
     }
@@ -218,7 +218,7 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
     // Each reactor quiesces, and exports and freezes itself as soon as its connections
     // have drained: one round trip, however busy the machine.
     let Some((tcp, fds)) = run.tcp.quiesce_and_export(1, DRAIN_TIMEOUT)? else {
-        writeln!(
+        send_line!(
             sock,
             "REFUSE commands did not finish within {DRAIN_TIMEOUT:?}"
         )?;
@@ -229,7 +229,7 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
         Ok(()) => {}
         Err(e) => {
             run.tcp.resume()?;
-            let _ = writeln!(sock, "REFUSE {e:#}");
+            let _ = send_line!(sock, "REFUSE {e:#}");
             return Err(e.context("upgrade abandoned; still serving"));
         }
     }
@@ -418,7 +418,7 @@ fn take_over_with(
     let sock = UnixStream::connect(path)
         .with_context(|| format!("cannot reach the running target at {path}"))?;
     let mut w = &sock;
-    writeln!(
+    send_line!(
         w,
         "HELLO {} {} {}",
         READABLE_LAYOUTS.start(),
@@ -426,8 +426,18 @@ fn take_over_with(
         crate::firmware_revision()
     )?;
     let mut buf = [0u8; 4096];
-    let (n, mut got) = recv_with_fds(&sock, &mut buf)?;
-    let first = String::from_utf8_lossy(&buf[..n]).trim_end().to_string();
+    // The first line (REFUSE or STATE) may arrive in pieces: gather it whole.
+    let mut head = Vec::new();
+    let mut got = Vec::new();
+    while !head.contains(&b'\n') {
+        let (n, fds) = recv_with_fds(&sock, &mut buf)?;
+        if n == 0 {
+            bail!("the running target closed the control connection without answering");
+        }
+        head.extend_from_slice(&buf[..n]);
+        got.extend(fds);
+    }
+    let first = String::from_utf8_lossy(&head).trim_end().to_string();
     if let Some(why) = first.strip_prefix("REFUSE ") {
         bail!("the running target refused the upgrade: {why}");
     }
@@ -456,7 +466,7 @@ fn take_over_with(
     {
         Ok(s) => s,
         Err(e) => {
-            let _ = writeln!(w, "REFUSE {e:#}");
+            let _ = send_line!(w, "REFUSE {e:#}");
             return Err(e.context("cannot read the running target's state"));
         }
     };
@@ -466,13 +476,13 @@ fn take_over_with(
     );
     if snap.cores != cores || snap.idle_spin_us != spin {
         let why = "the reactors changed between REACTORS and HELLO";
-        let _ = writeln!(w, "REFUSE {why}");
+        let _ = send_line!(w, "REFUSE {why}");
         bail!("{why}");
     }
     match adopt(snap, &mut fds, t0, &sock, reactors) {
         Ok(run) => Ok(run),
         Err(e) => {
-            let _ = writeln!(w, "REFUSE {e:#}");
+            let _ = send_line!(w, "REFUSE {e:#}");
             Err(e)
         }
     }
