@@ -128,6 +128,9 @@ pub struct WorkerResult {
     pub stats: Vec<Stats>,
     /// The measured window actually run (shorter than asked when stopped early).
     pub measured: Duration,
+    /// How long the worker waited, runnable, for its CPU during the run (other work
+    /// on its core); `None` where the kernel does not say.
+    pub preempted: Option<Duration>,
     pub error: Option<PerfError>,
 }
 
@@ -279,6 +282,7 @@ pub fn run<Q: IoQueue + 'static>(
             core,
             stats: Vec::new(),
             measured: Duration::ZERO,
+            preempted: None,
             error: Some(PerfError::Panicked(core_name(core))),
         });
         if error.is_none() {
@@ -445,6 +449,15 @@ impl<Q: IoQueue> QueueCtx<Q> {
     }
 }
 
+/// Time the calling thread has spent runnable but waiting for a CPU (the second field
+/// of /proc/thread-self/schedstat). A pinned worker that waited at all shared its core
+/// with other work, and its figures are low by about that share.
+pub fn run_delay() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
 /// Latency of an I/O in nanoseconds.
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
@@ -465,6 +478,7 @@ fn worker_main<Q: IoQueue>(
         core,
         stats: vec![Stats::default(); ndev],
         measured: Duration::ZERO,
+        preempted: None,
         error: None,
     };
     if let Some(c) = core {
@@ -530,6 +544,7 @@ fn worker_main<Q: IoQueue>(
     let start = ctl.start.get().copied().unwrap_or_else(Instant::now);
     let measure_start = start + job.warmup;
     let end = measure_start + job.duration;
+    let delay0 = run_delay();
     let err = drive(
         index,
         job,
@@ -541,6 +556,10 @@ fn worker_main<Q: IoQueue>(
         ctl,
         tx,
     );
+    result.preempted = match (delay0, run_delay()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     if let Err(e) = err {
         ctl.stop.store(true, Ordering::SeqCst);
         if result.measured == Duration::ZERO {

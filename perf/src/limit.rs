@@ -617,7 +617,7 @@ fn start_server(
     io_size: u32,
     core: Option<usize>,
     stop: Arc<AtomicBool>,
-) -> Result<(SocketAddr, thread::JoinHandle<()>), PerfError> {
+) -> Result<(SocketAddr, thread::JoinHandle<Option<Duration>>), PerfError> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(io_err)?;
     let addr = l.local_addr().map_err(io_err)?;
     let h = thread::Builder::new()
@@ -627,7 +627,12 @@ fn start_server(
                 core_affinity::set_for_current(core_affinity::CoreId { id: c });
             }
             let _ = l.set_nonblocking(true);
+            let d0 = crate::engine::run_delay();
             serve(l, n, w, io_size as usize, &stop);
+            match (d0, crate::engine::run_delay()) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            }
         })
         .map_err(|e| PerfError::Setup(format!("cannot start the limit server: {e}")))?;
     Ok((addr, h))
@@ -722,7 +727,7 @@ pub fn main(a: &LimitArgs) -> i32 {
             .and_then(|ws| crate::engine::run(&job, &devices, ws, &mut || Ok(())))
     };
     stop.store(true, Ordering::SeqCst);
-    let _ = server.join();
+    let server_wait = server.join().ok().flatten();
     let target = format!(
         "the transport limit (loopback TCP, server on {}, in-capsule writes up to {} B)",
         crate::engine::core_name(a.server_core),
@@ -736,9 +741,11 @@ pub fn main(a: &LimitArgs) -> i32 {
     };
     let settings = a.w.settings(mode, target, per_core, digests);
     match outcome {
-        Ok(out) => a
-            .out
-            .emit(&Report::new(settings, &job, &devices, &out), started),
+        Ok(out) => {
+            let mut r = Report::new(settings, &job, &devices, &out);
+            r.server_preempted_ms = server_wait.map(|d| d.as_secs_f64() * 1000.0);
+            a.out.emit(&r, started)
+        }
         Err(e) => fail_setup(e),
     }
 }

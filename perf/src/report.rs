@@ -24,6 +24,9 @@ pub struct Row {
     pub avg_us: f64,
     pub min_us: f64,
     pub max_us: f64,
+    /// Time the worker waited for its CPU while it ran (other work on its core).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preempted_ms: Option<f64>,
 }
 
 /// Latency of one direction (or both).
@@ -97,6 +100,9 @@ pub struct Report {
     pub intervals: Vec<IntervalRow>,
     /// Why the run stopped early, if it did.
     pub error: Option<String>,
+    /// `limit` only: how long the server thread waited for its CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_preempted_ms: Option<f64>,
     #[serde(skip)]
     pub hist_intervals: Vec<IntervalTotal>,
     #[serde(skip)]
@@ -128,6 +134,7 @@ fn row(device: &str, core: String, d: &DirStats, measured: Duration) -> Row {
         avg_us: us(d.mean_ns()),
         min_us: if d.ios == 0 { 0.0 } else { us(d.min_ns as f64) },
         max_us: us(d.max_ns as f64),
+        preempted_ms: None,
     }
 }
 
@@ -152,7 +159,6 @@ fn latency(d: &DirStats) -> Option<Latency> {
 impl Report {
     /// Builds the report of `out`.
     pub fn new(settings: Settings, job: &Job, devices: &[Device], out: &RunOutcome) -> Report {
-        let _ = job;
         let mut rows = Vec::new();
         let mut all = Stats::default();
         let mut total_iops = 0.0;
@@ -161,7 +167,8 @@ impl Report {
             for (i, st) in w.stats.iter().enumerate() {
                 let c = st.combined();
                 let name = devices.get(i).map_or("?", |d| d.name.as_str());
-                let r = row(name, core_name(w.core), &c, w.measured);
+                let mut r = row(name, core_name(w.core), &c, w.measured);
+                r.preempted_ms = w.preempted.map(|p| p.as_secs_f64() * 1000.0);
                 total_iops += r.iops;
                 total_mib += r.mib_s;
                 rows.push(r);
@@ -217,6 +224,7 @@ impl Report {
             verify,
             intervals,
             error: out.error.clone(),
+            server_preempted_ms: None,
             hist_intervals: out.intervals.clone(),
             combined: Some(combined),
         }
@@ -289,6 +297,27 @@ impl Report {
         }
         let _ = writeln!(o, "{}", "=".repeat(w + 2 + 10 + 13 + 11 * 4));
         let _ = writeln!(o, "{}", line(&self.total));
+        let run = s.warmup_s + s.duration_s;
+        let mut waits: Vec<(String, f64)> = Vec::new();
+        for r in &self.rows {
+            if let Some(ms) = r.preempted_ms {
+                if !waits.iter().any(|(c, _)| *c == r.core) {
+                    waits.push((r.core.clone(), ms));
+                }
+            }
+        }
+        if let Some(ms) = self.server_preempted_ms {
+            waits.push(("the server".to_string(), ms));
+        }
+        for (who, ms) in waits {
+            if ms > run * 1000.0 * 0.01 {
+                let _ = writeln!(
+                    o,
+                    "warning: {who} waited {ms:.1} ms ({:.1}% of the run) for its CPU: other work shared the core and the figures are low",
+                    ms / (run * 10.0)
+                );
+            }
+        }
         let _ = writeln!(o);
         let _ = writeln!(
             o,

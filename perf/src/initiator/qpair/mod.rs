@@ -220,7 +220,11 @@ impl<S: Stream> Qpair<S> {
             hdr: [0u8; MAX_HEADER_BUF],
             hdr_have: 0,
             state: Rx::Ch,
-            tx: TxQueue::new(depth * 4 + 16),
+            // Per command at most: capsule header, data, digest, and per MAXH2CDATA
+            // chunk of an R2T'd write an H2CData header, data and digest.
+            tx: TxQueue::new(
+                depth * (3 + 3 * cfg.buf_len.div_ceil(p.maxh2cdata.max(4096) as usize)) + 16,
+            ),
             ready: Vec::with_capacity(depth),
             in_flight: 0,
         }
