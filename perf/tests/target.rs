@@ -129,6 +129,9 @@ fn discovery_finds_the_subsystem_when_subnqn_is_left_out() {
         run.dump()
     );
     assert!(run.total_iops() > 0.0);
+    // Each worker says how long it waited for its CPU (Linux schedstat).
+    let rows = run.field(&["rows"]);
+    assert!(rows[0]["preempted_ms"].is_number(), "{}", run.dump());
 }
 
 #[test]
