@@ -37,7 +37,7 @@ for c in $CASES; do
             -t "$T" --warmup "$WARMUP" --json > "$OUT/$name-perf-$rep.json"
         taskset -c "$CORE" fio --name=bench --filename="$FILE" --size="$SIZE" --ioengine=io_uring \
             --direct=1 --rw="$w" --bs="$o" --iodepth="$q" --numjobs=1 --time_based \
-            --runtime="$T" --ramp_time="$WARMUP" --norandommap --randrepeat=0 \
+            --runtime="$T" --ramp_time="$WARMUP" --norandommap --randrepeat=0 --lat_percentiles=1 \
             --output-format=json > "$OUT/$name-fio-$rep.json"
     done
 done
@@ -50,7 +50,7 @@ def load(name, kind, r):
 def fio(j):
     job = j["jobs"][0]
     d = job["read"] if job["read"]["io_bytes"] > 0 else job["write"]
-    return d["iops"], d["bw_bytes"] / 2**20, d["lat_ns"]["mean"] / 1000, d["clat_ns"]["percentile"]["50.000000"] / 1000
+    return d["iops"], d["bw_bytes"] / 2**20, d["lat_ns"]["mean"] / 1000, d["lat_ns"]["percentile"]["50.000000"] / 1000
 def perf(j):
     return j["total"]["iops"], j["total"]["mib_s"], j["latency"]["avg_us"], j["latency"]["p50_us"]
 print("| Workload | lightpool-perf bdev IOPS | MiB/s | avg us | p50 us | fio IOPS | MiB/s | avg us | p50 us | IOPS ratio |")

@@ -10,7 +10,7 @@
 #   TARGET_BIN=/path/to/other/lightpool-target perf/bench.sh
 #
 # A run during which another process held core 0 or 1 for more than MAX_PREEMPT
-# percent (default 1) of the time is repeated, up to TRIES (5) times: lightpool-perf
+# percent (default 3) of the time is repeated, up to TRIES (5) times: lightpool-perf
 # reports its workers' (and the limit server's) run delay, the script reads the
 # reactor's from /proc.
 #
@@ -83,11 +83,27 @@ w += [j.get("server_preempted_ms") or 0, int(sys.argv[2]) / 1e6]
 print(f"{max(w) / run_ms * 100:.2f}")' "$1" "$2" "$(python3 -c "print($T + $WARMUP)")"
 }
 
+# Waits (up to QUIET_WAIT seconds) until the CPUs are at least 90% idle over a second:
+# other work on this machine would take cores from both ends.
+wait_quiet() {
+    local end=$((SECONDS + ${QUIET_WAIT:-300})) a b
+    while ((SECONDS < end)); do
+        read -ra a < /proc/stat
+        sleep 1
+        read -ra b < /proc/stat
+        python3 -c 'import sys
+a = list(map(int, sys.argv[1].split())); b = list(map(int, sys.argv[2].split()))
+d = [y - x for x, y in zip(a, b)]
+sys.exit(0 if d[3] * 100 >= 90 * max(1, sum(d[:8])) else 1)' "${a[*]:1}" "${b[*]:1}" && return
+    done
+}
+
 # One measurement; repeated (up to TRIES times) while another process held one of the
 # two cores for more than MAX_PREEMPT percent of it, since the figures would be low.
 run() { # name workload size depth kind rep
     local f="$OUT/$1-$5-$6.json" try d0 d1 p
     for try in $(seq "${TRIES:-5}"); do
+        wait_quiet
         d0=0; d1=0
         if [[ $5 == limit ]]; then
             "$BIN/lightpool-perf" limit --server-core "$TARGET_CORE" -c "$PERF_CORE" \
@@ -99,7 +115,7 @@ run() { # name workload size depth kind rep
             d1=$(reactor_delay)
         fi
         p=$(preempted "$f" $((d1 - d0)))
-        if python3 -c "import sys; sys.exit(0 if $p <= ${MAX_PREEMPT:-1} else 1)"; then
+        if python3 -c "import sys; sys.exit(0 if $p <= ${MAX_PREEMPT:-3} else 1)"; then
             return
         fi
         echo "bench: $1 $5 run $6 lost $p% of a core to other work; again" >&2

@@ -614,6 +614,7 @@ fn drive<Q: IoQueue>(
         watched.push(c.q.fd().is_some());
     }
     let mut ready = vec![false; ctxs.len()];
+    let any_watched = watched.iter().any(|&w| w);
 
     let now = Instant::now();
     for c in ctxs.iter_mut() {
@@ -630,9 +631,12 @@ fn drive<Q: IoQueue>(
         let measuring = running && now >= measure_start && now < end;
         let mut in_flight = 0;
         ready.fill(false);
-        let n = rd
-            .poll()
-            .map_err(|e| PerfError::Setup(format!("epoll: {e}")))?;
+        let n = if any_watched {
+            rd.poll()
+                .map_err(|e| PerfError::Setup(format!("epoll: {e}")))?
+        } else {
+            0
+        };
         for k in 0..n {
             if let Some(r) = ready.get_mut(rd.token(k) as usize) {
                 *r = true;
@@ -643,16 +647,21 @@ fn drive<Q: IoQueue>(
             if ready[i] || !watched[i] || c.q.has_ready() {
                 c.q.poll(&mut c.done)?;
             }
-            if !c.done.is_empty() {
+            // Completions are timed when they were read, submissions when they are
+            // queued (as spdk_nvme_perf does), one clock read for each batch.
+            let seen = if c.done.is_empty() {
+                now
+            } else {
                 c.last_progress = now;
-            }
+                Instant::now()
+            };
             let st = &mut result.stats[c.dev];
             for i in 0..c.done.len() {
                 let d = c.done[i];
                 let slot = &mut c.slots[usize::from(d.tag)];
                 slot.busy = false;
                 let s = *slot;
-                let ns = nanos(now.saturating_duration_since(s.submitted));
+                let ns = nanos(seen.saturating_duration_since(s.submitted));
                 match d.error {
                     None => {
                         if let Some(v) = &mut c.verify {
@@ -688,9 +697,10 @@ fn drive<Q: IoQueue>(
                     }
                 }
             }
-            if running {
+            if running && c.q.in_flight() < usize::from(c.q.depth()) {
+                let queued = Instant::now();
                 while c.q.in_flight() < usize::from(c.q.depth()) {
-                    if !c.submit_one(now, io_bytes)? {
+                    if !c.submit_one(queued, io_bytes)? {
                         break;
                     }
                 }
