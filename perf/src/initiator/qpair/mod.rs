@@ -424,34 +424,9 @@ impl<S: Stream> Qpair<S> {
                 };
                 budget = budget.saturating_sub(n);
                 let staged = match self.state {
-                    Rx::Data {
-                        sink,
-                        off,
-                        left,
-                        ddgst,
-                        crc,
-                    } => {
+                    Rx::Data { left, .. } => {
                         let k = n.min(left as usize);
-                        let crc = if ddgst {
-                            let s = self.data_base + usize::from(sink.cid) * self.cfg.buf_len;
-                            pdu::crc32c_append(
-                                crc,
-                                &self.data[s + off as usize..s + off as usize + k],
-                            )
-                        } else {
-                            crc
-                        };
-                        let k32 = k as u32;
-                        self.state = Rx::Data {
-                            sink,
-                            off: off + k32,
-                            left: left - k32,
-                            ddgst,
-                            crc,
-                        };
-                        if k32 == left {
-                            self.payload_done(out)?;
-                        }
+                        self.data_landed(k, out)?;
                         n - k
                     }
                     _ => n,
@@ -515,33 +490,14 @@ impl<S: Stream> Qpair<S> {
                     };
                 }
                 Rx::Data {
-                    sink,
-                    off,
-                    left,
-                    ddgst,
-                    crc,
+                    sink, off, left, ..
                 } => {
                     let n = (left as usize).min(avail);
-                    let src = &self.rx[self.rx_start..self.rx_start + n];
-                    let crc = if ddgst {
-                        pdu::crc32c_append(crc, src)
-                    } else {
-                        crc
-                    };
                     let s = self.data_base + usize::from(sink.cid) * self.cfg.buf_len;
-                    self.data[s + off as usize..s + off as usize + n].copy_from_slice(src);
+                    self.data[s + off as usize..s + off as usize + n]
+                        .copy_from_slice(&self.rx[self.rx_start..self.rx_start + n]);
                     self.rx_start += n;
-                    let n = n as u32;
-                    self.state = Rx::Data {
-                        sink,
-                        off: off + n,
-                        left: left - n,
-                        ddgst,
-                        crc,
-                    };
-                    if n == left {
-                        self.payload_done(out)?;
-                    }
+                    self.data_landed(n, out)?;
                 }
                 Rx::Ddgst {
                     sink,
@@ -748,6 +704,39 @@ impl<S: Stream> Qpair<S> {
         let slot = &mut self.slots[usize::from(r.cccid)];
         slot.tx_refs += refs;
         slot.r2t_end = end;
+        Ok(())
+    }
+
+    /// `n` more payload bytes are in the command's buffer at the current offset (read
+    /// there directly or copied from the staging buffer): digest them and move on.
+    fn data_landed(&mut self, n: usize, out: &mut Vec<Completion>) -> Result<(), InitiatorError> {
+        let Rx::Data {
+            sink,
+            off,
+            left,
+            ddgst,
+            crc,
+        } = self.state
+        else {
+            return Ok(());
+        };
+        let at = self.data_base + usize::from(sink.cid) * self.cfg.buf_len + off as usize;
+        let crc = if ddgst {
+            pdu::crc32c_append(crc, &self.data[at..at + n])
+        } else {
+            crc
+        };
+        let n = n as u32;
+        self.state = Rx::Data {
+            sink,
+            off: off + n,
+            left: left - n,
+            ddgst,
+            crc,
+        };
+        if n == left {
+            self.payload_done(out)?;
+        }
         Ok(())
     }
 
