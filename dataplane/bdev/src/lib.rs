@@ -180,9 +180,83 @@ pub enum Handover<'a> {
     Unsupported,
 }
 
+/// The bytes of a device that lives in this process's memory (RAM), addressable
+/// directly: the target serves reads by reference to it (the socket copies straight
+/// from it, no intermediate buffer) and copies writes into it without a channel round
+/// trip. Valid for as long as the [`Bdev`] that returned it is alive.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceMemory {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a view of a mapping that the owning Bdev (Send + Sync) keeps alive; users go
+// through the unsafe accessors below, whose contracts bound every access.
+unsafe impl Send for DeviceMemory {}
+// SAFETY: as for Send.
+unsafe impl Sync for DeviceMemory {}
+
+impl DeviceMemory {
+    /// # Safety
+    /// `ptr..ptr+len` is a mapping that stays valid while the device lives.
+    pub unsafe fn new(ptr: std::ptr::NonNull<u8>, len: usize) -> DeviceMemory {
+        DeviceMemory { ptr, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The device's bytes at `offset..offset+len`, or `None` past the end.
+    ///
+    /// # Safety
+    /// The device must outlive the slice. Other channels (other reactors, or a write on
+    /// this one once the slice is no longer used) may change those bytes: as on a disk,
+    /// concurrent I/O to the same blocks is the host's race, and the caller must only
+    /// copy the bytes out (send them), never rely on them staying the same.
+    pub unsafe fn slice(&self, offset: usize, len: usize) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: inside the mapping (checked above), alive by the caller's contract.
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), len) })
+    }
+
+    /// Copies `src` onto the device at `offset`; false (nothing written) past the end.
+    ///
+    /// # Safety
+    /// The device must be alive, and `src` must not lie in its memory.
+    pub unsafe fn write(&self, offset: usize, src: &[u8]) -> bool {
+        match offset.checked_add(src.len()) {
+            Some(end) if end <= self.len => {
+                // SAFETY: inside the mapping (checked above); `src` is a live slice
+                // outside it by the caller's contract.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        src.as_ptr(),
+                        self.ptr.as_ptr().add(offset),
+                        src.len(),
+                    )
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A block device shared by all reactors.
 pub trait Bdev: Send + Sync {
     fn info(&self) -> &BdevInfo;
+    /// The device's memory, when it is RAM in this process (see [`DeviceMemory`]).
+    fn memory(&self) -> Option<DeviceMemory> {
+        None
+    }
     /// How a successor process takes this device over.
     fn handover(&self) -> Handover<'_> {
         Handover::Unsupported

@@ -334,6 +334,12 @@ impl Bdev for MallocBdev {
         &self.info
     }
 
+    fn memory(&self) -> Option<crate::DeviceMemory> {
+        // SAFETY: the mapping is owned (through the Arc) by this device and unmapped
+        // only when the last holder drops it.
+        Some(unsafe { crate::DeviceMemory::new(self.mem.ptr, self.mem.len) })
+    }
+
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
         Ok(Box::new(MallocChannel {
             info: self.info.clone(),

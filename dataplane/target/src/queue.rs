@@ -74,6 +74,9 @@ pub struct Request<T> {
     pub xfer: Xfer,
     /// Bytes of controller-to-host data in the buffer once the request is done.
     pub c2h_len: u32,
+    /// Controller-to-host data that lives in a RAM device (sent by reference) rather
+    /// than in `buf`; `None` otherwise.
+    pub(crate) c2h_ext: Option<(lightpool_bdev::DeviceMemory, usize)>,
     pub(crate) buf: Option<AlignedBuf>,
     aux: Option<AlignedBuf>,
     pending: u16,
@@ -89,6 +92,7 @@ impl<T: Default> Request<T> {
             cqe: Cqe::default(),
             xfer: Xfer::None,
             c2h_len: 0,
+            c2h_ext: None,
             buf: None,
             aux: None,
             pending: 0,
@@ -116,6 +120,13 @@ impl<T> Request<T> {
 
     /// Controller-to-host data ready to send.
     pub fn c2h_data(&self) -> &[u8] {
+        if let Some((mem, offset)) = &self.c2h_ext {
+            // SAFETY: the device is held by the queue's namespace table for the queue's
+            // whole life, which outlasts this borrow; the bytes are only sent (copied
+            // into the socket), and a concurrent write to the same blocks from another
+            // queue is the host's race, as on a disk.
+            return unsafe { mem.slice(*offset, self.c2h_len as usize) }.unwrap_or(&[]);
+        }
         match &self.buf {
             Some(b) => &b.as_slice()[..self.c2h_len as usize],
             None => &[],
@@ -254,6 +265,7 @@ impl<T: Default> NvmfQueue<T> {
         r.cqe = Cqe::default();
         r.xfer = Xfer::None;
         r.c2h_len = 0;
+        r.c2h_ext = None;
         r.pending = 0;
         r.state = SlotState::Allocated;
         if self.entries > 0 {

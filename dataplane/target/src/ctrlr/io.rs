@@ -121,13 +121,31 @@ impl<T: Default> NvmfQueue<T> {
                     op::READ => {
                         QueueStats::bump(&self.stats.read_cmds, 1);
                         QueueStats::bump(&self.stats.blocks_read_512, blocks_512);
-                        self.req(slot).c2h_len = nlb << shift;
+                        let mem = self.namespaces[idx].as_ref().and_then(|n| n.mem);
+                        let r = self.req(slot);
+                        r.c2h_len = nlb << shift;
+                        if let Some(mem) = mem {
+                            // RAM: the data is sent from the device itself.
+                            r.c2h_ext = Some((mem, (slba << shift) as usize));
+                            return Ok(Exec::Done);
+                        }
                         self.submit_bdev(slot, idx, IoOp::Read, slba, nlb, false)?;
                     }
                     op::WRITE => {
                         self.writable(idx)?;
                         QueueStats::bump(&self.stats.write_cmds, 1);
                         QueueStats::bump(&self.stats.blocks_written_512, blocks_512);
+                        if let Some(mem) = self.namespaces[idx].as_ref().and_then(|n| n.mem) {
+                            // RAM: copied in now, no channel round trip.
+                            let len = (nlb as usize) << shift;
+                            let data = self.req(slot).buf(len);
+                            // SAFETY: the namespace (and so the device) outlives this
+                            // call; the request buffer is the queue's, not the device's.
+                            if !unsafe { mem.write((slba << shift) as usize, data) } {
+                                return Err(lba_out_of_range());
+                            }
+                            return Ok(Exec::Done);
+                        }
                         self.submit_bdev(slot, idx, IoOp::Write, slba, nlb, false)?;
                     }
                     _ => {
