@@ -169,10 +169,18 @@ impl<S: Stream> Conn<S> {
     /// One round of work: receive and execute, reap completions, send. Returns how much
     /// was done (0 = idle).
     pub fn poll(&mut self, now: Instant) -> usize {
+        self.poll_ready(now, true)
+    }
+
+    /// As [`Conn::poll`], reading the socket only if `readable` (the caller's readiness
+    /// set says it holds something; bytes already staged are consumed either way).
+    pub fn poll_ready(&mut self, now: Instant, readable: bool) -> usize {
         let mut work = 0;
         match self.phase {
             Phase::Active => {
-                work += self.receive(now);
+                if readable || self.rx_start < self.rx_end {
+                    work += self.receive(now);
+                }
                 work += self.q.poll(now);
                 work += self.collect_completions();
                 work += self.flush();

@@ -49,6 +49,11 @@ static NEXT_PORTID: AtomicU16 = AtomicU16::new(1);
 struct Local {
     conns: Vec<Entry>,
     acceptors: Vec<Acceptor>,
+    /// Which sockets have something to read, asked of epoll without blocking once per
+    /// pass: a `recv` on every connection every pass mostly returns EAGAIN, and each
+    /// such call takes the socket lock the peer's (loopback) delivery needs at that
+    /// moment. Separate from the reactor's own epoll set, which is for sleeping.
+    ready: Option<Readiness>,
     registered: bool,
     /// Hot upgrade: no new connections are accepted, no new commands are started.
     quiesced: bool,
@@ -65,6 +70,95 @@ struct Entry {
     conn: Conn<TcpStream>,
     fd: RawFd,
     watching_write: bool,
+    /// The readiness set reported input (or hang-up, or an error) this pass.
+    readable: bool,
+}
+
+/// Token of a listening socket in the readiness set (connections use their fd).
+const LISTENER_TOKEN: u64 = 1 << 32;
+/// Events collected per pass at most; the rest stay ready for the next.
+const READY_EVENTS: usize = 64;
+
+/// An epoll set queried with a zero timeout.
+struct Readiness {
+    ep: OwnedFd,
+    events: Box<[libc::epoll_event]>,
+    /// Entry index + 1 of the connection with each fd (0: none).
+    by_fd: Vec<u32>,
+}
+
+impl Readiness {
+    fn new() -> std::io::Result<Readiness> {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative result is ours.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Readiness {
+            // SAFETY: `fd` was just created and is owned by nobody else.
+            ep: unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; READY_EVENTS].into_boxed_slice(),
+            by_fd: Vec::new(),
+        })
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64) -> std::io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` is a live local the kernel reads; the epoll fd is open.
+        if unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), op, fd, &mut ev) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, fd: RawFd, token: u64) -> std::io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token)
+    }
+
+    fn remove(&mut self, fd: RawFd) {
+        // The socket may have been duplicated (hot upgrade), so closing it would not
+        // take it out of the set: remove it explicitly.
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0);
+        if let Some(i) = self.by_fd.get_mut(fd as usize) {
+            *i = 0;
+        }
+    }
+
+    fn set_index(&mut self, fd: RawFd, index: usize) {
+        let fd = fd as usize;
+        if self.by_fd.len() <= fd {
+            self.by_fd.resize(fd + 1, 0);
+        }
+        self.by_fd[fd] = index as u32 + 1;
+    }
+
+    /// Marks the ready connections; true if a listener is ready.
+    fn poll(&mut self, conns: &mut [Entry]) -> bool {
+        // SAFETY: `events` is a live buffer of READY_EVENTS entries the kernel fills.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.ep.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                READY_EVENTS as libc::c_int,
+                0,
+            )
+        };
+        let mut listener = false;
+        for ev in self.events.iter().take(n.max(0) as usize) {
+            let token = ev.u64;
+            if token & LISTENER_TOKEN != 0 {
+                listener = true;
+            } else if let Some(&i) = self.by_fd.get(token as usize) {
+                if let Some(e) = conns.get_mut((i as usize).wrapping_sub(1)) {
+                    e.readable = true;
+                }
+            }
+        }
+        listener
+    }
 }
 
 thread_local! {
@@ -76,6 +170,35 @@ fn ensure_poller(ctx: &mut Ctx, l: &mut Local) {
         l.registered = true;
         ctx.add_poller(Box::new(TcpPoller));
     }
+}
+
+/// This reactor's readiness set, made on first use. `None` (with the error logged
+/// once) if epoll cannot be had: then every socket is read every pass, as before.
+fn readiness(l: &mut Local) -> Option<&mut Readiness> {
+    if l.ready.is_none() {
+        match Readiness::new() {
+            Ok(r) => l.ready = Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "no readiness set: reading every socket every pass");
+                return None;
+            }
+        }
+    }
+    l.ready.as_mut()
+}
+
+fn push_acceptor(ctx: &mut Ctx, l: &mut Local, acceptor: Acceptor) {
+    let fd = acceptor.listener.as_raw_fd();
+    if let Err(e) = ctx.register_fd(fd, Interest::READABLE) {
+        tracing::error!(error = %e, "cannot watch the listening socket");
+    }
+    let token = LISTENER_TOKEN | l.acceptors.len() as u64;
+    if let Some(r) = readiness(l) {
+        if let Err(e) = r.add(fd, token) {
+            tracing::error!(error = %e, "cannot watch the listening socket");
+        }
+    }
+    l.acceptors.push(acceptor);
 }
 
 /// The NVMe/TCP transport of one target.
@@ -140,13 +263,10 @@ impl TcpTransport {
             next: 0,
         };
         self.reactors[0].send(move |ctx: &mut Ctx| {
-            if let Err(e) = ctx.register_fd(acceptor.listener.as_raw_fd(), Interest::READABLE) {
-                tracing::error!(error = %e, "cannot watch the listening socket");
-            }
             LOCAL.with(|l| {
                 let mut l = l.borrow_mut();
                 l.frozen |= frozen;
-                l.acceptors.push(acceptor);
+                push_acceptor(ctx, &mut l, acceptor);
                 ensure_poller(ctx, &mut l);
             });
         })?;
@@ -330,16 +450,13 @@ impl TcpTransport {
             r.send(move |ctx: &mut Ctx| {
                 LOCAL.with(|l| l.borrow_mut().frozen = true);
                 for listener in listeners {
-                    if let Err(e) = ctx.register_fd(listener.as_raw_fd(), Interest::READABLE) {
-                        tracing::error!(error = %e, "cannot watch the listening socket");
-                    }
                     let acceptor = Acceptor {
                         listener,
                         target: target.clone(),
                         reactors: reactors.clone(),
                         next: 0,
                     };
-                    LOCAL.with(|l| l.borrow_mut().acceptors.push(acceptor));
+                    LOCAL.with(|l| push_acceptor(ctx, &mut l.borrow_mut(), acceptor));
                 }
                 let now = Instant::now();
                 let mut res = Ok(());
@@ -400,10 +517,21 @@ fn add_conn(ctx: &mut Ctx, conn: Conn<TcpStream>, frozen: bool) {
         if l.quiesced {
             conn.quiesce();
         }
+        if let Some(r) = readiness(&mut l) {
+            if let Err(e) = r.add(fd, fd as u64) {
+                tracing::warn!(peer = %conn.peer, error = %e, "cannot add a connection to the readiness set");
+            }
+        }
+        let index = l.conns.len();
+        if let Some(r) = l.ready.as_mut() {
+            r.set_index(fd, index);
+        }
         l.conns.push(Entry {
             conn,
             fd,
             watching_write: false,
+            // Read at once: data may have come before the socket joined the set.
+            readable: true,
         });
         ensure_poller(ctx, &mut l);
     });
@@ -473,10 +601,17 @@ impl Poller for TcpPoller {
             }
             let mut busy = false;
             let now = ctx.now();
-            if !l.quiesced
-                && l.last_accept
-                    .is_none_or(|t| now.duration_since(t) >= ACCEPT_INTERVAL)
-            {
+            let l = &mut *l;
+            let (listener_ready, all_readable) = match l.ready.as_mut() {
+                Some(r) => (r.poll(&mut l.conns), false),
+                // No readiness set: every socket every pass, accept at intervals.
+                None => (
+                    l.last_accept
+                        .is_none_or(|t| now.duration_since(t) >= ACCEPT_INTERVAL),
+                    true,
+                ),
+            };
+            if listener_ready && !l.quiesced {
                 l.last_accept = Some(now);
                 for a in &mut l.acceptors {
                     busy |= a.poll();
@@ -485,11 +620,18 @@ impl Poller for TcpPoller {
             let mut i = 0;
             while i < l.conns.len() {
                 let e = &mut l.conns[i];
-                let work = e.conn.poll(now);
+                let readable = std::mem::take(&mut e.readable) || all_readable;
+                let work = e.conn.poll_ready(now, readable);
                 if e.conn.is_closed() {
                     ctx.unregister_fd(e.fd);
+                    if let Some(r) = l.ready.as_mut() {
+                        r.remove(e.fd);
+                    }
                     tracing::debug!(peer = %e.conn.peer, "connection closed");
                     l.conns.swap_remove(i);
+                    if let (Some(r), Some(moved)) = (l.ready.as_mut(), l.conns.get(i)) {
+                        r.set_index(moved.fd, i);
+                    }
                     busy = true;
                     continue;
                 }
@@ -508,7 +650,7 @@ impl Poller for TcpPoller {
             }
             if l.export_when_drained.is_some() && l.conns.iter().all(|e| e.conn.is_drained()) {
                 let tx = l.export_when_drained.take().expect("checked above");
-                let out = export_local(ctx, &mut l);
+                let out = export_local(ctx, l);
                 let _ = tx.send((ctx.id(), out));
                 return PollStatus::Idle;
             }
