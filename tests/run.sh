@@ -45,4 +45,11 @@ phase "build lightpool-target, lightpool-perf (release)" cargo build --release -
 # What the VFIO guest test carries into the guest.
 phase "build hugepage-setup, nvme_vfio_iops (release)" \
     cargo build --release -p hugepage-setup --bins -p lightpool-bdev --example nvme_vfio_iops
+# The RAM-in-huge-pages tests need a few free 2 MiB pages (only raised, never lowered).
+reserve_hugepages() {
+    local have
+    have=$(cat /proc/sys/vm/nr_hugepages)
+    ((have >= 16)) || ./target/release/hugepage-setup reserve --pages 16 --no-mount
+}
+phase "reserve 16 huge pages (hugepage-setup)" reserve_hugepages
 phase "cargo test (with e2e)" cargo test --workspace --features lightpool-e2e/e2e "$@"

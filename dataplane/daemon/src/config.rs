@@ -141,6 +141,9 @@ pub struct NamespaceSection {
     pub vfio_nsid: Option<u32>,
     /// Logical block size: 512 or 4096 (RAM default 512; files: the device's).
     pub block_size: Option<u32>,
+    /// RAM namespace in 2 MiB huge pages (reserved at start; see hugepage-setup).
+    #[serde(default)]
+    pub hugepages: bool,
     #[serde(default)]
     pub read_only: bool,
     /// O_DIRECT for files (default true).
@@ -278,6 +281,12 @@ impl Config {
                         return Err(ferr(g("file"), "give one of ram, file or vfio, not several"))
                     }
                 }
+                if n.hugepages && n.ram.is_none() {
+                    return Err(ferr(
+                        g("hugepages"),
+                        "only a ram namespace can be in huge pages",
+                    ));
+                }
                 match (n.vfio_nsid, &n.vfio) {
                     (Some(_), None) => {
                         return Err(ferr(g("vfio_nsid"), "only a vfio namespace has one"))
@@ -383,6 +392,12 @@ mod tests {
         assert_eq!(ns("vfio = \"0000:00:04.0\"\nram = \"1GiB\""), f("ram"));
         assert_eq!(ns("vfio = \"0000:00:04.0\"\nfile = \"/x\""), f("file"));
         assert_eq!(ns("ram = \"1GiB\"\nvfio_nsid = 1"), f("vfio_nsid"));
+        assert_eq!(ns("ram = \"1GiB\"\nhugepages = true"), None);
+        assert_eq!(ns("file = \"/x\"\nhugepages = true"), f("hugepages"));
+        assert_eq!(
+            ns("vfio = \"0000:00:04.0\"\nhugepages = true"),
+            f("hugepages")
+        );
         assert_eq!(ns("vfio = \"0000:00:04.0\"\nvfio_nsid = 0"), f("vfio_nsid"));
         assert_eq!(
             ns("vfio = \"0000:00:04.0\"\nblock_size = 512"),

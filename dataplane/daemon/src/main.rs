@@ -143,6 +143,7 @@ fn default_config() -> Config {
                 vfio: None,
                 vfio_nsid: None,
                 block_size: Some(512),
+                hugepages: false,
                 read_only: false,
                 direct: None,
                 nguid: None,
@@ -210,7 +211,12 @@ fn open_bdev(
         let name = format!("ram{}", n.nsid);
         let bs = n.block_size.unwrap_or(512);
         let bdev = match state_dir {
+            Some(_) if n.hugepages => Err(lightpool_bdev::BdevError::Invalid(
+                "huge pages cannot be used with a state directory (its RAM files live on tmpfs)"
+                    .into(),
+            )),
             Some(dir) => MallocBdev::open_shared(&name, &ram_file(dir, nqn, n.nsid), bytes, bs),
+            None if n.hugepages => MallocBdev::new_hugepages(&name, bytes, bs),
             None => MallocBdev::new(&name, bytes, bs),
         }
         .map_err(|e| anyhow::anyhow!("{field}.ram: {e}"))?;

@@ -178,3 +178,76 @@ fn memory_survives_in_the_memfd_for_a_successor() {
     b.read_at(4096 * 3, &mut got).expect("in range");
     assert_eq!(got, [0u8; 23]);
 }
+
+/// Free 2 MiB huge pages on this machine (tests/run.sh reserves some with
+/// `hugepage-setup reserve` before the tests run).
+fn free_huge_pages() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // Reserved pages are promised to a mapping already.
+    field("HugePages_Free:").saturating_sub(field("HugePages_Rsvd:"))
+}
+
+/// A RAM device in huge pages: same behaviour, deallocation that spans whole huge pages
+/// zeroes exactly the range (a hole is punched in whole 2 MiB pages, the partial ones
+/// at either end are written), the memory is handed over intact, and a shortage is a
+/// clear error.
+#[test]
+fn huge_pages() {
+    let free = free_huge_pages();
+    assert!(
+        free >= 4,
+        "this test needs 4 free 2 MiB huge pages, the machine has {free}: \
+         run `hugepage-setup reserve --pages 16 --no-mount` (tests/run.sh does)"
+    );
+    let d = MallocBdev::new_hugepages("huge", 8 << 20, 512).unwrap();
+    assert_eq!(
+        free_huge_pages(),
+        free - 4,
+        "pages are reserved at creation"
+    );
+    check_round_trip(&*d);
+    check_out_of_range(&*d);
+
+    let bs = 512u32;
+    let total = (8u32 << 20) / bs;
+    let data = pattern(bs, 0, total, 9);
+    let mut ch = d.open_channel().unwrap();
+    assert_eq!(write(ch.as_mut(), bs, 0, &data), IoStatus::Success);
+    // 1 MiB + 1 block .. 7 MiB - 1 block: two whole huge pages and two partial ones.
+    let (lba, n) = ((1u64 << 20) / 512 + 1, ((6u32 << 20) / 512) - 2);
+    let st = run1(ch.as_mut(), IoRequest::no_data(IoOp::Deallocate, lba, n, 1));
+    assert_eq!(st, IoStatus::Success);
+    let (st, buf) = read(ch.as_mut(), bs, 0, total);
+    assert_eq!(st, IoStatus::Success);
+    let got = buf.as_slice();
+    let (a, b) = (lba as usize * 512, (lba as usize + n as usize) * 512);
+    assert_eq!(&got[..a], &data[..a], "blocks before the range changed");
+    assert!(
+        got[a..b].iter().all(|&x| x == 0),
+        "deallocated blocks not zero"
+    );
+    assert_eq!(&got[b..], &data[b..], "blocks after the range changed");
+
+    // The successor maps the same pages.
+    let mem = d.memory().expect("RAM has memory");
+    // SAFETY: `d` is alive for the whole use of the slice.
+    let view = unsafe { mem.slice(0, 4096) }.unwrap().to_vec();
+    let fd = d.memfd().try_clone_to_owned().unwrap();
+    let d2 = MallocBdev::from_memfd("huge", fd, 512).unwrap();
+    let mut back = vec![0u8; 4096];
+    d2.read_at(0, &mut back).unwrap();
+    assert_eq!(back, view);
+    drop(d2);
+
+    // Sizes and shortages.
+    let e = MallocBdev::new_hugepages("odd", 3 << 20, 512).unwrap_err();
+    assert!(e.to_string().contains("multiple of the 2 MiB"), "{e}");
+    let e = MallocBdev::new_hugepages("big", 1 << 40, 512).unwrap_err();
+    assert!(e.to_string().contains("hugepage-setup reserve"), "{e}");
+}
