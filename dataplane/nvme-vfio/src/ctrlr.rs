@@ -77,7 +77,7 @@ pub struct ControllerInfo {
 }
 
 /// What Identify Namespace told us about the format in use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NamespaceInfo {
     pub nsid: u32,
     pub num_blocks: u64,
@@ -108,7 +108,8 @@ pub struct MemState {
 }
 
 impl MemState {
-    fn of(mem: &DmaMemory) -> Option<MemState> {
+    /// The state of `mem`; `None` when it has no IOVA.
+    pub fn of(mem: &DmaMemory) -> Option<MemState> {
         Some(MemState {
             len: mem.len(),
             iova: mem.iova()?,
@@ -117,11 +118,7 @@ impl MemState {
     }
 
     /// Maps the same pages at the same IOVA in this process (no new IOMMU mapping).
-    pub(crate) fn adopt(
-        &self,
-        fd: OwnedFd,
-        container: &Arc<Container>,
-    ) -> Result<DmaMemory, NvmeError> {
+    pub fn adopt(&self, fd: OwnedFd, container: &Arc<Container>) -> Result<DmaMemory, NvmeError> {
         let mapper: Arc<dyn DmaMapper> = container.clone();
         Ok(DmaMemory::adopt(
             fd,

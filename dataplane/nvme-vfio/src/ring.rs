@@ -258,7 +258,6 @@ mod tests {
             // Export, drop the rings, rebuild them from the numbers alone.
             let sq_state = sq.state();
             let (cq_size, cq_head, phase) = (cq.size(), cq.head(), cq.phase());
-            drop((sq, cq));
             let mut sq = SqRing::restore(sq_state).expect("valid state");
             let mut cq = CqRing::restore(cq_size, cq_head, phase).expect("valid state");
             assert_eq!(sq.used(), 0, "drained before the handover");
