@@ -595,10 +595,8 @@ impl IoQueuePair {
 impl Drop for IoQueuePair {
     fn drop(&mut self) {
         self.shadow.gone.store(true, Ordering::Relaxed);
-        if !self.ctrl.owns_device() {
-            return;
-        }
-        if !self.dead && self.ctrl.generation() == self.generation {
+        // A controller still shared with a predecessor process keeps its queues.
+        if self.ctrl.owns_device() && !self.dead && self.ctrl.generation() == self.generation {
             if let Err(e) = self.ctrl.delete_io_queues(self.qid) {
                 tracing::warn!(qid = self.qid, error = %e, "deleting an I/O queue pair");
             }
