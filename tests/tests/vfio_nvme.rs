@@ -353,7 +353,7 @@ FREE1=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)
 say "hugepages free before=$FREE0 after=$FREE1"
 say "controller enables=$(cat /tmp/target.log /tmp/up.out | grep -c 'CC.EN set')"
 grep -q "NVMe controller adopted (VFIO), no reset" /tmp/up.out && say "controller adopted"
-say "queues taken over=$(grep -c 'hardware I/O queue pair taken over' /tmp/target.log)"
+say "queues taken over=$(cat /tmp/target.log /tmp/up.out | grep -c 'hardware I/O queue pair taken over')"
 say "kernel log:"
 dmesg | grep -i nvme | sed 's/^/UPV-DMESG: /'
 nvme disconnect -n $NQN
