@@ -746,6 +746,31 @@ mod tests {
     }
 
     #[test]
+    fn adopting_a_container_checks_what_came_with_it() {
+        let st = ContainerState {
+            groups: vec![3, 9],
+            next_iova: IOVA_BASE + (8 << 20),
+            free_iovas: vec![(IOVA_BASE, 2 << 20)],
+        };
+        let e = Container::adopt(&st, Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("not 3"), "{e}");
+        let low = ContainerState {
+            next_iova: 4096,
+            ..st.clone()
+        };
+        let fds = (0..3)
+            .map(|_| std::fs::File::open("/dev/null").expect("/dev/null").into())
+            .collect();
+        let e = Container::adopt(&low, fds).unwrap_err();
+        assert!(e.to_string().contains("lies below"), "{e}");
+        let fds = (0..3)
+            .map(|_| std::fs::File::open("/dev/null").expect("/dev/null").into())
+            .collect();
+        let e = Container::adopt(&st, fds).unwrap_err();
+        assert!(e.to_string().contains("is not one"), "{e}");
+    }
+
+    #[test]
     fn group_of_a_missing_device_is_a_clear_error() {
         let e = iommu_group_of(Path::new("/nonexistent-sysfs"), "0000:00:04.0").unwrap_err();
         assert!(e.to_string().contains("does not exist"), "{e}");
