@@ -521,7 +521,7 @@ impl Controller {
         };
         let mut queues: Vec<(QueueState, OwnedFd)> = Vec::new();
         for sh in lock(&self.shadows).iter().filter_map(Weak::upgrade) {
-            let (st, fd) = sh.export()?;
+            let (st, fd) = sh.export().map_err(&refuse)?;
             if sh.in_flight() != 0 {
                 return Err(refuse(format!(
                     "{} command(s) are outstanding on I/O queue {}",

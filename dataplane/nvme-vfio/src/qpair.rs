@@ -133,18 +133,14 @@ impl QueueShadow {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn export(&self) -> Result<(QueueState, OwnedFd), NvmeError> {
-        let unusable = |reason: String| NvmeError::Unsupported {
-            addr: String::new(),
-            reason,
-        };
+    pub(crate) fn export(&self) -> Result<(QueueState, OwnedFd), String> {
         if self.gone.load(Ordering::Relaxed) {
-            return Err(unusable(format!("I/O queue {} is not usable", self.qid)));
+            return Err(format!("I/O queue {} is not usable", self.qid));
         }
         let fd = self
             .mem_fd
             .try_clone()
-            .map_err(|e| unusable(format!("duplicating a queue memory descriptor: {e}")))?;
+            .map_err(|e| format!("duplicating a queue memory descriptor: {e}"))?;
         Ok((
             QueueState {
                 qid: self.qid,
