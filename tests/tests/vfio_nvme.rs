@@ -354,10 +354,28 @@ say "hugepages free before=$FREE0 after=$FREE1"
 say "controller enables=$(cat /tmp/target.log /tmp/up.out | grep -c 'CC.EN set')"
 grep -q "NVMe controller adopted (VFIO), no reset" /tmp/up.out && say "controller adopted"
 say "queues taken over=$(cat /tmp/target.log /tmp/up.out | grep -c 'hardware I/O queue pair taken over')"
+# A second upgrade, back to the first binary: an adopted controller hands over again
+# (queues taken and not taken, the container's IOVAs, the enable count).
+fio --name=during2 --filename=$DEV --ioengine=libaio --direct=1 --iodepth=8 --rw=randwrite \
+    --bs=4k --offset=112m --size=4m --loops=4 --verify=crc32c --verify_fatal=1 \
+    --output-format=terse --terse-version=3 > /tmp/fio4.out 2>&1 &
+FPID=$!
+sleep 1
+/test/lightpool-target upgrade --binary /test/lightpool-target --control-socket $CTL > /tmp/up2.out 2>&1 \
+    || { cat /tmp/up2.out; cat /tmp/target.log; say "FAIL: second upgrade"; exit 1; }
+cat /tmp/up2.out
+wait $FPID || { cat /tmp/fio4.out; say "FAIL: fio across the second upgrade"; exit 1; }
+say "fio during second errors=$(cut -d';' -f5 /tmp/fio4.out)"
+fio --name=before $FIOV --verify_only > /tmp/fio5.out
+dd if=$DEV of=/tmp/c.back2 bs=4096 skip=$((OFF_C / 4096)) count=$((LEN_C / 4096)) iflag=direct 2>/dev/null
+cmp /tmp/c.back2 /test/c.bin && [ "$(cut -d';' -f5 /tmp/fio5.out)" = 0 ] && say "data reads back after the second upgrade"
+say "fr after second=$(fr)"
+say "controller enables after second=$(cat /tmp/target.log /tmp/up.out /tmp/up2.out | grep -c 'CC.EN set')"
+say "hugepages free after second=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)"
 say "kernel log:"
 dmesg | grep -i nvme | sed 's/^/UPV-DMESG: /'
 nvme disconnect -n $NQN
-NPID=$(sed -n 's/.*now serving: .*pid=\([0-9]*\).*/\1/p' /tmp/up.out)
+NPID=$(sed -n 's/.*now serving: .*pid=\([0-9]*\).*/\1/p' /tmp/up2.out)
 kill -TERM $NPID
 for i in $(seq 1 100); do kill -0 $NPID 2>/dev/null || break; sleep 0.1; done
 tail -n 8 /tmp/target.log
@@ -441,6 +459,22 @@ fn vfio_namespace_hot_upgrade_without_controller_reset() {
         "{} hugepages more in use after the upgrade:\n{tail}",
         f0 - f1
     );
+    // And once more, back to the first binary.
+    assert!(
+        out.console.contains("E2E: fio during second errors=0"),
+        "{tail}"
+    );
+    assert!(
+        out.console
+            .contains("E2E: data reads back after the second upgrade"),
+        "{tail}"
+    );
+    assert_eq!(line("E2E: fr after second="), before, "{tail}");
+    assert_eq!(line("E2E: controller enables after second="), "1", "{tail}");
+    let f2: i64 = line("E2E: hugepages free after second=")
+        .parse()
+        .expect("count");
+    assert!(f0 - f2 <= 1, "hugepages used by the upgrades:\n{tail}");
     for bad in [
         "resetting the NVMe controller",
         "I/O Error",
