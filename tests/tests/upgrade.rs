@@ -1,5 +1,7 @@
 //! Hot upgrade of lightpool-target under load: hosts keep their connections, see no
-//! error, and read back everything they wrote, across ten upgrades; a state layout the
+//! error, and read back everything they wrote, across ten upgrades; a file namespace
+//! whose file was unlinked (another file now at its path) is still served, because the
+//! open descriptor is handed over, not the path; a state layout the
 //! new binary cannot read is refused and the old binary keeps serving; a new binary
 //! that dies while adopting leaves the old one serving.
 #![cfg(feature = "e2e")]
@@ -29,6 +31,11 @@ fn start(name: &str, extra: &[&str]) -> Setup {
 
 /// `reactors` is the [target] line choosing reactors, e.g. "cores = [0]".
 fn start_on(name: &str, reactors: &str, extra: &[&str]) -> Setup {
+    start_ns(name, reactors, "ram = \"64MiB\"", extra)
+}
+
+/// `backing` is the namespace's line choosing its device, e.g. `ram = "64MiB"`.
+fn start_ns(name: &str, reactors: &str, backing: &str, extra: &[&str]) -> Setup {
     let port = free_port().expect("port");
     let dir = e2e_dir().expect("e2e dir");
     let control = dir.join(format!("{name}.sock")).display().to_string();
@@ -37,7 +44,7 @@ fn start_on(name: &str, reactors: &str, extra: &[&str]) -> Setup {
         &cfg,
         format!(
             "[target]\n{reactors}\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n[[subsystem]]\nnqn = \"{NQN}\"\n\
-             [[subsystem.namespace]]\nnsid = 1\nram = \"64MiB\"\nblock_size = 512\n"
+             [[subsystem.namespace]]\nnsid = 1\n{backing}\nblock_size = 512\n"
         ),
     )
     .expect("config");
@@ -402,4 +409,84 @@ fn perf_verify_randrw_across_ten_upgrades() {
     assert!(json_num(&run, "blocks_checked") > 0.0, "{run}");
     let (pid, _) = status(&s.control);
     kill(pid);
+}
+
+/// A file namespace upgraded under verifying I/O after its file was unlinked and another
+/// (zeroed) file put at its path: the new binaries serve the open file, which reopening
+/// by path cannot do; the decoy is never written.
+#[test]
+fn file_namespace_keeps_its_unlinked_file_across_upgrades() {
+    let a = release_binary("lightpool-target").expect("built");
+    let b = release_binary("lightpool-target-next").expect("tests/run.sh builds it");
+    let dir = e2e_dir().expect("dir");
+    let path = dir.join("upgrade-file.img");
+    let _ = std::fs::remove_file(&path);
+    const SIZE: u64 = 64 << 20;
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(SIZE))
+        .expect("backing file");
+    let backing = format!("file = \"{}\"\ndirect = false", path.display());
+    let s = start_ns("upgrade-file", "reactors = 2", &backing, &[]);
+    let (pid0, _) = status(&s.control);
+    // Data written before the file goes away, away from the load's blocks.
+    let lbas: Vec<u64> = (0..32).map(|i| 100_000 + i * 64).collect();
+    let mut c = HostController::connect(s.addr, NQN, 1).expect("connect");
+    c.io[0]
+        .write_verify_batch(&lbas, 4096, 21)
+        .expect("write before");
+    // Unlink the served file and put a zeroed one of the same size at its path.
+    std::fs::remove_file(&path).expect("unlink");
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(SIZE))
+        .expect("decoy");
+    let stop = Arc::new(AtomicBool::new(false));
+    let l = load(s.addr, 2, stop.clone());
+    thread::sleep(Duration::from_millis(800));
+    let mut versions = Vec::new();
+    for (i, bin) in [&b, &a, &b].into_iter().enumerate() {
+        let (ok, out) = upgrade(&s.control, bin, &[]);
+        assert!(
+            ok,
+            "upgrade {i} failed:\n{out}\ntarget log:\n{}",
+            s.first.log()
+        );
+        let (pid, v) = status(&s.control);
+        assert_ne!(pid, pid0);
+        versions.push(v);
+        thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (counts, _) = l
+        .join()
+        .expect("load thread")
+        .unwrap_or_else(|e| panic!("host saw an error: {e}\nlog:\n{}", s.first.log()));
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "every queue did I/O: {counts:?}"
+    );
+    // The same connection, and a new one, read what was written before the unlink.
+    c.io[0]
+        .read_verify_batch(&lbas, 4096, 21)
+        .expect("the unlinked file's data, on the old connection");
+    let mut c2 = HostController::connect(s.addr, NQN, 1).expect("connect after upgrades");
+    c2.io[0]
+        .read_verify_batch(&lbas, 4096, 21)
+        .expect("the unlinked file's data, on a new connection");
+    c2.io[0]
+        .write_verify_batch(&[120_000, 120_008], 4096, 22)
+        .expect("new writes after the upgrades");
+    let fr = String::from_utf8_lossy(&c2.identify().expect("identify").fr)
+        .trim()
+        .to_string();
+    assert_eq!(fr, versions[2], "Identify FR is the last binary's");
+    assert_ne!(versions[1], versions[2]);
+    // Nothing reached the file now at the path.
+    let decoy = std::fs::read(&path).expect("read decoy");
+    assert!(
+        decoy.iter().all(|&x| x == 0),
+        "the file at the path was written: the target reopened by path"
+    );
+    let (pid, _) = status(&s.control);
+    kill(pid);
+    let _ = std::fs::remove_file(&path);
 }

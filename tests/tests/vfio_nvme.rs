@@ -5,7 +5,10 @@
 //! gives the device back to the nvme driver, which reads the same data; after power-off
 //! the image file on the host holds the patterns at their offsets. Also: the driver's
 //! IOPS in process against the kernel driver's (fio, io_uring) on the same device in the
-//! same boot, and the refusals (mounted device, too many hugepages, no IOMMU).
+//! same boot, and the refusals (mounted device, too many hugepages, no IOMMU). And a
+//! hot upgrade of the target serving the device: the new binary takes the controller,
+//! its queues and DMA memory over without resetting it, and everything written before
+//! reads back after.
 #![cfg(feature = "e2e")]
 
 use std::fs;
@@ -20,6 +23,9 @@ const OFF_A: u64 = 0;
 const LEN_A: usize = 1 << 20;
 const OFF_B: u64 = 100 * (1 << 20) + 3 * 4096;
 const LEN_B: usize = 300 * 1024;
+/// Written after the hot upgrade.
+const OFF_C: u64 = 160 * (1 << 20) + 5 * 4096;
+const LEN_C: usize = 256 * 1024;
 /// A MiB the guest zeroes with Write Zeroes over NVMe/TCP (pre-filled with 0xAB).
 const OFF_Z: u64 = 200 * (1 << 20);
 const LEN_Z: usize = 1 << 20;
@@ -294,5 +300,208 @@ fn no_iommu_no_vfio() {
             .contains("E2E: target names the field and the cause"),
         "{tail}"
     );
+    let _ = fs::remove_file(&img);
+}
+
+const UPGRADE_SCRIPT: &str = r#"
+modprobe nvme; modprobe vfio-pci; modprobe vfio_iommu_type1
+/test/hugepage-setup setup --pages 64 $A
+write_target_config
+CTL=/tmp/lp.sock
+/test/lightpool-target --config /tmp/target.toml --control-socket $CTL > /tmp/target.log 2>&1 &
+TPID=$!
+for i in $(seq 1 600); do
+    grep -q "listening on" /tmp/target.log && break
+    kill -0 $TPID 2>/dev/null || { cat /tmp/target.log; say "FAIL: target exited"; exit 1; }
+    sleep 0.1
+done
+nvme connect -t tcp -a 127.0.0.1 -s 4420 -n $NQN
+DEV=$(fabrics_disk)
+say "fabrics disk $DEV"
+fr() { nvme id-ctrl $DEV | sed -n 's/^fr *: *//p' | tr -d ' '; }
+say "fr before=$(fr)"
+# Before: a pattern, and a verified fio region (re-verified after the upgrade).
+dd if=/test/a.bin of=$DEV bs=4096 seek=$((OFF_A / 4096)) oflag=direct conv=notrunc 2>/dev/null
+FIOV="--filename=$DEV --ioengine=libaio --direct=1 --iodepth=8 --rw=randwrite --bs=8k \
+    --offset=64m --size=8m --verify=crc32c --verify_fatal=1 --randrepeat=1 --output-format=terse --terse-version=3"
+fio --name=before $FIOV > /tmp/fio1.out
+say "fio before errors=$(cut -d';' -f5 /tmp/fio1.out)"
+FREE0=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)
+# During: writes with verification in another region while the target is replaced.
+fio --name=during --filename=$DEV --ioengine=libaio --direct=1 --iodepth=8 --rw=randwrite \
+    --bs=4k --offset=96m --size=4m --loops=4 --verify=crc32c --verify_fatal=1 \
+    --output-format=terse --terse-version=3 > /tmp/fio2.out 2>&1 &
+FPID=$!
+sleep 1
+kill -0 $FPID 2>/dev/null && say "fio running when the upgrade starts"
+/test/lightpool-target upgrade --binary /test/lightpool-target-next --control-socket $CTL > /tmp/up.out 2>&1 \
+    || { cat /tmp/up.out; cat /tmp/target.log; say "FAIL: upgrade"; exit 1; }
+cat /tmp/up.out
+grep -q "took over from" /tmp/up.out && say "upgrade took over"
+wait $FPID || { cat /tmp/fio2.out; say "FAIL: fio across the upgrade"; exit 1; }
+say "fio during errors=$(cut -d';' -f5 /tmp/fio2.out)"
+# After: what was written before reads back; new I/O works; the new version answers.
+dd if=$DEV of=/tmp/a.back bs=4096 skip=$((OFF_A / 4096)) count=$((LEN_A / 4096)) iflag=direct 2>/dev/null
+cmp /tmp/a.back /test/a.bin && say "pattern A reads back after the upgrade"
+fio --name=before $FIOV --verify_only > /tmp/fio3.out
+say "fio reverify errors=$(cut -d';' -f5 /tmp/fio3.out)"
+dd if=/test/c.bin of=$DEV bs=4096 seek=$((OFF_C / 4096)) oflag=direct conv=notrunc 2>/dev/null
+dd if=$DEV of=/tmp/c.back bs=4096 skip=$((OFF_C / 4096)) count=$((LEN_C / 4096)) iflag=direct 2>/dev/null
+cmp /tmp/c.back /test/c.bin && say "pattern C written and read after the upgrade"
+say "fr after=$(fr)"
+FREE1=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)
+say "hugepages free before=$FREE0 after=$FREE1"
+say "controller enables=$(cat /tmp/target.log /tmp/up.out | grep -c 'CC.EN set')"
+grep -q "NVMe controller adopted (VFIO), no reset" /tmp/up.out && say "controller adopted"
+say "queues taken over=$(cat /tmp/target.log /tmp/up.out | grep -c 'hardware I/O queue pair taken over')"
+# A second upgrade, back to the first binary: an adopted controller hands over again
+# (queues taken and not taken, the container's IOVAs, the enable count).
+fio --name=during2 --filename=$DEV --ioengine=libaio --direct=1 --iodepth=8 --rw=randwrite \
+    --bs=4k --offset=112m --size=4m --loops=4 --verify=crc32c --verify_fatal=1 \
+    --output-format=terse --terse-version=3 > /tmp/fio4.out 2>&1 &
+FPID=$!
+sleep 1
+/test/lightpool-target upgrade --binary /test/lightpool-target --control-socket $CTL > /tmp/up2.out 2>&1 \
+    || { cat /tmp/up2.out; cat /tmp/target.log; say "FAIL: second upgrade"; exit 1; }
+cat /tmp/up2.out
+wait $FPID || { cat /tmp/fio4.out; say "FAIL: fio across the second upgrade"; exit 1; }
+say "fio during second errors=$(cut -d';' -f5 /tmp/fio4.out)"
+fio --name=before $FIOV --verify_only > /tmp/fio5.out
+dd if=$DEV of=/tmp/c.back2 bs=4096 skip=$((OFF_C / 4096)) count=$((LEN_C / 4096)) iflag=direct 2>/dev/null
+cmp /tmp/c.back2 /test/c.bin && [ "$(cut -d';' -f5 /tmp/fio5.out)" = 0 ] && say "data reads back after the second upgrade"
+say "fr after second=$(fr)"
+say "controller enables after second=$(cat /tmp/target.log /tmp/up.out /tmp/up2.out | grep -c 'CC.EN set')"
+say "hugepages free after second=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)"
+say "kernel log:"
+dmesg | grep -i nvme | sed 's/^/UPV-DMESG: /'
+nvme disconnect -n $NQN
+NPID=$(sed -n 's/.*now serving: .*pid=\([0-9]*\).*/\1/p' /tmp/up2.out)
+kill -TERM $NPID
+for i in $(seq 1 100); do kill -0 $NPID 2>/dev/null || break; sleep 0.1; done
+tail -n 8 /tmp/target.log
+grep -q "NVMe controller shut down" /tmp/target.log && say "new process shut the controller down"
+say "all good"
+"#;
+
+#[test]
+fn vfio_namespace_hot_upgrade_without_controller_reset() {
+    let dir = e2e_dir().expect("e2e dir");
+    let img = dir.join("vfio-nvme-upgrade.img");
+    let a = pattern(LEN_A, 0xA11CE5);
+    let c = pattern(LEN_C, 0xC0FFEE);
+    fs::File::create(&img)
+        .and_then(|f| f.set_len(IMG_MIB << 20))
+        .expect("image");
+    let mut files = guest_files(&[
+        ("lightpool-target", "/test/lightpool-target"),
+        ("hugepage-setup", "/test/hugepage-setup"),
+    ]);
+    let next = release_binary("lightpool-target-next").expect("tests/run.sh builds it");
+    files.push((
+        "/test/lightpool-target-next".into(),
+        fs::read(&next).expect("read lightpool-target-next"),
+    ));
+    files.push(("/test/a.bin".into(), a.clone()));
+    files.push(("/test/c.bin".into(), c.clone()));
+    let script = format!(
+        "{LIB}\nOFF_A={OFF_A}; LEN_A={LEN_A}; OFF_C={OFF_C}; LEN_C={LEN_C}\n{UPGRADE_SCRIPT}"
+    );
+    let mut cfg = GuestConfig::new("vfio-nvme-upgrade", &script);
+    cfg.timeout = Duration::from_secs(900);
+    cfg.extra_files = files;
+    cfg.qemu_args = vec![
+        "-device".into(),
+        "intel-iommu,intremap=on,caching-mode=on".into(),
+    ];
+    cfg.qemu_args.extend(nvme_qemu_args(&img));
+    cfg.kernel_args = vec!["intel_iommu=on".into(), "iommu=pt".into()];
+    let out = run_guest(&cfg).expect("guest runs");
+    let tail = out.tail(100);
+    assert_eq!(out.exit_code, 0, "{tail}");
+    let line = |key: &str| -> String {
+        out.console
+            .lines()
+            .find_map(|l| l.split(key).nth(1))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("{key:?} missing:\n{tail}"))
+    };
+    for want in [
+        "E2E: upgrade took over",
+        "E2E: fio before errors=0",
+        "E2E: fio during errors=0",
+        "E2E: pattern A reads back after the upgrade",
+        "E2E: fio reverify errors=0",
+        "E2E: pattern C written and read after the upgrade",
+        "E2E: controller adopted",
+        "E2E: new process shut the controller down",
+        "E2E: all good",
+    ] {
+        assert!(out.console.contains(want), "{want:?} missing:\n{tail}");
+    }
+    // Identify answers with the new binary's firmware revision.
+    let before = line("E2E: fr before=");
+    let after = line("E2E: fr after=");
+    assert_eq!(after, "0.1.0-n", "Identify FR after the upgrade:\n{tail}");
+    assert_ne!(before, after);
+    // The controller was enabled once, by the first process: no reset, no CC.EN toggle
+    // in the new one; its I/O queues were taken over, not re-created.
+    assert_eq!(line("E2E: controller enables="), "1", "{tail}");
+    let queues: u32 = line("E2E: queues taken over=").parse().expect("a count");
+    assert!(queues >= 1, "no hardware queue was taken over:\n{tail}");
+    // The DMA memory was taken over, not allocated again: the pool alone is 16
+    // hugepages, the admin queue one, each I/O queue one. At most one more may be in use
+    // after: an I/O queue for a reactor that had none before the upgrade.
+    let free = line("E2E: hugepages free before=");
+    let (f0, f1) = free.split_once(" after=").expect("two numbers");
+    let (f0, f1): (i64, i64) = (f0.parse().expect("count"), f1.parse().expect("count"));
+    assert!(
+        f0 - f1 <= 1,
+        "{} hugepages more in use after the upgrade:\n{tail}",
+        f0 - f1
+    );
+    // And once more, back to the first binary.
+    assert!(
+        out.console.contains("E2E: fio during second errors=0"),
+        "{tail}"
+    );
+    assert!(
+        out.console
+            .contains("E2E: data reads back after the second upgrade"),
+        "{tail}"
+    );
+    assert_eq!(line("E2E: fr after second="), before, "{tail}");
+    assert_eq!(line("E2E: controller enables after second="), "1", "{tail}");
+    let f2: i64 = line("E2E: hugepages free after second=")
+        .parse()
+        .expect("count");
+    assert!(f0 - f2 <= 1, "hugepages used by the upgrades:\n{tail}");
+    for bad in [
+        "resetting the NVMe controller",
+        "I/O Error",
+        "timed out",
+        "Oops",
+    ] {
+        assert!(
+            !out.console.contains(bad),
+            "{bad:?} on the console:\n{tail}"
+        );
+    }
+    let dmesg: Vec<&str> = out
+        .console
+        .lines()
+        .filter(|l| l.starts_with("UPV-DMESG"))
+        .collect();
+    for bad in ["reconnect", "I/O error", "timeout", "resetting"] {
+        assert!(
+            !dmesg.iter().any(|l| l.contains(bad)),
+            "the guest kernel logged {bad:?}:\n{}",
+            dmesg.join("\n")
+        );
+    }
+    // What was written before and after the upgrade is on the device.
+    let data = fs::read(&img).expect("read image");
+    let at = |off: u64, len: usize| &data[off as usize..off as usize + len];
+    assert!(at(OFF_A, LEN_A) == a.as_slice(), "pattern A not at {OFF_A}");
+    assert!(at(OFF_C, LEN_C) == c.as_slice(), "pattern C not at {OFF_C}");
     let _ = fs::remove_file(&img);
 }

@@ -21,7 +21,7 @@ mod nvme_vfio;
 mod uring;
 
 pub use malloc::MallocBdev;
-pub use nvme_vfio::{vfio_dma_pool, NvmeVfioBdev, NvmeVfioOptions};
+pub use nvme_vfio::{vfio_dma_pool, NvmeVfioBdev, NvmeVfioHandover, NvmeVfioOptions};
 pub use uring::{UringBdev, UringOptions};
 
 /// What a block device tells the target about itself.
@@ -167,17 +167,30 @@ pub enum Handover<'a> {
         block_size: u32,
         path: Option<String>,
     },
-    /// A file or block device, reopened by path with the same options (nothing is
-    /// buffered in this process: every acknowledged write has reached the kernel).
+    /// A file or block device: its open descriptor, which the successor adopts
+    /// ([`UringBdev::adopt`]) so that it serves the same file even when the path names
+    /// another one by now (nothing is buffered in this process: every acknowledged write
+    /// has reached the kernel). `path` is what it was opened by, for a recovery without
+    /// the descriptor. The io_uring rings are not handed over: they belong to channels,
+    /// which hold no request once the target has drained, and the successor's channels
+    /// make their own.
     File {
         path: String,
+        fd: std::os::fd::BorrowedFd<'a>,
         block_size: u32,
         read_only: bool,
         direct: bool,
         queue_depth: u32,
     },
-    /// The device cannot be handed over (the upgrade is refused).
-    Unsupported,
+    /// An NVMe namespace driven through VFIO: the controller's state (queues, IOVAs)
+    /// and its descriptors (container, groups, DMA memory, device), in the order
+    /// [`NvmeVfioBdev::adopt`] takes them.
+    Vfio {
+        state: Box<NvmeVfioHandover>,
+        fds: Vec<std::os::fd::OwnedFd>,
+    },
+    /// The device cannot be handed over (the upgrade is refused), and why.
+    Unsupported { reason: String },
 }
 
 /// The bytes of a device that lives in this process's memory (RAM), addressable
@@ -257,10 +270,17 @@ pub trait Bdev: Send + Sync {
     fn memory(&self) -> Option<DeviceMemory> {
         None
     }
-    /// How a successor process takes this device over.
+    /// How a successor process takes this device over. Called on a drained target (no
+    /// request in flight on any channel).
     fn handover(&self) -> Handover<'_> {
-        Handover::Unsupported
+        Handover::Unsupported {
+            reason: format!("{} has no hot-upgrade support", self.info().name),
+        }
     }
+    /// Hot upgrade, new process: the predecessor has let go; from now on the device is
+    /// this process's alone (until then an adopted device must leave the hardware as
+    /// the predecessor may take it back).
+    fn adopted(&self) {}
     /// Open an I/O channel for use on the calling thread only.
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError>;
 }

@@ -22,14 +22,15 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::rc::{Rc, Weak};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lightpool_dma::{DmaBuf, DmaMapper, DmaPool, HugePages, PoolOptions};
 use lightpool_nvme_vfio::{
-    CmdError, Container, Controller, ControllerOptions, IoCmd, IoQueuePair, NamespaceInfo,
-    SubmitError,
+    CmdError, Container, ContainerState, Controller, ControllerOptions, ControllerState, IoCmd,
+    IoQueuePair, MemState, NamespaceInfo, SubmitError,
 };
 use lightpool_spec::identify::oncs;
 use lightpool_spec::status::{generic, sct};
@@ -102,8 +103,23 @@ pub fn vfio_dma_pool() -> Option<Arc<DmaPool>> {
     POOL.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// What a successor process needs to take an NVMe namespace over during a hot upgrade
+/// (see [`NvmeVfioBdev::adopt`]). Descriptors travel beside it, in this order: the
+/// container and its groups, the DMA pool's memory, then the controller's (device,
+/// admin memory, one per I/O queue).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NvmeVfioHandover {
+    pub ns: NamespaceInfo,
+    pub pool_buf_size: usize,
+    pub pool_count: usize,
+    pub pool_mem: MemState,
+    pub container: ContainerState,
+    pub controller: ControllerState,
+}
+
 struct Shared {
     info: BdevInfo,
+    ns: NamespaceInfo,
     ctrl: Arc<Controller>,
     nsid: u32,
     pool: Arc<DmaPool>,
@@ -149,6 +165,69 @@ impl NvmeVfioBdev {
         )
         .map_err(|e| nvme_err(addr, e))?;
         let ns: NamespaceInfo = ctrl.namespace(opts.nsid).map_err(|e| nvme_err(addr, e))?;
+        let pool = shared_pool(&container, &opts)?;
+        Self::assemble(addr, ctrl, ns, pool)
+    }
+
+    /// Hot upgrade, new process: the namespace a predecessor served, on the same
+    /// controller, queues, container and DMA memory, with no command sent to the
+    /// controller (the predecessor may still take it back until [`Bdev::adopted`]).
+    /// `fds` in the order [`NvmeVfioHandover`] says.
+    pub fn adopt(st: &NvmeVfioHandover, fds: Vec<OwnedFd>) -> Result<Arc<NvmeVfioBdev>, BdevError> {
+        let addr = st.controller.addr.as_str();
+        let n_container = st.container.groups.len() + 1;
+        let n_ctrl = st.controller.io_queues.len() + 2;
+        if fds.len() != n_container + 1 + n_ctrl {
+            return Err(nvme_err(
+                addr,
+                format!(
+                    "{} descriptors were handed over, the state names {}",
+                    fds.len(),
+                    n_container + 1 + n_ctrl
+                ),
+            ));
+        }
+        let mut fds = fds;
+        let ctrl_fds = fds.split_off(n_container + 1);
+        let pool_fd = fds.pop().expect("length checked above");
+        let container = Container::install_shared(
+            Container::adopt(&st.container, fds).map_err(|e| nvme_err(addr, e))?,
+        );
+        let pool = {
+            let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            match p.as_ref() {
+                Some(pool) => pool.clone(),
+                None => {
+                    let mem = st
+                        .pool_mem
+                        .adopt(pool_fd, &container)
+                        .map_err(|e| nvme_err(addr, e))?;
+                    let pool = DmaPool::adopt(
+                        &PoolOptions {
+                            buf_size: st.pool_buf_size,
+                            count: st.pool_count,
+                            cache_size: 16,
+                            hugepages: st.controller.opts.hugepages.clone(),
+                        },
+                        mem,
+                    )
+                    .map_err(|e| nvme_err(addr, format!("DMA pool: {e}")))?;
+                    *p = Some(pool.clone());
+                    pool
+                }
+            }
+        };
+        let ctrl = Controller::adopt(container, &st.controller, ctrl_fds)
+            .map_err(|e| nvme_err(addr, e))?;
+        Self::assemble(addr, ctrl, st.ns.clone(), pool)
+    }
+
+    fn assemble(
+        addr: &str,
+        ctrl: Arc<Controller>,
+        ns: NamespaceInfo,
+        pool: Arc<DmaPool>,
+    ) -> Result<Arc<NvmeVfioBdev>, BdevError> {
         if ns.block_size != 512 && ns.block_size != 4096 {
             return Err(nvme_err(
                 addr,
@@ -167,7 +246,6 @@ impl NvmeVfioBdev {
                 ),
             ));
         }
-        let pool = shared_pool(&container, &opts)?;
         let mut chunk = pool.buf_size();
         if let Some(m) = ctrl.info().max_transfer {
             chunk = chunk.min(m);
@@ -199,6 +277,7 @@ impl NvmeVfioBdev {
                 info,
                 ctrl,
                 nsid: ns.nsid,
+                ns,
                 pool,
                 chunk_blocks,
                 deallocate,
@@ -212,9 +291,54 @@ impl NvmeVfioBdev {
     }
 }
 
+impl NvmeVfioBdev {
+    fn export(&self) -> Result<(NvmeVfioHandover, Vec<OwnedFd>), String> {
+        let d = &self.shared;
+        let (container, mut fds) = d.ctrl.container().export().map_err(|e| e.to_string())?;
+        let mem = d.pool.memory();
+        let pool_mem = MemState::of(mem).ok_or("the DMA pool is not registered")?;
+        fds.push(
+            mem.file()
+                .ok_or("the DMA pool is private memory")?
+                .try_clone_to_owned()
+                .map_err(|e| format!("duplicating the DMA pool's descriptor: {e}"))?,
+        );
+        let (controller, cfds) = d.ctrl.export().map_err(|e| e.to_string())?;
+        fds.extend(cfds);
+        Ok((
+            NvmeVfioHandover {
+                ns: d.ns.clone(),
+                pool_buf_size: d.pool.buf_size(),
+                pool_count: d.pool.count(),
+                pool_mem,
+                container,
+                controller,
+            },
+            fds,
+        ))
+    }
+}
+
 impl Bdev for NvmeVfioBdev {
     fn info(&self) -> &BdevInfo {
         &self.shared.info
+    }
+
+    fn handover(&self) -> crate::Handover<'_> {
+        match self.export() {
+            Ok((state, fds)) => crate::Handover::Vfio {
+                state: Box::new(state),
+                fds,
+            },
+            Err(reason) => crate::Handover::Unsupported {
+                reason: format!("{}: {reason}", self.shared.info.name),
+            },
+        }
+    }
+
+    fn adopted(&self) {
+        self.shared.pool.memory().take_ownership();
+        self.shared.ctrl.take_ownership();
     }
 
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {

@@ -27,7 +27,7 @@
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::fs::OpenOptions;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -196,11 +196,65 @@ impl UringBdev {
         };
 
         let (file, direct) = open_file(path, &name, &opts)?;
-        let fd: OwnedFd = file.into();
+        Self::with_fd(file.into(), name, kind, &meta, direct, &opts)
+    }
 
+    /// Hot upgrade, new process: the same open file or block device the predecessor
+    /// served (its descriptor, with its access mode and `O_DIRECT` or not), so that a
+    /// file renamed or unlinked since it was opened is still the one served. `name` is
+    /// the path it was opened by, for messages and the next handover.
+    pub fn adopt(fd: OwnedFd, name: &str, opts: UringOptions) -> Result<Arc<UringBdev>, BdevError> {
+        if opts.queue_depth == 0 || opts.queue_depth > MAX_QUEUE_DEPTH {
+            return Err(invalid(format!(
+                "{name}: queue depth {} is out of range; use 1 to {MAX_QUEUE_DEPTH}",
+                opts.queue_depth
+            )));
+        }
+        let file = std::fs::File::from(fd);
+        let meta = file.metadata().map_err(|source| BdevError::Open {
+            path: name.to_string(),
+            source,
+        })?;
+        let ft = meta.file_type();
+        let kind = if ft.is_block_device() {
+            Kind::BlockDevice
+        } else if ft.is_file() {
+            Kind::File
+        } else {
+            return Err(invalid(format!(
+                "{name}: the descriptor handed over is neither a regular file nor a block device"
+            )));
+        };
+        // SAFETY: F_GETFL takes no argument and only reads the descriptor's flags.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        if flags < 0 {
+            return Err(BdevError::Setup(std::io::Error::last_os_error()));
+        }
+        let writable = flags & libc::O_ACCMODE == libc::O_RDWR;
+        if !opts.read_only && !writable {
+            return Err(invalid(format!(
+                "{name}: the descriptor handed over is not open for writing"
+            )));
+        }
+        let direct = flags & libc::O_DIRECT != 0;
+        Self::with_fd(file.into(), name.to_string(), kind, &meta, direct, &opts)
+    }
+
+    /// Checks the open file or device and builds the block device over it.
+    fn with_fd(
+        fd: OwnedFd,
+        name: String,
+        kind: Kind,
+        meta: &std::fs::Metadata,
+        direct: bool,
+        opts: &UringOptions,
+    ) -> Result<Arc<UringBdev>, BdevError> {
         let (size, block_size) = match kind {
             Kind::File => {
-                let size = std::fs::metadata(path)
+                // The open file's size (fstat), not the path's: a path may name another
+                // file by now.
+                let size = std::fs::File::from(fd.try_clone().map_err(BdevError::Setup)?)
+                    .metadata()
                     .map_err(|source| BdevError::Open {
                         path: name.clone(),
                         source,
@@ -253,7 +307,7 @@ impl UringBdev {
             && match kind {
                 Kind::File => probe_punch_hole(&fd, size, block_size),
                 Kind::BlockDevice => {
-                    sysfs_queue_u64(&meta, "write_zeroes_max_bytes").unwrap_or(0) > 0
+                    sysfs_queue_u64(meta, "write_zeroes_max_bytes").unwrap_or(0) > 0
                 }
             };
         // Files: data may sit in the page cache or wait on metadata (allocation) until
@@ -261,7 +315,7 @@ impl UringBdev {
         let volatile_write_cache = match kind {
             Kind::File => true,
             Kind::BlockDevice => {
-                sysfs_queue_string(&meta, "write_cache").is_none_or(|s| s.trim() != "write through")
+                sysfs_queue_string(meta, "write_cache").is_none_or(|s| s.trim() != "write through")
             }
         };
 
@@ -439,6 +493,7 @@ impl Bdev for UringBdev {
         let s = &self.shared;
         crate::Handover::File {
             path: s.info.name.clone(),
+            fd: s.fd.as_fd(),
             block_size: s.info.block_size,
             read_only: s.info.read_only,
             direct: s.direct,

@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use lightpool_bdev::{Bdev, Handover, MallocBdev, UringBdev, UringOptions};
+use lightpool_bdev::{
+    Bdev, Handover, MallocBdev, NvmeVfioBdev, NvmeVfioHandover, UringBdev, UringOptions,
+};
 use lightpool_nvmf::state::TargetState;
 use lightpool_nvmf::{NvmfError, Target};
 use lightpool_transport_tcp::{TcpState, TcpTransport};
@@ -33,10 +35,11 @@ use serde::{Deserialize, Serialize};
 use crate::fdpass::{read_line, recv_with_fds, send_with_fds, FDS_PER_MESSAGE};
 use crate::Running;
 
-/// The layout of the state region this binary writes.
-pub const STATE_LAYOUT: u32 = 1;
+/// The layout of the state region this binary writes. 2: file namespaces carry their
+/// open descriptor, VFIO namespaces their controller state.
+pub const STATE_LAYOUT: u32 = 2;
 /// The layouts this binary can read.
-pub const READABLE_LAYOUTS: std::ops::RangeInclusive<u32> = 1..=1;
+pub const READABLE_LAYOUTS: std::ops::RangeInclusive<u32> = 1..=2;
 
 const MAGIC: &[u8; 8] = b"LPSTATE\0";
 const HEADER: usize = 32;
@@ -53,14 +56,25 @@ enum BdevState {
         block_size: u32,
         path: Option<String>,
     },
+    /// A file or block device: its open descriptor when handed over (absent in layout
+    /// 1, which reopened by path); `path` for recovery.
     File {
         path: String,
+        fd: Option<usize>,
         block_size: u32,
         read_only: bool,
         direct: bool,
         queue_depth: u32,
     },
+    /// An NVMe namespace through VFIO: the controller's state and its descriptors.
+    Vfio {
+        state: Box<NvmeVfioHandover>,
+        fds: Vec<usize>,
+    },
 }
+
+/// Layout 1, read when the running target is an older binary.
+mod v1;
 
 /// Everything in the region.
 #[derive(Debug, Serialize, Deserialize)]
@@ -126,22 +140,29 @@ fn read_region(fd: OwnedFd) -> Result<Snapshot> {
     if body.len() as u64 != len || crc32c::crc32c(&body) != crc {
         bail!("the state region is damaged (length or checksum does not match)");
     }
-    let snap: Snapshot = bincode::deserialize(&body).context("decoding the state")?;
+    let snap: Snapshot = if layout == 1 {
+        bincode::deserialize::<v1::Snapshot>(&body)
+            .context("decoding the state (layout 1)")?
+            .into()
+    } else {
+        bincode::deserialize(&body).context("decoding the state")?
+    };
     Ok(snap)
 }
 
-/// Take a namespace's block device over. `memfd` is the RAM device's descriptor that
-/// came with a handover; without it (recovery) a RAM device must live in the state
-/// directory. A RAM device in the state directory is reattached by name, so the next
-/// handover and `--recover` know where it is.
+/// Take a namespace's block device over. `take` hands out the descriptors that came
+/// with a handover (by index); without it (recovery from the state directory) a RAM
+/// device must live in the state directory and a file is reopened by path. A RAM device
+/// in the state directory is reattached by name, so the next handover and `--recover`
+/// know where it is.
 fn open_bdev(
     nqn: &str,
     nsid: u32,
     st: &BdevState,
-    memfd: Option<OwnedFd>,
+    take: Option<&mut dyn FnMut(usize) -> Result<OwnedFd>>,
 ) -> Result<Arc<dyn Bdev>> {
     let name = format!("ram{nsid}");
-    Ok(match (st, memfd) {
+    Ok(match (st, take) {
         (
             BdevState::Ram {
                 block_size,
@@ -157,33 +178,47 @@ fn open_bdev(
         }
         (
             BdevState::Ram {
+                fd,
                 block_size,
                 path: None,
-                ..
             },
-            Some(fd),
-        ) => MallocBdev::from_memfd(&name, fd, *block_size)?,
+            Some(take),
+        ) => MallocBdev::from_memfd(&name, take(*fd)?, *block_size)?,
         (BdevState::Ram { path: None, .. }, None) => {
             bail!("namespace {nsid} of {nqn} was a RAM device outside the state directory: its data did not survive")
         }
         (
             BdevState::File {
                 path,
+                fd,
                 block_size,
                 read_only,
                 direct,
                 queue_depth,
             },
-            _,
-        ) => UringBdev::open(
-            std::path::Path::new(path),
-            UringOptions {
+            take,
+        ) => {
+            let opts = UringOptions {
                 block_size: Some(*block_size),
                 read_only: *read_only,
                 direct: *direct,
                 queue_depth: *queue_depth,
-            },
-        )?,
+            };
+            match (fd, take) {
+                (Some(fd), Some(take)) => UringBdev::adopt(take(*fd)?, path, opts)
+                    .with_context(|| format!("namespace {nsid} of {nqn}"))?,
+                _ => UringBdev::open(std::path::Path::new(path), opts)?,
+            }
+        }
+        (BdevState::Vfio { state, fds }, Some(take)) => {
+            let fds = fds.iter().map(|&i| take(i)).collect::<Result<Vec<_>>>()?;
+            NvmeVfioBdev::adopt(state, fds).with_context(|| format!("namespace {nsid} of {nqn}"))?
+        }
+        (BdevState::Vfio { state, .. }, None) => bail!(
+            "namespace {nsid} of {nqn} was the NVMe device {} through VFIO, which cannot be \
+             recovered without the process that drove it; start from the configuration",
+            state.controller.addr
+        ),
     })
 }
 
@@ -287,19 +322,29 @@ fn send_state(
                 },
                 Handover::File {
                     path,
+                    fd,
                     block_size,
                     read_only,
                     direct,
                     queue_depth,
                 } => BdevState::File {
                     path,
+                    fd: Some(idx(&mut fds, dup(fd)?)),
                     block_size,
                     read_only,
                     direct,
                     queue_depth,
                 },
-                Handover::Unsupported => {
-                    bail!("namespace {} of {} cannot be handed over", n.nsid, s.nqn)
+                Handover::Vfio { state, fds: vfds } => BdevState::Vfio {
+                    state,
+                    fds: vfds.into_iter().map(|f| idx(&mut fds, f)).collect(),
+                },
+                Handover::Unsupported { reason } => {
+                    bail!(
+                        "namespace {} of {} cannot be handed over: {reason}",
+                        n.nsid,
+                        s.nqn
+                    )
                 }
             };
             bdevs.push((s.nqn.clone(), n.nsid, st));
@@ -502,11 +547,11 @@ fn adopt(
     };
     let mut devs: Vec<(String, u32, Arc<dyn Bdev>)> = Vec::new();
     for (nqn, nsid, st) in &snap.bdevs {
-        let memfd = match st {
-            BdevState::Ram { fd, .. } => Some(take(*fd)?),
-            BdevState::File { .. } => None,
-        };
-        devs.push((nqn.clone(), *nsid, open_bdev(nqn, *nsid, st, memfd)?));
+        devs.push((
+            nqn.clone(),
+            *nsid,
+            open_bdev(nqn, *nsid, st, Some(&mut take))?,
+        ));
     }
     let (target, ctrlrs) =
         Target::import_state(&snap.target, crate::firmware_revision(), |nqn, nsid| {
@@ -544,6 +589,11 @@ fn adopt(
     if std::env::var("LIGHTPOOL_TEST_CRASH_AT").as_deref() == Ok("after-bye") {
         // Test hook: die after the old process has let go; `--recover` must restore.
         std::process::abort();
+    }
+    // The old process has let go: the devices are ours alone (an adopted VFIO
+    // controller may now delete queues, unmap memory and shut down when dropped).
+    for (_, _, b) in &devs {
+        b.adopted();
     }
     tcp.release()?;
     drop(ctrlrs);
@@ -637,4 +687,232 @@ pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
         layout: STATE_LAYOUT,
         state_dir: Some(dir.to_path_buf()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lightpool_nvme_vfio::{
+        AdminState, ContainerState, ControllerInfo, ControllerOptions, ControllerState, MemState,
+        NamespaceInfo, QueueState,
+    };
+
+    fn target_state() -> TargetState {
+        TargetState {
+            max_queue_depth: 128,
+            max_admin_queue_depth: 32,
+            max_io_queues: 4,
+            in_capsule_data_size: 8192,
+            max_transfer_size: 131072,
+            genctr: 3,
+            listeners: Vec::new(),
+            subsystems: Vec::new(),
+            discovery_controllers: Vec::new(),
+        }
+    }
+
+    fn snapshot(bdevs: Vec<(String, u32, BdevState)>) -> Snapshot {
+        Snapshot {
+            layout: STATE_LAYOUT,
+            version: "0.1.0".into(),
+            pid: 42,
+            cores: vec![Some(0), None],
+            idle_spin_us: None,
+            control_path: "/tmp/x.sock".into(),
+            control_fd: 1,
+            stdout_fd: 2,
+            stderr_fd: 3,
+            state_dir: None,
+            target: target_state(),
+            tcp: TcpState {
+                listeners: Vec::new(),
+                conns: Vec::new(),
+            },
+            bdevs,
+        }
+    }
+
+    fn mem(iova: u64) -> MemState {
+        MemState {
+            len: 2 << 20,
+            iova,
+            backing: lightpool_dma::Backing::Hugepages {
+                mount: "/dev/hugepages".into(),
+                page_size: 2 << 20,
+            },
+        }
+    }
+
+    fn vfio_state() -> NvmeVfioHandover {
+        NvmeVfioHandover {
+            ns: NamespaceInfo {
+                nsid: 1,
+                num_blocks: 524288,
+                block_size: 512,
+                metadata_size: 0,
+                deallocate_reads_zeroes: true,
+                write_protected: false,
+            },
+            pool_buf_size: 128 << 10,
+            pool_count: 256,
+            pool_mem: mem(1 << 32),
+            container: ContainerState {
+                groups: vec![7],
+                next_iova: (1 << 32) + (40 << 20),
+                free_iovas: vec![((1 << 32) + (36 << 20), 2 << 20)],
+            },
+            controller: ControllerState {
+                addr: "0000:00:04.0".into(),
+                group: 7,
+                cap: 0x0020_0000_2001_07ff,
+                info: ControllerInfo {
+                    vid: 0x1b36,
+                    serial: "LPVFIO0001".into(),
+                    model: "QEMU NVMe Ctrl".into(),
+                    firmware: "9.0".into(),
+                    max_transfer: Some(512 << 10),
+                    nn: 256,
+                    oncs: 0x15d,
+                    volatile_write_cache: true,
+                    io_queues: 64,
+                    io_queue_depth: 256,
+                },
+                opts: ControllerOptions::default(),
+                admin: AdminState {
+                    sq_tail: 9,
+                    sq_head: 9,
+                    cq_head: 9,
+                    cq_phase: true,
+                    cid: 9,
+                    mem: mem((1 << 32) + (32 << 20)),
+                },
+                io_queues: vec![QueueState {
+                    qid: 1,
+                    depth: 256,
+                    sq_tail: 200,
+                    sq_head: 200,
+                    cq_head: 200,
+                    cq_phase: false,
+                    mem: mem((1 << 32) + (34 << 20)),
+                    cq_off: 16384,
+                    prp_off: 20480,
+                }],
+                enables: 1,
+            },
+        }
+    }
+
+    /// The region carries file descriptors' indices and a VFIO controller's whole state
+    /// through encoding, checksum and decoding.
+    #[test]
+    fn region_round_trip_with_file_and_vfio_namespaces() {
+        let snap = snapshot(vec![
+            (
+                "nqn.a".into(),
+                1,
+                BdevState::File {
+                    path: "/srv/a.img".into(),
+                    fd: Some(4),
+                    block_size: 4096,
+                    read_only: false,
+                    direct: true,
+                    queue_depth: 128,
+                },
+            ),
+            (
+                "nqn.a".into(),
+                2,
+                BdevState::Vfio {
+                    state: Box::new(vfio_state()),
+                    fds: vec![5, 6, 7, 8, 9, 10],
+                },
+            ),
+        ]);
+        let back = read_region(write_region(&snap, STATE_LAYOUT).expect("write")).expect("read");
+        match &back.bdevs[0].2 {
+            BdevState::File { fd, path, .. } => {
+                assert_eq!((*fd, path.as_str()), (Some(4), "/srv/a.img"))
+            }
+            other => panic!("{other:?}"),
+        }
+        match &back.bdevs[1].2 {
+            BdevState::Vfio { state, fds } => {
+                assert_eq!(**state, vfio_state());
+                assert_eq!(fds, &[5, 6, 7, 8, 9, 10]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A region written by a layout-1 binary (files reopened by path) still reads.
+    #[test]
+    fn layout_1_regions_are_read() {
+        let old = v1::Snapshot {
+            layout: 1,
+            version: "0.0.9".into(),
+            pid: 7,
+            cores: vec![None],
+            idle_spin_us: Some(50),
+            control_path: "/tmp/y.sock".into(),
+            control_fd: 1,
+            stdout_fd: 2,
+            stderr_fd: 3,
+            state_dir: None,
+            target: target_state(),
+            tcp: TcpState {
+                listeners: Vec::new(),
+                conns: Vec::new(),
+            },
+            bdevs: vec![(
+                "nqn.b".into(),
+                1,
+                v1::BdevState::File {
+                    path: "/srv/b.img".into(),
+                    block_size: 512,
+                    read_only: true,
+                    direct: false,
+                    queue_depth: 64,
+                },
+            )],
+        };
+        let body = bincode::serialize(&old).expect("encode");
+        let mut f = std::fs::File::from(memfd());
+        let mut hdr = [0u8; HEADER];
+        hdr[..8].copy_from_slice(MAGIC);
+        hdr[8..12].copy_from_slice(&1u32.to_le_bytes());
+        hdr[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
+        hdr[24..28].copy_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        f.write_all(&hdr).expect("write");
+        f.write_all(&body).expect("write");
+        let snap = read_region(f.into()).expect("layout 1 reads");
+        match &snap.bdevs[0].2 {
+            BdevState::File {
+                fd,
+                read_only,
+                path,
+                ..
+            } => assert_eq!((*fd, *read_only, path.as_str()), (None, true, "/srv/b.img")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(snap.idle_spin_us, Some(50));
+    }
+
+    #[test]
+    fn unknown_layouts_are_refused() {
+        let snap = snapshot(Vec::new());
+        let e = read_region(write_region(&snap, 9).expect("write")).unwrap_err();
+        assert!(
+            e.to_string().contains("state layout 9 cannot be read"),
+            "{e}"
+        );
+    }
+
+    fn memfd() -> OwnedFd {
+        let name = std::ffi::CString::new("upgrade-test").expect("no NUL");
+        // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: fd is new and ours.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
 }

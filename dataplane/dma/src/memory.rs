@@ -2,6 +2,7 @@
 //! in an IOMMU domain.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -14,7 +15,7 @@ use crate::hugetlbfs::{find_hugetlbfs, parse_mounts};
 use crate::{DmaError, DmaMapper};
 
 /// Where to take DMA memory from.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum HugePages {
     /// A hugetlbfs mount with free pages if there is one, else ordinary memory.
     #[default]
@@ -26,7 +27,7 @@ pub enum HugePages {
 }
 
 /// What a [`DmaMemory`] is made of.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Backing {
     /// Hugepages of `page_size` bytes from the hugetlbfs mounted at `mount`.
     Hugepages { mount: PathBuf, page_size: usize },
@@ -47,10 +48,16 @@ pub struct DmaMemory {
     backing: Backing,
     iova: Option<u64>,
     mapper: Option<Arc<dyn DmaMapper>>,
+    /// Whether dropping the memory removes its IOMMU mapping: false for memory adopted
+    /// from a predecessor process until [`DmaMemory::take_ownership`], because until
+    /// then the predecessor may still be using the mapping.
+    unmap_on_drop: AtomicBool,
     /// Owns the mapping that `ptr` points into; never accessed through references.
     _map: MmapMut,
-    /// The (unlinked) hugetlbfs file, kept open so its pages stay ours.
-    _file: Option<File>,
+    /// The backing file (unlinked hugetlbfs file, or a memfd for ordinary memory that is
+    /// registered with a mapper), kept open so its pages stay ours and so a successor
+    /// process can map the same pages (hot upgrade). `None` for private anonymous memory.
+    file: Option<File>,
 }
 
 // SAFETY: DmaMemory owns its mapping like a Box<[u8]>; the raw pointer is only handed
@@ -82,11 +89,11 @@ impl DmaMemory {
                 "a DMA memory region of 0 bytes was asked for".into(),
             ));
         }
+        // Memory a device reaches is made shareable (a memfd), so that a successor
+        // process can take it over with its IOMMU mapping during a hot upgrade.
+        let shareable = mapper.is_some();
         let (map, file, backing) = match hugepages {
-            HugePages::Off => {
-                let (m, b) = anonymous(len, "hugepages are turned off".into())?;
-                (m, None, b)
-            }
+            HugePages::Off => anonymous(len, "hugepages are turned off".into(), shareable)?,
             HugePages::Mount(dir) => {
                 let page_size = mount_page_size(dir);
                 let (m, f) =
@@ -113,23 +120,18 @@ impl DmaMemory {
                             page_size: m.page_size,
                         },
                     ),
-                    Err(e) => {
-                        let (map, b) = anonymous(
-                            len,
-                            format!(
-                                "{} hugepages of {} KiB could not be had from {}: {e}",
-                                len.div_ceil(m.page_size),
-                                m.page_size >> 10,
-                                m.path.display()
-                            ),
-                        )?;
-                        (map, None, b)
-                    }
+                    Err(e) => anonymous(
+                        len,
+                        format!(
+                            "{} hugepages of {} KiB could not be had from {}: {e}",
+                            len.div_ceil(m.page_size),
+                            m.page_size >> 10,
+                            m.path.display()
+                        ),
+                        shareable,
+                    )?,
                 },
-                Err(reason) => {
-                    let (map, b) = anonymous(len, reason)?;
-                    (map, None, b)
-                }
+                Err(reason) => anonymous(len, reason, shareable)?,
             },
         };
         let mut map = map;
@@ -151,9 +153,75 @@ impl DmaMemory {
             backing,
             iova,
             mapper,
+            unmap_on_drop: AtomicBool::new(true),
             _map: map,
-            _file: file,
+            file,
         })
+    }
+
+    /// Hot upgrade, new process: maps the memory a predecessor exported (`file()`, its
+    /// length, IOVA and backing), the same pages at the same IOVA, without registering
+    /// them again: the predecessor's IOMMU mapping lives in the container both processes
+    /// share. The mapping is left in place when this value is dropped until
+    /// [`DmaMemory::take_ownership`] is called.
+    pub fn adopt(
+        fd: OwnedFd,
+        len: usize,
+        iova: Option<u64>,
+        backing: Backing,
+        mapper: Option<Arc<dyn DmaMapper>>,
+    ) -> Result<DmaMemory, DmaError> {
+        let file = File::from(fd);
+        let size = file
+            .metadata()
+            .map_err(|source| DmaError::Map { len, source })?
+            .len();
+        if len == 0 || !len.is_multiple_of(4096) || size < len as u64 {
+            return Err(DmaError::Invalid(format!(
+                "the DMA memory handed over is {size} bytes, not the {len} bytes its state says"
+            )));
+        }
+        if iova.is_some() && mapper.is_none() {
+            return Err(DmaError::Invalid(
+                "DMA memory with an IOVA was handed over without its IOMMU container".into(),
+            ));
+        }
+        // SAFETY: a shared mapping of a file whose pages the predecessor process (and the
+        // IOMMU) use too; nothing but devices and this process write them after the
+        // handover, and the length was checked against the file's size above.
+        let mut map = unsafe { MmapOptions::new().len(len).map_mut(&file) }
+            .map_err(|source| DmaError::Map { len, source })?;
+        let ptr = NonNull::new(map.as_mut_ptr()).ok_or_else(|| DmaError::Map {
+            len,
+            source: std::io::Error::other("the mapping starts at address 0"),
+        })?;
+        Ok(DmaMemory {
+            ptr,
+            len,
+            backing,
+            iova,
+            mapper,
+            unmap_on_drop: AtomicBool::new(false),
+            _map: map,
+            file: Some(file),
+        })
+    }
+
+    /// The predecessor has let go (hot upgrade): dropping this memory now removes its
+    /// IOMMU mapping, as for memory made here.
+    pub fn take_ownership(&self) {
+        self.unmap_on_drop.store(true, Ordering::Relaxed);
+    }
+
+    /// The file backing the memory, for a successor process to map (hot upgrade);
+    /// `None` for private anonymous memory.
+    pub fn file(&self) -> Option<BorrowedFd<'_>> {
+        self.file.as_ref().map(|f| f.as_fd())
+    }
+
+    /// The IOVA of the first byte, when registered with a mapper.
+    pub fn iova(&self) -> Option<u64> {
+        self.iova
     }
 
     /// Start of the memory; valid for `len()` bytes while `self` lives.
@@ -192,6 +260,9 @@ impl DmaMemory {
 
 impl Drop for DmaMemory {
     fn drop(&mut self) {
+        if !self.unmap_on_drop.load(Ordering::Relaxed) {
+            return;
+        }
         if let (Some(m), Some(iova)) = (&self.mapper, self.iova) {
             if let Err(e) = m.unmap(iova, self.len) {
                 tracing::warn!(iova, len = self.len, error = %e, "could not unregister DMA memory");
@@ -241,7 +312,11 @@ fn from_hugetlbfs(dir: &Path, page_size: usize, len: usize) -> std::io::Result<(
     Ok((map, file))
 }
 
-fn anonymous(len: usize, reason: String) -> Result<(MmapMut, Backing), DmaError> {
+type Mapped = (MmapMut, Option<File>, Backing);
+
+/// Ordinary memory: private anonymous, or a memfd when `shareable` (memory a device
+/// reaches, which a successor process must be able to map during a hot upgrade).
+fn anonymous(len: usize, reason: String, shareable: bool) -> Result<Mapped, DmaError> {
     let page = 4096;
     let len = len.div_ceil(page) * page;
     if !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
@@ -252,11 +327,29 @@ fn anonymous(len: usize, reason: String) -> Result<(MmapMut, Backing), DmaError>
     } else {
         tracing::debug!(%reason, "DMA memory: ordinary memory");
     }
+    if shareable {
+        let name = std::ffi::CString::new("lightpool-dma").expect("no NUL");
+        // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor.
+        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            let source = std::io::Error::last_os_error();
+            return Err(DmaError::Map { len, source });
+        }
+        // SAFETY: raw is a new descriptor nobody else owns.
+        let file = File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+        file.set_len(len as u64)
+            .map_err(|source| DmaError::Map { len, source })?;
+        // SAFETY: a shared mapping of a memfd created just now, of exactly its size; only
+        // this process (and, after a handover, its successor) maps it.
+        let map = unsafe { MmapOptions::new().len(len).populate().map_mut(&file) }
+            .map_err(|source| DmaError::Map { len, source })?;
+        return Ok((map, Some(file), Backing::Ordinary { reason }));
+    }
     let map = MmapOptions::new()
         .len(len)
         .map_anon()
         .map_err(|source| DmaError::Map { len, source })?;
-    Ok((map, Backing::Ordinary { reason }))
+    Ok((map, None, Backing::Ordinary { reason }))
 }
 
 #[cfg(test)]
@@ -305,6 +398,47 @@ pub(crate) mod tests {
         assert_eq!(m.iova_at(4096), None);
         drop(m);
         assert_eq!(*mapper.unmaps.lock().expect("lock"), vec![(iova, 4096)]);
+    }
+
+    /// Hot upgrade: registered memory is a shareable file; a "successor" maps the same
+    /// pages at the same IOVA without registering them again, and leaves the mapping in
+    /// place when dropped before it takes ownership.
+    #[test]
+    fn adopted_memory_is_the_same_pages_at_the_same_iova() {
+        let mapper = Arc::new(FakeMapper::default());
+        let m = DmaMemory::new(8192, &HugePages::Off, Some(mapper.clone())).expect("memory");
+        // SAFETY: 8192 bytes of our own mapping.
+        unsafe { m.as_ptr().add(5000).write(0x5A) };
+        let fd = m.file().expect("a file").try_clone_to_owned().expect("dup");
+        let mapper_dyn: Arc<dyn DmaMapper> = mapper.clone();
+        let a = DmaMemory::adopt(fd, m.len(), m.iova(), m.backing().clone(), Some(mapper_dyn))
+            .expect("adopt");
+        assert_eq!(
+            mapper.maps.lock().expect("lock").len(),
+            1,
+            "no second mapping"
+        );
+        assert_eq!(a.iova_at(0), m.iova_at(0));
+        assert_ne!(a.as_ptr(), m.as_ptr());
+        // SAFETY: inside both mappings of the same file.
+        unsafe {
+            assert_eq!(a.as_ptr().add(5000).read(), 0x5A);
+            a.as_ptr().add(7).write(9);
+            assert_eq!(m.as_ptr().add(7).read(), 9, "the same pages");
+        }
+        drop(a);
+        assert!(mapper.unmaps.lock().expect("lock").is_empty());
+        let fd = m.file().expect("a file").try_clone_to_owned().expect("dup");
+        let mapper_dyn: Arc<dyn DmaMapper> = mapper.clone();
+        let a = DmaMemory::adopt(fd, 8192, m.iova(), m.backing().clone(), Some(mapper_dyn))
+            .expect("adopt");
+        a.take_ownership();
+        drop(a);
+        assert_eq!(mapper.unmaps.lock().expect("lock").len(), 1);
+        let fd = m.file().expect("a file").try_clone_to_owned().expect("dup");
+        let e = DmaMemory::adopt(fd, 1 << 20, m.iova(), m.backing().clone(), None).unwrap_err();
+        assert!(e.to_string().contains("not the 1048576 bytes"), "{e}");
+        drop(m);
     }
 
     #[test]

@@ -163,6 +163,35 @@ impl DmaPool {
             ))
         })?;
         let mem = DmaMemory::new(total, &opts.hugepages, mapper)?;
+        Ok(Self::with_memory(opts, mem, total))
+    }
+
+    /// Hot upgrade, new process: a pool over memory adopted from the predecessor
+    /// ([`DmaMemory::adopt`]), every buffer free (the predecessor drained its devices
+    /// before it handed the memory over).
+    pub fn adopt(opts: &PoolOptions, mem: DmaMemory) -> Result<Arc<DmaPool>, DmaError> {
+        let total = opts
+            .buf_size
+            .checked_mul(opts.count)
+            .filter(|&t| opts.buf_size > 0 && opts.count > 0 && t <= mem.len())
+            .ok_or_else(|| {
+                DmaError::Invalid(format!(
+                    "{} buffers of {} bytes do not fit in the {} bytes of DMA memory handed over",
+                    opts.count,
+                    opts.buf_size,
+                    mem.len()
+                ))
+            })?;
+        if !opts.buf_size.is_multiple_of(4096) || opts.count > u32::MAX as usize {
+            return Err(DmaError::Invalid(format!(
+                "a DMA pool of {} buffers of {} bytes cannot be adopted",
+                opts.count, opts.buf_size
+            )));
+        }
+        Ok(Self::with_memory(opts, mem, total))
+    }
+
+    fn with_memory(opts: &PoolOptions, mem: DmaMemory, total: usize) -> Arc<DmaPool> {
         let free = ArrayQueue::new(opts.count);
         for i in 0..opts.count {
             // Cannot fail: the queue was made with room for exactly `count` entries.
@@ -190,7 +219,12 @@ impl DmaPool {
                 "DMA pool on ordinary memory"
             ),
         }
-        Ok(pool)
+        pool
+    }
+
+    /// The memory the buffers are cut from (for a hot upgrade's handover).
+    pub fn memory(&self) -> &DmaMemory {
+        &self.mem
     }
 
     pub fn buf_size(&self) -> usize {

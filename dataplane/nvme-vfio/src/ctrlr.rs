@@ -1,7 +1,7 @@
 //! Controller set-up, the admin queue, and controller-wide error handling.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use lightpool_dma::{DmaMapper, DmaMemory, HugePages};
@@ -10,6 +10,7 @@ use lightpool_spec::identify::{cns, IdentifyCommand, IdentifyController, IDENTIF
 use lightpool_spec::nvme::{admin_opcode, cc, csts, reg, Cap, Cqe, Sqe, CAP_CSS_NVM, SQE_SIZE};
 
 use crate::prp::PAGE_SIZE;
+use crate::qpair::QueueShadow;
 use crate::ring::{CqRing, SqRing};
 use crate::vfio::{Bar, Container, Device};
 use crate::NvmeError;
@@ -29,7 +30,7 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to drive a controller.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ControllerOptions {
     /// Entries per I/O queue (capped by CAP.MQES + 1).
     pub io_queue_depth: u16,
@@ -54,7 +55,7 @@ impl Default for ControllerOptions {
 }
 
 /// What Identify Controller and Number of Queues told us.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ControllerInfo {
     pub vid: u16,
     pub serial: String,
@@ -75,7 +76,7 @@ pub struct ControllerInfo {
 }
 
 /// What Identify Namespace told us about the format in use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NamespaceInfo {
     pub nsid: u32,
     pub num_blocks: u64,
@@ -97,6 +98,10 @@ pub(crate) struct Admin {
 
 static CTRL_IDS: AtomicU64 = AtomicU64::new(1);
 
+mod handover;
+pub(crate) use handover::{check_queue_state, ParkedQueue};
+pub use handover::{AdminState, ControllerState, MemState, QueueState};
+
 /// One NVMe controller driven through VFIO. Shared (Arc) by the I/O queue pairs of every
 /// thread; shut down (CC.SHN) when the last reference goes.
 pub struct Controller {
@@ -112,6 +117,17 @@ pub struct Controller {
     generation: AtomicU64,
     failed: AtomicBool,
     qids: Mutex<Vec<bool>>,
+    /// Live I/O queue pairs' state, for a handover (registered at creation, no lock on
+    /// the I/O path: the queue pairs update their shadows with relaxed stores).
+    shadows: Mutex<Vec<Weak<QueueShadow>>>,
+    /// I/O queues adopted from a predecessor that no thread has taken yet.
+    parked: Mutex<Vec<ParkedQueue>>,
+    /// False while a predecessor process may still use the controller (adopted, the
+    /// handover not finished): then nothing here deletes queues, unmaps memory or shuts
+    /// the controller down.
+    owned: AtomicBool,
+    /// CC.EN 0 -> 1 transitions by this driver, carried across hot upgrades.
+    enables: AtomicU64,
     info: ControllerInfo,
     opts: ControllerOptions,
     /// Dropped after `bar` (field order): closes the device fd last.
@@ -142,22 +158,7 @@ impl Controller {
         let device = container.open_device(addr)?;
         let addr = device.addr().to_string();
         device.enable_bus_master()?;
-        let bar = match device.map_bar(0, usize::MAX) {
-            Ok(b) => b,
-            Err(e) => {
-                // The MSI-X table may share BAR0 and not be mappable: map only the
-                // registers and the doorbells we use.
-                let need = DOORBELL_BASE + 2 * (usize::from(opts.max_io_queues) + 1) * 4 * 16;
-                tracing::debug!(error = %e, "mapping all of BAR0 failed; mapping {need} bytes");
-                device.map_bar(0, need.next_multiple_of(PAGE_SIZE))?
-            }
-        };
-        if bar.len() < DOORBELL_BASE + 8 {
-            return Err(NvmeError::Unsupported {
-                addr,
-                reason: format!("BAR0 is only {} bytes", bar.len()),
-            });
-        }
+        let bar = map_bar0(&device, &opts)?;
         let cap_raw = bar.read64(reg::CAP as usize);
         if cap_raw == u64::MAX {
             return Err(NvmeError::Gone { addr });
@@ -199,6 +200,10 @@ impl Controller {
             generation: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             qids: Mutex::new(Vec::new()),
+            shadows: Mutex::new(Vec::new()),
+            parked: Mutex::new(Vec::new()),
+            owned: AtomicBool::new(true),
+            enables: AtomicU64::new(0),
             info: ControllerInfo {
                 vid: 0,
                 serial: String::new(),
@@ -251,6 +256,27 @@ impl Controller {
             "NVMe controller enabled (VFIO)"
         );
         Ok(Arc::new(ctrl))
+    }
+
+    pub(crate) fn owns_device(&self) -> bool {
+        self.owned.load(Ordering::Acquire)
+    }
+
+    /// Times the controller was enabled by this driver (CC.EN 0 -> 1), over every
+    /// process that drove it since it was first opened.
+    pub fn enables(&self) -> u64 {
+        self.enables.load(Ordering::Relaxed)
+    }
+
+    /// An adopted I/O queue no thread has taken yet.
+    pub(crate) fn take_parked(&self) -> Option<ParkedQueue> {
+        lock(&self.parked).pop()
+    }
+
+    pub(crate) fn register_shadow(&self, s: &Arc<QueueShadow>) {
+        let mut v = lock(&self.shadows);
+        v.retain(|w| w.strong_count() > 0);
+        v.push(Arc::downgrade(s));
     }
 
     pub fn addr(&self) -> &str {
@@ -409,6 +435,8 @@ impl Controller {
             | (6 << 16) // IOSQES: 64-byte SQEs
             | (4 << 20); // IOCQES: 16-byte CQEs
         self.bar.write32(reg::CC as usize, ccv);
+        let n = self.enables.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(addr = %self.addr, enables = n, "NVMe controller: CC.EN set (enable number {n})");
         self.wait_csts("become ready", self.timeout_to(), |s| s & csts::RDY != 0)
     }
 
@@ -664,9 +692,33 @@ impl Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
+        if !self.owns_device() {
+            // Adopted and the handover did not finish: the predecessor still drives it.
+            return;
+        }
         match self.shutdown() {
             Ok(()) => tracing::info!(addr = %self.addr, "NVMe controller shut down"),
             Err(e) => tracing::warn!(addr = %self.addr, error = %e, "NVMe controller shutdown"),
         }
     }
+}
+
+/// Maps BAR0: all of it, or (when the MSI-X table shares it and cannot be mapped) only
+/// the registers and the doorbells the driver uses.
+fn map_bar0(device: &Device, opts: &ControllerOptions) -> Result<Bar, NvmeError> {
+    let bar = match device.map_bar(0, usize::MAX) {
+        Ok(b) => b,
+        Err(e) => {
+            let need = DOORBELL_BASE + 2 * (usize::from(opts.max_io_queues) + 1) * 4 * 16;
+            tracing::debug!(error = %e, "mapping all of BAR0 failed; mapping {need} bytes");
+            device.map_bar(0, need.next_multiple_of(PAGE_SIZE))?
+        }
+    };
+    if bar.len() < DOORBELL_BASE + 8 {
+        return Err(NvmeError::Unsupported {
+            addr: device.addr().to_string(),
+            reason: format!("BAR0 is only {} bytes", bar.len()),
+        });
+    }
+    Ok(bar)
 }

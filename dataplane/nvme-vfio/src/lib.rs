@@ -24,9 +24,12 @@ mod qpair;
 pub mod ring;
 pub mod vfio;
 
-pub use ctrlr::{Controller, ControllerInfo, ControllerOptions, NamespaceInfo};
+pub use ctrlr::{
+    AdminState, Controller, ControllerInfo, ControllerOptions, ControllerState, MemState,
+    NamespaceInfo, QueueState,
+};
 pub use qpair::{CmdError, IoCmd, IoQueuePair, SubmitError};
-pub use vfio::{Container, VfioError};
+pub use vfio::{Container, ContainerState, VfioError};
 
 use lightpool_spec::status::Status;
 

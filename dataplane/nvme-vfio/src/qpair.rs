@@ -1,6 +1,7 @@
 //! One I/O submission/completion queue pair, polled by the thread that owns it.
 
-use std::sync::atomic::Ordering;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,7 @@ use lightpool_dma::{DmaMapper, DmaMemory};
 use lightpool_spec::nvme::{io_opcode, Sqe, CQE_SIZE, SQE_SIZE};
 use lightpool_spec::status::Status;
 
+use crate::ctrlr::{check_queue_state, MemState, ParkedQueue, QueueState};
 use crate::prp::{self, PrpError, ENTRIES_PER_LIST_PAGE, PAGE_SIZE};
 use crate::ring::{CqRing, SqRing};
 use crate::{Controller, NvmeError};
@@ -105,6 +107,57 @@ pub enum SubmitError {
     Prp(#[from] PrpError),
 }
 
+/// What a hot upgrade needs of a live queue pair, readable from another thread: the
+/// owning thread keeps the ring positions here with relaxed stores (no lock on the I/O
+/// path); the exporting thread reads them after the owner has drained and stopped (the
+/// message that says so orders the accesses).
+pub(crate) struct QueueShadow {
+    qid: u16,
+    depth: u16,
+    cq_off: usize,
+    prp_off: usize,
+    mem: MemState,
+    /// A duplicate of the queue memory's descriptor.
+    mem_fd: OwnedFd,
+    sq_tail: AtomicU16,
+    sq_head: AtomicU16,
+    cq_head: AtomicU16,
+    cq_phase: AtomicBool,
+    in_flight: AtomicU32,
+    /// The queue was lost to a reset or failure and is not created in the controller.
+    gone: AtomicBool,
+}
+
+impl QueueShadow {
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn export(&self) -> Result<(QueueState, OwnedFd), String> {
+        if self.gone.load(Ordering::Relaxed) {
+            return Err(format!("I/O queue {} is not usable", self.qid));
+        }
+        let fd = self
+            .mem_fd
+            .try_clone()
+            .map_err(|e| format!("duplicating a queue memory descriptor: {e}"))?;
+        Ok((
+            QueueState {
+                qid: self.qid,
+                depth: self.depth,
+                sq_tail: self.sq_tail.load(Ordering::Relaxed),
+                sq_head: self.sq_head.load(Ordering::Relaxed),
+                cq_head: self.cq_head.load(Ordering::Relaxed),
+                cq_phase: self.cq_phase.load(Ordering::Relaxed),
+                mem: self.mem.clone(),
+                cq_off: self.cq_off,
+                prp_off: self.prp_off,
+            },
+            fd,
+        ))
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
     ctx: u64,
@@ -130,6 +183,7 @@ pub struct IoQueuePair {
     timeout: Duration,
     next_check: Instant,
     dead: bool,
+    shadow: Arc<QueueShadow>,
 }
 
 impl std::fmt::Debug for IoQueuePair {
@@ -144,8 +198,14 @@ impl std::fmt::Debug for IoQueuePair {
 }
 
 impl IoQueuePair {
-    /// Creates an I/O queue pair on `ctrl` with the controller's queue depth.
+    /// Creates an I/O queue pair on `ctrl` with the controller's queue depth, or takes
+    /// over one that a predecessor process handed over (hot upgrade) and no thread has
+    /// taken yet: then nothing is sent to the controller, the queue carries on with its
+    /// ID, memory, tail, head and phase.
     pub fn new(ctrl: Arc<Controller>) -> Result<IoQueuePair, NvmeError> {
+        if let Some(p) = ctrl.take_parked() {
+            return Self::adopt(ctrl, p);
+        }
         let depth = ctrl.info().io_queue_depth;
         let qid = ctrl.alloc_qid().ok_or_else(|| NvmeError::Unsupported {
             addr: ctrl.addr().to_string(),
@@ -169,28 +229,112 @@ impl IoQueuePair {
                 return Err(e.into());
             }
         };
+        let mut qp = match Self::assemble(
+            ctrl.clone(),
+            qid,
+            mem,
+            sq_bytes,
+            sq_bytes + cq_bytes,
+            SqRing::new(depth),
+            CqRing::new(depth),
+        ) {
+            Ok(qp) => qp,
+            Err(e) => {
+                ctrl.release_qid(qid);
+                return Err(e);
+            }
+        };
+        if let Err(e) = qp.create() {
+            qp.dead = true;
+            qp.shadow.gone.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
+        Ok(qp)
+    }
+
+    fn adopt(ctrl: Arc<Controller>, p: ParkedQueue) -> Result<IoQueuePair, NvmeError> {
+        let q = &p.state;
+        let bad = |reason: String| NvmeError::Unsupported {
+            addr: ctrl.addr().to_string(),
+            reason,
+        };
+        check_queue_state(q).map_err(bad)?;
+        let sq = SqRing::restore((q.depth, q.sq_tail, q.sq_head))
+            .ok_or_else(|| bad("ring state out of range".into()))?;
+        let cq = CqRing::restore(q.depth, q.cq_head, q.cq_phase)
+            .ok_or_else(|| bad("ring state out of range".into()))?;
+        tracing::info!(
+            addr = %ctrl.addr(),
+            qid = q.qid,
+            sq_tail = q.sq_tail,
+            cq_head = q.cq_head,
+            phase = q.cq_phase,
+            "hardware I/O queue pair taken over (not re-created)"
+        );
+        Self::assemble(ctrl, q.qid, p.mem, q.cq_off, q.prp_off, sq, cq)
+    }
+
+    fn assemble(
+        ctrl: Arc<Controller>,
+        qid: u16,
+        mem: DmaMemory,
+        cq_off: usize,
+        prp_off: usize,
+        sq: SqRing,
+        cq: CqRing,
+    ) -> Result<IoQueuePair, NvmeError> {
+        let depth = sq.size();
+        let slots = usize::from(depth) - 1;
+        let unusable = |reason: String| NvmeError::Unsupported {
+            addr: ctrl.addr().to_string(),
+            reason,
+        };
+        let mem_state = MemState {
+            len: mem.len(),
+            iova: mem
+                .iova()
+                .ok_or_else(|| unusable("queue memory without an IOVA".into()))?,
+            backing: mem.backing().clone(),
+        };
+        let mem_fd = mem
+            .file()
+            .ok_or_else(|| unusable("queue memory without a file".into()))?
+            .try_clone_to_owned()
+            .map_err(|e| unusable(format!("duplicating the queue memory's descriptor: {e}")))?;
+        let (_, sq_tail, sq_head) = sq.state();
+        let shadow = Arc::new(QueueShadow {
+            qid,
+            depth,
+            cq_off,
+            prp_off,
+            mem: mem_state,
+            mem_fd,
+            sq_tail: AtomicU16::new(sq_tail),
+            sq_head: AtomicU16::new(sq_head),
+            cq_head: AtomicU16::new(cq.head()),
+            cq_phase: AtomicBool::new(cq.phase()),
+            in_flight: AtomicU32::new(0),
+            gone: AtomicBool::new(false),
+        });
+        ctrl.register_shadow(&shadow);
         let timeout = ctrl.options().command_timeout;
-        let mut qp = IoQueuePair {
+        Ok(IoQueuePair {
             generation: ctrl.generation(),
             ctrl,
             qid,
             mem,
-            cq_off: sq_bytes,
-            prp_off: sq_bytes + cq_bytes,
-            sq: SqRing::new(depth),
-            cq: CqRing::new(depth),
+            cq_off,
+            prp_off,
+            sq,
+            cq,
             slots: vec![Slot::default(); slots],
             free: (0..slots as u16).rev().collect(),
             doorbell_due: false,
             timeout,
             next_check: Instant::now(),
             dead: false,
-        };
-        if let Err(e) = qp.create() {
-            qp.dead = true;
-            return Err(e);
-        }
-        Ok(qp)
+            shadow,
+        })
     }
 
     fn create(&mut self) -> Result<(), NvmeError> {
@@ -288,6 +432,9 @@ impl IoQueuePair {
             since: None,
         };
         self.doorbell_due = true;
+        self.shadow
+            .in_flight
+            .store(self.in_flight() as u32, Ordering::Relaxed);
         Ok(())
     }
 
@@ -298,6 +445,7 @@ impl IoQueuePair {
             std::sync::atomic::fence(Ordering::SeqCst);
             self.ctrl.ring_sq(self.qid, self.sq.tail());
             self.doorbell_due = false;
+            self.shadow.sq_tail.store(self.sq.tail(), Ordering::Relaxed);
         }
     }
 
@@ -337,6 +485,12 @@ impl IoQueuePair {
         }
         if consumed {
             self.ctrl.ring_cq(self.qid, self.cq.head());
+            let sh = &self.shadow;
+            sh.cq_head.store(self.cq.head(), Ordering::Relaxed);
+            sh.cq_phase.store(self.cq.phase(), Ordering::Relaxed);
+            sh.sq_head.store(self.sq.state().2, Ordering::Relaxed);
+            sh.in_flight
+                .store(self.in_flight() as u32, Ordering::Relaxed);
         }
         if self.in_flight() > 0 {
             n += self.check_timeouts(done);
@@ -423,13 +577,22 @@ impl IoQueuePair {
             tracing::error!(qid = self.qid, error = %e, "could not re-create an I/O queue after a reset");
             self.dead = true;
         }
+        let sh = &self.shadow;
+        sh.sq_tail.store(0, Ordering::Relaxed);
+        sh.sq_head.store(0, Ordering::Relaxed);
+        sh.cq_head.store(0, Ordering::Relaxed);
+        sh.cq_phase.store(true, Ordering::Relaxed);
+        sh.in_flight.store(0, Ordering::Relaxed);
+        sh.gone.store(self.dead, Ordering::Relaxed);
         n
     }
 }
 
 impl Drop for IoQueuePair {
     fn drop(&mut self) {
-        if !self.dead && self.ctrl.generation() == self.generation {
+        self.shadow.gone.store(true, Ordering::Relaxed);
+        // A controller still shared with a predecessor process keeps its queues.
+        if self.ctrl.owns_device() && !self.dead && self.ctrl.generation() == self.generation {
             if let Err(e) = self.ctrl.delete_io_queues(self.qid) {
                 tracing::warn!(qid = self.qid, error = %e, "deleting an I/O queue pair");
             }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::ptr::NonNull;
@@ -120,10 +120,10 @@ pub fn driver_of(sysfs: &Path, addr: &str) -> Option<String> {
 /// mapped once is reachable by every device of the process.
 pub struct Container {
     fd: OwnedFd,
-    state: Mutex<ContainerState>,
+    state: Mutex<Inner>,
 }
 
-struct ContainerState {
+struct Inner {
     groups: HashMap<u32, Arc<File>>,
     iommu_set: bool,
     iovas: IovaAllocator,
@@ -159,6 +159,20 @@ impl IovaAllocator {
     fn release(&mut self, iova: u64, len: u64) {
         self.free.push((iova, len.next_multiple_of(IOVA_ALIGN)));
     }
+}
+
+/// What a successor process needs to carry on with a container (hot upgrade): the
+/// groups attached to it and the IOVA allocator, so that its own mappings never land
+/// on the IOVAs the predecessor's mappings (which stay in place) occupy. The container
+/// and group descriptors travel beside it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContainerState {
+    /// IOMMU group numbers, in the order of the group descriptors.
+    pub groups: Vec<u32>,
+    /// Next never-used IOVA.
+    pub next_iova: u64,
+    /// IOVA ranges given back, (start, length).
+    pub free_iovas: Vec<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Container {
@@ -207,7 +221,7 @@ impl Container {
         }
         Ok(Container {
             fd,
-            state: Mutex::new(ContainerState {
+            state: Mutex::new(Inner {
                 groups: HashMap::new(),
                 iommu_set: false,
                 iovas: IovaAllocator::new(),
@@ -224,6 +238,131 @@ impl Container {
         let c = Arc::new(Container::open()?);
         *s = Some(c.clone());
         Ok(c)
+    }
+
+    /// Hot upgrade, old process: the container's state and descriptors (container
+    /// first, then one per group, in the order of `ContainerState::groups`).
+    pub fn export(&self) -> Result<(ContainerState, Vec<OwnedFd>), VfioError> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let dup = |fd: BorrowedFd<'_>| {
+            fd.try_clone_to_owned().map_err(|source| VfioError::Ioctl {
+                what: "duplicating a VFIO descriptor",
+                source,
+            })
+        };
+        let mut fds = vec![dup(self.fd.as_fd())?];
+        let mut groups: Vec<u32> = st.groups.keys().copied().collect();
+        groups.sort_unstable();
+        for g in &groups {
+            fds.push(dup(st.groups[g].as_fd())?);
+        }
+        Ok((
+            ContainerState {
+                groups,
+                next_iova: st.iovas.next,
+                free_iovas: st.iovas.free.clone(),
+            },
+            fds,
+        ))
+    }
+
+    /// Hot upgrade, new process: the predecessor's container, with its groups attached
+    /// and its IOMMU set, and every mapping it made still in place. `fds` as
+    /// [`Container::export`] made them.
+    pub fn adopt(state: &ContainerState, fds: Vec<OwnedFd>) -> Result<Container, VfioError> {
+        if fds.len() != state.groups.len() + 1 {
+            return Err(VfioError::Unusable(format!(
+                "the VFIO container came with {} descriptors, not {} (the container and {} group(s))",
+                fds.len(),
+                state.groups.len() + 1,
+                state.groups.len()
+            )));
+        }
+        if state.next_iova < IOVA_BASE {
+            return Err(VfioError::Unusable(format!(
+                "the VFIO container's next IOVA {:#x} lies below {IOVA_BASE:#x}",
+                state.next_iova
+            )));
+        }
+        let mut it = fds.into_iter();
+        let fd = it.next().expect("length checked above");
+        // SAFETY: VFIO_CHECK_EXTENSION takes an integer argument and returns a number; a
+        // descriptor that is not a VFIO container fails it.
+        let ok = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                VFIO_CHECK_EXTENSION,
+                sys::VFIO_TYPE1v2_IOMMU as libc::c_ulong,
+            )
+        };
+        if ok <= 0 {
+            return Err(VfioError::Unusable(
+                "the descriptor handed over as the VFIO container is not one".into(),
+            ));
+        }
+        let groups = state
+            .groups
+            .iter()
+            .zip(it)
+            .map(|(&g, f)| (g, Arc::new(File::from(f))))
+            .collect();
+        Ok(Container {
+            fd,
+            state: Mutex::new(Inner {
+                groups,
+                iommu_set: !state.groups.is_empty(),
+                iovas: IovaAllocator {
+                    next: state.next_iova,
+                    free: state.free_iovas.clone(),
+                },
+            }),
+        })
+    }
+
+    /// Makes `c` the process-wide container ([`Container::shared`]), unless there is one
+    /// already; returns the one in place.
+    pub fn install_shared(c: Container) -> Arc<Container> {
+        let mut s = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = s.as_ref() {
+            return c.clone();
+        }
+        let c = Arc::new(c);
+        *s = Some(c.clone());
+        c
+    }
+
+    /// Hot upgrade, new process: the device `addr` of group `group`, from the device
+    /// descriptor the predecessor handed over (no reset: the device keeps running).
+    pub fn adopt_device(&self, addr: &str, group: u32, fd: OwnedFd) -> Result<Device, VfioError> {
+        let gf = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .groups
+            .get(&group)
+            .cloned()
+            .ok_or_else(|| {
+                VfioError::Unusable(format!(
+                    "{addr}: its IOMMU group {group} was not handed over with the container"
+                ))
+            })?;
+        let mut info = sys::vfio_device_info {
+            argsz: std::mem::size_of::<sys::vfio_device_info>() as u32,
+            ..Default::default()
+        };
+        // SAFETY: VFIO_DEVICE_GET_INFO writes at most argsz bytes into `info`.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), VFIO_DEVICE_GET_INFO, &mut info) } < 0 {
+            return Err(ioctl_err("VFIO_DEVICE_GET_INFO (device handed over)"));
+        }
+        if info.flags & sys::VFIO_DEVICE_FLAGS_PCI == 0 {
+            return Err(VfioError::Unusable(format!("{addr} is not a PCI device")));
+        }
+        Ok(Device {
+            addr: addr.to_string(),
+            group,
+            file: File::from(fd),
+            _group: gf,
+        })
     }
 
     /// Whether a group is attached and the IOMMU type set: only then can memory be
@@ -410,6 +549,11 @@ impl Device {
 
     pub fn group(&self) -> u32 {
         self.group
+    }
+
+    /// The device descriptor (for a hot upgrade's handover).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 
     fn region(&self, index: u32) -> Result<sys::vfio_region_info, VfioError> {
@@ -599,6 +743,31 @@ mod tests {
         );
         assert_eq!(a.alloc(4 << 20), y, "the same aligned size is");
         assert!(a.free.is_empty());
+    }
+
+    #[test]
+    fn adopting_a_container_checks_what_came_with_it() {
+        let st = ContainerState {
+            groups: vec![3, 9],
+            next_iova: IOVA_BASE + (8 << 20),
+            free_iovas: vec![(IOVA_BASE, 2 << 20)],
+        };
+        let e = Container::adopt(&st, Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("not 3"), "{e}");
+        let low = ContainerState {
+            next_iova: 4096,
+            ..st.clone()
+        };
+        let fds = (0..3)
+            .map(|_| std::fs::File::open("/dev/null").expect("/dev/null").into())
+            .collect();
+        let e = Container::adopt(&low, fds).unwrap_err();
+        assert!(e.to_string().contains("lies below"), "{e}");
+        let fds = (0..3)
+            .map(|_| std::fs::File::open("/dev/null").expect("/dev/null").into())
+            .collect();
+        let e = Container::adopt(&st, fds).unwrap_err();
+        assert!(e.to_string().contains("is not one"), "{e}");
     }
 
     #[test]
