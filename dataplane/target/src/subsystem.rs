@@ -109,6 +109,8 @@ pub struct Subsystem {
     ana_groups: Vec<AnaGroup>,
     ana_chgcnt: AtomicU64,
     controllers: Mutex<Controllers>,
+    /// Its records in the state region, if the target has one (locked while written).
+    pub(crate) shm: Mutex<Option<crate::region::objects::SubsysShm>>,
 }
 
 struct Controllers {
@@ -243,6 +245,7 @@ impl Subsystem {
                 next: cfg.min_cntlid,
                 live: Vec::new(),
             }),
+            shm: Mutex::new(None),
         }))
     }
 
@@ -264,6 +267,7 @@ impl Subsystem {
                 next: 1,
                 live: Vec::new(),
             }),
+            shm: Mutex::new(None),
         })
     }
 
@@ -315,6 +319,7 @@ impl Subsystem {
         let cnt = self.ana_chgcnt.fetch_add(1, Ordering::AcqRel) + 1;
         group.chgcnt.store(cnt, Ordering::Release);
         group.state.store(state, Ordering::Release);
+        self.publish(true);
         for c in self.controllers() {
             c.notify_ana_change();
         }
@@ -346,6 +351,8 @@ impl Subsystem {
             if !used {
                 let c = make(id);
                 t.live.push(Arc::downgrade(&c));
+                drop(t);
+                self.publish(false);
                 return Some(c);
             }
         }
