@@ -85,7 +85,7 @@ pub struct Boot {
     idle_spin_us: Option<u64>,
     control_path: String,
     state_dir: Option<String>,
-    bdevs: Vec<(String, u32, BdevState)>,
+    bdevs: BdevList,
 }
 
 /// The handover blob, written at pause time: descriptor indices and the connections'
@@ -143,7 +143,10 @@ pub fn create_region(
 
 /// The block devices of a target as a successor reopens them, and the memfds of the RAM
 /// devices (in the order their `fd` indices count).
-fn bdev_states(target: &Target) -> Result<(Vec<(String, u32, BdevState)>, Vec<OwnedFd>)> {
+/// Each namespace's (NQN, NSID, how to reopen its block device).
+type BdevList = Vec<(String, u32, BdevState)>;
+
+fn bdev_states(target: &Target) -> Result<(BdevList, Vec<OwnedFd>)> {
     let mut bdevs = Vec::new();
     let mut fds = Vec::new();
     for s in target.subsystems() {

@@ -249,8 +249,10 @@ fn a_queue_records_slots_and_sq_head_on_the_io_path_and_frees_its_record() {
     assert_eq!(img.queues.len(), 1);
     assert_eq!(img.queues[0].rec, rec);
     assert!(img.queues[0].busy.is_empty());
-    let mut sqe = Sqe::default();
-    sqe.cid = 0x1234;
+    let mut sqe = Sqe {
+        cid: 0x1234,
+        ..Sqe::default()
+    };
     let a = q.alloc(&sqe).expect("slot");
     sqe.cid = 0x99;
     let b = q.alloc(&sqe).expect("slot");
