@@ -323,7 +323,20 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
     let t0 = Instant::now();
     // Each reactor quiesces, and exports and freezes itself as soon as its connections
     // have drained: one round trip, however busy the machine.
-    let Some((tcp, fds)) = run.tcp.quiesce_and_export(1, DRAIN_TIMEOUT)? else {
+    let exported = match run.tcp.quiesce_and_export(1, DRAIN_TIMEOUT) {
+        Ok(x) => x,
+        Err(e) => {
+            // Some reactor could not export (a queue without a record, a descriptor that
+            // cannot be duplicated): serve on.
+            run.tcp.resume()?;
+            let _ = send_line!(
+                sock,
+                "REFUSE the running target cannot export its state: {e}"
+            );
+            bail!("upgrade abandoned: {e}; still serving");
+        }
+    };
+    let Some((tcp, fds)) = exported else {
         send_line!(
             sock,
             "REFUSE commands did not finish within {DRAIN_TIMEOUT:?}"
