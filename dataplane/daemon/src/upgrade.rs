@@ -746,12 +746,13 @@ fn adopt(
         "upgrade: steps (since HELLO)"
     );
     println!(
-        "lightpool-target {}: took over from {} (pid {}): {} connection(s), {} listener(s); pause {:.3} ms",
+        "lightpool-target {}: took over from {} (pid {}): {} connection(s), {} listener(s), {} command(s) held or receiving; pause {:.3} ms",
         crate::firmware_revision(),
         pause.version,
         pause.pid,
         pause.tcp.conns.len(),
         pause.tcp.listeners.len(),
+        pause.tcp.conns.iter().map(|(c, _, _)| c.commands()).sum::<usize>(),
         pause_t.as_secs_f64() * 1e3
     );
     std::io::stdout().flush().ok();

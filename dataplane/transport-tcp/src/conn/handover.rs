@@ -32,6 +32,11 @@ impl ConnSnapshot {
     pub fn queue_record(&self) -> u32 {
         self.queue.rec
     }
+
+    /// Commands received and not finished that travel with it.
+    pub fn commands(&self) -> usize {
+        self.queue.slots.len()
+    }
 }
 
 mod rxpos {
