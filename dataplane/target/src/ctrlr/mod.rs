@@ -121,6 +121,10 @@ impl Controller {
         let Some(region) = self.target.region().filter(|r| r.owned()) else {
             return;
         };
+        if let Err(e) = crate::region::Str::<254>::new("host NQN", &self.hostnqn) {
+            tracing::error!(cntlid = self.cntlid, error = %e, "controller not recorded in the state region: it cannot be handed over");
+            return;
+        }
         match region.alloc(crate::region::Kind::Controller) {
             Ok(i) => {
                 let _ = self.shm.set(i);

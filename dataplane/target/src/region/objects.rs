@@ -206,7 +206,7 @@ pub(crate) fn controller_rec(
         subsys,
         cntlid: c.cntlid,
         num_io_queues: r.num_io_queues,
-        // Connect checked the host NQN's length (at most 223 bytes).
+        // Controller::record refuses a record to a host NQN that does not fit.
         hostnqn: Str::new("host NQN", &c.hostnqn).unwrap_or(Str {
             len: 0,
             bytes: [0; 254],
