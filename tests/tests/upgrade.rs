@@ -288,6 +288,12 @@ fn both_sides_dying_after_let_go_recovers_from_the_region() {
             .write_verify_batch(&lbas, 4096, 7)
             .expect("write before");
     }
+    // A host still connected when both processes die: its controller and queues are in
+    // the region, and recovery reads, checks and reports them before dropping them.
+    let mut live = HostController::connect(s.addr, NQN, 2).expect("connect");
+    live.io[0]
+        .write_verify_batch(&[4096], 4096, 8)
+        .expect("write before");
     let b = release_binary("lightpool-target").expect("built");
     let (ok, out) = upgrade(&s.control, &b, &[("LIGHTPOOL_TEST_CRASH_AT", "after-bye")]);
     assert!(
@@ -314,6 +320,12 @@ fn both_sides_dying_after_let_go_recovers_from_the_region() {
     let p = HostProcess::spawn_listening("upgrade-recover-2", cmd, s.addr, Duration::from_secs(20))
         .expect("recovers");
     assert!(p.log().contains("recovered 1 subsystem"), "{}", p.log());
+    assert!(
+        p.log().contains("dropped 1 controller(s) and 3 queue(s)"),
+        "{}",
+        p.log()
+    );
+    drop(live);
     let mut c = HostController::connect(s.addr, NQN, 1).expect("hosts reconnect");
     c.io[0]
         .read_verify_batch(&lbas, 4096, 7)

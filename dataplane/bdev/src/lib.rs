@@ -281,6 +281,12 @@ pub trait Bdev: Send + Sync {
     /// this process's alone (until then an adopted device must leave the hardware as
     /// the predecessor may take it back).
     fn adopted(&self) {}
+    /// Whether [`Bdev::handover`] describes state that changes while serving (a VFIO
+    /// controller's queues), so it is taken only at pause time, on a drained target;
+    /// otherwise a successor may open the device before the pause.
+    fn handover_at_pause(&self) -> bool {
+        false
+    }
     /// Open an I/O channel for use on the calling thread only.
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError>;
 }

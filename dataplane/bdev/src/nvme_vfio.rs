@@ -341,6 +341,10 @@ impl Bdev for NvmeVfioBdev {
         self.shared.ctrl.take_ownership();
     }
 
+    fn handover_at_pause(&self) -> bool {
+        true
+    }
+
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
         let hw = thread_queue(&self.shared.ctrl)?;
         let inbox = Rc::new(RefCell::new(VecDeque::with_capacity(256)));

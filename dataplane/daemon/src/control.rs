@@ -69,14 +69,17 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
             run.layout
         )?;
     } else if line == "REACTORS" {
-        // What a successor needs to start its reactors before it asks for the state.
-        let cores: Vec<String> = run
-            .cores
-            .iter()
-            .map(|c| c.map_or("-".to_string(), |c| c.to_string()))
-            .collect();
-        let spin = run.idle_spin_us.map_or("-".to_string(), |v| v.to_string());
-        send_line!(w, "OK cores={} idle_spin_us={spin}", cores.join(","))?;
+        // What a successor needs before it asks for the state: how the reactors are laid
+        // out, the state region and the RAM devices' memfds.
+        match upgrade::reactors_answer(run) {
+            Ok((answer, fds)) => {
+                let raw: Vec<std::os::fd::RawFd> =
+                    fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+                let line = format!("{answer}\n");
+                crate::fdpass::send_with_fds(&stream, line.as_bytes(), &raw)?;
+            }
+            Err(e) => send_line!(w, "ERR {e:#}")?,
+        }
     } else if let Some(rest) = line.strip_prefix("ANA ") {
         let answer = match set_ana(run, rest) {
             Ok(()) => "OK".to_string(),

@@ -117,8 +117,11 @@ pub struct Running {
     pub control_path: String,
     /// State layout written at a handover.
     pub layout: u32,
-    /// Where RAM namespaces and the last handover's state region live, if anywhere.
+    /// Where RAM namespaces and the state region live, if anywhere.
     pub state_dir: Option<PathBuf>,
+    /// The state region: every object that must outlive this process is recorded here
+    /// as it is created.
+    pub region: Arc<lightpool_nvmf::region::Region>,
 }
 
 fn default_config() -> Config {
@@ -245,7 +248,11 @@ fn open_bdev(
     Ok(bdev)
 }
 
-fn build_target(cfg: &Config, state_dir: Option<&std::path::Path>) -> Result<Arc<Target>> {
+fn build_target(
+    cfg: &Config,
+    state_dir: Option<&std::path::Path>,
+    layout: u32,
+) -> Result<(Arc<Target>, Arc<lightpool_nvmf::region::Region>)> {
     let t = &cfg.target;
     let opts = TargetOptions {
         max_queue_depth: t.max_queue_depth,
@@ -256,6 +263,10 @@ fn build_target(cfg: &Config, state_dir: Option<&std::path::Path>) -> Result<Arc
         ..TargetOptions::default()
     };
     let target = Target::new(opts).map_err(|e| anyhow::anyhow!("target: {e}"))?;
+    let region = upgrade::create_region(&target.opts, state_dir, layout)?;
+    target
+        .attach_region(region.clone())
+        .map_err(|e| anyhow::anyhow!("state region: {e}"))?;
     for (si, s) in cfg.subsystems.iter().enumerate() {
         let mut sc = SubsystemConfig::new(&s.nqn);
         sc.serial = s.serial.clone();
@@ -278,7 +289,7 @@ fn build_target(cfg: &Config, state_dir: Option<&std::path::Path>) -> Result<Arc
             .add_subsystem(sc)
             .map_err(|e| anyhow::anyhow!("subsystem[{si}]: {e}"))?;
     }
-    Ok(target)
+    Ok((target, region))
 }
 
 /// Block SIGINT and SIGTERM in every thread (reactors inherit the mask) so the main
@@ -353,7 +364,7 @@ fn start(args: &Args, control_path: &str) -> Result<Running> {
         std::fs::create_dir_all(d)
             .with_context(|| format!("creating the state directory {}", d.display()))?;
     }
-    let target = build_target(&cfg, state_dir.as_deref())?;
+    let (target, region) = build_target(&cfg, state_dir.as_deref(), args.state_layout)?;
     let control = control::bind(control_path)?;
     let cores: Vec<Option<usize>> = if cfg.target.cores.is_empty() {
         vec![None; cfg.target.reactors]
@@ -403,7 +414,7 @@ fn start(args: &Args, control_path: &str) -> Result<Running> {
         );
     }
     println!("lightpool-target: control socket {control_path} (upgrade with: lightpool-target upgrade --binary NEW --control-socket {control_path})");
-    Ok(Running {
+    let run = Running {
         target,
         reactors,
         tcp,
@@ -413,7 +424,10 @@ fn start(args: &Args, control_path: &str) -> Result<Running> {
         control_path: control_path.to_string(),
         layout: args.state_layout,
         state_dir,
-    })
+        region,
+    };
+    upgrade::write_boot(&run)?;
+    Ok(run)
 }
 
 fn run(args: &Args, control_path: &str) -> Result<()> {

@@ -1,24 +1,38 @@
 //! Hot upgrade: the running target hands its state and every descriptor to a new binary
 //! over its control socket, and the new one carries on with the same connections.
 //!
+//! The state lives in the state region (`lightpool_nvmf::region`) from the start: a
+//! memfd, or `state.region` in the state directory. Before it asks for anything the new
+//! binary learns the reactors and receives the region and the RAM devices' memfds
+//! (REACTORS), maps the region, opens the block devices, rebuilds the subsystems and
+//! starts its reactors. Only then does it send HELLO; inside the pause it reads what
+//! changes while serving (controllers, queues, ANA states) from the region, and the
+//! little the region does not hold from the handover blob. Devices whose state changes
+//! while serving (a VFIO controller's queues) come only with STATE: a target with one
+//! does all of its preparation inside the pause.
+//!
 //! Protocol (lines over the Unix control socket; descriptors by SCM_RIGHTS):
 //!
 //! ```text
+//! new -> old   REACTORS
+//! old -> new   OK cores=.. idle_spin_us=.. fds=N  + region, RAM memfds, open files
 //! new -> old   HELLO <min layout> <max layout> <version>
 //! old -> new   REFUSE <reason>                      (layout unreadable; old keeps serving)
-//!           |  STATE <layout> <fd count>  + fds     (old has quiesced and frozen)
-//!              FDS + fds ...                        (further batches of descriptors)
+//!           |  STATE <layout> <fd count>  + fds     (old has quiesced and frozen; fd 0
+//!              FDS + fds ...                         is the region, its handover blob
+//!                                                    written; VFIO controllers' fds)
 //! new -> old   ADOPTED | REFUSE <reason>
 //! old -> new   BYE                                  (old exits; new starts polling)
 //! ```
 //!
 //! Until it says BYE the old process can always take back its frozen state and resume:
-//! when the new one refuses, dies (end of stream) or is too slow. After BYE the old one
-//! has let go for good; every acknowledged write is in the block devices (RAM devices
-//! live in memfds the new process maps), so nothing acknowledged is lost either way.
+//! when the new one refuses, dies (end of stream) or is too slow. The new one writes
+//! nothing into the region before BYE. After BYE the old one has let go for good; every
+//! acknowledged write is in the block devices (RAM devices live in memfds the new
+//! process maps), so nothing acknowledged is lost either way.
 
-use std::io::{BufReader, Read, Seek, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +41,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use lightpool_bdev::{
     Bdev, Handover, MallocBdev, NvmeVfioBdev, NvmeVfioHandover, UringBdev, UringOptions,
 };
-use lightpool_nvmf::state::TargetState;
+use lightpool_nvmf::region::objects;
+use lightpool_nvmf::region::{Blob, Region, RegionError};
 use lightpool_nvmf::{NvmfError, Target};
 use lightpool_transport_tcp::{TcpState, TcpTransport};
 use serde::{Deserialize, Serialize};
@@ -35,131 +50,281 @@ use serde::{Deserialize, Serialize};
 use crate::fdpass::{read_line, recv_with_fds, send_with_fds, FDS_PER_MESSAGE};
 use crate::Running;
 
-/// The layout of the state region this binary writes. 2: file namespaces carry their
-/// open descriptor, VFIO namespaces their controller state.
-pub const STATE_LAYOUT: u32 = 2;
+/// The layout of the state region this binary writes.
+pub const STATE_LAYOUT: u32 = lightpool_nvmf::region::LAYOUT;
 /// The layouts this binary can read.
-pub const READABLE_LAYOUTS: std::ops::RangeInclusive<u32> = 1..=2;
+pub const READABLE_LAYOUTS: std::ops::RangeInclusive<u32> = STATE_LAYOUT..=STATE_LAYOUT;
 
-const MAGIC: &[u8; 8] = b"LPSTATE\0";
-const HEADER: usize = 32;
 /// How long the old process waits for running commands to finish before it gives up.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the old process waits for the new one to adopt the state.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How the new process gets each namespace's block device.
-#[derive(Debug, Serialize, Deserialize)]
-enum BdevState {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum BdevState {
     Ram {
+        /// Index among the descriptors that come with the REACTORS answer (after the
+        /// region).
         fd: usize,
         block_size: u32,
         path: Option<String>,
     },
-    /// A file or block device: its open descriptor when handed over (absent in layout
-    /// 1, which reopened by path); `path` for recovery.
+    /// A file or block device: its open descriptor (index as for `Ram`), so the
+    /// successor serves the same file even if the path names another one by now;
+    /// `path` for recovery, which reopens it.
     File {
         path: String,
-        fd: Option<usize>,
+        fd: usize,
         block_size: u32,
         read_only: bool,
         direct: bool,
         queue_depth: u32,
     },
-    /// An NVMe namespace through VFIO: the controller's state and its descriptors.
-    Vfio {
-        state: Box<NvmeVfioHandover>,
-        fds: Vec<usize>,
-    },
+    /// An NVMe namespace through VFIO (`name`): its controller state and descriptors
+    /// come with STATE ([`Pause::vfio`]).
+    Vfio { name: String },
 }
 
-/// Layout 1, read when the running target is an older binary.
-mod v1;
-
-/// Everything in the region.
-#[derive(Debug, Serialize, Deserialize)]
-struct Snapshot {
-    layout: u32,
+/// The daemon's boot blob in the region: written when it starts serving (and by each
+/// successor once it has taken over); what a successor or `--recover` needs beyond the
+/// records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Boot {
     version: String,
     pid: u32,
     cores: Vec<Option<usize>>,
     idle_spin_us: Option<u64>,
     control_path: String,
+    state_dir: Option<String>,
+    bdevs: BdevList,
+}
+
+/// The handover blob, written at pause time: descriptor indices and the connections'
+/// pause-time parts (bytes read and not consumed, commands received and not finished).
+#[derive(Debug, Serialize, Deserialize)]
+struct Pause {
+    version: String,
+    pid: u32,
     control_fd: usize,
     stdout_fd: usize,
     stderr_fd: usize,
-    state_dir: Option<String>,
-    target: TargetState,
     tcp: TcpState,
-    bdevs: Vec<(String, u32, BdevState)>,
+    /// VFIO namespaces: (NQN, NSID, controller state, indices of their descriptors
+    /// among STATE's).
+    vfio: Vec<VfioPause>,
 }
 
-/// Name of the region file a handover leaves in the state directory.
+type VfioPause = (String, u32, Box<NvmeVfioHandover>, Vec<usize>);
+
+/// Name of the region file in the state directory.
 pub const REGION_FILE: &str = "state.region";
 
-fn write_region(snap: &Snapshot, layout: u32) -> Result<OwnedFd> {
-    let body = bincode::serialize(snap).context("encoding the state")?;
-    let mut hdr = [0u8; HEADER];
-    hdr[..8].copy_from_slice(MAGIC);
-    hdr[8..12].copy_from_slice(&layout.to_le_bytes());
-    hdr[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
-    hdr[24..28].copy_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    let name = std::ffi::CString::new("lightpool-state").expect("no NUL");
-    // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor.
-    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error()).context("creating the state region");
-    }
-    // SAFETY: raw is a new descriptor we own.
-    let mut f = unsafe { std::fs::File::from_raw_fd(raw) };
-    f.write_all(&hdr)?;
-    f.write_all(&body)?;
-    Ok(f.into())
+/// A new region for a target with these options: `state.region` in the state
+/// directory (so `--recover` finds it), or a memfd.
+pub fn create_region(
+    opts: &lightpool_nvmf::TargetOptions,
+    state_dir: Option<&std::path::Path>,
+    layout: u32,
+) -> Result<Arc<Region>> {
+    let (sizes, ropts) = objects::region_params(opts);
+    let file = match state_dir {
+        Some(dir) => {
+            // A fresh file, renamed over the old one only once laid out.
+            let tmp = dir.join(format!("{REGION_FILE}.new"));
+            let _ = std::fs::remove_file(&tmp);
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let r = Region::create(f, sizes, ropts, layout)?;
+            std::fs::rename(&tmp, dir.join(REGION_FILE))
+                .with_context(|| format!("renaming {}", tmp.display()))?;
+            return Ok(r);
+        }
+        None => {
+            let name = std::ffi::CString::new("lightpool-state").expect("no NUL");
+            // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor.
+            let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+            if raw < 0 {
+                return Err(std::io::Error::last_os_error()).context("creating the state region");
+            }
+            // SAFETY: raw is a new descriptor we own.
+            unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+        }
+    };
+    Ok(Region::create(file, sizes, ropts, layout)?)
 }
 
-/// Read and check a region: magic, a layout this binary reads, length and checksum.
-fn read_region(fd: OwnedFd) -> Result<Snapshot> {
-    let mut f = std::fs::File::from(fd);
-    f.rewind()?;
-    let mut hdr = [0u8; HEADER];
-    f.read_exact(&mut hdr)
-        .context("the state region is shorter than its header")?;
-    if &hdr[..8] != MAGIC {
-        bail!("the state region does not start with the LightPool magic");
+/// The block devices of a target as a successor reopens them, and the memfds of the RAM
+/// devices (in the order their `fd` indices count).
+/// Each namespace's (NQN, NSID, how to reopen its block device).
+type BdevList = Vec<(String, u32, BdevState)>;
+
+fn bdev_states(target: &Target) -> Result<(BdevList, Vec<OwnedFd>)> {
+    let mut bdevs = Vec::new();
+    let mut fds = Vec::new();
+    for s in target.subsystems() {
+        for n in s.namespaces() {
+            if n.bdev.handover_at_pause() {
+                bdevs.push((
+                    s.nqn.clone(),
+                    n.nsid,
+                    BdevState::Vfio {
+                        name: n.bdev.info().name.clone(),
+                    },
+                ));
+                continue;
+            }
+            let st = match n.bdev.handover() {
+                Handover::Ram {
+                    memfd,
+                    block_size,
+                    path,
+                } => {
+                    fds.push(dup(memfd)?);
+                    BdevState::Ram {
+                        fd: fds.len() - 1,
+                        block_size,
+                        path,
+                    }
+                }
+                Handover::File {
+                    path,
+                    fd,
+                    block_size,
+                    read_only,
+                    direct,
+                    queue_depth,
+                } => {
+                    fds.push(dup(fd)?);
+                    BdevState::File {
+                        path,
+                        fd: fds.len() - 1,
+                        block_size,
+                        read_only,
+                        direct,
+                        queue_depth,
+                    }
+                }
+                Handover::Vfio { .. } => {
+                    bail!(
+                        "namespace {} of {}: a VFIO device must report handover_at_pause",
+                        n.nsid,
+                        s.nqn
+                    )
+                }
+                Handover::Unsupported { reason } => {
+                    bail!(
+                        "namespace {} of {} cannot be handed over: {reason}",
+                        n.nsid,
+                        s.nqn
+                    )
+                }
+            };
+            bdevs.push((s.nqn.clone(), n.nsid, st));
+        }
     }
-    let layout = u32::from_le_bytes(hdr[8..12].try_into().expect("4 bytes"));
-    if !READABLE_LAYOUTS.contains(&layout) {
-        bail!(
-            "state layout {layout} cannot be read by this binary (it reads {READABLE_LAYOUTS:?})"
-        );
+    Ok((bdevs, fds))
+}
+
+/// The VFIO namespaces' pause-time state (the target is drained), their descriptors
+/// appended to `fds` (indices as `idx` numbers them).
+fn vfio_states(
+    target: &Target,
+    fds: &mut Vec<OwnedFd>,
+    idx: impl Fn(&mut Vec<OwnedFd>, OwnedFd) -> usize,
+) -> Result<Vec<VfioPause>> {
+    let mut out = Vec::new();
+    for s in target.subsystems() {
+        for n in s.namespaces() {
+            if !n.bdev.handover_at_pause() {
+                continue;
+            }
+            match n.bdev.handover() {
+                Handover::Vfio { state, fds: vfds } => {
+                    let ix = vfds.into_iter().map(|f| idx(fds, f)).collect();
+                    out.push((s.nqn.clone(), n.nsid, state, ix));
+                }
+                Handover::Unsupported { reason } => bail!(
+                    "namespace {} of {} cannot be handed over: {reason}",
+                    n.nsid,
+                    s.nqn
+                ),
+                _ => bail!(
+                    "namespace {} of {}: unexpected pause-time handover",
+                    n.nsid,
+                    s.nqn
+                ),
+            }
+        }
     }
-    let len = u64::from_le_bytes(hdr[16..24].try_into().expect("8 bytes"));
-    let crc = u32::from_le_bytes(hdr[24..28].try_into().expect("4 bytes"));
-    let mut body = Vec::new();
-    f.take(len).read_to_end(&mut body)?;
-    if body.len() as u64 != len || crc32c::crc32c(&body) != crc {
-        bail!("the state region is damaged (length or checksum does not match)");
-    }
-    let snap: Snapshot = if layout == 1 {
-        bincode::deserialize::<v1::Snapshot>(&body)
-            .context("decoding the state (layout 1)")?
-            .into()
-    } else {
-        bincode::deserialize(&body).context("decoding the state")?
+    Ok(out)
+}
+
+/// Write the boot blob of a serving target (at start, and after a takeover).
+pub fn write_boot(run: &Running) -> Result<()> {
+    let (bdevs, _) = bdev_states(&run.target)?;
+    let boot = Boot {
+        version: crate::firmware_revision().to_string(),
+        pid: std::process::id(),
+        cores: run.cores.clone(),
+        idle_spin_us: run.idle_spin_us,
+        control_path: run.control_path.clone(),
+        state_dir: run.state_dir.as_ref().map(|d| d.display().to_string()),
+        bdevs,
     };
-    Ok(snap)
+    let blob = bincode::serialize(&boot).context("encoding the boot blob")?;
+    run.region.write_blob(Blob::Boot, &blob)?;
+    Ok(())
+}
+
+fn read_boot(region: &Region) -> Result<Boot> {
+    let blob = region
+        .read_blob(Blob::Boot)?
+        .ok_or_else(|| anyhow!("the state region has no boot blob"))?;
+    bincode::deserialize(&blob).context("decoding the boot blob")
+}
+
+/// The REACTORS answer: what a successor needs before HELLO, and the descriptors that
+/// go with it (the region, then the RAM devices' memfds).
+pub fn reactors_answer(run: &Running) -> Result<(String, Vec<OwnedFd>)> {
+    let cores: Vec<String> = run
+        .cores
+        .iter()
+        .map(|c| c.map_or("-".to_string(), |c| c.to_string()))
+        .collect();
+    let spin = run.idle_spin_us.map_or("-".to_string(), |v| v.to_string());
+    let (_, mem) = bdev_states(&run.target)?;
+    let mut fds = vec![dup(run.region.fd())?];
+    fds.extend(mem);
+    if fds.len() > FDS_PER_MESSAGE {
+        bail!("more RAM and file devices than one message carries");
+    }
+    Ok((
+        format!(
+            "OK cores={} idle_spin_us={spin} fds={}",
+            cores.join(","),
+            fds.len()
+        ),
+        fds,
+    ))
 }
 
 /// Take a namespace's block device over. `take` hands out the descriptors that came
-/// with a handover (by index); without it (recovery from the state directory) a RAM
-/// device must live in the state directory and a file is reopened by path. A RAM device
-/// in the state directory is reattached by name, so the next handover and `--recover`
-/// know where it is.
+/// with REACTORS (RAM memfds, open files) by index, and `vfio` the VFIO controllers'
+/// state and descriptors that came with STATE; without them (recovery) a RAM device
+/// must live in the state directory and a file is reopened by path. A RAM device in the
+/// state directory is reattached by name, so the next handover and `--recover` know
+/// where it is.
 fn open_bdev(
     nqn: &str,
     nsid: u32,
     st: &BdevState,
     take: Option<&mut dyn FnMut(usize) -> Result<OwnedFd>>,
+    vfio: &mut Vec<(String, u32, Box<NvmeVfioHandover>, Vec<OwnedFd>)>,
 ) -> Result<Arc<dyn Bdev>> {
     let name = format!("ram{nsid}");
     Ok(match (st, take) {
@@ -204,21 +369,24 @@ fn open_bdev(
                 direct: *direct,
                 queue_depth: *queue_depth,
             };
-            match (fd, take) {
-                (Some(fd), Some(take)) => UringBdev::adopt(take(*fd)?, path, opts)
+            match take {
+                Some(take) => UringBdev::adopt(take(*fd)?, path, opts)
                     .with_context(|| format!("namespace {nsid} of {nqn}"))?,
-                _ => UringBdev::open(std::path::Path::new(path), opts)?,
+                None => UringBdev::open(std::path::Path::new(path), opts)?,
             }
         }
-        (BdevState::Vfio { state, fds }, Some(take)) => {
-            let fds = fds.iter().map(|&i| take(i)).collect::<Result<Vec<_>>>()?;
-            NvmeVfioBdev::adopt(state, fds).with_context(|| format!("namespace {nsid} of {nqn}"))?
+        (BdevState::Vfio { name }, _) => {
+            let Some(i) = vfio.iter().position(|(q, n, _, _)| q == nqn && *n == nsid) else {
+                bail!(
+                    "namespace {nsid} of {nqn} was the NVMe device {name} through VFIO, which \
+                     cannot be recovered without the process that drove it; start from the \
+                     configuration"
+                );
+            };
+            let (_, _, state, fds) = vfio.swap_remove(i);
+            NvmeVfioBdev::adopt(&state, fds)
+                .with_context(|| format!("namespace {nsid} of {nqn}"))?
         }
-        (BdevState::Vfio { state, .. }, None) => bail!(
-            "namespace {nsid} of {nqn} was the NVMe device {} through VFIO, which cannot be \
-             recovered without the process that drove it; start from the configuration",
-            state.controller.addr
-        ),
     })
 }
 
@@ -252,7 +420,20 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
     let t0 = Instant::now();
     // Each reactor quiesces, and exports and freezes itself as soon as its connections
     // have drained: one round trip, however busy the machine.
-    let Some((tcp, fds)) = run.tcp.quiesce_and_export(1, DRAIN_TIMEOUT)? else {
+    let exported = match run.tcp.quiesce_and_export(1, DRAIN_TIMEOUT) {
+        Ok(x) => x,
+        Err(e) => {
+            // Some reactor could not export (a queue without a record, a descriptor that
+            // cannot be duplicated): serve on.
+            run.tcp.resume()?;
+            let _ = send_line!(
+                sock,
+                "REFUSE the running target cannot export its state: {e}"
+            );
+            bail!("upgrade abandoned: {e}; still serving");
+        }
+    };
+    let Some((tcp, fds)) = exported else {
         send_line!(
             sock,
             "REFUSE commands did not finish within {DRAIN_TIMEOUT:?}"
@@ -293,7 +474,7 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
 }
 
 /// Descriptor 0 is the region, then listeners and connections (`fds`, exported with
-/// base 1), then the rest.
+/// base 1), then the rest. The handover blob goes into the region first.
 fn send_state(
     run: &Running,
     sock: &UnixStream,
@@ -307,78 +488,19 @@ fn send_state(
     let control_fd = idx(&mut fds, dup(&run.control)?);
     let stdout_fd = idx(&mut fds, dup(std::io::stdout().as_fd())?);
     let stderr_fd = idx(&mut fds, dup(std::io::stderr().as_fd())?);
-    let mut bdevs = Vec::new();
-    for s in run.target.subsystems() {
-        for n in s.namespaces() {
-            let st = match n.bdev.handover() {
-                Handover::Ram {
-                    memfd,
-                    block_size,
-                    path,
-                } => BdevState::Ram {
-                    fd: idx(&mut fds, dup(memfd)?),
-                    block_size,
-                    path,
-                },
-                Handover::File {
-                    path,
-                    fd,
-                    block_size,
-                    read_only,
-                    direct,
-                    queue_depth,
-                } => BdevState::File {
-                    path,
-                    fd: Some(idx(&mut fds, dup(fd)?)),
-                    block_size,
-                    read_only,
-                    direct,
-                    queue_depth,
-                },
-                Handover::Vfio { state, fds: vfds } => BdevState::Vfio {
-                    state,
-                    fds: vfds.into_iter().map(|f| idx(&mut fds, f)).collect(),
-                },
-                Handover::Unsupported { reason } => {
-                    bail!(
-                        "namespace {} of {} cannot be handed over: {reason}",
-                        n.nsid,
-                        s.nqn
-                    )
-                }
-            };
-            bdevs.push((s.nqn.clone(), n.nsid, st));
-        }
-    }
-    let snap = Snapshot {
-        layout: run.layout,
+    let vfio = vfio_states(&run.target, &mut fds, idx)?;
+    let pause = Pause {
         version: crate::firmware_revision().to_string(),
         pid: std::process::id(),
-        cores: run.cores.clone(),
-        idle_spin_us: run.idle_spin_us,
-        control_path: run.control_path.clone(),
         control_fd,
         stdout_fd,
         stderr_fd,
-        state_dir: run.state_dir.as_ref().map(|d| d.display().to_string()),
-        target: run.target.export_state(),
         tcp,
-        bdevs,
+        vfio,
     };
-    let region = write_region(&snap, run.layout)?;
-    if let Some(dir) = &run.state_dir {
-        // A copy that outlives both processes: `--recover` starts from it if the new
-        // one dies after the old one has let go.
-        let tmp = dir.join(format!("{REGION_FILE}.tmp"));
-        let mut src = std::fs::File::from(dup(&region)?);
-        src.rewind()?;
-        let mut dst =
-            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        std::io::copy(&mut src, &mut dst)?;
-        dst.sync_all()?;
-        std::fs::rename(&tmp, dir.join(REGION_FILE))?;
-    }
-    let mut all: Vec<RawFd> = vec![region.as_raw_fd()];
+    let blob = bincode::serialize(&pause).context("encoding the handover blob")?;
+    run.region.write_blob(Blob::Handover, &blob)?;
+    let mut all: Vec<RawFd> = vec![run.region.fd().as_raw_fd()];
     all.extend(fds.iter().map(|f| f.as_raw_fd()));
     let mut first = true;
     for chunk in all.chunks(FDS_PER_MESSAGE) {
@@ -393,28 +515,55 @@ fn send_state(
     Ok(())
 }
 
-/// New side: take over from the target serving `path`. On success the old process has
-/// exited and this one serves every connection it had.
-/// Cores, idle spin and the handles of reactors started ahead of a takeover.
-type Prestarted = (
-    Vec<Option<usize>>,
-    Option<u64>,
-    Vec<lightpool_reactor::ReactorHandle>,
-);
+/// What the new process prepares before HELLO: its reactors, and (when the running
+/// target's region is one it reads) the region mapped, the block devices open and the
+/// subsystems rebuilt.
+struct Prepared {
+    cores: Vec<Option<usize>>,
+    spin: Option<u64>,
+    reactors: Vec<lightpool_reactor::ReactorHandle>,
+    /// `None` when the region is not readable: HELLO goes out anyway and the running
+    /// target refuses it with its reason; or when it is deferred.
+    early: Option<Early>,
+    /// A target with VFIO namespaces is prepared inside the pause, once their state
+    /// has come with STATE: the region and the REACTORS descriptors wait here.
+    deferred: Option<(Arc<Region>, Vec<Option<OwnedFd>>)>,
+}
 
-/// Ask the running target how its reactors are laid out, and start ours the same way
-/// before the handover begins, so that starting threads is not part of the pause.
-fn prestart_reactors(path: &str) -> Result<Prestarted> {
-    let mut s = UnixStream::connect(path)
+struct Early {
+    region: Arc<Region>,
+    boot: Boot,
+    target: Arc<Target>,
+    config_gen: u64,
+    nqns: Vec<String>,
+}
+
+/// Ask the running target how its reactors are laid out and for its region, and do
+/// everything that does not need it quiesced: start reactors the same way, map the
+/// region, open the block devices, rebuild the subsystems and listeners.
+fn prepare(path: &str) -> Result<Prepared> {
+    let s = UnixStream::connect(path)
         .with_context(|| format!("cannot reach the running target at {path}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"REACTORS\n")?;
-    let line = read_line(&mut BufReader::new(&s))?.unwrap_or_default();
+    (&s).write_all(b"REACTORS\n")?;
+    let mut buf = [0u8; 4096];
+    let mut head = Vec::new();
+    let mut got = Vec::new();
+    while !head.contains(&b'\n') {
+        let (n, fds) = recv_with_fds(&s, &mut buf)?;
+        if n == 0 {
+            bail!("the running target closed the control connection without answering REACTORS");
+        }
+        head.extend_from_slice(&buf[..n]);
+        got.extend(fds);
+    }
+    let line = String::from_utf8_lossy(&head).trim_end().to_string();
     let rest = line
         .strip_prefix("OK ")
         .ok_or_else(|| anyhow!("unexpected answer to REACTORS: {line:?}"))?;
     let mut cores = Vec::new();
     let mut spin = None;
+    let mut nfds = 0usize;
     for kv in rest.split_whitespace() {
         match kv.split_once('=') {
             Some(("cores", v)) => {
@@ -427,38 +576,127 @@ fn prestart_reactors(path: &str) -> Result<Prestarted> {
                 }
             }
             Some(("idle_spin_us", v)) if v != "-" => spin = Some(v.parse()?),
+            Some(("fds", v)) => nfds = v.parse()?,
             _ => {}
         }
     }
     if cores.is_empty() {
         bail!("the running target reported no reactors");
     }
-    let reactors = crate::spawn_reactors(&cores, spin)?;
-    Ok((cores, spin, reactors))
-}
-
-pub fn take_over(path: &str) -> Result<Running> {
-    let (cores, spin, reactors) = prestart_reactors(path)?;
-    let stop = |reactors: &[lightpool_reactor::ReactorHandle]| {
-        for r in reactors {
-            r.stop();
+    while got.len() < nfds {
+        let (n, more) = recv_with_fds(&s, &mut buf)?;
+        if n == 0 && more.is_empty() {
+            bail!(
+                "the running target sent {} of {nfds} descriptors",
+                got.len()
+            );
+        }
+        got.extend(more);
+    }
+    let mut deferred = None;
+    let early = if got.is_empty() {
+        bail!("the running target sent no state region (it writes an older layout)");
+    } else {
+        let mut fds = got.into_iter();
+        let region_fd = fds.next().expect("checked not empty");
+        match Region::open(std::fs::File::from(region_fd)) {
+            Ok(region) => {
+                let bdev_fds: Vec<Option<OwnedFd>> = fds.map(Some).collect();
+                let boot = read_boot(&region)?;
+                if boot
+                    .bdevs
+                    .iter()
+                    .any(|(_, _, b)| matches!(b, BdevState::Vfio { .. }))
+                {
+                    deferred = Some((region, bdev_fds));
+                    None
+                } else {
+                    Some(prepare_target(region, bdev_fds, Vec::new())?)
+                }
+            }
+            Err(RegionError::Layout { found }) => {
+                tracing::warn!(
+                    layout = found,
+                    "the running target's state layout is not one this binary reads"
+                );
+                None
+            }
+            Err(e) => return Err(e).context("the running target's state region"),
         }
     };
-    match take_over_with(path, &cores, spin, reactors.clone()) {
+    let reactors = crate::spawn_reactors(&cores, spin)?;
+    Ok(Prepared {
+        cores,
+        spin,
+        reactors,
+        early,
+        deferred,
+    })
+}
+
+/// Open the block devices and rebuild subsystems and listeners from the region's
+/// records (no controllers yet: they are read inside the pause).
+fn prepare_target(
+    region: Arc<Region>,
+    mut bdev_fds: Vec<Option<OwnedFd>>,
+    mut vfio: Vec<(String, u32, Box<NvmeVfioHandover>, Vec<OwnedFd>)>,
+) -> Result<Early> {
+    let boot = read_boot(&region)?;
+    // Once in full, so the pages the pause reads are mapped already (the result may be
+    // stale or caught mid-write: it is read again inside the pause).
+    let _ = objects::read_image(&region, true);
+    let image = objects::read_image(&region, false)?;
+    let mut devs: Vec<(String, u32, Arc<dyn Bdev>)> = Vec::new();
+    let mut take = |i: usize| {
+        bdev_fds
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| anyhow!("block device descriptor {i} did not come with REACTORS"))
+    };
+    for (nqn, nsid, st) in &boot.bdevs {
+        let b = open_bdev(nqn, *nsid, st, Some(&mut take), &mut vfio)?;
+        devs.push((nqn.clone(), *nsid, b));
+    }
+    let (target, _) =
+        Target::import_state(&image.target, crate::firmware_revision(), |nqn, nsid| {
+            devs.iter()
+                .find(|(q, n, _)| q == nqn && *n == nsid)
+                .map(|(_, _, b)| b.clone())
+                .ok_or_else(|| {
+                    NvmfError::Invalid(format!("no block device handed over for {nqn} nsid {nsid}"))
+                })
+        })?;
+    Ok(Early {
+        nqns: image
+            .target
+            .subsystems
+            .iter()
+            .map(|s| s.nqn.clone())
+            .collect(),
+        config_gen: image.config_gen,
+        region,
+        boot,
+        target,
+    })
+}
+
+/// New side: take over from the target serving `path`. On success the old process has
+/// exited and this one serves every connection it had.
+pub fn take_over(path: &str) -> Result<Running> {
+    let p = prepare(path)?;
+    let reactors = p.reactors.clone();
+    match take_over_with(path, p) {
         Ok(r) => Ok(r),
         Err(e) => {
-            stop(&reactors);
+            for r in &reactors {
+                r.stop();
+            }
             Err(e)
         }
     }
 }
 
-fn take_over_with(
-    path: &str,
-    cores: &[Option<usize>],
-    spin: Option<u64>,
-    reactors: Vec<lightpool_reactor::ReactorHandle>,
-) -> Result<Running> {
+fn take_over_with(path: &str, p: Prepared) -> Result<Running> {
     let t0 = Instant::now();
     let sock = UnixStream::connect(path)
         .with_context(|| format!("cannot reach the running target at {path}"))?;
@@ -504,27 +742,7 @@ fn take_over_with(
     }
     let t_state = t0.elapsed();
     let mut fds: Vec<Option<OwnedFd>> = got.into_iter().map(Some).collect();
-    let snap = match fds[0]
-        .take()
-        .ok_or_else(|| anyhow!("no state region"))
-        .and_then(read_region)
-    {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = send_line!(w, "REFUSE {e:#}");
-            return Err(e.context("cannot read the running target's state"));
-        }
-    };
-    tracing::debug!(
-        state_ms = t_state.as_secs_f64() * 1e3,
-        "upgrade: state received"
-    );
-    if snap.cores != cores || snap.idle_spin_us != spin {
-        let why = "the reactors changed between REACTORS and HELLO";
-        let _ = send_line!(w, "REFUSE {why}");
-        bail!("{why}");
-    }
-    match adopt(snap, &mut fds, t0, &sock, reactors) {
+    match adopt(p, &mut fds, t0, t_state, &sock) {
         Ok(run) => Ok(run),
         Err(e) => {
             let _ = send_line!(w, "REFUSE {e:#}");
@@ -533,54 +751,113 @@ fn take_over_with(
     }
 }
 
+/// Whether two descriptors are the same file.
+fn same_file(a: &impl AsFd, b: &impl AsFd) -> Result<bool> {
+    let st = |f: &dyn AsFd| -> Result<(u64, u64)> {
+        // SAFETY: stat is plain data; fstat fills it for a descriptor we hold.
+        let mut s: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(f.as_fd().as_raw_fd(), &mut s) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok((s.st_dev, s.st_ino))
+    };
+    Ok(st(a)? == st(b)?)
+}
+
 fn adopt(
-    snap: Snapshot,
+    p: Prepared,
     fds: &mut [Option<OwnedFd>],
     t0: Instant,
+    t_state: Duration,
     sock: &UnixStream,
-    reactors: Vec<lightpool_reactor::ReactorHandle>,
 ) -> Result<Running> {
     let mut take = |i: usize| {
         fds.get_mut(i)
             .and_then(Option::take)
             .ok_or_else(|| anyhow!("descriptor {i} is missing"))
     };
-    let mut devs: Vec<(String, u32, Arc<dyn Bdev>)> = Vec::new();
-    for (nqn, nsid, st) in &snap.bdevs {
-        devs.push((
-            nqn.clone(),
-            *nsid,
-            open_bdev(nqn, *nsid, st, Some(&mut take))?,
-        ));
+    let region_fd = take(0).context("no state region")?;
+    let early = match (p.early, p.deferred) {
+        (Some(early), _) => early,
+        (None, Some((region, bdev_fds))) => {
+            // VFIO namespaces: their controllers' state came with STATE; open every
+            // device and rebuild the subsystems now.
+            if !same_file(&region_fd, &region.fd())? {
+                bail!("the running target handed over another state region than it announced");
+            }
+            let pause: Pause = bincode::deserialize(
+                &region
+                    .read_blob(Blob::Handover)?
+                    .ok_or_else(|| anyhow!("the running target wrote no handover blob"))?,
+            )
+            .context("decoding the handover blob")?;
+            let mut vfio = Vec::new();
+            for (nqn, nsid, st, ix) in pause.vfio {
+                let fds = ix.iter().map(|&i| take(i)).collect::<Result<Vec<_>>>()?;
+                vfio.push((nqn, nsid, st, fds));
+            }
+            prepare_target(region, bdev_fds, vfio)?
+        }
+        (None, None) => {
+            // Not prepared: the layout is one this binary does not read (the running
+            // target should have refused HELLO already).
+            Region::open(std::fs::File::from(region_fd))
+                .context("cannot read the running target's state")?;
+            bail!("the running target's state region could not be prepared");
+        }
+    };
+    if !same_file(&region_fd, &early.region.fd())? {
+        bail!("the running target handed over another state region than it announced");
     }
-    let (target, ctrlrs) =
-        Target::import_state(&snap.target, crate::firmware_revision(), |nqn, nsid| {
-            devs.iter()
-                .find(|(q, n, _)| q == nqn && *n == nsid)
-                .map(|(_, _, b)| b.clone())
-                .ok_or_else(|| {
-                    NvmfError::Invalid(format!("no block device handed over for {nqn} nsid {nsid}"))
-                })
-        })?;
+    let region = early.region;
+    let pause: Pause = bincode::deserialize(
+        &region
+            .read_blob(Blob::Handover)?
+            .ok_or_else(|| anyhow!("the running target wrote no handover blob"))?,
+    )
+    .context("decoding the handover blob")?;
+    if early.boot.cores != p.cores || early.boot.idle_spin_us != p.spin {
+        bail!("the reactors changed between REACTORS and HELLO");
+    }
+    let image = objects::read_image(&region, true)?;
+    let nqns: Vec<&String> = image.target.subsystems.iter().map(|s| &s.nqn).collect();
+    if nqns != early.nqns.iter().collect::<Vec<_>>() {
+        bail!("the running target's subsystems changed while this binary prepared");
+    }
+    if image.config_gen != early.config_gen {
+        tracing::info!(
+            "the configuration (ANA states) changed while this binary prepared; read again"
+        );
+    }
+    let target = early.target;
+    let ctrlrs = target.import_live(&image.with_controllers())?;
+    objects::bind(&target, &region, &image)?;
     let t_target = t0.elapsed();
-    // The reactors were started before HELLO (prestart_reactors).
-    let t_reactors = t0.elapsed();
-    let tcp = TcpTransport::adopt(target.clone(), reactors.clone(), &snap.tcp, fds)?;
+    let image = Arc::new(image);
+    let tcp = TcpTransport::adopt(
+        target.clone(),
+        p.reactors.clone(),
+        region.clone(),
+        image.clone(),
+        &pause.tcp,
+        fds,
+    )?;
     let t_adopt = t0.elapsed();
     let mut take = |i: usize| {
         fds.get_mut(i)
             .and_then(Option::take)
             .ok_or_else(|| anyhow!("descriptor {i} is missing"))
     };
-    let control = UnixListener::from(take(snap.control_fd)?);
-    let out = take(snap.stdout_fd)?;
-    let err = take(snap.stderr_fd)?;
+    let control = UnixListener::from(take(pause.control_fd)?);
+    let out = take(pause.stdout_fd)?;
+    let err = take(pause.stderr_fd)?;
 
     let mut w = sock;
     w.write_all(b"ADOPTED\n")?;
     let bye = read_line(&mut BufReader::new(sock))?;
     if bye.as_deref() != Some("BYE") {
-        for r in &reactors {
+        for r in &p.reactors {
             r.stop();
         }
         bail!("the running target did not let go ({bye:?}); it keeps serving");
@@ -590,29 +867,41 @@ fn adopt(
         // Test hook: die after the old process has let go; `--recover` must restore.
         std::process::abort();
     }
+    region.take_ownership();
     // The old process has let go: the devices are ours alone (an adopted VFIO
     // controller may now delete queues, unmap memory and shut down when dropped).
-    for (_, _, b) in &devs {
-        b.adopted();
+    for s in target.subsystems() {
+        for n in s.namespaces() {
+            n.bdev.adopted();
+        }
     }
+    let adopted: Vec<u32> = pause
+        .tcp
+        .conns
+        .iter()
+        .map(|(c, _, _)| c.queue_record())
+        .collect();
+    let swept = objects::sweep(&target, &region, &adopted);
     tcp.release()?;
     drop(ctrlrs);
-    let pause = t0.elapsed();
+    let pause_t = t0.elapsed();
     tracing::info!(
+        state_ms = t_state.as_secs_f64() * 1e3,
         target_ms = t_target.as_secs_f64() * 1e3,
-        reactors_ms = t_reactors.as_secs_f64() * 1e3,
         adopt_ms = t_adopt.as_secs_f64() * 1e3,
         bye_ms = t_bye.as_secs_f64() * 1e3,
+        swept,
         "upgrade: steps (since HELLO)"
     );
     println!(
-        "lightpool-target {}: took over from {} (pid {}): {} connection(s), {} listener(s); pause {:.3} ms",
+        "lightpool-target {}: took over from {} (pid {}): {} connection(s), {} listener(s), {} command(s) held or receiving; pause {:.3} ms",
         crate::firmware_revision(),
-        snap.version,
-        snap.pid,
-        snap.tcp.conns.len(),
-        snap.tcp.listeners.len(),
-        pause.as_secs_f64() * 1e3
+        pause.version,
+        pause.pid,
+        pause.tcp.conns.len(),
+        pause.tcp.listeners.len(),
+        pause.tcp.conns.iter().map(|(c, _, _)| c.commands()).sum::<usize>(),
+        pause_t.as_secs_f64() * 1e3
     );
     std::io::stdout().flush().ok();
     // From here on, log where the previous process logged.
@@ -621,45 +910,82 @@ fn adopt(
         libc::dup2(out.as_raw_fd(), 1);
         libc::dup2(err.as_raw_fd(), 2);
     }
-    Ok(Running {
+    let run = Running {
         target,
-        reactors,
+        reactors: p.reactors,
         tcp,
-        cores: snap.cores,
-        idle_spin_us: snap.idle_spin_us,
+        cores: early.boot.cores,
+        idle_spin_us: early.boot.idle_spin_us,
         control,
-        control_path: snap.control_path,
+        control_path: early.boot.control_path,
         layout: STATE_LAYOUT,
-        state_dir: snap.state_dir.map(std::path::PathBuf::from),
-    })
+        state_dir: early.boot.state_dir.map(std::path::PathBuf::from),
+        region,
+    };
+    if let Err(e) = write_boot(&run) {
+        tracing::warn!(error = format!("{e:#}"), "boot blob not rewritten");
+    }
+    Ok(run)
 }
 
-/// Start from the region a handover left in `dir`, after both processes died: the same
+/// Start from the region in `dir` after the processes that wrote it died: the same
 /// subsystems, namespaces (RAM data from the state directory's files), ANA states and
-/// listeners. Controllers and connections are gone with the processes; hosts reconnect.
+/// listeners, in a fresh region. Controllers and queues are read, checked and reported,
+/// then dropped: their connections died with the processes, and hosts reconnect.
 pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
     let path = dir.join(REGION_FILE);
-    let f = std::fs::File::open(&path)
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
         .with_context(|| format!("no state region to recover from at {}", path.display()))?;
-    let mut snap = read_region(f.into()).with_context(|| format!("reading {}", path.display()))?;
+    let old = Region::open(f).with_context(|| format!("reading {}", path.display()))?;
+    let boot = read_boot(&old).with_context(|| format!("reading {}", path.display()))?;
+    let mut image = objects::read_image(&old, true)
+        .with_context(|| format!("reading the records of {}", path.display()))?;
+    let in_flight: usize = image.queues.iter().map(|q| q.busy.len()).sum();
+    let dropped = (image.controllers.len(), image.queues.len());
+    tracing::info!(
+        controllers = image.controllers.len(),
+        queues = image.queues.len(),
+        commands_in_flight = in_flight,
+        writer_pid = old.owner_pid(),
+        "recovery: controller and queue records read and checked; dropped (their connections died with the processes)"
+    );
+    for q in &image.queues {
+        tracing::info!(
+            record = q.rec,
+            cntlid = q.stat.cntlid,
+            qid = q.stat.qid,
+            entries = q.stat.entries,
+            sqhd = q.sqhd,
+            in_flight = q.busy.len(),
+            rx_state = q.rx.kind,
+            "recovery: dropped queue"
+        );
+    }
     let mut devs: Vec<(String, u32, Arc<dyn Bdev>)> = Vec::new();
-    for (nqn, nsid, st) in &snap.bdevs {
-        devs.push((nqn.clone(), *nsid, open_bdev(nqn, *nsid, st, None)?));
+    for (nqn, nsid, st) in &boot.bdevs {
+        devs.push((
+            nqn.clone(),
+            *nsid,
+            open_bdev(nqn, *nsid, st, None, &mut Vec::new())?,
+        ));
     }
-    for s in &mut snap.target.subsystems {
-        s.controllers.clear();
-    }
-    snap.target.discovery_controllers.clear();
-    let listeners = std::mem::take(&mut snap.target.listeners);
+    image.controllers.clear();
+    let listeners = std::mem::take(&mut image.target.listeners);
     let (target, _) =
-        Target::import_state(&snap.target, crate::firmware_revision(), |nqn, nsid| {
+        Target::import_state(&image.target, crate::firmware_revision(), |nqn, nsid| {
             devs.iter()
                 .find(|(q, n, _)| q == nqn && *n == nsid)
                 .map(|(_, _, b)| b.clone())
                 .ok_or_else(|| NvmfError::Invalid(format!("no block device for {nqn} nsid {nsid}")))
         })?;
+    let region = create_region(&target.opts, Some(dir), STATE_LAYOUT)?;
+    drop(old);
+    target.attach_region(region.clone())?;
     let control = crate::control::bind(control_path)?;
-    let reactors = crate::spawn_reactors(&snap.cores, snap.idle_spin_us)?;
+    let reactors = crate::spawn_reactors(&boot.cores, boot.idle_spin_us)?;
     let tcp = TcpTransport::new(target.clone(), reactors.clone())?;
     for l in &listeners {
         let addr: std::net::SocketAddr = format!("{}:{}", l.traddr, l.trsvcid)
@@ -669,24 +995,29 @@ pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
         tcp.listen(addr)?;
     }
     println!(
-        "lightpool-target {}: recovered {} subsystem(s) from {} (left by {} pid {})",
+        "lightpool-target {}: recovered {} subsystem(s) from {} (left by {} pid {}); dropped {} controller(s) and {} queue(s)",
         crate::firmware_revision(),
-        snap.target.subsystems.len(),
+        image.target.subsystems.len(),
         path.display(),
-        snap.version,
-        snap.pid
+        boot.version,
+        boot.pid,
+        dropped.0,
+        dropped.1,
     );
-    Ok(Running {
+    let run = Running {
         target,
         reactors,
         tcp,
-        cores: snap.cores,
-        idle_spin_us: snap.idle_spin_us,
+        cores: boot.cores,
+        idle_spin_us: boot.idle_spin_us,
         control,
         control_path: control_path.to_string(),
         layout: STATE_LAYOUT,
         state_dir: Some(dir.to_path_buf()),
-    })
+        region,
+    };
+    write_boot(&run)?;
+    Ok(run)
 }
 
 #[cfg(test)]
@@ -696,41 +1027,6 @@ mod tests {
         AdminState, ContainerState, ControllerInfo, ControllerOptions, ControllerState, MemState,
         NamespaceInfo, QueueState,
     };
-
-    fn target_state() -> TargetState {
-        TargetState {
-            max_queue_depth: 128,
-            max_admin_queue_depth: 32,
-            max_io_queues: 4,
-            in_capsule_data_size: 8192,
-            max_transfer_size: 131072,
-            genctr: 3,
-            listeners: Vec::new(),
-            subsystems: Vec::new(),
-            discovery_controllers: Vec::new(),
-        }
-    }
-
-    fn snapshot(bdevs: Vec<(String, u32, BdevState)>) -> Snapshot {
-        Snapshot {
-            layout: STATE_LAYOUT,
-            version: "0.1.0".into(),
-            pid: 42,
-            cores: vec![Some(0), None],
-            idle_spin_us: None,
-            control_path: "/tmp/x.sock".into(),
-            control_fd: 1,
-            stdout_fd: 2,
-            stderr_fd: 3,
-            state_dir: None,
-            target: target_state(),
-            tcp: TcpState {
-                listeners: Vec::new(),
-                conns: Vec::new(),
-            },
-            bdevs,
-        }
-    }
 
     fn mem(iova: u64) -> MemState {
         MemState {
@@ -802,117 +1098,90 @@ mod tests {
         }
     }
 
-    /// The region carries file descriptors' indices and a VFIO controller's whole state
-    /// through encoding, checksum and decoding.
+    /// The boot blob carries file descriptors' indices, the handover blob a VFIO
+    /// controller's whole state, through encoding and decoding.
     #[test]
-    fn region_round_trip_with_file_and_vfio_namespaces() {
-        let snap = snapshot(vec![
-            (
-                "nqn.a".into(),
-                1,
-                BdevState::File {
-                    path: "/srv/a.img".into(),
-                    fd: Some(4),
-                    block_size: 4096,
-                    read_only: false,
-                    direct: true,
-                    queue_depth: 128,
-                },
-            ),
-            (
-                "nqn.a".into(),
-                2,
-                BdevState::Vfio {
-                    state: Box::new(vfio_state()),
-                    fds: vec![5, 6, 7, 8, 9, 10],
-                },
-            ),
-        ]);
-        let back = read_region(write_region(&snap, STATE_LAYOUT).expect("write")).expect("read");
+    fn blobs_round_trip_with_file_and_vfio_namespaces() {
+        let boot = Boot {
+            version: "0.1.0".into(),
+            pid: 42,
+            cores: vec![Some(0), None],
+            idle_spin_us: None,
+            control_path: "/tmp/x.sock".into(),
+            state_dir: None,
+            bdevs: vec![
+                (
+                    "nqn.a".into(),
+                    1,
+                    BdevState::File {
+                        path: "/srv/a.img".into(),
+                        fd: 4,
+                        block_size: 4096,
+                        read_only: false,
+                        direct: true,
+                        queue_depth: 128,
+                    },
+                ),
+                (
+                    "nqn.a".into(),
+                    2,
+                    BdevState::Vfio {
+                        name: "0000:00:04.0".into(),
+                    },
+                ),
+            ],
+        };
+        let back: Boot = bincode::deserialize(&bincode::serialize(&boot).unwrap()).unwrap();
         match &back.bdevs[0].2 {
             BdevState::File { fd, path, .. } => {
-                assert_eq!((*fd, path.as_str()), (Some(4), "/srv/a.img"))
+                assert_eq!((*fd, path.as_str()), (4, "/srv/a.img"))
             }
             other => panic!("{other:?}"),
         }
-        match &back.bdevs[1].2 {
-            BdevState::Vfio { state, fds } => {
-                assert_eq!(**state, vfio_state());
-                assert_eq!(fds, &[5, 6, 7, 8, 9, 10]);
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    /// A region written by a layout-1 binary (files reopened by path) still reads.
-    #[test]
-    fn layout_1_regions_are_read() {
-        let old = v1::Snapshot {
-            layout: 1,
-            version: "0.0.9".into(),
-            pid: 7,
-            cores: vec![None],
-            idle_spin_us: Some(50),
-            control_path: "/tmp/y.sock".into(),
+        assert!(matches!(&back.bdevs[1].2, BdevState::Vfio { name } if name == "0000:00:04.0"));
+        let pause = Pause {
+            version: "0.1.0".into(),
+            pid: 42,
             control_fd: 1,
             stdout_fd: 2,
             stderr_fd: 3,
-            state_dir: None,
-            target: target_state(),
             tcp: TcpState {
                 listeners: Vec::new(),
                 conns: Vec::new(),
             },
-            bdevs: vec![(
-                "nqn.b".into(),
-                1,
-                v1::BdevState::File {
-                    path: "/srv/b.img".into(),
-                    block_size: 512,
-                    read_only: true,
-                    direct: false,
-                    queue_depth: 64,
-                },
+            vfio: vec![(
+                "nqn.a".into(),
+                2,
+                Box::new(vfio_state()),
+                vec![5, 6, 7, 8, 9, 10],
             )],
         };
-        let body = bincode::serialize(&old).expect("encode");
-        let mut f = std::fs::File::from(memfd());
-        let mut hdr = [0u8; HEADER];
-        hdr[..8].copy_from_slice(MAGIC);
-        hdr[8..12].copy_from_slice(&1u32.to_le_bytes());
-        hdr[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
-        hdr[24..28].copy_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        f.write_all(&hdr).expect("write");
-        f.write_all(&body).expect("write");
-        let snap = read_region(f.into()).expect("layout 1 reads");
-        match &snap.bdevs[0].2 {
-            BdevState::File {
-                fd,
-                read_only,
-                path,
-                ..
-            } => assert_eq!((*fd, *read_only, path.as_str()), (None, true, "/srv/b.img")),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(snap.idle_spin_us, Some(50));
+        let back: Pause = bincode::deserialize(&bincode::serialize(&pause).unwrap()).unwrap();
+        let (nqn, nsid, state, fds) = &back.vfio[0];
+        assert_eq!((nqn.as_str(), *nsid), ("nqn.a", 2));
+        assert_eq!(**state, vfio_state());
+        assert_eq!(fds, &[5, 6, 7, 8, 9, 10]);
     }
 
+    /// Without the process that drove it, a VFIO namespace cannot be recovered: the
+    /// error says so and names the device.
     #[test]
-    fn unknown_layouts_are_refused() {
-        let snap = snapshot(Vec::new());
-        let e = read_region(write_region(&snap, 9).expect("write")).unwrap_err();
+    fn vfio_namespaces_are_not_recovered() {
+        let e = open_bdev(
+            "nqn.a",
+            2,
+            &BdevState::Vfio {
+                name: "0000:00:04.0".into(),
+            },
+            None,
+            &mut Vec::new(),
+        )
+        .err()
+        .expect("refused");
+        let e = format!("{e:#}");
         assert!(
-            e.to_string().contains("state layout 9 cannot be read"),
+            e.contains("0000:00:04.0") && e.contains("start from the configuration"),
             "{e}"
         );
-    }
-
-    fn memfd() -> OwnedFd {
-        let name = std::ffi::CString::new("upgrade-test").expect("no NUL");
-        // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: fd is new and ours.
-        unsafe { OwnedFd::from_raw_fd(fd) }
     }
 }

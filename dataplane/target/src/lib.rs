@@ -8,6 +8,7 @@
 pub mod buf;
 pub mod ctrlr;
 pub mod queue;
+pub mod region;
 pub mod state;
 pub mod subsystem;
 pub mod target;

@@ -21,6 +21,7 @@ use lightpool_spec::status::{generic, Status};
 
 use crate::buf::AlignedBuf;
 use crate::ctrlr::{Controller, QueueStats};
+use crate::region::{slot as rslot, QueueShm};
 use crate::subsystem::Namespace;
 use crate::target::Target;
 
@@ -187,6 +188,8 @@ pub struct NvmfQueue<T> {
     /// Hot upgrade: commands are received but not started.
     quiesced: bool,
     pub(crate) held: VecDeque<u16>,
+    /// This queue's record in the state region (plain stores; see `region`).
+    pub(crate) shm: Option<QueueShm>,
 }
 
 impl<T: Default> NvmfQueue<T> {
@@ -213,9 +216,16 @@ impl<T: Default> NvmfQueue<T> {
             stats: Arc::new(QueueStats::default()),
             quiesced: false,
             held: VecDeque::new(),
+            shm: None,
         };
+        q.shm = crate::region::objects::new_queue_record(&q.target);
         q.grow_slots(PRECONNECT_SLOTS);
         q
+    }
+
+    /// The queue's record in the state region, if it has one.
+    pub fn shm(&self) -> Option<&QueueShm> {
+        self.shm.as_ref()
     }
 
     pub(crate) fn grow_slots(&mut self, n: usize) {
@@ -271,6 +281,10 @@ impl<T: Default> NvmfQueue<T> {
         if self.entries > 0 {
             self.sqhd = (self.sqhd + 1) % self.entries;
         }
+        if let Some(m) = &self.shm {
+            m.set_slot(slot, rslot::ALLOCATED, sqe.cid);
+            m.set_sqhd(self.sqhd);
+        }
         Some(slot)
     }
 
@@ -301,6 +315,9 @@ impl<T: Default> NvmfQueue<T> {
         debug_assert!(r.state != SlotState::Free, "slot {slot} freed twice");
         r.state = SlotState::Free;
         self.free.push(slot);
+        if let Some(m) = &self.shm {
+            m.set_slot_state(slot, rslot::FREE);
+        }
     }
 
     /// Decide what data the command moves, from its opcode and SGL, and check it against
@@ -348,16 +365,26 @@ impl<T: Default> NvmfQueue<T> {
         if self.quiesced {
             self.slots[usize::from(slot)].state = SlotState::Held;
             self.held.push_back(slot);
+            if let Some(m) = &self.shm {
+                m.set_slot_state(slot, rslot::HELD);
+            }
             return Exec::Pending;
         }
         self.slots[usize::from(slot)].state = SlotState::Executing;
+        if let Some(m) = &self.shm {
+            m.set_slot_state(slot, rslot::EXECUTING);
+        }
         let sqe = self.slots[usize::from(slot)].sqe;
         let outcome = if sqe.opcode == nvme::admin_opcode::FABRICS {
-            self.exec_fabrics(slot, now)
+            let o = self.exec_fabrics(slot, now);
+            self.publish_record();
+            o
         } else if self.ctrlr.is_none() {
             Err(Status::generic(generic::COMMAND_SEQUENCE_ERROR).with_dnr())
         } else if self.qid == 0 {
-            self.exec_admin(slot, now)
+            let o = self.exec_admin(slot, now);
+            self.publish_record();
+            o
         } else {
             self.exec_io(slot)
         };
@@ -414,7 +441,23 @@ impl<T: Default> NvmfQueue<T> {
             self.finish(slot, Status::SUCCESS);
             n += 1;
         }
+        self.publish_aers();
         n
+    }
+
+    /// The controller's record, after an admin or fabrics command (control path).
+    fn publish_record(&mut self) {
+        if let Some(c) = &self.ctrlr {
+            c.publish();
+        }
+    }
+
+    fn publish_aers(&mut self) {
+        if let Some(c) = &self.ctrlr {
+            let slots = &self.slots;
+            c.set_aer_cids(self.aers.iter().map(|&s| slots[usize::from(s)].sqe.cid));
+            c.publish();
+        }
     }
 
     pub(crate) fn park_aer(&mut self, slot: u16) -> Result<Exec, Status> {
@@ -426,6 +469,13 @@ impl<T: Default> NvmfQueue<T> {
         }
         self.slots[usize::from(slot)].state = SlotState::Parked;
         self.aers.push(slot);
+        if let Some(m) = &self.shm {
+            m.set_slot_state(slot, rslot::PARKED);
+        }
+        if let Some(c) = &self.ctrlr {
+            let slots = &self.slots;
+            c.set_aer_cids(self.aers.iter().map(|&s| slots[usize::from(s)].sqe.cid));
+        }
         if self.ctrlr.as_ref().is_some_and(|c| c.has_events()) {
             self.deliver_events();
         }
@@ -469,10 +519,20 @@ impl<T: Default> NvmfQueue<T> {
         if qid == 0 {
             self.reset_keep_alive(now);
         }
+        self.publish_queue_static();
+    }
+
+    /// The checksummed part of the queue's record and its flags (creation, Connect,
+    /// Disconnect: never the I/O path).
+    pub(crate) fn publish_queue_static(&self) {
+        if let Some(m) = &self.shm {
+            crate::region::objects::write_queue_static(m, self);
+        }
     }
 
     pub(crate) fn set_disconnecting(&mut self) {
         self.state = QueueState::Disconnecting;
+        self.publish_queue_static();
     }
 
     pub(crate) fn slot_pending(&self, slot: u16) -> u16 {

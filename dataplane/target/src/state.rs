@@ -122,9 +122,9 @@ pub enum XferState {
     C2H { len: u32 },
 }
 
-const ST_ALLOCATED: u8 = 0;
-const ST_HELD: u8 = 1;
-const ST_PARKED: u8 = 2;
+pub(crate) const ST_ALLOCATED: u8 = 0;
+pub(crate) const ST_HELD: u8 = 1;
+pub(crate) const ST_PARKED: u8 = 2;
 
 fn ctrl_state(c: &Controller) -> ControllerState {
     let r = c.regs.lock().expect("ctrlr regs lock poisoned");
@@ -267,6 +267,36 @@ impl Target {
             ctrlrs.push(restore_ctrl(&disc, &target, c)?);
         }
         Ok((target, ctrlrs))
+    }
+}
+
+impl Target {
+    /// Into a target rebuilt from the same configuration (a hot upgrade prepares it
+    /// before the pause): what changes while it serves, read inside the pause. ANA
+    /// states and change counts, next controller IDs, the discovery generation counter
+    /// and every controller. Returns the controllers (keep them until their queues hold
+    /// them).
+    pub fn import_live(
+        self: &Arc<Self>,
+        st: &TargetState,
+    ) -> Result<Vec<Arc<Controller>>, NvmfError> {
+        self.set_discovery_genctr(st.genctr);
+        let mut ctrlrs = Vec::new();
+        for s in &st.subsystems {
+            let sub = self
+                .find_subsystem(&s.nqn)
+                .ok_or_else(|| NvmfError::NoSuchSubsystem(s.nqn.clone()))?;
+            sub.restore_ana(&s.ana_groups, s.ana_chgcnt);
+            sub.set_next_cntlid(s.next_cntlid);
+            for c in &s.controllers {
+                ctrlrs.push(restore_ctrl(&sub, self, c)?);
+            }
+        }
+        let disc = self.discovery_subsystem();
+        for c in &st.discovery_controllers {
+            ctrlrs.push(restore_ctrl(&disc, self, c)?);
+        }
+        Ok(ctrlrs)
     }
 }
 

@@ -112,6 +112,8 @@ pub struct Subsystem {
     ana_groups: Vec<AnaGroup>,
     ana_chgcnt: AtomicU64,
     controllers: Mutex<Controllers>,
+    /// Its records in the state region, if the target has one (locked while written).
+    pub(crate) shm: Mutex<Option<crate::region::objects::SubsysShm>>,
 }
 
 struct Controllers {
@@ -247,6 +249,7 @@ impl Subsystem {
                 next: cfg.min_cntlid,
                 live: Vec::new(),
             }),
+            shm: Mutex::new(None),
         }))
     }
 
@@ -268,6 +271,7 @@ impl Subsystem {
                 next: 1,
                 live: Vec::new(),
             }),
+            shm: Mutex::new(None),
         })
     }
 
@@ -319,6 +323,7 @@ impl Subsystem {
         let cnt = self.ana_chgcnt.fetch_add(1, Ordering::AcqRel) + 1;
         group.chgcnt.store(cnt, Ordering::Release);
         group.state.store(state, Ordering::Release);
+        self.publish(true);
         for c in self.controllers() {
             c.notify_ana_change();
         }
@@ -350,6 +355,8 @@ impl Subsystem {
             if !used {
                 let c = make(id);
                 t.live.push(Arc::downgrade(&c));
+                drop(t);
+                self.publish(false);
                 return Some(c);
             }
         }

@@ -1,7 +1,9 @@
 //! The target: every subsystem and listener this process serves.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use crate::region::Region;
 
 use crate::subsystem::{Subsystem, SubsystemConfig};
 use crate::transport::ListenerInfo;
@@ -84,6 +86,8 @@ pub struct Target {
     subsystems: RwLock<Vec<Arc<Subsystem>>>,
     listeners: RwLock<Vec<ListenerInfo>>,
     genctr: AtomicU64,
+    /// The state region everything is recorded in, once attached.
+    region: OnceLock<Arc<Region>>,
 }
 
 impl Target {
@@ -95,6 +99,7 @@ impl Target {
             subsystems: RwLock::new(Vec::new()),
             listeners: RwLock::new(Vec::new()),
             genctr: AtomicU64::new(1),
+            region: OnceLock::new(),
         }))
     }
 
@@ -106,6 +111,9 @@ impl Target {
         }
         subs.push(s.clone());
         drop(subs);
+        if let Some(r) = self.region() {
+            crate::region::objects::record_subsystem(r, &s)?;
+        }
         self.discovery_changed();
         Ok(s)
     }
@@ -160,11 +168,45 @@ impl Target {
     }
 
     pub fn add_listener(&self, l: ListenerInfo) {
+        if let Some(r) = self.region() {
+            if let Err(e) = crate::region::objects::record_listener(r, &l) {
+                tracing::error!(error = %e, "listener not recorded in the state region");
+            }
+        }
         self.listeners
             .write()
             .expect("listener lock poisoned")
             .push(l);
         self.discovery_changed();
+    }
+
+    /// The state region, if one is attached.
+    pub fn region(&self) -> Option<&Arc<Region>> {
+        self.region.get()
+    }
+
+    /// Record this target in a fresh region (owned by this process): every listener
+    /// and subsystem it has; what is created from now on is recorded as it is created.
+    pub fn attach_region(&self, region: Arc<Region>) -> Result<(), NvmfError> {
+        crate::region::objects::check_options(&region, &self.opts)?;
+        for l in self.listeners() {
+            crate::region::objects::record_listener(&region, &l)?;
+        }
+        for s in self.subsystems() {
+            crate::region::objects::record_subsystem(&region, &s)?;
+        }
+        region.set_discovery_genctr(self.discovery_genctr());
+        self.region
+            .set(region)
+            .map_err(|_| NvmfError::Invalid("a state region is already attached".into()))
+    }
+
+    /// Adoption: use the records of `region` this target was rebuilt from (see
+    /// `region::objects::bind`), without writing anything.
+    pub(crate) fn set_region(&self, region: Arc<Region>) -> Result<(), NvmfError> {
+        self.region
+            .set(region)
+            .map_err(|_| NvmfError::Invalid("a state region is already attached".into()))
     }
 
     pub fn listeners(&self) -> Vec<ListenerInfo> {
@@ -180,7 +222,11 @@ impl Target {
     }
 
     fn discovery_changed(&self) {
-        self.genctr.fetch_add(1, Ordering::AcqRel);
+        let g = self.genctr.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Some(r) = self.region() {
+            r.set_discovery_genctr(g);
+            r.bump_config_gen();
+        }
         for c in self.discovery.controllers() {
             c.notify_discovery_change();
         }

@@ -16,6 +16,8 @@ use lightpool_spec::tcp::{self as pdu, DataHeader, IcReq, IcResp, R2t};
 
 use crate::tx::{TxQueue, MAX_IOV};
 
+pub use handover::ConnSnapshot;
+
 /// Generic status 22h: Transient Transport Error, what a command whose data digest was
 /// wrong completes with (NVMe/TCP: a data digest error is not fatal to the connection).
 const TRANSIENT_TRANSPORT_ERROR: u8 = 0x22;
@@ -179,7 +181,11 @@ impl<S: Stream> Conn<S> {
         match self.phase {
             Phase::Active => {
                 if readable || self.rx_start < self.rx_end {
-                    work += self.receive(now);
+                    let received = self.receive(now);
+                    if received > 0 {
+                        self.publish_rx();
+                    }
+                    work += received;
                 }
                 work += self.q.poll(now);
                 work += self.collect_completions();
@@ -845,231 +851,12 @@ impl<S: Stream> Conn<S> {
     }
 }
 
-/// The receive state as a hot upgrade carries it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-enum RxSnap {
-    Ch,
-    Hdr {
-        ch: [u8; COMMON_HEADER_SIZE],
-    },
-    Pad {
-        left: u32,
-        sink: Sink,
-        data: u32,
-        ddgst: bool,
-    },
-    Data {
-        sink: Sink,
-        off: u32,
-        left: u32,
-        ddgst: bool,
-        crc: u32,
-    },
-    Ddgst {
-        sink: Sink,
-        have: u8,
-        crc: u32,
-        digest: [u8; 4],
-    },
-    Dead,
-}
-
-/// One connection as a hot upgrade carries it to the next binary: the negotiated
-/// parameters, where the receive state machine stands (with the bytes already read
-/// from the socket but not yet consumed), the queue, and each request's transport state.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ConnSnapshot {
-    pub peer: String,
-    params: Params,
-    rx: RxSnap,
-    hdr: Vec<u8>,
-    staged: Vec<u8>,
-    queue: lightpool_nvmf::state::QueueSnapshot,
-    tr: Vec<(u16, TcpReq)>,
-}
-
 impl<S: Stream> Conn<S> {
-    /// Stop starting commands (they are received and held); what runs finishes.
-    pub fn quiesce(&mut self) {
-        self.q.quiesce();
-    }
-
-    /// Start held commands and take new ones again.
-    pub fn resume(&mut self, now: Instant) {
-        self.q.resume(now);
-    }
-
-    /// Nothing running, nothing left to send, not closing: the state can be exported.
-    pub fn is_drained(&self) -> bool {
-        self.phase == Phase::Active && self.q.is_drained() && self.tx.is_empty()
-    }
-
-    /// Export a drained connection.
-    pub fn export(&self, now: Instant) -> ConnSnapshot {
-        let rx = match self.state {
-            Rx::Ch => RxSnap::Ch,
-            Rx::Hdr { ch, .. } => RxSnap::Hdr { ch: ch.to_bytes() },
-            Rx::Pad {
-                left,
-                sink,
-                data,
-                ddgst,
-            } => RxSnap::Pad {
-                left,
-                sink,
-                data,
-                ddgst,
-            },
-            Rx::Data {
-                sink,
-                off,
-                left,
-                ddgst,
-                crc,
-            } => RxSnap::Data {
-                sink,
-                off,
-                left,
-                ddgst,
-                crc,
-            },
-            Rx::Ddgst {
-                sink,
-                have,
-                crc,
-                digest,
-            } => RxSnap::Ddgst {
-                sink,
-                have,
-                crc,
-                digest,
-            },
-            Rx::Dead => RxSnap::Dead,
-        };
-        // Bytes of each request's buffer that hold data received so far.
-        let receiving = match self.state {
-            Rx::Data {
-                sink: Sink::Capsule { slot } | Sink::H2c { slot, .. },
-                off,
-                ..
-            } => Some((slot, off)),
-            Rx::Ddgst {
-                sink: Sink::Capsule { slot },
-                ..
-            } => None.or(Some((slot, u32::MAX))),
-            _ => None,
-        };
-        let queue = self.q.export_state(now, |slot, r| {
-            let full = match r.xfer {
-                Xfer::H2C { len, .. } => len as usize,
-                _ => 0,
-            };
-            if let Some((s, off)) = receiving {
-                if s == slot {
-                    return if off == u32::MAX { full } else { off as usize };
-                }
-            }
-            if r.tr.awaiting_h2c {
-                r.tr.h2c_received as usize
-            } else {
-                full
-            }
-        });
-        let tr = queue
-            .slots
-            .iter()
-            .map(|ss| (ss.index, self.q.req_ref(ss.index).tr))
-            .collect();
-        ConnSnapshot {
-            peer: self.peer.clone(),
-            params: self.p,
-            rx,
-            hdr: self.hdr[..self.hdr_have].to_vec(),
-            staged: self.rx[self.rx_start..self.rx_end].to_vec(),
-            queue,
-            tr,
-        }
-    }
-
-    /// Rebuild a connection in a new process around the socket it had. The queue starts
-    /// quiesced: call `resume` once this process owns the connection.
-    pub fn import(
-        s: S,
-        target: std::sync::Arc<Target>,
-        snap: &ConnSnapshot,
-        now: Instant,
-    ) -> Result<Conn<S>, lightpool_nvmf::NvmfError> {
-        let mut c = Conn::new(s, target.clone(), snap.peer.clone());
-        c.q = NvmfQueue::import_state(target, &snap.queue, now)?;
-        for (slot, tr) in &snap.tr {
-            if let Some(r) = c.q.try_req(*slot) {
-                r.tr = *tr;
-            }
-        }
-        c.p = snap.params;
-        let bad = |what: &str| {
-            lightpool_nvmf::NvmfError::Invalid(format!("connection {}: {what}", snap.peer))
-        };
-        if snap.hdr.len() > c.hdr.len() || snap.staged.len() > c.rx.len() {
-            return Err(bad("receive buffers larger than this binary's"));
-        }
-        c.hdr[..snap.hdr.len()].copy_from_slice(&snap.hdr);
-        c.hdr_have = snap.hdr.len();
-        c.rx[..snap.staged.len()].copy_from_slice(&snap.staged);
-        c.rx_start = 0;
-        c.rx_end = snap.staged.len();
-        c.state = match snap.rx {
-            RxSnap::Ch => Rx::Ch,
-            RxSnap::Hdr { ch } => {
-                let ch = CommonHeader::parse(&ch);
-                let t = PduType::try_from(ch.pdu_type)
-                    .map_err(|_| bad("header of an unknown PDU type"))?;
-                Rx::Hdr { ch, t }
-            }
-            RxSnap::Pad {
-                left,
-                sink,
-                data,
-                ddgst,
-            } => Rx::Pad {
-                left,
-                sink,
-                data,
-                ddgst,
-            },
-            RxSnap::Data {
-                sink,
-                off,
-                left,
-                ddgst,
-                crc,
-            } => Rx::Data {
-                sink,
-                off,
-                left,
-                ddgst,
-                crc,
-            },
-            RxSnap::Ddgst {
-                sink,
-                have,
-                crc,
-                digest,
-            } => Rx::Ddgst {
-                sink,
-                have,
-                crc,
-                digest,
-            },
-            RxSnap::Dead => Rx::Dead,
-        };
-        Ok(c)
-    }
-
     pub fn stream(&self) -> &S {
         &self.s
     }
 }
 
+mod handover;
 #[cfg(test)]
 mod tests;

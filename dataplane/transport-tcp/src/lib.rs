@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lightpool_nvmf::region::objects::RegionImage;
+use lightpool_nvmf::region::Region;
 use lightpool_nvmf::{ListenAddr, ListenerInfo, Target};
 use lightpool_reactor::{Ctx, Interest, PollStatus, Poller, ReactorHandle};
 
@@ -60,6 +62,9 @@ struct Local {
     /// Hot upgrade: nothing is read or written at all (the state was exported, or is
     /// adopted and not yet released by the previous process).
     frozen: bool,
+    /// Hot upgrade: the sockets are not watched while frozen (unread bytes would keep
+    /// the reactor from sleeping, and it shares its core with the other process).
+    unwatched: bool,
     /// Hot upgrade: export as soon as every connection has drained, and answer here.
     last_accept: Option<Instant>,
     export_when_drained:
@@ -404,6 +409,7 @@ impl TcpTransport {
         self.ask(|ctx, l| {
             l.frozen = false;
             l.quiesced = false;
+            rewatch(ctx, l);
             let now = ctx.now();
             for e in &mut l.conns {
                 e.conn.resume(now);
@@ -417,6 +423,8 @@ impl TcpTransport {
     pub fn adopt(
         target: Arc<Target>,
         reactors: Vec<ReactorHandle>,
+        region: Arc<Region>,
+        image: Arc<RegionImage>,
         st: &TcpState,
         fds: &mut [Option<OwnedFd>],
     ) -> Result<TcpTransport, TcpError> {
@@ -447,8 +455,15 @@ impl TcpTransport {
             let tx = tx.clone();
             let target = t.target.clone();
             let reactors = t.reactors.clone();
+            let region = region.clone();
+            let image = image.clone();
             r.send(move |ctx: &mut Ctx| {
-                LOCAL.with(|l| l.borrow_mut().frozen = true);
+                LOCAL.with(|l| {
+                    let mut l = l.borrow_mut();
+                    l.frozen = true;
+                    // Sockets are watched from release on (`resume`).
+                    unwatch(ctx, &mut l);
+                });
                 for listener in listeners {
                     let acceptor = Acceptor {
                         listener,
@@ -461,7 +476,7 @@ impl TcpTransport {
                 let now = Instant::now();
                 let mut res = Ok(());
                 for (stream, snap) in conns {
-                    match Conn::import(stream, target.clone(), &snap, now) {
+                    match Conn::import(stream, target.clone(), &region, &image, &snap, now) {
                         Ok(conn) => add_conn(ctx, conn, true),
                         Err(e) => res = Err(e.to_string()),
                     }
@@ -487,6 +502,7 @@ impl TcpTransport {
 /// Freeze this reactor's part of the transport and export it, with duplicated sockets.
 fn export_local(ctx: &mut Ctx, l: &mut Local) -> Result<Exported, std::io::Error> {
     l.frozen = true;
+    unwatch(ctx, l);
     let now = ctx.now();
     let mut ls = Vec::new();
     for a in &l.acceptors {
@@ -496,7 +512,7 @@ fn export_local(ctx: &mut Ctx, l: &mut Local) -> Result<Exported, std::io::Error
     let mut cs = Vec::new();
     for e in &l.conns {
         cs.push((
-            e.conn.export(now),
+            e.conn.export(now).map_err(std::io::Error::other)?,
             ctx.id(),
             e.conn.stream().as_fd().try_clone_to_owned()?,
         ));
@@ -504,11 +520,48 @@ fn export_local(ctx: &mut Ctx, l: &mut Local) -> Result<Exported, std::io::Error
     Ok((ls, cs))
 }
 
+/// Stop watching every socket of this reactor (it is frozen).
+fn unwatch(ctx: &mut Ctx, l: &mut Local) {
+    if !l.unwatched {
+        l.unwatched = true;
+        for e in &l.conns {
+            ctx.unregister_fd(e.fd);
+        }
+        for a in &l.acceptors {
+            ctx.unregister_fd(a.listener.as_raw_fd());
+        }
+    }
+}
+
+/// Watch every socket again (the reactor thaws).
+fn rewatch(ctx: &mut Ctx, l: &mut Local) {
+    if l.unwatched {
+        l.unwatched = false;
+        for e in &l.conns {
+            let interest = Interest {
+                readable: true,
+                writable: e.watching_write,
+            };
+            if let Err(err) = ctx.register_fd(e.fd, interest) {
+                tracing::error!(peer = %e.conn.peer, error = %err, "cannot watch a connection");
+            }
+        }
+        for a in &l.acceptors {
+            if let Err(e) = ctx.register_fd(a.listener.as_raw_fd(), Interest::READABLE) {
+                tracing::error!(error = %e, "cannot watch the listening socket");
+            }
+        }
+    }
+}
+
 fn add_conn(ctx: &mut Ctx, conn: Conn<TcpStream>, frozen: bool) {
     let fd = conn.stream().as_raw_fd();
-    if let Err(e) = ctx.register_fd(fd, Interest::READABLE) {
-        tracing::error!(peer = %conn.peer, error = %e, "cannot watch a connection");
-        return;
+    let unwatched = LOCAL.with(|l| l.borrow().unwatched);
+    if !unwatched {
+        if let Err(e) = ctx.register_fd(fd, Interest::READABLE) {
+            tracing::error!(peer = %conn.peer, error = %e, "cannot watch a connection");
+            return;
+        }
     }
     LOCAL.with(|l| {
         let mut l = l.borrow_mut();

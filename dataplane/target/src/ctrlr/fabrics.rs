@@ -122,6 +122,7 @@ impl<T: Default> NvmfQueue<T> {
                     )
                 })
                 .ok_or((Status::command_specific(cs::CONNECT_CONTROLLER_BUSY), 0))?;
+            ctrlr.record();
             tracing::info!(
                 subnqn,
                 hostnqn,

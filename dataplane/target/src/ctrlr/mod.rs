@@ -7,7 +7,7 @@ pub mod io;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use lightpool_spec::features::aen;
 use lightpool_spec::log::lid;
@@ -58,6 +58,8 @@ struct Events {
     queue: VecDeque<u32>,
     /// Notice events reported and not yet re-armed by reading their log page.
     masked: u32,
+    /// Command IDs of the outstanding Asynchronous Event Requests (for the region).
+    aer_cids: Vec<u16>,
 }
 
 /// One controller.
@@ -75,6 +77,8 @@ pub struct Controller {
     stats: Mutex<Vec<Arc<QueueStats>>>,
     /// Counts Keep Alive commands (a test can see the host is alive).
     pub keep_alives: AtomicU64,
+    /// Its record in the state region, if the target has one.
+    pub(crate) shm: OnceLock<u32>,
 }
 
 impl Controller {
@@ -107,7 +111,49 @@ impl Controller {
             events: Mutex::new(Events::default()),
             stats: Mutex::new(Vec::new()),
             keep_alives: AtomicU64::new(0),
+            shm: OnceLock::new(),
         })
+    }
+
+    /// Give a controller created by Connect its record in the state region (if the
+    /// target has one this process owns) and write it.
+    pub(crate) fn record(&self) {
+        let Some(region) = self.target.region().filter(|r| r.owned()) else {
+            return;
+        };
+        if let Err(e) = crate::region::Str::<254>::new("host NQN", &self.hostnqn) {
+            tracing::error!(cntlid = self.cntlid, error = %e, "controller not recorded in the state region: it cannot be handed over");
+            return;
+        }
+        match region.alloc(crate::region::Kind::Controller) {
+            Ok(i) => {
+                let _ = self.shm.set(i);
+                self.publish();
+            }
+            Err(e) => {
+                tracing::error!(cntlid = self.cntlid, error = %e, "controller not recorded in the state region: it cannot be handed over")
+            }
+        }
+    }
+
+    /// Rewrite this controller's record (control and admin paths only: it takes the
+    /// register and event locks, which also keep two writers of the record apart).
+    pub(crate) fn publish(&self) {
+        let (Some(region), Some(&i)) = (self.target.region(), self.shm.get()) else {
+            return;
+        };
+        let r = self.regs.lock().expect("ctrlr regs lock poisoned");
+        let ev = self.events.lock().expect("events lock poisoned");
+        let rec =
+            crate::region::objects::controller_rec(self, &r, &ev.queue, ev.masked, &ev.aer_cids);
+        region.write(crate::region::Kind::Controller, i, &rec);
+    }
+
+    /// The admin queue's outstanding Asynchronous Event Requests changed.
+    pub(crate) fn set_aer_cids(&self, cids: impl Iterator<Item = u16>) {
+        let mut ev = self.events.lock().expect("events lock poisoned");
+        ev.aer_cids.clear();
+        ev.aer_cids.extend(cids);
     }
 
     pub fn is_discovery(&self) -> bool {
@@ -128,6 +174,8 @@ impl Controller {
         if !self.failed.swap(true, Ordering::AcqRel) {
             let mut r = self.regs.lock().expect("ctrlr regs lock poisoned");
             r.csts |= csts::CFS;
+            drop(r);
+            self.publish();
         }
     }
 
@@ -167,6 +215,8 @@ impl Controller {
         ev.masked |= mask;
         ev.queue.push_back(aen::dw0(aen::NOTICE, info, log_page));
         self.events_pending.store(true, Ordering::Release);
+        drop(ev);
+        self.publish();
     }
 
     pub fn notify_ana_change(&self) {
@@ -238,9 +288,20 @@ impl Controller {
         if let Some(s) = r.io_queues.get_mut(usize::from(qid).wrapping_sub(1)) {
             *s = false;
         }
+        drop(r);
+        self.publish();
     }
 
     pub(crate) fn unregister(&self) {
         self.subsys.unregister_controller(self.cntlid);
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let (Some(region), Some(&i)) = (self.target.region(), self.shm.get()) {
+            // A no-op in a successor that does not own the region yet.
+            region.free(crate::region::Kind::Controller, i);
+        }
     }
 }
