@@ -7,6 +7,7 @@
 #   perf/bench.sh                  (builds both binaries with --release first)
 #   T=10 WARMUP=2 REPS=3 perf/bench.sh
 #   CASES="randread:4096:32" perf/bench.sh
+#   RAM_SIZE=2MiB perf/bench.sh    (namespace and limit data in the cache)
 #   TARGET_BIN=/path/to/other/lightpool-target perf/bench.sh
 #
 # A run during which another process held core 0 or 1 for more than MAX_PREEMPT
@@ -30,6 +31,10 @@ BIN=target/release
 
 cargo build --release -q -p lightpool-daemon -p lightpool-perf -p hugepage-setup
 mkdir -p "$OUT"
+# The namespace's size; the limit's server sends from (and stores to) a buffer as large
+# (`--data-span`), so both sides pay the same memory traffic. RAM_SIZE=2MiB keeps both
+# in the cache; LIMIT_SPAN=0 gives the limit one cache-hot buffer whatever the size.
+RAM_SIZE=${RAM_SIZE:-1GiB}
 # The RAM namespace lives in 2 MiB huge pages (HUGEPAGES=0: ordinary 4 KiB pages), as
 # SPDK's malloc bdev does: random reads over 1 GiB would otherwise miss the TLB on
 # nearly every block.
@@ -50,7 +55,7 @@ nqn = "nqn.2024-01.io.lightpool:bench"
 
 [[subsystem.namespace]]
 nsid = 1
-ram = "1GiB"
+ram = "$RAM_SIZE"
 block_size = 512
 hugepages = $HP
 EOF
@@ -117,6 +122,7 @@ run() { # name workload size depth kind rep
         d0=0; d1=0
         if [[ $5 == limit ]]; then
             "$BIN/lightpool-perf" limit --server-core "$TARGET_CORE" -c "$PERF_CORE" \
+                --data-span "${LIMIT_SPAN:-$RAM_SIZE}" \
                 -w "$2" -o "$3" -q "$4" -t "$T" --warmup "$WARMUP" --json > "$f" || true
         else
             d0=$(reactor_delay)

@@ -55,6 +55,12 @@ pub struct LimitArgs {
     /// Most data per H2CData PDU (what the target's ICResp would announce).
     #[arg(long, default_value = "131072", value_parser = parse_size_u64)]
     pub maxh2cdata: u64,
+    /// The server sends read data from, and copies write data to, random places in a
+    /// buffer this large (e.g. 1GiB, in huge pages when the system has them free), as
+    /// a target serving a RAM namespace of that size must; the default (0) is one
+    /// I/O-sized buffer, always in the cache: the transport alone.
+    #[arg(long, default_value = "0", value_parser = parse_size_u64)]
+    pub data_span: u64,
     #[command(flatten)]
     pub w: WorkloadArgs,
     #[command(flatten)]
@@ -97,12 +103,87 @@ enum Rx {
 }
 
 /// The PDU framing both ends share: gathers headers, skips payload (computing the
-/// data digest when on), and hands each complete unit to `on`.
+/// data digest when on; on the server, copying write data into the span when there is
+/// one), and hands each complete unit to `on`.
 struct Framer {
     rx: Box<[u8]>,
     hdr: [u8; MAX_HEADER_BUF],
     have: usize,
     state: Rx,
+    /// Server with `--data-span`: where write payload goes, and where the current one
+    /// is going.
+    store: Option<Store>,
+    store_at: usize,
+    rng: u64,
+}
+
+/// The span write data is copied into (base, length).
+#[derive(Clone, Copy)]
+struct Store(*mut u8, usize);
+
+// SAFETY: only the server's framers have one, and they live and die on the server's
+// thread, which also owns the span; a client's framer (moved to its worker) has none.
+unsafe impl Send for Store {}
+
+/// The server's data: one I/O-sized buffer, or `--data-span` bytes (mapped once,
+/// touched in full before the run, in huge pages when possible).
+struct Span {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Span {
+    fn new(len: usize) -> Span {
+        let len = len.max(1).next_multiple_of(2 << 20);
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        // SAFETY: fresh anonymous mappings; nothing else is affected.
+        let mut ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                anon | libc::MAP_HUGETLB,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            // SAFETY: as above; transparent huge pages where the system gives them.
+            ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, anon, -1, 0) };
+            assert!(
+                ptr != libc::MAP_FAILED,
+                "cannot map {len} bytes for the limit's data"
+            );
+            // SAFETY: advice on the mapping just made.
+            unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
+        }
+        let ptr = ptr.cast::<u8>();
+        // SAFETY: the mapping is `len` bytes, ours, and written before any read.
+        unsafe { std::ptr::write_bytes(ptr, 0xA5, len) };
+        Span { ptr, len }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: mapped and initialised in `new`, unmapped only in Drop.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`; no slice of it outlives `self`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// A random `align`-aligned offset where `len` bytes fit in `span` (xorshift).
+fn place(rng: &mut u64, span: usize, len: usize, align: usize) -> usize {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let slots = (span.saturating_sub(len) / align.max(1)) + 1;
+    (*rng % slots as u64) as usize * align.max(1)
 }
 
 enum Unit<'a> {
@@ -117,6 +198,9 @@ impl Framer {
             hdr: [0u8; MAX_HEADER_BUF],
             have: 0,
             state: Rx::Hdr,
+            store: None,
+            store_at: 0,
+            rng: 0x9E37_79B9_7F4A_7C15,
         }
     }
 
@@ -173,6 +257,14 @@ impl Framer {
                         self.have = 0;
                         let next = on(Unit::Header(ch, &self.hdr[..hlen]));
                         if let Some(what) = next {
+                            if let (
+                                Some(Store(_, span)),
+                                Payload::Capsule { .. } | Payload::H2c { .. },
+                            ) = (self.store, what)
+                            {
+                                let len = ch.data_len() as usize;
+                                self.store_at = place(&mut self.rng, span, len, 4096);
+                            }
                             self.state = Rx::Body {
                                 what,
                                 pad: ch.padding_len(),
@@ -196,6 +288,24 @@ impl Framer {
                     let k = (data as usize).min(n - at);
                     if digest > 0 {
                         crc = pdu::crc32c_append(crc, &self.rx[at..at + k]);
+                    }
+                    if let (
+                        Some(Store(base, span)),
+                        Payload::Capsule { .. } | Payload::H2c { .. },
+                    ) = (self.store, what)
+                    {
+                        // Write data lands in memory, as in a RAM namespace.
+                        let k = k.min(span.saturating_sub(self.store_at));
+                        // SAFETY: `store_at + k` stays inside the span (clamped above),
+                        // which outlives the connection; the source is our rx buffer.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                self.rx[at..].as_ptr(),
+                                base.add(self.store_at),
+                                k,
+                            )
+                        };
+                        self.store_at += k;
                     }
                     data -= k as u32;
                     at += k;
@@ -255,9 +365,12 @@ struct SrvConn {
 }
 
 /// Serves up to `n` connections from `l` until `stop`: the stand-in target.
-fn serve(l: TcpListener, n: usize, w: Wire, data_len: usize, stop: &AtomicBool) {
+fn serve(l: TcpListener, n: usize, w: Wire, data_len: usize, data_span: usize, stop: &AtomicBool) {
     use std::os::fd::AsRawFd;
-    let data = vec![0xA5u8; data_len.max(1)];
+    let spanned = data_span > data_len;
+    let span = Span::new(if spanned { data_span } else { data_len });
+    let data = span.as_slice();
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut cs: Vec<SrvConn> = Vec::with_capacity(n);
     // Read only what epoll says is ready (see crate::readiness); write whatever is
     // queued, each connection's answers in one writev.
@@ -273,9 +386,14 @@ fn serve(l: TcpListener, n: usize, w: Wire, data_len: usize, stop: &AtomicBool) 
                     if ok.is_err() || rd.add(s.as_raw_fd(), cs.len() as u64).is_err() {
                         continue;
                     }
+                    let mut f = Framer::new();
+                    if spanned {
+                        f.store = Some(Store(span.ptr, span.len));
+                        f.rng ^= (cs.len() as u64 + 1).wrapping_mul(0x9E37_79B9);
+                    }
                     cs.push(SrvConn {
                         s,
-                        f: Framer::new(),
+                        f,
                         tx: TxQueue::new(4096),
                         open: true,
                     });
@@ -296,7 +414,7 @@ fn serve(l: TcpListener, n: usize, w: Wire, data_len: usize, stop: &AtomicBool) 
                 continue;
             }
             if !ready[i] {
-                if !c.tx.is_empty() && flush(&mut c.s, &mut c.tx, &data).is_err() {
+                if !c.tx.is_empty() && flush(&mut c.s, &mut c.tx, data).is_err() {
                     c.open = false;
                 }
                 continue;
@@ -340,9 +458,16 @@ fn serve(l: TcpListener, n: usize, w: Wire, data_len: usize, stop: &AtomicBool) 
                                     &mut h,
                                 );
                                 tx.push_header(h, hl);
-                                tx.push_data(0, 0, len);
+                                let off = if spanned {
+                                    place(&mut rng, data.len(), len as usize, 4096)
+                                } else {
+                                    0
+                                };
+                                tx.push_data(0, off as u32, len);
                                 if w.ddgst {
-                                    tx.push_bytes(&pdu::data_digest(&data[..len as usize]));
+                                    tx.push_bytes(&pdu::data_digest(
+                                        &data[off..off + len as usize],
+                                    ));
                                 }
                                 push_resp(tx, sqe.cid, w);
                             } else if sqe.opcode == io_opcode::WRITE {
@@ -387,7 +512,7 @@ fn serve(l: TcpListener, n: usize, w: Wire, data_len: usize, stop: &AtomicBool) 
                     continue;
                 }
             }
-            if flush(&mut c.s, &mut c.tx, &data).is_err() {
+            if flush(&mut c.s, &mut c.tx, data).is_err() {
                 c.open = false;
             }
         }
@@ -615,6 +740,7 @@ fn start_server(
     n: usize,
     w: Wire,
     io_size: u32,
+    data_span: usize,
     core: Option<usize>,
     stop: Arc<AtomicBool>,
 ) -> Result<(SocketAddr, thread::JoinHandle<Option<Duration>>), PerfError> {
@@ -628,7 +754,7 @@ fn start_server(
             }
             let _ = l.set_nonblocking(true);
             let d0 = crate::engine::run_delay();
-            serve(l, n, w, io_size as usize, &stop);
+            serve(l, n, w, io_size as usize, data_span, &stop);
             match (d0, crate::engine::run_delay()) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a)),
                 _ => None,
@@ -672,6 +798,7 @@ pub fn main(a: &LimitArgs) -> i32 {
         cores.len() * per_core,
         w,
         job.io_size,
+        usize::try_from(a.data_span).unwrap_or(usize::MAX),
         a.server_core,
         stop.clone(),
     ) {
@@ -759,10 +886,14 @@ mod tests {
     /// writes, reads, digests).
     #[test]
     fn raw_loop_completes_every_kind() {
-        for &(digest, io, in_capsule) in &[
-            (false, 4096u32, 8192u32),
-            (true, 16384, 8192),
-            (true, 4096, 0),
+        // The last two with a data span: reads from, and writes into, random places of
+        // an 8 MiB buffer (digests computed over the right bytes).
+        for &(digest, io, in_capsule, span) in &[
+            (false, 4096u32, 8192u32, 0usize),
+            (true, 16384, 8192, 0),
+            (true, 4096, 0, 0),
+            (true, 4096, 8192, 8 << 20),
+            (true, 16384, 0, 8 << 20),
         ] {
             let w = Wire {
                 hdgst: digest,
@@ -771,7 +902,7 @@ mod tests {
                 maxh2cdata: 8192,
             };
             let stop = Arc::new(AtomicBool::new(false));
-            let (addr, server) = start_server(1, w, io, None, stop.clone()).expect("server");
+            let (addr, server) = start_server(1, w, io, span, None, stop.clone()).expect("server");
             let s = TcpStream::connect(addr).expect("connect");
             s.set_nonblocking(true).expect("nonblocking");
             let mut q = RawQueue::new(s, w, 4, io);
