@@ -188,6 +188,9 @@ pub struct NvmfQueue<T> {
     /// Hot upgrade: commands are received but not started.
     quiesced: bool,
     pub(crate) held: VecDeque<u16>,
+    /// While [`NvmfQueue::execute_write_from`] runs: the write's data, still in the
+    /// transport's receive buffer (start, length).
+    pub(crate) direct_data: Option<(*const u8, usize)>,
     /// This queue's record in the state region (plain stores; see `region`).
     pub(crate) shm: Option<QueueShm>,
 }
@@ -216,6 +219,7 @@ impl<T: Default> NvmfQueue<T> {
             stats: Arc::new(QueueStats::default()),
             quiesced: false,
             held: VecDeque::new(),
+            direct_data: None,
             shm: None,
         };
         q.shm = crate::region::objects::new_queue_record(&q.target);
@@ -357,6 +361,31 @@ impl<T: Default> NvmfQueue<T> {
     /// The next request whose response can be sent, in completion order.
     pub fn next_done(&mut self) -> Option<u16> {
         self.done.pop_front()
+    }
+
+    /// Run a Write whose data is `data` (in the transport's receive buffer, say) without
+    /// first copying it into the request's buffer, when the namespace is RAM: the data
+    /// goes straight to the device. `None` (nothing done) when that does not apply
+    /// (another command, another device, a quiesced queue): then the caller puts the
+    /// data in the buffer and calls [`NvmfQueue::execute`].
+    pub fn execute_write_from(&mut self, slot: u16, data: &[u8], now: Instant) -> Option<Exec> {
+        let sqe = &self.slots[usize::from(slot)].sqe;
+        if self.quiesced || self.qid == 0 || sqe.opcode != nvme::io_opcode::WRITE {
+            return None;
+        }
+        let idx = (sqe.nsid as usize).wrapping_sub(1);
+        let ram = self
+            .namespaces
+            .get(idx)
+            .and_then(Option::as_ref)
+            .is_some_and(|n| n.mem.is_some());
+        if !ram {
+            return None;
+        }
+        self.direct_data = Some((data.as_ptr(), data.len()));
+        let e = self.execute(slot, now);
+        self.direct_data = None;
+        Some(e)
     }
 
     /// Run a command whose host-to-controller data (if any) is in its buffer. While

@@ -412,6 +412,18 @@ impl<S: Stream> Conn<S> {
                     ddgst,
                     crc,
                 } => {
+                    // A whole in-capsule write, no digest, staged in full: a RAM
+                    // namespace takes it from here, without the copy into the request.
+                    if let (Sink::Capsule { slot }, 0, false) = (sink, off, ddgst) {
+                        if left as usize <= avail {
+                            let data = &self.rx[self.rx_start..self.rx_start + left as usize];
+                            if self.q.execute_write_from(slot, data, now).is_some() {
+                                self.rx_start += left as usize;
+                                self.next_pdu();
+                                continue;
+                            }
+                        }
+                    }
                     let n = (left as usize).min(avail);
                     let src = &self.rx[self.rx_start..self.rx_start + n];
                     let crc = if ddgst {

@@ -138,10 +138,24 @@ impl<T: Default> NvmfQueue<T> {
                         if let Some(mem) = self.namespaces[idx].as_ref().and_then(|n| n.mem) {
                             // RAM: copied in now, no channel round trip.
                             let len = (nlb as usize) << shift;
-                            let data = self.req(slot).buf(len);
+                            let data: &[u8] = match self.direct_data {
+                                // SAFETY: set by execute_write_from for the length of
+                                // this call from a slice it borrows; data_len_for checked
+                                // it holds `len` bytes (the SGL length it carries).
+                                Some((p, n)) => unsafe {
+                                    std::slice::from_raw_parts(p, n.min(len))
+                                },
+                                None => self.req(slot).buf(len),
+                            };
+                            if data.len() < len {
+                                return Err(
+                                    Status::generic(generic::DATA_SGL_LENGTH_INVALID).with_dnr()
+                                );
+                            }
                             // SAFETY: the namespace (and so the device) outlives this
-                            // call; the request buffer is the queue's, not the device's.
-                            if !unsafe { mem.write((slba << shift) as usize, data) } {
+                            // call; the data is the queue's or the transport's, not the
+                            // device's.
+                            if !unsafe { mem.write((slba << shift) as usize, &data[..len]) } {
                                 return Err(lba_out_of_range());
                             }
                             return Ok(Exec::Done);
