@@ -583,18 +583,7 @@ fn prepare(path: &str) -> Result<Prepared> {
         .with_context(|| format!("cannot reach the running target at {path}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     (&s).write_all(b"REACTORS\n")?;
-    let mut buf = [0u8; 4096];
-    let mut head = Vec::new();
-    let mut got = Vec::new();
-    while !head.contains(&b'\n') {
-        let (n, fds) = recv_with_fds(&s, &mut buf)?;
-        if n == 0 {
-            bail!("the running target closed the control connection without answering REACTORS");
-        }
-        head.extend_from_slice(&buf[..n]);
-        got.extend(fds);
-    }
-    let line = String::from_utf8_lossy(&head).trim_end().to_string();
+    let (line, mut got) = read_answer(&s, "REACTORS")?;
     let rest = line
         .strip_prefix("OK ")
         .ok_or_else(|| anyhow!("unexpected answer to REACTORS: {line:?}"))?;
@@ -620,16 +609,7 @@ fn prepare(path: &str) -> Result<Prepared> {
     if cores.is_empty() {
         bail!("the running target reported no reactors");
     }
-    while got.len() < nfds {
-        let (n, more) = recv_with_fds(&s, &mut buf)?;
-        if n == 0 && more.is_empty() {
-            bail!(
-                "the running target sent {} of {nfds} descriptors",
-                got.len()
-            );
-        }
-        got.extend(more);
-    }
+    recv_fds_until(&s, &mut got, nfds)?;
     let mut deferred = None;
     let early = if got.is_empty() {
         bail!("the running target sent no state region (it writes an older layout)");
@@ -746,19 +726,7 @@ fn take_over_with(path: &str, p: Prepared) -> Result<Running> {
         READABLE_LAYOUTS.end(),
         crate::firmware_revision()
     )?;
-    let mut buf = [0u8; 4096];
-    // The first line (REFUSE or STATE) may arrive in pieces: gather it whole.
-    let mut head = Vec::new();
-    let mut got = Vec::new();
-    while !head.contains(&b'\n') {
-        let (n, fds) = recv_with_fds(&sock, &mut buf)?;
-        if n == 0 {
-            bail!("the running target closed the control connection without answering");
-        }
-        head.extend_from_slice(&buf[..n]);
-        got.extend(fds);
-    }
-    let first = String::from_utf8_lossy(&head).trim_end().to_string();
+    let (first, mut got) = read_answer(&sock, "HELLO")?;
     if let Some(why) = first.strip_prefix("REFUSE ") {
         bail!("the running target refused the upgrade: {why}");
     }
@@ -767,13 +735,7 @@ fn take_over_with(path: &str, p: Prepared) -> Result<Running> {
         (Some("STATE"), Some(t)) => t,
         _ => bail!("unexpected answer from the running target: {first:?}"),
     };
-    while got.len() < total {
-        let (n, more) = recv_with_fds(&sock, &mut buf)?;
-        if n == 0 {
-            bail!("the running target went away during the handover");
-        }
-        got.extend(more);
-    }
+    recv_fds_until(&sock, &mut got, total)?;
     if std::env::var("LIGHTPOOL_TEST_CRASH_AT").as_deref() == Ok("adopt") {
         // Test hook: die in the middle of adoption; the old process must resume.
         std::process::abort();
@@ -787,6 +749,39 @@ fn take_over_with(path: &str, p: Prepared) -> Result<Running> {
             Err(e)
         }
     }
+}
+
+/// The running target's one-line answer to `what`, gathered whole (it may arrive in
+/// pieces), and the descriptors that came with it.
+fn read_answer(s: &UnixStream, what: &str) -> Result<(String, Vec<OwnedFd>)> {
+    let mut buf = [0u8; 4096];
+    let mut head = Vec::new();
+    let mut got = Vec::new();
+    while !head.contains(&b'\n') {
+        let (n, fds) = recv_with_fds(s, &mut buf)?;
+        if n == 0 {
+            bail!("the running target closed the control connection without answering {what}");
+        }
+        head.extend_from_slice(&buf[..n]);
+        got.extend(fds);
+    }
+    Ok((String::from_utf8_lossy(&head).trim_end().to_string(), got))
+}
+
+/// Receive descriptors (in further messages) until `got` holds `total`.
+fn recv_fds_until(s: &UnixStream, got: &mut Vec<OwnedFd>, total: usize) -> Result<()> {
+    let mut buf = [0u8; 4096];
+    while got.len() < total {
+        let (n, more) = recv_with_fds(s, &mut buf)?;
+        if n == 0 && more.is_empty() {
+            bail!(
+                "the running target went away after sending {} of {total} descriptors",
+                got.len()
+            );
+        }
+        got.extend(more);
+    }
+    Ok(())
 }
 
 /// Whether two descriptors are the same file.
