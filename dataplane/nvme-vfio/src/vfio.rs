@@ -346,17 +346,7 @@ impl Container {
                     "{addr}: its IOMMU group {group} was not handed over with the container"
                 ))
             })?;
-        let mut info = sys::vfio_device_info {
-            argsz: std::mem::size_of::<sys::vfio_device_info>() as u32,
-            ..Default::default()
-        };
-        // SAFETY: VFIO_DEVICE_GET_INFO writes at most argsz bytes into `info`.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), VFIO_DEVICE_GET_INFO, &mut info) } < 0 {
-            return Err(ioctl_err("VFIO_DEVICE_GET_INFO (device handed over)"));
-        }
-        if info.flags & sys::VFIO_DEVICE_FLAGS_PCI == 0 {
-            return Err(VfioError::Unusable(format!("{addr} is not a PCI device")));
-        }
+        check_pci_device(&fd, addr, "VFIO_DEVICE_GET_INFO (device handed over)")?;
         Ok(Device {
             addr: addr.to_string(),
             group,
@@ -464,17 +454,7 @@ impl Container {
         }
         // SAFETY: fd is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut info = sys::vfio_device_info {
-            argsz: std::mem::size_of::<sys::vfio_device_info>() as u32,
-            ..Default::default()
-        };
-        // SAFETY: VFIO_DEVICE_GET_INFO writes at most argsz bytes into `info`.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), VFIO_DEVICE_GET_INFO, &mut info) } < 0 {
-            return Err(ioctl_err("VFIO_DEVICE_GET_INFO"));
-        }
-        if info.flags & sys::VFIO_DEVICE_FLAGS_PCI == 0 {
-            return Err(VfioError::Unusable(format!("{addr} is not a PCI device")));
-        }
+        check_pci_device(&fd, &addr, "VFIO_DEVICE_GET_INFO")?;
         Ok(Device {
             addr,
             group,
@@ -694,6 +674,23 @@ impl Drop for Bar {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
     }
+}
+
+/// The VFIO device `fd` is a PCI device (what an NVMe controller must be); `call`
+/// names the ioctl in the error.
+fn check_pci_device(fd: &OwnedFd, addr: &str, call: &'static str) -> Result<(), VfioError> {
+    let mut info = sys::vfio_device_info {
+        argsz: std::mem::size_of::<sys::vfio_device_info>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: VFIO_DEVICE_GET_INFO writes at most argsz bytes into `info`.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), VFIO_DEVICE_GET_INFO, &mut info) } < 0 {
+        return Err(ioctl_err(call));
+    }
+    if info.flags & sys::VFIO_DEVICE_FLAGS_PCI == 0 {
+        return Err(VfioError::Unusable(format!("{addr} is not a PCI device")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
