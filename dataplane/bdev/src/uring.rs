@@ -153,6 +153,28 @@ fn invalid(msg: String) -> BdevError {
     BdevError::Invalid(msg)
 }
 
+fn check_queue_depth(name: &str, opts: &UringOptions) -> Result<(), BdevError> {
+    if opts.queue_depth == 0 || opts.queue_depth > MAX_QUEUE_DEPTH {
+        return Err(invalid(format!(
+            "{name}: queue depth {} is out of range; use 1 to {MAX_QUEUE_DEPTH}",
+            opts.queue_depth
+        )));
+    }
+    Ok(())
+}
+
+/// A regular file or a block device; `None` for anything else.
+fn kind_of(meta: &std::fs::Metadata) -> Option<Kind> {
+    let ft = meta.file_type();
+    if ft.is_block_device() {
+        Some(Kind::BlockDevice)
+    } else if ft.is_file() {
+        Some(Kind::File)
+    } else {
+        None
+    }
+}
+
 fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
 }
@@ -163,12 +185,7 @@ impl UringBdev {
     /// writable unless `read_only`.
     pub fn open(path: &Path, opts: UringOptions) -> Result<Arc<UringBdev>, BdevError> {
         let name = path.display().to_string();
-        if opts.queue_depth == 0 || opts.queue_depth > MAX_QUEUE_DEPTH {
-            return Err(invalid(format!(
-                "{name}: queue depth {} is out of range; use 1 to {MAX_QUEUE_DEPTH}",
-                opts.queue_depth
-            )));
-        }
+        check_queue_depth(&name, &opts)?;
         if let Some(bs) = opts.block_size {
             if bs != 512 && bs != 4096 {
                 return Err(invalid(format!(
@@ -180,20 +197,16 @@ impl UringBdev {
             path: name.clone(),
             source,
         })?;
-        let ft = meta.file_type();
-        let kind = if ft.is_dir() {
+        if meta.file_type().is_dir() {
             return Err(invalid(format!(
                 "{name} is a directory; give a regular file or a block device"
             )));
-        } else if ft.is_block_device() {
-            Kind::BlockDevice
-        } else if ft.is_file() {
-            Kind::File
-        } else {
-            return Err(invalid(format!(
+        }
+        let kind = kind_of(&meta).ok_or_else(|| {
+            invalid(format!(
                 "{name} is neither a regular file nor a block device"
-            )));
-        };
+            ))
+        })?;
 
         let (file, direct) = open_file(path, &name, &opts)?;
         Self::with_fd(file.into(), name, kind, &meta, direct, &opts)
@@ -204,27 +217,17 @@ impl UringBdev {
     /// file renamed or unlinked since it was opened is still the one served. `name` is
     /// the path it was opened by, for messages and the next handover.
     pub fn adopt(fd: OwnedFd, name: &str, opts: UringOptions) -> Result<Arc<UringBdev>, BdevError> {
-        if opts.queue_depth == 0 || opts.queue_depth > MAX_QUEUE_DEPTH {
-            return Err(invalid(format!(
-                "{name}: queue depth {} is out of range; use 1 to {MAX_QUEUE_DEPTH}",
-                opts.queue_depth
-            )));
-        }
+        check_queue_depth(name, &opts)?;
         let file = std::fs::File::from(fd);
         let meta = file.metadata().map_err(|source| BdevError::Open {
             path: name.to_string(),
             source,
         })?;
-        let ft = meta.file_type();
-        let kind = if ft.is_block_device() {
-            Kind::BlockDevice
-        } else if ft.is_file() {
-            Kind::File
-        } else {
-            return Err(invalid(format!(
+        let kind = kind_of(&meta).ok_or_else(|| {
+            invalid(format!(
                 "{name}: the descriptor handed over is neither a regular file nor a block device"
-            )));
-        };
+            ))
+        })?;
         // SAFETY: F_GETFL takes no argument and only reads the descriptor's flags.
         let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
         if flags < 0 {

@@ -209,7 +209,7 @@ impl<S: Stream> Conn<S> {
             Rx::Ddgst {
                 sink: Sink::Capsule { slot },
                 ..
-            } => None.or(Some((slot, u32::MAX))),
+            } => Some((slot, u32::MAX)),
             _ => None,
         };
         let queue = self.q.export_pause(now, |slot, r| {
