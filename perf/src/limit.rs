@@ -32,7 +32,7 @@ use crate::initiator::tx::{TxQueue, INLINE_MAX, MAX_IOV};
 use crate::initiator::{Qpair, QpairConfig};
 use crate::nvme::NvmeQueue;
 use crate::report::Report;
-use crate::workload::{Op, Region};
+use crate::workload::{Op, Region, Rng};
 
 /// Options of `lightpool-perf limit`.
 #[derive(Args, Debug)]
@@ -114,7 +114,7 @@ struct Framer {
     /// is going.
     store: Option<Store>,
     store_at: usize,
-    rng: u64,
+    rng: Rng,
 }
 
 /// The span write data is copied into (base, length).
@@ -177,13 +177,10 @@ impl Drop for Span {
     }
 }
 
-/// A random `align`-aligned offset where `len` bytes fit in `span` (xorshift).
-fn place(rng: &mut u64, span: usize, len: usize, align: usize) -> usize {
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
+/// A random `align`-aligned offset where `len` bytes fit in `span`.
+fn place(rng: &mut Rng, span: usize, len: usize, align: usize) -> usize {
     let slots = (span.saturating_sub(len) / align.max(1)) + 1;
-    (*rng % slots as u64) as usize * align.max(1)
+    rng.below(slots as u64) as usize * align.max(1)
 }
 
 enum Unit<'a> {
@@ -200,7 +197,7 @@ impl Framer {
             state: Rx::Hdr,
             store: None,
             store_at: 0,
-            rng: 0x9E37_79B9_7F4A_7C15,
+            rng: Rng::new(0),
         }
     }
 
@@ -370,7 +367,7 @@ fn serve(l: TcpListener, n: usize, w: Wire, data_len: usize, data_span: usize, s
     let spanned = data_span > data_len;
     let span = Span::new(if spanned { data_span } else { data_len });
     let data = span.as_slice();
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut rng = Rng::new(u64::MAX);
     let mut cs: Vec<SrvConn> = Vec::with_capacity(n);
     // Read only what epoll says is ready (see crate::readiness); write whatever is
     // queued, each connection's answers in one writev.
@@ -389,7 +386,7 @@ fn serve(l: TcpListener, n: usize, w: Wire, data_len: usize, data_span: usize, s
                     let mut f = Framer::new();
                     if spanned {
                         f.store = Some(Store(span.ptr, span.len));
-                        f.rng ^= (cs.len() as u64 + 1).wrapping_mul(0x9E37_79B9);
+                        f.rng = Rng::new(cs.len() as u64 + 1);
                     }
                     cs.push(SrvConn {
                         s,
