@@ -42,6 +42,20 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A guest with an IOMMU (intel-iommu, passthrough) and the NVMe device backed by `img`.
+fn iommu_guest(name: &str, script: &str, files: Vec<(String, Vec<u8>)>, img: &Path) -> GuestConfig {
+    let mut cfg = GuestConfig::new(name, script);
+    cfg.timeout = Duration::from_secs(900);
+    cfg.extra_files = files;
+    cfg.qemu_args = vec![
+        "-device".into(),
+        "intel-iommu,intremap=on,caching-mode=on".into(),
+    ];
+    cfg.qemu_args.extend(nvme_qemu_args(img));
+    cfg.kernel_args = vec!["intel_iommu=on".into(), "iommu=pt".into()];
+    cfg
+}
+
 /// QEMU's NVMe controller at 00:04.0, backed by `img`.
 fn nvme_qemu_args(img: &Path) -> Vec<String> {
     vec![
@@ -197,15 +211,7 @@ fn vfio_nvme_served_over_tcp_and_back_to_the_kernel() {
     files.push(("/test/b.bin".into(), b.clone()));
     let script =
         format!("{LIB}\nOFF_A={OFF_A}; OFF_B={OFF_B}; OFF_Z={OFF_Z}; LEN_B={LEN_B}\n{MAIN_SCRIPT}");
-    let mut cfg = GuestConfig::new("vfio-nvme", &script);
-    cfg.timeout = Duration::from_secs(900);
-    cfg.extra_files = files;
-    cfg.qemu_args = vec![
-        "-device".into(),
-        "intel-iommu,intremap=on,caching-mode=on".into(),
-    ];
-    cfg.qemu_args.extend(nvme_qemu_args(&img));
-    cfg.kernel_args = vec!["intel_iommu=on".into(), "iommu=pt".into()];
+    let cfg = iommu_guest("vfio-nvme", &script, files, &img);
     let out = run_guest(&cfg).expect("guest runs");
     let tail = out.tail(80);
     assert_eq!(out.exit_code, 0, "{tail}");
@@ -406,15 +412,7 @@ fn vfio_namespace_hot_upgrade_without_controller_reset() {
     let script = format!(
         "{LIB}\nOFF_A={OFF_A}; LEN_A={LEN_A}; OFF_C={OFF_C}; LEN_C={LEN_C}\n{UPGRADE_SCRIPT}"
     );
-    let mut cfg = GuestConfig::new("vfio-nvme-upgrade", &script);
-    cfg.timeout = Duration::from_secs(900);
-    cfg.extra_files = files;
-    cfg.qemu_args = vec![
-        "-device".into(),
-        "intel-iommu,intremap=on,caching-mode=on".into(),
-    ];
-    cfg.qemu_args.extend(nvme_qemu_args(&img));
-    cfg.kernel_args = vec!["intel_iommu=on".into(), "iommu=pt".into()];
+    let cfg = iommu_guest("vfio-nvme-upgrade", &script, files, &img);
     let out = run_guest(&cfg).expect("guest runs");
     let tail = out.tail(100);
     assert_eq!(out.exit_code, 0, "{tail}");
