@@ -276,7 +276,7 @@ pub fn write_boot(run: &Running) -> Result<()> {
         state_dir: run.state_dir.as_ref().map(|d| d.display().to_string()),
         bdevs,
     };
-    let blob = bincode::serialize(&boot).context("encoding the boot blob")?;
+    let blob = postcard::to_stdvec(&boot).context("encoding the boot blob")?;
     run.region.write_blob(Blob::Boot, &blob)?;
     Ok(())
 }
@@ -285,7 +285,7 @@ fn read_boot(region: &Region) -> Result<Boot> {
     let blob = region
         .read_blob(Blob::Boot)?
         .ok_or_else(|| anyhow!("the state region has no boot blob"))?;
-    bincode::deserialize(&blob).context("decoding the boot blob")
+    postcard::from_bytes(&blob).context("decoding the boot blob")
 }
 
 /// The REACTORS answer: what a successor needs before HELLO, and the descriptors that
@@ -535,7 +535,7 @@ fn send_state(
         tcp,
         vfio,
     };
-    let blob = bincode::serialize(&pause).context("encoding the handover blob")?;
+    let blob = postcard::to_stdvec(&pause).context("encoding the handover blob")?;
     run.region.write_blob(Blob::Handover, &blob)?;
     let mut all: Vec<RawFd> = vec![run.region.fd().as_raw_fd()];
     all.extend(fds.iter().map(|f| f.as_raw_fd()));
@@ -819,7 +819,7 @@ fn adopt(
             if !same_file(&region_fd, &region.fd())? {
                 bail!("the running target handed over another state region than it announced");
             }
-            let pause: Pause = bincode::deserialize(
+            let pause: Pause = postcard::from_bytes(
                 &region
                     .read_blob(Blob::Handover)?
                     .ok_or_else(|| anyhow!("the running target wrote no handover blob"))?,
@@ -844,7 +844,7 @@ fn adopt(
         bail!("the running target handed over another state region than it announced");
     }
     let region = early.region;
-    let pause: Pause = bincode::deserialize(
+    let pause: Pause = postcard::from_bytes(
         &region
             .read_blob(Blob::Handover)?
             .ok_or_else(|| anyhow!("the running target wrote no handover blob"))?,
@@ -1164,7 +1164,7 @@ mod tests {
                 ),
             ],
         };
-        let back: Boot = bincode::deserialize(&bincode::serialize(&boot).unwrap()).unwrap();
+        let back: Boot = postcard::from_bytes(&postcard::to_stdvec(&boot).unwrap()).unwrap();
         match &back.bdevs[0].2 {
             BdevState::File { fd, path, .. } => {
                 assert_eq!((*fd, path.as_str()), (4, "/srv/a.img"))
@@ -1189,7 +1189,7 @@ mod tests {
                 vec![5, 6, 7, 8, 9, 10],
             )],
         };
-        let back: Pause = bincode::deserialize(&bincode::serialize(&pause).unwrap()).unwrap();
+        let back: Pause = postcard::from_bytes(&postcard::to_stdvec(&pause).unwrap()).unwrap();
         let (nqn, nsid, state, fds) = &back.vfio[0];
         assert_eq!((nqn.as_str(), *nsid), ("nqn.a", 2));
         assert_eq!(**state, vfio_state());
