@@ -40,8 +40,8 @@ use std::sync::Arc;
 use memmap2::MmapRaw;
 
 /// The layout this code writes. Bump it whenever a record, the header or the meaning
-/// of a field changes.
-pub const LAYOUT: u32 = 2;
+/// of a field changes. 3: the boot and handover blobs are postcard, not bincode.
+pub const LAYOUT: u32 = 3;
 pub const MAGIC: [u8; 8] = *b"LPREGION";
 
 const HEADER_LEN: usize = 4096;
