@@ -1,9 +1,6 @@
 //! Controllers: one per host association (admin queue plus its I/O queues), created by
 //! Connect on a subsystem (dynamic controller model).
 
-pub mod admin;
-pub mod fabrics;
-pub mod io;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

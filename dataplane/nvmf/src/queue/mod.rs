@@ -9,6 +9,10 @@
 //! `execute` -> completion appears in `next_done` (at once, or after `poll` reaps the
 //! bdev) -> the transport sends data and response -> `free`.
 
+pub mod admin;
+pub mod fabrics;
+pub mod io;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -490,7 +494,7 @@ impl<T: Default> NvmfQueue<T> {
     }
 
     pub(crate) fn park_aer(&mut self, slot: u16) -> Result<Exec, Status> {
-        if self.aers.len() > usize::from(crate::ctrlr::admin::AERL) {
+        if self.aers.len() > usize::from(crate::queue::admin::AERL) {
             return Err(Status::command_specific(
                 lightpool_spec::status::command_specific::ASYNC_EVENT_REQUEST_LIMIT_EXCEEDED,
             )

@@ -186,7 +186,7 @@ impl<T: Default> NvmfQueue<T> {
             (reg::CAP, true) => self.cap(),
             (reg::CAP, false) => self.cap() & 0xFFFF_FFFF,
             (o, false) if o == reg::CAP + 4 => self.cap() >> 32,
-            (reg::VS, false) => u64::from(crate::ctrlr::admin::VERSION),
+            (reg::VS, false) => u64::from(crate::queue::admin::VERSION),
             (reg::CC, false) => u64::from(r.cc),
             (reg::CSTS, false) => u64::from(r.csts),
             (reg::NSSR, false) => 0,
