@@ -1,7 +1,6 @@
 //! Controllers: one per host association (admin queue plus its I/O queues), created by
 //! Connect on a subsystem (dynamic controller model).
 
-
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

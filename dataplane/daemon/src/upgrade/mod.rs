@@ -1,0 +1,201 @@
+//! Hot upgrade: the running target hands its state and every descriptor to a new binary
+//! over its control socket, and the new one carries on with the same connections.
+//!
+//! The state lives in the state region (`lightpool_nvmf::region`) from the start: a
+//! memfd, or `state.region` in the state directory. Before it asks for anything the new
+//! binary learns the reactors and receives the region and the RAM devices' memfds
+//! (REACTORS), maps the region, opens the block devices, rebuilds the subsystems and
+//! starts its reactors. Only then does it send HELLO; inside the pause it reads what
+//! changes while serving (controllers, queues, ANA states) from the region, and the
+//! little the region does not hold from the handover blob. Devices whose state changes
+//! while serving (a VFIO controller's queues) come only with STATE: a target with one
+//! does all of its preparation inside the pause.
+//!
+//! Protocol (lines over the Unix control socket; descriptors by SCM_RIGHTS):
+//!
+//! ```text
+//! new -> old   REACTORS
+//! old -> new   OK cores=.. idle_spin_us=.. fds=N  + region, RAM memfds, open files
+//! new -> old   HELLO <min layout> <max layout> <version>
+//! old -> new   REFUSE <reason>                      (layout unreadable; old keeps serving)
+//!           |  STATE <layout> <fd count>  + fds     (old has quiesced and frozen; fd 0
+//!              FDS + fds ...                         is the region, its handover blob
+//!                                                    written; VFIO controllers' fds)
+//! new -> old   ADOPTED | REFUSE <reason>
+//! old -> new   BYE                                  (old exits; new starts polling)
+//! ```
+//!
+//! Until it says BYE the old process can always take back its frozen state and resume:
+//! when the new one refuses, dies (end of stream) or is too slow. The new one writes
+//! nothing into the region before BYE. After BYE the old one has let go for good; every
+//! acknowledged write is in the block devices (RAM devices live in memfds the new
+//! process maps), so nothing acknowledged is lost either way.
+
+mod bdevs;
+use bdevs::*;
+mod new;
+mod old;
+mod recover;
+
+pub use new::take_over;
+pub use old::{hand_over, reactors_answer};
+pub use recover::recover;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use lightpool_bdev::NvmeVfioHandover;
+use lightpool_nvmf::region::objects;
+use lightpool_nvmf::region::{Blob, Region};
+use lightpool_transport_tcp::TcpState;
+use serde::{Deserialize, Serialize};
+
+use crate::Running;
+
+/// The layout of the state region this binary writes.
+pub const STATE_LAYOUT: u32 = lightpool_nvmf::region::LAYOUT;
+/// The layouts this binary can read.
+pub const READABLE_LAYOUTS: std::ops::RangeInclusive<u32> = STATE_LAYOUT..=STATE_LAYOUT;
+
+/// How long the old process waits for running commands to finish before it gives up.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the old process waits for the new one to adopt the state.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The daemon's boot blob in the region: written when it starts serving (and by each
+/// successor once it has taken over); what a successor or `--recover` needs beyond the
+/// records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Boot {
+    version: String,
+    pid: u32,
+    cores: Vec<Option<usize>>,
+    idle_spin_us: Option<u64>,
+    control_path: String,
+    state_dir: Option<String>,
+    bdevs: BdevList,
+}
+
+/// The handover blob, written at pause time: descriptor indices and the connections'
+/// pause-time parts (bytes read and not consumed, commands received and not finished).
+#[derive(Debug, Serialize, Deserialize)]
+struct Pause {
+    version: String,
+    pid: u32,
+    control_fd: usize,
+    stdout_fd: usize,
+    stderr_fd: usize,
+    tcp: TcpState,
+    /// VFIO namespaces: (NQN, NSID, controller state, indices of their descriptors
+    /// among STATE's).
+    vfio: Vec<VfioPause>,
+}
+
+type VfioPause = (String, u32, Box<NvmeVfioHandover>, Vec<usize>);
+
+/// Name of the region file in the state directory.
+pub const REGION_FILE: &str = "state.region";
+
+/// A new region for a target with these options: `state.region` in the state
+/// directory (so `--recover` finds it), or a memfd.
+pub fn create_region(
+    opts: &lightpool_nvmf::TargetOptions,
+    state_dir: Option<&std::path::Path>,
+    layout: u32,
+) -> Result<Arc<Region>> {
+    let (sizes, ropts) = objects::region_params(opts);
+    let file = match state_dir {
+        Some(dir) => {
+            // A fresh file, renamed over the old one only once laid out.
+            let tmp = dir.join(format!("{REGION_FILE}.new"));
+            let _ = std::fs::remove_file(&tmp);
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let r = Region::create(f, sizes, ropts, layout)?;
+            std::fs::rename(&tmp, dir.join(REGION_FILE))
+                .with_context(|| format!("renaming {}", tmp.display()))?;
+            return Ok(r);
+        }
+        None => {
+            let name = std::ffi::CString::new("lightpool-state").expect("no NUL");
+            // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor.
+            let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+            if raw < 0 {
+                return Err(std::io::Error::last_os_error()).context("creating the state region");
+            }
+            // SAFETY: raw is a new descriptor we own.
+            unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+        }
+    };
+    Ok(Region::create(file, sizes, ropts, layout)?)
+}
+
+/// Write the boot blob of a serving target (at start, and after a takeover).
+pub fn write_boot(run: &Running) -> Result<()> {
+    let (bdevs, _) = bdev_states(&run.target)?;
+    let boot = Boot {
+        version: crate::firmware_revision().to_string(),
+        pid: std::process::id(),
+        cores: run.cores.clone(),
+        idle_spin_us: run.idle_spin_us,
+        control_path: run.control_path.clone(),
+        state_dir: run.state_dir.as_ref().map(|d| d.display().to_string()),
+        bdevs,
+    };
+    let blob = postcard::to_stdvec(&boot).context("encoding the boot blob")?;
+    run.region.write_blob(Blob::Boot, &blob)?;
+    Ok(())
+}
+
+fn read_boot(region: &Region) -> Result<Boot> {
+    let blob = region
+        .read_blob(Blob::Boot)?
+        .ok_or_else(|| anyhow!("the state region has no boot blob"))?;
+    postcard::from_bytes(&blob).context("decoding the boot blob")
+}
+
+/// For the length of the handover, the thread that drives it runs ahead of ordinary
+/// threads (SCHED_FIFO, lowest real-time priority): it blocks on the control socket
+/// between steps, and each wake-up would otherwise wait for a scheduler slice on cores
+/// where reactors and initiators busy-poll (about 4 ms per wake-up on a 2-core box).
+/// Without the privilege (CAP_SYS_NICE) it runs as before. The policy is restored when
+/// dropped.
+struct Urgent(Option<(libc::c_int, libc::sched_param)>);
+
+impl Urgent {
+    fn enter() -> Urgent {
+        // SAFETY: plain syscalls on the calling thread (pid 0) with live locals.
+        unsafe {
+            let policy = libc::sched_getscheduler(0);
+            let mut old: libc::sched_param = std::mem::zeroed();
+            if policy < 0 || libc::sched_getparam(0, &mut old) != 0 {
+                return Urgent(None);
+            }
+            let fifo = libc::sched_param { sched_priority: 1 };
+            if libc::sched_setscheduler(0, libc::SCHED_FIFO, &fifo) != 0 {
+                tracing::debug!("handover thread stays at normal priority (no CAP_SYS_NICE)");
+                return Urgent(None);
+            }
+            Urgent(Some((policy, old)))
+        }
+    }
+}
+
+impl Drop for Urgent {
+    fn drop(&mut self) {
+        if let Some((policy, param)) = self.0 {
+            // SAFETY: restores what `enter` read, on the same thread.
+            unsafe { libc::sched_setscheduler(0, policy, &param) };
+        }
+    }
+}
+
+fn dup(fd: impl AsFd) -> Result<OwnedFd> {
+    Ok(fd.as_fd().try_clone_to_owned()?)
+}

@@ -1,0 +1,429 @@
+//! The new binary's side of a hot upgrade: prepare before HELLO (reactors, region,
+//! block devices, subsystems), then adopt inside the pause.
+
+use std::io::{BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use lightpool_bdev::{Bdev, NvmeVfioHandover};
+use lightpool_nvmf::region::objects;
+use lightpool_nvmf::region::{Blob, Region, RegionError};
+use lightpool_nvmf::{NvmfError, Target};
+use lightpool_transport_tcp::TcpTransport;
+
+use crate::fdpass::{read_line, recv_with_fds};
+use crate::Running;
+
+use super::*;
+
+/// What the new process prepares before HELLO: its reactors, and (when the running
+/// target's region is one it reads) the region mapped, the block devices open and the
+/// subsystems rebuilt.
+struct Prepared {
+    cores: Vec<Option<usize>>,
+    spin: Option<u64>,
+    reactors: Vec<lightpool_reactor::ReactorHandle>,
+    /// `None` when the region is not readable: HELLO goes out anyway and the running
+    /// target refuses it with its reason; or when it is deferred.
+    early: Option<Early>,
+    /// A target with VFIO namespaces is prepared inside the pause, once their state
+    /// has come with STATE: the region and the REACTORS descriptors wait here.
+    deferred: Option<(Arc<Region>, Vec<Option<OwnedFd>>)>,
+}
+
+struct Early {
+    region: Arc<Region>,
+    boot: Boot,
+    target: Arc<Target>,
+    config_gen: u64,
+    nqns: Vec<String>,
+}
+
+/// Ask the running target how its reactors are laid out and for its region, and do
+/// everything that does not need it quiesced: start reactors the same way, map the
+/// region, open the block devices, rebuild the subsystems and listeners.
+fn prepare(path: &str) -> Result<Prepared> {
+    let s = UnixStream::connect(path)
+        .with_context(|| format!("cannot reach the running target at {path}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    (&s).write_all(b"REACTORS\n")?;
+    let (line, mut got) = read_answer(&s, "REACTORS")?;
+    let rest = line
+        .strip_prefix("OK ")
+        .ok_or_else(|| anyhow!("unexpected answer to REACTORS: {line:?}"))?;
+    let mut cores = Vec::new();
+    let mut spin = None;
+    let mut nfds = 0usize;
+    for kv in rest.split_whitespace() {
+        match kv.split_once('=') {
+            Some(("cores", v)) => {
+                for c in v.split(',').filter(|c| !c.is_empty()) {
+                    cores.push(if c == "-" {
+                        None
+                    } else {
+                        Some(c.parse().with_context(|| format!("core {c:?}"))?)
+                    });
+                }
+            }
+            Some(("idle_spin_us", v)) if v != "-" => spin = Some(v.parse()?),
+            Some(("fds", v)) => nfds = v.parse()?,
+            _ => {}
+        }
+    }
+    if cores.is_empty() {
+        bail!("the running target reported no reactors");
+    }
+    recv_fds_until(&s, &mut got, nfds)?;
+    let mut deferred = None;
+    let early = if got.is_empty() {
+        bail!("the running target sent no state region (it writes an older layout)");
+    } else {
+        let mut fds = got.into_iter();
+        let region_fd = fds.next().expect("checked not empty");
+        match Region::open(std::fs::File::from(region_fd)) {
+            Ok(region) => {
+                let bdev_fds: Vec<Option<OwnedFd>> = fds.map(Some).collect();
+                let boot = read_boot(&region)?;
+                if boot
+                    .bdevs
+                    .iter()
+                    .any(|(_, _, b)| matches!(b, BdevState::Vfio { .. }))
+                {
+                    deferred = Some((region, bdev_fds));
+                    None
+                } else {
+                    Some(prepare_target(region, bdev_fds, Vec::new())?)
+                }
+            }
+            Err(RegionError::Layout { found }) => {
+                tracing::warn!(
+                    layout = found,
+                    "the running target's state layout is not one this binary reads"
+                );
+                None
+            }
+            Err(e) => return Err(e).context("the running target's state region"),
+        }
+    };
+    let reactors = crate::spawn_reactors(&cores, spin)?;
+    Ok(Prepared {
+        cores,
+        spin,
+        reactors,
+        early,
+        deferred,
+    })
+}
+
+/// Open the block devices and rebuild subsystems and listeners from the region's
+/// records (no controllers yet: they are read inside the pause).
+fn prepare_target(
+    region: Arc<Region>,
+    mut bdev_fds: Vec<Option<OwnedFd>>,
+    mut vfio: Vec<(String, u32, Box<NvmeVfioHandover>, Vec<OwnedFd>)>,
+) -> Result<Early> {
+    let boot = read_boot(&region)?;
+    // Once in full, so the pages the pause reads are mapped already (the result may be
+    // stale or caught mid-write: it is read again inside the pause).
+    let _ = objects::read_image(&region, true);
+    let image = objects::read_image(&region, false)?;
+    let mut devs: Vec<(String, u32, Arc<dyn Bdev>)> = Vec::new();
+    let mut take = |i: usize| {
+        bdev_fds
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| anyhow!("block device descriptor {i} did not come with REACTORS"))
+    };
+    for (nqn, nsid, st) in &boot.bdevs {
+        let b = open_bdev(nqn, *nsid, st, Some(&mut take), &mut vfio)?;
+        devs.push((nqn.clone(), *nsid, b));
+    }
+    let (target, _) =
+        Target::import_state(&image.target, crate::firmware_revision(), |nqn, nsid| {
+            devs.iter()
+                .find(|(q, n, _)| q == nqn && *n == nsid)
+                .map(|(_, _, b)| b.clone())
+                .ok_or_else(|| {
+                    NvmfError::Invalid(format!("no block device handed over for {nqn} nsid {nsid}"))
+                })
+        })?;
+    Ok(Early {
+        nqns: image
+            .target
+            .subsystems
+            .iter()
+            .map(|s| s.nqn.clone())
+            .collect(),
+        config_gen: image.config_gen,
+        region,
+        boot,
+        target,
+    })
+}
+
+/// New side: take over from the target serving `path`. On success the old process has
+/// exited and this one serves every connection it had.
+pub fn take_over(path: &str) -> Result<Running> {
+    let p = prepare(path)?;
+    let reactors = p.reactors.clone();
+    match take_over_with(path, p) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            for r in &reactors {
+                r.stop();
+            }
+            Err(e)
+        }
+    }
+}
+
+fn take_over_with(path: &str, p: Prepared) -> Result<Running> {
+    let _urgent = Urgent::enter();
+    let t0 = Instant::now();
+    let sock = UnixStream::connect(path)
+        .with_context(|| format!("cannot reach the running target at {path}"))?;
+    let mut w = &sock;
+    send_line!(
+        w,
+        "HELLO {} {} {}",
+        READABLE_LAYOUTS.start(),
+        READABLE_LAYOUTS.end(),
+        crate::firmware_revision()
+    )?;
+    let (first, mut got) = read_answer(&sock, "HELLO")?;
+    if let Some(why) = first.strip_prefix("REFUSE ") {
+        bail!("the running target refused the upgrade: {why}");
+    }
+    let mut words = first.split_whitespace();
+    let total: usize = match (words.next(), words.nth(1).and_then(|v| v.parse().ok())) {
+        (Some("STATE"), Some(t)) => t,
+        _ => bail!("unexpected answer from the running target: {first:?}"),
+    };
+    recv_fds_until(&sock, &mut got, total)?;
+    if std::env::var("LIGHTPOOL_TEST_CRASH_AT").as_deref() == Ok("adopt") {
+        // Test hook: die in the middle of adoption; the old process must resume.
+        std::process::abort();
+    }
+    let t_state = t0.elapsed();
+    let mut fds: Vec<Option<OwnedFd>> = got.into_iter().map(Some).collect();
+    match adopt(p, &mut fds, t0, t_state, &sock) {
+        Ok(run) => Ok(run),
+        Err(e) => {
+            let _ = send_line!(w, "REFUSE {e:#}");
+            Err(e)
+        }
+    }
+}
+
+/// The running target's one-line answer to `what`, gathered whole (it may arrive in
+/// pieces), and the descriptors that came with it.
+fn read_answer(s: &UnixStream, what: &str) -> Result<(String, Vec<OwnedFd>)> {
+    let mut buf = [0u8; 4096];
+    let mut head = Vec::new();
+    let mut got = Vec::new();
+    while !head.contains(&b'\n') {
+        let (n, fds) = recv_with_fds(s, &mut buf)?;
+        if n == 0 {
+            bail!("the running target closed the control connection without answering {what}");
+        }
+        head.extend_from_slice(&buf[..n]);
+        got.extend(fds);
+    }
+    Ok((String::from_utf8_lossy(&head).trim_end().to_string(), got))
+}
+
+/// Receive descriptors (in further messages) until `got` holds `total`.
+fn recv_fds_until(s: &UnixStream, got: &mut Vec<OwnedFd>, total: usize) -> Result<()> {
+    let mut buf = [0u8; 4096];
+    while got.len() < total {
+        let (n, more) = recv_with_fds(s, &mut buf)?;
+        if n == 0 && more.is_empty() {
+            bail!(
+                "the running target went away after sending {} of {total} descriptors",
+                got.len()
+            );
+        }
+        got.extend(more);
+    }
+    Ok(())
+}
+
+/// Whether two descriptors are the same file.
+fn same_file(a: &impl AsFd, b: &impl AsFd) -> Result<bool> {
+    let st = |f: &dyn AsFd| -> Result<(u64, u64)> {
+        // SAFETY: stat is plain data; fstat fills it for a descriptor we hold.
+        let mut s: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(f.as_fd().as_raw_fd(), &mut s) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok((s.st_dev, s.st_ino))
+    };
+    Ok(st(a)? == st(b)?)
+}
+
+fn adopt(
+    p: Prepared,
+    fds: &mut [Option<OwnedFd>],
+    t0: Instant,
+    t_state: Duration,
+    sock: &UnixStream,
+) -> Result<Running> {
+    let mut take = |i: usize| {
+        fds.get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| anyhow!("descriptor {i} is missing"))
+    };
+    let region_fd = take(0).context("no state region")?;
+    let early = match (p.early, p.deferred) {
+        (Some(early), _) => early,
+        (None, Some((region, bdev_fds))) => {
+            // VFIO namespaces: their controllers' state came with STATE; open every
+            // device and rebuild the subsystems now.
+            if !same_file(&region_fd, &region.fd())? {
+                bail!("the running target handed over another state region than it announced");
+            }
+            let pause: Pause = postcard::from_bytes(
+                &region
+                    .read_blob(Blob::Handover)?
+                    .ok_or_else(|| anyhow!("the running target wrote no handover blob"))?,
+            )
+            .context("decoding the handover blob")?;
+            let mut vfio = Vec::new();
+            for (nqn, nsid, st, ix) in pause.vfio {
+                let fds = ix.iter().map(|&i| take(i)).collect::<Result<Vec<_>>>()?;
+                vfio.push((nqn, nsid, st, fds));
+            }
+            prepare_target(region, bdev_fds, vfio)?
+        }
+        (None, None) => {
+            // Not prepared: the layout is one this binary does not read (the running
+            // target should have refused HELLO already).
+            Region::open(std::fs::File::from(region_fd))
+                .context("cannot read the running target's state")?;
+            bail!("the running target's state region could not be prepared");
+        }
+    };
+    if !same_file(&region_fd, &early.region.fd())? {
+        bail!("the running target handed over another state region than it announced");
+    }
+    let region = early.region;
+    let pause: Pause = postcard::from_bytes(
+        &region
+            .read_blob(Blob::Handover)?
+            .ok_or_else(|| anyhow!("the running target wrote no handover blob"))?,
+    )
+    .context("decoding the handover blob")?;
+    if early.boot.cores != p.cores || early.boot.idle_spin_us != p.spin {
+        bail!("the reactors changed between REACTORS and HELLO");
+    }
+    let image = objects::read_image(&region, true)?;
+    let nqns: Vec<&String> = image.target.subsystems.iter().map(|s| &s.nqn).collect();
+    if nqns != early.nqns.iter().collect::<Vec<_>>() {
+        bail!("the running target's subsystems changed while this binary prepared");
+    }
+    if image.config_gen != early.config_gen {
+        tracing::info!(
+            "the configuration (ANA states) changed while this binary prepared; read again"
+        );
+    }
+    let target = early.target;
+    let ctrlrs = target.import_live(&image.with_controllers())?;
+    objects::bind(&target, &region, &image)?;
+    let t_target = t0.elapsed();
+    let image = Arc::new(image);
+    let tcp = TcpTransport::adopt(
+        target.clone(),
+        p.reactors.clone(),
+        region.clone(),
+        image.clone(),
+        &pause.tcp,
+        fds,
+    )?;
+    let t_adopt = t0.elapsed();
+    let mut take = |i: usize| {
+        fds.get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| anyhow!("descriptor {i} is missing"))
+    };
+    let control = UnixListener::from(take(pause.control_fd)?);
+    let out = take(pause.stdout_fd)?;
+    let err = take(pause.stderr_fd)?;
+
+    let mut w = sock;
+    w.write_all(b"ADOPTED\n")?;
+    let bye = read_line(&mut BufReader::new(sock))?;
+    if bye.as_deref() != Some("BYE") {
+        for r in &p.reactors {
+            r.stop();
+        }
+        bail!("the running target did not let go ({bye:?}); it keeps serving");
+    }
+    let t_bye = t0.elapsed();
+    if std::env::var("LIGHTPOOL_TEST_CRASH_AT").as_deref() == Ok("after-bye") {
+        // Test hook: die after the old process has let go; `--recover` must restore.
+        std::process::abort();
+    }
+    region.take_ownership();
+    // The old process has let go: the devices are ours alone (an adopted VFIO
+    // controller may now delete queues, unmap memory and shut down when dropped).
+    for s in target.subsystems() {
+        for n in s.namespaces() {
+            n.bdev.adopted();
+        }
+    }
+    let adopted: Vec<u32> = pause
+        .tcp
+        .conns
+        .iter()
+        .map(|(c, _, _)| c.queue_record())
+        .collect();
+    let swept = objects::sweep(&target, &region, &adopted);
+    tcp.release()?;
+    drop(ctrlrs);
+    let pause_t = t0.elapsed();
+    tracing::info!(
+        state_ms = t_state.as_secs_f64() * 1e3,
+        target_ms = t_target.as_secs_f64() * 1e3,
+        adopt_ms = t_adopt.as_secs_f64() * 1e3,
+        bye_ms = t_bye.as_secs_f64() * 1e3,
+        swept,
+        "upgrade: steps (since HELLO)"
+    );
+    println!(
+        "lightpool-target {}: took over from {} (pid {}): {} connection(s), {} listener(s), {} command(s) held or receiving; pause {:.3} ms",
+        crate::firmware_revision(),
+        pause.version,
+        pause.pid,
+        pause.tcp.conns.len(),
+        pause.tcp.listeners.len(),
+        pause.tcp.conns.iter().map(|(c, _, _)| c.commands()).sum::<usize>(),
+        pause_t.as_secs_f64() * 1e3
+    );
+    std::io::stdout().flush().ok();
+    // From here on, log where the previous process logged.
+    // SAFETY: dup2 onto our own stdout/stderr with descriptors we own.
+    unsafe {
+        libc::dup2(out.as_raw_fd(), 1);
+        libc::dup2(err.as_raw_fd(), 2);
+    }
+    let run = Running {
+        target,
+        reactors: p.reactors,
+        tcp,
+        cores: early.boot.cores,
+        idle_spin_us: early.boot.idle_spin_us,
+        control,
+        control_path: early.boot.control_path,
+        layout: STATE_LAYOUT,
+        state_dir: early.boot.state_dir.map(std::path::PathBuf::from),
+        region,
+    };
+    if let Err(e) = write_boot(&run) {
+        tracing::warn!(error = format!("{e:#}"), "boot blob not rewritten");
+    }
+    Ok(run)
+}

@@ -1,0 +1,163 @@
+//! The running target's side of a hot upgrade: the REACTORS answer, then HELLO:
+//! quiesce, export, send the state, wait for ADOPTED, say BYE and exit.
+
+use std::io::{BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use lightpool_nvmf::region::Blob;
+use lightpool_transport_tcp::TcpState;
+
+use crate::fdpass::{read_line, send_with_fds, FDS_PER_MESSAGE};
+use crate::Running;
+
+use super::*;
+
+/// The REACTORS answer: what a successor needs before HELLO, and the descriptors that
+/// go with it (the region, then the RAM devices' memfds).
+pub fn reactors_answer(run: &Running) -> Result<(String, Vec<OwnedFd>)> {
+    let cores: Vec<String> = run
+        .cores
+        .iter()
+        .map(|c| c.map_or("-".to_string(), |c| c.to_string()))
+        .collect();
+    let spin = run.idle_spin_us.map_or("-".to_string(), |v| v.to_string());
+    let (_, mem) = bdev_states(&run.target)?;
+    let mut fds = vec![dup(run.region.fd())?];
+    fds.extend(mem);
+    if fds.len() > FDS_PER_MESSAGE {
+        bail!("more RAM and file devices than one message carries");
+    }
+    Ok((
+        format!(
+            "OK cores={} idle_spin_us={spin} fds={}",
+            cores.join(","),
+            fds.len()
+        ),
+        fds,
+    ))
+}
+
+/// Old side: serve one HELLO. Returns only if the handover did not happen (the target
+/// keeps serving); on success the process exits.
+pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()> {
+    let _urgent = Urgent::enter();
+    let mut it = hello.split_whitespace().skip(1);
+    let min: u32 = it
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("malformed HELLO"))?;
+    let max: u32 = it
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("malformed HELLO"))?;
+    let newver = it.next().unwrap_or("?").to_string();
+    if !(min..=max).contains(&run.layout) {
+        let why = format!(
+            "this target's state has layout {}, the new binary reads {min}..={max}",
+            run.layout
+        );
+        send_line!(sock, "REFUSE {why}")?;
+        tracing::warn!(new_version = %newver, "upgrade refused: {why}; still serving");
+        return Ok(());
+    }
+    tracing::info!(new_version = %newver, "upgrade: quiescing");
+    let t0 = Instant::now();
+    // Each reactor quiesces, and exports and freezes itself as soon as its connections
+    // have drained: one round trip, however busy the machine.
+    let exported = match run.tcp.quiesce_and_export(1, DRAIN_TIMEOUT) {
+        Ok(x) => x,
+        Err(e) => {
+            // Some reactor could not export (a queue without a record, a descriptor that
+            // cannot be duplicated): serve on.
+            run.tcp.resume()?;
+            let _ = send_line!(
+                sock,
+                "REFUSE the running target cannot export its state: {e}"
+            );
+            bail!("upgrade abandoned: {e}; still serving");
+        }
+    };
+    let Some((tcp, fds)) = exported else {
+        send_line!(
+            sock,
+            "REFUSE commands did not finish within {DRAIN_TIMEOUT:?}"
+        )?;
+        bail!("upgrade abandoned: commands did not finish in time; still serving");
+    };
+    let t_frozen = t0.elapsed();
+    match send_state(run, &sock, tcp, fds) {
+        Ok(()) => {}
+        Err(e) => {
+            run.tcp.resume()?;
+            let _ = send_line!(sock, "REFUSE {e:#}");
+            return Err(e.context("upgrade abandoned; still serving"));
+        }
+    }
+    let t_sent = t0.elapsed();
+    sock.set_read_timeout(Some(ADOPT_TIMEOUT))?;
+    let reply = read_line(&mut BufReader::new(&sock)).ok().flatten();
+    match reply.as_deref() {
+        Some("ADOPTED") => {
+            sock.write_all(b"BYE\n")?;
+            tracing::info!(
+                pause_ms = t0.elapsed().as_secs_f64() * 1e3,
+                frozen_ms = t_frozen.as_secs_f64() * 1e3,
+                sent_ms = t_sent.as_secs_f64() * 1e3,
+                "upgrade: handed over; exiting"
+            );
+            // The new process owns every socket now: exit without closing anything at
+            // the protocol level (the kernel just drops this process's references).
+            std::process::exit(0);
+        }
+        other => {
+            run.tcp.resume()?;
+            let why = other.unwrap_or("the new process went away");
+            bail!("upgrade abandoned ({why}); still serving");
+        }
+    }
+}
+
+/// Descriptor 0 is the region, then listeners and connections (`fds`, exported with
+/// base 1), then the rest. The handover blob goes into the region first.
+fn send_state(
+    run: &Running,
+    sock: &UnixStream,
+    tcp: TcpState,
+    mut fds: Vec<OwnedFd>,
+) -> Result<()> {
+    let idx = |fds: &mut Vec<OwnedFd>, fd: OwnedFd| {
+        fds.push(fd);
+        fds.len()
+    };
+    let control_fd = idx(&mut fds, dup(&run.control)?);
+    let stdout_fd = idx(&mut fds, dup(std::io::stdout().as_fd())?);
+    let stderr_fd = idx(&mut fds, dup(std::io::stderr().as_fd())?);
+    let vfio = vfio_states(&run.target, &mut fds, idx)?;
+    let pause = Pause {
+        version: crate::firmware_revision().to_string(),
+        pid: std::process::id(),
+        control_fd,
+        stdout_fd,
+        stderr_fd,
+        tcp,
+        vfio,
+    };
+    let blob = postcard::to_stdvec(&pause).context("encoding the handover blob")?;
+    run.region.write_blob(Blob::Handover, &blob)?;
+    let mut all: Vec<RawFd> = vec![run.region.fd().as_raw_fd()];
+    all.extend(fds.iter().map(|f| f.as_raw_fd()));
+    let mut first = true;
+    for chunk in all.chunks(FDS_PER_MESSAGE) {
+        let line = if first {
+            format!("STATE {} {}\n", run.layout, all.len())
+        } else {
+            "FDS\n".to_string()
+        };
+        first = false;
+        send_with_fds(sock, line.as_bytes(), chunk)?;
+    }
+    Ok(())
+}

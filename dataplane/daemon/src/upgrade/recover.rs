@@ -1,0 +1,106 @@
+//! `--recover`: start from the region a hot upgrade left in the state directory.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use lightpool_bdev::Bdev;
+use lightpool_nvmf::region::objects;
+use lightpool_nvmf::region::Region;
+use lightpool_nvmf::{NvmfError, Target};
+use lightpool_transport_tcp::TcpTransport;
+
+use crate::Running;
+
+use super::*;
+
+/// Start from the region in `dir` after the processes that wrote it died: the same
+/// subsystems, namespaces (RAM data from the state directory's files), ANA states and
+/// listeners, in a fresh region. Controllers and queues are read, checked and reported,
+/// then dropped: their connections died with the processes, and hosts reconnect.
+pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
+    let path = dir.join(REGION_FILE);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("no state region to recover from at {}", path.display()))?;
+    let old = Region::open(f).with_context(|| format!("reading {}", path.display()))?;
+    let boot = read_boot(&old).with_context(|| format!("reading {}", path.display()))?;
+    let mut image = objects::read_image(&old, true)
+        .with_context(|| format!("reading the records of {}", path.display()))?;
+    let in_flight: usize = image.queues.iter().map(|q| q.busy.len()).sum();
+    let dropped = (image.controllers.len(), image.queues.len());
+    tracing::info!(
+        controllers = image.controllers.len(),
+        queues = image.queues.len(),
+        commands_in_flight = in_flight,
+        writer_pid = old.owner_pid(),
+        "recovery: controller and queue records read and checked; dropped (their connections died with the processes)"
+    );
+    for q in &image.queues {
+        tracing::info!(
+            record = q.rec,
+            cntlid = q.stat.cntlid,
+            qid = q.stat.qid,
+            entries = q.stat.entries,
+            sqhd = q.sqhd,
+            in_flight = q.busy.len(),
+            rx_state = q.rx.kind,
+            "recovery: dropped queue"
+        );
+    }
+    let mut devs: Vec<(String, u32, Arc<dyn Bdev>)> = Vec::new();
+    for (nqn, nsid, st) in &boot.bdevs {
+        devs.push((
+            nqn.clone(),
+            *nsid,
+            open_bdev(nqn, *nsid, st, None, &mut Vec::new())?,
+        ));
+    }
+    image.controllers.clear();
+    let listeners = std::mem::take(&mut image.target.listeners);
+    let (target, _) =
+        Target::import_state(&image.target, crate::firmware_revision(), |nqn, nsid| {
+            devs.iter()
+                .find(|(q, n, _)| q == nqn && *n == nsid)
+                .map(|(_, _, b)| b.clone())
+                .ok_or_else(|| NvmfError::Invalid(format!("no block device for {nqn} nsid {nsid}")))
+        })?;
+    let region = create_region(&target.opts, Some(dir), STATE_LAYOUT)?;
+    drop(old);
+    target.attach_region(region.clone())?;
+    let control = crate::control::bind(control_path)?;
+    let reactors = crate::spawn_reactors(&boot.cores, boot.idle_spin_us)?;
+    let tcp = TcpTransport::new(target.clone(), reactors.clone())?;
+    for l in &listeners {
+        let addr: std::net::SocketAddr = format!("{}:{}", l.traddr, l.trsvcid)
+            .parse()
+            .or_else(|_| format!("[{}]:{}", l.traddr, l.trsvcid).parse())
+            .with_context(|| format!("listener {}:{}", l.traddr, l.trsvcid))?;
+        tcp.listen(addr)?;
+    }
+    println!(
+        "lightpool-target {}: recovered {} subsystem(s) from {} (left by {} pid {}); dropped {} controller(s) and {} queue(s)",
+        crate::firmware_revision(),
+        image.target.subsystems.len(),
+        path.display(),
+        boot.version,
+        boot.pid,
+        dropped.0,
+        dropped.1,
+    );
+    let run = Running {
+        target,
+        reactors,
+        tcp,
+        cores: boot.cores,
+        idle_spin_us: boot.idle_spin_us,
+        control,
+        control_path: control_path.to_string(),
+        layout: STATE_LAYOUT,
+        state_dir: Some(dir.to_path_buf()),
+        region,
+    };
+    write_boot(&run)?;
+    Ok(run)
+}
