@@ -4,11 +4,12 @@
 //! guest kernel's initiator writes and reads back patterns over loopback; hugepage-setup
 //! gives the device back to the nvme driver, which reads the same data; after power-off
 //! the image file on the host holds the patterns at their offsets. Also: the driver's
-//! IOPS in process against the kernel driver's (fio, io_uring) on the same device in the
-//! same boot, and the refusals (mounted device, too many hugepages, no IOMMU). And a
-//! hot upgrade of the target serving the device: the new binary takes the controller,
-//! its queues and DMA memory over without resetting it, and everything written before
-//! reads back after.
+//! IOPS in process against the kernel driver's (fio, io_uring) and against the target's
+//! (the kernel NVMe/TCP initiator through lightpool-target to the device) on the same
+//! device in the same boot, and the refusals (mounted device, too many hugepages, no
+//! IOMMU). And a hot upgrade of the target serving the device: the new binary takes the
+//! controller, its queues and DMA memory over without resetting it, and everything
+//! written before reads back after.
 #![cfg(feature = "e2e")]
 
 use std::fs;
@@ -108,10 +109,15 @@ fabrics_disk() {
     done
     echo "namespace of $NQN did not show up" >&2; return 1
 }
+# The target serving the device as namespace 1; `write_target_config ram` adds a RAM
+# namespace 2 (the same path with no device behind it).
 write_target_config() {
     printf '%s\n' '[target]' 'reactors = 2' '[[listener]]' 'address = "127.0.0.1:4420"' \
         '[[subsystem]]' "nqn = \"$NQN\"" '[[subsystem.namespace]]' 'nsid = 1' \
         "vfio = \"$A\"" > /tmp/target.toml
+    if [ "${1:-}" = ram ]; then
+        printf '%s\n' '[[subsystem.namespace]]' 'nsid = 2' 'ram = "64MiB"' >> /tmp/target.toml
+    fi
 }
 "#;
 
@@ -140,7 +146,7 @@ grep -q "already bound to vfio-pci" /tmp/out && say "setup is idempotent"
 /test/hugepage-setup status
 ls /dev/vfio
 
-write_target_config
+write_target_config ram
 /test/lightpool-target --config /tmp/target.toml > /tmp/target.log 2>&1 &
 TPID=$!
 for i in $(seq 1 600); do
@@ -170,6 +176,16 @@ fio --name=mixed --filename=$DEV --ioengine=libaio --direct=1 --iodepth=8 --rw=r
     --bsrange=4k-256k --offset=64m --size=16m --verify=crc32c --verify_fatal=1 \
     --randrepeat=1 --output-format=terse --terse-version=3 > /tmp/fio.out
 say "fio mixed errors=$(cut -d';' -f5 /tmp/fio.out)"
+# The target's IOPS: the same 4 KiB random reads at QD 32 as the in-process driver's
+# below, from the kernel's NVMe/TCP initiator through the target to the device; then
+# the same against the RAM namespace, the most this initiator gets through the target.
+randread() {
+    fio --name=$1 --filename=$2 --ioengine=io_uring --direct=1 --rw=randread --bs=4k \
+        --iodepth=32 --runtime=8 --time_based --output-format=terse --terse-version=3 > /tmp/$1.out
+    cut -d';' -f8 /tmp/$1.out
+}
+say "target_iops=$(randread target $DEV)"
+say "target_ram_iops=$(randread ram ${DEV%n1}n2)"
 nvme disconnect -n $NQN
 kill -TERM $TPID; wait $TPID || true
 tail -n 5 /tmp/target.log
@@ -259,10 +275,17 @@ fn vfio_nvme_served_over_tcp_and_back_to_the_kernel() {
     };
     let vfio = num("E2E: vfio_iops=");
     let kernel = num("E2E: kernel_iops=");
+    let target = num("E2E: target_iops=");
+    let ram = num("E2E: target_ram_iops=");
     let line = format!(
         "4 KiB random reads, QD 32, 8 s, same emulated device, same boot (TCG): VFIO driver \
-         {vfio:.0} IOPS, kernel nvme driver (fio io_uring) {kernel:.0} IOPS, ratio {:.2}\n",
-        vfio / kernel
+         {vfio:.0} IOPS, kernel nvme driver (fio io_uring) {kernel:.0} IOPS, ratio {:.2}; \
+         lightpool-target serving it to the kernel NVMe/TCP initiator (fio io_uring) \
+         {target:.0} IOPS, {:.2} of the in-process driver's; a RAM namespace of the same \
+         target {ram:.0} IOPS, the device namespace {:.2} of that\n",
+        vfio / kernel,
+        target / vfio,
+        target / ram
     );
     eprint!("{line}");
     fs::write(dir.join("vfio-nvme-iops.txt"), line).expect("write");
