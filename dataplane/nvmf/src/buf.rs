@@ -1,14 +1,315 @@
-//! Page-aligned data buffers for request slots.
+//! Request data buffers: where they come from and how a slot holds them.
+//!
+//! Every queue of a target takes its request buffers from one [`BufSource`]: a pool of
+//! page-aligned buffers ([`DmaPool`]). When a block device offers memory it reaches
+//! without copying (a VFIO NVMe device's DMA pool, registered with the IOMMU), that pool
+//! is the source, so the device reads and writes the very buffers the transport fills
+//! and sends; otherwise the target makes a pool of its own (huge pages when there are
+//! free ones, else ordinary memory). A buffer knows its registration (IOVA now, RDMA keys
+//! later: [`Registration`]).
+//!
+//! A slot takes a buffer when a request first needs one and gives it back when the slot
+//! is freed, through the pool's per-thread caches: no lock, no allocation on a warm
+//! queue, and a buffer is held only while a request is using it, so a pool of a few
+//! hundred buffers serves any number of queue entries. When the pool has none to give
+//! (or the transfer is larger than its buffers), the slot uses memory of its own
+//! ([`AlignedBuf`]), allocated once and kept for the next such time; the source counts
+//! these, since a device then has to bounce them.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
-/// Alignment of every data buffer: a page, so O_DIRECT backends and (later) DMA take
-/// them as they are.
+use lightpool_dma::{DmaBuf, DmaPool, HugePages, PoolOptions, Registration};
+
+/// Alignment of every data buffer: a page, so O_DIRECT backends and DMA take them as
+/// they are.
 pub const BUF_ALIGN: usize = 4096;
 
-/// A page-aligned, fixed-size byte buffer, allocated once and reused for every request
-/// that lands in its slot.
+/// Bytes of buffers in a target's own pool (the count follows from the buffer size).
+const OWN_POOL_BYTES: usize = 32 << 20;
+/// Buffers each reactor keeps for itself in front of the shared free list.
+const OWN_POOL_CACHE: usize = 32;
+
+/// Where a target's request buffers come from: see the module documentation.
+pub struct BufSource {
+    pool: Option<Arc<DmaPool>>,
+    /// Buffers handed out that were not the pool's.
+    overflows: AtomicU64,
+    warned: AtomicBool,
+}
+
+impl std::fmt::Debug for BufSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufSource")
+            .field("pool", &self.pool)
+            .field("overflows", &self.overflows())
+            .finish()
+    }
+}
+
+impl BufSource {
+    /// Request buffers from `pool` (a device's, or one made for the target).
+    pub fn new(pool: Arc<DmaPool>) -> Arc<BufSource> {
+        Arc::new(BufSource {
+            pool: Some(pool),
+            overflows: AtomicU64::new(0),
+            warned: AtomicBool::new(false),
+        })
+    }
+
+    /// The target's own pool, for when no device offers one: buffers of `buf_size`
+    /// bytes (the largest transfer), in huge pages when a hugetlbfs mount has free
+    /// ones, else in ordinary memory (only the pages used are ever touched). If even
+    /// that cannot be mapped, every slot uses memory of its own.
+    pub fn page_aligned(buf_size: usize) -> Arc<BufSource> {
+        let buf_size = buf_size.max(1).next_multiple_of(BUF_ALIGN);
+        let opts = PoolOptions {
+            buf_size,
+            count: (OWN_POOL_BYTES / buf_size).max(64),
+            cache_size: OWN_POOL_CACHE,
+            hugepages: HugePages::Auto,
+        };
+        match DmaPool::new(&opts, None) {
+            Ok(pool) => BufSource::new(pool),
+            Err(e) => {
+                tracing::warn!(error = %e, "no pool for request buffers: each request slot allocates its own");
+                Arc::new(BufSource {
+                    pool: None,
+                    overflows: AtomicU64::new(0),
+                    warned: AtomicBool::new(true),
+                })
+            }
+        }
+    }
+
+    /// The pool the buffers come from.
+    pub fn pool(&self) -> Option<&Arc<DmaPool>> {
+        self.pool.as_ref()
+    }
+
+    /// Whether the buffers are `pool`'s (the same pool, not a copy of its options).
+    pub fn is_pool(&self, pool: &Arc<DmaPool>) -> bool {
+        self.pool.as_ref().is_some_and(|p| Arc::ptr_eq(p, pool))
+    }
+
+    /// How many times a slot had to use memory of its own because the pool had no
+    /// buffer to give, or none large enough.
+    pub fn overflows(&self) -> u64 {
+        self.overflows.load(Ordering::Relaxed)
+    }
+
+    fn overflowed(&self, len: usize) {
+        self.overflows.fetch_add(1, Ordering::Relaxed);
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                len,
+                pool = ?self.pool,
+                "the request buffer pool had no buffer for a request: it uses memory of its \
+                 own, which a device must copy (said once)"
+            );
+        }
+    }
+}
+
+/// The buffer of one request: one of the pool's, or the slot's own.
+pub(crate) enum ReqBuf {
+    Pool(DmaBuf),
+    Own(AlignedBuf),
+}
+
+impl ReqBuf {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            ReqBuf::Pool(b) => b.len(),
+            ReqBuf::Own(b) => b.len(),
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            ReqBuf::Pool(b) => b.as_slice(),
+            ReqBuf::Own(b) => b.as_slice(),
+        }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            ReqBuf::Pool(b) => b.as_mut_slice(),
+            ReqBuf::Own(b) => b.as_mut_slice(),
+        }
+    }
+
+    pub(crate) fn registration(&self) -> Registration {
+        match self {
+            ReqBuf::Pool(b) => b.registration(),
+            ReqBuf::Own(_) => Registration::default(),
+        }
+    }
+}
+
+/// One buffer place of a slot (its data buffer, or the second buffer a Compare reads
+/// the media into): the buffer in use, if any, and memory of the slot's own kept from an
+/// earlier overflow.
+#[derive(Default)]
+pub(crate) struct BufSlot {
+    cur: Option<ReqBuf>,
+    spare: Option<AlignedBuf>,
+}
+
+impl BufSlot {
+    /// The buffer in use.
+    pub(crate) fn get(&self) -> Option<&ReqBuf> {
+        self.cur.as_ref()
+    }
+
+    /// Whether the buffer in use holds at least `len` bytes.
+    #[inline]
+    fn holds(&self, len: usize) -> bool {
+        self.cur.as_ref().is_some_and(|b| b.len() >= len)
+    }
+
+    /// The buffer in use, at least `len` bytes: the one the request already has, else a
+    /// pool buffer (this thread's cache), else the slot's own memory.
+    #[inline]
+    pub(crate) fn take(&mut self, src: &BufSource, len: usize) -> &mut ReqBuf {
+        if !self.holds(len) {
+            self.fill(src, None, len);
+        }
+        self.cur.as_mut().expect("filled just above")
+    }
+
+    /// Gives the slot a buffer of at least `len` bytes: `from` (a buffer of `src`'s
+    /// pool, given only when `len` fits in one), else as [`BufSlot::take`]. A buffer too
+    /// small for a longer transfer of the same request goes back to the pool first.
+    #[cold]
+    fn fill(&mut self, src: &BufSource, from: Option<DmaBuf>, len: usize) {
+        if let Some(b) = self.release() {
+            if let Some(p) = &src.pool {
+                p.put(b);
+            }
+        }
+        if let Some(pool) = &src.pool {
+            if len <= pool.buf_size() {
+                if let Some(b) = from.or_else(|| pool.get()) {
+                    self.cur = Some(ReqBuf::Pool(b));
+                    return;
+                }
+            }
+        }
+        src.overflowed(len);
+        let own = match self.spare.take() {
+            Some(b) if b.len() >= len => b,
+            _ => AlignedBuf::new(len),
+        };
+        self.cur = Some(ReqBuf::Own(own));
+    }
+
+    /// The request is over: its pool buffer, to give back; memory of the slot's own is
+    /// kept for the next overflow.
+    #[inline]
+    #[must_use]
+    pub(crate) fn release(&mut self) -> Option<DmaBuf> {
+        match self.cur.take() {
+            Some(ReqBuf::Pool(b)) => Some(b),
+            Some(ReqBuf::Own(b)) if self.spare.as_ref().is_none_or(|s| s.len() < b.len()) => {
+                self.spare = Some(b);
+                None
+            }
+            // No buffer, or a smaller one than the spare: nothing to keep.
+            _ => None,
+        }
+    }
+}
+
+/// Most pool buffers a queue keeps at hand ([`BufCache`]).
+const QUEUE_CACHE: usize = 16;
+
+/// The pool buffers one queue keeps at hand while it has requests in flight, in front
+/// of the pool's per-thread cache: taking and giving back a buffer is then a push and a
+/// pop on the queue's own stack, and the per-thread cache is touched once per batch. A
+/// queue that has nothing in flight gives them all back ([`BufCache::flush`]), so idle
+/// queues hold no buffers whatever their number.
+pub(crate) struct BufCache {
+    src: Arc<BufSource>,
+    bufs: Vec<DmaBuf>,
+}
+
+impl BufCache {
+    pub(crate) fn new(src: Arc<BufSource>) -> BufCache {
+        BufCache {
+            src,
+            bufs: Vec::with_capacity(QUEUE_CACHE),
+        }
+    }
+
+    pub(crate) fn source(&self) -> &Arc<BufSource> {
+        &self.src
+    }
+
+    /// Gives `slot` a buffer of at least `len` bytes (it keeps one it has).
+    #[inline]
+    pub(crate) fn attach<'a>(&mut self, slot: &'a mut BufSlot, len: usize) -> &'a mut ReqBuf {
+        if !slot.holds(len) {
+            let fits = self.src.pool.as_ref().is_some_and(|p| len <= p.buf_size());
+            if fits && self.bufs.is_empty() {
+                self.refill();
+            }
+            let from = if fits { self.bufs.pop() } else { None };
+            slot.fill(&self.src, from, len);
+        }
+        slot.cur.as_mut().expect("filled just above")
+    }
+
+    #[cold]
+    fn refill(&mut self) {
+        let Some(pool) = &self.src.pool else { return };
+        for _ in 0..QUEUE_CACHE / 2 {
+            match pool.get() {
+                Some(b) => self.bufs.push(b),
+                None => break,
+            }
+        }
+    }
+
+    /// Takes back the pool buffer of a slot whose request is over.
+    #[inline]
+    pub(crate) fn release(&mut self, slot: &mut BufSlot) {
+        if let Some(b) = slot.release() {
+            if self.bufs.len() == QUEUE_CACHE {
+                self.spill(QUEUE_CACHE / 2);
+            }
+            self.bufs.push(b);
+        }
+    }
+
+    /// Gives the queue's buffers back to the pool (the queue has nothing in flight).
+    #[inline]
+    pub(crate) fn flush(&mut self) {
+        if !self.bufs.is_empty() {
+            self.spill(0);
+        }
+    }
+
+    #[cold]
+    fn spill(&mut self, keep: usize) {
+        if let Some(p) = &self.src.pool {
+            for b in self.bufs.drain(keep..) {
+                p.put(b);
+            }
+        }
+    }
+}
+
+impl Drop for BufCache {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// A page-aligned, fixed-size byte buffer of a slot's own (see the module
+/// documentation).
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
@@ -74,6 +375,25 @@ impl std::fmt::Debug for AlignedBuf {
 mod tests {
     use super::*;
 
+    fn source(buf_size: usize, count: usize) -> Arc<BufSource> {
+        let pool = DmaPool::new(
+            &PoolOptions {
+                buf_size,
+                count,
+                cache_size: 2,
+                hugepages: HugePages::Off,
+            },
+            None,
+        )
+        .expect("pool");
+        BufSource::new(pool)
+    }
+
+    /// Every buffer of the pool, taken on this thread (the per-thread cache included).
+    fn drain(pool: &Arc<DmaPool>) -> Vec<DmaBuf> {
+        std::iter::from_fn(|| pool.get()).collect()
+    }
+
     #[test]
     fn aligned_and_zeroed() {
         let mut b = AlignedBuf::new(5000);
@@ -82,5 +402,131 @@ mod tests {
         assert!(b.as_slice().iter().all(|&x| x == 0));
         b.as_mut_slice()[8191] = 7;
         assert_eq!(b.as_slice()[8191], 7);
+    }
+
+    #[test]
+    fn slots_take_pool_buffers_through_the_queue_cache_and_give_them_back() {
+        let src = source(16384, 2 * QUEUE_CACHE);
+        let pool = src.pool().expect("a pool").clone();
+        let mut cache = BufCache::new(src.clone());
+        let (mut a, mut b) = (BufSlot::default(), BufSlot::default());
+        let pa = cache.attach(&mut a, 4096).as_mut_slice().as_ptr();
+        assert!(matches!(a.get(), Some(ReqBuf::Pool(_))));
+        assert_eq!(pa as usize % BUF_ALIGN, 0);
+        // The same request asks again, for its whole transfer: the same buffer.
+        assert_eq!(cache.attach(&mut a, 16384).as_mut_slice().as_ptr(), pa);
+        assert_eq!(a.take(&src, 16384).as_mut_slice().as_ptr(), pa);
+        cache.attach(&mut b, 100);
+        assert!(matches!(b.get(), Some(ReqBuf::Pool(_))));
+        assert_ne!(b.get().expect("buffer").as_slice().as_ptr(), pa);
+        assert_eq!(src.overflows(), 0);
+        cache.release(&mut a);
+        cache.release(&mut b);
+        assert!(a.get().is_none() && b.get().is_none());
+        // The queue took half a cache from the pool and keeps it while it is busy.
+        let rest = drain(&pool);
+        assert_eq!(rest.len(), 2 * QUEUE_CACHE - QUEUE_CACHE / 2);
+        // The next request takes one of the queue's, with no pool in reach.
+        cache.attach(&mut a, 4096);
+        assert!(matches!(a.get(), Some(ReqBuf::Pool(_))));
+        cache.release(&mut a);
+        // Idle: all of them go back.
+        cache.flush();
+        assert_eq!(drain(&pool).len(), QUEUE_CACHE / 2);
+        for x in rest {
+            pool.put(x);
+        }
+    }
+
+    #[test]
+    fn an_empty_pool_or_a_long_transfer_uses_the_slots_own_memory_once() {
+        let src = source(8192, 1);
+        let pool = src.pool().expect("a pool").clone();
+        let mut cache = BufCache::new(src.clone());
+        let (mut a, mut b) = (BufSlot::default(), BufSlot::default());
+        cache.attach(&mut a, 8192);
+        // The pool's one buffer is taken: the next slot uses its own memory.
+        let own = cache.attach(&mut b, 8192).as_mut_slice().as_ptr();
+        assert!(matches!(b.get(), Some(ReqBuf::Own(_))));
+        assert_eq!(
+            b.get().expect("buffer").registration(),
+            Registration::default()
+        );
+        assert_eq!(src.overflows(), 1);
+        cache.release(&mut b);
+        // Kept as a spare, used again without allocating while the pool stays empty.
+        assert_eq!(cache.attach(&mut b, 4096).as_mut_slice().as_ptr(), own);
+        assert_eq!(b.take(&src, 4096).as_mut_slice().as_ptr(), own);
+        cache.release(&mut b);
+        cache.release(&mut a);
+        // The pool has a buffer again: preferred over the spare.
+        cache.attach(&mut b, 4096);
+        assert!(matches!(b.get(), Some(ReqBuf::Pool(_))));
+        // Longer than any pool buffer: the slot's own memory, grown to fit; the short
+        // buffer goes back to the pool.
+        let long = cache.attach(&mut b, 20000);
+        assert!(long.len() >= 20000);
+        assert!(matches!(b.get(), Some(ReqBuf::Own(_))));
+        assert_eq!(src.overflows(), 3);
+        cache.release(&mut b);
+        cache.flush();
+        let all = drain(&pool);
+        assert_eq!(all.len(), 1, "no buffer lost");
+        for x in all {
+            pool.put(x);
+        }
+        // A slot dropped with its request's buffer would lose it: the queue's slots
+        // give theirs back (Request's Drop); the cache gives its own back when dropped.
+        cache.attach(&mut a, 10);
+        cache.release(&mut a);
+        drop(cache);
+        assert_eq!(drain(&pool).len(), 1);
+    }
+
+    #[test]
+    fn registered_pool_buffers_carry_their_iova() {
+        struct Mapper;
+        impl lightpool_dma::DmaMapper for Mapper {
+            fn map(&self, _vaddr: usize, _len: usize) -> Result<u64, std::io::Error> {
+                Ok(1 << 40)
+            }
+            fn unmap(&self, _iova: u64, _len: usize) -> Result<(), std::io::Error> {
+                Ok(())
+            }
+        }
+        let pool = DmaPool::new(
+            &PoolOptions {
+                buf_size: 8192,
+                count: 4,
+                cache_size: 2,
+                hugepages: HugePages::Off,
+            },
+            Some(Arc::new(Mapper)),
+        )
+        .expect("pool");
+        let src = BufSource::new(pool.clone());
+        assert!(src.is_pool(&pool));
+        let mut cache = BufCache::new(src);
+        let mut a = BufSlot::default();
+        let ptr = cache.attach(&mut a, 4096).as_mut_slice().as_ptr();
+        let reg = a.get().expect("buffer").registration();
+        assert_eq!(reg.iova, pool.iova_of(ptr, 8192));
+        assert!(reg.iova.is_some_and(|i| i >= 1 << 40));
+        cache.release(&mut a);
+    }
+
+    #[test]
+    fn the_targets_own_pool_is_page_aligned() {
+        let src = BufSource::page_aligned(128 * 1024);
+        let pool = src.pool().expect("ordinary memory at least");
+        assert_eq!(pool.buf_size(), 128 * 1024);
+        assert!(pool.count() >= 64);
+        assert!(!pool.is_registered());
+        let mut a = BufSlot::default();
+        let p = a.take(&src, 128 * 1024).as_mut_slice().as_ptr();
+        assert_eq!(p as usize % BUF_ALIGN, 0);
+        if let Some(b) = a.release() {
+            pool.put(b);
+        }
     }
 }

@@ -358,7 +358,7 @@ impl<T: Default> NvmfQueue<T> {
                     continue;
                 }
             };
-            let n = valid(i as u16, r).min(r.buf.as_ref().map_or(0, |b| b.len()));
+            let n = valid(i as u16, r).min(r.buf.get().map_or(0, |b| b.len()));
             slots.push(SlotSnapshot {
                 index: i as u16,
                 sqe: r.sqe.to_bytes().to_vec(),
@@ -370,7 +370,7 @@ impl<T: Default> NvmfQueue<T> {
                 state,
                 data: r
                     .buf
-                    .as_ref()
+                    .get()
                     .map_or_else(Vec::new, |b| b.as_slice()[..n].to_vec()),
             });
         }

@@ -23,7 +23,7 @@ use lightpool_spec::nvme::{
 };
 use lightpool_spec::status::{generic, Status};
 
-use crate::buf::AlignedBuf;
+use crate::buf::{BufCache, BufSlot, BufSource};
 use crate::ctrlr::{Controller, QueueStats};
 use crate::region::{slot as rslot, QueueShm};
 use crate::subsystem::Namespace;
@@ -82,8 +82,12 @@ pub struct Request<T> {
     /// Controller-to-host data that lives in a RAM device (sent by reference) rather
     /// than in `buf`; `None` otherwise.
     pub(crate) c2h_ext: Option<(lightpool_bdev::DeviceMemory, usize)>,
-    pub(crate) buf: Option<AlignedBuf>,
-    aux: Option<AlignedBuf>,
+    /// Where `buf` and `aux` come from (the target's, when the queue was made); the
+    /// queue takes them through its [`BufCache`], this is for calls that bypass it.
+    src: Arc<BufSource>,
+    pub(crate) buf: BufSlot,
+    /// A Compare's second buffer: the media's data.
+    aux: BufSlot,
     pending: u16,
     pub(crate) state: SlotState,
     /// Transport-private per-request state (R2T progress, send position, ...).
@@ -91,15 +95,16 @@ pub struct Request<T> {
 }
 
 impl<T: Default> Request<T> {
-    fn new() -> Self {
+    fn new(src: Arc<BufSource>) -> Self {
         Request {
             sqe: Sqe::default(),
             cqe: Cqe::default(),
             xfer: Xfer::None,
             c2h_len: 0,
             c2h_ext: None,
-            buf: None,
-            aux: None,
+            src,
+            buf: BufSlot::default(),
+            aux: BufSlot::default(),
             pending: 0,
             state: SlotState::Free,
             tr: T::default(),
@@ -108,19 +113,25 @@ impl<T: Default> Request<T> {
 }
 
 impl<T> Request<T> {
-    /// The data buffer, at least `len` bytes (allocated on the slot's first use, then
-    /// reused: no allocation on a warm queue).
+    /// The data buffer, at least `len` bytes: the one the request has (a command with
+    /// host-to-controller data gets it in [`NvmfQueue::prepare`]), else one from the
+    /// target's buffer pool (see [`crate::buf`]); given back when the slot is freed.
+    /// Bytes not written for this request hold whatever an earlier one left there.
+    #[inline]
     pub fn buf_mut(&mut self, len: usize) -> &mut [u8] {
-        if self.buf.as_ref().is_none_or(|b| b.len() < len) {
-            self.buf = Some(AlignedBuf::new(len));
-        }
-        let b = self.buf.as_mut().expect("allocated just above");
-        &mut b.as_mut_slice()[..len]
+        &mut self.buf.take(&self.src, len).as_mut_slice()[..len]
     }
 
-    /// The first `len` bytes of the data buffer (zeroes if it was never written).
+    /// The first `len` bytes of the data buffer.
     pub fn buf(&mut self, len: usize) -> &[u8] {
         self.buf_mut(len)
+    }
+
+    /// How devices and fabrics reach the data buffer without copying it (IOVA now, RDMA
+    /// keys later); the default (none) when the request has no buffer or one of the
+    /// slot's own.
+    pub fn buf_registration(&self) -> lightpool_dma::Registration {
+        self.buf.get().map(|b| b.registration()).unwrap_or_default()
     }
 
     /// Controller-to-host data ready to send.
@@ -132,7 +143,7 @@ impl<T> Request<T> {
             // queue is the host's race, as on a disk.
             return unsafe { mem.slice(*offset, self.c2h_len as usize) }.unwrap_or(&[]);
         }
-        match &self.buf {
+        match self.buf.get() {
             Some(b) => &b.as_slice()[..self.c2h_len as usize],
             None => &[],
         }
@@ -142,6 +153,19 @@ impl<T> Request<T> {
         self.cqe.cid = self.sqe.cid;
         self.cqe.status = status;
         self.state = SlotState::Done;
+    }
+}
+
+impl<T> Drop for Request<T> {
+    fn drop(&mut self) {
+        for b in [self.buf.release(), self.aux.release()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(p) = self.src.pool() {
+                p.put(b);
+            }
+        }
     }
 }
 
@@ -189,6 +213,8 @@ pub struct NvmfQueue<T> {
     bdev_in_flight: usize,
     pub(crate) ka_deadline: Option<Instant>,
     pub(crate) stats: Arc<QueueStats>,
+    /// The slots' buffers at hand (see [`BufCache`]).
+    bufs: BufCache,
     /// Hot upgrade: commands are received but not started.
     quiesced: bool,
     pub(crate) held: VecDeque<u16>,
@@ -202,6 +228,7 @@ pub struct NvmfQueue<T> {
 impl<T: Default> NvmfQueue<T> {
     pub fn new(target: Arc<Target>) -> Self {
         let opts = QueueOptions::from_target(&target);
+        let bufs = BufCache::new(target.buffers());
         let mut q = NvmfQueue {
             target,
             opts,
@@ -221,6 +248,7 @@ impl<T: Default> NvmfQueue<T> {
             bdev_in_flight: 0,
             ka_deadline: None,
             stats: Arc::new(QueueStats::default()),
+            bufs,
             quiesced: false,
             held: VecDeque::new(),
             direct_data: None,
@@ -239,7 +267,7 @@ impl<T: Default> NvmfQueue<T> {
     pub(crate) fn grow_slots(&mut self, n: usize) {
         while self.slots.len() < n {
             self.free.insert(0, self.slots.len() as u16);
-            self.slots.push(Request::new());
+            self.slots.push(Request::new(self.bufs.source().clone()));
         }
         self.done.reserve(n.saturating_sub(self.done.capacity()));
     }
@@ -322,7 +350,13 @@ impl<T: Default> NvmfQueue<T> {
         let r = &mut self.slots[usize::from(slot)];
         debug_assert!(r.state != SlotState::Free, "slot {slot} freed twice");
         r.state = SlotState::Free;
+        self.bufs.release(&mut r.buf);
+        self.bufs.release(&mut r.aux);
         self.free.push(slot);
+        if self.free.len() + self.aers.len() == self.slots.len() {
+            // Nothing in flight: idle queues hold no buffers.
+            self.bufs.flush();
+        }
         if let Some(m) = &self.shm {
             m.set_slot_state(slot, rslot::FREE);
         }
@@ -340,6 +374,10 @@ impl<T: Default> NvmfQueue<T> {
         match res {
             Ok(x) => {
                 r.xfer = x;
+                if let Xfer::H2C { len, .. } = x {
+                    // The transport puts the data here next.
+                    self.bufs.attach(&mut r.buf, len as usize);
+                }
                 Ok(x)
             }
             Err(st) => {
@@ -609,12 +647,15 @@ impl<T: Default> NvmfQueue<T> {
         let buf = if len == 0 {
             std::ptr::null_mut()
         } else if use_aux {
-            if r.aux.as_ref().is_none_or(|b| b.len() < len) {
-                r.aux = Some(AlignedBuf::new(len));
-            }
-            r.aux.as_mut().expect("allocated just above").as_mut_ptr()
+            self.bufs
+                .attach(&mut r.aux, len)
+                .as_mut_slice()
+                .as_mut_ptr()
         } else {
-            r.buf_mut(len).as_mut_ptr()
+            self.bufs
+                .attach(&mut r.buf, len)
+                .as_mut_slice()
+                .as_mut_ptr()
         };
         r.pending += 1;
         self.bdev_in_flight += 1;
@@ -701,7 +742,7 @@ impl<T: Default> NvmfQueue<T> {
 }
 
 fn compare_result<T>(r: &Request<T>) -> Status {
-    let (Some(host), Some(media)) = (&r.buf, &r.aux) else {
+    let (Some(host), Some(media)) = (r.buf.get(), r.aux.get()) else {
         return Status::generic(generic::INTERNAL_ERROR);
     };
     let len = match r.xfer {
