@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use lightpool_bdev::{Bdev, MallocBdev, NvmeVfioBdev, NvmeVfioOptions, UringBdev, UringOptions};
+use lightpool_bdev::Bdev;
+use lightpool_bdev_nvme_vfio::{NvmeVfioBdev, NvmeVfioOptions};
+use lightpool_bdev_ram::MallocBdev;
+use lightpool_bdev_uring::{UringBdev, UringOptions};
 use lightpool_nvmf::{NamespaceConfig, SubsystemConfig, Target, TargetOptions};
 use lightpool_reactor::{ReactorConfig, ReactorHandle};
 use lightpool_transport_tcp::TcpTransport;

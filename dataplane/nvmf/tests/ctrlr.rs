@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lightpool_bdev::MallocBdev;
+use lightpool_bdev_ram::MallocBdev;
 use lightpool_nvmf::queue::{Exec, QueueState};
 use lightpool_nvmf::{NamespaceConfig, NvmfQueue, SubsystemConfig, Target, TargetOptions, Xfer};
 use lightpool_spec::fabrics::{

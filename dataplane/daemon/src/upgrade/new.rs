@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use lightpool_bdev::{Bdev, NvmeVfioHandover};
 use lightpool_nvmf::region::objects;
 use lightpool_nvmf::region::{Blob, Region, RegionError};
-use lightpool_nvmf::{NvmfError, Target};
+use lightpool_nvmf::Target;
 use lightpool_transport_tcp::TcpTransport;
 
 use crate::fdpass::{read_line, recv_with_fds};
@@ -29,8 +28,9 @@ struct Prepared {
     /// `None` when the region is not readable: HELLO goes out anyway and the running
     /// target refuses it with its reason; or when it is deferred.
     early: Option<Early>,
-    /// A target with VFIO namespaces is prepared inside the pause, once their state
-    /// has come with STATE: the region and the REACTORS descriptors wait here.
+    /// A target with devices exported at the pause (VFIO namespaces) is prepared
+    /// inside the pause, once their state has come with STATE: the region and the
+    /// REACTORS descriptors wait here.
     deferred: Option<(Arc<Region>, Vec<Option<OwnedFd>>)>,
 }
 
@@ -38,6 +38,8 @@ struct Early {
     region: Arc<Region>,
     boot: Boot,
     target: Arc<Target>,
+    /// Every block device taken over.
+    devices: Devices,
     config_gen: u64,
     nqns: Vec<String>,
 }
@@ -87,15 +89,11 @@ fn prepare(path: &str) -> Result<Prepared> {
             Ok(region) => {
                 let bdev_fds: Vec<Option<OwnedFd>> = fds.map(Some).collect();
                 let boot = read_boot(&region)?;
-                if boot
-                    .bdevs
-                    .iter()
-                    .any(|(_, _, b)| matches!(b, BdevState::Vfio { .. }))
-                {
+                if boot.devices.iter().any(|d| d.at_pause) {
                     deferred = Some((region, bdev_fds));
                     None
                 } else {
-                    Some(prepare_target(region, bdev_fds, Vec::new())?)
+                    Some(prepare_target(region, bdev_fds, None)?)
                 }
             }
             Err(RegionError::Layout { found }) => {
@@ -118,37 +116,44 @@ fn prepare(path: &str) -> Result<Prepared> {
     })
 }
 
-/// Open the block devices and rebuild subsystems and listeners from the region's
-/// records (no controllers yet: they are read inside the pause).
+/// The devices exported at the pause, and where their descriptors come from.
+type LateDevices<'a> = (
+    &'a [lightpool_bdev::DeviceRecord],
+    &'a mut dyn FnMut(usize) -> Option<OwnedFd>,
+);
+
+/// Take the block devices over and rebuild subsystems and listeners from the region's
+/// records (no controllers yet: they are read inside the pause). `bdev_fds` came with
+/// REACTORS; `late` are the devices exported at the pause and a source of STATE's
+/// descriptors.
 fn prepare_target(
     region: Arc<Region>,
     mut bdev_fds: Vec<Option<OwnedFd>>,
-    mut vfio: Vec<(String, u32, Box<NvmeVfioHandover>, Vec<OwnedFd>)>,
+    late: Option<LateDevices<'_>>,
 ) -> Result<Early> {
     let boot = read_boot(&region)?;
     // Once in full, so the pages the pause reads are mapped already (the result may be
     // stale or caught mid-write: it is read again inside the pause).
     let _ = objects::read_image(&region, true);
     let image = objects::read_image(&region, false)?;
-    let mut devs: Vec<(String, u32, Arc<dyn Bdev>)> = Vec::new();
-    let mut take = |i: usize| {
-        bdev_fds
-            .get_mut(i)
-            .and_then(Option::take)
-            .ok_or_else(|| anyhow!("block device descriptor {i} did not come with REACTORS"))
-    };
-    for (nqn, nsid, st) in &boot.bdevs {
-        let b = open_bdev(nqn, *nsid, st, Some(&mut take), &mut vfio)?;
-        devs.push((nqn.clone(), *nsid, b));
+    let mut devs = Devices::new();
+    let early: Vec<_> = boot
+        .devices
+        .iter()
+        .filter(|d| !d.at_pause)
+        .cloned()
+        .collect();
+    adopt_devices(
+        &early,
+        &mut devs,
+        Some(&mut |i: usize| bdev_fds.get_mut(i).and_then(Option::take)),
+    )?;
+    if let Some((records, take)) = late {
+        adopt_devices(records, &mut devs, Some(take))?;
     }
     let (target, _) =
         Target::import_state(&image.target, crate::firmware_revision(), |nqn, nsid| {
-            devs.iter()
-                .find(|(q, n, _)| q == nqn && *n == nsid)
-                .map(|(_, _, b)| b.clone())
-                .ok_or_else(|| {
-                    NvmfError::Invalid(format!("no block device handed over for {nqn} nsid {nsid}"))
-                })
+            namespace_bdev(&boot.namespaces, &devs, nqn, nsid)
         })?;
     Ok(Early {
         nqns: image
@@ -161,6 +166,7 @@ fn prepare_target(
         region,
         boot,
         target,
+        devices: devs,
     })
 }
 
@@ -281,8 +287,8 @@ fn adopt(
     let early = match (p.early, p.deferred) {
         (Some(early), _) => early,
         (None, Some((region, bdev_fds))) => {
-            // VFIO namespaces: their controllers' state came with STATE; open every
-            // device and rebuild the subsystems now.
+            // Devices exported at the pause (VFIO controllers) came with STATE: take
+            // every device over and rebuild the subsystems now.
             if !same_file(&region_fd, &region.fd())? {
                 bail!("the running target handed over another state region than it announced");
             }
@@ -292,12 +298,8 @@ fn adopt(
                     .ok_or_else(|| anyhow!("the running target wrote no handover blob"))?,
             )
             .context("decoding the handover blob")?;
-            let mut vfio = Vec::new();
-            for (nqn, nsid, st, ix) in pause.vfio {
-                let fds = ix.iter().map(|&i| take(i)).collect::<Result<Vec<_>>>()?;
-                vfio.push((nqn, nsid, st, fds));
-            }
-            prepare_target(region, bdev_fds, vfio)?
+            let mut late = |i: usize| fds.get_mut(i).and_then(Option::take);
+            prepare_target(region, bdev_fds, Some((&pause.devices, &mut late)))?
         }
         (None, None) => {
             // Not prepared: the layout is one this binary does not read (the running
@@ -370,10 +372,8 @@ fn adopt(
     region.take_ownership();
     // The old process has let go: the devices are ours alone (an adopted VFIO
     // controller may now delete queues, unmap memory and shut down when dropped).
-    for s in target.subsystems() {
-        for n in s.namespaces() {
-            n.bdev.adopted();
-        }
+    for d in early.devices.values() {
+        d.adopted();
     }
     let adopted: Vec<u32> = pause
         .tcp

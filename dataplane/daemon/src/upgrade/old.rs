@@ -16,7 +16,8 @@ use crate::Running;
 use super::*;
 
 /// The REACTORS answer: what a successor needs before HELLO, and the descriptors that
-/// go with it (the region, then the RAM devices' memfds).
+/// go with it (the region, then the descriptors of the block devices exported while
+/// serving, as the boot blob, rewritten now, indexes them).
 pub fn reactors_answer(run: &Running) -> Result<(String, Vec<OwnedFd>)> {
     let cores: Vec<String> = run
         .cores
@@ -24,11 +25,11 @@ pub fn reactors_answer(run: &Running) -> Result<(String, Vec<OwnedFd>)> {
         .map(|c| c.map_or("-".to_string(), |c| c.to_string()))
         .collect();
     let spin = run.idle_spin_us.map_or("-".to_string(), |v| v.to_string());
-    let (_, mem) = bdev_states(&run.target)?;
+    let mem = write_boot_fds(run)?;
     let mut fds = vec![dup(run.region.fd())?];
     fds.extend(mem);
     if fds.len() > FDS_PER_MESSAGE {
-        bail!("more RAM and file devices than one message carries");
+        bail!("more block-device descriptors than one message carries");
     }
     Ok((
         format!(
@@ -128,6 +129,7 @@ fn send_state(
     tcp: TcpState,
     mut fds: Vec<OwnedFd>,
 ) -> Result<()> {
+    // Indices count the region as 0.
     let idx = |fds: &mut Vec<OwnedFd>, fd: OwnedFd| {
         fds.push(fd);
         fds.len()
@@ -135,7 +137,7 @@ fn send_state(
     let control_fd = idx(&mut fds, dup(&run.control)?);
     let stdout_fd = idx(&mut fds, dup(std::io::stdout().as_fd())?);
     let stderr_fd = idx(&mut fds, dup(std::io::stderr().as_fd())?);
-    let vfio = vfio_states(&run.target, &mut fds, idx)?;
+    let devices = pause_export(&run.target, &mut fds, 1)?;
     let pause = Pause {
         version: crate::firmware_revision().to_string(),
         pid: std::process::id(),
@@ -143,7 +145,7 @@ fn send_state(
         stdout_fd,
         stderr_fd,
         tcp,
-        vfio,
+        devices,
     };
     let blob = postcard::to_stdvec(&pause).context("encoding the handover blob")?;
     run.region.write_blob(Blob::Handover, &blob)?;

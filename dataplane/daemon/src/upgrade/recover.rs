@@ -1,12 +1,9 @@
 //! `--recover`: start from the region a hot upgrade left in the state directory.
 
-use std::sync::Arc;
-
 use anyhow::{Context, Result};
-use lightpool_bdev::Bdev;
 use lightpool_nvmf::region::objects;
 use lightpool_nvmf::region::Region;
-use lightpool_nvmf::{NvmfError, Target};
+use lightpool_nvmf::Target;
 use lightpool_transport_tcp::TcpTransport;
 
 use crate::Running;
@@ -49,22 +46,13 @@ pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
             "recovery: dropped queue"
         );
     }
-    let mut devs: Vec<(String, u32, Arc<dyn Bdev>)> = Vec::new();
-    for (nqn, nsid, st) in &boot.bdevs {
-        devs.push((
-            nqn.clone(),
-            *nsid,
-            open_bdev(nqn, *nsid, st, None, &mut Vec::new())?,
-        ));
-    }
+    let mut devs = Devices::new();
+    adopt_devices(&boot.devices, &mut devs, None)?;
     image.controllers.clear();
     let listeners = std::mem::take(&mut image.target.listeners);
     let (target, _) =
         Target::import_state(&image.target, crate::firmware_revision(), |nqn, nsid| {
-            devs.iter()
-                .find(|(q, n, _)| q == nqn && *n == nsid)
-                .map(|(_, _, b)| b.clone())
-                .ok_or_else(|| NvmfError::Invalid(format!("no block device for {nqn} nsid {nsid}")))
+            namespace_bdev(&boot.namespaces, &devs, nqn, nsid)
         })?;
     let region = create_region(&target.opts, Some(dir), STATE_LAYOUT)?;
     drop(old);
