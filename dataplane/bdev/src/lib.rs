@@ -44,6 +44,46 @@ pub struct BdevInfo {
     pub supports_deallocate: bool,
 }
 
+/// What a device that counts its I/O has served (see [`Bdev::io_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IoStats {
+    pub reads: u64,
+    pub writes: u64,
+    /// Flush, Write Zeroes, Deallocate.
+    pub other: u64,
+    pub blocks_read: u64,
+    pub blocks_written: u64,
+}
+
+impl IoStats {
+    /// Counts `req`.
+    pub fn count(&mut self, req: &IoRequest) {
+        let n = u64::from(req.num_blocks);
+        match req.op {
+            IoOp::Read => {
+                self.reads += 1;
+                self.blocks_read += n;
+            }
+            IoOp::Write => {
+                self.writes += 1;
+                self.blocks_written += n;
+            }
+            _ => self.other += 1,
+        }
+    }
+
+    /// The sum of two counts.
+    pub fn plus(&self, o: &IoStats) -> IoStats {
+        IoStats {
+            reads: self.reads + o.reads,
+            writes: self.writes + o.writes,
+            other: self.other + o.other,
+            blocks_read: self.blocks_read + o.blocks_read,
+            blocks_written: self.blocks_written + o.blocks_written,
+        }
+    }
+}
+
 /// The operation of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoOp {
@@ -267,6 +307,10 @@ pub trait Bdev: Send + Sync {
     /// this process's alone (until then an adopted device must leave the hardware as
     /// the predecessor may take it back). Called once per device of the graph.
     fn adopted(&self) {}
+    /// What the device has served, if it counts (listings and metrics show it).
+    fn io_stats(&self) -> Option<IoStats> {
+        None
+    }
     /// Open an I/O channel for use on the calling thread only.
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError>;
 }

@@ -15,12 +15,13 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use lightpool_bdev::{Adopters, Bdev, DeviceGraph, DeviceRecord};
 use lightpool_bdev_nvme_vfio::NvmeVfioAdopter;
+use lightpool_bdev_passthru::PassthruAdopter;
 use lightpool_bdev_ram::RamAdopter;
 use lightpool_bdev_uring::UringAdopter;
 use lightpool_nvmf::{NvmfError, Target};
 
 /// Each namespace's (NQN, NSID, id of its block device in the graph).
-pub(super) type NsDevices = Vec<(String, u32, u32)>;
+pub type NsDevices = Vec<(String, u32, u32)>;
 
 /// Devices adopted so far, by id.
 pub(super) type Devices = BTreeMap<u32, Arc<dyn Bdev>>;
@@ -30,13 +31,14 @@ pub(super) fn adopters() -> Adopters {
     let mut a = Adopters::new();
     a.register(Box::new(RamAdopter))
         .register(Box::new(UringAdopter))
-        .register(Box::new(NvmeVfioAdopter));
+        .register(Box::new(NvmeVfioAdopter))
+        .register(Box::new(PassthruAdopter));
     a
 }
 
 /// The device graph of every namespace's block device, and which device each
 /// namespace serves.
-pub(super) fn graph(target: &Target) -> (DeviceGraph, NsDevices) {
+pub fn graph(target: &Target) -> (DeviceGraph, NsDevices) {
     let mut roots = Vec::new();
     let mut ns = Vec::new();
     for s in target.subsystems() {

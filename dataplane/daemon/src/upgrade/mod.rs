@@ -37,6 +37,7 @@ mod new;
 mod old;
 mod recover;
 
+pub use bdevs::graph as device_graph;
 pub use new::take_over;
 pub use old::{hand_over, reactors_answer};
 pub use recover::recover;
@@ -48,7 +49,6 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use lightpool_nvmf::region::objects;
 use lightpool_nvmf::region::{Blob, Region};
-use lightpool_transport_tcp::TcpState;
 use serde::{Deserialize, Serialize};
 
 use crate::Running;
@@ -89,7 +89,9 @@ struct Pause {
     control_fd: usize,
     stdout_fd: usize,
     stderr_fd: usize,
-    tcp: TcpState,
+    /// Each transport's name and exported state (its descriptors indexed among
+    /// STATE's).
+    transports: Vec<(String, Vec<u8>)>,
     /// The block devices exported at pause time (VFIO controllers and what is stacked
     /// on them), their descriptors indexed among STATE's.
     devices: Vec<lightpool_bdev::DeviceRecord>,

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use lightpool_nvmf::region::objects;
 use lightpool_nvmf::region::{Blob, Region, RegionError};
-use lightpool_nvmf::Target;
-use lightpool_transport_tcp::TcpTransport;
+use lightpool_nvmf::{Adopted, Target, TransportContext};
 
 use crate::fdpass::{read_line, recv_with_fds};
 use crate::Running;
@@ -337,14 +336,25 @@ fn adopt(
     objects::bind(&target, &region, &image)?;
     let t_target = t0.elapsed();
     let image = Arc::new(image);
-    let tcp = TcpTransport::adopt(
-        target.clone(),
-        p.reactors.clone(),
-        region.clone(),
-        image.clone(),
-        &pause.tcp,
-        fds,
-    )?;
+    let ctx = TransportContext {
+        target: target.clone(),
+        reactors: p.reactors.clone(),
+    };
+    let kinds = crate::transports::kinds();
+    let mut transports = Vec::new();
+    let mut adopted = Adopted::default();
+    for (name, state) in &pause.transports {
+        let (t, a) = kinds
+            .get(name)?
+            .adopt(ctx.clone(), region.clone(), image.clone(), state, fds)
+            .with_context(|| format!("taking over transport {name}"))?;
+        transports.push(t);
+        adopted.listeners += a.listeners;
+        adopted.connections += a.connections;
+        adopted.commands += a.commands;
+        adopted.queue_records.extend(a.queue_records);
+    }
+    let transports = crate::transports::Transports::with(ctx, transports);
     let t_adopt = t0.elapsed();
     let mut take = |i: usize| {
         fds.get_mut(i)
@@ -375,14 +385,8 @@ fn adopt(
     for d in early.devices.values() {
         d.adopted();
     }
-    let adopted: Vec<u32> = pause
-        .tcp
-        .conns
-        .iter()
-        .map(|(c, _, _)| c.queue_record())
-        .collect();
-    let swept = objects::sweep(&target, &region, &adopted);
-    tcp.release()?;
+    let swept = objects::sweep(&target, &region, &adopted.queue_records);
+    transports.resume_all()?;
     drop(ctrlrs);
     let pause_t = t0.elapsed();
     tracing::info!(
@@ -398,9 +402,9 @@ fn adopt(
         crate::firmware_revision(),
         pause.version,
         pause.pid,
-        pause.tcp.conns.len(),
-        pause.tcp.listeners.len(),
-        pause.tcp.conns.iter().map(|(c, _, _)| c.commands()).sum::<usize>(),
+        adopted.connections,
+        adopted.listeners,
+        adopted.commands,
         pause_t.as_secs_f64() * 1e3
     );
     std::io::stdout().flush().ok();
@@ -413,7 +417,7 @@ fn adopt(
     let run = Running {
         target,
         reactors: p.reactors,
-        tcp,
+        transports,
         cores: early.boot.cores,
         idle_spin_us: early.boot.idle_spin_us,
         control,

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use lightpool_nvmf::region::Blob;
-use lightpool_transport_tcp::TcpState;
 
 use crate::fdpass::{read_line, send_with_fds, FDS_PER_MESSAGE};
 use crate::Running;
@@ -66,33 +65,42 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
     }
     tracing::info!(new_version = %newver, "upgrade: quiescing");
     let t0 = Instant::now();
-    // Each reactor quiesces, and exports and freezes itself as soon as its connections
-    // have drained: one round trip, however busy the machine.
-    let exported = match run.tcp.quiesce_and_export(1, DRAIN_TIMEOUT) {
-        Ok(x) => x,
-        Err(e) => {
-            // Some reactor could not export (a queue without a record, a descriptor that
-            // cannot be duplicated): serve on.
-            run.tcp.resume()?;
-            let _ = send_line!(
-                sock,
-                "REFUSE the running target cannot export its state: {e}"
-            );
-            bail!("upgrade abandoned: {e}; still serving");
+    // Each transport quiesces, and each of its reactors exports and freezes itself as
+    // soon as its connections have drained: one round trip, however busy the machine.
+    let mut fds = Vec::new();
+    let mut exported = Vec::new();
+    for t in run.transports.all() {
+        match t.quiesce_and_export(1 + fds.len(), DRAIN_TIMEOUT) {
+            Ok(Some(x)) => {
+                fds.extend(x.fds);
+                exported.push((t.name().to_string(), x.state));
+            }
+            Ok(None) => {
+                // That transport serves on by itself; the ones frozen before it too.
+                run.transports.resume_all()?;
+                send_line!(
+                    sock,
+                    "REFUSE commands did not finish within {DRAIN_TIMEOUT:?}"
+                )?;
+                bail!("upgrade abandoned: commands did not finish in time; still serving");
+            }
+            Err(e) => {
+                // Some reactor could not export (a queue without a record, a descriptor
+                // that cannot be duplicated): serve on.
+                run.transports.resume_all()?;
+                let _ = send_line!(
+                    sock,
+                    "REFUSE the running target cannot export its state: {e}"
+                );
+                bail!("upgrade abandoned: {e}; still serving");
+            }
         }
-    };
-    let Some((tcp, fds)) = exported else {
-        send_line!(
-            sock,
-            "REFUSE commands did not finish within {DRAIN_TIMEOUT:?}"
-        )?;
-        bail!("upgrade abandoned: commands did not finish in time; still serving");
-    };
+    }
     let t_frozen = t0.elapsed();
-    match send_state(run, &sock, tcp, fds) {
+    match send_state(run, &sock, exported, fds) {
         Ok(()) => {}
         Err(e) => {
-            run.tcp.resume()?;
+            run.transports.resume_all()?;
             let _ = send_line!(sock, "REFUSE {e:#}");
             return Err(e.context("upgrade abandoned; still serving"));
         }
@@ -114,19 +122,19 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
             std::process::exit(0);
         }
         other => {
-            run.tcp.resume()?;
+            run.transports.resume_all()?;
             let why = other.unwrap_or("the new process went away");
             bail!("upgrade abandoned ({why}); still serving");
         }
     }
 }
 
-/// Descriptor 0 is the region, then listeners and connections (`fds`, exported with
-/// base 1), then the rest. The handover blob goes into the region first.
+/// Descriptor 0 is the region, then the transports' listeners and connections (`fds`,
+/// exported with base 1), then the rest. The handover blob goes into the region first.
 fn send_state(
     run: &Running,
     sock: &UnixStream,
-    tcp: TcpState,
+    transports: Vec<(String, Vec<u8>)>,
     mut fds: Vec<OwnedFd>,
 ) -> Result<()> {
     // Indices count the region as 0.
@@ -144,7 +152,7 @@ fn send_state(
         control_fd,
         stdout_fd,
         stderr_fd,
-        tcp,
+        transports,
         devices,
     };
     let blob = postcard::to_stdvec(&pause).context("encoding the handover blob")?;

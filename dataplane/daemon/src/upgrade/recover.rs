@@ -3,8 +3,7 @@
 use anyhow::{Context, Result};
 use lightpool_nvmf::region::objects;
 use lightpool_nvmf::region::Region;
-use lightpool_nvmf::Target;
-use lightpool_transport_tcp::TcpTransport;
+use lightpool_nvmf::{Target, TransportContext};
 
 use crate::Running;
 
@@ -59,13 +58,29 @@ pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
     target.attach_region(region.clone())?;
     let control = crate::control::bind(control_path)?;
     let reactors = crate::spawn_reactors(&boot.cores, boot.idle_spin_us)?;
-    let tcp = TcpTransport::new(target.clone(), reactors.clone())?;
+    let transports = crate::transports::Transports::new(TransportContext {
+        target: target.clone(),
+        reactors: reactors.clone(),
+    });
+    let kinds = crate::transports::kinds();
     for l in &listeners {
-        let addr: std::net::SocketAddr = format!("{}:{}", l.traddr, l.trsvcid)
-            .parse()
-            .or_else(|_| format!("[{}]:{}", l.traddr, l.trsvcid).parse())
-            .with_context(|| format!("listener {}:{}", l.traddr, l.trsvcid))?;
-        tcp.listen(addr)?;
+        let addr = lightpool_nvmf::ListenAddr {
+            trtype: l.trtype,
+            adrfam: l.adrfam,
+            traddr: l.traddr.clone(),
+            trsvcid: l.trsvcid.clone(),
+        }
+        .to_addr_string();
+        let kind = kinds.by_trtype(l.trtype).with_context(|| {
+            format!(
+                "listener {addr} has transport type {}, which this binary does not serve",
+                l.trtype
+            )
+        })?;
+        transports
+            .get_or_create(kind.name())?
+            .add_listener(&addr)
+            .with_context(|| format!("listener {addr}"))?;
     }
     println!(
         "lightpool-target {}: recovered {} subsystem(s) from {} (left by {} pid {}); dropped {} controller(s) and {} queue(s)",
@@ -80,7 +95,7 @@ pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
     let run = Running {
         target,
         reactors,
-        tcp,
+        transports,
         cores: boot.cores,
         idle_spin_us: boot.idle_spin_us,
         control,
