@@ -44,7 +44,7 @@ phase "build lightpool-target-next (release)" build_next
 phase "build lightpool-target, lightpool-perf (release)" cargo build --release -p lightpool-daemon -p lightpool-perf --bins
 # What the VFIO guest test carries into the guest.
 phase "build hugepage-setup, nvme_vfio_iops (release)" \
-    cargo build --release -p hugepage-setup --bins -p lightpool-bdev --example nvme_vfio_iops
+    cargo build --release -p hugepage-setup --bins -p lightpool-bdev-nvme-vfio --example nvme_vfio_iops
 # The RAM-in-huge-pages tests need a few free 2 MiB pages (only raised, never lowered).
 reserve_hugepages() {
     local have

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use lightpool_bdev::{Bdev, IoChannel, IoOp, IoRequest, MallocBdev, UringBdev, UringOptions};
+use lightpool_bdev::{Bdev, IoChannel, IoOp, IoRequest};
+use lightpool_bdev_ram::MallocBdev;
+use lightpool_bdev_uring::{UringBdev, UringOptions};
 
 use crate::cli::{fail_setup, BdevArgs};
 use crate::engine::{Device, Done, IoQueue, PerfError, QueueSetup, WorkerSpec};

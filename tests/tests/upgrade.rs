@@ -502,3 +502,107 @@ fn file_namespace_keeps_its_unlinked_file_across_upgrades() {
     kill(pid);
     let _ = std::fs::remove_file(&path);
 }
+
+/// The block devices of the target behind `control`, one line each (DEVICES).
+fn devices(control: &str) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(control).expect("control socket answers");
+    s.write_all(b"DEVICES\n").expect("send");
+    let mut r = BufReader::new(&s);
+    let mut head = String::new();
+    r.read_line(&mut head).expect("answer");
+    let n: usize = head
+        .trim()
+        .strip_prefix("OK ")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("DEVICES answered {head:?}"));
+    (0..n)
+        .map(|_| {
+            let mut l = String::new();
+            r.read_line(&mut l).expect("device line");
+            l.trim().to_string()
+        })
+        .collect()
+}
+
+/// `key=value` of a DEVICES line, as a number.
+fn field(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} missing from {line:?}"))
+}
+
+/// A stacked block device (a pass-through that counts I/O, over a RAM device) is handed
+/// over like any other across three upgrades under lightpool-perf --verify: no error,
+/// no mismatch, the same device stack in every process, and its counts (its own state)
+/// carried on and growing.
+#[test]
+fn stacked_device_is_handed_over_with_its_state() {
+    let a = release_binary("lightpool-target").expect("built");
+    let b = release_binary("lightpool-target-next").expect("tests/run.sh builds it");
+    let s = start_ns(
+        "upgrade-stacked",
+        "reactors = 2",
+        "ram = \"64MiB\"\npassthru = true",
+        &[],
+    );
+    let before = devices(&s.control);
+    assert_eq!(before.len(), 2, "{before:?}");
+    assert!(
+        before[0].contains("kind=ram") && before[0].contains("name=ram1"),
+        "{before:?}"
+    );
+    assert!(
+        before[1].contains("kind=passthru") && before[1].contains("children=0"),
+        "{before:?}"
+    );
+    assert!(
+        before[1].contains(&format!("namespaces={NQN}/1")),
+        "{before:?}"
+    );
+    assert_eq!(field(&before[1], "writes"), 0);
+
+    let child = perf_run(s.addr, 10);
+    thread::sleep(Duration::from_millis(1500));
+    let mut seen = Vec::new();
+    for (i, bin) in [&b, &a, &b].into_iter().enumerate() {
+        let c = devices(&s.control);
+        seen.push(field(&c[1], "reads") + field(&c[1], "writes"));
+        let (ok, out) = upgrade(&s.control, bin, &[]);
+        assert!(
+            ok,
+            "upgrade {i} failed:\n{out}\ntarget log:\n{}",
+            s.first.log()
+        );
+        let after = devices(&s.control);
+        assert_eq!(after.len(), 2, "{after:?}");
+        assert!(after[1].contains("kind=passthru"), "{after:?}");
+        let n = field(&after[1], "reads") + field(&after[1], "writes");
+        assert!(
+            n >= *seen.last().expect("pushed"),
+            "upgrade {i}: counts went from {seen:?} back to {n}"
+        );
+        thread::sleep(Duration::from_millis(1200));
+    }
+    let (ok, run, err) = perf_report(child);
+    assert!(ok, "lightpool-perf failed across upgrades: {err}\n{run}");
+    assert_eq!(json_num(&run, "error_total"), 0.0, "{run}");
+    assert_eq!(json_num(&run, "mismatches"), 0.0, "{run}");
+    let last = devices(&s.control);
+    let total = field(&last[1], "reads") + field(&last[1], "writes");
+    // Every command the run completed passed through the stacked device, in whichever
+    // process served it: the counts add up across the handovers.
+    let ios = json_num(&run, "ios") as u64;
+    assert!(ios > 0, "{run}");
+    assert!(
+        total >= ios,
+        "the stacked device counted {total} reads and writes, lightpool-perf completed {ios}: counts were lost in a handover ({seen:?})"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[1] > w[0]),
+        "counts grew between upgrades: {seen:?}"
+    );
+    let (pid, _) = status(&s.control);
+    kill(pid);
+}

@@ -6,23 +6,26 @@
 //! returns at once, [`IoChannel::poll`] reaps what has finished. Nothing on that path takes
 //! a lock or allocates once the channel is warm.
 //!
-//! Backends, one file each:
-//! - [`MallocBdev`] (`malloc.rs`): RAM, for tests and as a scratch device.
-//! - [`UringBdev`] (`uring.rs`): a regular file or a block device through io_uring.
-//! - [`NvmeVfioBdev`] (`nvme_vfio.rs`): an NVMe SSD driven from userspace through VFIO.
+//! This crate is the interface only: what the NVMe-oF core and every stacked device
+//! (pools, volumes, RAID, the remote device of migration) depend on. Backends are
+//! crates of their own: `lightpool-bdev-ram` (RAM), `lightpool-bdev-uring` (a file or
+//! block device through io_uring), `lightpool-bdev-nvme-vfio` (an NVMe SSD driven from
+//! userspace through VFIO), `lightpool-bdev-passthru` (a stacked pass-through that
+//! counts I/O). Hot upgrade goes through [`Bdev::export`] and an [`Adopter`] per kind
+//! of device (see the `persist` module): no list of backends lives here.
+//!
+//! With the `testing` feature, [`testing`] holds the checks every backend must pass.
 //!
 //! Buffers handed to channels are 4096-byte aligned (the target allocates its request
 //! buffers that way); backends that open their device with `O_DIRECT` rely on it.
 
 use std::os::fd::RawFd;
 
-mod malloc;
-mod nvme_vfio;
-mod uring;
+mod persist;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
-pub use malloc::MallocBdev;
-pub use nvme_vfio::{vfio_dma_pool, NvmeVfioBdev, NvmeVfioHandover, NvmeVfioOptions};
-pub use uring::{UringBdev, UringOptions};
+pub use persist::{Adopter, Adopters, Adoption, DeviceGraph, DeviceRecord, Export, PersistError};
 
 /// What a block device tells the target about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +42,46 @@ pub struct BdevInfo {
     pub volatile_write_cache: bool,
     /// Deallocate (discard) does something; reads of deallocated blocks return zeroes.
     pub supports_deallocate: bool,
+}
+
+/// What a device that counts its I/O has served (see [`Bdev::io_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IoStats {
+    pub reads: u64,
+    pub writes: u64,
+    /// Flush, Write Zeroes, Deallocate.
+    pub other: u64,
+    pub blocks_read: u64,
+    pub blocks_written: u64,
+}
+
+impl IoStats {
+    /// Counts `req`.
+    pub fn count(&mut self, req: &IoRequest) {
+        let n = u64::from(req.num_blocks);
+        match req.op {
+            IoOp::Read => {
+                self.reads += 1;
+                self.blocks_read += n;
+            }
+            IoOp::Write => {
+                self.writes += 1;
+                self.blocks_written += n;
+            }
+            _ => self.other += 1,
+        }
+    }
+
+    /// The sum of two counts.
+    pub fn plus(&self, o: &IoStats) -> IoStats {
+        IoStats {
+            reads: self.reads + o.reads,
+            writes: self.writes + o.writes,
+            other: self.other + o.other,
+            blocks_read: self.blocks_read + o.blocks_read,
+            blocks_written: self.blocks_written + o.blocks_written,
+        }
+    }
 }
 
 /// The operation of one request.
@@ -108,7 +151,7 @@ impl IoRequest {
 
 /// The byte range of a request after checking it against the device, or how it ends
 /// at once. Shared by the backends so they refuse the same things the same way.
-pub(crate) fn check_request(info: &BdevInfo, req: &IoRequest) -> Result<(u64, u64), IoStatus> {
+pub fn check_request(info: &BdevInfo, req: &IoRequest) -> Result<(u64, u64), IoStatus> {
     let writes = matches!(req.op, IoOp::Write | IoOp::WriteZeroes | IoOp::Deallocate);
     if writes && info.read_only {
         return Err(IoStatus::ReadOnly);
@@ -155,42 +198,6 @@ pub enum BdevError {
     Invalid(String),
     #[error("I/O setup failed: {0}")]
     Setup(#[source] std::io::Error),
-}
-
-/// What a successor process needs to take a block device over during a hot upgrade.
-#[derive(Debug)]
-pub enum Handover<'a> {
-    /// RAM: the memfd (or tmpfs file, `path`) with the data, mapped again by the
-    /// successor.
-    Ram {
-        memfd: std::os::fd::BorrowedFd<'a>,
-        block_size: u32,
-        path: Option<String>,
-    },
-    /// A file or block device: its open descriptor, which the successor adopts
-    /// ([`UringBdev::adopt`]) so that it serves the same file even when the path names
-    /// another one by now (nothing is buffered in this process: every acknowledged write
-    /// has reached the kernel). `path` is what it was opened by, for a recovery without
-    /// the descriptor. The io_uring rings are not handed over: they belong to channels,
-    /// which hold no request once the target has drained, and the successor's channels
-    /// make their own.
-    File {
-        path: String,
-        fd: std::os::fd::BorrowedFd<'a>,
-        block_size: u32,
-        read_only: bool,
-        direct: bool,
-        queue_depth: u32,
-    },
-    /// An NVMe namespace driven through VFIO: the controller's state (queues, IOVAs)
-    /// and its descriptors (container, groups, DMA memory, device), in the order
-    /// [`NvmeVfioBdev::adopt`] takes them.
-    Vfio {
-        state: Box<NvmeVfioHandover>,
-        fds: Vec<std::os::fd::OwnedFd>,
-    },
-    /// The device cannot be handed over (the upgrade is refused), and why.
-    Unsupported { reason: String },
 }
 
 /// The bytes of a device that lives in this process's memory (RAM), addressable
@@ -266,26 +273,43 @@ impl DeviceMemory {
 /// A block device shared by all reactors.
 pub trait Bdev: Send + Sync {
     fn info(&self) -> &BdevInfo;
+    /// What kind of device this is ("ram", "uring", "nvme-vfio", ...): the key of the
+    /// [`Adopter`] that rebuilds it after a hot upgrade, and what listings show.
+    fn kind(&self) -> &'static str;
     /// The device's memory, when it is RAM in this process (see [`DeviceMemory`]).
     fn memory(&self) -> Option<DeviceMemory> {
         None
     }
-    /// How a successor process takes this device over. Called on a drained target (no
-    /// request in flight on any channel).
-    fn handover(&self) -> Handover<'_> {
-        Handover::Unsupported {
-            reason: format!("{} has no hot-upgrade support", self.info().name),
-        }
+    /// The block devices this one is stacked on (a pool's members, a volume's pool),
+    /// in the order [`Adopter::adopt`] gets them back. Empty for a device over hardware,
+    /// a file or memory.
+    fn children(&self) -> Vec<std::sync::Arc<dyn Bdev>> {
+        Vec::new()
+    }
+    /// Hot upgrade, old process: what a successor needs to take this device over (its
+    /// own state and descriptors; the devices it is stacked on export themselves).
+    /// Called on a drained target when [`Bdev::export_at_pause`] says so, otherwise
+    /// possibly while serving.
+    fn export(&self) -> Result<Export, BdevError> {
+        Err(BdevError::Invalid(format!(
+            "{} has no hot-upgrade support",
+            self.info().name
+        )))
+    }
+    /// Whether [`Bdev::export`] describes state that changes while serving (a VFIO
+    /// controller's queues), so it is taken only at pause time, on a drained target;
+    /// otherwise a successor may adopt the device before the pause. A device stacked on
+    /// one that exports at pause exports at pause too (the graph walk sees to it).
+    fn export_at_pause(&self) -> bool {
+        false
     }
     /// Hot upgrade, new process: the predecessor has let go; from now on the device is
     /// this process's alone (until then an adopted device must leave the hardware as
-    /// the predecessor may take it back).
+    /// the predecessor may take it back). Called once per device of the graph.
     fn adopted(&self) {}
-    /// Whether [`Bdev::handover`] describes state that changes while serving (a VFIO
-    /// controller's queues), so it is taken only at pause time, on a drained target;
-    /// otherwise a successor may open the device before the pause.
-    fn handover_at_pause(&self) -> bool {
-        false
+    /// What the device has served, if it counts (listings and metrics show it).
+    fn io_stats(&self) -> Option<IoStats> {
+        None
     }
     /// Open an I/O channel for use on the calling thread only.
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError>;
@@ -324,4 +348,13 @@ pub trait IoChannel {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_constructors() {
+        let r = IoRequest::no_data(IoOp::Flush, 1, 2, 3);
+        assert!(r.buf.is_null());
+        assert_eq!((r.offset_blocks, r.num_blocks, r.len, r.tag), (1, 2, 0, 3));
+    }
+}

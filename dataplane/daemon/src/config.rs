@@ -153,6 +153,10 @@ pub struct NamespaceSection {
     /// 8-4-4-4-12 hex UUID.
     pub uuid: Option<String>,
     pub ana_group: Option<u32>,
+    /// Serve the device through a stacked pass-through that counts its I/O (shown by
+    /// the control socket's DEVICES).
+    #[serde(default)]
+    pub passthru: bool,
 }
 
 /// A configuration error that names the field at fault.
@@ -229,11 +233,8 @@ impl Config {
             }
         }
         for (i, l) in self.listeners.iter().enumerate() {
-            if l.transport != "tcp" {
-                return Err(ferr(
-                    format!("listener[{i}].transport"),
-                    format!("{:?} is not supported (only \"tcp\")", l.transport),
-                ));
+            if let Err(e) = crate::transports::kinds().get(&l.transport) {
+                return Err(ferr(format!("listener[{i}].transport"), e.to_string()));
             }
             l.address.parse::<SocketAddr>().map_err(|_| {
                 ferr(

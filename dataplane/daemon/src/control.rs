@@ -68,6 +68,14 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
             std::process::id(),
             run.layout
         )?;
+    } else if line == "DEVICES" {
+        let lines = devices_lines(run);
+        let mut out = format!("OK {}\n", lines.len());
+        for l in lines {
+            out.push_str(&l);
+            out.push('\n');
+        }
+        w.write_all(out.as_bytes())?;
     } else if line == "REACTORS" {
         // What a successor needs before it asks for the state: how the reactors are laid
         // out, the state region and the RAM devices' memfds.
@@ -91,6 +99,62 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
         upgrade::hand_over(run, stream, &line)?;
     } else {
         send_line!(w, "ERR unknown command {line:?}")?;
+    }
+    Ok(())
+}
+
+/// One line per block device of the target, children first: `ID kind=.. name=..
+/// children=ID,.. namespaces=NQN/NSID,..` and, for devices that count, their I/O.
+fn devices_lines(run: &Running) -> Vec<String> {
+    let (g, ns) = upgrade::device_graph(&run.target);
+    g.devices()
+        .enumerate()
+        .map(|(id, d)| {
+            let children: Vec<String> = d
+                .children()
+                .iter()
+                .filter_map(|c| g.id_of(c))
+                .map(|c| c.to_string())
+                .collect();
+            let serves: Vec<String> = ns
+                .iter()
+                .filter(|(_, _, i)| *i as usize == id)
+                .map(|(nqn, nsid, _)| format!("{nqn}/{nsid}"))
+                .collect();
+            let mut l = format!(
+                "{id} kind={} name={} blocks={} block_size={} children={} namespaces={}",
+                d.kind(),
+                d.info().name,
+                d.info().num_blocks,
+                d.info().block_size,
+                children.join(","),
+                serves.join(",")
+            );
+            if let Some(s) = d.io_stats() {
+                l.push_str(&format!(
+                    " reads={} writes={} other={} blocks_read={} blocks_written={}",
+                    s.reads, s.writes, s.other, s.blocks_read, s.blocks_written
+                ));
+            }
+            l
+        })
+        .collect()
+}
+
+/// `lightpool-target devices`: the block devices of the running target.
+pub fn devices_command(path: &str) -> Result<()> {
+    let mut s = UnixStream::connect(path)
+        .with_context(|| format!("no lightpool-target answers on control socket {path}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"DEVICES\n")?;
+    let mut r = BufReader::new(&s);
+    let head = read_line(&mut r)?.unwrap_or_default();
+    let n: usize = head
+        .strip_prefix("OK ")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("unexpected answer {head:?}"))?;
+    for _ in 0..n {
+        println!("{}", read_line(&mut r)?.unwrap_or_default());
     }
     Ok(())
 }

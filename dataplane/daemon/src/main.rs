@@ -6,6 +6,7 @@ mod config;
 #[macro_use]
 mod fdpass;
 mod control;
+mod transports;
 mod upgrade;
 
 use std::net::SocketAddr;
@@ -15,10 +16,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use lightpool_bdev::{Bdev, MallocBdev, NvmeVfioBdev, NvmeVfioOptions, UringBdev, UringOptions};
-use lightpool_nvmf::{NamespaceConfig, SubsystemConfig, Target, TargetOptions};
+use lightpool_bdev::Bdev;
+use lightpool_bdev_nvme_vfio::{NvmeVfioBdev, NvmeVfioOptions};
+use lightpool_bdev_ram::MallocBdev;
+use lightpool_bdev_uring::{UringBdev, UringOptions};
+use lightpool_nvmf::{NamespaceConfig, SubsystemConfig, Target, TargetOptions, TransportContext};
 use lightpool_reactor::{ReactorConfig, ReactorHandle};
-use lightpool_transport_tcp::TcpTransport;
 use std::os::unix::net::UnixListener;
 
 use config::{parse_size, Config, ListenerSection, NamespaceSection, SubsystemSection};
@@ -75,6 +78,9 @@ enum Cmd {
         #[arg(long)]
         binary: PathBuf,
     },
+    /// List the block devices of the running target (children first, with the
+    /// namespaces each serves and, for devices that count, their I/O).
+    Devices,
     /// Set the ANA state of a namespace group of the running target; connected hosts
     /// get an ANA-change async event and re-read the ANA log.
     Ana {
@@ -110,7 +116,8 @@ fn default_control_socket() -> String {
 pub struct Running {
     pub target: Arc<Target>,
     pub reactors: Vec<ReactorHandle>,
-    pub tcp: TcpTransport,
+    /// The transports serving, one per kind in use.
+    pub transports: transports::Transports,
     pub cores: Vec<Option<usize>>,
     pub idle_spin_us: Option<u64>,
     pub control: UnixListener,
@@ -152,6 +159,7 @@ fn default_config() -> Config {
                 nguid: None,
                 uuid: None,
                 ana_group: None,
+                passthru: false,
             }],
         }],
     }
@@ -277,9 +285,13 @@ fn build_target(
         sc.max_cntlid = s.max_cntlid;
         for (ni, n) in s.namespaces.iter().enumerate() {
             let field = format!("subsystem[{si}].namespace[{ni}]");
+            let mut bdev = open_bdev(&field, &s.nqn, n, state_dir)?;
+            if n.passthru {
+                bdev = lightpool_bdev_passthru::PassthruBdev::new(bdev);
+            }
             sc.namespaces.push(NamespaceConfig {
                 nsid: n.nsid,
-                bdev: open_bdev(&field, &s.nqn, n, state_dir)?,
+                bdev,
                 nguid: Config::nguid(n),
                 uuid: Config::uuid(n),
                 anagrpid: n.ana_group,
@@ -346,6 +358,7 @@ fn main() {
     let res = match &args.command {
         Some(Cmd::Upgrade { binary }) => control::upgrade_command(&control, binary, &args.log),
         Some(Cmd::Ana { nqn, group, state }) => control::ana_command(&control, nqn, *group, state),
+        Some(Cmd::Devices) => control::devices_command(&control),
         None => run(&args, &control),
     };
     if let Err(e) = res {
@@ -372,14 +385,19 @@ fn start(args: &Args, control_path: &str) -> Result<Running> {
         cfg.target.cores.iter().map(|&c| Some(c)).collect()
     };
     let reactors = spawn_reactors(&cores, cfg.target.idle_spin_us)?;
-    let tcp = TcpTransport::new(target.clone(), reactors.clone())?;
+    let transports = transports::Transports::new(TransportContext {
+        target: target.clone(),
+        reactors: reactors.clone(),
+    });
     let mut bound = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
-        let addr: SocketAddr = l
-            .address
-            .parse()
-            .with_context(|| format!("listener[{i}].address"))?;
-        bound.push(tcp.listen(addr).with_context(|| format!("listener[{i}]"))?);
+        let t = transports
+            .get_or_create(&l.transport)
+            .with_context(|| format!("listener[{i}].transport"))?;
+        let addr = t
+            .add_listener(&l.address)
+            .with_context(|| format!("listener[{i}]"))?;
+        bound.push((t.name(), addr));
     }
     for s in target.subsystems() {
         let ns: Vec<String> = s
@@ -402,22 +420,24 @@ fn start(args: &Args, control_path: &str) -> Result<Running> {
             ns.join(", ")
         );
     }
-    for a in &bound {
-        println!("lightpool-target: listening on {a} (NVMe/TCP, discovery included)");
-    }
-    if let (Some(a), Some(s)) = (bound.first(), target.subsystems().first()) {
+    for (name, a) in &bound {
         println!(
-            "Connect a Linux host with: nvme connect -t tcp -a {} -s {} -n {}",
-            a.ip(),
-            a.port(),
-            s.nqn
+            "lightpool-target: listening on {} ({}, discovery included)",
+            a.to_addr_string(),
+            transports::label(name)
+        );
+    }
+    if let (Some((name, a)), Some(s)) = (bound.first(), target.subsystems().first()) {
+        println!(
+            "Connect a Linux host with: nvme connect -t {name} -a {} -s {} -n {}",
+            a.traddr, a.trsvcid, s.nqn
         );
     }
     println!("lightpool-target: control socket {control_path} (upgrade with: lightpool-target upgrade --binary NEW --control-socket {control_path})");
     let run = Running {
         target,
         reactors,
-        tcp,
+        transports,
         cores,
         idle_spin_us: cfg.target.idle_spin_us,
         control,

@@ -17,7 +17,10 @@ pub mod transport;
 pub use queue::{NvmfQueue, QueueOptions, Request, Xfer};
 pub use subsystem::{NamespaceConfig, Subsystem, SubsystemConfig};
 pub use target::{Target, TargetOptions};
-pub use transport::{ListenAddr, ListenerInfo};
+pub use transport::{
+    Adopted, ConnectionInfo, ListenAddr, ListenerInfo, Transport, TransportContext, TransportError,
+    TransportExport, TransportKind, TransportKinds,
+};
 
 /// Errors raised while configuring the target (never on the I/O path).
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,8 @@
-//! What a transport tells the target about itself. Transports depend on this crate,
-//! never the reverse (as SPDK's nvmf_transport.h): they frame capsules, this crate
-//! executes them through [`crate::NvmfQueue`].
+//! The transport seam. Transports depend on this crate, never the reverse (as SPDK's
+//! nvmf_transport.h): they frame capsules, this crate executes them through
+//! [`crate::NvmfQueue`]. A transport implements [`Transport`] (listen, list
+//! connections, hand over) and a [`TransportKind`] makes and adopts it; the daemon wires
+//! the kinds it links by the name configuration gives.
 
 use lightpool_spec::log::{adrfam, trtype};
 
@@ -14,6 +16,16 @@ pub struct ListenAddr {
 }
 
 impl ListenAddr {
+    /// `traddr:trsvcid`, with brackets around an IPv6 address: what a transport's
+    /// [`Transport::add_listener`] takes back.
+    pub fn to_addr_string(&self) -> String {
+        if self.adrfam == adrfam::IPV6 {
+            format!("[{}]:{}", self.traddr, self.trsvcid)
+        } else {
+            format!("{}:{}", self.traddr, self.trsvcid)
+        }
+    }
+
     pub fn tcp(addr: std::net::SocketAddr) -> ListenAddr {
         ListenAddr {
             trtype: trtype::TCP,
@@ -33,4 +45,166 @@ impl ListenAddr {
 pub struct ListenerInfo {
     pub addr: ListenAddr,
     pub portid: u16,
+}
+
+/// Errors of a transport's control operations (never the I/O path).
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("transport {0:?} is not built into this binary (known: {1})")]
+    Unknown(String, String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl TransportError {
+    /// Wraps a transport's own error.
+    pub fn other(e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
+        TransportError::Other(Box::new(e))
+    }
+}
+
+/// One connection (one queue pair) as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnectionInfo {
+    /// The transport's name ("tcp").
+    pub transport: String,
+    /// The host's address as the transport shows it.
+    pub peer: String,
+    /// The reactor that owns the connection.
+    pub reactor: usize,
+    /// Queue ID once connected (0: admin).
+    pub qid: u16,
+    /// Controller, host and subsystem once the queue is connected.
+    pub cntlid: Option<u16>,
+    pub hostnqn: Option<String>,
+    pub subnqn: Option<String>,
+}
+
+/// What a transport hands to a successor in a hot upgrade: its state, encoded by
+/// itself, and its descriptors (listeners, connections), which its state indexes from
+/// the `fd_base` it was given.
+#[derive(Debug)]
+pub struct TransportExport {
+    pub state: Vec<u8>,
+    pub fds: Vec<std::os::fd::OwnedFd>,
+    /// Listeners and connections exported, and commands that travel held or half
+    /// received: for the operator's report.
+    pub listeners: usize,
+    pub connections: usize,
+    pub commands: usize,
+}
+
+/// What a successor took over from a transport's export.
+#[derive(Debug, Default, Clone)]
+pub struct Adopted {
+    pub listeners: usize,
+    pub connections: usize,
+    pub commands: usize,
+    /// The state-region queue records its connections now own (the rest are swept).
+    pub queue_records: Vec<u32>,
+}
+
+/// A transport as the target's control side drives it: listening, listing connections
+/// and hot upgrade. The I/O path is not here: a transport registers its own pollers on
+/// the reactors it runs on, and each connection drives its [`crate::NvmfQueue`]
+/// (capsules in, responses and data out) on the reactor that owns it; the core never
+/// calls a transport while serving. So a socket transport, RDMA completion queues or a
+/// DPDK port each poll in their own way, and each connection stays on one reactor for
+/// its whole life.
+pub trait Transport: Send + Sync {
+    /// The name configuration uses (`transport = "tcp"`).
+    fn name(&self) -> &'static str;
+    /// Listen on `addr` (the transport's address syntax, e.g. `IP:PORT`) and add the
+    /// listener to the discovery log; returns the address bound.
+    fn add_listener(&self, addr: &str) -> Result<ListenAddr, TransportError>;
+    /// Every connection, asked of the reactors that own them.
+    fn connections(&self) -> Result<Vec<ConnectionInfo>, TransportError>;
+    /// Hot upgrade, old process: stop accepting connections and starting commands, and
+    /// as soon as everything running has finished, freeze and export. `None` when
+    /// something did not drain within `timeout` (then it serves on as before).
+    fn quiesce_and_export(
+        &self,
+        fd_base: usize,
+        timeout: std::time::Duration,
+    ) -> Result<Option<TransportExport>, TransportError>;
+    /// The handover failed (old process), or the predecessor let go (new process):
+    /// serve (again).
+    fn resume(&self) -> Result<(), TransportError>;
+}
+
+/// Everything a transport is built over.
+#[derive(Clone)]
+pub struct TransportContext {
+    pub target: std::sync::Arc<crate::Target>,
+    /// The reactors it may run connections on (and the first runs its listeners).
+    pub reactors: Vec<lightpool_reactor::ReactorHandle>,
+}
+
+/// How the daemon makes transports of one kind, and rebuilds them in a successor: one
+/// per transport the binary links, chosen by the name configuration gives.
+pub trait TransportKind: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// The discovery log's transport type of its listeners (recovery finds a listener's
+    /// transport by it).
+    fn trtype(&self) -> u8;
+    fn create(
+        &self,
+        ctx: TransportContext,
+    ) -> Result<std::sync::Arc<dyn Transport>, TransportError>;
+    /// Hot upgrade, new process: rebuild a transport from what its predecessor's
+    /// [`Transport::quiesce_and_export`] produced, connections attached to their queue
+    /// records in `region`; it stays frozen until [`Transport::resume`]. `fds` is the
+    /// descriptor list that came with the state (taken as used).
+    fn adopt(
+        &self,
+        ctx: TransportContext,
+        region: std::sync::Arc<crate::region::Region>,
+        image: std::sync::Arc<crate::region::objects::RegionImage>,
+        state: &[u8],
+        fds: &mut [Option<std::os::fd::OwnedFd>],
+    ) -> Result<(std::sync::Arc<dyn Transport>, Adopted), TransportError>;
+}
+
+/// The transport kinds a binary links, by name.
+#[derive(Default)]
+pub struct TransportKinds {
+    kinds: Vec<Box<dyn TransportKind>>,
+}
+
+impl TransportKinds {
+    pub fn new() -> TransportKinds {
+        TransportKinds::default()
+    }
+
+    pub fn register(&mut self, k: Box<dyn TransportKind>) -> &mut Self {
+        self.kinds.push(k);
+        self
+    }
+
+    /// The kind whose listeners have transport type `trtype`.
+    pub fn by_trtype(&self, trtype: u8) -> Option<&dyn TransportKind> {
+        self.kinds
+            .iter()
+            .find(|k| k.trtype() == trtype)
+            .map(|k| k.as_ref())
+    }
+
+    pub fn get(&self, name: &str) -> Result<&dyn TransportKind, TransportError> {
+        self.kinds
+            .iter()
+            .find(|k| k.name() == name)
+            .map(|k| k.as_ref())
+            .ok_or_else(|| {
+                TransportError::Unknown(
+                    name.to_string(),
+                    self.kinds
+                        .iter()
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
+            })
+    }
 }

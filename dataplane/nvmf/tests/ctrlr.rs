@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lightpool_bdev::MallocBdev;
+use lightpool_bdev_ram::MallocBdev;
 use lightpool_nvmf::queue::{Exec, QueueState};
 use lightpool_nvmf::{NamespaceConfig, NvmfQueue, SubsystemConfig, Target, TargetOptions, Xfer};
 use lightpool_spec::fabrics::{
@@ -216,6 +216,53 @@ fn connect_rules() {
         Status::command_specific(cs::CONNECT_INVALID_PARAMETERS).with_dnr()
     );
     drop((a1, a2));
+}
+
+/// SPDK's initiator with its default options (`spdk_nvme_perf -r 'trtype:TCP ...
+/// subnqn:...'`, no `hostnqn:`) sends Connect data whose host NQN is all zeroes, with
+/// admin SQSIZE 31 and KATO 10 s. Where any host may connect it is accepted, admin and
+/// I/O queue alike (SPDK's target and Linux nvmet accept it); where the subsystem lists
+/// its hosts it is refused, pointing at HOSTNQN (byte 512 of the data).
+#[test]
+fn empty_host_nqn_as_spdk_sends_it() {
+    let spdk_connect = |t: &Arc<Target>, qid: u16, cntlid: u16| {
+        let mut data = [0u8; 1024];
+        data[16..18].copy_from_slice(&cntlid.to_le_bytes());
+        data[256..256 + NQN.len()].copy_from_slice(NQN.as_bytes());
+        // Bytes 512..768 (HOSTNQN) stay zero: an empty string.
+        let mut q = NvmfQueue::new(t.clone());
+        let (cqe, _) = run(&mut q, connect_sqe(qid, 10_000), &data);
+        (q, cqe)
+    };
+    let open = target(true, (1, 0xffef));
+    let (mut q, c) = spdk_connect(&open, 0, CNTLID_DYNAMIC);
+    assert!(c.status.is_success(), "{}", c.status);
+    let cntlid = c.dw0 as u16;
+    let (c, _) = run(
+        &mut q,
+        PropertyCommand {
+            size8: false,
+            offset: reg::CC,
+            value: 0x0046_0001,
+        }
+        .to_set_sqe(2),
+        &[],
+    );
+    assert!(c.status.is_success());
+    assert_eq!(q.controller().expect("connected").hostnqn, "");
+    let (_io, c) = spdk_connect(&open, 1, cntlid);
+    assert!(c.status.is_success(), "I/O queue: {}", c.status);
+
+    let listed = target(false, (1, 0xffef));
+    let (_, c) = spdk_connect(&listed, 0, CNTLID_DYNAMIC);
+    assert_eq!(
+        c.status,
+        Status::command_specific(cs::CONNECT_INVALID_PARAMETERS).with_dnr()
+    );
+    assert_eq!(
+        lightpool_spec::fabrics::parse_connect_invalid_param_dw0(c.dw0),
+        (512, 1)
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! hot upgrade can reach all of them by mailbox to quiesce, export or adopt them.
 
 mod conn;
+mod kind;
 mod tx;
 
 use std::cell::RefCell;
@@ -22,6 +23,7 @@ use lightpool_nvmf::{ListenAddr, ListenerInfo, Target};
 use lightpool_reactor::{Ctx, Interest, PollStatus, Poller, ReactorHandle};
 
 pub use conn::{Conn, ConnSnapshot, Stream, TcpReq, MAXH2CDATA};
+pub use kind::{TcpKind, NAME};
 
 /// Errors setting up the transport.
 #[derive(Debug, thiserror::Error)]

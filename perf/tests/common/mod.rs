@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use lightpool_bdev::MallocBdev;
+use lightpool_bdev_ram::MallocBdev;
 use lightpool_nvmf::{NamespaceConfig, SubsystemConfig, Target, TargetOptions};
 use lightpool_reactor::{ReactorConfig, ReactorHandle};
 use lightpool_transport_tcp::TcpTransport;

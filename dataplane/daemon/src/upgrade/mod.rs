@@ -37,6 +37,7 @@ mod new;
 mod old;
 mod recover;
 
+pub use bdevs::graph as device_graph;
 pub use new::take_over;
 pub use old::{hand_over, reactors_answer};
 pub use recover::recover;
@@ -46,10 +47,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use lightpool_bdev::NvmeVfioHandover;
 use lightpool_nvmf::region::objects;
 use lightpool_nvmf::region::{Blob, Region};
-use lightpool_transport_tcp::TcpState;
 use serde::{Deserialize, Serialize};
 
 use crate::Running;
@@ -75,7 +74,10 @@ pub struct Boot {
     idle_spin_us: Option<u64>,
     control_path: String,
     state_dir: Option<String>,
-    bdevs: BdevList,
+    /// Every block device (state for those exported while serving), children first.
+    devices: Vec<lightpool_bdev::DeviceRecord>,
+    /// Which device each namespace serves.
+    namespaces: NsDevices,
 }
 
 /// The handover blob, written at pause time: descriptor indices and the connections'
@@ -87,13 +89,13 @@ struct Pause {
     control_fd: usize,
     stdout_fd: usize,
     stderr_fd: usize,
-    tcp: TcpState,
-    /// VFIO namespaces: (NQN, NSID, controller state, indices of their descriptors
-    /// among STATE's).
-    vfio: Vec<VfioPause>,
+    /// Each transport's name and exported state (its descriptors indexed among
+    /// STATE's).
+    transports: Vec<(String, Vec<u8>)>,
+    /// The block devices exported at pause time (VFIO controllers and what is stacked
+    /// on them), their descriptors indexed among STATE's.
+    devices: Vec<lightpool_bdev::DeviceRecord>,
 }
-
-type VfioPause = (String, u32, Box<NvmeVfioHandover>, Vec<usize>);
 
 /// Name of the region file in the state directory.
 pub const REGION_FILE: &str = "state.region";
@@ -138,7 +140,13 @@ pub fn create_region(
 
 /// Write the boot blob of a serving target (at start, and after a takeover).
 pub fn write_boot(run: &Running) -> Result<()> {
-    let (bdevs, _) = bdev_states(&run.target)?;
+    write_boot_fds(run).map(drop)
+}
+
+/// Write the boot blob and return the descriptors of the devices it describes (in the
+/// order its records index them): what a REACTORS answer sends.
+fn write_boot_fds(run: &Running) -> Result<Vec<OwnedFd>> {
+    let (devices, namespaces, fds) = early_export(&run.target)?;
     let boot = Boot {
         version: crate::firmware_revision().to_string(),
         pid: std::process::id(),
@@ -146,11 +154,12 @@ pub fn write_boot(run: &Running) -> Result<()> {
         idle_spin_us: run.idle_spin_us,
         control_path: run.control_path.clone(),
         state_dir: run.state_dir.as_ref().map(|d| d.display().to_string()),
-        bdevs,
+        devices,
+        namespaces,
     };
     let blob = postcard::to_stdvec(&boot).context("encoding the boot blob")?;
     run.region.write_blob(Blob::Boot, &blob)?;
-    Ok(())
+    Ok(fds)
 }
 
 fn read_boot(region: &Region) -> Result<Boot> {

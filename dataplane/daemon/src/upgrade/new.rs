@@ -8,11 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use lightpool_bdev::{Bdev, NvmeVfioHandover};
 use lightpool_nvmf::region::objects;
 use lightpool_nvmf::region::{Blob, Region, RegionError};
-use lightpool_nvmf::{NvmfError, Target};
-use lightpool_transport_tcp::TcpTransport;
+use lightpool_nvmf::{Adopted, Target, TransportContext};
 
 use crate::fdpass::{read_line, recv_with_fds};
 use crate::Running;
@@ -29,8 +27,9 @@ struct Prepared {
     /// `None` when the region is not readable: HELLO goes out anyway and the running
     /// target refuses it with its reason; or when it is deferred.
     early: Option<Early>,
-    /// A target with VFIO namespaces is prepared inside the pause, once their state
-    /// has come with STATE: the region and the REACTORS descriptors wait here.
+    /// A target with devices exported at the pause (VFIO namespaces) is prepared
+    /// inside the pause, once their state has come with STATE: the region and the
+    /// REACTORS descriptors wait here.
     deferred: Option<(Arc<Region>, Vec<Option<OwnedFd>>)>,
 }
 
@@ -38,6 +37,8 @@ struct Early {
     region: Arc<Region>,
     boot: Boot,
     target: Arc<Target>,
+    /// Every block device taken over.
+    devices: Devices,
     config_gen: u64,
     nqns: Vec<String>,
 }
@@ -87,15 +88,11 @@ fn prepare(path: &str) -> Result<Prepared> {
             Ok(region) => {
                 let bdev_fds: Vec<Option<OwnedFd>> = fds.map(Some).collect();
                 let boot = read_boot(&region)?;
-                if boot
-                    .bdevs
-                    .iter()
-                    .any(|(_, _, b)| matches!(b, BdevState::Vfio { .. }))
-                {
+                if boot.devices.iter().any(|d| d.at_pause) {
                     deferred = Some((region, bdev_fds));
                     None
                 } else {
-                    Some(prepare_target(region, bdev_fds, Vec::new())?)
+                    Some(prepare_target(region, bdev_fds, None)?)
                 }
             }
             Err(RegionError::Layout { found }) => {
@@ -118,37 +115,44 @@ fn prepare(path: &str) -> Result<Prepared> {
     })
 }
 
-/// Open the block devices and rebuild subsystems and listeners from the region's
-/// records (no controllers yet: they are read inside the pause).
+/// The devices exported at the pause, and where their descriptors come from.
+type LateDevices<'a> = (
+    &'a [lightpool_bdev::DeviceRecord],
+    &'a mut dyn FnMut(usize) -> Option<OwnedFd>,
+);
+
+/// Take the block devices over and rebuild subsystems and listeners from the region's
+/// records (no controllers yet: they are read inside the pause). `bdev_fds` came with
+/// REACTORS; `late` are the devices exported at the pause and a source of STATE's
+/// descriptors.
 fn prepare_target(
     region: Arc<Region>,
     mut bdev_fds: Vec<Option<OwnedFd>>,
-    mut vfio: Vec<(String, u32, Box<NvmeVfioHandover>, Vec<OwnedFd>)>,
+    late: Option<LateDevices<'_>>,
 ) -> Result<Early> {
     let boot = read_boot(&region)?;
     // Once in full, so the pages the pause reads are mapped already (the result may be
     // stale or caught mid-write: it is read again inside the pause).
     let _ = objects::read_image(&region, true);
     let image = objects::read_image(&region, false)?;
-    let mut devs: Vec<(String, u32, Arc<dyn Bdev>)> = Vec::new();
-    let mut take = |i: usize| {
-        bdev_fds
-            .get_mut(i)
-            .and_then(Option::take)
-            .ok_or_else(|| anyhow!("block device descriptor {i} did not come with REACTORS"))
-    };
-    for (nqn, nsid, st) in &boot.bdevs {
-        let b = open_bdev(nqn, *nsid, st, Some(&mut take), &mut vfio)?;
-        devs.push((nqn.clone(), *nsid, b));
+    let mut devs = Devices::new();
+    let early: Vec<_> = boot
+        .devices
+        .iter()
+        .filter(|d| !d.at_pause)
+        .cloned()
+        .collect();
+    adopt_devices(
+        &early,
+        &mut devs,
+        Some(&mut |i: usize| bdev_fds.get_mut(i).and_then(Option::take)),
+    )?;
+    if let Some((records, take)) = late {
+        adopt_devices(records, &mut devs, Some(take))?;
     }
     let (target, _) =
         Target::import_state(&image.target, crate::firmware_revision(), |nqn, nsid| {
-            devs.iter()
-                .find(|(q, n, _)| q == nqn && *n == nsid)
-                .map(|(_, _, b)| b.clone())
-                .ok_or_else(|| {
-                    NvmfError::Invalid(format!("no block device handed over for {nqn} nsid {nsid}"))
-                })
+            namespace_bdev(&boot.namespaces, &devs, nqn, nsid)
         })?;
     Ok(Early {
         nqns: image
@@ -161,6 +165,7 @@ fn prepare_target(
         region,
         boot,
         target,
+        devices: devs,
     })
 }
 
@@ -281,8 +286,8 @@ fn adopt(
     let early = match (p.early, p.deferred) {
         (Some(early), _) => early,
         (None, Some((region, bdev_fds))) => {
-            // VFIO namespaces: their controllers' state came with STATE; open every
-            // device and rebuild the subsystems now.
+            // Devices exported at the pause (VFIO controllers) came with STATE: take
+            // every device over and rebuild the subsystems now.
             if !same_file(&region_fd, &region.fd())? {
                 bail!("the running target handed over another state region than it announced");
             }
@@ -292,12 +297,8 @@ fn adopt(
                     .ok_or_else(|| anyhow!("the running target wrote no handover blob"))?,
             )
             .context("decoding the handover blob")?;
-            let mut vfio = Vec::new();
-            for (nqn, nsid, st, ix) in pause.vfio {
-                let fds = ix.iter().map(|&i| take(i)).collect::<Result<Vec<_>>>()?;
-                vfio.push((nqn, nsid, st, fds));
-            }
-            prepare_target(region, bdev_fds, vfio)?
+            let mut late = |i: usize| fds.get_mut(i).and_then(Option::take);
+            prepare_target(region, bdev_fds, Some((&pause.devices, &mut late)))?
         }
         (None, None) => {
             // Not prepared: the layout is one this binary does not read (the running
@@ -335,14 +336,25 @@ fn adopt(
     objects::bind(&target, &region, &image)?;
     let t_target = t0.elapsed();
     let image = Arc::new(image);
-    let tcp = TcpTransport::adopt(
-        target.clone(),
-        p.reactors.clone(),
-        region.clone(),
-        image.clone(),
-        &pause.tcp,
-        fds,
-    )?;
+    let ctx = TransportContext {
+        target: target.clone(),
+        reactors: p.reactors.clone(),
+    };
+    let kinds = crate::transports::kinds();
+    let mut transports = Vec::new();
+    let mut adopted = Adopted::default();
+    for (name, state) in &pause.transports {
+        let (t, a) = kinds
+            .get(name)?
+            .adopt(ctx.clone(), region.clone(), image.clone(), state, fds)
+            .with_context(|| format!("taking over transport {name}"))?;
+        transports.push(t);
+        adopted.listeners += a.listeners;
+        adopted.connections += a.connections;
+        adopted.commands += a.commands;
+        adopted.queue_records.extend(a.queue_records);
+    }
+    let transports = crate::transports::Transports::with(ctx, transports);
     let t_adopt = t0.elapsed();
     let mut take = |i: usize| {
         fds.get_mut(i)
@@ -370,19 +382,11 @@ fn adopt(
     region.take_ownership();
     // The old process has let go: the devices are ours alone (an adopted VFIO
     // controller may now delete queues, unmap memory and shut down when dropped).
-    for s in target.subsystems() {
-        for n in s.namespaces() {
-            n.bdev.adopted();
-        }
+    for d in early.devices.values() {
+        d.adopted();
     }
-    let adopted: Vec<u32> = pause
-        .tcp
-        .conns
-        .iter()
-        .map(|(c, _, _)| c.queue_record())
-        .collect();
-    let swept = objects::sweep(&target, &region, &adopted);
-    tcp.release()?;
+    let swept = objects::sweep(&target, &region, &adopted.queue_records);
+    transports.resume_all()?;
     drop(ctrlrs);
     let pause_t = t0.elapsed();
     tracing::info!(
@@ -398,9 +402,9 @@ fn adopt(
         crate::firmware_revision(),
         pause.version,
         pause.pid,
-        pause.tcp.conns.len(),
-        pause.tcp.listeners.len(),
-        pause.tcp.conns.iter().map(|(c, _, _)| c.commands()).sum::<usize>(),
+        adopted.connections,
+        adopted.listeners,
+        adopted.commands,
         pause_t.as_secs_f64() * 1e3
     );
     std::io::stdout().flush().ok();
@@ -413,7 +417,7 @@ fn adopt(
     let run = Running {
         target,
         reactors: p.reactors,
-        tcp,
+        transports,
         cores: early.boot.cores,
         idle_spin_us: early.boot.idle_spin_us,
         control,

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use lightpool_nvmf::region::Blob;
-use lightpool_transport_tcp::TcpState;
 
 use crate::fdpass::{read_line, send_with_fds, FDS_PER_MESSAGE};
 use crate::Running;
@@ -16,7 +15,8 @@ use crate::Running;
 use super::*;
 
 /// The REACTORS answer: what a successor needs before HELLO, and the descriptors that
-/// go with it (the region, then the RAM devices' memfds).
+/// go with it (the region, then the descriptors of the block devices exported while
+/// serving, as the boot blob, rewritten now, indexes them).
 pub fn reactors_answer(run: &Running) -> Result<(String, Vec<OwnedFd>)> {
     let cores: Vec<String> = run
         .cores
@@ -24,11 +24,11 @@ pub fn reactors_answer(run: &Running) -> Result<(String, Vec<OwnedFd>)> {
         .map(|c| c.map_or("-".to_string(), |c| c.to_string()))
         .collect();
     let spin = run.idle_spin_us.map_or("-".to_string(), |v| v.to_string());
-    let (_, mem) = bdev_states(&run.target)?;
+    let mem = write_boot_fds(run)?;
     let mut fds = vec![dup(run.region.fd())?];
     fds.extend(mem);
     if fds.len() > FDS_PER_MESSAGE {
-        bail!("more RAM and file devices than one message carries");
+        bail!("more block-device descriptors than one message carries");
     }
     Ok((
         format!(
@@ -65,33 +65,42 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
     }
     tracing::info!(new_version = %newver, "upgrade: quiescing");
     let t0 = Instant::now();
-    // Each reactor quiesces, and exports and freezes itself as soon as its connections
-    // have drained: one round trip, however busy the machine.
-    let exported = match run.tcp.quiesce_and_export(1, DRAIN_TIMEOUT) {
-        Ok(x) => x,
-        Err(e) => {
-            // Some reactor could not export (a queue without a record, a descriptor that
-            // cannot be duplicated): serve on.
-            run.tcp.resume()?;
-            let _ = send_line!(
-                sock,
-                "REFUSE the running target cannot export its state: {e}"
-            );
-            bail!("upgrade abandoned: {e}; still serving");
+    // Each transport quiesces, and each of its reactors exports and freezes itself as
+    // soon as its connections have drained: one round trip, however busy the machine.
+    let mut fds = Vec::new();
+    let mut exported = Vec::new();
+    for t in run.transports.all() {
+        match t.quiesce_and_export(1 + fds.len(), DRAIN_TIMEOUT) {
+            Ok(Some(x)) => {
+                fds.extend(x.fds);
+                exported.push((t.name().to_string(), x.state));
+            }
+            Ok(None) => {
+                // That transport serves on by itself; the ones frozen before it too.
+                run.transports.resume_all()?;
+                send_line!(
+                    sock,
+                    "REFUSE commands did not finish within {DRAIN_TIMEOUT:?}"
+                )?;
+                bail!("upgrade abandoned: commands did not finish in time; still serving");
+            }
+            Err(e) => {
+                // Some reactor could not export (a queue without a record, a descriptor
+                // that cannot be duplicated): serve on.
+                run.transports.resume_all()?;
+                let _ = send_line!(
+                    sock,
+                    "REFUSE the running target cannot export its state: {e}"
+                );
+                bail!("upgrade abandoned: {e}; still serving");
+            }
         }
-    };
-    let Some((tcp, fds)) = exported else {
-        send_line!(
-            sock,
-            "REFUSE commands did not finish within {DRAIN_TIMEOUT:?}"
-        )?;
-        bail!("upgrade abandoned: commands did not finish in time; still serving");
-    };
+    }
     let t_frozen = t0.elapsed();
-    match send_state(run, &sock, tcp, fds) {
+    match send_state(run, &sock, exported, fds) {
         Ok(()) => {}
         Err(e) => {
-            run.tcp.resume()?;
+            run.transports.resume_all()?;
             let _ = send_line!(sock, "REFUSE {e:#}");
             return Err(e.context("upgrade abandoned; still serving"));
         }
@@ -113,21 +122,22 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
             std::process::exit(0);
         }
         other => {
-            run.tcp.resume()?;
+            run.transports.resume_all()?;
             let why = other.unwrap_or("the new process went away");
             bail!("upgrade abandoned ({why}); still serving");
         }
     }
 }
 
-/// Descriptor 0 is the region, then listeners and connections (`fds`, exported with
-/// base 1), then the rest. The handover blob goes into the region first.
+/// Descriptor 0 is the region, then the transports' listeners and connections (`fds`,
+/// exported with base 1), then the rest. The handover blob goes into the region first.
 fn send_state(
     run: &Running,
     sock: &UnixStream,
-    tcp: TcpState,
+    transports: Vec<(String, Vec<u8>)>,
     mut fds: Vec<OwnedFd>,
 ) -> Result<()> {
+    // Indices count the region as 0.
     let idx = |fds: &mut Vec<OwnedFd>, fd: OwnedFd| {
         fds.push(fd);
         fds.len()
@@ -135,15 +145,15 @@ fn send_state(
     let control_fd = idx(&mut fds, dup(&run.control)?);
     let stdout_fd = idx(&mut fds, dup(std::io::stdout().as_fd())?);
     let stderr_fd = idx(&mut fds, dup(std::io::stderr().as_fd())?);
-    let vfio = vfio_states(&run.target, &mut fds, idx)?;
+    let devices = pause_export(&run.target, &mut fds, 1)?;
     let pause = Pause {
         version: crate::firmware_revision().to_string(),
         pid: std::process::id(),
         control_fd,
         stdout_fd,
         stderr_fd,
-        tcp,
-        vfio,
+        transports,
+        devices,
     };
     let blob = postcard::to_stdvec(&pause).context("encoding the handover blob")?;
     run.region.write_blob(Blob::Handover, &blob)?;

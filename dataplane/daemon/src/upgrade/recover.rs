@@ -1,13 +1,9 @@
 //! `--recover`: start from the region a hot upgrade left in the state directory.
 
-use std::sync::Arc;
-
 use anyhow::{Context, Result};
-use lightpool_bdev::Bdev;
 use lightpool_nvmf::region::objects;
 use lightpool_nvmf::region::Region;
-use lightpool_nvmf::{NvmfError, Target};
-use lightpool_transport_tcp::TcpTransport;
+use lightpool_nvmf::{Target, TransportContext};
 
 use crate::Running;
 
@@ -49,35 +45,42 @@ pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
             "recovery: dropped queue"
         );
     }
-    let mut devs: Vec<(String, u32, Arc<dyn Bdev>)> = Vec::new();
-    for (nqn, nsid, st) in &boot.bdevs {
-        devs.push((
-            nqn.clone(),
-            *nsid,
-            open_bdev(nqn, *nsid, st, None, &mut Vec::new())?,
-        ));
-    }
+    let mut devs = Devices::new();
+    adopt_devices(&boot.devices, &mut devs, None)?;
     image.controllers.clear();
     let listeners = std::mem::take(&mut image.target.listeners);
     let (target, _) =
         Target::import_state(&image.target, crate::firmware_revision(), |nqn, nsid| {
-            devs.iter()
-                .find(|(q, n, _)| q == nqn && *n == nsid)
-                .map(|(_, _, b)| b.clone())
-                .ok_or_else(|| NvmfError::Invalid(format!("no block device for {nqn} nsid {nsid}")))
+            namespace_bdev(&boot.namespaces, &devs, nqn, nsid)
         })?;
     let region = create_region(&target.opts, Some(dir), STATE_LAYOUT)?;
     drop(old);
     target.attach_region(region.clone())?;
     let control = crate::control::bind(control_path)?;
     let reactors = crate::spawn_reactors(&boot.cores, boot.idle_spin_us)?;
-    let tcp = TcpTransport::new(target.clone(), reactors.clone())?;
+    let transports = crate::transports::Transports::new(TransportContext {
+        target: target.clone(),
+        reactors: reactors.clone(),
+    });
+    let kinds = crate::transports::kinds();
     for l in &listeners {
-        let addr: std::net::SocketAddr = format!("{}:{}", l.traddr, l.trsvcid)
-            .parse()
-            .or_else(|_| format!("[{}]:{}", l.traddr, l.trsvcid).parse())
-            .with_context(|| format!("listener {}:{}", l.traddr, l.trsvcid))?;
-        tcp.listen(addr)?;
+        let addr = lightpool_nvmf::ListenAddr {
+            trtype: l.trtype,
+            adrfam: l.adrfam,
+            traddr: l.traddr.clone(),
+            trsvcid: l.trsvcid.clone(),
+        }
+        .to_addr_string();
+        let kind = kinds.by_trtype(l.trtype).with_context(|| {
+            format!(
+                "listener {addr} has transport type {}, which this binary does not serve",
+                l.trtype
+            )
+        })?;
+        transports
+            .get_or_create(kind.name())?
+            .add_listener(&addr)
+            .with_context(|| format!("listener {addr}"))?;
     }
     println!(
         "lightpool-target {}: recovered {} subsystem(s) from {} (left by {} pid {}); dropped {} controller(s) and {} queue(s)",
@@ -92,7 +95,7 @@ pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
     let run = Running {
         target,
         reactors,
-        tcp,
+        transports,
         cores: boot.cores,
         idle_spin_us: boot.idle_spin_us,
         control,

@@ -15,11 +15,28 @@ use crate::subsystem::SubsystemKind;
 /// CONNECT: the SQ Flow Control Disable bit of CATTR.
 const CATTR_SQFC_DISABLE: u8 = 1 << 2;
 
-fn invalid_param(ipo: u16, in_data: bool) -> (Status, u32) {
-    (
-        Status::command_specific(cs::CONNECT_INVALID_PARAMETERS).with_dnr(),
-        fabrics::connect_invalid_param_dw0(ipo, u8::from(in_data)),
-    )
+/// A refused Connect: the status and Dword 0 the host gets, and why, for the log.
+struct Refusal {
+    status: Status,
+    dw0: u32,
+    why: String,
+}
+
+fn refuse(status: Status, why: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        dw0: 0,
+        why: why.into(),
+    }
+}
+
+/// Connect Invalid Parameters, pointing at the offending field (IATTR/IPO).
+fn invalid_param(ipo: u16, in_data: bool, why: impl Into<String>) -> Refusal {
+    Refusal {
+        status: Status::command_specific(cs::CONNECT_INVALID_PARAMETERS).with_dnr(),
+        dw0: fabrics::connect_invalid_param_dw0(ipo, u8::from(in_data)),
+        why: why.into(),
+    }
 }
 
 impl<T: Default> NvmfQueue<T> {
@@ -28,9 +45,22 @@ impl<T: Default> NvmfQueue<T> {
         match fabrics::fctype(&sqe) {
             fctype::CONNECT => match self.connect(slot, now) {
                 Ok(()) => Ok(Exec::Done),
-                Err((st, dw0)) => {
-                    self.req(slot).cqe.dw0 = dw0;
-                    Err(st)
+                Err(r) => {
+                    let cmd = ConnectCommand::parse(&sqe);
+                    let (subnqn, hostnqn) = match self.connect_data(slot) {
+                        Some(d) => (d.subnqn_str().to_string(), d.hostnqn_str().to_string()),
+                        None => (String::new(), String::new()),
+                    };
+                    tracing::info!(
+                        subnqn,
+                        hostnqn,
+                        qid = cmd.qid,
+                        status = ?r.status,
+                        reason = %r.why,
+                        "connect refused"
+                    );
+                    self.req(slot).cqe.dw0 = r.dw0;
+                    Err(r.status)
                 }
             },
             _ if self.ctrlr.is_none() => {
@@ -46,19 +76,31 @@ impl<T: Default> NvmfQueue<T> {
         }
     }
 
-    fn connect(&mut self, slot: u16, now: Instant) -> Result<(), (Status, u32)> {
+    /// The Connect data of the request in `slot`, if it carries a whole one.
+    fn connect_data(&mut self, slot: u16) -> Option<ConnectData> {
+        let data_len = match self.req(slot).xfer {
+            crate::Xfer::H2C { len, .. } => len as usize,
+            _ => 0,
+        };
+        if data_len < fabrics::CONNECT_DATA_SIZE {
+            return None;
+        }
+        ConnectData::parse(self.req(slot).buf(fabrics::CONNECT_DATA_SIZE)).ok()
+    }
+
+    fn connect(&mut self, slot: u16, now: Instant) -> Result<(), Refusal> {
         if self.ctrlr.is_some() {
-            return Err((
+            return Err(refuse(
                 Status::generic(generic::COMMAND_SEQUENCE_ERROR).with_dnr(),
-                0,
+                "the queue is connected already",
             ));
         }
         let sqe = self.req(slot).sqe;
         let cmd = ConnectCommand::parse(&sqe);
         if cmd.recfmt != 0 {
-            return Err((
+            return Err(refuse(
                 Status::command_specific(cs::CONNECT_INCOMPATIBLE_FORMAT).with_dnr(),
-                0,
+                format!("record format {} (only 0 exists)", cmd.recfmt),
             ));
         }
         let data_len = match self.req(slot).xfer {
@@ -66,44 +108,68 @@ impl<T: Default> NvmfQueue<T> {
             _ => 0,
         };
         if data_len < fabrics::CONNECT_DATA_SIZE {
-            return Err((
+            return Err(refuse(
                 Status::generic(generic::DATA_SGL_LENGTH_INVALID).with_dnr(),
-                0,
+                format!(
+                    "{data_len} bytes of Connect data, {} needed",
+                    fabrics::CONNECT_DATA_SIZE
+                ),
             ));
         }
         let data = match ConnectData::parse(self.req(slot).buf(fabrics::CONNECT_DATA_SIZE)) {
             Ok(d) => d,
-            Err(_) => return Err(invalid_param(256, true)),
+            Err(_) => {
+                return Err(invalid_param(
+                    256,
+                    true,
+                    "the subsystem NQN is not NUL-terminated text",
+                ))
+            }
         };
         let target = self.target.clone();
         let subnqn = data.subnqn_str();
         let hostnqn = data.hostnqn_str().to_string();
         let Some(subsys) = target.find_subsystem(subnqn) else {
-            tracing::info!(subnqn, hostnqn, "connect to an unknown subsystem refused");
-            return Err(invalid_param(256, true));
+            return Err(invalid_param(256, true, "no such subsystem"));
         };
-        if hostnqn.is_empty() {
-            return Err(invalid_param(512, true));
+        // An empty host NQN (SPDK's initiator sends one unless told a host NQN) is a
+        // host nobody can name: accepted where any host may connect, as SPDK's target
+        // and Linux nvmet do, refused where the subsystem lists its hosts.
+        if hostnqn.is_empty() && !subsys.allow_any_host {
+            return Err(invalid_param(
+                512,
+                true,
+                "empty host NQN, and the subsystem admits only the hosts it lists",
+            ));
         }
         if !subsys.host_allowed(&hostnqn) {
-            tracing::info!(
-                subnqn,
-                hostnqn,
-                "connect from a host not on the allowed list refused"
-            );
-            return Err((
+            return Err(refuse(
                 Status::command_specific(cs::CONNECT_INVALID_HOST).with_dnr(),
-                0,
+                "the host is not on the subsystem's allowed list",
             ));
         }
         self.sq_flow_disabled = cmd.cattr & CATTR_SQFC_DISABLE != 0;
         let entries = u32::from(cmd.sqsize) + 1;
         if cmd.qid == 0 {
             if cmd.sqsize == 0 || entries > u32::from(target.opts.max_admin_queue_depth) {
-                return Err(invalid_param(44, false));
+                return Err(invalid_param(
+                    44,
+                    false,
+                    format!(
+                        "admin queue size {entries} (2 to {} allowed)",
+                        target.opts.max_admin_queue_depth
+                    ),
+                ));
             }
             if data.cntlid != CNTLID_DYNAMIC {
-                return Err(invalid_param(16, true));
+                return Err(invalid_param(
+                    16,
+                    true,
+                    format!(
+                        "controller ID {:#x} asked for (only the dynamic model, FFFFh)",
+                        data.cntlid
+                    ),
+                ));
             }
             let kato = if subsys.kind == SubsystemKind::Discovery && cmd.kato == 0 {
                 0
@@ -121,7 +187,12 @@ impl<T: Default> NvmfQueue<T> {
                         kato,
                     )
                 })
-                .ok_or((Status::command_specific(cs::CONNECT_CONTROLLER_BUSY), 0))?;
+                .ok_or_else(|| {
+                    refuse(
+                        Status::command_specific(cs::CONNECT_CONTROLLER_BUSY),
+                        "every controller ID of the subsystem's range is in use",
+                    )
+                })?;
             ctrlr.record();
             tracing::info!(
                 subnqn,
@@ -134,25 +205,54 @@ impl<T: Default> NvmfQueue<T> {
             self.req(slot).cqe.dw0 = fabrics::connect_response_dw0(cntlid);
         } else {
             if subsys.kind == SubsystemKind::Discovery {
-                return Err(invalid_param(42, false));
+                return Err(invalid_param(
+                    42,
+                    false,
+                    "an I/O queue to the discovery subsystem",
+                ));
             }
             if cmd.sqsize == 0 || entries > u32::from(target.opts.max_queue_depth) {
-                return Err(invalid_param(44, false));
+                return Err(invalid_param(
+                    44,
+                    false,
+                    format!(
+                        "I/O queue size {entries} (2 to {} allowed)",
+                        target.opts.max_queue_depth
+                    ),
+                ));
             }
             let Some(ctrlr) = subsys.controller(data.cntlid) else {
-                return Err(invalid_param(16, true));
+                return Err(invalid_param(
+                    16,
+                    true,
+                    format!("no controller {} in the subsystem", data.cntlid),
+                ));
             };
             if ctrlr.hostnqn != hostnqn || ctrlr.hostid != data.hostid || ctrlr.is_failed() {
-                return Err(invalid_param(16, true));
+                return Err(invalid_param(
+                    16,
+                    true,
+                    format!(
+                        "controller {} belongs to another host, or has failed",
+                        data.cntlid
+                    ),
+                ));
             }
             if !ctrlr.is_ready() {
-                return Err((
+                return Err(refuse(
                     Status::generic(generic::COMMAND_SEQUENCE_ERROR).with_dnr(),
-                    0,
+                    "the controller is not enabled (CC.EN) yet",
                 ));
             }
             if !ctrlr.claim_io_queue(cmd.qid) {
-                return Err(invalid_param(42, false));
+                return Err(invalid_param(
+                    42,
+                    false,
+                    format!(
+                        "queue ID {} is in use or beyond the controller's queues",
+                        cmd.qid
+                    ),
+                ));
             }
             tracing::debug!(
                 subnqn,

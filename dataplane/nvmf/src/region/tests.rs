@@ -2,7 +2,7 @@ use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
-use lightpool_bdev::MallocBdev;
+use lightpool_bdev_ram::MallocBdev;
 use lightpool_spec::nvme::Sqe;
 
 use super::objects::{read_image, read_queue, region_params};

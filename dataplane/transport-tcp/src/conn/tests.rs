@@ -7,7 +7,7 @@ use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Instant;
 
-use lightpool_bdev::MallocBdev;
+use lightpool_bdev_ram::MallocBdev;
 use lightpool_nvmf::{NamespaceConfig, SubsystemConfig, Target, TargetOptions};
 use lightpool_spec::fabrics::{ConnectCommand, ConnectData, PropertyCommand, CNTLID_DYNAMIC};
 use lightpool_spec::nvme::{

@@ -1,7 +1,5 @@
-//! Tests shared by the backends (the same checks run against each), plus helpers.
-
-mod malloc;
-mod uring;
+//! The checks every backend must pass (each backend's tests run them against it), and
+//! helpers for writing such tests. Built with the `testing` feature.
 
 use std::alloc::Layout;
 use std::collections::HashMap;
@@ -10,30 +8,33 @@ use std::time::{Duration, Instant};
 use crate::{Bdev, IoChannel, IoOp, IoRequest, IoStatus};
 
 /// A 4096-byte-aligned buffer, as the target allocates them.
-pub(crate) struct AlignedBuf {
+pub struct AlignedBuf {
     ptr: *mut u8,
     layout: Layout,
 }
 
 impl AlignedBuf {
-    pub(crate) fn new(len: usize) -> Self {
+    pub fn new(len: usize) -> Self {
         let layout = Layout::from_size_align(len.max(1), 4096).unwrap();
         // SAFETY: non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         assert!(!ptr.is_null());
         AlignedBuf { ptr, layout }
     }
-    pub(crate) fn ptr(&self) -> *mut u8 {
+    pub fn ptr(&self) -> *mut u8 {
         self.ptr
     }
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.layout.size()
     }
-    pub(crate) fn as_slice(&self) -> &[u8] {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the allocation is `len` initialised bytes (alloc_zeroed).
         unsafe { std::slice::from_raw_parts(self.ptr, self.len()) }
     }
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, and we hold &mut self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len()) }
     }
@@ -48,7 +49,7 @@ impl Drop for AlignedBuf {
 
 /// Polls until `want` completions have come back (or panics after 10 s), checking each
 /// tag comes back once.
-pub(crate) fn poll_n(ch: &mut dyn IoChannel, want: usize) -> HashMap<u64, IoStatus> {
+pub fn poll_n(ch: &mut dyn IoChannel, want: usize) -> HashMap<u64, IoStatus> {
     let mut got = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while got.len() < want {
@@ -71,14 +72,14 @@ pub(crate) fn poll_n(ch: &mut dyn IoChannel, want: usize) -> HashMap<u64, IoStat
 }
 
 /// Submits one request and waits for its status.
-pub(crate) fn run1(ch: &mut dyn IoChannel, req: IoRequest) -> IoStatus {
+pub fn run1(ch: &mut dyn IoChannel, req: IoRequest) -> IoStatus {
     let tag = req.tag;
     // SAFETY: callers pass buffers that outlive this call, which waits for completion.
     unsafe { ch.submit(req) };
     poll_n(ch, 1)[&tag]
 }
 
-pub(crate) fn read(ch: &mut dyn IoChannel, bs: u32, lba: u64, n: u32) -> (IoStatus, AlignedBuf) {
+pub fn read(ch: &mut dyn IoChannel, bs: u32, lba: u64, n: u32) -> (IoStatus, AlignedBuf) {
     let buf = AlignedBuf::new((n * bs) as usize);
     let st = run1(
         ch,
@@ -87,7 +88,7 @@ pub(crate) fn read(ch: &mut dyn IoChannel, bs: u32, lba: u64, n: u32) -> (IoStat
     (st, buf)
 }
 
-pub(crate) fn write(ch: &mut dyn IoChannel, bs: u32, lba: u64, data: &[u8]) -> IoStatus {
+pub fn write(ch: &mut dyn IoChannel, bs: u32, lba: u64, data: &[u8]) -> IoStatus {
     let mut buf = AlignedBuf::new(data.len());
     buf.as_mut_slice().copy_from_slice(data);
     let n = (data.len() / bs as usize) as u32;
@@ -98,7 +99,7 @@ pub(crate) fn write(ch: &mut dyn IoChannel, bs: u32, lba: u64, data: &[u8]) -> I
 }
 
 /// A pattern that differs per block and per byte, so misplaced data shows.
-pub(crate) fn pattern(bs: u32, lba: u64, n: u32, seed: u8) -> Vec<u8> {
+pub fn pattern(bs: u32, lba: u64, n: u32, seed: u8) -> Vec<u8> {
     let mut v = Vec::with_capacity((n * bs) as usize);
     for b in 0..u64::from(n) {
         let block = lba + b;
@@ -111,7 +112,7 @@ pub(crate) fn pattern(bs: u32, lba: u64, n: u32, seed: u8) -> Vec<u8> {
 
 // ---- The checks every backend must pass. ----
 
-pub(crate) fn check_round_trip(bdev: &dyn Bdev) {
+pub fn check_round_trip(bdev: &dyn Bdev) {
     let info = bdev.info().clone();
     let bs = info.block_size;
     let mut ch = bdev.open_channel().unwrap();
@@ -157,7 +158,7 @@ pub(crate) fn check_round_trip(bdev: &dyn Bdev) {
     assert!(buf.as_slice().iter().all(|&b| b == 0));
 }
 
-pub(crate) fn check_out_of_range(bdev: &dyn Bdev) {
+pub fn check_out_of_range(bdev: &dyn Bdev) {
     let info = bdev.info().clone();
     let bs = info.block_size;
     let nb = info.num_blocks;
@@ -189,7 +190,7 @@ pub(crate) fn check_out_of_range(bdev: &dyn Bdev) {
     assert_eq!(st, IoStatus::Io(libc::EINVAL));
 }
 
-pub(crate) fn check_flush(bdev: &dyn Bdev) {
+pub fn check_flush(bdev: &dyn Bdev) {
     let bs = bdev.info().block_size;
     let mut ch = bdev.open_channel().unwrap();
     let ch = ch.as_mut();
@@ -203,7 +204,7 @@ pub(crate) fn check_flush(bdev: &dyn Bdev) {
     assert_eq!(buf.as_slice(), pattern(bs, 5, 2, 1).as_slice());
 }
 
-pub(crate) fn check_zeroes_and_deallocate(bdev: &dyn Bdev) {
+pub fn check_zeroes_and_deallocate(bdev: &dyn Bdev) {
     let bs = bdev.info().block_size;
     let mut ch = bdev.open_channel().unwrap();
     let ch = ch.as_mut();
@@ -243,7 +244,7 @@ pub(crate) fn check_zeroes_and_deallocate(bdev: &dyn Bdev) {
 
 /// `count` writes submitted before one poll, then `count` reads; each tag completes once
 /// and every block holds what its write put there.
-pub(crate) fn check_many_in_flight(bdev: &dyn Bdev, count: usize) {
+pub fn check_many_in_flight(bdev: &dyn Bdev, count: usize) {
     let bs = bdev.info().block_size;
     let mut ch = bdev.open_channel().unwrap();
     let ch = ch.as_mut();
@@ -280,11 +281,4 @@ pub(crate) fn check_many_in_flight(bdev: &dyn Bdev, count: usize) {
             "block {i}"
         );
     }
-}
-
-#[test]
-fn request_constructors() {
-    let r = IoRequest::no_data(IoOp::Flush, 1, 2, 3);
-    assert!(r.buf.is_null());
-    assert_eq!((r.offset_blocks, r.num_blocks, r.len, r.tag), (1, 2, 0, 3));
 }

@@ -3,8 +3,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use super::*;
-use crate::{BdevError, UringBdev, UringOptions};
+use lightpool_bdev::testing::*;
+use lightpool_bdev::{Adopter, Adoption, Bdev, BdevError, IoOp, IoRequest, IoStatus};
+
+use crate::{UringAdopter, UringBdev, UringOptions};
 
 fn file_of(size: u64) -> tempfile::NamedTempFile {
     let f = tempfile::NamedTempFile::new().unwrap();
@@ -196,7 +198,7 @@ fn completion_fd_signals_and_is_drained() {
     }
     assert_eq!(got, vec![(77, IoStatus::Success)]);
     // Enough empty polls (a reactor spinning before it sleeps) reset it.
-    for _ in 0..crate::uring::DRAIN_AFTER_EMPTY_POLLS {
+    for _ in 0..crate::DRAIN_AFTER_EMPTY_POLLS {
         assert_eq!(ch.poll(&mut |_, _| panic!("nothing left")), 0);
     }
     assert!(
@@ -579,4 +581,52 @@ fn a_sleeping_reactor_wakes_for_completions_and_sleeps_again() {
     r.join().unwrap();
     // The reactor dropped the poller, and with it the channel, before `buf` goes.
     drop(buf);
+}
+
+/// The adopter serves the very file that was handed over, even after the path was
+/// unlinked and another file put there; recovery (no descriptor) opens the path.
+#[test]
+fn adopter_keeps_the_open_file_and_recovery_reopens_the_path() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("disk.img");
+    std::fs::write(&path, vec![0u8; 1 << 20]).expect("create");
+    let a = open(&path, buffered());
+    let mut ch = a.open_channel().expect("channel");
+    assert_eq!(
+        write(ch.as_mut(), 4096, 3, &pattern(4096, 3, 1, 9)),
+        IoStatus::Success
+    );
+    drop(ch);
+    let e = a.export().expect("export");
+    std::fs::remove_file(&path).expect("unlink");
+    std::fs::write(&path, vec![0u8; 1 << 20]).expect("decoy");
+    let b = UringAdopter
+        .adopt(Adoption {
+            name: "disk",
+            state: &e.state,
+            fds: Some(e.fds),
+            children: Vec::new(),
+        })
+        .expect("adopt");
+    assert_eq!(b.kind(), "uring");
+    let mut ch = b.open_channel().expect("channel");
+    let (st, buf) = read(ch.as_mut(), 4096, 3, 1);
+    assert_eq!(st, IoStatus::Success);
+    assert_eq!(buf.as_slice(), pattern(4096, 3, 1, 9).as_slice());
+
+    let e = b.export().expect("export");
+    let r = UringAdopter
+        .adopt(Adoption {
+            name: "disk",
+            state: &e.state,
+            fds: None,
+            children: Vec::new(),
+        })
+        .expect("recovered by path");
+    let mut ch = r.open_channel().expect("channel");
+    let (_, buf) = read(ch.as_mut(), 4096, 3, 1);
+    assert!(
+        buf.as_slice().iter().all(|&x| x == 0),
+        "the path names the decoy now"
+    );
 }

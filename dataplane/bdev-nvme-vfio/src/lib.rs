@@ -35,7 +35,10 @@ use lightpool_nvme_vfio::{
 use lightpool_spec::identify::oncs;
 use lightpool_spec::status::{generic, sct};
 
-use crate::{check_request, Bdev, BdevError, BdevInfo, IoChannel, IoOp, IoRequest, IoStatus};
+use lightpool_bdev::{
+    check_request, Adopter, Adoption, Bdev, BdevError, BdevInfo, Export, IoChannel, IoOp,
+    IoRequest, IoStatus,
+};
 
 /// How to open an [`NvmeVfioBdev`].
 #[derive(Debug, Clone)]
@@ -102,6 +105,9 @@ fn shared_pool(
 pub fn vfio_dma_pool() -> Option<Arc<DmaPool>> {
     POOL.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
+
+/// [`Bdev::kind`] of NVMe namespaces driven through VFIO.
+pub const KIND: &str = "nvme-vfio";
 
 /// What a successor process needs to take an NVMe namespace over during a hot upgrade
 /// (see [`NvmeVfioBdev::adopt`]). Descriptors travel beside it, in this order: the
@@ -292,7 +298,7 @@ impl NvmeVfioBdev {
 }
 
 impl NvmeVfioBdev {
-    fn export(&self) -> Result<(NvmeVfioHandover, Vec<OwnedFd>), String> {
+    fn export_state(&self) -> Result<(NvmeVfioHandover, Vec<OwnedFd>), String> {
         let d = &self.shared;
         let (container, mut fds) = d.ctrl.container().export().map_err(|e| e.to_string())?;
         let mem = d.pool.memory();
@@ -324,16 +330,21 @@ impl Bdev for NvmeVfioBdev {
         &self.shared.info
     }
 
-    fn handover(&self) -> crate::Handover<'_> {
-        match self.export() {
-            Ok((state, fds)) => crate::Handover::Vfio {
-                state: Box::new(state),
-                fds,
-            },
-            Err(reason) => crate::Handover::Unsupported {
-                reason: format!("{}: {reason}", self.shared.info.name),
-            },
-        }
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    /// The controller's state (queues, IOVAs) and its descriptors (container, groups,
+    /// DMA memory, device), in the order [`NvmeVfioBdev::adopt`] takes them. Taken
+    /// only on a drained target ([`Bdev::export_at_pause`]).
+    fn export(&self) -> Result<Export, BdevError> {
+        let (state, fds) = self.export_state().map_err(BdevError::Invalid)?;
+        Ok(Export {
+            state: postcard::to_stdvec(&state).map_err(|e| {
+                BdevError::Invalid(format!("{}: state: {e}", self.shared.info.name))
+            })?,
+            fds,
+        })
     }
 
     fn adopted(&self) {
@@ -341,7 +352,7 @@ impl Bdev for NvmeVfioBdev {
         self.shared.ctrl.take_ownership();
     }
 
-    fn handover_at_pause(&self) -> bool {
+    fn export_at_pause(&self) -> bool {
         true
     }
 
@@ -814,5 +825,136 @@ impl Drop for NvmeVfioChannel {
         if let Some(x) = hw.inboxes.get_mut(self.slot as usize) {
             *x = None;
         }
+    }
+}
+
+/// Rebuilds NVMe namespaces in a successor from the controller state and descriptors
+/// handed over at the pause. Recovery cannot: the controller's queues lived in the
+/// process that drove it.
+pub struct NvmeVfioAdopter;
+
+impl Adopter for NvmeVfioAdopter {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn adopt(&self, a: Adoption<'_>) -> Result<Arc<dyn Bdev>, BdevError> {
+        let Some(fds) = a.fds else {
+            return Err(BdevError::Invalid(format!(
+                "the NVMe device {} was driven through VFIO, which cannot be recovered without \
+                 the process that drove it; start from the configuration",
+                a.name
+            )));
+        };
+        let st: NvmeVfioHandover = postcard::from_bytes(a.state)
+            .map_err(|e| BdevError::Invalid(format!("{}: unreadable state: {e}", a.name)))?;
+        Ok(NvmeVfioBdev::adopt(&st, fds)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lightpool_nvme_vfio::{
+        AdminState, ContainerState, ControllerInfo, ControllerOptions, ControllerState, MemState,
+        NamespaceInfo, QueueState,
+    };
+
+    fn mem(iova: u64) -> MemState {
+        MemState {
+            len: 2 << 20,
+            iova,
+            backing: lightpool_dma::Backing::Hugepages {
+                mount: "/dev/hugepages".into(),
+                page_size: 2 << 20,
+            },
+        }
+    }
+
+    fn vfio_state() -> NvmeVfioHandover {
+        NvmeVfioHandover {
+            ns: NamespaceInfo {
+                nsid: 1,
+                num_blocks: 524288,
+                block_size: 512,
+                metadata_size: 0,
+                deallocate_reads_zeroes: true,
+                write_protected: false,
+            },
+            pool_buf_size: 128 << 10,
+            pool_count: 256,
+            pool_mem: mem(1 << 32),
+            container: ContainerState {
+                groups: vec![7],
+                next_iova: (1 << 32) + (40 << 20),
+                free_iovas: vec![((1 << 32) + (36 << 20), 2 << 20)],
+            },
+            controller: ControllerState {
+                addr: "0000:00:04.0".into(),
+                group: 7,
+                cap: 0x0020_0000_2001_07ff,
+                info: ControllerInfo {
+                    vid: 0x1b36,
+                    serial: "LPVFIO0001".into(),
+                    model: "QEMU NVMe Ctrl".into(),
+                    firmware: "9.0".into(),
+                    max_transfer: Some(512 << 10),
+                    nn: 256,
+                    oncs: 0x15d,
+                    volatile_write_cache: true,
+                    io_queues: 64,
+                    io_queue_depth: 256,
+                },
+                opts: ControllerOptions::default(),
+                admin: AdminState {
+                    sq_tail: 9,
+                    sq_head: 9,
+                    cq_head: 9,
+                    cq_phase: true,
+                    cid: 9,
+                    mem: mem((1 << 32) + (32 << 20)),
+                },
+                io_queues: vec![QueueState {
+                    qid: 1,
+                    depth: 256,
+                    sq_tail: 200,
+                    sq_head: 200,
+                    cq_head: 200,
+                    cq_phase: false,
+                    mem: mem((1 << 32) + (34 << 20)),
+                    cq_off: 16384,
+                    prp_off: 20480,
+                }],
+                enables: 1,
+            },
+        }
+    }
+
+    /// A controller's whole state survives the encoding its export uses.
+    #[test]
+    fn controller_state_round_trips() {
+        let bytes = postcard::to_stdvec(&vfio_state()).expect("encode");
+        let back: NvmeVfioHandover = postcard::from_bytes(&bytes).expect("decode");
+        assert_eq!(back, vfio_state());
+    }
+
+    /// Without the process that drove it, a VFIO namespace cannot be recovered: the
+    /// error says so and names the device.
+    #[test]
+    fn vfio_namespaces_are_not_recovered() {
+        let e = NvmeVfioAdopter
+            .adopt(Adoption {
+                name: "0000:00:04.0",
+                state: &[],
+                fds: None,
+                children: Vec::new(),
+            })
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("0000:00:04.0") && e.contains("start from the configuration"),
+            "{e}"
+        );
     }
 }

@@ -1,5 +1,7 @@
-use super::*;
-use crate::{BdevError, MallocBdev};
+use lightpool_bdev::testing::*;
+use lightpool_bdev::{Adopter, Adoption, Bdev, BdevError, IoOp, IoRequest, IoStatus};
+
+use crate::{MallocBdev, RamAdopter};
 
 fn dev(bs: u32) -> std::sync::Arc<MallocBdev> {
     MallocBdev::new("ram0", 4 << 20, bs).unwrap()
@@ -146,10 +148,7 @@ fn memory_survives_in_the_memfd_for_a_successor() {
     a.write_at(4096 * 3, b"kept across the upgrade")
         .expect("in range");
     let fd = a.memfd().as_fd().try_clone_to_owned().expect("dup");
-    match a.handover() {
-        crate::Handover::Ram { block_size, .. } => assert_eq!(block_size, 512),
-        other => panic!("RAM device hands over its memfd, got {other:?}"),
-    }
+    assert_eq!(a.export().expect("exported").fds.len(), 1);
     drop(a);
     let b = MallocBdev::from_memfd("hb", fd, 512).expect("adopt");
     assert_eq!(b.info().num_blocks, 2048);
@@ -160,8 +159,8 @@ fn memory_survives_in_the_memfd_for_a_successor() {
     let mut ch = b.open_channel().expect("channel");
     // SAFETY: no buffer for Deallocate.
     unsafe {
-        ch.submit(crate::IoRequest {
-            op: crate::IoOp::Deallocate,
+        ch.submit(IoRequest {
+            op: IoOp::Deallocate,
             offset_blocks: 0,
             num_blocks: 2048,
             buf: std::ptr::null_mut(),
@@ -171,7 +170,7 @@ fn memory_survives_in_the_memfd_for_a_successor() {
     };
     let mut n = 0;
     ch.poll(&mut |_, st| {
-        assert_eq!(st, crate::IoStatus::Success);
+        assert_eq!(st, IoStatus::Success);
         n += 1;
     });
     assert_eq!(n, 1);
@@ -250,4 +249,59 @@ fn huge_pages() {
     assert!(e.to_string().contains("multiple of the 2 MiB"), "{e}");
     let e = MallocBdev::new_hugepages("big", 1 << 40, 512).unwrap_err();
     assert!(e.to_string().contains("hugepage-setup reserve"), "{e}");
+}
+
+/// The adopter maps the memfd handed over; recovery (no descriptors) reopens the tmpfs
+/// file of a device in the state directory and refuses one that lived only in memory.
+#[test]
+fn adopter_takes_the_memfd_or_the_state_file() {
+    let a = MallocBdev::new("ram1", 1 << 20, 4096).expect("RAM");
+    a.write_at(8192, b"acknowledged").expect("in range");
+    let e = a.export().expect("export");
+    let b = RamAdopter
+        .adopt(Adoption {
+            name: "ram1",
+            state: &e.state,
+            fds: Some(e.fds),
+            children: Vec::new(),
+        })
+        .expect("adopt");
+    assert_eq!((b.info().block_size, b.info().num_blocks), (4096, 256));
+    let mut ch = b.open_channel().expect("channel");
+    let (st, buf) = read(ch.as_mut(), 4096, 2, 1);
+    assert_eq!(st, IoStatus::Success);
+    assert_eq!(&buf.as_slice()[..12], b"acknowledged");
+
+    let e = a.export().expect("export");
+    let err = RamAdopter
+        .adopt(Adoption {
+            name: "ram1",
+            state: &e.state,
+            fds: None,
+            children: Vec::new(),
+        })
+        .err()
+        .expect("a memfd-only device cannot be recovered");
+    assert_eq!(
+        err.to_string(),
+        "RAM device ram1 lived outside the state directory: its data did not survive"
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("ram-x-1");
+    let s = MallocBdev::open_shared("ram2", &path, 1 << 20, 512).expect("shared");
+    s.write_at(512 * 7, b"in the file").expect("in range");
+    let e = s.export().expect("export");
+    drop(s);
+    let r = RamAdopter
+        .adopt(Adoption {
+            name: "ram2",
+            state: &e.state,
+            fds: None,
+            children: Vec::new(),
+        })
+        .expect("recovered from the file");
+    let mut ch = r.open_channel().expect("channel");
+    let (_, buf) = read(ch.as_mut(), 512, 7, 1);
+    assert_eq!(&buf.as_slice()[..11], b"in the file");
 }

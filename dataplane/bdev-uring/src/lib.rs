@@ -35,10 +35,14 @@ use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use crate::{check_request, Bdev, BdevError, BdevInfo, IoChannel, IoOp, IoRequest, IoStatus};
+use lightpool_bdev::{
+    check_request, Adopter, Adoption, Bdev, BdevError, BdevInfo, Export, IoChannel, IoOp,
+    IoRequest, IoStatus,
+};
+use serde::{Deserialize, Serialize};
 
 /// How to open a [`UringBdev`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UringOptions {
     /// Logical block size (512 or 4096). `None`: the device's own for block devices,
     /// 4096 for regular files.
@@ -491,21 +495,51 @@ fn probe_punch_hole(fd: &OwnedFd, size: u64, block_size: u32) -> bool {
     rc == 0
 }
 
-impl Bdev for UringBdev {
-    fn handover(&self) -> crate::Handover<'_> {
-        let s = &self.shared;
-        crate::Handover::File {
-            path: s.info.name.clone(),
-            fd: s.fd.as_fd(),
-            block_size: s.info.block_size,
-            read_only: s.info.read_only,
-            direct: s.direct,
-            queue_depth: s.queue_depth,
-        }
-    }
+/// [`Bdev::kind`] of io_uring devices.
+pub const KIND: &str = "uring";
 
+/// What a successor needs besides the open descriptor.
+#[derive(Debug, Serialize, Deserialize)]
+struct UringState {
+    /// The path it was opened by (recovery reopens it).
+    path: String,
+    opts: UringOptions,
+}
+
+impl Bdev for UringBdev {
     fn info(&self) -> &BdevInfo {
         &self.shared.info
+    }
+
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    /// The open descriptor (nothing is buffered in this process: every acknowledged
+    /// write has reached the kernel), so the successor serves the same file even when
+    /// the path names another one by now. The io_uring rings are not handed over: they
+    /// belong to channels, which hold no request once the target has drained, and the
+    /// successor's channels make their own.
+    fn export(&self) -> Result<Export, BdevError> {
+        let s = &self.shared;
+        let st = UringState {
+            path: s.info.name.clone(),
+            opts: UringOptions {
+                block_size: Some(s.info.block_size),
+                read_only: s.info.read_only,
+                direct: s.direct,
+                queue_depth: s.queue_depth,
+            },
+        };
+        Ok(Export {
+            state: postcard::to_stdvec(&st)
+                .map_err(|e| invalid(format!("{}: state: {e}", s.info.name)))?,
+            fds: vec![s
+                .fd
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(BdevError::Setup)?],
+        })
     }
 
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
@@ -887,3 +921,35 @@ impl Drop for UringChannel {
         }
     }
 }
+
+/// Rebuilds io_uring devices in a successor: from the descriptor handed over
+/// ([`UringBdev::adopt`]), or (recovery) by opening the path again.
+pub struct UringAdopter;
+
+impl Adopter for UringAdopter {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn adopt(&self, a: Adoption<'_>) -> Result<Arc<dyn Bdev>, BdevError> {
+        let st: UringState = postcard::from_bytes(a.state)
+            .map_err(|e| invalid(format!("{}: unreadable state: {e}", a.name)))?;
+        let dev = match a.fds {
+            Some(mut fds) if fds.len() == 1 => {
+                UringBdev::adopt(fds.pop().expect("length checked"), &st.path, st.opts)?
+            }
+            Some(fds) => {
+                return Err(invalid(format!(
+                    "{}: {} descriptors handed over, expected one",
+                    a.name,
+                    fds.len()
+                )))
+            }
+            None => UringBdev::open(Path::new(&st.path), st.opts)?,
+        };
+        Ok(dev)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -9,9 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use lightpool_bdev::{
-    vfio_dma_pool, Bdev, IoOp, IoRequest, IoStatus, NvmeVfioBdev, NvmeVfioOptions,
-};
+use lightpool_bdev::{Bdev, IoOp, IoRequest, IoStatus};
+use lightpool_bdev_nvme_vfio::{vfio_dma_pool, NvmeVfioBdev, NvmeVfioOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

@@ -12,7 +12,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::{check_request, Bdev, BdevError, BdevInfo, IoChannel, IoOp, IoRequest, IoStatus};
+use lightpool_bdev::{
+    check_request, Adopter, Adoption, Bdev, BdevError, BdevInfo, DeviceMemory, Export, IoChannel,
+    IoOp, IoRequest, IoStatus,
+};
+use serde::{Deserialize, Serialize};
 
 /// Ranges at least this long are zeroed by dropping their whole pages
 /// (`MADV_DONTNEED`) rather than by writing zeroes; shorter ones are memset.
@@ -327,10 +331,19 @@ impl MallocBdev {
                 "RAM device {name}: {shown} holds {len} bytes but the device is configured with {size_bytes}; remove the file or fix the size"
             )));
         }
-        let mut b = Self::from_memfd(name, f.into(), block_size)?;
+        Self::from_memfd_at(name, f.into(), block_size, Some(shown))
+    }
+
+    fn from_memfd_at(
+        name: &str,
+        fd: OwnedFd,
+        block_size: u32,
+        path: Option<String>,
+    ) -> Result<Arc<MallocBdev>, BdevError> {
+        let mut b = Self::from_memfd(name, fd, block_size)?;
         Arc::get_mut(&mut b)
             .expect("just created, not shared yet")
-            .path = Some(shown);
+            .path = path;
         Ok(b)
     }
 
@@ -374,23 +387,47 @@ impl MallocBdev {
     }
 }
 
-impl Bdev for MallocBdev {
-    fn handover(&self) -> crate::Handover<'_> {
-        crate::Handover::Ram {
-            memfd: self.memfd(),
-            block_size: self.info.block_size,
-            path: self.path.clone(),
-        }
-    }
+/// [`Bdev::kind`] of RAM devices.
+pub const KIND: &str = "ram";
 
+/// What a successor needs besides the memfd.
+#[derive(Debug, Serialize, Deserialize)]
+struct RamState {
+    block_size: u32,
+    /// The tmpfs file behind the memory, if any: recovery reopens it.
+    path: Option<String>,
+}
+
+impl Bdev for MallocBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
     }
 
-    fn memory(&self) -> Option<crate::DeviceMemory> {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    /// The memfd (the tmpfs file's descriptor when the device lives in the state
+    /// directory): the successor maps the same pages.
+    fn export(&self) -> Result<Export, BdevError> {
+        let st = RamState {
+            block_size: self.info.block_size,
+            path: self.path.clone(),
+        };
+        Ok(Export {
+            state: postcard::to_stdvec(&st)
+                .map_err(|e| BdevError::Invalid(format!("RAM device state: {e}")))?,
+            fds: vec![self
+                .memfd()
+                .try_clone_to_owned()
+                .map_err(BdevError::Setup)?],
+        })
+    }
+
+    fn memory(&self) -> Option<DeviceMemory> {
         // SAFETY: the mapping is owned (through the Arc) by this device and unmapped
         // only when the last holder drops it.
-        Some(unsafe { crate::DeviceMemory::new(self.mem.ptr, self.mem.len) })
+        Some(unsafe { DeviceMemory::new(self.mem.ptr, self.mem.len) })
     }
 
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
@@ -454,3 +491,52 @@ impl IoChannel for MallocChannel {
         self.done.len()
     }
 }
+
+/// Rebuilds RAM devices in a successor: from the memfd handed over, or (recovery) from
+/// the tmpfs file in the state directory; a RAM device that lived only in its memfd did
+/// not survive the processes that held it.
+pub struct RamAdopter;
+
+impl Adopter for RamAdopter {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn adopt(&self, a: Adoption<'_>) -> Result<Arc<dyn Bdev>, BdevError> {
+        let st: RamState = postcard::from_bytes(a.state).map_err(|e| {
+            BdevError::Invalid(format!("RAM device {}: unreadable state: {e}", a.name))
+        })?;
+        let dev = match (a.fds, st.path) {
+            (Some(mut fds), path) if fds.len() == 1 => {
+                let fd = fds.pop().expect("length checked");
+                MallocBdev::from_memfd_at(a.name, fd, st.block_size, path)?
+            }
+            (Some(fds), _) => {
+                return Err(BdevError::Invalid(format!(
+                    "RAM device {}: {} descriptors handed over, expected its memfd only",
+                    a.name,
+                    fds.len()
+                )))
+            }
+            (None, Some(p)) => {
+                let len = std::fs::metadata(&p)
+                    .map_err(|source| BdevError::Open {
+                        path: p.clone(),
+                        source,
+                    })?
+                    .len();
+                MallocBdev::open_shared(a.name, std::path::Path::new(&p), len, st.block_size)?
+            }
+            (None, None) => {
+                return Err(BdevError::Invalid(format!(
+                    "RAM device {} lived outside the state directory: its data did not survive",
+                    a.name
+                )))
+            }
+        };
+        Ok(dev)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+//! NVMe/TCP as one implementation of the NVMe-oF core's transport seam
+//! ([`lightpool_nvmf::Transport`], [`lightpool_nvmf::TransportKind`]).
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lightpool_nvmf::region::objects::RegionImage;
+use lightpool_nvmf::region::Region;
+use lightpool_nvmf::{
+    Adopted, ConnectionInfo, ListenAddr, Transport, TransportContext, TransportError,
+    TransportExport, TransportKind,
+};
+
+use crate::{TcpState, TcpTransport};
+
+/// The name configuration gives NVMe/TCP.
+pub const NAME: &str = "tcp";
+
+fn encode_err(e: postcard::Error) -> TransportError {
+    TransportError::Invalid(format!("NVMe/TCP handover state: {e}"))
+}
+
+impl Transport for TcpTransport {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn add_listener(&self, addr: &str) -> Result<ListenAddr, TransportError> {
+        let sa: SocketAddr = addr.parse().map_err(|_| {
+            TransportError::Invalid(format!(
+                "{addr:?} is not an NVMe/TCP address: give IP:PORT, e.g. 0.0.0.0:4420 or [::1]:4420"
+            ))
+        })?;
+        let bound = self.listen(sa).map_err(TransportError::other)?;
+        Ok(ListenAddr::tcp(bound))
+    }
+
+    fn connections(&self) -> Result<Vec<ConnectionInfo>, TransportError> {
+        let per = self
+            .ask(|ctx, l| {
+                l.conns
+                    .iter()
+                    .map(|e| {
+                        let q = e.conn.queue();
+                        let c = q.controller();
+                        ConnectionInfo {
+                            transport: NAME.to_string(),
+                            peer: e.conn.peer.clone(),
+                            reactor: ctx.id(),
+                            qid: q.qid(),
+                            cntlid: c.map(|c| c.cntlid),
+                            hostnqn: c.map(|c| c.hostnqn.clone()),
+                            subnqn: c.map(|c| c.subsys.nqn.clone()),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .map_err(TransportError::other)?;
+        Ok(per.into_iter().flatten().collect())
+    }
+
+    fn quiesce_and_export(
+        &self,
+        fd_base: usize,
+        timeout: Duration,
+    ) -> Result<Option<TransportExport>, TransportError> {
+        let Some((st, fds)) = TcpTransport::quiesce_and_export(self, fd_base, timeout)
+            .map_err(TransportError::other)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(TransportExport {
+            listeners: st.listeners.len(),
+            connections: st.conns.len(),
+            commands: st.conns.iter().map(|(c, _, _)| c.commands()).sum(),
+            state: postcard::to_stdvec(&st).map_err(encode_err)?,
+            fds,
+        }))
+    }
+
+    fn resume(&self) -> Result<(), TransportError> {
+        TcpTransport::resume(self).map_err(TransportError::other)
+    }
+}
+
+/// Makes and adopts NVMe/TCP transports.
+pub struct TcpKind;
+
+impl TransportKind for TcpKind {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn trtype(&self) -> u8 {
+        lightpool_spec::log::trtype::TCP
+    }
+
+    fn create(&self, ctx: TransportContext) -> Result<Arc<dyn Transport>, TransportError> {
+        Ok(Arc::new(
+            TcpTransport::new(ctx.target, ctx.reactors).map_err(TransportError::other)?,
+        ))
+    }
+
+    fn adopt(
+        &self,
+        ctx: TransportContext,
+        region: Arc<Region>,
+        image: Arc<RegionImage>,
+        state: &[u8],
+        fds: &mut [Option<OwnedFd>],
+    ) -> Result<(Arc<dyn Transport>, Adopted), TransportError> {
+        let st: TcpState = postcard::from_bytes(state).map_err(encode_err)?;
+        let t = TcpTransport::adopt(ctx.target, ctx.reactors, region, image, &st, fds)
+            .map_err(TransportError::other)?;
+        let adopted = Adopted {
+            listeners: st.listeners.len(),
+            connections: st.conns.len(),
+            commands: st.conns.iter().map(|(c, _, _)| c.commands()).sum(),
+            queue_records: st.conns.iter().map(|(c, _, _)| c.queue_record()).collect(),
+        };
+        Ok((Arc::new(t), adopted))
+    }
+}
