@@ -13,8 +13,8 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use lightpool_bdev::{
-    check_request, Adopter, Adoption, Bdev, BdevError, BdevInfo, DeviceMemory, Export, IoChannel,
-    IoOp, IoRequest, IoStatus,
+    check_in_place, check_request, Adopter, Adoption, Bdev, BdevError, BdevInfo, DataRef, Export,
+    IoChannel, IoOp, IoRequest, IoStatus,
 };
 use serde::{Deserialize, Serialize};
 
@@ -424,12 +424,6 @@ impl Bdev for MallocBdev {
         })
     }
 
-    fn memory(&self) -> Option<DeviceMemory> {
-        // SAFETY: the mapping is owned (through the Arc) by this device and unmapped
-        // only when the last holder drops it.
-        Some(unsafe { DeviceMemory::new(self.mem.ptr, self.mem.len) })
-    }
-
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
         Ok(Box::new(MallocChannel {
             info: self.info.clone(),
@@ -475,6 +469,50 @@ impl IoChannel for MallocChannel {
         // SAFETY: forwarded from our caller's contract on `req.buf`.
         let status = unsafe { self.execute(&req) };
         self.done.push_back((req.tag, status));
+    }
+
+    /// Every read: the device's bytes are in this process's memory.
+    #[inline]
+    fn read_in_place(
+        &mut self,
+        offset_blocks: u64,
+        num_blocks: u32,
+    ) -> Option<Result<DataRef, IoStatus>> {
+        Some(
+            check_in_place(&self.info, offset_blocks, num_blocks, false).map(|(off, len)| {
+                // SAFETY: the range lies inside the mapping (checked against the device
+                // size, which is the mapping's); this channel holds the mapping (an
+                // Arc), so it stays mapped while the channel lives.
+                unsafe {
+                    DataRef::new(
+                        NonNull::new_unchecked(self.mem.ptr.as_ptr().add(off as usize)),
+                        len as usize,
+                    )
+                }
+            }),
+        )
+    }
+
+    /// Every write: copied into the mapping now.
+    #[inline]
+    fn write_in_place(
+        &mut self,
+        offset_blocks: u64,
+        num_blocks: u32,
+        data: &[u8],
+    ) -> Option<IoStatus> {
+        Some(
+            match check_in_place(&self.info, offset_blocks, num_blocks, true) {
+                Ok((_, len)) if len != data.len() as u64 => IoStatus::Io(libc::EINVAL),
+                Ok((off, len)) => {
+                    // SAFETY: the range lies inside the mapping (checked above); `data`
+                    // is a live slice of `len` bytes, the caller's, not the device's.
+                    unsafe { self.mem.write(off as usize, data.as_ptr(), len as usize) };
+                    IoStatus::Success
+                }
+                Err(st) => st,
+            },
+        )
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {

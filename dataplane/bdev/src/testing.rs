@@ -282,3 +282,67 @@ pub fn check_many_in_flight(bdev: &dyn Bdev, count: usize) {
         );
     }
 }
+
+/// What a channel serves in place ([`IoChannel::read_in_place`],
+/// [`IoChannel::write_in_place`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InPlace {
+    pub reads: bool,
+    pub writes: bool,
+}
+
+/// A device that serves I/O in place serves the same bytes as through `submit`, both
+/// ways, and refuses what a submitted request would be refused; one that declines is
+/// left to `submit`. Returns what it serves in place.
+pub fn check_served_in_place(bdev: &dyn Bdev) -> InPlace {
+    let info = bdev.info().clone();
+    let bs = info.block_size;
+    let nb = info.num_blocks;
+    let mut ch = bdev.open_channel().unwrap();
+    let ch = ch.as_mut();
+    let (lba, n) = (nb / 2 + 3, 5);
+    let data = pattern(bs, lba, n, 0x11);
+    assert_eq!(write(ch, bs, lba, &data), IoStatus::Success);
+    let reads = match ch.read_in_place(lba, n) {
+        None => false,
+        Some(r) => {
+            let r = r.expect("in range");
+            assert_eq!(r.len(), data.len());
+            // SAFETY: the channel outlives the slice.
+            assert!(unsafe { r.as_slice() } == data.as_slice(), "read in place");
+            assert_eq!(
+                ch.read_in_place(nb, 1).map(|r| r.map(|d| d.len())),
+                Some(Err(IoStatus::OutOfRange))
+            );
+            assert_eq!(
+                ch.read_in_place(u64::MAX, 2).map(|r| r.map(|d| d.len())),
+                Some(Err(IoStatus::OutOfRange))
+            );
+            true
+        }
+    };
+    let newer = pattern(bs, lba, n, 0x22);
+    let writes = match ch.write_in_place(lba, n, &newer) {
+        None => false,
+        Some(st) => {
+            assert_eq!(st, IoStatus::Success);
+            let (st, buf) = read(ch, bs, lba, n);
+            assert_eq!(st, IoStatus::Success);
+            assert!(buf.as_slice() == newer.as_slice(), "written in place");
+            assert_eq!(
+                ch.write_in_place(nb - 1, 2, &newer[..2 * bs as usize]),
+                Some(IoStatus::OutOfRange)
+            );
+            // The data must be exactly the blocks named.
+            assert_eq!(
+                ch.write_in_place(lba, 2, &newer[..bs as usize]),
+                Some(IoStatus::Io(libc::EINVAL))
+            );
+            true
+        }
+    };
+    // Nothing in place leaves a completion behind.
+    ch.poll(&mut |tag, _| panic!("completion for tag {tag} after in-place I/O"));
+    assert_eq!(ch.in_flight(), 0);
+    InPlace { reads, writes }
+}

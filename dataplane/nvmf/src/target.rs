@@ -133,6 +133,7 @@ impl Target {
 
     pub fn add_subsystem(&self, cfg: SubsystemConfig) -> Result<Arc<Subsystem>, NvmfError> {
         let s = Subsystem::new(cfg)?;
+        self.take_device_pools(&s);
         let mut subs = self.subsystems.write().expect("subsystem lock poisoned");
         if subs.iter().any(|x| x.nqn == s.nqn) {
             return Err(NvmfError::DuplicateSubsystem(s.nqn.clone()));
@@ -152,12 +153,21 @@ impl Target {
         cfg: SubsystemConfig,
     ) -> Result<Arc<Subsystem>, NvmfError> {
         let s = Subsystem::new(cfg)?;
+        self.take_device_pools(&s);
         let mut subs = self.subsystems.write().expect("subsystem lock poisoned");
         if subs.iter().any(|x| x.nqn == s.nqn) {
             return Err(NvmfError::DuplicateSubsystem(s.nqn.clone()));
         }
         subs.push(s.clone());
         Ok(s)
+    }
+
+    /// Request buffers from a namespace's device's DMA pool, when one offers it (see
+    /// [`Target::use_buffer_pool`]).
+    fn take_device_pools(&self, s: &Subsystem) {
+        if let Some(pool) = s.namespaces().iter().find_map(|n| n.bdev.dma_pool()) {
+            self.use_buffer_pool(pool);
+        }
     }
 
     pub(crate) fn add_listener_quiet(&self, l: ListenerInfo) {

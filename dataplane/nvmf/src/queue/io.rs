@@ -1,12 +1,12 @@
 //! I/O commands: Read, Write, Compare, Flush, Write Zeroes, Dataset Management.
 
-use lightpool_bdev::IoOp;
+use lightpool_bdev::{IoOp, IoStatus};
 use lightpool_spec::log::ana_state;
 use lightpool_spec::nvme::{io_opcode as op, DsmRange, DSM_RANGE_SIZE};
 use lightpool_spec::status::{generic, path, Status};
 
 use crate::ctrlr::QueueStats;
-use crate::queue::{Exec, NvmfQueue, Xfer, NAMESPACE_WRITE_PROTECTED};
+use crate::queue::{bdev_status, channel_of, Exec, NvmfQueue, Xfer, NAMESPACE_WRITE_PROTECTED};
 
 const BROADCAST_NSID: u32 = 0xFFFF_FFFF;
 
@@ -121,13 +121,22 @@ impl<T: Default> NvmfQueue<T> {
                     op::READ => {
                         QueueStats::bump(&self.stats.read_cmds, 1);
                         QueueStats::bump(&self.stats.blocks_read_512, blocks_512);
-                        let mem = self.namespaces[idx].as_ref().and_then(|n| n.mem);
-                        let r = self.req(slot);
+                        let ch = channel_of(
+                            &mut self.channels,
+                            &mut self.open_channels,
+                            &self.namespaces,
+                            idx,
+                        )?;
+                        let r = &mut self.slots[usize::from(slot)];
                         r.c2h_len = nlb << shift;
-                        if let Some(mem) = mem {
-                            // RAM: the data is sent from the device itself.
-                            r.c2h_ext = Some((mem, (slba << shift) as usize));
-                            return Ok(Exec::Done);
+                        match ch.read_in_place(slba, nlb) {
+                            // Sent from the device's own memory.
+                            Some(Ok(data)) => {
+                                r.c2h_ext = Some(data);
+                                return Ok(Exec::Done);
+                            }
+                            Some(Err(st)) => return Err(bdev_status(st)),
+                            None => {}
                         }
                         self.submit_bdev(slot, idx, IoOp::Read, slba, nlb, false)?;
                     }
@@ -135,30 +144,38 @@ impl<T: Default> NvmfQueue<T> {
                         self.writable(idx)?;
                         QueueStats::bump(&self.stats.write_cmds, 1);
                         QueueStats::bump(&self.stats.blocks_written_512, blocks_512);
-                        if let Some(mem) = self.namespaces[idx].as_ref().and_then(|n| n.mem) {
-                            // RAM: copied in now, no channel round trip.
-                            let len = (nlb as usize) << shift;
-                            let data: &[u8] = match self.direct_data {
+                        let len = (nlb as usize) << shift;
+                        let ch = channel_of(
+                            &mut self.channels,
+                            &mut self.open_channels,
+                            &self.namespaces,
+                            idx,
+                        )?;
+                        let r = &mut self.slots[usize::from(slot)];
+                        let done = match self.direct_data {
+                            Some((p, n)) => {
                                 // SAFETY: set by execute_write_from for the length of
-                                // this call from a slice it borrows; data_len_for checked
-                                // it holds `len` bytes (the SGL length it carries).
-                                Some((p, n)) => unsafe {
-                                    std::slice::from_raw_parts(p, n.min(len))
-                                },
-                                None => self.req(slot).buf(len),
-                            };
-                            if data.len() < len {
-                                return Err(
-                                    Status::generic(generic::DATA_SGL_LENGTH_INVALID).with_dnr()
-                                );
+                                // this call from a slice it borrows.
+                                let data = unsafe { std::slice::from_raw_parts(p, n) };
+                                // data_len_for checked the SGL (whose length the data
+                                // has) covers the blocks.
+                                let Some(data) = data.get(..len) else {
+                                    return Err(Status::generic(generic::DATA_SGL_LENGTH_INVALID)
+                                        .with_dnr());
+                                };
+                                let done = ch.write_in_place(slba, nlb, data);
+                                if done.is_none() {
+                                    // Submitted from the request's buffer.
+                                    r.buf_mut(len).copy_from_slice(data);
+                                }
+                                done
                             }
-                            // SAFETY: the namespace (and so the device) outlives this
-                            // call; the data is the queue's or the transport's, not the
-                            // device's.
-                            if !unsafe { mem.write((slba << shift) as usize, &data[..len]) } {
-                                return Err(lba_out_of_range());
-                            }
-                            return Ok(Exec::Done);
+                            None => ch.write_in_place(slba, nlb, r.buf_mut(len)),
+                        };
+                        match done {
+                            Some(IoStatus::Success) => return Ok(Exec::Done),
+                            Some(st) => return Err(bdev_status(st)),
+                            None => {}
                         }
                         self.submit_bdev(slot, idx, IoOp::Write, slba, nlb, false)?;
                     }

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lightpool_bdev::{IoChannel, IoOp, IoRequest, IoStatus};
+use lightpool_bdev::{DataRef, IoChannel, IoOp, IoRequest, IoStatus};
 use lightpool_spec::nvme::{
     self, Cqe, DataDirection, Sqe, SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK,
 };
@@ -79,9 +79,9 @@ pub struct Request<T> {
     pub xfer: Xfer,
     /// Bytes of controller-to-host data in the buffer once the request is done.
     pub c2h_len: u32,
-    /// Controller-to-host data that lives in a RAM device (sent by reference) rather
-    /// than in `buf`; `None` otherwise.
-    pub(crate) c2h_ext: Option<(lightpool_bdev::DeviceMemory, usize)>,
+    /// Controller-to-host data a device lent by reference (a read served in place, sent
+    /// from the device's own memory) rather than in `buf`; `None` otherwise.
+    pub(crate) c2h_ext: Option<DataRef>,
     /// Where `buf` and `aux` come from (the target's, when the queue was made); the
     /// queue takes them through its [`BufCache`], this is for calls that bypass it.
     src: Arc<BufSource>,
@@ -136,12 +136,13 @@ impl<T> Request<T> {
 
     /// Controller-to-host data ready to send.
     pub fn c2h_data(&self) -> &[u8] {
-        if let Some((mem, offset)) = &self.c2h_ext {
-            // SAFETY: the device is held by the queue's namespace table for the queue's
-            // whole life, which outlasts this borrow; the bytes are only sent (copied
-            // into the socket), and a concurrent write to the same blocks from another
-            // queue is the host's race, as on a disk.
-            return unsafe { mem.slice(*offset, self.c2h_len as usize) }.unwrap_or(&[]);
+        if let Some(d) = &self.c2h_ext {
+            // SAFETY: the reference came from one of the queue's channels, which live as
+            // long as the queue and so outlast this borrow of one of its slots; the
+            // bytes are only sent (copied into the socket), and a concurrent write to
+            // the same blocks from another queue is the host's race, as on a disk.
+            let data = unsafe { d.as_slice() };
+            return &data[..(self.c2h_len as usize).min(data.len())];
         }
         match self.buf.get() {
             Some(b) => &b.as_slice()[..self.c2h_len as usize],
@@ -405,23 +406,15 @@ impl<T: Default> NvmfQueue<T> {
         self.done.pop_front()
     }
 
-    /// Run a Write whose data is `data` (in the transport's receive buffer, say) without
-    /// first copying it into the request's buffer, when the namespace is RAM: the data
-    /// goes straight to the device. `None` (nothing done) when that does not apply
-    /// (another command, another device, a quiesced queue): then the caller puts the
-    /// data in the buffer and calls [`NvmfQueue::execute`].
+    /// Run a Write whose data is `data` (in the transport's receive buffer, say): when
+    /// the namespace's channel takes writes in place (RAM), the data goes straight from
+    /// there to the device, with no copy into the request's buffer; otherwise it is
+    /// copied into the buffer and submitted. `None` (nothing done) for another command
+    /// or a quiesced queue: then the caller puts the data in the buffer and calls
+    /// [`NvmfQueue::execute`].
     pub fn execute_write_from(&mut self, slot: u16, data: &[u8], now: Instant) -> Option<Exec> {
         let sqe = &self.slots[usize::from(slot)].sqe;
         if self.quiesced || self.qid == 0 || sqe.opcode != nvme::io_opcode::WRITE {
-            return None;
-        }
-        let idx = (sqe.nsid as usize).wrapping_sub(1);
-        let ram = self
-            .namespaces
-            .get(idx)
-            .and_then(Option::as_ref)
-            .is_some_and(|n| n.mem.is_some());
-        if !ram {
             return None;
         }
         self.direct_data = Some((data.as_ptr(), data.len()));
@@ -620,21 +613,12 @@ impl<T: Default> NvmfQueue<T> {
         nblocks: u32,
         use_aux: bool,
     ) -> Result<(), Status> {
-        if self.channels[ns_idx].is_none() {
-            let ns = self.namespaces[ns_idx]
-                .as_ref()
-                .expect("caller checked the namespace exists");
-            match ns.bdev.open_channel() {
-                Ok(ch) => {
-                    self.channels[ns_idx] = Some(ch);
-                    self.open_channels.push(ns_idx);
-                }
-                Err(e) => {
-                    tracing::error!(nsid = ns.nsid, error = %e, "cannot open an I/O channel");
-                    return Err(Status::generic(generic::INTERNAL_ERROR));
-                }
-            }
-        }
+        let ch = channel_of(
+            &mut self.channels,
+            &mut self.open_channels,
+            &self.namespaces,
+            ns_idx,
+        )?;
         let block_shift = self.namespaces[ns_idx]
             .as_ref()
             .map_or(9, |n| n.block_shift);
@@ -667,7 +651,6 @@ impl<T: Default> NvmfQueue<T> {
             len,
             tag: u64::from(slot),
         };
-        let ch = self.channels[ns_idx].as_mut().expect("opened just above");
         // SAFETY: the buffer belongs to slot `slot`, which stays Executing (never freed,
         // never handed to the transport) until the channel returns this tag from poll();
         // the queue is not dropped while bdev_in_flight > 0 (transports wait for it).
@@ -741,6 +724,37 @@ impl<T: Default> NvmfQueue<T> {
     }
 }
 
+/// The I/O channel of namespace `ns_idx` (which exists), opened on its first use. A
+/// function of the fields it needs, so that a caller may hold a slot meanwhile.
+#[inline]
+pub(crate) fn channel_of<'a>(
+    channels: &'a mut [Option<Box<dyn IoChannel>>],
+    open: &mut Vec<usize>,
+    namespaces: &[Option<Arc<Namespace>>],
+    ns_idx: usize,
+) -> Result<&'a mut dyn IoChannel, Status> {
+    let ch = &mut channels[ns_idx];
+    if ch.is_none() {
+        *ch = Some(open_channel(namespaces, ns_idx)?);
+        open.push(ns_idx);
+    }
+    Ok(ch.as_deref_mut().expect("opened just above"))
+}
+
+#[cold]
+fn open_channel(
+    namespaces: &[Option<Arc<Namespace>>],
+    ns_idx: usize,
+) -> Result<Box<dyn IoChannel>, Status> {
+    let ns = namespaces[ns_idx]
+        .as_ref()
+        .expect("caller checked the namespace exists");
+    ns.bdev.open_channel().map_err(|e| {
+        tracing::error!(nsid = ns.nsid, error = %e, "cannot open an I/O channel");
+        Status::generic(generic::INTERNAL_ERROR)
+    })
+}
+
 fn compare_result<T>(r: &Request<T>) -> Status {
     let (Some(host), Some(media)) = (r.buf.get(), r.aux.get()) else {
         return Status::generic(generic::INTERNAL_ERROR);
@@ -756,7 +770,7 @@ fn compare_result<T>(r: &Request<T>) -> Status {
     }
 }
 
-fn bdev_status(st: IoStatus) -> Status {
+pub(crate) fn bdev_status(st: IoStatus) -> Status {
     match st {
         IoStatus::Success => Status::SUCCESS,
         IoStatus::OutOfRange => Status::generic(generic::LBA_OUT_OF_RANGE).with_dnr(),
