@@ -97,17 +97,21 @@ pci_disk() {
     done
     echo "no block device for $A" >&2; return 1
 }
+# The block device of namespace ${1:-1} of $NQN (by NSID: the kernel scans namespaces
+# in parallel, so nvmeXn1 may be any of them).
 fabrics_disk() {
     for i in $(seq 1 200); do
         for s in /sys/class/nvme-subsystem/nvme-subsys*; do
             [ "$(cat $s/subsysnqn 2>/dev/null)" = "$NQN" ] || continue
             for n in $s/nvme*n*; do
-                [ -b /dev/${n##*/} ] && { echo /dev/${n##*/}; return 0; }
+                d=${n##*/}
+                [ "$(cat /sys/block/$d/nsid 2>/dev/null)" = "${1:-1}" ] || continue
+                [ -b /dev/$d ] && { echo /dev/$d; return 0; }
             done
         done
         sleep 0.1
     done
-    echo "namespace of $NQN did not show up" >&2; return 1
+    echo "namespace ${1:-1} of $NQN did not show up" >&2; return 1
 }
 # The target serving the device as namespace 1; `write_target_config ram` adds a RAM
 # namespace 2 (the same path with no device behind it).
@@ -185,7 +189,7 @@ randread() {
     cut -d';' -f8 /tmp/$1.out
 }
 say "target_iops=$(randread target $DEV)"
-say "target_ram_iops=$(randread ram ${DEV%n1}n2)"
+say "target_ram_iops=$(randread ram $(fabrics_disk 2))"
 nvme disconnect -n $NQN
 kill -TERM $TPID; wait $TPID || true
 tail -n 5 /tmp/target.log
