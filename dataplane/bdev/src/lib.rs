@@ -256,26 +256,6 @@ impl DataRef {
     }
 }
 
-/// The byte range of `num_blocks` blocks at `offset_blocks`, for an operation served in
-/// place ([`IoChannel::read_in_place`], [`IoChannel::write_in_place`]); refused as
-/// [`check_request`] refuses a submitted one.
-pub fn check_in_place(
-    info: &BdevInfo,
-    offset_blocks: u64,
-    num_blocks: u32,
-    write: bool,
-) -> Result<(u64, u64), IoStatus> {
-    if write && info.read_only {
-        return Err(IoStatus::ReadOnly);
-    }
-    match offset_blocks.checked_add(u64::from(num_blocks)) {
-        Some(end) if end <= info.num_blocks => {}
-        _ => return Err(IoStatus::OutOfRange),
-    }
-    let bs = u64::from(info.block_size);
-    Ok((offset_blocks * bs, u64::from(num_blocks) * bs))
-}
-
 /// A block device shared by all reactors.
 pub trait Bdev: Send + Sync {
     fn info(&self) -> &BdevInfo;
@@ -341,31 +321,22 @@ pub trait IoChannel {
     /// A read served by reference, completed now: the device's own bytes for
     /// `num_blocks` blocks at `offset_blocks`, which the caller sends from where they
     /// are (no buffer, no copy, no completion to poll for). `None` when the device does
-    /// not serve this read that way (its data is not in this process's memory, or not
-    /// these blocks): the caller submits it. `Some(Err(..))`: the read fails now (out of
-    /// range).
+    /// not serve this read that way: its data is not in this process's memory, or not
+    /// these blocks, or it would refuse the read (out of range); the caller then submits
+    /// it, and the submitted request says how it ends.
     ///
     /// A device stacked on another passes the call on, translating the range, when its
     /// blocks lie in one piece of the other; RAM offers it; devices behind DMA do not.
-    fn read_in_place(
-        &mut self,
-        _offset_blocks: u64,
-        _num_blocks: u32,
-    ) -> Option<Result<DataRef, IoStatus>> {
+    fn read_in_place(&mut self, _offset_blocks: u64, _num_blocks: u32) -> Option<DataRef> {
         None
     }
     /// A write copied straight onto the device from `data` (the transport's receive
-    /// buffer, say), completed now: `data` is `num_blocks` blocks for `offset_blocks`.
-    /// `None` when the device does not take this write that way (the caller puts the
-    /// data in a request buffer and submits it); otherwise how it ended. `data` is only
-    /// read during the call.
-    fn write_in_place(
-        &mut self,
-        _offset_blocks: u64,
-        _num_blocks: u32,
-        _data: &[u8],
-    ) -> Option<IoStatus> {
-        None
+    /// buffer, say) and completed now: `data` is `num_blocks` blocks for
+    /// `offset_blocks`, and is only read during the call. `false` when the device does
+    /// not take this write that way (as for [`IoChannel::read_in_place`]): nothing was
+    /// written, and the caller puts the data in a request buffer and submits it.
+    fn write_in_place(&mut self, _offset_blocks: u64, _num_blocks: u32, _data: &[u8]) -> bool {
+        false
     }
     /// Hand every finished request to `done` (tag, status); returns how many.
     ///

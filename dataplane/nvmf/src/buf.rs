@@ -8,11 +8,15 @@
 //! free ones, else ordinary memory). A buffer knows its registration (IOVA now, RDMA keys
 //! later: [`Registration`]).
 //!
-//! A slot takes a buffer when a request first needs one and gives it back when the slot
-//! is freed, through the pool's per-thread caches: no lock, no allocation on a warm
-//! queue, and a buffer is held only while a request is using it, so a pool of a few
-//! hundred buffers serves any number of queue entries. When the pool has none to give
-//! (or the transfer is larger than its buffers), the slot uses memory of its own
+//! A slot takes a pool buffer when a request first needs one (through the pool's
+//! per-thread cache: no lock, no allocation) and keeps it for the requests after, as
+//! long as its queue is busy: a warm queue touches no pool at all. Since a queue reuses
+//! its most recently freed slots first, a busy queue holds about as many buffers as it
+//! has requests in flight. Buffers of free slots go back to the pool when the queue has
+//! been idle a moment and, on a busy queue, every few milliseconds
+//! ([`BufSlot::release`], driven by the queue's poll), so idle queues hold none and a
+//! past burst does not keep its buffers. When the pool has none to give (or the
+//! transfer is larger than its buffers), the slot uses memory of its own
 //! ([`AlignedBuf`]), allocated once and kept for the next such time; the source counts
 //! these, since a device then has to bounce them.
 
@@ -170,29 +174,24 @@ impl BufSlot {
         self.cur.as_ref().is_some_and(|b| b.len() >= len)
     }
 
-    /// The buffer in use, at least `len` bytes: the one the request already has, else a
-    /// pool buffer (this thread's cache), else the slot's own memory.
+    /// The buffer in use, at least `len` bytes: the one the slot has, else a pool buffer
+    /// (this thread's cache), else the slot's own memory.
     #[inline]
     pub(crate) fn take(&mut self, src: &BufSource, len: usize) -> &mut ReqBuf {
         if !self.holds(len) {
-            self.fill(src, None, len);
+            self.fill(src, len);
         }
         self.cur.as_mut().expect("filled just above")
     }
 
-    /// Gives the slot a buffer of at least `len` bytes: `from` (a buffer of `src`'s
-    /// pool, given only when `len` fits in one), else as [`BufSlot::take`]. A buffer too
-    /// small for a longer transfer of the same request goes back to the pool first.
+    /// Gives the slot a buffer of at least `len` bytes. One too small (for a longer
+    /// transfer) goes back to the pool first.
     #[cold]
-    fn fill(&mut self, src: &BufSource, from: Option<DmaBuf>, len: usize) {
-        if let Some(b) = self.release() {
-            if let Some(p) = &src.pool {
-                p.put(b);
-            }
-        }
+    fn fill(&mut self, src: &BufSource, len: usize) {
+        self.release_to(src);
         if let Some(pool) = &src.pool {
             if len <= pool.buf_size() {
-                if let Some(b) = from.or_else(|| pool.get()) {
+                if let Some(b) = pool.get() {
                     self.cur = Some(ReqBuf::Pool(b));
                     return;
                 }
@@ -206,11 +205,22 @@ impl BufSlot {
         self.cur = Some(ReqBuf::Own(own));
     }
 
-    /// The request is over: its pool buffer, to give back; memory of the slot's own is
-    /// kept for the next overflow.
+    /// Gives a pool buffer back to `src`'s pool (the slot is free, or its queue goes
+    /// away); memory of the slot's own is kept.
     #[inline]
+    pub(crate) fn release_to(&mut self, src: &BufSource) {
+        if self.cur.is_none() {
+            return;
+        }
+        if let (Some(b), Some(p)) = (self.release(), &src.pool) {
+            p.put(b);
+        }
+    }
+
+    /// The pool buffer, to give back; memory of the slot's own is kept for the next
+    /// overflow.
     #[must_use]
-    pub(crate) fn release(&mut self) -> Option<DmaBuf> {
+    fn release(&mut self) -> Option<DmaBuf> {
         match self.cur.take() {
             Some(ReqBuf::Pool(b)) => Some(b),
             Some(ReqBuf::Own(b)) if self.spare.as_ref().is_none_or(|s| s.len() < b.len()) => {
@@ -220,91 +230,6 @@ impl BufSlot {
             // No buffer, or a smaller one than the spare: nothing to keep.
             _ => None,
         }
-    }
-}
-
-/// Most pool buffers a queue keeps at hand ([`BufCache`]).
-const QUEUE_CACHE: usize = 16;
-
-/// The pool buffers one queue keeps at hand while it has requests in flight, in front
-/// of the pool's per-thread cache: taking and giving back a buffer is then a push and a
-/// pop on the queue's own stack, and the per-thread cache is touched once per batch. A
-/// queue that has nothing in flight gives them all back ([`BufCache::flush`]), so idle
-/// queues hold no buffers whatever their number.
-pub(crate) struct BufCache {
-    src: Arc<BufSource>,
-    bufs: Vec<DmaBuf>,
-}
-
-impl BufCache {
-    pub(crate) fn new(src: Arc<BufSource>) -> BufCache {
-        BufCache {
-            src,
-            bufs: Vec::with_capacity(QUEUE_CACHE),
-        }
-    }
-
-    pub(crate) fn source(&self) -> &Arc<BufSource> {
-        &self.src
-    }
-
-    /// Gives `slot` a buffer of at least `len` bytes (it keeps one it has).
-    #[inline]
-    pub(crate) fn attach<'a>(&mut self, slot: &'a mut BufSlot, len: usize) -> &'a mut ReqBuf {
-        if !slot.holds(len) {
-            let fits = self.src.pool.as_ref().is_some_and(|p| len <= p.buf_size());
-            if fits && self.bufs.is_empty() {
-                self.refill();
-            }
-            let from = if fits { self.bufs.pop() } else { None };
-            slot.fill(&self.src, from, len);
-        }
-        slot.cur.as_mut().expect("filled just above")
-    }
-
-    #[cold]
-    fn refill(&mut self) {
-        let Some(pool) = &self.src.pool else { return };
-        for _ in 0..QUEUE_CACHE / 2 {
-            match pool.get() {
-                Some(b) => self.bufs.push(b),
-                None => break,
-            }
-        }
-    }
-
-    /// Takes back the pool buffer of a slot whose request is over.
-    #[inline]
-    pub(crate) fn release(&mut self, slot: &mut BufSlot) {
-        if let Some(b) = slot.release() {
-            if self.bufs.len() == QUEUE_CACHE {
-                self.spill(QUEUE_CACHE / 2);
-            }
-            self.bufs.push(b);
-        }
-    }
-
-    /// Gives the queue's buffers back to the pool (the queue has nothing in flight).
-    #[inline]
-    pub(crate) fn flush(&mut self) {
-        if !self.bufs.is_empty() {
-            self.spill(0);
-        }
-    }
-
-    #[cold]
-    fn spill(&mut self, keep: usize) {
-        if let Some(p) = &self.src.pool {
-            for b in self.bufs.drain(keep..) {
-                p.put(b);
-            }
-        }
-    }
-}
-
-impl Drop for BufCache {
-    fn drop(&mut self) {
-        self.flush();
     }
 }
 
@@ -405,34 +330,26 @@ mod tests {
     }
 
     #[test]
-    fn slots_take_pool_buffers_through_the_queue_cache_and_give_them_back() {
-        let src = source(16384, 2 * QUEUE_CACHE);
+    fn slots_keep_a_pool_buffer_until_released() {
+        let src = source(16384, 4);
         let pool = src.pool().expect("a pool").clone();
-        let mut cache = BufCache::new(src.clone());
         let (mut a, mut b) = (BufSlot::default(), BufSlot::default());
-        let pa = cache.attach(&mut a, 4096).as_mut_slice().as_ptr();
+        let pa = a.take(&src, 4096).as_mut_slice().as_ptr();
         assert!(matches!(a.get(), Some(ReqBuf::Pool(_))));
         assert_eq!(pa as usize % BUF_ALIGN, 0);
-        // The same request asks again, for its whole transfer: the same buffer.
-        assert_eq!(cache.attach(&mut a, 16384).as_mut_slice().as_ptr(), pa);
+        // The same request asks again, for its whole transfer, and the next request of
+        // the slot too: the same buffer, no pool touched.
         assert_eq!(a.take(&src, 16384).as_mut_slice().as_ptr(), pa);
-        cache.attach(&mut b, 100);
+        b.take(&src, 100);
         assert!(matches!(b.get(), Some(ReqBuf::Pool(_))));
         assert_ne!(b.get().expect("buffer").as_slice().as_ptr(), pa);
-        assert_eq!(src.overflows(), 0);
-        cache.release(&mut a);
-        cache.release(&mut b);
-        assert!(a.get().is_none() && b.get().is_none());
-        // The queue took half a cache from the pool and keeps it while it is busy.
         let rest = drain(&pool);
-        assert_eq!(rest.len(), 2 * QUEUE_CACHE - QUEUE_CACHE / 2);
-        // The next request takes one of the queue's, with no pool in reach.
-        cache.attach(&mut a, 4096);
-        assert!(matches!(a.get(), Some(ReqBuf::Pool(_))));
-        cache.release(&mut a);
-        // Idle: all of them go back.
-        cache.flush();
-        assert_eq!(drain(&pool).len(), QUEUE_CACHE / 2);
+        assert_eq!(rest.len(), 2, "the slots hold the other two");
+        assert_eq!(src.overflows(), 0);
+        a.release_to(&src);
+        b.release_to(&src);
+        assert!(a.get().is_none() && b.get().is_none());
+        assert_eq!(drain(&pool).len(), 2, "both back in the pool");
         for x in rest {
             pool.put(x);
         }
@@ -442,45 +359,35 @@ mod tests {
     fn an_empty_pool_or_a_long_transfer_uses_the_slots_own_memory_once() {
         let src = source(8192, 1);
         let pool = src.pool().expect("a pool").clone();
-        let mut cache = BufCache::new(src.clone());
         let (mut a, mut b) = (BufSlot::default(), BufSlot::default());
-        cache.attach(&mut a, 8192);
+        a.take(&src, 8192);
         // The pool's one buffer is taken: the next slot uses its own memory.
-        let own = cache.attach(&mut b, 8192).as_mut_slice().as_ptr();
+        let own = b.take(&src, 8192).as_mut_slice().as_ptr();
         assert!(matches!(b.get(), Some(ReqBuf::Own(_))));
         assert_eq!(
             b.get().expect("buffer").registration(),
             Registration::default()
         );
         assert_eq!(src.overflows(), 1);
-        cache.release(&mut b);
+        b.release_to(&src);
         // Kept as a spare, used again without allocating while the pool stays empty.
-        assert_eq!(cache.attach(&mut b, 4096).as_mut_slice().as_ptr(), own);
         assert_eq!(b.take(&src, 4096).as_mut_slice().as_ptr(), own);
-        cache.release(&mut b);
-        cache.release(&mut a);
+        b.release_to(&src);
+        a.release_to(&src);
         // The pool has a buffer again: preferred over the spare.
-        cache.attach(&mut b, 4096);
+        b.take(&src, 4096);
         assert!(matches!(b.get(), Some(ReqBuf::Pool(_))));
         // Longer than any pool buffer: the slot's own memory, grown to fit; the short
         // buffer goes back to the pool.
-        let long = cache.attach(&mut b, 20000);
+        let long = b.take(&src, 20000);
         assert!(long.len() >= 20000);
         assert!(matches!(b.get(), Some(ReqBuf::Own(_))));
         assert_eq!(src.overflows(), 3);
-        cache.release(&mut b);
-        cache.flush();
         let all = drain(&pool);
         assert_eq!(all.len(), 1, "no buffer lost");
         for x in all {
             pool.put(x);
         }
-        // A slot dropped with its request's buffer would lose it: the queue's slots
-        // give theirs back (Request's Drop); the cache gives its own back when dropped.
-        cache.attach(&mut a, 10);
-        cache.release(&mut a);
-        drop(cache);
-        assert_eq!(drain(&pool).len(), 1);
     }
 
     #[test]
@@ -506,13 +413,12 @@ mod tests {
         .expect("pool");
         let src = BufSource::new(pool.clone());
         assert!(src.is_pool(&pool));
-        let mut cache = BufCache::new(src);
         let mut a = BufSlot::default();
-        let ptr = cache.attach(&mut a, 4096).as_mut_slice().as_ptr();
+        let ptr = a.take(&src, 4096).as_mut_slice().as_ptr();
         let reg = a.get().expect("buffer").registration();
         assert_eq!(reg.iova, pool.iova_of(ptr, 8192));
         assert!(reg.iova.is_some_and(|i| i >= 1 << 40));
-        cache.release(&mut a);
+        a.release_to(&src);
     }
 
     #[test]
@@ -525,8 +431,6 @@ mod tests {
         let mut a = BufSlot::default();
         let p = a.take(&src, 128 * 1024).as_mut_slice().as_ptr();
         assert_eq!(p as usize % BUF_ALIGN, 0);
-        if let Some(b) = a.release() {
-            pool.put(b);
-        }
+        a.release_to(&src);
     }
 }

@@ -1,12 +1,12 @@
 //! I/O commands: Read, Write, Compare, Flush, Write Zeroes, Dataset Management.
 
-use lightpool_bdev::{IoOp, IoStatus};
+use lightpool_bdev::IoOp;
 use lightpool_spec::log::ana_state;
 use lightpool_spec::nvme::{io_opcode as op, DsmRange, DSM_RANGE_SIZE};
 use lightpool_spec::status::{generic, path, Status};
 
 use crate::ctrlr::QueueStats;
-use crate::queue::{bdev_status, channel_of, Exec, NvmfQueue, Xfer, NAMESPACE_WRITE_PROTECTED};
+use crate::queue::{channel_of, Exec, NvmfQueue, Xfer, NAMESPACE_WRITE_PROTECTED};
 
 const BROADCAST_NSID: u32 = 0xFFFF_FFFF;
 
@@ -129,14 +129,10 @@ impl<T: Default> NvmfQueue<T> {
                         )?;
                         let r = &mut self.slots[usize::from(slot)];
                         r.c2h_len = nlb << shift;
-                        match ch.read_in_place(slba, nlb) {
+                        if let Some(data) = ch.read_in_place(slba, nlb) {
                             // Sent from the device's own memory.
-                            Some(Ok(data)) => {
-                                r.c2h_ext = Some(data);
-                                return Ok(Exec::Done);
-                            }
-                            Some(Err(st)) => return Err(bdev_status(st)),
-                            None => {}
+                            r.c2h_ext = Some(data);
+                            return Ok(Exec::Done);
                         }
                         self.submit_bdev(slot, idx, IoOp::Read, slba, nlb, false)?;
                     }
@@ -164,7 +160,7 @@ impl<T: Default> NvmfQueue<T> {
                                         .with_dnr());
                                 };
                                 let done = ch.write_in_place(slba, nlb, data);
-                                if done.is_none() {
+                                if !done {
                                     // Submitted from the request's buffer.
                                     r.buf_mut(len).copy_from_slice(data);
                                 }
@@ -172,10 +168,8 @@ impl<T: Default> NvmfQueue<T> {
                             }
                             None => ch.write_in_place(slba, nlb, r.buf_mut(len)),
                         };
-                        match done {
-                            Some(IoStatus::Success) => return Ok(Exec::Done),
-                            Some(st) => return Err(bdev_status(st)),
-                            None => {}
+                        if done {
+                            return Ok(Exec::Done);
                         }
                         self.submit_bdev(slot, idx, IoOp::Write, slba, nlb, false)?;
                     }

@@ -23,7 +23,7 @@ use lightpool_spec::nvme::{
 };
 use lightpool_spec::status::{generic, Status};
 
-use crate::buf::{BufCache, BufSlot, BufSource};
+use crate::buf::{BufSlot, BufSource};
 use crate::ctrlr::{Controller, QueueStats};
 use crate::region::{slot as rslot, QueueShm};
 use crate::subsystem::Namespace;
@@ -82,8 +82,7 @@ pub struct Request<T> {
     /// Controller-to-host data a device lent by reference (a read served in place, sent
     /// from the device's own memory) rather than in `buf`; `None` otherwise.
     pub(crate) c2h_ext: Option<DataRef>,
-    /// Where `buf` and `aux` come from (the target's, when the queue was made); the
-    /// queue takes them through its [`BufCache`], this is for calls that bypass it.
+    /// Where `buf` and `aux` come from (the target's, when the queue was made).
     src: Arc<BufSource>,
     pub(crate) buf: BufSlot,
     /// A Compare's second buffer: the media's data.
@@ -113,10 +112,10 @@ impl<T: Default> Request<T> {
 }
 
 impl<T> Request<T> {
-    /// The data buffer, at least `len` bytes: the one the request has (a command with
-    /// host-to-controller data gets it in [`NvmfQueue::prepare`]), else one from the
-    /// target's buffer pool (see [`crate::buf`]); given back when the slot is freed.
-    /// Bytes not written for this request hold whatever an earlier one left there.
+    /// The data buffer, at least `len` bytes: the one the slot has, else one from the
+    /// target's buffer pool (see [`crate::buf`]), which the slot keeps while its queue
+    /// is busy. Bytes not written for this request hold whatever an earlier one left
+    /// there.
     #[inline]
     pub fn buf_mut(&mut self, len: usize) -> &mut [u8] {
         &mut self.buf.take(&self.src, len).as_mut_slice()[..len]
@@ -159,14 +158,8 @@ impl<T> Request<T> {
 
 impl<T> Drop for Request<T> {
     fn drop(&mut self) {
-        for b in [self.buf.release(), self.aux.release()]
-            .into_iter()
-            .flatten()
-        {
-            if let Some(p) = self.src.pool() {
-                p.put(b);
-            }
-        }
+        self.buf.release_to(&self.src);
+        self.aux.release_to(&self.src);
     }
 }
 
@@ -193,6 +186,20 @@ pub enum Exec {
 
 const PRECONNECT_SLOTS: usize = 4;
 
+/// How long a queue stays idle before its free slots give their buffers back: under
+/// the reactor's default idle spin (200 µs), so they are back before it sleeps.
+const IDLE_TRIM: Duration = Duration::from_micros(100);
+/// How often a busy queue's free slots give theirs back (what a past burst took).
+const BUSY_TRIM: Duration = Duration::from_millis(100);
+
+/// Where a queue stands in giving buffers back.
+#[derive(Default)]
+struct Trim {
+    idle_since: Option<Instant>,
+    idle_trimmed: bool,
+    busy_at: Option<Instant>,
+}
+
 /// A queue: see the module documentation.
 pub struct NvmfQueue<T> {
     pub(crate) target: Arc<Target>,
@@ -214,8 +221,10 @@ pub struct NvmfQueue<T> {
     bdev_in_flight: usize,
     pub(crate) ka_deadline: Option<Instant>,
     pub(crate) stats: Arc<QueueStats>,
-    /// The slots' buffers at hand (see [`BufCache`]).
-    bufs: BufCache,
+    /// Where the slots' buffers come from.
+    bufs: Arc<BufSource>,
+    /// When free slots give their buffers back (see [`crate::buf`]).
+    trim: Trim,
     /// Hot upgrade: commands are received but not started.
     quiesced: bool,
     pub(crate) held: VecDeque<u16>,
@@ -229,7 +238,7 @@ pub struct NvmfQueue<T> {
 impl<T: Default> NvmfQueue<T> {
     pub fn new(target: Arc<Target>) -> Self {
         let opts = QueueOptions::from_target(&target);
-        let bufs = BufCache::new(target.buffers());
+        let bufs = target.buffers();
         let mut q = NvmfQueue {
             target,
             opts,
@@ -250,6 +259,7 @@ impl<T: Default> NvmfQueue<T> {
             ka_deadline: None,
             stats: Arc::new(QueueStats::default()),
             bufs,
+            trim: Trim::default(),
             quiesced: false,
             held: VecDeque::new(),
             direct_data: None,
@@ -268,7 +278,7 @@ impl<T: Default> NvmfQueue<T> {
     pub(crate) fn grow_slots(&mut self, n: usize) {
         while self.slots.len() < n {
             self.free.insert(0, self.slots.len() as u16);
-            self.slots.push(Request::new(self.bufs.source().clone()));
+            self.slots.push(Request::new(self.bufs.clone()));
         }
         self.done.reserve(n.saturating_sub(self.done.capacity()));
     }
@@ -351,13 +361,7 @@ impl<T: Default> NvmfQueue<T> {
         let r = &mut self.slots[usize::from(slot)];
         debug_assert!(r.state != SlotState::Free, "slot {slot} freed twice");
         r.state = SlotState::Free;
-        self.bufs.release(&mut r.buf);
-        self.bufs.release(&mut r.aux);
         self.free.push(slot);
-        if self.free.len() + self.aers.len() == self.slots.len() {
-            // Nothing in flight: idle queues hold no buffers.
-            self.bufs.flush();
-        }
         if let Some(m) = &self.shm {
             m.set_slot_state(slot, rslot::FREE);
         }
@@ -375,10 +379,6 @@ impl<T: Default> NvmfQueue<T> {
         match res {
             Ok(x) => {
                 r.xfer = x;
-                if let Xfer::H2C { len, .. } = x {
-                    // The transport puts the data here next.
-                    self.bufs.attach(&mut r.buf, len as usize);
-                }
                 Ok(x)
             }
             Err(st) => {
@@ -472,6 +472,7 @@ impl<T: Default> NvmfQueue<T> {
         if self.bdev_in_flight > 0 {
             work += self.poll_bdevs();
         }
+        self.trim_bufs(now);
         let Some(c) = &self.ctrlr else { return work };
         if c.is_failed() {
             self.state = QueueState::Failed;
@@ -491,6 +492,42 @@ impl<T: Default> NvmfQueue<T> {
             }
         }
         work
+    }
+
+    /// Free slots give their pool buffers back once the queue has been idle for
+    /// [`IDLE_TRIM`], and every [`BUSY_TRIM`] while it is busy (see [`crate::buf`]).
+    #[inline]
+    fn trim_bufs(&mut self, now: Instant) {
+        let t = &mut self.trim;
+        if self.free.len() + self.aers.len() == self.slots.len() {
+            if t.idle_trimmed {
+                return;
+            }
+            match t.idle_since {
+                None => t.idle_since = Some(now),
+                Some(since) if now.saturating_duration_since(since) >= IDLE_TRIM => {
+                    t.idle_trimmed = true;
+                    self.release_free_bufs();
+                }
+                Some(_) => {}
+            }
+        } else {
+            t.idle_since = None;
+            t.idle_trimmed = false;
+            if t.busy_at.is_none_or(|at| now >= at) {
+                t.busy_at = Some(now + BUSY_TRIM);
+                self.release_free_bufs();
+            }
+        }
+    }
+
+    #[cold]
+    fn release_free_bufs(&mut self) {
+        for &slot in &self.free {
+            let r = &mut self.slots[usize::from(slot)];
+            r.buf.release_to(&self.bufs);
+            r.aux.release_to(&self.bufs);
+        }
     }
 
     fn deliver_events(&mut self) -> usize {
@@ -631,15 +668,9 @@ impl<T: Default> NvmfQueue<T> {
         let buf = if len == 0 {
             std::ptr::null_mut()
         } else if use_aux {
-            self.bufs
-                .attach(&mut r.aux, len)
-                .as_mut_slice()
-                .as_mut_ptr()
+            r.aux.take(&r.src, len).as_mut_slice().as_mut_ptr()
         } else {
-            self.bufs
-                .attach(&mut r.buf, len)
-                .as_mut_slice()
-                .as_mut_ptr()
+            r.buf_mut(len).as_mut_ptr()
         };
         r.pending += 1;
         self.bdev_in_flight += 1;
@@ -726,7 +757,7 @@ impl<T: Default> NvmfQueue<T> {
 
 /// The I/O channel of namespace `ns_idx` (which exists), opened on its first use. A
 /// function of the fields it needs, so that a caller may hold a slot meanwhile.
-#[inline]
+#[inline(always)]
 pub(crate) fn channel_of<'a>(
     channels: &'a mut [Option<Box<dyn IoChannel>>],
     open: &mut Vec<usize>,
@@ -770,7 +801,7 @@ fn compare_result<T>(r: &Request<T>) -> Status {
     }
 }
 
-pub(crate) fn bdev_status(st: IoStatus) -> Status {
+fn bdev_status(st: IoStatus) -> Status {
     match st {
         IoStatus::Success => Status::SUCCESS,
         IoStatus::OutOfRange => Status::generic(generic::LBA_OUT_OF_RANGE).with_dnr(),
