@@ -205,6 +205,22 @@ impl BufSlot {
         self.cur = Some(ReqBuf::Own(own));
     }
 
+    /// The buffer in use, at least `len` bytes, in memory of the slot's own whatever
+    /// the pool has: for data a hot upgrade brings over. A device's pool may be pages
+    /// the predecessor process maps too, and it uses its buffers again if the upgrade
+    /// fails; until the predecessor has let go, the successor writes none of them.
+    pub(crate) fn take_own(&mut self, src: &BufSource, len: usize) -> &mut ReqBuf {
+        if !matches!(&self.cur, Some(ReqBuf::Own(b)) if b.len() >= len) {
+            self.release_to(src);
+            let own = match self.spare.take() {
+                Some(b) if b.len() >= len => b,
+                _ => AlignedBuf::new(len),
+            };
+            self.cur = Some(ReqBuf::Own(own));
+        }
+        self.cur.as_mut().expect("set just above")
+    }
+
     /// Gives a pool buffer back to `src`'s pool (the slot is free, or its queue goes
     /// away); memory of the slot's own is kept.
     #[inline]

@@ -440,7 +440,8 @@ impl<T: Default> NvmfQueue<T> {
             }
             .max(ss.data.len());
             if want > 0 {
-                r.buf_mut(want)[..ss.data.len()].copy_from_slice(&ss.data);
+                // Not in a pool buffer: the predecessor may still use those pages.
+                r.own_buf_mut(want)[..ss.data.len()].copy_from_slice(&ss.data);
             }
             r.state = match ss.state {
                 ST_HELD => SlotState::Held,

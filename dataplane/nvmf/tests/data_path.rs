@@ -426,3 +426,52 @@ fn request_buffers_come_from_the_pool_a_device_offers() {
         pool.put(b);
     }
 }
+
+/// A command held across a hot upgrade keeps its data, in memory of the new queue's
+/// slot's own rather than the device's pool (whose pages the predecessor may still use
+/// if the upgrade fails), and runs when the queue resumes.
+#[test]
+fn held_data_comes_over_in_the_slots_own_memory() {
+    let ram = MallocBdev::new("ram", 4 << 20, BS).expect("RAM");
+    let pool = registered_pool();
+    let win = Window::over(ram.clone(), false, Some(pool.clone()));
+    let t = target(win);
+    let (_a, mut io) = queues(&t);
+    io.quiesce();
+    let data = pattern(4096, 6);
+    let slot = io
+        .alloc(&rw(io_opcode::WRITE, 40, 8, true))
+        .expect("free slot");
+    io.prepare(slot, data.len() as u32).expect("valid write");
+    io.req(slot).buf_mut(data.len()).copy_from_slice(&data);
+    assert!(
+        io.req_ref(slot).buf_registration().iova.is_some(),
+        "a pool buffer"
+    );
+    assert_eq!(io.execute(slot, Instant::now()), Exec::Pending, "held");
+    assert!(io.is_drained());
+    let snap = io.export_state(Instant::now(), |_, _| data.len());
+    let mut next: NvmfQueue<()> =
+        NvmfQueue::import_state(t.clone(), &snap, Instant::now()).expect("import");
+    assert_eq!(next.req(slot).buf(data.len()), data.as_slice());
+    assert_eq!(
+        next.req_ref(slot).buf_registration(),
+        Default::default(),
+        "not in the pool"
+    );
+    next.resume(Instant::now());
+    let mut done = None;
+    for _ in 0..1000 {
+        done = next.next_done();
+        if done.is_some() {
+            break;
+        }
+        next.poll(Instant::now());
+    }
+    assert_eq!(done, Some(slot));
+    assert!(next.req(slot).cqe.status.is_success());
+    let mut on_ram = vec![0u8; data.len()];
+    ram.read_at((BASE + 40) * u64::from(BS), &mut on_ram)
+        .expect("in range");
+    assert_eq!(on_ram, data);
+}

@@ -121,6 +121,11 @@ impl<T> Request<T> {
         &mut self.buf.take(&self.src, len).as_mut_slice()[..len]
     }
 
+    /// As [`Request::buf_mut`], in memory of the slot's own (see `BufSlot::take_own`).
+    pub(crate) fn own_buf_mut(&mut self, len: usize) -> &mut [u8] {
+        &mut self.buf.take_own(&self.src, len).as_mut_slice()[..len]
+    }
+
     /// The first `len` bytes of the data buffer.
     pub fn buf(&mut self, len: usize) -> &[u8] {
         self.buf_mut(len)
