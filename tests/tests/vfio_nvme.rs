@@ -195,7 +195,10 @@ kill -TERM $TPID; wait $TPID || true
 tail -n 5 /tmp/target.log
 # Requests whose data the VFIO driver had to copy through a buffer of its own (its
 # count, logged when the namespace closes): none, the target's buffers are its pool's.
-say "target_bounced=$(sed -n 's/.*VFIO NVMe namespace closed.* bounced=\([0-9]*\).*/\1/p' /tmp/target.log)"
+# The log has colour codes between a field's name and its value: dropped first.
+B=$(grep 'VFIO NVMe namespace closed' /tmp/target.log | tr -d '\033' | sed 's/\[[0-9;]*m//g' \
+    | grep -o 'bounced=[0-9]*' || true)
+say "target_bounced=${B#bounced=}"
 
 # The driver's IOPS in process, then the kernel's on the same device.
 /test/nvme_vfio_iops $A 32 8 2>&1 | tee /tmp/vfio.out

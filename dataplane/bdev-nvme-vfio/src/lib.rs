@@ -104,12 +104,6 @@ fn shared_pool(
     Ok(pool)
 }
 
-/// The process-wide DMA pool, once a VFIO device has been opened: the memory a target
-/// can hand to VFIO channels to avoid the bounce copy.
-pub fn vfio_dma_pool() -> Option<Arc<DmaPool>> {
-    POOL.lock().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
 /// [`Bdev::kind`] of NVMe namespaces driven through VFIO.
 pub const KIND: &str = "nvme-vfio";
 
