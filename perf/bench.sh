@@ -9,6 +9,10 @@
 #   CASES="randread:4096:32" perf/bench.sh
 #   RAM_SIZE=2MiB perf/bench.sh    (namespace and limit data in the cache)
 #   TARGET_BIN=/path/to/other/lightpool-target perf/bench.sh
+#   COMPARE_BIN=/path/to/old/lightpool-target perf/bench.sh
+#                                  (A/B of two builds: the other side of each pair is
+#                                  COMPARE_BIN's target, on the same core, instead of
+#                                  the limit; ratios are this build / that one)
 #
 # A run during which another process held core 0 or 1 for more than MAX_PREEMPT
 # percent (default 3) of the time is repeated, up to TRIES (5) times: lightpool-perf
@@ -63,12 +67,15 @@ EOF
 "${TARGET_BIN:-$BIN/lightpool-target}" --config "$OUT/target.toml" --control-socket "$OUT/control.sock" \
     --log warn > "$OUT/target.log" 2>&1 &
 TGT=$!
-trap 'kill $TGT 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    kill -0 $TGT 2>/dev/null || { cat "$OUT/target.log" >&2; exit 1; }
-    sleep 0.1
-done
+trap 'kill $TGT ${CMP:-} 2>/dev/null || true' EXIT
+wait_port() { # port pid log
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
+        kill -0 "$2" 2>/dev/null || { cat "$3" >&2; exit 1; }
+        sleep 0.1
+    done
+}
+wait_port "$PORT" $TGT "$OUT/target.log"
 TRID="trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:$PORT subnqn:nqn.2024-01.io.lightpool:bench"
 
 # Write the whole namespace once (sequentially, 128 KiB at a time, past one full
@@ -76,10 +83,27 @@ TRID="trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:$PORT subnqn:nqn.2024-01.i
 # first touch of each page costs a page fault that is no part of the target.
 "$BIN/lightpool-perf" -r "$TRID" -w write -o 131072 -q 16 -t "${FILL_SECONDS:-15}" -c "$PERF_CORE" > "$OUT/fill.txt"
 
-# Run delay (ns runnable but off-CPU) of the target's reactor threads.
+# A/B: the other build serves the same configuration on the next port, on the same
+# core; each reactor sleeps while the other side is measured.
+OTHER=limit
+if [[ -n ${COMPARE_BIN:-} ]]; then
+    OTHER=compare
+    sed "s/127.0.0.1:$PORT/127.0.0.1:$((PORT + 1))/" "$OUT/target.toml" > "$OUT/compare.toml"
+    if ((HUGEPAGES)) && (($(cat /proc/sys/vm/nr_hugepages) < 1040)); then
+        "$BIN/hugepage-setup" reserve --pages 1040 --no-mount
+    fi
+    "$COMPARE_BIN" --config "$OUT/compare.toml" --control-socket "$OUT/compare.sock" \
+        --log warn > "$OUT/compare.log" 2>&1 &
+    CMP=$!
+    wait_port $((PORT + 1)) $CMP "$OUT/compare.log"
+    CTRID="trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:$((PORT + 1)) subnqn:nqn.2024-01.io.lightpool:bench"
+    "$BIN/lightpool-perf" -r "$CTRID" -w write -o 131072 -q 16 -t "${FILL_SECONDS:-15}" -c "$PERF_CORE" > "$OUT/fill-compare.txt"
+fi
+
+# Run delay (ns runnable but off-CPU) of the reactor threads of process $1.
 reactor_delay() {
     local t s=0
-    for t in /proc/$TGT/task/*; do
+    for t in /proc/$1/task/*; do
         [[ $(cat "$t/comm") == reactor-* ]] || continue
         s=$((s + $(awk '{print $2}' "$t/schedstat")))
     done
@@ -125,10 +149,12 @@ run() { # name workload size depth kind rep
                 --data-span "${LIMIT_SPAN:-$RAM_SIZE}" \
                 -w "$2" -o "$3" -q "$4" -t "$T" --warmup "$WARMUP" --json > "$f" || true
         else
-            d0=$(reactor_delay)
-            "$BIN/lightpool-perf" -r "$TRID" -c "$PERF_CORE" \
+            local pid=$TGT trid=$TRID
+            [[ $5 == compare ]] && pid=$CMP && trid=$CTRID
+            d0=$(reactor_delay "$pid")
+            "$BIN/lightpool-perf" -r "$trid" -c "$PERF_CORE" \
                 -w "$2" -o "$3" -q "$4" -t "$T" --warmup "$WARMUP" --json > "$f" || true
-            d1=$(reactor_delay)
+            d1=$(reactor_delay "$pid")
         fi
         p=$(preempted "$f" $((d1 - d0)))
         if python3 -c "import sys; sys.exit(0 if $p <= ${MAX_PREEMPT:-3} else 1)"; then
@@ -143,14 +169,32 @@ for c in $CASES; do
     IFS=: read -r w o q <<< "$c"
     name="$w-$o-qd$q"
     for rep in $(seq "$REPS"); do
-        run "$name" "$w" "$o" "$q" limit "$rep"
+        run "$name" "$w" "$o" "$q" "$OTHER" "$rep"
         run "$name" "$w" "$o" "$q" target "$rep"
     done
 done
 
-python3 - "$OUT" "$REPS" $CASES <<'PY'
+python3 - "$OUT" "$REPS" "$OTHER" $CASES <<'PY'
 import json, statistics, sys
-out, reps, cases = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+out, reps, other, cases = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+if other == "compare":
+    # A/B of two builds: the median of the per-pair ratios (each pair measured back
+    # to back), which is what survives a machine whose speed drifts.
+    print("| Workload | This build IOPS | Other build IOPS | IOPS ratio (median of pairs) | p50 us this / other | p50 ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for c in cases:
+        w, o, q = c.split(":")
+        name = f"{w}-{o}-qd{q}"
+        load = lambda kind, r: json.load(open(f"{out}/{name}-{kind}-{r}.json"))
+        pairs = [(load("target", r), load("compare", r)) for r in range(1, reps + 1)]
+        ti = statistics.median(t["total"]["iops"] for t, _ in pairs)
+        ci = statistics.median(c["total"]["iops"] for _, c in pairs)
+        ri = statistics.median(t["total"]["iops"] / c["total"]["iops"] for t, c in pairs)
+        tp = statistics.median(t["latency"]["p50_us"] for t, _ in pairs)
+        cp = statistics.median(c["latency"]["p50_us"] for _, c in pairs)
+        rp = statistics.median(t["latency"]["p50_us"] / c["latency"]["p50_us"] for t, c in pairs)
+        print(f"| {w} {int(o) // 1024} KiB QD{q} | {ti:,.0f} | {ci:,.0f} | {ri:.3f} | {tp:.1f} / {cp:.1f} | {rp:.3f} |")
+    sys.exit(0)
 def med(name, kind, f):
     return statistics.median(f(json.load(open(f"{out}/{name}-{kind}-{r}.json"))) for r in range(1, reps + 1))
 print("| Workload | Target IOPS | MiB/s | avg us | p50 us | p99 us | Limit IOPS | Limit MiB/s | Limit p50 us | IOPS ratio | p50 ratio |")

@@ -113,10 +113,13 @@ fn addresses(
     Ok(out)
 }
 
-fn do_reserve(h: &Host, p: &PageArgs) -> Result<(), SetupError> {
-    let kb = hugepages::parse_page_size(&p.page_size).ok_or_else(|| {
+fn page_size_kb(p: &PageArgs) -> Result<u64, SetupError> {
+    hugepages::parse_page_size(&p.page_size).ok_or_else(|| {
         SetupError::Refused(format!("page size {:?} is neither 2M nor 1G", p.page_size))
-    })?;
+    })
+}
+
+fn do_reserve(h: &Host, p: &PageArgs, kb: u64) -> Result<(), SetupError> {
     hugepages::reserve(h, p.pages, kb)?;
     if !p.no_mount {
         hugepages::mount(h, &p.mount, kb)?;
@@ -124,19 +127,24 @@ fn do_reserve(h: &Host, p: &PageArgs) -> Result<(), SetupError> {
     Ok(())
 }
 
-fn do_bind(h: &Host, b: &BindArgs) -> Result<(), SetupError> {
-    let addrs = addresses(h, &b.addrs, |d| {
+/// The controllers `bind` acts on: those named (each checked to exist), or every NVMe
+/// controller nothing uses.
+fn bind_addresses(h: &Host, b: &BindArgs) -> Result<Vec<String>, SetupError> {
+    addresses(h, &b.addrs, |d| {
         let free = d.in_use.is_empty();
         if !free && d.driver.as_deref() != Some("vfio-pci") {
             println!("{}: skipped, in use ({})", d.addr, d.in_use.join("; "));
         }
         free || d.driver.as_deref() == Some("vfio-pci")
-    })?;
+    })
+}
+
+fn do_bind(h: &Host, addrs: &[String], force: bool) -> Result<(), SetupError> {
     if addrs.is_empty() {
         println!("no NVMe controller to bind");
         return Ok(());
     }
-    devices::bind(h, &addrs, b.force)
+    devices::bind(h, addrs, force)
 }
 
 fn run(args: &Args) -> Result<(), SetupError> {
@@ -146,11 +154,15 @@ fn run(args: &Args) -> Result<(), SetupError> {
         args.dry_run,
     );
     match &args.cmd {
-        Cmd::Reserve(p) => do_reserve(&h, p),
-        Cmd::Bind(b) => do_bind(&h, b),
+        Cmd::Reserve(p) => do_reserve(&h, p, page_size_kb(p)?),
+        Cmd::Bind(b) => do_bind(&h, &bind_addresses(&h, b)?, b.force),
         Cmd::Setup { pages, bind } => {
-            do_reserve(&h, pages)?;
-            do_bind(&h, bind)
+            // Every argument is checked before anything is done (or, with --dry-run,
+            // printed): a bad address must not leave pages reserved behind it.
+            let kb = page_size_kb(pages)?;
+            let addrs = bind_addresses(&h, bind)?;
+            do_reserve(&h, pages, kb)?;
+            do_bind(&h, &addrs, bind.force)
         }
         Cmd::Reset { addrs } => {
             let addrs = addresses(&h, addrs, |d| d.driver.as_deref() == Some("vfio-pci"))?;

@@ -268,6 +268,37 @@ fn refuses_more_hugepages_than_memory_or_kernel_give() {
     );
 }
 
+/// `setup` checks every argument before it does (or prints) anything: a PCI address
+/// that does not exist stops it before the reserve and mount steps.
+#[test]
+fn setup_checks_every_argument_first() {
+    let f = Fake::new();
+    for bad in ["0000:bad", "0000:00:09.0"] {
+        let o = f.run(&["setup", "--dry-run", "--pages", "64", bad]);
+        assert_ne!(o.code, 0, "{bad}: {}", o.stdout);
+        assert!(
+            o.stdout.is_empty(),
+            "{bad}: printed steps before refusing: {}",
+            o.stdout
+        );
+        assert!(
+            o.stderr.contains("PCI") || o.stderr.contains("no PCI device"),
+            "{}",
+            o.stderr
+        );
+        let o = f.run(&["setup", "--pages", "64", bad]);
+        assert_ne!(o.code, 0);
+        assert_eq!(
+            f.read(f.sys("kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")).trim(),
+            "0",
+            "{bad}: pages were reserved before the address was refused"
+        );
+    }
+    let o = f.run(&["setup", "--dry-run", "--pages", "64", "--page-size", "4M"]);
+    assert_ne!(o.code, 0);
+    assert!(o.stdout.is_empty(), "{}", o.stdout);
+}
+
 #[test]
 fn dry_run_prints_and_changes_nothing() {
     let f = Fake::new();

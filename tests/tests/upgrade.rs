@@ -503,6 +503,20 @@ fn file_namespace_keeps_its_unlinked_file_across_upgrades() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// Kills whichever process serves `control` when dropped, so a failed assertion does
+/// not leave a successor (started in its own process group by `upgrade`) running.
+struct KillServing(String);
+
+impl Drop for KillServing {
+    fn drop(&mut self) {
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(&self.0) {
+            drop(s);
+            let (pid, _) = status(&self.0);
+            kill(pid);
+        }
+    }
+}
+
 /// The block devices of the target behind `control`, one line each (DEVICES).
 fn devices(control: &str) -> Vec<String> {
     use std::io::{BufRead, BufReader, Write};
@@ -547,6 +561,7 @@ fn stacked_device_is_handed_over_with_its_state() {
         "ram = \"64MiB\"\npassthru = true",
         &[],
     );
+    let _cleanup = KillServing(s.control.clone());
     let before = devices(&s.control);
     assert_eq!(before.len(), 2, "{before:?}");
     assert!(

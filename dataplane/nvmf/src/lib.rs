@@ -1,6 +1,6 @@
 //! The transport-independent NVMe-over-Fabrics target.
 //!
-//! Layering (see DESIGN.md): transports parse their own framing and hand this crate
+//! Layering (see docs/architecture.md): transports parse their own framing and hand this crate
 //! command capsules; [`queue::NvmfQueue`] is the one dispatch point (no controller yet ->
 //! Connect; qid 0 -> admin; else I/O) and owns the per-queue request slab. Subsystems,
 //! namespaces, controllers, discovery and ANA live here; nothing here knows about sockets.
