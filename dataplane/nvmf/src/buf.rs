@@ -12,13 +12,12 @@
 //! per-thread cache: no lock, no allocation) and keeps it for the requests after, as
 //! long as its queue is busy: a warm queue touches no pool at all. Since a queue reuses
 //! its most recently freed slots first, a busy queue holds about as many buffers as it
-//! has requests in flight. Buffers of free slots go back to the pool when the queue has
-//! been idle a moment and, on a busy queue, every few milliseconds
-//! ([`BufSlot::release`], driven by the queue's poll), so idle queues hold none and a
-//! past burst does not keep its buffers. When the pool has none to give (or the
-//! transfer is larger than its buffers), the slot uses memory of its own
-//! ([`AlignedBuf`]), allocated once and kept for the next such time; the source counts
-//! these, since a device then has to bounce them.
+//! has requests in flight. Buffers of free slots go back to the pool once the queue
+//! has been idle 100 µs and every 100 ms while it is busy (the queue's poll sees to
+//! it), so idle queues hold none and a past burst does not keep its buffers. When the
+//! pool has none to give (or the transfer is larger than its buffers), the slot uses
+//! memory of its own ([`AlignedBuf`]), allocated once and kept for the next such time;
+//! the source counts these, since a device then has to bounce them.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
