@@ -206,7 +206,7 @@ pub trait Owner {
         -> (&mut Self::Stream, Option<&mut [u8]>);
 
     /// A header arrived and passed every check (`header`: its bytes).
-    fn on_pdu(&mut self, cx: &mut Self::Ctx, pdu: Pdu, header: &[u8]) -> Next<Self::Sink>;
+    fn on_pdu(&mut self, cx: &mut Self::Ctx, pdu: &Pdu, header: &[u8]) -> Next<Self::Sink>;
 
     /// The whole payload for `sink` (from offset `off`) is staged, with no data digest
     /// to check: the owner may use it from there (return true; the PDU is then done
@@ -416,11 +416,51 @@ impl<K: Copy> Receiver<K> {
                     self.start = self.end;
                     return;
                 }
+                RxState::Ch if self.hdr_have == 0 && avail >= COMMON_HEADER_SIZE => {
+                    // The usual case: the header starts at a staged byte. Check it, and
+                    // when all of it is staged, decode it where it is (no copy).
+                    let at = self.start;
+                    let ch = CommonHeader::parse(
+                        self.buf[at..at + COMMON_HEADER_SIZE]
+                            .try_into()
+                            .expect("8 bytes"),
+                    );
+                    match self.check_common(&ch) {
+                        Ok(t) => {
+                            self.ch = ch;
+                            self.t = t;
+                            let need = ch.header_end() as usize;
+                            if avail >= need {
+                                self.start += need;
+                                self.on_header(o, cx, ch, t, Some(at));
+                            } else {
+                                self.take_hdr(avail);
+                                self.state = RxState::Hdr;
+                            }
+                        }
+                        Err(e) => {
+                            o.on_error(cx, e, &self.buf[at..at + COMMON_HEADER_SIZE]);
+                            self.state = RxState::Dead;
+                        }
+                    }
+                }
                 RxState::Ch => {
                     let n = (COMMON_HEADER_SIZE - self.hdr_have).min(avail);
                     self.take_hdr(n);
                     if self.hdr_have == COMMON_HEADER_SIZE {
-                        self.on_common_header(o, cx);
+                        let ch = CommonHeader::parse(
+                            self.hdr[..COMMON_HEADER_SIZE]
+                                .try_into()
+                                .expect("8 bytes gathered"),
+                        );
+                        match self.check_common(&ch) {
+                            Ok(t) => {
+                                self.ch = ch;
+                                self.t = t;
+                                self.state = RxState::Hdr;
+                            }
+                            Err(e) => self.fail(o, cx, e),
+                        }
                     }
                 }
                 RxState::Hdr => {
@@ -428,7 +468,7 @@ impl<K: Copy> Receiver<K> {
                     let n = (need - self.hdr_have).min(avail);
                     self.take_hdr(n);
                     if self.hdr_have == need {
-                        self.on_header(o, cx);
+                        self.on_header(o, cx, self.ch, self.t, None);
                     }
                 }
                 RxState::Pad {
@@ -545,98 +585,67 @@ impl<K: Copy> Receiver<K> {
         self.state = RxState::Dead;
     }
 
-    /// The 8-byte common header is in: check it before reading any more.
-    fn on_common_header<O: Owner<Sink = K>>(&mut self, o: &mut O, cx: &mut O::Ctx) {
-        let ch = CommonHeader::parse(
-            self.hdr[..COMMON_HEADER_SIZE]
-                .try_into()
-                .expect("8 bytes gathered"),
-        );
+    /// Checks a common header before any more of its PDU is read.
+    #[inline]
+    fn check_common(&self, ch: &CommonHeader) -> Result<PduType, RxError> {
         let (hd, dd) = if self.connected {
             (self.digests.header, self.digests.data)
         } else {
             (false, false)
         };
-        let t = match spec::validate_header_for(
+        let t = spec::validate_header_for(
             self.cfg.role,
-            &ch,
+            ch,
             hd,
             dd,
             self.cfg.maxh2cdata,
             self.cfg.in_capsule_max,
-        ) {
-            Ok(t) => t,
-            Err(e) => return self.fail(o, cx, RxError::Header(e)),
-        };
+        )
+        .map_err(RxError::Header)?;
         let ic = matches!(t, PduType::IcReq | PduType::IcResp);
         if ic == self.connected {
-            return self.fail(o, cx, RxError::Sequence(t));
+            return Err(RxError::Sequence(t));
         }
-        if t.digests_apply() && spec::check_pdo_alignment(&ch, self.cfg.pda).is_err() {
-            return self.fail(o, cx, RxError::Alignment(ch.pdo));
+        if t.digests_apply() && spec::check_pdo_alignment(ch, self.cfg.pda).is_err() {
+            return Err(RxError::Alignment(ch.pdo));
         }
-        self.ch = ch;
-        self.t = t;
-        self.state = RxState::Hdr;
+        Ok(t)
     }
 
-    /// The whole header (and its digest) is in: check the digest, decode, ask the owner.
-    fn on_header<O: Owner<Sink = K>>(&mut self, o: &mut O, cx: &mut O::Ctx) {
-        let (ch, t) = (self.ch, self.t);
-        let hlen = usize::from(ch.hlen);
-        if ch.hdgst_len() != 0 && t.digests_apply() {
-            let digest: [u8; DIGEST_SIZE] = self.hdr[hlen..hlen + DIGEST_SIZE]
-                .try_into()
-                .expect("4 bytes");
-            if !spec::header_digest_ok(&self.hdr[..hlen], &digest) {
-                return self.fail(o, cx, RxError::HeaderDigest(t));
-            }
+    /// The bytes of the current header: staged from `at`, or gathered.
+    #[inline]
+    fn header_bytes(&self, at: Option<usize>) -> &[u8] {
+        match at {
+            Some(at) => &self.buf[at..at + self.ch.header_end() as usize],
+            None => &self.hdr[..self.hdr_have],
         }
-        let pdu = match t {
-            PduType::IcReq => {
-                let req = IcReq::parse(self.ic_bytes());
-                if let Err(e) = req.check() {
-                    return self.fail(o, cx, RxError::Params(e));
-                }
-                self.connect(req.hdgst, req.ddgst);
-                Pdu::IcReq(req)
-            }
-            PduType::IcResp => {
-                let resp = IcResp::parse(self.ic_bytes());
-                self.connect(resp.hdgst, resp.ddgst);
-                Pdu::IcResp(resp)
-            }
-            PduType::H2CTermReq | PduType::C2HTermReq => {
-                Pdu::TermReq(TermReq::parse(&self.hdr[..hlen]))
-            }
-            PduType::CapsuleCmd => Pdu::Command {
-                sqe: spec::capsule_cmd_sqe(
-                    self.hdr[..CAPSULE_CMD_HLEN].try_into().expect("72 bytes"),
-                ),
-                data_len: ch.data_len(),
-            },
-            PduType::CapsuleResp => Pdu::Response(spec::capsule_resp_cqe(
-                self.hdr[..CAPSULE_RESP_HLEN].try_into().expect("24 bytes"),
-            )),
-            PduType::H2CData | PduType::C2HData => {
-                let h = DataHeader::parse(&self.hdr[..hlen]);
-                if h.check_len(&ch).is_err() {
-                    return self.fail(o, cx, RxError::DataLength { datal: h.datal });
-                }
-                let last = ch.flags & flags::DATA_LAST != 0;
-                if t == PduType::H2CData {
-                    Pdu::H2CData { h, last }
-                } else {
-                    Pdu::C2HData {
-                        h,
-                        last,
-                        success: ch.flags & flags::DATA_SUCCESS != 0,
-                    }
+    }
+
+    /// The whole header `ch` of type `t` (and its digest) is in, staged from `at` or
+    /// gathered: check what is left to check, ask the owner, follow its answer.
+    #[inline(always)]
+    fn on_header<O: Owner<Sink = K>>(
+        &mut self,
+        o: &mut O,
+        cx: &mut O::Ctx,
+        ch: CommonHeader,
+        t: PduType,
+        at: Option<usize>,
+    ) {
+        let next = {
+            let h = self.header_bytes(at);
+            match check_header(&ch, t, h) {
+                Ok(()) => o.on_pdu(cx, &pdu_of(&ch, t, h), h),
+                Err(e) => {
+                    o.on_error(cx, e, h);
+                    Next::Stop
                 }
             }
-            PduType::R2T => Pdu::R2T(R2t::parse(&self.hdr[..hlen])),
         };
-        match o.on_pdu(cx, pdu, &self.hdr[..self.hdr_have]) {
+        if matches!(t, PduType::IcReq | PduType::IcResp) {
+            self.connect(at);
+        }
+        match next {
             Next::Done if !ch.has_data() => self.next_pdu(),
             Next::Payload { sink, off } if ch.has_data() => self.expect_payload(sink, off),
             // An owner that leaves a payload unclaimed (or claims one that is not
@@ -645,12 +654,18 @@ impl<K: Copy> Receiver<K> {
         }
     }
 
-    fn ic_bytes(&self) -> &[u8; IC_PDU_SIZE] {
-        self.hdr[..IC_PDU_SIZE].try_into().expect("128 bytes")
-    }
-
-    fn connect(&mut self, header: bool, data: bool) {
-        self.digests = Digests { header, data };
+    /// ICReq or ICResp went through: from now on the digests they name apply.
+    #[cold]
+    fn connect(&mut self, at: Option<usize>) {
+        let h: &[u8; IC_PDU_SIZE] = self.header_bytes(at)[..IC_PDU_SIZE]
+            .try_into()
+            .expect("128 bytes");
+        // ICReq and ICResp both carry their DGST byte at 11.
+        let r = IcReq::parse(h);
+        self.digests = Digests {
+            header: r.hdgst,
+            data: r.ddgst,
+        };
         self.connected = true;
     }
 
@@ -699,6 +714,62 @@ impl<K: Copy> Receiver<K> {
                 self.state = RxState::Dead;
             }
         }
+    }
+}
+
+/// What can only be checked once the whole header (`h`, digest included) is in: the
+/// header digest, the ICReq parameters, DATAL against PLEN.
+#[inline(always)]
+fn check_header(ch: &CommonHeader, t: PduType, h: &[u8]) -> Result<(), RxError> {
+    let hlen = usize::from(ch.hlen);
+    if ch.hdgst_len() != 0 && t.digests_apply() {
+        let digest: &[u8; DIGEST_SIZE] = h[hlen..hlen + DIGEST_SIZE].try_into().expect("4 bytes");
+        if !spec::header_digest_ok(&h[..hlen], digest) {
+            return Err(RxError::HeaderDigest(t));
+        }
+    }
+    match t {
+        PduType::H2CData | PduType::C2HData => {
+            let d = DataHeader::parse(&h[..hlen]);
+            d.check_len(ch)
+                .map_err(|_| RxError::DataLength { datal: d.datal })
+        }
+        PduType::IcReq => IcReq::parse(h[..IC_PDU_SIZE].try_into().expect("128 bytes"))
+            .check()
+            .map_err(RxError::Params),
+        _ => Ok(()),
+    }
+}
+
+/// A checked header (`h`: its bytes) as a [`Pdu`].
+#[inline(always)]
+fn pdu_of(ch: &CommonHeader, t: PduType, h: &[u8]) -> Pdu {
+    let hlen = usize::from(ch.hlen);
+    match t {
+        PduType::CapsuleCmd => Pdu::Command {
+            sqe: spec::capsule_cmd_sqe(h[..CAPSULE_CMD_HLEN].try_into().expect("72 bytes")),
+            data_len: ch.data_len(),
+        },
+        PduType::CapsuleResp => Pdu::Response(spec::capsule_resp_cqe(
+            h[..CAPSULE_RESP_HLEN].try_into().expect("24 bytes"),
+        )),
+        PduType::H2CData => Pdu::H2CData {
+            h: DataHeader::parse(&h[..hlen]),
+            last: ch.flags & flags::DATA_LAST != 0,
+        },
+        PduType::C2HData => Pdu::C2HData {
+            h: DataHeader::parse(&h[..hlen]),
+            last: ch.flags & flags::DATA_LAST != 0,
+            success: ch.flags & flags::DATA_SUCCESS != 0,
+        },
+        PduType::R2T => Pdu::R2T(R2t::parse(&h[..hlen])),
+        PduType::IcReq => Pdu::IcReq(IcReq::parse(
+            h[..IC_PDU_SIZE].try_into().expect("128 bytes"),
+        )),
+        PduType::IcResp => Pdu::IcResp(IcResp::parse(
+            h[..IC_PDU_SIZE].try_into().expect("128 bytes"),
+        )),
+        PduType::H2CTermReq | PduType::C2HTermReq => Pdu::TermReq(TermReq::parse(&h[..hlen])),
     }
 }
 

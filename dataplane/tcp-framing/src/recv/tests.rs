@@ -128,9 +128,9 @@ impl Owner for Rec {
         }
     }
 
-    fn on_pdu(&mut self, cx: &mut Vec<Ev>, pdu: Pdu, _header: &[u8]) -> Next<Sink> {
-        cx.push(Ev::Pdu(pdu));
-        if self.stop_at.is_some_and(|f| f(&pdu)) {
+    fn on_pdu(&mut self, cx: &mut Vec<Ev>, pdu: &Pdu, _header: &[u8]) -> Next<Sink> {
+        cx.push(Ev::Pdu(*pdu));
+        if self.stop_at.is_some_and(|f| f(pdu)) {
             return Next::Stop;
         }
         let slot = |cid: u16| {
@@ -140,7 +140,7 @@ impl Owner for Rec {
                 Sink::Slot(cid % 8)
             }
         };
-        match pdu {
+        match *pdu {
             Pdu::Command { sqe, data_len } if data_len > 0 => Next::Payload {
                 sink: slot(sqe.cid),
                 off: 0,
