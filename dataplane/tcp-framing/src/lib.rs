@@ -26,4 +26,4 @@ pub use recv::{
 };
 pub use send::SendParams;
 pub use stream::Stream;
-pub use tx::{Sent, TxBuffers, TxQueue, MAX_IOV};
+pub use tx::{Sent, Shared, TxBuffers, TxQueue, MAX_IOV};

@@ -139,11 +139,12 @@ mod tests {
     use lightpool_spec::tcp::{flags, CommonHeader};
 
     use super::*;
-    use crate::tx::MAX_IOV;
+    use crate::tx::{Shared, MAX_IOV};
 
     fn bytes_of(q: &TxQueue, data: &[u8]) -> Vec<u8> {
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
-        let n = q.gather(&mut iov, data);
+        let shared = Shared(data);
+        let n = q.gather(&mut iov, &shared);
         iov[..n].iter().flat_map(|s| s.iter().copied()).collect()
     }
 

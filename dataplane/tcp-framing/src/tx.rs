@@ -34,9 +34,11 @@ pub trait TxBuffers {
 }
 
 /// One buffer behind every slot, nothing to release (a load generator's shared data).
-impl TxBuffers for [u8] {
+pub struct Shared<'a>(pub &'a [u8]);
+
+impl TxBuffers for Shared<'_> {
     fn data(&self, _slot: u16) -> &[u8] {
-        self
+        self.0
     }
 }
 

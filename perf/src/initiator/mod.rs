@@ -6,7 +6,6 @@
 
 mod ctrlr;
 mod qpair;
-pub(crate) mod tx;
 
 use std::io;
 use std::net::SocketAddr;

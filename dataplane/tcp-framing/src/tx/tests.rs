@@ -223,9 +223,9 @@ fn a_socket_that_takes_nothing_is_an_error() {
     }
     let mut q = TxQueue::new(1);
     q.push_bytes(b"abc");
-    let mut one = [7u8; 4];
+    let one = [7u8; 4];
     let e = q
-        .send::<MAX_IOV, _, _>(&mut Zero, &mut one[..])
+        .send::<MAX_IOV, _, _>(&mut Zero, &mut Shared(&one))
         .expect_err("zero");
     assert_eq!(e.kind(), io::ErrorKind::WriteZero);
 }
