@@ -516,14 +516,21 @@ impl<K: Copy> Receiver<K> {
                     }
                     let n = (left as usize).min(avail);
                     let src = &self.buf[self.start..self.start + n];
-                    let crc = if ddgst {
-                        spec::crc32c_append(crc, src)
-                    } else {
-                        crc
+                    // The digest over where the bytes landed when they land somewhere:
+                    // a buffer the owner aligned, and in the cache from the copy.
+                    let crc = match o.payload_buf(sink, off + left) {
+                        (_, Some(dest)) => {
+                            let dest = &mut dest[off as usize..off as usize + n];
+                            dest.copy_from_slice(src);
+                            if ddgst {
+                                spec::crc32c_append(crc, dest)
+                            } else {
+                                crc
+                            }
+                        }
+                        (_, None) if ddgst => spec::crc32c_append(crc, src),
+                        (_, None) => crc,
                     };
-                    if let (_, Some(dest)) = o.payload_buf(sink, off + left) {
-                        dest[off as usize..off as usize + n].copy_from_slice(src);
-                    }
                     self.start += n;
                     let n = n as u32;
                     self.state = RxState::Data {
@@ -730,9 +737,13 @@ fn check_header(ch: &CommonHeader, t: PduType, h: &[u8]) -> Result<(), RxError> 
     }
     match t {
         PduType::H2CData | PduType::C2HData => {
-            let d = DataHeader::parse(&h[..hlen]);
-            d.check_len(ch)
-                .map_err(|_| RxError::DataLength { datal: d.datal })
+            // DATAL (bytes 16..20) alone: the rest of the data header is decoded once,
+            // for the owner.
+            let datal = u32::from_le_bytes(h[16..20].try_into().expect("4 bytes"));
+            if datal == 0 || datal != ch.data_len() {
+                return Err(RxError::DataLength { datal });
+            }
+            Ok(())
         }
         PduType::IcReq => IcReq::parse(h[..IC_PDU_SIZE].try_into().expect("128 bytes"))
             .check()

@@ -5,11 +5,16 @@
 
 use lightpool_spec::nvme::{Cqe, Sqe};
 use lightpool_spec::tcp::{
-    self as spec, DataHeader, PduType, R2t, TermError, MAX_HEADER_BUF, TERM_REQ_HLEN,
-    TERM_REQ_MAX_DATA,
+    self as spec, DataHeader, PduType, R2t, TermError, TERM_REQ_HLEN, TERM_REQ_MAX_DATA,
 };
 
 use crate::TxQueue;
+
+/// Room for a command capsule or data PDU header with its digest, padded to the
+/// largest PDA (31: 128-byte alignment; both headers end before 128 with the digest).
+const HEADER_ROOM: usize = 128;
+/// A response capsule or R2T with its header digest.
+const SHORT_PDU: usize = 28;
 
 /// What ICReq/ICResp settled that shapes the PDUs this end sends.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,24 +30,26 @@ impl TxQueue {
     /// A response capsule.
     #[inline]
     pub fn push_resp(&mut self, cqe: &Cqe, hdgst: bool) {
-        let mut b = [0u8; 28];
-        let n = spec::encode_capsule_resp(cqe, hdgst, &mut b);
-        self.push_bytes(&b[..n]);
+        self.push_encoded(SHORT_PDU, |b| {
+            spec::encode_capsule_resp(cqe, hdgst, b.try_into().expect("28 bytes"))
+        });
     }
 
     /// An R2T.
+    #[inline]
     pub fn push_r2t(&mut self, r: &R2t, hdgst: bool) {
-        let mut b = [0u8; 28];
-        let n = spec::encode_r2t(r, hdgst, &mut b);
-        self.push_bytes(&b[..n]);
+        self.push_encoded(SHORT_PDU, |b| {
+            spec::encode_r2t(r, hdgst, b.try_into().expect("28 bytes"))
+        });
     }
 
     /// A TermReq of type `t` (H2CTermReq or C2HTermReq) echoing up to 128 bytes of the
     /// offending header.
+    #[inline]
     pub fn push_term_req(&mut self, t: PduType, e: TermError, header: &[u8]) {
-        let mut b = [0u8; TERM_REQ_HLEN + TERM_REQ_MAX_DATA];
-        let n = spec::encode_term_req(t, e.fes, e.fei, header, &mut b);
-        self.push_bytes(&b[..n]);
+        self.push_encoded(TERM_REQ_HLEN + TERM_REQ_MAX_DATA, |b| {
+            spec::encode_term_req(t, e.fes, e.fei, header, b)
+        });
     }
 
     /// A C2HData PDU carrying `h.datal` bytes of `slot`'s data from `off`. `bytes`
@@ -57,9 +64,9 @@ impl TxQueue {
         (slot, off): (u16, u32),
         bytes: impl FnOnce() -> &'a [u8],
     ) {
-        let mut out = [0u8; MAX_HEADER_BUF];
-        let n = spec::encode_c2h_data_header(h, last, success, p.hdgst, p.ddgst, p.pda, &mut out);
-        self.push_bytes(&out[..n]);
+        self.push_encoded(HEADER_ROOM, |b| {
+            spec::encode_c2h_data_header(h, last, success, p.hdgst, p.ddgst, p.pda, b)
+        });
         self.push_data(slot, off, h.datal);
         if p.ddgst && h.datal > 0 {
             self.push_bytes(&spec::data_digest(bytes()));
@@ -68,6 +75,7 @@ impl TxQueue {
 
     /// An H2CData PDU carrying `h.datal` bytes of `slot`'s data from `h.datao`;
     /// `data` is the slot's data (read only for the digest).
+    #[inline]
     pub fn push_h2c_data(
         &mut self,
         h: &DataHeader,
@@ -76,9 +84,9 @@ impl TxQueue {
         slot: u16,
         data: &[u8],
     ) {
-        let mut out = [0u8; MAX_HEADER_BUF];
-        let n = spec::encode_h2c_data_header(h, last, p.hdgst, p.ddgst, p.pda, &mut out);
-        self.push_bytes(&out[..n]);
+        self.push_encoded(HEADER_ROOM, |b| {
+            spec::encode_h2c_data_header(h, last, p.hdgst, p.ddgst, p.pda, b)
+        });
         self.push_data(slot, h.datao, h.datal);
         if p.ddgst && h.datal > 0 {
             let (a, b) = (h.datao as usize, (h.datao + h.datal) as usize);
@@ -116,11 +124,12 @@ impl TxQueue {
 
     /// A command capsule; with `in_capsule` = (slot, its data), that data travels in
     /// the capsule (referenced, from offset 0).
+    #[inline]
     pub fn push_capsule(&mut self, sqe: &Sqe, p: SendParams, in_capsule: Option<(u16, &[u8])>) {
         let len = in_capsule.map_or(0, |(_, d)| d.len() as u32);
-        let mut out = [0u8; MAX_HEADER_BUF];
-        let n = spec::encode_capsule_cmd_header(sqe, p.hdgst, p.ddgst, len, p.pda, &mut out);
-        self.push_bytes(&out[..n]);
+        self.push_encoded(HEADER_ROOM, |b| {
+            spec::encode_capsule_cmd_header(sqe, p.hdgst, p.ddgst, len, p.pda, b)
+        });
         if let Some((slot, data)) = in_capsule {
             self.push_data(slot, 0, len);
             if p.ddgst && len > 0 {

@@ -20,6 +20,8 @@ pub const MAX_IOV: usize = 64;
 const RING: usize = 16 * 1024;
 /// `slot` of an item whose bytes are in the ring.
 const RING_ITEM: u16 = u16::MAX;
+/// The most bytes one [`TxQueue::push_encoded`] takes.
+pub const MAX_ENCODED: usize = 256;
 
 /// The owner's data buffers, which queued data items name by slot.
 pub trait TxBuffers {
@@ -122,6 +124,39 @@ impl TxQueue {
             let first = self.ring.len() - at;
             self.ring[at..].copy_from_slice(&b[..first]);
             self.ring[..n - first].copy_from_slice(&b[first..]);
+        }
+        self.ring_tail += n as u64;
+        self.queued += n as u64;
+        match self.items.back_mut() {
+            Some(last) if last.slot == RING_ITEM => last.len += n as u32,
+            _ => self.items.push_back(Item {
+                slot: RING_ITEM,
+                off: 0,
+                len: n as u32,
+            }),
+        }
+    }
+
+    /// Queue what `encode` writes into the buffer it is given (`max` bytes; it returns
+    /// how many it wrote, every one of them). Encoded in place in the ring when `max`
+    /// bytes are free there in one piece: no staging buffer, no copy.
+    #[inline]
+    pub fn push_encoded(&mut self, max: usize, encode: impl FnOnce(&mut [u8]) -> usize) {
+        let used = (self.ring_tail - self.ring_head) as usize;
+        if used + max > self.ring.len() {
+            self.grow(used + max);
+        }
+        let at = self.ring_tail as usize & (self.ring.len() - 1);
+        if at + max > self.ring.len() {
+            // Too close to the end of the ring: encode aside, copy in two pieces.
+            let mut tmp = [0u8; MAX_ENCODED];
+            let n = encode(&mut tmp[..max.min(MAX_ENCODED)]);
+            return self.push_bytes(&tmp[..n]);
+        }
+        let n = encode(&mut self.ring[at..at + max]);
+        debug_assert!(n <= max, "an encoder wrote past its buffer");
+        if n == 0 {
+            return;
         }
         self.ring_tail += n as u64;
         self.queued += n as u64;

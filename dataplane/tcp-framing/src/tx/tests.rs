@@ -128,6 +128,44 @@ fn wraps_and_coalesces_across_releases() {
     assert_eq!(q.bytes(), 0);
 }
 
+/// Encoded in place, or aside and copied when the ring's end is too near: the same
+/// bytes either way, and the ring grows when they do not fit at all.
+#[test]
+fn encoded_pushes_land_in_order_across_the_ring_end() {
+    let mut b = bufs(0, 0);
+    let mut q = TxQueue::new(4);
+    let mut expect = Vec::new();
+    let mut sent = Vec::new();
+    for round in 0..1000usize {
+        let len = 20 + round % 90;
+        q.push_encoded(128, |out| {
+            for (i, x) in out[..len].iter_mut().enumerate() {
+                *x = (round + i) as u8;
+            }
+            len
+        });
+        expect.extend((0..len).map(|i| (round + i) as u8));
+        let (_, chunk) = gathered(&q, &b);
+        let take = chunk.len().min(50 + round % 70);
+        sent.extend_from_slice(&chunk[..take]);
+        q.advance(take, &mut b);
+    }
+    let (_, chunk) = gathered(&q, &b);
+    sent.extend_from_slice(&chunk);
+    assert_eq!(sent, expect);
+    assert_eq!(q.ring.len(), RING);
+    // More than the ring holds at once.
+    let mut q = TxQueue::new(4);
+    for _ in 0..200 {
+        q.push_encoded(MAX_ENCODED, |out| {
+            out.fill(7);
+            out.len()
+        });
+    }
+    assert_eq!(q.bytes(), 200 * MAX_ENCODED);
+    assert!(gathered(&q, &b).1.iter().all(|&x| x == 7));
+}
+
 #[test]
 fn gather_stops_at_the_iovecs_it_is_given() {
     let b = bufs(4, 8);

@@ -158,6 +158,7 @@ impl TxBuffers for Slab {
 
     /// A command's data is on the wire: a command the target answered early may be
     /// delivered now.
+    #[inline]
     fn release(&mut self, cid: u16) {
         let s = &mut self.slots[usize::from(cid)];
         s.tx_refs -= 1;
@@ -461,6 +462,7 @@ impl<S: Stream> Core<S> {
         Ok(())
     }
 
+    #[inline(always)]
     fn on_c2h_data(
         &mut self,
         h: &pdu::DataHeader,
@@ -566,7 +568,7 @@ impl<S: Stream> Owner for Core<S> {
         (&mut self.s, Some(&mut self.slab.data[r]))
     }
 
-    #[inline]
+    #[inline(always)]
     fn on_pdu(&mut self, out: &mut Vec<Completion>, pdu: &Pdu, _header: &[u8]) -> Next<Sink> {
         let res = match pdu {
             Pdu::Response(cqe) => self.complete(*cqe, out).map(|()| Next::Done),
