@@ -40,7 +40,7 @@ pub struct TcpReq {
 }
 
 /// Where the payload of the PDU being received goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sink {
     /// In-capsule data of the command in `slot`.
     Capsule { slot: u16 },
