@@ -289,7 +289,8 @@ fn setup_checks_every_argument_first() {
         let o = f.run(&["setup", "--pages", "64", bad]);
         assert_ne!(o.code, 0);
         assert_eq!(
-            f.read(f.sys("kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")).trim(),
+            f.read(f.sys("kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"))
+                .trim(),
             "0",
             "{bad}: pages were reserved before the address was refused"
         );

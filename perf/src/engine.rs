@@ -603,7 +603,7 @@ fn drive<Q: IoQueue>(
     let mut drain_deadline = end + job.io_timeout;
 
     // Sockets are read when epoll says they hold something; other queues every pass.
-    let mut rd = crate::readiness::Readiness::new(ctxs.len())
+    let mut rd = lightpool_reactor::readiness::Readiness::new(ctxs.len())
         .map_err(|e| PerfError::Setup(format!("epoll: {e}")))?;
     let mut watched = Vec::with_capacity(ctxs.len());
     for (i, c) in ctxs.iter().enumerate() {

@@ -7,7 +7,7 @@
 //! - [`engine`]: the pinned per-core load loop over any [`engine::IoQueue`].
 //! - [`nvme`], [`bdev`], [`limit`]: the three kinds of queue and their runs.
 //! - [`stats`], [`report`], [`plot`]: measurement and output; [`cli`]: the command line.
-//! - [`readiness`]: which sockets to read, from epoll.
+//! - which sockets to read comes from epoll: `lightpool_reactor::readiness`.
 
 pub mod bdev;
 pub mod cli;
@@ -16,7 +16,6 @@ pub mod initiator;
 pub mod limit;
 pub mod nvme;
 pub mod plot;
-pub mod readiness;
 pub mod report;
 pub mod stats;
 pub mod verify;

@@ -11,7 +11,7 @@
 //! real run (same pinning, queue depth, accounting), but only frames PDUs: read data
 //! is checked (digests) and dropped, write data comes from one shared buffer.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,16 +19,16 @@ use std::thread;
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
+use lightpool_reactor::readiness::Readiness;
 use lightpool_spec::nvme::{io_opcode, Cqe, SglDescriptor, Sqe};
 use lightpool_spec::status::Status;
-use lightpool_spec::tcp::{
-    self as pdu, flags, CommonHeader, DataHeader, IcResp, PduType, R2t, CAPSULE_CMD_HLEN,
-    COMMON_HEADER_SIZE, MAX_HEADER_BUF,
+use lightpool_spec::tcp::{self as pdu, DataHeader, IcReq, IcResp, R2t, Role};
+use lightpool_tcp_framing::{
+    Flow, Next, Owner, Pdu, Receiver, RxConfig, RxError, SendParams, Shared, TxQueue,
 };
 
 use crate::cli::{fail_setup, parse_size_u64, OutputArgs, WorkloadArgs};
 use crate::engine::{Device, Done, IoQueue, PerfError, QueueSetup, WorkerSpec};
-use crate::initiator::tx::{TxQueue, INLINE_MAX, MAX_IOV};
 use crate::initiator::{Qpair, QpairConfig};
 use crate::nvme::NvmeQueue;
 use crate::report::Report;
@@ -69,6 +69,11 @@ pub struct LimitArgs {
 
 /// Receive staging buffer of either end.
 const RX_BUF: usize = 256 * 1024;
+/// iovecs per `writev` of either end.
+const MAX_IOV: usize = 256;
+/// The server reads write payload of at least this size straight into the span, as
+/// the target does into a request's buffer.
+const DIRECT_READ_MIN: u32 = 8 * 1024;
 
 /// What the framing of one PDU stream needs to know.
 #[derive(Clone, Copy, Debug)]
@@ -79,51 +84,15 @@ struct Wire {
     maxh2cdata: u32,
 }
 
-/// Where a PDU's payload goes once skipped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Payload {
-    /// Server: in-capsule write data of `cid`, answered when complete.
-    Capsule { cid: u16 },
-    /// Server: H2CData of `cid`; `last` ends the command.
-    H2c { cid: u16, last: bool },
-    /// Client: C2HData.
-    C2h,
+impl Wire {
+    fn send_params(&self) -> SendParams {
+        SendParams {
+            hdgst: self.hdgst,
+            ddgst: self.ddgst,
+            pda: 0,
+        }
+    }
 }
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Rx {
-    Hdr,
-    Body {
-        what: Payload,
-        pad: u32,
-        data: u32,
-        crc: u32,
-        digest: u8,
-    },
-}
-
-/// The PDU framing both ends share: gathers headers, skips payload (computing the
-/// data digest when on; on the server, copying write data into the span when there is
-/// one), and hands each complete unit to `on`.
-struct Framer {
-    rx: Box<[u8]>,
-    hdr: [u8; MAX_HEADER_BUF],
-    have: usize,
-    state: Rx,
-    /// Server with `--data-span`: where write payload goes, and where the current one
-    /// is going.
-    store: Option<Store>,
-    store_at: usize,
-    rng: Rng,
-}
-
-/// The span write data is copied into (base, length).
-#[derive(Clone, Copy)]
-struct Store(*mut u8, usize);
-
-// SAFETY: only the server's framers have one, and they live and die on the server's
-// thread, which also owns the span; a client's framer (moved to its worker) has none.
-unsafe impl Send for Store {}
 
 /// The server's data: one I/O-sized buffer, or `--data-span` bytes (mapped once,
 /// touched in full before the run, in huge pages when possible).
@@ -163,11 +132,6 @@ impl Span {
         unsafe { std::ptr::write_bytes(ptr, 0xA5, len) };
         Span { ptr, len }
     }
-
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: mapped and initialised in `new`, unmapped only in Drop.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
 }
 
 impl Drop for Span {
@@ -177,188 +141,171 @@ impl Drop for Span {
     }
 }
 
-/// A random `align`-aligned offset where `len` bytes fit in `span`.
-fn place(rng: &mut Rng, span: usize, len: usize, align: usize) -> usize {
+/// A random `align`-aligned offset where `len` bytes fit in `span` (below 4 GiB: a
+/// payload offset is 32 bits).
+fn place(rng: &mut Rng, span: usize, len: usize, align: usize) -> u32 {
+    let span = span.min(u32::MAX as usize);
     let slots = (span.saturating_sub(len) / align.max(1)) + 1;
-    rng.below(slots as u64) as usize * align.max(1)
+    (rng.below(slots as u64) as usize * align.max(1)) as u32
 }
 
-enum Unit<'a> {
-    Header(CommonHeader, &'a [u8]),
-    PayloadDone(Payload),
+/// Where a PDU's payload goes on the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Payload {
+    /// In-capsule write data of `cid`, answered when complete.
+    Capsule { cid: u16 },
+    /// H2CData of `cid`; `last` ends the command.
+    H2c { cid: u16, last: bool },
 }
 
-impl Framer {
-    fn new() -> Framer {
-        Framer {
-            rx: vec![0u8; RX_BUF].into_boxed_slice(),
-            hdr: [0u8; MAX_HEADER_BUF],
-            have: 0,
-            state: Rx::Hdr,
-            store: None,
-            store_at: 0,
-            rng: Rng::new(0),
-        }
-    }
-
-    /// Reads what `s` holds and feeds it through; false when the peer closed.
-    fn pump(
-        &mut self,
-        s: &mut TcpStream,
-        w: Wire,
-        on: &mut dyn FnMut(Unit<'_>) -> Option<Payload>,
-    ) -> io::Result<bool> {
-        loop {
-            let n = match s.read(&mut self.rx) {
-                Ok(0) => return Ok(false),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            self.feed(n, w, on);
-            if n < self.rx.len() {
-                return Ok(true);
-            }
-        }
-    }
-
-    fn feed(&mut self, n: usize, w: Wire, on: &mut dyn FnMut(Unit<'_>) -> Option<Payload>) {
-        let mut at = 0;
-        while at < n {
-            match self.state {
-                Rx::Hdr => {
-                    let need = if self.have < COMMON_HEADER_SIZE {
-                        COMMON_HEADER_SIZE
-                    } else {
-                        let ch = CommonHeader::parse(
-                            self.hdr[..COMMON_HEADER_SIZE].try_into().expect("8 bytes"),
-                        );
-                        (ch.header_end() as usize).min(MAX_HEADER_BUF)
-                    };
-                    let k = (need - self.have).min(n - at);
-                    self.hdr[self.have..self.have + k].copy_from_slice(&self.rx[at..at + k]);
-                    self.have += k;
-                    at += k;
-                    if self.have == need && need > COMMON_HEADER_SIZE {
-                        let ch = CommonHeader::parse(
-                            self.hdr[..COMMON_HEADER_SIZE].try_into().expect("8 bytes"),
-                        );
-                        let hlen = usize::from(ch.hlen);
-                        if w.hdgst && ch.hdgst_len() != 0 {
-                            // The digest work every receiver does; a mismatch cannot
-                            // happen on loopback and would only be counted.
-                            let d: [u8; 4] = self.hdr[hlen..hlen + 4].try_into().expect("4 bytes");
-                            let _ = pdu::header_digest_ok(&self.hdr[..hlen], &d);
-                        }
-                        self.have = 0;
-                        let next = on(Unit::Header(ch, &self.hdr[..hlen]));
-                        if let Some(what) = next {
-                            if let (
-                                Some(Store(_, span)),
-                                Payload::Capsule { .. } | Payload::H2c { .. },
-                            ) = (self.store, what)
-                            {
-                                let len = ch.data_len() as usize;
-                                self.store_at = place(&mut self.rng, span, len, 4096);
-                            }
-                            self.state = Rx::Body {
-                                what,
-                                pad: ch.padding_len(),
-                                data: ch.data_len(),
-                                crc: 0,
-                                digest: ch.ddgst_len() as u8,
-                            };
-                        }
-                    }
-                }
-                Rx::Body {
-                    what,
-                    mut pad,
-                    mut data,
-                    mut crc,
-                    mut digest,
-                } => {
-                    let k = (pad as usize).min(n - at);
-                    pad -= k as u32;
-                    at += k;
-                    let k = (data as usize).min(n - at);
-                    if digest > 0 {
-                        crc = pdu::crc32c_append(crc, &self.rx[at..at + k]);
-                    }
-                    if let (
-                        Some(Store(base, span)),
-                        Payload::Capsule { .. } | Payload::H2c { .. },
-                    ) = (self.store, what)
-                    {
-                        // Write data lands in memory, as in a RAM namespace.
-                        let k = k.min(span.saturating_sub(self.store_at));
-                        // SAFETY: `store_at + k` stays inside the span (clamped above),
-                        // which outlives the connection; the source is our rx buffer.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                self.rx[at..].as_ptr(),
-                                base.add(self.store_at),
-                                k,
-                            )
-                        };
-                        self.store_at += k;
-                    }
-                    data -= k as u32;
-                    at += k;
-                    if data == 0 {
-                        let k = usize::from(digest).min(n - at);
-                        digest -= k as u8;
-                        at += k;
-                    }
-                    if pad == 0 && data == 0 && digest == 0 {
-                        self.state = Rx::Hdr;
-                        on(Unit::PayloadDone(what));
-                    } else {
-                        self.state = Rx::Body {
-                            what,
-                            pad,
-                            data,
-                            crc,
-                            digest,
-                        };
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn flush(s: &mut TcpStream, tx: &mut TxQueue, data: &[u8]) -> io::Result<()> {
-    while !tx.is_empty() {
-        let r = {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let n = tx.gather(&mut iov, &|_| data);
-            s.write_vectored(&iov[..n])
-        };
-        match r {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => tx.advance(n, &mut |_| {}),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn push_resp(tx: &mut TxQueue, cid: u16, w: Wire) {
-    let mut b = [0u8; 28];
-    let n = pdu::encode_capsule_resp(&Cqe::new(cid, Status::SUCCESS), w.hdgst, &mut b);
-    tx.push_bytes(&b[..n]);
-}
-
-/// The server's side of one connection.
-struct SrvConn {
+/// The server's side of one connection: the framing's owner, answering every command
+/// as soon as it is whole, with no storage behind it.
+struct Srv {
     s: TcpStream,
-    f: Framer,
     tx: TxQueue,
+    w: Wire,
+    /// The server's data (`Span`), which reads are sent from and, with `--data-span`,
+    /// write data is copied to, at random places.
+    data: *mut u8,
+    data_len: usize,
+    spanned: bool,
+    rng: Rng,
     open: bool,
+}
+
+impl Srv {
+    /// The span, for as long as the caller needs it (not tied to `self`, so the send
+    /// queue can be filled while it is borrowed).
+    fn data<'a>(&self) -> &'a [u8] {
+        // SAFETY: `data` is the server's span, mapped for the whole of `serve`, which
+        // owns every connection and outlives every use; the connections run one at a
+        // time on its thread and no slice of the span is kept across calls, so no
+        // mutable slice of it (see `payload_buf`) is alive at the same time.
+        unsafe { std::slice::from_raw_parts(self.data, self.data_len) }
+    }
+
+    fn flush(&mut self) {
+        let data = self.data();
+        if self
+            .tx
+            .send::<MAX_IOV, _, _>(&mut self.s, &mut Shared(data))
+            .is_err()
+        {
+            self.open = false;
+        }
+    }
+
+    /// Where the payload of a write goes: a random place of the span, or nowhere.
+    fn place_write(&mut self, len: u32) -> u32 {
+        if self.spanned {
+            place(&mut self.rng, self.data_len, len as usize, 4096)
+        } else {
+            0
+        }
+    }
+}
+
+impl Owner for Srv {
+    type Sink = Payload;
+    type Stream = TcpStream;
+    type Ctx = ();
+
+    fn stream(&mut self) -> &mut TcpStream {
+        &mut self.s
+    }
+
+    fn payload_buf(&mut self, _sink: Payload, _end: u32) -> (&mut TcpStream, Option<&mut [u8]>) {
+        let store = if self.spanned {
+            // SAFETY: as in `data`; this slice lives only while the receiver copies
+            // (or reads) this payload into it, and no other slice of the span is alive.
+            Some(unsafe { std::slice::from_raw_parts_mut(self.data, self.data_len) })
+        } else {
+            None
+        };
+        (&mut self.s, store)
+    }
+
+    fn on_pdu(&mut self, _: &mut (), pdu: &Pdu, _header: &[u8]) -> Next<Payload> {
+        let w = self.w;
+        match *pdu {
+            Pdu::IcReq(_) => {
+                // For `--client nvme`: the digests of the run.
+                let resp = IcResp {
+                    pfv: pdu::PFV_1_0,
+                    cpda: 0,
+                    hdgst: w.hdgst,
+                    ddgst: w.ddgst,
+                    maxh2cdata: w.maxh2cdata,
+                };
+                self.tx.push_bytes(&resp.encode());
+                Next::Done
+            }
+            Pdu::Command { sqe, data_len } if data_len > 0 => Next::Payload {
+                sink: Payload::Capsule { cid: sqe.cid },
+                off: self.place_write(data_len),
+            },
+            Pdu::Command { sqe, .. } => {
+                let len = sqe.sgl().length;
+                if sqe.opcode == io_opcode::READ {
+                    let off = if self.spanned {
+                        place(&mut self.rng, self.data_len, len as usize, 4096)
+                    } else {
+                        0
+                    };
+                    let h = DataHeader {
+                        cccid: sqe.cid,
+                        ttag: 0,
+                        datao: 0,
+                        datal: len,
+                    };
+                    let data = self.data();
+                    let bytes = || &data[off as usize..(off + len) as usize];
+                    let p = w.send_params();
+                    self.tx.push_c2h_data(&h, true, false, p, (0, off), bytes);
+                    self.tx
+                        .push_resp(&Cqe::new(sqe.cid, Status::SUCCESS), w.hdgst);
+                } else if sqe.opcode == io_opcode::WRITE {
+                    let r2t = R2t {
+                        cccid: sqe.cid,
+                        ttag: sqe.cid,
+                        r2to: 0,
+                        r2tl: len,
+                    };
+                    self.tx.push_r2t(&r2t, w.hdgst);
+                } else {
+                    self.tx
+                        .push_resp(&Cqe::new(sqe.cid, Status::SUCCESS), w.hdgst);
+                }
+                Next::Done
+            }
+            Pdu::H2CData { h, last } => Next::Payload {
+                sink: Payload::H2c { cid: h.cccid, last },
+                off: self.place_write(h.datal),
+            },
+            _ => {
+                self.open = false;
+                Next::Stop
+            }
+        }
+    }
+
+    fn on_payload(&mut self, _: &mut (), sink: Payload, _digest_ok: bool) -> Flow {
+        if let Payload::Capsule { cid } | Payload::H2c { cid, last: true } = sink {
+            self.tx
+                .push_resp(&Cqe::new(cid, Status::SUCCESS), self.w.hdgst);
+        }
+        Flow::Continue
+    }
+
+    fn on_error(&mut self, _: &mut (), _e: RxError, _header: &[u8]) {
+        self.open = false;
+    }
+}
+
+/// The server's receivers and connections, side by side.
+struct SrvConn {
+    rx: Receiver<Payload>,
+    c: Srv,
 }
 
 /// Serves up to `n` connections from `l` until `stop`: the stand-in target.
@@ -366,15 +313,22 @@ fn serve(l: TcpListener, n: usize, w: Wire, data_len: usize, data_span: usize, s
     use std::os::fd::AsRawFd;
     let spanned = data_span > data_len;
     let span = Span::new(if spanned { data_span } else { data_len });
-    let data = span.as_slice();
-    let mut rng = Rng::new(u64::MAX);
     let mut cs: Vec<SrvConn> = Vec::with_capacity(n);
-    // Read only what epoll says is ready (see crate::readiness); write whatever is
-    // queued, each connection's answers in one writev.
-    let Ok(mut rd) = crate::readiness::Readiness::new(n) else {
+    // Read only what epoll says is ready; write whatever is queued, each connection's
+    // answers in one writev.
+    let Ok(mut rd) = Readiness::new(n) else {
         return;
     };
     let mut ready = vec![false; n];
+    let cfg = RxConfig {
+        role: Role::Controller,
+        pda: 0,
+        maxh2cdata: w.maxh2cdata,
+        in_capsule_max: w.in_capsule,
+        staging: RX_BUF,
+        budget: usize::MAX,
+        direct_min: DIRECT_READ_MIN,
+    };
     while !stop.load(Ordering::Relaxed) {
         if cs.len() < n {
             match l.accept() {
@@ -383,16 +337,18 @@ fn serve(l: TcpListener, n: usize, w: Wire, data_len: usize, data_span: usize, s
                     if ok.is_err() || rd.add(s.as_raw_fd(), cs.len() as u64).is_err() {
                         continue;
                     }
-                    let mut f = Framer::new();
-                    if spanned {
-                        f.store = Some(Store(span.ptr, span.len));
-                        f.rng = Rng::new(cs.len() as u64 + 1);
-                    }
                     cs.push(SrvConn {
-                        s,
-                        f,
-                        tx: TxQueue::new(4096),
-                        open: true,
+                        rx: Receiver::new(cfg),
+                        c: Srv {
+                            s,
+                            tx: TxQueue::new(4096),
+                            w,
+                            data: span.ptr,
+                            data_len: span.len,
+                            spanned,
+                            rng: Rng::new(cs.len() as u64 + 1),
+                            open: true,
+                        },
                     });
                 }
                 Err(_) if cs.is_empty() => thread::sleep(Duration::from_micros(100)),
@@ -400,117 +356,22 @@ fn serve(l: TcpListener, n: usize, w: Wire, data_len: usize, data_span: usize, s
             }
         }
         ready.fill(false);
-        let n = rd.poll().unwrap_or(0);
-        for k in 0..n {
-            if let Some(r) = ready.get_mut(rd.token(k) as usize) {
+        let _ = rd.poll();
+        for t in rd.tokens() {
+            if let Some(r) = ready.get_mut(t as usize) {
                 *r = true;
             }
         }
-        for (i, c) in cs.iter_mut().enumerate() {
+        for (i, SrvConn { rx, c }) in cs.iter_mut().enumerate() {
             if !c.open {
                 continue;
             }
-            if !ready[i] {
-                if !c.tx.is_empty() && flush(&mut c.s, &mut c.tx, data).is_err() {
-                    c.open = false;
-                }
+            if ready[i] && rx.receive(c, &mut ()).is_err() {
+                c.open = false;
                 continue;
             }
-            let tx = &mut c.tx;
-            let mut on = |u: Unit<'_>| -> Option<Payload> {
-                match u {
-                    Unit::Header(ch, hdr) => match PduType::try_from(ch.pdu_type) {
-                        Ok(PduType::IcReq) => {
-                            // For `--client nvme`: accept the digests asked for.
-                            let resp = IcResp {
-                                pfv: pdu::PFV_1_0,
-                                cpda: 0,
-                                hdgst: w.hdgst,
-                                ddgst: w.ddgst,
-                                maxh2cdata: w.maxh2cdata,
-                            };
-                            tx.push_bytes(&resp.encode());
-                            None
-                        }
-                        Ok(PduType::CapsuleCmd) if hdr.len() >= CAPSULE_CMD_HLEN => {
-                            let sqe = pdu::capsule_cmd_sqe(hdr.try_into().expect("72 bytes"));
-                            if ch.has_data() {
-                                return Some(Payload::Capsule { cid: sqe.cid });
-                            }
-                            let len = sqe.sgl().length;
-                            if sqe.opcode == io_opcode::READ {
-                                let mut h = [0u8; INLINE_MAX];
-                                let hl = pdu::encode_c2h_data_header(
-                                    &DataHeader {
-                                        cccid: sqe.cid,
-                                        ttag: 0,
-                                        datao: 0,
-                                        datal: len,
-                                    },
-                                    true,
-                                    false,
-                                    w.hdgst,
-                                    w.ddgst,
-                                    0,
-                                    &mut h,
-                                );
-                                tx.push_header(h, hl);
-                                let off = if spanned {
-                                    place(&mut rng, data.len(), len as usize, 4096)
-                                } else {
-                                    0
-                                };
-                                tx.push_data(0, off as u32, len);
-                                if w.ddgst {
-                                    tx.push_bytes(&pdu::data_digest(
-                                        &data[off..off + len as usize],
-                                    ));
-                                }
-                                push_resp(tx, sqe.cid, w);
-                            } else if sqe.opcode == io_opcode::WRITE {
-                                let mut b = [0u8; 28];
-                                let n = pdu::encode_r2t(
-                                    &R2t {
-                                        cccid: sqe.cid,
-                                        ttag: sqe.cid,
-                                        r2to: 0,
-                                        r2tl: len,
-                                    },
-                                    w.hdgst,
-                                    &mut b,
-                                );
-                                tx.push_bytes(&b[..n]);
-                            } else {
-                                push_resp(tx, sqe.cid, w);
-                            }
-                            None
-                        }
-                        Ok(PduType::H2CData) => {
-                            let h = DataHeader::parse(hdr);
-                            Some(Payload::H2c {
-                                cid: h.cccid,
-                                last: ch.flags & flags::DATA_LAST != 0,
-                            })
-                        }
-                        _ => None,
-                    },
-                    Unit::PayloadDone(Payload::Capsule { cid })
-                    | Unit::PayloadDone(Payload::H2c { cid, last: true }) => {
-                        push_resp(tx, cid, w);
-                        None
-                    }
-                    Unit::PayloadDone(_) => None,
-                }
-            };
-            match c.f.pump(&mut c.s, w, &mut on) {
-                Ok(true) => {}
-                Ok(false) | Err(_) => {
-                    c.open = false;
-                    continue;
-                }
-            }
-            if flush(&mut c.s, &mut c.tx, data).is_err() {
-                c.open = false;
+            if !c.tx.is_empty() {
+                c.flush();
             }
         }
     }
@@ -518,31 +379,105 @@ fn serve(l: TcpListener, n: usize, w: Wire, data_len: usize, data_span: usize, s
 
 /// The client end of one connection, driven by the engine.
 pub struct RawQueue {
+    rx: Receiver<()>,
+    c: Raw,
+}
+
+/// Everything of the client end but its receiver: what the receiver calls back into.
+struct Raw {
     s: TcpStream,
     w: Wire,
     depth: u16,
     /// One buffer every tag shares: write data out, nothing in.
     data: Vec<u8>,
     free: Vec<u16>,
-    len: Vec<u32>,
-    f: Framer,
     tx: TxQueue,
-    done: Vec<u16>,
+    /// What went wrong in the stream, for `poll` to report.
+    err: Option<String>,
 }
 
 impl RawQueue {
+    /// A client end over `s`; its ICReq is the first thing queued.
     fn new(s: TcpStream, w: Wire, depth: u16, io_size: u32) -> RawQueue {
+        let mut tx = TxQueue::new(usize::from(depth) * 4 + 16);
+        let req = IcReq {
+            pfv: pdu::PFV_1_0,
+            hpda: 0,
+            hdgst: w.hdgst,
+            ddgst: w.ddgst,
+            maxr2t: 0,
+        };
+        tx.push_bytes(&req.encode());
+        let cfg = RxConfig {
+            role: Role::Host,
+            pda: 0,
+            maxh2cdata: 0,
+            in_capsule_max: 0,
+            staging: RX_BUF,
+            budget: usize::MAX,
+            // Read data is dropped: nothing to read it into.
+            direct_min: u32::MAX,
+        };
         RawQueue {
-            s,
-            w,
-            depth,
-            data: vec![0x5Au8; io_size as usize],
-            free: (0..depth).rev().collect(),
-            len: vec![0; usize::from(depth)],
-            f: Framer::new(),
-            tx: TxQueue::new(usize::from(depth) * 4 + 16),
-            done: Vec::with_capacity(usize::from(depth)),
+            rx: Receiver::new(cfg),
+            c: Raw {
+                s,
+                w,
+                depth,
+                data: vec![0x5Au8; io_size as usize],
+                free: (0..depth).rev().collect(),
+                tx,
+                err: None,
+            },
         }
+    }
+}
+
+impl Owner for Raw {
+    type Sink = ();
+    type Stream = TcpStream;
+    type Ctx = Vec<Done>;
+
+    fn stream(&mut self) -> &mut TcpStream {
+        &mut self.s
+    }
+
+    fn payload_buf(&mut self, _: (), _end: u32) -> (&mut TcpStream, Option<&mut [u8]>) {
+        // Read data is only framed (and its digest checked), not kept.
+        (&mut self.s, None)
+    }
+
+    fn on_pdu(&mut self, out: &mut Vec<Done>, pdu: &Pdu, _header: &[u8]) -> Next<()> {
+        match pdu {
+            Pdu::IcResp(_) => Next::Done,
+            Pdu::Response(cqe) => {
+                self.free.push(cqe.cid);
+                out.push(Done {
+                    tag: cqe.cid,
+                    error: None,
+                });
+                Next::Done
+            }
+            Pdu::C2HData { .. } => Next::Payload { sink: (), off: 0 },
+            Pdu::R2T(r) => {
+                let p = self.w.send_params();
+                self.tx
+                    .push_h2c_for_r2t(r, self.w.maxh2cdata, p, r.cccid, &self.data);
+                Next::Done
+            }
+            other => {
+                self.err = Some(format!("unexpected PDU {other:?}"));
+                Next::Stop
+            }
+        }
+    }
+
+    fn on_payload(&mut self, _: &mut Vec<Done>, _: (), _digest_ok: bool) -> Flow {
+        Flow::Continue
+    }
+
+    fn on_error(&mut self, _: &mut Vec<Done>, e: RxError, _header: &[u8]) {
+        self.err = Some(e.to_string());
     }
 }
 
@@ -552,19 +487,19 @@ fn io_err(e: io::Error) -> PerfError {
 
 impl IoQueue for RawQueue {
     fn depth(&self) -> u16 {
-        self.depth
+        self.c.depth
     }
 
     fn alloc(&mut self) -> Option<u16> {
-        self.free.pop()
+        self.c.free.pop()
     }
 
     fn buf(&self, _tag: u16) -> &[u8] {
-        &self.data
+        &self.c.data
     }
 
     fn buf_mut(&mut self, _tag: u16) -> &mut [u8] {
-        &mut self.data
+        &mut self.c.data
     }
 
     fn submit(
@@ -575,9 +510,9 @@ impl IoQueue for RawQueue {
         blocks: u32,
         bytes: u32,
     ) -> Result<(), PerfError> {
-        let w = self.w;
+        let c = &mut self.c;
         let write = op == Op::Write;
-        let in_capsule = write && bytes <= w.in_capsule;
+        let in_capsule = write && bytes <= c.w.in_capsule;
         let mut sqe = Sqe {
             opcode: if write {
                 io_opcode::WRITE
@@ -596,98 +531,34 @@ impl IoQueue for RawQueue {
         } else {
             SglDescriptor::transport(bytes)
         });
-        let mut h = [0u8; INLINE_MAX];
-        let hl = pdu::encode_capsule_cmd_header(
-            &sqe,
-            w.hdgst,
-            w.ddgst,
-            if in_capsule { bytes } else { 0 },
-            0,
-            &mut h,
-        );
-        self.tx.push_header(h, hl);
-        if in_capsule {
-            self.tx.push_data(tag, 0, bytes);
-            if w.ddgst {
-                self.tx
-                    .push_bytes(&pdu::data_digest(&self.data[..bytes as usize]));
-            }
-        }
-        self.len[usize::from(tag)] = bytes;
+        let data = in_capsule.then(|| (tag, &c.data[..bytes as usize]));
+        c.tx.push_capsule(&sqe, c.w.send_params(), data);
         Ok(())
     }
 
     fn poll(&mut self, out: &mut Vec<Done>) -> Result<(), PerfError> {
-        let (tx, data, done, w) = (&mut self.tx, &self.data, &mut self.done, self.w);
-        let mut on = |u: Unit<'_>| -> Option<Payload> {
-            match u {
-                Unit::Header(ch, hdr) => match PduType::try_from(ch.pdu_type) {
-                    Ok(PduType::CapsuleResp) => {
-                        done.push(pdu::capsule_resp_cqe(hdr.try_into().expect("24 bytes")).cid);
-                        None
-                    }
-                    Ok(PduType::C2HData) => Some(Payload::C2h),
-                    Ok(PduType::R2T) => {
-                        let r = R2t::parse(hdr);
-                        let end = r.r2to + r.r2tl;
-                        let mut off = r.r2to;
-                        while off < end {
-                            let n = (end - off).min(w.maxh2cdata);
-                            let mut h = [0u8; INLINE_MAX];
-                            let hl = pdu::encode_h2c_data_header(
-                                &DataHeader {
-                                    cccid: r.cccid,
-                                    ttag: r.ttag,
-                                    datao: off,
-                                    datal: n,
-                                },
-                                off + n == end,
-                                w.hdgst,
-                                w.ddgst,
-                                0,
-                                &mut h,
-                            );
-                            tx.push_header(h, hl);
-                            tx.push_data(r.cccid, off, n);
-                            if w.ddgst {
-                                tx.push_bytes(&pdu::data_digest(
-                                    &data[off as usize..(off + n) as usize],
-                                ));
-                            }
-                            off += n;
-                        }
-                        None
-                    }
-                    _ => None,
-                },
-                Unit::PayloadDone(_) => None,
-            }
-        };
-        match self.f.pump(&mut self.s, w, &mut on) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(PerfError::Setup(
-                    "the limit server closed a connection".into(),
-                ))
-            }
-            Err(e) => return Err(io_err(e)),
+        let res = self.rx.receive(&mut self.c, out);
+        if let Some(e) = self.c.err.take() {
+            return Err(PerfError::Setup(format!("limit connection: {e}")));
         }
-        for cid in self.done.drain(..) {
-            self.free.push(cid);
-            out.push(Done {
-                tag: cid,
-                error: None,
-            });
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(PerfError::Setup(
+                "the limit server closed a connection".into(),
+            )),
+            Err(e) => Err(io_err(e)),
         }
-        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), PerfError> {
-        flush(&mut self.s, &mut self.tx, &self.data).map_err(io_err)
+        let c = &mut self.c;
+        c.tx.send::<MAX_IOV, _, _>(&mut c.s, &mut Shared(&c.data))
+            .map(|_| ())
+            .map_err(io_err)
     }
 
     fn in_flight(&self) -> usize {
-        usize::from(self.depth) - self.free.len()
+        usize::from(self.c.depth) - self.c.free.len()
     }
 
     fn close(self) -> Result<(), PerfError> {
@@ -700,7 +571,7 @@ impl IoQueue for RawQueue {
 
     fn fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
-        Some(self.s.as_raw_fd())
+        Some(self.c.s.as_raw_fd())
     }
 }
 

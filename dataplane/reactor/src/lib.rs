@@ -19,6 +19,7 @@
 //! work or while spinning, and allocates nothing.
 
 mod ctx;
+pub mod readiness;
 mod sys;
 
 use std::os::fd::{AsRawFd, OwnedFd};

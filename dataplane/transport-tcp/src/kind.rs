@@ -47,7 +47,7 @@ impl Transport for TcpTransport {
                         let c = q.controller();
                         ConnectionInfo {
                             transport: NAME.to_string(),
-                            peer: e.conn.peer.clone(),
+                            peer: e.conn.peer().to_string(),
                             reactor: ctx.id(),
                             qid: q.qid(),
                             cntlid: c.map(|c| c.cntlid),

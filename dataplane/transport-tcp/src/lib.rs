@@ -8,7 +8,6 @@
 
 mod conn;
 mod kind;
-mod tx;
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -86,49 +85,28 @@ const LISTENER_TOKEN: u64 = 1 << 32;
 /// Events collected per pass at most; the rest stay ready for the next.
 const READY_EVENTS: usize = 64;
 
-/// An epoll set queried with a zero timeout.
+/// The readiness set of this transport on a reactor ([`lightpool_reactor::readiness`]),
+/// and which connection each fd is.
 struct Readiness {
-    ep: OwnedFd,
-    events: Box<[libc::epoll_event]>,
+    set: lightpool_reactor::readiness::Readiness,
     /// Entry index + 1 of the connection with each fd (0: none).
     by_fd: Vec<u32>,
 }
 
 impl Readiness {
     fn new() -> std::io::Result<Readiness> {
-        // SAFETY: epoll_create1 takes no pointers; a non-negative result is ours.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
         Ok(Readiness {
-            // SAFETY: `fd` was just created and is owned by nobody else.
-            ep: unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; READY_EVENTS].into_boxed_slice(),
+            set: lightpool_reactor::readiness::Readiness::new(READY_EVENTS)?,
             by_fd: Vec::new(),
         })
     }
 
-    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64) -> std::io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
-            u64: token,
-        };
-        // SAFETY: `ev` is a live local the kernel reads; the epoll fd is open.
-        if unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), op, fd, &mut ev) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
     fn add(&mut self, fd: RawFd, token: u64) -> std::io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, token)
+        self.set.add(fd, token)
     }
 
     fn remove(&mut self, fd: RawFd) {
-        // The socket may have been duplicated (hot upgrade), so closing it would not
-        // take it out of the set: remove it explicitly.
-        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0);
+        self.set.remove(fd);
         if let Some(i) = self.by_fd.get_mut(fd as usize) {
             *i = 0;
         }
@@ -144,18 +122,10 @@ impl Readiness {
 
     /// Marks the ready connections; true if a listener is ready.
     fn poll(&mut self, conns: &mut [Entry]) -> bool {
-        // SAFETY: `events` is a live buffer of READY_EVENTS entries the kernel fills.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.ep.as_raw_fd(),
-                self.events.as_mut_ptr(),
-                READY_EVENTS as libc::c_int,
-                0,
-            )
-        };
+        // An error (none is expected of a zero-timeout wait) reads as nothing ready.
+        let _ = self.set.poll();
         let mut listener = false;
-        for ev in self.events.iter().take(n.max(0) as usize) {
-            let token = ev.u64;
+        for token in self.set.tokens() {
             if token & LISTENER_TOKEN != 0 {
                 listener = true;
             } else if let Some(&i) = self.by_fd.get(token as usize) {
@@ -545,7 +515,7 @@ fn rewatch(ctx: &mut Ctx, l: &mut Local) {
                 writable: e.watching_write,
             };
             if let Err(err) = ctx.register_fd(e.fd, interest) {
-                tracing::error!(peer = %e.conn.peer, error = %err, "cannot watch a connection");
+                tracing::error!(peer = %e.conn.peer(), error = %err, "cannot watch a connection");
             }
         }
         for a in &l.acceptors {
@@ -561,7 +531,7 @@ fn add_conn(ctx: &mut Ctx, conn: Conn<TcpStream>, frozen: bool) {
     let unwatched = LOCAL.with(|l| l.borrow().unwatched);
     if !unwatched {
         if let Err(e) = ctx.register_fd(fd, Interest::READABLE) {
-            tracing::error!(peer = %conn.peer, error = %e, "cannot watch a connection");
+            tracing::error!(peer = %conn.peer(), error = %e, "cannot watch a connection");
             return;
         }
     }
@@ -574,7 +544,7 @@ fn add_conn(ctx: &mut Ctx, conn: Conn<TcpStream>, frozen: bool) {
         }
         if let Some(r) = readiness(&mut l) {
             if let Err(e) = r.add(fd, fd as u64) {
-                tracing::warn!(peer = %conn.peer, error = %e, "cannot add a connection to the readiness set");
+                tracing::warn!(peer = %conn.peer(), error = %e, "cannot add a connection to the readiness set");
             }
         }
         let index = l.conns.len();
@@ -682,7 +652,7 @@ impl Poller for TcpPoller {
                     if let Some(r) = l.ready.as_mut() {
                         r.remove(e.fd);
                     }
-                    tracing::debug!(peer = %e.conn.peer, "connection closed");
+                    tracing::debug!(peer = %e.conn.peer(), "connection closed");
                     l.conns.swap_remove(i);
                     if let (Some(r), Some(moved)) = (l.ready.as_mut(), l.conns.get(i)) {
                         r.set_index(moved.fd, i);
@@ -690,8 +660,8 @@ impl Poller for TcpPoller {
                     busy = true;
                     continue;
                 }
-                if e.conn.blocked_on_write != e.watching_write {
-                    e.watching_write = e.conn.blocked_on_write;
+                if e.conn.blocked_on_write() != e.watching_write {
+                    e.watching_write = e.conn.blocked_on_write();
                     let interest = Interest {
                         readable: true,
                         writable: e.watching_write,

@@ -1,12 +1,13 @@
 //! A userspace NVMe/TCP host: queue pairs ([`Qpair`]) and the controller they belong
 //! to ([`Controller`]: admin queue, enable, Identify, keep-alive, discovery, shutdown).
 //!
-//! Wire types and encoders all come from `lightpool-spec`; this module only sequences
-//! them. Interoperates with `lightpool-target` and the Linux kernel's nvmet-tcp.
+//! Wire types and encoders come from `lightpool-spec`, the framing (receive state
+//! machine, send queue) from `lightpool-tcp-framing`, the same the target runs; this
+//! module only sequences them. Interoperates with `lightpool-target` and the Linux
+//! kernel's nvmet-tcp.
 
 mod ctrlr;
 mod qpair;
-pub(crate) mod tx;
 
 use std::io;
 use std::net::SocketAddr;

@@ -7,9 +7,9 @@ use std::time::Instant;
 use lightpool_nvmf::region::objects::{QueuePause, RegionImage};
 use lightpool_nvmf::region::{Region, RxPos};
 use lightpool_nvmf::{NvmfQueue, Target, Xfer};
-use lightpool_spec::tcp::{CommonHeader, PduType, COMMON_HEADER_SIZE, DIGEST_SIZE};
+use lightpool_tcp_framing::{Digests, Receiver, RxSnapshot, RxState};
 
-use super::{Conn, Params, Phase, Rx, Sink, Stream, TcpReq};
+use super::{rx_config, Conn, Params, Phase, Sink, Stream, TcpReq};
 
 /// One connection as a hot upgrade carries it to the next binary, beside its queue's
 /// record in the state region (queue identity, SQ head, slot states and command IDs,
@@ -52,7 +52,7 @@ mod rxpos {
 }
 
 /// The receive state as the region records it.
-fn rx_pos(state: &Rx, hdr_have: usize, staged: usize) -> RxPos {
+fn rx_pos(state: &RxState<Sink>, hdr_have: usize, staged: usize) -> RxPos {
     let mut p = RxPos {
         hdr_have: hdr_have as u16,
         staged: staged as u32,
@@ -71,21 +71,23 @@ fn rx_pos(state: &Rx, hdr_have: usize, staged: usize) -> RxPos {
         Sink::Discard => p.sink = rxpos::SINK_DISCARD,
     };
     match *state {
-        Rx::Ch => p.kind = rxpos::CH,
-        Rx::Hdr { .. } => p.kind = rxpos::HDR,
-        Rx::Pad {
+        RxState::Ch => p.kind = rxpos::CH,
+        RxState::Hdr => p.kind = rxpos::HDR,
+        RxState::Pad {
             left,
             sink,
             data,
             ddgst,
+            ..
         } => {
+            // The offset the data starts at follows from the sink (see rx_from_pos).
             p.kind = rxpos::PAD;
             sink_of(&mut p, sink);
             p.left = left;
             p.data = data;
             p.ddgst = u8::from(ddgst);
         }
-        Rx::Data {
+        RxState::Data {
             sink,
             off,
             left,
@@ -99,7 +101,7 @@ fn rx_pos(state: &Rx, hdr_have: usize, staged: usize) -> RxPos {
             p.ddgst = u8::from(ddgst);
             p.crc = crc;
         }
-        Rx::Ddgst {
+        RxState::Ddgst {
             sink,
             have,
             crc,
@@ -111,13 +113,14 @@ fn rx_pos(state: &Rx, hdr_have: usize, staged: usize) -> RxPos {
             p.crc = crc;
             p.digest = digest;
         }
-        Rx::Dead => p.kind = rxpos::DEAD,
+        RxState::Dead => p.kind = rxpos::DEAD,
     }
     p
 }
 
-/// The receive state back from the region; `hdr` is the header bytes gathered so far.
-fn rx_from_pos(p: &RxPos, hdr: &[u8]) -> Result<Rx, String> {
+/// The receive state back from the region (the framing checks the header bytes and
+/// the digest position when it imports it).
+fn rx_from_pos(p: &RxPos) -> Result<RxState<Sink>, String> {
     let sink = || match p.sink {
         rxpos::SINK_CAPSULE => Ok(Sink::Capsule { slot: p.slot }),
         rxpos::SINK_H2C => Ok(Sink::H2c {
@@ -128,41 +131,39 @@ fn rx_from_pos(p: &RxPos, hdr: &[u8]) -> Result<Rx, String> {
         k => Err(format!("unknown receive sink {k}")),
     };
     Ok(match p.kind {
-        rxpos::CH => Rx::Ch,
-        rxpos::HDR => {
-            let ch: &[u8; COMMON_HEADER_SIZE] = hdr
-                .get(..COMMON_HEADER_SIZE)
-                .and_then(|h| h.try_into().ok())
-                .ok_or("a header in progress without its common header")?;
-            let ch = CommonHeader::parse(ch);
-            let t = PduType::try_from(ch.pdu_type).map_err(|_| "header of an unknown PDU type")?;
-            Rx::Hdr { ch, t }
+        rxpos::CH => RxState::Ch,
+        rxpos::HDR => RxState::Hdr,
+        rxpos::PAD => {
+            let sink = sink()?;
+            // In-capsule data starts at 0; H2CData at DATAO, which is END - DATAL.
+            let off = match sink {
+                Sink::H2c { end, .. } => end
+                    .checked_sub(p.data)
+                    .ok_or("H2CData that ends before it starts")?,
+                Sink::Capsule { .. } | Sink::Discard => 0,
+            };
+            RxState::Pad {
+                left: p.left,
+                sink,
+                off,
+                data: p.data,
+                ddgst: p.ddgst != 0,
+            }
         }
-        rxpos::PAD => Rx::Pad {
-            left: p.left,
-            sink: sink()?,
-            data: p.data,
-            ddgst: p.ddgst != 0,
-        },
-        rxpos::DATA => Rx::Data {
+        rxpos::DATA => RxState::Data {
             sink: sink()?,
             off: p.off,
             left: p.left,
             ddgst: p.ddgst != 0,
             crc: p.crc,
         },
-        rxpos::DDGST => {
-            if usize::from(p.have) >= DIGEST_SIZE {
-                return Err(format!("{} digest bytes gathered", p.have));
-            }
-            Rx::Ddgst {
-                sink: sink()?,
-                have: p.have,
-                crc: p.crc,
-                digest: p.digest,
-            }
-        }
-        rxpos::DEAD => Rx::Dead,
+        rxpos::DDGST => RxState::Ddgst {
+            sink: sink()?,
+            have: p.have,
+            crc: p.crc,
+            digest: p.digest,
+        },
+        rxpos::DEAD => RxState::Dead,
         k => return Err(format!("unknown receive state {k}")),
     })
 }
@@ -170,28 +171,28 @@ fn rx_from_pos(p: &RxPos, hdr: &[u8]) -> Result<Rx, String> {
 impl<S: Stream> Conn<S> {
     /// Stop starting commands (they are received and held); what runs finishes.
     pub fn quiesce(&mut self) {
-        self.q.quiesce();
+        self.c.q.quiesce();
     }
 
     /// Start held commands and take new ones again.
     pub fn resume(&mut self, now: Instant) {
-        self.q.resume(now);
+        self.c.q.resume(now);
     }
 
     /// Nothing running, nothing left to send, not closing: the state can be exported.
     pub fn is_drained(&self) -> bool {
-        self.phase == Phase::Active && self.q.is_drained() && self.tx.is_empty()
+        self.c.phase == Phase::Active && self.c.q.is_drained() && self.c.tx.is_empty()
     }
 
     /// Store where the receive state machine stands into the queue's record (plain
     /// stores, once per poll).
     #[inline]
     pub(super) fn publish_rx(&self) {
-        if let Some(m) = self.q.shm() {
+        if let Some(m) = self.c.q.shm() {
             m.set_rx(&rx_pos(
-                &self.state,
-                self.hdr_have,
-                self.rx_end - self.rx_start,
+                &self.rx.state(),
+                self.rx.header().len(),
+                self.rx.staged().len(),
             ));
         }
     }
@@ -200,19 +201,19 @@ impl<S: Stream> Conn<S> {
     pub fn export(&self, now: Instant) -> Result<ConnSnapshot, lightpool_nvmf::NvmfError> {
         self.publish_rx();
         // Bytes of each request's buffer that hold data received so far.
-        let receiving = match self.state {
-            Rx::Data {
+        let receiving = match self.rx.state() {
+            RxState::Data {
                 sink: Sink::Capsule { slot } | Sink::H2c { slot, .. },
                 off,
                 ..
             } => Some((slot, off)),
-            Rx::Ddgst {
+            RxState::Ddgst {
                 sink: Sink::Capsule { slot },
                 ..
             } => Some((slot, u32::MAX)),
             _ => None,
         };
-        let queue = self.q.export_pause(now, |slot, r| {
+        let queue = self.c.q.export_pause(now, |slot, r| {
             let full = match r.xfer {
                 Xfer::H2C { len, .. } => len as usize,
                 _ => 0,
@@ -231,13 +232,13 @@ impl<S: Stream> Conn<S> {
         let tr = queue
             .slots
             .iter()
-            .map(|ss| (ss.index, self.q.req_ref(ss.index).tr))
+            .map(|ss| (ss.index, self.c.q.req_ref(ss.index).tr))
             .collect();
         Ok(ConnSnapshot {
-            peer: self.peer.clone(),
-            params: self.p,
-            hdr: self.hdr[..self.hdr_have].to_vec(),
-            staged: self.rx[self.rx_start..self.rx_end].to_vec(),
+            peer: self.c.peer.clone(),
+            params: self.c.p,
+            hdr: self.rx.header().to_vec(),
+            staged: self.rx.staged().to_vec(),
             queue,
             tr,
         })
@@ -256,19 +257,16 @@ impl<S: Stream> Conn<S> {
     ) -> Result<Conn<S>, lightpool_nvmf::NvmfError> {
         let mut c = Conn::new(s, target.clone(), snap.peer.clone());
         let (q, rec) = NvmfQueue::import_from_region(target, region, image, &snap.queue, now)?;
-        c.q = q;
+        c.c.q = q;
         for (slot, tr) in &snap.tr {
-            if let Some(r) = c.q.try_req(*slot) {
+            if let Some(r) = c.c.q.try_req(*slot) {
                 r.tr = *tr;
             }
         }
-        c.p = snap.params;
+        c.c.p = snap.params;
         let bad = |what: &str| {
             lightpool_nvmf::NvmfError::Invalid(format!("connection {}: {what}", snap.peer))
         };
-        if snap.hdr.len() > c.hdr.len() || snap.staged.len() > c.rx.len() {
-            return Err(bad("receive buffers larger than this binary's"));
-        }
         if usize::from(rec.rx.hdr_have) != snap.hdr.len()
             || rec.rx.staged as usize != snap.staged.len()
         {
@@ -276,15 +274,24 @@ impl<S: Stream> Conn<S> {
                 "the receive position in the region does not match the bytes handed over",
             ));
         }
-        c.hdr[..snap.hdr.len()].copy_from_slice(&snap.hdr);
-        c.hdr_have = snap.hdr.len();
-        c.rx[..snap.staged.len()].copy_from_slice(&snap.staged);
-        c.rx_start = 0;
-        c.rx_end = snap.staged.len();
-        c.state = rx_from_pos(&rec.rx, &snap.hdr).map_err(|e| bad(&e))?;
-        if let Rx::Pad { sink, .. } | Rx::Data { sink, .. } | Rx::Ddgst { sink, .. } = c.state {
+        let rx = RxSnapshot {
+            state: rx_from_pos(&rec.rx).map_err(|e| bad(&e))?,
+            digests: Digests {
+                header: snap.params.hdgst,
+                data: snap.params.ddgst,
+            },
+            connected: snap.params.initialized,
+            hdr: snap.hdr.clone(),
+            staged: snap.staged.clone(),
+        };
+        let cfg = rx_config(c.rx.config().in_capsule_max);
+        c.rx = Receiver::import(cfg, &rx).map_err(|e| bad(&e.to_string()))?;
+        if let RxState::Pad { sink, .. }
+        | RxState::Data { sink, .. }
+        | RxState::Ddgst { sink, .. } = c.rx.state()
+        {
             if let Sink::Capsule { slot } | Sink::H2c { slot, .. } = sink {
-                if c.q.try_req(slot).is_none() {
+                if c.c.q.try_req(slot).is_none() {
                     return Err(bad("receiving into a slot that is not in use"));
                 }
             }
@@ -299,38 +306,45 @@ mod tests {
 
     #[test]
     fn every_receive_state_survives_the_region_encoding() {
-        let hdr = [0x04, 0, 72, 0, 72, 0, 0, 0];
         let states = [
-            Rx::Ch,
-            Rx::Hdr {
-                ch: CommonHeader::parse(&hdr),
-                t: PduType::CapsuleCmd,
-            },
-            Rx::Pad {
+            RxState::Ch,
+            RxState::Hdr,
+            RxState::Pad {
                 left: 3,
                 sink: Sink::Capsule { slot: 7 },
+                off: 0,
                 data: 4096,
                 ddgst: true,
             },
-            Rx::Data {
+            RxState::Pad {
+                left: 8,
+                sink: Sink::H2c {
+                    slot: 2,
+                    end: 12288,
+                },
+                off: 8192,
+                data: 4096,
+                ddgst: false,
+            },
+            RxState::Data {
                 sink: Sink::H2c { slot: 2, end: 8192 },
                 off: 100,
                 left: 4000,
                 ddgst: false,
                 crc: 0xDEAD_BEEF,
             },
-            Rx::Ddgst {
+            RxState::Ddgst {
                 sink: Sink::Discard,
                 have: 2,
                 crc: 0x1234_5678,
                 digest: [1, 2, 0, 0],
             },
-            Rx::Dead,
+            RxState::Dead,
         ];
         for st in states {
-            let p = rx_pos(&st, hdr.len(), 12);
+            let p = rx_pos(&st, 8, 12);
             assert_eq!((p.hdr_have, p.staged), (8, 12));
-            assert_eq!(rx_from_pos(&p, &hdr).expect("decodes"), st, "{st:?}");
+            assert_eq!(rx_from_pos(&p).expect("decodes"), st, "{st:?}");
         }
     }
 
@@ -340,23 +354,45 @@ mod tests {
             kind: 9,
             ..RxPos::default()
         };
-        assert!(rx_from_pos(&bad_kind, &[]).is_err());
+        assert!(rx_from_pos(&bad_kind).is_err());
         let bad_sink = RxPos {
             kind: rxpos::DATA,
             sink: 7,
             ..RxPos::default()
         };
-        assert!(rx_from_pos(&bad_sink, &[]).is_err());
+        assert!(rx_from_pos(&bad_sink).is_err());
+        let backwards = RxPos {
+            kind: rxpos::PAD,
+            sink: rxpos::SINK_H2C,
+            end: 100,
+            data: 200,
+            ..RxPos::default()
+        };
+        assert!(rx_from_pos(&backwards).is_err());
+        // What the framing refuses on import (a digest overrun, a header without its
+        // common header) is the framing's to test; here the whole path is checked.
+        let cfg = rx_config(8192);
         let digest_overrun = RxPos {
             kind: rxpos::DDGST,
             have: 4,
             ..RxPos::default()
         };
-        assert!(rx_from_pos(&digest_overrun, &[]).is_err());
         let header_without_bytes = RxPos {
             kind: rxpos::HDR,
             ..RxPos::default()
         };
-        assert!(rx_from_pos(&header_without_bytes, &[0x04, 0]).is_err());
+        for (p, hdr) in [
+            (digest_overrun, vec![]),
+            (header_without_bytes, vec![0x04, 0]),
+        ] {
+            let snap = RxSnapshot {
+                state: rx_from_pos(&p).expect("a known state"),
+                digests: Digests::default(),
+                connected: true,
+                hdr,
+                staged: Vec::new(),
+            };
+            assert!(Receiver::import(cfg, &snap).is_err(), "{p:?}");
+        }
     }
 }

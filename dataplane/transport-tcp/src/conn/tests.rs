@@ -263,18 +263,18 @@ impl Harness {
 
     /// Feed bytes, poll until quiet, return the PDUs sent since last time.
     fn send(&mut self, bytes: &[u8]) -> Vec<Out> {
-        self.conn.s.input.extend(bytes);
+        self.conn.c.s.input.extend(bytes);
         for _ in 0..100_000 {
             let w = self.conn.poll(Instant::now());
-            if w == 0 && self.conn.s.input.is_empty() && !self.conn.has_pending_work() {
+            if w == 0 && self.conn.c.s.input.is_empty() && !self.conn.has_pending_work() {
                 break;
             }
             if self.conn.is_closed() {
                 break;
             }
         }
-        let out = parse_out(&self.conn.s.out[self.seen..], self.host);
-        self.seen = self.conn.s.out.len();
+        let out = parse_out(&self.conn.c.s.out[self.seen..], self.host);
+        self.seen = self.conn.c.s.out.len();
         out
     }
 
@@ -679,7 +679,7 @@ fn truncated_pdu_then_eof_closes_quietly() {
         &rw(io_opcode::READ, 1, 1, 0, 1, SGL_TRANSPORT_DATA_BLOCK, 512),
         &[],
     );
-    h.conn.s.eof = true;
+    h.conn.c.s.eof = true;
     let out = h.send(&full[..30]);
     assert!(out.is_empty(), "{out:?}");
     assert!(h.conn.is_closed());

@@ -1,17 +1,14 @@
 //! The blocking side of a queue pair: TCP connect, ICReq/ICResp, Fabrics Connect,
 //! commands waited for one at a time (admin queue), Disconnect.
 
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use lightpool_spec::fabrics::{self, ConnectCommand, ConnectData};
 use lightpool_spec::nvme::Sqe;
 use lightpool_spec::status::{command_specific as cs, sct};
-use lightpool_spec::tcp::{
-    self as pdu, CommonHeader, IcReq, IcResp, PduType, Role, COMMON_HEADER_SIZE, IC_PDU_SIZE,
-    MAX_PDA,
-};
+use lightpool_spec::tcp::{self as pdu, IcReq};
 
 use super::{Completion, Dir, Negotiated, Qpair, QpairConfig, BLOCKING_SLICE, HPDA};
 use crate::initiator::InitiatorError;
@@ -32,7 +29,7 @@ impl Qpair<TcpStream> {
         let io = |e| InitiatorError::io(addr, e);
         s.set_nodelay(true).map_err(io)?;
         s.set_write_timeout(Some(timeout)).map_err(io)?;
-        s.set_read_timeout(Some(timeout)).map_err(io)?;
+        s.set_read_timeout(Some(BLOCKING_SLICE)).map_err(io)?;
         let req = IcReq {
             pfv: pdu::PFV_1_0,
             hpda: HPDA,
@@ -41,95 +38,48 @@ impl Qpair<TcpStream> {
             maxr2t: 0,
         };
         s.write_all(&req.encode()).map_err(io)?;
-        let mut ch = [0u8; COMMON_HEADER_SIZE];
-        read_exact(&mut s, &mut ch, addr, "ICResp")?;
-        let c = CommonHeader::parse(&ch);
-        let proto = |msg: String| InitiatorError::Protocol { addr, qid: 0, msg };
-        match pdu::validate_header_for(Role::Host, &c, false, false, 0, 0) {
-            Ok(PduType::IcResp) => {}
-            Ok(PduType::C2HTermReq) => {
-                let mut rest = vec![0u8; c.plen as usize - COMMON_HEADER_SIZE];
-                read_exact(&mut s, &mut rest, addr, "C2HTermReq")?;
-                let mut all = ch.to_vec();
-                all.extend_from_slice(&rest);
-                let tr = pdu::TermReq::parse(&all);
-                return Err(InitiatorError::Terminated {
-                    addr,
-                    qid: 0,
-                    fes: tr.fes,
-                    fei: tr.fei,
-                });
-            }
-            _ => {
-                let shown = if ch.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
-                    format!("{:?}", String::from_utf8_lossy(&ch))
-                } else {
-                    format!("{ch:02x?}")
-                };
-                return Err(proto(format!(
-                    "expected an ICResp but the peer sent {shown}; is this an NVMe/TCP target?"
-                )));
-            }
-        }
-        let mut b = [0u8; IC_PDU_SIZE];
-        b[..COMMON_HEADER_SIZE].copy_from_slice(&ch);
-        read_exact(&mut s, &mut b[COMMON_HEADER_SIZE..], addr, "ICResp")?;
-        let r = IcResp::parse(&b);
-        if r.pfv != pdu::PFV_1_0 {
-            return Err(proto(format!(
-                "ICResp PDU format version {} is not 1.0",
-                r.pfv
-            )));
-        }
-        if r.cpda > MAX_PDA {
-            return Err(proto(format!("ICResp CPDA {} is out of range", r.cpda)));
-        }
-        if r.maxh2cdata < 4096 || !r.maxh2cdata.is_multiple_of(4) {
-            return Err(proto(format!(
-                "ICResp MAXH2CDATA {} is invalid",
-                r.maxh2cdata
-            )));
-        }
-        for (asked, got, what) in [(hdgst, r.hdgst, "header"), (ddgst, r.ddgst, "data")] {
-            if asked != got {
-                return Err(InitiatorError::Unsupported(format!(
-                    "{addr}: {what} digests {} by the target",
-                    if asked {
-                        "were refused"
-                    } else {
-                        "were turned on unasked"
-                    }
-                )));
-            }
-        }
-        s.set_read_timeout(Some(BLOCKING_SLICE)).map_err(io)?;
-        let p = Negotiated {
+        // The ICResp (checked against what was asked) comes through the receiver like
+        // every other PDU.
+        let asked = Negotiated {
             hdgst,
             ddgst,
-            cpda: r.cpda,
-            maxh2cdata: r.maxh2cdata,
+            ..Negotiated::default()
         };
-        Ok(Qpair::new(s, addr, p, cfg))
+        let mut q = Qpair::unconnected(s, addr, asked, cfg);
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while !q.c.negotiated {
+            q.poll(&mut out)?;
+            if !q.c.negotiated && Instant::now() > deadline {
+                return Err(InitiatorError::Timeout {
+                    addr,
+                    what: "ICResp".to_string(),
+                    timeout,
+                });
+            }
+        }
+        Ok(q)
     }
 
     /// The socket, for readiness polling.
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
-        self.s.as_raw_fd()
+        self.c.s.as_raw_fd()
     }
 
     /// Switches to non-blocking I/O for the load loop.
     pub fn set_nonblocking(&mut self) -> Result<(), InitiatorError> {
-        self.s
+        self.c
+            .s
             .set_nonblocking(true)
-            .map_err(|e| InitiatorError::io(self.peer, e))
+            .map_err(|e| InitiatorError::io(self.c.peer, e))
     }
 
     /// Back to blocking I/O (with a short read timeout) for admin-style waits.
     pub fn set_blocking(&mut self) -> Result<(), InitiatorError> {
-        let io = |e| InitiatorError::io(self.peer, e);
-        self.s.set_nonblocking(false).map_err(io)?;
-        self.s.set_read_timeout(Some(BLOCKING_SLICE)).map_err(io)
+        let io = |e| InitiatorError::io(self.c.peer, e);
+        self.c.s.set_nonblocking(false).map_err(io)?;
+        self.c.s.set_read_timeout(Some(BLOCKING_SLICE)).map_err(io)
     }
 
     /// Submits `sqe` and waits for its completion (blocking mode only). `data` is
@@ -143,9 +93,10 @@ impl Qpair<TcpStream> {
         timeout: Duration,
         what: &str,
     ) -> Result<Completion, InitiatorError> {
-        let cid = self
-            .alloc()
-            .ok_or_else(|| self.err_protocol(format!("no free command slot for {what}")))?;
+        let cid = self.alloc().ok_or_else(|| {
+            self.c
+                .err_protocol(format!("no free command slot for {what}"))
+        })?;
         if let Some(d) = data {
             self.buf_mut(cid)[..d.len()].copy_from_slice(d);
         }
@@ -161,7 +112,7 @@ impl Qpair<TcpStream> {
             }
             if Instant::now() > deadline {
                 return Err(InitiatorError::Timeout {
-                    addr: self.peer,
+                    addr: self.c.peer,
                     what: what.to_string(),
                     timeout,
                 });
@@ -199,7 +150,7 @@ impl Qpair<TcpStream> {
         };
         // Connect data always travels in the capsule (targets such as Linux nvmet
         // serve no R2T before the queue is connected), whatever writes do later.
-        let force_r2t = std::mem::replace(&mut self.cfg.force_r2t, false);
+        let force_r2t = std::mem::replace(&mut self.c.cfg.force_r2t, false);
         let res = self.execute(
             sqe,
             Dir::Write,
@@ -208,16 +159,16 @@ impl Qpair<TcpStream> {
             timeout,
             &what,
         );
-        self.cfg.force_r2t = force_r2t;
+        self.c.cfg.force_r2t = force_r2t;
         let c = res?;
         if !c.status.is_success() {
             return Err(InitiatorError::Refused {
-                addr: self.peer,
+                addr: self.c.peer,
                 subnqn: subnqn.to_string(),
                 why: connect_failure(c, qid, entries, cntlid, subnqn, hostnqn),
             });
         }
-        self.qid = qid;
+        self.c.qid = qid;
         Ok((c.dw0 & 0xFFFF) as u16)
     }
 
@@ -228,7 +179,7 @@ impl Qpair<TcpStream> {
         timeout: Duration,
     ) -> Result<(), InitiatorError> {
         self.set_blocking()?;
-        if send_disconnect && self.in_flight == 0 {
+        if send_disconnect && self.c.slab.in_flight == 0 {
             let c = self.execute(
                 fabrics::disconnect_sqe(0),
                 Dir::None,
@@ -239,32 +190,15 @@ impl Qpair<TcpStream> {
             )?;
             if !c.status.is_success() {
                 return Err(InitiatorError::Command {
-                    addr: self.peer,
-                    what: format!("Disconnect of queue {}", self.qid),
+                    addr: self.c.peer,
+                    what: format!("Disconnect of queue {}", self.c.qid),
                     status: c.status,
                 });
             }
         }
-        let _ = self.s.shutdown(std::net::Shutdown::Both);
+        let _ = self.c.s.shutdown(std::net::Shutdown::Both);
         Ok(())
     }
-}
-
-fn read_exact(
-    s: &mut TcpStream,
-    buf: &mut [u8],
-    addr: SocketAddr,
-    what: &str,
-) -> Result<(), InitiatorError> {
-    s.read_exact(buf).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => InitiatorError::Closed { addr },
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => InitiatorError::Timeout {
-            addr,
-            what: what.to_string(),
-            timeout: s.read_timeout().ok().flatten().unwrap_or_default(),
-        },
-        _ => InitiatorError::io(addr, e),
-    })
 }
 
 /// Why a Connect was refused, in words.

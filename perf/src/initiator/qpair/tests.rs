@@ -38,7 +38,7 @@ impl Stream for Script {
         Ok(n)
     }
 
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    fn writev(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let mut n = 0;
         for b in bufs {
             self.written.extend_from_slice(b);
@@ -131,12 +131,12 @@ fn feed(
     size: usize,
 ) -> Result<Vec<Completion>, InitiatorError> {
     for c in bytes.chunks(size.max(1)) {
-        q.s.chunks.push_back(c.to_vec());
+        q.c.s.chunks.push_back(c.to_vec());
     }
     let mut out = Vec::new();
     for _ in 0..bytes.len() + 2 {
         q.poll(&mut out)?;
-        if q.s.chunks.is_empty() {
+        if q.c.s.chunks.is_empty() {
             break;
         }
     }
@@ -183,7 +183,7 @@ fn many_reads_coalesced_in_one_buffer() {
     }
     q.flush().expect("flush");
     // Four capsules of 72 bytes went out in one flush.
-    assert_eq!(q.s.written.len(), 4 * 72);
+    assert_eq!(q.c.s.written.len(), 4 * 72);
     let out = feed(&mut q, &bytes, bytes.len()).expect("ok");
     assert_eq!(out.iter().map(|c| c.cid).collect::<Vec<_>>(), cids);
     for (i, cid) in cids.iter().enumerate() {
@@ -260,7 +260,7 @@ fn in_capsule_write_goes_out_with_its_data_and_digest() {
     q.submit(cid, rw_sqe(io_opcode::WRITE, 4096), Dir::Write, 4096)
         .expect("submit");
     q.flush().expect("flush");
-    let w = &q.s.written;
+    let w = &q.c.s.written;
     let ch = CommonHeader::parse(w[..8].try_into().expect("8"));
     assert_eq!(ch.pdu_type, PduType::CapsuleCmd as u8);
     assert_eq!(ch.flags, flags::HDGSTF | flags::DDGSTF);
@@ -287,10 +287,10 @@ fn r2t_write_sends_h2c_pdus_split_at_maxh2cdata() {
             .expect("submit");
         q.flush().expect("flush");
         // Above the 8 KiB in-capsule limit: a bare capsule with a transport SGL.
-        assert_eq!(q.s.written.len(), 72);
-        let sqe = pdu::capsule_cmd_sqe(q.s.written[..72].try_into().expect("72"));
+        assert_eq!(q.c.s.written.len(), 72);
+        let sqe = pdu::capsule_cmd_sqe(q.c.s.written[..72].try_into().expect("72"));
         assert_eq!(sqe.sgl(), SglDescriptor::transport(20480));
-        q.s.written.clear();
+        q.c.s.written.clear();
         let mut r = [0u8; 28];
         let n = pdu::encode_r2t(
             &R2t {
@@ -306,7 +306,7 @@ fn r2t_write_sends_h2c_pdus_split_at_maxh2cdata() {
         assert!(out.is_empty());
         q.flush().expect("flush");
         // 8192 + 8192 + 4096, each with its header and data digest.
-        let w = q.s.written.clone();
+        let w = q.c.s.written.clone();
         let mut at = 0;
         let mut got = Vec::new();
         for (i, want_len) in [8192u32, 8192, 4096].iter().enumerate() {
@@ -391,7 +391,7 @@ fn termination_and_bad_pdus_are_fatal_with_reasons() {
 
     // The stream ends.
     let mut q = qpair(false, false);
-    q.s.chunks.push_back(Vec::new());
+    q.c.s.chunks.push_back(Vec::new());
     let err = q.poll(&mut Vec::new()).expect_err("closed");
     assert!(matches!(err, InitiatorError::Closed { .. }));
 }
