@@ -140,13 +140,13 @@ impl<T> Request<T> {
 
     /// Controller-to-host data ready to send.
     pub fn c2h_data(&self) -> &[u8] {
+        // A reference is exactly the read's data (`c2h_len` bytes).
         if let Some(d) = &self.c2h_ext {
             // SAFETY: the reference came from one of the queue's channels, which live as
             // long as the queue and so outlast this borrow of one of its slots; the
             // bytes are only sent (copied into the socket), and a concurrent write to
             // the same blocks from another queue is the host's race, as on a disk.
-            let data = unsafe { d.as_slice() };
-            return &data[..(self.c2h_len as usize).min(data.len())];
+            return unsafe { d.as_slice() };
         }
         match self.buf.get() {
             Some(b) => &b.as_slice()[..self.c2h_len as usize],
