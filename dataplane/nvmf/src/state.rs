@@ -358,7 +358,7 @@ impl<T: Default> NvmfQueue<T> {
                     continue;
                 }
             };
-            let n = valid(i as u16, r).min(r.buf.as_ref().map_or(0, |b| b.len()));
+            let n = valid(i as u16, r).min(r.buf.get().map_or(0, |b| b.len()));
             slots.push(SlotSnapshot {
                 index: i as u16,
                 sqe: r.sqe.to_bytes().to_vec(),
@@ -370,7 +370,7 @@ impl<T: Default> NvmfQueue<T> {
                 state,
                 data: r
                     .buf
-                    .as_ref()
+                    .get()
                     .map_or_else(Vec::new, |b| b.as_slice()[..n].to_vec()),
             });
         }
@@ -440,7 +440,8 @@ impl<T: Default> NvmfQueue<T> {
             }
             .max(ss.data.len());
             if want > 0 {
-                r.buf_mut(want)[..ss.data.len()].copy_from_slice(&ss.data);
+                // Not in a pool buffer: the predecessor may still use those pages.
+                r.own_buf_mut(want)[..ss.data.len()].copy_from_slice(&ss.data);
             }
             r.state = match ss.state {
                 ST_HELD => SlotState::Held,

@@ -69,9 +69,6 @@ pub struct Namespace {
     pub nguid: [u8; 16],
     pub uuid: [u8; 16],
     pub anagrpid: u32,
-    /// The device's memory when it is RAM in this process: reads are sent from it by
-    /// reference and writes copied into it at once, with no channel in between.
-    pub mem: Option<lightpool_bdev::DeviceMemory>,
 }
 
 /// One ANA group: its state is what every namespace in it reports.
@@ -218,7 +215,6 @@ impl Subsystem {
                 nguid: ns.nguid.unwrap_or_else(|| derive_id(&nqn, ns.nsid, 0)),
                 uuid: ns.uuid.unwrap_or_else(|| derive_id(&nqn, ns.nsid, 1)),
                 anagrpid,
-                mem: ns.bdev.memory(),
             }));
         }
         namespaces.sort_by_key(|n| n.nsid);

@@ -1,8 +1,11 @@
 //! The target: every subsystem and listener this process serves.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
+use lightpool_dma::DmaPool;
+
+use crate::buf::BufSource;
 use crate::region::Region;
 
 use crate::subsystem::{Subsystem, SubsystemConfig};
@@ -88,6 +91,9 @@ pub struct Target {
     genctr: AtomicU64,
     /// The state region everything is recorded in, once attached.
     region: OnceLock<Arc<Region>>,
+    /// Where new queues take their request buffers from; `None` until the first queue
+    /// or a device's pool (see [`Target::buffers`]).
+    buffers: Mutex<Option<Arc<BufSource>>>,
 }
 
 impl Target {
@@ -100,11 +106,34 @@ impl Target {
             listeners: RwLock::new(Vec::new()),
             genctr: AtomicU64::new(1),
             region: OnceLock::new(),
+            buffers: Mutex::new(None),
         }))
+    }
+
+    /// Take request buffers from `pool` (a device's DMA pool, which the device then
+    /// reads and writes without a bounce copy) in every queue made from now on; queues
+    /// that exist keep the buffers they have. Control path only.
+    pub fn use_buffer_pool(&self, pool: Arc<DmaPool>) {
+        let mut b = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        if b.as_ref().is_some_and(|s| s.is_pool(&pool)) {
+            return;
+        }
+        tracing::info!(?pool, "request buffers come from a device's DMA pool");
+        *b = Some(BufSource::new(pool));
+    }
+
+    /// Where a new queue takes its request buffers from: the pool given to
+    /// [`Target::use_buffer_pool`], else the target's own pool of page-aligned buffers,
+    /// made on the first call. Queue creation only, never the I/O path.
+    pub fn buffers(&self) -> Arc<BufSource> {
+        let mut b = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        b.get_or_insert_with(|| BufSource::page_aligned(self.opts.max_transfer_size as usize))
+            .clone()
     }
 
     pub fn add_subsystem(&self, cfg: SubsystemConfig) -> Result<Arc<Subsystem>, NvmfError> {
         let s = Subsystem::new(cfg)?;
+        self.take_device_pools(&s);
         let mut subs = self.subsystems.write().expect("subsystem lock poisoned");
         if subs.iter().any(|x| x.nqn == s.nqn) {
             return Err(NvmfError::DuplicateSubsystem(s.nqn.clone()));
@@ -124,12 +153,21 @@ impl Target {
         cfg: SubsystemConfig,
     ) -> Result<Arc<Subsystem>, NvmfError> {
         let s = Subsystem::new(cfg)?;
+        self.take_device_pools(&s);
         let mut subs = self.subsystems.write().expect("subsystem lock poisoned");
         if subs.iter().any(|x| x.nqn == s.nqn) {
             return Err(NvmfError::DuplicateSubsystem(s.nqn.clone()));
         }
         subs.push(s.clone());
         Ok(s)
+    }
+
+    /// Request buffers from a namespace's device's DMA pool, when one offers it (see
+    /// [`Target::use_buffer_pool`]).
+    fn take_device_pools(&self, s: &Subsystem) {
+        if let Some(pool) = s.namespaces().iter().find_map(|n| n.bdev.dma_pool()) {
+            self.use_buffer_pool(pool);
+        }
     }
 
     pub(crate) fn add_listener_quiet(&self, l: ListenerInfo) {
