@@ -1,6 +1,10 @@
 //! Subsystems and namespaces: what a host sees, configured so that two nodes can present
 //! the same subsystem (serial, model, NSIDs, NGUIDs, UUIDs, ANA group IDs, cntlid range).
 
+mod record;
+
+pub(crate) use record::{record_subsystem, SubsysShm};
+
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -110,7 +114,7 @@ pub struct Subsystem {
     ana_chgcnt: AtomicU64,
     controllers: Mutex<Controllers>,
     /// Its records in the state region, if the target has one (locked while written).
-    pub(crate) shm: Mutex<Option<crate::region::objects::SubsysShm>>,
+    pub(crate) shm: Mutex<Option<SubsysShm>>,
 }
 
 struct Controllers {

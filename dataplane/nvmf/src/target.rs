@@ -1,5 +1,9 @@
 //! The target: every subsystem and listener this process serves.
 
+mod record;
+
+pub use record::region_params;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
@@ -8,9 +12,13 @@ use lightpool_dma::DmaPool;
 use crate::buf::BufSource;
 use crate::region::Region;
 
+use crate::listener::ListenerInfo;
 use crate::subsystem::{Subsystem, SubsystemConfig};
-use crate::transport::ListenerInfo;
 use crate::NvmfError;
+
+/// Request slots a queue has before Connect says how deep it is (enough for the
+/// Connect itself and a few commands behind it).
+pub const PRECONNECT_SLOTS: usize = 4;
 
 /// Limits and identity that apply to every controller.
 #[derive(Debug, Clone)]
@@ -141,7 +149,7 @@ impl Target {
         subs.push(s.clone());
         drop(subs);
         if let Some(r) = self.region() {
-            crate::region::objects::record_subsystem(r, &s)?;
+            crate::subsystem::record_subsystem(r, &s)?;
         }
         self.discovery_changed();
         Ok(s)
@@ -207,7 +215,7 @@ impl Target {
 
     pub fn add_listener(&self, l: ListenerInfo) {
         if let Some(r) = self.region() {
-            if let Err(e) = crate::region::objects::record_listener(r, &l) {
+            if let Err(e) = record::record_listener(r, &l) {
                 tracing::error!(error = %e, "listener not recorded in the state region");
             }
         }
@@ -226,12 +234,12 @@ impl Target {
     /// Record this target in a fresh region (owned by this process): every listener
     /// and subsystem it has; what is created from now on is recorded as it is created.
     pub fn attach_region(&self, region: Arc<Region>) -> Result<(), NvmfError> {
-        crate::region::objects::check_options(&region, &self.opts)?;
+        record::check_options(&region, &self.opts)?;
         for l in self.listeners() {
-            crate::region::objects::record_listener(&region, &l)?;
+            record::record_listener(&region, &l)?;
         }
         for s in self.subsystems() {
-            crate::region::objects::record_subsystem(&region, &s)?;
+            crate::subsystem::record_subsystem(&region, &s)?;
         }
         region.set_discovery_genctr(self.discovery_genctr());
         self.region
@@ -240,7 +248,7 @@ impl Target {
     }
 
     /// Adoption: use the records of `region` this target was rebuilt from (see
-    /// `region::objects::bind`), without writing anything.
+    /// `restore::bind`), without writing anything.
     pub(crate) fn set_region(&self, region: Arc<Region>) -> Result<(), NvmfError> {
         self.region
             .set(region)

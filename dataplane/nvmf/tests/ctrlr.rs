@@ -99,7 +99,7 @@ fn connect(
     subnqn: &str,
     host: &str,
 ) -> (NvmfQueue<()>, Cqe) {
-    let mut q = NvmfQueue::new(t.clone());
+    let mut q = NvmfQueue::new(t.clone(), 0);
     let data = ConnectData::new([9; 16], cntlid, subnqn, host).to_bytes();
     let (cqe, _) = run(&mut q, connect_sqe(qid, 5000), &data);
     (q, cqe)
@@ -230,7 +230,7 @@ fn empty_host_nqn_as_spdk_sends_it() {
         data[16..18].copy_from_slice(&cntlid.to_le_bytes());
         data[256..256 + NQN.len()].copy_from_slice(NQN.as_bytes());
         // Bytes 512..768 (HOSTNQN) stay zero: an empty string.
-        let mut q = NvmfQueue::new(t.clone());
+        let mut q = NvmfQueue::new(t.clone(), 0);
         let (cqe, _) = run(&mut q, connect_sqe(qid, 10_000), &data);
         (q, cqe)
     };

@@ -228,7 +228,7 @@ fn run(q: &mut NvmfQueue<()>, sqe: Sqe, h2c: &[u8], direct: bool) -> Ran {
 }
 
 fn connect(t: &Arc<Target>, qid: u16, cntlid: u16) -> (NvmfQueue<()>, Cqe) {
-    let mut q = NvmfQueue::new(t.clone());
+    let mut q = NvmfQueue::new(t.clone(), 0);
     let mut sqe = ConnectCommand {
         recfmt: 0,
         qid,
@@ -452,7 +452,7 @@ fn held_data_comes_over_in_the_slots_own_memory() {
     assert!(io.is_drained());
     let snap = io.export_state(Instant::now(), |_, _| data.len());
     let mut next: NvmfQueue<()> =
-        NvmfQueue::import_state(t.clone(), &snap, Instant::now()).expect("import");
+        NvmfQueue::import_state(t.clone(), &snap, Instant::now(), 0).expect("import");
     assert_eq!(next.req(slot).buf(data.len()), data.as_slice());
     assert_eq!(
         next.req_ref(slot).buf_registration(),

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod fabrics;
 pub mod io;
+pub(crate) mod record;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -189,7 +190,7 @@ pub enum Exec {
     Pending,
 }
 
-const PRECONNECT_SLOTS: usize = 4;
+pub(crate) use crate::target::PRECONNECT_SLOTS;
 
 /// How long a queue stays idle before its free slots give their buffers back: under
 /// the reactor's default idle spin (200 µs), so they are back before it sleeps.
@@ -238,10 +239,14 @@ pub struct NvmfQueue<T> {
     pub(crate) direct_data: Option<(*const u8, usize)>,
     /// This queue's record in the state region (plain stores; see `region`).
     pub(crate) shm: Option<QueueShm>,
+    /// The reactor that owns it.
+    pub(crate) reactor: u16,
 }
 
 impl<T: Default> NvmfQueue<T> {
-    pub fn new(target: Arc<Target>) -> Self {
+    /// A queue on reactor `reactor` (the one whose thread will own it; recorded in the
+    /// state region so a successor places it there again).
+    pub fn new(target: Arc<Target>, reactor: usize) -> Self {
         let opts = QueueOptions::from_target(&target);
         let bufs = target.buffers();
         let mut q = NvmfQueue {
@@ -269,8 +274,9 @@ impl<T: Default> NvmfQueue<T> {
             held: VecDeque::new(),
             direct_data: None,
             shm: None,
+            reactor: u16::try_from(reactor).unwrap_or(u16::MAX),
         };
-        q.shm = crate::region::objects::new_queue_record(&q.target);
+        q.shm = record::new_queue_record(&q.target, q.reactor);
         q.grow_slots(PRECONNECT_SLOTS);
         q
     }
@@ -632,7 +638,7 @@ impl<T: Default> NvmfQueue<T> {
     /// Disconnect: never the I/O path).
     pub(crate) fn publish_queue_static(&self) {
         if let Some(m) = &self.shm {
-            crate::region::objects::write_queue_static(m, self);
+            record::write_queue_static(m, self);
         }
     }
 

@@ -14,10 +14,10 @@ use lightpool_spec::nvme::{Cqe, Sqe};
 use serde::{Deserialize, Serialize};
 
 use crate::ctrlr::{Controller, CtrlRegs};
+use crate::listener::{ListenAddr, ListenerInfo};
 use crate::queue::{NvmfQueue, QueueState, Request, SlotState, Xfer};
 use crate::subsystem::{NamespaceConfig, Subsystem, SubsystemConfig};
 use crate::target::{Target, TargetOptions};
-use crate::transport::{ListenAddr, ListenerInfo};
 use crate::NvmfError;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -398,8 +398,9 @@ impl<T: Default> NvmfQueue<T> {
         target: Arc<Target>,
         s: &QueueSnapshot,
         now: Instant,
+        reactor: usize,
     ) -> Result<NvmfQueue<T>, NvmfError> {
-        let mut q = NvmfQueue::new(target.clone());
+        let mut q = NvmfQueue::new(target.clone(), reactor);
         q.grow_slots(s.nslots);
         if let (Some(nqn), Some(cntlid)) = (&s.subnqn, s.cntlid) {
             let sub = target
