@@ -105,11 +105,10 @@ fn connect(
     (q, cqe)
 }
 
-fn admin(t: &Arc<Target>) -> (NvmfQueue<()>, u16) {
-    let (mut q, cqe) = connect(t, 0, CNTLID_DYNAMIC, NQN, HOST);
-    assert!(cqe.status.is_success(), "{}", cqe.status);
+/// Sets CC.EN (with the usual queue entry sizes) on an admin queue.
+fn enable(q: &mut NvmfQueue<()>) {
     let (c, _) = run(
-        &mut q,
+        q,
         PropertyCommand {
             size8: false,
             offset: reg::CC,
@@ -118,7 +117,13 @@ fn admin(t: &Arc<Target>) -> (NvmfQueue<()>, u16) {
         .to_set_sqe(2),
         &[],
     );
-    assert!(c.status.is_success());
+    assert!(c.status.is_success(), "{}", c.status);
+}
+
+fn admin(t: &Arc<Target>) -> (NvmfQueue<()>, u16) {
+    let (mut q, cqe) = connect(t, 0, CNTLID_DYNAMIC, NQN, HOST);
+    assert!(cqe.status.is_success(), "{}", cqe.status);
+    enable(&mut q);
     (q, cqe.dw0 as u16)
 }
 
@@ -238,17 +243,7 @@ fn empty_host_nqn_as_spdk_sends_it() {
     let (mut q, c) = spdk_connect(&open, 0, CNTLID_DYNAMIC);
     assert!(c.status.is_success(), "{}", c.status);
     let cntlid = c.dw0 as u16;
-    let (c, _) = run(
-        &mut q,
-        PropertyCommand {
-            size8: false,
-            offset: reg::CC,
-            value: 0x0046_0001,
-        }
-        .to_set_sqe(2),
-        &[],
-    );
-    assert!(c.status.is_success());
+    enable(&mut q);
     assert_eq!(q.controller().expect("connected").hostnqn, "");
     let (_io, c) = spdk_connect(&open, 1, cntlid);
     assert!(c.status.is_success(), "I/O queue: {}", c.status);
