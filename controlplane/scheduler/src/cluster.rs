@@ -51,8 +51,16 @@ impl PoolState {
 
     /// The most that may be provisioned on the pool (thin and thick together).
     pub fn provision_limit(&self) -> u64 {
-        let l = u128::from(self.capacity) * u128::from(self.over_commit_percent.max(100)) / 100;
-        u64::try_from(l).unwrap_or(u64::MAX)
+        let oc = self.over_commit_percent.max(100);
+        if oc == 100 {
+            return self.capacity;
+        }
+        match self.capacity.checked_mul(u64::from(oc)) {
+            Some(x) => x / 100,
+            None => {
+                u64::try_from(u128::from(self.capacity) * u128::from(oc) / 100).unwrap_or(u64::MAX)
+            }
+        }
     }
 
     /// A label of the node, or the node's name for the hostname key.
