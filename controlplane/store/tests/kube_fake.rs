@@ -1,0 +1,13 @@
+//! The shared store suite on `KubeStore`, through the real kube client, against a
+//! fake API server that keeps the API server's semantics.
+
+mod common;
+
+use common::apiserver::FakeApi;
+use lightpool_store::KubeStore;
+
+fn fresh() -> KubeStore {
+    KubeStore::new(FakeApi::default().client(), "lightpool-test")
+}
+
+conformance_tests!(fresh());
