@@ -221,6 +221,11 @@ pub async fn remove_finalizer<S: Store, K: Object>(
     }
 }
 
+/// The time now, RFC 3339 (as Kubernetes writes times).
+pub fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
 pub(crate) fn not_found<K: Object>(name: &str) -> StoreError {
     StoreError::NotFound {
         kind: K::kind(&()).into_owned(),

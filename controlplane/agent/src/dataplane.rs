@@ -1,0 +1,296 @@
+//! What the agent needs of its node's dataplane, as a trait: the management API
+//! (gRPC over the target's Unix socket) implements it in the daemon wiring; an
+//! in-memory one ([`MemoryDataplane`]) serves the tests and the simulator.
+//!
+//! Every call is idempotent where the agent relies on it: creating what exists
+//! with the same shape succeeds, deleting what is gone succeeds. A create that
+//! meets an object of a different shape fails ([`DataplaneError::Mismatch`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// What went wrong in the dataplane.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataplaneError {
+    /// The dataplane could not be reached.
+    #[error("dataplane unavailable: {0}")]
+    Unavailable(String),
+    /// The pool has no room for the volume.
+    #[error("pool has {free} bytes free, the volume needs {needed}")]
+    NoSpace { needed: u64, free: u64 },
+    /// An object exists with another shape than asked for.
+    #[error("{0}")]
+    Mismatch(String),
+    /// The dataplane refused the request.
+    #[error("dataplane refused: {0}")]
+    Refused(String),
+}
+
+/// The pool's size and what is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolInfo {
+    /// Bytes the pool holds.
+    pub capacity: u64,
+    /// Bytes not yet given to volumes.
+    pub free: u64,
+}
+
+/// A pool volume: a block device carved from the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolVolume {
+    /// The volume's name (the Volume object's).
+    pub name: String,
+    /// The block device to export.
+    pub device: String,
+    /// Its size.
+    pub size: u64,
+}
+
+/// An exported subsystem and its namespaces (nsid -> device).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Export {
+    /// Namespaces by NSID: the block device each serves.
+    pub namespaces: BTreeMap<u32, String>,
+}
+
+/// The node's dataplane as the agent sees it.
+pub trait Dataplane: Send + Sync + 'static {
+    /// The pool's capacity and free space (creates the pool on first use).
+    fn pool(&self) -> impl Future<Output = Result<PoolInfo, DataplaneError>> + Send;
+
+    /// Creates the pool volume (or finds it, of this size).
+    fn create_volume(
+        &self,
+        name: &str,
+        size: u64,
+        thin: bool,
+    ) -> impl Future<Output = Result<PoolVolume, DataplaneError>> + Send;
+
+    /// Deletes the pool volume; fine if it is not there.
+    fn delete_volume(&self, name: &str) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// The pool volumes there are.
+    fn volumes(&self) -> impl Future<Output = Result<Vec<PoolVolume>, DataplaneError>> + Send;
+
+    /// The subsystems there are, by NQN.
+    fn exports(
+        &self,
+    ) -> impl Future<Output = Result<BTreeMap<String, Export>, DataplaneError>> + Send;
+
+    /// Creates the subsystem (any host may connect); fine if it exists.
+    fn create_subsystem(
+        &self,
+        nqn: &str,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Deletes the subsystem with its namespaces; fine if it is not there.
+    fn delete_subsystem(
+        &self,
+        nqn: &str,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Adds namespace `nsid` serving `device` to the subsystem.
+    fn add_namespace(
+        &self,
+        nqn: &str,
+        nsid: u32,
+        device: &str,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Makes sure the target listens on TCP `address:port`.
+    fn ensure_listener(
+        &self,
+        address: &str,
+        port: u16,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+}
+
+#[derive(Debug, Default)]
+struct Memory {
+    capacity: u64,
+    volumes: BTreeMap<String, PoolVolume>,
+    exports: BTreeMap<String, Export>,
+    listeners: BTreeSet<(String, u16)>,
+    down: bool,
+    calls: Vec<String>,
+}
+
+/// An in-memory dataplane: a pool of `capacity` bytes, and switches to make it
+/// unreachable or to lose objects behind the agent's back (drift).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryDataplane {
+    inner: Arc<Mutex<Memory>>,
+}
+
+impl MemoryDataplane {
+    /// A dataplane whose pool holds `capacity` bytes.
+    pub fn new(capacity: u64) -> Self {
+        let m = MemoryDataplane::default();
+        m.lock().capacity = capacity;
+        m
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Memory> {
+        // Each method finishes its change before it could panic.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A mutating call, logged.
+    fn call(&self, what: String) -> Result<MutexGuard<'_, Memory>, DataplaneError> {
+        let mut m = self.read()?;
+        m.calls.push(what);
+        Ok(m)
+    }
+
+    /// A reading call.
+    fn read(&self) -> Result<MutexGuard<'_, Memory>, DataplaneError> {
+        let m = self.lock();
+        if m.down {
+            return Err(DataplaneError::Unavailable("connection refused".into()));
+        }
+        Ok(m)
+    }
+
+    /// Makes every call fail (the target stopped) or work again.
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    /// The mutating calls made so far ("create_volume v1", ...).
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// The subsystems' NQNs.
+    pub fn nqns(&self) -> Vec<String> {
+        self.lock().exports.keys().cloned().collect()
+    }
+
+    /// The pool volumes' names.
+    pub fn volume_names(&self) -> Vec<String> {
+        self.lock().volumes.keys().cloned().collect()
+    }
+
+    /// The listeners.
+    pub fn listeners(&self) -> Vec<(String, u16)> {
+        self.lock().listeners.iter().cloned().collect()
+    }
+
+    /// Removes a subsystem behind the agent's back (as an operator's mistake or
+    /// a restarted target without saved state would).
+    pub fn lose_subsystem(&self, nqn: &str) {
+        self.lock().exports.remove(nqn);
+    }
+}
+
+impl Dataplane for MemoryDataplane {
+    async fn pool(&self) -> Result<PoolInfo, DataplaneError> {
+        let m = self.read()?;
+        let used: u64 = m.volumes.values().map(|v| v.size).sum();
+        Ok(PoolInfo {
+            capacity: m.capacity,
+            free: m.capacity.saturating_sub(used),
+        })
+    }
+
+    async fn create_volume(
+        &self,
+        name: &str,
+        size: u64,
+        _thin: bool,
+    ) -> Result<PoolVolume, DataplaneError> {
+        let mut m = self.call(format!("create_volume {name}"))?;
+        if let Some(v) = m.volumes.get(name) {
+            return if v.size == size {
+                Ok(v.clone())
+            } else {
+                Err(DataplaneError::Mismatch(format!(
+                    "pool volume {name} exists with {} bytes, not {size}",
+                    v.size
+                )))
+            };
+        }
+        let used: u64 = m.volumes.values().map(|v| v.size).sum();
+        let free = m.capacity.saturating_sub(used);
+        if size > free {
+            return Err(DataplaneError::NoSpace { needed: size, free });
+        }
+        let v = PoolVolume {
+            name: name.into(),
+            device: format!("lpv-{name}"),
+            size,
+        };
+        m.volumes.insert(name.into(), v.clone());
+        Ok(v)
+    }
+
+    async fn delete_volume(&self, name: &str) -> Result<(), DataplaneError> {
+        let mut m = self.call(format!("delete_volume {name}"))?;
+        let device = format!("lpv-{name}");
+        if m.exports
+            .values()
+            .any(|e| e.namespaces.values().any(|d| *d == device))
+        {
+            return Err(DataplaneError::Refused(format!(
+                "{device} is still exported: remove its namespace first"
+            )));
+        }
+        m.volumes.remove(name);
+        Ok(())
+    }
+
+    async fn volumes(&self) -> Result<Vec<PoolVolume>, DataplaneError> {
+        let m = self.read()?;
+        Ok(m.volumes.values().cloned().collect())
+    }
+
+    async fn exports(&self) -> Result<BTreeMap<String, Export>, DataplaneError> {
+        let m = self.read()?;
+        Ok(m.exports.clone())
+    }
+
+    async fn create_subsystem(&self, nqn: &str) -> Result<(), DataplaneError> {
+        let mut m = self.call(format!("create_subsystem {nqn}"))?;
+        m.exports.entry(nqn.into()).or_default();
+        Ok(())
+    }
+
+    async fn delete_subsystem(&self, nqn: &str) -> Result<(), DataplaneError> {
+        let mut m = self.call(format!("delete_subsystem {nqn}"))?;
+        m.exports.remove(nqn);
+        Ok(())
+    }
+
+    async fn add_namespace(
+        &self,
+        nqn: &str,
+        nsid: u32,
+        device: &str,
+    ) -> Result<(), DataplaneError> {
+        let mut m = self.call(format!("add_namespace {nqn} {nsid}"))?;
+        if !m.volumes.values().any(|v| v.device == device) {
+            return Err(DataplaneError::Refused(format!("no block device {device}")));
+        }
+        let e = m
+            .exports
+            .get_mut(nqn)
+            .ok_or_else(|| DataplaneError::Refused(format!("no subsystem {nqn}")))?;
+        match e.namespaces.get(&nsid) {
+            Some(d) if d == device => Ok(()),
+            Some(d) => Err(DataplaneError::Mismatch(format!(
+                "namespace {nsid} of {nqn} serves {d}, not {device}"
+            ))),
+            None => {
+                e.namespaces.insert(nsid, device.into());
+                Ok(())
+            }
+        }
+    }
+
+    async fn ensure_listener(&self, address: &str, port: u16) -> Result<(), DataplaneError> {
+        let mut m = self.call(format!("ensure_listener {address}:{port}"))?;
+        m.listeners.insert((address.into(), port));
+        Ok(())
+    }
+}

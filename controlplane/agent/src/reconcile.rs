@@ -1,0 +1,285 @@
+//! Volumes placed on this node made real in the dataplane, and taken down when
+//! deleted; objects no Volume claims collected.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use lightpool_model::volume::{volume_nqn, AnaState, TargetPath, VolumeTarget};
+use lightpool_model::{
+    set_condition, Condition, ConditionStatus, Provisioning, Volume, VolumePhase, VolumeStatus,
+};
+use lightpool_store::{add_finalizer, remove_finalizer, Store};
+
+use crate::{
+    now_string, Agent, AgentError, Dataplane, DataplaneError, Export, TickReport, AGENT_FINALIZER,
+};
+
+/// NQNs the agent made start with this; others on the target are not its own.
+const NQN_PREFIX: &str = "nqn.2024-01.io.lightpool:volume:";
+
+/// What happened to one volume in a tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeOutcome {
+    /// Created in the dataplane and marked Ready.
+    Published,
+    /// It was Ready but objects were missing: recreated (listed).
+    Repaired(Vec<String>),
+    /// Taken down and released.
+    Removed,
+    /// The dataplane refused or failed; the Volume's status says why.
+    Failed(String),
+}
+
+fn assigned_here<S, D>(agent: &Agent<S, D>, v: &Volume) -> bool {
+    v.status.as_ref().is_some_and(|s| {
+        s.node.as_deref() == Some(agent.config.node.as_str())
+            && s.pool.as_deref() == Some(agent.config.pool.as_str())
+    })
+}
+
+pub(crate) async fn volumes<S: Store, D: Dataplane>(
+    agent: &Agent<S, D>,
+    volumes: &[Volume],
+    report: &mut TickReport,
+) -> Result<(), AgentError> {
+    let dp = &agent.dataplane;
+    let pool_volumes: BTreeMap<String, u64> = dp
+        .volumes()
+        .await?
+        .into_iter()
+        .map(|v| (v.name, v.size))
+        .collect();
+    let exports = dp.exports().await?;
+    let mut claimed = BTreeSet::new();
+    for v in volumes {
+        let Some(name) = v.metadata.name.clone() else {
+            continue;
+        };
+        if !assigned_here(agent, v) {
+            continue;
+        }
+        claimed.insert(name.clone());
+        let outcome = if v.metadata.deletion_timestamp.is_some() {
+            take_down(agent, &name, v).await?
+        } else {
+            bring_up(agent, &name, v, &pool_volumes, &exports).await?
+        };
+        if let Some(o) = outcome {
+            report.volumes.push((name, o));
+        }
+    }
+    // Collect what no Volume placed here claims: a Volume deleted while the agent
+    // was away, or a crash between a create and the status write.
+    let placed_elsewhere: BTreeSet<&str> = volumes
+        .iter()
+        .filter(|v| !assigned_here(agent, v))
+        .filter_map(|v| v.metadata.name.as_deref())
+        .collect();
+    for nqn in exports.keys() {
+        let Some(name) = nqn.strip_prefix(NQN_PREFIX) else {
+            continue;
+        };
+        if !claimed.contains(name) {
+            dp.delete_subsystem(nqn).await?;
+            report.collected.push(nqn.clone());
+        }
+    }
+    for name in pool_volumes.keys() {
+        if !claimed.contains(name) && !placed_elsewhere.contains(name.as_str()) {
+            dp.delete_volume(name).await?;
+            report.collected.push(format!("pool volume {name}"));
+        }
+    }
+    Ok(())
+}
+
+fn size_of(v: &Volume) -> Option<u64> {
+    v.status
+        .as_ref()
+        .and_then(|s| s.size_bytes)
+        .or_else(|| v.spec.size.bytes().ok())
+}
+
+async fn bring_up<S: Store, D: Dataplane>(
+    agent: &Agent<S, D>,
+    name: &str,
+    v: &Volume,
+    pool_volumes: &BTreeMap<String, u64>,
+    exports: &BTreeMap<String, Export>,
+) -> Result<Option<VolumeOutcome>, AgentError> {
+    let status = v.status.clone().unwrap_or_default();
+    if !matches!(status.phase, VolumePhase::Scheduled | VolumePhase::Ready) {
+        return Ok(None);
+    }
+    let nqn = volume_nqn(name);
+    let mut missing = Vec::new();
+    if !pool_volumes.contains_key(name) {
+        missing.push(format!("pool volume {name}"));
+    }
+    match exports.get(&nqn) {
+        None => missing.push(format!("subsystem {nqn}")),
+        Some(e) if !e.namespaces.contains_key(&1) => missing.push(format!("namespace 1 of {nqn}")),
+        Some(_) => {}
+    }
+    let target = target(agent, &nqn, v);
+    if missing.is_empty()
+        && status.phase == VolumePhase::Ready
+        && status.target == Some(target.clone())
+    {
+        return Ok(None);
+    }
+    // The finalizer first: from here on a delete waits for our clean-up.
+    if !v
+        .metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|x| x == AGENT_FINALIZER))
+    {
+        add_finalizer::<S, Volume>(&agent.store, name, AGENT_FINALIZER).await?;
+    }
+    let made = make(agent, name, v, &nqn).await;
+    let fresh: Volume = match agent.store.get(name).await? {
+        Some(f) => f,
+        None => return Ok(None),
+    };
+    let mut st = fresh.status.clone().unwrap_or_default();
+    let outcome = match made {
+        Ok(()) => {
+            let repaired = status.phase == VolumePhase::Ready && !missing.is_empty();
+            st.phase = VolumePhase::Ready;
+            st.target = Some(target);
+            st.message = None;
+            ready(
+                &mut st,
+                ConditionStatus::True,
+                "Published",
+                format!(
+                    "served by {} at {}:{}",
+                    agent.config.node, agent.config.address, agent.config.port
+                ),
+            );
+            if repaired {
+                drift(&mut st, &missing);
+                Some(VolumeOutcome::Repaired(missing))
+            } else {
+                Some(VolumeOutcome::Published)
+            }
+        }
+        Err(e) => {
+            let msg = format!(
+                "node {} could not create the volume: {e}",
+                agent.config.node
+            );
+            st.message = Some(msg.clone());
+            ready(
+                &mut st,
+                ConditionStatus::False,
+                "DataplaneFailed",
+                msg.clone(),
+            );
+            Some(VolumeOutcome::Failed(msg))
+        }
+    };
+    match agent
+        .store
+        .patch_status::<Volume>(name, &st, fresh.metadata.resource_version.as_deref())
+        .await
+    {
+        Ok(_) => Ok(outcome),
+        // Someone wrote in between: the next tick looks again.
+        Err(e) if e.is_conflict() || e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Each step idempotent: pool volume, subsystem, namespace 1.
+async fn make<S: Store, D: Dataplane>(
+    agent: &Agent<S, D>,
+    name: &str,
+    v: &Volume,
+    nqn: &str,
+) -> Result<(), DataplaneError> {
+    let size =
+        size_of(v).ok_or_else(|| DataplaneError::Refused("the volume has no valid size".into()))?;
+    let dp = &agent.dataplane;
+    let pv = dp
+        .create_volume(name, size, v.spec.provisioning == Provisioning::Thin)
+        .await?;
+    dp.create_subsystem(nqn).await?;
+    dp.add_namespace(nqn, 1, &pv.device).await?;
+    dp.ensure_listener(&agent.config.address, agent.config.port)
+        .await
+}
+
+fn target<S, D>(agent: &Agent<S, D>, nqn: &str, v: &Volume) -> VolumeTarget {
+    let c = &agent.config;
+    VolumeTarget {
+        nqn: nqn.to_string(),
+        nsid: 1,
+        uuid: v.metadata.uid.clone(),
+        paths: vec![TargetPath {
+            node: c.node.clone(),
+            transport: "tcp".into(),
+            adrfam: if c.address.contains(':') {
+                "ipv6"
+            } else {
+                "ipv4"
+            }
+            .into(),
+            traddr: c.address.clone(),
+            trsvcid: c.port,
+            ana_group: 1,
+            ana_state: AnaState::Optimized,
+        }],
+    }
+}
+
+fn ready(st: &mut VolumeStatus, status: ConditionStatus, reason: &str, message: String) {
+    set_condition(
+        &mut st.conditions,
+        Condition {
+            type_: "Ready".into(),
+            status,
+            reason: reason.into(),
+            message,
+            last_transition_time: Some(now_string()),
+        },
+    );
+}
+
+fn drift(st: &mut VolumeStatus, missing: &[String]) {
+    set_condition(
+        &mut st.conditions,
+        Condition {
+            type_: "Drift".into(),
+            status: ConditionStatus::True,
+            reason: "Recreated".into(),
+            message: format!(
+                "missing from the dataplane and recreated: {}",
+                missing.join(", ")
+            ),
+            last_transition_time: Some(now_string()),
+        },
+    );
+}
+
+/// Subsystem (and with it the namespace) first, so hosts are cut off before
+/// the data goes; then the pool volume; then the finalizer.
+async fn take_down<S: Store, D: Dataplane>(
+    agent: &Agent<S, D>,
+    name: &str,
+    v: &Volume,
+) -> Result<Option<VolumeOutcome>, AgentError> {
+    if !v
+        .metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|x| x == AGENT_FINALIZER))
+    {
+        return Ok(None);
+    }
+    let dp = &agent.dataplane;
+    dp.delete_subsystem(&volume_nqn(name)).await?;
+    dp.delete_volume(name).await?;
+    remove_finalizer::<S, Volume>(&agent.store, name, AGENT_FINALIZER).await?;
+    Ok(Some(VolumeOutcome::Removed))
+}
