@@ -13,6 +13,7 @@
 //! run(machine, journal, record):
 //!   phase = record.phase if record.kind == machine's kind, else machine.first()
 //!   loop: save(phase) -> step(phase) -> Next(p): phase = p | Done: save(None)
+//!                                     | Wait: return (run again later)
 //!   on a step error: save(phase, attempts + 1, last_error) and return it
 //! ```
 
@@ -55,8 +56,20 @@ pub enum OperationError {
 pub enum Step<P> {
     /// Enter this phase next.
     Next(P),
+    /// The phase waits for something outside (another component's work): stay
+    /// in it, nothing written, and try again later. Not a failure.
+    Wait,
     /// The operation is complete.
     Done,
+}
+
+/// Where a run stopped without failing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Complete; the record is cleared.
+    Done,
+    /// Waiting in this phase (recorded); run again later.
+    Waiting(String),
 }
 
 /// An operation: named phases and the work of each.
@@ -101,7 +114,7 @@ pub async fn run<M: Machine, J: Journal>(
     machine: &mut M,
     journal: &mut J,
     record: Option<OperationRecord>,
-) -> Result<(), OperationError> {
+) -> Result<Progress, OperationError> {
     let kind = machine.kind();
     let (mut phase, mut attempts, mut data) = match record {
         Some(r) if r.kind == kind => {
@@ -134,6 +147,13 @@ pub async fn run<M: Machine, J: Journal>(
                 save(journal, kind, next, 0, None, data.clone()).await?;
                 phase = next;
             }
+            Ok(Step::Wait) => {
+                if attempts > 0 {
+                    // The failure before is over: the record says so.
+                    save(journal, kind, phase, 0, None, data.clone()).await?;
+                }
+                return Ok(Progress::Waiting(phase.to_string()));
+            }
             Ok(Step::Done) => {
                 journal
                     .save(None)
@@ -143,7 +163,7 @@ pub async fn run<M: Machine, J: Journal>(
                         phase: "Done".into(),
                         message: e.to_string(),
                     })?;
-                return Ok(());
+                return Ok(Progress::Done);
             }
             Err(e) => {
                 attempts += 1;

@@ -82,6 +82,7 @@ async fn each_phase_is_recorded_before_its_work_and_the_record_cleared_at_the_en
         .await
         .unwrap();
     assert_eq!(phases(&log), ["Reserve", "Create", "Publish", "-"]);
+    assert_eq!(log.saved.len(), 4);
     assert_eq!(
         log.saved[1].as_ref().unwrap().data.as_deref(),
         Some("pool-a"),
@@ -170,4 +171,38 @@ async fn another_operation_on_the_object_or_an_unknown_phase_is_refused() {
         .unwrap_err();
     assert!(matches!(err, OperationError::UnknownPhase { .. }), "{err}");
     assert!(world.created.is_empty() && log.saved.is_empty());
+}
+
+struct Waits {
+    ready: bool,
+}
+
+impl Machine for Waits {
+    type Phase = P;
+    type Error = String;
+    fn kind(&self) -> &'static str {
+        "VolumeCreate"
+    }
+    fn first(&self) -> P {
+        P::Publish
+    }
+    async fn step(&mut self, _: P, _: &mut Option<String>) -> Result<Step<P>, String> {
+        Ok(if self.ready { Step::Done } else { Step::Wait })
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_phase_writes_nothing_until_it_moves_on() {
+    let mut log = Log::default();
+    let mut m = Waits { ready: false };
+    let p = run(&mut m, &mut log, None).await.unwrap();
+    assert_eq!(p, Progress::Waiting("Publish".into()));
+    let rec = log.saved.last().cloned().unwrap();
+    for _ in 0..3 {
+        run(&mut m, &mut log, rec.clone()).await.unwrap();
+    }
+    assert_eq!(log.saved.len(), 1, "waiting is not written again");
+    m.ready = true;
+    assert_eq!(run(&mut m, &mut log, rec).await.unwrap(), Progress::Done);
+    assert_eq!(phases(&log), ["Publish", "-"]);
 }

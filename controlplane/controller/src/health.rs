@@ -1,0 +1,94 @@
+//! Pool health from the node heartbeats: a pool whose node's Lease has not been
+//! renewed within `missed × interval` (judged on this controller's clock) is
+//! Unknown and gets no new volumes; when renewals return it is Ready again.
+
+use lightpool_agent::node_lease;
+use lightpool_model::{set_condition, Condition, ConditionStatus, PoolHealth, StoragePool};
+use lightpool_store::{now_rfc3339, Store};
+use tokio::time::Instant;
+
+use crate::{Controller, ControllerError, TickReport};
+
+/// The pool condition the controller keeps.
+pub const HEARTBEAT_CONDITION: &str = "Heartbeat";
+
+/// Lists the pools, corrects their health, and returns them as now stored.
+pub(crate) async fn judge<S: Store>(
+    c: &mut Controller<S>,
+    report: &mut TickReport,
+) -> Result<Vec<StoragePool>, ControllerError> {
+    let now = Instant::now();
+    let mut pools = c.store.list::<StoragePool>().await?.items;
+    let deadline = c.config.heartbeat * c.config.missed_heartbeats;
+    for pool in &mut pools {
+        let Some(name) = pool.metadata.name.clone() else {
+            continue;
+        };
+        let node = pool.spec.node.name.clone();
+        let live = match c.store.get_lease(&node_lease(&node)).await? {
+            Some(lease) => c.heartbeats.observe(&lease, now),
+            None => false,
+        };
+        let mut st = pool.status.clone().unwrap_or_default();
+        let (health, cond) = if live {
+            let back = st.health == PoolHealth::Unknown
+                && st
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == HEARTBEAT_CONDITION && c.status == ConditionStatus::False);
+            let health = if back { PoolHealth::Ready } else { st.health };
+            (
+                health,
+                Condition {
+                    type_: HEARTBEAT_CONDITION.into(),
+                    status: ConditionStatus::True,
+                    reason: "Renewed".into(),
+                    message: format!("node {node}'s agent renews its heartbeat"),
+                    last_transition_time: Some(now_rfc3339()),
+                },
+            )
+        } else {
+            (
+                PoolHealth::Unknown,
+                Condition {
+                    type_: HEARTBEAT_CONDITION.into(),
+                    status: ConditionStatus::False,
+                    reason: "Missed".into(),
+                    message: format!(
+                        "node {node}'s agent has not renewed its heartbeat for {} s ({} missed): no new volumes go there",
+                        deadline.as_secs(),
+                        c.config.missed_heartbeats
+                    ),
+                    last_transition_time: Some(now_rfc3339()),
+                },
+            )
+        };
+        let changed_health = health != st.health;
+        st.health = health;
+        let changed = set_condition(&mut st.conditions, cond) || changed_health;
+        if changed {
+            match c
+                .store
+                .patch_status::<StoragePool>(&name, &st, pool.metadata.resource_version.as_deref())
+                .await
+            {
+                Ok(p) => *pool = p,
+                // The agent published in between; judged again next tick.
+                Err(e) if e.is_conflict() || e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+            if changed_health {
+                tracing::info!(pool = %name, ?health, "pool health changed");
+                report.health_changes.push((name.clone(), health));
+            }
+        }
+        let seen = pool
+            .status
+            .as_ref()
+            .map_or((PoolHealth::Unknown, 0), |s| (s.health, s.capacity_bytes));
+        if c.pool_seen.insert(name, seen) != Some(seen) {
+            c.pool_epoch += 1;
+        }
+    }
+    Ok(pools)
+}

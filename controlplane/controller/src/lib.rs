@@ -1,0 +1,269 @@
+//! The controller: one acts at a time (leader election on the Lease
+//! `lightpool-controller`); every [`Controller::tick`] (each second in
+//! [`Controller::run`]) it
+//! 1. renews or contends for leadership; a follower does nothing else and a
+//!    leader that lost the lease forgets its ledger;
+//! 2. judges each pool's health by its node's heartbeat Lease: Unknown once
+//!    renewals stop for three intervals (15 s by default), Ready again when they
+//!    return; the scheduler places nothing on an Unknown pool;
+//! 3. rebuilds the scheduler's ledger from the Volumes' statuses when it became
+//!    leader (a restart, a take-over);
+//! 4. runs each Volume's operation, a persisted state machine
+//!    (`lightpool-operation`) recorded in the Volume's status:
+//!    - VolumeCreate: `Place` (validate against the pools, decide, reserve,
+//!      finalizer, status Scheduled; or Rejected with every pool's reason) then
+//!      `Publish` (wait for the node's agent to make it Ready);
+//!    - VolumeDelete: `Unpublish` (wait for the agent's clean-up) then `Release`
+//!      (capacity back to the ledger, the controller's finalizer removed).
+//!
+//! A controller killed anywhere resumes from the recorded phase; each phase's
+//! work is idempotent, so nothing is reserved twice or left behind.
+
+mod health;
+mod ops;
+
+use std::time::Duration;
+
+use lightpool_model::{StoragePool, Volume, VolumePhase};
+use lightpool_operation::{run, OperationError, Progress};
+use lightpool_scheduler::{ConfigError, Scheduler, SchedulerConfig};
+use lightpool_store::{Claim, LeaseClaim, LeaseObserver, Store, StoreError};
+
+pub use health::HEARTBEAT_CONDITION;
+
+/// The leader-election Lease.
+pub const CONTROLLER_LEASE: &str = "lightpool-controller";
+
+/// What went wrong in a tick.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The scheduler profile is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Timings and the scheduler profile.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// The identity in the leader Lease (unique per process).
+    pub identity: String,
+    /// How long a leader that stops renewing keeps the lease.
+    pub lease_duration: Duration,
+    /// The agents' heartbeat interval.
+    pub heartbeat: Duration,
+    /// Missed heartbeats after which a pool is Unknown.
+    pub missed_heartbeats: u32,
+    /// Plugins and weights.
+    pub scheduler: SchedulerConfig,
+}
+
+impl ControllerConfig {
+    /// Defaults: 15 s leader lease, heartbeats every 5 s, Unknown after 3 missed.
+    pub fn new(identity: impl Into<String>) -> Self {
+        ControllerConfig {
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(5),
+            missed_heartbeats: 3,
+            scheduler: SchedulerConfig::default(),
+        }
+    }
+}
+
+/// What one tick did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TickReport {
+    /// This controller leads.
+    pub leader: bool,
+    /// Pools whose health the controller changed: (pool, new health).
+    pub health_changes: Vec<(String, lightpool_model::PoolHealth)>,
+    /// Operations that finished, moved on or wait: (volume, kind, outcome).
+    pub operations: Vec<(String, String, String)>,
+    /// Operations that failed this time (retried next tick).
+    pub failures: Vec<String>,
+}
+
+/// The controller.
+pub struct Controller<S> {
+    store: S,
+    config: ControllerConfig,
+    claim: LeaseClaim,
+    heartbeats: LeaseObserver,
+    scheduler: Option<Scheduler>,
+    /// Bumped when a pool's health or capacity changes: rejected volumes are
+    /// tried again.
+    pool_epoch: u64,
+    pool_seen: std::collections::HashMap<String, (lightpool_model::PoolHealth, u64)>,
+    rejected_at: std::collections::HashMap<String, (u64, Option<i64>)>,
+}
+
+impl<S: Store> Controller<S> {
+    /// A controller over `store`.
+    pub fn new(store: S, config: ControllerConfig) -> Result<Self, ControllerError> {
+        // Fails early on a bad profile.
+        Scheduler::new(&config.scheduler)?;
+        Ok(Controller {
+            claim: LeaseClaim::new(
+                CONTROLLER_LEASE,
+                config.identity.clone(),
+                config.lease_duration,
+            ),
+            heartbeats: LeaseObserver::new(config.heartbeat, config.missed_heartbeats),
+            store,
+            config,
+            scheduler: None,
+            pool_epoch: 0,
+            pool_seen: Default::default(),
+            rejected_at: Default::default(),
+        })
+    }
+
+    /// The scheduler, while leading.
+    pub fn scheduler(&self) -> Option<&Scheduler> {
+        self.scheduler.as_ref()
+    }
+
+    /// Ticks every `interval` until `stop`; errors are logged and retried.
+    pub async fn run(mut self, interval: Duration, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut every = tokio::time::interval(interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = every.tick() => match self.tick().await {
+                    Ok(r) => for f in &r.failures {
+                        tracing::warn!(failure = %f, "operation failed; retrying");
+                    },
+                    Err(e) => tracing::warn!(error = %e, "controller tick failed"),
+                },
+            }
+        }
+        if let Err(e) = self.claim.release(&self.store).await {
+            tracing::warn!(error = %e, "could not release the leader lease");
+        }
+    }
+
+    /// One round.
+    pub async fn tick(&mut self) -> Result<TickReport, ControllerError> {
+        let mut report = TickReport::default();
+        if let Claim::HeldBy(holder) = self.claim.tick(&self.store).await? {
+            if self.scheduler.take().is_some() {
+                tracing::info!(%holder, "lost leadership");
+            }
+            return Ok(report);
+        }
+        report.leader = true;
+        let pools = health::judge(self, &mut report).await?;
+        let scheduler = match &self.scheduler {
+            Some(s) => s.clone(),
+            None => Scheduler::new(&self.config.scheduler)?,
+        };
+        for p in &pools {
+            scheduler.sync_pool(p);
+        }
+        let names: std::collections::HashSet<&str> = pools
+            .iter()
+            .filter_map(|p| p.metadata.name.as_deref())
+            .collect();
+        let gone: Vec<String> = scheduler.with_cluster(|c| {
+            c.pools()
+                .filter(|(_, p, _)| !names.contains(p.name.as_str()))
+                .map(|(_, p, _)| p.name.clone())
+                .collect()
+        });
+        for g in gone {
+            scheduler.remove_pool(&g);
+        }
+        let volumes = self.store.list::<Volume>().await?.items;
+        if self.scheduler.is_none() {
+            for v in &volumes {
+                if let Err(e) = scheduler.record_volume(v) {
+                    tracing::warn!(error = %e, "volume not in the ledger");
+                }
+            }
+            tracing::info!(
+                volumes = volumes.len(),
+                pools = pools.len(),
+                "leading: ledger rebuilt"
+            );
+            self.scheduler = Some(scheduler.clone());
+        }
+        for v in &volumes {
+            self.volume(&scheduler, &pools, v, &mut report).await;
+        }
+        Ok(report)
+    }
+
+    async fn volume(
+        &mut self,
+        scheduler: &Scheduler,
+        pools: &[StoragePool],
+        v: &Volume,
+        report: &mut TickReport,
+    ) {
+        let Some(name) = v.metadata.name.clone() else {
+            return;
+        };
+        let status = v.status.clone().unwrap_or_default();
+        let record = status.operation.clone();
+        let deleting = v.metadata.deletion_timestamp.is_some();
+        let outcome = if deleting {
+            // A create in flight is superseded: the delete handles any state.
+            let record = record.filter(|r| r.kind == ops::DELETE);
+            let mut m = ops::DeleteVolume::new(&self.store, scheduler, &name);
+            let mut j = ops::VolumeJournal::new(&self.store, &name);
+            Some((ops::DELETE, run(&mut m, &mut j, record).await))
+        } else {
+            let idle = record.is_none();
+            let settled = match status.phase {
+                VolumePhase::Ready => true,
+                VolumePhase::Scheduled => status.pool.is_some() && idle,
+                VolumePhase::Rejected => {
+                    // Tried again when the pools or the spec change.
+                    let key = (self.pool_epoch, v.metadata.generation);
+                    self.rejected_at.get(&name) == Some(&key)
+                }
+                _ => false,
+            };
+            if settled && idle {
+                None
+            } else {
+                let mut m = ops::CreateVolume::new(&self.store, scheduler, pools, &name);
+                let mut j = ops::VolumeJournal::new(&self.store, &name);
+                let r = run(&mut m, &mut j, record).await;
+                if m.rejected {
+                    self.rejected_at
+                        .insert(name.clone(), (self.pool_epoch, v.metadata.generation));
+                }
+                Some((ops::CREATE, r))
+            }
+        };
+        match outcome {
+            None => {}
+            Some((kind, Ok(Progress::Done))) => {
+                report.operations.push((name, kind.into(), "Done".into()))
+            }
+            Some((kind, Ok(Progress::Waiting(p)))) => {
+                report
+                    .operations
+                    .push((name, kind.into(), format!("Waiting in {p}")))
+            }
+            Some((
+                _,
+                Err(OperationError::Step {
+                    message,
+                    kind,
+                    phase,
+                    ..
+                }),
+            )) => report
+                .failures
+                .push(format!("{kind} of {name} in {phase}: {message}")),
+            Some((_, Err(e))) => report.failures.push(format!("{name}: {e}")),
+        }
+    }
+}

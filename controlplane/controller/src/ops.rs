@@ -1,0 +1,288 @@
+//! The Volume operations as persisted state machines, and the journal that
+//! keeps their record in the Volume's status.
+
+use lightpool_agent::AGENT_FINALIZER;
+use lightpool_model::validate::validate_volume_against;
+use lightpool_model::{
+    set_condition, Condition, ConditionStatus, OperationRecord, StoragePool, Volume, VolumePhase,
+    VOLUME_FINALIZER,
+};
+use lightpool_operation::{phases, Journal, Machine, Step};
+use lightpool_scheduler::{ScheduleError, Scheduler, VolumeRequest};
+use lightpool_store::{add_finalizer, now_rfc3339, remove_finalizer, Store, StoreError};
+
+pub(crate) const CREATE: &str = "VolumeCreate";
+pub(crate) const DELETE: &str = "VolumeDelete";
+
+phases! {
+    pub(crate) enum CreatePhase { Place, Publish }
+}
+
+phases! {
+    pub(crate) enum DeletePhase { Unpublish, Release }
+}
+
+/// Writes the record into the Volume's status (read, set, write with the
+/// version read; retried on conflict). Clearing the record of a Volume that
+/// is gone is done.
+pub(crate) struct VolumeJournal<'a, S> {
+    store: &'a S,
+    name: &'a str,
+}
+
+impl<'a, S> VolumeJournal<'a, S> {
+    pub(crate) fn new(store: &'a S, name: &'a str) -> Self {
+        VolumeJournal { store, name }
+    }
+}
+
+impl<S: Store> Journal for VolumeJournal<'_, S> {
+    type Error = StoreError;
+
+    async fn save(&mut self, record: Option<&OperationRecord>) -> Result<(), StoreError> {
+        for _ in 0..5 {
+            let Some(v) = self.store.get::<Volume>(self.name).await? else {
+                return match record {
+                    None => Ok(()),
+                    Some(_) => Err(StoreError::NotFound {
+                        kind: "Volume".into(),
+                        name: self.name.into(),
+                    }),
+                };
+            };
+            let mut st = v.status.clone().unwrap_or_default();
+            if st.operation.as_ref() == record {
+                return Ok(());
+            }
+            st.operation = record.cloned();
+            match self
+                .store
+                .patch_status::<Volume>(self.name, &st, v.metadata.resource_version.as_deref())
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) if e.is_not_found() && record.is_none() => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Conflict {
+            kind: "Volume".into(),
+            name: self.name.into(),
+        })
+    }
+}
+
+fn condition(type_: &str, status: ConditionStatus, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        last_transition_time: Some(now_rfc3339()),
+    }
+}
+
+/// Place, then wait for the agent to publish.
+pub(crate) struct CreateVolume<'a, S> {
+    store: &'a S,
+    scheduler: &'a Scheduler,
+    pools: &'a [StoragePool],
+    name: &'a str,
+    /// The run ended with the volume Rejected.
+    pub(crate) rejected: bool,
+}
+
+impl<'a, S> CreateVolume<'a, S> {
+    pub(crate) fn new(
+        store: &'a S,
+        scheduler: &'a Scheduler,
+        pools: &'a [StoragePool],
+        name: &'a str,
+    ) -> Self {
+        CreateVolume {
+            store,
+            scheduler,
+            pools,
+            name,
+            rejected: false,
+        }
+    }
+}
+
+impl<S: Store> CreateVolume<'_, S> {
+    async fn reject(
+        &mut self,
+        v: &Volume,
+        message: String,
+        rejections: Vec<lightpool_model::volume::PoolRejection>,
+    ) -> Result<Step<CreatePhase>, StoreError> {
+        let mut st = v.status.clone().unwrap_or_default();
+        st.phase = VolumePhase::Rejected;
+        st.observed_generation = v.metadata.generation;
+        st.message = Some(message.clone());
+        st.rejections = rejections;
+        set_condition(
+            &mut st.conditions,
+            condition("Scheduled", ConditionStatus::False, "NoPoolFits", message),
+        );
+        self.store
+            .patch_status::<Volume>(self.name, &st, v.metadata.resource_version.as_deref())
+            .await?;
+        self.rejected = true;
+        Ok(Step::Done)
+    }
+}
+
+impl<S: Store> Machine for CreateVolume<'_, S> {
+    type Phase = CreatePhase;
+    type Error = StoreError;
+
+    fn kind(&self) -> &'static str {
+        CREATE
+    }
+
+    fn first(&self) -> CreatePhase {
+        CreatePhase::Place
+    }
+
+    async fn step(
+        &mut self,
+        phase: CreatePhase,
+        _data: &mut Option<String>,
+    ) -> Result<Step<CreatePhase>, StoreError> {
+        let Some(v) = self.store.get::<Volume>(self.name).await? else {
+            return Ok(Step::Done);
+        };
+        let st = v.status.clone().unwrap_or_default();
+        match phase {
+            CreatePhase::Place if st.pool.is_some() => Ok(Step::Next(CreatePhase::Publish)),
+            CreatePhase::Place => {
+                let size = match validate_volume_against(&v.spec, self.pools) {
+                    Ok(size) => size,
+                    Err(invalid) => return self.reject(&v, invalid.to_string(), vec![]).await,
+                };
+                let mut req = match VolumeRequest::from_spec(self.name, &v.spec) {
+                    Ok(r) => r,
+                    Err(invalid) => return self.reject(&v, invalid.to_string(), vec![]).await,
+                };
+                req.size = size;
+                let reservation = match self.scheduler.schedule(&req) {
+                    Ok(r) => r,
+                    Err(ScheduleError::Unschedulable(u)) => {
+                        return self.reject(&v, u.message, u.rejections).await
+                    }
+                    Err(e) => {
+                        return Err(StoreError::Invalid(e.to_string()));
+                    }
+                };
+                // The finalizer before the status: a volume holding capacity is
+                // never deleted without the controller giving it back.
+                let v: Volume = add_finalizer(self.store, self.name, VOLUME_FINALIZER).await?;
+                let p = reservation.placement().clone();
+                let mut st = v.status.clone().unwrap_or_default();
+                st.phase = VolumePhase::Scheduled;
+                st.observed_generation = v.metadata.generation;
+                st.node = Some(p.node.clone());
+                st.pool = Some(p.pool.clone());
+                st.size_bytes = Some(size);
+                st.local = Some(p.local);
+                st.message = None;
+                st.rejections = vec![];
+                set_condition(
+                    &mut st.conditions,
+                    condition(
+                        "Scheduled",
+                        ConditionStatus::True,
+                        "Placed",
+                        format!("placed on pool {} of node {}", p.pool, p.node),
+                    ),
+                );
+                // On failure the reservation is dropped: the capacity goes back.
+                self.store
+                    .patch_status::<Volume>(self.name, &st, v.metadata.resource_version.as_deref())
+                    .await?;
+                reservation.commit();
+                Ok(Step::Next(CreatePhase::Publish))
+            }
+            CreatePhase::Publish if st.phase == VolumePhase::Ready => Ok(Step::Done),
+            CreatePhase::Publish => Ok(Step::Wait),
+        }
+    }
+}
+
+/// Wait for the agent's clean-up, then give the capacity back and let go.
+pub(crate) struct DeleteVolume<'a, S> {
+    store: &'a S,
+    scheduler: &'a Scheduler,
+    name: &'a str,
+}
+
+impl<'a, S> DeleteVolume<'a, S> {
+    pub(crate) fn new(store: &'a S, scheduler: &'a Scheduler, name: &'a str) -> Self {
+        DeleteVolume {
+            store,
+            scheduler,
+            name,
+        }
+    }
+}
+
+impl<S: Store> Machine for DeleteVolume<'_, S> {
+    type Phase = DeletePhase;
+    type Error = StoreError;
+
+    fn kind(&self) -> &'static str {
+        DELETE
+    }
+
+    fn first(&self) -> DeletePhase {
+        DeletePhase::Unpublish
+    }
+
+    async fn step(
+        &mut self,
+        phase: DeletePhase,
+        _data: &mut Option<String>,
+    ) -> Result<Step<DeletePhase>, StoreError> {
+        let Some(v) = self.store.get::<Volume>(self.name).await? else {
+            self.scheduler.release(self.name);
+            return Ok(Step::Done);
+        };
+        match phase {
+            DeletePhase::Unpublish => {
+                let agent_holds = v
+                    .metadata
+                    .finalizers
+                    .as_ref()
+                    .is_some_and(|f| f.iter().any(|x| x == AGENT_FINALIZER));
+                if agent_holds {
+                    // The agent of the volume's node takes it down first; a
+                    // node that is down keeps it (and its data) until it returns.
+                    let mut st = v.status.clone().unwrap_or_default();
+                    if st.phase != VolumePhase::Deleting {
+                        st.phase = VolumePhase::Deleting;
+                        st.message = Some(format!(
+                            "waiting for node {}'s agent to remove the volume",
+                            st.node.as_deref().unwrap_or("?")
+                        ));
+                        self.store
+                            .patch_status::<Volume>(
+                                self.name,
+                                &st,
+                                v.metadata.resource_version.as_deref(),
+                            )
+                            .await?;
+                    }
+                    return Ok(Step::Wait);
+                }
+                Ok(Step::Next(DeletePhase::Release))
+            }
+            DeletePhase::Release => {
+                self.scheduler.release(self.name);
+                remove_finalizer::<S, Volume>(self.store, self.name, VOLUME_FINALIZER).await?;
+                Ok(Step::Done)
+            }
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The controller with agents over the embedded store and in-memory
+//! dataplanes, in paused time: placement, ordered delete, refusals, heartbeat
+//! loss and return, leader election and a restart mid-operation.
+
+use std::time::Duration;
+
+use lightpool_agent::{Agent, AgentConfig, MemoryDataplane, AGENT_FINALIZER};
+use lightpool_controller::{Controller, ControllerConfig, CONTROLLER_LEASE};
+use lightpool_model::quantity::GIB;
+use lightpool_model::*;
+use lightpool_store::{EmbeddedStore, Store};
+
+type A = Agent<EmbeddedStore, MemoryDataplane>;
+
+struct Cluster {
+    store: EmbeddedStore,
+    agents: Vec<(A, MemoryDataplane)>,
+    controller: Controller<EmbeddedStore>,
+    _dir: tempfile::TempDir,
+}
+
+fn cluster(nodes: &[&str], gib: u64) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path().join("s.redb")).unwrap();
+    let agents = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let dp = MemoryDataplane::new(gib * GIB);
+            let cfg = AgentConfig::new(*n, format!("10.0.0.{}", i + 1), 4420);
+            (Agent::new(store.clone(), dp.clone(), cfg), dp)
+        })
+        .collect();
+    let controller = Controller::new(store.clone(), ControllerConfig::new("c1")).unwrap();
+    Cluster {
+        store,
+        agents,
+        controller,
+        _dir: dir,
+    }
+}
+
+impl Cluster {
+    /// One second: every live agent ticks, then the controller.
+    async fn second(&mut self, live: &[bool]) -> lightpool_controller::TickReport {
+        for (i, (a, _)) in self.agents.iter_mut().enumerate() {
+            if live.get(i).copied().unwrap_or(true) {
+                a.tick().await.unwrap();
+            }
+        }
+        let r = self.controller.tick().await.unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        r
+    }
+
+    async fn seconds(&mut self, n: usize) {
+        for _ in 0..n {
+            self.second(&[]).await;
+        }
+    }
+
+    async fn create(&self, name: &str, gib: u64, hint: PlacementHint, consumer: &str) {
+        let spec = VolumeSpec {
+            size: Quantity::from_bytes(gib * GIB),
+            provisioning: Provisioning::Thick,
+            placement: hint,
+            consumer_node: Some(consumer.into()),
+            affinity: VolumeAffinity::default(),
+            spread: None,
+            source_snapshot: None,
+        };
+        self.store.apply(&Volume::new(name, spec)).await.unwrap();
+    }
+
+    async fn volume(&self, name: &str) -> Option<Volume> {
+        self.store.get(name).await.unwrap()
+    }
+
+    async fn status(&self, name: &str) -> VolumeStatus {
+        self.volume(name).await.unwrap().status.unwrap_or_default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn volumes_are_placed_by_their_hints_published_and_deleted_in_order() {
+    let mut c = cluster(&["node-a", "node-b", "node-c"], 100);
+    c.seconds(1).await;
+    c.create("local", 10, PlacementHint::MustLocal, "node-a")
+        .await;
+    c.create("remote", 10, PlacementHint::MustRemote, "node-a")
+        .await;
+    c.create("prefer", 10, PlacementHint::PreferLocal, "node-b")
+        .await;
+    c.seconds(3).await;
+    for (v, want) in [("local", Some("node-a")), ("prefer", Some("node-b"))] {
+        assert_eq!(c.status(v).await.node.as_deref(), want, "{v}");
+    }
+    let remote = c.status("remote").await;
+    assert_ne!(remote.node.as_deref(), Some("node-a"));
+    for v in ["local", "remote", "prefer"] {
+        let st = c.status(v).await;
+        assert_eq!(st.phase, VolumePhase::Ready, "{v}: {st:?}");
+        assert_eq!(st.operation, None, "{v}: the operation finished");
+        assert_eq!(st.target.unwrap().paths.len(), 1);
+    }
+    let sched = c.controller.scheduler().unwrap().clone();
+    assert_eq!(sched.usage("node-a").unwrap().thick_bytes, 10 * GIB);
+
+    // Delete: the agent takes it down, then the controller gives the space back.
+    c.store.delete::<Volume>("local", None).await.unwrap();
+    let r = c.controller.tick().await.unwrap();
+    assert_eq!(
+        r.operations,
+        [(
+            "local".into(),
+            "VolumeDelete".into(),
+            "Waiting in Unpublish".into()
+        )]
+    );
+    assert_eq!(c.status("local").await.phase, VolumePhase::Deleting);
+    assert_eq!(
+        c.agents[0].1.volume_names(),
+        ["local"],
+        "still there until the agent acts"
+    );
+    c.seconds(2).await;
+    assert!(c.volume("local").await.is_none());
+    assert!(c.agents[0].1.volume_names().is_empty());
+    assert_eq!(sched.usage("node-a").unwrap().thick_bytes, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_input_is_refused_with_what_to_change_and_nothing_made() {
+    let mut c = cluster(&["node-a", "node-b"], 100);
+    c.seconds(1).await;
+    c.create("zero", 0, PlacementHint::PreferLocal, "node-a")
+        .await;
+    c.create("huge", 1000, PlacementHint::PreferLocal, "node-a")
+        .await;
+    c.create("nowhere", 10, PlacementHint::MustLocal, "node-z")
+        .await;
+    c.create("fits", 60, PlacementHint::MustLocal, "node-a")
+        .await;
+    c.create("full", 60, PlacementHint::MustLocal, "node-a")
+        .await;
+    c.seconds(2).await;
+    let cases = [
+        ("zero", "spec.size"),
+        ("huge", "larger than any pool"),
+        ("nowhere", "node-z"),
+        ("full", "node-a"),
+    ];
+    for (v, needle) in cases {
+        let st = c.status(v).await;
+        assert_eq!(st.phase, VolumePhase::Rejected, "{v}: {st:?}");
+        let msg = st.message.unwrap();
+        assert!(msg.contains(needle), "{v}: {msg}");
+        assert_eq!(st.pool, None);
+        let vol = c.volume(v).await.unwrap();
+        assert_eq!(vol.metadata.finalizers, None, "{v}: nothing held");
+    }
+    let full = c.status("full").await;
+    assert!(
+        full.rejections.iter().any(|r| r.node == "node-b"),
+        "each pool's reason: {:?}",
+        full.rejections
+    );
+    assert_eq!(c.status("fits").await.phase, VolumePhase::Ready);
+    for (_, dp) in &c.agents {
+        assert!(dp.volume_names().iter().all(|n| n == "fits"));
+    }
+    // Rejected volumes are not written again while nothing changes.
+    let rv = c.volume("huge").await.unwrap().metadata.resource_version;
+    c.seconds(2).await;
+    assert_eq!(
+        c.volume("huge").await.unwrap().metadata.resource_version,
+        rv
+    );
+    // Fixing the spec places it.
+    c.create("huge", 10, PlacementHint::PreferLocal, "node-a")
+        .await;
+    c.seconds(3).await;
+    assert_eq!(c.status("huge").await.phase, VolumePhase::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_node_is_unknown_within_16_s_gets_nothing_and_is_ready_when_it_returns() {
+    let mut c = cluster(&["node-a", "node-b"], 100);
+    c.seconds(2).await;
+    let pool = |c: &Cluster, n: &'static str| {
+        let s = c.store.clone();
+        async move {
+            s.get::<StoragePool>(n)
+                .await
+                .unwrap()
+                .unwrap()
+                .status
+                .unwrap()
+                .health
+        }
+    };
+    assert_eq!(pool(&c, "node-b").await, PoolHealth::Ready);
+    // node-b's agent is killed now.
+    let mut waited = 0;
+    loop {
+        let r = c.second(&[true, false]).await;
+        waited += 1;
+        if r.health_changes
+            .contains(&("node-b".into(), PoolHealth::Unknown))
+        {
+            break;
+        }
+        assert!(waited <= 16, "not Unknown after {waited} s");
+    }
+    assert!(waited >= 10, "Unknown too early, after {waited} s");
+    assert_eq!(pool(&c, "node-a").await, PoolHealth::Ready);
+    let st: StoragePool = c.store.get("node-b").await.unwrap().unwrap();
+    let hb = st.status.unwrap().conditions;
+    assert!(hb
+        .iter()
+        .any(|c| c.type_ == "Heartbeat" && c.message.contains("15 s")));
+    // No new volume lands there.
+    c.create("v", 10, PlacementHint::PreferLocal, "node-b")
+        .await;
+    c.create("must", 10, PlacementHint::MustLocal, "node-b")
+        .await;
+    c.second(&[true, false]).await;
+    c.second(&[true, false]).await;
+    assert_eq!(c.status("v").await.node.as_deref(), Some("node-a"));
+    let must = c.status("must").await;
+    assert_eq!(must.phase, VolumePhase::Rejected);
+    assert!(must.message.unwrap().contains("node-b"));
+    // The agent returns: Ready again, and the waiting volume is placed.
+    let mut back = 0;
+    loop {
+        let r = c.second(&[true, true]).await;
+        back += 1;
+        if r.health_changes
+            .contains(&("node-b".into(), PoolHealth::Ready))
+            || pool(&c, "node-b").await == PoolHealth::Ready
+        {
+            break;
+        }
+        assert!(back <= 2, "not Ready {back} s after the agent returned");
+    }
+    c.seconds(3).await;
+    assert_eq!(c.status("must").await.phase, VolumePhase::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_lease_holder_acts_and_a_restart_mid_operation_resumes_cleanly() {
+    let mut c = cluster(&["node-a"], 100);
+    c.seconds(1).await;
+    let mut other = Controller::new(c.store.clone(), ControllerConfig::new("c2")).unwrap();
+    assert!(!other.tick().await.unwrap().leader, "c1 leads");
+    // A volume placed, then the leader killed before the agent published it.
+    c.create("v", 10, PlacementHint::PreferLocal, "node-a")
+        .await;
+    let r = c.controller.tick().await.unwrap();
+    assert_eq!(
+        r.operations,
+        [(
+            "v".into(),
+            "VolumeCreate".into(),
+            "Waiting in Publish".into()
+        )]
+    );
+    let st = c.status("v").await;
+    assert_eq!(st.phase, VolumePhase::Scheduled);
+    assert_eq!(st.operation.as_ref().unwrap().phase, "Publish");
+    let Cluster {
+        store,
+        mut agents,
+        controller,
+        _dir,
+    } = c;
+    drop(controller); // killed: the lease is not released
+                      // c2 waits out the lease, then leads and rebuilds the ledger.
+    let mut waited = 0;
+    let report = loop {
+        for (a, _) in agents.iter_mut() {
+            a.tick().await.unwrap();
+        }
+        let r = other.tick().await.unwrap();
+        if r.leader {
+            break r;
+        }
+        waited += 1;
+        assert!(waited <= 16, "no take-over after {waited} s");
+        tokio::time::advance(Duration::from_secs(1)).await;
+    };
+    assert!(
+        waited >= 14,
+        "took over after {waited} s, before the lease ran out"
+    );
+    let lease = store.get_lease(CONTROLLER_LEASE).await.unwrap().unwrap();
+    assert_eq!(lease.holder.as_deref(), Some("c2"));
+    // The agent published meanwhile; c2 finished the operation, once.
+    assert_eq!(
+        report.operations,
+        [("v".into(), "VolumeCreate".into(), "Done".into())]
+    );
+    let sched = other.scheduler().unwrap();
+    let usage = sched.usage("node-a").unwrap();
+    assert_eq!(
+        (usage.thick_bytes, usage.volumes),
+        (10 * GIB, 1),
+        "counted once"
+    );
+    let v: Volume = store.get("v").await.unwrap().unwrap();
+    let st = v.status.unwrap();
+    assert_eq!((st.phase, st.operation), (VolumePhase::Ready, None));
+    let f = v.metadata.finalizers.unwrap();
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert!(f.contains(&AGENT_FINALIZER.to_string()));
+    assert_eq!(agents[0].1.volume_names(), ["v"], "made once");
+    // A second volume fills the rest exactly: nothing was reserved twice.
+    let spec = VolumeSpec {
+        size: Quantity::from_bytes(90 * GIB),
+        provisioning: Provisioning::Thick,
+        placement: PlacementHint::PreferLocal,
+        consumer_node: Some("node-a".into()),
+        affinity: VolumeAffinity::default(),
+        spread: None,
+        source_snapshot: None,
+    };
+    store.apply(&Volume::new("w", spec)).await.unwrap();
+    for _ in 0..2 {
+        agents[0].0.tick().await.unwrap();
+        other.tick().await.unwrap();
+    }
+    let w: Volume = store.get("w").await.unwrap().unwrap();
+    assert_eq!(w.status.unwrap().pool.as_deref(), Some("node-a"));
+}
