@@ -6,7 +6,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use lightpool_bdev::{check_request, Bdev, BdevError, IoChannel, IoOp, IoRequest, IoStatus};
+use lightpool_bdev::{
+    check_request, Bdev, BdevError, DataRef, IoChannel, IoOp, IoRequest, IoStatus,
+};
 
 use crate::format::Superblock;
 use crate::slab::Slab;
@@ -176,7 +178,45 @@ impl StripedChannel {
     }
 }
 
+impl StripedChannel {
+    /// The one member piece `lba..lba+n` lies in, if it lies in one and in the array.
+    fn one_piece(&self, lba: u64, n: u32) -> Option<Piece> {
+        let end = lba.checked_add(u64::from(n))?;
+        if n == 0 || end > self.info.num_blocks {
+            return None;
+        }
+        let mut one = None;
+        let mut count = 0;
+        self.map.pieces(lba, u64::from(n), |p| {
+            count += 1;
+            one = Some(p);
+        });
+        (count == 1).then_some(one).flatten()
+    }
+}
+
 impl IoChannel for StripedChannel {
+    /// Passed on to the member when the blocks lie in one piece of it (a RAM member
+    /// keeps its reads by reference).
+    fn read_in_place(&mut self, offset_blocks: u64, num_blocks: u32) -> Option<DataRef> {
+        let p = self.one_piece(offset_blocks, num_blocks)?;
+        self.members[p.member].read_in_place(self.data_offset + p.member_lba, num_blocks)
+    }
+
+    fn write_in_place(&mut self, offset_blocks: u64, num_blocks: u32, data: &[u8]) -> bool {
+        if self.info.read_only || data.len() as u64 != u64::from(num_blocks) * self.bs {
+            return false;
+        }
+        match self.one_piece(offset_blocks, num_blocks) {
+            Some(p) => self.members[p.member].write_in_place(
+                self.data_offset + p.member_lba,
+                num_blocks,
+                data,
+            ),
+            None => false,
+        }
+    }
+
     unsafe fn submit(&mut self, req: IoRequest) {
         self.in_flight += 1;
         if let Err(st) = check_request(&self.info, &req) {

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 
-use lightpool_bdev::{check_request, BdevInfo, IoChannel, IoOp, IoRequest, IoStatus};
+use lightpool_bdev::{check_request, BdevInfo, DataRef, IoChannel, IoOp, IoRequest, IoStatus};
 
 use super::{Mirror, DONE_ONE, SYNCING, S_ACTIVE};
 use crate::slab::{Slab, INITIAL};
@@ -191,12 +191,9 @@ impl MirrorChannel {
         self.ready.push_back((tag, st));
     }
 
-    /// Sends read `p` to the readable member with the fewest reads in flight here.
-    fn start_read(&mut self, p: u32) {
-        let (lba, n, tried) = {
-            let r = self.reqs.at(p);
-            (r.lba, r.n, r.tried)
-        };
+    /// The readable member (current channel, not in `tried`) with the fewest requests
+    /// of this channel in flight.
+    fn pick_reader(&mut self, lba: u64, n: u32, tried: u64) -> Option<usize> {
         let (r0, r1) = self.regions(lba, n);
         let k = self.members.len();
         let mut best: Option<usize> = None;
@@ -213,7 +210,24 @@ impl MirrorChannel {
             }
         }
         self.rr = (self.rr + 1) % k;
-        let Some(s) = best else {
+        best
+    }
+
+    /// Whether `lba..lba+n` is a range of the array.
+    fn in_range(&self, lba: u64, n: u32) -> bool {
+        n > 0
+            && lba
+                .checked_add(u64::from(n))
+                .is_some_and(|e| e <= self.info.num_blocks)
+    }
+
+    /// Sends read `p` to the readable member with the fewest reads in flight here.
+    fn start_read(&mut self, p: u32) {
+        let (lba, n, tried) = {
+            let r = self.reqs.at(p);
+            (r.lba, r.n, r.tried)
+        };
+        let Some(s) = self.pick_reader(lba, n, tried) else {
             let st = self.reqs.at(p).status;
             self.finish(
                 p,
@@ -424,6 +438,63 @@ impl MirrorChannel {
 }
 
 impl IoChannel for MirrorChannel {
+    /// From one readable member, passed on (a RAM member's bytes by reference).
+    fn read_in_place(&mut self, offset_blocks: u64, num_blocks: u32) -> Option<DataRef> {
+        if !self.in_range(offset_blocks, num_blocks) || self.m.failed.load(Relaxed) {
+            return None;
+        }
+        self.refresh();
+        let s = self.pick_reader(offset_blocks, num_blocks, 0)?;
+        let ch = self.members[s].ch.as_mut()?;
+        ch.read_in_place(self.m.data_offset + offset_blocks, num_blocks)
+    }
+
+    /// To every writable member, when each takes it in place and the regions' bits are
+    /// durable already (the warm path); otherwise declined, and the submitted write
+    /// does the rest. A member that took it before another declined holds the same
+    /// bytes the submitted write brings again; likewise when a member failed meanwhile
+    /// (the submitted write then waits for the superblocks).
+    fn write_in_place(&mut self, offset_blocks: u64, num_blocks: u32, data: &[u8]) -> bool {
+        if !self.in_range(offset_blocks, num_blocks)
+            || self.info.read_only
+            || data.len() as u64 != u64::from(num_blocks) * u64::from(self.info.block_size)
+            || self.m.failed.load(Relaxed)
+        {
+            return false;
+        }
+        self.m.resume_if_paused();
+        let (r0, r1) = self.regions(offset_blocks, num_blocks);
+        for r in r0..=r1 {
+            let old = self.m.region_state[r as usize].fetch_add(1, SeqCst);
+            if old & SYNCING != 0 || !self.m.bit_set(r) {
+                for q in r0..=r {
+                    self.m.region_state[q as usize].fetch_sub(1, SeqCst);
+                }
+                return false;
+            }
+        }
+        self.refresh();
+        let mut taken = 0;
+        let mut all = true;
+        for (s, mc) in self.members.iter_mut().enumerate() {
+            let Some(ch) = mc.ch.as_mut() else { continue };
+            let slot = &self.m.slots[s];
+            if mc.gen != slot.dev_gen.load(SeqCst) || !slot.writable() {
+                continue;
+            }
+            if ch.write_in_place(self.m.data_offset + offset_blocks, num_blocks, data) {
+                taken += usize::from(slot.state() == S_ACTIVE);
+            } else {
+                all = false;
+                break;
+            }
+        }
+        for r in r0..=r1 {
+            self.m.region_state[r as usize].fetch_add(DONE_ONE, SeqCst);
+        }
+        all && taken > 0 && self.m.sb_gen.load(SeqCst) >= self.m.fail_gen.load(SeqCst)
+    }
+
     unsafe fn submit(&mut self, req: IoRequest) {
         self.in_flight += 1;
         self.m.resume_if_paused();

@@ -34,6 +34,8 @@ fn raid1_passes_the_backend_checks() {
         check_flush(&*d);
         check_zeroes_and_deallocate(&*d);
         check_many_in_flight(&*d, 300);
+        let in_place = check_served_in_place(&*d);
+        assert!(in_place.reads && in_place.writes, "over RAM: {in_place:?}");
         assert!(mirrors_agree(&m, array_bytes(&a)));
         assert_eq!(a.status().state, ArrayState::Optimal);
     }
@@ -285,4 +287,40 @@ fn raid1_with_no_member_left_fails_requests() {
     wait_for("the failed state", || {
         a.status().state == ArrayState::Failed
     });
+}
+
+/// Writes in place (RAM members) go to every writable member, but only once their
+/// region's bit is durable: before that they are declined and nothing is written.
+#[test]
+fn raid1_in_place_writes_only_behind_a_durable_bit() {
+    let m = members("r1-inplace-", 2, 8 * MIB, 4096);
+    let a = open(&m, &raid1_opts("r1-inplace"));
+    let d: Arc<dyn Bdev> = a.clone();
+    let mut ch = d.open_channel().expect("channel");
+    let at = |x: &Faulty| x.peek(MIB + 10 * 4096, 8192);
+    assert!(
+        !ch.write_in_place(10, 2, &pattern(4096, 10, 2, 1)),
+        "no durable bit yet"
+    );
+    assert!(
+        m.iter().all(|x| at(x).iter().all(|&b| b == 0)),
+        "declined: nothing written"
+    );
+    assert_eq!(
+        write(ch.as_mut(), 4096, 10, &pattern(4096, 10, 2, 1)),
+        IoStatus::Success
+    );
+    assert!(ch.write_in_place(10, 2, &pattern(4096, 10, 2, 2)));
+    assert!(m.iter().all(|x| at(x) == pattern(4096, 10, 2, 2)));
+    let r = ch.read_in_place(10, 2).expect("served by reference");
+    // SAFETY: the channel outlives the slice.
+    assert_eq!(unsafe { r.as_slice() }, pattern(4096, 10, 2, 2).as_slice());
+    // A failed member gets no more writes, in place or not.
+    a.fail_member("#1").expect("fail");
+    assert!(ch.write_in_place(10, 2, &pattern(4096, 10, 2, 3)));
+    assert_eq!(at(&m[0]), pattern(4096, 10, 2, 3));
+    assert_eq!(at(&m[1]), pattern(4096, 10, 2, 2));
+    let r = ch.read_in_place(10, 2).expect("from the survivor");
+    // SAFETY: as above.
+    assert_eq!(unsafe { r.as_slice() }, pattern(4096, 10, 2, 3).as_slice());
 }

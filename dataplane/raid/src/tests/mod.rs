@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lightpool_bdev::testing::{pattern, AlignedBuf};
-use lightpool_bdev::{Bdev, BdevError, BdevInfo, IoChannel, IoOp, IoRequest, IoStatus};
+use lightpool_bdev::{Bdev, BdevError, BdevInfo, DataRef, IoChannel, IoOp, IoRequest, IoStatus};
 use lightpool_bdev_ram::MallocBdev;
 
 use crate::{ArrayOptions, Level, RaidBdev};
@@ -99,6 +99,28 @@ struct FaultyChannel {
 }
 
 impl IoChannel for FaultyChannel {
+    /// Passed on while healthy (a RAM device reads and writes in place).
+    fn read_in_place(&mut self, offset_blocks: u64, num_blocks: u32) -> Option<DataRef> {
+        if self.f.gone.load(SeqCst) || self.f.fail_reads.load(SeqCst) {
+            return None;
+        }
+        self.inner.read_in_place(offset_blocks, num_blocks)
+    }
+
+    fn write_in_place(&mut self, offset_blocks: u64, num_blocks: u32, data: &[u8]) -> bool {
+        if self.f.gone.load(SeqCst) || self.f.fail_writes.load(SeqCst) {
+            return false;
+        }
+        let done = self.inner.write_in_place(offset_blocks, num_blocks, data);
+        if done {
+            self.f.writes.fetch_add(1, SeqCst);
+            self.f
+                .blocks_written
+                .fetch_add(u64::from(num_blocks), SeqCst);
+        }
+        done
+    }
+
     unsafe fn submit(&mut self, req: IoRequest) {
         let writes = !matches!(req.op, IoOp::Read);
         let fail = if self.f.gone.load(SeqCst) {

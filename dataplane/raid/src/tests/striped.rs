@@ -25,13 +25,14 @@ fn raid0(prefix: &str, strip: u64) -> (Vec<Arc<Faulty>>, Arc<RaidBdev>) {
     (m, a)
 }
 
-fn backend_checks(a: &Arc<RaidBdev>) {
+fn backend_checks(a: &Arc<RaidBdev>) -> InPlace {
     let d: Arc<dyn Bdev> = a.clone();
     check_round_trip(&*d);
     check_out_of_range(&*d);
     check_flush(&*d);
     check_zeroes_and_deallocate(&*d);
     check_many_in_flight(&*d, 300);
+    check_served_in_place(&*d)
 }
 
 #[test]
@@ -39,7 +40,12 @@ fn concat_passes_the_backend_checks() {
     let (_, a) = concat("cat-checks");
     assert_eq!(a.info().num_blocks, (3 + 2 + 4) * MIB / 512);
     assert_eq!(a.kind(), "concat");
-    backend_checks(&a);
+    // Over RAM, reads by reference and writes in place pass through.
+    let both = InPlace {
+        reads: true,
+        writes: true,
+    };
+    assert_eq!(backend_checks(&a), both);
 }
 
 #[test]
@@ -48,7 +54,11 @@ fn raid0_passes_the_backend_checks() {
         let (_, a) = raid0(&format!("r0-checks-{strip}"), strip);
         assert_eq!(a.info().num_blocks, 3 * 7 * MIB / 512);
         assert_eq!(a.kind(), "raid0");
-        backend_checks(&a);
+        let in_place = backend_checks(&a);
+        if strip == 64 << 10 {
+            // The checked blocks lie in one strip: served in place by their member.
+            assert!(in_place.reads && in_place.writes);
+        }
     }
 }
 
