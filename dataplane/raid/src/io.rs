@@ -251,9 +251,10 @@ pub fn read_at(dev: &Arc<dyn Bdev>, offset: u64, len: usize) -> Result<Buf, Stri
 /// A request status in words.
 pub fn describe(st: IoStatus) -> String {
     match st {
-        IoStatus::Success => "success".into(),
+        IoStatus::Io(e) => std::io::Error::from_raw_os_error(e).to_string(),
         IoStatus::OutOfRange => "the range lies beyond the device".into(),
         IoStatus::ReadOnly => "the device is read-only".into(),
-        IoStatus::Io(e) => std::io::Error::from_raw_os_error(e).to_string(),
+        // Success, and what the interface may add.
+        other => format!("{other:?}"),
     }
 }
