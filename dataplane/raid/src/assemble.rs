@@ -569,7 +569,7 @@ pub(crate) fn build(
         opts.bitmap_clear_delay,
         states,
         bits,
-        0,
+        (0, 0),
     )?;
     a.start().map_err(|source| RaidError::Device {
         array: opts.name.clone(),
@@ -586,7 +586,7 @@ pub(crate) fn build_with(
     clear_delay: Duration,
     mut states: Vec<SlotInit>,
     bits: Option<Vec<u64>>,
-    copied_total: u64,
+    (copied_total, recoveries): (u64, u64),
 ) -> Result<Arc<RaidBdev>, RaidError> {
     let bs = sb.block_size;
     let present: Vec<&Arc<dyn Bdev>> = devs.iter().flatten().collect();
@@ -637,6 +637,7 @@ pub(crate) fn build_with(
                 rate,
                 clear_delay,
                 copied_total,
+                recoveries,
             }))
         }
         Level::Raid0 | Level::Concat => {

@@ -37,6 +37,7 @@ struct State {
     rate: u64,
     clear_delay_ms: u64,
     copied_total: u64,
+    recoveries: u64,
 }
 
 pub(crate) fn export(a: &RaidBdev) -> Result<Export, BdevError> {
@@ -53,6 +54,7 @@ pub(crate) fn export(a: &RaidBdev) -> Result<Export, BdevError> {
             rate: 0,
             clear_delay_ms: 0,
             copied_total: 0,
+            recoveries: 0,
         },
         Inner::Mirror(m) => {
             m.pause()?;
@@ -87,6 +89,7 @@ pub(crate) fn export(a: &RaidBdev) -> Result<Export, BdevError> {
                 rate: m.tun.rate.load(SeqCst),
                 clear_delay_ms: m.tun.clear_delay_ms.load(SeqCst),
                 copied_total: m.stats.copied_total.load(SeqCst),
+                recoveries: m.stats.recoveries.load(SeqCst),
             }
         }
     };
@@ -157,7 +160,7 @@ impl Adopter for RaidAdopter {
                 Duration::from_millis(st.clear_delay_ms),
                 st.slots,
                 bits,
-                st.copied_total,
+                (st.copied_total, st.recoveries),
             )?;
             if a.fds.is_none() {
                 // No predecessor alive: nothing to wait for.

@@ -244,6 +244,7 @@ pub(crate) struct Init {
     pub rate: u64,
     pub clear_delay: Duration,
     pub copied_total: u64,
+    pub recoveries: u64,
 }
 
 /// One slot's state at start.
@@ -312,6 +313,7 @@ impl Mirror {
             },
         };
         m.stats.copied_total.store(init.copied_total, SeqCst);
+        m.stats.recoveries.store(init.recoveries, SeqCst);
         Arc::new(m)
     }
 
