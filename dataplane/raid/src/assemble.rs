@@ -178,9 +178,9 @@ impl RaidBdev {
         let (data_offset, array_bytes, per, region_bytes, bitmap_bytes) = match opts.level {
             Level::Raid1 => {
                 let region = opts.region_bytes.unwrap_or_else(|| auto_region(min));
-                if region == 0 || !region.is_multiple_of(4096) {
+                if !region.is_power_of_two() || region < 4096 {
                     return Err(RaidError::Invalid(format!(
-                        "array {}: bitmap region size {region} is not a multiple of 4 KiB",
+                        "array {}: bitmap region size {region} is not a power of two of 4 KiB or more",
                         opts.name
                     )));
                 }

@@ -341,7 +341,7 @@ impl Superblock {
         }
         match self.level {
             Level::Raid1 => {
-                if self.region_bytes == 0 || !self.region_bytes.is_multiple_of(bs) {
+                if !self.region_bytes.is_power_of_two() || self.region_bytes < bs {
                     return bad("bitmap region size");
                 }
                 let blocks = bitmap_blocks(self.regions());

@@ -88,8 +88,8 @@ pub struct ArrayOptions {
     pub level: Level,
     /// RAID0: bytes per strip (a multiple of the block size). Default 64 KiB.
     pub strip_bytes: u64,
-    /// RAID1: bytes one bitmap bit covers; `None`: 1 MiB, or more for arrays beyond
-    /// 1 TiB (at most about a million regions).
+    /// RAID1: bytes one bitmap bit covers, a power of two of 4 KiB or more; `None`:
+    /// 1 MiB, or more for arrays beyond 1 TiB (at most about a million regions).
     pub region_bytes: Option<u64>,
     /// RAID1: bytes per second a resync or rebuild copies at most (0: no limit).
     pub rebuild_rate: u64,

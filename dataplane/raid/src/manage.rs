@@ -298,9 +298,8 @@ impl RaidBdev {
             )));
         }
         m.fail_slot(s, "failed by the operator");
-        let want = m.fail_gen.load(SeqCst);
         let t0 = Instant::now();
-        while m.sb_gen.load(SeqCst) < want && !m.failed.load(SeqCst) {
+        while m.sb_active.load(SeqCst) & (1 << s) != 0 && !m.failed.load(SeqCst) {
             if t0.elapsed() > Duration::from_secs(30) {
                 return Err(RaidError::Busy(format!(
                     "{}: slot {s} failed, but the superblocks were not written within 30 s",

@@ -66,6 +66,35 @@ impl Map {
         }
     }
 
+    /// The member piece holding all of `lba..lba+blocks` (inside the array), if one does.
+    pub fn one_piece(&self, lba: u64, blocks: u64) -> Option<Piece> {
+        let p = match self {
+            Map::Concat { starts } => {
+                let m = starts.partition_point(|&s| s <= lba) - 1;
+                Piece {
+                    member: m,
+                    member_lba: lba - starts[m],
+                    blocks,
+                    skip: 0,
+                }
+            }
+            Map::Raid0 { strip, n } => {
+                let s = lba / strip;
+                Piece {
+                    member: (s % n) as usize,
+                    member_lba: (s / n) * strip + lba % strip,
+                    blocks,
+                    skip: 0,
+                }
+            }
+        };
+        let room = match self {
+            Map::Concat { starts } => starts[p.member + 1] - lba,
+            Map::Raid0 { strip, .. } => strip - lba % strip,
+        };
+        (blocks <= room).then_some(p)
+    }
+
     /// The member blocks that `lba..lba+blocks` covers on each member, as one range per
     /// member (for requests without data: a RAID0 member's share of any range is
     /// contiguous on it).
@@ -185,13 +214,7 @@ impl StripedChannel {
         if n == 0 || end > self.info.num_blocks {
             return None;
         }
-        let mut one = None;
-        let mut count = 0;
-        self.map.pieces(lba, u64::from(n), |p| {
-            count += 1;
-            one = Some(p);
-        });
-        (count == 1).then_some(one).flatten()
+        self.map.one_piece(lba, u64::from(n))
     }
 }
 
@@ -262,6 +285,10 @@ impl IoChannel for StripedChannel {
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
+        if self.in_flight == 0 {
+            // Nothing of ours anywhere (every part counts in its parent).
+            return 0;
+        }
         let mut n = 0;
         while let Some((tag, st)) = self.ready.pop_front() {
             self.in_flight -= 1;
@@ -387,6 +414,25 @@ mod tests {
                 skip: 0
             }]
         );
+    }
+
+    /// `one_piece` is `pieces` when that gives exactly one.
+    #[test]
+    fn one_piece_agrees_with_pieces() {
+        for m in [
+            Map::Raid0 { strip: 4, n: 3 },
+            Map::Concat {
+                starts: vec![0, 10, 12, 40],
+            },
+        ] {
+            for lba in 0..36 {
+                for n in 1..(40 - lba).min(12) {
+                    let all = collect(&m, lba, n);
+                    let want = (all.len() == 1).then(|| all[0]);
+                    assert_eq!(m.one_piece(lba, n), want, "{m:?} {lba}+{n}");
+                }
+            }
+        }
     }
 
     /// A member's share of any range, computed per member, is exactly the union of the

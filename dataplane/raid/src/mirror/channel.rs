@@ -34,17 +34,15 @@ struct Req {
     len: usize,
     /// Parts in flight on members.
     pending: u32,
-    /// Members that were active when the write went out, and how many of them took it.
+    /// Members that were active when the write went out, and those that took it.
     active: u64,
-    ok: u32,
+    ok_mask: u64,
     /// Reads: members tried.
     tried: u64,
     /// Regions held (writes).
     r0: u64,
     r1: u64,
     held: bool,
-    /// Completion held until the superblocks have caught up with this failure count.
-    need_sb: u64,
     status: IoStatus,
 }
 
@@ -59,12 +57,11 @@ impl Default for Req {
             len: 0,
             pending: 0,
             active: 0,
-            ok: 0,
+            ok_mask: 0,
             tried: 0,
             r0: 0,
             r1: 0,
             held: false,
-            need_sb: 0,
             status: IoStatus::Success,
         }
     }
@@ -192,24 +189,36 @@ impl MirrorChannel {
     }
 
     /// The readable member (current channel, not in `tried`) with the fewest requests
-    /// of this channel in flight.
+    /// of this channel in flight, taken in turn when they tie.
     fn pick_reader(&mut self, lba: u64, n: u32, tried: u64) -> Option<usize> {
-        let (r0, r1) = self.regions(lba, n);
         let k = self.members.len();
         let mut best: Option<usize> = None;
-        for i in 0..k {
-            let s = (self.rr + i) % k;
-            if tried & (1 << s) != 0 || !self.current(s) {
-                continue;
+        let mut best_busy = u32::MAX;
+        let mut s = self.rr;
+        for _ in 0..k {
+            if tried & (1 << s) == 0 && self.current(s) {
+                let ok = match self.m.slots[s].state() {
+                    S_ACTIVE => true,
+                    super::S_RECOVERING => {
+                        let (r0, r1) = self.regions(lba, n);
+                        self.m.slots[s].readable_recovering(r0, r1)
+                    }
+                    _ => false,
+                };
+                if ok && self.members[s].busy < best_busy {
+                    best = Some(s);
+                    best_busy = self.members[s].busy;
+                }
             }
-            if !self.m.slots[s].readable(r0, r1) {
-                continue;
-            }
-            if best.is_none_or(|b| self.members[s].busy < self.members[b].busy) {
-                best = Some(s);
+            s += 1;
+            if s == k {
+                s = 0;
             }
         }
-        self.rr = (self.rr + 1) % k;
+        self.rr += 1;
+        if self.rr == k {
+            self.rr = 0;
+        }
         best
     }
 
@@ -336,9 +345,26 @@ impl MirrorChannel {
         }
     }
 
-    /// Every part of write `p` is back: release its regions, then complete it, after
-    /// the superblocks if a member failed meanwhile.
+    /// Every part of write `p` is back: it completes once every member the durable
+    /// superblocks call in sync has it (ordering, 3); until then it keeps its regions
+    /// (so no recovery copies them under it) and waits for the superblocks.
     fn done_write(&mut self, p: u32) {
+        let r = self.reqs.get(p);
+        if r.ok_mask & r.active == 0 {
+            r.status = IoStatus::Io(libc::EIO);
+        }
+        let missing = self.m.sb_active.load(SeqCst) & !r.ok_mask;
+        if missing != 0 && r.status == IoStatus::Success && !self.m.failed.load(SeqCst) {
+            self.sbwait.push_back(p);
+            self.m.ctl.wake();
+        } else {
+            let st = r.status;
+            self.release_finish(p, st);
+        }
+    }
+
+    /// Releases the regions write `p` holds, then completes it.
+    fn release_finish(&mut self, p: u32, st: IoStatus) {
         let r = self.reqs.get(p);
         if r.held {
             for q in r.r0..=r.r1 {
@@ -346,18 +372,7 @@ impl MirrorChannel {
             }
             r.held = false;
         }
-        if r.ok == 0 {
-            r.status = IoStatus::Io(libc::EIO);
-        }
-        let g = self.m.fail_gen.load(SeqCst);
-        if self.m.sb_gen.load(SeqCst) < g {
-            r.need_sb = g;
-            self.sbwait.push_back(p);
-            self.m.ctl.wake();
-        } else {
-            let st = r.status;
-            self.finish(p, st);
-        }
+        self.finish(p, st);
     }
 
     fn on_completion(&mut self, s: usize, p: u32, st: IoStatus) {
@@ -386,8 +401,8 @@ impl MirrorChannel {
             return;
         }
         if st == IoStatus::Success {
-            if s != RETIRED && r.active & (1 << s) != 0 {
-                r.ok += 1;
+            if s != RETIRED {
+                r.ok_mask |= 1 << s;
             }
         } else if s != RETIRED {
             self.m.fail_slot(s, &format!("{:?} failed: {st:?}", r.op));
@@ -413,22 +428,22 @@ impl MirrorChannel {
             if (r0..=r1).all(|r| self.m.bit_set(r)) {
                 self.fan_out(p);
             } else if self.m.failed.load(Relaxed) {
-                self.done_write(p);
+                self.release_finish(p, IoStatus::Io(libc::EIO));
             } else {
                 self.bitwait.push_back(p);
             }
         }
         if !self.sbwait.is_empty() {
-            let sb = self.m.sb_gen.load(SeqCst);
+            let in_sync = self.m.sb_active.load(SeqCst);
             let failed = self.m.failed.load(SeqCst);
             for _ in 0..self.sbwait.len() {
                 let p = self.sbwait.pop_front().expect("counted");
                 let r = self.reqs.at(p);
-                if sb >= r.need_sb {
+                if in_sync & !r.ok_mask == 0 {
                     let st = r.status;
-                    self.finish(p, st);
+                    self.release_finish(p, st);
                 } else if failed {
-                    self.finish(p, IoStatus::Io(libc::EIO));
+                    self.release_finish(p, IoStatus::Io(libc::EIO));
                 } else {
                     self.sbwait.push_back(p);
                 }
@@ -452,8 +467,8 @@ impl IoChannel for MirrorChannel {
     /// To every writable member, when each takes it in place and the regions' bits are
     /// durable already (the warm path); otherwise declined, and the submitted write
     /// does the rest. A member that took it before another declined holds the same
-    /// bytes the submitted write brings again; likewise when a member failed meanwhile
-    /// (the submitted write then waits for the superblocks).
+    /// bytes the submitted write brings again; likewise when a member the superblocks
+    /// call in sync did not get it (the submitted write then waits for them).
     fn write_in_place(&mut self, offset_blocks: u64, num_blocks: u32, data: &[u8]) -> bool {
         if !self.in_range(offset_blocks, num_blocks)
             || self.info.read_only
@@ -474,7 +489,7 @@ impl IoChannel for MirrorChannel {
             }
         }
         self.refresh();
-        let mut taken = 0;
+        let (mut written, mut active) = (0u64, 0u64);
         let mut all = true;
         for (s, mc) in self.members.iter_mut().enumerate() {
             let Some(ch) = mc.ch.as_mut() else { continue };
@@ -482,17 +497,23 @@ impl IoChannel for MirrorChannel {
             if mc.gen != slot.dev_gen.load(SeqCst) || !slot.writable() {
                 continue;
             }
+            if slot.state() == S_ACTIVE {
+                active |= 1 << s;
+            }
             if ch.write_in_place(self.m.data_offset + offset_blocks, num_blocks, data) {
-                taken += usize::from(slot.state() == S_ACTIVE);
+                written |= 1 << s;
             } else {
                 all = false;
                 break;
             }
         }
+        // Complete only as a submitted write would (ordering, 3); otherwise the
+        // submitted write brings the same bytes again and waits.
+        let done = all && written & active != 0 && self.m.sb_active.load(SeqCst) & !written == 0;
         for r in r0..=r1 {
             self.m.region_state[r as usize].fetch_add(DONE_ONE, SeqCst);
         }
-        all && taken > 0 && self.m.sb_gen.load(SeqCst) >= self.m.fail_gen.load(SeqCst)
+        done
     }
 
     unsafe fn submit(&mut self, req: IoRequest) {
@@ -534,6 +555,11 @@ impl IoChannel for MirrorChannel {
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
+        if self.in_flight == 0 {
+            // Nothing of ours anywhere: parts on members (retiring channels too) and
+            // waiting requests all count in it.
+            return 0;
+        }
         self.refresh();
         let mut comp = std::mem::take(&mut self.comp);
         for (s, mc) in self.members.iter_mut().enumerate() {

@@ -68,6 +68,8 @@ struct Daemon {
     /// The last superblock write found every slot active (bits may be cleared).
     all_active_sb: bool,
     sb_dirty: bool,
+    /// The failure count the superblocks last caught up with.
+    sb_fail_gen: u64,
     cur: Option<Cur>,
     copy: Buf,
     rate_next: Instant,
@@ -95,6 +97,7 @@ impl Daemon {
             next_clear: Instant::now(),
             all_active_sb: false,
             sb_dirty: true,
+            sb_fail_gen: 0,
             cur: None,
             copy: Buf::new(region_bytes.min(CHUNK) as usize),
             rate_next: Instant::now(),
@@ -225,15 +228,15 @@ impl Daemon {
     /// Writes the superblocks if a member failed or the membership changed, until
     /// they agree with the slots' states.
     fn superblocks(&mut self) {
-        if !self.sb_dirty && self.m.fail_gen.load(SeqCst) <= self.m.sb_gen.load(SeqCst) {
+        if !self.sb_dirty && self.m.fail_gen.load(SeqCst) == self.sb_fail_gen {
             return;
         }
         loop {
             let fg = self.m.fail_gen.load(SeqCst);
             self.check_source();
             self.write_superblocks(false);
-            if self.m.fail_gen.load(SeqCst) == fg {
-                self.m.sb_gen.store(fg, SeqCst);
+            if self.m.fail_gen.load(SeqCst) == fg || self.m.failed.load(SeqCst) {
+                self.sb_fail_gen = fg;
                 break;
             }
         }
@@ -265,6 +268,7 @@ impl Daemon {
         sb.events += 1;
         sb.clean = clean;
         let mut all_active = true;
+        let mut in_sync = 0u64;
         for (s, slot) in self.m.slots.iter().enumerate() {
             let e = &mut sb.table[s];
             e.member_uuid = members[s].as_ref().map_or([0; 16], |m| m.uuid);
@@ -284,6 +288,9 @@ impl Daemon {
                 S_FAULTY => (SlotState::Faulty, u64::MAX),
                 _ => (SlotState::Empty, u64::MAX),
             };
+            if e.state == SlotState::Active {
+                in_sync |= 1 << s;
+            }
         }
         if all_active {
             sb.events_cleared = sb.events;
@@ -305,6 +312,8 @@ impl Daemon {
             })
             .collect();
         let off = sb.slot_offset();
+        // While it is written the members may hold the old or the new table.
+        self.m.sb_active.fetch_or(in_sync, SeqCst);
         let ok = self.each(&targets, "superblock write", |s, c| {
             let b = &bufs
                 .iter()
@@ -315,6 +324,13 @@ impl Daemon {
             unsafe { c.start_write(off, b) }
         });
         self.flush(&ok);
+        if ok.is_empty() {
+            self.m.failed.store(true, SeqCst);
+        } else {
+            // Durable: a member that missed this write failed (the next write records
+            // it); the table written is what a restart reads.
+            self.m.sb_active.store(in_sync, SeqCst);
+        }
         self.all_active_sb = all_active && ok.len() == targets.len();
         *self.m.sb.lock().expect("sb poisoned") = sb;
     }
@@ -398,8 +414,11 @@ impl Daemon {
     fn hold(&mut self, r: u64) {
         let rs = &self.m.region_state[r as usize];
         rs.fetch_or(SYNCING, SeqCst);
+        // Writes in flight may wait for bits, or for the superblocks (holding the
+        // region): both are this thread's to write.
         while self.m.region_state[r as usize].load(SeqCst) & INFLIGHT != 0 {
             self.bitmap();
+            self.superblocks();
             std::thread::park_timeout(Duration::from_micros(50));
         }
     }

@@ -23,8 +23,9 @@
 //!    slot is active, and never for a region with a write in flight: the clearer drops
 //!    the bit, then reads the region's count again and puts the bit back if anything
 //!    moved (a writer increments before it reads the bit).
-//! 3. A member that fails is marked faulty before anything else happens, and no write
-//!    completes (successfully) until the superblocks of the remaining members say so: a
+//! 3. A write completes only once every member the durable superblocks call in sync
+//!    has it (`sb_active`): one that failed or was skipped is marked faulty, and the
+//!    write waits, holding its regions, until the superblocks of the others say so. A
 //!    restart must never take a member that missed an acknowledged write for a source.
 //! 4. A member that (re)joins becomes writable first; its `snap` is taken after, so a
 //!    write either reaches it or its region is in `snap` and is copied (the copy waits
@@ -117,17 +118,11 @@ impl Slot {
         self.snap[(r / 64) as usize].load(Relaxed) & (1 << (r % 64)) != 0
     }
 
-    /// Whether regions `r0..=r1` can be read from this member.
-    pub fn readable(&self, r0: u64, r1: u64) -> bool {
-        match self.state() {
-            S_ACTIVE => true,
-            S_RECOVERING => {
-                let c = self.cursor.load(Acquire);
-                let f = self.full_from.load(Acquire);
-                (r0..=r1).all(|r| r < c || (r < f && !self.snapped(r)))
-            }
-            _ => false,
-        }
+    /// Whether regions `r0..=r1` can be read from this member, which is recovering.
+    pub fn readable_recovering(&self, r0: u64, r1: u64) -> bool {
+        let c = self.cursor.load(Acquire);
+        let f = self.full_from.load(Acquire);
+        (r0..=r1).all(|r| r < c || (r < f && !self.snapped(r)))
     }
 }
 
@@ -210,7 +205,8 @@ pub(crate) struct Mirror {
     pub info: BdevInfo,
     /// Where the data starts on every member, in blocks.
     pub data_offset: u64,
-    pub region_blocks: u64,
+    /// Blocks per region, as a shift (regions are a power of two bytes).
+    pub region_shift: u32,
     pub regions: u64,
     pub slots: Box<[Slot]>,
     pub members: Mutex<Vec<Option<Member>>>,
@@ -220,10 +216,13 @@ pub(crate) struct Mirror {
     pub ondisk: Box<[AtomicU64]>,
     pub want: Box<[AtomicU64]>,
     pub hints: Box<[AtomicBool]>,
-    /// Incremented before a member is marked faulty; `sb_gen` catches up once the
-    /// superblocks say so.
+    /// Incremented before a member is marked faulty: the background thread writes the
+    /// superblocks when it changes.
     pub fail_gen: AtomicU64,
-    pub sb_gen: AtomicU64,
+    /// The slots the superblocks on the members may call in sync (a restart could take
+    /// any of them for a source): a write completes only once every one of them has it
+    /// (ordering, 3). Widened before a superblock write, narrowed once it is durable.
+    pub sb_active: AtomicU64,
     /// No member holds the array's data any more: every request fails.
     pub failed: AtomicBool,
     /// The superblock as last written (events, table), and the rest of its fields.
@@ -289,10 +288,20 @@ impl Mirror {
                 slot
             })
             .collect();
+        // What the superblocks on the members say now: slots in sync (or whose data is
+        // the array's, being made identical after an unclean stop).
+        let sb_active = init
+            .states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.state == SlotState::Active || (s.state == SlotState::Recovering && s.valid)
+            })
+            .fold(0u64, |m, (i, _)| m | (1 << i));
         let m = Mirror {
             info: init.info,
             data_offset: sb.data_offset / bs,
-            region_blocks: sb.region_bytes / bs,
+            region_shift: (sb.region_bytes / bs).trailing_zeros(),
             regions,
             slots,
             members: Mutex::new(init.members),
@@ -302,7 +311,7 @@ impl Mirror {
             want: atomics(&[]),
             hints: (0..nblocks).map(|_| AtomicBool::new(false)).collect(),
             fail_gen: AtomicU64::new(0),
-            sb_gen: AtomicU64::new(0),
+            sb_active: AtomicU64::new(sb_active),
             failed: AtomicBool::new(false),
             sb: Mutex::new(sb),
             ctl: Ctl::default(),
@@ -322,7 +331,7 @@ impl Mirror {
     }
 
     pub fn region_of(&self, lba: u64) -> u64 {
-        lba / self.region_blocks
+        lba >> self.region_shift
     }
 
     pub fn bit_set(&self, r: u64) -> bool {

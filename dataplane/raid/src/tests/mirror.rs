@@ -324,3 +324,35 @@ fn raid1_in_place_writes_only_behind_a_durable_bit() {
     // SAFETY: as above.
     assert_eq!(unsafe { r.as_slice() }, pattern(4096, 10, 2, 3).as_slice());
 }
+
+/// A write that a member failed completes only once the other member's superblock
+/// records the failure: a restart can then never take the member that missed it for a
+/// source. Checked the moment the write returns.
+#[test]
+fn raid1_write_completes_only_after_the_failure_is_on_disk() {
+    for how in ["data write fails", "bitmap write fails"] {
+        let m = members("r1-order-", 2, 8 * MIB, 512);
+        let a = open(&m, &raid1_opts(&format!("r1-order-{}", how.len())));
+        let d: Arc<dyn Bdev> = a.clone();
+        let mut ch = d.open_channel().expect("channel");
+        let lba = 3 * REGION / 512;
+        if how == "data write fails" {
+            // The region's bit is durable already: only the data write meets the failure.
+            assert_eq!(
+                write(ch.as_mut(), 512, lba, &pattern(512, lba, 8, 1)),
+                IoStatus::Success
+            );
+        }
+        m[1].f.fail_writes.store(true, SeqCst);
+        assert_eq!(
+            write(ch.as_mut(), 512, lba, &pattern(512, lba, 8, 2)),
+            IoStatus::Success
+        );
+        let sb = match crate::assemble::read_superblock(&(m[0].clone() as Arc<dyn Bdev>)) {
+            Ok(crate::assemble::Found::Sb(sb)) => sb,
+            _ => panic!("member 0 has a superblock"),
+        };
+        assert_eq!(sb.table[1].state, crate::format::SlotState::Faulty, "{how}");
+        assert_eq!(m[0].peek(MIB + lba * 512, 4096), pattern(512, lba, 8, 2));
+    }
+}
