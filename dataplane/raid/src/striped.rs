@@ -67,6 +67,7 @@ impl Map {
     }
 
     /// The member piece holding all of `lba..lba+blocks` (inside the array), if one does.
+    #[inline]
     pub fn one_piece(&self, lba: u64, blocks: u64) -> Option<Piece> {
         let p = match self {
             Map::Concat { starts } => {
@@ -209,6 +210,7 @@ impl StripedChannel {
 
 impl StripedChannel {
     /// The one member piece `lba..lba+n` lies in, if it lies in one and in the array.
+    #[inline]
     fn one_piece(&self, lba: u64, n: u32) -> Option<Piece> {
         let end = lba.checked_add(u64::from(n))?;
         if n == 0 || end > self.info.num_blocks {

@@ -126,11 +126,16 @@ impl MirrorChannel {
 
     /// Reopens member channels when the membership changed (a lock and allocations,
     /// but only after a reconfiguration).
+    #[inline]
     fn refresh(&mut self) {
         let e = self.m.epoch.load(SeqCst);
-        if e == self.epoch {
-            return;
+        if e != self.epoch {
+            self.reopen(e);
         }
+    }
+
+    #[cold]
+    fn reopen(&mut self, e: u64) {
         let (members, gens): (Vec<_>, Vec<u64>) = {
             let members = self.m.members.lock().expect("members poisoned");
             let gens = self
@@ -171,12 +176,6 @@ impl MirrorChannel {
         self.epoch = e;
     }
 
-    /// Whether this channel's channel to slot `s` is on the slot's current device.
-    fn current(&self, s: usize) -> bool {
-        let mc = &self.members[s];
-        mc.ch.is_some() && mc.gen == self.m.slots[s].dev_gen.load(SeqCst)
-    }
-
     fn regions(&self, lba: u64, n: u32) -> (u64, u64) {
         let last = lba + u64::from(n.max(1)) - 1;
         (self.m.region_of(lba), self.m.region_of(last))
@@ -190,34 +189,39 @@ impl MirrorChannel {
 
     /// The readable member (current channel, not in `tried`) with the fewest requests
     /// of this channel in flight, taken in turn when they tie.
+    #[inline]
     fn pick_reader(&mut self, lba: u64, n: u32, tried: u64) -> Option<usize> {
         let k = self.members.len();
-        let mut best: Option<usize> = None;
+        let start = self.rr;
+        self.rr = if start + 1 == k { 0 } else { start + 1 };
+        let mut best = None;
         let mut best_busy = u32::MAX;
-        let mut s = self.rr;
-        for _ in 0..k {
-            if tried & (1 << s) == 0 && self.current(s) {
-                let ok = match self.m.slots[s].state() {
-                    S_ACTIVE => true,
-                    super::S_RECOVERING => {
-                        let (r0, r1) = self.regions(lba, n);
-                        self.m.slots[s].readable_recovering(r0, r1)
-                    }
-                    _ => false,
-                };
-                if ok && self.members[s].busy < best_busy {
-                    best = Some(s);
-                    best_busy = self.members[s].busy;
+        for i in 0..k {
+            let s = if start + i >= k {
+                start + i - k
+            } else {
+                start + i
+            };
+            let mc = &self.members[s];
+            if mc.ch.is_none() || mc.busy >= best_busy || (tried >> s) & 1 != 0 {
+                continue;
+            }
+            let slot = &self.m.slots[s];
+            if mc.gen != slot.dev_gen.load(SeqCst) {
+                continue;
+            }
+            let ok = match slot.state() {
+                S_ACTIVE => true,
+                super::S_RECOVERING => {
+                    let (r0, r1) = self.regions(lba, n);
+                    slot.readable_recovering(r0, r1)
                 }
+                _ => false,
+            };
+            if ok {
+                best = Some(s);
+                best_busy = mc.busy;
             }
-            s += 1;
-            if s == k {
-                s = 0;
-            }
-        }
-        self.rr += 1;
-        if self.rr == k {
-            self.rr = 0;
         }
         best
     }
