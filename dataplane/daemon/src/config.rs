@@ -17,6 +17,9 @@ pub struct Config {
     pub listeners: Vec<ListenerSection>,
     #[serde(default, rename = "subsystem")]
     pub subsystems: Vec<SubsystemSection>,
+    /// Arrays over several devices (see raid.rs), which namespaces name by `raid`.
+    #[serde(default, rename = "raid")]
+    pub raids: Vec<crate::raid::RaidSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +160,8 @@ pub struct NamespaceSection {
     /// the control socket's DEVICES).
     #[serde(default)]
     pub passthru: bool,
+    /// The name of a `[[raid]]` array to serve.
+    pub raid: Option<String>,
 }
 
 /// A configuration error that names the field at fault.
@@ -243,6 +248,7 @@ impl Config {
                 )
             })?;
         }
+        crate::raid::validate(&self.raids)?;
         for (si, s) in self.subsystems.iter().enumerate() {
             let f = |x: &str| format!("subsystem[{si}].{x}");
             if self.subsystems[..si].iter().any(|o| o.nqn == s.nqn) {
@@ -250,11 +256,29 @@ impl Config {
             }
             for (ni, n) in s.namespaces.iter().enumerate() {
                 let g = |x: &str| format!("subsystem[{si}].namespace[{ni}].{x}");
+                if let Some(r) = &n.raid {
+                    if n.ram.is_some() || n.file.is_some() || n.vfio.is_some() {
+                        return Err(ferr(
+                            g("raid"),
+                            "give one of ram, file, vfio or raid, not several",
+                        ));
+                    }
+                    if !self.raids.iter().any(|a| &a.name == r) {
+                        return Err(ferr(g("raid"), format!("no [[raid]] is named {r:?}")));
+                    }
+                    if n.block_size.is_some() {
+                        return Err(ferr(
+                            g("block_size"),
+                            "an array has its members' block size",
+                        ));
+                    }
+                }
                 match (&n.ram, &n.file, &n.vfio) {
+                    (None, None, None) if n.raid.is_some() => {}
                     (None, None, None) => {
                         return Err(ferr(
                             g("file"),
-                            "a namespace needs a backend: ram = \"SIZE\", file = \"PATH\" or vfio = \"PCI ADDRESS\"",
+                            "a namespace needs a backend: ram = \"SIZE\", file = \"PATH\", vfio = \"PCI ADDRESS\" or raid = \"NAME\"",
                         ))
                     }
                     (Some(r), None, None) => {

@@ -94,6 +94,8 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
             Err(e) => format!("ERR {e:#}"),
         };
         send_line!(w, "{answer}")?;
+    } else if let Some(rest) = line.strip_prefix("RAID") {
+        w.write_all(crate::raid::control(rest).as_bytes())?;
     } else if line.starts_with("HELLO ") {
         stream.set_read_timeout(None)?;
         upgrade::hand_over(run, stream, &line)?;

@@ -6,6 +6,7 @@ mod config;
 #[macro_use]
 mod fdpass;
 mod control;
+mod raid;
 mod transports;
 mod upgrade;
 
@@ -81,6 +82,13 @@ enum Cmd {
     /// List the block devices of the running target (children first, with the
     /// namespaces each serves and, for devices that count, their I/O).
     Devices,
+    /// Arrays of the running target: `list`, `status NAME`, `fail NAME MEMBER`,
+    /// `remove NAME MEMBER`, `re-add NAME MEMBER`, `add NAME PATH`, `rate NAME
+    /// BYTES-PER-SECOND` (a member is a device name or a slot as #N).
+    Raid {
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
     /// Set the ANA state of a namespace group of the running target; connected hosts
     /// get an ANA-change async event and re-read the ANA log.
     Ana {
@@ -160,8 +168,10 @@ fn default_config() -> Config {
                 uuid: None,
                 ana_group: None,
                 passthru: false,
+                raid: None,
             }],
         }],
+        raids: Vec::new(),
     }
 }
 
@@ -275,6 +285,7 @@ fn build_target(
     target
         .attach_region(region.clone())
         .map_err(|e| anyhow::anyhow!("state region: {e}"))?;
+    let arrays = raid::open_arrays(&cfg.raids, state_dir)?;
     for (si, s) in cfg.subsystems.iter().enumerate() {
         let mut sc = SubsystemConfig::new(&s.nqn);
         sc.serial = s.serial.clone();
@@ -285,7 +296,10 @@ fn build_target(
         sc.max_cntlid = s.max_cntlid;
         for (ni, n) in s.namespaces.iter().enumerate() {
             let field = format!("subsystem[{si}].namespace[{ni}]");
-            let mut bdev = open_bdev(&field, &s.nqn, n, state_dir)?;
+            let mut bdev = match &n.raid {
+                Some(r) => arrays[r].clone(),
+                None => open_bdev(&field, &s.nqn, n, state_dir)?,
+            };
             if n.passthru {
                 bdev = lightpool_bdev_passthru::PassthruBdev::new(bdev);
             }
@@ -359,6 +373,7 @@ fn main() {
         Some(Cmd::Upgrade { binary }) => control::upgrade_command(&control, binary, &args.log),
         Some(Cmd::Ana { nqn, group, state }) => control::ana_command(&control, nqn, *group, state),
         Some(Cmd::Devices) => control::devices_command(&control),
+        Some(Cmd::Raid { args }) => raid::command(&control, args),
         None => run(&args, &control),
     };
     if let Err(e) = res {

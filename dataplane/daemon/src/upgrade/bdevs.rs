@@ -19,6 +19,7 @@ use lightpool_bdev_passthru::PassthruAdopter;
 use lightpool_bdev_ram::RamAdopter;
 use lightpool_bdev_uring::UringAdopter;
 use lightpool_nvmf::{NvmfError, Target};
+use lightpool_raid::RaidAdopter;
 
 /// Each namespace's (NQN, NSID, id of its block device in the graph).
 pub type NsDevices = Vec<(String, u32, u32)>;
@@ -33,6 +34,9 @@ pub(super) fn adopters() -> Adopters {
         .register(Box::new(UringAdopter))
         .register(Box::new(NvmeVfioAdopter))
         .register(Box::new(PassthruAdopter));
+    for r in RaidAdopter::all(Some(crate::raid::registry())) {
+        a.register(r);
+    }
     a
 }
 
