@@ -295,6 +295,7 @@ fn build_target(
                 nguid: Config::nguid(n),
                 uuid: Config::uuid(n),
                 anagrpid: n.ana_group,
+                num_blocks: None,
             });
         }
         target

@@ -135,6 +135,7 @@ mod tests {
                 nguid: None,
                 uuid: None,
                 anagrpid: None,
+                num_blocks: None,
             });
         }
         t.add_subsystem(sc).expect("subsystem");
