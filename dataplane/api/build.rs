@@ -7,8 +7,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     let dir = "proto/lightpool/v1";
     let files: Vec<String> = [
-        "subsystem", "namespace", "bdev", "listener", "ana", "controller", "stats", "logging",
-        "upgrade", "config",
+        "subsystem",
+        "namespace",
+        "bdev",
+        "listener",
+        "ana",
+        "controller",
+        "stats",
+        "logging",
+        "upgrade",
+        "config",
     ]
     .iter()
     .map(|f| format!("{dir}/{f}.proto"))

@@ -39,7 +39,7 @@ fn unknown_field_is_named() {
     fails_with(
         &[],
         Some("[target]\nreactorz = 1\n"),
-        &["reactorz", "line 2"],
+        &["target.reactorz", ":2: "],
     );
 }
 
@@ -47,7 +47,7 @@ fn unknown_field_is_named() {
 fn bad_values_are_named() {
     fails_with(
         &[],
-        Some("[[listener]]\naddress = \"127.0.0.1:1\"\n[[subsystem]]\nnqn = \"nqn.x\"\n[[subsystem.namespace]]\nnsid = 1\nram = \"1GiB\"\nblock_size = 1000\n"),
+        Some("[[listener]]\naddress = \"127.0.0.1:1\"\n[[subsystem]]\nnqn = \"nqn.2024-01.io.lightpool:x\"\n[[subsystem.namespace]]\nnsid = 1\nram = \"1GiB\"\nblock_size = 1000\n"),
         &["subsystem[0].namespace[0].block_size", "1000"],
     );
     fails_with(
@@ -57,7 +57,7 @@ fn bad_values_are_named() {
     );
     fails_with(
         &[],
-        Some("[[listener]]\naddress = \"127.0.0.1:1\"\n[[subsystem]]\nnqn = \"nqn.x\"\n[[subsystem.namespace]]\nnsid = 1\nfile = \"/nonexistent/img\"\n"),
+        Some("[[listener]]\naddress = \"127.0.0.1:1\"\n[[subsystem]]\nnqn = \"nqn.2024-01.io.lightpool:x\"\n[[subsystem.namespace]]\nnsid = 1\nfile = \"/nonexistent/img\"\n"),
         &["subsystem[0].namespace[0].file", "/nonexistent/img"],
     );
 }

@@ -68,9 +68,10 @@ impl Transport for TcpTransport {
     }
 
     fn remove_listener(&self, addr: &ListenAddr) -> Result<(), TransportError> {
-        let sa: SocketAddr = addr.to_addr_string().parse().map_err(|_| {
-            TransportError::Invalid(format!("{addr:?} is not an NVMe/TCP address"))
-        })?;
+        let sa: SocketAddr = addr
+            .to_addr_string()
+            .parse()
+            .map_err(|_| TransportError::Invalid(format!("{addr:?} is not an NVMe/TCP address")))?;
         if !self.unlisten(sa).map_err(TransportError::other)? {
             return Err(TransportError::Invalid(format!(
                 "NVMe/TCP does not listen on {sa}"

@@ -192,6 +192,18 @@ impl Controller {
         self.stats.lock().expect("stats lock poisoned").push(s);
     }
 
+    /// Commands and 512-byte blocks its queues served: reads, writes, blocks read,
+    /// blocks written (what the SMART log reports).
+    pub fn stats(&self) -> [u64; 4] {
+        self.stats_sum()
+    }
+
+    /// I/O queues connected now.
+    pub fn io_queues_connected(&self) -> u32 {
+        let r = self.regs.lock().expect("ctrlr regs lock poisoned");
+        r.io_queues.iter().filter(|q| **q).count() as u32
+    }
+
     pub(crate) fn stats_sum(&self) -> [u64; 4] {
         let mut out = [0u64; 4];
         for s in self.stats.lock().expect("stats lock poisoned").iter() {
