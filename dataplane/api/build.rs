@@ -24,6 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
-    tonic_prost_build::configure().compile_protos(&files, &["proto".to_string()])?;
+    tonic_prost_build::configure()
+        // Scripts read the CLI's --json output: every message and enum serializes.
+        .type_attribute(".", "#[derive(serde::Serialize)]")
+        .compile_protos(&files, &["proto".to_string()])?;
     Ok(())
 }
