@@ -260,11 +260,13 @@ impl Target {
     /// Delete a subsystem: Connect no longer finds it, its controllers fail (their
     /// connections close), its namespaces leave every queue (their devices are let go
     /// when their requests have finished). Waits up to `wait` for its controllers to
-    /// go, then frees its records in the state region.
+    /// go, then frees its records in the state region. `wake` is called once the
+    /// controllers are failed, for the caller to make the reactors look at them.
     pub fn remove_subsystem(
         &self,
         nqn: &str,
         wait: std::time::Duration,
+        wake: impl Fn(),
     ) -> Result<Arc<Subsystem>, NvmfError> {
         let mut subs = self.subsystems.write().expect("subsystem lock poisoned");
         let at = subs
@@ -275,6 +277,7 @@ impl Target {
         drop(subs);
         s.mark_removed();
         self.discovery_changed();
+        wake();
         let deadline = std::time::Instant::now() + wait;
         while !s.controllers().is_empty() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));

@@ -431,7 +431,7 @@ fn a_deleted_subsystem_fails_its_controllers_and_leaves_the_region() {
     let (t, region) = target();
     let (mut a, mut io, _) = queues(&t);
     let s = t
-        .remove_subsystem(NQN, Duration::from_millis(50))
+        .remove_subsystem(NQN, Duration::from_millis(50), || {})
         .expect("remove");
     assert!(s.is_removed());
     a.poll(Instant::now());
@@ -441,7 +441,7 @@ fn a_deleted_subsystem_fails_its_controllers_and_leaves_the_region() {
     a.close();
     io.close();
     assert!(t.find_subsystem(NQN).is_none());
-    assert!(t.remove_subsystem(NQN, Duration::ZERO).is_err());
+    assert!(t.remove_subsystem(NQN, Duration::ZERO, || {}).is_err());
     let img = read_image(&region, false).expect("image");
     assert!(img.target.subsystems.is_empty());
     // Connect to it is refused.

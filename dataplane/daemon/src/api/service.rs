@@ -518,6 +518,7 @@ impl controllers_server::Controllers for Api {
                 ))
             })?;
         c.fail();
+        run.wake_reactors();
         tracing::info!(nqn = %r.nqn, cntlid = r.cntlid, "controller failed by the operator");
         Ok(Response::new(pb::DisconnectResponse {}))
     }

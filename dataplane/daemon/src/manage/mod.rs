@@ -171,8 +171,18 @@ impl Running {
         Ok(g)
     }
 
-    /// A change was made: count it and rewrite the boot blob.
+    /// Run one pass of every reactor now: a sleeping reactor (idle connections) would
+    /// otherwise notice a change (a namespace table, a failed controller, an event to
+    /// deliver) only at its next socket event.
+    pub fn wake_reactors(&self) {
+        for r in &self.reactors {
+            let _ = r.send(|_| {});
+        }
+    }
+
+    /// A change was made: count it, rewrite the boot blob, and let the reactors see it.
     fn changed(&self, mut g: MutexGuard<'_, u64>) {
+        self.wake_reactors();
         *g += 1;
         if let Err(e) = crate::upgrade::write_boot_counted(self, *g) {
             tracing::error!(
@@ -288,7 +298,9 @@ impl Running {
         let g = self.change()?;
         self.subsystem(nqn)?;
         self.target
-            .remove_subsystem(nqn, std::time::Duration::from_secs(5))?;
+            .remove_subsystem(nqn, std::time::Duration::from_secs(5), || {
+                self.wake_reactors()
+            })?;
         self.changed(g);
         tracing::info!(nqn, "subsystem deleted");
         Ok(())
@@ -428,6 +440,7 @@ impl Running {
     pub fn set_ana(&self, nqn: &str, group: u32, state: u8) -> Result<(), ManageError> {
         let _g = self.change()?;
         self.subsystem(nqn)?.set_ana_state(group, state)?;
+        self.wake_reactors();
         tracing::info!(nqn, group, state, "ANA state changed");
         Ok(())
     }
