@@ -656,24 +656,65 @@ fn objects_made_at_run_time_are_handed_over() {
     lightpool(&s.control, &["bdev", "create", "rt2", "--ram", "32MiB"]);
     lightpool(&s.control, &["bdev", "create", "spare", "--ram", "16MiB"]);
     lightpool(&s.control, &["subsystem", "create", rt]);
-    lightpool(&s.control, &["namespace", "add", "--nqn", rt, "--nsid", "1", "--device", "rt1"]);
-    lightpool(&s.control, &["namespace", "add", "--nqn", NQN, "--nsid", "2", "--device", "rt2"]);
+    lightpool(
+        &s.control,
+        &[
+            "namespace",
+            "add",
+            "--nqn",
+            rt,
+            "--nsid",
+            "1",
+            "--device",
+            "rt1",
+        ],
+    );
+    lightpool(
+        &s.control,
+        &[
+            "namespace",
+            "add",
+            "--nqn",
+            NQN,
+            "--nsid",
+            "2",
+            "--device",
+            "rt2",
+        ],
+    );
     let port = free_port().expect("port");
     let second: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     lightpool(&s.control, &["listener", "add", &second.to_string()]);
     // Data on the run-time subsystem, through the run-time listener.
     let lbas: Vec<u64> = (0..16).map(|i| i * 128).collect();
     let mut c = HostController::connect(second, rt, 1).expect("connect to the run-time subsystem");
-    c.io[0].write_verify_batch(&lbas, 4096, 31).expect("write before");
+    c.io[0]
+        .write_verify_batch(&lbas, 4096, 31)
+        .expect("write before");
     let stop = Arc::new(AtomicBool::new(false));
     let l = load(s.addr, 2, stop.clone());
     thread::sleep(Duration::from_millis(800));
     for (i, bin) in [&b, &a, &b].into_iter().enumerate() {
-        let out = lightpool(&s.control, &["upgrade", "--binary", bin.to_str().expect("utf-8")]);
+        let out = lightpool(
+            &s.control,
+            &["upgrade", "--binary", bin.to_str().expect("utf-8")],
+        );
         assert!(out.contains("upgrade complete"), "upgrade {i}: {out}");
         if i == 0 {
             // A change between two upgrades is carried by the next one.
-            lightpool(&s.control, &["namespace", "add", "--nqn", rt, "--nsid", "2", "--device", "spare"]);
+            lightpool(
+                &s.control,
+                &[
+                    "namespace",
+                    "add",
+                    "--nqn",
+                    rt,
+                    "--nsid",
+                    "2",
+                    "--device",
+                    "spare",
+                ],
+            );
         }
         thread::sleep(Duration::from_millis(500));
     }
@@ -687,7 +728,9 @@ fn objects_made_at_run_time_are_handed_over() {
         .read_verify_batch(&lbas, 4096, 31)
         .expect("the run-time namespace's data, on the same connection");
     let mut c2 = HostController::connect(second, rt, 1).expect("the run-time listener serves");
-    c2.io[0].read_verify_batch(&lbas, 4096, 31).expect("and on a new one");
+    c2.io[0]
+        .read_verify_batch(&lbas, 4096, 31)
+        .expect("and on a new one");
     let ns = lightpool(&s.control, &["--json", "namespace", "list"]);
     for want in [
         format!("\"nqn\": \"{rt}\""),
@@ -700,5 +743,8 @@ fn objects_made_at_run_time_are_handed_over() {
     let listeners = lightpool(&s.control, &["listener", "list"]);
     assert!(listeners.contains(&second.to_string()), "{listeners}");
     let status = lightpool(&s.control, &["status"]);
-    assert!(status.contains("0.1.0-n"), "the last binary serves: {status}");
+    assert!(
+        status.contains("0.1.0-n"),
+        "the last binary serves: {status}"
+    );
 }
