@@ -316,7 +316,13 @@ fn add_resize_remove_under_connected_queues() {
     let (c, d) = run(&mut io, rw(io_opcode::READ, 2, 8, 8), &[]);
     assert!(c.status.is_success());
     assert_eq!(d, data);
-    // A second add of the same NSID is refused.
+    // NSID 0 or past 32, and a second add of the same NSID, are refused.
+    assert!(s
+        .add_namespace(NamespaceConfig::new(0, dev2.clone()))
+        .is_err());
+    assert!(s
+        .add_namespace(NamespaceConfig::new(33, dev2.clone()))
+        .is_err());
     assert!(s
         .add_namespace(NamespaceConfig::new(2, dev2.clone()))
         .is_err());

@@ -36,11 +36,11 @@ impl Subsystem {
             .lock()
             .expect("namespace writer lock poisoned");
         let cur = self.ns.load_full();
-        if cur
-            .by_idx
-            .get(cfg.nsid as usize - 1)
-            .is_some_and(Option::is_some)
-        {
+        let taken = (cfg.nsid as usize)
+            .checked_sub(1)
+            .and_then(|i| cur.by_idx.get(i))
+            .is_some_and(Option::is_some);
+        if taken {
             return Err(NvmfError::DuplicateNamespace {
                 nqn: self.nqn.clone(),
                 nsid: cfg.nsid,
