@@ -94,6 +94,8 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
             Err(e) => format!("ERR {e:#}"),
         };
         send_line!(w, "{answer}")?;
+    } else if let Some(rest) = line.strip_prefix("RAID") {
+        w.write_all(crate::raid::control(rest).as_bytes())?;
     } else if line.starts_with("HELLO ") {
         stream.set_read_timeout(None)?;
         upgrade::hand_over(run, stream, &line)?;
@@ -106,7 +108,7 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
 /// One line per block device of the target, children first: `ID kind=.. name=..
 /// children=ID,.. namespaces=NQN/NSID,..` and, for devices that count, their I/O.
 fn devices_lines(run: &Running) -> Vec<String> {
-    let (g, ns) = upgrade::device_graph(&run.target);
+    let (g, ns, _) = upgrade::device_graph(&run.target, &run.mgmt.registry);
     g.devices()
         .enumerate()
         .map(|(id, d)| {
@@ -172,6 +174,19 @@ pub fn ana_state_code(name: &str) -> Option<u8> {
     })
 }
 
+/// The name operators use for an ANA state code.
+pub fn ana_state_name(code: u8) -> Option<&'static str> {
+    use lightpool_spec::log::ana_state;
+    Some(match code {
+        ana_state::OPTIMIZED => "optimized",
+        ana_state::NON_OPTIMIZED => "non-optimized",
+        ana_state::INACCESSIBLE => "inaccessible",
+        ana_state::PERSISTENT_LOSS => "persistent-loss",
+        ana_state::CHANGE => "change",
+        _ => return None,
+    })
+}
+
 /// "ANA <nqn> <group> <state>"
 fn set_ana(run: &Running, args: &str) -> Result<()> {
     let mut it = args.split_whitespace();
@@ -184,12 +199,8 @@ fn set_ana(run: &Running, args: &str) -> Result<()> {
     let code = ana_state_code(state).with_context(|| {
         format!("unknown ANA state {state:?} (optimized, non-optimized, inaccessible, persistent-loss, change)")
     })?;
-    let sub = run
-        .target
-        .find_subsystem(nqn)
-        .with_context(|| format!("no subsystem {nqn}"))?;
-    sub.set_ana_state(group, code)?;
-    tracing::info!(nqn, group, state, "ANA state changed");
+    run.set_ana(nqn, group, code)
+        .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     Ok(())
 }
 
