@@ -19,6 +19,7 @@
 //! Volume is never gone while dataplane objects for it remain.
 
 mod dataplane;
+mod grpc;
 mod reconcile;
 
 use std::time::Duration;
@@ -32,6 +33,7 @@ use lightpool_store::{Claim, LeaseClaim, Store, StoreError};
 use tokio::time::Instant;
 
 pub use dataplane::{Dataplane, DataplaneError, Export, MemoryDataplane, PoolInfo, PoolVolume};
+pub use grpc::ApiDataplane;
 pub use reconcile::VolumeOutcome;
 
 /// The agent's finalizer on the Volumes it made dataplane objects for.
