@@ -29,6 +29,7 @@ pub struct ApiDataplane {
     channel: Channel,
     dir: PathBuf,
     capacity: u64,
+    buffered: bool,
 }
 
 fn status(s: tonic::Status) -> DataplaneError {
@@ -62,7 +63,15 @@ impl ApiDataplane {
             channel,
             dir,
             capacity,
+            buffered: false,
         })
+    }
+
+    /// Pool files through the page cache rather than O_DIRECT (file systems
+    /// without O_DIRECT, such as tmpfs).
+    pub fn buffered(mut self, buffered: bool) -> Self {
+        self.buffered = buffered;
+        self
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -140,7 +149,7 @@ impl Dataplane for ApiDataplane {
                         path: path.display().to_string(),
                         block_size: BLOCK_SIZE,
                         read_only: false,
-                        direct: None,
+                        direct: Some(!self.buffered),
                     },
                 )),
             })

@@ -6,6 +6,7 @@
 //! what to change), or no target answers on the socket; 2 bad usage (an unknown
 //! option, a missing argument, a malformed value).
 
+mod cluster;
 mod cmd;
 mod table;
 
@@ -32,6 +33,11 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The standalone instance's data directory (standalone, volume, pool, node).
+    /// Default: $LIGHTPOOL_DATA_DIR, else /var/lib/lightpool for root and
+    /// /tmp/lightpool-UID otherwise.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -78,6 +84,88 @@ pub enum Cmd {
     /// Configuration as state.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Run LightPool on this machine: the dataplane, the controller and one agent,
+    /// state and a default pool of sparse files in the data directory.
+    Standalone(StandaloneArgs),
+    /// Volumes (of the standalone instance): create, list, show, delete.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Storage pools: list.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Storage nodes: list.
+    #[command(subcommand)]
+    Node(NodeCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct StandaloneArgs {
+    /// The default pool's size (sparse files: space is taken as hosts write).
+    #[arg(long, default_value = "10GiB", value_parser = cmd::parse_size)]
+    pub pool_size: u64,
+    /// The node's name; default the host name.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The address hosts connect to (NVMe/TCP).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+    /// Its port.
+    #[arg(long, default_value_t = 4420)]
+    pub port: u16,
+    /// The lightpool-target binary; default the one beside lightpool, else $PATH's.
+    #[arg(long)]
+    pub target_binary: Option<PathBuf>,
+    /// The dataplane's log filter (its log: target.log in the data directory).
+    #[arg(long, default_value = "info")]
+    pub target_log: String,
+    /// Pool files through the page cache (a data directory on tmpfs has no O_DIRECT).
+    #[arg(long)]
+    pub buffered: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCmd {
+    /// Create a volume and wait until it can be connected to; prints the
+    /// `nvme connect` line.
+    Create {
+        name: String,
+        /// e.g. 10GiB.
+        #[arg(long, value_parser = cmd::parse_size)]
+        size: u64,
+        /// Thin: space taken as written, within the pool's over-commit.
+        #[arg(long)]
+        thin: bool,
+        /// must-local, prefer-local, prefer-remote or must-remote (to the consumer).
+        #[arg(long, default_value = "prefer-local", value_parser = cluster::parse_placement)]
+        placement: lightpool_model::PlacementHint,
+        /// The node that will use it; default this host.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Seconds to wait for it to be ready.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
+    List,
+    /// Its placement, status and connect line.
+    Show {
+        name: String,
+    },
+    /// Delete it (hosts are cut off first) and wait until it is gone.
+    Delete {
+        name: String,
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCmd {
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -300,6 +388,24 @@ fn socket(cli: &Cli) -> PathBuf {
 
 fn main() {
     let cli = Cli::parse();
+    if cluster::is_cluster(&cli.cmd) {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("lightpool: {e}");
+                std::process::exit(1);
+            }
+        };
+        if let Err(e) = rt.block_on(cluster::run(&cli)) {
+            eprintln!("lightpool: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let path = socket(&cli);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

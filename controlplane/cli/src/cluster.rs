@@ -1,0 +1,316 @@
+//! The control plane's commands: `standalone` runs an instance; `volume`,
+//! `pool` and `node` ask the instance on the data directory (its local socket).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lightpool_model::quantity::human_bytes;
+use lightpool_model::{
+    PlacementHint, Provisioning, Quantity, StoragePool, Volume, VolumeAffinity, VolumePhase,
+    VolumeSpec,
+};
+use lightpool_standalone::protocol::{call, NodeView, Request, Response};
+use lightpool_standalone::{control_socket, Options};
+
+use crate::{table, Cli, Cmd, NodeCmd, PoolCmd, StandaloneArgs, VolumeCmd};
+
+/// The data directory the flags and environment name.
+pub fn data_dir(cli: &Cli) -> PathBuf {
+    if let Some(d) = &cli.data_dir {
+        return d.clone();
+    }
+    if let Some(d) = std::env::var_os("LIGHTPOOL_DATA_DIR") {
+        return d.into();
+    }
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        "/var/lib/lightpool".into()
+    } else {
+        format!("/tmp/lightpool-{uid}").into()
+    }
+}
+
+/// `MustLocal`, `must-local`, `mustlocal`: any of them.
+pub fn parse_placement(s: &str) -> Result<PlacementHint, String> {
+    match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+        "mustlocal" => Ok(PlacementHint::MustLocal),
+        "preferlocal" => Ok(PlacementHint::PreferLocal),
+        "preferremote" => Ok(PlacementHint::PreferRemote),
+        "mustremote" => Ok(PlacementHint::MustRemote),
+        _ => Err(format!(
+            "{s:?} is not a placement: use must-local, prefer-local, prefer-remote or must-remote"
+        )),
+    }
+}
+
+/// Whether the command is the control plane's (no target socket needed).
+pub fn is_cluster(cmd: &Cmd) -> bool {
+    matches!(
+        cmd,
+        Cmd::Standalone(_) | Cmd::Volume(_) | Cmd::Pool(_) | Cmd::Node(_)
+    )
+}
+
+fn target_binary(args: &StandaloneArgs) -> PathBuf {
+    if let Some(b) = &args.target_binary {
+        return b.clone();
+    }
+    std::env::current_exe()
+        .ok()
+        .map(|me| me.with_file_name("lightpool-target"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "lightpool-target".into())
+}
+
+async fn ask(sock: &Path, req: Request) -> Result<Response, String> {
+    match call(sock, &req).await.map_err(|e| e.to_string())? {
+        Response::Error(e) => Err(e),
+        r => Ok(r),
+    }
+}
+
+fn emit<T: serde::Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) -> Result<(), String> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
+        );
+    } else {
+        human(v);
+    }
+    Ok(())
+}
+
+fn phase(v: &Volume) -> VolumePhase {
+    v.status.as_ref().map(|s| s.phase).unwrap_or_default()
+}
+
+fn show(v: &Volume) {
+    let st = v.status.clone().unwrap_or_default();
+    println!("volume {}", v.metadata.name.as_deref().unwrap_or("?"));
+    println!("  size:      {}", v.spec.size.as_str());
+    println!("  placement: {}", v.spec.placement.as_str());
+    println!("  phase:     {:?}", st.phase);
+    if let (Some(n), Some(p)) = (&st.node, &st.pool) {
+        println!("  node:      {n} (pool {p})");
+    }
+    if let Some(m) = &st.message {
+        println!("  message:   {m}");
+    }
+    for r in &st.rejections {
+        println!(
+            "    pool {} on {}: {} ({})",
+            r.pool, r.node, r.reason, r.plugin
+        );
+    }
+    if let Some(t) = &st.target {
+        println!("  nqn:       {}", t.nqn);
+        for c in t.connect_commands() {
+            println!("  connect:   {c}");
+        }
+    }
+}
+
+/// Runs a control-plane command.
+pub async fn run(cli: &Cli) -> Result<(), String> {
+    let dir = data_dir(cli);
+    let sock = control_socket(&dir);
+    let j = cli.json;
+    match &cli.cmd {
+        Cmd::Standalone(a) => {
+            let o = Options {
+                data_dir: dir,
+                pool_size: a.pool_size,
+                node: a.node.clone().unwrap_or_else(hostname),
+                address: a.address.clone(),
+                port: a.port,
+                target_binary: target_binary(a),
+                target_log: a.target_log.clone(),
+                buffered: a.buffered,
+            };
+            let stop = async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                }
+            };
+            lightpool_standalone::run(o, stop)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Cmd::Volume(VolumeCmd::Create {
+            name,
+            size,
+            thin,
+            placement,
+            consumer,
+            wait,
+        }) => {
+            let spec = VolumeSpec {
+                size: Quantity::from_bytes(*size),
+                provisioning: if *thin {
+                    Provisioning::Thin
+                } else {
+                    Provisioning::Thick
+                },
+                placement: *placement,
+                consumer_node: Some(consumer.clone().unwrap_or_else(hostname)),
+                affinity: VolumeAffinity::default(),
+                spread: None,
+                source_snapshot: None,
+            };
+            ask(
+                &sock,
+                Request::CreateVolume {
+                    name: name.clone(),
+                    spec,
+                },
+            )
+            .await?;
+            let deadline = Instant::now() + Duration::from_secs(*wait);
+            loop {
+                let v = match ask(&sock, Request::GetVolume { name: name.clone() }).await? {
+                    Response::Volume(Some(v)) => v,
+                    _ => return Err(format!("volume '{name}' vanished while being created")),
+                };
+                match phase(&v) {
+                    VolumePhase::Ready => {
+                        return emit(j, &v, |v| {
+                            show(v);
+                        })
+                    }
+                    VolumePhase::Rejected | VolumePhase::Failed => {
+                        let st = v.status.clone().unwrap_or_default();
+                        if j {
+                            emit(j, &v, |_| {})?;
+                        }
+                        return Err(format!(
+                            "volume '{name}' cannot be placed: {} (it stays Rejected; `lightpool volume delete {name}` removes it)",
+                            st.message.unwrap_or_default()
+                        ));
+                    }
+                    _ if Instant::now() > deadline => {
+                        return Err(format!(
+                            "volume '{name}' is not ready after {wait} s (phase {:?}); `lightpool volume show {name}` follows it",
+                            phase(&v)
+                        ))
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
+        Cmd::Volume(VolumeCmd::List) => {
+            let Response::Volumes(vs) = ask(&sock, Request::ListVolumes).await? else {
+                return Err("unexpected answer".into());
+            };
+            emit(j, &vs, |vs| {
+                let rows: Vec<Vec<String>> = vs
+                    .iter()
+                    .map(|v| {
+                        let st = v.status.clone().unwrap_or_default();
+                        vec![
+                            v.metadata.name.clone().unwrap_or_default(),
+                            v.spec.size.as_str().to_string(),
+                            v.spec.placement.as_str().to_string(),
+                            format!("{:?}", st.phase),
+                            st.node.unwrap_or_default(),
+                            st.target.map(|t| t.nqn).unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                table::print(
+                    &["NAME", "SIZE", "PLACEMENT", "PHASE", "NODE", "NQN"],
+                    &rows,
+                );
+            })
+        }
+        Cmd::Volume(VolumeCmd::Show { name }) => {
+            match ask(&sock, Request::GetVolume { name: name.clone() }).await? {
+                Response::Volume(Some(v)) => emit(j, &v, |v| show(v)),
+                _ => Err(format!(
+                    "volume '{name}' does not exist: `lightpool volume list` shows those that do"
+                )),
+            }
+        }
+        Cmd::Volume(VolumeCmd::Delete { name, wait }) => {
+            let Response::Deleted(mut gone) =
+                ask(&sock, Request::DeleteVolume { name: name.clone() }).await?
+            else {
+                return Err("unexpected answer".into());
+            };
+            let deadline = Instant::now() + Duration::from_secs(*wait);
+            while !gone {
+                if Instant::now() > deadline {
+                    return Err(format!("volume '{name}' is still being removed after {wait} s; `lightpool volume show {name}` says why"));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                gone = matches!(
+                    ask(&sock, Request::GetVolume { name: name.clone() }).await?,
+                    Response::Volume(None)
+                );
+            }
+            if j {
+                println!("{}", serde_json::json!({"deleted": name}));
+            } else {
+                println!("volume {name} deleted");
+            }
+            Ok(())
+        }
+        Cmd::Pool(PoolCmd::List) => {
+            let Response::Pools(ps) = ask(&sock, Request::ListPools).await? else {
+                return Err("unexpected answer".into());
+            };
+            emit(j, &ps, |ps: &Vec<StoragePool>| {
+                let rows: Vec<Vec<String>> = ps
+                    .iter()
+                    .map(|p| {
+                        let st = p.status.clone().unwrap_or_default();
+                        vec![
+                            p.metadata.name.clone().unwrap_or_default(),
+                            p.spec.node.name.clone(),
+                            format!("{:?}", st.health),
+                            human_bytes(st.capacity_bytes),
+                            human_bytes(st.free_bytes),
+                            st.volumes.to_string(),
+                        ]
+                    })
+                    .collect();
+                table::print(
+                    &["NAME", "NODE", "HEALTH", "CAPACITY", "FREE", "VOLUMES"],
+                    &rows,
+                );
+            })
+        }
+        Cmd::Node(NodeCmd::List) => {
+            let Response::Nodes(ns) = ask(&sock, Request::ListNodes).await? else {
+                return Err("unexpected answer".into());
+            };
+            emit(j, &ns, |ns: &Vec<NodeView>| {
+                let rows: Vec<Vec<String>> = ns
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.name.clone(),
+                            n.address.clone(),
+                            n.pools.join(","),
+                            n.heartbeat.clone().unwrap_or_else(|| "never".into()),
+                        ]
+                    })
+                    .collect();
+                table::print(&["NAME", "ADDRESS", "POOLS", "LAST HEARTBEAT"], &rows);
+            })
+        }
+        _ => Err("not a control-plane command".into()),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
