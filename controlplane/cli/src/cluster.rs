@@ -1,18 +1,49 @@
 //! The control plane's commands: `standalone` runs an instance; `volume`,
 //! `pool` and `node` ask the instance on the data directory (its local socket).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use lightpool_agent::node_lease;
 use lightpool_model::quantity::human_bytes;
 use lightpool_model::{
     PlacementHint, Provisioning, Quantity, StoragePool, Volume, VolumeAffinity, VolumePhase,
     VolumeSpec,
 };
-use lightpool_standalone::protocol::{call, NodeView, Request, Response};
+use lightpool_standalone::protocol::RemoteStore;
 use lightpool_standalone::{control_socket, Options};
+use lightpool_store::{Deleted, Store};
+use serde::Serialize;
 
 use crate::{table, Cli, Cmd, NodeCmd, PoolCmd, StandaloneArgs, VolumeCmd};
+
+fn options(a: &StandaloneArgs, data_dir: PathBuf) -> Options {
+    Options {
+        data_dir,
+        pool_size: a.pool_size,
+        node: a.node.clone().unwrap_or_else(hostname),
+        address: a.address.clone(),
+        port: a.port,
+        target_binary: target_binary(a),
+        target_log: a.target_log.clone(),
+        buffered: a.buffered,
+    }
+}
+
+async fn signalled() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        } => {}
+    }
+}
 
 /// The data directory the flags and environment name.
 pub fn data_dir(cli: &Cli) -> PathBuf {
@@ -48,7 +79,7 @@ pub fn parse_placement(s: &str) -> Result<PlacementHint, String> {
 pub fn is_cluster(cmd: &Cmd) -> bool {
     matches!(
         cmd,
-        Cmd::Standalone(_) | Cmd::Volume(_) | Cmd::Pool(_) | Cmd::Node(_)
+        Cmd::Standalone(_) | Cmd::Agent(_) | Cmd::Volume(_) | Cmd::Pool(_) | Cmd::Node(_)
     )
 }
 
@@ -63,11 +94,17 @@ fn target_binary(args: &StandaloneArgs) -> PathBuf {
         .unwrap_or_else(|| "lightpool-target".into())
 }
 
-async fn ask(sock: &Path, req: Request) -> Result<Response, String> {
-    match call(sock, &req).await.map_err(|e| e.to_string())? {
-        Response::Error(e) => Err(e),
-        r => Ok(r),
-    }
+/// A node as `node list` shows it.
+#[derive(Debug, Serialize)]
+struct NodeView {
+    name: String,
+    address: String,
+    pools: Vec<String>,
+    heartbeat: Option<String>,
+}
+
+async fn get(store: &RemoteStore, name: &str) -> Result<Option<Volume>, String> {
+    store.get::<Volume>(name).await.map_err(|e| e.to_string())
 }
 
 fn emit<T: serde::Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) -> Result<(), String> {
@@ -115,29 +152,15 @@ fn show(v: &Volume) {
 /// Runs a control-plane command.
 pub async fn run(cli: &Cli) -> Result<(), String> {
     let dir = data_dir(cli);
-    let sock = control_socket(&dir);
+    let store = RemoteStore::new(control_socket(&dir));
     let j = cli.json;
     match &cli.cmd {
-        Cmd::Standalone(a) => {
-            let o = Options {
-                data_dir: dir,
-                pool_size: a.pool_size,
-                node: a.node.clone().unwrap_or_else(hostname),
-                address: a.address.clone(),
-                port: a.port,
-                target_binary: target_binary(a),
-                target_log: a.target_log.clone(),
-                buffered: a.buffered,
-            };
-            let stop = async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-                }
-            };
-            lightpool_standalone::run(o, stop)
+        Cmd::Standalone(a) => lightpool_standalone::run(options(a, dir), signalled())
+            .await
+            .map_err(|e| e.to_string()),
+        Cmd::Agent(a) => {
+            let o = options(&a.node, a.node_dir.clone());
+            lightpool_standalone::run_node(&o, store, signalled())
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -162,19 +185,22 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
                 spread: None,
                 source_snapshot: None,
             };
-            ask(
-                &sock,
-                Request::CreateVolume {
-                    name: name.clone(),
-                    spec,
-                },
-            )
-            .await?;
+            if let Err(invalid) = lightpool_model::validate::validate_volume(&spec) {
+                return Err(invalid.to_string());
+            }
+            if get(&store, name).await?.is_some() {
+                return Err(format!(
+                    "volume '{name}' exists: choose another name, or delete it first"
+                ));
+            }
+            store
+                .apply(&Volume::new(name, spec))
+                .await
+                .map_err(|e| e.to_string())?;
             let deadline = Instant::now() + Duration::from_secs(*wait);
             loop {
-                let v = match ask(&sock, Request::GetVolume { name: name.clone() }).await? {
-                    Response::Volume(Some(v)) => v,
-                    _ => return Err(format!("volume '{name}' vanished while being created")),
+                let Some(v) = get(&store, name).await? else {
+                    return Err(format!("volume '{name}' vanished while being created"));
                 };
                 match phase(&v) {
                     VolumePhase::Ready => {
@@ -203,9 +229,11 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
             }
         }
         Cmd::Volume(VolumeCmd::List) => {
-            let Response::Volumes(vs) = ask(&sock, Request::ListVolumes).await? else {
-                return Err("unexpected answer".into());
-            };
+            let vs = store
+                .list::<Volume>()
+                .await
+                .map_err(|e| e.to_string())?
+                .items;
             emit(j, &vs, |vs| {
                 let rows: Vec<Vec<String>> = vs
                     .iter()
@@ -227,19 +255,22 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
                 );
             })
         }
-        Cmd::Volume(VolumeCmd::Show { name }) => {
-            match ask(&sock, Request::GetVolume { name: name.clone() }).await? {
-                Response::Volume(Some(v)) => emit(j, &v, |v| show(v)),
-                _ => Err(format!(
-                    "volume '{name}' does not exist: `lightpool volume list` shows those that do"
-                )),
-            }
-        }
+        Cmd::Volume(VolumeCmd::Show { name }) => match get(&store, name).await? {
+            Some(v) => emit(j, &v, show),
+            None => Err(format!(
+                "volume '{name}' does not exist: `lightpool volume list` shows those that do"
+            )),
+        },
         Cmd::Volume(VolumeCmd::Delete { name, wait }) => {
-            let Response::Deleted(mut gone) =
-                ask(&sock, Request::DeleteVolume { name: name.clone() }).await?
-            else {
-                return Err("unexpected answer".into());
+            let mut gone = match store.delete::<Volume>(name, None).await {
+                Ok(Deleted::Gone) => true,
+                Ok(Deleted::Pending(_)) => false,
+                Err(e) if e.is_not_found() => {
+                    return Err(format!(
+                    "volume '{name}' does not exist: `lightpool volume list` shows those that do"
+                ))
+                }
+                Err(e) => return Err(e.to_string()),
             };
             let deadline = Instant::now() + Duration::from_secs(*wait);
             while !gone {
@@ -247,10 +278,7 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
                     return Err(format!("volume '{name}' is still being removed after {wait} s; `lightpool volume show {name}` says why"));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                gone = matches!(
-                    ask(&sock, Request::GetVolume { name: name.clone() }).await?,
-                    Response::Volume(None)
-                );
+                gone = get(&store, name).await?.is_none();
             }
             if j {
                 println!("{}", serde_json::json!({"deleted": name}));
@@ -260,9 +288,11 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Pool(PoolCmd::List) => {
-            let Response::Pools(ps) = ask(&sock, Request::ListPools).await? else {
-                return Err("unexpected answer".into());
-            };
+            let ps = store
+                .list::<StoragePool>()
+                .await
+                .map_err(|e| e.to_string())?
+                .items;
             emit(j, &ps, |ps: &Vec<StoragePool>| {
                 let rows: Vec<Vec<String>> = ps
                     .iter()
@@ -285,9 +315,30 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
             })
         }
         Cmd::Node(NodeCmd::List) => {
-            let Response::Nodes(ns) = ask(&sock, Request::ListNodes).await? else {
-                return Err("unexpected answer".into());
-            };
+            let pools = store
+                .list::<StoragePool>()
+                .await
+                .map_err(|e| e.to_string())?
+                .items;
+            let mut ns: Vec<NodeView> = Vec::new();
+            for p in &pools {
+                let node = &p.spec.node;
+                let pool = p.metadata.name.clone().unwrap_or_default();
+                if let Some(n) = ns.iter_mut().find(|n| n.name == node.name) {
+                    n.pools.push(pool);
+                    continue;
+                }
+                let lease = store
+                    .get_lease(&node_lease(&node.name))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                ns.push(NodeView {
+                    name: node.name.clone(),
+                    address: format!("{}:{}", node.address, node.port),
+                    pools: vec![pool],
+                    heartbeat: lease.and_then(|l| l.renew_time),
+                });
+            }
             emit(j, &ns, |ns: &Vec<NodeView>| {
                 let rows: Vec<Vec<String>> = ns
                     .iter()

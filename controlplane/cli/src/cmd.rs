@@ -715,7 +715,7 @@ pub async fn run(cli: &Cli, path: &Path) -> Result<(), String> {
             Ok(())
         }
         // Dispatched before a target is dialled (main).
-        Cmd::Standalone(_) | Cmd::Volume(_) | Cmd::Pool(_) | Cmd::Node(_) => {
+        Cmd::Standalone(_) | Cmd::Agent(_) | Cmd::Volume(_) | Cmd::Pool(_) | Cmd::Node(_) => {
             Err("a control-plane command reached the target's client".into())
         }
     }

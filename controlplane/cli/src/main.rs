@@ -87,6 +87,10 @@ pub enum Cmd {
     /// Run LightPool on this machine: the dataplane, the controller and one agent,
     /// state and a default pool of sparse files in the data directory.
     Standalone(StandaloneArgs),
+    /// Run a further storage node on this machine (its own dataplane and agent,
+    /// e.g. in a network namespace of its own) that joins the standalone
+    /// instance on --data-dir.
+    Agent(AgentArgs),
     /// Volumes (of the standalone instance): create, list, show, delete.
     #[command(subcommand)]
     Volume(VolumeCmd),
@@ -121,6 +125,15 @@ pub struct StandaloneArgs {
     /// Pool files through the page cache (a data directory on tmpfs has no O_DIRECT).
     #[arg(long)]
     pub buffered: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// This node's own directory (its pool files, its target's sockets and log).
+    #[arg(long)]
+    pub node_dir: PathBuf,
+    #[command(flatten)]
+    pub node: StandaloneArgs,
 }
 
 #[derive(Subcommand, Debug)]

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use lightpool_agent::{Agent, AgentConfig, ApiDataplane, DataplaneError};
 use lightpool_controller::{Controller, ControllerConfig, ControllerError};
-use lightpool_store::{EmbeddedStore, StoreError};
+use lightpool_store::{EmbeddedStore, Store, StoreError};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 
@@ -142,7 +142,8 @@ async fn start_target(o: &Options) -> Result<(Child, tonic::transport::Channel),
     ))
 }
 
-/// Runs the instance until `stop` resolves (or the dataplane dies).
+/// Runs the instance until `stop` resolves (or the dataplane dies): the store
+/// (served on the control socket), the controller, and this machine's node.
 pub async fn run(
     o: Options,
     stop: impl std::future::Future<Output = ()>,
@@ -154,13 +155,6 @@ pub async fn run(
             dir: d.display().to_string(),
             source,
         })?;
-    let (mut child, channel) = start_target(&o).await?;
-    let dataplane = ApiDataplane::new(channel, d.join("pool"), o.pool_size)?.buffered(o.buffered);
-    let agent = Agent::new(
-        store.clone(),
-        dataplane,
-        AgentConfig::new(&o.node, &o.address, o.port),
-    );
     let controller = Controller::new(
         store.clone(),
         ControllerConfig::new(format!("{}-controller-{}", o.node, std::process::id())),
@@ -173,8 +167,39 @@ pub async fn run(
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
             .map_err(io(sock.display().to_string()))?;
     }
+    let server = tokio::spawn(protocol::serve(listener, store.clone()));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let ctrl_task = tokio::spawn(controller.run(Duration::from_millis(500), stopped(rx)));
+    let result = run_node(&o, store, stop).await;
+    let _ = tx.send(true);
+    let _ = ctrl_task.await;
+    server.abort();
+    let _ = std::fs::remove_file(&sock);
+    result
+}
+
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Runs one storage node until `stop` (or the dataplane dies): its dataplane
+/// (a child `lightpool-target`, files under `o.data_dir`) and its agent over
+/// `store` (the instance's own, or a [`protocol::RemoteStore`] for the other
+/// nodes of a machine).
+pub async fn run_node<S: Store>(
+    o: &Options,
+    store: S,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), StandaloneError> {
+    let d = &o.data_dir;
+    std::fs::create_dir_all(d).map_err(io(d.display().to_string()))?;
+    let (mut child, channel) = start_target(o).await?;
+    let dataplane = ApiDataplane::new(channel, d.join("pool"), o.pool_size)?.buffered(o.buffered);
+    let mut cfg = AgentConfig::new(&o.node, &o.address, o.port);
+    cfg.identity = format!("{}-{}", o.node, std::process::id());
+    let agent = Agent::new(store, dataplane, cfg);
     println!(
-        "lightpool standalone: node {}, pool of {} in {}, NVMe/TCP on {}:{}; `lightpool volume create NAME --size 1GiB` makes a volume",
+        "lightpool: node {}, pool of {} in {}, NVMe/TCP on {}:{}",
         o.node,
         lightpool_model::quantity::human_bytes(o.pool_size),
         d.join("pool").display(),
@@ -182,12 +207,7 @@ pub async fn run(
         o.port
     );
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let agent_task = tokio::spawn(agent.run(Duration::from_secs(1), stopped(rx.clone())));
-    let ctrl_task = tokio::spawn(controller.run(Duration::from_millis(500), stopped(rx.clone())));
-    let server = tokio::spawn(protocol::serve(listener, store));
+    let agent_task = tokio::spawn(agent.run(Duration::from_secs(1), stopped(rx)));
     let result = tokio::select! {
         _ = stop => Ok(()),
         st = child.wait() => Err(StandaloneError::Target(
@@ -197,9 +217,6 @@ pub async fn run(
     };
     let _ = tx.send(true);
     let _ = agent_task.await;
-    let _ = ctrl_task.await;
-    server.abort();
-    let _ = std::fs::remove_file(&sock);
     if let Some(pid) = child.id() {
         // SAFETY: kill(2) on our own child, which has not been reaped yet.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };

@@ -25,6 +25,8 @@
 //!   `watch` yields every change after that version, or [`StoreError::Gone`]
 //!   when the version is too old to resume from (HTTP 410): list again.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod embedded;
 mod kube_api;
 mod lease;

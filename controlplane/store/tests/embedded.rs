@@ -14,7 +14,7 @@ fn fresh() -> EmbeddedStore {
     s
 }
 
-conformance_tests!(fresh());
+lightpool_store::conformance_tests!(fresh());
 
 #[tokio::test]
 async fn state_and_versions_survive_a_reopen() {

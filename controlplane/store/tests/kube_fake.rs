@@ -10,4 +10,4 @@ fn fresh() -> KubeStore {
     KubeStore::new(FakeApi::default().client(), "lightpool-test")
 }
 
-conformance_tests!(fresh());
+lightpool_store::conformance_tests!(fresh());

@@ -1,15 +1,54 @@
-//! The store semantics both implementations keep, as one suite. Each function
-//! takes a fresh store.
+//! The semantics every [`Store`] keeps, as one suite of checks that panic on a
+//! difference (compiled with the `conformance` feature, for tests). Each
+//! function takes a fresh, empty store; [`conformance_tests!`] makes a test of
+//! each. The lease case needs tokio's paused time (`test-util`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures::StreamExt;
 use kube::Resource;
 use lightpool_model::*;
-use lightpool_store::{
-    add_finalizer, remove_finalizer, Claim, Deleted, Event, LeaseClaim, LeaseRecord, Store,
-};
 use std::time::Duration;
 
-use super::{pool, volume};
+use crate::{
+    add_finalizer, remove_finalizer, Claim, Deleted, Event, LeaseClaim, LeaseRecord, Store,
+};
+
+/// A pool of node `node`, no status.
+pub fn pool(name: &str, node: &str) -> StoragePool {
+    StoragePool::new(
+        name,
+        StoragePoolSpec {
+            node: NodeInfo {
+                name: node.into(),
+                address: "10.0.0.1".into(),
+                port: 4420,
+                labels: Default::default(),
+            },
+            devices: vec![],
+            layout: PoolLayout::Linear,
+            over_commit_percent: 100,
+            max_remote_volumes: None,
+            unschedulable: false,
+        },
+    )
+}
+
+/// A thick PreferLocal volume for node-a, no status.
+pub fn volume(name: &str, size: &str) -> Volume {
+    Volume::new(
+        name,
+        VolumeSpec {
+            size: Quantity::raw(size),
+            provisioning: Provisioning::Thick,
+            placement: PlacementHint::PreferLocal,
+            consumer_node: Some("node-a".into()),
+            affinity: VolumeAffinity::default(),
+            spread: None,
+            source_snapshot: None,
+        },
+    )
+}
 
 fn rv<K: Resource>(o: &K) -> String {
     o.meta()
@@ -180,7 +219,7 @@ pub async fn finalizers_hold_deletion<S: Store>(s: S) {
     assert_eq!(s.get::<Volume>("w").await.unwrap(), None);
 }
 
-async fn next<K: std::fmt::Debug>(w: &mut lightpool_store::EventStream<K>) -> Event<K> {
+async fn next<K: std::fmt::Debug>(w: &mut crate::EventStream<K>) -> Event<K> {
     tokio::time::timeout(Duration::from_secs(10), w.next())
         .await
         .expect("an event within 10 s")
@@ -288,39 +327,39 @@ macro_rules! conformance_tests {
     ($fresh:expr) => {
         #[tokio::test]
         async fn create_get_list() {
-            common::conformance::create_get_list($fresh).await
+            $crate::conformance::create_get_list($fresh).await
         }
         #[tokio::test]
         async fn apply_is_idempotent_and_counts_generations() {
-            common::conformance::apply_is_idempotent_and_counts_generations($fresh).await
+            $crate::conformance::apply_is_idempotent_and_counts_generations($fresh).await
         }
         #[tokio::test]
         async fn stale_versions_conflict_and_change_nothing() {
-            common::conformance::stale_versions_conflict_and_change_nothing($fresh).await
+            $crate::conformance::stale_versions_conflict_and_change_nothing($fresh).await
         }
         #[tokio::test]
         async fn status_is_replaced_and_kept_apart() {
-            common::conformance::status_is_replaced_and_kept_apart($fresh).await
+            $crate::conformance::status_is_replaced_and_kept_apart($fresh).await
         }
         #[tokio::test]
         async fn missing_objects_are_not_found() {
-            common::conformance::missing_objects_are_not_found($fresh).await
+            $crate::conformance::missing_objects_are_not_found($fresh).await
         }
         #[tokio::test]
         async fn finalizers_hold_deletion() {
-            common::conformance::finalizers_hold_deletion($fresh).await
+            $crate::conformance::finalizers_hold_deletion($fresh).await
         }
         #[tokio::test]
         async fn leases_create_replace_and_conflict() {
-            common::conformance::leases_create_replace_and_conflict($fresh).await
+            $crate::conformance::leases_create_replace_and_conflict($fresh).await
         }
         #[tokio::test(start_paused = true)]
         async fn lease_claims_take_over_only_after_expiry() {
-            common::conformance::lease_claims_take_over_only_after_expiry($fresh).await
+            $crate::conformance::lease_claims_take_over_only_after_expiry($fresh).await
         }
         #[tokio::test]
         async fn watch_sees_every_change_after_the_list() {
-            common::conformance::watch_sees_every_change_after_the_list($fresh).await
+            $crate::conformance::watch_sees_every_change_after_the_list($fresh).await
         }
     };
 }

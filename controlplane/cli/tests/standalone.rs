@@ -1,0 +1,403 @@
+//! `lightpool standalone` and `lightpool agent` as a user runs them, on this
+//! machine: volumes created, refused, placed by their hints across two nodes,
+//! deleted (files and subsystems gone); a node whose agent is killed is Unknown
+//! within 16 s and gets no new volume, and Ready again when restarted; an
+//! instance stopped and started serves the same volumes again.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn lightpool() -> &'static str {
+    env!("CARGO_BIN_EXE_lightpool")
+}
+
+/// lightpool-target of this build (beside lightpool; built first when missing).
+fn target_bin() -> PathBuf {
+    let me = Path::new(lightpool());
+    let t = me.with_file_name("lightpool-target");
+    if !t.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut args = vec![
+            "build",
+            "-p",
+            "lightpool-daemon",
+            "--bin",
+            "lightpool-target",
+        ];
+        if me.parent().is_some_and(|p| p.ends_with("release")) {
+            args.push("--release");
+        }
+        let st = Command::new(cargo)
+            .args(args)
+            .status()
+            .expect("cargo build");
+        assert!(st.success(), "building lightpool-target");
+    }
+    t
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A process of ours, killed (and its target, found by its API) when dropped.
+struct Proc {
+    child: Child,
+    target_api: PathBuf,
+}
+
+impl Proc {
+    fn kill_hard(&mut self) {
+        // SIGKILL: no clean-up, no lease released (as a crash).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Its dataplane, orphaned, is stopped by the pid it reports.
+        let o = Command::new(lightpool())
+            .args(["status", "--json", "--socket"])
+            .arg(&self.target_api)
+            .output()
+            .unwrap();
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) {
+            if let Some(pid) = v["pid"].as_u64() {
+                // SAFETY: kill(2) on the pid our own target reported.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.target_api.exists() && Instant::now() < deadline {
+            let _ = std::fs::remove_file(&self.target_api);
+        }
+    }
+
+    fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
+
+struct Setup {
+    dir: PathBuf,
+    port_a: u16,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Setup {
+    fn lp(&self, args: &[&str]) -> Output {
+        Command::new(lightpool())
+            .arg("--data-dir")
+            .arg(self.dir.join("a"))
+            .args(args)
+            .output()
+            .expect("run lightpool")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.lp(args);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "lightpool {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn refused(&self, args: &[&str]) -> String {
+        let o = self.lp(args);
+        assert_eq!(o.status.code(), Some(1), "lightpool {args:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    fn standalone(&self) -> Proc {
+        let child = Command::new(lightpool())
+            .arg("--data-dir")
+            .arg(self.dir.join("a"))
+            .args([
+                "standalone",
+                "--node",
+                "node-a",
+                "--pool-size",
+                "1GiB",
+                "--port",
+            ])
+            .arg(self.port_a.to_string())
+            .arg("--target-binary")
+            .arg(target_bin())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("a.err")).unwrap())
+            .spawn()
+            .unwrap();
+        let p = Proc {
+            child,
+            target_api: self.dir.join("a/target.api.sock"),
+        };
+        self.wait_for("node-a Ready", 30, || self.health("node-a") == "Ready");
+        p
+    }
+
+    fn agent(&self, port: u16) -> Proc {
+        let child = Command::new(lightpool())
+            .arg("--data-dir")
+            .arg(self.dir.join("a"))
+            .args(["agent", "--node", "node-b", "--pool-size", "1GiB", "--port"])
+            .arg(port.to_string())
+            .arg("--node-dir")
+            .arg(self.dir.join("b"))
+            .arg("--target-binary")
+            .arg(target_bin())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("b.err")).unwrap())
+            .spawn()
+            .unwrap();
+        Proc {
+            child,
+            target_api: self.dir.join("b/target.api.sock"),
+        }
+    }
+
+    fn health(&self, pool: &str) -> String {
+        let o = self.lp(&["pool", "list", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        v.as_array()
+            .and_then(|ps| {
+                ps.iter()
+                    .find(|p| p["metadata"]["name"] == pool)
+                    .map(|p| p["status"]["health"].as_str().unwrap_or("").to_string())
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until `f` holds; returns how long it took.
+    fn wait_for(&self, what: &str, secs: u64, f: impl Fn() -> bool) -> Duration {
+        let start = Instant::now();
+        while !f() {
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "{what}: not within {secs} s; {}",
+                std::fs::read_to_string(self.dir.join("a.err")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        start.elapsed()
+    }
+
+    fn node_of(&self, volume: &str) -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["volume", "show", volume, "--json"])).unwrap();
+        v["status"]["node"].as_str().unwrap_or("").to_string()
+    }
+}
+
+#[test]
+fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
+    let dir = std::env::temp_dir().join(format!("lp-standalone-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let s = Setup {
+        dir,
+        port_a: free_port(),
+    };
+    let mut a = s.standalone();
+
+    // A volume: created, served, the connect line printed.
+    let out = s.ok(&["volume", "create", "v1", "--size", "64MiB"]);
+    let nqn = "nqn.2024-01.io.lightpool:volume:v1";
+    assert!(
+        out.contains(&format!(
+            "nvme connect -t tcp -a 127.0.0.1 -s {} -n {nqn}",
+            s.port_a
+        )),
+        "{out}"
+    );
+    let file = s.dir.join("a/pool/v1.img");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 64 << 20);
+    let subs = s.ok(&[
+        "subsystem",
+        "list",
+        "--socket",
+        s.dir.join("a/target.api.sock").to_str().unwrap(),
+    ]);
+    assert!(subs.contains(nqn), "{subs}");
+
+    // Refusals say what to change, and make nothing.
+    let e = s.refused(&["volume", "create", "big", "--size", "100GiB"]);
+    assert!(
+        e.contains("larger than any pool") && e.contains("ask for at most"),
+        "{e}"
+    );
+    let e = s.refused(&["volume", "create", "v1", "--size", "64MiB"]);
+    assert!(e.contains("exists"), "{e}");
+    let e = s.refused(&["volume", "create", "zero", "--size", "0"]);
+    assert!(e.contains("spec.size"), "{e}");
+    let e = s.refused(&["volume", "show", "nope"]);
+    assert!(e.contains("does not exist"), "{e}");
+    let e = s.refused(&[
+        "volume",
+        "create",
+        "m",
+        "--size",
+        "1MiB",
+        "--placement",
+        "must-remote",
+        "--consumer",
+        "node-a",
+        "--wait",
+        "5",
+    ]);
+    assert!(
+        e.contains("node-a") && e.contains("MustRemote"),
+        "no other node yet: {e}"
+    );
+    s.ok(&["volume", "delete", "m"]);
+    s.ok(&["volume", "delete", "big"]);
+    assert!(!s.dir.join("a/pool/big.img").exists());
+
+    // A second node joins; hints place volumes on one or the other.
+    let port_b = free_port();
+    let mut b = s.agent(port_b);
+    s.wait_for("node-b Ready", 30, || s.health("node-b") == "Ready");
+    let nodes = s.ok(&["node", "list"]);
+    assert!(
+        nodes.contains("node-a") && nodes.contains("node-b"),
+        "{nodes}"
+    );
+    s.ok(&[
+        "volume",
+        "create",
+        "r1",
+        "--size",
+        "16MiB",
+        "--placement",
+        "must-remote",
+        "--consumer",
+        "node-a",
+    ]);
+    s.ok(&[
+        "volume",
+        "create",
+        "l1",
+        "--size",
+        "16MiB",
+        "--placement",
+        "must-local",
+        "--consumer",
+        "node-b",
+    ]);
+    s.ok(&[
+        "volume",
+        "create",
+        "p1",
+        "--size",
+        "16MiB",
+        "--placement",
+        "prefer-local",
+        "--consumer",
+        "node-a",
+    ]);
+    assert_eq!(s.node_of("r1"), "node-b");
+    assert_eq!(s.node_of("l1"), "node-b");
+    assert_eq!(s.node_of("p1"), "node-a");
+    assert!(s.dir.join("b/pool/r1.img").exists());
+    let show = s.ok(&["volume", "show", "r1"]);
+    assert!(
+        show.contains(&format!(
+            "-s {port_b} -n nqn.2024-01.io.lightpool:volume:r1"
+        )),
+        "{show}"
+    );
+
+    // Deleted: the file and subsystem go.
+    s.ok(&["volume", "delete", "v1"]);
+    assert!(!file.exists());
+    let subs = s.ok(&[
+        "subsystem",
+        "list",
+        "--socket",
+        s.dir.join("a/target.api.sock").to_str().unwrap(),
+    ]);
+    assert!(!subs.contains(nqn), "{subs}");
+
+    // node-b's agent killed: Unknown within 16 s (3 missed 5 s heartbeats and
+    // the controller's half-second tick), and nothing new lands there.
+    b.kill_hard();
+    let took = s.wait_for("node-b Unknown", 20, || s.health("node-b") == "Unknown");
+    assert!(took <= Duration::from_secs(16), "Unknown after {took:?}");
+    s.ok(&[
+        "volume",
+        "create",
+        "p2",
+        "--size",
+        "16MiB",
+        "--placement",
+        "prefer-remote",
+        "--consumer",
+        "node-a",
+    ]);
+    assert_eq!(s.node_of("p2"), "node-a", "not on the Unknown node");
+    let e = s.refused(&[
+        "volume",
+        "create",
+        "r2",
+        "--size",
+        "16MiB",
+        "--placement",
+        "must-remote",
+        "--consumer",
+        "node-a",
+        "--wait",
+        "3",
+    ]);
+    assert!(e.contains("node-b"), "{e}");
+    // Restarted: Ready again, and r2 lands there; r1 is served by the new target.
+    let _b = s.agent(port_b);
+    s.wait_for("node-b Ready again", 30, || s.health("node-b") == "Ready");
+    s.wait_for("r2 placed", 30, || s.node_of("r2") == "node-b");
+    let subs = s.ok(&[
+        "subsystem",
+        "list",
+        "--socket",
+        s.dir.join("b/target.api.sock").to_str().unwrap(),
+    ]);
+    assert!(
+        subs.contains("volume:r1") && subs.contains("volume:l1"),
+        "{subs}"
+    );
+
+    // The instance stopped and started: the same volumes served again.
+    a.stop();
+    let _a = s.standalone();
+    s.wait_for("p1 served again", 30, || {
+        let o = s.lp(&[
+            "subsystem",
+            "list",
+            "--socket",
+            s.dir.join("a/target.api.sock").to_str().unwrap(),
+        ]);
+        String::from_utf8_lossy(&o.stdout).contains("volume:p1")
+    });
+    let list = s.ok(&["volume", "list"]);
+    for v in ["r1", "l1", "p1", "p2", "r2"] {
+        assert!(list.contains(v), "{list}");
+    }
+}
