@@ -99,8 +99,8 @@ async fn start_target(o: &Options) -> Result<(Child, tonic::transport::Channel),
     } else {
         format!("{}:{}", o.address, o.port)
     };
-    let mut child = Command::new(&o.target_binary)
-        .arg("--config")
+    let mut cmd = Command::new(&o.target_binary);
+    cmd.arg("--config")
         .arg(&config)
         .arg("--listen")
         .arg(&listen)
@@ -113,14 +113,24 @@ async fn start_target(o: &Options) -> Result<(Child, tonic::transport::Channel),
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            StandaloneError::Target(
-                format!("cannot start {}: {e}", o.target_binary.display()),
-                log_path.display().to_string(),
-            )
-        })?;
+        .kill_on_drop(true);
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only prctl(2), which is async-signal-safe; it touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The dataplane stops with us, even when we are killed outright.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        StandaloneError::Target(
+            format!("cannot start {}: {e}", o.target_binary.display()),
+            log_path.display().to_string(),
+        )
+    })?;
     let logname = log_path.display().to_string();
     for _ in 0..200 {
         if let Some(st) = child.try_wait().map_err(io("lightpool-target"))? {
