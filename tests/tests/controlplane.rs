@@ -1,7 +1,8 @@
 //! The control plane end to end: `lightpool standalone` (node-a: dataplane,
 //! controller, agent) and `lightpool agent` (node-b: a second dataplane and
 //! agent) on the host. Twenty volumes with mixed placement hints land where the
-//! hints say; the Linux kernel initiator in the guest connects to a volume the
+//! hints and the limit of 3 remote volumes per pool say; the Linux kernel
+//! initiator in the guest connects to a volume the
 //! scheduler placed on the remote node (MustRemote for a consumer on node-a)
 //! and runs fio with verification on it; deleted, it is gone from that node.
 //!
@@ -96,46 +97,7 @@ fn volumes_land_by_their_hints_and_a_remote_one_serves_the_kernel_host() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // Twenty volumes, every hint from either side.
-    let hints = ["must-local", "must-remote", "prefer-local", "prefer-remote"];
-    let mut want = Vec::new();
-    for i in 0..20 {
-        let hint = hints[i % 4];
-        let (consumer, other) = if i % 8 < 4 {
-            ("node-a", "node-b")
-        } else {
-            ("node-b", "node-a")
-        };
-        let name = format!("v{i:02}");
-        ok(
-            &data,
-            &[
-                "volume",
-                "create",
-                &name,
-                "--size",
-                "16MiB",
-                "--placement",
-                hint,
-                "--consumer",
-                consumer,
-            ],
-        );
-        let expect = if hint.ends_with("local") {
-            consumer
-        } else {
-            other
-        };
-        want.push((name, expect));
-    }
-    for (name, expect) in &want {
-        let v = json(&data, &["volume", "show", name]);
-        assert_eq!(v["status"]["node"], *expect, "{name}: {v}");
-        assert_eq!(v["status"]["phase"], "Ready", "{name}");
-    }
-
-    // A volume for a consumer on node-a that must be remote: on node-b, and the
-    // kernel initiator writes and verifies it there.
+    // A volume for a consumer on node-a that must be remote: on node-b.
     let out = ok(
         &data,
         &[
@@ -150,6 +112,69 @@ fn volumes_land_by_their_hints_and_a_remote_one_serves_the_kernel_host() {
             "node-a",
         ],
     );
+
+    // Twenty volumes, every hint from either side. Each pool takes at most 3
+    // remote volumes (LiteIO's limit): MustRemote beyond it is refused with that
+    // reason, PreferRemote falls back to the consumer's node.
+    let hints = ["must-local", "must-remote", "prefer-local", "prefer-remote"];
+    let mut remote = std::collections::HashMap::from([("node-a", 0), ("node-b", 1)]);
+    for i in 0..20 {
+        let hint = hints[i % 4];
+        let (consumer, other) = if i % 8 < 4 {
+            ("node-a", "node-b")
+        } else {
+            ("node-b", "node-a")
+        };
+        let name = format!("v{i:02}");
+        let (placed, said) = lp(
+            &data,
+            &[
+                "volume",
+                "create",
+                &name,
+                "--size",
+                "16MiB",
+                "--placement",
+                hint,
+                "--consumer",
+                consumer,
+            ],
+        );
+        let room = remote[other] < 3;
+        let expect = match hint {
+            "must-local" | "prefer-local" => Some(consumer),
+            "must-remote" if room => Some(other),
+            "must-remote" => None,
+            _ if room => Some(other),
+            _ => Some(consumer),
+        };
+        match expect {
+            Some(node) => {
+                assert!(placed, "{name} ({hint} from {consumer}): {said}");
+                let v = json(&data, &["volume", "show", &name]);
+                assert_eq!(
+                    v["status"]["node"], node,
+                    "{name} ({hint} from {consumer}): {v}"
+                );
+                assert_eq!(v["status"]["phase"], "Ready", "{name}");
+                if node == other {
+                    *remote.get_mut(other).expect("node") += 1;
+                }
+            }
+            None => {
+                assert!(!placed, "{name} placed beyond the remote limit: {said}");
+                assert!(
+                    said.contains(&format!("{other} has 3 remote volumes (at most 3)")),
+                    "{said}"
+                );
+                ok(&data, &["volume", "delete", &name]);
+            }
+        }
+    }
+    assert_eq!(remote["node-a"], 3);
+    assert_eq!(remote["node-b"], 3);
+
+    // The kernel initiator writes and verifies db on node-b.
     let nqn = "nqn.2024-01.io.lightpool:volume:db";
     assert!(
         out.contains(&format!(
