@@ -1,6 +1,8 @@
-//! The controller with agents over the embedded store and in-memory
-//! dataplanes, in paused time: placement, ordered delete, refusals, heartbeat
-//! loss and return, leader election and a restart mid-operation.
+//! The controller with agents over in-memory dataplanes, in paused time, each
+//! case twice: on the embedded store and on the Kubernetes store against the
+//! fake API server (one set of reconcilers on either): placement, ordered
+//! delete, refusals, heartbeat loss and return, leader election and a restart
+//! mid-operation.
 
 use std::time::Duration;
 
@@ -8,20 +10,28 @@ use lightpool_agent::{Agent, AgentConfig, MemoryDataplane, AGENT_FINALIZER};
 use lightpool_controller::{Controller, ControllerConfig, CONTROLLER_LEASE};
 use lightpool_model::quantity::GIB;
 use lightpool_model::*;
-use lightpool_store::{EmbeddedStore, Store};
+use lightpool_store::fake_api::FakeApi;
+use lightpool_store::{EmbeddedStore, KubeStore, Store};
 
-type A = Agent<EmbeddedStore, MemoryDataplane>;
-
-struct Cluster {
-    store: EmbeddedStore,
-    agents: Vec<(A, MemoryDataplane)>,
-    controller: Controller<EmbeddedStore>,
-    _dir: tempfile::TempDir,
+struct Cluster<S> {
+    store: S,
+    agents: Vec<(Agent<S, MemoryDataplane>, MemoryDataplane)>,
+    controller: Controller<S>,
 }
 
-fn cluster(nodes: &[&str], gib: u64) -> Cluster {
+fn embedded() -> EmbeddedStore {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path().join("s.redb")).unwrap();
+    let s = EmbeddedStore::open(dir.path().join("s.redb")).unwrap();
+    // The open database keeps its file.
+    std::mem::forget(dir);
+    s
+}
+
+fn kube() -> KubeStore {
+    KubeStore::new(FakeApi::default().client(), "lightpool-test")
+}
+
+fn cluster<S: Store>(store: S, nodes: &[&str], gib: u64) -> Cluster<S> {
     let agents = nodes
         .iter()
         .enumerate()
@@ -36,11 +46,10 @@ fn cluster(nodes: &[&str], gib: u64) -> Cluster {
         store,
         agents,
         controller,
-        _dir: dir,
     }
 }
 
-impl Cluster {
+impl<S: Store> Cluster<S> {
     /// One second: every live agent ticks, then the controller.
     async fn second(&mut self, live: &[bool]) -> lightpool_controller::TickReport {
         for (i, (a, _)) in self.agents.iter_mut().enumerate() {
@@ -81,9 +90,8 @@ impl Cluster {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn volumes_are_placed_by_their_hints_published_and_deleted_in_order() {
-    let mut c = cluster(&["node-a", "node-b", "node-c"], 100);
+async fn volumes_are_placed_by_their_hints_published_and_deleted_in_order<S: Store>(s: S) {
+    let mut c = cluster(s, &["node-a", "node-b", "node-c"], 100);
     c.seconds(1).await;
     c.create("local", 10, PlacementHint::MustLocal, "node-a")
         .await;
@@ -129,9 +137,8 @@ async fn volumes_are_placed_by_their_hints_published_and_deleted_in_order() {
     assert_eq!(sched.usage("node-a").unwrap().thick_bytes, 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn bad_input_is_refused_with_what_to_change_and_nothing_made() {
-    let mut c = cluster(&["node-a", "node-b"], 100);
+async fn bad_input_is_refused_with_what_to_change_and_nothing_made<S: Store>(s: S) {
+    let mut c = cluster(s, &["node-a", "node-b"], 100);
     c.seconds(1).await;
     c.create("zero", 0, PlacementHint::PreferLocal, "node-a")
         .await;
@@ -183,11 +190,14 @@ async fn bad_input_is_refused_with_what_to_change_and_nothing_made() {
     assert_eq!(c.status("huge").await.phase, VolumePhase::Ready);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_silent_node_is_unknown_within_16_s_gets_nothing_and_is_ready_when_it_returns() {
-    let mut c = cluster(&["node-a", "node-b"], 100);
+async fn a_silent_node_is_unknown_within_16_s_gets_nothing_and_is_ready_when_it_returns<
+    S: Store,
+>(
+    s: S,
+) {
+    let mut c = cluster(s, &["node-a", "node-b"], 100);
     c.seconds(2).await;
-    let pool = |c: &Cluster, n: &'static str| {
+    let pool = |c: &Cluster<S>, n: &'static str| {
         let s = c.store.clone();
         async move {
             s.get::<StoragePool>(n)
@@ -247,9 +257,8 @@ async fn a_silent_node_is_unknown_within_16_s_gets_nothing_and_is_ready_when_it_
     assert_eq!(c.status("must").await.phase, VolumePhase::Ready);
 }
 
-#[tokio::test(start_paused = true)]
-async fn only_the_lease_holder_acts_and_a_restart_mid_operation_resumes_cleanly() {
-    let mut c = cluster(&["node-a"], 100);
+async fn only_the_lease_holder_acts_and_a_restart_mid_operation_resumes_cleanly<S: Store>(s: S) {
+    let mut c = cluster(s, &["node-a"], 100);
     c.seconds(1).await;
     let mut other = Controller::new(c.store.clone(), ControllerConfig::new("c2")).unwrap();
     assert!(!other.tick().await.unwrap().leader, "c1 leads");
@@ -272,7 +281,6 @@ async fn only_the_lease_holder_acts_and_a_restart_mid_operation_resumes_cleanly(
         store,
         mut agents,
         controller,
-        _dir,
     } = c;
     drop(controller); // killed: the lease is not released
                       // c2 waits out the lease, then leads and rebuilds the ledger.
@@ -332,3 +340,27 @@ async fn only_the_lease_holder_acts_and_a_restart_mid_operation_resumes_cleanly(
     let w: Volume = store.get("w").await.unwrap().unwrap();
     assert_eq!(w.status.unwrap().pool.as_deref(), Some("node-a"));
 }
+
+macro_rules! on_both_stores {
+    ($($case:ident),*) => {
+        mod on_embedded {
+            $(#[tokio::test(start_paused = true)]
+            async fn $case() {
+                super::$case(super::embedded()).await
+            })*
+        }
+        mod on_kube {
+            $(#[tokio::test(start_paused = true)]
+            async fn $case() {
+                super::$case(super::kube()).await
+            })*
+        }
+    };
+}
+
+on_both_stores!(
+    volumes_are_placed_by_their_hints_published_and_deleted_in_order,
+    bad_input_is_refused_with_what_to_change_and_nothing_made,
+    a_silent_node_is_unknown_within_16_s_gets_nothing_and_is_ready_when_it_returns,
+    only_the_lease_holder_acts_and_a_restart_mid_operation_resumes_cleanly
+);

@@ -28,6 +28,8 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod embedded;
+#[cfg(feature = "conformance")]
+pub mod fake_api;
 mod kube_api;
 mod lease;
 mod object;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::apiserver::FakeApi;
+use lightpool_store::fake_api::FakeApi;
 use lightpool_store::KubeStore;
 
 fn fresh() -> KubeStore {

@@ -1,3 +1,5 @@
+//! (Test support, with the `conformance` feature.)
+//!
 //! A fake Kubernetes API server for cluster-scoped custom resources, as a tower
 //! service behind `kube::Client`: objects in memory, a global resourceVersion,
 //! server-side apply (one manager), merge patches of the main resource and of
