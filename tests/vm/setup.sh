@@ -24,7 +24,7 @@ VM=$CACHE_ROOT/vm
 SELF=$REPO/tests/vm/setup.sh
 
 # Packages the host needs. kmod: depmod; libc-bin: ldd.
-HOST_PKGS=(qemu-system-x86 busybox-static cpio xz-utils nvme-cli fio kmod libc-bin)
+HOST_PKGS=(qemu-system-x86 busybox-static cpio xz-utils nvme-cli fio kmod libc-bin iproute2)
 
 # Modules the guest loads, by name as modprobe knows them; their dependencies
 # come from modules.dep. A name that is built into the kernel is skipped.
