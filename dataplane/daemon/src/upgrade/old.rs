@@ -30,14 +30,16 @@ pub fn reactors_answer(run: &Running) -> Result<(String, Vec<OwnedFd>)> {
     if fds.len() > FDS_PER_MESSAGE {
         bail!("more block-device descriptors than one message carries");
     }
-    Ok((
-        format!(
-            "OK cores={} idle_spin_us={spin} fds={}",
-            cores.join(","),
-            fds.len()
-        ),
-        fds,
-    ))
+    let mut line = format!(
+        "OK cores={} idle_spin_us={spin} fds={}",
+        cores.join(","),
+        fds.len()
+    );
+    // Keys a successor does not know are skipped by it.
+    if let Some(path) = crate::service::socket_to_pass_on() {
+        line.push_str(&format!(" notify={path}"));
+    }
+    Ok((line, fds))
 }
 
 /// Old side: serve one HELLO. Returns only if the handover did not happen (the target
@@ -65,6 +67,9 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
     }
     tracing::info!(new_version = %newver, "upgrade: quiescing");
     let t0 = Instant::now();
+    // The pause starts here: from now on no command starts until the successor's
+    // reactors resume. The successor measures it to the end, on the same clock.
+    let quiesced_ns = crate::service::monotonic_ns();
     // Each transport quiesces, and each of its reactors exports and freezes itself as
     // soon as its connections have drained: one round trip, however busy the machine.
     let mut fds = Vec::new();
@@ -97,7 +102,7 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
         }
     }
     let t_frozen = t0.elapsed();
-    match send_state(run, &sock, exported, fds) {
+    match send_state(run, &sock, exported, fds, quiesced_ns) {
         Ok(()) => {}
         Err(e) => {
             run.transports.resume_all()?;
@@ -111,11 +116,13 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
     match reply.as_deref() {
         Some("ADOPTED") => {
             sock.write_all(b"BYE\n")?;
+            // Not the pause (that ends when the successor resumes, and the successor
+            // reports it): how long this side took to let go.
             tracing::info!(
-                pause_ms = t0.elapsed().as_secs_f64() * 1e3,
                 frozen_ms = t_frozen.as_secs_f64() * 1e3,
                 sent_ms = t_sent.as_secs_f64() * 1e3,
-                "upgrade: handed over; exiting"
+                adopted_ms = t0.elapsed().as_secs_f64() * 1e3,
+                "upgrade: handed over (the successor reports the pause); exiting"
             );
             // The new process owns every socket now: exit without closing anything at
             // the protocol level (the kernel just drops this process's references).
@@ -136,6 +143,7 @@ fn send_state(
     sock: &UnixStream,
     transports: Vec<(String, Vec<u8>)>,
     mut fds: Vec<OwnedFd>,
+    quiesced_ns: u64,
 ) -> Result<()> {
     // Indices count the region as 0.
     let idx = |fds: &mut Vec<OwnedFd>, fd: OwnedFd| {
@@ -162,7 +170,11 @@ fn send_state(
     let mut first = true;
     for chunk in all.chunks(FDS_PER_MESSAGE) {
         let line = if first {
-            format!("STATE {} {}\n", run.layout, all.len())
+            format!(
+                "STATE {} {} quiesced_ns={quiesced_ns}\n",
+                run.layout,
+                all.len()
+            )
         } else {
             "FDS\n".to_string()
         };
