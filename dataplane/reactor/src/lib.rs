@@ -135,6 +135,12 @@ struct StatCounters {
     messages: Counter,
     timers_fired: Counter,
     fd_wakeups: Counter,
+    busy_ns: Counter,
+    idle_ns: Counter,
+    sleep_ns: Counter,
+    /// When the sleep going on began (ns since `Shared::born` + 1; 0: awake), so that
+    /// a reader counts a long sleep before it ends.
+    asleep_since: AtomicU64,
     tid: AtomicU64,
 }
 
@@ -153,6 +159,13 @@ pub struct ReactorStats {
     pub timers_fired: u64,
     /// Sleeps ended by a registered fd (not the mailbox eventfd, not a timeout).
     pub fd_wakeups: u64,
+    /// Nanoseconds spent in iterations that did something (messages, timers, pollers
+    /// that reported work).
+    pub busy_ns: u64,
+    /// Nanoseconds spent polling with nothing to do (spinning, not asleep).
+    pub idle_ns: u64,
+    /// Nanoseconds asleep in epoll_wait.
+    pub sleep_ns: u64,
     /// True while the reactor is in epoll_wait (or about to be).
     pub sleeping: bool,
     /// Linux thread id of the reactor thread (for `/proc/self/task/<tid>`).
@@ -167,6 +180,8 @@ pub(crate) struct Shared {
     stopped: AtomicBool,
     wake_fd: OwnedFd,
     stats: CachePadded<StatCounters>,
+    /// The base of `asleep_since`.
+    born: Instant,
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: Mutex<Option<ThreadId>>,
 }
@@ -258,6 +273,12 @@ impl ReactorHandle {
     /// A snapshot of the reactor's counters.
     pub fn stats(&self) -> ReactorStats {
         let s = &self.shared.stats;
+        let since = s.asleep_since.load(Ordering::Relaxed);
+        let asleep_now = if since == 0 {
+            0
+        } else {
+            (self.shared.born.elapsed().as_nanos() as u64).saturating_sub(since - 1)
+        };
         ReactorStats {
             loops: s.loops.get(),
             busy_loops: s.busy_loops.get(),
@@ -265,6 +286,9 @@ impl ReactorHandle {
             messages: s.messages.get(),
             timers_fired: s.timers_fired.get(),
             fd_wakeups: s.fd_wakeups.get(),
+            busy_ns: s.busy_ns.get(),
+            idle_ns: s.idle_ns.get(),
+            sleep_ns: s.sleep_ns.get() + asleep_now,
             sleeping: self.shared.sleeping.load(Ordering::SeqCst),
             tid: s.tid.load(Ordering::Relaxed),
         }
@@ -295,6 +319,7 @@ pub fn spawn(cfg: ReactorConfig) -> Result<ReactorHandle, ReactorError> {
         stopped: AtomicBool::new(false),
         wake_fd,
         stats: CachePadded::new(StatCounters::default()),
+        born: Instant::now(),
         thread: Mutex::new(None),
         thread_id: Mutex::new(None),
     });
@@ -328,6 +353,7 @@ pub fn spawn(cfg: ReactorConfig) -> Result<ReactorHandle, ReactorError> {
             let mut reactor = Reactor {
                 ctx: Ctx::new(thread_shared, epoll),
                 idle_spin,
+                slept: Duration::ZERO,
             };
             let _ = ready_tx.send(Ok(()));
             drop(ready_tx);
@@ -389,23 +415,43 @@ fn check_core(reactor: usize, core: usize) -> Result<(), ReactorError> {
 struct Reactor {
     ctx: Ctx,
     idle_spin: Duration,
+    /// How long the last sleep lasted (taken out of the iteration that slept).
+    slept: Duration,
 }
 
 impl Reactor {
     fn run(&mut self) {
         let mut last_active = Instant::now();
         let mut idle_loops = 0u32;
+        // Each iteration's time (from its start to the next one's, less any sleep)
+        // counts as busy or idle, by what it did: one clock reading per iteration, the
+        // one the loop takes anyway.
+        let mut last_start = last_active;
+        let mut last_busy = false;
         while !self.ctx.stop && !self.ctx.shared.stopped.load(Ordering::Relaxed) {
             self.ctx.now = Instant::now();
             self.ctx.iteration += 1;
             let stats = &self.ctx.shared.stats;
             stats.loops.bump();
+            let spent = self
+                .ctx
+                .now
+                .saturating_duration_since(last_start)
+                .saturating_sub(std::mem::take(&mut self.slept))
+                .as_nanos() as u64;
+            if last_busy {
+                stats.busy_ns.add(spent);
+            } else {
+                stats.idle_ns.add(spent);
+            }
+            last_start = self.ctx.now;
 
             let mut active = self.run_mailbox();
             active |= self.ctx.run_timers();
             active |= self.ctx.run_pollers();
             self.ctx.arm_new_pollers();
 
+            last_busy = active;
             if active {
                 self.ctx.shared.stats.busy_loops.bump();
                 last_active = self.ctx.now;
@@ -472,6 +518,10 @@ impl Reactor {
         shared.stats.sleeps.bump();
         let mut woke_by_fd = false;
         let mut woke_by_mailbox = false;
+        let asleep = Instant::now();
+        let stats = &shared.stats;
+        let since = asleep.saturating_duration_since(shared.born).as_nanos() as u64;
+        stats.asleep_since.store(since + 1, Ordering::Relaxed);
         let res = self.ctx.epoll.wait(timeout, |token| {
             if token == sys::WAKE_TOKEN {
                 woke_by_mailbox = true;
@@ -479,6 +529,9 @@ impl Reactor {
                 woke_by_fd = true;
             }
         });
+        self.slept = asleep.elapsed();
+        stats.sleep_ns.add(self.slept.as_nanos() as u64);
+        stats.asleep_since.store(0, Ordering::Relaxed);
         shared.sleeping.store(false, Ordering::SeqCst);
         if woke_by_mailbox {
             sys::eventfd_drain(shared.wake_fd.as_raw_fd());
