@@ -8,6 +8,7 @@ mod fdpass;
 mod control;
 mod instance;
 mod logging;
+mod metrics;
 mod service;
 mod transports;
 mod upgrade;
@@ -133,6 +134,9 @@ pub struct Running {
     /// The state region: every object that must outlive this process is recorded here
     /// as it is created.
     pub region: Arc<lightpool_nvmf::region::Region>,
+    /// The metrics endpoint's listening socket, if metrics are on (handed over in a hot
+    /// upgrade).
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 fn default_config() -> Config {
@@ -376,6 +380,12 @@ fn start(args: &Args, control_path: &str) -> Result<Running> {
         target: target.clone(),
         reactors: reactors.clone(),
     });
+    let metrics = cfg
+        .target
+        .metrics_address
+        .as_deref()
+        .map(metrics::bind)
+        .transpose()?;
     let mut bound = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
         let t = transports
@@ -432,6 +442,7 @@ fn start(args: &Args, control_path: &str) -> Result<Running> {
         layout: args.state_layout,
         state_dir,
         region,
+        metrics,
     };
     upgrade::write_boot(&run)?;
     unbind.keep();
@@ -453,6 +464,7 @@ fn run(args: &Args, control_path: Option<&str>) -> Result<()> {
     let running = Arc::new(running);
     let unbind = control::Unbind::new(&running.control_path);
     control::serve(running.clone())?;
+    metrics::serve(&running)?;
     // Every listener and the control socket accept: tell the service manager (a
     // successor of a hot upgrade said MAINPID= already, see upgrade/new.rs).
     service::notify_or_log(&format!(

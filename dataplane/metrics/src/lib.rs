@@ -334,7 +334,7 @@ impl Collector for Scrape {
         gauge(
             &mut enc,
             "lightpool_subsystem_queue_depth",
-            "Commands received and not yet completed, over the subsystem's queues.",
+            "Commands started (their data received) and not yet completed, over the subsystem's queues.",
             &d,
         )?;
         gauge(
@@ -414,7 +414,7 @@ impl Collector for Scrape {
         gauge(
             &mut enc,
             "lightpool_reactor_queue_depth",
-            "Commands received and not yet completed, over each reactor's queues.",
+            "Commands started (their data received) and not yet completed, over each reactor's queues.",
             &d,
         )?;
         gauge(

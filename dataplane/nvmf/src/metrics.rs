@@ -138,7 +138,8 @@ pub struct IoCounters {
     errors: ErrorCounts,
 }
 
-/// A queue's depth: commands received and not yet completed.
+/// A queue's depth: commands started (all of their data received) and not yet
+/// completed.
 #[derive(Debug)]
 pub struct QueueGauge {
     pub reactor: usize,
@@ -314,6 +315,8 @@ pub(crate) struct QueueMetrics {
     base: Instant,
     now_ns: u64,
     gauge: Option<Arc<QueueGauge>>,
+    /// Commands started and not completed.
+    outstanding: u64,
     io_queue: bool,
 }
 
@@ -325,6 +328,7 @@ impl QueueMetrics {
             base: Instant::now(),
             now_ns: 0,
             gauge: None,
+            outstanding: 0,
             io_queue: false,
         }
     }
@@ -376,21 +380,34 @@ impl QueueMetrics {
         self.now_ns = now.saturating_duration_since(self.base).as_nanos() as u64;
     }
 
-    /// A command starts in `slot`; `in_use` slots are taken.
+    /// A command starts in `slot` (again, for one held through a quiesce: it counts
+    /// from its first start).
     #[inline(always)]
-    pub(crate) fn start(&mut self, slot: u16, in_use: usize) {
+    pub(crate) fn start(&mut self, slot: u16) {
         if let Some(s) = self.started.get_mut(usize::from(slot)) {
-            *s = self.now_ns;
-        }
-        if let Some(g) = &self.gauge {
-            g.depth.store(in_use as u64, Ordering::Relaxed);
+            if *s == NOT_STARTED {
+                *s = self.now_ns;
+                self.outstanding += 1;
+                if let Some(g) = &self.gauge {
+                    g.depth.store(self.outstanding, Ordering::Relaxed);
+                }
+            }
         }
     }
 
-    /// `r` completed (its response goes out next); `in_use` slots are taken, its own
-    /// included.
+    /// `r` completed (its response goes out next).
     #[inline(always)]
-    pub(crate) fn complete<T>(&mut self, slot: u16, r: &Request<T>, in_use: usize) {
+    pub(crate) fn complete<T>(&mut self, slot: u16, r: &Request<T>) {
+        let started = match self.started.get_mut(usize::from(slot)) {
+            Some(s) => std::mem::replace(s, NOT_STARTED),
+            None => NOT_STARTED,
+        };
+        if started != NOT_STARTED {
+            self.outstanding = self.outstanding.saturating_sub(1);
+            if let Some(g) = &self.gauge {
+                g.depth.store(self.outstanding, Ordering::Relaxed);
+            }
+        }
         if self.by_nsid.is_empty() {
             return;
         }
@@ -425,20 +442,11 @@ impl QueueMetrics {
         } else {
             block.errors.count(st);
         }
-        let ns = match self.started.get_mut(usize::from(slot)) {
-            Some(s) => self
-                .now_ns
-                .saturating_sub(std::mem::replace(s, NOT_STARTED)),
-            None => 0,
-        };
+        let ns = self.now_ns.saturating_sub(started);
         op.lat_sum_ns.add(ns);
         let us = ns / 1000;
         let k = ((u64::BITS - us.leading_zeros()) as usize).min(LATENCY_BUCKETS - 1);
         op.lat[k].add(1);
-        if let Some(g) = &self.gauge {
-            g.depth
-                .store(in_use.saturating_sub(1) as u64, Ordering::Relaxed);
-        }
     }
 }
 

@@ -31,6 +31,8 @@ struct Prepared {
     /// inside the pause, once their state has come with STATE: the region and the
     /// REACTORS descriptors wait here.
     deferred: Option<(Arc<Region>, Vec<Option<OwnedFd>>)>,
+    /// The metrics endpoint's socket, if the running target serves metrics.
+    metrics: Option<std::net::TcpListener>,
 }
 
 struct Early {
@@ -58,6 +60,7 @@ fn prepare(path: &str) -> Result<Prepared> {
     let mut cores = Vec::new();
     let mut spin = None;
     let mut nfds = 0usize;
+    let mut metrics_fd = None;
     for kv in rest.split_whitespace() {
         match kv.split_once('=') {
             Some(("cores", v)) => {
@@ -73,6 +76,7 @@ fn prepare(path: &str) -> Result<Prepared> {
             Some(("fds", v)) => nfds = v.parse()?,
             // The service manager's socket, for a successor started without it.
             Some(("notify", v)) => crate::service::set_inherited_socket(v),
+            Some(("metrics_fd", v)) => metrics_fd = Some(v.parse::<usize>()?),
             _ => {}
         }
     }
@@ -80,6 +84,15 @@ fn prepare(path: &str) -> Result<Prepared> {
         bail!("the running target reported no reactors");
     }
     recv_fds_until(&s, &mut got, nfds)?;
+    // The metrics socket is the last descriptor (see `reactors_answer`).
+    let metrics = match metrics_fd {
+        Some(i) if i + 1 == got.len() && i > 0 => got.pop().map(std::net::TcpListener::from),
+        Some(i) => bail!(
+            "the metrics socket (descriptor {i} of {}) is not the last",
+            got.len()
+        ),
+        None => None,
+    };
     let mut deferred = None;
     let early = if got.is_empty() {
         bail!("the running target sent no state region (it writes an older layout)");
@@ -114,6 +127,7 @@ fn prepare(path: &str) -> Result<Prepared> {
         reactors,
         early,
         deferred,
+        metrics,
     })
 }
 
@@ -444,6 +458,7 @@ fn adopt(
         layout: STATE_LAYOUT,
         state_dir: early.boot.state_dir.map(std::path::PathBuf::from),
         region,
+        metrics: p.metrics,
     };
     if let Err(e) = write_boot(&run) {
         tracing::warn!(error = format!("{e:#}"), "boot blob not rewritten");

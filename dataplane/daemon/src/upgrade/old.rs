@@ -27,6 +27,15 @@ pub fn reactors_answer(run: &Running) -> Result<(String, Vec<OwnedFd>)> {
     let mem = write_boot_fds(run)?;
     let mut fds = vec![dup(run.region.fd())?];
     fds.extend(mem);
+    // The metrics endpoint's socket goes last, named by its index (a successor that
+    // does not know the key leaves it unused).
+    let metrics_fd = match &run.metrics {
+        Some(l) => {
+            fds.push(dup(l)?);
+            Some(fds.len() - 1)
+        }
+        None => None,
+    };
     if fds.len() > FDS_PER_MESSAGE {
         bail!("more block-device descriptors than one message carries");
     }
@@ -35,6 +44,9 @@ pub fn reactors_answer(run: &Running) -> Result<(String, Vec<OwnedFd>)> {
         cores.join(","),
         fds.len()
     );
+    if let Some(i) = metrics_fd {
+        line.push_str(&format!(" metrics_fd={i}"));
+    }
     // Keys a successor does not know are skipped by it.
     if let Some(path) = crate::service::socket_to_pass_on() {
         line.push_str(&format!(" notify={path}"));

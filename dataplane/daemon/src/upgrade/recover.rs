@@ -105,6 +105,7 @@ pub fn recover(dir: &std::path::Path, control_path: Option<&str>) -> Result<Runn
         layout: STATE_LAYOUT,
         state_dir: Some(dir.to_path_buf()),
         region,
+        metrics: None,
     };
     write_boot(&run)?;
     Ok(run)

@@ -420,9 +420,7 @@ impl<T: Default> NvmfQueue<T> {
     /// The next request whose response can be sent, in completion order.
     pub fn next_done(&mut self) -> Option<u16> {
         let slot = self.done.pop_front()?;
-        let in_use = self.slots.len() - self.free.len();
-        self.metrics
-            .complete(slot, &self.slots[usize::from(slot)], in_use);
+        self.metrics.complete(slot, &self.slots[usize::from(slot)]);
         Some(slot)
     }
 
@@ -447,7 +445,7 @@ impl<T: Default> NvmfQueue<T> {
     /// the queue is quiesced the command is held instead and runs on `resume`.
     pub fn execute(&mut self, slot: u16, now: Instant) -> Exec {
         self.metrics.clock(now);
-        self.metrics.start(slot, self.slots.len() - self.free.len());
+        self.metrics.start(slot);
         if self.quiesced {
             self.slots[usize::from(slot)].state = SlotState::Held;
             self.held.push_back(slot);
