@@ -7,7 +7,11 @@
 //! process exit), and `READY=1` once it serves; if the old process does not let go
 //! after all, the new one gives the main PID back (`MAINPID=<old pid>`) before it
 //! exits. Messages from a process other than the unit's main one need the unit's
-//! `NotifyAccess=all` (deploy/systemd/lightpool-target.service sets it).
+//! `NotifyAccess=all` (deploy/systemd/lightpool-target.service sets it) and count only
+//! from the unit's control group (a new process started by `systemctl reload`); so the
+//! old process, the main one, also names its successor (`MAINPID=<new pid>`) just
+//! before it lets go, which systemd takes from a privileged main process even for a
+//! successor started by hand outside the unit.
 
 use std::io;
 use std::os::unix::net::UnixDatagram;

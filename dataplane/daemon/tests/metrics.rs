@@ -244,6 +244,8 @@ fn scraped_counters_match_the_io_done_and_survive_a_hot_upgrade() {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .expect("pid");
+    // Whatever happens below, the new process (not our child) is stopped at the end.
+    let _stop = Stop(new_pid);
     let lbas: Vec<u64> = (0..4).map(|i| i * 8).collect();
     assert_eq!(c.io[0].read_verify_batch(&lbas, 4096, 1).expect("I/O"), 4);
     let page = scrape(maddr);
@@ -255,7 +257,15 @@ fn scraped_counters_match_the_io_done_and_survive_a_hot_upgrade() {
         value(&page, "lightpool_subsystem_queues", &[("subsystem", NQN)]),
         3.0
     );
-    // SAFETY: kill(2) on the target this test started (it took over from our child).
-    unsafe { libc::kill(new_pid as i32, libc::SIGTERM) };
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Stops a target this test started (one that took over from its child) when dropped.
+struct Stop(u32);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid the target's control socket reported.
+        unsafe { libc::kill(self.0 as i32, libc::SIGTERM) };
+    }
 }

@@ -73,17 +73,68 @@ fn wait_exit(child: &mut Child, wait: Duration) -> std::process::ExitStatus {
     }
 }
 
-/// Datagrams the fake service manager received, until one contains `want`.
-fn recv_until(sock: &UnixDatagram, want: &str, got: &mut Vec<String>) -> String {
+/// Ask the kernel to say who sent each datagram (SCM_CREDENTIALS), as systemd does.
+fn pass_credentials(sock: &UnixDatagram) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one int from a live local.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_PASSCRED");
+}
+
+/// One datagram and the pid of the process that sent it.
+fn recv_from_pid(sock: &UnixDatagram) -> std::io::Result<(u32, String)> {
+    use std::os::fd::AsRawFd;
     let mut buf = [0u8; 4096];
+    let mut cmsg = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; the pointers set below stay valid for the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cmsg);
+    // SAFETY: recvmsg writes into `buf` and `cmsg` within the lengths given.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut pid = 0;
+    // SAFETY: the CMSG macros walk the control buffer recvmsg filled, within
+    // msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
+                let cred = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::ucred>());
+                pid = cred.pid as u32;
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((pid, String::from_utf8_lossy(&buf[..n as usize]).to_string()))
+}
+
+/// Datagrams the fake service manager received (sender pid, text), until one contains
+/// `want`.
+fn recv_until(sock: &UnixDatagram, want: &str, got: &mut Vec<(u32, String)>) -> (u32, String) {
     loop {
-        let n = sock
-            .recv(&mut buf)
+        let (pid, m) = recv_from_pid(sock)
             .unwrap_or_else(|e| panic!("no notification with {want:?} (got {got:?}): {e}"));
-        let m = String::from_utf8_lossy(&buf[..n]).to_string();
-        got.push(m.clone());
+        got.push((pid, m.clone()));
         if m.contains(want) {
-            return m;
+            return (pid, m);
         }
     }
 }
@@ -210,6 +261,7 @@ fn readiness_and_main_pid_across_a_hot_upgrade() {
     let sock = d.join("ctl.sock");
     let notify_path = d.join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("fake NOTIFY_SOCKET");
+    pass_credentials(&notify);
     notify
         .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
@@ -223,9 +275,10 @@ fn readiness_and_main_pid_across_a_hot_upgrade() {
         &[("NOTIFY_SOCKET", &notify_path)],
     );
     let mut got = Vec::new();
-    let ready = recv_until(&notify, "READY=1", &mut got);
+    let (from, ready) = recv_until(&notify, "READY=1", &mut got);
     let old = t.child.id();
     assert!(ready.contains(&format!("MAINPID={old}")), "{ready:?}");
+    assert_eq!(from, old);
     // READY=1 comes once the control socket accepts.
     assert_eq!(pid_of(&status(&sock, Duration::from_secs(1))), old);
 
@@ -251,14 +304,21 @@ fn readiness_and_main_pid_across_a_hot_upgrade() {
     let new = pid_of(&status(&sock, Duration::from_secs(5)));
     assert_ne!(new, old);
     let mut after = Vec::new();
-    let main = recv_until(&notify, "MAINPID=", &mut after);
+    let (from, main) = recv_until(&notify, "MAINPID=", &mut after);
     assert_eq!(
-        main.trim(),
-        format!("MAINPID={new}"),
+        (from, main.trim()),
+        (new, format!("MAINPID={new}").as_str()),
         "the new process names itself first: {after:?}"
     );
-    let ready = recv_until(&notify, "READY=1", &mut after);
+    let (from, main) = recv_until(&notify, "MAINPID=", &mut after);
+    assert_eq!(
+        (from, main.trim()),
+        (old, format!("MAINPID={new}").as_str()),
+        "then the old one, the main process, names it before it lets go: {after:?}"
+    );
+    let (from, ready) = recv_until(&notify, "READY=1", &mut after);
     assert!(ready.contains(&format!("MAINPID={new}")), "{ready:?}");
+    assert_eq!(from, new);
     let st = wait_exit(&mut t.child, Duration::from_secs(30));
     assert!(st.success(), "the old process exits cleanly: {st}");
     // Not a child of the old process (which has exited): it lives on.

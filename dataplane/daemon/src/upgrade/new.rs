@@ -209,10 +209,11 @@ fn take_over_with(path: &str, p: Prepared) -> Result<Running> {
     let mut w = &sock;
     send_line!(
         w,
-        "HELLO {} {} {}",
+        "HELLO {} {} {} pid={}",
         READABLE_LAYOUTS.start(),
         READABLE_LAYOUTS.end(),
-        crate::firmware_revision()
+        crate::firmware_revision(),
+        std::process::id()
     )?;
     let (first, mut got) = read_answer(&sock, "HELLO")?;
     if let Some(why) = first.strip_prefix("REFUSE ") {

@@ -68,6 +68,9 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| anyhow!("malformed HELLO"))?;
     let newver = it.next().unwrap_or("?").to_string();
+    // The successor's pid (a successor that does not say it is not named to the service
+    // manager by this side; it names itself).
+    let new_pid = it.find_map(|w| w.strip_prefix("pid=")?.parse::<u32>().ok());
     if !(min..=max).contains(&run.layout) {
         let why = format!(
             "this target's state has layout {}, the new binary reads {min}..={max}",
@@ -127,7 +130,20 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
     let reply = read_line(&mut BufReader::new(&sock)).ok().flatten();
     match reply.as_deref() {
         Some("ADOPTED") => {
-            sock.write_all(b"BYE\n")?;
+            // The main process names its successor too: the service manager takes that
+            // from its main process whatever the unit's NotifyAccess, and from a root
+            // process even for a successor outside the unit (an upgrade run by hand).
+            if let Some(pid) = new_pid {
+                crate::service::notify_or_log(&format!("MAINPID={pid}"));
+            }
+            if let Err(e) = sock.write_all(b"BYE\n") {
+                // The successor is gone before it heard BYE: it never starts serving.
+                crate::service::notify_or_log(&format!("MAINPID={}", std::process::id()));
+                run.transports.resume_all()?;
+                bail!(
+                    "upgrade abandoned: the new process went away before BYE ({e}); still serving"
+                );
+            }
             // Not the pause (that ends when the successor resumes, and the successor
             // reports it): how long this side took to let go.
             tracing::info!(
