@@ -13,7 +13,7 @@
 //! Latency is the target's: from the start of a command (all of its data received) to
 //! its completion (the response ready to send), on the reactor's loop clock: a command
 //! done within one pass of the loop (a read of RAM served in place) counts as 0.
-//! Buckets are powers of two of microseconds.
+//! Buckets are powers of two of 1.024 µs.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -26,12 +26,13 @@ use lightpool_spec::status::Status;
 use crate::queue::{Request, Xfer};
 
 /// Latency buckets: bucket `k` (`k` < [`LATENCY_BUCKETS`] - 1) counts latencies under
-/// 2^k microseconds (and at least 2^(k-1)); the last one the rest (over 2^22 µs, 4 s).
+/// 2^k units of 1.024 µs (and at least 2^(k-1)); the last one the rest (over 4.3 s).
 pub const LATENCY_BUCKETS: usize = 24;
 
-/// The upper bound of latency bucket `k` in seconds (`None`: the last, unbounded).
+/// The upper bound of latency bucket `k` in seconds (`None`: the last, unbounded):
+/// 1.024 µs, 2.048 µs, ... (powers of two of 1024 ns, so a shift sorts a latency).
 pub fn bucket_bound_s(k: usize) -> Option<f64> {
-    (k + 1 < LATENCY_BUCKETS).then(|| (1u64 << k) as f64 * 1e-6)
+    (k + 1 < LATENCY_BUCKETS).then(|| (1u64 << (k + 10)) as f64 * 1e-9)
 }
 
 /// Kinds of command, counted apart.
@@ -313,6 +314,8 @@ pub(crate) struct QueueMetrics {
     /// time.
     started: Vec<u64>,
     base: Instant,
+    /// The last `now` converted, and what it gave.
+    last: Instant,
     now_ns: u64,
     gauge: Option<Arc<QueueGauge>>,
     /// Commands started and not completed.
@@ -322,10 +325,12 @@ pub(crate) struct QueueMetrics {
 
 impl QueueMetrics {
     pub(crate) fn new() -> QueueMetrics {
+        let base = Instant::now();
         QueueMetrics {
             by_nsid: Vec::new(),
             started: Vec::new(),
-            base: Instant::now(),
+            base,
+            last: base,
             now_ns: 0,
             gauge: None,
             outstanding: 0,
@@ -377,7 +382,12 @@ impl QueueMetrics {
     /// The loop's time, as the queue is handed it.
     #[inline(always)]
     pub(crate) fn clock(&mut self, now: Instant) {
-        self.now_ns = now.saturating_duration_since(self.base).as_nanos() as u64;
+        // One conversion per loop pass: every command of a pass gets the same `now`.
+        if now != self.last {
+            self.last = now;
+            let d = now.saturating_duration_since(self.base);
+            self.now_ns = d.as_secs() * 1_000_000_000 + u64::from(d.subsec_nanos());
+        }
     }
 
     /// A command starts in `slot` (again, for one held through a quiesce: it counts
@@ -444,8 +454,9 @@ impl QueueMetrics {
         }
         let ns = self.now_ns.saturating_sub(started);
         op.lat_sum_ns.add(ns);
-        let us = ns / 1000;
-        let k = ((u64::BITS - us.leading_zeros()) as usize).min(LATENCY_BUCKETS - 1);
+        // Units of 1.024 µs: a shift, not a division.
+        let units = ns >> 10;
+        let k = ((u64::BITS - units.leading_zeros()) as usize).min(LATENCY_BUCKETS - 1);
         op.lat[k].add(1);
     }
 }
@@ -457,8 +468,8 @@ mod tests {
 
     #[test]
     fn buckets_are_powers_of_two_of_microseconds() {
-        assert_eq!(bucket_bound_s(0), Some(1e-6));
-        assert_eq!(bucket_bound_s(10), Some(1024e-6));
+        assert_eq!(bucket_bound_s(0), Some(1.024e-6));
+        assert_eq!(bucket_bound_s(10), Some(1.048576e-3));
         assert_eq!(bucket_bound_s(LATENCY_BUCKETS - 1), None);
     }
 

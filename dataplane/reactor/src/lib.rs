@@ -51,6 +51,11 @@ pub const DEFAULT_IDLE_SPIN: Duration = Duration::from_micros(200);
 /// Consecutive idle iterations required (besides `idle_spin`) before sleeping.
 const MIN_IDLE_LOOPS: u32 = 64;
 
+/// Busy and idle time is added up at each change between the two, and at least every
+/// this many iterations (so that a reactor busy for good still reports it): one clock
+/// subtraction per streak, not per iteration.
+const TIME_FLUSH_LOOPS: u64 = 256;
+
 /// Timers due sooner than this keep the reactor spinning instead of sleeping, because
 /// `epoll_wait` has millisecond resolution.
 const MIN_SLEEP: Duration = Duration::from_millis(1);
@@ -353,7 +358,8 @@ pub fn spawn(cfg: ReactorConfig) -> Result<ReactorHandle, ReactorError> {
             let mut reactor = Reactor {
                 ctx: Ctx::new(thread_shared, epoll),
                 idle_spin,
-                slept: Duration::ZERO,
+                streak_start: Instant::now(),
+                streak_busy: false,
             };
             let _ = ready_tx.send(Ok(()));
             drop(ready_tx);
@@ -415,43 +421,34 @@ fn check_core(reactor: usize, core: usize) -> Result<(), ReactorError> {
 struct Reactor {
     ctx: Ctx,
     idle_spin: Duration,
-    /// How long the last sleep lasted (taken out of the iteration that slept).
-    slept: Duration,
+    /// Since when the iterations have all been busy (or all idle), and which.
+    streak_start: Instant,
+    streak_busy: bool,
 }
 
 impl Reactor {
     fn run(&mut self) {
         let mut last_active = Instant::now();
         let mut idle_loops = 0u32;
-        // Each iteration's time (from its start to the next one's, less any sleep)
-        // counts as busy or idle, by what it did: one clock reading per iteration, the
-        // one the loop takes anyway.
-        let mut last_start = last_active;
-        let mut last_busy = false;
+        self.streak_start = last_active;
         while !self.ctx.stop && !self.ctx.shared.stopped.load(Ordering::Relaxed) {
             self.ctx.now = Instant::now();
             self.ctx.iteration += 1;
             let stats = &self.ctx.shared.stats;
             stats.loops.bump();
-            let spent = self
-                .ctx
-                .now
-                .saturating_duration_since(last_start)
-                .saturating_sub(std::mem::take(&mut self.slept))
-                .as_nanos() as u64;
-            if last_busy {
-                stats.busy_ns.add(spent);
-            } else {
-                stats.idle_ns.add(spent);
-            }
-            last_start = self.ctx.now;
 
             let mut active = self.run_mailbox();
             active |= self.ctx.run_timers();
             active |= self.ctx.run_pollers();
             self.ctx.arm_new_pollers();
 
-            last_busy = active;
+            // Each iteration's time (from its start to the next one's, less any sleep)
+            // counts as busy or idle, by what it did; added up per streak of alike
+            // iterations, from the clock reading the loop takes anyway.
+            if active != self.streak_busy || self.ctx.iteration % TIME_FLUSH_LOOPS == 0 {
+                self.close_streak(self.ctx.now);
+                self.streak_busy = active;
+            }
             if active {
                 self.ctx.shared.stats.busy_loops.bump();
                 last_active = self.ctx.now;
@@ -478,6 +475,19 @@ impl Reactor {
         while let Some(m) = self.ctx.shared.mailbox.pop() {
             drop(m);
         }
+    }
+
+    /// Count the streak of alike iterations up to `at` as busy or idle time.
+    #[cold]
+    fn close_streak(&mut self, at: Instant) {
+        let ns = at.saturating_duration_since(self.streak_start).as_nanos() as u64;
+        let stats = &self.ctx.shared.stats;
+        if self.streak_busy {
+            stats.busy_ns.add(ns);
+        } else {
+            stats.idle_ns.add(ns);
+        }
+        self.streak_start = at;
     }
 
     fn run_mailbox(&mut self) -> bool {
@@ -519,6 +529,7 @@ impl Reactor {
         let mut woke_by_fd = false;
         let mut woke_by_mailbox = false;
         let asleep = Instant::now();
+        self.close_streak(asleep);
         let stats = &shared.stats;
         let since = asleep.saturating_duration_since(shared.born).as_nanos() as u64;
         stats.asleep_since.store(since + 1, Ordering::Relaxed);
@@ -529,8 +540,12 @@ impl Reactor {
                 woke_by_fd = true;
             }
         });
-        self.slept = asleep.elapsed();
-        stats.sleep_ns.add(self.slept.as_nanos() as u64);
+        self.streak_start = Instant::now();
+        stats.sleep_ns.add(
+            self.streak_start
+                .saturating_duration_since(asleep)
+                .as_nanos() as u64,
+        );
         stats.asleep_since.store(0, Ordering::Relaxed);
         shared.sleeping.store(false, Ordering::SeqCst);
         if woke_by_mailbox {
