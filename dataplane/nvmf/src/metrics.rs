@@ -304,11 +304,34 @@ impl IoMetrics {
 
 const NOT_STARTED: u64 = u64::MAX;
 
+/// The kind of each opcode on an I/O queue (fabrics commands are admin), and on an
+/// admin queue (all admin): a table lookup on the I/O path instead of a match.
+const fn classes(io: bool) -> [u8; 256] {
+    let mut t = [OpClass::Admin as u8; 256];
+    if io {
+        let mut i = 0;
+        while i < 256 {
+            t[i] = OpClass::Other as u8;
+            i += 1;
+        }
+        t[io_opcode::READ as usize] = OpClass::Read as u8;
+        t[io_opcode::WRITE as usize] = OpClass::Write as u8;
+        t[admin_opcode::FABRICS as usize] = OpClass::Admin as u8;
+    }
+    t
+}
+
+static IO_CLASSES: [u8; 256] = classes(true);
+static ADMIN_CLASSES: [u8; 256] = classes(false);
+
 /// What a queue keeps for its counters: its blocks by NSID, when each slot's command
 /// started, and the loop clock.
 pub(crate) struct QueueMetrics {
-    /// By NSID; `[0]` for commands of no namespace. Empty before Connect.
-    by_nsid: Vec<Option<Arc<IoCounters>>>,
+    /// By NSID; `[0]` for commands of no namespace (an NSID the queue does not serve
+    /// has `[0]`'s block too). Empty before Connect.
+    by_nsid: Vec<Arc<IoCounters>>,
+    /// The kind of command of each opcode (see [`classes`]).
+    classes: &'static [u8; 256],
     /// When each slot's command started (ns since `base`), or [`NOT_STARTED`]: a
     /// command failed before it ran (a bad SGL, a digest error) counts as taking no
     /// time.
@@ -317,10 +340,10 @@ pub(crate) struct QueueMetrics {
     /// The last `now` converted, and what it gave.
     last: Instant,
     now_ns: u64,
-    gauge: Option<Arc<QueueGauge>>,
+    /// Registered at Connect (one of no queue's before).
+    gauge: Arc<QueueGauge>,
     /// Commands started and not completed.
     outstanding: u64,
-    io_queue: bool,
 }
 
 impl QueueMetrics {
@@ -332,9 +355,15 @@ impl QueueMetrics {
             base,
             last: base,
             now_ns: 0,
-            gauge: None,
+            classes: &ADMIN_CLASSES,
+            gauge: Arc::new(QueueGauge {
+                reactor: 0,
+                subsystem: Arc::from(""),
+                cntlid: 0,
+                qid: 0,
+                depth: AtomicU64::new(0),
+            }),
             outstanding: 0,
-            io_queue: false,
         }
     }
 
@@ -357,15 +386,20 @@ impl QueueMetrics {
         qid: u16,
     ) {
         let sub: Arc<str> = Arc::from(subsystem);
-        self.io_queue = qid != 0;
-        self.by_nsid = vec![Some(metrics.counters(reactor, &sub, 0))];
-        if self.io_queue {
+        let none = metrics.counters(reactor, &sub, 0);
+        self.by_nsid = vec![none.clone()];
+        self.classes = if qid == 0 {
+            &ADMIN_CLASSES
+        } else {
+            &IO_CLASSES
+        };
+        if qid != 0 {
             for nsid in nsids {
                 let i = nsid as usize;
                 if self.by_nsid.len() <= i {
-                    self.by_nsid.resize(i + 1, None);
+                    self.by_nsid.resize(i + 1, none.clone());
                 }
-                self.by_nsid[i] = Some(metrics.counters(reactor, &sub, nsid));
+                self.by_nsid[i] = metrics.counters(reactor, &sub, nsid);
             }
         }
         let g = Arc::new(QueueGauge {
@@ -376,7 +410,7 @@ impl QueueMetrics {
             depth: AtomicU64::new(0),
         });
         metrics.queue(&g);
-        self.gauge = Some(g);
+        self.gauge = g;
     }
 
     /// The loop's time, as the queue is handed it.
@@ -398,9 +432,7 @@ impl QueueMetrics {
             if *s == NOT_STARTED {
                 *s = self.now_ns;
                 self.outstanding += 1;
-                if let Some(g) = &self.gauge {
-                    g.depth.store(self.outstanding, Ordering::Relaxed);
-                }
+                self.gauge.depth.store(self.outstanding, Ordering::Relaxed);
             }
         }
     }
@@ -414,32 +446,17 @@ impl QueueMetrics {
         };
         if started != NOT_STARTED {
             self.outstanding = self.outstanding.saturating_sub(1);
-            if let Some(g) = &self.gauge {
-                g.depth.store(self.outstanding, Ordering::Relaxed);
-            }
+            self.gauge.depth.store(self.outstanding, Ordering::Relaxed);
         }
-        if self.by_nsid.is_empty() {
-            return;
-        }
-        let (class, nsid) = if !self.io_queue || r.sqe.opcode == admin_opcode::FABRICS {
-            (OpClass::Admin, 0)
-        } else {
-            let c = match r.sqe.opcode {
-                io_opcode::READ => OpClass::Read,
-                io_opcode::WRITE => OpClass::Write,
-                _ => OpClass::Other,
-            };
-            (c, r.sqe.nsid as usize)
-        };
-        let Some(block) = self
-            .by_nsid
-            .get(nsid)
-            .and_then(Option::as_ref)
-            .or(self.by_nsid[0].as_ref())
-        else {
+        let Some(none) = self.by_nsid.first() else {
             return;
         };
-        let op = &block.ops[class as usize];
+        // An admin queue has only `[0]`; a fabrics command's NSID field is reserved
+        // (zero); an NSID the queue does not serve counts with no namespace.
+        let nsid = r.sqe.nsid as usize;
+        let block = self.by_nsid.get(nsid).unwrap_or(none);
+        let class = self.classes[usize::from(r.sqe.opcode)];
+        let op = &block.ops[usize::from(class) & (OP_CLASSES - 1)];
         op.cmds.add(1);
         let st = r.cqe.status;
         if st.is_success() {
