@@ -53,7 +53,7 @@ const MIN_IDLE_LOOPS: u32 = 64;
 
 /// Busy and idle time is added up at each change between the two, and at least every
 /// this many iterations (so that a reactor busy for good still reports it): one clock
-/// subtraction per streak, not per iteration.
+/// subtraction per streak, not per iteration (a power of two: a mask tests it).
 const TIME_FLUSH_LOOPS: u64 = 256;
 
 /// Timers due sooner than this keep the reactor spinning instead of sleeping, because
@@ -445,7 +445,7 @@ impl Reactor {
             // Each iteration's time (from its start to the next one's, less any sleep)
             // counts as busy or idle, by what it did; added up per streak of alike
             // iterations, from the clock reading the loop takes anyway.
-            if active != self.streak_busy || self.ctx.iteration % TIME_FLUSH_LOOPS == 0 {
+            if active != self.streak_busy || self.ctx.iteration & (TIME_FLUSH_LOOPS - 1) == 0 {
                 self.close_streak(self.ctx.now);
                 self.streak_busy = active;
             }
