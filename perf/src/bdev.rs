@@ -154,7 +154,7 @@ fn open(a: &BdevArgs, depth: u16) -> Result<Arc<dyn Bdev>, PerfError> {
 pub fn main(a: &BdevArgs) -> i32 {
     let job = match a.w.job(a.out.progress()) {
         Ok(j) => j,
-        Err(e) => return fail_setup(PerfError::Setup(e)),
+        Err(e) => return fail_setup(PerfError::Invalid(e)),
     };
     let bdev = match open(a, job.depth) {
         Ok(b) => b,
@@ -163,14 +163,14 @@ pub fn main(a: &BdevArgs) -> i32 {
     let info = bdev.info().clone();
     let bs = info.block_size;
     if !job.io_size.is_multiple_of(bs) {
-        return fail_setup(PerfError::Setup(format!(
+        return fail_setup(PerfError::Invalid(format!(
             "the I/O size {} is not a multiple of the {bs}-byte block size",
             job.io_size
         )));
     }
     let (start, end) = a.w.range.unwrap_or((0, info.num_blocks));
     if end > info.num_blocks || end - start < u64::from(job.io_size / bs) {
-        return fail_setup(PerfError::Setup(format!(
+        return fail_setup(PerfError::Invalid(format!(
             "--range {start}:{end} does not fit {} ({} blocks) or holds no {}-byte I/O",
             info.name, info.num_blocks, job.io_size
         )));
@@ -187,7 +187,7 @@ pub fn main(a: &BdevArgs) -> i32 {
         match split_region(range, io_blocks, nq) {
             Some(r) => r,
             None => {
-                return fail_setup(PerfError::Setup(format!(
+                return fail_setup(PerfError::Invalid(format!(
                     "the range holds fewer {}-byte I/Os than the {nq} queues that share it",
                     job.io_size
                 )))

@@ -24,6 +24,10 @@ pub enum PerfError {
     Initiator(#[from] InitiatorError),
     #[error("{0}")]
     Setup(String),
+    /// An option the target cannot take (a namespace it does not have, a size or depth
+    /// past its limits): the run never started (exit code 2, as for any invalid option).
+    #[error("{0}")]
+    Invalid(String),
     #[error("{queue}: {in_flight} I/O(s) got no completion within {timeout:?}")]
     Stalled {
         queue: String,

@@ -70,6 +70,9 @@ pub struct TargetSection {
     /// leaves its state region here, so `--recover` can restart from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
+    /// `IP:PORT` to serve Prometheus metrics on (`GET /metrics`); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
 }
 
 impl Default for TargetSection {
@@ -83,6 +86,7 @@ impl Default for TargetSection {
             max_transfer_size: d_max_transfer(),
             idle_spin_us: None,
             state_dir: None,
+            metrics_address: None,
         }
     }
 }
@@ -433,6 +437,14 @@ impl Config {
                     format!("core {c} is listed twice"),
                 ));
             }
+        }
+        if let Some(a) = &t.metrics_address {
+            a.parse::<SocketAddr>().map_err(|_| {
+                ferr(
+                    "target.metrics_address",
+                    format!("{a:?} is not IP:PORT (e.g. \"127.0.0.1:9464\")"),
+                )
+            })?;
         }
         for (i, l) in self.listeners.iter().enumerate() {
             if let Err(e) = crate::transports::kinds().get(&l.transport) {
