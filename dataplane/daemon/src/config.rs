@@ -141,9 +141,10 @@ pub struct NamespaceSection {
     pub vfio_nsid: Option<u32>,
     /// Logical block size: 512 or 4096 (RAM default 512; files: the device's).
     pub block_size: Option<u32>,
-    /// RAM namespace in 2 MiB huge pages (reserved at start; see hugepage-setup).
-    #[serde(default)]
-    pub hugepages: bool,
+    /// RAM namespace in 2 MiB huge pages: absent, whenever enough are free (else
+    /// ordinary memory, said at start); true, always (an error when they are not free);
+    /// false, never.
+    pub hugepages: Option<bool>,
     #[serde(default)]
     pub read_only: bool,
     /// O_DIRECT for files (default true).
@@ -282,7 +283,7 @@ impl Config {
                         return Err(ferr(g("file"), "give one of ram, file or vfio, not several"))
                     }
                 }
-                if n.hugepages && n.ram.is_none() {
+                if n.hugepages.is_some() && n.ram.is_none() {
                     return Err(ferr(
                         g("hugepages"),
                         "only a ram namespace can be in huge pages",

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use lightpool_bdev::Bdev;
 use lightpool_bdev_nvme_vfio::{NvmeVfioBdev, NvmeVfioOptions};
-use lightpool_bdev_ram::MallocBdev;
+use lightpool_bdev_ram::{MallocBdev, Pages, RamOptions};
 use lightpool_bdev_uring::{UringBdev, UringOptions};
 use lightpool_nvmf::{NamespaceConfig, SubsystemConfig, Target, TargetOptions, TransportContext};
 use lightpool_reactor::{ReactorConfig, ReactorHandle};
@@ -153,7 +153,7 @@ fn default_config() -> Config {
                 vfio: None,
                 vfio_nsid: None,
                 block_size: Some(512),
-                hugepages: false,
+                hugepages: None,
                 read_only: false,
                 direct: None,
                 nguid: None,
@@ -221,16 +221,17 @@ fn open_bdev(
         let bytes = parse_size(size).map_err(|e| anyhow::anyhow!("{field}.ram: {e}"))?;
         let name = format!("ram{}", n.nsid);
         let bs = n.block_size.unwrap_or(512);
-        let bdev = match state_dir {
-            Some(_) if n.hugepages => Err(lightpool_bdev::BdevError::Invalid(
-                "huge pages cannot be used with a state directory (its RAM files live on tmpfs)"
-                    .into(),
-            )),
-            Some(dir) => MallocBdev::open_shared(&name, &ram_file(dir, nqn, n.nsid), bytes, bs),
-            None if n.hugepages => MallocBdev::new_hugepages(&name, bytes, bs),
-            None => MallocBdev::new(&name, bytes, bs),
-        }
-        .map_err(|e| anyhow::anyhow!("{field}.ram: {e}"))?;
+        let opts = RamOptions {
+            pages: match n.hugepages {
+                None => Pages::Auto,
+                Some(true) => Pages::Huge,
+                Some(false) => Pages::Ordinary,
+            },
+            populate: true,
+            file: state_dir.map(|dir| ram_file(dir, nqn, n.nsid)),
+        };
+        let bdev = MallocBdev::with_options(&name, bytes, bs, &opts)
+            .map_err(|e| anyhow::anyhow!("{field}.ram: {e}"))?;
         return Ok(bdev);
     }
     if let Some(addr) = &n.vfio {
