@@ -317,8 +317,7 @@ pub(super) fn open_device(
                 populate: true,
                 file: state_dir.map(|dir| ram_file(dir, name)),
             };
-            MallocBdev::with_options(name, *size, *block_size, &opts)
-            .map_err(bad)?
+            MallocBdev::with_options(name, *size, *block_size, &opts).map_err(bad)?
         }
         DeviceSpec::File {
             path,
