@@ -176,9 +176,10 @@ pub enum BdevCmd {
         /// 512 or 4096.
         #[arg(long)]
         block_size: Option<u32>,
-        /// RAM in 2 MiB huge pages.
+        /// RAM in 2 MiB huge pages: `true` (refused when not free) or `false`; left
+        /// out, in huge pages whenever enough are free.
         #[arg(long)]
-        hugepages: bool,
+        hugepages: Option<bool>,
         #[arg(long)]
         read_only: bool,
         /// Files: go through the page cache (no O_DIRECT).

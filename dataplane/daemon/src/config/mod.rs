@@ -141,8 +141,11 @@ pub struct BdevSection {
     pub vfio_nsid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub hugepages: bool,
+    /// A RAM device in 2 MiB huge pages: left out, whenever enough are free (else
+    /// ordinary memory, said at start); true, always (refused when they are not free);
+    /// false, never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugepages: Option<bool>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,8 +222,11 @@ pub struct NamespaceSection {
     pub vfio_nsid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub hugepages: bool,
+    /// A RAM device in 2 MiB huge pages: left out, whenever enough are free (else
+    /// ordinary memory, said at start); true, always (refused when they are not free);
+    /// false, never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugepages: Option<bool>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -402,7 +408,7 @@ fn check_device(key: &str, b: &BdevSection, stacked: bool) -> Result<(), FieldEr
             ));
         }
     }
-    if b.hugepages && b.ram.is_none() {
+    if b.hugepages.is_some() && b.ram.is_none() {
         return Err(ferr(
             g("hugepages"),
             "only a ram device can be in huge pages",
