@@ -232,6 +232,9 @@ fn run(args: &Args, control_path: Option<&str>) -> Result<()> {
     std::io::stdout().flush().ok();
     let running = Arc::new(running);
     let unbind = control::Unbind::new(&running.control_path);
+    // The API socket too, here rather than only when `Mgmt` drops: a request being
+    // answered at SIGTERM can hold the last reference past this thread's exit.
+    let unbind_api = control::Unbind::new(&running.mgmt.api_path);
     control::serve(running.clone())?;
     api::serve(&running)?;
     metrics::serve(&running)?;
@@ -254,6 +257,7 @@ fn run(args: &Args, control_path: Option<&str>) -> Result<()> {
         r.join().ok();
     }
     drop(unbind);
+    drop(unbind_api);
     // The reactors' connections and channels are gone with their threads; dropping the
     // target now drops the block devices (flushes, and CC.SHN for VFIO controllers).
     drop(running);

@@ -243,10 +243,14 @@ fn sighup_is_logged_and_ignored_and_the_socket_goes_at_exit() {
         pid,
         "still serving"
     );
+    // The management API's socket sits beside the control socket, and goes with it.
+    let api = d.join("ctl.api.sock");
+    assert!(api.exists(), "no API socket beside the control socket");
     signal(pid, libc::SIGTERM);
     let st = wait_exit(&mut t.child, Duration::from_secs(30));
     assert!(st.success(), "{st}");
     assert!(!sock.exists(), "the control socket was left behind");
+    assert!(!api.exists(), "the API socket was left behind");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(
         rest.iter()
