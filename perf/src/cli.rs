@@ -151,6 +151,11 @@ pub struct BdevArgs {
     /// Use the page cache (no O_DIRECT).
     #[arg(long)]
     pub buffered: bool,
+    /// How each io_uring ring is set up, as changes to the defaults: fixed-file,
+    /// fixed-buffers, coop-taskrun, defer-taskrun, quiet-eventfd (or no-...),
+    /// sqpoll=CPU, batch=N, plain (everything off). Default: the target's.
+    #[arg(long, value_parser = lightpool_bdev_uring::RingOptions::parse, requires = "file")]
+    pub ring: Option<lightpool_bdev_uring::RingOptions>,
     #[command(flatten)]
     pub w: WorkloadArgs,
     #[command(flatten)]
@@ -413,6 +418,12 @@ fn fail(e: impl std::fmt::Display) -> i32 {
     1
 }
 
+/// An invalid option: exit code 2 (as clap's own refusals).
+fn invalid(e: impl std::fmt::Display) -> i32 {
+    eprintln!("lightpool-perf: {e}");
+    2
+}
+
 /// Parses the command line and runs; returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -428,19 +439,19 @@ pub fn main() -> i32 {
 
 fn nvme_main(a: &NvmeArgs) -> i32 {
     if a.trid.is_empty() {
-        return fail("give the target with -r 'trtype:tcp adrfam:ipv4 traddr:IP trsvcid:PORT subnqn:NQN' (see --help)");
+        return invalid("give the target with -r 'trtype:tcp adrfam:ipv4 traddr:IP trsvcid:PORT subnqn:NQN' (see --help)");
     }
     let trids: Result<Vec<TransportId>, String> = a.trid.iter().map(|s| s.parse()).collect();
     let trids = match trids {
         Ok(t) => t,
-        Err(e) => return fail(format!("-r: {e}")),
+        Err(e) => return invalid(format!("-r: {e}")),
     };
     let job = match a.w.job(a.out.progress()) {
         Ok(j) => j,
-        Err(e) => return fail(e),
+        Err(e) => return invalid(e),
     };
     if a.kato != 0 && a.kato < 1000 {
-        return fail("--kato must be 0 or at least 1000 ms");
+        return invalid("--kato must be 0 or at least 1000 ms");
     }
     let (hostid, random_nqn) = host_identity();
     let o = NvmeOptions {
@@ -467,7 +478,7 @@ fn nvme_main(a: &NvmeArgs) -> i32 {
     let started = SystemTime::now();
     let prepared = match crate::nvme::prepare(&job, &o) {
         Ok(p) => p,
-        Err(e) => return fail(e),
+        Err(e) => return fail_setup(e),
     };
     let settings =
         a.w.settings("NVMe/TCP", prepared.target.clone(), o.qpairs, digests);
@@ -480,9 +491,13 @@ fn nvme_main(a: &NvmeArgs) -> i32 {
     }
 }
 
-/// For the other modes: a setup error as an exit code.
+/// A setup error as an exit code: 2 for an option the target (or device) cannot take,
+/// 1 otherwise.
 pub fn fail_setup(e: PerfError) -> i32 {
-    fail(e)
+    match e {
+        PerfError::Invalid(m) => invalid(m),
+        e => fail(e),
+    }
 }
 
 #[cfg(test)]

@@ -635,10 +635,10 @@ fn start_server(
 pub fn main(a: &LimitArgs) -> i32 {
     let job = match a.w.job(a.out.progress()) {
         Ok(j) => j,
-        Err(e) => return fail_setup(PerfError::Setup(e)),
+        Err(e) => return fail_setup(PerfError::Invalid(e)),
     };
     if job.verify {
-        return fail_setup(PerfError::Setup(
+        return fail_setup(PerfError::Invalid(
             "--verify needs storage; the limit run has none".into(),
         ));
     }
@@ -648,7 +648,7 @@ pub fn main(a: &LimitArgs) -> i32 {
             .iter()
             .any(|x| x.id == c)
         {
-            return fail_setup(PerfError::Setup(format!(
+            return fail_setup(PerfError::Invalid(format!(
                 "--server-core {c} is not available to this process"
             )));
         }

@@ -28,6 +28,9 @@ pub struct TransportId {
     pub subnqn: Option<String>,
     /// None: every active namespace.
     pub nsid: Option<u32>,
+    /// The port is the discovery port because none was given (discovery may then try
+    /// the I/O port too).
+    pub default_port: bool,
 }
 
 impl FromStr for TransportId {
@@ -40,6 +43,7 @@ impl FromStr for TransportId {
             ipv6: false,
             subnqn: None,
             nsid: None,
+            default_port: false,
         };
         let mut have_svc = false;
         for part in s.split_whitespace() {
@@ -90,6 +94,7 @@ impl FromStr for TransportId {
         }
         if t.subnqn.is_none() && !have_svc {
             t.trsvcid = lightpool_spec::tcp::DISCOVERY_PORT;
+            t.default_port = true;
         }
         Ok(t)
     }
@@ -267,7 +272,7 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
         match &t.subnqn {
             Some(n) => targets.push((addr, n.clone(), t.nsid)),
             None => {
-                let found = discover(conn_opts(o, addr, String::new()))?;
+                let found = discover_at(o, addr, t.default_port)?;
                 if found.is_empty() {
                     return Err(PerfError::Setup(format!(
                         "the discovery controller at {addr} lists no NVM subsystem"
@@ -292,6 +297,7 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
                         ipv6: e.adrfam == lightpool_spec::log::adrfam::IPV6,
                         subnqn: Some(e.subnqn.clone()),
                         nsid: t.nsid,
+                        default_port: false,
                     };
                     targets.push((a.socket_addr().map_err(PerfError::Setup)?, e.subnqn, t.nsid));
                 }
@@ -306,7 +312,10 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
     for (addr, nqn, nsid) in &targets {
         let mut c = Controller::connect(conn_opts(o, *addr, nqn.clone()))?;
         let nss = match nsid {
-            Some(n) => vec![c.identify_namespace(*n)?],
+            Some(n) => vec![c.identify_namespace(*n).map_err(|e| match e {
+                e @ InitiatorError::NoNamespace { .. } => PerfError::Invalid(e.to_string()),
+                e => e.into(),
+            })?],
             None => c.namespaces()?,
         };
         if nss.is_empty() {
@@ -329,11 +338,12 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
     let nq = o.cores.len() * o.qpairs;
     for (i, c) in ctrls.iter_mut().enumerate() {
         let per_ctrl = dev_ctrl.iter().filter(|(ci, _)| *ci == i).count();
-        let want = u16::try_from(nq * per_ctrl)
-            .map_err(|_| PerfError::Setup(format!("{nq} queue pairs per namespace is too many")))?;
+        let want = u16::try_from(nq * per_ctrl).map_err(|_| {
+            PerfError::Invalid(format!("{nq} queue pairs per namespace is too many"))
+        })?;
         let got = c.request_io_queues(want)?;
         if got < want {
-            return Err(PerfError::Setup(format!(
+            return Err(PerfError::Invalid(format!(
                 "{}: the controller grants {got} I/O queues but {want} are needed ({} core(s) x {} queue pair(s) x {per_ctrl} namespace(s))",
                 c.addr(), o.cores.len(), o.qpairs
             )));
@@ -347,7 +357,7 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
         let io_blocks = job.io_size / d.block_size;
         regions.push(if job.verify || !random {
             split_region(d.range, io_blocks, nq).ok_or_else(|| {
-                PerfError::Setup(format!(
+                PerfError::Invalid(format!(
                     "{}: the range of {} blocks holds fewer {}-byte I/Os than the {nq} queue(s) that share it",
                     d.name, d.range.blocks, job.io_size
                 ))
@@ -426,7 +436,7 @@ fn check_device(
     ns: crate::initiator::NamespaceInfo,
 ) -> Result<Region, PerfError> {
     let bad = |m: String| {
-        Err(PerfError::Setup(format!(
+        Err(PerfError::Invalid(format!(
             "{}: namespace {}: {m}",
             c.addr(),
             ns.nsid
@@ -480,6 +490,32 @@ fn check_device(
     })
 }
 
+/// The discovery log at `addr`. Nothing listening there, on the discovery port taken
+/// because none was given: try the NVMe/TCP I/O port of the same address, where
+/// lightpool-target (and Linux nvmet) serve discovery as well, and say so.
+fn discover_at(
+    o: &NvmeOptions,
+    addr: SocketAddr,
+    default_port: bool,
+) -> Result<Vec<crate::initiator::DiscoveredSubsystem>, PerfError> {
+    match discover(conn_opts(o, addr, String::new())) {
+        Err(InitiatorError::Connect { source, .. })
+            if default_port && source.kind() == std::io::ErrorKind::ConnectionRefused =>
+        {
+            let io = SocketAddr::new(addr.ip(), lightpool_spec::tcp::DEFAULT_PORT);
+            eprintln!(
+                "lightpool-perf: nothing listens on {addr} (the NVMe/TCP discovery port, taken because the transport ID gives no trsvcid); asking {io}, the I/O port, where lightpool-target serves discovery too"
+            );
+            discover(conn_opts(o, io, String::new())).map_err(|e| {
+                PerfError::Setup(format!(
+                    "no discovery controller at {addr} (nothing listens there) nor at {io} ({e}): give the target's port with trsvcid:PORT"
+                ))
+            })
+        }
+        r => Ok(r?),
+    }
+}
+
 /// Runs a prepared job: keep-alive on every controller while it runs, then an orderly
 /// shutdown.
 pub fn run(job: &Job, p: Prepared) -> Result<(RunOutcome, Vec<Device>), PerfError> {
@@ -522,6 +558,8 @@ mod tests {
         assert_eq!(t.socket_addr(), Ok("127.0.0.1:4420".parse().expect("addr")));
         let d: TransportId = "trtype:TCP traddr:10.0.0.1".parse().expect("valid");
         assert_eq!(d.trsvcid, 8009, "discovery defaults to the discovery port");
+        assert!(d.default_port);
+        assert!(!t.default_port);
         assert!("trtype:rdma traddr:1.2.3.4".parse::<TransportId>().is_err());
         assert!("traddr:1.2.3.4 bogus:1".parse::<TransportId>().is_err());
         assert!("trtype:tcp".parse::<TransportId>().is_err());

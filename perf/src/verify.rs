@@ -41,6 +41,9 @@ pub enum MismatchKind {
     StaleGeneration { found: u32, expected: u32 },
     /// Never-written (zero) data where this run wrote.
     Zeroed { expected: u32 },
+    /// A block this run has not written holds no stamp of its own LBA: its last write
+    /// was not a verifying run's (`found`: the LBA whose stamp it carries, if any).
+    NotVerifyWritten { found: Option<u64> },
 }
 
 /// One block that failed verification.
@@ -69,6 +72,19 @@ impl std::fmt::Display for Mismatch {
             MismatchKind::Zeroed { expected } => {
                 write!(f, "zeroes where generation {expected} was written")
             }
+            MismatchKind::NotVerifyWritten { found: Some(found) } => write!(
+                f,
+                "not written by a verifying run: this run has not written it, and it holds a \
+                 copy of LBA {found}'s block (a write without --verify sends whatever its \
+                 buffer last read; a target that misplaced data would look the same): write \
+                 the range with --verify before reading it with --verify"
+            ),
+            MismatchKind::NotVerifyWritten { found: None } => write!(
+                f,
+                "not written by a verifying run: this run has not written it, and it holds \
+                 data without a verify stamp: write the range with --verify before reading it \
+                 with --verify"
+            ),
         }
     }
 }
@@ -192,7 +208,11 @@ fn check_block(b: &[u8], lba: u64, expected: u32) -> Result<bool, MismatchKind> 
                 Err(MismatchKind::Zeroed { expected })
             };
         }
-        return Err(MismatchKind::NoStamp);
+        return Err(if expected == 0 {
+            MismatchKind::NotVerifyWritten { found: None }
+        } else {
+            MismatchKind::NoStamp
+        });
     }
     let stored = u32::from_le_bytes(b[24..28].try_into().expect("4 bytes"));
     let computed = block_crc(b);
@@ -201,7 +221,13 @@ fn check_block(b: &[u8], lba: u64, expected: u32) -> Result<bool, MismatchKind> 
     }
     let found = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
     if found != lba {
-        return Err(MismatchKind::WrongLba { found });
+        // A verifying write always stamps the LBA it writes; where this run has not
+        // written, the block's last write was someone else's.
+        return Err(if expected == 0 {
+            MismatchKind::NotVerifyWritten { found: Some(found) }
+        } else {
+            MismatchKind::WrongLba { found }
+        });
     }
     let gen = u32::from_le_bytes(b[16..20].try_into().expect("4 bytes"));
     if expected != 0 && gen != expected {
@@ -242,11 +268,32 @@ mod tests {
         assert!(matches!(bad[0].kind, MismatchKind::Checksum { .. }));
         buf[3 * 512 + 100] ^= 1;
 
-        // Read back at another LBA: every block names the one it holds.
+        // Read back at another LBA this run wrote: every block names the one it holds.
+        let mut other = vec![0u8; 4096];
+        let g = v.stamp(&mut other, 1016);
+        v.write_done(1016, 8, g, true);
         bad.clear();
         let c = v.check(&buf, 1016, &mut |m| bad.push(m));
         assert_eq!(c.bad, 8);
         assert_eq!(bad[0].kind, MismatchKind::WrongLba { found: 1008 });
+        assert!(bad[0].to_string().contains("holds the data of LBA 1008"));
+
+        // At an LBA this run has not written, the same copy is a block its last writer
+        // did not stamp (a run without --verify writes what its buffer last read).
+        bad.clear();
+        let c = v.check(&buf, 1024, &mut |m| bad.push(m));
+        assert_eq!(c.bad, 8);
+        assert_eq!(
+            bad[0].kind,
+            MismatchKind::NotVerifyWritten { found: Some(1008) }
+        );
+        let msg = bad[0].to_string();
+        assert!(
+            msg.starts_with("LBA 1024: not written by a verifying run")
+                && msg.contains("copy of LBA 1008's block")
+                && msg.contains("--verify before reading"),
+            "{msg}"
+        );
 
         // A newer write makes the old contents stale.
         let old = buf.clone();
@@ -274,11 +321,15 @@ mod tests {
         let c = v.check(&zero, 0, &mut |m| bad.push(m));
         assert_eq!((c.bad, c.unwritten), (1, 1));
         assert_eq!(bad[0].kind, MismatchKind::Zeroed { expected: 5 });
-        // Garbage is never "unwritten".
+        // Garbage is never "unwritten": where this run wrote, the stamp is gone; where it
+        // did not, the block was written by something else.
         let junk = vec![0xFFu8; 4096];
         bad.clear();
-        v.check(&junk, 3, &mut |m| bad.push(m));
+        v.check(&junk, 0, &mut |m| bad.push(m));
         assert_eq!(bad[0].kind, MismatchKind::NoStamp);
+        bad.clear();
+        v.check(&junk, 3, &mut |m| bad.push(m));
+        assert_eq!(bad[0].kind, MismatchKind::NotVerifyWritten { found: None });
     }
 
     #[test]

@@ -77,11 +77,14 @@ fn invalid_options_are_refused() {
         (vec!["--bogus"], 2, "unexpected argument"),
         (
             vec!["-r", "trtype:rdma traddr:1.2.3.4"],
-            1,
+            2,
             "trtype \"rdma\" is not supported",
         ),
-        (vec!["-r", "trtype:tcp trsvcid:4420"], 1, "has no traddr"),
-        (vec!["-t", "1"], 1, "give the target with -r"),
+        (vec!["-r", "trtype:tcp trsvcid:4420"], 2, "has no traddr"),
+        (vec!["-t", "1"], 2, "give the target with -r"),
+        (vec!["-t", "0", "-r", "traddr:127.0.0.1"], 2, "-t must be"),
+        (vec!["--kato", "5", "-r", "traddr:127.0.0.1"], 2, "--kato"),
+        (vec!["limit", "--verify"], 2, "--verify needs storage"),
         (
             vec!["-c", "4096", "-r", "traddr:127.0.0.1"],
             2,
@@ -97,7 +100,7 @@ fn invalid_options_are_refused() {
             run.dump()
         );
     }
-    // Checked against what the target reports.
+    // Checked against what the target reports: invalid options too (exit code 2).
     let t = TestTarget::start(8 << 20, 512);
     let r = t.trid();
     for (args, want) in [
@@ -115,7 +118,7 @@ fn invalid_options_are_refused() {
         let mut a = vec!["-r", r.as_str(), "-t", "0.2"];
         a.extend(args.iter().copied());
         let run = perf(&a);
-        assert_eq!(run.code, 1, "{args:?}\n{}", run.dump());
+        assert_eq!(run.code, 2, "{args:?}\n{}", run.dump());
         assert!(
             run.stderr.contains(want),
             "{args:?}: {want:?}\n{}",
@@ -264,6 +267,36 @@ fn hung_target_fails_the_run_at_the_io_timeout() {
         err.as_str()
             .unwrap_or("")
             .contains("got no completion within 1s"),
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn a_namespace_the_subsystem_lacks_is_named_as_missing() {
+    let t = TestTarget::start(8 << 20, 512);
+    let r = format!("{} ns:2", t.trid());
+    let run = perf(&["-r", &r, "-t", "0.2"]);
+    assert_eq!(run.code, 2, "{}", run.dump());
+    assert!(
+        run.stderr.contains("namespace 2 does not exist in")
+            && run.stderr.contains("its namespace is 1")
+            && run.stderr.contains("ns:N"),
+        "{}",
+        run.dump()
+    );
+    assert!(!run.stderr.contains("not usable"), "{}", run.dump());
+}
+
+#[test]
+fn discovery_without_a_port_says_where_it_looked() {
+    // Nothing listens on 127.0.0.3, on either the discovery port or the I/O port.
+    let run = perf(&["-r", "trtype:tcp adrfam:ipv4 traddr:127.0.0.3", "-t", "0.2"]);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert!(
+        run.stderr.contains("nothing listens on 127.0.0.3:8009")
+            && run.stderr.contains("127.0.0.3:4420")
+            && run.stderr.contains("trsvcid:PORT"),
         "{}",
         run.dump()
     );

@@ -62,7 +62,7 @@ fn limit_measures_reads_writes_and_r2t() {
         assert!(run.field(&["latency", "p50_us"]).as_f64().unwrap_or(0.0) > 0.0);
     }
     let run = perf(&["limit", "--verify", "-t", "0.1"]);
-    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_eq!(run.code, 2, "an invalid option\n{}", run.dump());
     assert!(
         run.stderr.contains("--verify needs storage"),
         "{}",

@@ -196,3 +196,30 @@ fn outputs_table_progress_histogram_log_and_plot() {
     assert!(plot.contains("<svg") && plot.contains("polyline"), "{plot}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn discovery_without_trsvcid_reaches_a_target_on_the_io_port() {
+    // A target on the NVMe/TCP I/O port (4420) of an address of its own (127.0.0.4),
+    // nothing on the discovery port: discovery asks the I/O port, and says so.
+    let t = TestTarget::start_at("127.0.0.4:4420", 8 << 20, 512);
+    let run = perf(&[
+        "-r",
+        "trtype:tcp adrfam:ipv4 traddr:127.0.0.4",
+        "-q",
+        "4",
+        "-t",
+        "0.3",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.dump());
+    assert!(
+        run.stderr.contains("nothing listens on 127.0.0.4:8009")
+            && run
+                .stderr
+                .contains(&format!("discovered {NQN} at 127.0.0.4:4420")),
+        "{}",
+        run.dump()
+    );
+    assert!(run.total_iops() > 0.0);
+    drop(t);
+}

@@ -509,9 +509,22 @@ struct KillServing(String);
 
 impl Drop for KillServing {
     fn drop(&mut self) {
-        if let Ok(s) = std::os::unix::net::UnixStream::connect(&self.0) {
-            drop(s);
-            let (pid, _) = status(&self.0);
+        // A target the test stopped already may still accept and then exit without an
+        // answer (its control thread outlived by the SIGTERM): nothing left to kill.
+        use std::io::{BufRead, BufReader, Write};
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.0) else {
+            return;
+        };
+        let mut line = String::new();
+        if s.write_all(b"STATUS\n").is_err() || BufReader::new(&s).read_line(&mut line).is_err() {
+            return;
+        }
+        if let Some(pid) = line
+            .split("pid=")
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+        {
             kill(pid);
         }
     }

@@ -22,8 +22,9 @@ use clap::{Args, Parser, Subcommand};
 )]
 pub struct Cli {
     /// The target's API socket. Default: $LIGHTPOOL_SOCKET, else the one beside
-    /// --control-socket, else /run/lightpool-target.api.sock for root and
-    /// /tmp/lightpool-target-UID.api.sock otherwise.
+    /// --control-socket, else that of the one target running (its API socket
+    /// answering in /run/lightpool/ for root, /tmp/lightpool-UID/ otherwise, or
+    /// $LIGHTPOOL_RUNTIME_DIR); refused when several run.
     #[arg(long, global = true)]
     pub socket: Option<PathBuf>,
     /// The target's control socket; its API socket is the one beside it (.sock ->
@@ -276,9 +277,10 @@ pub enum BdevCmd {
         /// 512 or 4096.
         #[arg(long)]
         block_size: Option<u32>,
-        /// RAM in 2 MiB huge pages.
+        /// RAM in 2 MiB huge pages: `true` (refused when not free) or `false`; left
+        /// out, in huge pages whenever enough are free.
         #[arg(long)]
-        hugepages: bool,
+        hugepages: Option<bool>,
         #[arg(long)]
         read_only: bool,
         /// Files: go through the page cache (no O_DIRECT).
@@ -376,26 +378,17 @@ pub enum ConfigCmd {
     },
 }
 
-/// The API socket the flags and environment name.
-fn socket(cli: &Cli) -> PathBuf {
+/// The API socket the flags and environment name, or the one target running.
+fn socket(cli: &Cli) -> Result<PathBuf, String> {
     if let Some(s) = &cli.socket {
-        return s.clone();
+        return Ok(s.clone());
     }
-    if let Some(s) = std::env::var_os("LIGHTPOOL_SOCKET") {
-        return s.into();
+    if let Some(s) = std::env::var_os("LIGHTPOOL_SOCKET").filter(|s| !s.is_empty()) {
+        return Ok(s.into());
     }
-    let control = cli.control_socket.clone().unwrap_or_else(|| {
-        // SAFETY: geteuid has no preconditions.
-        let uid = unsafe { libc::geteuid() };
-        if uid == 0 {
-            "/run/lightpool-target.sock".to_string()
-        } else {
-            format!("/tmp/lightpool-target-{uid}.sock")
-        }
-    });
-    match control.strip_suffix(".sock") {
-        Some(b) => format!("{b}.api.sock").into(),
-        None => format!("{control}.api").into(),
+    match &cli.control_socket {
+        Some(c) => Ok(lightpool_api::socket::api_path_for(c).into()),
+        None => lightpool_api::socket::find_api_socket(),
     }
 }
 
@@ -419,7 +412,13 @@ fn main() {
         }
         return;
     }
-    let path = socket(&cli);
+    let path = match socket(&cli) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("lightpool: {e}");
+            std::process::exit(1);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -196,3 +196,91 @@ fn commands_tables_json_and_exit_codes() {
     ok(&t, &["bdev", "delete", "r2"]);
     assert!(!ok(&t, &["bdev", "list"]).contains("r2"));
 }
+
+/// Run lightpool with no socket named: only the runtime folder to look in.
+fn lp_found(run_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lightpool"))
+        .env("LIGHTPOOL_RUNTIME_DIR", run_dir)
+        .env_remove("LIGHTPOOL_SOCKET")
+        .args(args)
+        .output()
+        .expect("run lightpool")
+}
+
+fn spawn_in(run_dir: &Path, args: &[&str], api_socket: &Path) -> Target {
+    let child = Command::new(target_bin())
+        .env("LIGHTPOOL_RUNTIME_DIR", run_dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the target");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !api_socket.exists() {
+        assert!(Instant::now() < deadline, "the target did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Target {
+        child,
+        dir: run_dir.to_path_buf(),
+    }
+}
+
+/// Without --socket or --control-socket, `lightpool` acts on the one target whose API
+/// socket (beside its per-instance control socket) answers in the runtime folder; with
+/// none it says where it looked, with several it lists them and refuses (exit 1).
+#[test]
+fn finds_the_one_target_running_and_refuses_when_several_run() {
+    let run_dir = std::env::temp_dir().join(format!("lp-cli-find-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run_dir);
+
+    let o = lp_found(&run_dir, &["status"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        err.contains(&format!(
+            "no lightpool-target answers in {}",
+            run_dir.display()
+        )),
+        "{err}"
+    );
+
+    // Default sockets: named after the first listener, the API's beside the control's.
+    let _a = spawn_in(
+        &run_dir,
+        &["--listen", "127.0.0.1:0"],
+        &run_dir.join("target-127.0.0.1-0.api.sock"),
+    );
+    let o = lp_found(&run_dir, &["status"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains(&format!(
+            "control socket {}",
+            run_dir.join("target-127.0.0.1-0.sock").display()
+        )),
+        "{out}"
+    );
+
+    let second = run_dir.join("second.sock");
+    let second_arg = second.display().to_string();
+    let _b = spawn_in(
+        &run_dir,
+        &["--listen", "127.0.0.1:0", "--control-socket", &second_arg],
+        &run_dir.join("second.api.sock"),
+    );
+    let o = lp_found(&run_dir, &["status"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("2 targets run here"), "{err}");
+    assert!(err.contains("second.api.sock"), "{err}");
+    assert!(err.contains("target-127.0.0.1-0.api.sock"), "{err}");
+    let o = lp_found(&run_dir, &["--control-socket", &second_arg, "status"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&second_arg));
+}

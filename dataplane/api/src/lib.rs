@@ -14,6 +14,8 @@ pub mod v1 {
     tonic::include_proto!("lightpool.v1");
 }
 
+pub mod socket;
+
 use std::path::PathBuf;
 
 use hyper_util::rt::TokioIo;

@@ -28,6 +28,30 @@ pub fn bind(path: &str) -> Result<UnixListener> {
     UnixListener::bind(path).with_context(|| format!("cannot listen on control socket {path}"))
 }
 
+/// Removes the control socket's file when dropped (the target stops, or fails to
+/// start), unless [`Unbind::keep`] hands it on. A process that hands its target over
+/// exits without dropping it: the socket is its successor's.
+pub struct Unbind(Option<String>);
+
+impl Unbind {
+    pub fn new(path: &str) -> Unbind {
+        Unbind(Some(path.to_string()))
+    }
+
+    /// Leave the file in place (another guard, or a successor, owns it now).
+    pub fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unbind {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// Serve the control socket on a thread of its own (never a reactor).
 /// The thread holds only a weak reference, so that at shutdown the target and its
 /// block devices are dropped (a VFIO controller gets its orderly shutdown).

@@ -7,9 +7,12 @@ mod config;
 #[macro_use]
 mod fdpass;
 mod control;
-mod loglevel;
+mod instance;
+mod logging;
 mod manage;
+mod metrics;
 mod raid;
+mod service;
 mod startup;
 mod transports;
 mod upgrade;
@@ -39,11 +42,15 @@ struct Args {
     /// Listen here instead of the configured listeners (IP:PORT).
     #[arg(long)]
     listen: Vec<SocketAddr>,
-    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "lightpool_transport_tcp=debug".
-    #[arg(long, default_value = "info", global = true)]
+    /// Log filter: a level (off, error, warn, info, debug, trace) or TARGET=LEVEL
+    /// directives separated by commas, e.g. "info,lightpool_transport_tcp=debug".
+    #[arg(long, default_value = "info", global = true, value_parser = logging::parse_filter)]
     log: String,
-    /// Unix socket for control (hot upgrade). Default: /run/lightpool-target.sock for
-    /// root, /tmp/lightpool-target-UID.sock otherwise.
+    /// Unix socket for control (hot upgrade, ANA, devices). Default: one per target,
+    /// named after its first listener, in /run/lightpool/ for root and
+    /// /tmp/lightpool-UID/ otherwise (e.g. /run/lightpool/target-127.0.0.1-4420.sock).
+    /// The commands find it from --config or --listen, or else act on the one target
+    /// running, and refuse when several run.
     #[arg(long, global = true)]
     control_socket: Option<String>,
     /// Unix socket of the management API (gRPC; what `lightpool` talks to). Default:
@@ -109,14 +116,11 @@ pub fn firmware_revision() -> &'static str {
     option_env!("LIGHTPOOL_FIRMWARE_REVISION").unwrap_or(env!("CARGO_PKG_VERSION"))
 }
 
-fn default_control_socket() -> String {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    if uid == 0 {
-        "/run/lightpool-target.sock".to_string()
-    } else {
-        format!("/tmp/lightpool-target-{uid}.sock")
-    }
+/// The control socket a target started with `args` listens on when none is given.
+fn default_control_socket(args: &Args) -> String {
+    let first = instance::first_listener(args.config.as_deref(), &args.listen)
+        .unwrap_or_else(|| instance::DEFAULT_LISTENER.to_string());
+    instance::socket_for_listener(&first)
 }
 
 /// A serving target: what the control thread and a hot upgrade need.
@@ -138,28 +142,9 @@ pub struct Running {
     pub region: Arc<lightpool_nvmf::region::Region>,
     /// The management side: device registry, change lock, API socket.
     pub mgmt: manage::Mgmt,
-}
-
-/// Block SIGINT and SIGTERM in every thread (reactors inherit the mask) so the main
-/// thread can wait for them with sigwait.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it and
-    // pthread_sigmask only reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-fn wait_for_signal(set: &libc::sigset_t) -> i32 {
-    let mut sig: libc::c_int = 0;
-    // SAFETY: `set` was initialised by block_signals; sigwait writes one int.
-    unsafe { libc::sigwait(set, &mut sig) };
-    sig
+    /// The metrics endpoint's listening socket, if metrics are on (handed over in a hot
+    /// upgrade).
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 /// Start one reactor per entry: pinned to the core given, or unpinned.
@@ -181,18 +166,25 @@ pub fn spawn_reactors(
 
 fn main() {
     let args = Args::parse();
-    loglevel::init(&args.log);
-    let control = args
-        .control_socket
-        .clone()
-        .unwrap_or_else(default_control_socket);
-    let res = match &args.command {
-        Some(Cmd::Upgrade { binary }) => control::upgrade_command(&control, binary, &args.log),
-        Some(Cmd::Ana { nqn, group, state }) => control::ana_command(&control, nqn, *group, state),
-        Some(Cmd::Devices) => control::devices_command(&control),
-        Some(Cmd::Raid { args }) => raid::command(&control, args),
-        None => run(&args, &control),
+    logging::init(&args.log, args.upgrade_from.is_some());
+    // A command acts on the target named by --control-socket, --config or --listen, or
+    // on the one target running; a target serves on the socket given or its own.
+    let control = match (&args.control_socket, &args.command) {
+        (Some(c), _) => Ok(Some(c.clone())),
+        (None, Some(_)) => instance::find_running(args.config.as_deref(), &args.listen).map(Some),
+        (None, None) if args.recover => Ok(None),
+        (None, None) => Ok(Some(default_control_socket(&args))),
     };
+    let res = control.and_then(|control| {
+        let path = control.clone().unwrap_or_default();
+        match &args.command {
+            Some(Cmd::Upgrade { binary }) => control::upgrade_command(&path, binary, &args.log),
+            Some(Cmd::Ana { nqn, group, state }) => control::ana_command(&path, nqn, *group, state),
+            Some(Cmd::Devices) => control::devices_command(&path),
+            Some(Cmd::Raid { args }) => raid::command(&path, args),
+            None => run(&args, control.as_deref()),
+        }
+    });
     if let Err(e) = res {
         eprintln!("lightpool-target: {}", manage::anyhow_chain(&e));
         std::process::exit(1);
@@ -219,32 +211,53 @@ fn api_path(args: &Args, control_path: &str) -> String {
         .unwrap_or_else(|| api::default_path(control_path))
 }
 
-fn run(args: &Args, control_path: &str) -> Result<()> {
+fn run(args: &Args, control_path: Option<&str>) -> Result<()> {
     // Signals are blocked before any thread starts, so every thread inherits the mask
     // and only the main thread takes them (sigwait below).
-    let sigs = block_signals();
-    let running = match (&args.upgrade_from, &args.state_dir) {
-        (Some(from), _) => upgrade::take_over(from)?,
-        (None, Some(dir)) if args.recover => {
-            upgrade::recover(dir, control_path, &api_path(args, control_path))?
+    let sigs = service::Signals::block();
+    let running = match (&args.upgrade_from, &args.state_dir, control_path) {
+        (Some(from), _, _) => upgrade::take_over(from)?,
+        (None, Some(dir), path) if args.recover => {
+            // Without --control-socket: the sockets the processes that wrote it used.
+            let api = args
+                .api_socket
+                .clone()
+                .or_else(|| path.map(api::default_path));
+            upgrade::recover(dir, path, api.as_deref())?
         }
-        _ => start(args, control_path)?,
+        (_, _, Some(path)) => start(args, path)?,
+        (_, _, None) => anyhow::bail!("no control socket: give --control-socket PATH"),
     };
     use std::io::Write;
     std::io::stdout().flush().ok();
     let running = Arc::new(running);
+    let unbind = control::Unbind::new(&running.control_path);
+    // The API socket too, here rather than only when `Mgmt` drops: a request being
+    // answered at SIGTERM can hold the last reference past this thread's exit.
+    let unbind_api = control::Unbind::new(&running.mgmt.api_path);
     control::serve(running.clone())?;
     api::serve(&running)?;
+    metrics::serve(&running)?;
+    // Every listener, the control socket and the API accept: tell the service manager
+    // (a successor of a hot upgrade said MAINPID= already, see upgrade/new.rs).
+    service::notify_or_log(&format!(
+        "READY=1\nMAINPID={}\nSTATUS=serving {} subsystem(s); control socket {}",
+        std::process::id(),
+        running.target.subsystems().len(),
+        running.control_path
+    ));
 
-    let sig = wait_for_signal(&sigs);
-    tracing::info!(signal = sig, "shutting down");
+    let sig = sigs.wait_for_stop();
+    tracing::info!(signal = service::signal_name(sig), "shutting down");
+    service::notify_or_log("STOPPING=1");
     for r in &running.reactors {
         r.stop();
     }
     for r in &running.reactors {
         r.join().ok();
     }
-    let _ = std::fs::remove_file(&running.control_path);
+    drop(unbind);
+    drop(unbind_api);
     // The reactors' connections and channels are gone with their threads; dropping the
     // target now drops the block devices (flushes, and CC.SHN for VFIO controllers).
     drop(running);

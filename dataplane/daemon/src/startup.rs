@@ -100,8 +100,19 @@ pub fn start(a: StartArgs<'_>, control_path: &str) -> Result<Running> {
     target
         .attach_region(region.clone())
         .map_err(|e| anyhow!("state region: {e}"))?;
+    crate::instance::prepare_dir(control_path)?;
     let control = crate::control::bind(control_path)?;
+    // Until the target serves, a failure removes the socket it bound (the API's goes
+    // with `Mgmt`).
+    let unbind = crate::control::Unbind::new(control_path);
     let api = crate::api::bind(a.api_path)?;
+    let unbind_api = crate::control::Unbind::new(a.api_path);
+    let metrics = cfg
+        .target
+        .metrics_address
+        .as_deref()
+        .map(crate::metrics::bind)
+        .transpose()?;
     let cores: Vec<Option<usize>> = if cfg.target.cores.is_empty() {
         vec![None; cfg.target.reactors]
     } else {
@@ -124,7 +135,10 @@ pub fn start(a: StartArgs<'_>, control_path: &str) -> Result<Running> {
         state_dir,
         region,
         mgmt: manage::Mgmt::new(manage::Registry::default(), 0, a.api_path.to_string(), api),
+        metrics,
     };
+    // From here the API socket goes with `run.mgmt`.
+    unbind_api.keep();
     let fail = |e: config::FieldError| -> anyhow::Error {
         for r in &run.reactors {
             r.stop();
@@ -134,6 +148,7 @@ pub fn start(a: StartArgs<'_>, control_path: &str) -> Result<Running> {
     manage::apply::apply(&run, &cfg).map_err(fail)?;
     banner(&run);
     upgrade::write_boot(&run)?;
+    unbind.keep();
     Ok(run)
 }
 

@@ -647,6 +647,15 @@ async fn logging_status_and_configuration() {
         Code::InvalidArgument,
         &["not a log filter"],
     );
+    // The check --log has: a misspelt level is refused, not read as a module to trace.
+    refused(
+        log.set_log_level(pb::SetLogLevelRequest {
+            filter: "debgu".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+        &["not a log filter", "\"debgu\" is not a log level"],
+    );
     log.set_log_level(pb::SetLogLevelRequest {
         filter: "debug".into(),
     })

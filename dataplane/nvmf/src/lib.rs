@@ -14,6 +14,7 @@
 pub mod buf;
 pub mod ctrlr;
 pub mod listener;
+pub mod metrics;
 pub mod nqn;
 pub mod queue;
 pub mod region;

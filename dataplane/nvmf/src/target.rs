@@ -103,6 +103,8 @@ pub struct Target {
     /// Where new queues take their request buffers from; `None` until the first queue
     /// or a device's pool (see [`Target::buffers`]).
     buffers: Mutex<Option<Arc<BufSource>>>,
+    /// The I/O counters the metrics endpoint reads (written by the reactors).
+    pub metrics: crate::metrics::IoMetrics,
 }
 
 impl Target {
@@ -116,6 +118,7 @@ impl Target {
             genctr: AtomicU64::new(1),
             region: OnceLock::new(),
             buffers: Mutex::new(None),
+            metrics: Default::default(),
         }))
     }
 

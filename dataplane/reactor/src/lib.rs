@@ -51,6 +51,11 @@ pub const DEFAULT_IDLE_SPIN: Duration = Duration::from_micros(200);
 /// Consecutive idle iterations required (besides `idle_spin`) before sleeping.
 const MIN_IDLE_LOOPS: u32 = 64;
 
+/// Busy and idle time is added up at each change between the two, and at least every
+/// this many iterations (so that a reactor busy for good still reports it): one clock
+/// subtraction per streak, not per iteration (a power of two: a mask tests it).
+const TIME_FLUSH_LOOPS: u64 = 256;
+
 /// Timers due sooner than this keep the reactor spinning instead of sleeping, because
 /// `epoll_wait` has millisecond resolution.
 const MIN_SLEEP: Duration = Duration::from_millis(1);
@@ -135,6 +140,12 @@ struct StatCounters {
     messages: Counter,
     timers_fired: Counter,
     fd_wakeups: Counter,
+    busy_ns: Counter,
+    idle_ns: Counter,
+    sleep_ns: Counter,
+    /// When the sleep going on began (ns since `Shared::born` + 1; 0: awake), so that
+    /// a reader counts a long sleep before it ends.
+    asleep_since: AtomicU64,
     tid: AtomicU64,
 }
 
@@ -153,6 +164,13 @@ pub struct ReactorStats {
     pub timers_fired: u64,
     /// Sleeps ended by a registered fd (not the mailbox eventfd, not a timeout).
     pub fd_wakeups: u64,
+    /// Nanoseconds spent in iterations that did something (messages, timers, pollers
+    /// that reported work).
+    pub busy_ns: u64,
+    /// Nanoseconds spent polling with nothing to do (spinning, not asleep).
+    pub idle_ns: u64,
+    /// Nanoseconds asleep in epoll_wait.
+    pub sleep_ns: u64,
     /// True while the reactor is in epoll_wait (or about to be).
     pub sleeping: bool,
     /// Linux thread id of the reactor thread (for `/proc/self/task/<tid>`).
@@ -167,6 +185,8 @@ pub(crate) struct Shared {
     stopped: AtomicBool,
     wake_fd: OwnedFd,
     stats: CachePadded<StatCounters>,
+    /// The base of `asleep_since`.
+    born: Instant,
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: Mutex<Option<ThreadId>>,
 }
@@ -258,6 +278,12 @@ impl ReactorHandle {
     /// A snapshot of the reactor's counters.
     pub fn stats(&self) -> ReactorStats {
         let s = &self.shared.stats;
+        let since = s.asleep_since.load(Ordering::Relaxed);
+        let asleep_now = if since == 0 {
+            0
+        } else {
+            (self.shared.born.elapsed().as_nanos() as u64).saturating_sub(since - 1)
+        };
         ReactorStats {
             loops: s.loops.get(),
             busy_loops: s.busy_loops.get(),
@@ -265,6 +291,9 @@ impl ReactorHandle {
             messages: s.messages.get(),
             timers_fired: s.timers_fired.get(),
             fd_wakeups: s.fd_wakeups.get(),
+            busy_ns: s.busy_ns.get(),
+            idle_ns: s.idle_ns.get(),
+            sleep_ns: s.sleep_ns.get() + asleep_now,
             sleeping: self.shared.sleeping.load(Ordering::SeqCst),
             tid: s.tid.load(Ordering::Relaxed),
         }
@@ -295,6 +324,7 @@ pub fn spawn(cfg: ReactorConfig) -> Result<ReactorHandle, ReactorError> {
         stopped: AtomicBool::new(false),
         wake_fd,
         stats: CachePadded::new(StatCounters::default()),
+        born: Instant::now(),
         thread: Mutex::new(None),
         thread_id: Mutex::new(None),
     });
@@ -328,6 +358,8 @@ pub fn spawn(cfg: ReactorConfig) -> Result<ReactorHandle, ReactorError> {
             let mut reactor = Reactor {
                 ctx: Ctx::new(thread_shared, epoll),
                 idle_spin,
+                streak_start: Instant::now(),
+                streak_busy: false,
             };
             let _ = ready_tx.send(Ok(()));
             drop(ready_tx);
@@ -389,12 +421,16 @@ fn check_core(reactor: usize, core: usize) -> Result<(), ReactorError> {
 struct Reactor {
     ctx: Ctx,
     idle_spin: Duration,
+    /// Since when the iterations have all been busy (or all idle), and which.
+    streak_start: Instant,
+    streak_busy: bool,
 }
 
 impl Reactor {
     fn run(&mut self) {
         let mut last_active = Instant::now();
         let mut idle_loops = 0u32;
+        self.streak_start = last_active;
         while !self.ctx.stop && !self.ctx.shared.stopped.load(Ordering::Relaxed) {
             self.ctx.now = Instant::now();
             self.ctx.iteration += 1;
@@ -406,6 +442,13 @@ impl Reactor {
             active |= self.ctx.run_pollers();
             self.ctx.arm_new_pollers();
 
+            // Each iteration's time (from its start to the next one's, less any sleep)
+            // counts as busy or idle, by what it did; added up per streak of alike
+            // iterations, from the clock reading the loop takes anyway.
+            if active != self.streak_busy || self.ctx.iteration & (TIME_FLUSH_LOOPS - 1) == 0 {
+                self.close_streak(self.ctx.now);
+                self.streak_busy = active;
+            }
             if active {
                 self.ctx.shared.stats.busy_loops.bump();
                 last_active = self.ctx.now;
@@ -432,6 +475,19 @@ impl Reactor {
         while let Some(m) = self.ctx.shared.mailbox.pop() {
             drop(m);
         }
+    }
+
+    /// Count the streak of alike iterations up to `at` as busy or idle time.
+    #[cold]
+    fn close_streak(&mut self, at: Instant) {
+        let ns = at.saturating_duration_since(self.streak_start).as_nanos() as u64;
+        let stats = &self.ctx.shared.stats;
+        if self.streak_busy {
+            stats.busy_ns.add(ns);
+        } else {
+            stats.idle_ns.add(ns);
+        }
+        self.streak_start = at;
     }
 
     fn run_mailbox(&mut self) -> bool {
@@ -472,6 +528,11 @@ impl Reactor {
         shared.stats.sleeps.bump();
         let mut woke_by_fd = false;
         let mut woke_by_mailbox = false;
+        let asleep = Instant::now();
+        self.close_streak(asleep);
+        let stats = &shared.stats;
+        let since = asleep.saturating_duration_since(shared.born).as_nanos() as u64;
+        stats.asleep_since.store(since + 1, Ordering::Relaxed);
         let res = self.ctx.epoll.wait(timeout, |token| {
             if token == sys::WAKE_TOKEN {
                 woke_by_mailbox = true;
@@ -479,6 +540,13 @@ impl Reactor {
                 woke_by_fd = true;
             }
         });
+        self.streak_start = Instant::now();
+        stats.sleep_ns.add(
+            self.streak_start
+                .saturating_duration_since(asleep)
+                .as_nanos() as u64,
+        );
+        stats.asleep_since.store(0, Ordering::Relaxed);
         shared.sleeping.store(false, Ordering::SeqCst);
         if woke_by_mailbox {
             sys::eventfd_drain(shared.wake_fd.as_raw_fd());

@@ -544,3 +544,32 @@ fn a_panicking_poller_stops_the_reactor_and_join_reports_it() {
     assert!(r.send(|_| ()).is_err());
     assert!(matches!(r.join(), Err(ReactorError::Panicked(7))));
 }
+
+#[test]
+fn busy_idle_and_sleep_time_are_counted_apart() {
+    let t0 = Instant::now();
+    let r = reactor(Duration::from_millis(2));
+    // A poller that works for its first 20 ms, then has nothing to do.
+    call(&r, move |ctx| {
+        let start = Instant::now();
+        ctx.add_poller(Box::new(move |_: &mut Ctx| {
+            if start.elapsed() < Duration::from_millis(20) {
+                PollStatus::Busy
+            } else {
+                PollStatus::Idle
+            }
+        }));
+    });
+    wait_until("the reactor sleeps", || r.stats().sleeps > 0);
+    std::thread::sleep(Duration::from_millis(50));
+    let s = r.stats();
+    let wall = t0.elapsed().as_nanos() as u64;
+    shutdown(r);
+    assert!(s.busy_ns >= 15_000_000, "the busy poller's time: {s:?}");
+    assert!(s.idle_ns > 0, "the idle spin before sleeping: {s:?}");
+    assert!(s.sleep_ns >= 30_000_000, "asleep most of the rest: {s:?}");
+    assert!(
+        s.busy_ns + s.idle_ns + s.sleep_ns <= wall,
+        "no time is counted twice: {s:?}, {wall} ns since spawn"
+    );
+}

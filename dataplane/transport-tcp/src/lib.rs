@@ -166,8 +166,13 @@ fn readiness(l: &mut Local) -> Option<&mut Readiness> {
 
 fn push_acceptor(ctx: &mut Ctx, l: &mut Local, acceptor: Acceptor) {
     let fd = acceptor.listener.as_raw_fd();
-    if let Err(e) = ctx.register_fd(fd, Interest::READABLE) {
-        tracing::error!(error = %e, "cannot watch the listening socket");
+    // A frozen reactor (a successor adopting a hot upgrade's listeners) watches its
+    // sockets only from `rewatch` on, which registers every acceptor: registering it
+    // here too would add it to the epoll set twice (EEXIST at release).
+    if !l.unwatched {
+        if let Err(e) = ctx.register_fd(fd, Interest::READABLE) {
+            tracing::error!(error = %e, "cannot watch the listening socket");
+        }
     }
     let token = LISTENER_TOKEN | l.acceptors.len() as u64;
     if let Some(r) = readiness(l) {

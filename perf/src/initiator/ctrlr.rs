@@ -294,7 +294,16 @@ impl Controller {
         }
         // Each LBA format is 4 bytes; LBADS is its third byte.
         let lbads = b[ns_offset::LBAF0 + 4 * idx + 2];
-        if nsze == 0 || !(9..=16).contains(&lbads) {
+        if nsze == 0 {
+            // Identify Namespace of an inactive NSID returns zeroes: no such namespace.
+            return Err(InitiatorError::NoNamespace {
+                addr: self.opts.addr,
+                subnqn: self.opts.subnqn.clone(),
+                nsid,
+                active: self.active_nsids().unwrap_or_default(),
+            });
+        }
+        if !(9..=16).contains(&lbads) {
             return Err(InitiatorError::Unsupported(format!(
                 "{}: namespace {nsid} is not usable (size {nsze} blocks, block size 2^{lbads})",
                 self.opts.addr
@@ -309,6 +318,14 @@ impl Controller {
 
     /// Every active namespace.
     pub fn namespaces(&mut self) -> Result<Vec<NamespaceInfo>, InitiatorError> {
+        self.active_nsids()?
+            .into_iter()
+            .map(|nsid| self.identify_namespace(nsid))
+            .collect()
+    }
+
+    /// The active namespace IDs (Identify Active Namespace List).
+    fn active_nsids(&mut self) -> Result<Vec<u32>, InitiatorError> {
         let b = self.identify(
             IdentifyCommand {
                 nsid: 0,
@@ -317,10 +334,7 @@ impl Controller {
             },
             "Identify Active Namespace List",
         )?;
-        let ids: Vec<u32> = parse_ns_list(&b).collect();
-        ids.into_iter()
-            .map(|nsid| self.identify_namespace(nsid))
-            .collect()
+        Ok(parse_ns_list(&b).collect())
     }
 
     /// Asks for `n` I/O queues (Set Features Number of Queues); returns how many the

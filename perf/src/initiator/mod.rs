@@ -71,6 +71,28 @@ pub enum InitiatorError {
     },
     #[error("{0}")]
     Unsupported(String),
+    #[error("{addr}: namespace {nsid} does not exist in {subnqn} ({}); pick one with ns:N, or leave ns out to use them all", ns_list(.active))]
+    NoNamespace {
+        addr: SocketAddr,
+        subnqn: String,
+        nsid: u32,
+        /// The subsystem's active namespaces, as far as they could be read.
+        active: Vec<u32>,
+    },
+}
+
+fn ns_list(active: &[u32]) -> String {
+    match active {
+        [] => "it reports no active namespace".to_string(),
+        [one] => format!("its namespace is {one}"),
+        many => format!(
+            "its namespaces are {}",
+            many.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 impl InitiatorError {

@@ -24,6 +24,11 @@ pub struct TestTarget {
 
 impl TestTarget {
     pub fn start(bytes: u64, block_size: u32) -> TestTarget {
+        Self::start_at("127.0.0.1:0", bytes, block_size)
+    }
+
+    /// As [`TestTarget::start`], listening on `addr`.
+    pub fn start_at(addr: &str, bytes: u64, block_size: u32) -> TestTarget {
         let t = Target::new(TargetOptions::default()).expect("valid options");
         let bdev = MallocBdev::new("ram", bytes, block_size).expect("RAM device");
         let mut sc = SubsystemConfig::new(NQN);
@@ -38,9 +43,7 @@ impl TestTarget {
         t.add_subsystem(sc).expect("valid subsystem");
         let reactor = lightpool_reactor::spawn(ReactorConfig::new(0, None)).expect("reactor");
         let tcp = TcpTransport::new(t, vec![reactor.clone()]).expect("transport");
-        let addr = tcp
-            .listen("127.0.0.1:0".parse().expect("address"))
-            .expect("listen");
+        let addr = tcp.listen(addr.parse().expect("address")).expect("listen");
         TestTarget {
             addr,
             bdev,

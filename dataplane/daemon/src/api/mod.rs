@@ -23,12 +23,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::Running;
 
-/// The API socket that goes with control socket `control`.
+/// The API socket that goes with control socket `control` (the scheme the `lightpool`
+/// CLI finds it by: `lightpool_api::socket`).
 pub fn default_path(control: &str) -> String {
-    match control.strip_suffix(".sock") {
-        Some(base) => format!("{base}.api.sock"),
-        None => format!("{control}.api"),
-    }
+    lightpool_api::socket::api_path_for(control)
 }
 
 /// Listen on `path` (mode 0600); a stale socket file is replaced, a live one is an error.

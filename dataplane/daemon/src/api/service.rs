@@ -565,13 +565,13 @@ impl statistics_server::Statistics for Api {
 impl logging_server::Logging for Api {
     async fn set_log_level(&self, r: Request<pb::SetLogLevelRequest>) -> Res<pb::LogLevel> {
         let f = r.into_inner().filter;
-        crate::loglevel::set(&f).map_err(Status::invalid_argument)?;
+        crate::logging::set(&f).map_err(Status::invalid_argument)?;
         Ok(Response::new(pb::LogLevel { filter: f }))
     }
 
     async fn get_log_level(&self, _: Request<pb::GetLogLevelRequest>) -> Res<pb::LogLevel> {
         Ok(Response::new(pb::LogLevel {
-            filter: crate::loglevel::get(),
+            filter: crate::logging::get(),
         }))
     }
 }

@@ -38,7 +38,7 @@ pub fn start(run: &Running, r: &pb::StartUpgradeRequest) -> Result<pb::UpgradeRe
         ));
     }
     let log = if r.log.is_empty() {
-        crate::loglevel::get()
+        crate::logging::get()
     } else {
         r.log.clone()
     };

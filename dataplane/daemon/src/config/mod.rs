@@ -70,6 +70,9 @@ pub struct TargetSection {
     /// leaves its state region here, so `--recover` can restart from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
+    /// `IP:PORT` to serve Prometheus metrics on (`GET /metrics`); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
 }
 
 impl Default for TargetSection {
@@ -83,6 +86,7 @@ impl Default for TargetSection {
             max_transfer_size: d_max_transfer(),
             idle_spin_us: None,
             state_dir: None,
+            metrics_address: None,
         }
     }
 }
@@ -137,8 +141,11 @@ pub struct BdevSection {
     pub vfio_nsid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub hugepages: bool,
+    /// A RAM device in 2 MiB huge pages: left out, whenever enough are free (else
+    /// ordinary memory, said at start); true, always (refused when they are not free);
+    /// false, never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugepages: Option<bool>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -215,8 +222,11 @@ pub struct NamespaceSection {
     pub vfio_nsid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub hugepages: bool,
+    /// A RAM device in 2 MiB huge pages: left out, whenever enough are free (else
+    /// ordinary memory, said at start); true, always (refused when they are not free);
+    /// false, never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugepages: Option<bool>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -398,7 +408,7 @@ fn check_device(key: &str, b: &BdevSection, stacked: bool) -> Result<(), FieldEr
             ));
         }
     }
-    if b.hugepages && b.ram.is_none() {
+    if b.hugepages.is_some() && b.ram.is_none() {
         return Err(ferr(
             g("hugepages"),
             "only a ram device can be in huge pages",
@@ -433,6 +443,14 @@ impl Config {
                     format!("core {c} is listed twice"),
                 ));
             }
+        }
+        if let Some(a) = &t.metrics_address {
+            a.parse::<SocketAddr>().map_err(|_| {
+                ferr(
+                    "target.metrics_address",
+                    format!("{a:?} is not IP:PORT (e.g. \"127.0.0.1:9464\")"),
+                )
+            })?;
         }
         for (i, l) in self.listeners.iter().enumerate() {
             if let Err(e) = crate::transports::kinds().get(&l.transport) {

@@ -72,6 +72,14 @@ fn bad_values_name_their_key() {
         key_of(&ns("")).as_deref(),
         Some("subsystem[0].namespace[0].bdev")
     );
+    let e = parse("[target]\nmetrics_address = \"localhost:9464\"\n")
+        .validate()
+        .expect_err("not IP:PORT");
+    assert_eq!(e.key, "target.metrics_address");
+    assert!(e.reason.contains("is not IP:PORT"), "{e}");
+    assert!(parse("[target]\nmetrics_address = \"[::1]:9464\"\n")
+        .validate()
+        .is_ok());
 }
 
 #[test]
@@ -184,9 +192,10 @@ fn ana_groups_are_checked() {
 #[test]
 fn a_config_written_back_reads_the_same() {
     let c = parse(&format!(
-        "[target]\nreactors = 2\n[[listener]]\naddress = \"127.0.0.1:4420\"\n[[bdev]]\nname = \"r\"\nram = 67108864\n{}",
+        "[target]\nreactors = 2\nmetrics_address = \"127.0.0.1:9464\"\n[[listener]]\naddress = \"127.0.0.1:4420\"\n[[bdev]]\nname = \"r\"\nram = 67108864\n{}",
         ns("bdev = \"r\"\nsize = \"32MiB\"\nnguid = \"000102030405060708090a0b0c0d0e0f\"")
     ));
+    assert_eq!(c.target.metrics_address.as_deref(), Some("127.0.0.1:9464"));
     let text = toml::to_string(&c).expect("serializes");
     assert_eq!(parse(&text), c, "{text}");
 }

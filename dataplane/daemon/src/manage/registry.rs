@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use lightpool_bdev::Bdev;
 use lightpool_bdev_nvme_vfio::{NvmeVfioBdev, NvmeVfioOptions};
-use lightpool_bdev_ram::MallocBdev;
+use lightpool_bdev_ram::{MallocBdev, Pages, RamOptions};
 use lightpool_bdev_uring::{UringBdev, UringOptions};
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +21,8 @@ pub enum DeviceSpec {
     Ram {
         size: u64,
         block_size: u32,
-        hugepages: bool,
+        /// None: huge pages whenever enough are free.
+        hugepages: Option<bool>,
     },
     File {
         path: PathBuf,
@@ -193,7 +194,7 @@ impl Registry {
             .map(|e| match e.spec {
                 DeviceSpec::Ram {
                     size,
-                    hugepages: false,
+                    hugepages: None | Some(false),
                     ..
                 } => size,
                 _ => 0,
@@ -304,23 +305,19 @@ pub(super) fn open_device(
                     format_size(*size)
                 )));
             }
-            if !*hugepages {
+            if *hugepages != Some(true) {
                 check_ram_fits(*size, registry, state_dir)?;
             }
-            match state_dir {
-                Some(_) if *hugepages => {
-                    return Err(ManageError::Invalid(
-                        "huge pages cannot be used with a state directory (its RAM files live on tmpfs)"
-                            .into(),
-                    ))
-                }
-                Some(dir) => {
-                    MallocBdev::open_shared(name, &ram_file(dir, name), *size, *block_size)
-                }
-                None if *hugepages => MallocBdev::new_hugepages(name, *size, *block_size),
-                None => MallocBdev::new(name, *size, *block_size),
-            }
-            .map_err(bad)?
+            let opts = RamOptions {
+                pages: match hugepages {
+                    None => Pages::Auto,
+                    Some(true) => Pages::Huge,
+                    Some(false) => Pages::Ordinary,
+                },
+                populate: true,
+                file: state_dir.map(|dir| ram_file(dir, name)),
+            };
+            MallocBdev::with_options(name, *size, *block_size, &opts).map_err(bad)?
         }
         DeviceSpec::File {
             path,

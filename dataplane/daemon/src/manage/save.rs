@@ -50,6 +50,12 @@ pub fn save(run: &Running) -> Config {
         max_transfer_size: o.max_transfer_size,
         idle_spin_us: run.idle_spin_us,
         state_dir: run.state_dir.clone(),
+        // The address bound (a configured port 0 is saved as the port it got).
+        metrics_address: run
+            .metrics
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string()),
     };
     let listeners = run
         .transports

@@ -179,7 +179,7 @@ mod tests {
                     spec: DeviceSpec::Ram {
                         size: b.info().num_blocks * u64::from(b.info().block_size),
                         block_size: b.info().block_size,
-                        hugepages: false,
+                        hugepages: Some(false),
                     },
                 })
                 .collect(),

@@ -15,15 +15,21 @@
 //!
 //! ```text
 //! new -> old   REACTORS
-//! old -> new   OK cores=.. idle_spin_us=.. fds=N  + region, RAM memfds, open files
-//! new -> old   HELLO <min layout> <max layout> <version>
+//! old -> new   OK cores=.. idle_spin_us=.. fds=N [metrics_fd=I] [notify=SOCKET]
+//!                                                 + region, RAM memfds, open files
+//!                                                   (and the metrics socket, last)
+//! new -> old   HELLO <min layout> <max layout> <version> pid=<new pid>
 //! old -> new   REFUSE <reason>                      (layout unreadable; old keeps serving)
-//!           |  STATE <layout> <fd count>  + fds     (old has quiesced and frozen; fd 0
+//!           |  STATE <layout> <fd count> quiesced_ns=T  + fds  (old has quiesced and
+//!                                                    frozen at CLOCK_MONOTONIC T; fd 0
 //!              FDS + fds ...                         is the region, its handover blob
 //!                                                    written; VFIO controllers' fds)
-//! new -> old   ADOPTED | REFUSE <reason>
-//! old -> new   BYE                                  (old exits; new starts polling)
+//! new -> old   ADOPTED | REFUSE <reason>            (new said MAINPID=<new> first)
+//! old -> new   BYE                                  (old says MAINPID=<new>, exits;
+//!                                                    new starts polling, READY=1)
 //! ```
+//!
+//! Words a side does not know are skipped, so binaries a version apart still agree.
 //!
 //! Until it says BYE the old process can always take back its frozen state and resume:
 //! when the new one refuses, dies (end of stream) or is too slow. The new one writes

@@ -31,6 +31,8 @@ struct Prepared {
     /// inside the pause, once their state has come with STATE: the region and the
     /// REACTORS descriptors wait here.
     deferred: Option<(Arc<Region>, Vec<Option<OwnedFd>>)>,
+    /// The metrics endpoint's socket, if the running target serves metrics.
+    metrics: Option<std::net::TcpListener>,
 }
 
 struct Early {
@@ -59,6 +61,7 @@ fn prepare(path: &str) -> Result<Prepared> {
     let mut cores = Vec::new();
     let mut spin = None;
     let mut nfds = 0usize;
+    let mut metrics_fd = None;
     for kv in rest.split_whitespace() {
         match kv.split_once('=') {
             Some(("cores", v)) => {
@@ -72,6 +75,9 @@ fn prepare(path: &str) -> Result<Prepared> {
             }
             Some(("idle_spin_us", v)) if v != "-" => spin = Some(v.parse()?),
             Some(("fds", v)) => nfds = v.parse()?,
+            // The service manager's socket, for a successor started without it.
+            Some(("notify", v)) => crate::service::set_inherited_socket(v),
+            Some(("metrics_fd", v)) => metrics_fd = Some(v.parse::<usize>()?),
             _ => {}
         }
     }
@@ -79,6 +85,15 @@ fn prepare(path: &str) -> Result<Prepared> {
         bail!("the running target reported no reactors");
     }
     recv_fds_until(&s, &mut got, nfds)?;
+    // The metrics socket is the last descriptor (see `reactors_answer`).
+    let metrics = match metrics_fd {
+        Some(i) if i + 1 == got.len() && i > 0 => got.pop().map(std::net::TcpListener::from),
+        Some(i) => bail!(
+            "the metrics socket (descriptor {i} of {}) is not the last",
+            got.len()
+        ),
+        None => None,
+    };
     let mut deferred = None;
     let early = if got.is_empty() {
         bail!("the running target sent no state region (it writes an older layout)");
@@ -113,6 +128,7 @@ fn prepare(path: &str) -> Result<Prepared> {
         reactors,
         early,
         deferred,
+        metrics,
     })
 }
 
@@ -196,10 +212,11 @@ fn take_over_with(path: &str, p: Prepared) -> Result<Running> {
     let mut w = &sock;
     send_line!(
         w,
-        "HELLO {} {} {}",
+        "HELLO {} {} {} pid={}",
         READABLE_LAYOUTS.start(),
         READABLE_LAYOUTS.end(),
-        crate::firmware_revision()
+        crate::firmware_revision(),
+        std::process::id()
     )?;
     let (first, mut got) = read_answer(&sock, "HELLO")?;
     if let Some(why) = first.strip_prefix("REFUSE ") {
@@ -210,6 +227,9 @@ fn take_over_with(path: &str, p: Prepared) -> Result<Running> {
         (Some("STATE"), Some(t)) => t,
         _ => bail!("unexpected answer from the running target: {first:?}"),
     };
+    // When the running target stopped starting commands (CLOCK_MONOTONIC): the pause
+    // is measured from there to this process's resume.
+    let quiesced_ns = words.find_map(|w| w.strip_prefix("quiesced_ns=")?.parse::<u64>().ok());
     recv_fds_until(&sock, &mut got, total)?;
     if std::env::var("LIGHTPOOL_TEST_CRASH_AT").as_deref() == Ok("adopt") {
         // Test hook: die in the middle of adoption; the old process must resume.
@@ -217,7 +237,7 @@ fn take_over_with(path: &str, p: Prepared) -> Result<Running> {
     }
     let t_state = t0.elapsed();
     let mut fds: Vec<Option<OwnedFd>> = got.into_iter().map(Some).collect();
-    match adopt(p, &mut fds, t0, t_state, &sock) {
+    match adopt(p, &mut fds, t0, t_state, quiesced_ns, &sock) {
         Ok(run) => Ok(run),
         Err(e) => {
             let _ = send_line!(w, "REFUSE {e:#}");
@@ -278,6 +298,7 @@ fn adopt(
     fds: &mut [Option<OwnedFd>],
     t0: Instant,
     t_state: Duration,
+    quiesced_ns: Option<u64>,
     sock: &UnixStream,
 ) -> Result<Running> {
     let mut take = |i: usize| {
@@ -376,10 +397,15 @@ fn adopt(
     let out = take(pause.stdout_fd)?;
     let err = take(pause.stderr_fd)?;
 
+    // Become the service's main process while the old one is alive and waiting, so
+    // that the service manager never sees its main process exit (see service.rs).
+    let me = std::process::id();
+    crate::service::notify_or_log(&format!("MAINPID={me}"));
     let mut w = sock;
     w.write_all(b"ADOPTED\n")?;
-    let bye = read_line(&mut BufReader::new(sock))?;
-    if bye.as_deref() != Some("BYE") {
+    let bye = read_line(&mut BufReader::new(sock));
+    if !matches!(bye.as_ref().map(|b| b.as_deref()), Ok(Some("BYE"))) {
+        crate::service::notify_or_log(&format!("MAINPID={}", pause.pid));
         for r in &p.reactors {
             r.stop();
         }
@@ -398,15 +424,23 @@ fn adopt(
     }
     let swept = restore::sweep(&target, &region, &adopted.queue_records);
     transports.resume_all()?;
+    let resumed_ns = crate::service::monotonic_ns();
     drop(ctrlrs);
-    let pause_t = t0.elapsed();
+    // The pause: from the moment the old process stopped starting commands to the
+    // moment this one's reactors start them again. An old binary that does not say
+    // when it quiesced: from HELLO (a little longer).
+    let pause_t = match quiesced_ns {
+        Some(q) => Duration::from_nanos(resumed_ns.saturating_sub(q)),
+        None => t0.elapsed(),
+    };
     tracing::info!(
         state_ms = t_state.as_secs_f64() * 1e3,
         target_ms = t_target.as_secs_f64() * 1e3,
         adopt_ms = t_adopt.as_secs_f64() * 1e3,
         bye_ms = t_bye.as_secs_f64() * 1e3,
         swept,
-        "upgrade: steps (since HELLO)"
+        pause_ms = pause_t.as_secs_f64() * 1e3,
+        "upgrade: steps (since HELLO); pause from the old process's quiesce to this one's resume"
     );
     println!(
         "lightpool-target {}: took over from {} (pid {}): {} connection(s), {} listener(s), {} command(s) held or receiving; pause {:.3} ms",
@@ -437,6 +471,7 @@ fn adopt(
         state_dir: early.boot.state_dir.map(std::path::PathBuf::from),
         region,
         mgmt: crate::manage::Mgmt::new(early.registry, changes, early.boot.api_path, api),
+        metrics: p.metrics,
     };
     if let Err(e) = write_boot(&run) {
         tracing::warn!(error = format!("{e:#}"), "boot blob not rewritten");

@@ -30,17 +30,31 @@ pub fn reactors_answer(run: &Running) -> Result<(String, Vec<OwnedFd>)> {
     drop(changes);
     let mut fds = vec![dup(run.region.fd())?];
     fds.extend(mem);
+    // The metrics endpoint's socket goes last, named by its index (a successor that
+    // does not know the key leaves it unused).
+    let metrics_fd = match &run.metrics {
+        Some(l) => {
+            fds.push(dup(l)?);
+            Some(fds.len() - 1)
+        }
+        None => None,
+    };
     if fds.len() > FDS_PER_MESSAGE {
         bail!("more block-device descriptors than one message carries");
     }
-    Ok((
-        format!(
-            "OK cores={} idle_spin_us={spin} fds={}",
-            cores.join(","),
-            fds.len()
-        ),
-        fds,
-    ))
+    let mut line = format!(
+        "OK cores={} idle_spin_us={spin} fds={}",
+        cores.join(","),
+        fds.len()
+    );
+    if let Some(i) = metrics_fd {
+        line.push_str(&format!(" metrics_fd={i}"));
+    }
+    // Keys a successor does not know are skipped by it.
+    if let Some(path) = crate::service::socket_to_pass_on() {
+        line.push_str(&format!(" notify={path}"));
+    }
+    Ok((line, fds))
 }
 
 /// Old side: serve one HELLO. Returns only if the handover did not happen (the target
@@ -57,6 +71,9 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| anyhow!("malformed HELLO"))?;
     let newver = it.next().unwrap_or("?").to_string();
+    // The successor's pid (a successor that does not say it is not named to the service
+    // manager by this side; it names itself).
+    let new_pid = it.find_map(|w| w.strip_prefix("pid=")?.parse::<u32>().ok());
     if !(min..=max).contains(&run.layout) {
         let why = format!(
             "this target's state has layout {}, the new binary reads {min}..={max}",
@@ -71,6 +88,9 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
     let changes = run.mgmt.changes.lock().expect("change lock poisoned");
     tracing::info!(new_version = %newver, "upgrade: quiescing");
     let t0 = Instant::now();
+    // The pause starts here: from now on no command starts until the successor's
+    // reactors resume. The successor measures it to the end, on the same clock.
+    let quiesced_ns = crate::service::monotonic_ns();
     // Each transport quiesces, and each of its reactors exports and freezes itself as
     // soon as its connections have drained: one round trip, however busy the machine.
     let mut fds = Vec::new();
@@ -103,7 +123,7 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
         }
     }
     let t_frozen = t0.elapsed();
-    match send_state(run, &sock, exported, fds) {
+    match send_state(run, &sock, exported, fds, quiesced_ns) {
         Ok(()) => {}
         Err(e) => {
             run.transports.resume_all()?;
@@ -116,17 +136,33 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
     let reply = read_line(&mut BufReader::new(&sock)).ok().flatten();
     match reply.as_deref() {
         Some("ADOPTED") => {
+            // The main process names its successor too: the service manager takes that
+            // from its main process whatever the unit's NotifyAccess, and from a root
+            // process even for a successor outside the unit (an upgrade run by hand).
+            if let Some(pid) = new_pid {
+                crate::service::notify_or_log(&format!("MAINPID={pid}"));
+            }
+            if let Err(e) = sock.write_all(b"BYE\n") {
+                // The successor is gone before it heard BYE: it never starts serving.
+                // Changes wait on the lock until it is dropped here, and are taken again.
+                crate::service::notify_or_log(&format!("MAINPID={}", std::process::id()));
+                run.transports.resume_all()?;
+                bail!(
+                    "upgrade abandoned: the new process went away before BYE ({e}); still serving"
+                );
+            }
             run.mgmt
                 .handed_over
                 .store(true, std::sync::atomic::Ordering::Release);
             // Changes asked for from now on are refused (UNAVAILABLE).
             drop(changes);
-            sock.write_all(b"BYE\n")?;
+            // Not the pause (that ends when the successor resumes, and the successor
+            // reports it): how long this side took to let go.
             tracing::info!(
-                pause_ms = t0.elapsed().as_secs_f64() * 1e3,
                 frozen_ms = t_frozen.as_secs_f64() * 1e3,
                 sent_ms = t_sent.as_secs_f64() * 1e3,
-                "upgrade: handed over; exiting"
+                adopted_ms = t0.elapsed().as_secs_f64() * 1e3,
+                "upgrade: handed over (the successor reports the pause); exiting"
             );
             // An upgrade asked for through the management API is answered by this
             // process, once the successor has said it took over.
@@ -150,6 +186,7 @@ fn send_state(
     sock: &UnixStream,
     transports: Vec<(String, Vec<u8>)>,
     mut fds: Vec<OwnedFd>,
+    quiesced_ns: u64,
 ) -> Result<()> {
     // Indices count the region as 0.
     let idx = |fds: &mut Vec<OwnedFd>, fd: OwnedFd| {
@@ -178,7 +215,11 @@ fn send_state(
     let mut first = true;
     for chunk in all.chunks(FDS_PER_MESSAGE) {
         let line = if first {
-            format!("STATE {} {}\n", run.layout, all.len())
+            format!(
+                "STATE {} {} quiesced_ns={quiesced_ns}\n",
+                run.layout,
+                all.len()
+            )
         } else {
             "FDS\n".to_string()
         };

@@ -13,7 +13,13 @@ use super::*;
 /// subsystems, namespaces (RAM data from the state directory's files), ANA states and
 /// listeners, in a fresh region. Controllers and queues are read, checked and reported,
 /// then dropped: their connections died with the processes, and hosts reconnect.
-pub fn recover(dir: &std::path::Path, control_path: &str, api_path: &str) -> Result<Running> {
+/// Without a `control_path` (or `api_path`) it binds the one the processes that wrote
+/// it used. The metrics endpoint is not in the region: a recovered target serves none.
+pub fn recover(
+    dir: &std::path::Path,
+    control_path: Option<&str>,
+    api_path: Option<&str>,
+) -> Result<Running> {
     let path = dir.join(REGION_FILE);
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -57,8 +63,11 @@ pub fn recover(dir: &std::path::Path, control_path: &str, api_path: &str) -> Res
     let region = create_region(&target.opts, Some(dir), STATE_LAYOUT)?;
     drop(old);
     target.attach_region(region.clone())?;
-    let control = crate::control::bind(control_path)?;
-    let api = crate::api::bind(api_path)?;
+    let control_path = control_path.unwrap_or(&boot.control_path).to_string();
+    let api_path = api_path.unwrap_or(&boot.api_path).to_string();
+    crate::instance::prepare_dir(&control_path)?;
+    let control = crate::control::bind(&control_path)?;
+    let api = crate::api::bind(&api_path)?;
     let reactors = crate::spawn_reactors(&boot.cores, boot.idle_spin_us)?;
     let transports = crate::transports::Transports::new(TransportContext {
         target: target.clone(),
@@ -101,11 +110,12 @@ pub fn recover(dir: &std::path::Path, control_path: &str, api_path: &str) -> Res
         cores: boot.cores,
         idle_spin_us: boot.idle_spin_us,
         control,
-        control_path: control_path.to_string(),
+        control_path,
         layout: STATE_LAYOUT,
         state_dir: Some(dir.to_path_buf()),
         region,
-        mgmt: crate::manage::Mgmt::new(registry, boot.changes, api_path.to_string(), api),
+        mgmt: crate::manage::Mgmt::new(registry, boot.changes, api_path, api),
+        metrics: None,
     };
     write_boot(&run)?;
     Ok(run)

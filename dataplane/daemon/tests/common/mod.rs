@@ -140,7 +140,7 @@ pub fn ram(name: &str, size: u64) -> pb::CreateBlockDeviceRequest {
         kind: Some(pb::create_block_device_request::Kind::Ram(pb::RamDevice {
             size_bytes: size,
             block_size: 512,
-            hugepages: false,
+            hugepages: Some(false),
         })),
     }
 }

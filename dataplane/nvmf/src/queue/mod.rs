@@ -26,6 +26,7 @@ use lightpool_spec::status::{generic, Status};
 
 use crate::buf::{BufSlot, BufSource};
 use crate::ctrlr::{Controller, QueueStats};
+use crate::metrics::QueueMetrics;
 use crate::region::{slot as rslot, QueueShm};
 use crate::subsystem::Namespace;
 use crate::target::Target;
@@ -247,6 +248,8 @@ pub struct NvmfQueue<T> {
     pub(crate) shm: Option<QueueShm>,
     /// The reactor that owns it.
     pub(crate) reactor: u16,
+    /// Its share of the metrics endpoint's counters (see [`crate::metrics`]).
+    metrics: QueueMetrics,
 }
 
 impl<T: Default> NvmfQueue<T> {
@@ -283,6 +286,7 @@ impl<T: Default> NvmfQueue<T> {
             direct_data: None,
             shm: None,
             reactor: u16::try_from(reactor).unwrap_or(u16::MAX),
+            metrics: QueueMetrics::new(),
         };
         q.shm = record::new_queue_record(&q.target, q.reactor);
         q.grow_slots(PRECONNECT_SLOTS);
@@ -299,6 +303,7 @@ impl<T: Default> NvmfQueue<T> {
             self.free.insert(0, self.slots.len() as u16);
             self.slots.push(Request::new(self.bufs.clone()));
         }
+        self.metrics.grow(n);
         self.done.reserve(n.saturating_sub(self.done.capacity()));
     }
 }
@@ -422,7 +427,9 @@ impl<T: Default> NvmfQueue<T> {
 
     /// The next request whose response can be sent, in completion order.
     pub fn next_done(&mut self) -> Option<u16> {
-        self.done.pop_front()
+        let slot = self.done.pop_front()?;
+        self.metrics.complete(slot, &self.slots[usize::from(slot)]);
+        Some(slot)
     }
 
     /// Run a Write whose data is `data` (in the transport's receive buffer, say): when
@@ -445,6 +452,8 @@ impl<T: Default> NvmfQueue<T> {
     /// Run a command whose host-to-controller data (if any) is in its buffer. While
     /// the queue is quiesced the command is held instead and runs on `resume`.
     pub fn execute(&mut self, slot: u16, now: Instant) -> Exec {
+        self.metrics.clock(now);
+        self.metrics.start(slot);
         if self.quiesced {
             self.slots[usize::from(slot)].state = SlotState::Held;
             self.held.push_back(slot);
@@ -487,6 +496,7 @@ impl<T: Default> NvmfQueue<T> {
     /// Reap block-device completions, deliver async events, enforce keep-alive. Returns
     /// how much work it did.
     pub fn poll(&mut self, now: Instant) -> usize {
+        self.metrics.clock(now);
         let mut work = 0;
         if self.bdev_in_flight > 0 {
             work += self.poll_bdevs();
@@ -629,6 +639,14 @@ impl<T: Default> NvmfQueue<T> {
         self.ns_gen = gen;
         self.channels = (0..self.namespaces.len()).map(|_| None).collect();
         ctrlr.register_stats(self.stats.clone());
+        self.metrics.connect(
+            &ctrlr.target.metrics,
+            usize::from(self.reactor),
+            &ctrlr.subsys.nqn,
+            ctrlr.subsys.namespaces().iter().map(|n| n.nsid),
+            ctrlr.cntlid,
+            qid,
+        );
         self.ctrlr = Some(ctrlr);
         self.state = QueueState::Live;
         self.grow_slots(usize::from(entries) + PRECONNECT_SLOTS);

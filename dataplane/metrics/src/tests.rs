@@ -1,0 +1,85 @@
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use lightpool_nvmf::TargetOptions;
+use lightpool_reactor::ReactorConfig;
+
+use super::*;
+
+struct TwoPools;
+
+impl PoolSource for TwoPools {
+    fn pools(&self) -> Vec<PoolUsage> {
+        vec![
+            PoolUsage {
+                name: "nvme0".into(),
+                capacity_bytes: 1 << 40,
+                used_bytes: 3 << 30,
+            },
+            PoolUsage {
+                name: "nvme1".into(),
+                capacity_bytes: 2 << 40,
+                used_bytes: 0,
+            },
+        ]
+    }
+}
+
+fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("answer");
+    out
+}
+
+#[test]
+fn reactors_and_pools_are_reported_and_only_metrics_is_served() {
+    let target = Target::new(TargetOptions::default()).expect("target");
+    let r = lightpool_reactor::spawn(ReactorConfig::new(3, None)).expect("reactor");
+    let ex = Exporter::new(target, vec![r.clone()]);
+    ex.add_pool_source(Box::new(TwoPools));
+    let listener = http::bind("127.0.0.1:0").expect("bind");
+    let addr = http::serve(ex, listener).expect("serve");
+
+    let page = get(addr, "/metrics");
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(page.contains(http::CONTENT_TYPE), "{page}");
+    assert!(
+        page.contains("lightpool_pool_capacity_bytes{pool=\"nvme0\"} 1099511627776"),
+        "{page}"
+    );
+    assert!(
+        page.contains("lightpool_pool_used_bytes{pool=\"nvme0\"} 3221225472"),
+        "{page}"
+    );
+    assert!(
+        page.contains("lightpool_pool_capacity_bytes{pool=\"nvme1\"} 2199023255552"),
+        "{page}"
+    );
+    for state in ["busy", "idle", "sleep"] {
+        assert!(
+            page.contains(&format!(
+                "lightpool_reactor_seconds_total{{reactor=\"3\",state=\"{state}\"}}"
+            )),
+            "{state}: {page}"
+        );
+    }
+    assert!(
+        page.contains("lightpool_reactor_queues{reactor=\"3\"} 0"),
+        "{page}"
+    );
+    assert!(page.trim_end().ends_with("# EOF"), "{page}");
+
+    let missing = get(addr, "/");
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    assert!(missing.contains("/metrics"), "{missing}");
+    r.stop();
+    r.join().expect("join");
+}
+
+#[test]
+fn a_bad_address_is_named() {
+    let e = http::bind("localhost:x").expect_err("not an address");
+    assert!(e.to_string().contains("localhost:x"), "{e}");
+}
