@@ -4,11 +4,12 @@
 //! guest kernel's initiator writes and reads back patterns over loopback; hugepage-setup
 //! gives the device back to the nvme driver, which reads the same data; after power-off
 //! the image file on the host holds the patterns at their offsets. Also: the driver's
-//! IOPS in process against the kernel driver's (fio, io_uring) on the same device in the
-//! same boot, and the refusals (mounted device, too many hugepages, no IOMMU). And a
-//! hot upgrade of the target serving the device: the new binary takes the controller,
-//! its queues and DMA memory over without resetting it, and everything written before
-//! reads back after.
+//! IOPS in process against the kernel driver's (fio, io_uring) and against the target's
+//! (the kernel NVMe/TCP initiator through lightpool-target to the device) on the same
+//! device in the same boot, and the refusals (mounted device, too many hugepages, no
+//! IOMMU). And a hot upgrade of the target serving the device: the new binary takes the
+//! controller, its queues and DMA memory over without resetting it, and everything
+//! written before reads back after.
 #![cfg(feature = "e2e")]
 
 use std::fs;
@@ -96,22 +97,31 @@ pci_disk() {
     done
     echo "no block device for $A" >&2; return 1
 }
+# The block device of namespace ${1:-1} of $NQN (by NSID: the kernel scans namespaces
+# in parallel, so nvmeXn1 may be any of them).
 fabrics_disk() {
     for i in $(seq 1 200); do
         for s in /sys/class/nvme-subsystem/nvme-subsys*; do
             [ "$(cat $s/subsysnqn 2>/dev/null)" = "$NQN" ] || continue
             for n in $s/nvme*n*; do
-                [ -b /dev/${n##*/} ] && { echo /dev/${n##*/}; return 0; }
+                d=${n##*/}
+                [ "$(cat /sys/block/$d/nsid 2>/dev/null)" = "${1:-1}" ] || continue
+                [ -b /dev/$d ] && { echo /dev/$d; return 0; }
             done
         done
         sleep 0.1
     done
-    echo "namespace of $NQN did not show up" >&2; return 1
+    echo "namespace ${1:-1} of $NQN did not show up" >&2; return 1
 }
+# The target serving the device as namespace 1; `write_target_config ram` adds a RAM
+# namespace 2 (the same path with no device behind it).
 write_target_config() {
     printf '%s\n' '[target]' 'reactors = 2' '[[listener]]' 'address = "127.0.0.1:4420"' \
         '[[subsystem]]' "nqn = \"$NQN\"" '[[subsystem.namespace]]' 'nsid = 1' \
         "vfio = \"$A\"" > /tmp/target.toml
+    if [ "${1:-}" = ram ]; then
+        printf '%s\n' '[[subsystem.namespace]]' 'nsid = 2' 'ram = "64MiB"' >> /tmp/target.toml
+    fi
 }
 "#;
 
@@ -140,7 +150,7 @@ grep -q "already bound to vfio-pci" /tmp/out && say "setup is idempotent"
 /test/hugepage-setup status
 ls /dev/vfio
 
-write_target_config
+write_target_config ram
 /test/lightpool-target --config /tmp/target.toml > /tmp/target.log 2>&1 &
 TPID=$!
 for i in $(seq 1 600); do
@@ -170,13 +180,30 @@ fio --name=mixed --filename=$DEV --ioengine=libaio --direct=1 --iodepth=8 --rw=r
     --bsrange=4k-256k --offset=64m --size=16m --verify=crc32c --verify_fatal=1 \
     --randrepeat=1 --output-format=terse --terse-version=3 > /tmp/fio.out
 say "fio mixed errors=$(cut -d';' -f5 /tmp/fio.out)"
+# The target's IOPS: the same 4 KiB random reads at QD 32 as the in-process driver's
+# below, from the kernel's NVMe/TCP initiator through the target to the device; then
+# the same against the RAM namespace, the most this initiator gets through the target.
+randread() {
+    fio --name=$1 --filename=$2 --ioengine=io_uring --direct=1 --rw=randread --bs=4k \
+        --iodepth=32 --runtime=8 --time_based --output-format=terse --terse-version=3 > /tmp/$1.out
+    cut -d';' -f8 /tmp/$1.out
+}
+say "target_iops=$(randread target $DEV)"
+say "target_ram_iops=$(randread ram $(fabrics_disk 2))"
 nvme disconnect -n $NQN
 kill -TERM $TPID; wait $TPID || true
 tail -n 5 /tmp/target.log
+# Requests whose data the VFIO driver had to copy through a buffer of its own (its
+# count, logged when the namespace closes): none, the target's buffers are its pool's.
+# The log has colour codes between a field's name and its value: dropped first.
+B=$(grep 'VFIO NVMe namespace closed' /tmp/target.log | tr -d '\033' | sed 's/\[[0-9;]*m//g' \
+    | grep -o 'bounced=[0-9]*' || true)
+say "target_bounced=${B#bounced=}"
 
 # The driver's IOPS in process, then the kernel's on the same device.
 /test/nvme_vfio_iops $A 32 8 2>&1 | tee /tmp/vfio.out
 say "vfio_iops=$(sed -n 's/^IOPS=//p' /tmp/vfio.out)"
+say "vfio_bounced=$(sed -n 's/^BOUNCED=//p' /tmp/vfio.out)"
 /test/hugepage-setup reset $A
 KDISK=$(pci_disk)
 say "back on nvme: $KDISK"
@@ -257,12 +284,23 @@ fn vfio_nvme_served_over_tcp_and_back_to_the_kernel() {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("{key} missing:\n{tail}"))
     };
+    // The target's request buffers come from the device's DMA pool: nothing it served
+    // was bounced; nor was anything of the in-process run, which reads into pool buffers.
+    assert_eq!(num("E2E: target_bounced="), 0.0, "{tail}");
+    assert_eq!(num("E2E: vfio_bounced="), 0.0, "{tail}");
     let vfio = num("E2E: vfio_iops=");
     let kernel = num("E2E: kernel_iops=");
+    let target = num("E2E: target_iops=");
+    let ram = num("E2E: target_ram_iops=");
     let line = format!(
         "4 KiB random reads, QD 32, 8 s, same emulated device, same boot (TCG): VFIO driver \
-         {vfio:.0} IOPS, kernel nvme driver (fio io_uring) {kernel:.0} IOPS, ratio {:.2}\n",
-        vfio / kernel
+         {vfio:.0} IOPS, kernel nvme driver (fio io_uring) {kernel:.0} IOPS, ratio {:.2}; \
+         lightpool-target serving it to the kernel NVMe/TCP initiator (fio io_uring) \
+         {target:.0} IOPS, {:.2} of the in-process driver's; a RAM namespace of the same \
+         target {ram:.0} IOPS, the device namespace {:.2} of that\n",
+        vfio / kernel,
+        target / vfio,
+        target / ram
     );
     eprint!("{line}");
     fs::write(dir.join("vfio-nvme-iops.txt"), line).expect("write");

@@ -12,8 +12,11 @@
 //!
 //! Data: requests whose buffer lies inside the process-wide DMA pool (registered with
 //! the VFIO container) go to the device as they are; any other buffer is bounced through
-//! a pool buffer (copied in before a write, out after a read). Requests larger than one
-//! pool buffer or the controller's MDTS are split into several commands.
+//! a pool buffer (copied in before a write, out after a read). The device offers that
+//! pool ([`Bdev::dma_pool`]) and the NVMe-oF target takes its request buffers from it,
+//! so what it serves never bounces; [`NvmeVfioBdev::bounced`] counts what did (logged
+//! when the namespace closes). Requests larger than one pool buffer or the controller's
+//! MDTS are split into several commands.
 //!
 //! Commands: Read, Write, Flush (only when the device has a volatile write cache; it is a
 //! no-op otherwise), Write Zeroes (emulated with writes of zeroes where ONCS lacks it),
@@ -24,6 +27,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,12 +104,6 @@ fn shared_pool(
     Ok(pool)
 }
 
-/// The process-wide DMA pool, once a VFIO device has been opened: the memory a target
-/// can hand to VFIO channels to avoid the bounce copy.
-pub fn vfio_dma_pool() -> Option<Arc<DmaPool>> {
-    POOL.lock().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
 /// [`Bdev::kind`] of NVMe namespaces driven through VFIO.
 pub const KIND: &str = "nvme-vfio";
 
@@ -134,6 +132,19 @@ struct Shared {
     write_zeroes: bool,
     deallocate: bool,
     flush: bool,
+    /// Commands whose data went through a bounce buffer (the caller's buffer was not
+    /// pool memory). Counted on the bounce path only.
+    bounced: AtomicU64,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        tracing::info!(
+            device = %self.info.name,
+            bounced = self.bounced.load(Ordering::Relaxed),
+            "VFIO NVMe namespace closed"
+        );
+    }
 }
 
 /// A namespace of an NVMe controller driven through VFIO.
@@ -287,8 +298,16 @@ impl NvmeVfioBdev {
                 pool,
                 chunk_blocks,
                 deallocate,
+                bounced: AtomicU64::new(0),
             }),
         }))
+    }
+
+    /// Commands whose data was copied through a bounce buffer because the caller's
+    /// buffer was not in the device's DMA pool ([`Bdev::dma_pool`]); zero when every
+    /// request came with pool memory.
+    pub fn bounced(&self) -> u64 {
+        self.shared.bounced.load(Ordering::Relaxed)
     }
 
     /// The controller, for tools and tests.
@@ -354,6 +373,11 @@ impl Bdev for NvmeVfioBdev {
 
     fn export_at_pause(&self) -> bool {
         true
+    }
+
+    /// The process-wide DMA pool: buffers from it reach the device as they are.
+    fn dma_pool(&self) -> Option<Arc<DmaPool>> {
+        Some(self.shared.pool.clone())
     }
 
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
@@ -641,6 +665,7 @@ impl NvmeVfioChannel {
                     Some(iova) => iova,
                     None => {
                         let b = d.pool.get().ok_or(())?;
+                        d.bounced.fetch_add(1, Ordering::Relaxed);
                         if r.op == IoOp::Write {
                             // SAFETY: the caller's buffer is valid for the request's
                             // length (submit contract) and `off + n` lies inside it; the

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lightpool_bdev::{
-    Adopter, Adoption, Bdev, BdevError, BdevInfo, Export, IoChannel, IoOp, IoRequest, IoStats,
-    IoStatus,
+    Adopter, Adoption, Bdev, BdevError, BdevInfo, DataRef, Export, IoChannel, IoOp, IoRequest,
+    IoStats, IoStatus,
 };
 use serde::{Deserialize, Serialize};
 
@@ -179,6 +179,32 @@ impl IoChannel for PassthruChannel {
         // SAFETY: the caller's contract for `req` is passed on unchanged: the same
         // buffer, valid until the same tag comes back from `poll`.
         unsafe { self.inner.submit(req) }
+    }
+
+    /// Passed on (and counted when served), so a pass-through over RAM keeps RAM's
+    /// reads by reference.
+    fn read_in_place(&mut self, offset_blocks: u64, num_blocks: u32) -> Option<DataRef> {
+        let r = self.inner.read_in_place(offset_blocks, num_blocks)?;
+        self.mine.count(&IoRequest::no_data(
+            IoOp::Read,
+            offset_blocks,
+            num_blocks,
+            0,
+        ));
+        Some(r)
+    }
+
+    fn write_in_place(&mut self, offset_blocks: u64, num_blocks: u32, data: &[u8]) -> bool {
+        let done = self.inner.write_in_place(offset_blocks, num_blocks, data);
+        if done {
+            self.mine.count(&IoRequest::no_data(
+                IoOp::Write,
+                offset_blocks,
+                num_blocks,
+                0,
+            ));
+        }
+        done
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {

@@ -23,8 +23,42 @@ fn passes_the_backend_checks() {
     check_flush(&*p);
     check_zeroes_and_deallocate(&*p);
     check_many_in_flight(&*p, 200);
+    // RAM's in-place I/O passes through.
+    assert_eq!(
+        check_served_in_place(&*p),
+        InPlace {
+            reads: true,
+            writes: true
+        }
+    );
     assert_eq!(p.info().name, "passthru:ram1");
     assert_eq!(p.kind(), "passthru");
+}
+
+/// I/O served in place by the device under it is counted as submitted I/O is, and the
+/// reference is the device's own memory.
+#[test]
+fn counts_what_is_served_in_place() {
+    let (ram, p) = over_ram();
+    let mut a = p.open_channel().expect("channel");
+    let data = pattern(512, 20, 3, 9);
+    assert!(a.write_in_place(20, 3, &data));
+    let r = a.read_in_place(20, 3).expect("RAM");
+    // SAFETY: channel `a` outlives the slice.
+    assert!(unsafe { r.as_slice() } == data.as_slice());
+    let mut raw = vec![0u8; data.len()];
+    ram.read_at(20 * 512, &mut raw).expect("in range");
+    assert_eq!(raw, data);
+    assert_eq!(
+        p.io_stats(),
+        Some(IoStats {
+            reads: 1,
+            writes: 1,
+            other: 0,
+            blocks_read: 3,
+            blocks_written: 3,
+        })
+    );
 }
 
 /// Counts are per request and per block, summed over live and closed channels.

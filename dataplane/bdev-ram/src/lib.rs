@@ -13,8 +13,8 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use lightpool_bdev::{
-    check_request, Adopter, Adoption, Bdev, BdevError, BdevInfo, DeviceMemory, Export, IoChannel,
-    IoOp, IoRequest, IoStatus,
+    check_request, Adopter, Adoption, Bdev, BdevError, BdevInfo, DataRef, Export, IoChannel, IoOp,
+    IoRequest, IoStatus,
 };
 use serde::{Deserialize, Serialize};
 
@@ -424,14 +424,12 @@ impl Bdev for MallocBdev {
         })
     }
 
-    fn memory(&self) -> Option<DeviceMemory> {
-        // SAFETY: the mapping is owned (through the Arc) by this device and unmapped
-        // only when the last holder drops it.
-        Some(unsafe { DeviceMemory::new(self.mem.ptr, self.mem.len) })
-    }
-
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
         Ok(Box::new(MallocChannel {
+            base: self.mem.ptr,
+            blocks: self.info.num_blocks,
+            shift: self.info.block_size.trailing_zeros(),
+            read_only: self.info.read_only,
             info: self.info.clone(),
             mem: self.mem.clone(),
             done: VecDeque::with_capacity(COMPLETION_RING),
@@ -440,6 +438,12 @@ impl Bdev for MallocBdev {
 }
 
 struct MallocChannel {
+    /// `mem`'s start, capacity in blocks, log2(block size) and whether writes are
+    /// refused, at hand for I/O in place.
+    base: NonNull<u8>,
+    blocks: u64,
+    shift: u32,
+    read_only: bool,
     info: BdevInfo,
     mem: Arc<Mapping>,
     /// Completions not yet handed to `poll`.
@@ -447,6 +451,20 @@ struct MallocChannel {
 }
 
 impl MallocChannel {
+    /// The byte range of `num_blocks` blocks at `offset_blocks`, when they lie on the
+    /// device.
+    #[inline]
+    fn bytes(&self, offset_blocks: u64, num_blocks: u32) -> Option<(usize, usize)> {
+        let end = offset_blocks.checked_add(u64::from(num_blocks))?;
+        // The device (the mapping) fits in the address space, so its offsets in usize.
+        (end <= self.blocks).then(|| {
+            (
+                (offset_blocks << self.shift) as usize,
+                (num_blocks as usize) << self.shift,
+            )
+        })
+    }
+
     /// # Safety
     /// As [`IoChannel::submit`]: the buffer of a Read/Write is valid for `req.len` bytes.
     unsafe fn execute(&self, req: &IoRequest) -> IoStatus {
@@ -475,6 +493,37 @@ impl IoChannel for MallocChannel {
         // SAFETY: forwarded from our caller's contract on `req.buf`.
         let status = unsafe { self.execute(&req) };
         self.done.push_back((req.tag, status));
+    }
+
+    /// Every read: the device's bytes are in this process's memory.
+    fn read_in_place(&mut self, offset_blocks: u64, num_blocks: u32) -> Option<DataRef> {
+        // Out of range: submitted, and refused there.
+        let (off, len) = self.bytes(offset_blocks, num_blocks)?;
+        // SAFETY: the range lies inside the mapping (`bytes` checked it against the
+        // device size, which is the mapping's), so `base + off` is inside it and not
+        // null; this channel holds the mapping (an Arc), so it stays mapped while the
+        // channel lives.
+        Some(unsafe { DataRef::new(NonNull::new_unchecked(self.base.as_ptr().add(off)), len) })
+    }
+
+    /// Every write (a read-only device's, or one out of range, is submitted and
+    /// refused there): copied into the mapping now.
+    fn write_in_place(&mut self, offset_blocks: u64, num_blocks: u32, data: &[u8]) -> bool {
+        if self.read_only {
+            return false;
+        }
+        match self.bytes(offset_blocks, num_blocks) {
+            Some((off, len)) if len == data.len() => {
+                // SAFETY: the range lies inside the mapping (checked by `bytes`), which
+                // this channel holds; `data` is a live slice of `len` bytes, the
+                // caller's, not the device's, so the two do not overlap.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.as_ptr().add(off), len)
+                };
+                true
+            }
+            _ => false,
+        }
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {

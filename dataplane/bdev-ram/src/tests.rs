@@ -47,6 +47,25 @@ fn many_in_flight() {
     check_many_in_flight(&*dev(512), 256);
 }
 
+/// RAM serves every read by reference to its own memory and takes every write in place.
+#[test]
+fn reads_by_reference_and_writes_in_place() {
+    let both = InPlace {
+        reads: true,
+        writes: true,
+    };
+    assert_eq!(check_served_in_place(&*dev(512)), both);
+    assert_eq!(check_served_in_place(&*dev(4096)), both);
+    // The reference is the device's memory: another channel's write shows through it.
+    let d = dev(4096);
+    let mut a = d.open_channel().unwrap();
+    let mut b = d.open_channel().unwrap();
+    let r = a.read_in_place(3, 1).expect("offered");
+    assert!(b.write_in_place(3, 1, &[0x5a; 4096]));
+    // SAFETY: channel `a` is alive for the whole use of the slice.
+    assert!(unsafe { r.as_slice() }.iter().all(|&x| x == 0x5a));
+}
+
 #[test]
 fn completion_comes_from_poll_never_from_submit() {
     let d = dev(512);
@@ -234,9 +253,12 @@ fn huge_pages() {
     assert_eq!(&got[b..], &data[b..], "blocks after the range changed");
 
     // The successor maps the same pages.
-    let mem = d.memory().expect("RAM has memory");
-    // SAFETY: `d` is alive for the whole use of the slice.
-    let view = unsafe { mem.slice(0, 4096) }.unwrap().to_vec();
+    let view = {
+        let mut ch = d.open_channel().unwrap();
+        let r = ch.read_in_place(0, 8).expect("RAM reads in place");
+        // SAFETY: the channel is alive for the whole use of the slice.
+        unsafe { r.as_slice() }.to_vec()
+    };
     let fd = d.memfd().try_clone_to_owned().unwrap();
     let d2 = MallocBdev::from_memfd("huge", fd, 512).unwrap();
     let mut back = vec![0u8; 4096];

@@ -6,6 +6,14 @@
 //! returns at once, [`IoChannel::poll`] reaps what has finished. Nothing on that path takes
 //! a lock or allocates once the channel is warm.
 //!
+//! A channel whose data lives in this process's memory may also serve an I/O in place,
+//! completed at once: a read by reference to its own bytes ([`IoChannel::read_in_place`],
+//! sent from there with no buffer and no copy) and a write copied straight in from the
+//! caller's bytes ([`IoChannel::write_in_place`], the transport's receive buffer). The
+//! caller asks first and submits when the channel declines: one path, whatever the
+//! device. A device that reaches only some memory without copying (DMA) names it
+//! ([`Bdev::dma_pool`]) so that request buffers come from there.
+//!
 //! This crate is the interface only: what the NVMe-oF core and every stacked device
 //! (pools, volumes, RAID, the remote device of migration) depend on. Backends are
 //! crates of their own: `lightpool-bdev-ram` (RAM), `lightpool-bdev-uring` (a file or
@@ -204,27 +212,29 @@ pub enum BdevError {
     Setup(#[source] std::io::Error),
 }
 
-/// The bytes of a device that lives in this process's memory (RAM), addressable
-/// directly: the target serves reads by reference to it (the socket copies straight
-/// from it, no intermediate buffer) and copies writes into it without a channel round
-/// trip. Valid for as long as the [`Bdev`] that returned it is alive.
+/// Bytes of a device's own memory lent by reference ([`IoChannel::read_in_place`]): the
+/// caller sends them from where they are (a socket copies straight from them) instead of
+/// reading them into a buffer first.
+///
+/// Valid for as long as the channel that returned it lives: a device keeps the memory
+/// mapped while any of its channels is open, and a device stacked on another passes on
+/// the other's reference, valid while its own channel (which holds the other's) lives.
 #[derive(Debug, Clone, Copy)]
-pub struct DeviceMemory {
+pub struct DataRef {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
 }
 
-// SAFETY: a view of a mapping that the owning Bdev (Send + Sync) keeps alive; users go
-// through the unsafe accessors below, whose contracts bound every access.
-unsafe impl Send for DeviceMemory {}
-// SAFETY: as for Send.
-unsafe impl Sync for DeviceMemory {}
+// SAFETY: a view of memory that the device behind the channel keeps mapped; it is read
+// only through `as_slice`, whose contract bounds the access in time.
+unsafe impl Send for DataRef {}
 
-impl DeviceMemory {
+impl DataRef {
     /// # Safety
-    /// `ptr..ptr+len` is a mapping that stays valid while the device lives.
-    pub unsafe fn new(ptr: std::ptr::NonNull<u8>, len: usize) -> DeviceMemory {
-        DeviceMemory { ptr, len }
+    /// `ptr..ptr+len` is mapped memory that stays mapped for as long as the channel
+    /// returning this reference lives.
+    pub unsafe fn new(ptr: std::ptr::NonNull<u8>, len: usize) -> DataRef {
+        DataRef { ptr, len }
     }
 
     pub fn len(&self) -> usize {
@@ -235,42 +245,18 @@ impl DeviceMemory {
         self.len == 0
     }
 
-    /// The device's bytes at `offset..offset+len`, or `None` past the end.
+    /// The bytes.
     ///
     /// # Safety
-    /// The device must outlive the slice. Other channels (other reactors, or a write on
-    /// this one once the slice is no longer used) may change those bytes: as on a disk,
-    /// concurrent I/O to the same blocks is the host's race, and the caller must only
-    /// copy the bytes out (send them), never rely on them staying the same.
-    pub unsafe fn slice(&self, offset: usize, len: usize) -> Option<&[u8]> {
-        let end = offset.checked_add(len)?;
-        if end > self.len {
-            return None;
-        }
-        // SAFETY: inside the mapping (checked above), alive by the caller's contract.
-        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(offset), len) })
-    }
-
-    /// Copies `src` onto the device at `offset`; false (nothing written) past the end.
-    ///
-    /// # Safety
-    /// The device must be alive, and `src` must not lie in its memory.
-    pub unsafe fn write(&self, offset: usize, src: &[u8]) -> bool {
-        match offset.checked_add(src.len()) {
-            Some(end) if end <= self.len => {
-                // SAFETY: inside the mapping (checked above); `src` is a live slice
-                // outside it by the caller's contract.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        src.as_ptr(),
-                        self.ptr.as_ptr().add(offset),
-                        src.len(),
-                    )
-                };
-                true
-            }
-            _ => false,
-        }
+    /// The channel that returned this reference must outlive the slice. Other channels
+    /// (other reactors, or a write on this one once the slice is no longer used) may
+    /// change those bytes: as on a disk, concurrent I/O to the same blocks is the host's
+    /// race, and the caller must only copy the bytes out (send them), never rely on them
+    /// staying the same.
+    pub unsafe fn as_slice<'a>(&self) -> &'a [u8] {
+        // SAFETY: mapped for `len` bytes while the channel lives (constructor's
+        // contract), which the caller guarantees for 'a.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
@@ -280,9 +266,14 @@ pub trait Bdev: Send + Sync {
     /// What kind of device this is ("ram", "uring", "nvme-vfio", ...): the key of the
     /// [`Adopter`] that rebuilds it after a hot upgrade, and what listings show.
     fn kind(&self) -> &'static str;
-    /// The device's memory, when it is RAM in this process (see [`DeviceMemory`]).
-    fn memory(&self) -> Option<DeviceMemory> {
-        None
+    /// Memory the device reads and writes without copying, when not any page-aligned
+    /// memory will do: a VFIO NVMe device's DMA pool, registered with its IOMMU (an RDMA
+    /// device's registered pool, later). A target that takes its request buffers from
+    /// it spares the device a bounce copy per request. By default, the first such pool
+    /// of the devices this one is stacked on (a device that passes buffers down as they
+    /// are); `None` when there is none. Control path only.
+    fn dma_pool(&self) -> Option<std::sync::Arc<lightpool_dma::DmaPool>> {
+        self.children().iter().find_map(|c| c.dma_pool())
     }
     /// The block devices this one is stacked on (a pool's members, a volume's pool),
     /// in the order [`Adopter::adopt`] gets them back. Empty for a device over hardware,
@@ -331,6 +322,26 @@ pub trait IoChannel {
     ///
     /// [`poll`]: IoChannel::poll
     unsafe fn submit(&mut self, req: IoRequest);
+    /// A read served by reference, completed now: the device's own bytes for
+    /// `num_blocks` blocks at `offset_blocks`, which the caller sends from where they
+    /// are (no buffer, no copy, no completion to poll for). `None` when the device does
+    /// not serve this read that way: its data is not in this process's memory, or not
+    /// these blocks, or it would refuse the read (out of range); the caller then submits
+    /// it, and the submitted request says how it ends.
+    ///
+    /// A device stacked on another passes the call on, translating the range, when its
+    /// blocks lie in one piece of the other; RAM offers it; devices behind DMA do not.
+    fn read_in_place(&mut self, _offset_blocks: u64, _num_blocks: u32) -> Option<DataRef> {
+        None
+    }
+    /// A write copied straight onto the device from `data` (the transport's receive
+    /// buffer, say) and completed now: `data` is `num_blocks` blocks for
+    /// `offset_blocks`, and is only read during the call. `false` when the device does
+    /// not take this write that way (as for [`IoChannel::read_in_place`]): nothing was
+    /// written, and the caller puts the data in a request buffer and submits it.
+    fn write_in_place(&mut self, _offset_blocks: u64, _num_blocks: u32, _data: &[u8]) -> bool {
+        false
+    }
     /// Hand every finished request to `done` (tag, status); returns how many.
     ///
     /// Call it every reactor iteration while the channel is in use: a poll with nothing

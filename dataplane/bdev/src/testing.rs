@@ -282,3 +282,57 @@ pub fn check_many_in_flight(bdev: &dyn Bdev, count: usize) {
         );
     }
 }
+
+/// What a channel serves in place ([`IoChannel::read_in_place`],
+/// [`IoChannel::write_in_place`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InPlace {
+    pub reads: bool,
+    pub writes: bool,
+}
+
+/// A device that serves I/O in place serves the same bytes as through `submit`, both
+/// ways, and leaves to `submit` what a submitted request would be refused; one that
+/// declines is left to `submit` altogether. Returns what it serves in place.
+pub fn check_served_in_place(bdev: &dyn Bdev) -> InPlace {
+    let info = bdev.info().clone();
+    let bs = info.block_size;
+    let nb = info.num_blocks;
+    let mut ch = bdev.open_channel().unwrap();
+    let ch = ch.as_mut();
+    let (lba, n) = (nb / 2 + 3, 5);
+    let data = pattern(bs, lba, n, 0x11);
+    assert_eq!(write(ch, bs, lba, &data), IoStatus::Success);
+    let reads = match ch.read_in_place(lba, n) {
+        None => false,
+        Some(r) => {
+            assert_eq!(r.len(), data.len());
+            // SAFETY: the channel outlives the slice.
+            assert!(unsafe { r.as_slice() } == data.as_slice(), "read in place");
+            // What a submitted read would be refused is not served in place.
+            assert!(ch.read_in_place(nb, 1).is_none());
+            assert!(ch.read_in_place(nb - 1, 2).is_none());
+            assert!(ch.read_in_place(u64::MAX, 2).is_none());
+            true
+        }
+    };
+    let newer = pattern(bs, lba, n, 0x22);
+    let writes = ch.write_in_place(lba, n, &newer);
+    if writes {
+        let (st, buf) = read(ch, bs, lba, n);
+        assert_eq!(st, IoStatus::Success);
+        assert!(buf.as_slice() == newer.as_slice(), "written in place");
+        assert!(!ch.write_in_place(nb - 1, 2, &newer[..2 * bs as usize]));
+        // The data must be exactly the blocks named.
+        assert!(!ch.write_in_place(lba, 2, &newer[..bs as usize]));
+        let (_, buf) = read(ch, bs, lba, n);
+        assert!(buf.as_slice() == newer.as_slice(), "a refused write wrote");
+    } else {
+        let (_, buf) = read(ch, bs, lba, n);
+        assert!(buf.as_slice() == data.as_slice(), "a declined write wrote");
+    }
+    // Nothing in place leaves a completion behind.
+    ch.poll(&mut |tag, _| panic!("completion for tag {tag} after in-place I/O"));
+    assert_eq!(ch.in_flight(), 0);
+    InPlace { reads, writes }
+}

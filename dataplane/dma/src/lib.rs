@@ -12,8 +12,12 @@
 //!   I/O path touches the shared free list only once per batch.
 //!
 //! Without hugepages, or without a mapper, the same pool works for the socket and
-//! io_uring paths (they need page-aligned memory, not IOVAs); the first pool that falls
-//! back says so once, with the reason, at start-up.
+//! io_uring paths (they need page-aligned memory, not IOVAs): the NVMe-oF target takes
+//! its request buffers from such a pool when no device offers one. The first device
+//! pool that falls back to ordinary memory says so once, with the reason, at start-up.
+//!
+//! A buffer knows its [`Registration`] (IOVA today; RDMA keys later), so whoever
+//! hands it to a device or a fabric needs no lookup.
 
 mod hugetlbfs;
 mod memory;
@@ -21,7 +25,7 @@ mod pool;
 
 pub use hugetlbfs::{find_hugetlbfs, parse_mounts, HugetlbfsMount};
 pub use memory::{Backing, DmaMemory, HugePages};
-pub use pool::{DmaBuf, DmaPool, PoolOptions};
+pub use pool::{DmaBuf, DmaPool, PoolOptions, Registration};
 
 /// Makes memory reachable by devices: for VFIO, an entry in the container's IOMMU
 /// domain (`VFIO_IOMMU_MAP_DMA`, which also pins the pages).

@@ -319,7 +319,9 @@ type Mapped = (MmapMut, Option<File>, Backing);
 fn anonymous(len: usize, reason: String, shareable: bool) -> Result<Mapped, DmaError> {
     let page = 4096;
     let len = len.div_ceil(page) * page;
-    if !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
+    // Memory no device reaches (buffers for sockets and io_uring) loses little on
+    // ordinary pages: only device memory is worth a warning.
+    if shareable && !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
         tracing::warn!(
             "DMA memory: using ordinary memory, not hugepages ({reason}); fine for the socket \
              and io_uring paths, slower for VFIO devices (run hugepage-setup to reserve pages)"

@@ -61,6 +61,17 @@ impl std::fmt::Debug for DmaPool {
     }
 }
 
+/// How devices and fabrics reach a buffer without copying it: today its IOVA in the
+/// IOMMU domain of the pool's mapper (VFIO). A pool registered with an RDMA protection
+/// domain will add its memory region's keys here, so a transport or a block device
+/// takes a buffer's registration from the buffer and never looks it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Registration {
+    /// The device address of the buffer's first byte (IOVA-contiguous for the buffer's
+    /// length), when the pool is registered with a mapper.
+    pub iova: Option<u64>,
+}
+
 /// One buffer of a [`DmaPool`]. Return it with [`DmaPool::put`]; one that is dropped
 /// instead is lost to the pool (never freed memory: the pool owns it).
 #[derive(Debug)]
@@ -95,6 +106,11 @@ impl DmaBuf {
     /// bytes), when the pool is registered with a mapper.
     pub fn iova(&self) -> Option<u64> {
         self.iova
+    }
+
+    /// What devices and fabrics reach the buffer by (see [`Registration`]).
+    pub fn registration(&self) -> Registration {
+        Registration { iova: self.iova }
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -133,7 +149,7 @@ impl Drop for Caches {
 }
 
 thread_local! {
-    static CACHES: RefCell<Caches> = RefCell::new(Caches::default());
+    static CACHES: RefCell<Caches> = const { RefCell::new(Caches(Vec::new())) };
 }
 
 impl DmaPool {

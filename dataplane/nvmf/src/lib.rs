@@ -4,12 +4,19 @@
 //! command capsules; [`queue::NvmfQueue`] is the one dispatch point (no controller yet ->
 //! Connect; qid 0 -> admin; else I/O) and owns the per-queue request slab. Subsystems,
 //! namespaces, controllers, discovery and ANA live here; nothing here knows about sockets.
+//!
+//! Modules depend one way: `region` knows only records; the live objects (`target`,
+//! `subsystem`, `ctrlr`, `queue`) each write their own records (their `record`
+//! modules); `restore` (reading a region back, rebuilding objects from it, the state
+//! a hot upgrade carries) sits above them and nothing below uses it; `transport` is
+//! the seam transports implement.
 
 pub mod buf;
 pub mod ctrlr;
+pub mod listener;
 pub mod queue;
 pub mod region;
-pub mod state;
+pub mod restore;
 pub mod subsystem;
 pub mod target;
 pub mod transport;
@@ -35,4 +42,10 @@ pub enum NvmfError {
     NoSuchNamespace { nqn: String, nsid: u32 },
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<region::RegionError> for NvmfError {
+    fn from(e: region::RegionError) -> Self {
+        NvmfError::Invalid(e.to_string())
+    }
 }

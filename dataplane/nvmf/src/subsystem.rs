@@ -1,6 +1,10 @@
 //! Subsystems and namespaces: what a host sees, configured so that two nodes can present
 //! the same subsystem (serial, model, NSIDs, NGUIDs, UUIDs, ANA group IDs, cntlid range).
 
+mod record;
+
+pub(crate) use record::{record_subsystem, SubsysShm};
+
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -69,9 +73,6 @@ pub struct Namespace {
     pub nguid: [u8; 16],
     pub uuid: [u8; 16],
     pub anagrpid: u32,
-    /// The device's memory when it is RAM in this process: reads are sent from it by
-    /// reference and writes copied into it at once, with no channel in between.
-    pub mem: Option<lightpool_bdev::DeviceMemory>,
 }
 
 /// One ANA group: its state is what every namespace in it reports.
@@ -113,7 +114,7 @@ pub struct Subsystem {
     ana_chgcnt: AtomicU64,
     controllers: Mutex<Controllers>,
     /// Its records in the state region, if the target has one (locked while written).
-    pub(crate) shm: Mutex<Option<crate::region::objects::SubsysShm>>,
+    pub(crate) shm: Mutex<Option<SubsysShm>>,
 }
 
 struct Controllers {
@@ -218,7 +219,6 @@ impl Subsystem {
                 nguid: ns.nguid.unwrap_or_else(|| derive_id(&nqn, ns.nsid, 0)),
                 uuid: ns.uuid.unwrap_or_else(|| derive_id(&nqn, ns.nsid, 1)),
                 anagrpid,
-                mem: ns.bdev.memory(),
             }));
         }
         namespaces.sort_by_key(|n| n.nsid);

@@ -1,13 +1,24 @@
 //! The target: every subsystem and listener this process serves.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+mod record;
 
+pub use record::region_params;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use lightpool_dma::DmaPool;
+
+use crate::buf::BufSource;
 use crate::region::Region;
 
+use crate::listener::ListenerInfo;
 use crate::subsystem::{Subsystem, SubsystemConfig};
-use crate::transport::ListenerInfo;
 use crate::NvmfError;
+
+/// Request slots a queue has before Connect says how deep it is (enough for the
+/// Connect itself and a few commands behind it).
+pub const PRECONNECT_SLOTS: usize = 4;
 
 /// Limits and identity that apply to every controller.
 #[derive(Debug, Clone)]
@@ -88,6 +99,9 @@ pub struct Target {
     genctr: AtomicU64,
     /// The state region everything is recorded in, once attached.
     region: OnceLock<Arc<Region>>,
+    /// Where new queues take their request buffers from; `None` until the first queue
+    /// or a device's pool (see [`Target::buffers`]).
+    buffers: Mutex<Option<Arc<BufSource>>>,
 }
 
 impl Target {
@@ -100,11 +114,34 @@ impl Target {
             listeners: RwLock::new(Vec::new()),
             genctr: AtomicU64::new(1),
             region: OnceLock::new(),
+            buffers: Mutex::new(None),
         }))
+    }
+
+    /// Take request buffers from `pool` (a device's DMA pool, which the device then
+    /// reads and writes without a bounce copy) in every queue made from now on; queues
+    /// that exist keep the buffers they have. Control path only.
+    pub fn use_buffer_pool(&self, pool: Arc<DmaPool>) {
+        let mut b = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        if b.as_ref().is_some_and(|s| s.is_pool(&pool)) {
+            return;
+        }
+        tracing::info!(?pool, "request buffers come from a device's DMA pool");
+        *b = Some(BufSource::new(pool));
+    }
+
+    /// Where a new queue takes its request buffers from: the pool given to
+    /// [`Target::use_buffer_pool`], else the target's own pool of page-aligned buffers,
+    /// made on the first call. Queue creation only, never the I/O path.
+    pub fn buffers(&self) -> Arc<BufSource> {
+        let mut b = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        b.get_or_insert_with(|| BufSource::page_aligned(self.opts.max_transfer_size as usize))
+            .clone()
     }
 
     pub fn add_subsystem(&self, cfg: SubsystemConfig) -> Result<Arc<Subsystem>, NvmfError> {
         let s = Subsystem::new(cfg)?;
+        self.take_device_pools(&s);
         let mut subs = self.subsystems.write().expect("subsystem lock poisoned");
         if subs.iter().any(|x| x.nqn == s.nqn) {
             return Err(NvmfError::DuplicateSubsystem(s.nqn.clone()));
@@ -112,7 +149,7 @@ impl Target {
         subs.push(s.clone());
         drop(subs);
         if let Some(r) = self.region() {
-            crate::region::objects::record_subsystem(r, &s)?;
+            crate::subsystem::record_subsystem(r, &s)?;
         }
         self.discovery_changed();
         Ok(s)
@@ -124,12 +161,21 @@ impl Target {
         cfg: SubsystemConfig,
     ) -> Result<Arc<Subsystem>, NvmfError> {
         let s = Subsystem::new(cfg)?;
+        self.take_device_pools(&s);
         let mut subs = self.subsystems.write().expect("subsystem lock poisoned");
         if subs.iter().any(|x| x.nqn == s.nqn) {
             return Err(NvmfError::DuplicateSubsystem(s.nqn.clone()));
         }
         subs.push(s.clone());
         Ok(s)
+    }
+
+    /// Request buffers from a namespace's device's DMA pool, when one offers it (see
+    /// [`Target::use_buffer_pool`]).
+    fn take_device_pools(&self, s: &Subsystem) {
+        if let Some(pool) = s.namespaces().iter().find_map(|n| n.bdev.dma_pool()) {
+            self.use_buffer_pool(pool);
+        }
     }
 
     pub(crate) fn add_listener_quiet(&self, l: ListenerInfo) {
@@ -169,7 +215,7 @@ impl Target {
 
     pub fn add_listener(&self, l: ListenerInfo) {
         if let Some(r) = self.region() {
-            if let Err(e) = crate::region::objects::record_listener(r, &l) {
+            if let Err(e) = record::record_listener(r, &l) {
                 tracing::error!(error = %e, "listener not recorded in the state region");
             }
         }
@@ -188,12 +234,12 @@ impl Target {
     /// Record this target in a fresh region (owned by this process): every listener
     /// and subsystem it has; what is created from now on is recorded as it is created.
     pub fn attach_region(&self, region: Arc<Region>) -> Result<(), NvmfError> {
-        crate::region::objects::check_options(&region, &self.opts)?;
+        record::check_options(&region, &self.opts)?;
         for l in self.listeners() {
-            crate::region::objects::record_listener(&region, &l)?;
+            record::record_listener(&region, &l)?;
         }
         for s in self.subsystems() {
-            crate::region::objects::record_subsystem(&region, &s)?;
+            crate::subsystem::record_subsystem(&region, &s)?;
         }
         region.set_discovery_genctr(self.discovery_genctr());
         self.region
@@ -202,7 +248,7 @@ impl Target {
     }
 
     /// Adoption: use the records of `region` this target was rebuilt from (see
-    /// `region::objects::bind`), without writing anything.
+    /// `restore::bind`), without writing anything.
     pub(crate) fn set_region(&self, region: Arc<Region>) -> Result<(), NvmfError> {
         self.region
             .set(region)

@@ -4,48 +4,7 @@
 //! connections, hand over) and a [`TransportKind`] makes and adopts it; the daemon wires
 //! the kinds it links by the name configuration gives.
 
-use lightpool_spec::log::{adrfam, trtype};
-
-/// An address a transport listens on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenAddr {
-    pub trtype: u8,
-    pub adrfam: u8,
-    pub traddr: String,
-    pub trsvcid: String,
-}
-
-impl ListenAddr {
-    /// `traddr:trsvcid`, with brackets around an IPv6 address: what a transport's
-    /// [`Transport::add_listener`] takes back.
-    pub fn to_addr_string(&self) -> String {
-        if self.adrfam == adrfam::IPV6 {
-            format!("[{}]:{}", self.traddr, self.trsvcid)
-        } else {
-            format!("{}:{}", self.traddr, self.trsvcid)
-        }
-    }
-
-    pub fn tcp(addr: std::net::SocketAddr) -> ListenAddr {
-        ListenAddr {
-            trtype: trtype::TCP,
-            adrfam: if addr.is_ipv4() {
-                adrfam::IPV4
-            } else {
-                adrfam::IPV6
-            },
-            traddr: addr.ip().to_string(),
-            trsvcid: addr.port().to_string(),
-        }
-    }
-}
-
-/// A listener as the discovery log lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerInfo {
-    pub addr: ListenAddr,
-    pub portid: u16,
-}
+pub use crate::listener::{ListenAddr, ListenerInfo};
 
 /// Errors of a transport's control operations (never the I/O path).
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +120,7 @@ pub trait TransportKind: Send + Sync {
         &self,
         ctx: TransportContext,
         region: std::sync::Arc<crate::region::Region>,
-        image: std::sync::Arc<crate::region::objects::RegionImage>,
+        image: std::sync::Arc<crate::restore::RegionImage>,
         state: &[u8],
         fds: &mut [Option<std::os::fd::OwnedFd>],
     ) -> Result<(std::sync::Arc<dyn Transport>, Adopted), TransportError>;

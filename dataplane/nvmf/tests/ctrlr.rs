@@ -99,17 +99,16 @@ fn connect(
     subnqn: &str,
     host: &str,
 ) -> (NvmfQueue<()>, Cqe) {
-    let mut q = NvmfQueue::new(t.clone());
+    let mut q = NvmfQueue::new(t.clone(), 0);
     let data = ConnectData::new([9; 16], cntlid, subnqn, host).to_bytes();
     let (cqe, _) = run(&mut q, connect_sqe(qid, 5000), &data);
     (q, cqe)
 }
 
-fn admin(t: &Arc<Target>) -> (NvmfQueue<()>, u16) {
-    let (mut q, cqe) = connect(t, 0, CNTLID_DYNAMIC, NQN, HOST);
-    assert!(cqe.status.is_success(), "{}", cqe.status);
+/// Sets CC.EN (with the usual queue entry sizes) on an admin queue.
+fn enable(q: &mut NvmfQueue<()>) {
     let (c, _) = run(
-        &mut q,
+        q,
         PropertyCommand {
             size8: false,
             offset: reg::CC,
@@ -118,7 +117,13 @@ fn admin(t: &Arc<Target>) -> (NvmfQueue<()>, u16) {
         .to_set_sqe(2),
         &[],
     );
-    assert!(c.status.is_success());
+    assert!(c.status.is_success(), "{}", c.status);
+}
+
+fn admin(t: &Arc<Target>) -> (NvmfQueue<()>, u16) {
+    let (mut q, cqe) = connect(t, 0, CNTLID_DYNAMIC, NQN, HOST);
+    assert!(cqe.status.is_success(), "{}", cqe.status);
+    enable(&mut q);
     (q, cqe.dw0 as u16)
 }
 
@@ -230,7 +235,7 @@ fn empty_host_nqn_as_spdk_sends_it() {
         data[16..18].copy_from_slice(&cntlid.to_le_bytes());
         data[256..256 + NQN.len()].copy_from_slice(NQN.as_bytes());
         // Bytes 512..768 (HOSTNQN) stay zero: an empty string.
-        let mut q = NvmfQueue::new(t.clone());
+        let mut q = NvmfQueue::new(t.clone(), 0);
         let (cqe, _) = run(&mut q, connect_sqe(qid, 10_000), &data);
         (q, cqe)
     };
@@ -238,17 +243,7 @@ fn empty_host_nqn_as_spdk_sends_it() {
     let (mut q, c) = spdk_connect(&open, 0, CNTLID_DYNAMIC);
     assert!(c.status.is_success(), "{}", c.status);
     let cntlid = c.dw0 as u16;
-    let (c, _) = run(
-        &mut q,
-        PropertyCommand {
-            size8: false,
-            offset: reg::CC,
-            value: 0x0046_0001,
-        }
-        .to_set_sqe(2),
-        &[],
-    );
-    assert!(c.status.is_success());
+    enable(&mut q);
     assert_eq!(q.controller().expect("connected").hostnqn, "");
     let (_io, c) = spdk_connect(&open, 1, cntlid);
     assert!(c.status.is_success(), "I/O queue: {}", c.status);

@@ -122,13 +122,14 @@ impl TxBuffers for Slots<'_> {
 }
 
 impl<S: Stream> Conn<S> {
-    pub fn new(s: S, target: std::sync::Arc<Target>, peer: String) -> Conn<S> {
+    /// A connection owned by reactor `reactor`.
+    pub fn new(s: S, target: std::sync::Arc<Target>, peer: String, reactor: usize) -> Conn<S> {
         let in_capsule_max = target.opts.in_capsule_data_size;
         Conn {
             rx: Receiver::new(rx_config(in_capsule_max)),
             c: Core {
                 s,
-                q: NvmfQueue::new(target),
+                q: NvmfQueue::new(target, reactor),
                 tx: TxQueue::new(256),
                 p: Params::default(),
                 phase: Phase::Active,

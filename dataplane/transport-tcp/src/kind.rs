@@ -6,8 +6,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lightpool_nvmf::region::objects::RegionImage;
 use lightpool_nvmf::region::Region;
+use lightpool_nvmf::restore::RegionImage;
 use lightpool_nvmf::{
     Adopted, ConnectionInfo, ListenAddr, Transport, TransportContext, TransportError,
     TransportExport, TransportKind,

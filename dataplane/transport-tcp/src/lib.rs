@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lightpool_nvmf::region::objects::RegionImage;
 use lightpool_nvmf::region::Region;
+use lightpool_nvmf::restore::RegionImage;
 use lightpool_nvmf::{ListenAddr, ListenerInfo, Target};
 use lightpool_reactor::{Ctx, Interest, PollStatus, Poller, ReactorHandle};
 
@@ -448,7 +448,15 @@ impl TcpTransport {
                 let now = Instant::now();
                 let mut res = Ok(());
                 for (stream, snap) in conns {
-                    match Conn::import(stream, target.clone(), &region, &image, &snap, now) {
+                    match Conn::import(
+                        stream,
+                        target.clone(),
+                        &region,
+                        &image,
+                        &snap,
+                        now,
+                        ctx.id(),
+                    ) {
                         Ok(conn) => add_conn(ctx, conn, true),
                         Err(e) => res = Err(e.to_string()),
                     }
@@ -595,7 +603,8 @@ impl Acceptor {
                     let target = self.target.clone();
                     tracing::debug!(%peer, reactor = r.id(), "connection accepted");
                     let res = r.send(move |ctx: &mut Ctx| {
-                        add_conn(ctx, Conn::new(stream, target, peer.to_string()), false)
+                        let id = ctx.id();
+                        add_conn(ctx, Conn::new(stream, target, peer.to_string(), id), false)
                     });
                     if let Err(e) = res {
                         tracing::error!(%peer, error = %e, "cannot hand a connection to its reactor");

@@ -47,7 +47,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use lightpool_nvmf::region::objects;
 use lightpool_nvmf::region::{Blob, Region};
 use serde::{Deserialize, Serialize};
 
@@ -107,7 +106,7 @@ pub fn create_region(
     state_dir: Option<&std::path::Path>,
     layout: u32,
 ) -> Result<Arc<Region>> {
-    let (sizes, ropts) = objects::region_params(opts);
+    let (sizes, ropts) = lightpool_nvmf::target::region_params(opts);
     let file = match state_dir {
         Some(dir) => {
             // A fresh file, renamed over the old one only once laid out.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use lightpool_nvmf::region::objects;
 use lightpool_nvmf::region::{Blob, Region, RegionError};
+use lightpool_nvmf::restore;
 use lightpool_nvmf::{Adopted, Target, TransportContext};
 
 use crate::fdpass::{read_line, recv_with_fds};
@@ -133,8 +133,8 @@ fn prepare_target(
     let boot = read_boot(&region)?;
     // Once in full, so the pages the pause reads are mapped already (the result may be
     // stale or caught mid-write: it is read again inside the pause).
-    let _ = objects::read_image(&region, true);
-    let image = objects::read_image(&region, false)?;
+    let _ = restore::read_image(&region, true);
+    let image = restore::read_image(&region, false)?;
     let mut devs = Devices::new();
     let early: Vec<_> = boot
         .devices
@@ -321,7 +321,7 @@ fn adopt(
     if early.boot.cores != p.cores || early.boot.idle_spin_us != p.spin {
         bail!("the reactors changed between REACTORS and HELLO");
     }
-    let image = objects::read_image(&region, true)?;
+    let image = restore::read_image(&region, true)?;
     let nqns: Vec<&String> = image.target.subsystems.iter().map(|s| &s.nqn).collect();
     if nqns != early.nqns.iter().collect::<Vec<_>>() {
         bail!("the running target's subsystems changed while this binary prepared");
@@ -333,7 +333,7 @@ fn adopt(
     }
     let target = early.target;
     let ctrlrs = target.import_live(&image.with_controllers())?;
-    objects::bind(&target, &region, &image)?;
+    restore::bind(&target, &region, &image)?;
     let t_target = t0.elapsed();
     let image = Arc::new(image);
     let ctx = TransportContext {
@@ -385,7 +385,7 @@ fn adopt(
     for d in early.devices.values() {
         d.adopted();
     }
-    let swept = objects::sweep(&target, &region, &adopted.queue_records);
+    let swept = restore::sweep(&target, &region, &adopted.queue_records);
     transports.resume_all()?;
     drop(ctrlrs);
     let pause_t = t0.elapsed();

@@ -1,8 +1,8 @@
 //! `--recover`: start from the region a hot upgrade left in the state directory.
 
 use anyhow::{Context, Result};
-use lightpool_nvmf::region::objects;
 use lightpool_nvmf::region::Region;
+use lightpool_nvmf::restore;
 use lightpool_nvmf::{Target, TransportContext};
 
 use crate::Running;
@@ -22,7 +22,7 @@ pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
         .with_context(|| format!("no state region to recover from at {}", path.display()))?;
     let old = Region::open(f).with_context(|| format!("reading {}", path.display()))?;
     let boot = read_boot(&old).with_context(|| format!("reading {}", path.display()))?;
-    let mut image = objects::read_image(&old, true)
+    let mut image = restore::read_image(&old, true)
         .with_context(|| format!("reading the records of {}", path.display()))?;
     let in_flight: usize = image.queues.iter().map(|q| q.busy.len()).sum();
     let dropped = (image.controllers.len(), image.queues.len());

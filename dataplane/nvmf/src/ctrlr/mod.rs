@@ -1,6 +1,8 @@
 //! Controllers: one per host association (admin queue plus its I/O queues), created by
 //! Connect on a subsystem (dynamic controller model).
 
+mod record;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -140,8 +142,7 @@ impl Controller {
         };
         let r = self.regs.lock().expect("ctrlr regs lock poisoned");
         let ev = self.events.lock().expect("events lock poisoned");
-        let rec =
-            crate::region::objects::controller_rec(self, &r, &ev.queue, ev.masked, &ev.aer_cids);
+        let rec = record::controller_rec(self, &r, &ev.queue, ev.masked, &ev.aer_cids);
         region.write(crate::region::Kind::Controller, i, &rec);
     }
 

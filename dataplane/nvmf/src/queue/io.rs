@@ -2,11 +2,11 @@
 
 use lightpool_bdev::IoOp;
 use lightpool_spec::log::ana_state;
-use lightpool_spec::nvme::{io_opcode as op, DsmRange, DSM_RANGE_SIZE};
+use lightpool_spec::nvme::{io_opcode as op, DsmRange, Sqe, DSM_RANGE_SIZE};
 use lightpool_spec::status::{generic, path, Status};
 
 use crate::ctrlr::QueueStats;
-use crate::queue::{Exec, NvmfQueue, Xfer, NAMESPACE_WRITE_PROTECTED};
+use crate::queue::{channel_of, Exec, NvmfQueue, Xfer, NAMESPACE_WRITE_PROTECTED};
 
 const BROADCAST_NSID: u32 = 0xFFFF_FFFF;
 
@@ -61,22 +61,36 @@ impl<T: Default> NvmfQueue<T> {
         }
     }
 
-    fn data_len_for(&self, idx: usize, nlb: u32, slot_xfer: Xfer) -> Result<(), Status> {
+    /// What a Read, Write or Compare works on, checked: the namespace's index, the
+    /// starting LBA, the block count and log2(block size). One look at the namespace
+    /// for the range and the data length (the I/O path).
+    #[inline(always)]
+    fn rw_range(&self, sqe: &Sqe, xfer: Xfer) -> Result<(usize, u64, u32, u32), Status> {
+        let idx = self.io_namespace(sqe.nsid)?;
         let ns = self.namespaces[idx]
-            .as_ref()
+            .as_deref()
             .expect("io_namespace checked it");
-        let need = u64::from(nlb) << ns.block_shift;
-        if need > u64::from(self.opts.max_transfer) {
-            return Err(Status::generic(generic::INVALID_FIELD).with_dnr());
+        let slba = u64::from(sqe.cdw10) | (u64::from(sqe.cdw11) << 32);
+        let nlb = (sqe.cdw12 & 0xFFFF) + 1;
+        match slba.checked_add(u64::from(nlb)) {
+            Some(end) if end <= ns.num_blocks => {}
+            _ => return Err(lba_out_of_range()),
         }
-        let have = match slot_xfer {
+        let need = u64::from(nlb) << ns.block_shift;
+        let have = match xfer {
             Xfer::H2C { len, .. } | Xfer::C2H { len } => u64::from(len),
             Xfer::None => 0,
         };
-        if have < need {
-            return Err(Status::generic(generic::DATA_SGL_LENGTH_INVALID).with_dnr());
+        // The SGL is within the largest transfer (prepare checked it), so a transfer
+        // too large for it is also one the SGL does not cover: one test on the way.
+        if have < need || need > u64::from(self.opts.max_transfer) {
+            return Err(if need > u64::from(self.opts.max_transfer) {
+                Status::generic(generic::INVALID_FIELD).with_dnr()
+            } else {
+                Status::generic(generic::DATA_SGL_LENGTH_INVALID).with_dnr()
+            });
         }
-        Ok(())
+        Ok((idx, slba, nlb, ns.block_shift))
     }
 
     fn writable(&self, idx: usize) -> Result<(), Status> {
@@ -111,64 +125,20 @@ impl<T: Default> NvmfQueue<T> {
         let sqe = r.sqe;
         let xfer = r.xfer;
         match sqe.opcode {
-            op::READ | op::WRITE | op::COMPARE => {
-                let idx = self.io_namespace(sqe.nsid)?;
-                let (slba, nlb) = self.lba_range(idx, sqe.cdw10, sqe.cdw11, sqe.cdw12)?;
-                self.data_len_for(idx, nlb, xfer)?;
-                let shift = self.namespaces[idx].as_ref().map_or(9, |n| n.block_shift);
-                let blocks_512 = u64::from(nlb) << (shift - 9);
-                match sqe.opcode {
-                    op::READ => {
-                        QueueStats::bump(&self.stats.read_cmds, 1);
-                        QueueStats::bump(&self.stats.blocks_read_512, blocks_512);
-                        let mem = self.namespaces[idx].as_ref().and_then(|n| n.mem);
-                        let r = self.req(slot);
-                        r.c2h_len = nlb << shift;
-                        if let Some(mem) = mem {
-                            // RAM: the data is sent from the device itself.
-                            r.c2h_ext = Some((mem, (slba << shift) as usize));
-                            return Ok(Exec::Done);
-                        }
-                        self.submit_bdev(slot, idx, IoOp::Read, slba, nlb, false)?;
-                    }
-                    op::WRITE => {
-                        self.writable(idx)?;
-                        QueueStats::bump(&self.stats.write_cmds, 1);
-                        QueueStats::bump(&self.stats.blocks_written_512, blocks_512);
-                        if let Some(mem) = self.namespaces[idx].as_ref().and_then(|n| n.mem) {
-                            // RAM: copied in now, no channel round trip.
-                            let len = (nlb as usize) << shift;
-                            let data: &[u8] = match self.direct_data {
-                                // SAFETY: set by execute_write_from for the length of
-                                // this call from a slice it borrows; data_len_for checked
-                                // it holds `len` bytes (the SGL length it carries).
-                                Some((p, n)) => unsafe {
-                                    std::slice::from_raw_parts(p, n.min(len))
-                                },
-                                None => self.req(slot).buf(len),
-                            };
-                            if data.len() < len {
-                                return Err(
-                                    Status::generic(generic::DATA_SGL_LENGTH_INVALID).with_dnr()
-                                );
-                            }
-                            // SAFETY: the namespace (and so the device) outlives this
-                            // call; the data is the queue's or the transport's, not the
-                            // device's.
-                            if !unsafe { mem.write((slba << shift) as usize, &data[..len]) } {
-                                return Err(lba_out_of_range());
-                            }
-                            return Ok(Exec::Done);
-                        }
-                        self.submit_bdev(slot, idx, IoOp::Write, slba, nlb, false)?;
-                    }
-                    _ => {
-                        if !matches!(xfer, Xfer::H2C { .. }) {
-                            return Err(Status::generic(generic::INVALID_FIELD).with_dnr());
-                        }
-                        self.submit_bdev(slot, idx, IoOp::Read, slba, nlb, true)?;
-                    }
+            op::READ => {
+                let (idx, slba, nlb, shift) = self.rw_range(&sqe, xfer)?;
+                self.read(slot, idx, slba, nlb, shift)
+            }
+            op::WRITE => {
+                let (idx, slba, nlb, shift) = self.rw_range(&sqe, xfer)?;
+                self.write(slot, idx, slba, nlb, shift)
+            }
+            op::COMPARE => {
+                let (idx, slba, nlb, _) = self.rw_range(&sqe, xfer)?;
+                if !matches!(xfer, Xfer::H2C { .. }) {
+                    return Err(Status::generic(generic::INVALID_FIELD).with_dnr());
                 }
+                self.submit_bdev(slot, idx, IoOp::Read, slba, nlb, true)?;
                 Ok(Exec::Pending)
             }
             op::WRITE_ZEROES => {
@@ -199,6 +169,84 @@ impl<T: Default> NvmfQueue<T> {
             op::DATASET_MANAGEMENT => self.dataset_management(slot),
             _ => Err(Status::generic(generic::INVALID_OPCODE).with_dnr()),
         }
+    }
+
+    /// A Read: served in place by the channel when it can (sent from the device's own
+    /// memory), else submitted.
+    fn read(
+        &mut self,
+        slot: u16,
+        idx: usize,
+        slba: u64,
+        nlb: u32,
+        shift: u32,
+    ) -> Result<Exec, Status> {
+        QueueStats::bump(&self.stats.read_cmds, 1);
+        QueueStats::bump(&self.stats.blocks_read_512, u64::from(nlb) << (shift - 9));
+        let ch = channel_of(
+            &mut self.channels,
+            &mut self.open_channels,
+            &self.namespaces,
+            idx,
+        )?;
+        let r = &mut self.slots[usize::from(slot)];
+        r.c2h_len = nlb << shift;
+        if let Some(data) = ch.read_in_place(slba, nlb) {
+            r.c2h_ext = Some(data);
+            return Ok(Exec::Done);
+        }
+        self.submit_bdev(slot, idx, IoOp::Read, slba, nlb, false)?;
+        Ok(Exec::Pending)
+    }
+
+    /// A Write: taken in place by the channel when it can (from the transport's receive
+    /// buffer when the data comes through `execute_write_from`, else from the request's
+    /// buffer), else submitted from the request's buffer.
+    fn write(
+        &mut self,
+        slot: u16,
+        idx: usize,
+        slba: u64,
+        nlb: u32,
+        shift: u32,
+    ) -> Result<Exec, Status> {
+        self.writable(idx)?;
+        QueueStats::bump(&self.stats.write_cmds, 1);
+        QueueStats::bump(
+            &self.stats.blocks_written_512,
+            u64::from(nlb) << (shift - 9),
+        );
+        let len = (nlb as usize) << shift;
+        let ch = channel_of(
+            &mut self.channels,
+            &mut self.open_channels,
+            &self.namespaces,
+            idx,
+        )?;
+        let r = &mut self.slots[usize::from(slot)];
+        let done = match self.direct_data {
+            Some((p, n)) => {
+                // SAFETY: set by execute_write_from for the length of this call from a
+                // slice it borrows.
+                let data = unsafe { std::slice::from_raw_parts(p, n) };
+                // rw_range checked the SGL (whose length the data has) covers the blocks.
+                let Some(data) = data.get(..len) else {
+                    return Err(Status::generic(generic::DATA_SGL_LENGTH_INVALID).with_dnr());
+                };
+                let done = ch.write_in_place(slba, nlb, data);
+                if !done {
+                    // Submitted from the request's buffer.
+                    r.buf_mut(len).copy_from_slice(data);
+                }
+                done
+            }
+            None => ch.write_in_place(slba, nlb, r.buf_mut(len)),
+        };
+        if done {
+            return Ok(Exec::Done);
+        }
+        self.submit_bdev(slot, idx, IoOp::Write, slba, nlb, false)?;
+        Ok(Exec::Pending)
     }
 
     fn dataset_management(&mut self, slot: u16) -> Result<Exec, Status> {

@@ -12,18 +12,19 @@
 pub mod admin;
 pub mod fabrics;
 pub mod io;
+pub(crate) mod record;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lightpool_bdev::{IoChannel, IoOp, IoRequest, IoStatus};
+use lightpool_bdev::{DataRef, IoChannel, IoOp, IoRequest, IoStatus};
 use lightpool_spec::nvme::{
     self, Cqe, DataDirection, Sqe, SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK,
 };
 use lightpool_spec::status::{generic, Status};
 
-use crate::buf::AlignedBuf;
+use crate::buf::{BufSlot, BufSource};
 use crate::ctrlr::{Controller, QueueStats};
 use crate::region::{slot as rslot, QueueShm};
 use crate::subsystem::Namespace;
@@ -79,11 +80,14 @@ pub struct Request<T> {
     pub xfer: Xfer,
     /// Bytes of controller-to-host data in the buffer once the request is done.
     pub c2h_len: u32,
-    /// Controller-to-host data that lives in a RAM device (sent by reference) rather
-    /// than in `buf`; `None` otherwise.
-    pub(crate) c2h_ext: Option<(lightpool_bdev::DeviceMemory, usize)>,
-    pub(crate) buf: Option<AlignedBuf>,
-    aux: Option<AlignedBuf>,
+    /// Controller-to-host data a device lent by reference (a read served in place, sent
+    /// from the device's own memory) rather than in `buf`; `None` otherwise.
+    pub(crate) c2h_ext: Option<DataRef>,
+    /// Where `buf` and `aux` come from (the target's, when the queue was made).
+    src: Arc<BufSource>,
+    pub(crate) buf: BufSlot,
+    /// A Compare's second buffer: the media's data.
+    aux: BufSlot,
     pending: u16,
     pub(crate) state: SlotState,
     /// Transport-private per-request state (R2T progress, send position, ...).
@@ -91,15 +95,16 @@ pub struct Request<T> {
 }
 
 impl<T: Default> Request<T> {
-    fn new() -> Self {
+    fn new(src: Arc<BufSource>) -> Self {
         Request {
             sqe: Sqe::default(),
             cqe: Cqe::default(),
             xfer: Xfer::None,
             c2h_len: 0,
             c2h_ext: None,
-            buf: None,
-            aux: None,
+            src,
+            buf: BufSlot::default(),
+            aux: BufSlot::default(),
             pending: 0,
             state: SlotState::Free,
             tr: T::default(),
@@ -108,31 +113,43 @@ impl<T: Default> Request<T> {
 }
 
 impl<T> Request<T> {
-    /// The data buffer, at least `len` bytes (allocated on the slot's first use, then
-    /// reused: no allocation on a warm queue).
+    /// The data buffer, at least `len` bytes: the one the slot has, else one from the
+    /// target's buffer pool (see [`crate::buf`]), which the slot keeps while its queue
+    /// is busy. Bytes not written for this request hold whatever an earlier one left
+    /// there.
+    #[inline]
     pub fn buf_mut(&mut self, len: usize) -> &mut [u8] {
-        if self.buf.as_ref().is_none_or(|b| b.len() < len) {
-            self.buf = Some(AlignedBuf::new(len));
-        }
-        let b = self.buf.as_mut().expect("allocated just above");
-        &mut b.as_mut_slice()[..len]
+        &mut self.buf.take(&self.src, len).as_mut_slice()[..len]
     }
 
-    /// The first `len` bytes of the data buffer (zeroes if it was never written).
+    /// As [`Request::buf_mut`], in memory of the slot's own (see `BufSlot::take_own`).
+    pub(crate) fn own_buf_mut(&mut self, len: usize) -> &mut [u8] {
+        &mut self.buf.take_own(&self.src, len).as_mut_slice()[..len]
+    }
+
+    /// The first `len` bytes of the data buffer.
     pub fn buf(&mut self, len: usize) -> &[u8] {
         self.buf_mut(len)
     }
 
+    /// How devices and fabrics reach the data buffer without copying it (IOVA now, RDMA
+    /// keys later); the default (none) when the request has no buffer or one of the
+    /// slot's own.
+    pub fn buf_registration(&self) -> lightpool_dma::Registration {
+        self.buf.get().map(|b| b.registration()).unwrap_or_default()
+    }
+
     /// Controller-to-host data ready to send.
     pub fn c2h_data(&self) -> &[u8] {
-        if let Some((mem, offset)) = &self.c2h_ext {
-            // SAFETY: the device is held by the queue's namespace table for the queue's
-            // whole life, which outlasts this borrow; the bytes are only sent (copied
-            // into the socket), and a concurrent write to the same blocks from another
-            // queue is the host's race, as on a disk.
-            return unsafe { mem.slice(*offset, self.c2h_len as usize) }.unwrap_or(&[]);
+        // A reference is exactly the read's data (`c2h_len` bytes).
+        if let Some(d) = &self.c2h_ext {
+            // SAFETY: the reference came from one of the queue's channels, which live as
+            // long as the queue and so outlast this borrow of one of its slots; the
+            // bytes are only sent (copied into the socket), and a concurrent write to
+            // the same blocks from another queue is the host's race, as on a disk.
+            return unsafe { d.as_slice() };
         }
-        match &self.buf {
+        match self.buf.get() {
             Some(b) => &b.as_slice()[..self.c2h_len as usize],
             None => &[],
         }
@@ -142,6 +159,13 @@ impl<T> Request<T> {
         self.cqe.cid = self.sqe.cid;
         self.cqe.status = status;
         self.state = SlotState::Done;
+    }
+}
+
+impl<T> Drop for Request<T> {
+    fn drop(&mut self) {
+        self.buf.release_to(&self.src);
+        self.aux.release_to(&self.src);
     }
 }
 
@@ -166,7 +190,21 @@ pub enum Exec {
     Pending,
 }
 
-const PRECONNECT_SLOTS: usize = 4;
+pub(crate) use crate::target::PRECONNECT_SLOTS;
+
+/// How long a queue stays idle before its free slots give their buffers back: under
+/// the reactor's default idle spin (200 µs), so they are back before it sleeps.
+const IDLE_TRIM: Duration = Duration::from_micros(100);
+/// How often a busy queue's free slots give theirs back (what a past burst took).
+const BUSY_TRIM: Duration = Duration::from_millis(100);
+
+/// Where a queue stands in giving buffers back.
+#[derive(Default)]
+struct Trim {
+    idle_since: Option<Instant>,
+    idle_trimmed: bool,
+    busy_at: Option<Instant>,
+}
 
 /// A queue: see the module documentation.
 pub struct NvmfQueue<T> {
@@ -189,6 +227,10 @@ pub struct NvmfQueue<T> {
     bdev_in_flight: usize,
     pub(crate) ka_deadline: Option<Instant>,
     pub(crate) stats: Arc<QueueStats>,
+    /// Where the slots' buffers come from.
+    bufs: Arc<BufSource>,
+    /// When free slots give their buffers back (see [`crate::buf`]).
+    trim: Trim,
     /// Hot upgrade: commands are received but not started.
     quiesced: bool,
     pub(crate) held: VecDeque<u16>,
@@ -197,11 +239,16 @@ pub struct NvmfQueue<T> {
     pub(crate) direct_data: Option<(*const u8, usize)>,
     /// This queue's record in the state region (plain stores; see `region`).
     pub(crate) shm: Option<QueueShm>,
+    /// The reactor that owns it.
+    pub(crate) reactor: u16,
 }
 
 impl<T: Default> NvmfQueue<T> {
-    pub fn new(target: Arc<Target>) -> Self {
+    /// A queue on reactor `reactor` (the one whose thread will own it; recorded in the
+    /// state region so a successor places it there again).
+    pub fn new(target: Arc<Target>, reactor: usize) -> Self {
         let opts = QueueOptions::from_target(&target);
+        let bufs = target.buffers();
         let mut q = NvmfQueue {
             target,
             opts,
@@ -221,12 +268,15 @@ impl<T: Default> NvmfQueue<T> {
             bdev_in_flight: 0,
             ka_deadline: None,
             stats: Arc::new(QueueStats::default()),
+            bufs,
+            trim: Trim::default(),
             quiesced: false,
             held: VecDeque::new(),
             direct_data: None,
             shm: None,
+            reactor: u16::try_from(reactor).unwrap_or(u16::MAX),
         };
-        q.shm = crate::region::objects::new_queue_record(&q.target);
+        q.shm = record::new_queue_record(&q.target, q.reactor);
         q.grow_slots(PRECONNECT_SLOTS);
         q
     }
@@ -239,7 +289,7 @@ impl<T: Default> NvmfQueue<T> {
     pub(crate) fn grow_slots(&mut self, n: usize) {
         while self.slots.len() < n {
             self.free.insert(0, self.slots.len() as u16);
-            self.slots.push(Request::new());
+            self.slots.push(Request::new(self.bufs.clone()));
         }
         self.done.reserve(n.saturating_sub(self.done.capacity()));
     }
@@ -367,23 +417,15 @@ impl<T: Default> NvmfQueue<T> {
         self.done.pop_front()
     }
 
-    /// Run a Write whose data is `data` (in the transport's receive buffer, say) without
-    /// first copying it into the request's buffer, when the namespace is RAM: the data
-    /// goes straight to the device. `None` (nothing done) when that does not apply
-    /// (another command, another device, a quiesced queue): then the caller puts the
-    /// data in the buffer and calls [`NvmfQueue::execute`].
+    /// Run a Write whose data is `data` (in the transport's receive buffer, say): when
+    /// the namespace's channel takes writes in place (RAM), the data goes straight from
+    /// there to the device, with no copy into the request's buffer; otherwise it is
+    /// copied into the buffer and submitted. `None` (nothing done) for another command
+    /// or a quiesced queue: then the caller puts the data in the buffer and calls
+    /// [`NvmfQueue::execute`].
     pub fn execute_write_from(&mut self, slot: u16, data: &[u8], now: Instant) -> Option<Exec> {
         let sqe = &self.slots[usize::from(slot)].sqe;
         if self.quiesced || self.qid == 0 || sqe.opcode != nvme::io_opcode::WRITE {
-            return None;
-        }
-        let idx = (sqe.nsid as usize).wrapping_sub(1);
-        let ram = self
-            .namespaces
-            .get(idx)
-            .and_then(Option::as_ref)
-            .is_some_and(|n| n.mem.is_some());
-        if !ram {
             return None;
         }
         self.direct_data = Some((data.as_ptr(), data.len()));
@@ -441,6 +483,7 @@ impl<T: Default> NvmfQueue<T> {
         if self.bdev_in_flight > 0 {
             work += self.poll_bdevs();
         }
+        self.trim_bufs(now);
         let Some(c) = &self.ctrlr else { return work };
         if c.is_failed() {
             self.state = QueueState::Failed;
@@ -460,6 +503,42 @@ impl<T: Default> NvmfQueue<T> {
             }
         }
         work
+    }
+
+    /// Free slots give their pool buffers back once the queue has been idle for
+    /// [`IDLE_TRIM`], and every [`BUSY_TRIM`] while it is busy (see [`crate::buf`]).
+    #[inline]
+    fn trim_bufs(&mut self, now: Instant) {
+        let t = &mut self.trim;
+        if self.free.len() + self.aers.len() == self.slots.len() {
+            if t.idle_trimmed {
+                return;
+            }
+            match t.idle_since {
+                None => t.idle_since = Some(now),
+                Some(since) if now.saturating_duration_since(since) >= IDLE_TRIM => {
+                    t.idle_trimmed = true;
+                    self.release_free_bufs();
+                }
+                Some(_) => {}
+            }
+        } else {
+            t.idle_since = None;
+            t.idle_trimmed = false;
+            if t.busy_at.is_none_or(|at| now >= at) {
+                t.busy_at = Some(now + BUSY_TRIM);
+                self.release_free_bufs();
+            }
+        }
+    }
+
+    #[cold]
+    fn release_free_bufs(&mut self) {
+        for &slot in &self.free {
+            let r = &mut self.slots[usize::from(slot)];
+            r.buf.release_to(&self.bufs);
+            r.aux.release_to(&self.bufs);
+        }
     }
 
     fn deliver_events(&mut self) -> usize {
@@ -559,7 +638,7 @@ impl<T: Default> NvmfQueue<T> {
     /// Disconnect: never the I/O path).
     pub(crate) fn publish_queue_static(&self) {
         if let Some(m) = &self.shm {
-            crate::region::objects::write_queue_static(m, self);
+            record::write_queue_static(m, self);
         }
     }
 
@@ -582,21 +661,12 @@ impl<T: Default> NvmfQueue<T> {
         nblocks: u32,
         use_aux: bool,
     ) -> Result<(), Status> {
-        if self.channels[ns_idx].is_none() {
-            let ns = self.namespaces[ns_idx]
-                .as_ref()
-                .expect("caller checked the namespace exists");
-            match ns.bdev.open_channel() {
-                Ok(ch) => {
-                    self.channels[ns_idx] = Some(ch);
-                    self.open_channels.push(ns_idx);
-                }
-                Err(e) => {
-                    tracing::error!(nsid = ns.nsid, error = %e, "cannot open an I/O channel");
-                    return Err(Status::generic(generic::INTERNAL_ERROR));
-                }
-            }
-        }
+        let ch = channel_of(
+            &mut self.channels,
+            &mut self.open_channels,
+            &self.namespaces,
+            ns_idx,
+        )?;
         let block_shift = self.namespaces[ns_idx]
             .as_ref()
             .map_or(9, |n| n.block_shift);
@@ -609,10 +679,7 @@ impl<T: Default> NvmfQueue<T> {
         let buf = if len == 0 {
             std::ptr::null_mut()
         } else if use_aux {
-            if r.aux.as_ref().is_none_or(|b| b.len() < len) {
-                r.aux = Some(AlignedBuf::new(len));
-            }
-            r.aux.as_mut().expect("allocated just above").as_mut_ptr()
+            r.aux.take(&r.src, len).as_mut_slice().as_mut_ptr()
         } else {
             r.buf_mut(len).as_mut_ptr()
         };
@@ -626,7 +693,6 @@ impl<T: Default> NvmfQueue<T> {
             len,
             tag: u64::from(slot),
         };
-        let ch = self.channels[ns_idx].as_mut().expect("opened just above");
         // SAFETY: the buffer belongs to slot `slot`, which stays Executing (never freed,
         // never handed to the transport) until the channel returns this tag from poll();
         // the queue is not dropped while bdev_in_flight > 0 (transports wait for it).
@@ -700,8 +766,39 @@ impl<T: Default> NvmfQueue<T> {
     }
 }
 
+/// The I/O channel of namespace `ns_idx` (which exists), opened on its first use. A
+/// function of the fields it needs, so that a caller may hold a slot meanwhile.
+#[inline(always)]
+pub(crate) fn channel_of<'a>(
+    channels: &'a mut [Option<Box<dyn IoChannel>>],
+    open: &mut Vec<usize>,
+    namespaces: &[Option<Arc<Namespace>>],
+    ns_idx: usize,
+) -> Result<&'a mut dyn IoChannel, Status> {
+    let ch = &mut channels[ns_idx];
+    if ch.is_none() {
+        *ch = Some(open_channel(namespaces, ns_idx)?);
+        open.push(ns_idx);
+    }
+    Ok(ch.as_deref_mut().expect("opened just above"))
+}
+
+#[cold]
+fn open_channel(
+    namespaces: &[Option<Arc<Namespace>>],
+    ns_idx: usize,
+) -> Result<Box<dyn IoChannel>, Status> {
+    let ns = namespaces[ns_idx]
+        .as_ref()
+        .expect("caller checked the namespace exists");
+    ns.bdev.open_channel().map_err(|e| {
+        tracing::error!(nsid = ns.nsid, error = %e, "cannot open an I/O channel");
+        Status::generic(generic::INTERNAL_ERROR)
+    })
+}
+
 fn compare_result<T>(r: &Request<T>) -> Status {
-    let (Some(host), Some(media)) = (&r.buf, &r.aux) else {
+    let (Some(host), Some(media)) = (r.buf.get(), r.aux.get()) else {
         return Status::generic(generic::INTERNAL_ERROR);
     };
     let len = match r.xfer {

@@ -24,7 +24,6 @@
 //! position are plain stores by the reactor that owns the queue (the I/O path: no
 //! system call, no lock, no allocation) and are checked for sense when read.
 
-pub mod objects;
 mod records;
 #[cfg(test)]
 mod tests;

@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use lightpool_nvmf::region::objects::{QueuePause, RegionImage};
 use lightpool_nvmf::region::{Region, RxPos};
+use lightpool_nvmf::restore::{QueuePause, RegionImage};
 use lightpool_nvmf::{NvmfQueue, Target, Xfer};
 use lightpool_tcp_framing::{Digests, Receiver, RxSnapshot, RxState};
 
@@ -254,9 +254,11 @@ impl<S: Stream> Conn<S> {
         image: &RegionImage,
         snap: &ConnSnapshot,
         now: Instant,
+        reactor: usize,
     ) -> Result<Conn<S>, lightpool_nvmf::NvmfError> {
-        let mut c = Conn::new(s, target.clone(), snap.peer.clone());
-        let (q, rec) = NvmfQueue::import_from_region(target, region, image, &snap.queue, now)?;
+        let mut c = Conn::new(s, target.clone(), snap.peer.clone(), reactor);
+        let (q, rec) =
+            NvmfQueue::import_from_region(target, region, image, &snap.queue, now, reactor)?;
         c.c.q = q;
         for (slot, tr) in &snap.tr {
             if let Some(r) = c.c.q.try_req(*slot) {

@@ -255,7 +255,7 @@ impl Harness {
             eof: false,
         };
         Harness {
-            conn: Conn::new(m, t.clone(), "test".into()),
+            conn: Conn::new(m, t.clone(), "test".into(), 0),
             host,
             seen: 0,
         }

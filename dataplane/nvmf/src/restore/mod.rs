@@ -1,303 +1,29 @@
-//! The target's objects in the state region: recording them as they are created and
-//! change, reading them back (a successor adopting them, or `--recover`), and binding
-//! rebuilt objects to the records they came from.
+//! Restoring a target from what outlived its process: reading the state region back
+//! and checking it (a successor adopting it, or `--recover`), rebuilding the live
+//! objects from it, binding them to the records they came from, and the state a hot
+//! upgrade carries beside the region (`state`). This sits above the live objects
+//! (target, subsystems, controllers, queues), which write their own records and never
+//! use this module.
+
+mod state;
+#[cfg(test)]
+mod tests;
+
+pub use state::*;
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{slot, Kind, QueueShm, Region, RegionError, RegionOptions, RegionSizes};
-use super::{
-    AnaGroupRec, ControllerRec, HostRec, ListenerRec, NamespaceRec, QueueDyn, QueueRec, RxPos,
-    SlotRec, Str, SubsystemRec, DISCOVERY_SUBSYS, MAX_AERS, MAX_EVENTS, MAX_IO_QUEUES, NO_CTRL,
+use crate::queue::{record::queue_state_code, NvmfQueue, QueueState};
+use crate::region::{
+    slot, AnaGroupRec, ControllerRec, HostRec, Kind, ListenerRec, NamespaceRec, QueueDyn, QueueRec,
+    QueueShm, Region, RegionError, RxPos, SlotRec, SubsystemRec, DISCOVERY_SUBSYS, MAX_AERS,
+    MAX_EVENTS, MAX_IO_QUEUES, NO_CTRL,
 };
-use crate::ctrlr::{Controller, CtrlRegs};
-use crate::queue::{NvmfQueue, QueueState};
-use crate::state::{
-    ControllerState, ListenerState, NamespaceState, QueueSnapshot, SlotSnapshot, SubsystemState,
-    TargetState,
-};
-use crate::subsystem::Subsystem;
-use crate::target::{Target, TargetOptions};
-use crate::transport::ListenerInfo;
+use crate::subsystem::SubsysShm;
+use crate::target::Target;
 use crate::NvmfError;
-
-/// Slots before Connect (see the queue).
-const PRECONNECT_SLOTS: u16 = 4;
-
-impl From<RegionError> for NvmfError {
-    fn from(e: RegionError) -> Self {
-        NvmfError::Invalid(e.to_string())
-    }
-}
-
-/// The sizes and options of a region for a target with these options.
-pub fn region_params(opts: &TargetOptions) -> (RegionSizes, RegionOptions) {
-    let slots = opts.max_queue_depth.max(opts.max_admin_queue_depth) + PRECONNECT_SLOTS;
-    (
-        RegionSizes::for_target(slots),
-        RegionOptions {
-            max_queue_depth: opts.max_queue_depth,
-            max_admin_queue_depth: opts.max_admin_queue_depth,
-            max_io_queues: opts.max_io_queues,
-            _pad: 0,
-            in_capsule_data_size: opts.in_capsule_data_size,
-            max_transfer_size: opts.max_transfer_size,
-        },
-    )
-}
-
-pub(crate) fn check_options(region: &Region, opts: &TargetOptions) -> Result<(), NvmfError> {
-    let (sizes, ro) = region_params(opts);
-    if region.options() != ro || region.slots_per_queue() < sizes.slots_per_queue {
-        return Err(NvmfError::Invalid(
-            "the state region was laid out for other target options".into(),
-        ));
-    }
-    if usize::from(opts.max_io_queues) > MAX_IO_QUEUES {
-        return Err(NvmfError::Invalid(format!(
-            "max_io_queues {} is more than the state region tracks ({MAX_IO_QUEUES})",
-            opts.max_io_queues
-        )));
-    }
-    Ok(())
-}
-
-/// A subsystem's records.
-pub(crate) struct SubsysShm {
-    region: Arc<Region>,
-    rec: u32,
-    /// (ANA group ID, record).
-    ana: Vec<(u32, u32)>,
-}
-
-fn subsystem_rec(s: &Subsystem) -> Result<SubsystemRec, RegionError> {
-    Ok(SubsystemRec {
-        ana_chgcnt: s.ana_chgcnt(),
-        nqn: Str::new("subsystem NQN", &s.nqn)?,
-        serial: Str::new("serial", &s.serial)?,
-        model: Str::new("model", &s.model)?,
-        min_cntlid: s.min_cntlid,
-        max_cntlid: s.max_cntlid,
-        next_cntlid: s.next_cntlid(),
-        allow_any_host: u8::from(s.allow_any_host),
-        _pad: 0,
-    })
-}
-
-/// Record a subsystem with its hosts, namespaces and ANA groups (configuration time).
-pub(crate) fn record_subsystem(region: &Arc<Region>, s: &Subsystem) -> Result<(), RegionError> {
-    let rec = region.alloc(Kind::Subsystem)?;
-    region.write(Kind::Subsystem, rec, &subsystem_rec(s)?);
-    for h in &s.hosts {
-        let i = region.alloc(Kind::Host)?;
-        region.write(
-            Kind::Host,
-            i,
-            &HostRec {
-                subsys: rec,
-                nqn: Str::new("host NQN", h)?,
-            },
-        );
-    }
-    for n in s.namespaces() {
-        let i = region.alloc(Kind::Namespace)?;
-        region.write(
-            Kind::Namespace,
-            i,
-            &NamespaceRec {
-                subsys: rec,
-                nsid: n.nsid,
-                anagrpid: n.anagrpid,
-                block_size: n.block_size,
-                num_blocks: n.num_blocks,
-                nguid: n.nguid,
-                uuid: n.uuid,
-            },
-        );
-    }
-    let mut ana = Vec::new();
-    for g in s.ana_groups() {
-        let i = region.alloc(Kind::AnaGroup)?;
-        region.write(
-            Kind::AnaGroup,
-            i,
-            &ana_rec(rec, g.id, g.state(), g.chgcnt()),
-        );
-        ana.push((g.id, i));
-    }
-    *s.shm.lock().expect("subsystem shm lock poisoned") = Some(SubsysShm {
-        region: region.clone(),
-        rec,
-        ana,
-    });
-    region.bump_config_gen();
-    Ok(())
-}
-
-fn ana_rec(subsys: u32, id: u32, state: u8, chgcnt: u64) -> AnaGroupRec {
-    AnaGroupRec {
-        subsys,
-        id,
-        chgcnt,
-        state,
-        _pad: [0; 7],
-    }
-}
-
-impl Subsystem {
-    /// Rewrite the subsystem record (next controller ID, ANA change count) and, after an
-    /// `ana` change, its ANA group records. Control path only.
-    pub(crate) fn publish(&self, ana_changed: bool) {
-        let shm = self.shm.lock().expect("subsystem shm lock poisoned");
-        let Some(m) = shm.as_ref() else { return };
-        match subsystem_rec(self) {
-            Ok(r) => m.region.write(Kind::Subsystem, m.rec, &r),
-            Err(e) => tracing::error!(error = %e, "subsystem record not updated"),
-        }
-        if ana_changed {
-            for &(id, i) in &m.ana {
-                if let Some(g) = self.ana_group(id) {
-                    m.region.write(
-                        Kind::AnaGroup,
-                        i,
-                        &ana_rec(m.rec, id, g.state(), g.chgcnt()),
-                    );
-                }
-            }
-            m.region.bump_config_gen();
-        }
-    }
-}
-
-pub(crate) fn record_listener(region: &Region, l: &ListenerInfo) -> Result<(), RegionError> {
-    let rec = ListenerRec {
-        portid: l.portid,
-        trtype: l.addr.trtype,
-        adrfam: l.addr.adrfam,
-        traddr: Str::new("listener address", &l.addr.traddr)?,
-        trsvcid: Str::new("listener service", &l.addr.trsvcid)?,
-        _pad: [0; 2],
-    };
-    let i = region.alloc(Kind::Listener)?;
-    region.write(Kind::Listener, i, &rec);
-    region.bump_config_gen();
-    Ok(())
-}
-
-pub(crate) fn controller_rec(
-    c: &Controller,
-    r: &CtrlRegs,
-    events: &std::collections::VecDeque<u32>,
-    masked: u32,
-    aer_cids: &[u16],
-) -> ControllerRec {
-    let subsys = match c
-        .subsys
-        .shm
-        .lock()
-        .expect("subsystem shm lock poisoned")
-        .as_ref()
-    {
-        Some(m) => m.rec,
-        None => DISCOVERY_SUBSYS,
-    };
-    let mut rec = ControllerRec {
-        subsys,
-        cntlid: c.cntlid,
-        num_io_queues: r.num_io_queues,
-        // Controller::record refuses a record to a host NQN that does not fit.
-        hostnqn: Str::new("host NQN", &c.hostnqn).unwrap_or(Str {
-            len: 0,
-            bytes: [0; 254],
-        }),
-        hostid: c.hostid,
-        cc: r.cc,
-        csts: r.csts,
-        aec: r.aec,
-        kato_ms: c.kato_ms(),
-        masked,
-        vwce: u8::from(r.vwce),
-        failed: u8::from(c.is_failed()),
-        n_events: events.len().min(MAX_EVENTS) as u8,
-        n_aers: aer_cids.len().min(MAX_AERS) as u8,
-        events: [0; MAX_EVENTS],
-        aer_cids: [0; MAX_AERS],
-        io_queues: [0; MAX_IO_QUEUES / 64],
-    };
-    for (d, e) in rec.events.iter_mut().zip(events) {
-        *d = *e;
-    }
-    for (d, e) in rec.aer_cids.iter_mut().zip(aer_cids) {
-        *d = *e;
-    }
-    for (q, used) in r.io_queues.iter().enumerate().take(MAX_IO_QUEUES) {
-        if *used {
-            rec.io_queues[q / 64] |= 1 << (q % 64);
-        }
-    }
-    rec
-}
-
-/// A record for a new queue, if the target has a region this process owns.
-pub(crate) fn new_queue_record(target: &Target) -> Option<QueueShm> {
-    let region = target.region().filter(|r| r.owned())?;
-    match region.alloc(Kind::Queue) {
-        Ok(i) => {
-            let m = region.queue_handle(i, true);
-            m.clear();
-            m.write_static(&QueueRec {
-                ctrl: NO_CTRL,
-                cntlid: 0,
-                qid: 0,
-                entries: 0,
-                nslots: PRECONNECT_SLOTS,
-                reactor: reactor_id(),
-                _pad: 0,
-            });
-            Some(m)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "queue not recorded in the state region: it cannot be handed over");
-            None
-        }
-    }
-}
-
-fn reactor_id() -> u16 {
-    std::thread::current()
-        .name()
-        .and_then(|n| n.rsplit('-').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(u16::MAX)
-}
-
-pub(crate) fn queue_state_code(s: QueueState) -> u8 {
-    match s {
-        QueueState::Connecting => 0,
-        QueueState::Live => 1,
-        QueueState::Disconnecting => 2,
-        QueueState::Failed => 3,
-    }
-}
-
-pub(crate) fn write_queue_static<T: Default>(m: &QueueShm, q: &NvmfQueue<T>) {
-    let ctrl = q
-        .ctrlr
-        .as_ref()
-        .and_then(|c| c.shm.get().copied())
-        .unwrap_or(NO_CTRL);
-    m.write_static(&QueueRec {
-        ctrl,
-        cntlid: q.ctrlr.as_ref().map_or(0, |c| c.cntlid),
-        qid: q.qid,
-        entries: q.entries,
-        nslots: q.slots.len().min(usize::from(u16::MAX)) as u16,
-        reactor: reactor_id(),
-        _pad: 0,
-    });
-    m.set_flags(queue_state_code(q.state), q.sq_flow_disabled);
-}
 
 /// A controller as read from its record.
 #[derive(Debug, Clone)]
@@ -717,8 +443,8 @@ impl QueuePause {
                 s.sqe.get(3).copied().unwrap_or(0),
             ]);
             let want = match s.state {
-                crate::state::ST_HELD => slot::HELD,
-                crate::state::ST_PARKED => slot::PARKED,
+                state::ST_HELD => slot::HELD,
+                state::ST_PARKED => slot::PARKED,
                 _ => slot::ALLOCATED,
             };
             let at = busy
@@ -789,9 +515,10 @@ impl<T: Default> NvmfQueue<T> {
         image: &RegionImage,
         pause: &QueuePause,
         now: std::time::Instant,
+        reactor: usize,
     ) -> Result<(NvmfQueue<T>, QueueImage), NvmfError> {
         let (qi, snap) = pause.join(region, image)?;
-        let mut q = NvmfQueue::import_state(target, &snap, now)?;
+        let mut q = NvmfQueue::import_state(target, &snap, now, reactor)?;
         q.shm = Some(region.queue_handle(pause.rec, true));
         Ok((q, qi))
     }

@@ -14,10 +14,10 @@ use lightpool_spec::nvme::{Cqe, Sqe};
 use serde::{Deserialize, Serialize};
 
 use crate::ctrlr::{Controller, CtrlRegs};
+use crate::listener::{ListenAddr, ListenerInfo};
 use crate::queue::{NvmfQueue, QueueState, Request, SlotState, Xfer};
 use crate::subsystem::{NamespaceConfig, Subsystem, SubsystemConfig};
 use crate::target::{Target, TargetOptions};
-use crate::transport::{ListenAddr, ListenerInfo};
 use crate::NvmfError;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -358,7 +358,7 @@ impl<T: Default> NvmfQueue<T> {
                     continue;
                 }
             };
-            let n = valid(i as u16, r).min(r.buf.as_ref().map_or(0, |b| b.len()));
+            let n = valid(i as u16, r).min(r.buf.get().map_or(0, |b| b.len()));
             slots.push(SlotSnapshot {
                 index: i as u16,
                 sqe: r.sqe.to_bytes().to_vec(),
@@ -370,7 +370,7 @@ impl<T: Default> NvmfQueue<T> {
                 state,
                 data: r
                     .buf
-                    .as_ref()
+                    .get()
                     .map_or_else(Vec::new, |b| b.as_slice()[..n].to_vec()),
             });
         }
@@ -398,8 +398,9 @@ impl<T: Default> NvmfQueue<T> {
         target: Arc<Target>,
         s: &QueueSnapshot,
         now: Instant,
+        reactor: usize,
     ) -> Result<NvmfQueue<T>, NvmfError> {
-        let mut q = NvmfQueue::new(target.clone());
+        let mut q = NvmfQueue::new(target.clone(), reactor);
         q.grow_slots(s.nslots);
         if let (Some(nqn), Some(cntlid)) = (&s.subnqn, s.cntlid) {
             let sub = target
@@ -440,7 +441,8 @@ impl<T: Default> NvmfQueue<T> {
             }
             .max(ss.data.len());
             if want > 0 {
-                r.buf_mut(want)[..ss.data.len()].copy_from_slice(&ss.data);
+                // Not in a pool buffer: the predecessor may still use those pages.
+                r.own_buf_mut(want)[..ss.data.len()].copy_from_slice(&ss.data);
             }
             r.state = match ss.state {
                 ST_HELD => SlotState::Held,
