@@ -27,7 +27,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use lightpool_bdev::{check_request, BdevError, BdevInfo, IoChannel, IoOp, IoRequest, IoStatus};
+use lightpool_bdev::{
+    check_request, BdevError, BdevInfo, DataRef, IoChannel, IoOp, IoRequest, IoStatus,
+};
 
 use crate::alloc;
 use crate::ctlio::Buf;
@@ -758,6 +760,46 @@ fn addressable(pool: &Pool, slot: u32, idx: u32) -> u64 {
     (size - (u64::from(idx) << pool.cs_shift)).min(pool.cs)
 }
 
+impl VolChannel {
+    /// Where `num_blocks` blocks at `offset_blocks` lie on the pool device, in blocks,
+    /// when they lie in one cluster that holds data of its own (or, for a read, its
+    /// snapshot's); `None` otherwise (out of range, across clusters, unallocated, or
+    /// being changed: a write there needs the full path). Runs admitted through the
+    /// gate, like any request that reads the map.
+    #[inline]
+    fn in_place(&self, offset_blocks: u64, num_blocks: u32, write: bool) -> Option<u64> {
+        let info = &self.st.info;
+        let end = offset_blocks.checked_add(u64::from(num_blocks))?;
+        if num_blocks == 0 || end > info.num_blocks || (write && info.read_only) {
+            return None;
+        }
+        let pool = &*self.pool;
+        let byte = offset_blocks << pool.bs_shift;
+        let off = byte & (pool.cs - 1);
+        if off + (u64::from(num_blocks) << pool.bs_shift) > pool.cs {
+            return None;
+        }
+        if !self.vol.gate.enter(&self.reg) {
+            return None;
+        }
+        let slot = self.vol.cur.load(Ordering::Acquire);
+        let idx = (byte >> pool.cs_shift) as usize;
+        let c = if write {
+            let e = pool.entries(slot)[idx].load(Ordering::Acquire);
+            let v = e & VALUE_MASK;
+            if e & (BUSY | PENDING) == 0 && v != 0 && v != ZERO {
+                v
+            } else {
+                0
+            }
+        } else {
+            pool.resolve(slot, idx)
+        };
+        self.vol.gate.leave(&self.reg);
+        (c != 0).then(|| ((u64::from(c) << pool.cs_shift) + off) >> pool.bs_shift)
+    }
+}
+
 impl IoChannel for VolChannel {
     unsafe fn submit(&mut self, req: IoRequest) {
         self.st.in_flight += 1;
@@ -794,6 +836,25 @@ impl IoChannel for VolChannel {
 
     fn in_flight(&self) -> usize {
         self.st.in_flight
+    }
+
+    /// Blocks in one cluster with data: the pool device's own in-place read (a RAM
+    /// pool's memory, sent from where it is).
+    fn read_in_place(&mut self, offset_blocks: u64, num_blocks: u32) -> Option<DataRef> {
+        let at = self.in_place(offset_blocks, num_blocks, false)?;
+        self.st.base.read_in_place(at, num_blocks)
+    }
+
+    /// Blocks of one cluster the volume owns (durably mapped): the pool device's own
+    /// in-place write. A write that needs a cluster takes the full path.
+    fn write_in_place(&mut self, offset_blocks: u64, num_blocks: u32, data: &[u8]) -> bool {
+        if data.len() as u64 != u64::from(num_blocks) << self.pool.bs_shift {
+            return false;
+        }
+        match self.in_place(offset_blocks, num_blocks, true) {
+            Some(at) => self.st.base.write_in_place(at, num_blocks, data),
+            None => false,
+        }
     }
 
     fn completion_fd(&self) -> Option<std::os::fd::RawFd> {

@@ -85,7 +85,10 @@ fn a_queue_records_slots_and_sq_head_on_the_io_path_and_frees_its_record() {
     let img = read_image(&region, true).expect("image");
     assert_eq!(img.queues.len(), 1);
     assert_eq!(img.queues[0].rec, rec);
-    assert_eq!(img.queues[0].stat.reactor, 3, "the owning reactor, as given");
+    assert_eq!(
+        img.queues[0].stat.reactor, 3,
+        "the owning reactor, as given"
+    );
     assert!(img.queues[0].busy.is_empty());
     let mut sqe = Sqe {
         cid: 0x1234,

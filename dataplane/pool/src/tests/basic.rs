@@ -2,8 +2,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use lightpool_bdev::testing::{
-    check_flush, check_many_in_flight, check_out_of_range, check_round_trip,
-    check_zeroes_and_deallocate,
+    check_flush, check_many_in_flight, check_out_of_range, check_round_trip, check_served_in_place,
+    check_zeroes_and_deallocate, InPlace,
 };
 use lightpool_bdev::{Adopters, Bdev, DeviceGraph, IoOp, IoStatus};
 
@@ -27,6 +27,17 @@ fn volumes_pass_every_backend_check() {
         check_flush(v.as_ref());
         check_zeroes_and_deallocate(v.as_ref());
         check_many_in_flight(v.as_ref(), 300);
+        // Over RAM, the target's zero-copy reads and in-place writes pass through.
+        // (The check uses 5 blocks at the middle of the device: in one cluster unless
+        // the clusters are smaller than that.)
+        let ip = check_served_in_place(v.as_ref());
+        let at = (v.info().num_blocks / 2 + 3) * u64::from(bs) % u64::from(cluster);
+        let one = at + 5 * u64::from(bs) <= u64::from(cluster);
+        let want = InPlace {
+            reads: one,
+            writes: one,
+        };
+        assert_eq!(ip, want, "{bs}-byte blocks, {cluster}-byte clusters");
         p.check().expect("metadata on the device matches memory");
     }
 }
