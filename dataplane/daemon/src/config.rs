@@ -17,6 +17,8 @@ pub struct Config {
     pub listeners: Vec<ListenerSection>,
     #[serde(default, rename = "subsystem")]
     pub subsystems: Vec<SubsystemSection>,
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<PoolSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +159,52 @@ pub struct NamespaceSection {
     /// the control socket's DEVICES).
     #[serde(default)]
     pub passthru: bool,
+    /// A volume of a pool, as "POOL/VOLUME".
+    pub volume: Option<String>,
+}
+
+/// A pool: a volume store on one device (see docs/pool-format.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    pub name: String,
+    /// The pool device: a file or block device (io_uring).
+    pub device: Option<PathBuf>,
+    /// Or RAM of this size ("4GiB"); in the state directory when there is one.
+    pub ram: Option<String>,
+    /// Or an NVMe SSD bound to vfio-pci.
+    pub vfio: Option<String>,
+    pub vfio_nsid: Option<u32>,
+    /// Block size of a RAM or file device (512 or 4096).
+    pub block_size: Option<u32>,
+    /// O_DIRECT for a file device (default true).
+    pub direct: Option<bool>,
+    /// Make a new pool when the device is blank (its first 8 KiB all zeroes). Default
+    /// true; a device holding anything else is never formatted over.
+    #[serde(default = "yes")]
+    pub create: bool,
+    /// Cluster size of a new pool ("1MiB"; a power of two from 16 KiB to 1 GiB).
+    pub cluster_size: Option<String>,
+    /// Percent of the data space writable volumes may promise (a new pool's; default 100).
+    pub overcommit: Option<u32>,
+    /// Volumes, snapshots and clones a new pool can hold (default 4032).
+    pub max_volumes: Option<u32>,
+    /// Metadata pages of a new pool (default: enough for max_volumes and the over-commit).
+    pub md_pages: Option<u32>,
+    #[serde(default, rename = "volume")]
+    pub volumes: Vec<PoolVolumeSection>,
+}
+
+/// A volume the pool must hold: created at start if missing, grown if smaller.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolVolumeSection {
+    pub name: String,
+    /// "10GiB", a multiple of the pool device's block size.
+    pub size: String,
+    /// Clusters on first write (default) or all at creation.
+    #[serde(default = "yes")]
+    pub thin: bool,
 }
 
 /// A configuration error that names the field at fault.
@@ -210,6 +258,18 @@ fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// The identifiers of a namespace, if given, parse.
+fn check_ids(g: &dyn Fn(&str) -> String, n: &NamespaceSection) -> Result<(), FieldError> {
+    if let Some(x) = &n.nguid {
+        parse_hex::<16>(x).ok_or_else(|| ferr(g("nguid"), "must be 32 hex digits"))?;
+    }
+    if let Some(x) = &n.uuid {
+        parse_hex::<16>(x)
+            .ok_or_else(|| ferr(g("uuid"), "must be a UUID (32 hex digits, dashes allowed)"))?;
+    }
+    Ok(())
+}
+
 /// Checks what serde cannot: values, ranges and combinations.
 impl Config {
     pub fn validate(&self) -> Result<(), FieldError> {
@@ -250,11 +310,36 @@ impl Config {
             }
             for (ni, n) in s.namespaces.iter().enumerate() {
                 let g = |x: &str| format!("subsystem[{si}].namespace[{ni}].{x}");
+                if let Some(v) = &n.volume {
+                    if n.ram.is_some() || n.file.is_some() || n.vfio.is_some() {
+                        return Err(ferr(
+                            g("volume"),
+                            "give one of ram, file, vfio or volume, not several",
+                        ));
+                    }
+                    let Some((pool, vol)) = v.split_once('/') else {
+                        return Err(ferr(g("volume"), format!("{v:?} is not \"POOL/VOLUME\"")));
+                    };
+                    if !self.pools.iter().any(|p| p.name == pool) {
+                        return Err(ferr(g("volume"), format!("no [[pool]] is named {pool:?}")));
+                    }
+                    if vol.is_empty() || vol.contains('/') {
+                        return Err(ferr(g("volume"), format!("{v:?} is not \"POOL/VOLUME\"")));
+                    }
+                    if n.block_size.is_some() || n.hugepages || n.direct.is_some() {
+                        return Err(ferr(
+                            g("block_size"),
+                            "a volume has its pool's block size; block_size, hugepages and direct belong to the [[pool]]",
+                        ));
+                    }
+                    check_ids(&g, n)?;
+                    continue;
+                }
                 match (&n.ram, &n.file, &n.vfio) {
                     (None, None, None) => {
                         return Err(ferr(
                             g("file"),
-                            "a namespace needs a backend: ram = \"SIZE\", file = \"PATH\" or vfio = \"PCI ADDRESS\"",
+                            "a namespace needs a backend: ram = \"SIZE\", file = \"PATH\", vfio = \"PCI ADDRESS\" or volume = \"POOL/VOLUME\"",
                         ))
                     }
                     (Some(r), None, None) => {
@@ -303,13 +388,86 @@ impl Config {
                         ));
                     }
                 }
-                if let Some(x) = &n.nguid {
-                    parse_hex::<16>(x).ok_or_else(|| ferr(g("nguid"), "must be 32 hex digits"))?;
+                check_ids(&g, n)?;
+            }
+        }
+        self.validate_pools()
+    }
+
+    fn validate_pools(&self) -> Result<(), FieldError> {
+        for (pi, p) in self.pools.iter().enumerate() {
+            let f = |x: &str| format!("pool[{pi}].{x}");
+            if p.name.is_empty() || p.name.contains('/') || p.name.chars().any(char::is_whitespace)
+            {
+                return Err(ferr(
+                    f("name"),
+                    format!("{:?} is not a pool name (no '/', no spaces)", p.name),
+                ));
+            }
+            if self.pools[..pi].iter().any(|o| o.name == p.name) {
+                return Err(ferr(f("name"), format!("{:?} is configured twice", p.name)));
+            }
+            match (&p.device, &p.ram, &p.vfio) {
+                (None, None, None) => {
+                    return Err(ferr(
+                        f("device"),
+                        "a pool needs a device: device = \"PATH\", ram = \"SIZE\" or vfio = \"PCI ADDRESS\"",
+                    ))
                 }
-                if let Some(x) = &n.uuid {
-                    parse_hex::<16>(x).ok_or_else(|| {
-                        ferr(g("uuid"), "must be a UUID (32 hex digits, dashes allowed)")
+                (Some(_), None, None) => {}
+                (None, Some(r), None) => {
+                    parse_size(r).map_err(|e| ferr(f("ram"), e))?;
+                }
+                (None, None, Some(a)) => {
+                    normalize_pci_address(a).ok_or_else(|| {
+                        ferr(f("vfio"), format!("{a:?} is not a PCI address such as \"0000:00:04.0\""))
                     })?;
+                }
+                _ => return Err(ferr(f("device"), "give one of device, ram or vfio, not several")),
+            }
+            if let Some(bs) = p.block_size {
+                if bs != 512 && bs != 4096 {
+                    return Err(ferr(
+                        f("block_size"),
+                        format!("{bs} is neither 512 nor 4096"),
+                    ));
+                }
+            }
+            if let Some(cs) = &p.cluster_size {
+                let v = parse_size(cs).map_err(|e| ferr(f("cluster_size"), e))?;
+                if !v.is_power_of_two() || !(16 << 10..=1 << 30).contains(&v) {
+                    return Err(ferr(
+                        f("cluster_size"),
+                        format!("{cs:?} must be a power of two from 16KiB to 1GiB"),
+                    ));
+                }
+            }
+            if p.overcommit == Some(0) {
+                return Err(ferr(f("overcommit"), "must be at least 1 (percent)"));
+            }
+            if p.max_volumes == Some(0) {
+                return Err(ferr(f("max_volumes"), "must be at least 1"));
+            }
+            for (vi, v) in p.volumes.iter().enumerate() {
+                let g = |x: &str| format!("pool[{pi}].volume[{vi}].{x}");
+                if v.name.is_empty()
+                    || v.name.contains('/')
+                    || v.name.chars().any(char::is_whitespace)
+                {
+                    return Err(ferr(
+                        g("name"),
+                        format!("{:?} is not a volume name (no '/', no spaces)", v.name),
+                    ));
+                }
+                if p.volumes[..vi].iter().any(|o| o.name == v.name) {
+                    return Err(ferr(g("name"), format!("{:?} is configured twice", v.name)));
+                }
+                let size = parse_size(&v.size).map_err(|e| ferr(g("size"), e))?;
+                if size == 0 || size % 512 != 0 {
+                    return Err(ferr(
+                        g("size"),
+                        format!("{:?} is not a positive multiple of the block size", v.size),
+                    ));
                 }
             }
         }
@@ -375,6 +533,71 @@ mod tests {
             c.validate().unwrap_err().field,
             "subsystem[0].namespace[0].file"
         );
+    }
+
+    #[test]
+    fn pools_and_volume_namespaces() {
+        let check = |body: &str| {
+            let c: Config = toml::from_str(body).expect("parses");
+            c.validate().err().map(|e| e.field)
+        };
+        let pool = "[[pool]]\nname = \"p0\"\nram = \"1GiB\"\ncluster_size = \"1MiB\"\novercommit = 200\n\
+                    [[pool.volume]]\nname = \"v1\"\nsize = \"100MiB\"\n[[pool.volume]]\nname = \"v2\"\nsize = \"1GiB\"\nthin = false\n";
+        let ns = |v: &str| {
+            format!(
+                "{pool}[[subsystem]]\nnqn = \"nqn.x\"\n[[subsystem.namespace]]\nnsid = 1\n{v}\n"
+            )
+        };
+        assert_eq!(check(&ns("volume = \"p0/v1\"")), None);
+        let c: Config = toml::from_str(&ns("volume = \"p0/v1\"")).expect("parses");
+        assert_eq!(c.pools[0].volumes.len(), 2);
+        assert!(!c.pools[0].volumes[1].thin && c.pools[0].volumes[0].thin);
+        assert!(
+            c.pools[0].create,
+            "a blank device becomes a pool by default"
+        );
+        let f = |x: &str| Some(format!("subsystem[0].namespace[0].{x}"));
+        assert_eq!(check(&ns("volume = \"p1/v1\"")), f("volume"));
+        assert_eq!(check(&ns("volume = \"v1\"")), f("volume"));
+        assert_eq!(
+            check(&ns("volume = \"p0/v1\"\nram = \"1GiB\"")),
+            f("volume")
+        );
+        assert_eq!(
+            check(&ns("volume = \"p0/v1\"\nblock_size = 512")),
+            f("block_size")
+        );
+        let p = |extra: &str| check(&format!("[[pool]]\nname = \"p\"\n{extra}\n"));
+        assert_eq!(p("device = \"/dev/x\""), None);
+        assert_eq!(p(""), Some("pool[0].device".into()));
+        assert_eq!(
+            p("device = \"/x\"\nram = \"1GiB\""),
+            Some("pool[0].device".into())
+        );
+        assert_eq!(
+            p("ram = \"1GiB\"\ncluster_size = \"3MiB\""),
+            Some("pool[0].cluster_size".into())
+        );
+        assert_eq!(
+            p("ram = \"1GiB\"\ncluster_size = \"4KiB\""),
+            Some("pool[0].cluster_size".into())
+        );
+        assert_eq!(
+            p("ram = \"1GiB\"\n[[pool.volume]]\nname = \"a\"\nsize = \"1000\""),
+            Some("pool[0].volume[0].size".into())
+        );
+        assert_eq!(
+            p("ram = \"1GiB\"\n[[pool.volume]]\nname = \"a\"\nsize = \"1MiB\"\n[[pool.volume]]\nname = \"a\"\nsize = \"1MiB\""),
+            Some("pool[0].volume[1].name".into())
+        );
+        assert_eq!(
+            check("[[pool]]\nname = \"a/b\"\nram = \"1GiB\"\n"),
+            Some("pool[0].name".into())
+        );
+        let e = toml::from_str::<Config>("[[pool]]\nname = \"p\"\nram = \"1GiB\"\nlayoutt = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("layoutt"), "{e}");
     }
 
     #[test]

@@ -78,7 +78,9 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
         w.write_all(out.as_bytes())?;
     } else if line == "REACTORS" {
         // What a successor needs before it asks for the state: how the reactors are laid
-        // out, the state region and the RAM devices' memfds.
+        // out, the state region and the RAM devices' memfds. The successor reads the
+        // pools' structure now: their operations wait for the handover to end.
+        run.pools.freeze();
         match upgrade::reactors_answer(run) {
             Ok((answer, fds)) => {
                 let raw: Vec<std::os::fd::RawFd> =
@@ -94,9 +96,25 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
             Err(e) => format!("ERR {e:#}"),
         };
         send_line!(w, "{answer}")?;
+    } else if let Some(rest) = line.strip_prefix("POOL") {
+        let out = match run.pools.command(rest) {
+            Ok(lines) => {
+                let mut out = format!("OK {}\n", lines.len());
+                for l in lines {
+                    out.push_str(&l);
+                    out.push('\n');
+                }
+                out
+            }
+            Err(e) => format!("ERR {e:#}\n"),
+        };
+        w.write_all(out.as_bytes())?;
     } else if line.starts_with("HELLO ") {
         stream.set_read_timeout(None)?;
-        upgrade::hand_over(run, stream, &line)?;
+        // Returns only when the handover did not happen (else this process exits).
+        let r = upgrade::hand_over(run, stream, &line);
+        run.pools.thaw();
+        r?;
     } else {
         send_line!(w, "ERR unknown command {line:?}")?;
     }
@@ -106,7 +124,7 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
 /// One line per block device of the target, children first: `ID kind=.. name=..
 /// children=ID,.. namespaces=NQN/NSID,..` and, for devices that count, their I/O.
 fn devices_lines(run: &Running) -> Vec<String> {
-    let (g, ns) = upgrade::device_graph(&run.target);
+    let (g, ns) = upgrade::device_graph(&run.target, &run.pools.roots());
     g.devices()
         .enumerate()
         .map(|(id, d)| {

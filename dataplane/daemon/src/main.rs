@@ -6,6 +6,7 @@ mod config;
 #[macro_use]
 mod fdpass;
 mod control;
+mod pools;
 mod transports;
 mod upgrade;
 
@@ -81,6 +82,13 @@ enum Cmd {
     /// List the block devices of the running target (children first, with the
     /// namespaces each serves and, for devices that count, their I/O).
     Devices,
+    /// Run a pool operation on the running target: POOL info|list|check, create VOL
+    /// SIZE [thick], delete VOL, grow VOL SIZE, rename VOL NEW, snapshot VOL SNAP,
+    /// clone SNAP VOL, inflate VOL (no arguments: every pool).
+    Pool {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Set the ANA state of a namespace group of the running target; connected hosts
     /// get an ANA-change async event and re-read the ANA log.
     Ana {
@@ -129,6 +137,8 @@ pub struct Running {
     /// The state region: every object that must outlive this process is recorded here
     /// as it is created.
     pub region: Arc<lightpool_nvmf::region::Region>,
+    /// The pools (volume stores) the target holds.
+    pub pools: pools::Pools,
 }
 
 fn default_config() -> Config {
@@ -160,8 +170,10 @@ fn default_config() -> Config {
                 uuid: None,
                 ana_group: None,
                 passthru: false,
+                volume: None,
             }],
         }],
+        pools: vec![],
     }
 }
 
@@ -260,7 +272,11 @@ fn build_target(
     cfg: &Config,
     state_dir: Option<&std::path::Path>,
     layout: u32,
-) -> Result<(Arc<Target>, Arc<lightpool_nvmf::region::Region>)> {
+) -> Result<(
+    Arc<Target>,
+    Arc<lightpool_nvmf::region::Region>,
+    pools::Pools,
+)> {
     let t = &cfg.target;
     let opts = TargetOptions {
         max_queue_depth: t.max_queue_depth,
@@ -272,6 +288,7 @@ fn build_target(
     };
     let target = Target::new(opts).map_err(|e| anyhow::anyhow!("target: {e}"))?;
     let region = upgrade::create_region(&target.opts, state_dir, layout)?;
+    let pools = pools::Pools::open(cfg, state_dir)?;
     target
         .attach_region(region.clone())
         .map_err(|e| anyhow::anyhow!("state region: {e}"))?;
@@ -285,7 +302,10 @@ fn build_target(
         sc.max_cntlid = s.max_cntlid;
         for (ni, n) in s.namespaces.iter().enumerate() {
             let field = format!("subsystem[{si}].namespace[{ni}]");
-            let mut bdev = open_bdev(&field, &s.nqn, n, state_dir)?;
+            let mut bdev = match &n.volume {
+                Some(v) => pools.volume(v).with_context(|| format!("{field}.volume"))?,
+                None => open_bdev(&field, &s.nqn, n, state_dir)?,
+            };
             if n.passthru {
                 bdev = lightpool_bdev_passthru::PassthruBdev::new(bdev);
             }
@@ -301,7 +321,7 @@ fn build_target(
             .add_subsystem(sc)
             .map_err(|e| anyhow::anyhow!("subsystem[{si}]: {e}"))?;
     }
-    Ok((target, region))
+    Ok((target, region, pools))
 }
 
 /// Block SIGINT and SIGTERM in every thread (reactors inherit the mask) so the main
@@ -359,6 +379,7 @@ fn main() {
         Some(Cmd::Upgrade { binary }) => control::upgrade_command(&control, binary, &args.log),
         Some(Cmd::Ana { nqn, group, state }) => control::ana_command(&control, nqn, *group, state),
         Some(Cmd::Devices) => control::devices_command(&control),
+        Some(Cmd::Pool { args }) => pools::command_client(&control, args),
         None => run(&args, &control),
     };
     if let Err(e) = res {
@@ -377,7 +398,7 @@ fn start(args: &Args, control_path: &str) -> Result<Running> {
         std::fs::create_dir_all(d)
             .with_context(|| format!("creating the state directory {}", d.display()))?;
     }
-    let (target, region) = build_target(&cfg, state_dir.as_deref(), args.state_layout)?;
+    let (target, region, pools) = build_target(&cfg, state_dir.as_deref(), args.state_layout)?;
     let control = control::bind(control_path)?;
     let cores: Vec<Option<usize>> = if cfg.target.cores.is_empty() {
         vec![None; cfg.target.reactors]
@@ -445,6 +466,7 @@ fn start(args: &Args, control_path: &str) -> Result<Running> {
         layout: args.state_layout,
         state_dir,
         region,
+        pools,
     };
     upgrade::write_boot(&run)?;
     Ok(run)

@@ -166,12 +166,14 @@ pub(crate) fn check_pool_name(name: &str) -> Result<(), PoolError> {
 }
 
 /// Metadata pages a pool of `data` clusters gets by default: the superblock, the table,
-/// two head pages per volume it can hold (at most one per cluster), and four map pages
-/// per map page the over-commit limit allows (snapshots keep maps of their own).
+/// two pages (a head and a map page) per volume it can hold, up to one volume per eight
+/// clusters (at least 64), and four map pages per map page the over-commit limit allows
+/// (snapshots keep maps of their own). A pool meant for many small volumes says so with
+/// `md_pages`.
 fn default_md_pages(data: u64, table_pages: u32, max_volumes: u32, overcommit: u32) -> u64 {
     let promised = data * u64::from(overcommit.max(100)) / 100;
     1 + u64::from(table_pages)
-        + 2 * u64::from(max_volumes).min(data.max(16))
+        + 2 * u64::from(max_volumes).min((data / 8).max(64))
         + 4 * promised.div_ceil(MAP_ENTRIES as u64)
         + 16
 }

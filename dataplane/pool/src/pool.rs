@@ -226,6 +226,32 @@ impl Pool {
         &self.name
     }
 
+    /// The pool device's name.
+    pub fn device_name(&self) -> &str {
+        &self.dev_name
+    }
+
+    /// A hot upgrade is handing the pool over: operations are refused (with
+    /// [`PoolError::HandedOver`]) until [`Pool::thaw`], or for `at_most` (an upgrade
+    /// abandoned without a word). Waits for an operation in progress to end.
+    pub fn freeze(&self, at_most: Duration) {
+        let _g = self.ctl.lock().expect("pool lock poisoned");
+        self.frozen_until
+            .store(now_ms() + at_most.as_millis() as u64, Ordering::Release);
+    }
+
+    /// Operations are allowed again (the handover did not happen).
+    pub fn thaw(&self) {
+        self.frozen_until.store(0, Ordering::Release);
+    }
+
+    /// The device of volume `name` if something serves it now.
+    pub fn served_volume(&self, name: &str) -> Option<Arc<VolumeBdev>> {
+        let ctl = self.ctl.lock().expect("pool lock poisoned");
+        let i = *ctl.by_name.get(name)?;
+        ctl.served.get(&i).and_then(|w| w.upgrade())
+    }
+
     pub(crate) fn arc(&self) -> Arc<Pool> {
         self.me.upgrade().expect("a pool in use is alive")
     }
@@ -390,6 +416,17 @@ impl Pool {
     /// following the page write protocol: tokens taken, contents built from the current
     /// state, published when durable.
     pub(crate) fn commit(&self, io: &mut CtlIo, pages: &[PageWrite<'_>]) -> Result<(), PoolError> {
+        self.commit_with(io, pages, true)
+    }
+
+    /// [`Pool::commit`], flushing (with a volatile cache) only when `flush` says so: a
+    /// caller that writes a commit inside a pause flushes after it (see the snapshot).
+    pub(crate) fn commit_with(
+        &self,
+        io: &mut CtlIo,
+        pages: &[PageWrite<'_>],
+        flush: bool,
+    ) -> Result<(), PoolError> {
         let mut turns = Vec::with_capacity(pages.len());
         let mut bufs = Vec::with_capacity(pages.len());
         for (page, build) in pages {
@@ -413,7 +450,7 @@ impl Pool {
             .map(|(((page, _), t), b)| (meta::slot_offset(*page, t.seq), b))
             .collect();
         let res = io.write_many(&pieces, "writing metadata").and_then(|()| {
-            if self.volatile {
+            if self.volatile && flush {
                 io.flush("flushing metadata")
             } else {
                 Ok(())
@@ -432,6 +469,17 @@ impl Pool {
     /// Writes slot `i`'s head chain: continuation pages first, then the head (the
     /// chain is written before its head; the head's write is the commit).
     pub(crate) fn commit_head(&self, io: &mut CtlIo, i: u32) -> Result<(), PoolError> {
+        self.commit_head_with(io, i, true)
+    }
+
+    /// [`Pool::commit_head`]; the head's write flushed only when `flush` says so (the
+    /// continuation pages always are: they must be durable before the head).
+    pub(crate) fn commit_head_with(
+        &self,
+        io: &mut CtlIo,
+        i: u32,
+        flush: bool,
+    ) -> Result<(), PoolError> {
         let pages = self.head_pages(i);
         let head = self.head_of(i);
         let build = |k: usize| {
@@ -448,7 +496,7 @@ impl Pool {
             let ext: Vec<PageWrite<'_>> = (1..pages.len()).map(|k| (pages[k], build(k))).collect();
             self.commit(io, &ext)?;
         }
-        self.commit(io, &[(pages[0], build(0))])
+        self.commit_with(io, &[(pages[0], build(0))], flush)
     }
 
     /// Writes the table page holding slot `i`.
@@ -624,13 +672,11 @@ impl Bdev for Pool {
     }
 
     /// The arena's memfd: the successor maps the same memory, so what changes while
-    /// serving (maps, allocation, sequence numbers) needs no export at the pause. From
-    /// here on, operations are refused until the handover ends (the process exits) or,
-    /// if it was abandoned, for a minute.
+    /// serving (maps, allocation, sequence numbers) needs no export at the pause. What
+    /// the successor derives from it (names, the map area's allocator) changes only
+    /// with operations, which the daemon freezes ([`Pool::freeze`]) for the length of
+    /// the handover.
     fn export(&self) -> Result<Export, BdevError> {
-        let _g = self.ctl.lock().expect("pool lock poisoned");
-        self.frozen_until
-            .store(now_ms() + 60_000, Ordering::Release);
         let fd = self.arena.fd().try_clone().map_err(BdevError::Setup)?;
         let st = PoolState {
             name: self.name.clone(),
@@ -643,7 +689,8 @@ impl Bdev for Pool {
         })
     }
 
-    /// The predecessor has let go: this process owns the pool from now on.
+    /// The predecessor has let go: this process owns the pool from now on (its
+    /// operations run from here).
     fn adopted(&self) {
         self.arena
             .header()

@@ -7,7 +7,8 @@
 //! I/O is then paused (its gate) for one metadata write, the commit: the old record's
 //! head, renamed and marked read-only. A crash before that write leaves a clone whose
 //! parent is not a snapshot, which the replay drops. The pause is therefore a drain of
-//! the requests in flight plus one page write, whatever the volume's size.
+//! the requests in flight plus one page write (its flush comes after the pause), whatever
+//! the volume's size.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -94,7 +95,11 @@ pub(crate) fn snapshot(
     let old_uuid = s.uuid();
     s.set_uuid(&random());
     s.set_name(snap);
-    if let Err(e) = pool.commit_head(&mut io, b) {
+    // Written, not flushed, inside the pause: whatever the volume writes next that
+    // needs a cluster (all of its first writes do) flushes its own map page after this
+    // write completed, which makes the commit durable before that write is
+    // acknowledged; the flush below does it for the caller.
+    if let Err(e) = pool.commit_head_with(&mut io, b, false) {
         s.flags.store(old_flags, Ordering::Release);
         s.set_uuid(&old_uuid);
         s.set_name(name);
@@ -107,6 +112,9 @@ pub(crate) fn snapshot(
     }
     drop(gate);
     let paused = t0.elapsed();
+    if pool.volatile {
+        io.flush("flushing the snapshot's commit")?;
+    }
     tracing::debug!(pool = %pool.name, volume = name, snapshot = snap, drained_us = drained.as_micros() as u64, paused_us = paused.as_micros() as u64, "snapshot taken");
     if let Some(v) = &vol {
         ctl.served.remove(&b);

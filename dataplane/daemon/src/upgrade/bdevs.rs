@@ -19,6 +19,7 @@ use lightpool_bdev_passthru::PassthruAdopter;
 use lightpool_bdev_ram::RamAdopter;
 use lightpool_bdev_uring::UringAdopter;
 use lightpool_nvmf::{NvmfError, Target};
+use lightpool_pool::{PoolAdopter, VolumeAdopter};
 
 /// Each namespace's (NQN, NSID, id of its block device in the graph).
 pub type NsDevices = Vec<(String, u32, u32)>;
@@ -32,13 +33,15 @@ pub(super) fn adopters() -> Adopters {
     a.register(Box::new(RamAdopter))
         .register(Box::new(UringAdopter))
         .register(Box::new(NvmeVfioAdopter))
-        .register(Box::new(PassthruAdopter));
+        .register(Box::new(PassthruAdopter))
+        .register(Box::new(PoolAdopter))
+        .register(Box::new(VolumeAdopter));
     a
 }
 
-/// The device graph of every namespace's block device, and which device each
-/// namespace serves.
-pub fn graph(target: &Target) -> (DeviceGraph, NsDevices) {
+/// The device graph of every namespace's block device and of the `extra` roots (the
+/// pools, served or not), and which device each namespace serves.
+pub fn graph(target: &Target, extra: &[Arc<dyn Bdev>]) -> (DeviceGraph, NsDevices) {
     let mut roots = Vec::new();
     let mut ns = Vec::new();
     for s in target.subsystems() {
@@ -47,7 +50,7 @@ pub fn graph(target: &Target) -> (DeviceGraph, NsDevices) {
             ns.push((s.nqn.clone(), n.nsid));
         }
     }
-    let g = DeviceGraph::walk(&roots);
+    let g = DeviceGraph::walk(roots.iter().chain(extra));
     let ns = ns
         .into_iter()
         .zip(&roots)
@@ -60,8 +63,9 @@ pub fn graph(target: &Target) -> (DeviceGraph, NsDevices) {
 /// descriptors, indexed from 0.
 pub(super) fn early_export(
     target: &Target,
+    extra: &[Arc<dyn Bdev>],
 ) -> Result<(Vec<DeviceRecord>, NsDevices, Vec<OwnedFd>)> {
-    let (g, ns) = graph(target);
+    let (g, ns) = graph(target, extra);
     let mut fds = Vec::new();
     let recs = g
         .export(|at_pause| !at_pause, &mut fds, 0)
@@ -73,10 +77,11 @@ pub(super) fn early_export(
 /// descriptors appended to `fds`, indexed from `fd_base`.
 pub(super) fn pause_export(
     target: &Target,
+    extra: &[Arc<dyn Bdev>],
     fds: &mut Vec<OwnedFd>,
     fd_base: usize,
 ) -> Result<Vec<DeviceRecord>> {
-    let (g, _) = graph(target);
+    let (g, _) = graph(target, extra);
     if !g.any_at_pause() {
         return Ok(Vec::new());
     }
@@ -138,7 +143,7 @@ mod tests {
             });
         }
         t.add_subsystem(sc).expect("subsystem");
-        let (recs, ns, fds) = early_export(&t).expect("export");
+        let (recs, ns, fds) = early_export(&t, &[]).expect("export");
         assert_eq!((recs.len(), fds.len()), (1, 1));
         assert_eq!(ns[0].2, ns[1].2);
         let bytes = postcard::to_stdvec(&(recs.clone(), ns.clone())).expect("encode");
@@ -157,7 +162,7 @@ mod tests {
         let b = namespace_bdev(&ns2, &devs, "nqn.2024-01.io.lightpool:a", 2).expect("ns 2");
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(a.kind(), "ram");
-        assert!(pause_export(&t, &mut Vec::new(), 1)
+        assert!(pause_export(&t, &[], &mut Vec::new(), 1)
             .expect("nothing at pause")
             .is_empty());
     }

@@ -145,7 +145,7 @@ pub fn write_boot(run: &Running) -> Result<()> {
 /// Write the boot blob and return the descriptors of the devices it describes (in the
 /// order its records index them): what a REACTORS answer sends.
 fn write_boot_fds(run: &Running) -> Result<Vec<OwnedFd>> {
-    let (devices, namespaces, fds) = early_export(&run.target)?;
+    let (devices, namespaces, fds) = early_export(&run.target, &run.pools.roots())?;
     let boot = Boot {
         version: crate::firmware_revision().to_string(),
         pid: std::process::id(),

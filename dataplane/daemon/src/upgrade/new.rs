@@ -425,6 +425,7 @@ fn adopt(
         layout: STATE_LAYOUT,
         state_dir: early.boot.state_dir.map(std::path::PathBuf::from),
         region,
+        pools: crate::pools::Pools::from_devices(early.devices.values()),
     };
     if let Err(e) = write_boot(&run) {
         tracing::warn!(error = format!("{e:#}"), "boot blob not rewritten");

@@ -145,7 +145,7 @@ fn send_state(
     let control_fd = idx(&mut fds, dup(&run.control)?);
     let stdout_fd = idx(&mut fds, dup(std::io::stdout().as_fd())?);
     let stderr_fd = idx(&mut fds, dup(std::io::stderr().as_fd())?);
-    let devices = pause_export(&run.target, &mut fds, 1)?;
+    let devices = pause_export(&run.target, &run.pools.roots(), &mut fds, 1)?;
     let pause = Pause {
         version: crate::firmware_revision().to_string(),
         pid: std::process::id(),

@@ -103,6 +103,7 @@ pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
         layout: STATE_LAYOUT,
         state_dir: Some(dir.to_path_buf()),
         region,
+        pools: crate::pools::Pools::from_devices(devs.values()),
     };
     write_boot(&run)?;
     Ok(run)

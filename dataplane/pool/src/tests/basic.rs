@@ -297,7 +297,8 @@ fn a_successor_adopts_the_pool_from_its_shared_memory() {
     );
     let mut fds = Vec::new();
     let recs = g.export(|at_pause| !at_pause, &mut fds, 0).unwrap();
-    // Operations are refused once exported.
+    // Operations are refused while the handover runs (the daemon freezes them).
+    p.freeze(std::time::Duration::from_secs(60));
     assert!(matches!(
         p.create("w", MIB, true),
         Err(PoolError::HandedOver { .. })
