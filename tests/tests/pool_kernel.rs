@@ -168,13 +168,14 @@ two() {{
 say "one subsystem, two namespaces"
 nvme connect $A -n {ONE} --nr-io-queues=2
 set -- $(devs {ONE} 2)
-say "devices $1 $2"
-two ns --rw=randwrite --bsrange=4k-256k --size=24m --do_verify=1
-two nsw --rw=write --bs=128k --size=16m --offset=64m --do_verify=0
+N1=$1; N2=$2
+say "devices $N1 $N2"
+two ns $N1 $N2 --rw=randwrite --bsrange=4k-256k --size=24m --do_verify=1
+two nsw $N1 $N2 --rw=write --bs=128k --size=16m --offset=64m --do_verify=0
 nvme disconnect -n {ONE}
 nvme connect $A -n {ONE} --nr-io-queues=2
 set -- $(devs {ONE} 2)
-two nsw --rw=write --bs=128k --size=16m --offset=64m --verify_only
+two nsw $1 $2 --rw=write --bs=128k --size=16m --offset=64m --verify_only
 nvme disconnect -n {ONE}
 
 say "two subsystems"
@@ -185,16 +186,16 @@ D2=$(devs {TWO_B} 1)
 say "devices $D1 $D2"
 # A snapshot of the thin volume d while fio writes to it.
 ( sleep 4; echo "snapshot d d-snap" | nc 10.0.2.2 {agent_port} ) &
-two subsys --rw=randwrite --bsrange=4k-256k --size=32m --do_verify=1
+two subsys $D1 $D2 --rw=randwrite --bsrange=4k-256k --size=32m --do_verify=1
 wait
-two subsysw --rw=write --bs=64k --size=16m --offset=96m --do_verify=0
+two subsysw $D1 $D2 --rw=write --bs=64k --size=16m --offset=96m --do_verify=0
 nvme disconnect -n {TWO_A}
 nvme disconnect -n {TWO_B}
 nvme connect $A -n {TWO_A}
 nvme connect $A -n {TWO_B}
 D1=$(devs {TWO_A} 1)
 D2=$(devs {TWO_B} 1)
-two subsysw --rw=write --bs=64k --size=16m --offset=96m --verify_only
+two subsysw $D1 $D2 --rw=write --bs=64k --size=16m --offset=96m --verify_only
 blkdiscard -o 0 -l 1048576 /dev/$D2
 nvme disconnect -n {TWO_A}
 nvme disconnect -n {TWO_B}
