@@ -764,8 +764,10 @@ impl VolChannel {
     /// Where `num_blocks` blocks at `offset_blocks` lie on the pool device, in blocks,
     /// when they lie in one cluster that holds data of its own (or, for a read, its
     /// snapshot's); `None` otherwise (out of range, across clusters, unallocated, or
-    /// being changed: a write there needs the full path). Runs admitted through the
-    /// gate, like any request that reads the map.
+    /// being changed: a write there needs the full path). The caller holds the gate
+    /// (entered, like any request that reads the map) until the pool device's in-place
+    /// call has returned: a snapshot taken between the lookup and an in-place write
+    /// would otherwise get that write in the cluster it now owns.
     #[inline]
     fn in_place(&self, offset_blocks: u64, num_blocks: u32, write: bool) -> Option<u64> {
         let info = &self.st.info;
@@ -777,9 +779,6 @@ impl VolChannel {
         let byte = offset_blocks << pool.bs_shift;
         let off = byte & (pool.cs - 1);
         if off + (u64::from(num_blocks) << pool.bs_shift) > pool.cs {
-            return None;
-        }
-        if !self.vol.gate.enter(&self.reg) {
             return None;
         }
         let slot = self.vol.cur.load(Ordering::Acquire);
@@ -795,7 +794,6 @@ impl VolChannel {
         } else {
             pool.resolve(slot, idx)
         };
-        self.vol.gate.leave(&self.reg);
         (c != 0).then(|| ((u64::from(c) << pool.cs_shift) + off) >> pool.bs_shift)
     }
 }
@@ -841,8 +839,14 @@ impl IoChannel for VolChannel {
     /// Blocks in one cluster with data: the pool device's own in-place read (a RAM
     /// pool's memory, sent from where it is).
     fn read_in_place(&mut self, offset_blocks: u64, num_blocks: u32) -> Option<DataRef> {
-        let at = self.in_place(offset_blocks, num_blocks, false)?;
-        self.st.base.read_in_place(at, num_blocks)
+        if !self.vol.gate.enter(&self.reg) {
+            return None;
+        }
+        let r = self
+            .in_place(offset_blocks, num_blocks, false)
+            .and_then(|at| self.st.base.read_in_place(at, num_blocks));
+        self.vol.gate.leave(&self.reg);
+        r
     }
 
     /// Blocks of one cluster the volume owns (durably mapped): the pool device's own
@@ -851,10 +855,15 @@ impl IoChannel for VolChannel {
         if data.len() as u64 != u64::from(num_blocks) << self.pool.bs_shift {
             return false;
         }
-        match self.in_place(offset_blocks, num_blocks, true) {
+        if !self.vol.gate.enter(&self.reg) {
+            return false;
+        }
+        let done = match self.in_place(offset_blocks, num_blocks, true) {
             Some(at) => self.st.base.write_in_place(at, num_blocks, data),
             None => false,
-        }
+        };
+        self.vol.gate.leave(&self.reg);
+        done
     }
 
     fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
