@@ -474,7 +474,12 @@ fn round(seed: u64, volatile: bool) -> Result<Stats, String> {
     })
 }
 
+/// `n` rounds, or `LIGHTPOOL_POOL_FAULT_ROUNDS` (a longer run by hand).
 fn rounds(volatile: bool, n: u64) {
+    let n = std::env::var("LIGHTPOOL_POOL_FAULT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n);
     let mut failed = Vec::new();
     let (mut mid, mut blocks, mut vols) = (0, 0, 0);
     for seed in 1..=n {
