@@ -12,6 +12,7 @@
 #   W=randwrite QD=32 perf/profile.sh instructions
 #   W=read BS=131072 QD=16 SIZE=1GiB HUGEPAGES=1 perf/profile.sh samples
 #   TARGET_BIN=/path/to/other/lightpool-target perf/profile.sh instructions
+#   DEVICE=raid1 perf/profile.sh instructions          an array of two RAM members
 #
 # Target on core 0, lightpool-perf on core 1, one RAM namespace (SIZE, default 64MiB;
 # 512-byte blocks), written once before sampling. Output under target/profile/.
@@ -29,6 +30,8 @@ PORT=${PORT:-4421}
 BIN=target/release
 OUT=${OUT:-target/profile}
 TARGET_BIN=${TARGET_BIN:-$BIN/lightpool-target}
+# The namespace's device: ram, or raid0 / raid1 over two RAM members (SIZE in MiB).
+DEVICE=${DEVICE:-ram}
 
 case $MODE in
 instructions) command -v valgrind > /dev/null || { echo "valgrind is missing: apt-get install valgrind" >&2; exit 1; } ;;
@@ -43,21 +46,30 @@ if ((HUGEPAGES)); then
     HP=true
     "$BIN/hugepage-setup" reserve --pages 520 --no-mount > /dev/null
 fi
+case $DEVICE in
+ram) NS=$(printf 'ram = "%s"\nblock_size = 512\nhugepages = %s' "$SIZE" $HP); ARRAY= ;;
+raid0 | raid1)
+    mib=${SIZE%MiB}
+    each=$( [[ $DEVICE == raid0 ]] && echo $((mib / 2 + 1)) || echo $((mib + 1)) )
+    NS='raid = "r"'
+    ARRAY=$(printf '[[raid]]\nname = "r"\nlevel = "%s"\n[[raid.member]]\nram = "%sMiB"\n[[raid.member]]\nram = "%sMiB"\n' \
+        "$DEVICE" $each $each)
+    ;;
+*) echo "DEVICE is ram, raid0 or raid1" >&2; exit 2 ;;
+esac
 cat > "$OUT/target.toml" <<EOF
 [target]
 cores = [0]
 
 [[listener]]
 address = "127.0.0.1:$PORT"
-
+$ARRAY
 [[subsystem]]
 nqn = "nqn.2024-01.io.lightpool:profile"
 
 [[subsystem.namespace]]
 nsid = 1
-ram = "$SIZE"
-block_size = 512
-hugepages = $HP
+$NS
 EOF
 
 run_target() {

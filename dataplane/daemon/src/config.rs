@@ -17,6 +17,10 @@ pub struct Config {
     pub listeners: Vec<ListenerSection>,
     #[serde(default, rename = "subsystem")]
     pub subsystems: Vec<SubsystemSection>,
+    /// Arrays over several devices (see raid.rs), which namespaces name by `raid` and
+    /// pools by their `raid` key.
+    #[serde(default, rename = "raid")]
+    pub raids: Vec<crate::raid::RaidSection>,
     #[serde(default, rename = "pool")]
     pub pools: Vec<PoolSection>,
 }
@@ -159,6 +163,8 @@ pub struct NamespaceSection {
     /// the control socket's DEVICES).
     #[serde(default)]
     pub passthru: bool,
+    /// The name of a `[[raid]]` array to serve.
+    pub raid: Option<String>,
     /// A volume of a pool, as "POOL/VOLUME".
     pub volume: Option<String>,
 }
@@ -174,6 +180,8 @@ pub struct PoolSection {
     pub ram: Option<String>,
     /// Or an NVMe SSD bound to vfio-pci.
     pub vfio: Option<String>,
+    /// Or a `[[raid]]` array, by name (the pool is then its only user).
+    pub raid: Option<String>,
     pub vfio_nsid: Option<u32>,
     /// Block size of a RAM or file device (512 or 4096).
     pub block_size: Option<u32>,
@@ -303,6 +311,7 @@ impl Config {
                 )
             })?;
         }
+        crate::raid::validate(&self.raids)?;
         for (si, s) in self.subsystems.iter().enumerate() {
             let f = |x: &str| format!("subsystem[{si}].{x}");
             if self.subsystems[..si].iter().any(|o| o.nqn == s.nqn) {
@@ -311,10 +320,10 @@ impl Config {
             for (ni, n) in s.namespaces.iter().enumerate() {
                 let g = |x: &str| format!("subsystem[{si}].namespace[{ni}].{x}");
                 if let Some(v) = &n.volume {
-                    if n.ram.is_some() || n.file.is_some() || n.vfio.is_some() {
+                    if n.ram.is_some() || n.file.is_some() || n.vfio.is_some() || n.raid.is_some() {
                         return Err(ferr(
                             g("volume"),
-                            "give one of ram, file, vfio or volume, not several",
+                            "give one of ram, file, vfio, raid or volume, not several",
                         ));
                     }
                     let Some((pool, vol)) = v.split_once('/') else {
@@ -335,11 +344,35 @@ impl Config {
                     check_ids(&g, n)?;
                     continue;
                 }
+                if let Some(r) = &n.raid {
+                    if n.ram.is_some() || n.file.is_some() || n.vfio.is_some() {
+                        return Err(ferr(
+                            g("raid"),
+                            "give one of ram, file, vfio or raid, not several",
+                        ));
+                    }
+                    if !self.raids.iter().any(|a| &a.name == r) {
+                        return Err(ferr(g("raid"), format!("no [[raid]] is named {r:?}")));
+                    }
+                    if let Some(p) = self.pools.iter().find(|p| p.raid.as_ref() == Some(r)) {
+                        return Err(ferr(
+                            g("raid"),
+                            format!("array {r:?} is pool {:?}'s device; serve one of its volumes (volume = \"{}/NAME\")", p.name, p.name),
+                        ));
+                    }
+                    if n.block_size.is_some() {
+                        return Err(ferr(
+                            g("block_size"),
+                            "an array has its members' block size",
+                        ));
+                    }
+                }
                 match (&n.ram, &n.file, &n.vfio) {
+                    (None, None, None) if n.raid.is_some() => {}
                     (None, None, None) => {
                         return Err(ferr(
                             g("file"),
-                            "a namespace needs a backend: ram = \"SIZE\", file = \"PATH\", vfio = \"PCI ADDRESS\" or volume = \"POOL/VOLUME\"",
+                            "a namespace needs a backend: ram = \"SIZE\", file = \"PATH\", vfio = \"PCI ADDRESS\", raid = \"NAME\" or volume = \"POOL/VOLUME\"",
                         ))
                     }
                     (Some(r), None, None) => {
@@ -407,11 +440,35 @@ impl Config {
             if self.pools[..pi].iter().any(|o| o.name == p.name) {
                 return Err(ferr(f("name"), format!("{:?} is configured twice", p.name)));
             }
+            if let Some(r) = &p.raid {
+                if p.device.is_some() || p.ram.is_some() || p.vfio.is_some() {
+                    return Err(ferr(
+                        f("raid"),
+                        "give one of device, ram, vfio or raid, not several",
+                    ));
+                }
+                if !self.raids.iter().any(|a| &a.name == r) {
+                    return Err(ferr(f("raid"), format!("no [[raid]] is named {r:?}")));
+                }
+                if let Some(o) = self.pools[..pi].iter().find(|o| o.raid.as_ref() == Some(r)) {
+                    return Err(ferr(
+                        f("raid"),
+                        format!("array {r:?} is pool {:?}'s device already", o.name),
+                    ));
+                }
+                if p.block_size.is_some() || p.direct.is_some() {
+                    return Err(ferr(
+                        f("block_size"),
+                        "a pool on an array has the array's block size; block_size and direct belong to the [[raid]]",
+                    ));
+                }
+            }
             match (&p.device, &p.ram, &p.vfio) {
+                (None, None, None) if p.raid.is_some() => {}
                 (None, None, None) => {
                     return Err(ferr(
                         f("device"),
-                        "a pool needs a device: device = \"PATH\", ram = \"SIZE\" or vfio = \"PCI ADDRESS\"",
+                        "a pool needs a device: device = \"PATH\", ram = \"SIZE\", vfio = \"PCI ADDRESS\" or raid = \"ARRAY\"",
                     ))
                 }
                 (Some(_), None, None) => {}

@@ -109,6 +109,8 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
             Err(e) => format!("ERR {e:#}\n"),
         };
         w.write_all(out.as_bytes())?;
+    } else if let Some(rest) = line.strip_prefix("RAID") {
+        w.write_all(crate::raid::control(rest).as_bytes())?;
     } else if line.starts_with("HELLO ") {
         stream.set_read_timeout(None)?;
         // Returns only when the handover did not happen (else this process exits).

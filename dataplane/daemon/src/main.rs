@@ -7,6 +7,7 @@ mod config;
 mod fdpass;
 mod control;
 mod pools;
+mod raid;
 mod transports;
 mod upgrade;
 
@@ -87,6 +88,13 @@ enum Cmd {
     /// clone SNAP VOL, inflate VOL (no arguments: every pool).
     Pool {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Arrays of the running target: `list`, `status NAME`, `fail NAME MEMBER`,
+    /// `remove NAME MEMBER`, `re-add NAME MEMBER`, `add NAME PATH`, `rate NAME
+    /// BYTES-PER-SECOND` (a member is a device name or a slot as #N).
+    Raid {
+        #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
     /// Set the ANA state of a namespace group of the running target; connected hosts
@@ -170,9 +178,11 @@ fn default_config() -> Config {
                 uuid: None,
                 ana_group: None,
                 passthru: false,
+                raid: None,
                 volume: None,
             }],
         }],
+        raids: Vec::new(),
         pools: vec![],
     }
 }
@@ -288,10 +298,11 @@ fn build_target(
     };
     let target = Target::new(opts).map_err(|e| anyhow::anyhow!("target: {e}"))?;
     let region = upgrade::create_region(&target.opts, state_dir, layout)?;
-    let pools = pools::Pools::open(cfg, state_dir)?;
     target
         .attach_region(region.clone())
         .map_err(|e| anyhow::anyhow!("state region: {e}"))?;
+    let arrays = raid::open_arrays(&cfg.raids, state_dir)?;
+    let pools = pools::Pools::open(cfg, state_dir, &arrays)?;
     for (si, s) in cfg.subsystems.iter().enumerate() {
         let mut sc = SubsystemConfig::new(&s.nqn);
         sc.serial = s.serial.clone();
@@ -302,9 +313,10 @@ fn build_target(
         sc.max_cntlid = s.max_cntlid;
         for (ni, n) in s.namespaces.iter().enumerate() {
             let field = format!("subsystem[{si}].namespace[{ni}]");
-            let mut bdev = match &n.volume {
-                Some(v) => pools.volume(v).with_context(|| format!("{field}.volume"))?,
-                None => open_bdev(&field, &s.nqn, n, state_dir)?,
+            let mut bdev = match (&n.volume, &n.raid) {
+                (Some(v), _) => pools.volume(v).with_context(|| format!("{field}.volume"))?,
+                (None, Some(r)) => arrays[r].clone(),
+                (None, None) => open_bdev(&field, &s.nqn, n, state_dir)?,
             };
             if n.passthru {
                 bdev = lightpool_bdev_passthru::PassthruBdev::new(bdev);
@@ -380,6 +392,7 @@ fn main() {
         Some(Cmd::Ana { nqn, group, state }) => control::ana_command(&control, nqn, *group, state),
         Some(Cmd::Devices) => control::devices_command(&control),
         Some(Cmd::Pool { args }) => pools::command_client(&control, args),
+        Some(Cmd::Raid { args }) => raid::command(&control, args),
         None => run(&args, &control),
     };
     if let Err(e) = res {

@@ -33,11 +33,15 @@ pub struct Pools {
 impl Pools {
     /// Opens every configured pool (making one on a blank device when allowed), and
     /// creates or grows the volumes the configuration names.
-    pub fn open(cfg: &Config, state_dir: Option<&Path>) -> Result<Pools> {
+    pub fn open(
+        cfg: &Config,
+        state_dir: Option<&Path>,
+        arrays: &BTreeMap<String, Arc<dyn Bdev>>,
+    ) -> Result<Pools> {
         let pools = Pools::default();
         for (pi, p) in cfg.pools.iter().enumerate() {
             let field = format!("pool[{pi}]");
-            let dev = open_device(&field, p, state_dir)?;
+            let dev = open_device(&field, p, state_dir, arrays)?;
             let opts = options(p)?;
             let (pool, report) = Pool::open(dev, &p.name, &opts, p.create)
                 .map_err(|e| anyhow!("{field} ({}): {e}", p.name))?;
@@ -261,8 +265,19 @@ pub fn ram_file(dir: &Path, pool: &str) -> std::path::PathBuf {
 }
 
 /// Opens a pool's device.
-fn open_device(field: &str, p: &PoolSection, state_dir: Option<&Path>) -> Result<Arc<dyn Bdev>> {
+fn open_device(
+    field: &str,
+    p: &PoolSection,
+    state_dir: Option<&Path>,
+    arrays: &BTreeMap<String, Arc<dyn Bdev>>,
+) -> Result<Arc<dyn Bdev>> {
     let name = format!("pool-{}", p.name);
+    if let Some(r) = &p.raid {
+        return arrays
+            .get(r)
+            .cloned()
+            .ok_or_else(|| anyhow!("{field}.raid: no array {r:?} was opened"));
+    }
     if let Some(size) = &p.ram {
         let bytes = parse_size(size).map_err(|e| anyhow!("{field}.ram: {e}"))?;
         let bs = p.block_size.unwrap_or(512);
@@ -283,7 +298,7 @@ fn open_device(field: &str, p: &PoolSection, state_dir: Option<&Path>) -> Result
     let path = p
         .device
         .as_ref()
-        .expect("validate() guarantees device, ram or vfio");
+        .expect("validate() guarantees device, ram, vfio or raid");
     let opts = UringOptions {
         block_size: p.block_size,
         direct: p.direct.unwrap_or(true),

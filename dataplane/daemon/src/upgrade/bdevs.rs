@@ -20,6 +20,7 @@ use lightpool_bdev_ram::RamAdopter;
 use lightpool_bdev_uring::UringAdopter;
 use lightpool_nvmf::{NvmfError, Target};
 use lightpool_pool::{PoolAdopter, VolumeAdopter};
+use lightpool_raid::RaidAdopter;
 
 /// Each namespace's (NQN, NSID, id of its block device in the graph).
 pub type NsDevices = Vec<(String, u32, u32)>;
@@ -36,6 +37,9 @@ pub(super) fn adopters() -> Adopters {
         .register(Box::new(PassthruAdopter))
         .register(Box::new(PoolAdopter))
         .register(Box::new(VolumeAdopter));
+    for r in RaidAdopter::all(Some(crate::raid::registry())) {
+        a.register(r);
+    }
     a
 }
 
