@@ -84,13 +84,22 @@ fn setup() -> Setup {
     let dir = e2e_dir().expect("e2e dir");
     let state = PathBuf::from("/dev/shm/lightpool-e2e-pool-crash");
     let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir_all(&state).expect("state dir");
+    // The pool on a file (tmpfs), through io_uring, as a pool on a disk is: a block
+    // write the target started completes in the kernel even when the target is killed.
+    // (A RAM device's write is the target's own memcpy: SIGKILL in the middle of one
+    // leaves that block torn, half new and half old, which no pool can prevent.)
+    let image = state.join("pool.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(512 << 20))
+        .expect("pool image");
     let control = dir.join("pool-crash.sock").display().to_string();
     let config = dir.join("pool-crash.toml");
     std::fs::write(
         &config,
         format!(
             "[target]\ncores = [0]\nstate_dir = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n\
-             [[pool]]\nname = \"crash\"\nram = \"512MiB\"\nblock_size = 4096\ncluster_size = \"64KiB\"\novercommit = 400\n\
+             [[pool]]\nname = \"crash\"\ndevice = \"{}\"\ndirect = false\nblock_size = 4096\ncluster_size = \"64KiB\"\novercommit = 400\n\
              [[pool.volume]]\nname = \"v0\"\nsize = \"64MiB\"\n\
              [[pool.volume]]\nname = \"v1\"\nsize = \"64MiB\"\n\
              [[pool.volume]]\nname = \"perf\"\nsize = \"32MiB\"\n\
@@ -98,7 +107,8 @@ fn setup() -> Setup {
              [[subsystem.namespace]]\nnsid = 1\nvolume = \"crash/v0\"\n\
              [[subsystem.namespace]]\nnsid = 2\nvolume = \"crash/v1\"\n\
              [[subsystem.namespace]]\nnsid = 3\nvolume = \"crash/perf\"\n",
-            state.display()
+            state.display(),
+            image.display()
         ),
     )
     .expect("config");
