@@ -658,6 +658,57 @@ mod tests {
     }
 
     #[test]
+    fn pools_on_arrays() {
+        let check = |body: &str| {
+            let c: Config = toml::from_str(body).expect("parses");
+            c.validate().err().map(|e| e.field)
+        };
+        let md = "[[raid]]\nname = \"md0\"\nlevel = \"raid1\"\ndevices = [\"/a\", \"/b\"]\n";
+        let pool = |extra: &str| {
+            format!("{md}[[pool]]\nname = \"p\"\n{extra}\n[[pool.volume]]\nname = \"v\"\nsize = \"1GiB\"\n")
+        };
+        assert_eq!(check(&pool("raid = \"md0\"")), None);
+        let c: Config = toml::from_str(&pool("raid = \"md0\"")).expect("parses");
+        assert_eq!(c.pools[0].raid.as_deref(), Some("md0"));
+        let f = |x: &str| Some(format!("pool[0].{x}"));
+        assert_eq!(check(&pool("raid = \"md1\"")), f("raid"), "no such array");
+        assert_eq!(
+            check(&pool("raid = \"md0\"\ndevice = \"/x\"")),
+            f("raid"),
+            "two devices"
+        );
+        assert_eq!(
+            check(&pool("raid = \"md0\"\nblock_size = 4096")),
+            f("block_size"),
+            "the array's block size"
+        );
+        // Two pools on one array, or a namespace serving a pool's array, would write
+        // over each other.
+        assert_eq!(
+            check(&format!(
+                "{}[[pool]]\nname = \"q\"\nraid = \"md0\"\n",
+                pool("raid = \"md0\"")
+            )),
+            Some("pool[1].raid".into())
+        );
+        let ns = |v: &str| {
+            format!(
+                "{}[[subsystem]]\nnqn = \"nqn.x\"\n[[subsystem.namespace]]\nnsid = 1\n{v}\n",
+                pool("raid = \"md0\"")
+            )
+        };
+        assert_eq!(check(&ns("volume = \"p/v\"")), None);
+        assert_eq!(
+            check(&ns("raid = \"md0\"")),
+            Some("subsystem[0].namespace[0].raid".into())
+        );
+        assert_eq!(
+            check(&ns("raid = \"md0\"\nvolume = \"p/v\"")),
+            Some("subsystem[0].namespace[0].volume".into())
+        );
+    }
+
+    #[test]
     fn vfio_namespaces() {
         let ns = |body: &str| {
             let c: Config = toml::from_str(&format!(
