@@ -288,9 +288,17 @@ fn operator(
                         }
                     }
                     Err(e) => {
+                        // The target was killed while answering (the kill and `stop`
+                        // come together): the operation may or may not have happened.
+                        let killed = || {
+                            thread::sleep(Duration::from_millis(300));
+                            stop.load(Ordering::Relaxed)
+                        };
                         if e.contains("cannot reach")
                             || e.contains("unexpected answer")
                             || e.contains("Connection")
+                            || e.contains("Broken pipe")
+                            || killed()
                         {
                             let mut n = names.lock().unwrap();
                             for x in made.iter().chain(deleted.iter()) {
