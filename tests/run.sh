@@ -41,15 +41,18 @@ build_next() {
         cp target/release/lightpool-target target/release/lightpool-target-next
 }
 phase "build lightpool-target-next (release)" build_next
-phase "build lightpool-target, lightpool-perf (release)" cargo build --release -p lightpool-daemon -p lightpool-perf --bins
+phase "build lightpool-target, lightpool, lightpool-perf (release)" cargo build --release -p lightpool-daemon -p lightpool-cli -p lightpool-perf --bins
 # What the VFIO guest test carries into the guest.
 phase "build hugepage-setup, nvme_vfio_iops (release)" \
     cargo build --release -p hugepage-setup --bins -p lightpool-bdev-nvme-vfio --example nvme_vfio_iops
-# The RAM-in-huge-pages tests need a few free 2 MiB pages (only raised, never lowered).
+# The RAM-in-huge-pages tests need a few free 2 MiB pages and a hugetlbfs mount (for a
+# state directory's RAM file); only raised, never lowered.
 reserve_hugepages() {
     local have
     have=$(cat /proc/sys/vm/nr_hugepages)
-    ((have >= 16)) || ./target/release/hugepage-setup reserve --pages 16 --no-mount
+    if ((have < 24)) || ! grep -q " hugetlbfs " /proc/mounts; then
+        ./target/release/hugepage-setup reserve --pages $((have > 24 ? have : 24))
+    fi
 }
-phase "reserve 16 huge pages (hugepage-setup)" reserve_hugepages
+phase "reserve 24 huge pages, mount hugetlbfs (hugepage-setup)" reserve_hugepages
 phase "cargo test (with e2e)" cargo test --workspace --features lightpool-e2e/e2e "$@"

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use lightpool_bdev::{Bdev, IoChannel, IoOp, IoRequest};
 use lightpool_bdev_ram::MallocBdev;
 use lightpool_bdev_uring::{UringBdev, UringOptions};
+use lightpool_dma::{DmaBuf, DmaPool};
 
 use crate::cli::{fail_setup, BdevArgs};
 use crate::engine::{Device, Done, IoQueue, PerfError, QueueSetup, WorkerSpec};
@@ -15,13 +16,18 @@ use crate::report::Report;
 use crate::stats::ErrorKind;
 use crate::workload::{split_region, Op, Region};
 
-/// One channel with its own data buffers (4096-aligned, as `O_DIRECT` needs).
+/// One channel with its own data buffers (4096-aligned, as `O_DIRECT` needs): from the
+/// device's buffer pool when it offers one (a target takes its request buffers from
+/// there too), else memory of the queue's own.
 pub struct BdevQueue {
     // Declared first so it is dropped (and waits for its requests) before the buffers.
     ch: Box<dyn IoChannel>,
     data: Vec<u8>,
     base: usize,
     buf_len: usize,
+    /// The pool buffers, one per tag, when the device's pool had enough of the size.
+    pooled: Vec<DmaBuf>,
+    pool: Option<Arc<DmaPool>>,
     depth: u16,
     free: Vec<u16>,
     name: String,
@@ -33,13 +39,30 @@ impl BdevQueue {
             .open_channel()
             .map_err(|e| PerfError::Setup(format!("{}: {e}", bdev.info().name)))?;
         let buf_len = (io_size as usize).div_ceil(4096) * 4096;
-        let data = vec![0u8; usize::from(depth) * buf_len + 4096];
+        let mut pooled = Vec::new();
+        let pool = bdev.dma_pool().filter(|p| p.buf_size() >= buf_len);
+        if let Some(p) = &pool {
+            pooled.extend((0..depth).map_while(|_| p.get()));
+            if pooled.len() < usize::from(depth) {
+                for b in pooled.drain(..) {
+                    p.put(b);
+                }
+            }
+        }
+        let own = if pooled.is_empty() {
+            usize::from(depth) * buf_len + 4096
+        } else {
+            0
+        };
+        let data = vec![0u8; own];
         let base = data.as_ptr().align_offset(4096).min(4096);
         Ok(BdevQueue {
             ch,
             data,
             base,
             buf_len,
+            pool: (!pooled.is_empty()).then_some(pool).flatten(),
+            pooled,
             depth,
             free: (0..depth).rev().collect(),
             name: bdev.info().name.clone(),
@@ -49,6 +72,31 @@ impl BdevQueue {
     fn range(&self, tag: u16) -> std::ops::Range<usize> {
         let s = self.base + usize::from(tag) * self.buf_len;
         s..s + self.buf_len
+    }
+}
+
+impl Drop for BdevQueue {
+    fn drop(&mut self) {
+        // The channel first: it waits for the requests that use the buffers.
+        drop(std::mem::replace(&mut self.ch, Box::new(NoChannel)));
+        if let Some(p) = &self.pool {
+            for b in self.pooled.drain(..) {
+                p.put(b);
+            }
+        }
+    }
+}
+
+/// What a dropped queue's channel is replaced with.
+struct NoChannel;
+
+impl IoChannel for NoChannel {
+    unsafe fn submit(&mut self, _req: IoRequest) {}
+    fn poll(&mut self, _done: &mut dyn FnMut(u64, lightpool_bdev::IoStatus)) -> usize {
+        0
+    }
+    fn in_flight(&self) -> usize {
+        0
     }
 }
 
@@ -62,10 +110,17 @@ impl IoQueue for BdevQueue {
     }
 
     fn buf(&self, tag: u16) -> &[u8] {
-        &self.data[self.range(tag)]
+        match self.pooled.get(usize::from(tag)) {
+            Some(b) => &b.as_slice()[..self.buf_len],
+            None => &self.data[self.range(tag)],
+        }
     }
 
     fn buf_mut(&mut self, tag: u16) -> &mut [u8] {
+        let len = self.buf_len;
+        if usize::from(tag) < self.pooled.len() {
+            return &mut self.pooled[usize::from(tag)].as_mut_slice()[..len];
+        }
         let r = self.range(tag);
         &mut self.data[r]
     }
@@ -83,12 +138,12 @@ impl IoQueue for BdevQueue {
             Op::Read => IoOp::Read,
             Op::Write => IoOp::Write,
         };
-        let r = self.range(tag);
-        let ptr = self.data[r].as_mut_ptr();
+        let ptr = self.buf_mut(tag).as_mut_ptr();
         let req = IoRequest::rw(op, lba, blocks, ptr, bytes as usize, u64::from(tag));
-        // SAFETY: `ptr` points at `tag`'s own `buf_len` bytes of `self.data`, which is
-        // never resized and outlives the channel (dropped after it); the engine does
-        // not touch a tag's buffer between submit and the completion `poll` returns.
+        // SAFETY: `ptr` points at `tag`'s own `buf_len` bytes (of `self.data`, never
+        // resized, or of the tag's pool buffer, held until the queue is dropped), which
+        // outlive the channel (dropped first); the engine does not touch a tag's buffer
+        // between submit and the completion `poll` returns.
         unsafe { self.ch.submit(req) };
         Ok(())
     }
@@ -141,7 +196,8 @@ fn open(a: &BdevArgs, depth: u16) -> Result<Arc<dyn Bdev>, PerfError> {
         direct: !a.buffered,
         queue_depth: u32::from(depth),
     };
-    let b = UringBdev::open(path, opts).map_err(|e| PerfError::Setup(e.to_string()))?;
+    let b = UringBdev::open_with(path, opts, a.ring.unwrap_or_default())
+        .map_err(|e| PerfError::Setup(e.to_string()))?;
     if !a.buffered && !b.is_direct() {
         eprintln!(
             "lightpool-perf: {} does not support O_DIRECT here; the run goes through the page cache",

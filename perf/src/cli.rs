@@ -151,6 +151,11 @@ pub struct BdevArgs {
     /// Use the page cache (no O_DIRECT).
     #[arg(long)]
     pub buffered: bool,
+    /// How each io_uring ring is set up, as changes to the defaults: fixed-file,
+    /// fixed-buffers, coop-taskrun, defer-taskrun, quiet-eventfd (or no-...),
+    /// sqpoll=CPU, batch=N, plain (everything off). Default: the target's.
+    #[arg(long, value_parser = lightpool_bdev_uring::RingOptions::parse, requires = "file")]
+    pub ring: Option<lightpool_bdev_uring::RingOptions>,
     #[command(flatten)]
     pub w: WorkloadArgs,
     #[command(flatten)]

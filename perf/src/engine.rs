@@ -140,6 +140,8 @@ pub struct IntervalTotal {
     pub index: u64,
     pub len: Duration,
     pub ios: u64,
+    /// Of `ios`, the reads.
+    pub reads: u64,
     pub bytes: u64,
     pub hist: Histogram<u64>,
 }
@@ -343,6 +345,7 @@ impl Aggregator {
                         index: iv.index,
                         len: Duration::ZERO,
                         ios: 0,
+                        reads: 0,
                         bytes: 0,
                         hist: new_hist(),
                     },
@@ -354,6 +357,7 @@ impl Aggregator {
         let e = &mut self.open[i];
         e.1.len = e.1.len.max(iv.len);
         e.1.ios += iv.ios;
+        e.1.reads += iv.reads;
         e.1.bytes += iv.bytes;
         let _ = e.1.hist.add(&iv.hist);
         e.2 += 1;
@@ -598,7 +602,7 @@ fn drive<Q: IoQueue>(
     let mut next_tick =
         (tick_start + Duration::from_secs(1)).min(if warm { measure_start } else { end });
     let mut iv_hist = new_hist();
-    let (mut iv_ios, mut iv_bytes) = (0u64, 0u64);
+    let (mut iv_ios, mut iv_reads, mut iv_bytes) = (0u64, 0u64, 0u64);
     let mut running = true;
     let mut drain_deadline = end + job.io_timeout;
 
@@ -679,6 +683,7 @@ fn drive<Q: IoQueue>(
                         if running && now < end {
                             iv_hist.saturating_record(ns);
                             iv_ios += 1;
+                            iv_reads += u64::from(s.op == Op::Read);
                             iv_bytes += u64::from(io_bytes);
                         }
                         if measuring {
@@ -730,11 +735,13 @@ fn drive<Q: IoQueue>(
                         warmup: warm,
                         len,
                         ios: iv_ios,
+                        reads: iv_reads,
                         bytes: iv_bytes,
                         hist,
                     }));
                 }
                 iv_ios = 0;
+                iv_reads = 0;
                 iv_bytes = 0;
                 tick_index += 1;
                 tick_start = next_tick;

@@ -63,7 +63,11 @@ pub struct VerifyReport {
 pub struct IntervalRow {
     /// End of the second, from the start of the measurement.
     pub t_s: f64,
+    /// Its length (the last one may be shorter).
+    pub len_s: f64,
     pub iops: f64,
+    pub read_iops: f64,
+    pub write_iops: f64,
     pub mib_s: f64,
     pub p99_us: f64,
 }
@@ -107,6 +111,9 @@ pub struct Report {
     pub hist_intervals: Vec<IntervalTotal>,
     #[serde(skip)]
     pub combined: Option<DirStats>,
+    /// The reads' and the writes' latencies apart (plots).
+    #[serde(skip)]
+    pub by_op: Option<(DirStats, DirStats)>,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -202,7 +209,10 @@ impl Report {
                 *t += iv.len.as_secs_f64();
                 Some(IntervalRow {
                     t_s: *t,
+                    len_s: iv.len.as_secs_f64(),
                     iops: rate(iv.ios as f64, iv.len),
+                    read_iops: rate(iv.reads as f64, iv.len),
+                    write_iops: rate((iv.ios - iv.reads) as f64, iv.len),
                     mib_s: rate(iv.bytes as f64, iv.len) / MIB,
                     p99_us: if iv.hist.is_empty() {
                         0.0
@@ -227,6 +237,7 @@ impl Report {
             server_preempted_ms: None,
             hist_intervals: out.intervals.clone(),
             combined: Some(combined),
+            by_op: Some((all.read.clone(), all.write.clone())),
         }
     }
 

@@ -207,6 +207,8 @@ pub struct Interval {
     pub warmup: bool,
     pub len: Duration,
     pub ios: u64,
+    /// Of `ios`, the reads.
+    pub reads: u64,
     pub bytes: u64,
     pub hist: Histogram<u64>,
 }

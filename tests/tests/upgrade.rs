@@ -621,3 +621,130 @@ fn stacked_device_is_handed_over_with_its_state() {
     let (pid, _) = status(&s.control);
     kill(pid);
 }
+
+/// `lightpool` on the target's API socket (beside its control socket); panics with
+/// its output on failure.
+fn lightpool(control: &str, args: &[&str]) -> String {
+    let out = Command::new(release_binary("lightpool").expect("tests/run.sh builds it"))
+        .arg("--control-socket")
+        .arg(control)
+        .args(args)
+        .output()
+        .expect("run lightpool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "lightpool {args:?}: {text}");
+    text
+}
+
+/// Objects made through the management API at run time (block devices, one served
+/// and one not, a subsystem, namespaces, a listener) are handed over like configured
+/// ones, across three upgrades started through `lightpool upgrade` under load, with a
+/// namespace added between two of them: the successor serves them, their data is
+/// there, the API answers on the same socket.
+#[test]
+fn objects_made_at_run_time_are_handed_over() {
+    let a = release_binary("lightpool-target").expect("built");
+    let b = release_binary("lightpool-target-next").expect("tests/run.sh builds it");
+    let s = start("upgrade-runtime", &[]);
+    let _cleanup = KillServing(s.control.clone());
+    let rt = "nqn.2024-01.io.lightpool:runtime";
+    lightpool(&s.control, &["bdev", "create", "rt1", "--ram", "64MiB"]);
+    lightpool(&s.control, &["bdev", "create", "rt2", "--ram", "32MiB"]);
+    lightpool(&s.control, &["bdev", "create", "spare", "--ram", "16MiB"]);
+    lightpool(&s.control, &["subsystem", "create", rt]);
+    lightpool(
+        &s.control,
+        &[
+            "namespace",
+            "add",
+            "--nqn",
+            rt,
+            "--nsid",
+            "1",
+            "--device",
+            "rt1",
+        ],
+    );
+    lightpool(
+        &s.control,
+        &[
+            "namespace",
+            "add",
+            "--nqn",
+            NQN,
+            "--nsid",
+            "2",
+            "--device",
+            "rt2",
+        ],
+    );
+    let port = free_port().expect("port");
+    let second: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    lightpool(&s.control, &["listener", "add", &second.to_string()]);
+    // Data on the run-time subsystem, through the run-time listener.
+    let lbas: Vec<u64> = (0..16).map(|i| i * 128).collect();
+    let mut c = HostController::connect(second, rt, 1).expect("connect to the run-time subsystem");
+    c.io[0]
+        .write_verify_batch(&lbas, 4096, 31)
+        .expect("write before");
+    let stop = Arc::new(AtomicBool::new(false));
+    let l = load(s.addr, 2, stop.clone());
+    thread::sleep(Duration::from_millis(800));
+    for (i, bin) in [&b, &a, &b].into_iter().enumerate() {
+        let out = lightpool(
+            &s.control,
+            &["upgrade", "--binary", bin.to_str().expect("utf-8")],
+        );
+        assert!(out.contains("upgrade complete"), "upgrade {i}: {out}");
+        if i == 0 {
+            // A change between two upgrades is carried by the next one.
+            lightpool(
+                &s.control,
+                &[
+                    "namespace",
+                    "add",
+                    "--nqn",
+                    rt,
+                    "--nsid",
+                    "2",
+                    "--device",
+                    "spare",
+                ],
+            );
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (counts, _) = l
+        .join()
+        .expect("load thread")
+        .unwrap_or_else(|e| panic!("host saw an error: {e}\nlog:\n{}", s.first.log()));
+    assert!(counts.iter().all(|&n| n > 0), "{counts:?}");
+    c.io[0]
+        .read_verify_batch(&lbas, 4096, 31)
+        .expect("the run-time namespace's data, on the same connection");
+    let mut c2 = HostController::connect(second, rt, 1).expect("the run-time listener serves");
+    c2.io[0]
+        .read_verify_batch(&lbas, 4096, 31)
+        .expect("and on a new one");
+    let ns = lightpool(&s.control, &["--json", "namespace", "list"]);
+    for want in [
+        format!("\"nqn\": \"{rt}\""),
+        "\"device\": \"rt1\"".to_string(),
+        "\"device\": \"rt2\"".to_string(),
+        "\"device\": \"spare\"".to_string(),
+    ] {
+        assert!(ns.contains(&want), "{want} missing from {ns}");
+    }
+    let listeners = lightpool(&s.control, &["listener", "list"]);
+    assert!(listeners.contains(&second.to_string()), "{listeners}");
+    let status = lightpool(&s.control, &["status"]);
+    assert!(
+        status.contains("0.1.0-n"),
+        "the last binary serves: {status}"
+    );
+}

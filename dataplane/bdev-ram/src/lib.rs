@@ -1,14 +1,18 @@
-//! RAM block device: one shared-memory mapping (a memfd) shared by every channel.
+//! RAM block device: one shared-memory mapping shared by every channel.
 //!
-//! The memory is a memfd so that it outlives the process that made it: a hot upgrade
-//! hands the descriptor to the next binary, which maps the same pages
-//! ([`MallocBdev::from_memfd`]), and nothing the host wrote is lost. The mapping is
-//! `MAP_NORESERVE` and untouched pages read as zeroes, so a large device costs nothing
-//! until it is written. Channels copy synchronously at submit and queue the
-//! completion in a preallocated ring that the next `poll` hands back.
+//! The memory is a file (a memfd, or a file in a state directory) so that it outlives
+//! the process that made it: a hot upgrade hands the descriptor to the next binary,
+//! which maps the same pages ([`MallocBdev::from_memfd`]), and nothing the host wrote
+//! is lost. Which pages it is made of (2 MiB huge pages whenever enough are free) and
+//! how it is populated before the first I/O is [`memory`]'s business. Channels copy
+//! synchronously at submit and queue the completion in a preallocated ring that the
+//! next `poll` hands back.
+
+mod memory;
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -18,77 +22,42 @@ use lightpool_bdev::{
 };
 use serde::{Deserialize, Serialize};
 
-/// Ranges at least this long are zeroed by dropping their whole pages
-/// (`MADV_DONTNEED`) rather than by writing zeroes; shorter ones are memset.
+use memory::Mapping;
+pub use memory::{remove_state_file, Backing, Pages, HUGE_PAGE};
+
+/// Ranges at least this long are zeroed by punching a hole in ordinary memory (its
+/// pages go back to the system) rather than by writing zeroes; shorter ones are memset.
 const MADVISE_MIN: usize = 64 * 1024;
 
 /// Completions a channel can hold between two polls before its ring grows.
 const COMPLETION_RING: usize = 1024;
 
-/// The shared mapping behind a [`MallocBdev`], and the memfd it maps.
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-    fd: OwnedFd,
-    /// Page size of the memory: the unit a hole can be punched in.
-    page: usize,
+/// How a RAM device is made: see [`MallocBdev::with_options`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RamOptions {
+    /// Huge pages when free (the default), always, or never.
+    pub pages: Pages,
+    /// Fault every page in at creation, so that no I/O meets a page fault (the
+    /// default). Ordinary memory larger than half of what is available is left to
+    /// fault in as written, said once.
+    pub populate: bool,
+    /// A file (in a state directory on tmpfs) that keeps the data beyond every process:
+    /// created if missing, reattached if present. In huge pages, the data lives in a
+    /// file on a mounted hugetlbfs and `file` is a symbolic link to it.
+    pub file: Option<PathBuf>,
 }
 
-/// Huge page size of `MFD_HUGETLB` memory (the system default, 2 MiB on x86-64).
-pub const HUGE_PAGE: usize = 2 << 20;
-
-// SAFETY: the mapping is plain memory owned by this struct until Drop; every access goes
-// through raw-pointer copies bounded by `len`. Concurrent access to the same bytes from
-// several channels is the host's race, as on a real disk, and never touches memory
-// outside the mapping.
-unsafe impl Send for Mapping {}
-// SAFETY: as for Send: shared access is only through bounded raw copies.
-unsafe impl Sync for Mapping {}
+impl Default for RamOptions {
+    fn default() -> Self {
+        RamOptions {
+            pages: Pages::Auto,
+            populate: true,
+            file: None,
+        }
+    }
+}
 
 impl Mapping {
-    fn new(name: &str, len: usize, huge: bool) -> std::io::Result<Self> {
-        let cname = std::ffi::CString::new(format!("lightpool-ram-{name}").replace('\0', "_"))
-            .expect("NUL bytes were replaced");
-        let flags = libc::MFD_CLOEXEC | if huge { libc::MFD_HUGETLB } else { 0 };
-        // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor.
-        let raw = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a descriptor we just created and own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: ftruncate on our own memfd; the size is checked by the kernel.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Self::map(fd, len)
-    }
-
-    fn map(fd: OwnedFd, len: usize) -> std::io::Result<Self> {
-        let huge = is_hugetlb(&fd);
-        // Huge pages are reserved when mapped (so a shortage is an error now, not a
-        // SIGBUS on first touch); ordinary memory is allocated as it is written.
-        let noreserve = if huge { 0 } else { libc::MAP_NORESERVE };
-        // SAFETY: a fresh shared mapping of `len` bytes of a memfd at least that long;
-        // no existing memory is affected.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | noreserve,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).expect("mmap never returns null on success");
-        let page = if huge { HUGE_PAGE } else { page_size() };
-        Ok(Mapping { ptr, len, fd, page })
-    }
-
     /// Copies `len` bytes at `offset` into `dst`.
     ///
     /// # Safety
@@ -108,20 +77,22 @@ impl Mapping {
         unsafe { std::ptr::copy_nonoverlapping(src, self.ptr.as_ptr().add(offset), len) }
     }
 
-    /// Zeroes `len` bytes at `offset`: whole pages are punched out of the memfd (they
-    /// read back as zeroes and give their memory back), the partial pages at either end
-    /// are memset.
+    /// Zeroes `len` bytes at `offset`: in ordinary memory, whole pages are punched out
+    /// of the file (they read back as zeroes and give their memory back) and the partial
+    /// pages at either end are memset; huge pages are memset.
     ///
     /// # Safety
     /// `offset + len <= self.len`.
     unsafe fn zero(&self, offset: usize, len: usize) {
-        let page = self.page;
+        let page = self.page();
         let start = offset;
         let end = offset + len;
         let first_page = start.div_ceil(page) * page;
         let last_page = end / page * page;
         let base = self.ptr.as_ptr();
-        if len >= MADVISE_MIN && first_page < last_page {
+        // Huge pages are always written: a hole punched in hugetlbfs gives up the pages'
+        // reservation, and writing there later could then fault with SIGBUS.
+        if !self.huge && len >= MADVISE_MIN && first_page < last_page {
             // SAFETY: both partial ranges lie inside [offset, offset+len), inside the
             // mapping; the punched range is page-aligned inside the memfd, and punching
             // a hole in a shared memfd makes those pages read as zeroes in every mapping.
@@ -145,36 +116,12 @@ impl Mapping {
     }
 }
 
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `new`; no channel outlives it
-        // because each holds an `Arc<Mapping>`.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
-    }
-}
-
-/// Whether `fd` is hugetlbfs memory (a `MFD_HUGETLB` memfd, or a file there).
-fn is_hugetlb(fd: &OwnedFd) -> bool {
-    // SAFETY: fstatfs fills a plain struct for a descriptor we own.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::fstatfs(fd.as_raw_fd(), &mut st) == 0 && st.f_type == libc::HUGETLBFS_MAGIC
-    }
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf takes no pointers.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
-}
-
 /// A block device in RAM.
 pub struct MallocBdev {
     info: BdevInfo,
     mem: Arc<Mapping>,
-    /// The tmpfs file holding the memory, when it is a named one.
+    backing: Backing,
+    /// The state-directory file holding the memory, when it is a named one.
     path: Option<String>,
 }
 
@@ -182,84 +129,264 @@ impl std::fmt::Debug for MallocBdev {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MallocBdev")
             .field("info", &self.info)
+            .field("backing", &self.backing)
             .finish()
     }
 }
 
+/// Checks a RAM device's geometry; its length in bytes.
+fn check_geometry(name: &str, size_bytes: u64, block_size: u32) -> Result<usize, BdevError> {
+    if block_size != 512 && block_size != 4096 {
+        return Err(BdevError::Invalid(format!(
+            "RAM device {name}: block size {block_size} is not supported; use 512 or 4096"
+        )));
+    }
+    if size_bytes == 0 {
+        return Err(BdevError::Invalid(format!(
+            "RAM device {name}: size is 0 bytes; it must hold at least one {block_size}-byte block"
+        )));
+    }
+    if !size_bytes.is_multiple_of(u64::from(block_size)) {
+        return Err(BdevError::Invalid(format!(
+            "RAM device {name}: size {size_bytes} bytes is not a multiple of the {block_size}-byte block size"
+        )));
+    }
+    usize::try_from(size_bytes).map_err(|_| {
+        BdevError::Invalid(format!(
+            "RAM device {name}: size {size_bytes} bytes does not fit in this machine's address space"
+        ))
+    })
+}
+
 impl MallocBdev {
     /// Creates a RAM device of `size_bytes` bytes in blocks of `block_size` (512 or
-    /// 4096) bytes. Memory is reserved lazily: untouched blocks cost nothing.
+    /// 4096) bytes, in ordinary memory reserved lazily: untouched blocks cost nothing.
+    /// For tests and tools; a target makes its devices with
+    /// [`MallocBdev::with_options`].
     pub fn new(name: &str, size_bytes: u64, block_size: u32) -> Result<Arc<MallocBdev>, BdevError> {
-        Self::create(name, size_bytes, block_size, false)
+        let opts = RamOptions {
+            pages: Pages::Ordinary,
+            populate: false,
+            file: None,
+        };
+        Self::with_options(name, size_bytes, block_size, &opts)
     }
 
-    /// As [`MallocBdev::new`], in huge pages (`MFD_HUGETLB`, 2 MiB): random reads then
-    /// miss the TLB far less. The pages are reserved at once, so `size_bytes` must be a
-    /// multiple of 2 MiB and the system must have that many free huge pages
-    /// (`hugepage-setup reserve`), or this fails saying so.
+    /// As [`MallocBdev::new`], in huge pages (2 MiB), populated: random reads then miss
+    /// the TLB far less. `size_bytes` must be a multiple of 2 MiB and the system must
+    /// have that many free huge pages (`hugepage-setup reserve`), or this fails saying
+    /// so.
     pub fn new_hugepages(
         name: &str,
         size_bytes: u64,
         block_size: u32,
     ) -> Result<Arc<MallocBdev>, BdevError> {
-        if !size_bytes.is_multiple_of(HUGE_PAGE as u64) {
-            return Err(BdevError::Invalid(format!(
-                "RAM device {name}: size {size_bytes} bytes is not a multiple of the 2 MiB huge page"
-            )));
-        }
-        Self::create(name, size_bytes, block_size, true)
+        let opts = RamOptions {
+            pages: Pages::Huge,
+            populate: true,
+            file: None,
+        };
+        Self::with_options(name, size_bytes, block_size, &opts)
     }
 
-    fn create(
+    /// Creates a RAM device of `size_bytes` bytes in blocks of `block_size` (512 or
+    /// 4096) bytes as `opts` say: by default in 2 MiB huge pages when enough are free
+    /// (else ordinary memory, said once with the reason and the command that reserves
+    /// pages), every page faulted in now, and kept in `opts.file` when one is given (see
+    /// [`RamOptions`]). [`MallocBdev::backing`] tells what it got.
+    pub fn with_options(
         name: &str,
         size_bytes: u64,
         block_size: u32,
-        huge: bool,
+        opts: &RamOptions,
     ) -> Result<Arc<MallocBdev>, BdevError> {
-        if block_size != 512 && block_size != 4096 {
-            return Err(BdevError::Invalid(format!(
-                "RAM device {name}: block size {block_size} is not supported; use 512 or 4096"
-            )));
-        }
-        if size_bytes == 0 {
-            return Err(BdevError::Invalid(format!(
-                "RAM device {name}: size is 0 bytes; it must hold at least one {block_size}-byte block"
-            )));
-        }
-        if !size_bytes.is_multiple_of(u64::from(block_size)) {
-            return Err(BdevError::Invalid(format!(
-                "RAM device {name}: size {size_bytes} bytes is not a multiple of the {block_size}-byte block size"
-            )));
-        }
-        let len = usize::try_from(size_bytes).map_err(|_| {
-            BdevError::Invalid(format!(
-                "RAM device {name}: size {size_bytes} bytes does not fit in this machine's address space"
-            ))
-        })?;
-        let mem = Mapping::new(name, len, huge).map_err(|e| {
-            if huge {
-                BdevError::Invalid(format!(
-                    "RAM device {name}: could not reserve {} huge pages of 2 MiB ({e}); reserve them first, e.g. hugepage-setup reserve",
-                    size_bytes / HUGE_PAGE as u64
-                ))
-            } else {
-                BdevError::Invalid(format!(
-                    "RAM device {name}: could not map {size_bytes} bytes of memory: {e}"
-                ))
+        let len = check_geometry(name, size_bytes, block_size)?;
+        let (mem, backing) = match &opts.file {
+            None => Self::anonymous(name, len, opts)?,
+            Some(path) => Self::in_file(name, path, len, opts)?,
+        };
+        if opts.populate && !mem.huge && memory::may_populate_ordinary(name, len) {
+            // Ordinary memory that cannot be populated still works: each first write
+            // pays a page fault, as before.
+            if let Err(e) = mem.populate() {
+                tracing::warn!(device = name, error = %e, "RAM device: pages not populated");
             }
-        })?;
-        Ok(Arc::new(MallocBdev {
+        }
+        Ok(Self::assemble(
+            name,
+            block_size,
+            mem,
+            backing,
+            opts.file.as_ref().map(|p| p.display().to_string()),
+        ))
+    }
+
+    fn assemble(
+        name: &str,
+        block_size: u32,
+        mem: Mapping,
+        backing: Backing,
+        path: Option<String>,
+    ) -> Arc<MallocBdev> {
+        Arc::new(MallocBdev {
             info: BdevInfo {
                 name: name.to_string(),
                 block_size,
-                num_blocks: size_bytes / u64::from(block_size),
+                num_blocks: mem.len as u64 / u64::from(block_size),
                 read_only: false,
                 volatile_write_cache: false,
                 supports_deallocate: true,
             },
             mem: Arc::new(mem),
-            path: None,
-        }))
+            backing,
+            path,
+        })
+    }
+
+    /// Huge pages as asked: `Ok(Some)` when had, `Ok(None)` with `reason` set when
+    /// ordinary memory must do, an error when huge pages were required.
+    fn huge_or_reason(
+        name: &str,
+        len: usize,
+        opts: &RamOptions,
+        attempt: impl FnOnce() -> Result<Mapping, String>,
+        reason: &mut String,
+    ) -> Result<Option<Mapping>, BdevError> {
+        if opts.pages == Pages::Ordinary {
+            *reason = "ordinary pages were asked for".into();
+            return Ok(None);
+        }
+        match memory::huge_pages_unavailable(len).map_or_else(attempt, Err) {
+            Ok(m) => return Ok(Some(m)),
+            Err(r) => *reason = r,
+        }
+        if opts.pages == Pages::Huge {
+            return Err(BdevError::Invalid(format!(
+                "RAM device {name}: no 2 MiB huge pages: {reason}; reserve them first: {}",
+                memory::reserve_hint(len)
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Mapped and, when asked, populated: a huge page the kernel cannot give fails here.
+    fn populated(m: Mapping, opts: &RamOptions) -> Result<Mapping, String> {
+        if opts.populate {
+            m.populate()
+                .map_err(|e| format!("the kernel could not fault the huge pages in ({e})"))?;
+        }
+        Ok(m)
+    }
+
+    /// A device in a memfd: huge pages when free, else ordinary memory.
+    fn anonymous(
+        name: &str,
+        len: usize,
+        opts: &RamOptions,
+    ) -> Result<(Mapping, Backing), BdevError> {
+        let mut reason = String::new();
+        let attempt = || {
+            Mapping::memfd(name, len, true)
+                .map_err(|e| format!("the kernel gave no huge pages ({e})"))
+                .and_then(|m| Self::populated(m, opts))
+        };
+        if let Some(m) = Self::huge_or_reason(name, len, opts, attempt, &mut reason)? {
+            return Ok((m, Backing::Huge));
+        }
+        let m = Mapping::memfd(name, len, false).map_err(|e| {
+            BdevError::Invalid(format!(
+                "RAM device {name}: could not map {len} bytes of memory: {e}"
+            ))
+        })?;
+        if opts.pages == Pages::Auto {
+            memory::say_fallback(name, len, &reason, false);
+        }
+        Ok((m, Backing::Ordinary { reason }))
+    }
+
+    /// A device kept in `path` (a state directory): reattached if there, else made in
+    /// huge pages on a hugetlbfs (`path` a link to it) when free, else a tmpfs file.
+    fn in_file(
+        name: &str,
+        path: &Path,
+        len: usize,
+        opts: &RamOptions,
+    ) -> Result<(Mapping, Backing), BdevError> {
+        let shown = path.display().to_string();
+        let open_err = |source| BdevError::Open {
+            path: shown.clone(),
+            source,
+        };
+        if let Some(f) = memory::open_existing(path).map_err(open_err)? {
+            return Self::reattach(name, &shown, f, len, opts);
+        }
+        let mut reason = String::new();
+        let attempt = || match memory::hugetlbfs_mount() {
+            None => Err(
+                "no hugetlbfs of 2 MiB pages is mounted to keep the state directory's file in"
+                    .to_string(),
+            ),
+            Some(mount) => {
+                let huge = memory::huge_file_for(&mount, path);
+                memory::create_huge_file(path, &huge, len)
+                    .map_err(|e| {
+                        format!("no huge pages could be had from {}: {e}", mount.display())
+                    })
+                    .and_then(|m| {
+                        Self::populated(m, opts).inspect_err(|_| {
+                            let _ = memory::remove_state_file(path);
+                        })
+                    })
+            }
+        };
+        if let Some(m) = Self::huge_or_reason(name, len, opts, attempt, &mut reason)? {
+            return Ok((m, Backing::Huge));
+        }
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(open_err)?;
+        f.set_len(len as u64).map_err(BdevError::Setup)?;
+        let m = Mapping::map(f.into(), len).map_err(BdevError::Setup)?;
+        if opts.pages == Pages::Auto {
+            memory::say_fallback(name, len, &reason, true);
+        }
+        Ok((m, Backing::Ordinary { reason }))
+    }
+
+    /// The device's file exists (a restart, or recovery): its data is kept, in whatever
+    /// pages it was made of.
+    fn reattach(
+        name: &str,
+        shown: &str,
+        f: std::fs::File,
+        len: usize,
+        opts: &RamOptions,
+    ) -> Result<(Mapping, Backing), BdevError> {
+        let have = f.metadata().map_err(BdevError::Setup)?.len();
+        if have != len as u64 {
+            return Err(BdevError::Invalid(format!(
+                "RAM device {name}: {shown} holds {have} bytes but the device is configured with {len}; remove the file or fix the size"
+            )));
+        }
+        let m = Mapping::map(f.into(), len).map_err(BdevError::Setup)?;
+        if m.huge {
+            Self::populated(m, opts)
+                .map(|m| (m, Backing::Huge))
+                .map_err(|e| BdevError::Invalid(format!("RAM device {name}: {shown}: {e}")))
+        } else if opts.pages == Pages::Huge {
+            Err(BdevError::Invalid(format!(
+                "RAM device {name}: huge pages were asked for, but {shown} keeps its data in ordinary memory; remove it to start afresh"
+            )))
+        } else {
+            let reason = format!("its data is kept in {shown}, made in ordinary memory earlier");
+            if opts.pages == Pages::Auto {
+                memory::say_fallback(name, len, &reason, true);
+            }
+            Ok((m, Backing::Ordinary { reason }))
+        }
     }
 
     /// Adopts the memory of a RAM device made by another process (hot upgrade): `fd` is
@@ -269,69 +396,25 @@ impl MallocBdev {
         fd: OwnedFd,
         block_size: u32,
     ) -> Result<Arc<MallocBdev>, BdevError> {
-        if block_size != 512 && block_size != 4096 {
-            return Err(BdevError::Invalid(format!(
-                "RAM device {name}: block size {block_size} is not supported; use 512 or 4096"
-            )));
-        }
-        // SAFETY: fstat fills a plain struct for a descriptor we own.
-        let size = unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
-                return Err(BdevError::Setup(std::io::Error::last_os_error()));
-            }
-            st.st_size as u64
-        };
-        if size == 0 || !size.is_multiple_of(u64::from(block_size)) {
-            return Err(BdevError::Invalid(format!(
-                "RAM device {name}: handed-over memory of {size} bytes is not a whole number of {block_size}-byte blocks"
-            )));
-        }
-        let mem = Mapping::map(fd, size as usize).map_err(BdevError::Setup)?;
-        Ok(Arc::new(MallocBdev {
-            info: BdevInfo {
-                name: name.to_string(),
-                block_size,
-                num_blocks: size / u64::from(block_size),
-                read_only: false,
-                volatile_write_cache: false,
-                supports_deallocate: true,
-            },
-            mem: Arc::new(mem),
-            path: None,
-        }))
+        Self::from_memfd_at(name, fd, block_size, None, false)
     }
 
-    /// A RAM device whose memory is the file `path` on a tmpfs (e.g. /dev/shm), created
-    /// at `size_bytes` if missing and reattached if present (its size must match): the
-    /// data then outlives every process, so a target that crashes, or a hot upgrade
-    /// whose both sides die, loses nothing acknowledged.
+    /// A RAM device whose memory is the file `path` on a tmpfs (e.g. /dev/shm), in
+    /// ordinary memory, created at `size_bytes` if missing and reattached if present
+    /// (its size must match): the data then outlives every process, so a target that
+    /// crashes, or a hot upgrade whose both sides die, loses nothing acknowledged.
     pub fn open_shared(
         name: &str,
-        path: &std::path::Path,
+        path: &Path,
         size_bytes: u64,
         block_size: u32,
     ) -> Result<Arc<MallocBdev>, BdevError> {
-        let shown = path.display().to_string();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|source| BdevError::Open {
-                path: shown.clone(),
-                source,
-            })?;
-        let len = f.metadata().map_err(BdevError::Setup)?.len();
-        if len == 0 {
-            f.set_len(size_bytes).map_err(BdevError::Setup)?;
-        } else if len != size_bytes {
-            return Err(BdevError::Invalid(format!(
-                "RAM device {name}: {shown} holds {len} bytes but the device is configured with {size_bytes}; remove the file or fix the size"
-            )));
-        }
-        Self::from_memfd_at(name, f.into(), block_size, Some(shown))
+        let opts = RamOptions {
+            pages: Pages::Ordinary,
+            populate: false,
+            file: Some(path.to_path_buf()),
+        };
+        Self::with_options(name, size_bytes, block_size, &opts)
     }
 
     fn from_memfd_at(
@@ -339,12 +422,44 @@ impl MallocBdev {
         fd: OwnedFd,
         block_size: u32,
         path: Option<String>,
+        populate: bool,
     ) -> Result<Arc<MallocBdev>, BdevError> {
-        let mut b = Self::from_memfd(name, fd, block_size)?;
-        Arc::get_mut(&mut b)
-            .expect("just created, not shared yet")
-            .path = path;
-        Ok(b)
+        if block_size != 512 && block_size != 4096 {
+            return Err(BdevError::Invalid(format!(
+                "RAM device {name}: block size {block_size} is not supported; use 512 or 4096"
+            )));
+        }
+        let size = std::fs::File::from(fd.try_clone().map_err(BdevError::Setup)?)
+            .metadata()
+            .map_err(BdevError::Setup)?
+            .len();
+        if size == 0 || !size.is_multiple_of(u64::from(block_size)) {
+            return Err(BdevError::Invalid(format!(
+                "RAM device {name}: handed-over memory of {size} bytes is not a whole number of {block_size}-byte blocks"
+            )));
+        }
+        let len = check_geometry(name, size, block_size)?;
+        let mem = Mapping::map(fd, len).map_err(BdevError::Setup)?;
+        let backing = if mem.huge {
+            Backing::Huge
+        } else {
+            Backing::Ordinary {
+                reason: "the memory handed over is ordinary memory".into(),
+            }
+        };
+        // The predecessor's pages, entered in this process's page tables now rather than
+        // by the first I/O to each.
+        if populate && (mem.huge || memory::may_populate_ordinary(name, len)) {
+            if let Err(e) = mem.populate() {
+                tracing::warn!(device = name, error = %e, "RAM device: pages not populated");
+            }
+        }
+        Ok(Self::assemble(name, block_size, mem, backing, path))
+    }
+
+    /// What the device's memory is made of.
+    pub fn backing(&self) -> &Backing {
+        &self.backing
     }
 
     /// The tmpfs file behind the device, if it has one.
@@ -558,7 +673,7 @@ impl Adopter for RamAdopter {
         let dev = match (a.fds, st.path) {
             (Some(mut fds), path) if fds.len() == 1 => {
                 let fd = fds.pop().expect("length checked");
-                MallocBdev::from_memfd_at(a.name, fd, st.block_size, path)?
+                MallocBdev::from_memfd_at(a.name, fd, st.block_size, path, true)?
             }
             (Some(fds), _) => {
                 return Err(BdevError::Invalid(format!(
@@ -574,7 +689,13 @@ impl Adopter for RamAdopter {
                         source,
                     })?
                     .len();
-                MallocBdev::open_shared(a.name, std::path::Path::new(&p), len, st.block_size)?
+                // The file is there (checked just above), so it is reattached as it is,
+                // in huge pages or not.
+                let opts = RamOptions {
+                    file: Some(PathBuf::from(&p)),
+                    ..RamOptions::default()
+                };
+                MallocBdev::with_options(a.name, len, st.block_size, &opts)?
             }
             (None, None) => {
                 return Err(BdevError::Invalid(format!(

@@ -197,6 +197,18 @@ fn memory_survives_in_the_memfd_for_a_successor() {
     assert_eq!(got, [0u8; 23]);
 }
 
+/// The tests that count huge pages run one at a time.
+static HUGE_PAGE_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// 2 MiB huge pages on this machine, free or not.
+fn huge_pages_total() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("HugePages_Total:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Free 2 MiB huge pages on this machine (tests/run.sh reserves some with
 /// `hugepage-setup reserve` before the tests run).
 fn free_huge_pages() -> u64 {
@@ -217,6 +229,7 @@ fn free_huge_pages() -> u64 {
 /// clear error.
 #[test]
 fn huge_pages() {
+    let _one = HUGE_PAGE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let free = free_huge_pages();
     assert!(
         free >= 4,
@@ -326,4 +339,167 @@ fn adopter_takes_the_memfd_or_the_state_file() {
     let mut ch = r.open_channel().expect("channel");
     let (_, buf) = read(ch.as_mut(), 512, 7, 1);
     assert_eq!(&buf.as_slice()[..11], b"in the file");
+}
+
+/// Whether every page of `len` bytes at `ptr` is in memory (`mincore`).
+fn resident(ptr: *const u8, len: usize) -> bool {
+    let page = crate::memory::page_size();
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    // SAFETY: `ptr` is the page-aligned start of a live mapping of at least `len` bytes
+    // (the caller's device), and `vec` has one byte per page of it.
+    let rc = unsafe { libc::mincore(ptr.cast_mut().cast(), len, vec.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    vec.iter().all(|&v| v & 1 == 1)
+}
+
+/// The device's whole memory.
+fn memory_of(d: &MallocBdev) -> (*const u8, usize) {
+    (d.mem.ptr.as_ptr(), d.mem.len)
+}
+
+/// The default: 2 MiB huge pages when enough are free, every page in memory before the
+/// first I/O; when they are not (too few free, or a size that is no whole number of huge
+/// pages), ordinary memory with the reason, and the same behaviour. Required huge pages
+/// that cannot be had are an error naming the command that reserves them.
+#[test]
+fn a_ram_device_lands_in_huge_pages_when_free_and_falls_back_when_not() {
+    use crate::{Backing, Pages, RamOptions, HUGE_PAGE};
+    let _one = HUGE_PAGE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let free = free_huge_pages();
+    assert!(
+        free >= 4,
+        "this test needs 4 free 2 MiB huge pages, the machine has {free}: \
+         run `hugepage-setup reserve --pages 24` (tests/run.sh does)"
+    );
+    let d = MallocBdev::with_options("auto", 8 << 20, 512, &RamOptions::default()).unwrap();
+    assert_eq!(d.backing(), &Backing::Huge);
+    assert!(crate::memory::is_hugetlb(d.memfd()));
+    let (ptr, len) = memory_of(&d);
+    assert_eq!(len, 8 << 20);
+    assert!(resident(ptr, len), "populated at creation");
+    check_round_trip(&*d);
+
+    // More pages than the machine has: ordinary memory (not populated here: it may be
+    // large).
+    let short = (huge_pages_total() + 1) * HUGE_PAGE as u64;
+    let lazy = RamOptions {
+        populate: false,
+        ..RamOptions::default()
+    };
+    let o = MallocBdev::with_options("short", short, 512, &lazy).unwrap();
+    match o.backing() {
+        Backing::Ordinary { reason } => assert!(reason.contains("are free"), "{reason}"),
+        b => panic!("{short} bytes of huge pages with fewer free: {b:?}"),
+    }
+    assert!(!crate::memory::is_hugetlb(o.memfd()));
+    check_round_trip(&*o);
+    drop(o);
+
+    // A size that is no whole number of huge pages: ordinary memory, populated.
+    let odd = MallocBdev::with_options("odd", 3 << 20, 512, &RamOptions::default()).unwrap();
+    match odd.backing() {
+        Backing::Ordinary { reason } => {
+            assert!(reason.contains("multiple of the 2 MiB"), "{reason}")
+        }
+        b => panic!("3 MiB in huge pages: {b:?}"),
+    }
+    let (ptr, len) = memory_of(&odd);
+    assert!(resident(ptr, len), "ordinary memory is populated too");
+    check_round_trip(&*odd);
+
+    // Ordinary pages asked for, and lazily: nothing is in memory before it is written.
+    let plain = MallocBdev::new("plain", 4 << 20, 512).unwrap();
+    let (ptr, len) = memory_of(&plain);
+    assert!(!resident(ptr, len));
+
+    let required = RamOptions {
+        pages: Pages::Huge,
+        ..RamOptions::default()
+    };
+    let e = MallocBdev::with_options("must", short, 512, &required).unwrap_err();
+    assert!(
+        e.to_string().contains("hugepage-setup reserve --pages"),
+        "{e}"
+    );
+}
+
+/// A device kept in a state directory: in huge pages, its data lives in a file on the
+/// mounted hugetlbfs and the state directory holds a link to it; a restart and recovery
+/// reattach it (huge pages, data intact), and removing it frees both. Without huge
+/// pages it is a plain file in the state directory.
+#[test]
+fn a_state_directory_device_keeps_its_data_in_huge_pages() {
+    use crate::{remove_state_file, Backing, RamOptions};
+    let _one = HUGE_PAGE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        crate::memory::hugetlbfs_mount().is_some(),
+        "this test needs a hugetlbfs of 2 MiB pages mounted: run `hugepage-setup reserve \
+         --pages 24` (tests/run.sh does)"
+    );
+    assert!(
+        free_huge_pages() >= 2,
+        "this test needs 2 free 2 MiB huge pages"
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("ram-nqn-1");
+    let opts = RamOptions {
+        file: Some(path.clone()),
+        ..RamOptions::default()
+    };
+    let d = MallocBdev::with_options("st", 4 << 20, 512, &opts).unwrap();
+    assert_eq!(d.backing(), &Backing::Huge);
+    assert!(crate::memory::is_hugetlb(d.memfd()));
+    let link = std::fs::read_link(&path).expect("the state directory holds a link");
+    let mount = crate::memory::hugetlbfs_mount().expect("checked above");
+    assert!(
+        link.starts_with(&mount),
+        "{} on {}",
+        link.display(),
+        mount.display()
+    );
+    d.write_at(512 * 9, b"survives a restart").unwrap();
+    drop(d);
+
+    let again = MallocBdev::with_options("st", 4 << 20, 512, &opts).unwrap();
+    assert_eq!(again.backing(), &Backing::Huge);
+    let mut got = [0u8; 18];
+    again.read_at(512 * 9, &mut got).unwrap();
+    assert_eq!(&got, b"survives a restart");
+    let e = again.export().expect("export");
+    drop(again);
+    let r = RamAdopter
+        .adopt(Adoption {
+            name: "st",
+            state: &e.state,
+            fds: None,
+            children: Vec::new(),
+        })
+        .expect("recovered from the state directory");
+    let mut ch = r.open_channel().expect("channel");
+    let (_, buf) = read(ch.as_mut(), 512, 9, 1);
+    assert_eq!(&buf.as_slice()[..18], b"survives a restart");
+    drop(ch);
+    drop(r);
+    remove_state_file(&path).unwrap();
+    assert!(std::fs::symlink_metadata(&path).is_err());
+    assert!(
+        std::fs::metadata(&link).is_err(),
+        "the hugetlbfs file is gone too"
+    );
+
+    // No whole number of huge pages: a plain file in the state directory.
+    let odd_path = dir.path().join("ram-nqn-2");
+    let odd = RamOptions {
+        file: Some(odd_path.clone()),
+        ..RamOptions::default()
+    };
+    let o = MallocBdev::with_options("st2", 3 << 20, 512, &odd).unwrap();
+    assert!(matches!(o.backing(), Backing::Ordinary { .. }));
+    assert!(std::fs::symlink_metadata(&odd_path)
+        .expect("made")
+        .file_type()
+        .is_file());
+    drop(o);
+    remove_state_file(&odd_path).unwrap();
+    assert!(std::fs::symlink_metadata(&odd_path).is_err());
 }

@@ -21,25 +21,30 @@
 //!   and (through write-zeroes-with-unmap) on block devices. `supports_deallocate` is
 //!   probed at open; where the device refuses at run time (EOPNOTSUPP) the request
 //!   succeeds as a no-op, since deallocate is advisory.
-//! - Registered buffers are not used: buffers come from the target's slabs and change
-//!   per request; the gain would be small next to the work to register them.
+//! - The ring ([`RingOptions`], module `ring`): the device's descriptor and a buffer
+//!   pool are registered with each ring (the device offers the pool as its
+//!   [`Bdev::dma_pool`], so a target takes its request buffers from it), completions
+//!   interrupt nobody (`COOP_TASKRUN`), and the completion eventfd is quiet while the
+//!   channel is polled busily.
 
-use std::collections::VecDeque;
 use std::ffi::CString;
 use std::fs::OpenOptions;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use io_uring::{opcode, squeue, types, IoUring};
-
-use lightpool_bdev::{
-    check_request, Adopter, Adoption, Bdev, BdevError, BdevInfo, Export, IoChannel, IoOp,
-    IoRequest, IoStatus,
-};
+use lightpool_bdev::{Adopter, Adoption, Bdev, BdevError, BdevInfo, Export, IoChannel};
 use serde::{Deserialize, Serialize};
+
+mod channel;
+mod ring;
+
+use channel::UringChannel;
+#[cfg(test)]
+pub(crate) use channel::DRAIN_AFTER_EMPTY_POLLS;
+pub use ring::RingOptions;
 
 /// How to open a [`UringBdev`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,15 +77,6 @@ const MAX_QUEUE_DEPTH: u32 = 4096;
 const ZERO_BUF_LEN: usize = 256 * 1024;
 /// Largest single read or write SQE (the kernel caps one call near 2 GiB).
 const MAX_RW_CHUNK: u64 = 1 << 30;
-/// CQEs taken off the ring per batch (a stack array, so reaping allocates nothing).
-const REAP_BATCH: usize = 64;
-/// Empty polls after a completion before the channel resets its eventfd. Resetting is a
-/// system call; doing it after every burst would cost one per I/O at queue depth 1, and
-/// it only matters once the reactor is about to sleep (after some hundreds of
-/// microseconds of idle spinning, i.e. many more polls than this). If the reactor sleeps
-/// first, the stale readiness wakes it once and the next polls reset it.
-pub(crate) const DRAIN_AFTER_EMPTY_POLLS: u32 = 256;
-
 /// `_IOR(0x12, 114, size_t)`: device size in bytes. Not in libc; this is the encoding
 /// on x86_64 and aarch64 (the generic ioctl layout).
 const BLKGETSIZE64: libc::c_ulong = (2 << 30) | (8 << 16) | (0x12 << 8) | 114;
@@ -136,6 +132,7 @@ struct Shared {
     /// A run-time EOPNOTSUPP on deallocate has been logged.
     dealloc_warned: AtomicBool,
     zero_buf: ZeroBuf,
+    ring: RingOptions,
 }
 
 /// A regular file or block device driven through io_uring.
@@ -188,6 +185,15 @@ impl UringBdev {
     /// block device: exists, right type, non-empty, size a whole number of blocks,
     /// writable unless `read_only`.
     pub fn open(path: &Path, opts: UringOptions) -> Result<Arc<UringBdev>, BdevError> {
+        Self::open_with(path, opts, RingOptions::default())
+    }
+
+    /// As [`UringBdev::open`], with each channel's ring set up as `ring` says.
+    pub fn open_with(
+        path: &Path,
+        opts: UringOptions,
+        ring: RingOptions,
+    ) -> Result<Arc<UringBdev>, BdevError> {
         let name = path.display().to_string();
         check_queue_depth(&name, &opts)?;
         if let Some(bs) = opts.block_size {
@@ -213,7 +219,7 @@ impl UringBdev {
         })?;
 
         let (file, direct) = open_file(path, &name, &opts)?;
-        Self::with_fd(file.into(), name, kind, &meta, direct, &opts)
+        Self::with_fd(file.into(), name, kind, &meta, direct, &opts, ring)
     }
 
     /// Hot upgrade, new process: the same open file or block device the predecessor
@@ -244,7 +250,15 @@ impl UringBdev {
             )));
         }
         let direct = flags & libc::O_DIRECT != 0;
-        Self::with_fd(file.into(), name.to_string(), kind, &meta, direct, &opts)
+        Self::with_fd(
+            file.into(),
+            name.to_string(),
+            kind,
+            &meta,
+            direct,
+            &opts,
+            RingOptions::default(),
+        )
     }
 
     /// Checks the open file or device and builds the block device over it.
@@ -255,6 +269,7 @@ impl UringBdev {
         meta: &std::fs::Metadata,
         direct: bool,
         opts: &UringOptions,
+        ring: RingOptions,
     ) -> Result<Arc<UringBdev>, BdevError> {
         let (size, block_size) = match kind {
             Kind::File => {
@@ -343,6 +358,7 @@ impl UringBdev {
                 zero_range: AtomicBool::new(true),
                 dealloc_warned: AtomicBool::new(false),
                 zero_buf: ZeroBuf::new(),
+                ring,
             }),
         }))
     }
@@ -542,383 +558,18 @@ impl Bdev for UringBdev {
         })
     }
 
+    /// The buffer pool every io_uring ring registers (see [`RingOptions::fixed_buffers`]):
+    /// requests whose buffers come from it skip the page pinning of `O_DIRECT`.
+    fn dma_pool(&self) -> Option<Arc<lightpool_dma::DmaPool>> {
+        if self.shared.ring.fixed_buffers {
+            ring::shared_pool()
+        } else {
+            None
+        }
+    }
+
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
         Ok(Box::new(UringChannel::new(self.shared.clone())?))
-    }
-}
-
-/// One request in flight on the ring. `user_data` of its SQE is its slot index.
-#[derive(Clone, Copy)]
-struct Slot {
-    tag: u64,
-    op: IoOp,
-    /// Next byte offset on the device.
-    offset: u64,
-    /// Next byte of the caller's buffer (Read/Write).
-    buf: *mut u8,
-    /// Bytes still to transfer or zero.
-    remaining: u64,
-    /// Bytes asked for by the SQE in flight.
-    chunk: u64,
-    /// WriteZeroes by writing the zero buffer.
-    zero_writes: bool,
-}
-
-impl Slot {
-    const EMPTY: Slot = Slot {
-        tag: 0,
-        op: IoOp::Flush,
-        offset: 0,
-        buf: std::ptr::null_mut(),
-        remaining: 0,
-        chunk: 0,
-        zero_writes: false,
-    };
-}
-
-struct UringChannel {
-    shared: Arc<Shared>,
-    ring: IoUring,
-    eventfd: OwnedFd,
-    slots: Vec<Slot>,
-    free: Vec<usize>,
-    /// Requests waiting for a free slot.
-    backlog: VecDeque<IoRequest>,
-    /// Requests finished without reaching the ring (range errors, read-only).
-    ready: VecDeque<(u64, IoStatus)>,
-    /// SQEs pushed since the last `io_uring_enter`.
-    unsubmitted: usize,
-    /// A CQE was reaped since the eventfd was last drained, so it may be readable.
-    maybe_signaled: bool,
-    /// Consecutive polls that returned nothing.
-    empty_polls: u32,
-}
-
-impl UringChannel {
-    fn new(shared: Arc<Shared>) -> Result<Self, BdevError> {
-        let depth = shared.queue_depth;
-        let ring = IoUring::new(depth).map_err(BdevError::Setup)?;
-        // SAFETY: eventfd takes no pointers; a non-negative return is an fd we own.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(BdevError::Setup(std::io::Error::last_os_error()));
-        }
-        // SAFETY: `efd` was just created and is owned by nobody else.
-        let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
-        ring.submitter()
-            .register_eventfd(eventfd.as_raw_fd())
-            .map_err(BdevError::Setup)?;
-        let depth = depth as usize;
-        Ok(UringChannel {
-            shared,
-            ring,
-            eventfd,
-            slots: vec![Slot::EMPTY; depth],
-            free: (0..depth).rev().collect(),
-            backlog: VecDeque::with_capacity(depth * 4),
-            ready: VecDeque::with_capacity(depth),
-            unsubmitted: 0,
-            maybe_signaled: false,
-            empty_polls: 0,
-        })
-    }
-
-    /// Checks a request and gives it a slot, or finishes it at once, or parks it.
-    fn start(&mut self, req: IoRequest) {
-        let (offset, len) = match check_request(&self.shared.info, &req) {
-            Ok(r) => r,
-            Err(status) => {
-                self.ready.push_back((req.tag, status));
-                return;
-            }
-        };
-        if len == 0 && req.op != IoOp::Flush {
-            self.ready.push_back((req.tag, IoStatus::Success));
-            return;
-        }
-        let Some(index) = self.free.pop() else {
-            self.backlog.push_back(req);
-            return;
-        };
-        self.slots[index] = Slot {
-            tag: req.tag,
-            op: req.op,
-            offset,
-            buf: req.buf,
-            remaining: len,
-            chunk: 0,
-            zero_writes: req.op == IoOp::WriteZeroes
-                && !self.shared.zero_range.load(Ordering::Relaxed),
-        };
-        self.push_sqe(index);
-    }
-
-    /// Pushes the next SQE of the request in slot `index`.
-    fn push_sqe(&mut self, index: usize) {
-        let fd = types::Fd(self.shared.fd.as_raw_fd());
-        let slot = &mut self.slots[index];
-        let entry: squeue::Entry = match slot.op {
-            IoOp::Read => {
-                slot.chunk = slot.remaining.min(MAX_RW_CHUNK);
-                opcode::Read::new(fd, slot.buf, slot.chunk as u32)
-                    .offset(slot.offset)
-                    .build()
-            }
-            IoOp::Write => {
-                slot.chunk = slot.remaining.min(MAX_RW_CHUNK);
-                opcode::Write::new(fd, slot.buf, slot.chunk as u32)
-                    .offset(slot.offset)
-                    .build()
-            }
-            IoOp::WriteZeroes if slot.zero_writes => {
-                slot.chunk = slot.remaining.min(ZERO_BUF_LEN as u64);
-                opcode::Write::new(fd, self.shared.zero_buf.ptr.as_ptr(), slot.chunk as u32)
-                    .offset(slot.offset)
-                    .build()
-            }
-            IoOp::WriteZeroes => {
-                slot.chunk = slot.remaining;
-                opcode::Fallocate::new(fd, slot.remaining)
-                    .offset(slot.offset)
-                    .mode(libc::FALLOC_FL_ZERO_RANGE)
-                    .build()
-            }
-            IoOp::Deallocate => {
-                slot.chunk = slot.remaining;
-                opcode::Fallocate::new(fd, slot.remaining)
-                    .offset(slot.offset)
-                    .mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
-                    .build()
-            }
-            IoOp::Flush => opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build(),
-        }
-        .user_data(index as u64);
-        // SAFETY: the SQE's buffer is either the caller's, which `submit`'s contract keeps
-        // valid until we return its completion (the slot stays taken until then), or the
-        // shared zero buffer, which lives as long as `self.shared`; the fd lives as long
-        // as `self.shared` too, and Drop waits for every SQE before either goes.
-        let pushed = unsafe { self.ring.submission().push(&entry) };
-        match pushed {
-            Ok(()) => self.unsubmitted += 1,
-            Err(_) => {
-                // Cannot happen: at most `queue_depth` slots are taken, each with at most
-                // one SQE, and the SQ has at least `queue_depth` entries.
-                debug_assert!(false, "io_uring submission queue full");
-                let tag = self.slots[index].tag;
-                self.free.push(index);
-                self.ready.push_back((tag, IoStatus::Io(libc::EBUSY)));
-            }
-        }
-    }
-
-    /// One `io_uring_enter` for everything pushed since the last one.
-    fn submit_pending(&mut self) {
-        if self.unsubmitted == 0 {
-            return;
-        }
-        match self.ring.submit() {
-            Ok(n) => self.unsubmitted = self.unsubmitted.saturating_sub(n),
-            Err(e) => match errno(&e) {
-                // Transient: the kernel is short of memory or completions; retry next poll.
-                libc::EAGAIN | libc::EBUSY | libc::EINTR => {}
-                _ => {
-                    tracing::error!(device = %self.shared.info.name, error = %e, "io_uring submit failed")
-                }
-            },
-        }
-    }
-
-    /// Moves parked requests into free slots.
-    fn fill_from_backlog(&mut self) {
-        while !self.free.is_empty() {
-            let Some(req) = self.backlog.pop_front() else {
-                break;
-            };
-            self.start(req);
-        }
-    }
-
-    /// Reaps every CQE on the ring. Returns how many requests finished.
-    fn reap(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
-        let mut finished = 0;
-        let mut batch = [(0u64, 0i32); REAP_BATCH];
-        loop {
-            let mut n = 0;
-            for cqe in self.ring.completion().take(REAP_BATCH) {
-                batch[n] = (cqe.user_data(), cqe.result());
-                n += 1;
-            }
-            if n == 0 {
-                break;
-            }
-            self.maybe_signaled = true;
-            for &(user_data, res) in &batch[..n] {
-                if let Some(status) = self.advance(user_data as usize, res) {
-                    let tag = self.slots[user_data as usize].tag;
-                    self.free.push(user_data as usize);
-                    done(tag, status);
-                    finished += 1;
-                }
-            }
-        }
-        finished
-    }
-
-    /// Applies one CQE to its request: `Some(status)` when the request is finished,
-    /// `None` when another SQE was pushed for it.
-    fn advance(&mut self, index: usize, res: i32) -> Option<IoStatus> {
-        let slot = &mut self.slots[index];
-        match slot.op {
-            IoOp::Read | IoOp::Write => {
-                if res < 0 {
-                    return Some(IoStatus::Io(-res));
-                }
-                if res == 0 {
-                    // No progress (end of file, e.g. truncated under us): do not spin.
-                    return Some(IoStatus::Io(libc::EIO));
-                }
-                let n = u64::from(res.unsigned_abs()).min(slot.chunk);
-                slot.offset += n;
-                // SAFETY: `n <= remaining`, so the pointer stays inside (or one past the
-                // end of) the caller's buffer.
-                slot.buf = unsafe { slot.buf.add(n as usize) };
-                slot.remaining -= n;
-            }
-            IoOp::WriteZeroes if slot.zero_writes => {
-                if res < 0 {
-                    return Some(IoStatus::Io(-res));
-                }
-                if res == 0 {
-                    return Some(IoStatus::Io(libc::EIO));
-                }
-                let n = u64::from(res.unsigned_abs()).min(slot.chunk);
-                slot.offset += n;
-                slot.remaining -= n;
-            }
-            IoOp::WriteZeroes => {
-                if res == -libc::EOPNOTSUPP || res == -libc::EINVAL {
-                    if self.shared.zero_range.swap(false, Ordering::Relaxed) {
-                        tracing::info!(
-                            device = %self.shared.info.name,
-                            "fallocate(ZERO_RANGE) not supported; writing zeroes instead"
-                        );
-                    }
-                    slot.zero_writes = true;
-                } else if res < 0 {
-                    return Some(IoStatus::Io(-res));
-                } else {
-                    return Some(IoStatus::Success);
-                }
-            }
-            IoOp::Deallocate => {
-                if res == -libc::EOPNOTSUPP {
-                    if !self.shared.dealloc_warned.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            device = %self.shared.info.name,
-                            "deallocate not supported by the device; completing it as a no-op"
-                        );
-                    }
-                    return Some(IoStatus::Success);
-                }
-                return Some(if res < 0 {
-                    IoStatus::Io(-res)
-                } else {
-                    IoStatus::Success
-                });
-            }
-            IoOp::Flush => {
-                return Some(if res < 0 {
-                    IoStatus::Io(-res)
-                } else {
-                    IoStatus::Success
-                });
-            }
-        }
-        if self.slots[index].remaining == 0 {
-            return Some(IoStatus::Success);
-        }
-        self.push_sqe(index);
-        None
-    }
-
-    fn drain_eventfd(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads at most 8 bytes into a live local; the eventfd is open and
-        // non-blocking.
-        let _ = unsafe { libc::read(self.eventfd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-    }
-
-    fn slots_in_use(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-}
-
-impl IoChannel for UringChannel {
-    unsafe fn submit(&mut self, req: IoRequest) {
-        self.start(req);
-    }
-
-    fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
-        let mut n = 0;
-        let ready = self.ready.len();
-        for _ in 0..ready {
-            if let Some((tag, status)) = self.ready.pop_front() {
-                done(tag, status);
-                n += 1;
-            }
-        }
-        self.submit_pending();
-        n += self.reap(done);
-        if n > 0 {
-            self.empty_polls = 0;
-        } else if self.maybe_signaled {
-            self.empty_polls += 1;
-            if self.empty_polls >= DRAIN_AFTER_EMPTY_POLLS {
-                // Idle for a while: consume the eventfd's count so a sleeping reactor is
-                // not woken for completions already reaped, then look again, because a
-                // CQE posted just before the read would otherwise wake nobody.
-                self.drain_eventfd();
-                self.maybe_signaled = false;
-                self.empty_polls = 0;
-                n += self.reap(done);
-            }
-        }
-        // Slots freed by reaping take parked requests; next chunks and fallbacks were
-        // pushed while reaping. Both go out now rather than waiting a poll.
-        self.fill_from_backlog();
-        self.submit_pending();
-        n
-    }
-
-    fn in_flight(&self) -> usize {
-        self.slots_in_use() + self.backlog.len() + self.ready.len()
-    }
-
-    fn completion_fd(&self) -> Option<RawFd> {
-        Some(self.eventfd.as_raw_fd())
-    }
-}
-
-impl Drop for UringChannel {
-    fn drop(&mut self) {
-        // The kernel may still read or write the buffers of SQEs in flight: wait for all
-        // of them, so nobody frees a buffer (or the zero buffer) under the kernel.
-        while self.slots_in_use() > 0 {
-            let waiting = self.slots_in_use();
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                if errno(&e) != libc::EINTR {
-                    tracing::error!(device = %self.shared.info.name, error = %e,
-                        "io_uring wait failed while closing a channel with {waiting} requests in flight");
-                    return;
-                }
-            }
-            let mut discard = |_: u64, _: IoStatus| {};
-            self.reap(&mut discard);
-            // Parked requests are abandoned: their owner is going away with us.
-            self.backlog.clear();
-        }
     }
 }
 

@@ -630,3 +630,105 @@ fn adopter_keeps_the_open_file_and_recovery_reopens_the_path() {
         "the path names the decoy now"
     );
 }
+
+#[test]
+fn ring_options_parse_as_changes_to_the_defaults() {
+    use crate::RingOptions;
+    let d = RingOptions::default();
+    assert!(d.fixed_file && d.fixed_buffers && d.coop_taskrun && d.quiet_eventfd);
+    assert!(!d.defer_taskrun && d.sqpoll.is_none() && d.batch == 0);
+    assert_eq!(RingOptions::parse("").unwrap(), d);
+    let o = RingOptions::parse("no-fixed-file, defer-taskrun,sqpoll=1,batch=8").unwrap();
+    assert!(!o.fixed_file && o.fixed_buffers && o.defer_taskrun);
+    assert_eq!((o.sqpoll, o.batch), (Some(1), 8));
+    let p = RingOptions::parse("plain,fixed-buffers").unwrap();
+    assert!(p.fixed_buffers && !p.fixed_file && !p.coop_taskrun && !p.quiet_eventfd);
+    assert!(RingOptions::parse("turbo")
+        .unwrap_err()
+        .contains("unknown ring option turbo"));
+    assert!(RingOptions::parse("sqpoll=x")
+        .unwrap_err()
+        .contains("give a number"));
+}
+
+/// Every ring set-up serves the same I/O: registered file or not, the offered pool's
+/// (registered) buffers and buffers of the caller's own, cooperative or deferred
+/// completions, a kernel polling thread, batched submissions.
+#[test]
+fn every_ring_set_up_round_trips_pool_and_own_buffers() {
+    use crate::RingOptions;
+    for spec in [
+        "",
+        "plain",
+        "no-fixed-buffers",
+        "defer-taskrun",
+        "no-coop-taskrun,no-quiet-eventfd",
+        "batch=4",
+        "sqpoll=0",
+    ] {
+        let f = file_of(8 << 20);
+        let ring = RingOptions::parse(spec).unwrap();
+        let d = UringBdev::open_with(f.path(), UringOptions::default(), ring).unwrap();
+        check_round_trip(&*d);
+        assert_eq!(d.dma_pool().is_some(), ring.fixed_buffers, "{spec}");
+        let Some(pool) = d.dma_pool() else { continue };
+        // Pool buffers (registered with the ring): written, read back into another.
+        let mut ch = d.open_channel().unwrap();
+        let (mut a, b) = (pool.get().unwrap(), pool.get().unwrap());
+        let data = pattern(4096, 5, 8, 3);
+        a.as_mut_slice()[..data.len()].copy_from_slice(&data);
+        let w = IoRequest::rw(IoOp::Write, 5, 8, a.as_ptr(), data.len(), 1);
+        assert_eq!(run1(ch.as_mut(), w), IoStatus::Success, "{spec}");
+        let r = IoRequest::rw(IoOp::Read, 5, 8, b.as_ptr(), data.len(), 2);
+        assert_eq!(run1(ch.as_mut(), r), IoStatus::Success, "{spec}");
+        assert_eq!(&b.as_slice()[..data.len()], &data[..], "{spec}");
+        // Many at once, more than the ring holds, half in pool buffers.
+        let mut own = AlignedBuf::new(4096 * 64);
+        let bufs: Vec<_> = (0..64).map(|_| pool.get().unwrap()).collect();
+        for i in 0..128u64 {
+            let ptr = if i % 2 == 0 {
+                bufs[i as usize / 2].as_ptr()
+            } else {
+                // SAFETY: inside `own`, 4096 bytes per request.
+                unsafe { own.as_mut_slice().as_mut_ptr().add(4096 * (i as usize / 2)) }
+            };
+            // SAFETY: every buffer outlives the completions polled below.
+            unsafe { ch.submit(IoRequest::rw(IoOp::Read, i, 1, ptr, 4096, 100 + i)) };
+        }
+        let mut done = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while done < 128 {
+            ch.poll(&mut |_, st| {
+                assert_eq!(st, IoStatus::Success, "{spec}");
+                done += 1;
+            });
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{spec}: {done} of 128 done"
+            );
+        }
+        drop(ch);
+        for x in bufs.into_iter().chain([a, b]) {
+            pool.put(x);
+        }
+    }
+}
+
+/// The default ring registers the device's descriptor and the shared pool, and knows
+/// which buffers are the pool's.
+#[test]
+fn a_default_ring_registers_the_file_and_the_pool() {
+    let f = file_of(1 << 20);
+    let r =
+        crate::ring::Ring::new(8, f.as_file().as_raw_fd(), &crate::RingOptions::default()).unwrap();
+    assert!(r.fixed_file, "the descriptor is registered");
+    let pool = crate::ring::shared_pool().expect("a pool");
+    let b = pool.get().unwrap();
+    assert_eq!(r.buf_index(b.as_ptr(), 4096), Some(0));
+    let own = AlignedBuf::new(4096);
+    assert_eq!(r.buf_index(own.ptr(), 4096), None);
+    // A range that runs past the pool's end is not the pool's.
+    let end = pool.memory().as_ptr() as usize + pool.memory().len();
+    assert_eq!(r.buf_index((end - 4096) as *const u8, 8192), None);
+    pool.put(b);
+}

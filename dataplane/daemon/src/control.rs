@@ -80,7 +80,7 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
         // What a successor needs before it asks for the state: how the reactors are laid
         // out, the state region and the RAM devices' memfds. The successor reads the
         // pools' structure now: their operations wait for the handover to end.
-        run.pools.freeze();
+        crate::pools::freeze(run);
         match upgrade::reactors_answer(run) {
             Ok((answer, fds)) => {
                 let raw: Vec<std::os::fd::RawFd> =
@@ -97,7 +97,7 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
         };
         send_line!(w, "{answer}")?;
     } else if let Some(rest) = line.strip_prefix("POOL") {
-        let out = match run.pools.command(rest) {
+        let out = match crate::pools::command(run, rest) {
             Ok(lines) => {
                 let mut out = format!("OK {}\n", lines.len());
                 for l in lines {
@@ -115,7 +115,7 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
         stream.set_read_timeout(None)?;
         // Returns only when the handover did not happen (else this process exits).
         let r = upgrade::hand_over(run, stream, &line);
-        run.pools.thaw();
+        crate::pools::thaw(run);
         r?;
     } else {
         send_line!(w, "ERR unknown command {line:?}")?;
@@ -126,7 +126,7 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
 /// One line per block device of the target, children first: `ID kind=.. name=..
 /// children=ID,.. namespaces=NQN/NSID,..` and, for devices that count, their I/O.
 fn devices_lines(run: &Running) -> Vec<String> {
-    let (g, ns) = upgrade::device_graph(&run.target, &run.pools.roots());
+    let (g, ns, _) = upgrade::device_graph(&run.target, &run.mgmt.registry);
     g.devices()
         .enumerate()
         .map(|(id, d)| {
@@ -192,6 +192,19 @@ pub fn ana_state_code(name: &str) -> Option<u8> {
     })
 }
 
+/// The name operators use for an ANA state code.
+pub fn ana_state_name(code: u8) -> Option<&'static str> {
+    use lightpool_spec::log::ana_state;
+    Some(match code {
+        ana_state::OPTIMIZED => "optimized",
+        ana_state::NON_OPTIMIZED => "non-optimized",
+        ana_state::INACCESSIBLE => "inaccessible",
+        ana_state::PERSISTENT_LOSS => "persistent-loss",
+        ana_state::CHANGE => "change",
+        _ => return None,
+    })
+}
+
 /// "ANA <nqn> <group> <state>"
 fn set_ana(run: &Running, args: &str) -> Result<()> {
     let mut it = args.split_whitespace();
@@ -204,12 +217,8 @@ fn set_ana(run: &Running, args: &str) -> Result<()> {
     let code = ana_state_code(state).with_context(|| {
         format!("unknown ANA state {state:?} (optimized, non-optimized, inaccessible, persistent-loss, change)")
     })?;
-    let sub = run
-        .target
-        .find_subsystem(nqn)
-        .with_context(|| format!("no subsystem {nqn}"))?;
-    sub.set_ana_state(group, code)?;
-    tracing::info!(nqn, group, state, "ANA state changed");
+    run.set_ana(nqn, group, code)
+        .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     Ok(())
 }
 

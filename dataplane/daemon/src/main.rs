@@ -2,12 +2,16 @@
 //! configuration, builds block devices and subsystems, starts the reactors and the
 //! NVMe/TCP listeners, and waits for SIGINT/SIGTERM.
 
+mod api;
 mod config;
 #[macro_use]
 mod fdpass;
 mod control;
+mod loglevel;
+mod manage;
 mod pools;
 mod raid;
+mod startup;
 mod transports;
 mod upgrade;
 
@@ -16,20 +20,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use lightpool_bdev::Bdev;
-use lightpool_bdev_nvme_vfio::{NvmeVfioBdev, NvmeVfioOptions};
-use lightpool_bdev_ram::MallocBdev;
-use lightpool_bdev_uring::{UringBdev, UringOptions};
-use lightpool_nvmf::{NamespaceConfig, SubsystemConfig, Target, TargetOptions, TransportContext};
+use lightpool_nvmf::Target;
 use lightpool_reactor::{ReactorConfig, ReactorHandle};
 use std::os::unix::net::UnixListener;
-
-use config::{parse_size, Config, ListenerSection, NamespaceSection, SubsystemSection};
-
-/// The subsystem served when no configuration is given.
-const DEFAULT_NQN: &str = "nqn.2024-01.io.lightpool:default";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,6 +47,10 @@ struct Args {
     /// root, /tmp/lightpool-target-UID.sock otherwise.
     #[arg(long, global = true)]
     control_socket: Option<String>,
+    /// Unix socket of the management API (gRPC; what `lightpool` talks to). Default:
+    /// the control socket's path with `.sock` replaced by `.api.sock`.
+    #[arg(long, global = true)]
+    api_socket: Option<String>,
     /// Take over from the target running behind this control socket (hot upgrade)
     /// instead of starting from a configuration.
     #[arg(long, conflicts_with_all = ["config", "listen"])]
@@ -145,195 +144,8 @@ pub struct Running {
     /// The state region: every object that must outlive this process is recorded here
     /// as it is created.
     pub region: Arc<lightpool_nvmf::region::Region>,
-    /// The pools (volume stores) the target holds.
-    pub pools: pools::Pools,
-}
-
-fn default_config() -> Config {
-    Config {
-        target: Default::default(),
-        listeners: vec![ListenerSection {
-            address: "127.0.0.1:4420".into(),
-            transport: "tcp".into(),
-        }],
-        subsystems: vec![SubsystemSection {
-            nqn: DEFAULT_NQN.into(),
-            serial: "LIGHTPOOL0000001".into(),
-            model: "LightPool".into(),
-            allow_any_host: true,
-            hosts: vec![],
-            min_cntlid: 1,
-            max_cntlid: 0xFFEF,
-            namespaces: vec![NamespaceSection {
-                nsid: 1,
-                ram: Some("1GiB".into()),
-                file: None,
-                vfio: None,
-                vfio_nsid: None,
-                block_size: Some(512),
-                hugepages: false,
-                read_only: false,
-                direct: None,
-                nguid: None,
-                uuid: None,
-                ana_group: None,
-                passthru: false,
-                raid: None,
-                volume: None,
-            }],
-        }],
-        raids: Vec::new(),
-        pools: vec![],
-    }
-}
-
-fn load_config(args: &Args) -> Result<Config> {
-    let mut cfg = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let cfg: Config = toml::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
-            cfg.validate()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            cfg
-        }
-        None => default_config(),
-    };
-    if !args.listen.is_empty() {
-        cfg.listeners = args
-            .listen
-            .iter()
-            .map(|a| ListenerSection {
-                address: a.to_string(),
-                transport: "tcp".into(),
-            })
-            .collect();
-    }
-    if cfg.listeners.is_empty() {
-        bail!(
-            "no listener configured: add a [[listener]] with an address, or pass --listen IP:PORT"
-        );
-    }
-    Ok(cfg)
-}
-
-/// The tmpfs file of a RAM namespace in the state directory.
-pub fn ram_file(dir: &std::path::Path, nqn: &str, nsid: u32) -> PathBuf {
-    let safe: String = nqn
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    dir.join(format!("ram-{safe}-{nsid}"))
-}
-
-fn open_bdev(
-    field: &str,
-    nqn: &str,
-    n: &NamespaceSection,
-    state_dir: Option<&std::path::Path>,
-) -> Result<Arc<dyn Bdev>> {
-    if let Some(size) = &n.ram {
-        let bytes = parse_size(size).map_err(|e| anyhow::anyhow!("{field}.ram: {e}"))?;
-        let name = format!("ram{}", n.nsid);
-        let bs = n.block_size.unwrap_or(512);
-        let bdev = match state_dir {
-            Some(_) if n.hugepages => Err(lightpool_bdev::BdevError::Invalid(
-                "huge pages cannot be used with a state directory (its RAM files live on tmpfs)"
-                    .into(),
-            )),
-            Some(dir) => MallocBdev::open_shared(&name, &ram_file(dir, nqn, n.nsid), bytes, bs),
-            None if n.hugepages => MallocBdev::new_hugepages(&name, bytes, bs),
-            None => MallocBdev::new(&name, bytes, bs),
-        }
-        .map_err(|e| anyhow::anyhow!("{field}.ram: {e}"))?;
-        return Ok(bdev);
-    }
-    if let Some(addr) = &n.vfio {
-        let opts = NvmeVfioOptions {
-            nsid: n.vfio_nsid.unwrap_or(1),
-            ..NvmeVfioOptions::default()
-        };
-        let bdev =
-            NvmeVfioBdev::open(addr, opts).map_err(|e| anyhow::anyhow!("{field}.vfio: {e}"))?;
-        return Ok(bdev);
-    }
-    let path = n
-        .file
-        .as_ref()
-        .expect("validate() guarantees ram, file or vfio");
-    let opts = UringOptions {
-        block_size: n.block_size,
-        read_only: n.read_only,
-        direct: n.direct.unwrap_or(true),
-        ..UringOptions::default()
-    };
-    let bdev = UringBdev::open(path, opts).map_err(|e| anyhow::anyhow!("{field}.file: {e}"))?;
-    Ok(bdev)
-}
-
-fn build_target(
-    cfg: &Config,
-    state_dir: Option<&std::path::Path>,
-    layout: u32,
-) -> Result<(
-    Arc<Target>,
-    Arc<lightpool_nvmf::region::Region>,
-    pools::Pools,
-)> {
-    let t = &cfg.target;
-    let opts = TargetOptions {
-        max_queue_depth: t.max_queue_depth,
-        max_io_queues: t.max_io_queues,
-        in_capsule_data_size: t.in_capsule_data_size,
-        max_transfer_size: t.max_transfer_size,
-        firmware_revision: firmware_revision().to_string(),
-        ..TargetOptions::default()
-    };
-    let target = Target::new(opts).map_err(|e| anyhow::anyhow!("target: {e}"))?;
-    let region = upgrade::create_region(&target.opts, state_dir, layout)?;
-    target
-        .attach_region(region.clone())
-        .map_err(|e| anyhow::anyhow!("state region: {e}"))?;
-    let arrays = raid::open_arrays(&cfg.raids, state_dir)?;
-    let pools = pools::Pools::open(cfg, state_dir, &arrays)?;
-    for (si, s) in cfg.subsystems.iter().enumerate() {
-        let mut sc = SubsystemConfig::new(&s.nqn);
-        sc.serial = s.serial.clone();
-        sc.model = s.model.clone();
-        sc.allow_any_host = s.allow_any_host;
-        sc.hosts = s.hosts.clone();
-        sc.min_cntlid = s.min_cntlid;
-        sc.max_cntlid = s.max_cntlid;
-        for (ni, n) in s.namespaces.iter().enumerate() {
-            let field = format!("subsystem[{si}].namespace[{ni}]");
-            let mut bdev = match (&n.volume, &n.raid) {
-                (Some(v), _) => pools.volume(v).with_context(|| format!("{field}.volume"))?,
-                (None, Some(r)) => arrays[r].clone(),
-                (None, None) => open_bdev(&field, &s.nqn, n, state_dir)?,
-            };
-            if n.passthru {
-                bdev = lightpool_bdev_passthru::PassthruBdev::new(bdev);
-            }
-            sc.namespaces.push(NamespaceConfig {
-                nsid: n.nsid,
-                bdev,
-                nguid: Config::nguid(n),
-                uuid: Config::uuid(n),
-                anagrpid: n.ana_group,
-            });
-        }
-        target
-            .add_subsystem(sc)
-            .map_err(|e| anyhow::anyhow!("subsystem[{si}]: {e}"))?;
-    }
-    Ok((target, region, pools))
+    /// The management side: device registry, change lock, API socket.
+    pub mgmt: manage::Mgmt,
 }
 
 /// Block SIGINT and SIGTERM in every thread (reactors inherit the mask) so the main
@@ -377,12 +189,7 @@ pub fn spawn_reactors(
 
 fn main() {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    loglevel::init(&args.log);
     let control = args
         .control_socket
         .clone()
@@ -396,93 +203,29 @@ fn main() {
         None => run(&args, &control),
     };
     if let Err(e) = res {
-        eprintln!("lightpool-target: {e:#}");
+        eprintln!("lightpool-target: {}", manage::anyhow_chain(&e));
         std::process::exit(1);
     }
 }
 
 fn start(args: &Args, control_path: &str) -> Result<Running> {
-    let cfg = load_config(args)?;
-    let state_dir = args
-        .state_dir
+    startup::start(
+        startup::StartArgs {
+            config: args.config.as_deref(),
+            listen: &args.listen,
+            state_dir: args.state_dir.as_deref(),
+            layout: args.state_layout,
+            api_path: &api_path(args, control_path),
+        },
+        control_path,
+    )
+}
+
+/// The API socket: `--api-socket`, or derived from the control socket's path.
+fn api_path(args: &Args, control_path: &str) -> String {
+    args.api_socket
         .clone()
-        .or_else(|| cfg.target.state_dir.clone());
-    if let Some(d) = &state_dir {
-        std::fs::create_dir_all(d)
-            .with_context(|| format!("creating the state directory {}", d.display()))?;
-    }
-    let (target, region, pools) = build_target(&cfg, state_dir.as_deref(), args.state_layout)?;
-    let control = control::bind(control_path)?;
-    let cores: Vec<Option<usize>> = if cfg.target.cores.is_empty() {
-        vec![None; cfg.target.reactors]
-    } else {
-        cfg.target.cores.iter().map(|&c| Some(c)).collect()
-    };
-    let reactors = spawn_reactors(&cores, cfg.target.idle_spin_us)?;
-    let transports = transports::Transports::new(TransportContext {
-        target: target.clone(),
-        reactors: reactors.clone(),
-    });
-    let mut bound = Vec::new();
-    for (i, l) in cfg.listeners.iter().enumerate() {
-        let t = transports
-            .get_or_create(&l.transport)
-            .with_context(|| format!("listener[{i}].transport"))?;
-        let addr = t
-            .add_listener(&l.address)
-            .with_context(|| format!("listener[{i}]"))?;
-        bound.push((t.name(), addr));
-    }
-    for s in target.subsystems() {
-        let ns: Vec<String> = s
-            .namespaces()
-            .iter()
-            .map(|n| {
-                format!(
-                    "nsid {} ({} x {} B, {})",
-                    n.nsid,
-                    n.num_blocks,
-                    n.block_size,
-                    n.bdev.info().name
-                )
-            })
-            .collect();
-        println!(
-            "lightpool-target {}: subsystem {} with {}",
-            firmware_revision(),
-            s.nqn,
-            ns.join(", ")
-        );
-    }
-    for (name, a) in &bound {
-        println!(
-            "lightpool-target: listening on {} ({}, discovery included)",
-            a.to_addr_string(),
-            transports::label(name)
-        );
-    }
-    if let (Some((name, a)), Some(s)) = (bound.first(), target.subsystems().first()) {
-        println!(
-            "Connect a Linux host with: nvme connect -t {name} -a {} -s {} -n {}",
-            a.traddr, a.trsvcid, s.nqn
-        );
-    }
-    println!("lightpool-target: control socket {control_path} (upgrade with: lightpool-target upgrade --binary NEW --control-socket {control_path})");
-    let run = Running {
-        target,
-        reactors,
-        transports,
-        cores,
-        idle_spin_us: cfg.target.idle_spin_us,
-        control,
-        control_path: control_path.to_string(),
-        layout: args.state_layout,
-        state_dir,
-        region,
-        pools,
-    };
-    upgrade::write_boot(&run)?;
-    Ok(run)
+        .unwrap_or_else(|| api::default_path(control_path))
 }
 
 fn run(args: &Args, control_path: &str) -> Result<()> {
@@ -491,13 +234,16 @@ fn run(args: &Args, control_path: &str) -> Result<()> {
     let sigs = block_signals();
     let running = match (&args.upgrade_from, &args.state_dir) {
         (Some(from), _) => upgrade::take_over(from)?,
-        (None, Some(dir)) if args.recover => upgrade::recover(dir, control_path)?,
+        (None, Some(dir)) if args.recover => {
+            upgrade::recover(dir, control_path, &api_path(args, control_path))?
+        }
         _ => start(args, control_path)?,
     };
     use std::io::Write;
     std::io::stdout().flush().ok();
     let running = Arc::new(running);
     control::serve(running.clone())?;
+    api::serve(&running)?;
 
     let sig = wait_for_signal(&sigs);
     tracing::info!(signal = sig, "shutting down");

@@ -1,14 +1,14 @@
-//! The target's pools: opened at start from the configuration (replayed when they were
-//! not closed cleanly), with the volumes it names created or grown; found again among
-//! the devices a predecessor handed over; and the control socket's POOL command, which
-//! runs the pools' operations ([`PoolOps`]) at run time and which
-//! `lightpool-target pool` sends.
+//! The target's pools: each a block device of the registry (`DeviceSpec::Pool`),
+//! opened from its `[[pool]]` section (replayed when it was not closed cleanly) with the
+//! volumes it names created or grown; the volumes namespaces serve are registry devices
+//! too (`DeviceSpec::Volume`, named "POOL:VOLUME"), so a hot upgrade hands both over
+//! with the rest of the registry. And the control socket's POOL command, which runs the
+//! pools' operations ([`PoolOps`]) at run time and which `lightpool-target pool` sends.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -18,176 +18,161 @@ use lightpool_bdev_ram::MallocBdev;
 use lightpool_bdev_uring::{UringBdev, UringOptions};
 use lightpool_pool::{OpenReport, Pool, PoolOps, PoolOptions, VolumeInfo};
 
-use crate::config::{parse_size, Config, PoolSection};
+use crate::config::{parse_size, split_volume, volume_device_name, PoolSection};
+use crate::manage::{DeviceSpec, ManageError, Registry};
+use crate::Running;
 
 /// How long a hot upgrade may keep the pools' operations refused before they are
 /// allowed again (an upgrade that started and neither finished nor said it gave up).
 const FREEZE: Duration = Duration::from_secs(60);
 
-/// The pools of a target, by name.
-#[derive(Default)]
-pub struct Pools {
-    by_name: Mutex<BTreeMap<String, Arc<Pool>>>,
+/// Opens the pool `p` describes (making one on a blank device when allowed), and
+/// creates or grows the volumes it names.
+pub fn open_pool(
+    p: &PoolSection,
+    registry: &Registry,
+    state_dir: Option<&Path>,
+) -> Result<Arc<dyn Bdev>, ManageError> {
+    let fail = |e: anyhow::Error| ManageError::Invalid(format!("{e:#}"));
+    let dev = open_device(p, registry, state_dir)?;
+    let opts = options(p);
+    let (pool, report) = Pool::open(dev, &p.name, &opts, p.create)
+        .map_err(|e| ManageError::Invalid(e.to_string()))?;
+    match &report {
+        OpenReport::Created => println!(
+            "lightpool-target: pool {}: made a new pool on {}",
+            p.name,
+            pool.device_name()
+        ),
+        OpenReport::Clean { volumes } => println!(
+            "lightpool-target: pool {}: opened ({volumes} volumes, closed cleanly)",
+            p.name
+        ),
+        OpenReport::Recovered {
+            volumes,
+            finished,
+            zeroed_clusters,
+        } => {
+            println!("lightpool-target: pool {}: recovered after an unclean shutdown ({volumes} volumes; {zeroed_clusters} free clusters zeroed)", p.name);
+            for f in finished {
+                println!("lightpool-target: pool {}: {f}", p.name);
+            }
+        }
+    }
+    for (vi, v) in p.volumes.iter().enumerate() {
+        ensure_volume(&pool, &v.name, v.size.0, v.thin)
+            .map_err(|e| fail(e.context(format!("volume[{vi}] ({})", v.name))))?;
+    }
+    Ok(pool)
 }
 
-impl Pools {
-    /// Opens every configured pool (making one on a blank device when allowed), and
-    /// creates or grows the volumes the configuration names.
-    pub fn open(
-        cfg: &Config,
-        state_dir: Option<&Path>,
-        arrays: &BTreeMap<String, Arc<dyn Bdev>>,
-    ) -> Result<Pools> {
-        let pools = Pools::default();
-        for (pi, p) in cfg.pools.iter().enumerate() {
-            let field = format!("pool[{pi}]");
-            let dev = open_device(&field, p, state_dir, arrays)?;
-            let opts = options(p)?;
-            let (pool, report) = Pool::open(dev, &p.name, &opts, p.create)
-                .map_err(|e| anyhow!("{field} ({}): {e}", p.name))?;
-            match &report {
-                OpenReport::Created => println!(
-                    "lightpool-target: pool {}: made a new pool on {}",
-                    p.name,
-                    pool.device_name()
-                ),
-                OpenReport::Clean { volumes } => println!(
-                    "lightpool-target: pool {}: opened ({volumes} volumes, closed cleanly)",
-                    p.name
-                ),
-                OpenReport::Recovered {
-                    volumes,
-                    finished,
-                    zeroed_clusters,
-                } => {
-                    println!("lightpool-target: pool {}: recovered after an unclean shutdown ({volumes} volumes; {zeroed_clusters} free clusters zeroed)", p.name);
-                    for f in finished {
-                        println!("lightpool-target: pool {}: {f}", p.name);
-                    }
-                }
-            }
-            for (vi, v) in p.volumes.iter().enumerate() {
-                let size =
-                    parse_size(&v.size).map_err(|e| anyhow!("{field}.volume[{vi}].size: {e}"))?;
-                ensure_volume(&pool, &v.name, size, v.thin)
-                    .map_err(|e| anyhow!("{field}.volume[{vi}] ({}): {e}", v.name))?;
-            }
-            pools.insert(pool);
+/// The block device of volume `volume` of the registry's pool `pool`.
+pub fn open_volume(
+    registry: &Registry,
+    pool: &str,
+    volume: &str,
+) -> Result<Arc<dyn Bdev>, ManageError> {
+    let p = registry
+        .get(pool)
+        .and_then(|e| lightpool_pool::as_pool(&e.bdev))
+        .ok_or_else(|| ManageError::NotFound(format!("no pool {pool:?}")))?;
+    p.open_volume(volume)
+        .map(|v| v as Arc<dyn Bdev>)
+        .map_err(|e| match e {
+            lightpool_pool::PoolError::NoSuchVolume { .. } => ManageError::NotFound(e.to_string()),
+            e => ManageError::Invalid(e.to_string()),
+        })
+}
+
+/// The registry's name of volume "POOL/VOLUME", registered first if no namespace
+/// served it yet.
+pub fn volume_device(run: &Running, spec: &str) -> Result<String, ManageError> {
+    let (pool, volume) = split_volume(spec)
+        .ok_or_else(|| ManageError::Invalid(format!("{spec:?} is not \"POOL/VOLUME\"")))?;
+    let name = volume_device_name(pool, volume);
+    if run.mgmt.registry.get(&name).is_none() {
+        run.create_bdev(
+            &name,
+            DeviceSpec::Volume {
+                pool: pool.to_string(),
+                volume: volume.to_string(),
+            },
+        )?;
+    }
+    Ok(name)
+}
+
+/// Every pool of the target.
+pub fn all(run: &Running) -> Vec<Arc<Pool>> {
+    run.mgmt
+        .registry
+        .all()
+        .iter()
+        .filter_map(|e| lightpool_pool::as_pool(&e.bdev))
+        .collect()
+}
+
+/// A hot upgrade starts: the pools' operations wait for it to end (the successor
+/// reads the pools' structure now).
+pub fn freeze(run: &Running) {
+    for p in all(run) {
+        p.freeze(FREEZE);
+    }
+}
+
+/// The upgrade did not happen: operations are allowed again.
+pub fn thaw(run: &Running) {
+    for p in all(run) {
+        p.thaw();
+    }
+}
+
+/// Runs a POOL command: `POOL NAME OP [ARGS]` (see [`USAGE`]). Answer lines.
+pub fn command(run: &Running, line: &str) -> Result<Vec<String>> {
+    let pools = all(run);
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let (name, op, args) = match w.as_slice() {
+        [] => return Ok(pools.iter().map(|p| pool_line(p.as_ref())).collect()),
+        [name, op, args @ ..] => (*name, *op, args),
+        [name] => (*name, "info", &[][..]),
+    };
+    let p = pools.iter().find(|p| p.name() == name).ok_or_else(|| {
+        let names: Vec<&str> = pools.iter().map(|p| p.name()).collect();
+        anyhow!("no pool {name:?} (pools: {})", names.join(", "))
+    })?;
+    let size = |s: &str| parse_size(s).map_err(|e| anyhow!(e));
+    let out = match (op, args) {
+        ("info", []) => vec![pool_line(p.as_ref())],
+        ("list", []) => p.list().iter().map(volume_line).collect(),
+        ("create", [v, sz]) => vec![volume_line(&p.create(v, size(sz)?, true)?)],
+        ("create", [v, sz, "thick"]) => vec![volume_line(&p.create(v, size(sz)?, false)?)],
+        ("delete", [v]) => {
+            p.delete(v)?;
+            vec![format!("deleted {v}")]
         }
-        Ok(pools)
-    }
-
-    /// The pools among devices taken over from a predecessor.
-    pub fn from_devices<'a>(devs: impl Iterator<Item = &'a Arc<dyn Bdev>>) -> Pools {
-        let pools = Pools::default();
-        for d in devs {
-            if let Some(p) = lightpool_pool::as_pool(d) {
-                pools.insert(p);
+        ("grow", [v, sz]) => vec![volume_line(&p.grow(v, size(sz)?)?)],
+        ("rename", [v, new]) => vec![volume_line(&p.rename(v, new)?)],
+        ("snapshot", [v, snap]) => {
+            let info = p.snapshot(v, snap)?;
+            let pause = p.served_volume(v).map(|d| d.last_snapshot_pause());
+            let mut l = volume_line(&info);
+            if let Some(d) = pause {
+                l.push_str(&format!(" pause_us={}", d.as_micros()));
             }
+            vec![l]
         }
-        pools
-    }
-
-    fn insert(&self, p: Arc<Pool>) {
-        self.by_name
-            .lock()
-            .expect("pools poisoned")
-            .insert(p.name().to_string(), p);
-    }
-
-    pub fn get(&self, name: &str) -> Option<Arc<Pool>> {
-        self.by_name
-            .lock()
-            .expect("pools poisoned")
-            .get(name)
-            .cloned()
-    }
-
-    pub fn all(&self) -> Vec<Arc<Pool>> {
-        self.by_name
-            .lock()
-            .expect("pools poisoned")
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    /// The pools as roots of the device graph: a pool whose volumes no namespace serves
-    /// is handed over all the same.
-    pub fn roots(&self) -> Vec<Arc<dyn Bdev>> {
-        self.all().into_iter().map(|p| p as Arc<dyn Bdev>).collect()
-    }
-
-    /// The block device of volume "POOL/VOLUME".
-    pub fn volume(&self, spec: &str) -> Result<Arc<dyn Bdev>> {
-        let (pool, vol) = spec
-            .split_once('/')
-            .ok_or_else(|| anyhow!("{spec:?} is not \"POOL/VOLUME\""))?;
-        let p = self.get(pool).ok_or_else(|| anyhow!("no pool {pool:?}"))?;
-        Ok(p.open_volume(vol)?)
-    }
-
-    /// A hot upgrade starts: the pools' operations wait for it to end (the successor
-    /// reads the pools' structure now).
-    pub fn freeze(&self) {
-        for p in self.all() {
-            p.freeze(FREEZE);
+        ("clone", [snap, v]) => vec![volume_line(&p.clone_snapshot(snap, v)?)],
+        ("inflate", [v]) => vec![volume_line(&p.inflate(v)?)],
+        ("check", []) => {
+            let r = p.check()?;
+            vec![format!(
+                "ok volumes={} md_pages={} clusters_owned={} free_clusters={}",
+                r.volumes, r.md_pages_read, r.clusters_owned, r.free_clusters
+            )]
         }
-    }
-
-    /// The upgrade did not happen: operations are allowed again.
-    pub fn thaw(&self) {
-        for p in self.all() {
-            p.thaw();
-        }
-    }
-
-    /// Runs a POOL command: `POOL OP [ARGS]` (see [`USAGE`]). Answer lines.
-    pub fn command(&self, line: &str) -> Result<Vec<String>> {
-        let w: Vec<&str> = line.split_whitespace().collect();
-        let (name, op, args) = match w.as_slice() {
-            [] => return Ok(self.all().iter().map(|p| pool_line(p.as_ref())).collect()),
-            [name, op, args @ ..] => (*name, *op, args),
-            [name] => (*name, "info", &[][..]),
-        };
-        let p = self.get(name).ok_or_else(|| {
-            let names: Vec<String> = self.all().iter().map(|p| p.name().to_string()).collect();
-            anyhow!("no pool {name:?} (pools: {})", names.join(", "))
-        })?;
-        let size = |s: &str| parse_size(s).map_err(|e| anyhow!(e));
-        let out = match (op, args) {
-            ("info", []) => vec![pool_line(p.as_ref())],
-            ("list", []) => p.list().iter().map(volume_line).collect(),
-            ("create", [v, sz]) => vec![volume_line(&p.create(v, size(sz)?, true)?)],
-            ("create", [v, sz, "thick"]) => vec![volume_line(&p.create(v, size(sz)?, false)?)],
-            ("delete", [v]) => {
-                p.delete(v)?;
-                vec![format!("deleted {v}")]
-            }
-            ("grow", [v, sz]) => vec![volume_line(&p.grow(v, size(sz)?)?)],
-            ("rename", [v, new]) => vec![volume_line(&p.rename(v, new)?)],
-            ("snapshot", [v, snap]) => {
-                let info = p.snapshot(v, snap)?;
-                let pause = p.served_volume(v).map(|d| d.last_snapshot_pause());
-                let mut l = volume_line(&info);
-                if let Some(d) = pause {
-                    l.push_str(&format!(" pause_us={}", d.as_micros()));
-                }
-                vec![l]
-            }
-            ("clone", [snap, v]) => vec![volume_line(&p.clone_snapshot(snap, v)?)],
-            ("inflate", [v]) => vec![volume_line(&p.inflate(v)?)],
-            ("check", []) => {
-                let r = p.check()?;
-                vec![format!(
-                    "ok volumes={} md_pages={} clusters_owned={} free_clusters={}",
-                    r.volumes, r.md_pages_read, r.clusters_owned, r.free_clusters
-                )]
-            }
-            _ => bail!("{line:?}: {USAGE}"),
-        };
-        Ok(out)
-    }
+        _ => bail!("{line:?}: {USAGE}"),
+    };
+    Ok(out)
 }
 
 /// What the POOL command takes.
@@ -244,19 +229,16 @@ fn ensure_volume(pool: &Pool, name: &str, size: u64, thin: bool) -> Result<()> {
     Ok(())
 }
 
-fn options(p: &PoolSection) -> Result<PoolOptions> {
+fn options(p: &PoolSection) -> PoolOptions {
     let d = PoolOptions::default();
-    Ok(PoolOptions {
-        cluster_size: match &p.cluster_size {
-            Some(s) => {
-                u32::try_from(parse_size(s).map_err(|e| anyhow!(e))?).context("cluster_size")?
-            }
-            None => d.cluster_size,
-        },
+    PoolOptions {
+        cluster_size: p
+            .cluster_size
+            .map_or(d.cluster_size, |s| u32::try_from(s.0).unwrap_or(u32::MAX)),
         overcommit: p.overcommit.unwrap_or(d.overcommit),
         max_volumes: p.max_volumes.unwrap_or(d.max_volumes),
         md_pages: p.md_pages,
-    })
+    }
 }
 
 /// The file of a RAM pool in the state directory.
@@ -264,47 +246,50 @@ pub fn ram_file(dir: &Path, pool: &str) -> std::path::PathBuf {
     dir.join(format!("pool-{pool}"))
 }
 
-/// Opens a pool's device.
+/// Opens a pool's device: a device of the registry by name, or its own.
 fn open_device(
-    field: &str,
     p: &PoolSection,
+    registry: &Registry,
     state_dir: Option<&Path>,
-    arrays: &BTreeMap<String, Arc<dyn Bdev>>,
-) -> Result<Arc<dyn Bdev>> {
-    let name = format!("pool-{}", p.name);
-    if let Some(r) = &p.raid {
-        return arrays
-            .get(r)
-            .cloned()
-            .ok_or_else(|| anyhow!("{field}.raid: no array {r:?} was opened"));
+) -> Result<Arc<dyn Bdev>, ManageError> {
+    let bad = |key: &str, e: lightpool_bdev::BdevError| ManageError::Invalid(format!("{key}: {e}"));
+    if let Some(d) = p.device_name() {
+        return registry.get(d).map(|e| e.bdev).ok_or_else(|| {
+            ManageError::NotFound(format!("no block device named {d:?} for pool {:?}", p.name))
+        });
     }
-    if let Some(size) = &p.ram {
-        let bytes = parse_size(size).map_err(|e| anyhow!("{field}.ram: {e}"))?;
+    let name = format!("pool-{}", p.name);
+    if let Some(size) = p.ram {
         let bs = p.block_size.unwrap_or(512);
-        let dev = match state_dir {
-            Some(dir) => MallocBdev::open_shared(&name, &ram_file(dir, &p.name), bytes, bs),
-            None => MallocBdev::new(&name, bytes, bs),
+        // Not populated: a pool's RAM fills as it is written.
+        return match state_dir {
+            Some(dir) => MallocBdev::open_shared(&name, &ram_file(dir, &p.name), size.0, bs),
+            None => MallocBdev::new(&name, size.0, bs),
         }
-        .map_err(|e| anyhow!("{field}.ram: {e}"))?;
-        return Ok(dev);
+        .map(|d| d as Arc<dyn Bdev>)
+        .map_err(|e| bad("ram", e));
     }
     if let Some(addr) = &p.vfio {
         let opts = NvmeVfioOptions {
             nsid: p.vfio_nsid.unwrap_or(1),
             ..NvmeVfioOptions::default()
         };
-        return Ok(NvmeVfioBdev::open(addr, opts).map_err(|e| anyhow!("{field}.vfio: {e}"))?);
+        return NvmeVfioBdev::open(addr, opts)
+            .map(|d| d as Arc<dyn Bdev>)
+            .map_err(|e| bad("vfio", e));
     }
     let path = p
         .device
         .as_ref()
-        .expect("validate() guarantees device, ram, vfio or raid");
+        .ok_or_else(|| ManageError::Invalid(format!("pool {:?} names no device", p.name)))?;
     let opts = UringOptions {
         block_size: p.block_size,
         direct: p.direct.unwrap_or(true),
         ..UringOptions::default()
     };
-    Ok(UringBdev::open(path, opts).map_err(|e| anyhow!("{field}.device: {e}"))?)
+    UringBdev::open(path, opts)
+        .map(|d| d as Arc<dyn Bdev>)
+        .map_err(|e| bad("device", e))
 }
 
 /// `lightpool-target pool ARGS`: sends POOL ARGS to the running target and prints its

@@ -18,7 +18,6 @@
 //! raid = "md0"
 //! ```
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -32,12 +31,12 @@ use lightpool_bdev_ram::MallocBdev;
 use lightpool_bdev_uring::{UringBdev, UringOptions};
 use lightpool_nvme_vfio::vfio::normalize_pci_address;
 use lightpool_raid::{ArrayOptions, Level, RaidBdev, Registry};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{parse_size, FieldError};
+use crate::config::{ferr, parse_size, FieldError};
 
-/// One `[[raid]]` section.
-#[derive(Debug, Deserialize)]
+/// One `[[raid]]` section (also how the device registry remembers the array).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RaidSection {
     /// The array's name (at most 32 bytes): what namespaces name in `raid = ".."`.
@@ -75,7 +74,7 @@ pub struct RaidSection {
 }
 
 /// A member given as a table.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberSection {
     pub ram: Option<String>,
@@ -84,13 +83,6 @@ pub struct MemberSection {
     pub vfio_nsid: Option<u32>,
     #[serde(default)]
     pub hugepages: bool,
-}
-
-fn ferr(field: String, reason: impl Into<String>) -> FieldError {
-    FieldError {
-        field,
-        reason: reason.into(),
-    }
 }
 
 /// Checks the `[[raid]]` sections (names, levels, members, sizes).
@@ -265,49 +257,40 @@ fn options(r: &RaidSection) -> ArrayOptions {
     o
 }
 
-/// Opens every array's members and creates or assembles the arrays, in order; each
-/// goes into the registry. An array that cannot start stops the target with a
-/// message naming it, the member and what is wrong.
-pub fn open_arrays(
-    raids: &[RaidSection],
-    state_dir: Option<&Path>,
-) -> Result<BTreeMap<String, Arc<dyn Bdev>>> {
-    let mut out = BTreeMap::new();
-    for (i, r) in raids.iter().enumerate() {
-        let mut members: Vec<Arc<dyn Bdev>> = Vec::new();
-        let files = r
-            .devices
-            .iter()
-            .map(|p| (p.display().to_string(), open_file(r, p)));
-        let others = r.members.iter().enumerate().map(|(k, m)| {
-            (
-                format!("member[{k}]"),
-                open_member(r, r.devices.len() + k, m, state_dir),
-            )
-        });
-        for (what, d) in files.chain(others) {
-            match d {
-                Ok(d) => members.push(d),
-                Err(e) if r.degraded => {
-                    tracing::warn!(array = %r.name, member = %what, error = %format!("{e:#}"), "member cannot be opened; starting degraded without it");
-                }
-                Err(e) => {
-                    return Err(e.context(format!(
-                        "raid[{i}] ({}): member {what} (set degraded = true to start without it)",
-                        r.name
-                    )))
-                }
+/// Opens an array's members and creates or assembles the array; it goes into the
+/// arrays' registry. An array that cannot start is refused with a message naming the
+/// member and what is wrong.
+pub fn open_array(r: &RaidSection, state_dir: Option<&Path>) -> Result<Arc<dyn Bdev>> {
+    let mut members: Vec<Arc<dyn Bdev>> = Vec::new();
+    let files = r
+        .devices
+        .iter()
+        .map(|p| (p.display().to_string(), open_file(r, p)));
+    let others = r.members.iter().enumerate().map(|(k, m)| {
+        (
+            format!("member[{k}]"),
+            open_member(r, r.devices.len() + k, m, state_dir),
+        )
+    });
+    for (what, d) in files.chain(others) {
+        match d {
+            Ok(d) => members.push(d),
+            Err(e) if r.degraded => {
+                tracing::warn!(array = %r.name, member = %what, error = %format!("{e:#}"), "member cannot be opened; starting degraded without it");
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "array {}: member {what} (set degraded = true to start without it)",
+                    r.name
+                )))
             }
         }
-        let a = RaidBdev::open(members, &options(r)).with_context(|| format!("raid[{i}]"))?;
-        let st = a.status();
-        println!("lightpool-target: array {}", st.summary());
-        registry()
-            .insert(&a)
-            .with_context(|| format!("raid[{i}]"))?;
-        out.insert(r.name.clone(), a as Arc<dyn Bdev>);
     }
-    Ok(out)
+    let a = RaidBdev::open(members, &options(r))?;
+    let st = a.status();
+    println!("lightpool-target: array {}", st.summary());
+    registry().insert(&a)?;
+    Ok(a as Arc<dyn Bdev>)
 }
 
 /// The control socket's `RAID ...` command; the answer's first line is `OK <lines>`
@@ -419,16 +402,17 @@ pub fn command(path: &str, args: &[String]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use std::collections::BTreeMap;
 
     fn check(body: &str) -> Option<String> {
         let c: Config = toml::from_str(body).expect("parses");
-        c.validate().err().map(|e| e.field)
+        c.validate().err().map(|e| e.key)
     }
 
     #[test]
     fn raid_sections_are_checked_field_by_field() {
         let ok = "[[raid]]\nname = \"md0\"\nlevel = \"raid1\"\ndevices = [\"/a\", \"/b\"]\n\
-                  [[subsystem]]\nnqn = \"nqn.x\"\n[[subsystem.namespace]]\nnsid = 1\nraid = \"md0\"\n";
+                  [[subsystem]]\nnqn = \"nqn.2024-01.io.lightpool:x\"\n[[subsystem.namespace]]\nnsid = 1\nraid = \"md0\"\n";
         assert_eq!(check(ok), None);
         assert_eq!(
             check("[[raid]]\nname = \"md0\"\nlevel = \"raid5\"\ndevices = [\"/a\", \"/b\"]\n"),
@@ -452,11 +436,11 @@ mod tests {
         );
         // A namespace naming an array that is not configured.
         assert_eq!(
-            check("[[subsystem]]\nnqn = \"nqn.x\"\n[[subsystem.namespace]]\nnsid = 1\nraid = \"md9\"\n"),
+            check("[[subsystem]]\nnqn = \"nqn.2024-01.io.lightpool:x\"\n[[subsystem.namespace]]\nnsid = 1\nraid = \"md9\"\n"),
             Some("subsystem[0].namespace[0].raid".into())
         );
         assert_eq!(
-            check("[[subsystem]]\nnqn = \"nqn.x\"\n[[subsystem.namespace]]\nnsid = 1\nraid = \"md0\"\nram = \"1GiB\"\n"),
+            check("[[subsystem]]\nnqn = \"nqn.2024-01.io.lightpool:x\"\n[[subsystem.namespace]]\nnsid = 1\nraid = \"md0\"\nram = \"1GiB\"\n"),
             Some("subsystem[0].namespace[0].raid".into())
         );
     }
@@ -472,7 +456,11 @@ mod tests {
         )
         .expect("parses");
         c.validate().expect("valid");
-        let arrays = open_arrays(&c.raids, None).expect("open");
+        let arrays: BTreeMap<String, Arc<dyn Bdev>> = c
+            .raids
+            .iter()
+            .map(|r| (r.name.clone(), open_array(r, None).expect("open")))
+            .collect();
         assert_eq!(arrays["cfg-r1"].kind(), "raid1");
         assert_eq!(arrays["cfg-r1"].info().num_blocks, 15 * (1 << 20) / 512);
         assert_eq!(arrays["cfg-r0"].info().block_size, 4096);

@@ -29,7 +29,8 @@ pub enum HugePages {
 /// What a [`DmaMemory`] is made of.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Backing {
-    /// Hugepages of `page_size` bytes from the hugetlbfs mounted at `mount`.
+    /// Hugepages of `page_size` bytes from the hugetlbfs mounted at `mount` (empty: an
+    /// `MFD_HUGETLB` memfd, which needs no mount).
     Hugepages { mount: PathBuf, page_size: usize },
     /// Ordinary anonymous memory (4 KiB pages), with the reason hugepages were not used.
     Ordinary { reason: String },
@@ -131,7 +132,22 @@ impl DmaMemory {
                         shareable,
                     )?,
                 },
-                Err(reason) => anonymous(len, reason, shareable)?,
+                // No mount with free pages: a huge-page memfd needs none.
+                Err(reason) => match from_hugetlb_memfd(len) {
+                    Ok((map, f)) => (
+                        map,
+                        Some(f),
+                        Backing::Hugepages {
+                            mount: PathBuf::new(),
+                            page_size: HUGE_MEMFD_PAGE,
+                        },
+                    ),
+                    Err(e) => anonymous(
+                        len,
+                        format!("{reason}, and no huge-page memfd could be had ({e})"),
+                        shareable,
+                    )?,
+                },
             },
         };
         let mut map = map;
@@ -312,6 +328,31 @@ fn from_hugetlbfs(dir: &Path, page_size: usize, len: usize) -> std::io::Result<(
     Ok((map, file))
 }
 
+/// Page size of `MFD_HUGETLB` memory: the system's default huge page.
+const HUGE_MEMFD_PAGE: usize = 2 << 20;
+
+/// Huge pages from a memfd (`MFD_HUGETLB`): no hugetlbfs mount needed; populated and
+/// touched as [`from_hugetlbfs`] does.
+fn from_hugetlb_memfd(len: usize) -> std::io::Result<(MmapMut, File)> {
+    let len = len.div_ceil(HUGE_MEMFD_PAGE) * HUGE_MEMFD_PAGE;
+    let name = std::ffi::CString::new("lightpool-dma").expect("no NUL");
+    // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor.
+    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_HUGETLB) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: raw is a new descriptor nobody else owns.
+    let file = File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+    file.set_len(len as u64)?;
+    // SAFETY: a shared mapping of a memfd created just now, of exactly its size; huge
+    // pages are reserved at mmap time (ENOMEM here, never SIGBUS later).
+    let mut map = unsafe { MmapOptions::new().len(len).populate().map_mut(&file) }?;
+    for off in (0..len).step_by(HUGE_MEMFD_PAGE) {
+        map[off] = 0;
+    }
+    Ok((map, file))
+}
+
 type Mapped = (MmapMut, Option<File>, Backing);
 
 /// Ordinary memory: private anonymous, or a memfd when `shareable` (memory a device
@@ -347,8 +388,10 @@ fn anonymous(len: usize, reason: String, shareable: bool) -> Result<Mapped, DmaE
             .map_err(|source| DmaError::Map { len, source })?;
         return Ok((map, Some(file), Backing::Ordinary { reason }));
     }
+    // Populated: the I/O path must not meet a page fault in a buffer's first use.
     let map = MmapOptions::new()
         .len(len)
+        .populate()
         .map_anon()
         .map_err(|source| DmaError::Map { len, source })?;
     Ok((map, None, Backing::Ordinary { reason }))

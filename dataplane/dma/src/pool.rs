@@ -225,13 +225,14 @@ impl DmaPool {
             Backing::Hugepages { mount, page_size } => tracing::info!(
                 bytes = total,
                 page_kib = page_size >> 10,
-                mount = %mount.display(),
+                mount = %if mount.as_os_str().is_empty() { "(memfd)".into() } else { mount.display().to_string() },
                 registered = pool.mem.iova_at(0).is_some(),
                 "DMA pool on hugepages"
             ),
-            Backing::Ordinary { .. } => tracing::info!(
+            Backing::Ordinary { reason } => tracing::info!(
                 bytes = total,
                 registered = pool.mem.iova_at(0).is_some(),
+                %reason,
                 "DMA pool on ordinary memory"
             ),
         }

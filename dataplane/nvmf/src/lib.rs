@@ -14,6 +14,7 @@
 pub mod buf;
 pub mod ctrlr;
 pub mod listener;
+pub mod nqn;
 pub mod queue;
 pub mod region;
 pub mod restore;
@@ -22,7 +23,7 @@ pub mod target;
 pub mod transport;
 
 pub use queue::{NvmfQueue, QueueOptions, Request, Xfer};
-pub use subsystem::{NamespaceConfig, Subsystem, SubsystemConfig};
+pub use subsystem::{Namespace, NamespaceConfig, Subsystem, SubsystemConfig};
 pub use target::{Target, TargetOptions};
 pub use transport::{
     Adopted, ConnectionInfo, ListenAddr, ListenerInfo, Transport, TransportContext, TransportError,
@@ -40,6 +41,8 @@ pub enum NvmfError {
     NoSuchSubsystem(String),
     #[error("no namespace {nsid} in subsystem {nqn}")]
     NoSuchNamespace { nqn: String, nsid: u32 },
+    #[error("subsystem {nqn} already has a namespace {nsid}")]
+    DuplicateNamespace { nqn: String, nsid: u32 },
     #[error("{0}")]
     Invalid(String),
 }

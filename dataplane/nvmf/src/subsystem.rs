@@ -1,6 +1,14 @@
 //! Subsystems and namespaces: what a host sees, configured so that two nodes can present
 //! the same subsystem (serial, model, NSIDs, NGUIDs, UUIDs, ANA group IDs, cntlid range).
+//!
+//! Namespaces change at run time (`namespaces` module): the subsystem keeps its table
+//! of namespaces behind an atomically swapped pointer and a generation counter that is
+//! bumped after every swap. A queue caches the table and compares the generation on
+//! each command and poll (one atomic load); when it moved, it takes the new table (a
+//! lock-free load) and lets go of the channels of namespaces that went away once their
+//! requests have finished. Nothing on the I/O path takes a lock.
 
+mod namespaces;
 mod record;
 
 pub(crate) use record::{record_subsystem, SubsysShm};
@@ -8,6 +16,7 @@ pub(crate) use record::{record_subsystem, SubsysShm};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use arc_swap::ArcSwap;
 use lightpool_bdev::Bdev;
 use lightpool_spec::log::ana_state;
 
@@ -25,6 +34,22 @@ pub struct NamespaceConfig {
     pub uuid: Option<[u8; 16]>,
     /// Defaults to the NSID: one ANA group per namespace.
     pub anagrpid: Option<u32>,
+    /// Blocks the namespace presents: at most the device's; defaults to all of them.
+    pub num_blocks: Option<u64>,
+}
+
+impl NamespaceConfig {
+    /// Namespace `nsid` over all of `bdev`, identifiers and ANA group by default.
+    pub fn new(nsid: u32, bdev: Arc<dyn Bdev>) -> NamespaceConfig {
+        NamespaceConfig {
+            nsid,
+            bdev,
+            nguid: None,
+            uuid: None,
+            anagrpid: None,
+            num_blocks: None,
+        }
+    }
 }
 
 /// How a subsystem is configured.
@@ -61,7 +86,8 @@ impl SubsystemConfig {
 /// The most namespaces (and so ANA groups) one subsystem holds; also Identify's NN/MNAN.
 pub const MAX_NAMESPACES: u32 = 32;
 
-/// A namespace as the target serves it.
+/// A namespace as the target serves it. Never changed once made: a resize swaps in a
+/// new one over the same device.
 pub struct Namespace {
     pub nsid: u32,
     pub bdev: Arc<dyn Bdev>,
@@ -73,6 +99,24 @@ pub struct Namespace {
     pub nguid: [u8; 16],
     pub uuid: [u8; 16],
     pub anagrpid: u32,
+}
+
+/// The namespaces of a subsystem at one moment: by NSID - 1, and in NSID order.
+#[derive(Default)]
+pub struct NsTable {
+    pub(crate) by_idx: Vec<Option<Arc<Namespace>>>,
+    pub(crate) list: Vec<Arc<Namespace>>,
+}
+
+impl NsTable {
+    fn from_list(mut list: Vec<Arc<Namespace>>) -> NsTable {
+        list.sort_by_key(|n| n.nsid);
+        let mut by_idx = vec![None; MAX_NAMESPACES as usize];
+        for n in &list {
+            by_idx[n.nsid as usize - 1] = Some(n.clone());
+        }
+        NsTable { by_idx, list }
+    }
 }
 
 /// One ANA group: its state is what every namespace in it reports.
@@ -98,8 +142,9 @@ pub enum SubsystemKind {
     Discovery,
 }
 
-/// A subsystem: shared by every reactor; its I/O-path fields never change after creation
-/// (ANA states are atomics).
+/// A subsystem: shared by every reactor. Its identity never changes after creation;
+/// its namespaces change through an atomically swapped table (see the module
+/// documentation) and ANA states are atomics.
 pub struct Subsystem {
     pub nqn: String,
     pub serial: String,
@@ -109,10 +154,17 @@ pub struct Subsystem {
     pub hosts: Vec<String>,
     pub min_cntlid: u16,
     pub max_cntlid: u16,
-    namespaces: Vec<Arc<Namespace>>,
-    ana_groups: Vec<AnaGroup>,
+    ns: ArcSwap<NsTable>,
+    /// Bumped after every swap of `ns`.
+    ns_gen: AtomicU64,
+    /// Keeps writers of `ns` (the control path) apart.
+    ns_writer: Mutex<()>,
+    /// Every group a namespace may name (IDs 1..=MAX_NAMESPACES), by ID - 1.
+    ana_groups: Box<[AnaGroup]>,
     ana_chgcnt: AtomicU64,
     controllers: Mutex<Controllers>,
+    /// Set once the subsystem is deleted: Connect refuses it.
+    removed: std::sync::atomic::AtomicBool,
     /// Its records in the state region, if the target has one (locked while written).
     pub(crate) shm: Mutex<Option<SubsysShm>>,
 }
@@ -152,6 +204,16 @@ fn check_ascii(nqn: &str, field: &str, v: &str, max: usize) -> Result<(), NvmfEr
     Ok(())
 }
 
+fn ana_groups(n: u32) -> Box<[AnaGroup]> {
+    (1..=n)
+        .map(|id| AnaGroup {
+            id,
+            state: AtomicU8::new(ana_state::OPTIMIZED),
+            chgcnt: AtomicU64::new(0),
+        })
+        .collect()
+}
+
 impl Subsystem {
     /// Validate a configuration and build the subsystem.
     pub fn new(cfg: SubsystemConfig) -> Result<Arc<Subsystem>, NvmfError> {
@@ -160,13 +222,14 @@ impl Subsystem {
             nqn: nqn.clone(),
             reason,
         };
-        if nqn.is_empty() || nqn.len() > 223 || !nqn.is_ascii() {
-            return Err(bad("an NQN must be 1 to 223 ASCII characters".into()));
-        }
         if nqn == lightpool_spec::fabrics::DISCOVERY_NQN {
             return Err(bad(
                 "the discovery NQN is reserved for the discovery subsystem".into(),
             ));
+        }
+        crate::nqn::check_nqn(&nqn).map_err(&bad)?;
+        for h in &cfg.hosts {
+            crate::nqn::check_nqn(h).map_err(|e| bad(format!("host {e}")))?;
         }
         check_ascii(&nqn, "serial", &cfg.serial, 20)?;
         check_ascii(&nqn, "model", &cfg.model, 40)?;
@@ -181,58 +244,13 @@ impl Subsystem {
                 "at most {MAX_NAMESPACES} namespaces per subsystem"
             )));
         }
-        let mut namespaces = Vec::new();
+        let mut namespaces: Vec<Arc<Namespace>> = Vec::new();
         for ns in &cfg.namespaces {
-            if ns.nsid == 0 || ns.nsid > MAX_NAMESPACES {
-                return Err(bad(format!(
-                    "nsid {} must lie within 1..={MAX_NAMESPACES}",
-                    ns.nsid
-                )));
-            }
-            if namespaces
-                .iter()
-                .any(|n: &Arc<Namespace>| n.nsid == ns.nsid)
-            {
+            if namespaces.iter().any(|n| n.nsid == ns.nsid) {
                 return Err(bad(format!("nsid {} is configured twice", ns.nsid)));
             }
-            let info = ns.bdev.info();
-            if info.block_size != 512 && info.block_size != 4096 {
-                return Err(bad(format!(
-                    "nsid {}: block size {} is neither 512 nor 4096",
-                    ns.nsid, info.block_size
-                )));
-            }
-            let anagrpid = ns.anagrpid.unwrap_or(ns.nsid);
-            if anagrpid == 0 || anagrpid > MAX_NAMESPACES {
-                return Err(bad(format!(
-                    "nsid {}: ana group {anagrpid} must lie within 1..={MAX_NAMESPACES}",
-                    ns.nsid
-                )));
-            }
-            namespaces.push(Arc::new(Namespace {
-                nsid: ns.nsid,
-                bdev: ns.bdev.clone(),
-                block_size: info.block_size,
-                block_shift: info.block_size.trailing_zeros(),
-                num_blocks: info.num_blocks,
-                read_only: info.read_only,
-                nguid: ns.nguid.unwrap_or_else(|| derive_id(&nqn, ns.nsid, 0)),
-                uuid: ns.uuid.unwrap_or_else(|| derive_id(&nqn, ns.nsid, 1)),
-                anagrpid,
-            }));
+            namespaces.push(make_namespace(&nqn, ns).map_err(bad)?);
         }
-        namespaces.sort_by_key(|n| n.nsid);
-        let mut group_ids: Vec<u32> = namespaces.iter().map(|n| n.anagrpid).collect();
-        group_ids.sort_unstable();
-        group_ids.dedup();
-        let ana_groups = group_ids
-            .into_iter()
-            .map(|id| AnaGroup {
-                id,
-                state: AtomicU8::new(ana_state::OPTIMIZED),
-                chgcnt: AtomicU64::new(0),
-            })
-            .collect();
         Ok(Arc::new(Subsystem {
             nqn: cfg.nqn,
             serial: cfg.serial,
@@ -242,13 +260,16 @@ impl Subsystem {
             hosts: cfg.hosts,
             min_cntlid: cfg.min_cntlid,
             max_cntlid: cfg.max_cntlid,
-            namespaces,
-            ana_groups,
+            ns: ArcSwap::from_pointee(NsTable::from_list(namespaces)),
+            ns_gen: AtomicU64::new(1),
+            ns_writer: Mutex::new(()),
+            ana_groups: ana_groups(MAX_NAMESPACES),
             ana_chgcnt: AtomicU64::new(0),
             controllers: Mutex::new(Controllers {
                 next: cfg.min_cntlid,
                 live: Vec::new(),
             }),
+            removed: Default::default(),
             shm: Mutex::new(None),
         }))
     }
@@ -264,34 +285,58 @@ impl Subsystem {
             hosts: Vec::new(),
             min_cntlid: 1,
             max_cntlid: 0xFFEF,
-            namespaces: Vec::new(),
-            ana_groups: Vec::new(),
+            ns: ArcSwap::from_pointee(NsTable::from_list(Vec::new())),
+            ns_gen: AtomicU64::new(1),
+            ns_writer: Mutex::new(()),
+            ana_groups: ana_groups(0),
             ana_chgcnt: AtomicU64::new(0),
             controllers: Mutex::new(Controllers {
                 next: 1,
                 live: Vec::new(),
             }),
+            removed: Default::default(),
             shm: Mutex::new(None),
         })
     }
 
-    pub fn namespaces(&self) -> &[Arc<Namespace>] {
-        &self.namespaces
+    /// The namespaces now, in NSID order (control path).
+    pub fn namespaces(&self) -> Vec<Arc<Namespace>> {
+        self.ns.load().list.clone()
     }
 
-    pub fn namespace(&self, nsid: u32) -> Option<&Arc<Namespace>> {
-        self.namespaces
-            .binary_search_by_key(&nsid, |n| n.nsid)
-            .ok()
-            .map(|i| &self.namespaces[i])
+    pub fn namespace(&self, nsid: u32) -> Option<Arc<Namespace>> {
+        let idx = (nsid as usize).checked_sub(1)?;
+        self.ns.load().by_idx.get(idx).cloned().flatten()
     }
 
-    pub fn ana_groups(&self) -> &[AnaGroup] {
-        &self.ana_groups
+    /// The generation of the namespace table: a queue that cached another takes the
+    /// table again ([`Subsystem::ns_table`]). One atomic load: the I/O path's check.
+    #[inline(always)]
+    pub fn ns_generation(&self) -> u64 {
+        self.ns_gen.load(Ordering::Acquire)
     }
 
+    /// The namespace table and its generation (the generation read first, so a table
+    /// swapped meanwhile is newer than it says and is taken again on the next check).
+    /// Lock-free.
+    pub(crate) fn ns_table(&self) -> (u64, Arc<NsTable>) {
+        let g = self.ns_generation();
+        (g, self.ns.load_full())
+    }
+
+    /// The ANA groups that hold a namespace now, or whose state was ever changed.
+    pub fn ana_groups(&self) -> Vec<&AnaGroup> {
+        let t = self.ns.load();
+        self.ana_groups
+            .iter()
+            .filter(|g| g.chgcnt() > 0 || t.list.iter().any(|n| n.anagrpid == g.id))
+            .collect()
+    }
+
+    /// Any group a namespace may name (1..=MAX_NAMESPACES).
+    #[inline]
     pub fn ana_group(&self, id: u32) -> Option<&AnaGroup> {
-        self.ana_groups.iter().find(|g| g.id == id)
+        self.ana_groups.get((id as usize).wrapping_sub(1))
     }
 
     pub fn ana_chgcnt(&self) -> u64 {
@@ -300,6 +345,11 @@ impl Subsystem {
 
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
         self.allow_any_host || self.hosts.iter().any(|h| h == hostnqn)
+    }
+
+    /// Whether the subsystem was deleted (Connect refuses it; its controllers failed).
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
     }
 
     /// Change an ANA group's state and tell every controller (ANA change async event).
@@ -317,9 +367,15 @@ impl Subsystem {
                 "ANA state {state:#x} is not one the specification defines"
             )));
         }
-        let group = self.ana_group(grpid).ok_or_else(|| {
-            NvmfError::Invalid(format!("subsystem {} has no ANA group {grpid}", self.nqn))
-        })?;
+        let group = self
+            .ana_group(grpid)
+            .filter(|_| self.kind == SubsystemKind::Nvm)
+            .ok_or_else(|| {
+                NvmfError::Invalid(format!(
+                    "subsystem {} has no ANA group {grpid} (groups are 1 to {MAX_NAMESPACES})",
+                    self.nqn
+                ))
+            })?;
         let cnt = self.ana_chgcnt.fetch_add(1, Ordering::AcqRel) + 1;
         group.chgcnt.store(cnt, Ordering::Release);
         group.state.store(state, Ordering::Release);
@@ -425,4 +481,46 @@ impl Subsystem {
     pub fn controller(&self, cntlid: u16) -> Option<Arc<Controller>> {
         self.controllers().into_iter().find(|c| c.cntlid == cntlid)
     }
+}
+
+/// Check a namespace's configuration and make it.
+pub(crate) fn make_namespace(nqn: &str, ns: &NamespaceConfig) -> Result<Arc<Namespace>, String> {
+    if ns.nsid == 0 || ns.nsid > MAX_NAMESPACES {
+        return Err(format!(
+            "nsid {} must lie within 1..={MAX_NAMESPACES}",
+            ns.nsid
+        ));
+    }
+    let info = ns.bdev.info();
+    if info.block_size != 512 && info.block_size != 4096 {
+        return Err(format!(
+            "nsid {}: block size {} is neither 512 nor 4096",
+            ns.nsid, info.block_size
+        ));
+    }
+    let anagrpid = ns.anagrpid.unwrap_or(ns.nsid);
+    if anagrpid == 0 || anagrpid > MAX_NAMESPACES {
+        return Err(format!(
+            "nsid {}: ana group {anagrpid} must lie within 1..={MAX_NAMESPACES}",
+            ns.nsid
+        ));
+    }
+    let num_blocks = ns.num_blocks.unwrap_or(info.num_blocks);
+    if num_blocks == 0 || num_blocks > info.num_blocks {
+        return Err(format!(
+            "nsid {}: {num_blocks} blocks of {} bytes do not fit its device {} ({} blocks): give 1 to {} blocks",
+            ns.nsid, info.block_size, info.name, info.num_blocks, info.num_blocks
+        ));
+    }
+    Ok(Arc::new(Namespace {
+        nsid: ns.nsid,
+        bdev: ns.bdev.clone(),
+        block_size: info.block_size,
+        block_shift: info.block_size.trailing_zeros(),
+        num_blocks,
+        read_only: info.read_only,
+        nguid: ns.nguid.unwrap_or_else(|| derive_id(nqn, ns.nsid, 0)),
+        uuid: ns.uuid.unwrap_or_else(|| derive_id(nqn, ns.nsid, 1)),
+        anagrpid,
+    }))
 }

@@ -95,7 +95,8 @@ pub struct Target {
     pub opts: TargetOptions,
     discovery: Arc<Subsystem>,
     subsystems: RwLock<Vec<Arc<Subsystem>>>,
-    listeners: RwLock<Vec<ListenerInfo>>,
+    /// Each listener with its record in the state region, if recorded.
+    listeners: RwLock<Vec<(ListenerInfo, Option<u32>)>>,
     genctr: AtomicU64,
     /// The state region everything is recorded in, once attached.
     region: OnceLock<Arc<Region>>,
@@ -140,6 +141,9 @@ impl Target {
     }
 
     pub fn add_subsystem(&self, cfg: SubsystemConfig) -> Result<Arc<Subsystem>, NvmfError> {
+        if self.find_subsystem(&cfg.nqn).is_some() {
+            return Err(NvmfError::DuplicateSubsystem(cfg.nqn));
+        }
         let s = Subsystem::new(cfg)?;
         self.take_device_pools(&s);
         let mut subs = self.subsystems.write().expect("subsystem lock poisoned");
@@ -182,7 +186,15 @@ impl Target {
         self.listeners
             .write()
             .expect("listener lock poisoned")
-            .push(l);
+            .push((l, None));
+    }
+
+    /// Adoption: the records the listeners came from, in their order.
+    pub(crate) fn bind_listener_records(&self, recs: &[u32]) {
+        let mut ls = self.listeners.write().expect("listener lock poisoned");
+        for ((_, rec), &r) in ls.iter_mut().zip(recs) {
+            *rec = Some(r);
+        }
     }
 
     pub(crate) fn set_discovery_genctr(&self, g: u64) {
@@ -214,16 +226,70 @@ impl Target {
     }
 
     pub fn add_listener(&self, l: ListenerInfo) {
-        if let Some(r) = self.region() {
-            if let Err(e) = record::record_listener(r, &l) {
-                tracing::error!(error = %e, "listener not recorded in the state region");
-            }
-        }
+        let rec = self
+            .region()
+            .and_then(|r| match record::record_listener(r, &l) {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    tracing::error!(error = %e, "listener not recorded in the state region");
+                    None
+                }
+            });
         self.listeners
             .write()
             .expect("listener lock poisoned")
-            .push(l);
+            .push((l, rec));
         self.discovery_changed();
+    }
+
+    /// Take a listener out of the discovery log and the state region (its transport
+    /// has stopped listening). `None` if there is no such listener.
+    pub fn remove_listener(&self, addr: &crate::listener::ListenAddr) -> Option<ListenerInfo> {
+        let mut ls = self.listeners.write().expect("listener lock poisoned");
+        let at = ls.iter().position(|(l, _)| &l.addr == addr)?;
+        let (l, rec) = ls.remove(at);
+        drop(ls);
+        if let (Some(r), Some(i)) = (self.region(), rec) {
+            r.free(crate::region::Kind::Listener, i);
+            r.bump_config_gen();
+        }
+        self.discovery_changed();
+        Some(l)
+    }
+
+    /// Delete a subsystem: Connect no longer finds it, its controllers fail (their
+    /// connections close), its namespaces leave every queue (their devices are let go
+    /// when their requests have finished). Waits up to `wait` for its controllers to
+    /// go, then frees its records in the state region. `wake` is called once the
+    /// controllers are failed, for the caller to make the reactors look at them.
+    pub fn remove_subsystem(
+        &self,
+        nqn: &str,
+        wait: std::time::Duration,
+        wake: impl Fn(),
+    ) -> Result<Arc<Subsystem>, NvmfError> {
+        let mut subs = self.subsystems.write().expect("subsystem lock poisoned");
+        let at = subs
+            .iter()
+            .position(|s| s.nqn == nqn)
+            .ok_or_else(|| NvmfError::NoSuchSubsystem(nqn.to_string()))?;
+        let s = subs.remove(at);
+        drop(subs);
+        s.mark_removed();
+        self.discovery_changed();
+        wake();
+        let deadline = std::time::Instant::now() + wait;
+        while !s.controllers().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if !s.controllers().is_empty() {
+            tracing::warn!(
+                nqn,
+                "controllers of the deleted subsystem are still closing"
+            );
+        }
+        s.unrecord();
+        Ok(s)
     }
 
     /// The state region, if one is attached.
@@ -235,8 +301,13 @@ impl Target {
     /// and subsystem it has; what is created from now on is recorded as it is created.
     pub fn attach_region(&self, region: Arc<Region>) -> Result<(), NvmfError> {
         record::check_options(&region, &self.opts)?;
-        for l in self.listeners() {
-            record::record_listener(&region, &l)?;
+        for (l, rec) in self
+            .listeners
+            .write()
+            .expect("listener lock poisoned")
+            .iter_mut()
+        {
+            *rec = Some(record::record_listener(&region, l)?);
         }
         for s in self.subsystems() {
             crate::subsystem::record_subsystem(&region, &s)?;
@@ -259,7 +330,9 @@ impl Target {
         self.listeners
             .read()
             .expect("listener lock poisoned")
-            .clone()
+            .iter()
+            .map(|(l, _)| l.clone())
+            .collect()
     }
 
     /// Generation counter of the discovery log.

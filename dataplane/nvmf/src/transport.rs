@@ -31,6 +31,8 @@ pub struct ConnectionInfo {
     pub transport: String,
     /// The host's address as the transport shows it.
     pub peer: String,
+    /// The target's address the connection came in on.
+    pub local: String,
     /// The reactor that owns the connection.
     pub reactor: usize,
     /// Queue ID once connected (0: admin).
@@ -78,8 +80,16 @@ pub trait Transport: Send + Sync {
     /// Listen on `addr` (the transport's address syntax, e.g. `IP:PORT`) and add the
     /// listener to the discovery log; returns the address bound.
     fn add_listener(&self, addr: &str) -> Result<ListenAddr, TransportError>;
+    /// Stop listening on `addr` (as [`Transport::add_listener`] returned it): the
+    /// listener leaves the discovery log and the state region, and the connections
+    /// that came in through it close.
+    fn remove_listener(&self, addr: &ListenAddr) -> Result<(), TransportError>;
     /// Every connection, asked of the reactors that own them.
     fn connections(&self) -> Result<Vec<ConnectionInfo>, TransportError>;
+    /// Close one connection, named as [`Transport::connections`] lists it (its reactor
+    /// and peer); its controller fails if it was the admin queue. `false` when there is
+    /// no such connection.
+    fn disconnect(&self, reactor: usize, peer: &str) -> Result<bool, TransportError>;
     /// Hot upgrade, old process: stop accepting connections and starting commands, and
     /// as soon as everything running has finished, freeze and export. `None` when
     /// something did not drain within `timeout` (then it serves on as before).

@@ -19,7 +19,7 @@ use lightpool_spec::nvme::{
 use lightpool_spec::status::{command_specific as cs, generic, Status};
 
 const NQN: &str = "nqn.2024-01.io.lightpool:unit";
-const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:unit-host";
+const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000aa";
 
 fn target(allow_any: bool, cntlids: (u16, u16)) -> Arc<Target> {
     let t = Target::new(TargetOptions::default()).expect("valid options");
@@ -37,6 +37,7 @@ fn target(allow_any: bool, cntlids: (u16, u16)) -> Arc<Target> {
             nguid: Some([nsid as u8; 16]),
             uuid: None,
             anagrpid: Some(if nsid == 1 { 1 } else { 2 }),
+            num_blocks: None,
         });
     }
     t.add_subsystem(sc).expect("valid subsystem");

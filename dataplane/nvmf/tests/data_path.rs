@@ -169,6 +169,7 @@ fn target(dev: Arc<dyn Bdev>) -> Arc<Target> {
         nguid: None,
         uuid: None,
         anagrpid: None,
+        num_blocks: None,
     });
     t.add_subsystem(sc).expect("valid subsystem");
     t

@@ -231,6 +231,12 @@ impl<S: Stream> Conn<S> {
             || matches!(self.c.phase, Phase::Closing { .. })
     }
 
+    /// Close the connection (an operator asked): what runs finishes, nothing more is
+    /// read, and the socket closes.
+    pub fn close(&mut self, why: &str) {
+        self.start_close(why);
+    }
+
     fn start_close(&mut self, why: &str) {
         if self.c.phase == Phase::Active {
             tracing::debug!(peer = %self.c.peer, why, "closing connection");

@@ -48,6 +48,12 @@ impl Transport for TcpTransport {
                         ConnectionInfo {
                             transport: NAME.to_string(),
                             peer: e.conn.peer().to_string(),
+                            local: e
+                                .conn
+                                .stream()
+                                .local_addr()
+                                .map(|a| a.to_string())
+                                .unwrap_or_default(),
                             reactor: ctx.id(),
                             qid: q.qid(),
                             cntlid: c.map(|c| c.cntlid),
@@ -59,6 +65,23 @@ impl Transport for TcpTransport {
             })
             .map_err(TransportError::other)?;
         Ok(per.into_iter().flatten().collect())
+    }
+
+    fn remove_listener(&self, addr: &ListenAddr) -> Result<(), TransportError> {
+        let sa: SocketAddr = addr
+            .to_addr_string()
+            .parse()
+            .map_err(|_| TransportError::Invalid(format!("{addr:?} is not an NVMe/TCP address")))?;
+        if !self.unlisten(sa).map_err(TransportError::other)? {
+            return Err(TransportError::Invalid(format!(
+                "NVMe/TCP does not listen on {sa}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn disconnect(&self, reactor: usize, peer: &str) -> Result<bool, TransportError> {
+        TcpTransport::disconnect(self, reactor, peer).map_err(TransportError::other)
     }
 
     fn quiesce_and_export(

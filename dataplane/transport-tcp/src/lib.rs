@@ -232,6 +232,70 @@ impl TcpTransport {
         Ok(bound)
     }
 
+    /// Stop listening on `addr` and close the connections that came in through it;
+    /// the listener leaves the discovery log. `false` if nothing listened there.
+    pub fn unlisten(&self, addr: SocketAddr) -> Result<bool, TcpError> {
+        let removed = self
+            .ask(move |ctx, l| {
+                let before = l.acceptors.len();
+                l.acceptors.retain(|a| {
+                    let mine = a.listener.local_addr().is_ok_and(|x| x == addr);
+                    if mine {
+                        let fd = a.listener.as_raw_fd();
+                        if !l.unwatched {
+                            ctx.unregister_fd(fd);
+                        }
+                        if let Some(r) = l.ready.as_mut() {
+                            r.remove(fd);
+                        }
+                    }
+                    !mine
+                });
+                before - l.acceptors.len()
+            })?
+            .into_iter()
+            .sum::<usize>();
+        if removed == 0 {
+            return Ok(false);
+        }
+        self.ask(move |_, l| {
+            for e in &mut l.conns {
+                let came_in = e.conn.stream().local_addr().is_ok_and(|x| {
+                    x.port() == addr.port() && (addr.ip().is_unspecified() || x.ip() == addr.ip())
+                });
+                if came_in {
+                    e.conn.close("its listener was removed");
+                    e.readable = true;
+                }
+            }
+        })?;
+        self.target.remove_listener(&ListenAddr::tcp(addr));
+        tracing::info!(%addr, "NVMe/TCP listener removed");
+        Ok(true)
+    }
+
+    /// Close the connection of `peer` on reactor `reactor`; `false` if there is none.
+    pub fn disconnect(&self, reactor: usize, peer: &str) -> Result<bool, TcpError> {
+        let r = self.reactors.get(reactor).ok_or(TcpError::NoReactors)?;
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        let peer = peer.to_string();
+        r.send(move |_: &mut Ctx| {
+            let found = LOCAL.with(|l| {
+                let mut l = l.borrow_mut();
+                let mut found = false;
+                for e in l.conns.iter_mut().filter(|e| e.conn.peer() == peer) {
+                    e.conn.close("disconnected by the operator");
+                    e.readable = true;
+                    found = true;
+                }
+                found
+            });
+            let _ = tx.send(found);
+        })?;
+        rx.recv_timeout(ASK_TIMEOUT)
+            .map_err(|_| TcpError::Timeout(reactor))
+    }
+
     fn start_acceptor(&self, listener: TcpListener, frozen: bool) -> Result<(), TcpError> {
         let acceptor = Acceptor {
             listener,

@@ -29,6 +29,7 @@ fn start() -> (SocketAddr, ReactorHandle) {
         nguid: None,
         uuid: None,
         anagrpid: None,
+        num_blocks: None,
     });
     t.add_subsystem(sc).expect("valid subsystem");
     let r = lightpool_reactor::spawn(ReactorConfig::new(0, None)).expect("reactor starts");

@@ -33,6 +33,7 @@ impl TestTarget {
             nguid: None,
             uuid: None,
             anagrpid: None,
+            num_blocks: None,
         });
         t.add_subsystem(sc).expect("valid subsystem");
         let reactor = lightpool_reactor::spawn(ReactorConfig::new(0, None)).expect("reactor");

@@ -77,6 +77,13 @@ pub struct Boot {
     devices: Vec<lightpool_bdev::DeviceRecord>,
     /// Which device each namespace serves.
     namespaces: NsDevices,
+    /// The device registry: every device by name, with how it was made.
+    registry: Vec<RegistryRecord>,
+    /// Changes made through the management API or the configuration so far: a
+    /// successor that prepared from a blob with another count refuses.
+    changes: u64,
+    /// The management API's socket.
+    api_path: String,
 }
 
 /// The handover blob, written at pause time: descriptor indices and the connections'
@@ -86,6 +93,7 @@ struct Pause {
     version: String,
     pid: u32,
     control_fd: usize,
+    api_fd: usize,
     stdout_fd: usize,
     stderr_fd: usize,
     /// Each transport's name and exported state (its descriptors indexed among
@@ -139,13 +147,20 @@ pub fn create_region(
 
 /// Write the boot blob of a serving target (at start, and after a takeover).
 pub fn write_boot(run: &Running) -> Result<()> {
-    write_boot_fds(run).map(drop)
+    let changes = *run.mgmt.changes.lock().expect("change lock poisoned");
+    write_boot_counted(run, changes)
+}
+
+/// Write the boot blob after change number `changes` (the caller holds the change
+/// lock).
+pub fn write_boot_counted(run: &Running, changes: u64) -> Result<()> {
+    write_boot_fds(run, changes).map(drop)
 }
 
 /// Write the boot blob and return the descriptors of the devices it describes (in the
 /// order its records index them): what a REACTORS answer sends.
-fn write_boot_fds(run: &Running) -> Result<Vec<OwnedFd>> {
-    let (devices, namespaces, fds) = early_export(&run.target, &run.pools.roots())?;
+fn write_boot_fds(run: &Running, changes: u64) -> Result<Vec<OwnedFd>> {
+    let (devices, namespaces, registry, fds) = early_export(&run.target, &run.mgmt.registry)?;
     let boot = Boot {
         version: crate::firmware_revision().to_string(),
         pid: std::process::id(),
@@ -155,6 +170,9 @@ fn write_boot_fds(run: &Running) -> Result<Vec<OwnedFd>> {
         state_dir: run.state_dir.as_ref().map(|d| d.display().to_string()),
         devices,
         namespaces,
+        registry,
+        changes,
+        api_path: run.mgmt.api_path.clone(),
     };
     let blob = postcard::to_stdvec(&boot).context("encoding the boot blob")?;
     run.region.write_blob(Blob::Boot, &blob)?;

@@ -39,6 +39,7 @@ struct Early {
     target: Arc<Target>,
     /// Every block device taken over.
     devices: Devices,
+    registry: crate::manage::Registry,
     config_gen: u64,
     nqns: Vec<String>,
 }
@@ -154,7 +155,9 @@ fn prepare_target(
         Target::import_state(&image.target, crate::firmware_revision(), |nqn, nsid| {
             namespace_bdev(&boot.namespaces, &devs, nqn, nsid)
         })?;
+    let registry = rebuild_registry(&boot.registry, &devs)?;
     Ok(Early {
+        registry,
         nqns: image
             .target
             .subsystems
@@ -321,6 +324,13 @@ fn adopt(
     if early.boot.cores != p.cores || early.boot.idle_spin_us != p.spin {
         bail!("the reactors changed between REACTORS and HELLO");
     }
+    let changes = read_boot(&region)?.changes;
+    if changes != early.boot.changes {
+        bail!(
+            "the running target's configuration changed while this binary prepared (change {} -> {changes}): upgrade again",
+            early.boot.changes
+        );
+    }
     let image = restore::read_image(&region, true)?;
     let nqns: Vec<&String> = image.target.subsystems.iter().map(|s| &s.nqn).collect();
     if nqns != early.nqns.iter().collect::<Vec<_>>() {
@@ -362,6 +372,7 @@ fn adopt(
             .ok_or_else(|| anyhow!("descriptor {i} is missing"))
     };
     let control = UnixListener::from(take(pause.control_fd)?);
+    let api = UnixListener::from(take(pause.api_fd)?);
     let out = take(pause.stdout_fd)?;
     let err = take(pause.stderr_fd)?;
 
@@ -425,7 +436,7 @@ fn adopt(
         layout: STATE_LAYOUT,
         state_dir: early.boot.state_dir.map(std::path::PathBuf::from),
         region,
-        pools: crate::pools::Pools::from_devices(early.devices.values()),
+        mgmt: crate::manage::Mgmt::new(early.registry, changes, early.boot.api_path, api),
     };
     if let Err(e) = write_boot(&run) {
         tracing::warn!(error = format!("{e:#}"), "boot blob not rewritten");

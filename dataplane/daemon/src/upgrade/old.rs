@@ -24,7 +24,10 @@ pub fn reactors_answer(run: &Running) -> Result<(String, Vec<OwnedFd>)> {
         .map(|c| c.map_or("-".to_string(), |c| c.to_string()))
         .collect();
     let spin = run.idle_spin_us.map_or("-".to_string(), |v| v.to_string());
-    let mem = write_boot_fds(run)?;
+    // No change while the blob is written: the count in it is the registry's.
+    let changes = run.mgmt.changes.lock().expect("change lock poisoned");
+    let mem = write_boot_fds(run, *changes)?;
+    drop(changes);
     let mut fds = vec![dup(run.region.fd())?];
     fds.extend(mem);
     if fds.len() > FDS_PER_MESSAGE {
@@ -63,6 +66,9 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
         tracing::warn!(new_version = %newver, "upgrade refused: {why}; still serving");
         return Ok(());
     }
+    // No change through the API or the configuration until this ends: the successor
+    // prepared from the boot blob as it is now.
+    let changes = run.mgmt.changes.lock().expect("change lock poisoned");
     tracing::info!(new_version = %newver, "upgrade: quiescing");
     let t0 = Instant::now();
     // Each transport quiesces, and each of its reactors exports and freezes itself as
@@ -110,6 +116,11 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
     let reply = read_line(&mut BufReader::new(&sock)).ok().flatten();
     match reply.as_deref() {
         Some("ADOPTED") => {
+            run.mgmt
+                .handed_over
+                .store(true, std::sync::atomic::Ordering::Release);
+            // Changes asked for from now on are refused (UNAVAILABLE).
+            drop(changes);
             sock.write_all(b"BYE\n")?;
             tracing::info!(
                 pause_ms = t0.elapsed().as_secs_f64() * 1e3,
@@ -117,6 +128,9 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
                 sent_ms = t_sent.as_secs_f64() * 1e3,
                 "upgrade: handed over; exiting"
             );
+            // An upgrade asked for through the management API is answered by this
+            // process, once the successor has said it took over.
+            run.mgmt.upgrade.wait_sent(ADOPT_TIMEOUT);
             // The new process owns every socket now: exit without closing anything at
             // the protocol level (the kernel just drops this process's references).
             std::process::exit(0);
@@ -143,13 +157,15 @@ fn send_state(
         fds.len()
     };
     let control_fd = idx(&mut fds, dup(&run.control)?);
+    let api_fd = idx(&mut fds, dup(&run.mgmt.api)?);
     let stdout_fd = idx(&mut fds, dup(std::io::stdout().as_fd())?);
     let stderr_fd = idx(&mut fds, dup(std::io::stderr().as_fd())?);
-    let devices = pause_export(&run.target, &run.pools.roots(), &mut fds, 1)?;
+    let devices = pause_export(&run.target, &run.mgmt.registry, &mut fds, 1)?;
     let pause = Pause {
         version: crate::firmware_revision().to_string(),
         pid: std::process::id(),
         control_fd,
+        api_fd,
         stdout_fd,
         stderr_fd,
         transports,

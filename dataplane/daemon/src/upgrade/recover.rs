@@ -13,7 +13,7 @@ use super::*;
 /// subsystems, namespaces (RAM data from the state directory's files), ANA states and
 /// listeners, in a fresh region. Controllers and queues are read, checked and reported,
 /// then dropped: their connections died with the processes, and hosts reconnect.
-pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
+pub fn recover(dir: &std::path::Path, control_path: &str, api_path: &str) -> Result<Running> {
     let path = dir.join(REGION_FILE);
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -53,10 +53,12 @@ pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
         Target::import_state(&image.target, crate::firmware_revision(), |nqn, nsid| {
             namespace_bdev(&boot.namespaces, &devs, nqn, nsid)
         })?;
+    let registry = rebuild_registry(&boot.registry, &devs)?;
     let region = create_region(&target.opts, Some(dir), STATE_LAYOUT)?;
     drop(old);
     target.attach_region(region.clone())?;
     let control = crate::control::bind(control_path)?;
+    let api = crate::api::bind(api_path)?;
     let reactors = crate::spawn_reactors(&boot.cores, boot.idle_spin_us)?;
     let transports = crate::transports::Transports::new(TransportContext {
         target: target.clone(),
@@ -103,7 +105,7 @@ pub fn recover(dir: &std::path::Path, control_path: &str) -> Result<Running> {
         layout: STATE_LAYOUT,
         state_dir: Some(dir.to_path_buf()),
         region,
-        pools: crate::pools::Pools::from_devices(devs.values()),
+        mgmt: crate::manage::Mgmt::new(registry, boot.changes, api_path.to_string(), api),
     };
     write_boot(&run)?;
     Ok(run)

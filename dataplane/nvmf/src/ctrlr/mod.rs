@@ -58,6 +58,9 @@ struct Events {
     masked: u32,
     /// Command IDs of the outstanding Asynchronous Event Requests (for the region).
     aer_cids: Vec<u16>,
+    /// Namespaces changed since the Changed Namespace List log was last read: bit
+    /// NSID - 1 (NSIDs go up to 32).
+    changed_ns: u32,
 }
 
 /// One controller.
@@ -142,7 +145,8 @@ impl Controller {
         };
         let r = self.regs.lock().expect("ctrlr regs lock poisoned");
         let ev = self.events.lock().expect("events lock poisoned");
-        let rec = record::controller_rec(self, &r, &ev.queue, ev.masked, &ev.aer_cids);
+        let rec =
+            record::controller_rec(self, &r, &ev.queue, ev.masked, &ev.aer_cids, ev.changed_ns);
         region.write(crate::region::Kind::Controller, i, &rec);
     }
 
@@ -188,6 +192,18 @@ impl Controller {
         self.stats.lock().expect("stats lock poisoned").push(s);
     }
 
+    /// Commands and 512-byte blocks its queues served: reads, writes, blocks read,
+    /// blocks written (what the SMART log reports).
+    pub fn stats(&self) -> [u64; 4] {
+        self.stats_sum()
+    }
+
+    /// I/O queues connected now.
+    pub fn io_queues_connected(&self) -> u32 {
+        let r = self.regs.lock().expect("ctrlr regs lock poisoned");
+        r.io_queues.iter().filter(|q| **q).count() as u32
+    }
+
     pub(crate) fn stats_sum(&self) -> [u64; 4] {
         let mut out = [0u64; 4];
         for s in self.stats.lock().expect("stats lock poisoned").iter() {
@@ -228,6 +244,30 @@ impl Controller {
         );
     }
 
+    /// Namespace `nsid` was added, removed or resized: it joins the Changed Namespace
+    /// List, and hosts that asked for it get a Namespace Attribute Changed event.
+    pub fn notify_ns_changed(&self, nsid: u32) {
+        if let Some(bit) = nsid.checked_sub(1).filter(|b| *b < 32) {
+            self.events.lock().expect("events lock poisoned").changed_ns |= 1 << bit;
+        }
+        self.post_notice(AEC_NS_ATTR, aen::NS_ATTR_CHANGED, lid::CHANGED_NS_LIST);
+        self.publish();
+    }
+
+    /// The Changed Namespace List: NSIDs changed since it was last read and cleared
+    /// (`clear`, a read without Retain Asynchronous Event).
+    pub(crate) fn changed_namespaces(&self, clear: bool) -> Vec<u32> {
+        let mut ev = self.events.lock().expect("events lock poisoned");
+        let bits = ev.changed_ns;
+        if clear {
+            ev.changed_ns = 0;
+        }
+        (0..32)
+            .filter(|b| bits & (1 << b) != 0)
+            .map(|b| b + 1)
+            .collect()
+    }
+
     /// A log page was read without Retain Asynchronous Event: re-arm its notice.
     pub(crate) fn log_read(&self, log_page: u8) {
         let info = match log_page {
@@ -240,15 +280,16 @@ impl Controller {
         ev.masked &= !(1u32 << (info & 31));
     }
 
-    pub(crate) fn events_snapshot(&self) -> (Vec<u32>, u32) {
+    pub(crate) fn events_snapshot(&self) -> (Vec<u32>, u32, u32) {
         let ev = self.events.lock().expect("events lock poisoned");
-        (ev.queue.iter().copied().collect(), ev.masked)
+        (ev.queue.iter().copied().collect(), ev.masked, ev.changed_ns)
     }
 
-    pub(crate) fn restore_events(&self, events: &[u32], masked: u32) {
+    pub(crate) fn restore_events(&self, events: &[u32], masked: u32, changed_ns: u32) {
         let mut ev = self.events.lock().expect("events lock poisoned");
         ev.queue = events.iter().copied().collect();
         ev.masked = masked;
+        ev.changed_ns = changed_ns;
         self.events_pending
             .store(!ev.queue.is_empty(), Ordering::Release);
     }

@@ -9,6 +9,7 @@ pub(crate) fn controller_rec(
     events: &std::collections::VecDeque<u32>,
     masked: u32,
     aer_cids: &[u16],
+    changed_ns: u32,
 ) -> ControllerRec {
     let subsys = match c
         .subsys
@@ -35,6 +36,8 @@ pub(crate) fn controller_rec(
         aec: r.aec,
         kato_ms: c.kato_ms(),
         masked,
+        changed_ns,
+        _pad: 0,
         vwce: u8::from(r.vwce),
         failed: u8::from(c.is_failed()),
         n_events: events.len().min(MAX_EVENTS) as u8,

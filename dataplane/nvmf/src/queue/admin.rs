@@ -204,7 +204,12 @@ impl<T: Default> NvmfQueue<T> {
                 copy_window(&log::FirmwareSlotLog { afi: 1, frs }.encode(), offset, out);
                 512
             }
-            lid::CHANGED_NS_LIST if !discovery => 4096,
+            lid::CHANGED_NS_LIST if !discovery => {
+                let mut page = [0u8; log::CHANGED_NS_LIST_SIZE];
+                log::encode_changed_ns_list(&c.changed_namespaces(!glp.rae), &mut page);
+                copy_window(&page, offset, out);
+                log::CHANGED_NS_LIST_SIZE as u64
+            }
             lid::ANA if !discovery => {
                 let subsys = &c.subsys;
                 let nsids: Vec<Vec<u32>> = subsys

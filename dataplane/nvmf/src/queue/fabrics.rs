@@ -129,7 +129,7 @@ impl<T: Default> NvmfQueue<T> {
         let target = self.target.clone();
         let subnqn = data.subnqn_str();
         let hostnqn = data.hostnqn_str().to_string();
-        let Some(subsys) = target.find_subsystem(subnqn) else {
+        let Some(subsys) = target.find_subsystem(subnqn).filter(|s| !s.is_removed()) else {
             return Err(invalid_param(256, true, "no such subsystem"));
         };
         // An empty host NQN (SPDK's initiator sends one unless told a host NQN) is a

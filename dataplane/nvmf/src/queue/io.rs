@@ -121,6 +121,7 @@ impl<T: Default> NvmfQueue<T> {
     }
 
     pub(crate) fn exec_io(&mut self, slot: u16) -> Result<Exec, Status> {
+        self.check_namespaces();
         let r = self.req(slot);
         let sqe = r.sqe;
         let xfer = r.xfer;

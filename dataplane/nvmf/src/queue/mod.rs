@@ -220,10 +220,16 @@ pub struct NvmfQueue<T> {
     pub(crate) free: Vec<u16>,
     done: VecDeque<u16>,
     pub(crate) aers: Vec<u16>,
-    /// Namespaces by NSID - 1, cached at Connect (the I/O path never locks the subsystem).
+    /// Namespaces by NSID - 1, cached from the subsystem's table (the I/O path never
+    /// locks the subsystem) and taken again when its generation moves.
     pub(crate) namespaces: Vec<Option<Arc<Namespace>>>,
+    /// The generation of the subsystem's namespace table `namespaces` was taken at.
+    ns_gen: u64,
     channels: Vec<Option<Box<dyn IoChannel>>>,
     open_channels: Vec<usize>,
+    /// Channels of namespaces removed (or moved to another device) that still run
+    /// requests: polled until they have none, then closed, and the device let go.
+    retiring: Vec<(Box<dyn IoChannel>, Arc<Namespace>)>,
     bdev_in_flight: usize,
     pub(crate) ka_deadline: Option<Instant>,
     pub(crate) stats: Arc<QueueStats>,
@@ -263,8 +269,10 @@ impl<T: Default> NvmfQueue<T> {
             done: VecDeque::new(),
             aers: Vec::new(),
             namespaces: Vec::new(),
+            ns_gen: 0,
             channels: Vec::new(),
             open_channels: Vec::new(),
+            retiring: Vec::new(),
             bdev_in_flight: 0,
             ka_deadline: None,
             stats: Arc::new(QueueStats::default()),
@@ -484,6 +492,7 @@ impl<T: Default> NvmfQueue<T> {
             work += self.poll_bdevs();
         }
         self.trim_bufs(now);
+        self.check_namespaces();
         let Some(c) = &self.ctrlr else { return work };
         if c.is_failed() {
             self.state = QueueState::Failed;
@@ -615,14 +624,9 @@ impl<T: Default> NvmfQueue<T> {
     ) {
         self.qid = qid;
         self.entries = entries;
-        self.namespaces = Vec::new();
-        for ns in ctrlr.subsys.namespaces() {
-            let idx = ns.nsid as usize - 1;
-            if self.namespaces.len() <= idx {
-                self.namespaces.resize(idx + 1, None);
-            }
-            self.namespaces[idx] = Some(ns.clone());
-        }
+        let (gen, table) = ctrlr.subsys.ns_table();
+        self.namespaces = table.by_idx.clone();
+        self.ns_gen = gen;
         self.channels = (0..self.namespaces.len()).map(|_| None).collect();
         ctrlr.register_stats(self.stats.clone());
         self.ctrlr = Some(ctrlr);
@@ -700,6 +704,49 @@ impl<T: Default> NvmfQueue<T> {
         Ok(())
     }
 
+    /// Whether the subsystem's namespaces changed since this queue took them: one
+    /// atomic load (the I/O path's only cost of namespaces changing at run time).
+    #[inline(always)]
+    pub(crate) fn check_namespaces(&mut self) {
+        if let Some(c) = &self.ctrlr {
+            if c.subsys.ns_generation() != self.ns_gen {
+                self.refresh_namespaces();
+            }
+        }
+    }
+
+    /// The subsystem's namespace table moved: take it, and let go of the channels of
+    /// namespaces that are gone or now on another device (at once when idle, else once
+    /// their requests have finished). Off the I/O path: once per change.
+    #[cold]
+    fn refresh_namespaces(&mut self) {
+        let Some(c) = &self.ctrlr else { return };
+        let (gen, table) = c.subsys.ns_table();
+        for (idx, new) in table.by_idx.iter().enumerate() {
+            let old = self.namespaces.get(idx).cloned().flatten();
+            let same_device = match (&old, new) {
+                (Some(a), Some(b)) => Arc::ptr_eq(&a.bdev, &b.bdev) && a.block_size == b.block_size,
+                (None, None) => true,
+                _ => false,
+            };
+            if !same_device {
+                if let Some(ch) = self.channels.get_mut(idx).and_then(Option::take) {
+                    self.open_channels.retain(|&i| i != idx);
+                    if ch.in_flight() > 0 {
+                        if let Some(ns) = old {
+                            self.retiring.push((ch, ns));
+                        }
+                    }
+                }
+            }
+        }
+        self.namespaces = table.by_idx.clone();
+        if self.channels.len() < self.namespaces.len() {
+            self.channels.resize_with(self.namespaces.len(), || None);
+        }
+        self.ns_gen = gen;
+    }
+
     fn poll_bdevs(&mut self) -> usize {
         let mut n = 0;
         let slots = &mut self.slots;
@@ -707,28 +754,36 @@ impl<T: Default> NvmfQueue<T> {
         let in_flight = &mut self.bdev_in_flight;
         let sqhd = self.sqhd;
         let qid = self.qid;
+        let mut reap = |tag: u64, st: IoStatus| {
+            *in_flight -= 1;
+            let r = &mut slots[tag as usize];
+            if st != IoStatus::Success && r.cqe.status.is_success() {
+                r.cqe.status = bdev_status(st);
+            }
+            r.pending -= 1;
+            if r.pending == 0 {
+                let mut status = r.cqe.status;
+                if status.is_success() && r.sqe.opcode == nvme::io_opcode::COMPARE {
+                    status = compare_result(r);
+                }
+                r.cqe.sqhd = sqhd;
+                r.cqe.sqid = qid;
+                r.complete(status);
+                done.push_back(tag as u16);
+            }
+        };
         for &idx in &self.open_channels {
             let Some(ch) = self.channels[idx].as_mut() else {
                 continue;
             };
-            n += ch.poll(&mut |tag, st| {
-                *in_flight -= 1;
-                let r = &mut slots[tag as usize];
-                if st != IoStatus::Success && r.cqe.status.is_success() {
-                    r.cqe.status = bdev_status(st);
-                }
-                r.pending -= 1;
-                if r.pending == 0 {
-                    let mut status = r.cqe.status;
-                    if status.is_success() && r.sqe.opcode == nvme::io_opcode::COMPARE {
-                        status = compare_result(r);
-                    }
-                    r.cqe.sqhd = sqhd;
-                    r.cqe.sqid = qid;
-                    r.complete(status);
-                    done.push_back(tag as u16);
-                }
-            });
+            n += ch.poll(&mut reap);
+        }
+        if !self.retiring.is_empty() {
+            for (ch, _) in &mut self.retiring {
+                n += ch.poll(&mut reap);
+            }
+            // The channel closes before its namespace (and maybe the device) goes.
+            self.retiring.retain(|(ch, _)| ch.in_flight() > 0);
         }
         n
     }

@@ -40,7 +40,9 @@ use memmap2::MmapRaw;
 
 /// The layout this code writes. Bump it whenever a record, the header or the meaning
 /// of a field changes. 3: the boot and handover blobs are postcard, not bincode.
-pub const LAYOUT: u32 = 3;
+/// 4: controllers record the Changed Namespace List; the boot blob lists every block
+/// device by name with how it was made; the handover blob carries the API socket.
+pub const LAYOUT: u32 = 4;
 pub const MAGIC: [u8; 8] = *b"LPREGION";
 
 const HEADER_LEN: usize = 4096;

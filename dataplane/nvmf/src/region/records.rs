@@ -139,6 +139,9 @@ pub struct ControllerRec {
     pub aec: u32,
     pub kato_ms: u32,
     pub masked: u32,
+    /// Namespaces changed and not yet read in the Changed Namespace List (bit NSID - 1).
+    pub changed_ns: u32,
+    pub _pad: u32,
     pub vwce: u8,
     pub failed: u8,
     pub n_events: u8,
@@ -257,7 +260,7 @@ const _: () = assert!(size_of::<AnaGroupRec>() == 24);
 const _: () = assert!(size_of::<ListenerRec>() == 4 + 258 + 34 + 2);
 const _: () = assert!(
     size_of::<ControllerRec>()
-        == 8 + 256 + 16 + 20 + 4 + MAX_EVENTS * 4 + MAX_AERS * 2 + MAX_IO_QUEUES / 8
+        == 8 + 256 + 16 + 20 + 8 + 4 + MAX_EVENTS * 4 + MAX_AERS * 2 + MAX_IO_QUEUES / 8
 );
 const _: () = assert!(size_of::<QueueRec>() == 16);
 const _: () = assert!(size_of::<RxPos>() == 36);

@@ -69,6 +69,12 @@ pub struct RegionImage {
     pub subsystem_recs: Vec<u32>,
     /// (subsystem record, ANA group ID, record).
     pub ana_recs: Vec<(u32, u32, u32)>,
+    /// (subsystem record, NSID, record).
+    pub ns_recs: Vec<(u32, u32, u32)>,
+    /// (subsystem record, record) of each allowed host.
+    pub host_recs: Vec<(u32, u32)>,
+    /// Record index of each listener in `target.listeners`, in the same order.
+    pub listener_recs: Vec<u32>,
     pub controllers: Vec<ControllerImage>,
     pub queues: Vec<QueueImage>,
 }
@@ -93,6 +99,8 @@ pub fn read_image(region: &Region, live: bool) -> Result<RegionImage, RegionErro
     let mut subsystems = Vec::new();
     let mut subsystem_recs = Vec::new();
     let mut ana_recs = Vec::new();
+    let mut ns_recs = Vec::new();
+    let mut host_recs = Vec::new();
     for (i, _, s) in &subs {
         let nqn = s.nqn.get("subsystem NQN")?;
         let mut namespaces: Vec<NamespaceState> = nss
@@ -100,12 +108,19 @@ pub fn read_image(region: &Region, live: bool) -> Result<RegionImage, RegionErro
             .filter(|(_, _, n)| n.subsys == *i)
             .map(|(_, _, n)| NamespaceState {
                 nsid: n.nsid,
+                num_blocks: n.num_blocks,
                 nguid: n.nguid,
                 uuid: n.uuid,
                 anagrpid: n.anagrpid,
             })
             .collect();
         namespaces.sort_by_key(|n| n.nsid);
+        for (ni, _, n) in nss.iter().filter(|(_, _, n)| n.subsys == *i) {
+            ns_recs.push((*i, n.nsid, *ni));
+        }
+        for (hi, _, _) in hosts.iter().filter(|(_, _, h)| h.subsys == *i) {
+            host_recs.push((*i, *hi));
+        }
         let mut ana_groups = Vec::new();
         for (ai, _, a) in anas.iter().filter(|(_, _, a)| a.subsys == *i) {
             ana_groups.push((a.id, a.state, a.chgcnt));
@@ -166,6 +181,9 @@ pub fn read_image(region: &Region, live: bool) -> Result<RegionImage, RegionErro
         },
         subsystem_recs,
         ana_recs,
+        ns_recs,
+        host_recs,
+        listener_recs: lis.iter().map(|(i, _, _)| *i).collect(),
         controllers: Vec::new(),
         queues: Vec::new(),
     };
@@ -223,6 +241,7 @@ fn read_controllers(
                 failed: c.failed != 0,
                 events: c.events[..usize::from(c.n_events)].to_vec(),
                 masked: c.masked,
+                changed_ns: c.changed_ns,
             },
             aer_cids: c.aer_cids[..usize::from(c.n_aers)].to_vec(),
         });
@@ -341,12 +360,27 @@ pub fn bind(target: &Target, region: &Arc<Region>, image: &RegionImage) -> Resul
             .filter(|(sr, _, _)| *sr == rec)
             .map(|&(_, id, i)| (id, i))
             .collect();
+        let ns = image
+            .ns_recs
+            .iter()
+            .filter(|(sr, _, _)| *sr == rec)
+            .map(|&(_, nsid, i)| (nsid, i))
+            .collect();
+        let hosts = image
+            .host_recs
+            .iter()
+            .filter(|(sr, _)| *sr == rec)
+            .map(|&(_, i)| i)
+            .collect();
         *sub.shm.lock().expect("subsystem shm lock poisoned") = Some(SubsysShm {
             region: region.clone(),
             rec,
             ana,
+            ns,
+            hosts,
         });
     }
+    target.bind_listener_records(&image.listener_recs);
     for c in &image.controllers {
         let sub = match &c.subnqn {
             Some(n) => target.find_subsystem(n),

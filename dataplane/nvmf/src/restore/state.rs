@@ -62,6 +62,8 @@ pub struct SubsystemState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NamespaceState {
     pub nsid: u32,
+    /// Blocks it presents (at most its device's).
+    pub num_blocks: u64,
     pub nguid: [u8; 16],
     pub uuid: [u8; 16],
     pub anagrpid: u32,
@@ -82,6 +84,8 @@ pub struct ControllerState {
     pub failed: bool,
     pub events: Vec<u32>,
     pub masked: u32,
+    /// The Changed Namespace List not yet read (bit NSID - 1).
+    pub changed_ns: u32,
 }
 
 /// One queue. The transport saves its own per-request state beside it, by slot index.
@@ -128,7 +132,7 @@ pub(crate) const ST_PARKED: u8 = 2;
 
 fn ctrl_state(c: &Controller) -> ControllerState {
     let r = c.regs.lock().expect("ctrlr regs lock poisoned");
-    let (events, masked) = c.events_snapshot();
+    let (events, masked, changed_ns) = c.events_snapshot();
     ControllerState {
         cntlid: c.cntlid,
         hostnqn: c.hostnqn.clone(),
@@ -143,6 +147,7 @@ fn ctrl_state(c: &Controller) -> ControllerState {
         failed: c.is_failed(),
         events,
         masked,
+        changed_ns,
     }
 }
 
@@ -166,6 +171,7 @@ impl Target {
                     .iter()
                     .map(|n| NamespaceState {
                         nsid: n.nsid,
+                        num_blocks: n.num_blocks,
                         nguid: n.nguid,
                         uuid: n.uuid,
                         anagrpid: n.anagrpid,
@@ -253,6 +259,7 @@ impl Target {
                     nguid: Some(n.nguid),
                     uuid: Some(n.uuid),
                     anagrpid: Some(n.anagrpid),
+                    num_blocks: Some(n.num_blocks),
                 });
             }
             let sub = target.add_subsystem_quiet(cfg)?;
@@ -324,7 +331,7 @@ fn restore_ctrl(
             vwce: c.vwce,
         };
     }
-    ctrl.restore_events(&c.events, c.masked);
+    ctrl.restore_events(&c.events, c.masked, c.changed_ns);
     if c.failed {
         ctrl.fail();
     }

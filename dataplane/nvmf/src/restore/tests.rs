@@ -38,6 +38,7 @@ fn target_with_region() -> (Arc<Target>, Arc<Region>) {
         nguid: None,
         uuid: None,
         anagrpid: None,
+        num_blocks: None,
     });
     t.add_subsystem(cfg).expect("subsystem");
     t.add_listener(ListenerInfo {

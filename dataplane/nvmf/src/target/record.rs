@@ -40,7 +40,7 @@ pub(crate) fn check_options(region: &Region, opts: &TargetOptions) -> Result<(),
     Ok(())
 }
 
-pub(crate) fn record_listener(region: &Region, l: &ListenerInfo) -> Result<(), RegionError> {
+pub(crate) fn record_listener(region: &Region, l: &ListenerInfo) -> Result<u32, RegionError> {
     let rec = ListenerRec {
         portid: l.portid,
         trtype: l.addr.trtype,
@@ -52,5 +52,5 @@ pub(crate) fn record_listener(region: &Region, l: &ListenerInfo) -> Result<(), R
     let i = region.alloc(Kind::Listener)?;
     region.write(Kind::Listener, i, &rec);
     region.bump_config_gen();
-    Ok(())
+    Ok(i)
 }

@@ -66,6 +66,7 @@ fn target() -> Arc<Target> {
         nguid: None,
         uuid: None,
         anagrpid: None,
+        num_blocks: None,
     });
     t.add_subsystem(sc).expect("valid subsystem");
     t

@@ -1,0 +1,319 @@
+//! `lightpool`: the command line of a LightPool node, a thin client of the target's
+//! management API (gRPC on a Unix socket, see `lightpool-api`). One subcommand per
+//! resource; human tables by default, `--json` for scripts.
+//!
+//! Exit codes: 0 done; 1 the target refused or failed the request (its message says
+//! what to change), or no target answers on the socket; 2 bad usage (an unknown
+//! option, a missing argument, a malformed value).
+
+mod cmd;
+mod table;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lightpool",
+    version,
+    about = "Manage a running lightpool-target through its management API"
+)]
+pub struct Cli {
+    /// The target's API socket. Default: $LIGHTPOOL_SOCKET, else the one beside
+    /// --control-socket, else /run/lightpool-target.api.sock for root and
+    /// /tmp/lightpool-target-UID.api.sock otherwise.
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+    /// The target's control socket; its API socket is the one beside it (.sock ->
+    /// .api.sock).
+    #[arg(long, global = true)]
+    pub control_socket: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Subsystems: create, delete, list.
+    #[command(subcommand)]
+    Subsystem(SubsystemCmd),
+    /// Namespaces: add, remove, resize, list (hosts are told of each change).
+    #[command(subcommand)]
+    Namespace(NamespaceCmd),
+    /// Block devices: create, delete, list (the device graph).
+    #[command(subcommand, alias = "device")]
+    Bdev(BdevCmd),
+    /// Listeners: add, remove, list.
+    #[command(subcommand)]
+    Listener(ListenerCmd),
+    /// ANA group states: set, list.
+    #[command(subcommand)]
+    Ana(AnaCmd),
+    /// Controllers: list, disconnect.
+    #[command(subcommand)]
+    Controller(ControllerCmd),
+    /// Connections (queue pairs): list, disconnect.
+    #[command(subcommand)]
+    Connection(ConnectionCmd),
+    /// Statistics: per subsystem and controller, and devices that count their I/O.
+    Stats,
+    /// The log filter: get, set.
+    #[command(subcommand)]
+    Log(LogCmd),
+    /// The running target: version, pid, sockets.
+    Status,
+    /// Replace the running target with another binary without disturbing its hosts.
+    Upgrade {
+        /// The new lightpool-target binary (a path the target can open).
+        #[arg(long)]
+        binary: PathBuf,
+        /// Log filter of the new process; default the running one's.
+        #[arg(long)]
+        log: Option<String>,
+    },
+    /// Configuration as state.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SubsystemCmd {
+    Create {
+        nqn: String,
+        #[arg(long)]
+        serial: Option<String>,
+        #[arg(long)]
+        model: Option<String>,
+        /// A host allowed to connect (repeatable); with none, any host may.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Let any host connect even with --host given.
+        #[arg(long)]
+        allow_any_host: bool,
+        #[arg(long)]
+        min_cntlid: Option<u32>,
+        #[arg(long)]
+        max_cntlid: Option<u32>,
+    },
+    Delete {
+        nqn: String,
+    },
+    List {
+        nqn: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NamespaceCmd {
+    Add {
+        #[arg(long)]
+        nqn: String,
+        /// The block device to serve.
+        #[arg(long)]
+        device: String,
+        /// 1 to 32; default the lowest free.
+        #[arg(long, default_value_t = 0)]
+        nsid: u32,
+        /// Bytes of the device to present (e.g. 512MiB); default all of it.
+        #[arg(long, value_parser = cmd::parse_size)]
+        size: Option<u64>,
+        #[arg(long)]
+        nguid: Option<String>,
+        #[arg(long)]
+        uuid: Option<String>,
+        #[arg(long)]
+        ana_group: Option<u32>,
+    },
+    Remove {
+        #[arg(long)]
+        nqn: String,
+        #[arg(long)]
+        nsid: u32,
+    },
+    Resize {
+        #[arg(long)]
+        nqn: String,
+        #[arg(long)]
+        nsid: u32,
+        /// New size (e.g. 1GiB); default all of its device.
+        #[arg(long, value_parser = cmd::parse_size)]
+        size: Option<u64>,
+    },
+    List {
+        #[arg(long)]
+        nqn: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct DeviceKind {
+    /// A RAM device of this size (e.g. 1GiB).
+    #[arg(long, value_parser = cmd::parse_size)]
+    pub ram: Option<u64>,
+    /// A file or block device (io_uring).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// An NVMe SSD bound to vfio-pci (PCI address).
+    #[arg(long)]
+    pub vfio: Option<String>,
+    /// A pass-through counting the I/O of this device.
+    #[arg(long)]
+    pub passthru: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BdevCmd {
+    Create {
+        name: String,
+        #[command(flatten)]
+        kind: DeviceKind,
+        /// 512 or 4096.
+        #[arg(long)]
+        block_size: Option<u32>,
+        /// RAM in 2 MiB huge pages: `true` (refused when not free) or `false`; left
+        /// out, in huge pages whenever enough are free.
+        #[arg(long)]
+        hugepages: Option<bool>,
+        #[arg(long)]
+        read_only: bool,
+        /// Files: go through the page cache (no O_DIRECT).
+        #[arg(long)]
+        buffered: bool,
+        /// The SSD's namespace (vfio).
+        #[arg(long)]
+        vfio_nsid: Option<u32>,
+    },
+    Delete {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ListenerCmd {
+    Add {
+        /// IP:PORT.
+        address: String,
+        #[arg(long, default_value = "tcp")]
+        transport: String,
+    },
+    Remove {
+        address: String,
+        #[arg(long, default_value = "tcp")]
+        transport: String,
+    },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AnaCmd {
+    /// Set a group's state; connected hosts get an ANA-change event.
+    Set {
+        #[arg(long)]
+        nqn: String,
+        #[arg(long)]
+        group: u32,
+        /// optimized, non-optimized, inaccessible, persistent-loss or change.
+        #[arg(long, value_parser = cmd::parse_ana_state)]
+        state: i32,
+    },
+    List {
+        #[arg(long)]
+        nqn: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ControllerCmd {
+    List {
+        #[arg(long)]
+        nqn: Option<String>,
+    },
+    /// Fail a controller: all its connections close.
+    Disconnect {
+        #[arg(long)]
+        nqn: String,
+        #[arg(long)]
+        cntlid: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConnectionCmd {
+    List,
+    /// Close one connection (as `connection list` shows it).
+    Disconnect {
+        #[arg(long)]
+        reactor: u32,
+        #[arg(long)]
+        peer: String,
+        #[arg(long, default_value = "tcp")]
+        transport: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LogCmd {
+    Get,
+    /// e.g. "debug" or "info,lightpool_transport_tcp=debug".
+    Set {
+        filter: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Write the running target as a configuration file (stdout, or --output FILE):
+    /// started from it, a target is the same.
+    Save {
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// The API socket the flags and environment name.
+fn socket(cli: &Cli) -> PathBuf {
+    if let Some(s) = &cli.socket {
+        return s.clone();
+    }
+    if let Some(s) = std::env::var_os("LIGHTPOOL_SOCKET") {
+        return s.into();
+    }
+    let control = cli.control_socket.clone().unwrap_or_else(|| {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        if uid == 0 {
+            "/run/lightpool-target.sock".to_string()
+        } else {
+            format!("/tmp/lightpool-target-{uid}.sock")
+        }
+    });
+    match control.strip_suffix(".sock") {
+        Some(b) => format!("{b}.api.sock").into(),
+        None => format!("{control}.api").into(),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let path = socket(&cli);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lightpool: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(cmd::run(&cli, &path)) {
+        eprintln!("lightpool: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,588 @@
+//! The TOML configuration of `lightpool-target` (documented in README.md; an example
+//! is deploy/examples/target.toml): the desired state of a target. It is applied
+//! through the same operations as the management API (`crate::manage::apply`), and
+//! `lightpool config save` writes a running target back in this form
+//! (`crate::manage::save`): block devices by name (`[[bdev]]`), subsystems, their
+//! namespaces naming their devices, ANA states and listeners.
+//!
+//! Every error reads `FILE:LINE: KEY: reason`, with KEY a path such as
+//! `subsystem[0].namespace[1].ram`, whoever finds it: the TOML parser, the checks
+//! here, or the target applying the file.
+
+mod locate;
+mod pool;
+mod size;
+
+pub use locate::Locator;
+pub use pool::{split_volume, volume_device_name, PoolSection};
+pub use size::{format_size, parse_size, Size};
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use lightpool_nvme_vfio::vfio::normalize_pci_address;
+use serde::{Deserialize, Serialize};
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The whole file.
+#[derive(Debug, Deserialize, Serialize, Default, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub target: TargetSection,
+    #[serde(default, rename = "listener", skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerSection>,
+    /// Block devices by name, children before the devices stacked on them.
+    #[serde(default, rename = "bdev", skip_serializing_if = "Vec::is_empty")]
+    pub bdevs: Vec<BdevSection>,
+    #[serde(default, rename = "subsystem", skip_serializing_if = "Vec::is_empty")]
+    pub subsystems: Vec<SubsystemSection>,
+    /// Arrays over several devices (see raid.rs): block devices by name, made before
+    /// the `[[bdev]]`s, which namespaces name by `bdev` or `raid`.
+    #[serde(default, rename = "raid", skip_serializing_if = "Vec::is_empty")]
+    pub raids: Vec<crate::raid::RaidSection>,
+    /// Volume stores (see pool.rs), made after the arrays and `[[bdev]]`s (a pool may
+    /// be on one); namespaces serve their volumes by `volume`.
+    #[serde(default, rename = "pool", skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolSection>,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    /// CPU cores to run reactors on, one reactor each, pinned. Empty: `reactors`
+    /// unpinned reactors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cores: Vec<usize>,
+    /// Unpinned reactors when `cores` is empty.
+    #[serde(default = "one")]
+    pub reactors: usize,
+    #[serde(default = "d_queue_depth")]
+    pub max_queue_depth: u16,
+    #[serde(default = "d_io_queues")]
+    pub max_io_queues: u16,
+    #[serde(default = "d_in_capsule")]
+    pub in_capsule_data_size: u32,
+    #[serde(default = "d_max_transfer")]
+    pub max_transfer_size: u32,
+    /// Microseconds a reactor keeps polling with nothing to do before it sleeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_spin_us: Option<u64>,
+    /// A directory on a tmpfs (e.g. /dev/shm/lightpool) for state that must outlive
+    /// the process: RAM devices keep their data in files here, and a hot upgrade
+    /// leaves its state region here, so `--recover` can restart from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for TargetSection {
+    fn default() -> Self {
+        TargetSection {
+            cores: Vec::new(),
+            reactors: 1,
+            max_queue_depth: d_queue_depth(),
+            max_io_queues: d_io_queues(),
+            in_capsule_data_size: d_in_capsule(),
+            max_transfer_size: d_max_transfer(),
+            idle_spin_us: None,
+            state_dir: None,
+        }
+    }
+}
+
+fn one() -> usize {
+    1
+}
+fn d_queue_depth() -> u16 {
+    1024
+}
+fn d_io_queues() -> u16 {
+    64
+}
+fn d_in_capsule() -> u32 {
+    8192
+}
+fn d_max_transfer() -> u32 {
+    128 * 1024
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    /// "IP:PORT", e.g. "127.0.0.1:4420" or "[::]:4420".
+    pub address: String,
+    #[serde(default = "d_transport")]
+    pub transport: String,
+}
+
+fn d_transport() -> String {
+    "tcp".to_string()
+}
+
+/// A block device, by name: exactly one of `ram`, `file`, `vfio` or `passthru`.
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BdevSection {
+    pub name: String,
+    /// A RAM device of this size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram: Option<Size>,
+    /// A file or block device, through io_uring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// An NVMe SSD bound to vfio-pci (PCI address), driven from userspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vfio: Option<String>,
+    /// A pass-through that counts the I/O of the device named here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passthru: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vfio_nsid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    /// A RAM device in 2 MiB huge pages: left out, whenever enough are free (else
+    /// ordinary memory, said at start); true, always (refused when they are not free);
+    /// false, never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugepages: Option<bool>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubsystemSection {
+    pub nqn: String,
+    #[serde(default = "d_serial")]
+    pub serial: String,
+    #[serde(default = "d_model")]
+    pub model: String,
+    #[serde(default = "yes")]
+    pub allow_any_host: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default = "d_min_cntlid")]
+    pub min_cntlid: u16,
+    #[serde(default = "d_max_cntlid")]
+    pub max_cntlid: u16,
+    #[serde(default, rename = "namespace", skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<NamespaceSection>,
+    /// ANA groups whose state is not optimized.
+    #[serde(default, rename = "ana_group", skip_serializing_if = "Vec::is_empty")]
+    pub ana_groups: Vec<AnaGroupSection>,
+}
+
+fn d_serial() -> String {
+    "LIGHTPOOL0000001".to_string()
+}
+fn d_model() -> String {
+    "LightPool".to_string()
+}
+fn yes() -> bool {
+    true
+}
+fn d_min_cntlid() -> u16 {
+    1
+}
+fn d_max_cntlid() -> u16 {
+    0xFFEF
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AnaGroupSection {
+    pub group: u32,
+    /// optimized, non-optimized, inaccessible, persistent-loss or change.
+    pub state: String,
+}
+
+/// A namespace: the device named by `bdev`, or one described inline (`ram`, `file` or
+/// `vfio`, as a `[[bdev]]` would; `passthru = true` stacks a counting pass-through on
+/// it).
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceSection {
+    pub nsid: u32,
+    /// The `[[bdev]]` it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bdev: Option<String>,
+    /// Bytes of the device it presents; default all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vfio: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vfio_nsid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    /// A RAM device in 2 MiB huge pages: left out, whenever enough are free (else
+    /// ordinary memory, said at start); true, always (refused when they are not free);
+    /// false, never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugepages: Option<bool>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct: Option<bool>,
+    /// 32 hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nguid: Option<String>,
+    /// 8-4-4-4-12 hex UUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ana_group: Option<u32>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub passthru: bool,
+    /// The `[[raid]]` array it serves (the same as `bdev` naming it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raid: Option<String>,
+    /// A volume of a `[[pool]]`, as "POOL/VOLUME".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+}
+
+impl NamespaceSection {
+    /// The named device it serves: `bdev` or `raid`.
+    pub fn device_name(&self) -> Option<&String> {
+        self.bdev.as_ref().or(self.raid.as_ref())
+    }
+
+    /// The inline device, as a `[[bdev]]` (without a name).
+    pub fn inline_bdev(&self) -> BdevSection {
+        BdevSection {
+            name: String::new(),
+            ram: self.ram,
+            file: self.file.clone(),
+            vfio: self.vfio.clone(),
+            passthru: None,
+            vfio_nsid: self.vfio_nsid,
+            block_size: self.block_size,
+            hugepages: self.hugepages,
+            read_only: self.read_only,
+            direct: self.direct,
+        }
+    }
+}
+
+/// A configuration error: the key at fault and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct FieldError {
+    pub key: String,
+    pub reason: String,
+}
+
+pub fn ferr(key: impl Into<String>, reason: impl Into<String>) -> FieldError {
+    FieldError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// `FILE:LINE: KEY: reason`, the one form of every configuration error.
+pub fn at_file(file: &Path, loc: &Locator, e: &FieldError) -> String {
+    match loc.line_of(&e.key) {
+        Some(line) => format!("{}:{line}: {}: {}", file.display(), e.key, e.reason),
+        None => format!("{}: {}: {}", file.display(), e.key, e.reason),
+    }
+}
+
+/// Read and check a configuration file; errors in the one form.
+pub fn load(path: &Path) -> Result<(Config, Locator), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
+    let loc = Locator::new(&text);
+    let cfg: Config = toml::from_str(&text).map_err(|e| {
+        let (line, key) = e.span().map_or((0, None), |s| loc.at(s.start));
+        let key = key.map_or(String::new(), |k| format!("{k}: "));
+        if line > 0 {
+            format!("{}:{line}: {key}{}", path.display(), e.message().trim_end())
+        } else {
+            format!("{}: {key}{}", path.display(), e.message().trim_end())
+        }
+    })?;
+    cfg.validate().map_err(|e| at_file(path, &loc, &e))?;
+    Ok((cfg, loc))
+}
+
+pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let digits: String = s.chars().filter(|c| *c != '-').collect();
+    if digits.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(digits.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A device name: 1 to 64 letters, digits, '.', '_', '-' or ':'.
+pub fn check_device_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a device name: use 1 to 64 letters, digits, '.', '_', '-' or ':'"
+        ))
+    }
+}
+
+/// Checks of one device description (`key` the table it is in).
+fn check_device(key: &str, b: &BdevSection, stacked: bool) -> Result<(), FieldError> {
+    let g = |x: &str| format!("{key}.{x}");
+    let given = [
+        b.ram.is_some(),
+        b.file.is_some(),
+        b.vfio.is_some(),
+        b.passthru.is_some(),
+    ];
+    match given.iter().filter(|x| **x).count() {
+        0 if stacked => {
+            return Err(ferr(
+                g("bdev"),
+                "a namespace needs a device: bdev = \"NAME\" of a [[bdev]], or ram = \"SIZE\", file = \"PATH\" or vfio = \"PCI ADDRESS\"",
+            ))
+        }
+        0 => {
+            return Err(ferr(
+                g("ram"),
+                "a [[bdev]] needs one of ram = \"SIZE\", file = \"PATH\", vfio = \"PCI ADDRESS\" or passthru = \"DEVICE\"",
+            ))
+        }
+        1 => {}
+        _ => {
+            let first = ["ram", "file", "vfio", "passthru"]
+                .iter()
+                .zip(given)
+                .filter(|(_, g)| *g)
+                .nth(1)
+                .map_or("ram", |(n, _)| *n);
+            return Err(ferr(
+                g(first),
+                "give one of ram, file, vfio or passthru, not several",
+            ));
+        }
+    }
+    if let Some(bs) = b.block_size {
+        if bs != 512 && bs != 4096 {
+            return Err(ferr(
+                g("block_size"),
+                format!("{bs} is neither 512 nor 4096"),
+            ));
+        }
+    }
+    if let Some(Size(r)) = b.ram {
+        let bs = u64::from(b.block_size.unwrap_or(512));
+        if r == 0 || r % bs != 0 {
+            return Err(ferr(
+                g("ram"),
+                format!(
+                    "{} is not a whole number of {bs}-byte blocks",
+                    format_size(r)
+                ),
+            ));
+        }
+    }
+    if let Some(a) = &b.vfio {
+        normalize_pci_address(a).ok_or_else(|| {
+            ferr(
+                g("vfio"),
+                format!("{a:?} is not a PCI address such as \"0000:00:04.0\""),
+            )
+        })?;
+        if b.block_size.is_some() {
+            return Err(ferr(
+                g("block_size"),
+                "a vfio device has the block size the SSD is formatted with",
+            ));
+        }
+    }
+    if b.hugepages.is_some() && b.ram.is_none() {
+        return Err(ferr(
+            g("hugepages"),
+            "only a ram device can be in huge pages",
+        ));
+    }
+    match (b.vfio_nsid, &b.vfio) {
+        (Some(_), None) => return Err(ferr(g("vfio_nsid"), "only a vfio device has one")),
+        (Some(0), Some(_)) => return Err(ferr(g("vfio_nsid"), "must be 1 or more")),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Checks what serde cannot: values, ranges, names and combinations.
+impl Config {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let t = &self.target;
+        if t.cores.is_empty() && (t.reactors == 0 || t.reactors > 1024) {
+            return Err(ferr("target.reactors", "must be between 1 and 1024"));
+        }
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for (i, c) in t.cores.iter().enumerate() {
+            if *c >= ncpu {
+                return Err(ferr(
+                    format!("target.cores[{i}]"),
+                    format!("core {c} does not exist (this machine has {ncpu})"),
+                ));
+            }
+            if t.cores[..i].contains(c) {
+                return Err(ferr(
+                    format!("target.cores[{i}]"),
+                    format!("core {c} is listed twice"),
+                ));
+            }
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Err(e) = crate::transports::kinds().get(&l.transport) {
+                return Err(ferr(format!("listener[{i}].transport"), e.to_string()));
+            }
+            l.address.parse::<SocketAddr>().map_err(|_| {
+                ferr(
+                    format!("listener[{i}].address"),
+                    format!("{:?} is not IP:PORT", l.address),
+                )
+            })?;
+        }
+        crate::raid::validate(&self.raids)?;
+        for (bi, b) in self.bdevs.iter().enumerate() {
+            let key = format!("bdev[{bi}]");
+            check_device_name(&b.name).map_err(|e| ferr(format!("{key}.name"), e))?;
+            if self.bdevs[..bi].iter().any(|o| o.name == b.name)
+                || self.raids.iter().any(|r| r.name == b.name)
+            {
+                return Err(ferr(
+                    format!("{key}.name"),
+                    format!("{:?} is configured twice", b.name),
+                ));
+            }
+            check_device(&key, b, false)?;
+            if let Some(base) = &b.passthru {
+                if !self.bdevs[..bi].iter().any(|o| &o.name == base)
+                    && !self.raids.iter().any(|r| &r.name == base)
+                {
+                    return Err(ferr(
+                        format!("{key}.passthru"),
+                        format!("no [[bdev]] named {base:?} comes before it"),
+                    ));
+                }
+            }
+        }
+        for (si, s) in self.subsystems.iter().enumerate() {
+            let f = |x: &str| format!("subsystem[{si}].{x}");
+            lightpool_nvmf::nqn::check_nqn(&s.nqn).map_err(|e| ferr(f("nqn"), e))?;
+            if self.subsystems[..si].iter().any(|o| o.nqn == s.nqn) {
+                return Err(ferr(f("nqn"), format!("{:?} is configured twice", s.nqn)));
+            }
+            for (hi, h) in s.hosts.iter().enumerate() {
+                lightpool_nvmf::nqn::check_nqn(h)
+                    .map_err(|e| ferr(format!("subsystem[{si}].hosts[{hi}]"), e))?;
+            }
+            for (ai, a) in s.ana_groups.iter().enumerate() {
+                let g = |x: &str| format!("subsystem[{si}].ana_group[{ai}].{x}");
+                if a.group == 0 || a.group > lightpool_nvmf::subsystem::MAX_NAMESPACES {
+                    return Err(ferr(g("group"), "must lie within 1..=32"));
+                }
+                crate::control::ana_state_code(&a.state).ok_or_else(|| {
+                    ferr(
+                        g("state"),
+                        format!("{:?} is not optimized, non-optimized, inaccessible, persistent-loss or change", a.state),
+                    )
+                })?;
+            }
+            for (ni, n) in s.namespaces.iter().enumerate() {
+                let key = format!("subsystem[{si}].namespace[{ni}]");
+                let g = |x: &str| format!("{key}.{x}");
+                if s.namespaces[..ni].iter().any(|o| o.nsid == n.nsid) {
+                    return Err(ferr(
+                        g("nsid"),
+                        format!("nsid {} is configured twice", n.nsid),
+                    ));
+                }
+                if let Some(v) = &n.volume {
+                    pool::check_namespace(self, &key, n, v)?;
+                } else {
+                    if let Some(r) = &n.raid {
+                        if n.bdev.is_some() {
+                            return Err(ferr(g("raid"), "give bdev or raid, not both"));
+                        }
+                        if n.block_size.is_some() {
+                            return Err(ferr(
+                                g("block_size"),
+                                "an array has its members' block size",
+                            ));
+                        }
+                        if n.inline_bdev() != (BdevSection::default()) || n.passthru {
+                            return Err(ferr(
+                                g("raid"),
+                                "give one of ram, file, vfio or raid, not several",
+                            ));
+                        }
+                        if !self.raids.iter().any(|a| &a.name == r) {
+                            return Err(ferr(g("raid"), format!("no [[raid]] is named {r:?}")));
+                        }
+                    }
+                    match &n.device_name() {
+                        Some(_) if n.raid.is_some() => {}
+                        Some(name) => {
+                            let inline = n.inline_bdev();
+                            if inline != (BdevSection::default()) || n.passthru {
+                                return Err(ferr(
+                                g("bdev"),
+                                "a namespace names a [[bdev]] or describes its device, not both",
+                            ));
+                            }
+                            if !self.bdevs.iter().any(|b| &b.name == *name)
+                                && !self.raids.iter().any(|a| &a.name == *name)
+                            {
+                                return Err(ferr(
+                                    g("bdev"),
+                                    format!("no [[bdev]] or [[raid]] named {name:?}"),
+                                ));
+                            }
+                        }
+                        None => check_device(&key, &n.inline_bdev(), true)?,
+                    }
+                }
+                if let Some(x) = &n.nguid {
+                    parse_hex::<16>(x).ok_or_else(|| ferr(g("nguid"), "must be 32 hex digits"))?;
+                }
+                if let Some(x) = &n.uuid {
+                    parse_hex::<16>(x).ok_or_else(|| {
+                        ferr(g("uuid"), "must be a UUID (32 hex digits, dashes allowed)")
+                    })?;
+                }
+            }
+        }
+        pool::validate(self)
+    }
+
+    pub fn nguid(n: &NamespaceSection) -> Option<[u8; 16]> {
+        n.nguid.as_deref().and_then(parse_hex::<16>)
+    }
+
+    pub fn uuid(n: &NamespaceSection) -> Option<[u8; 16]> {
+        n.uuid.as_deref().and_then(parse_hex::<16>)
+    }
+}
+
+#[cfg(test)]
+mod pool_tests;
+#[cfg(test)]
+mod tests;

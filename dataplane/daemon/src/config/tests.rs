@@ -1,0 +1,192 @@
+use super::*;
+
+const NQN: &str = "nqn.2024-01.io.lightpool:t";
+
+fn parse(text: &str) -> Config {
+    toml::from_str(text).expect("parses")
+}
+
+fn key_of(text: &str) -> Option<String> {
+    parse(text).validate().err().map(|e| e.key)
+}
+
+fn ns(body: &str) -> String {
+    format!("[[subsystem]]\nnqn = \"{NQN}\"\n[[subsystem.namespace]]\nnsid = 1\n{body}\n")
+}
+
+#[test]
+fn example_config_parses_and_validates() {
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/examples/target.toml"
+    ));
+    let (c, _) = load(path).expect("the example is valid");
+    assert!(!c.subsystems.is_empty());
+}
+
+#[test]
+fn unknown_field_is_named_with_file_line_and_key() {
+    let dir = std::env::temp_dir().join(format!("lp-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let p = dir.join("c.toml");
+    std::fs::write(&p, "[target]\nreactors = 1\nreactorz = 2\n").expect("write");
+    let e = load(&p).err().expect("refused");
+    assert!(
+        e.starts_with(&format!("{}:3: target.reactorz: ", p.display())),
+        "{e}"
+    );
+    assert!(e.contains("unknown field `reactorz`"), "{e}");
+    // A value the checks refuse: the same form.
+    std::fs::write(&p, ns("ram = \"1GiB\"\nblock_size = 1000")).expect("write");
+    let e = load(&p).err().expect("refused");
+    assert!(
+        e.starts_with(&format!(
+            "{}:6: subsystem[0].namespace[0].block_size: 1000 is neither",
+            p.display()
+        )),
+        "{e}"
+    );
+    // A value the parser refuses (a bad unit): the same form.
+    std::fs::write(&p, ns("ram = \"64MB\"")).expect("write");
+    let e = load(&p).err().expect("refused");
+    assert!(
+        e.starts_with(&format!(
+            "{}:5: subsystem[0].namespace[0].ram: ",
+            p.display()
+        )) && e.contains("\"64MiB\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    assert_eq!(
+        key_of(&ns("ram = \"1GiB\"\nblock_size = 1000")).as_deref(),
+        Some("subsystem[0].namespace[0].block_size")
+    );
+    assert_eq!(
+        key_of("[[listener]]\naddress = \"localhost\"\n").as_deref(),
+        Some("listener[0].address")
+    );
+    assert_eq!(
+        key_of(&ns("")).as_deref(),
+        Some("subsystem[0].namespace[0].bdev")
+    );
+}
+
+#[test]
+fn nqns_are_checked() {
+    let e = parse("[[subsystem]]\nnqn = \"db1\"\n")
+        .validate()
+        .expect_err("db1 is no NQN");
+    assert_eq!(e.key, "subsystem[0].nqn");
+    assert!(e.reason.contains("nqn.2024-01.com.example:db1"), "{e}");
+    let e = parse(&format!(
+        "[[subsystem]]\nnqn = \"{NQN}\"\nhosts = [\"nqn.2014-08.org.nvmexpress:uuid:x\"]\n"
+    ))
+    .validate()
+    .expect_err("bad host");
+    assert_eq!(e.key, "subsystem[0].hosts[0]");
+}
+
+#[test]
+fn ram_sizes_in_bytes_or_binary_units() {
+    assert_eq!(key_of(&ns("ram = 67108864")), None);
+    let c = parse(&ns("ram = 67108864"));
+    assert_eq!(c.subsystems[0].namespaces[0].ram, Some(Size(64 << 20)));
+    assert_eq!(key_of(&ns("ram = \"64MiB\"")), None);
+    assert!(toml::from_str::<Config>(&ns("ram = \"64MB\""))
+        .expect_err("ambiguous")
+        .to_string()
+        .contains("ambiguous"));
+    assert_eq!(
+        key_of(&ns("ram = 1000")).as_deref(),
+        Some("subsystem[0].namespace[0].ram"),
+        "not whole blocks"
+    );
+}
+
+#[test]
+fn devices_by_name() {
+    let ok = format!(
+        "[[bdev]]\nname = \"r\"\nram = \"1MiB\"\n[[bdev]]\nname = \"p\"\npassthru = \"r\"\n{}",
+        ns("bdev = \"p\"")
+    );
+    assert_eq!(key_of(&ok), None);
+    assert_eq!(
+        key_of(&ns("bdev = \"nope\"")).as_deref(),
+        Some("subsystem[0].namespace[0].bdev")
+    );
+    assert_eq!(
+        key_of("[[bdev]]\nname = \"p\"\npassthru = \"r\"\n").as_deref(),
+        Some("bdev[0].passthru")
+    );
+    assert_eq!(
+        key_of("[[bdev]]\nname = \"a b\"\nram = \"1MiB\"\n").as_deref(),
+        Some("bdev[0].name")
+    );
+    assert_eq!(
+        key_of("[[bdev]]\nname = \"a\"\nram = \"1MiB\"\n[[bdev]]\nname = \"a\"\nram = \"1MiB\"\n")
+            .as_deref(),
+        Some("bdev[1].name")
+    );
+    assert_eq!(
+        key_of(&format!(
+            "[[bdev]]\nname = \"r\"\nram = \"1MiB\"\n{}",
+            ns("bdev = \"r\"\nram = \"1MiB\"")
+        ))
+        .as_deref(),
+        Some("subsystem[0].namespace[0].bdev")
+    );
+}
+
+#[test]
+fn vfio_namespaces() {
+    let k = |body: &str| key_of(&ns(body));
+    assert_eq!(k("vfio = \"0000:00:04.0\"\nvfio_nsid = 2"), None);
+    assert_eq!(k("vfio = \"00:04.0\""), None);
+    let f = |x: &str| Some(format!("subsystem[0].namespace[0].{x}"));
+    assert_eq!(k("vfio = \"nvme0\""), f("vfio"));
+    assert_eq!(k("vfio = \"0000:00:04.0\"\nram = \"1GiB\""), f("vfio"));
+    assert_eq!(k("vfio = \"0000:00:04.0\"\nfile = \"/x\""), f("vfio"));
+    assert_eq!(k("ram = \"1GiB\"\nvfio_nsid = 1"), f("vfio_nsid"));
+    assert_eq!(k("ram = \"1GiB\"\nhugepages = true"), None);
+    assert_eq!(k("file = \"/x\"\nhugepages = true"), f("hugepages"));
+    assert_eq!(
+        k("vfio = \"0000:00:04.0\"\nhugepages = true"),
+        f("hugepages")
+    );
+    assert_eq!(k("vfio = \"0000:00:04.0\"\nvfio_nsid = 0"), f("vfio_nsid"));
+    assert_eq!(
+        k("vfio = \"0000:00:04.0\"\nblock_size = 512"),
+        f("block_size")
+    );
+}
+
+#[test]
+fn ana_groups_are_checked() {
+    let s = |body: &str| {
+        key_of(&format!(
+            "[[subsystem]]\nnqn = \"{NQN}\"\n[[subsystem.ana_group]]\n{body}\n"
+        ))
+    };
+    assert_eq!(s("group = 2\nstate = \"inaccessible\""), None);
+    assert_eq!(
+        s("group = 2\nstate = \"gone\"").as_deref(),
+        Some("subsystem[0].ana_group[0].state")
+    );
+    assert_eq!(
+        s("group = 33\nstate = \"optimized\"").as_deref(),
+        Some("subsystem[0].ana_group[0].group")
+    );
+}
+
+#[test]
+fn a_config_written_back_reads_the_same() {
+    let c = parse(&format!(
+        "[target]\nreactors = 2\n[[listener]]\naddress = \"127.0.0.1:4420\"\n[[bdev]]\nname = \"r\"\nram = 67108864\n{}",
+        ns("bdev = \"r\"\nsize = \"32MiB\"\nnguid = \"000102030405060708090a0b0c0d0e0f\"")
+    ));
+    let text = toml::to_string(&c).expect("serializes");
+    assert_eq!(parse(&text), c, "{text}");
+}

@@ -1,0 +1,141 @@
+//! Namespaces changed at run time: added, removed, resized. Each change builds a new
+//! table, swaps it in and bumps the generation (queues take it at their next command
+//! or poll), records the change in the state region, and raises the Namespace
+//! Attribute Changed async event on every controller, whose Changed Namespace List log
+//! then names the namespace. Control path only.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::subsystem::{make_namespace, Namespace, NamespaceConfig, NsTable, Subsystem};
+use crate::NvmfError;
+
+impl Subsystem {
+    fn swap_namespaces(&self, list: Vec<Arc<Namespace>>, changed: u32) {
+        self.ns.store(Arc::new(NsTable::from_list(list)));
+        self.ns_gen.fetch_add(1, Ordering::AcqRel);
+        for c in self.controllers() {
+            c.notify_ns_changed(changed);
+        }
+    }
+
+    fn invalid(&self, reason: String) -> NvmfError {
+        NvmfError::InvalidSubsystem {
+            nqn: self.nqn.clone(),
+            reason,
+        }
+    }
+
+    /// Add a namespace; connected hosts are told (Namespace Attribute Changed).
+    pub fn add_namespace(&self, cfg: NamespaceConfig) -> Result<Arc<Namespace>, NvmfError> {
+        if self.kind != super::SubsystemKind::Nvm || self.is_removed() {
+            return Err(NvmfError::NoSuchSubsystem(self.nqn.clone()));
+        }
+        let _w = self
+            .ns_writer
+            .lock()
+            .expect("namespace writer lock poisoned");
+        let cur = self.ns.load_full();
+        let taken = (cfg.nsid as usize)
+            .checked_sub(1)
+            .and_then(|i| cur.by_idx.get(i))
+            .is_some_and(Option::is_some);
+        if taken {
+            return Err(NvmfError::DuplicateNamespace {
+                nqn: self.nqn.clone(),
+                nsid: cfg.nsid,
+            });
+        }
+        let ns = make_namespace(&self.nqn, &cfg).map_err(|r| self.invalid(r))?;
+        let mut list = cur.list.clone();
+        list.push(ns.clone());
+        self.record_namespace(&ns)?;
+        self.swap_namespaces(list, ns.nsid);
+        Ok(ns)
+    }
+
+    /// Remove a namespace: hosts are told; queues stop using it at their next command
+    /// or poll, and its device is let go once the requests it runs have finished.
+    pub fn remove_namespace(&self, nsid: u32) -> Result<Arc<Namespace>, NvmfError> {
+        let _w = self
+            .ns_writer
+            .lock()
+            .expect("namespace writer lock poisoned");
+        let cur = self.ns.load_full();
+        let Some(ns) = self.namespace(nsid) else {
+            return Err(NvmfError::NoSuchNamespace {
+                nqn: self.nqn.clone(),
+                nsid,
+            });
+        };
+        let list = cur
+            .list
+            .iter()
+            .filter(|n| n.nsid != nsid)
+            .cloned()
+            .collect();
+        self.unrecord_namespace(nsid);
+        self.swap_namespaces(list, nsid);
+        Ok(ns)
+    }
+
+    /// Present `num_blocks` blocks of namespace `nsid`'s device (at most all of them;
+    /// `None`: all of them, as the device is now). Hosts are told.
+    pub fn resize_namespace(
+        &self,
+        nsid: u32,
+        num_blocks: Option<u64>,
+    ) -> Result<Arc<Namespace>, NvmfError> {
+        let _w = self
+            .ns_writer
+            .lock()
+            .expect("namespace writer lock poisoned");
+        let cur = self.ns.load_full();
+        let Some(old) = self.namespace(nsid) else {
+            return Err(NvmfError::NoSuchNamespace {
+                nqn: self.nqn.clone(),
+                nsid,
+            });
+        };
+        let cfg = NamespaceConfig {
+            nsid,
+            bdev: old.bdev.clone(),
+            nguid: Some(old.nguid),
+            uuid: Some(old.uuid),
+            anagrpid: Some(old.anagrpid),
+            num_blocks,
+        };
+        let ns = make_namespace(&self.nqn, &cfg).map_err(|r| self.invalid(r))?;
+        let list = cur
+            .list
+            .iter()
+            .map(|n| {
+                if n.nsid == nsid {
+                    ns.clone()
+                } else {
+                    n.clone()
+                }
+            })
+            .collect();
+        self.rewrite_namespace(&ns);
+        self.swap_namespaces(list, nsid);
+        Ok(ns)
+    }
+
+    /// The subsystem is deleted: Connect refuses it, every controller fails (its
+    /// connections close) and the namespace table empties (queues let go of the devices
+    /// once their requests finish). Its records leave the state region once its
+    /// controllers are gone ([`Subsystem::unrecord`]).
+    pub(crate) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Release);
+        let _w = self
+            .ns_writer
+            .lock()
+            .expect("namespace writer lock poisoned");
+        self.ns.store(Arc::new(NsTable::from_list(Vec::new())));
+        self.ns_gen.fetch_add(1, Ordering::AcqRel);
+        for c in self.controllers() {
+            c.fail();
+        }
+    }
+}
