@@ -66,6 +66,8 @@ nqn = "nqn.2024-01.io.lightpool:raw"
 nsid = 1
 ram = "512MiB"
 block_size = 4096
+# Ordinary pages, as the pools' RAM (a huge-page raw device would win on TLB misses).
+hugepages = false
 EOF
         (($3)) || return 0
         cat <<EOF

@@ -26,6 +26,18 @@ use crate::Running;
 /// allowed again (an upgrade that started and neither finished nor said it gave up).
 const FREEZE: Duration = Duration::from_secs(60);
 
+/// A pool's registry description (its section as TOML).
+pub fn spec(p: &PoolSection) -> Result<DeviceSpec, ManageError> {
+    toml::to_string(p)
+        .map(DeviceSpec::Pool)
+        .map_err(|e| ManageError::Invalid(format!("pool {:?}: {e}", p.name)))
+}
+
+/// A pool's section from its registry description.
+pub fn section(text: &str) -> Result<PoolSection, ManageError> {
+    toml::from_str(text).map_err(|e| ManageError::Invalid(format!("a pool's description: {e}")))
+}
+
 /// Opens the pool `p` describes (making one on a blank device when allowed), and
 /// creates or grows the volumes it names.
 pub fn open_pool(

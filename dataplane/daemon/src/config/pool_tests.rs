@@ -128,3 +128,20 @@ fn pools_on_arrays_and_named_devices() {
         Some("subsystem[0].namespace[0].volume".into())
     );
 }
+
+/// A pool's registry description travels in the boot blob (postcard) at a hot upgrade.
+#[test]
+fn a_pool_description_survives_the_boot_blob_encoding() {
+    let c: Config = toml::from_str(
+        "[[pool]]\nname = \"p\"\nram = \"1GiB\"\ncluster_size = \"64KiB\"\n[[pool.volume]]\nname = \"v\"\nsize = \"1GiB\"\nthin = false\n",
+    )
+    .expect("parses");
+    let spec = crate::pools::spec(&c.pools[0]).expect("spec");
+    let bytes = postcard::to_stdvec(&spec).expect("encodes");
+    let back: crate::manage::DeviceSpec = postcard::from_bytes(&bytes).expect("decodes");
+    assert_eq!(back, spec);
+    let crate::manage::DeviceSpec::Pool(text) = back else {
+        panic!("not a pool: {back:?}");
+    };
+    assert_eq!(crate::pools::section(&text).expect("section"), c.pools[0]);
+}

@@ -37,7 +37,8 @@ pub fn apply(run: &Running, cfg: &Config) -> Result<(), FieldError> {
         run.create_bdev(&b.name, spec).map_err(at(key))?;
     }
     for (pi, p) in cfg.pools.iter().enumerate() {
-        run.create_bdev(&p.name, DeviceSpec::Pool(Box::new(p.clone())))
+        let spec = crate::pools::spec(p).map_err(at(format!("pool[{pi}]")))?;
+        run.create_bdev(&p.name, spec)
             .map_err(at(format!("pool[{pi}]")))?;
     }
     for (si, s) in cfg.subsystems.iter().enumerate() {

@@ -39,8 +39,9 @@ pub enum DeviceSpec {
     },
     /// An array and its members, as its `[[raid]]` section says.
     Raid(Box<crate::raid::RaidSection>),
-    /// A pool (volume store), as its `[[pool]]` section says.
-    Pool(Box<crate::config::PoolSection>),
+    /// A pool (volume store): its `[[pool]]` section, as TOML (the boot blob's
+    /// encoding cannot carry the section's sizes and optional keys).
+    Pool(String),
     /// A volume of a pool (registered when a namespace serves it).
     Volume {
         pool: String,
@@ -370,14 +371,15 @@ pub(super) fn open_device(
             crate::raid::open_array(r, state_dir)
                 .map_err(|e| ManageError::Invalid(format!("{e:#}")))?
         }
-        DeviceSpec::Pool(p) => {
+        DeviceSpec::Pool(text) => {
+            let p = crate::pools::section(text)?;
             if p.name != name {
                 return Err(ManageError::Invalid(format!(
                     "a pool is named as its section says ({:?}), not {name:?}",
                     p.name
                 )));
             }
-            crate::pools::open_pool(p, registry, state_dir)?
+            crate::pools::open_pool(&p, registry, state_dir)?
         }
         DeviceSpec::Volume { pool, volume } => crate::pools::open_volume(registry, pool, volume)?,
     })

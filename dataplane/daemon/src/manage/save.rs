@@ -93,7 +93,7 @@ pub fn save(run: &Running) -> Config {
     let pools = entries
         .iter()
         .filter_map(|e| match &e.spec {
-            crate::manage::DeviceSpec::Pool(p) => Some((**p).clone()),
+            crate::manage::DeviceSpec::Pool(text) => crate::pools::section(text).ok(),
             _ => None,
         })
         .collect();
