@@ -102,6 +102,9 @@ impl ErrorKind {
             IoStatus::Success => None,
             IoStatus::OutOfRange => Some(ErrorKind::OutOfRange),
             IoStatus::ReadOnly => Some(ErrorKind::ReadOnly),
+            IoStatus::CapacityExceeded => Some(ErrorKind::from_status(Status::generic(
+                lightpool_spec::status::generic::CAPACITY_EXCEEDED,
+            ))),
             IoStatus::Io(e) => Some(ErrorKind::Errno(e)),
         }
     }

@@ -205,10 +205,14 @@ impl HostController {
 }
 
 fn rw(opcode: u8, cid: u16, lba: u64, blocks: u32, sgl: u8, len: u32) -> Sqe {
+    rw_ns(1, opcode, cid, lba, blocks, sgl, len)
+}
+
+fn rw_ns(nsid: u32, opcode: u8, cid: u16, lba: u64, blocks: u32, sgl: u8, len: u32) -> Sqe {
     let mut sqe = Sqe {
         opcode,
         cid,
-        nsid: 1,
+        nsid,
         cdw10: lba as u32,
         cdw11: (lba >> 32) as u32,
         cdw12: blocks - 1,
@@ -326,5 +330,96 @@ impl HostQueue {
             }
         }
         Ok(lbas.len())
+    }
+}
+
+impl HostQueue {
+    /// Writes `pattern(lba, gen)` to each `(lba, gen)` of namespace `nsid`, one block of
+    /// `bs` bytes each (pipelined: all sent, then all answered, in any order). Whether
+    /// each succeeded, in order; an error when the connection fails (then which of them
+    /// the target executed is unknown).
+    pub fn write_blocks(&mut self, nsid: u32, blocks: &[(u64, u64)], bs: u32) -> Result<Vec<bool>> {
+        let mut out = Vec::new();
+        let mut cids = Vec::new();
+        for &(lba, gen) in blocks {
+            let cid = self.cid();
+            cids.push(cid);
+            let sqe = rw_ns(
+                nsid,
+                io_opcode::WRITE,
+                cid,
+                lba,
+                1,
+                SGL_DATA_BLOCK_OFFSET,
+                bs,
+            );
+            let mut hdr = [0u8; pdu::MAX_HEADER_BUF];
+            let n = pdu::encode_capsule_cmd_header(&sqe, false, false, bs, 0, &mut hdr);
+            out.extend_from_slice(&hdr[..n]);
+            out.extend_from_slice(&pattern(lba, gen, bs as usize));
+        }
+        self.s.write_all(&out)?;
+        let mut ok = std::collections::HashMap::new();
+        while ok.len() < blocks.len() {
+            let c = self.recv_resp(&mut Vec::new())?;
+            ok.insert(c.cid, c.status.is_success());
+        }
+        Ok(cids
+            .iter()
+            .map(|c| ok.get(c).copied().unwrap_or(false))
+            .collect())
+    }
+
+    /// Reads one block of `bs` bytes at each of `lbas` of namespace `nsid` (pipelined):
+    /// the data of each, in order.
+    pub fn read_blocks(&mut self, nsid: u32, lbas: &[u64], bs: u32) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        let mut cids = Vec::new();
+        for &lba in lbas {
+            let cid = self.cid();
+            cids.push(cid);
+            let sqe = rw_ns(
+                nsid,
+                io_opcode::READ,
+                cid,
+                lba,
+                1,
+                SGL_TRANSPORT_DATA_BLOCK,
+                bs,
+            );
+            let mut hdr = [0u8; pdu::MAX_HEADER_BUF];
+            let n = pdu::encode_capsule_cmd_header(&sqe, false, false, 0, 0, &mut hdr);
+            out.extend_from_slice(&hdr[..n]);
+        }
+        self.s.write_all(&out)?;
+        let mut got = std::collections::HashMap::new();
+        let mut pending: std::collections::HashMap<u16, Vec<u8>> = std::collections::HashMap::new();
+        while got.len() < lbas.len() {
+            let (c, p) = self.recv_pdu()?;
+            match PduType::try_from(c.pdu_type) {
+                Ok(PduType::C2HData) => {
+                    let h = DataHeader::parse(&p);
+                    let start = usize::from(c.pdo);
+                    pending
+                        .entry(h.cccid)
+                        .or_default()
+                        .extend_from_slice(&p[start..start + h.datal as usize]);
+                }
+                Ok(PduType::CapsuleResp) => {
+                    let cqe = pdu::capsule_resp_cqe(p[..24].try_into().expect("24 bytes"));
+                    if !cqe.status.is_success() {
+                        bail!("read failed: {}", cqe.status);
+                    }
+                    got.insert(cqe.cid, pending.remove(&cqe.cid).unwrap_or_default());
+                }
+                _ => bail!("unexpected PDU type {:#x}", c.pdu_type),
+            }
+        }
+        cids.iter()
+            .map(|c| {
+                got.remove(c)
+                    .ok_or_else(|| anyhow!("no answer for cid {c}"))
+            })
+            .collect()
     }
 }

@@ -189,6 +189,10 @@ pub enum IoStatus {
     OutOfRange,
     /// Write to a read-only device.
     ReadOnly,
+    /// A thin-provisioned device has no free space left for this write (it needed
+    /// space the device does not have; nothing else was harmed). NVMe: Capacity
+    /// Exceeded.
+    CapacityExceeded,
     /// The backend failed; the errno it saw.
     Io(i32),
 }

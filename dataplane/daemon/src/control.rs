@@ -102,7 +102,9 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
         w.write_all(out.as_bytes())?;
     } else if line == "REACTORS" {
         // What a successor needs before it asks for the state: how the reactors are laid
-        // out, the state region and the RAM devices' memfds.
+        // out, the state region and the RAM devices' memfds. The successor reads the
+        // pools' structure now: their operations wait for the handover to end.
+        crate::pools::freeze(run);
         match upgrade::reactors_answer(run) {
             Ok((answer, fds)) => {
                 let raw: Vec<std::os::fd::RawFd> =
@@ -118,11 +120,27 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
             Err(e) => format!("ERR {e:#}"),
         };
         send_line!(w, "{answer}")?;
+    } else if let Some(rest) = line.strip_prefix("POOL") {
+        let out = match crate::pools::command(run, rest) {
+            Ok(lines) => {
+                let mut out = format!("OK {}\n", lines.len());
+                for l in lines {
+                    out.push_str(&l);
+                    out.push('\n');
+                }
+                out
+            }
+            Err(e) => format!("ERR {e:#}\n"),
+        };
+        w.write_all(out.as_bytes())?;
     } else if let Some(rest) = line.strip_prefix("RAID") {
         w.write_all(crate::raid::control(rest).as_bytes())?;
     } else if line.starts_with("HELLO ") {
         stream.set_read_timeout(None)?;
-        upgrade::hand_over(run, stream, &line)?;
+        // Returns only when the handover did not happen (else this process exits).
+        let r = upgrade::hand_over(run, stream, &line);
+        crate::pools::thaw(run);
+        r?;
     } else {
         send_line!(w, "ERR unknown command {line:?}")?;
     }

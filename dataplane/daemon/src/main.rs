@@ -11,6 +11,7 @@ mod instance;
 mod logging;
 mod manage;
 mod metrics;
+mod pools;
 mod raid;
 mod service;
 mod startup;
@@ -88,6 +89,13 @@ enum Cmd {
     /// List the block devices of the running target (children first, with the
     /// namespaces each serves and, for devices that count, their I/O).
     Devices,
+    /// Run a pool operation on the running target: POOL info|list|check, create VOL
+    /// SIZE [thick], delete VOL, grow VOL SIZE, rename VOL NEW, snapshot VOL SNAP,
+    /// clone SNAP VOL, inflate VOL (no arguments: every pool).
+    Pool {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Arrays of the running target: `list`, `status NAME`, `fail NAME MEMBER`,
     /// `remove NAME MEMBER`, `re-add NAME MEMBER`, `add NAME PATH`, `rate NAME
     /// BYTES-PER-SECOND` (a member is a device name or a slot as #N).
@@ -181,6 +189,7 @@ fn main() {
             Some(Cmd::Upgrade { binary }) => control::upgrade_command(&path, binary, &args.log),
             Some(Cmd::Ana { nqn, group, state }) => control::ana_command(&path, nqn, *group, state),
             Some(Cmd::Devices) => control::devices_command(&path),
+            Some(Cmd::Pool { args }) => pools::command_client(&path, args),
             Some(Cmd::Raid { args }) => raid::command(&path, args),
             None => run(&args, control.as_deref()),
         }

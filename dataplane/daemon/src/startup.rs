@@ -52,6 +52,7 @@ fn default_config() -> Config {
             ana_groups: vec![],
         }],
         raids: Vec::new(),
+        pools: Vec::new(),
     }
 }
 

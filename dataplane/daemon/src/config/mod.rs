@@ -10,9 +10,11 @@
 //! here, or the target applying the file.
 
 mod locate;
+mod pool;
 mod size;
 
 pub use locate::Locator;
+pub use pool::{split_volume, volume_device_name, PoolSection};
 pub use size::{format_size, parse_size, Size};
 
 use std::net::SocketAddr;
@@ -42,6 +44,10 @@ pub struct Config {
     /// the `[[bdev]]`s, which namespaces name by `bdev` or `raid`.
     #[serde(default, rename = "raid", skip_serializing_if = "Vec::is_empty")]
     pub raids: Vec<crate::raid::RaidSection>,
+    /// Volume stores (see pool.rs), made after the arrays and `[[bdev]]`s (a pool may
+    /// be on one); namespaces serve their volumes by `volume`.
+    #[serde(default, rename = "pool", skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolSection>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
@@ -244,6 +250,9 @@ pub struct NamespaceSection {
     /// The `[[raid]]` array it serves (the same as `bdev` naming it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raid: Option<String>,
+    /// A volume of a `[[pool]]`, as "POOL/VOLUME".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
 }
 
 impl NamespaceSection {
@@ -518,46 +527,50 @@ impl Config {
                         format!("nsid {} is configured twice", n.nsid),
                     ));
                 }
-                if let Some(r) = &n.raid {
-                    if n.bdev.is_some() {
-                        return Err(ferr(g("raid"), "give bdev or raid, not both"));
-                    }
-                    if n.block_size.is_some() {
-                        return Err(ferr(
-                            g("block_size"),
-                            "an array has its members' block size",
-                        ));
-                    }
-                    if n.inline_bdev() != (BdevSection::default()) || n.passthru {
-                        return Err(ferr(
-                            g("raid"),
-                            "give one of ram, file, vfio or raid, not several",
-                        ));
-                    }
-                    if !self.raids.iter().any(|a| &a.name == r) {
-                        return Err(ferr(g("raid"), format!("no [[raid]] is named {r:?}")));
-                    }
-                }
-                match &n.device_name() {
-                    Some(_) if n.raid.is_some() => {}
-                    Some(name) => {
-                        let inline = n.inline_bdev();
-                        if inline != (BdevSection::default()) || n.passthru {
+                if let Some(v) = &n.volume {
+                    pool::check_namespace(self, &key, n, v)?;
+                } else {
+                    if let Some(r) = &n.raid {
+                        if n.bdev.is_some() {
+                            return Err(ferr(g("raid"), "give bdev or raid, not both"));
+                        }
+                        if n.block_size.is_some() {
                             return Err(ferr(
+                                g("block_size"),
+                                "an array has its members' block size",
+                            ));
+                        }
+                        if n.inline_bdev() != (BdevSection::default()) || n.passthru {
+                            return Err(ferr(
+                                g("raid"),
+                                "give one of ram, file, vfio or raid, not several",
+                            ));
+                        }
+                        if !self.raids.iter().any(|a| &a.name == r) {
+                            return Err(ferr(g("raid"), format!("no [[raid]] is named {r:?}")));
+                        }
+                    }
+                    match &n.device_name() {
+                        Some(_) if n.raid.is_some() => {}
+                        Some(name) => {
+                            let inline = n.inline_bdev();
+                            if inline != (BdevSection::default()) || n.passthru {
+                                return Err(ferr(
                                 g("bdev"),
                                 "a namespace names a [[bdev]] or describes its device, not both",
                             ));
+                            }
+                            if !self.bdevs.iter().any(|b| &b.name == *name)
+                                && !self.raids.iter().any(|a| &a.name == *name)
+                            {
+                                return Err(ferr(
+                                    g("bdev"),
+                                    format!("no [[bdev]] or [[raid]] named {name:?}"),
+                                ));
+                            }
                         }
-                        if !self.bdevs.iter().any(|b| &b.name == *name)
-                            && !self.raids.iter().any(|a| &a.name == *name)
-                        {
-                            return Err(ferr(
-                                g("bdev"),
-                                format!("no [[bdev]] or [[raid]] named {name:?}"),
-                            ));
-                        }
+                        None => check_device(&key, &n.inline_bdev(), true)?,
                     }
-                    None => check_device(&key, &n.inline_bdev(), true)?,
                 }
                 if let Some(x) = &n.nguid {
                     parse_hex::<16>(x).ok_or_else(|| ferr(g("nguid"), "must be 32 hex digits"))?;
@@ -569,7 +582,7 @@ impl Config {
                 }
             }
         }
-        Ok(())
+        pool::validate(self)
     }
 
     pub fn nguid(n: &NamespaceSection) -> Option<[u8; 16]> {
@@ -581,5 +594,7 @@ impl Config {
     }
 }
 
+#[cfg(test)]
+mod pool_tests;
 #[cfg(test)]
 mod tests;

@@ -36,6 +36,11 @@ pub fn apply(run: &Running, cfg: &Config) -> Result<(), FieldError> {
         let key = format!("bdev[{bi}].{}", spec.key());
         run.create_bdev(&b.name, spec).map_err(at(key))?;
     }
+    for (pi, p) in cfg.pools.iter().enumerate() {
+        let spec = crate::pools::spec(p).map_err(at(format!("pool[{pi}]")))?;
+        run.create_bdev(&p.name, spec)
+            .map_err(at(format!("pool[{pi}]")))?;
+    }
     for (si, s) in cfg.subsystems.iter().enumerate() {
         let mut sc = SubsystemConfig::new(&s.nqn);
         sc.serial = s.serial.clone();
@@ -48,9 +53,12 @@ pub fn apply(run: &Running, cfg: &Config) -> Result<(), FieldError> {
             .map_err(at(format!("subsystem[{si}].nqn")))?;
         for (ni, n) in s.namespaces.iter().enumerate() {
             let key = format!("subsystem[{si}].namespace[{ni}]");
-            let device = match n.device_name() {
-                Some(name) => name.clone(),
-                None => {
+            let device = match (n.device_name(), &n.volume) {
+                (_, Some(v)) => {
+                    crate::pools::volume_device(run, v).map_err(at(format!("{key}.volume")))?
+                }
+                (Some(name), None) => name.clone(),
+                (None, None) => {
                     let inline = n.inline_bdev();
                     let spec = DeviceSpec::from_section(&inline);
                     let name = inline_name(run, &inline, n.nsid);

@@ -39,6 +39,14 @@ pub enum DeviceSpec {
     },
     /// An array and its members, as its `[[raid]]` section says.
     Raid(Box<crate::raid::RaidSection>),
+    /// A pool (volume store): its `[[pool]]` section, as TOML (the boot blob's
+    /// encoding cannot carry the section's sizes and optional keys).
+    Pool(String),
+    /// A volume of a pool (registered when a namespace serves it).
+    Volume {
+        pool: String,
+        volume: String,
+    },
 }
 
 impl DeviceSpec {
@@ -101,8 +109,9 @@ impl DeviceSpec {
                 b.vfio_nsid = (*nsid != 1).then_some(*nsid);
             }
             DeviceSpec::Passthru { base } => b.passthru = Some(base.clone()),
-            // Saved as a `[[raid]]` (see `raid_section`), never as a `[[bdev]]`.
-            DeviceSpec::Raid(_) => {}
+            // Saved as a `[[raid]]` (see `raid_section`), never as a `[[bdev]]`; pools
+            // as `[[pool]]`s, volumes by the namespaces serving them.
+            DeviceSpec::Raid(_) | DeviceSpec::Pool(_) | DeviceSpec::Volume { .. } => {}
         }
         b
     }
@@ -115,6 +124,8 @@ impl DeviceSpec {
             DeviceSpec::Vfio { .. } => "vfio",
             DeviceSpec::Passthru { .. } => "passthru",
             DeviceSpec::Raid(_) => "raid",
+            DeviceSpec::Pool(_) => "pool",
+            DeviceSpec::Volume { .. } => "volume",
         }
     }
 }
@@ -360,5 +371,16 @@ pub(super) fn open_device(
             crate::raid::open_array(r, state_dir)
                 .map_err(|e| ManageError::Invalid(format!("{e:#}")))?
         }
+        DeviceSpec::Pool(text) => {
+            let p = crate::pools::section(text)?;
+            if p.name != name {
+                return Err(ManageError::Invalid(format!(
+                    "a pool is named as its section says ({:?}), not {name:?}",
+                    p.name
+                )));
+            }
+            crate::pools::open_pool(&p, registry, state_dir)?
+        }
+        DeviceSpec::Volume { pool, volume } => crate::pools::open_volume(registry, pool, volume)?,
     })
 }

@@ -79,7 +79,14 @@ pub fn save(run: &Running) -> Config {
     let entries = run.mgmt.registry.all();
     let bdevs = entries
         .iter()
-        .filter(|e| !matches!(e.spec, crate::manage::DeviceSpec::Raid(_)))
+        .filter(|e| {
+            !matches!(
+                e.spec,
+                crate::manage::DeviceSpec::Raid(_)
+                    | crate::manage::DeviceSpec::Pool(_)
+                    | crate::manage::DeviceSpec::Volume { .. }
+            )
+        })
         .map(|e| e.spec.to_section(&e.name))
         .collect();
     let raids = entries
@@ -89,6 +96,22 @@ pub fn save(run: &Running) -> Config {
             _ => None,
         })
         .collect();
+    let pools = entries
+        .iter()
+        .filter_map(|e| match &e.spec {
+            crate::manage::DeviceSpec::Pool(text) => crate::pools::section(text).ok(),
+            _ => None,
+        })
+        .collect();
+    // A namespace serving a volume names it as "POOL/VOLUME".
+    let volume_of = |device: &str| {
+        entries.iter().find_map(|e| match &e.spec {
+            crate::manage::DeviceSpec::Volume { pool, volume } if e.name == device => {
+                Some(format!("{pool}/{volume}"))
+            }
+            _ => None,
+        })
+    };
     let views = run.namespaces();
     let subsystems = run
         .target
@@ -108,9 +131,11 @@ pub fn save(run: &Running) -> Config {
                 .map(|v| {
                     let info = v.ns.bdev.info();
                     let whole = v.ns.num_blocks == info.num_blocks;
+                    let volume = volume_of(&v.device);
                     NamespaceSection {
                         nsid: v.ns.nsid,
-                        bdev: Some(v.device.clone()),
+                        bdev: volume.is_none().then(|| v.device.clone()),
+                        volume,
                         size: (!whole)
                             .then_some(Size(v.ns.num_blocks * u64::from(v.ns.block_size))),
                         nguid: Some(nguid_string(&v.ns.nguid)),
@@ -139,5 +164,6 @@ pub fn save(run: &Running) -> Config {
         bdevs,
         subsystems,
         raids,
+        pools,
     }
 }

@@ -19,6 +19,7 @@ use lightpool_bdev_passthru::PassthruAdopter;
 use lightpool_bdev_ram::RamAdopter;
 use lightpool_bdev_uring::UringAdopter;
 use lightpool_nvmf::{NvmfError, Target};
+use lightpool_pool::{PoolAdopter, VolumeAdopter};
 use lightpool_raid::RaidAdopter;
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +37,9 @@ pub(super) fn adopters() -> Adopters {
     a.register(Box::new(RamAdopter))
         .register(Box::new(UringAdopter))
         .register(Box::new(NvmeVfioAdopter))
-        .register(Box::new(PassthruAdopter));
+        .register(Box::new(PassthruAdopter))
+        .register(Box::new(PoolAdopter))
+        .register(Box::new(VolumeAdopter));
     for r in RaidAdopter::all(Some(crate::raid::registry())) {
         a.register(r);
     }

@@ -890,6 +890,7 @@ fn bdev_status(st: IoStatus) -> Status {
         IoStatus::Success => Status::SUCCESS,
         IoStatus::OutOfRange => Status::generic(generic::LBA_OUT_OF_RANGE).with_dnr(),
         IoStatus::ReadOnly => Status::generic(NAMESPACE_WRITE_PROTECTED).with_dnr(),
+        IoStatus::CapacityExceeded => Status::generic(generic::CAPACITY_EXCEEDED).with_dnr(),
         IoStatus::Io(_) => Status::generic(generic::INTERNAL_ERROR),
     }
 }
@@ -975,5 +976,19 @@ fn classify(
             }
             Ok(Xfer::C2H { len: sgl.length })
         }
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    /// A thin device out of space answers Capacity Exceeded (generic 81h) with DNR: the
+    /// host must not retry the same write blindly.
+    #[test]
+    fn capacity_exceeded_is_generic_81h() {
+        let s = bdev_status(IoStatus::CapacityExceeded);
+        assert_eq!(s, Status::generic(0x81).with_dnr());
+        assert_eq!(s, Status::generic(generic::CAPACITY_EXCEEDED).with_dnr());
     }
 }
