@@ -7,6 +7,7 @@
 #   perf/bench-pool.sh                 (needs target/release/lightpool-target-next for
 #                                       the upgrade pauses: tests/run.sh builds it)
 #   T=8 WARMUP=2 REPS=5 UPGRADES=8 perf/bench-pool.sh
+#   OPEN_FILE=/var/tmp/pool.img OPEN_GIB=8 perf/bench-pool.sh   (also open on a file)
 #
 # What it measures (4 KiB blocks everywhere):
 # 1. steady: randread and randwrite QD32 on a thick volume whose clusters are all
@@ -163,7 +164,10 @@ reactor_delay() {
 }
 preempted() { # json reactor-delay-ns seconds
     python3 -c 'import json, sys
-j = json.load(open(sys.argv[1]))
+try:
+    j = json.load(open(sys.argv[1]))
+except ValueError:
+    sys.exit("bench-pool: no report in " + sys.argv[1])
 run_ms = float(sys.argv[3]) * 1000
 w = [r.get("preempted_ms") or 0 for r in j["rows"]] + [int(sys.argv[2]) / 1e6]
 print(f"{max(w) / run_ms * 100:.2f}")' "$1" "$2" "$3"
@@ -216,7 +220,7 @@ for rep in $(seq "$REPS"); do
     run "$OUT/fresh-raw-$rep.json" raw "$FRESH_T" 0 -w randwrite -q 32
     u0=$(used f fresh)
     NO_RETRY=1 run "$OUT/fresh-vol-$rep.json" fresh "$FRESH_T" 0 -w randwrite -q 32 \
-        --range "$(((rep - 1) * RANGE)):$RANGE"
+        --range "$(((rep - 1) * RANGE)):$((rep * RANGE))"
     echo "$(( ($(used f fresh) - u0) / 16384 ))" > "$OUT/fresh-alloc-$rep.txt"
 done
 
@@ -271,8 +275,13 @@ fi
 
 echo "bench-pool: 5. opening a pool of $VOLUMES volumes" >&2
 "$BIN/examples/pool_open" --volumes "$VOLUMES" > "$OUT/open-ram.txt"
-"$BIN/examples/pool_open" --volumes "$VOLUMES" --file "${OPEN_FILE:-/var/tmp/lightpool-bench-pool.img}" \
-    > "$OUT/open-file.txt"
+# On a file only when asked: making the pool zeroes the whole file, which takes its
+# size in disk space (OPEN_GIB GiB, default 8) until it is removed.
+if [[ -n ${OPEN_FILE:-} ]]; then
+    trap 'rm -f "$OPEN_FILE"' EXIT
+    "$BIN/examples/pool_open" --volumes "$VOLUMES" --gib "${OPEN_GIB:-8}" --file "$OPEN_FILE" \
+        > "$OUT/open-file.txt"
+fi
 
 python3 - "$OUT" "$REPS" <<'PY'
 import json, os, statistics as st, sys
@@ -324,5 +333,6 @@ for tag in ("pools", "raw"):
 pre = [float(x) for x in open(f"{out}/preempted.txt").read().split()]
 print(f"Preemption of either end per run (% of a core): median {st.median(pre):.2f}, max {max(pre):.2f} over {len(pre)} runs; I/O errors in measured runs: {errs}")
 for f in ("open-ram", "open-file"):
-    print(f"{f}: " + open(f"{out}/{f}.txt").read().strip().replace("\n", "; "))
+    if os.path.exists(f"{out}/{f}.txt"):
+        print(f"{f}: " + open(f"{out}/{f}.txt").read().strip().replace("\n", "; "))
 PY
