@@ -12,10 +12,18 @@
 #                                            default; it must serve LP_NQN)
 #   TARGET_BIN=/path/to/lightpool-target perf/vs-spdk.sh /work/spdk
 #
-# SPDK is no dependency of LightPool and nothing in CI runs this: build it once by hand
-# (v25.09 builds against Debian's libdpdk-dev 22.11; see the README's Benchmarks
-# section for the configure line). SPDK_DIR must hold build/bin/nvmf_tgt,
-# build/bin/spdk_nvme_perf and scripts/rpc.py.
+# SPDK is no dependency of LightPool and nothing in CI runs this: build it once by hand.
+# v25.09 builds against Debian's libdpdk-dev 22.11 with two local edits (relax the DPDK
+# 22.11 minor-version check in lib/env_dpdk/pci_dpdk.c; let configure go on without the
+# isa-l submodule), then:
+#   PATH=/usr/bin:$PATH ./configure --with-dpdk --without-crypto --without-vhost \
+#       --without-virtio --without-vfio-user --without-rbd --without-rdma --without-fsdev \
+#       --without-nvme-cuse --without-idxd --without-ublk --without-xnvme \
+#       --without-iscsi-initiator --without-uring --without-fc --without-daos \
+#       --without-usdt --without-sma --without-avahi --without-golang --without-ocf \
+#       --without-fio --without-dpdk-compressdev --without-raid5f --without-aio-fsdev \
+#       --disable-tests --disable-unit-tests --disable-examples && make -j2
+# SPDK_DIR must hold build/bin/nvmf_tgt, build/bin/spdk_nvme_perf and scripts/rpc.py.
 #
 # How a round goes: the target not being measured is stopped (SIGSTOP: SPDK's reactor
 # busy-polls its core even when idle, and both targets share core 0), the machine is
