@@ -396,3 +396,56 @@ fn hostile_connections_do_not_disturb_a_good_one() {
     reactor.stop();
     reactor.join().expect("reactor exits cleanly");
 }
+
+/// One connection busy with back-to-back reads (queue depth 1: the reactor reads that
+/// socket directly, without asking the readiness set each pass) does not keep the
+/// reactor from the others: its idle admin queue answers, a new connection is accepted
+/// and gets its ICResp, and the busy one keeps reading correct data throughout.
+#[test]
+fn a_busy_connection_leaves_the_admin_queue_and_the_listener_served() {
+    let (addr, _reactor) = start();
+    let (mut admin, mut busy) = Host::io_queue(addr);
+    let data: Vec<u8> = (0..4096).map(|i| (i * 7) as u8).collect();
+    assert!(busy.write(1, 16, &data).is_success());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (st, back) = busy.read((n % 64) as u16 + 2, 16, 4096);
+                assert!(st.is_success());
+                assert_eq!(back, data, "the busy connection read back wrong data");
+                n += 1;
+            }
+            n
+        })
+    };
+    // Let the busy connection become the only one with input for a while.
+    std::thread::sleep(Duration::from_millis(50));
+    for i in 0..20u16 {
+        // The idle admin queue: a Property Get of CSTS (ready). Answers arrive within
+        // the Host's 5 s read timeout, or `resp` panics.
+        admin.send_capsule(
+            &PropertyCommand {
+                size8: false,
+                offset: reg::CSTS,
+                value: 0,
+            }
+            .to_get_sqe(100 + i),
+            &[],
+        );
+        let c = admin.resp();
+        assert!(c.status.is_success());
+        assert_eq!(c.cid, 100 + i);
+        assert_eq!(c.dw0 & 1, 1, "CSTS.RDY");
+        // The listener: a new connection is accepted and gets its ICResp (or `icreq`
+        // panics).
+        drop(Host::icreq(addr));
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().expect("the busy reader did not panic");
+    assert!(reads > 20, "the busy connection did {reads} reads");
+}
