@@ -11,6 +11,7 @@
 mod cpio;
 mod host;
 pub mod nvme_host;
+pub mod perfjson;
 mod vm;
 
 use std::fs;

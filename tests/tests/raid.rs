@@ -21,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use lightpool_e2e::perfjson::{json_num, perf_ok};
 use lightpool_e2e::{e2e_dir, free_port, release_binary, HostProcess};
 
 const NQN: &str = "nqn.2024-01.io.lightpool:raid";
@@ -137,37 +138,6 @@ fn perf(addr: SocketAddr, workload: &str, secs: u32) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start lightpool-perf")
-}
-
-/// Waits for lightpool-perf; panics unless it verified everything without an error.
-fn perf_ok(child: Child, what: &str, log: &dyn Fn() -> String) -> String {
-    let out = child.wait_with_output().expect("lightpool-perf finishes");
-    let json = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{what}: lightpool-perf failed: {}\n{json}\ntarget log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        log()
-    );
-    for key in ["error_total", "mismatches"] {
-        assert_eq!(json_num(&json, key), 0.0, "{what}: {key}\n{json}");
-    }
-    assert!(json_num(&json, "blocks_checked") > 0.0, "{what}: {json}");
-    json
-}
-
-fn json_num(json: &str, key: &str) -> f64 {
-    let pat = format!("\"{key}\":");
-    let at = json
-        .find(&pat)
-        .unwrap_or_else(|| panic!("{key} missing from {json}"))
-        + pat.len();
-    json[at..]
-        .trim_start()
-        .split([',', '}'])
-        .next()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 /// `lightpool-target [--control-socket S] ARGS...`: (success, stdout + stderr).

@@ -15,6 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use lightpool_e2e::nvme_host::HostController;
+use lightpool_e2e::perfjson::json_num;
 use lightpool_e2e::{e2e_dir, free_port, release_binary, HostProcess};
 
 const NQN: &str = "nqn.2024-01.io.lightpool:upgrade";
@@ -363,21 +364,6 @@ fn perf_report(child: std::process::Child) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
-}
-
-/// The number after `"key":` in a JSON text (the report is flat enough for this).
-fn json_num(json: &str, key: &str) -> f64 {
-    let pat = format!("\"{key}\":");
-    let at = json
-        .find(&pat)
-        .unwrap_or_else(|| panic!("{key} missing from {json}"))
-        + pat.len();
-    json[at..]
-        .trim_start()
-        .split([',', '}'])
-        .next()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN)
 }
 
 #[test]
