@@ -8,6 +8,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod cli;
 mod cpio;
 mod host;
 pub mod nvme_host;

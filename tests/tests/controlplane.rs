@@ -16,36 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use lightpool_e2e::cli::{json, lp, ok};
 use lightpool_e2e::{e2e_dir, free_port, release_binary, run_guest, GuestConfig, HostProcess};
-
-fn lp(data: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(release_binary("lightpool").expect("tests/run.sh builds it"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .expect("run lightpool");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn ok(data: &Path, args: &[&str]) -> String {
-    let (good, out) = lp(data, args);
-    assert!(good, "lightpool {args:?}: {out}");
-    out
-}
-
-fn json(data: &Path, args: &[&str]) -> serde_json::Value {
-    let mut a = args.to_vec();
-    a.push("--json");
-    serde_json::from_str(&ok(data, &a)).expect("json")
-}
 
 fn node(data: &Path, args: &[&str], name: &str, port: u16) -> HostProcess {
     let mut cmd = Command::new(release_binary("lightpool").expect("built"));
