@@ -8,6 +8,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod certs;
 pub mod cli;
 mod cpio;
 mod host;

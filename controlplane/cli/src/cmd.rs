@@ -1,7 +1,5 @@
 //! Each subcommand: one API call, its answer as a table or JSON.
 
-use std::path::Path;
-
 use lightpool_api::v1 as pb;
 use lightpool_api::v1::{
     ana_client::AnaClient, block_devices_client::BlockDevicesClient, config_client::ConfigClient,
@@ -78,9 +76,16 @@ fn size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
-/// A gRPC status as the one line the user reads.
+/// A gRPC status as the one line the user reads (with the transport's reasons, when
+/// the call never reached the target: a TLS refusal reads as one).
 fn refused(s: tonic::Status) -> String {
-    format!("{} ({:?})", s.message(), s.code())
+    let mut line = format!("{} ({:?})", s.message(), s.code());
+    let mut src = std::error::Error::source(&s);
+    while let Some(e) = src {
+        line.push_str(&format!(": {e}"));
+        src = e.source();
+    }
+    line
 }
 
 fn emit<T: Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) -> Result<(), String> {
@@ -228,13 +233,48 @@ fn done(json: bool, what: &str) {
     }
 }
 
-pub async fn run(cli: &Cli, path: &Path) -> Result<(), String> {
-    let ch: Channel = lightpool_api::connect(path).await.map_err(|e| {
-        format!(
-            "no lightpool-target answers on {} ({e}): start one, or name its socket with --socket or --control-socket",
-            path.display()
-        )
-    })?;
+/// Where the API is: the target's Unix socket, or TCP with mutual TLS.
+pub enum Dest {
+    Unix(std::path::PathBuf),
+    Tls(String, lightpool_api::ClientTls),
+}
+
+async fn channel(dest: &Dest) -> Result<Channel, String> {
+    match dest {
+        Dest::Unix(path) => lightpool_api::connect(path).await.map_err(|e| {
+            format!(
+                "no lightpool-target answers on {} ({e}): start one, or name its socket with --socket or --control-socket",
+                path.display()
+            )
+        }),
+        Dest::Tls(addr, tls) => {
+            let advice = |why: String| {
+                format!(
+                    "cannot reach the API at {addr} over mutual TLS ({why}): check --api, and that --tls-ca signed the target's certificate and the target's client_ca signed --tls-cert"
+                )
+            };
+            let ch = lightpool_api::connect_tls(addr, tls).await.map_err(|e| {
+                let mut why = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    why.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                advice(why)
+            })?;
+            // A target that refuses this client's certificate says so only once a
+            // request goes out (TLS 1.3): ask for its status first.
+            UpgradeClient::new(ch.clone())
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .map_err(|s| advice(refused(s)))?;
+            Ok(ch)
+        }
+    }
+}
+
+pub async fn run(cli: &Cli, dest: &Dest) -> Result<(), String> {
+    let ch: Channel = channel(dest).await?;
     let j = cli.json;
     match &cli.cmd {
         Cmd::Subsystem(c) => {

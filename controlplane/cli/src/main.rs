@@ -31,6 +31,23 @@ pub struct Cli {
     /// .api.sock).
     #[arg(long, global = true)]
     pub control_socket: Option<String>,
+    /// The target's API on TCP (HOST:PORT), with mutual TLS: needs --tls-ca,
+    /// --tls-cert and --tls-key. Default: $LIGHTPOOL_API; without it, the Unix socket.
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub api: Option<String>,
+    /// The CA that signed the target's API certificate (PEM). Default: $LIGHTPOOL_TLS_CA.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This client's certificate, signed by the CA the target trusts (PEM). Default:
+    /// $LIGHTPOOL_TLS_CERT.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// This client's private key (PEM). Default: $LIGHTPOOL_TLS_KEY.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the target's certificate must carry, if not the host of --api.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub tls_domain: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -378,6 +395,46 @@ pub enum ConfigCmd {
     },
 }
 
+fn flag_or_env(v: &Option<PathBuf>, env: &str) -> Option<PathBuf> {
+    v.clone().or_else(|| {
+        std::env::var_os(env)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
+/// Where the API is: TCP with mutual TLS when --api (or $LIGHTPOOL_API) names it,
+/// else the Unix socket. An error comes with its exit code (2: bad usage, 1: no target).
+fn dest(cli: &Cli) -> Result<cmd::Dest, (i32, String)> {
+    let api = cli.api.clone().or_else(|| {
+        std::env::var("LIGHTPOOL_API")
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    let Some(addr) = api else {
+        return socket(cli).map(cmd::Dest::Unix).map_err(|e| (1, e));
+    };
+    let need = |v: &Option<PathBuf>, env: &str, flag: &str| {
+        flag_or_env(v, env).ok_or_else(|| {
+            (
+                2,
+                format!(
+                    "--api {addr} is served only with mutual TLS: give {flag} FILE (or ${env})"
+                ),
+            )
+        })
+    };
+    Ok(cmd::Dest::Tls(
+        addr.clone(),
+        lightpool_api::ClientTls {
+            ca: need(&cli.tls_ca, "LIGHTPOOL_TLS_CA", "--tls-ca")?,
+            cert: need(&cli.tls_cert, "LIGHTPOOL_TLS_CERT", "--tls-cert")?,
+            key: need(&cli.tls_key, "LIGHTPOOL_TLS_KEY", "--tls-key")?,
+            domain: cli.tls_domain.clone(),
+        },
+    ))
+}
+
 /// The API socket the flags and environment name, or the one target running.
 fn socket(cli: &Cli) -> Result<PathBuf, String> {
     if let Some(s) = &cli.socket {
@@ -412,11 +469,11 @@ fn main() {
         }
         return;
     }
-    let path = match socket(&cli) {
-        Ok(p) => p,
-        Err(e) => {
+    let dest = match dest(&cli) {
+        Ok(d) => d,
+        Err((code, e)) => {
             eprintln!("lightpool: {e}");
-            std::process::exit(1);
+            std::process::exit(code);
         }
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -429,7 +486,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(cmd::run(&cli, &path)) {
+    if let Err(e) = rt.block_on(cmd::run(&cli, &dest)) {
         eprintln!("lightpool: {e}");
         std::process::exit(1);
     }

@@ -46,10 +46,16 @@ impl Drop for Target {
 }
 
 fn start() -> Target {
-    let dir = std::env::temp_dir().join(format!("lp-cli-tool-{}", std::process::id()));
+    start_with("tool", |_| Vec::new())
+}
+
+/// A target started with the arguments `args` makes in its directory.
+fn start_with(name: &str, args: impl FnOnce(&Path) -> Vec<String>) -> Target {
+    let dir = std::env::temp_dir().join(format!("lp-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let child = Command::new(target_bin())
+        .args(args(&dir))
         .args(["--listen", "127.0.0.1:0", "--control-socket"])
         .arg(dir.join("t.sock"))
         .stdout(Stdio::null())
@@ -283,4 +289,92 @@ fn finds_the_one_target_running_and_refuses_when_several_run() {
     let o = lp_found(&run_dir, &["--control-socket", &second_arg, "status"]);
     assert_eq!(o.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&o.stdout).contains(&second_arg));
+}
+
+#[test]
+fn the_api_over_tcp_with_mutual_tls() {
+    let mut pki = None;
+    let t = start_with("tls", |dir| {
+        let p = lightpool_e2e::certs::make(&dir.join("pki"));
+        let cfg = dir.join("c.toml");
+        std::fs::write(&cfg, p.api_section("127.0.0.1:0")).expect("config");
+        pki = Some(p);
+        vec!["--config".into(), cfg.display().to_string()]
+    });
+    let pki = pki.expect("certificates made");
+    let saved = ok(&t, &["config", "save"]);
+    let addr = saved
+        .lines()
+        .skip_while(|l| l.trim() != "[api]")
+        .find_map(|l| l.strip_prefix("address = "))
+        .expect("[api] address")
+        .trim_matches('"')
+        .to_string();
+    let path = |p: &Path| p.display().to_string();
+    let tls = |cert: &Path, key: &Path| {
+        vec![
+            "--api".to_string(),
+            addr.clone(),
+            "--tls-ca".into(),
+            path(&pki.ca),
+            "--tls-cert".into(),
+            path(cert),
+            "--tls-key".into(),
+            path(key),
+        ]
+    };
+    let run = |args: Vec<String>| {
+        Command::new(env!("CARGO_BIN_EXE_lightpool"))
+            .args(args)
+            .env_remove("LIGHTPOOL_API")
+            .output()
+            .expect("run lightpool")
+    };
+    // Served with the client certificate: the same target as on the Unix socket.
+    let mut a = tls(&pki.client_cert, &pki.client_key);
+    a.extend(["bdev", "create", "via-tls", "--ram", "8MiB"].map(String::from));
+    let o = run(a);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(ok(&t, &["bdev", "list"]).contains("via-tls"));
+    // The same through the environment.
+    let o = Command::new(env!("CARGO_BIN_EXE_lightpool"))
+        .args(["--json", "bdev", "list"])
+        .env("LIGHTPOOL_API", &addr)
+        .env("LIGHTPOOL_TLS_CA", &pki.ca)
+        .env("LIGHTPOOL_TLS_CERT", &pki.client_cert)
+        .env("LIGHTPOOL_TLS_KEY", &pki.client_key)
+        .output()
+        .expect("run");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"via-tls\""));
+    // A certificate another CA signed: refused by the target, exit 1, with advice.
+    let mut a = tls(&pki.rogue_cert, &pki.rogue_key);
+    a.extend(["bdev", "list"].map(String::from));
+    let o = run(a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&addr) && err.contains("--tls-cert"), "{err}");
+    // --api without the TLS files: bad usage, exit 2, naming the flag.
+    let o = run(vec![
+        "--api".into(),
+        addr.clone(),
+        "bdev".into(),
+        "list".into(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--tls-ca") && err.contains("mutual TLS"),
+        "{err}"
+    );
 }

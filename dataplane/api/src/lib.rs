@@ -1,7 +1,8 @@
 //! The management API of `lightpool-target`: gRPC, one service per resource, generated
 //! from the `.proto` files in `proto/lightpool/v1/` (versioned with the code; the
-//! package is `lightpool.v1`). The target serves it on a Unix socket; the `lightpool`
-//! CLI and the control plane are clients ([`connect`]).
+//! package is `lightpool.v1`). The target serves it on a Unix socket, and optionally
+//! on TCP with mutual TLS ([`tls`]); the `lightpool` CLI and the control plane are
+//! clients ([`connect`], [`connect_tls`]).
 //!
 //! Errors are gRPC status codes with a message that says what to change:
 //! `NOT_FOUND` (an unknown name), `ALREADY_EXISTS` (a duplicate), `INVALID_ARGUMENT` (a
@@ -15,6 +16,9 @@ pub mod v1 {
 }
 
 pub mod socket;
+pub mod tls;
+
+pub use tls::{connect_tls, ClientTls};
 
 use std::path::PathBuf;
 

@@ -153,6 +153,9 @@ pub struct Running {
     /// The metrics endpoint's listening socket, if metrics are on (handed over in a hot
     /// upgrade).
     pub metrics: Option<std::net::TcpListener>,
+    /// The API's TCP listener with mutual TLS, if `[api]` asks for one (handed over in
+    /// a hot upgrade).
+    pub api_tcp: Option<api::tcp::ApiTcp>,
 }
 
 /// Start one reactor per entry: pinned to the core given, or unpinned.

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use lightpool_nvmf::{Target, TargetOptions, TransportContext};
 
 use crate::config::{
@@ -53,6 +53,7 @@ fn default_config() -> Config {
         }],
         raids: Vec::new(),
         pools: Vec::new(),
+        api: None,
     }
 }
 
@@ -75,7 +76,7 @@ pub fn start(a: StartArgs<'_>, control_path: &str) -> Result<Running> {
             .collect();
     }
     if cfg.listeners.is_empty() {
-        anyhow::bail!(
+        bail!(
             "no listener configured: add a [[listener]] with an address, or pass --listen IP:PORT"
         );
     }
@@ -114,6 +115,10 @@ pub fn start(a: StartArgs<'_>, control_path: &str) -> Result<Running> {
         .as_deref()
         .map(crate::metrics::bind)
         .transpose()?;
+    let api_tcp = match cfg.api.as_ref().map(|a| a.check()).transpose() {
+        Ok(t) => t.flatten().map(crate::api::tcp::ApiTcp::bind).transpose()?,
+        Err(e) => bail!(describe(a.config, loc.as_ref(), a.listen, &e)),
+    };
     let cores: Vec<Option<usize>> = if cfg.target.cores.is_empty() {
         vec![None; cfg.target.reactors]
     } else {
@@ -137,6 +142,7 @@ pub fn start(a: StartArgs<'_>, control_path: &str) -> Result<Running> {
         region,
         mgmt: manage::Mgmt::new(manage::Registry::default(), 0, a.api_path.to_string(), api),
         metrics,
+        api_tcp,
     };
     // From here the API socket goes with `run.mgmt`.
     unbind_api.keep();

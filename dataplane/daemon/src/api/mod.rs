@@ -3,7 +3,8 @@
 //! runtime, never on a reactor. Each call runs the change on a blocking thread of that
 //! runtime through the same operations the configuration file uses (`crate::manage`);
 //! changes reach the reactors through their mailboxes and the namespace tables the
-//! queues pick up. Only a Unix socket: no TCP (hence no TLS) listener yet.
+//! queues pick up. With `[api] address`, the same services are served on TCP with
+//! mutual TLS as well (`tcp`).
 //!
 //! The socket's default path is the control socket's with `.sock` replaced by
 //! `.api.sock` (`/run/lightpool-target.api.sock` beside `/run/lightpool-target.sock`),
@@ -12,6 +13,7 @@
 
 mod convert;
 mod service;
+pub mod tcp;
 mod upgrade;
 
 use std::os::unix::fs::PermissionsExt;
@@ -54,6 +56,20 @@ pub fn serve(run: &Arc<Running>) -> Result<()> {
         .try_clone()
         .context("duplicating the API socket")?;
     std_listener.set_nonblocking(true)?;
+    let tcp = match &run.api_tcp {
+        Some(t) => Some((
+            t.listener
+                .try_clone()
+                .context("duplicating the API's TCP socket")?,
+            t.server_tls()?,
+        )),
+        None => None,
+    };
+    if let Some(t) = &run.api_tcp {
+        if let Ok(a) = t.listener.local_addr() {
+            tracing::info!(%a, "management API on TCP {a} (mutual TLS)");
+        }
+    }
     let weak = Arc::downgrade(run);
     std::thread::Builder::new()
         .name("lightpool-api".into())
@@ -70,7 +86,7 @@ pub fn serve(run: &Arc<Running>) -> Result<()> {
                     return;
                 }
             };
-            let res = rt.block_on(service::serve(weak.clone(), std_listener));
+            let res = rt.block_on(service::serve(weak.clone(), std_listener, tcp));
             if let Err(e) = res {
                 tracing::error!(error = %e, "the management API stopped");
             }

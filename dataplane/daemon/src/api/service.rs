@@ -8,7 +8,9 @@ use lightpool_api::v1::{
     logging_server, namespaces_server, statistics_server, subsystems_server, upgrade_server,
 };
 use lightpool_nvmf::SubsystemConfig;
-use tokio::sync::Notify;
+use tokio::sync::watch;
+use tonic::transport::server::Router;
+use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, status_of};
@@ -22,7 +24,7 @@ type Res<T> = Result<Response<T>, Status>;
 #[derive(Clone)]
 pub struct Api {
     pub(super) run: Weak<Running>,
-    pub(super) stop: Arc<Notify>,
+    pub(super) stop: Arc<watch::Sender<bool>>,
 }
 
 impl Api {
@@ -45,19 +47,9 @@ impl Api {
     }
 }
 
-/// Serve every service on `listener` until the target goes or an upgrade answered.
-pub async fn serve(
-    run: Weak<Running>,
-    listener: std::os::unix::net::UnixListener,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let listener = tokio::net::UnixListener::from_std(listener)?;
-    let stop = Arc::new(Notify::new());
-    let api = Api {
-        run,
-        stop: stop.clone(),
-    };
-    tonic::transport::Server::builder()
-        .add_service(subsystems_server::SubsystemsServer::new(api.clone()))
+/// Every service, on the server `b` (plain for the Unix socket, TLS for TCP).
+fn routes(mut b: Server, api: &Api) -> Router {
+    b.add_service(subsystems_server::SubsystemsServer::new(api.clone()))
         .add_service(namespaces_server::NamespacesServer::new(api.clone()))
         .add_service(block_devices_server::BlockDevicesServer::new(api.clone()))
         .add_service(listeners_server::ListenersServer::new(api.clone()))
@@ -66,12 +58,44 @@ pub async fn serve(
         .add_service(statistics_server::StatisticsServer::new(api.clone()))
         .add_service(logging_server::LoggingServer::new(api.clone()))
         .add_service(upgrade_server::UpgradeServer::new(api.clone()))
-        .add_service(config_server::ConfigServer::new(api))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
-            async move { stop.notified().await },
-        )
-        .await?;
+        .add_service(config_server::ConfigServer::new(api.clone()))
+}
+
+/// Serve every service on `listener`, and on `tcp` with mutual TLS when given, until
+/// the target goes or an upgrade answered (on either).
+pub async fn serve(
+    run: Weak<Running>,
+    listener: std::os::unix::net::UnixListener,
+    tcp: Option<(std::net::TcpListener, tonic::transport::ServerTlsConfig)>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let (stop, stopped) = watch::channel(false);
+    let api = Api {
+        run,
+        stop: Arc::new(stop),
+    };
+    let until = |mut rx: watch::Receiver<bool>| async move {
+        // An error is the sender gone: stop as well.
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let unix = routes(Server::builder(), &api).serve_with_incoming_shutdown(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        until(stopped.clone()),
+    );
+    let Some((tcp, tls)) = tcp else {
+        unix.await?;
+        return Ok(());
+    };
+    tcp.set_nonblocking(true)?;
+    let tcp = tokio::net::TcpListener::from_std(tcp)?;
+    let tls = routes(Server::builder().tls_config(tls)?, &api).serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(tcp),
+        until(stopped),
+    );
+    // One ending (an upgrade answered on either) ends the other: both wait on `stop`.
+    let (u, t) = tokio::join!(unix, tls);
+    u?;
+    t?;
     Ok(())
 }
 
@@ -614,7 +638,7 @@ impl upgrade_server::Upgrade for Api {
             .map_err(|e| Status::internal(format!("the call failed: {e}")))??;
         // Answered: stop the server (once this answer is out) so that the handover can
         // let this process exit.
-        stop.notify_one();
+        stop.send_replace(true);
         Ok(Response::new(out))
     }
 }

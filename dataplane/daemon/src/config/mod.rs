@@ -9,10 +9,12 @@
 //! `subsystem[0].namespace[1].ram`, whoever finds it: the TOML parser, the checks
 //! here, or the target applying the file.
 
+mod api;
 mod locate;
 mod pool;
 mod size;
 
+pub use api::{ApiSection, ApiTls};
 pub use locate::Locator;
 pub use pool::{split_volume, volume_device_name, PoolSection};
 pub use size::{format_size, parse_size, Size};
@@ -48,6 +50,10 @@ pub struct Config {
     /// be on one); namespaces serve their volumes by `volume`.
     #[serde(default, rename = "pool", skip_serializing_if = "Vec::is_empty")]
     pub pools: Vec<PoolSection>,
+    /// The management API on TCP with mutual TLS (see api.rs); the Unix socket is
+    /// served either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiSection>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
@@ -452,6 +458,9 @@ impl Config {
                     format!("core {c} is listed twice"),
                 ));
             }
+        }
+        if let Some(a) = &self.api {
+            a.check()?;
         }
         if let Some(a) = &t.metrics_address {
             a.parse::<SocketAddr>().map_err(|_| {

@@ -165,5 +165,6 @@ pub fn save(run: &Running) -> Config {
         subsystems,
         raids,
         pools,
+        api: run.api_tcp.as_ref().map(|t| t.section()),
     }
 }

@@ -15,9 +15,10 @@
 //!
 //! ```text
 //! new -> old   REACTORS
-//! old -> new   OK cores=.. idle_spin_us=.. fds=N [metrics_fd=I] [notify=SOCKET]
-//!                                                 + region, RAM memfds, open files
-//!                                                   (and the metrics socket, last)
+//! old -> new   OK cores=.. idle_spin_us=.. fds=N [api_fd=I api_tls=HEX:HEX:HEX]
+//!                 [metrics_fd=J] [notify=SOCKET]  + region, RAM memfds, open files
+//!                                                   (then the API's TCP socket and the
+//!                                                   metrics socket, last)
 //! new -> old   HELLO <min layout> <max layout> <version> pid=<new pid>
 //! old -> new   REFUSE <reason>                      (layout unreadable; old keeps serving)
 //!           |  STATE <layout> <fd count> quiesced_ns=T  + fds  (old has quiesced and

@@ -33,6 +33,8 @@ struct Prepared {
     deferred: Option<(Arc<Region>, Vec<Option<OwnedFd>>)>,
     /// The metrics endpoint's socket, if the running target serves metrics.
     metrics: Option<std::net::TcpListener>,
+    /// The API's TCP socket and TLS files, if the running target serves one.
+    api_tcp: Option<crate::api::tcp::ApiTcp>,
 }
 
 struct Early {
@@ -62,6 +64,8 @@ fn prepare(path: &str) -> Result<Prepared> {
     let mut spin = None;
     let mut nfds = 0usize;
     let mut metrics_fd = None;
+    let mut api_fd = None;
+    let mut api_tls = None;
     for kv in rest.split_whitespace() {
         match kv.split_once('=') {
             Some(("cores", v)) => {
@@ -78,6 +82,8 @@ fn prepare(path: &str) -> Result<Prepared> {
             // The service manager's socket, for a successor started without it.
             Some(("notify", v)) => crate::service::set_inherited_socket(v),
             Some(("metrics_fd", v)) => metrics_fd = Some(v.parse::<usize>()?),
+            Some(("api_fd", v)) => api_fd = Some(v.parse::<usize>()?),
+            Some(("api_tls", v)) => api_tls = Some(v.to_string()),
             _ => {}
         }
     }
@@ -93,6 +99,18 @@ fn prepare(path: &str) -> Result<Prepared> {
             got.len()
         ),
         None => None,
+    };
+    // The API's TCP socket comes just before it (see `reactors_answer`).
+    let api_tcp = match (api_fd, api_tls) {
+        (Some(i), Some(tls)) if i + 1 == got.len() && i > 0 => {
+            let l = std::net::TcpListener::from(got.pop().expect("checked not empty"));
+            Some(crate::api::tcp::ApiTcp::adopt(l, &tls)?)
+        }
+        (Some(i), _) => bail!(
+            "the API's TCP socket (descriptor {i} of {}) is not the last but metrics, or comes without api_tls=",
+            got.len()
+        ),
+        (None, _) => None,
     };
     let mut deferred = None;
     let early = if got.is_empty() {
@@ -129,6 +147,7 @@ fn prepare(path: &str) -> Result<Prepared> {
         early,
         deferred,
         metrics,
+        api_tcp,
     })
 }
 
@@ -472,6 +491,7 @@ fn adopt(
         region,
         mgmt: crate::manage::Mgmt::new(early.registry, changes, early.boot.api_path, api),
         metrics: p.metrics,
+        api_tcp: p.api_tcp,
     };
     if let Err(e) = write_boot(&run) {
         tracing::warn!(error = format!("{e:#}"), "boot blob not rewritten");

@@ -30,8 +30,16 @@ pub fn reactors_answer(run: &Running) -> Result<(String, Vec<OwnedFd>)> {
     drop(changes);
     let mut fds = vec![dup(run.region.fd())?];
     fds.extend(mem);
-    // The metrics endpoint's socket goes last, named by its index (a successor that
-    // does not know the key leaves it unused).
+    // The API's TCP socket, then the metrics endpoint's, go last, named by their
+    // indexes (a successor that does not know a key leaves its socket unused; metrics
+    // stays last for successors that know only it).
+    let api_fd = match &run.api_tcp {
+        Some(t) => {
+            fds.push(dup(&t.listener)?);
+            Some((fds.len() - 1, t.handover_value()))
+        }
+        None => None,
+    };
     let metrics_fd = match &run.metrics {
         Some(l) => {
             fds.push(dup(l)?);
@@ -47,6 +55,9 @@ pub fn reactors_answer(run: &Running) -> Result<(String, Vec<OwnedFd>)> {
         cores.join(","),
         fds.len()
     );
+    if let Some((i, tls)) = api_fd {
+        line.push_str(&format!(" api_fd={i} api_tls={tls}"));
+    }
     if let Some(i) = metrics_fd {
         line.push_str(&format!(" metrics_fd={i}"));
     }

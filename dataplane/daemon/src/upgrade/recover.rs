@@ -116,6 +116,7 @@ pub fn recover(
         region,
         mgmt: crate::manage::Mgmt::new(registry, boot.changes, api_path, api),
         metrics: None,
+        api_tcp: None,
     };
     write_boot(&run)?;
     Ok(run)
