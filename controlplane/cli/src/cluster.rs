@@ -79,7 +79,12 @@ pub fn parse_placement(s: &str) -> Result<PlacementHint, String> {
 pub fn is_cluster(cmd: &Cmd) -> bool {
     matches!(
         cmd,
-        Cmd::Standalone(_) | Cmd::Agent(_) | Cmd::Volume(_) | Cmd::Pool(_) | Cmd::Node(_)
+        Cmd::Standalone(_)
+            | Cmd::Agent(_)
+            | Cmd::Volume(_)
+            | Cmd::Pool(_)
+            | Cmd::Node(_)
+            | Cmd::Csi(_)
     )
 }
 
@@ -158,6 +163,7 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
         Cmd::Standalone(a) => lightpool_standalone::run(options(a, dir), signalled())
             .await
             .map_err(|e| e.to_string()),
+        Cmd::Csi(a) => crate::csi::run(a, store, signalled()).await,
         Cmd::Agent(a) => {
             let o = options(&a.node, a.node_dir.clone());
             lightpool_standalone::run_node(&o, store, signalled())

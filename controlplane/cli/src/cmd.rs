@@ -755,8 +755,11 @@ pub async fn run(cli: &Cli, dest: &Dest) -> Result<(), String> {
             Ok(())
         }
         // Dispatched before a target is dialled (main).
-        Cmd::Standalone(_) | Cmd::Agent(_) | Cmd::Volume(_) | Cmd::Pool(_) | Cmd::Node(_) => {
-            Err("a control-plane command reached the target's client".into())
-        }
+        Cmd::Standalone(_)
+        | Cmd::Agent(_)
+        | Cmd::Volume(_)
+        | Cmd::Pool(_)
+        | Cmd::Node(_)
+        | Cmd::Csi(_) => Err("a control-plane command reached the target's client".into()),
     }
 }

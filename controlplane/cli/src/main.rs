@@ -8,6 +8,7 @@
 
 mod cluster;
 mod cmd;
+mod csi;
 mod table;
 
 use std::path::PathBuf;
@@ -118,6 +119,8 @@ pub enum Cmd {
     /// Storage nodes: list.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Serve the CSI plugin (Identity, Controller, Node) on a Unix socket.
+    Csi(csi::CsiArgs),
 }
 
 #[derive(Args, Debug)]

@@ -1,0 +1,462 @@
+//! The Node service: stage a volume by connecting the kernel's NVMe/TCP initiator to
+//! every path the volume is published on (the kernel's native multipath makes one
+//! device of them, honouring ANA), find its namespace by subsystem NQN, NSID and
+//! UUID (never by enumeration order), and, for a file-system volume, make a file
+//! system only where the device holds none and mount it at the staging path.
+//! Publish bind-mounts the staged volume (or the device, in block mode) into the
+//! pod. Every step is undone when a later one fails, and unstaging disconnects only
+//! this volume's subsystem (each volume has its own NQN).
+//!
+//! What staging learned is kept in `STATE_DIR/VOLUME.stage` (the NQN and the
+//! device), so that unstaging, which the CO calls with only the volume's id and
+//! path, undoes exactly that.
+
+pub mod host;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use crate::controller::check_capabilities;
+use crate::v1 as csi;
+use crate::v1::node_service_capability::rpc::Type as Rpc;
+use crate::v1::volume_capability::AccessType;
+use host::{HostError, Path4};
+
+type Res<T> = Result<Response<T>, Status>;
+
+/// The Node service of one node.
+#[derive(Debug, Clone)]
+pub struct CsiNode {
+    /// This node's name (the topology segment, the node id).
+    pub node_id: String,
+    /// Where staging records are kept.
+    pub state_dir: PathBuf,
+    /// How long staging waits for the namespace to appear.
+    pub device_timeout: Duration,
+    /// The host NQN to connect with (default: nvme-cli's /etc/nvme/hostnqn).
+    pub hostnqn: Option<String>,
+}
+
+/// What NodeStageVolume needs from the volume's context (CreateVolume's answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub nqn: String,
+    pub nsid: u32,
+    pub uuid: Option<String>,
+    pub paths: Vec<Path4>,
+}
+
+/// Reads the context CreateVolume gave (see `controller::csi_volume`).
+pub fn target_of(ctx: &std::collections::HashMap<String, String>) -> Result<Target, String> {
+    let need = |k: &str| {
+        ctx.get(k).filter(|v| !v.is_empty()).cloned().ok_or_else(|| {
+            format!("volume_context has no {k:?}: was the volume made by csi.lightpool.io? (its PersistentVolume must carry the context CreateVolume returned)")
+        })
+    };
+    let nqn = need("nqn")?;
+    let nsid = need("nsid")?
+        .parse::<u32>()
+        .map_err(|_| "volume_context nsid is not a number".to_string())?;
+    let paths = need("paths")?
+        .split(',')
+        .map(|p| {
+            let f: Vec<&str> = p.split_whitespace().collect();
+            match f.as_slice() {
+                [t, _fam, a, s] => Ok(Path4 {
+                    transport: t.to_string(),
+                    traddr: a.to_string(),
+                    trsvcid: s.to_string(),
+                }),
+                _ => Err(format!(
+                    "volume_context path {p:?} is not \"TRANSPORT ADRFAM ADDRESS PORT\""
+                )),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Target {
+        nqn,
+        nsid,
+        uuid: ctx.get("uuid").filter(|u| !u.is_empty()).cloned(),
+        paths,
+    })
+}
+
+fn internal(e: HostError) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn fs_of(cap: &csi::VolumeCapability) -> Option<String> {
+    match &cap.access_type {
+        Some(AccessType::Mount(m)) => Some(if m.fs_type.is_empty() {
+            "ext4".to_string()
+        } else {
+            m.fs_type.clone()
+        }),
+        _ => None,
+    }
+}
+
+impl CsiNode {
+    fn record(&self, volume: &str) -> PathBuf {
+        self.state_dir.join(format!("{volume}.stage"))
+    }
+
+    /// The staging record: NQN and device.
+    fn staged(&self, volume: &str) -> Option<(String, PathBuf)> {
+        let text = std::fs::read_to_string(self.record(volume)).ok()?;
+        let mut it = text.lines();
+        Some((it.next()?.to_string(), PathBuf::from(it.next()?)))
+    }
+
+    /// Connect, find, format and mount; undone on failure.
+    fn stage(&self, r: &csi::NodeStageVolumeRequest) -> Result<(), Status> {
+        let cap = r
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        check_capabilities(std::slice::from_ref(cap)).map_err(Status::invalid_argument)?;
+        let t = target_of(&r.volume_context).map_err(Status::invalid_argument)?;
+        let staging = Path::new(&r.staging_target_path);
+        if let Some((nqn, _)) = self.staged(&r.volume_id) {
+            if nqn == t.nqn && (fs_of(cap).is_none() || host::is_mounted(staging)) {
+                return Ok(());
+            }
+        }
+        std::fs::create_dir_all(&self.state_dir).map_err(|e| {
+            Status::internal(format!("state directory {}: {e}", self.state_dir.display()))
+        })?;
+        let mut made = Vec::new();
+        let mut last = None;
+        for p in &t.paths {
+            match host::connect(&t.nqn, p, self.hostnqn.as_deref()) {
+                Ok(true) => made.push(p.clone()),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(volume = %r.volume_id, path = ?p, error = %e, "a path did not connect");
+                    last = Some(e);
+                }
+            }
+        }
+        let undo = |made: &[Path4]| {
+            for p in made {
+                host::disconnect_path(&t.nqn, p);
+            }
+        };
+        let connected = t
+            .paths
+            .iter()
+            .any(|p| !host::controllers_on(&t.nqn, p).is_empty());
+        if !connected {
+            undo(&made);
+            return Err(Status::unavailable(format!(
+                "no path to volume {} connected: {}",
+                r.volume_id,
+                last.map_or("no paths".into(), |e| e.to_string())
+            )));
+        }
+        let dev = match host::wait_device(&t.nqn, t.nsid, t.uuid.as_deref(), self.device_timeout) {
+            Ok(d) => d,
+            Err(e) => {
+                undo(&made);
+                return Err(Status::deadline_exceeded(e.to_string()));
+            }
+        };
+        if let Some(fs) = fs_of(cap) {
+            let res = (|| -> Result<(), Status> {
+                let have = host::fs_type(&dev).map_err(internal)?;
+                if have.is_empty() {
+                    tracing::info!(volume = %r.volume_id, device = %dev.display(), fs, "making a file system");
+                    host::mkfs(&dev, &fs).map_err(internal)?;
+                } else if have != fs {
+                    return Err(Status::failed_precondition(format!(
+                        "volume {} holds a {have} file system, not {fs}: ask for fsType {have}, or wipe the volume",
+                        r.volume_id
+                    )));
+                }
+                std::fs::create_dir_all(staging).map_err(|e| {
+                    Status::internal(format!("staging path {}: {e}", staging.display()))
+                })?;
+                if !host::is_mounted(staging) {
+                    host::mount(&dev, staging, Some(&fs), false).map_err(internal)?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = res {
+                undo(&made);
+                return Err(e);
+            }
+        }
+        std::fs::write(
+            self.record(&r.volume_id),
+            format!("{}\n{}\n", t.nqn, dev.display()),
+        )
+        .map_err(|e| Status::internal(format!("staging record: {e}")))?;
+        tracing::info!(volume = %r.volume_id, device = %dev.display(), "staged");
+        Ok(())
+    }
+
+    fn unstage(&self, volume: &str, staging: &Path) -> Result<(), Status> {
+        host::umount(staging).map_err(internal)?;
+        let nqn = self
+            .staged(volume)
+            .map(|(n, _)| n)
+            .unwrap_or_else(|| lightpool_model::volume::volume_nqn(volume));
+        host::disconnect(&nqn).map_err(internal)?;
+        let _ = std::fs::remove_file(self.record(volume));
+        tracing::info!(volume, "unstaged");
+        Ok(())
+    }
+
+    fn publish(&self, r: &csi::NodePublishVolumeRequest) -> Result<(), Status> {
+        let cap = r
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        check_capabilities(std::slice::from_ref(cap)).map_err(Status::invalid_argument)?;
+        let target = Path::new(&r.target_path);
+        if host::is_mounted(target) {
+            return Ok(());
+        }
+        let Some((_, dev)) = self.staged(&r.volume_id) else {
+            return Err(Status::failed_precondition(format!(
+                "volume {} is not staged on this node: NodeStageVolume comes first",
+                r.volume_id
+            )));
+        };
+        let src = match fs_of(cap) {
+            Some(_) => {
+                std::fs::create_dir_all(target).map_err(|e| {
+                    Status::internal(format!("target path {}: {e}", target.display()))
+                })?;
+                PathBuf::from(&r.staging_target_path)
+            }
+            None => {
+                if let Some(d) = target.parent() {
+                    std::fs::create_dir_all(d).map_err(|e| {
+                        Status::internal(format!("target directory {}: {e}", d.display()))
+                    })?;
+                }
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(target)
+                    .map_err(|e| {
+                        Status::internal(format!("target file {}: {e}", target.display()))
+                    })?;
+                dev
+            }
+        };
+        host::mount(&src, target, None, r.readonly).map_err(internal)
+    }
+}
+
+#[tonic::async_trait]
+impl csi::node_server::Node for CsiNode {
+    async fn node_stage_volume(
+        &self,
+        r: Request<csi::NodeStageVolumeRequest>,
+    ) -> Res<csi::NodeStageVolumeResponse> {
+        let r = r.into_inner();
+        if r.volume_id.is_empty() || r.staging_target_path.is_empty() {
+            return Err(Status::invalid_argument(
+                "volume_id and staging_target_path are required",
+            ));
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.stage(&r))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(csi::NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        r: Request<csi::NodeUnstageVolumeRequest>,
+    ) -> Res<csi::NodeUnstageVolumeResponse> {
+        let r = r.into_inner();
+        if r.volume_id.is_empty() || r.staging_target_path.is_empty() {
+            return Err(Status::invalid_argument(
+                "volume_id and staging_target_path are required",
+            ));
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            me.unstage(&r.volume_id, Path::new(&r.staging_target_path))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(csi::NodeUnstageVolumeResponse {}))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        r: Request<csi::NodePublishVolumeRequest>,
+    ) -> Res<csi::NodePublishVolumeResponse> {
+        let r = r.into_inner();
+        if r.volume_id.is_empty() || r.target_path.is_empty() || r.staging_target_path.is_empty() {
+            return Err(Status::invalid_argument(
+                "volume_id, staging_target_path and target_path are required",
+            ));
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.publish(&r))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(csi::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        r: Request<csi::NodeUnpublishVolumeRequest>,
+    ) -> Res<csi::NodeUnpublishVolumeResponse> {
+        let r = r.into_inner();
+        if r.volume_id.is_empty() || r.target_path.is_empty() {
+            return Err(Status::invalid_argument(
+                "volume_id and target_path are required",
+            ));
+        }
+        let target = PathBuf::from(&r.target_path);
+        tokio::task::spawn_blocking(move || -> Result<(), Status> {
+            host::umount(&target).map_err(internal)?;
+            // The directory (file system) or file (block) the mount needed.
+            let _ = std::fs::remove_dir(&target).or_else(|_| std::fs::remove_file(&target));
+            Ok(())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        r: Request<csi::NodeGetVolumeStatsRequest>,
+    ) -> Res<csi::NodeGetVolumeStatsResponse> {
+        let r = r.into_inner();
+        if r.volume_id.is_empty() || r.volume_path.is_empty() {
+            return Err(Status::invalid_argument(
+                "volume_id and volume_path are required",
+            ));
+        }
+        let p = PathBuf::from(&r.volume_path);
+        let meta = std::fs::metadata(&p).map_err(|_| {
+            Status::not_found(format!("{} does not exist on this node", p.display()))
+        })?;
+        use csi::volume_usage::Unit;
+        let usage = if meta.is_dir() {
+            let c = std::ffi::CString::new(r.volume_path.as_bytes())
+                .map_err(|_| Status::invalid_argument("volume_path holds a NUL byte"))?;
+            // SAFETY: statvfs is plain old data; all-zero is a valid value.
+            let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+            // SAFETY: the path is NUL-terminated and `s` is a valid, writable struct.
+            if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+                return Err(Status::internal(format!(
+                    "statvfs {}: {}",
+                    p.display(),
+                    std::io::Error::last_os_error()
+                )));
+            }
+            let b = s.f_frsize;
+            vec![
+                csi::VolumeUsage {
+                    available: (s.f_bavail * b) as i64,
+                    total: (s.f_blocks * b) as i64,
+                    used: ((s.f_blocks - s.f_bfree) * b) as i64,
+                    unit: Unit::Bytes as i32,
+                },
+                csi::VolumeUsage {
+                    available: s.f_favail as i64,
+                    total: s.f_files as i64,
+                    used: (s.f_files - s.f_ffree) as i64,
+                    unit: Unit::Inodes as i32,
+                },
+            ]
+        } else {
+            let dev = self.staged(&r.volume_id).map(|(_, d)| d).ok_or_else(|| {
+                Status::not_found(format!("volume {} is not staged here", r.volume_id))
+            })?;
+            vec![csi::VolumeUsage {
+                total: host::device_size(&dev).unwrap_or(0) as i64,
+                unit: Unit::Bytes as i32,
+                ..Default::default()
+            }]
+        };
+        Ok(Response::new(csi::NodeGetVolumeStatsResponse {
+            usage,
+            volume_condition: None,
+        }))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        _r: Request<csi::NodeExpandVolumeRequest>,
+    ) -> Res<csi::NodeExpandVolumeResponse> {
+        Err(Status::unimplemented(
+            "expansion is not offered by this driver yet",
+        ))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _r: Request<csi::NodeGetCapabilitiesRequest>,
+    ) -> Res<csi::NodeGetCapabilitiesResponse> {
+        let cap = |t: Rpc| csi::NodeServiceCapability {
+            r#type: Some(csi::node_service_capability::Type::Rpc(
+                csi::node_service_capability::Rpc { r#type: t as i32 },
+            )),
+        };
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
+            capabilities: vec![cap(Rpc::StageUnstageVolume), cap(Rpc::GetVolumeStats)],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _r: Request<csi::NodeGetInfoRequest>,
+    ) -> Res<csi::NodeGetInfoResponse> {
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: self.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: Some(csi::Topology {
+                segments: [(crate::TOPOLOGY_NODE.to_string(), self.node_id.clone())].into(),
+            }),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_context_createvolume_gives_is_read_and_bad_ones_are_named() {
+        let ctx = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let t = target_of(&ctx(&[
+            ("nqn", "nqn.2024-01.io.lightpool:volume:v"),
+            ("nsid", "1"),
+            ("paths", "tcp ipv4 10.0.0.1 4420,tcp ipv4 10.0.0.2 4420"),
+        ]))
+        .unwrap();
+        assert_eq!(t.paths.len(), 2);
+        assert_eq!(t.paths[1].traddr, "10.0.0.2");
+        assert_eq!(t.uuid, None);
+        let e = target_of(&ctx(&[("nsid", "1")])).unwrap_err();
+        assert!(
+            e.contains("\"nqn\"") && e.contains("csi.lightpool.io"),
+            "{e}"
+        );
+        let e = target_of(&ctx(&[
+            ("nqn", "n"),
+            ("nsid", "1"),
+            ("paths", "tcp 10.0.0.1"),
+        ]))
+        .unwrap_err();
+        assert!(e.contains("TRANSPORT ADRFAM ADDRESS PORT"), "{e}");
+    }
+}

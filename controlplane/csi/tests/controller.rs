@@ -1,0 +1,537 @@
+//! The Controller and Identity services over their Unix socket, against the real
+//! controller and agents (in-memory dataplanes) on the embedded store: every call
+//! and the CSI spec's edge cases: idempotent repeats, a name reused with other
+//! parameters, typos in StorageClass parameters, sizes beyond any pool, missing
+//! volumes, capabilities not served, pagination, and nothing left half made.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use lightpool_agent::{Agent, AgentConfig, MemoryDataplane};
+use lightpool_controller::{Controller, ControllerConfig};
+use lightpool_csi::controller::CsiController;
+use lightpool_csi::identity::Identity;
+use lightpool_csi::v1 as csi;
+use lightpool_csi::v1::controller_client::ControllerClient;
+use lightpool_csi::v1::identity_client::IdentityClient;
+use lightpool_csi::v1::volume_capability::{
+    access_mode::Mode, AccessMode, AccessType, BlockVolume, MountVolume,
+};
+use lightpool_model::quantity::GIB;
+use lightpool_model::{Volume, VolumePhase};
+use lightpool_store::{EmbeddedStore, Store};
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::Code;
+
+const GB: i64 = GIB as i64;
+
+struct Driver {
+    store: EmbeddedStore,
+    ctl: ControllerClient<Channel>,
+    id: IdentityClient<Channel>,
+    _dir: tempfile::TempDir,
+}
+
+async fn channel(path: PathBuf) -> Channel {
+    Endpoint::from_static("http://csi.invalid")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .expect("the CSI socket answers")
+}
+
+/// Two nodes with 100 GiB pools each; the controller and agents tick every 20 ms.
+async fn driver() -> Driver {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = EmbeddedStore::open(dir.path().join("s.redb")).expect("store");
+    let mut agents: Vec<_> = ["node-a", "node-b"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let cfg = AgentConfig::new(*n, format!("10.0.0.{}", i + 1), 4420);
+            Agent::new(store.clone(), MemoryDataplane::new(100 * GIB), cfg)
+        })
+        .collect();
+    let mut controller =
+        Controller::new(store.clone(), ControllerConfig::new("c1")).expect("controller");
+    tokio::spawn(async move {
+        loop {
+            for a in &mut agents {
+                let _ = a.tick().await;
+            }
+            let _ = controller.tick().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let sock = dir.path().join("csi.sock");
+    serve(&sock, store.clone());
+    let ch = channel(sock).await;
+    Driver {
+        store,
+        ctl: ControllerClient::new(ch.clone()),
+        id: IdentityClient::new(ch),
+        _dir: dir,
+    }
+}
+
+fn serve(sock: &Path, store: EmbeddedStore) {
+    let l = lightpool_csi::bind(sock).expect("bind");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(csi::identity_server::IdentityServer::new(Identity {
+                controller: true,
+            }))
+            .add_service(csi::controller_server::ControllerServer::new(
+                CsiController::new(store, Duration::from_secs(10)),
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l)),
+    );
+}
+
+fn cap(mode: Mode, block: bool, fs: &str) -> csi::VolumeCapability {
+    csi::VolumeCapability {
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+        access_type: Some(if block {
+            AccessType::Block(BlockVolume {})
+        } else {
+            AccessType::Mount(MountVolume {
+                fs_type: fs.into(),
+                ..Default::default()
+            })
+        }),
+    }
+}
+
+fn create(
+    name: &str,
+    gib: i64,
+    params: &[(&str, &str)],
+    node: Option<&str>,
+) -> csi::CreateVolumeRequest {
+    csi::CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: gib * GB,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![cap(Mode::SingleNodeWriter, false, "ext4")],
+        parameters: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        accessibility_requirements: node.map(|n| csi::TopologyRequirement {
+            requisite: vec![],
+            preferred: vec![csi::Topology {
+                segments: HashMap::from([(
+                    lightpool_csi::TOPOLOGY_NODE.to_string(),
+                    n.to_string(),
+                )]),
+            }],
+        }),
+        ..Default::default()
+    }
+}
+
+fn refused<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+    code: Code,
+    want: &[&str],
+) {
+    let s = r.expect_err("must be refused");
+    assert_eq!(s.code(), code, "{}", s.message());
+    for w in want {
+        assert!(
+            s.message().contains(w),
+            "{w:?} missing from {:?}",
+            s.message()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_names_the_driver_and_its_services() {
+    let mut d = driver().await;
+    let info =
+        d.id.get_plugin_info(csi::GetPluginInfoRequest {})
+            .await
+            .expect("info")
+            .into_inner();
+    assert_eq!(info.name, "csi.lightpool.io");
+    assert!(!info.vendor_version.is_empty());
+    let caps =
+        d.id.get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
+            .await
+            .expect("caps")
+            .into_inner()
+            .capabilities;
+    assert_eq!(caps.len(), 2, "{caps:?}");
+    assert_eq!(
+        d.id.probe(csi::ProbeRequest {})
+            .await
+            .expect("probe")
+            .into_inner()
+            .ready,
+        Some(true)
+    );
+    let caps = d
+        .ctl
+        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+        .await
+        .expect("controller caps")
+        .into_inner()
+        .capabilities;
+    assert_eq!(caps.len(), 4, "{caps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_is_idempotent_and_a_reused_name_with_other_parameters_is_refused() {
+    let mut d = driver().await;
+    let v = d
+        .ctl
+        .create_volume(create(
+            "pvc-1",
+            10,
+            &[("placement", "MustLocal")],
+            Some("node-b"),
+        ))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("volume");
+    assert_eq!((v.volume_id.as_str(), v.capacity_bytes), ("pvc-1", 10 * GB));
+    assert_eq!(
+        v.volume_context.get("node").map(String::as_str),
+        Some("node-b")
+    );
+    assert!(v.volume_context["nqn"].ends_with(":volume:pvc-1"), "{v:?}");
+    assert_eq!(v.volume_context["paths"], "tcp ipv4 10.0.0.2 4420", "{v:?}");
+    assert_eq!(
+        v.accessible_topology[0].segments[lightpool_csi::TOPOLOGY_NODE],
+        "node-b",
+        "a MustLocal volume is reachable only from its node"
+    );
+    // The same call again: the same volume, nothing new.
+    let again = d
+        .ctl
+        .create_volume(create(
+            "pvc-1",
+            10,
+            &[("placement", "MustLocal")],
+            Some("node-b"),
+        ))
+        .await
+        .expect("repeat")
+        .into_inner()
+        .volume
+        .expect("volume");
+    assert_eq!(again, v);
+    assert_eq!(d.store.list::<Volume>().await.expect("list").items.len(), 1);
+    // The name with another size, or another StorageClass.
+    refused(
+        d.ctl
+            .create_volume(create(
+                "pvc-1",
+                20,
+                &[("placement", "MustLocal")],
+                Some("node-b"),
+            ))
+            .await,
+        Code::AlreadyExists,
+        &["pvc-1", "size 10Gi", "another name"],
+    );
+    refused(
+        d.ctl
+            .create_volume(create("pvc-1", 10, &[("thin", "false")], Some("node-b")))
+            .await,
+        Code::AlreadyExists,
+        &["provisioning", "placement MustLocal"],
+    );
+    // A remote-capable volume is reachable from every node.
+    let r = d
+        .ctl
+        .create_volume(create(
+            "pvc-2",
+            1,
+            &[("placement", "MustRemote")],
+            Some("node-a"),
+        ))
+        .await
+        .expect("remote")
+        .into_inner()
+        .volume
+        .expect("volume");
+    assert_eq!(
+        r.volume_context.get("node").map(String::as_str),
+        Some("node-b")
+    );
+    assert!(r.accessible_topology.is_empty());
+    // Delete, twice; then it is gone.
+    for _ in 0..2 {
+        d.ctl
+            .delete_volume(csi::DeleteVolumeRequest {
+                volume_id: "pvc-1".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("delete is idempotent");
+    }
+    assert!(d.store.get::<Volume>("pvc-1").await.expect("get").is_none());
+    refused(
+        d.ctl
+            .delete_volume(csi::DeleteVolumeRequest::default())
+            .await,
+        Code::InvalidArgument,
+        &["volume_id"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_what_to_change_and_nothing_is_made() {
+    let mut d = driver().await;
+    // Let the pools appear first: a size check needs them.
+    for _ in 0..100 {
+        if d.store
+            .list::<lightpool_model::StoragePool>()
+            .await
+            .expect("pools")
+            .items
+            .len()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    refused(
+        d.ctl
+            .create_volume(create("typo", 1, &[("plcement", "MustLocal")], None))
+            .await,
+        Code::InvalidArgument,
+        &["\"plcement\"", "did you mean \"placement\""],
+    );
+    refused(
+        d.ctl
+            .create_volume(create("huge", 500, &[], Some("node-a")))
+            .await,
+        Code::ResourceExhausted,
+        &["larger than any pool", "ask for at most"],
+    );
+    refused(
+        d.ctl
+            .create_volume(create("local", 1, &[("placement", "MustLocal")], None))
+            .await,
+        Code::InvalidArgument,
+        &["WaitForFirstConsumer"],
+    );
+    refused(
+        d.ctl.create_volume(create("", 1, &[], None)).await,
+        Code::InvalidArgument,
+        &["name is required"],
+    );
+    let mut multi = create("rwx", 1, &[], None);
+    multi.volume_capabilities = vec![cap(Mode::MultiNodeMultiWriter, false, "ext4")];
+    refused(
+        d.ctl.create_volume(multi).await,
+        Code::InvalidArgument,
+        &["MULTI_NODE_MULTI_WRITER", "one node at a time"],
+    );
+    let mut btrfs = create("btrfs", 1, &[], None);
+    btrfs.volume_capabilities = vec![cap(Mode::SingleNodeWriter, false, "btrfs")];
+    refused(
+        d.ctl.create_volume(btrfs).await,
+        Code::InvalidArgument,
+        &["\"btrfs\"", "ext4 or xfs"],
+    );
+    let mut range = create("range", 1, &[], None);
+    range.capacity_range = Some(csi::CapacityRange {
+        required_bytes: GB + 1,
+        limit_bytes: GB + 2,
+    });
+    refused(
+        d.ctl.create_volume(range).await,
+        Code::OutOfRange,
+        &["widen the range"],
+    );
+    // A node whose pools are all full by MustLocal volumes: the scheduler's reasons.
+    d.ctl
+        .create_volume(create(
+            "fill",
+            95,
+            &[("placement", "MustLocal"), ("thin", "false")],
+            Some("node-a"),
+        ))
+        .await
+        .expect("fill node-a");
+    refused(
+        d.ctl
+            .create_volume(create(
+                "more",
+                10,
+                &[("placement", "MustLocal"), ("thin", "false")],
+                Some("node-a"),
+            ))
+            .await,
+        Code::ResourceExhausted,
+        &["more", "node-a"],
+    );
+    let names: Vec<String> = d
+        .store
+        .list::<Volume>()
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|v| v.metadata.name)
+        .collect();
+    assert_eq!(names, ["fill"], "nothing half made");
+    // Validate: missing volume, served and refused capabilities.
+    refused(
+        d.ctl
+            .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+                volume_id: "nope".into(),
+                volume_capabilities: vec![cap(Mode::SingleNodeWriter, true, "")],
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+        &["nope"],
+    );
+    let ok = d
+        .ctl
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: "fill".into(),
+            volume_capabilities: vec![cap(Mode::SingleNodeWriter, true, "")],
+            ..Default::default()
+        })
+        .await
+        .expect("validate")
+        .into_inner();
+    assert!(ok.confirmed.is_some(), "{ok:?}");
+    let no = d
+        .ctl
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: "fill".into(),
+            volume_capabilities: vec![cap(Mode::MultiNodeReaderOnly, false, "xfs")],
+            ..Default::default()
+        })
+        .await
+        .expect("validate")
+        .into_inner();
+    assert!(
+        no.confirmed.is_none() && no.message.contains("MULTI_NODE_READER_ONLY"),
+        "{no:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_and_pages_of_volumes() {
+    let mut d = driver().await;
+    for (i, n) in ["a", "b", "c"].iter().enumerate() {
+        d.ctl
+            .create_volume(create(
+                &format!("v-{n}"),
+                i as i64 + 1,
+                &[("thin", "false")],
+                Some("node-a"),
+            ))
+            .await
+            .expect("create");
+    }
+    // The pools report what their volumes took at the agents' next heartbeat.
+    let mut cap = csi::GetCapacityResponse::default();
+    for _ in 0..100 {
+        cap = d
+            .ctl
+            .get_capacity(csi::GetCapacityRequest::default())
+            .await
+            .expect("capacity")
+            .into_inner();
+        if cap.available_capacity == 194 * GB {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cap.available_capacity, 194 * GB, "{cap:?}");
+    assert!(cap.maximum_volume_size.expect("max") >= 97 * GB, "{cap:?}");
+    // MustLocal on node-b counts only node-b's pool.
+    let local = d
+        .ctl
+        .get_capacity(csi::GetCapacityRequest {
+            parameters: HashMap::from([("placement".into(), "MustLocal".into())]),
+            accessible_topology: Some(csi::Topology {
+                segments: HashMap::from([(lightpool_csi::TOPOLOGY_NODE.into(), "node-b".into())]),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("capacity")
+        .into_inner();
+    assert_eq!(
+        local.available_capacity,
+        100 * GB,
+        "node-b holds none: {local:?}"
+    );
+    refused(
+        d.ctl
+            .get_capacity(csi::GetCapacityRequest {
+                parameters: HashMap::from([("placment".into(), "MustLocal".into())]),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        &["did you mean"],
+    );
+    // Two pages, then the end.
+    let p1 = d
+        .ctl
+        .list_volumes(csi::ListVolumesRequest {
+            max_entries: 2,
+            starting_token: String::new(),
+        })
+        .await
+        .expect("page 1")
+        .into_inner();
+    let ids = |r: &csi::ListVolumesResponse| -> Vec<String> {
+        r.entries
+            .iter()
+            .filter_map(|e| e.volume.as_ref())
+            .map(|v| v.volume_id.clone())
+            .collect()
+    };
+    assert_eq!(ids(&p1), ["v-a", "v-b"]);
+    let p2 = d
+        .ctl
+        .list_volumes(csi::ListVolumesRequest {
+            max_entries: 2,
+            starting_token: p1.next_token.clone(),
+        })
+        .await
+        .expect("page 2")
+        .into_inner();
+    assert_eq!(ids(&p2), ["v-c"]);
+    assert!(p2.next_token.is_empty());
+    refused(
+        d.ctl
+            .list_volumes(csi::ListVolumesRequest {
+                max_entries: 1,
+                starting_token: "99".into(),
+            })
+            .await,
+        Code::Aborted,
+        &["starting_token"],
+    );
+    let v = d
+        .store
+        .get::<Volume>("v-b")
+        .await
+        .expect("get")
+        .expect("v-b");
+    assert_eq!(v.status.expect("status").phase, VolumePhase::Ready);
+}
