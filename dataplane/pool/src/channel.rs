@@ -534,7 +534,6 @@ impl State {
             x.gen = meta::request(pool.arena.page(page));
             return;
         }
-        log::dirty(pool, op.slot, op.idx);
         self.log_append(pool, o);
     }
 

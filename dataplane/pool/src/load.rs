@@ -247,6 +247,8 @@ fn format_pool(
     }
     // The mapping log: a ring of pages after the table, on top of the pages asked for.
     let log_pages = (num_clusters / 256).clamp(16, 1024) as u32;
+    #[cfg(test)]
+    let log_pages = crate::log::test_pages::get().unwrap_or(log_pages);
     let md_pages = md_pages + u64::from(log_pages);
     let first_data = (2 * md_pages * PAGE as u64).div_ceil(u64::from(cs));
     if first_data >= num_clusters {
@@ -304,7 +306,9 @@ fn format_pool(
         .header()
         .owner_pid
         .store(std::process::id(), Ordering::Release);
-    crate::log::start(&pool, 1);
+    if log_pages > 0 {
+        crate::log::start(&pool, 1);
+    }
     for t in 0..table_pages {
         let p = pool.clone();
         pool.commit(

@@ -7,10 +7,10 @@
 //! (two slots each, like every page); its position is a log page *number* (which grows
 //! for ever; number `n` lives at place `n mod log_pages`) and a record index in it.
 //!
-//! - **Append** (any reactor, no lock): the entry is stored first, its map page is
-//!   marked dirty (its `requested` generation bumped), then a place is taken with a
-//!   compare-and-swap of the tail, the record filled and tagged with its page number
-//!   last, and the log page's `requested` bumped: from there on the log page is
+//! - **Append** (any reactor, no lock): the entry is stored first, then a place is
+//!   taken with a compare-and-swap of the tail, the record filled, its map page
+//!   marked dirty (its `requested` generation bumped), the record tagged with its
+//!   page number, and the log page's `requested` bumped: from there on the log page is
 //!   written and published with the same token protocol as any page (see `meta`), so
 //!   every append that lands while one write of the tail page is in flight shares the
 //!   next one (group commit).
@@ -91,6 +91,10 @@ pub fn append(pool: &Pool, slot: u32, idx: u32, value: u32) -> Option<(u32, u64)
             );
             rec.idx.store(idx, Ordering::Relaxed);
             rec.value.store(value, Ordering::Relaxed);
+            // The map page dirty after the position is taken (a write of it that sees
+            // the mark records a later position) and before the record is complete (a
+            // checkpoint that finds it complete finds the page dirty).
+            dirty(pool, slot, idx);
             rec.number.store(n, Ordering::Release);
             let page = pool.geo.log_page(q as u32);
             return Some((page, meta::request(a.page(page))));
@@ -110,9 +114,9 @@ pub fn append(pool: &Pool, slot: u32, idx: u32, value: u32) -> Option<(u32, u64)
 }
 
 /// Marks the map page holding entry `idx` of slot `slot` dirty (a checkpoint writes
-/// it). Called before the record is appended.
+/// it).
 #[inline]
-pub fn dirty(pool: &Pool, slot: u32, idx: u32) {
+fn dirty(pool: &Pool, slot: u32, idx: u32) {
     let page = pool.map_page_nums(slot)[idx as usize / MAP_ENTRIES].load(Ordering::Relaxed);
     meta::request(pool.arena.page(page));
 }
@@ -160,7 +164,23 @@ pub fn checkpoint(pool: &Pool, io: &mut CtlIo) -> Result<u64, PoolError> {
         return Ok(0);
     }
     let h = pool.arena.header();
-    let n = h.log_tail.load(Ordering::Acquire) >> IDX_BITS;
+    let t = h.log_tail.load(Ordering::Acquire);
+    let n = t >> IDX_BITS;
+    // Every record before the tail complete (an append between taking its place and
+    // tagging it is a few instructions on a reactor): its map page is marked dirty.
+    let r = u64::from(pool.geo.log_pages);
+    for m in h.log_folded.load(Ordering::Acquire)..=n {
+        let upto = if m == n {
+            ((t & 0xFFFF) as usize).min(LOG_RECS)
+        } else {
+            LOG_RECS
+        };
+        for rec in &pool.arena.log_slot((m % r) as usize).recs[..upto] {
+            while rec.number.load(Ordering::Acquire) < m {
+                std::thread::yield_now();
+            }
+        }
+    }
     let mut written = 0u64;
     for i in 0..pool.arena.nslots() as u32 {
         if pool.slot(i).state.load(Ordering::Acquire) != 1 {
@@ -181,7 +201,13 @@ pub fn checkpoint(pool: &Pool, io: &mut CtlIo) -> Result<u64, PoolError> {
             written += ks.len() as u64;
         }
     }
-    h.log_folded.fetch_max(n, Ordering::AcqRel);
+    // The tail's page too when it is full.
+    let folded = if (t & 0xFFFF) as usize >= LOG_RECS {
+        n + 1
+    } else {
+        n
+    };
+    h.log_folded.fetch_max(folded, Ordering::AcqRel);
     Ok(written)
 }
 
@@ -221,7 +247,7 @@ pub fn spawn_checkpointer(pool: &Arc<Pool>) {
                 continue;
             }
             let used = used_pages(&pool);
-            let half = u64::from(pool.geo.log_pages).div_ceil(2);
+            let half = u64::from(pool.geo.log_pages).div_ceil(2).max(2);
             quiet = if used > 1 { quiet + 1 } else { 0 };
             if used >= half || quiet >= 250 {
                 quiet = 0;
@@ -237,5 +263,24 @@ pub fn spawn_checkpointer(pool: &Arc<Pool>) {
     });
     if let Err(e) = spawned {
         tracing::error!(pool = %pool.name, "cannot start the mapping log's checkpoint thread: {e}");
+    }
+}
+
+/// Log pages of the next pool made, for tests (a small ring wraps often).
+#[cfg(test)]
+pub mod test_pages {
+    use std::cell::Cell;
+    thread_local! {
+        /// `Some(0)`: a version 1 pool, without a log.
+        pub static NEXT: Cell<Option<u32>> = const { Cell::new(None) };
+    }
+
+    /// Log pages of the pools this thread makes from now on.
+    pub fn set(n: Option<u32>) {
+        NEXT.with(|c| c.set(n));
+    }
+
+    pub fn get() -> Option<u32> {
+        NEXT.with(|c| c.get())
     }
 }
