@@ -226,8 +226,8 @@ pub fn before_pause(pool: &Pool, io: &mut CtlIo) {
 const TICK: Duration = Duration::from_millis(2);
 
 /// Starts the pool's checkpoint thread: it folds the log when half of it is in use
-/// (or when anything is and the pool has been quiet a while), and ends when the pool
-/// goes or another process owns it.
+/// (or when records are left and the log has been idle for half a second), and ends
+/// when the pool goes or another process owns it.
 pub fn spawn_checkpointer(pool: &Arc<Pool>) {
     if pool.geo.log_pages == 0 {
         return;
@@ -236,7 +236,8 @@ pub fn spawn_checkpointer(pool: &Arc<Pool>) {
     let name = format!("pool-ckpt-{}", pool.name);
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
         let me = std::process::id();
-        let mut quiet = 0u32;
+        // Ticks since the tail last moved, the tail then, and at the last checkpoint.
+        let (mut quiet, mut last, mut folded_at) = (0u32, 0u64, 0u64);
         loop {
             std::thread::sleep(TICK);
             let Some(pool) = weak.upgrade() else { return };
@@ -248,9 +249,15 @@ pub fn spawn_checkpointer(pool: &Arc<Pool>) {
             }
             let used = used_pages(&pool);
             let half = u64::from(pool.geo.log_pages).div_ceil(2).max(2);
-            quiet = if used > 1 { quiet + 1 } else { 0 };
-            if used >= half || quiet >= 250 {
-                quiet = 0;
+            let tail = pool.arena.header().log_tail.load(Ordering::Acquire);
+            if tail == last {
+                quiet = quiet.saturating_add(1);
+            } else {
+                (quiet, last) = (0, tail);
+            }
+            // Half the ring in use, or records left unfolded by a log idle for 0.5 s.
+            if used >= half || (quiet >= 250 && tail != folded_at) {
+                folded_at = tail;
                 let Ok(_g) = pool.ctl.lock() else { return };
                 let r = CtlIo::open(&pool.dev).and_then(|mut io| checkpoint(&pool, &mut io));
                 if let Err(e) = r {
