@@ -8,6 +8,10 @@
 #                                       the upgrade pauses: tests/run.sh builds it)
 #   T=8 WARMUP=2 REPS=5 UPGRADES=8 perf/bench-pool.sh
 #   OPEN_FILE=/var/tmp/pool.img OPEN_GIB=8 perf/bench-pool.sh   (also open on a file)
+#   BASE_BIN=/path/to/other/lightpool-target perf/bench-pool.sh
+#       only the first writes (2.), this build and another side by side: each round restarts the
+#       target with one build then the other (the order alternating), each measuring
+#       raw then fresh; medians and ranges of each build's ratios and of new / base.
 #
 # What it measures (4 KiB blocks everywhere):
 # 1. steady: randread and randwrite QD32 on a thick volume whose clusters are all
@@ -194,6 +198,57 @@ run() {
 }
 
 write_config "$OUT/target.toml" "$PORT" 1
+if [[ -n ${BASE_BIN:-} ]]; then
+    # First writes, this build against BASE_BIN, one target at a time (both busy-poll
+    # core 0), restarted for each round so each starts from a blank pool.
+    echo "bench-pool: first writes, $BIN/lightpool-target vs $BASE_BIN" >&2
+    RANGE=4194304
+    for rep in $(seq "$REPS"); do
+        order="new base"
+        ((rep % 2)) || order="base new"
+        for tag in $order; do
+            tbin=$BIN/lightpool-target
+            [[ $tag == base ]] && tbin=$BASE_BIN
+            "$tbin" --config "$OUT/target.toml" --control-socket "$CTL" --log warn >> "$OUT/target.log" 2>&1 &
+            TGT=$!
+            for _ in $(seq 300); do
+                (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+                sleep 0.1
+            done
+            "$BIN/lightpool-perf" -r "$(trid raw)" -w write -o 131072 -q 16 -t "${FILL_SECONDS:-3}" \
+                -c "$PERF_CORE" > /dev/null
+            run "$OUT/fresh-raw-$tag-$rep.json" raw "$FRESH_T" 0 -w randwrite -q 32
+            u0=$(used f fresh)
+            NO_RETRY=1 run "$OUT/fresh-vol-$tag-$rep.json" fresh "$FRESH_T" 0 -w randwrite -q 32 \
+                --range "0:$RANGE"
+            echo "$(( ($(used f fresh) - u0) / 16384 ))" > "$OUT/fresh-alloc-$tag-$rep.txt"
+            kill "$TGT"
+            wait "$TGT" 2>/dev/null || true
+        done
+    done
+    trap - EXIT
+    python3 - "$OUT" "$REPS" <<'PY'
+import json, statistics as st, sys
+out, reps = sys.argv[1], int(sys.argv[2])
+def iops(n): return json.load(open(f"{out}/{n}.json"))["total"]["iops"]
+def ios(n): return json.load(open(f"{out}/{n}.json"))["total"]["ios"]
+R = range(1, reps + 1)
+rat = {}
+for tag in ("base", "new"):
+    raw = [iops(f"fresh-raw-{tag}-{i}") for i in R]
+    vol = [iops(f"fresh-vol-{tag}-{i}") for i in R]
+    alloc = [int(open(f"{out}/fresh-alloc-{tag}-{i}.txt").read()) / max(1, ios(f"fresh-vol-{tag}-{i}")) for i in R]
+    rat[tag] = [v / r for v, r in zip(vol, raw)]
+    print(f"{tag}: first writes / raw, median {st.median(rat[tag]):.3f} (range {min(rat[tag]):.3f}-{max(rat[tag]):.3f}; "
+          f"{', '.join(f'{x:.3f}' for x in rat[tag])}); thin IOPS median {st.median(vol):,.0f}, raw {st.median(raw):,.0f}; "
+          f"allocations per write {', '.join(f'{x:.3f}' for x in alloc)}")
+nb = [n / b for n, b in zip(rat["new"], rat["base"])]
+print(f"new / base (ratio of ratios, per round): median {st.median(nb):.2f} (range {min(nb):.2f}-{max(nb):.2f})")
+pre = [float(x) for x in open(f"{out}/preempted.txt").read().split()]
+print(f"preemption of either end per run (% of a core): median {st.median(pre):.2f}, max {max(pre):.2f} over {len(pre)} runs")
+PY
+    exit 0
+fi
 start_target "$OUT/target.toml" "$PORT"
 # Every device written in full once (RAM pages in place; the thin volume's clusters).
 for d in raw vol snap; do

@@ -13,6 +13,10 @@
 #   W=read BS=131072 QD=16 SIZE=1GiB HUGEPAGES=1 perf/profile.sh samples
 #   TARGET_BIN=/path/to/other/lightpool-target perf/profile.sh instructions
 #   DEVICE=raid1 perf/profile.sh instructions          an array of two RAM members
+#   DEVICE=thin W=randwrite perf/profile.sh instructions   first writes to a thin volume
+#                                  (a RAM pool with 16 KiB clusters: every write allocates)
+#   DEVICE=thick W=randread QD=1 perf/profile.sh instructions   a thick volume's allocated
+#                                  clusters (the volume layer's cost on a read)
 #
 # Target on core 0, lightpool-perf on core 1, one RAM namespace (SIZE, default 64MiB;
 # 512-byte blocks), written once before sampling. Output under target/profile/.
@@ -39,7 +43,7 @@ samples) command -v perf > /dev/null || { echo "perf is missing: apt-get install
 *) echo "usage: perf/profile.sh instructions|samples" >&2; exit 2 ;;
 esac
 
-cargo build --release -q -p lightpool-daemon -p lightpool-perf -p hugepage-setup
+[[ ${NO_BUILD:-0} == 1 ]] || cargo build --release -q -p lightpool-daemon -p lightpool-perf -p hugepage-setup
 mkdir -p "$OUT"
 HP=false
 if ((HUGEPAGES)); then
@@ -47,7 +51,7 @@ if ((HUGEPAGES)); then
     "$BIN/hugepage-setup" reserve --pages 520 --no-mount > /dev/null
 fi
 case $DEVICE in
-ram) NS=$(printf 'ram = "%s"\nblock_size = 512\nhugepages = %s' "$SIZE" $HP); ARRAY= ;;
+ram) NS=$(printf 'ram = "%s"\nblock_size = %s\nhugepages = %s' "$SIZE" "${BLOCK:-512}" $HP); ARRAY= ;;
 raid0 | raid1)
     mib=${SIZE%MiB}
     each=$( [[ $DEVICE == raid0 ]] && echo $((mib / 2 + 1)) || echo $((mib + 1)) )
@@ -55,7 +59,20 @@ raid0 | raid1)
     ARRAY=$(printf '[[raid]]\nname = "r"\nlevel = "%s"\n[[raid.member]]\nram = "%sMiB"\n[[raid.member]]\nram = "%sMiB"\n' \
         "$DEVICE" $each $each)
     ;;
-*) echo "DEVICE is ram, raid0 or raid1" >&2; exit 2 ;;
+thin | thick)
+    mib=${SIZE%MiB}
+    NS=$(printf 'volume = "pp/v"')
+    if [[ $DEVICE == thin ]]; then
+        # 16 KiB clusters, a volume 16 times the pool: random 4 KiB writes nearly
+        # always land in a cluster never written.
+        ARRAY=$(printf '[[pool]]\nname = "pp"\nram = "%sMiB"\nblock_size = 4096\ncluster_size = "16KiB"\novercommit = 2000\n[[pool.volume]]\nname = "v"\nsize = "%sMiB"\n' \
+            $((mib + 64)) $((mib * 16)))
+    else
+        ARRAY=$(printf '[[pool]]\nname = "pp"\nram = "%sMiB"\nblock_size = 4096\n[[pool.volume]]\nname = "v"\nsize = "%sMiB"\nthin = false\n' \
+            $((mib + 64)) "$mib")
+    fi
+    ;;
+*) echo "DEVICE is ram, raid0, raid1, thin or thick" >&2; exit 2 ;;
 esac
 cat > "$OUT/target.toml" <<EOF
 [target]

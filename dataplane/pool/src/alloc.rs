@@ -207,6 +207,7 @@ mod tests {
             overcommit: 100,
             clean: false,
             created: 0,
+            log_pages: 0,
         })
         .expect("arena")
     }

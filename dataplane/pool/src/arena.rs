@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::format::{Super, MAX_NAME};
 
-/// Layout version of the arena (a successor refuses another).
-pub const LAYOUT: u32 = 1;
+/// Layout version of the arena (a successor refuses another). 2: the mapping log.
+pub const LAYOUT: u32 = 2;
 const MAGIC: u64 = u64::from_le_bytes(*b"LPPLAREN");
 const HEADER_BYTES: usize = 4096;
 /// Granule of the map area: extents start on a cache line.
@@ -48,8 +48,30 @@ pub struct ArenaHeader {
     /// Set when an I/O error left a cluster whose contents are unknown: the pool is
     /// then not closed cleanly, so the next open zeroes every free cluster.
     pub tainted: AtomicU32,
-    _pad: AtomicU32,
+    log_pages: AtomicU32,
     name: [AtomicU64; 32],
+    /// The mapping log's next position: log page number << 16 | record index.
+    pub log_tail: AtomicU64,
+    /// Log pages numbered below this one hold nothing that the map pages on the device
+    /// do not (a checkpoint folded them); the ring may reuse their places.
+    pub log_folded: AtomicU64,
+}
+
+/// One mapping-log record as the I/O path fills it: `number` (the log page number it
+/// belongs to) is stored last, so a record whose number matches is complete.
+#[repr(C)]
+pub struct LogRec {
+    pub number: AtomicU64,
+    pub id: AtomicU64,
+    pub idx: AtomicU32,
+    pub value: AtomicU32,
+}
+
+/// One place of the log ring: the log page number it holds now, and its records.
+#[repr(C)]
+pub struct LogSlot {
+    pub number: AtomicU64,
+    pub recs: [LogRec; crate::format::LOG_RECS],
 }
 
 /// One page's synchronisation record: its sequence number (on disk, the newer slot's)
@@ -103,6 +125,8 @@ struct Layout {
     pages: usize,
     slots: usize,
     nslots: usize,
+    log: usize,
+    log_pages: usize,
     maps: usize,
     maps_len: usize,
     total: usize,
@@ -113,14 +137,22 @@ fn align(v: usize, to: usize) -> usize {
 }
 
 impl Layout {
-    fn new(num_clusters: u64, md_pages: u32, nslots: usize, maps_len: u64) -> Layout {
+    fn new(
+        num_clusters: u64,
+        md_pages: u32,
+        nslots: usize,
+        maps_len: u64,
+        log_pages: u32,
+    ) -> Layout {
         let bitmap = HEADER_BYTES;
         let bitmap_words = (num_clusters as usize).div_ceil(64);
         let md_bitmap = align(bitmap + bitmap_words * 8, 64);
         let md_words = (md_pages as usize).div_ceil(64);
         let pages = align(md_bitmap + md_words * 8, 64);
         let slots = align(pages + md_pages as usize * size_of::<PageRec>(), 64);
-        let maps = align(slots + nslots * size_of::<SlotRec>(), 4096);
+        let log = align(slots + nslots * size_of::<SlotRec>(), 64);
+        let log_pages = log_pages as usize;
+        let maps = align(log + log_pages * size_of::<LogSlot>(), 4096);
         let maps_len = align(maps_len as usize, 4096);
         Layout {
             bitmap,
@@ -130,6 +162,8 @@ impl Layout {
             pages,
             slots,
             nslots,
+            log,
+            log_pages,
             maps,
             maps_len,
             total: maps + maps_len,
@@ -184,7 +218,13 @@ impl Arena {
     /// A fresh arena for the pool `s` (every counter zero, every slot free).
     pub fn create(s: &Super) -> Result<Arena, ArenaError> {
         let nslots = s.table_pages as usize * crate::format::TABLE_ENTRIES;
-        let lay = Layout::new(s.num_clusters, s.md_pages, nslots, maps_len_for(s, nslots));
+        let lay = Layout::new(
+            s.num_clusters,
+            s.md_pages,
+            nslots,
+            maps_len_for(s, nslots),
+            s.log_pages,
+        );
         let name = std::ffi::CString::new(format!("lightpool-pool-{}", s.name).replace('\0', "_"))
             .expect("NUL bytes were replaced");
         // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor.
@@ -209,6 +249,7 @@ impl Arena {
         h.block_size.store(s.block_size, Ordering::Relaxed);
         h.cluster_size.store(s.cluster_size, Ordering::Relaxed);
         h.overcommit.store(s.overcommit, Ordering::Relaxed);
+        h.log_pages.store(s.log_pages, Ordering::Relaxed);
         h.num_clusters.store(s.num_clusters, Ordering::Relaxed);
         h.device_blocks.store(s.device_blocks, Ordering::Relaxed);
         h.maps_len.store(lay.maps_len as u64, Ordering::Relaxed);
@@ -250,6 +291,8 @@ impl Arena {
                 pages: 0,
                 slots: 0,
                 nslots: 0,
+                log: 0,
+                log_pages: 0,
                 maps: 0,
                 maps_len: 0,
                 total: HEADER_BYTES,
@@ -268,6 +311,7 @@ impl Arena {
             h.md_pages.load(Ordering::Relaxed),
             h.nslots.load(Ordering::Relaxed) as usize,
             h.maps_len.load(Ordering::Relaxed),
+            h.log_pages.load(Ordering::Relaxed),
         );
         drop(head);
         if lay.total != size {
@@ -369,6 +413,14 @@ impl Arena {
         unsafe { self.at(self.lay.slots + i as usize * size_of::<SlotRec>()) }
     }
 
+    /// Place `q` of the mapping log's ring.
+    pub fn log_slot(&self, q: usize) -> &LogSlot {
+        assert!(q < self.lay.log_pages, "log place {q} out of range");
+        // SAFETY: checked in range; a LogSlot is a multiple of 8 bytes from a
+        // 64-aligned start, and made of atomics.
+        unsafe { self.at(self.lay.log + q * size_of::<LogSlot>()) }
+    }
+
     /// Start and length of the map area (byte offsets in the arena).
     pub fn maps_area(&self) -> (u64, u64) {
         (self.lay.maps as u64, self.lay.maps_len as u64)
@@ -413,6 +465,7 @@ impl Arena {
             overcommit: h.overcommit.load(Ordering::Relaxed),
             clean: false,
             created: h.created.load(Ordering::Relaxed),
+            log_pages: h.log_pages.load(Ordering::Relaxed),
         }
     }
 }
@@ -488,6 +541,7 @@ mod tests {
             overcommit: 200,
             clean: false,
             created: 1,
+            log_pages: 8,
         }
     }
 

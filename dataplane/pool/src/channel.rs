@@ -35,6 +35,7 @@ use crate::alloc;
 use crate::ctlio::Buf;
 use crate::format::{BUSY, MAP_ENTRIES, PAGE, PENDING, VALUE_MASK, ZERO};
 use crate::gate::ChanReg;
+use crate::log;
 use crate::meta::{self, Turn};
 use crate::pool::Pool;
 use crate::volume::VolShared;
@@ -424,11 +425,11 @@ impl State {
             x.page = page;
             if src == 0 {
                 entry.store(y | PENDING, Ordering::Release);
-                x.gen = meta::request(pool.arena.page(page));
                 x.st = St::Fresh;
                 x.data_done = false;
                 x.md_done = false;
                 x.err = IoStatus::Success;
+                self.md_change(pool, o);
                 let at = (u64::from(y) << pool.cs_shift) + u64::from(op.off);
                 self.base_io(pool, o, IoOp::Write, at, u64::from(op.len), op.buf);
                 self.waiting.push(o);
@@ -474,8 +475,8 @@ impl State {
             x.cluster = v;
             x.src = target;
             x.page = page;
-            x.gen = meta::request(pool.arena.page(page));
             x.st = St::UnmapMd;
+            self.md_change(pool, o);
             self.waiting.push(o);
             return;
         }
@@ -520,18 +521,60 @@ impl State {
         }
     }
 
-    /// Writes map page `page` (of `slot`, holding entry `idx`) if nobody is writing it.
+    /// Op `o` changed its entry in memory (its state says to what): the write that
+    /// makes the change durable. Without a log (version 1), its map page's; with one,
+    /// a log record's (the map page only marked dirty for the next checkpoint).
+    fn md_change(&mut self, pool: &Pool, o: u32) {
+        let op = self.ops[o as usize];
+        if pool.geo.log_pages == 0 {
+            let page =
+                pool.map_page_nums(op.slot)[op.idx as usize / MAP_ENTRIES].load(Ordering::Relaxed);
+            let x = &mut self.ops[o as usize];
+            x.page = page;
+            x.gen = meta::request(pool.arena.page(page));
+            return;
+        }
+        self.log_append(pool, o);
+    }
+
+    /// Appends op `o`'s log record; false (the op's page left at [`NONE`]) while the
+    /// log is full.
+    fn log_append(&mut self, pool: &Pool, o: u32) -> bool {
+        let op = self.ops[o as usize];
+        let value = match op.st {
+            St::UnmapMd => op.src,
+            _ => op.cluster,
+        };
+        let x = &mut self.ops[o as usize];
+        match log::append(pool, op.slot, op.idx, value) {
+            Some((page, gen)) => {
+                x.page = page;
+                x.gen = gen;
+                true
+            }
+            None => {
+                x.page = NONE;
+                false
+            }
+        }
+    }
+
+    /// Writes metadata page `page` (a map page of `slot`, holding entry `idx`, or a
+    /// log page) if nobody is writing it.
     fn drive_md(&mut self, pool: &Pool, page: u32, slot: u32, idx: u32) {
         let Some(turn) = meta::try_take(pool.arena.page(page)) else {
             return;
         };
         let b = self.md_buf();
-        pool.build_map_page(
-            slot,
-            idx as usize / MAP_ENTRIES,
-            turn.seq,
-            self.md[b as usize].as_mut_slice(),
-        );
+        match log::ring_of(pool, page) {
+            Some(q) => log::build_page(pool, q, turn.seq, self.md[b as usize].as_mut_slice()),
+            None => pool.build_map_page(
+                slot,
+                idx as usize / MAP_ENTRIES,
+                turn.seq,
+                self.md[b as usize].as_mut_slice(),
+            ),
+        }
         let o = self.new_op(Op {
             st: St::MdWrite,
             page,
@@ -564,6 +607,15 @@ impl State {
                 St::Wait => self.plan(pool, vol, reg, o),
                 St::CowBuf => self.start_cow(pool, o),
                 St::Fresh | St::MdWait | St::UnmapMd => {
+                    if op.page == NONE && !self.log_append(pool, o) {
+                        if pool.md_failed.load(Ordering::Acquire) {
+                            self.md_lost(pool, vol, reg, o);
+                        } else {
+                            self.waiting.push(o);
+                        }
+                        continue;
+                    }
+                    let op = self.ops[o as usize];
                     if pool.md_failed.load(Ordering::Acquire)
                         && !meta::is_durable(pool.arena.page(op.page), op.gen)
                     {
@@ -714,9 +766,8 @@ impl State {
             St::CowWrite | St::CowFlush => {
                 pool.entries(op.slot)[op.idx as usize]
                     .store(op.cluster | PENDING, Ordering::Release);
-                let x = &mut self.ops[o as usize];
-                x.gen = meta::request(pool.arena.page(op.page));
-                x.st = St::MdWait;
+                self.ops[o as usize].st = St::MdWait;
+                self.md_change(pool, o);
                 self.waiting.push(o);
             }
             St::UnmapZero if ok && pool.volatile => {

@@ -12,8 +12,11 @@ pub const PAGE: usize = 4096;
 pub const HEADER: usize = 64;
 /// The first bytes of every metadata page.
 pub const MAGIC: [u8; 8] = *b"LPPOOLMD";
-/// The format this code writes and reads.
-pub const VERSION: u32 = 1;
+/// The format this code writes (pools made with a mapping log).
+pub const VERSION: u32 = 2;
+/// The format of pools made before the mapping log: still read and served as they are
+/// (their allocating writes write map pages directly).
+pub const VERSION_NO_LOG: u32 = 1;
 
 /// Map entries per map page: the clusters one map page describes.
 pub const MAP_ENTRIES: usize = (PAGE - HEADER) / 4;
@@ -48,6 +51,8 @@ pub enum Kind {
     Head = 3,
     Ext = 4,
     Map = 5,
+    /// A page of the mapping log (version 2).
+    Log = 6,
 }
 
 impl Kind {
@@ -58,6 +63,7 @@ impl Kind {
             3 => Kind::Head,
             4 => Kind::Ext,
             5 => Kind::Map,
+            6 => Kind::Log,
             _ => return None,
         })
     }
@@ -69,6 +75,7 @@ impl Kind {
             Kind::Head => "volume head page",
             Kind::Ext => "volume continuation page",
             Kind::Map => "map page",
+            Kind::Log => "mapping log page",
         }
     }
 }
@@ -85,8 +92,11 @@ pub struct Header {
     /// Volume id for head, continuation and map pages; 0 otherwise.
     pub owner: u64,
     /// Map page: its index in the volume's map. Continuation page: its place in the
-    /// chain. Table page: its index in the table.
+    /// chain. Table page: its index in the table. Log page: its place in the ring.
     pub aux: u32,
+    /// Map page: the log position it reflects (every log record before it is in the
+    /// page, or superseded by what the page holds); 0 in version 1. Log page: 0.
+    pub lsn: u64,
 }
 
 // Header layout.
@@ -96,6 +106,7 @@ const H_KIND: usize = 28;
 const H_SEQ: usize = 32;
 const H_OWNER: usize = 40;
 const H_AUX: usize = 48;
+const H_LSN: usize = 52;
 const H_CRC: usize = 60;
 
 fn get_u16(b: &[u8], at: usize) -> u16 {
@@ -135,6 +146,7 @@ pub fn seal(p: &mut [u8], h: &Header) {
     put_u64(p, H_SEQ, h.seq);
     put_u64(p, H_OWNER, h.owner);
     put_u32(p, H_AUX, h.aux);
+    put_u64(p, H_LSN, h.lsn);
     let crc = page_crc(p);
     put_u32(p, H_CRC, crc);
 }
@@ -182,6 +194,7 @@ pub fn check_slot(p: &[u8], pool: Option<&[u8; 16]>, page: u32) -> Slot {
         seq: get_u64(p, H_SEQ),
         owner: get_u64(p, H_OWNER),
         aux: get_u32(p, H_AUX),
+        lsn: get_u64(p, H_LSN),
     })
 }
 
@@ -237,6 +250,9 @@ pub struct Super {
     pub overcommit: u32,
     pub clean: bool,
     pub created: u64,
+    /// Pages of the mapping log (logical pages `table_pages + 1` on); 0 for a pool of
+    /// version 1, which has none.
+    pub log_pages: u32,
 }
 
 const S_VERSION: usize = 64;
@@ -252,12 +268,24 @@ const S_CLEAN: usize = 108;
 const S_CREATED: usize = 112;
 const S_NAMELEN: usize = 120;
 const S_NAME: usize = 122;
+const S_LOG: usize = 380;
 
 impl Super {
+    /// Logical page of log page `ring` (the log follows the volume table).
+    pub fn log_page(&self, ring: u32) -> u32 {
+        self.table_pages + 1 + ring
+    }
+
     /// The superblock page with sequence `seq`.
     pub fn encode(&self, seq: u64, p: &mut [u8]) {
         p.fill(0);
-        put_u32(p, S_VERSION, VERSION);
+        let version = if self.log_pages > 0 {
+            VERSION
+        } else {
+            VERSION_NO_LOG
+        };
+        put_u32(p, S_VERSION, version);
+        put_u32(p, S_LOG, self.log_pages);
         put_u32(p, S_BS, self.block_size);
         put_u32(p, S_CS, self.cluster_size);
         put_u32(p, S_MD, self.md_pages);
@@ -280,6 +308,7 @@ impl Super {
                 seq,
                 owner: 0,
                 aux: 0,
+                lsn: 0,
             },
         );
     }
@@ -295,7 +324,7 @@ impl Super {
             return Err(bad(format!("block 0 holds a {}", h.kind.label())));
         }
         let version = get_u32(p, S_VERSION);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_NO_LOG {
             return Err(PoolError::Version {
                 device: device.to_string(),
                 found: version,
@@ -316,6 +345,11 @@ impl Super {
             overcommit: get_u32(p, S_OVERCOMMIT),
             clean: p[S_CLEAN] != 0,
             created: get_u64(p, S_CREATED),
+            log_pages: if version == VERSION {
+                get_u32(p, S_LOG)
+            } else {
+                0
+            },
         };
         if !matches!(s.block_size, 512 | 4096) {
             return Err(bad(format!(
@@ -329,10 +363,15 @@ impl Super {
                 s.cluster_size
             )));
         }
-        if s.table_pages == 0 || s.md_pages <= s.table_pages {
+        if version == VERSION && s.log_pages == 0 {
+            return Err(bad("a version 2 pool without a mapping log".into()));
+        }
+        if s.table_pages == 0
+            || u64::from(s.md_pages) <= u64::from(s.table_pages) + u64::from(s.log_pages)
+        {
             return Err(bad(format!(
-                "{} metadata pages cannot hold {} table pages",
-                s.md_pages, s.table_pages
+                "{} metadata pages cannot hold {} table pages and {} log pages",
+                s.md_pages, s.table_pages, s.log_pages
             )));
         }
         let md_bytes = 2 * u64::from(s.md_pages) * PAGE as u64;
@@ -366,6 +405,7 @@ pub fn encode_table(pool: &[u8; 16], page: u32, index: u32, seq: u64, heads: &[u
             seq,
             owner: 0,
             aux: index,
+            lsn: 0,
         },
     );
 }
@@ -463,6 +503,7 @@ impl Head {
                 seq: seqs[0],
                 owner: self.id,
                 aux: 0,
+                lsn: 0,
             },
         );
         out.push(p);
@@ -481,6 +522,7 @@ impl Head {
                     seq: seqs[k],
                     owner: self.id,
                     aux: k as u32,
+                    lsn: 0,
                 },
             );
             out.push(p);
@@ -522,13 +564,16 @@ impl Head {
 
 // ---- Map pages ----
 
-/// A map page of volume `owner`: `entries` are its values (flags are stripped here).
+/// A map page of volume `owner`: `entries` are its values (flags are stripped here);
+/// `lsn` the log position it reflects (0 without a log).
+#[allow(clippy::too_many_arguments)]
 pub fn encode_map(
     pool: &[u8; 16],
     page: u32,
     owner: u64,
     index: u32,
     seq: u64,
+    lsn: u64,
     entries: impl Iterator<Item = u32>,
     p: &mut [u8],
 ) {
@@ -545,6 +590,7 @@ pub fn encode_map(
             seq,
             owner,
             aux: index,
+            lsn,
         },
     );
 }
@@ -552,6 +598,77 @@ pub fn encode_map(
 /// The entry `i` of a valid map page.
 pub fn map_entry(p: &[u8], i: usize) -> u32 {
     get_u32(p, HEADER + 4 * i)
+}
+
+// ---- Mapping log pages (version 2) ----
+
+/// Bytes of one log record: volume id (8), cluster index in the volume (4), new map
+/// value (4).
+pub const LOG_REC: usize = 16;
+/// Records one log page holds.
+pub const LOG_RECS: usize = (PAGE - HEADER) / LOG_REC;
+
+/// One mapping change: entry `idx` of volume `id`'s map becomes `value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRecord {
+    pub id: u64,
+    pub idx: u32,
+    pub value: u32,
+}
+
+/// Log page `ring` (logical page `page`) holding log page number `number` (its
+/// records' positions are `number * LOG_RECS + j`); `records[j]` is `None` for a
+/// position not (yet) filled, written as zeroes.
+pub fn encode_log(
+    pool: &[u8; 16],
+    page: u32,
+    ring: u32,
+    number: u64,
+    seq: u64,
+    records: impl Iterator<Item = Option<LogRecord>>,
+    p: &mut [u8],
+) {
+    p[HEADER..].fill(0);
+    for (j, r) in records.take(LOG_RECS).enumerate() {
+        if let Some(r) = r {
+            let at = HEADER + LOG_REC * j;
+            put_u64(p, at, r.id);
+            put_u32(p, at + 8, r.idx);
+            put_u32(p, at + 12, r.value & VALUE_MASK);
+        }
+    }
+    seal(
+        p,
+        &Header {
+            pool: *pool,
+            page,
+            kind: Kind::Log,
+            seq,
+            owner: number,
+            aux: ring,
+            lsn: 0,
+        },
+    );
+}
+
+/// The records of a valid log page, with their place in it (empty places skipped).
+pub fn decode_log(p: &[u8]) -> Vec<(usize, LogRecord)> {
+    (0..LOG_RECS)
+        .filter_map(|j| {
+            let at = HEADER + LOG_REC * j;
+            let id = get_u64(p, at);
+            (id != 0).then(|| {
+                (
+                    j,
+                    LogRecord {
+                        id,
+                        idx: get_u32(p, at + 8),
+                        value: get_u32(p, at + 12),
+                    },
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

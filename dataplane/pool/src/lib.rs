@@ -32,6 +32,7 @@ mod ctlio;
 mod format;
 mod gate;
 mod load;
+mod log;
 mod meta;
 mod ops;
 mod persist;
@@ -180,7 +181,7 @@ pub enum PoolError {
     NotAPool { device: String, why: String },
     #[error("pool device {device}: metadata is corrupt: {what}; the pool is not opened and nothing was written")]
     Corrupt { device: String, what: String },
-    #[error("pool device {device} has pool format version {found}; this binary reads version {supported}")]
+    #[error("pool device {device} has pool format version {found}; this binary reads versions 1 to {supported}")]
     Version {
         device: String,
         found: u32,

@@ -16,7 +16,9 @@ use lightpool_bdev::Bdev;
 use crate::alloc;
 use crate::arena::Arena;
 use crate::ctlio::{Buf, CtlIo};
-use crate::format::{self, flags, Head, Kind, Super, MAP_ENTRIES, PAGE, TABLE_ENTRIES, ZERO};
+use crate::format::{
+    self, flags, Head, Kind, LogRecord, Super, MAP_ENTRIES, PAGE, TABLE_ENTRIES, ZERO,
+};
 use crate::meta::page_offset;
 use crate::pool::{now_secs, random, Extents, OpenReport, Pool};
 use crate::{PoolError, PoolOptions};
@@ -98,12 +100,35 @@ impl Pool {
         l.read_table()?;
         l.read_heads()?;
         l.read_maps()?;
+        l.read_log()?;
         let plan = l.check()?;
         let Loader {
-            sb, arena, extents, ..
+            sb,
+            arena,
+            extents,
+            log_next,
+            replayed,
+            ..
         } = l;
         let clean = sb.clean && plan.is_empty();
         let pool = Pool::new_arc(name.to_string(), dev, sb, arena, extents, false);
+        pool.arena
+            .header()
+            .owner_pid
+            .store(std::process::id(), Ordering::Release);
+        if pool.geo.log_pages > 0 {
+            // The records replayed, folded into their map pages before anything new
+            // is logged (the ring's places are then all free).
+            crate::log::start(&pool, log_next);
+            let mut by_slot: HashMap<u32, Vec<usize>> = HashMap::new();
+            for &(slot, k) in &replayed {
+                by_slot.entry(slot).or_default().push(k);
+            }
+            for (slot, mut ks) in by_slot {
+                ks.sort_unstable();
+                pool.commit_maps(&mut io, slot, &ks)?;
+            }
+        }
         {
             let mut ctl = pool.ctl.lock().expect("fresh lock");
             for i in 0..pool.arena.nslots() as u32 {
@@ -137,6 +162,7 @@ impl Pool {
         io.flush("flushing the superblock")?;
         pool.owned.store(true, Ordering::Release);
         crate::persist::register(&pool);
+        crate::log::spawn_checkpointer(&pool);
         Ok((pool, report))
     }
 }
@@ -151,6 +177,7 @@ pub(crate) fn read_back(pool: &Pool) -> Result<(Arena, Plan, usize), PoolError> 
     l.read_table()?;
     l.read_heads()?;
     l.read_maps()?;
+    l.read_log()?;
     let plan = l.check()?;
     let pages = (0..l.arena.md_pages())
         .filter(|&p| {
@@ -218,6 +245,11 @@ fn format_pool(
             "md_pages {md_pages} cannot hold the superblock and {table_pages} table pages"
         )));
     }
+    // The mapping log: a ring of pages after the table, on top of the pages asked for.
+    let log_pages = (num_clusters / 256).clamp(16, 1024) as u32;
+    #[cfg(test)]
+    let log_pages = crate::log::test_pages::get().unwrap_or(log_pages);
+    let md_pages = md_pages + u64::from(log_pages);
     let first_data = (2 * md_pages * PAGE as u64).div_ceil(u64::from(cs));
     if first_data >= num_clusters {
         return Err(PoolError::Options(format!(
@@ -238,6 +270,7 @@ fn format_pool(
         overcommit: o.overcommit,
         clean: false,
         created: now_secs(),
+        log_pages,
     };
     // Metadata pages read as never written, and free clusters as zeroes, from the start.
     io.zeroes(
@@ -257,7 +290,7 @@ fn format_pool(
     })?;
     alloc::init(&arena, sb.first_data_cluster, sb.num_clusters);
     alloc::count_free(&arena);
-    for p in 0..=table_pages {
+    for p in 0..=table_pages + log_pages {
         alloc::mark_md(&arena, p);
     }
     let (maps, len) = arena.maps_area();
@@ -273,6 +306,9 @@ fn format_pool(
         .header()
         .owner_pid
         .store(std::process::id(), Ordering::Release);
+    if log_pages > 0 {
+        crate::log::start(&pool, 1);
+    }
     for t in 0..table_pages {
         let p = pool.clone();
         pool.commit(
@@ -286,6 +322,7 @@ fn format_pool(
     io.flush("flushing the superblock")?;
     pool.owned.store(true, Ordering::Release);
     crate::persist::register(&pool);
+    crate::log::spawn_checkpointer(&pool);
     tracing::info!(pool = name, device = %info.name, clusters = num_clusters, cluster_size = cs, md_pages, "made a new pool");
     Ok(pool)
 }
@@ -324,6 +361,12 @@ struct Loader<'a> {
     /// Head page of each live slot.
     head_pages: HashMap<u32, u32>,
     by_id: HashMap<u64, u32>,
+    /// The log position each map page read reflects, by (slot, index in its map).
+    map_lsn: HashMap<(u32, usize), u64>,
+    /// The log page number the next record goes to (past every one found).
+    log_next: u64,
+    /// Map pages (slot, index) that the log's replay changed.
+    replayed: HashSet<(u32, usize)>,
 }
 
 impl<'a> Loader<'a> {
@@ -339,6 +382,9 @@ impl<'a> Loader<'a> {
         })?;
         arena.page(0).seq.store(sb_seq, Ordering::Relaxed);
         alloc::mark_md(&arena, 0);
+        for q in 0..sb.log_pages {
+            alloc::mark_md(&arena, sb.log_page(q));
+        }
         let (maps, len) = arena.maps_area();
         Ok(Loader {
             io,
@@ -351,6 +397,9 @@ impl<'a> Loader<'a> {
             ext: Vec::new(),
             head_pages: HashMap::new(),
             by_id: HashMap::new(),
+            map_lsn: HashMap::new(),
+            log_next: 1,
+            replayed: HashSet::new(),
         })
     }
 
@@ -383,10 +432,11 @@ impl<'a> Loader<'a> {
 
     /// Claims metadata page `p` for `what`: it must lie in the area and be claimed once.
     fn claim(&self, p: u32, what: &str) -> Result<(), PoolError> {
-        if p <= self.sb.table_pages || p >= self.sb.md_pages {
+        let first = self.sb.table_pages + 1 + self.sb.log_pages;
+        if p < first || p >= self.sb.md_pages {
             return Err(self.corrupt(format!(
                 "{what} is metadata page {p}, outside the pages volumes use (from {} to {})",
-                self.sb.table_pages + 1,
+                first,
                 self.sb.md_pages - 1
             )));
         }
@@ -588,6 +638,7 @@ impl<'a> Loader<'a> {
                     "{what} (metadata page {p}) belongs to another volume or place"
                 )));
             }
+            l.map_lsn.insert((slot, k), h.lsn);
             let page = &b[s * PAGE..(s + 1) * PAGE];
             let n = r.clusters.load(Ordering::Relaxed) as usize;
             let (mp, ep) = (
@@ -608,6 +659,70 @@ impl<'a> Loader<'a> {
             }
             Ok(())
         })
+    }
+
+    /// Reads the mapping log and applies, in position order, every record at or after
+    /// its map page's lsn whose volume exists (a record of a volume deleted since is
+    /// left: its id is never reused). A torn log page reads as its previous copy,
+    /// whose records are all there; a record is never half there (the page's checksum
+    /// covers it).
+    fn read_log(&mut self) -> Result<(), PoolError> {
+        if self.sb.log_pages == 0 {
+            return Ok(());
+        }
+        let pages: Vec<u32> = (0..self.sb.log_pages)
+            .map(|q| self.sb.log_page(q))
+            .collect();
+        let mut recs: Vec<(u64, LogRecord)> = Vec::new();
+        let mut last = 0u64;
+        self.read_pages(&pages, "reading the mapping log", |l, q, b| {
+            let p = l.sb.log_page(q as u32);
+            let what = format!("mapping log page {q}");
+            let Some((s, h)) = l.valid(b, p, Kind::Log, &what)? else {
+                return Ok(());
+            };
+            if h.aux != q as u32 || h.owner % u64::from(l.sb.log_pages) != q as u64 {
+                return Err(l.corrupt(format!(
+                    "{what} (metadata page {p}) says it is log page {} at place {}",
+                    h.owner, h.aux
+                )));
+            }
+            last = last.max(h.owner);
+            for (j, r) in format::decode_log(&b[s * PAGE..(s + 1) * PAGE]) {
+                recs.push((crate::log::lsn(h.owner, j as u64), r));
+            }
+            Ok(())
+        })?;
+        self.log_next = last + 1;
+        recs.sort_unstable_by_key(|r| r.0);
+        let (first, end) = (self.sb.first_data_cluster, self.sb.num_clusters);
+        for (lsn, r) in recs {
+            let Some(&slot) = self.by_id.get(&r.id) else {
+                continue;
+            };
+            let k = r.idx as usize / MAP_ENTRIES;
+            if lsn < self.map_lsn.get(&(slot, k)).copied().unwrap_or(0) {
+                continue;
+            }
+            let s = self.arena.slot(slot);
+            let n = s.clusters.load(Ordering::Relaxed) as usize;
+            let v = r.value;
+            if r.idx as usize >= n || (v != 0 && v != ZERO && (v < first || u64::from(v) >= end)) {
+                return Err(self.corrupt(format!(
+                    "the mapping log maps cluster {} of volume {:?} ({n} clusters) to cluster {v}",
+                    r.idx,
+                    s.name()
+                )));
+            }
+            let (mp, ep) = (
+                s.map_pages.load(Ordering::Relaxed),
+                s.ext_pages.load(Ordering::Relaxed),
+            );
+            let at = s.extent.load(Ordering::Relaxed) + 4 * u64::from(mp + ep);
+            self.arena.u32s(at, n)[r.idx as usize].store(v, Ordering::Relaxed);
+            self.replayed.insert((slot, k));
+        }
+        Ok(())
     }
 
     /// Links parents, checks ownership and names; what the replay must do.

@@ -466,6 +466,9 @@ impl Pool {
             s.extent_len.load(Ordering::Acquire),
         );
         // Switch the volume to the new extent with its I/O paused (the map moves).
+        if vol.is_some() {
+            crate::log::before_pause(self, &mut io);
+        }
         let gate = match &vol {
             Some(v) => match v.shared.gate.close(crate::pool::GATE_TIMEOUT) {
                 Ok(g) => Some(g),

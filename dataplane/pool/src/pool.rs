@@ -380,6 +380,9 @@ impl Pool {
     /// Builds map page `k` of slot `i` with sequence `seq` into `p`.
     pub(crate) fn build_map_page(&self, i: u32, k: usize, seq: u64, p: &mut [u8]) {
         let page = self.map_page_nums(i)[k].load(Ordering::Relaxed);
+        // The log position before the entries are read: every record before it stored
+        // its entry first, so the page reflects it.
+        let lsn = crate::log::tail_lsn(self);
         let e = self.entries(i);
         let end = ((k + 1) * MAP_ENTRIES).min(e.len());
         let vals = e[k * MAP_ENTRIES..end]
@@ -391,6 +394,7 @@ impl Pool {
             self.slot(i).id.load(Ordering::Acquire),
             k as u32,
             seq,
+            lsn,
             vals,
             p,
         );
@@ -622,6 +626,8 @@ impl Pool {
     /// Closes the pool cleanly: everything durable, then the clean flag.
     fn close(&self) -> Result<(), PoolError> {
         let mut io = CtlIo::open(&self.dev)?;
+        // The mapping log folded into the map pages: the next open replays nothing.
+        crate::log::checkpoint(self, &mut io)?;
         io.flush("flushing before close")?;
         self.commit_super(&mut io, true)?;
         io.flush("flushing the clean superblock")
@@ -697,6 +703,7 @@ impl Bdev for Pool {
             .owner_pid
             .store(std::process::id(), Ordering::Release);
         self.owned.store(true, Ordering::Release);
+        crate::log::spawn_checkpointer(&self.arc());
     }
 
     fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {

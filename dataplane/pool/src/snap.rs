@@ -74,6 +74,7 @@ pub(crate) fn snapshot(
         return Err(e);
     }
     let vol = pool.served(ctl, b);
+    crate::log::before_pause(pool, &mut io);
     let t0 = Instant::now();
     let gate = match &vol {
         Some(v) => match v.shared.gate.close(GATE_TIMEOUT) {
@@ -389,6 +390,9 @@ pub(crate) fn reparent(
             false
         })
         .collect();
+    if !vols.is_empty() {
+        crate::log::before_pause(pool, io);
+    }
     for v in &vols {
         let g = v
             .shared

@@ -16,6 +16,7 @@ fn sb() -> Super {
         overcommit: 150,
         clean: true,
         created: 42,
+        log_pages: 4,
     }
 }
 
@@ -122,7 +123,7 @@ fn heads_with_continuation_pages_round_trip() {
 fn map_pages_drop_the_in_memory_flags() {
     let mut p = vec![0u8; PAGE];
     let entries = [5 | PENDING, 7 | BUSY, ZERO, 0];
-    encode_map(&POOL, 20, 99, 3, 1, entries.iter().copied(), &mut p);
+    encode_map(&POOL, 20, 99, 3, 1, 0, entries.iter().copied(), &mut p);
     let Slot::Valid(h) = check_slot(&p, Some(&POOL), 20) else {
         panic!("valid map page")
     };

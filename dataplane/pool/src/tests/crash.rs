@@ -415,8 +415,17 @@ struct Stats {
 fn round(seed: u64, volatile: bool) -> Result<Stats, String> {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let dev = FaultBdev::new(vec![0; DEV], BS as u32, volatile, rng.next());
-    let (p, _) =
-        Pool::open(dev.clone(), "p", &opts(CLUSTER, 300), true).map_err(|e| e.to_string())?;
+    // The mapping log: a ring of 2 or 3 pages (it wraps and fills, and the checkpoint
+    // thread folds it during the round), the default, or none (a version 1 pool).
+    crate::log::test_pages::set(match seed % 4 {
+        0 => Some(0),
+        1 => Some(2),
+        2 => Some(3),
+        _ => None,
+    });
+    let opened = Pool::open(dev.clone(), "p", &opts(CLUSTER, 300), true);
+    crate::log::test_pages::set(None);
+    let (p, _) = opened.map_err(|e| e.to_string())?;
     let mut run = Run {
         rng: rng.clone(),
         p,

@@ -6,6 +6,7 @@ mod basic;
 mod crash;
 mod errors;
 pub mod fault;
+mod log;
 mod ops_crash;
 mod snapshots;
 
