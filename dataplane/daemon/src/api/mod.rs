@@ -11,6 +11,7 @@
 //! to the new process, which serves on at the same path.
 
 mod convert;
+mod pool;
 mod service;
 mod upgrade;
 
