@@ -263,6 +263,7 @@ impl Dataplane for ApiDataplane {
                 uuid: None,
                 ana_group: Some(1),
                 size_bytes: None,
+                volume: String::new(),
             })
             .await;
         match r {

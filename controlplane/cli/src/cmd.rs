@@ -69,7 +69,7 @@ fn ana_name(state: i32) -> &'static str {
     }
 }
 
-fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     for (u, sh) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
         if bytes != 0 && bytes.trailing_zeros() >= sh {
             return format!("{}{u}", bytes >> sh);
@@ -79,11 +79,11 @@ fn size(bytes: u64) -> String {
 }
 
 /// A gRPC status as the one line the user reads.
-fn refused(s: tonic::Status) -> String {
+pub(crate) fn refused(s: tonic::Status) -> String {
     format!("{} ({:?})", s.message(), s.code())
 }
 
-fn emit<T: Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) -> Result<(), String> {
+pub(crate) fn emit<T: Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) -> Result<(), String> {
     if json {
         println!(
             "{}",
@@ -220,7 +220,7 @@ fn ana_table(gs: &[AnaView]) {
     );
 }
 
-fn done(json: bool, what: &str) {
+pub(crate) fn done(json: bool, what: &str) {
     if json {
         println!("{{}}");
     } else {
@@ -319,6 +319,7 @@ pub async fn run(cli: &Cli, path: &Path) -> Result<(), String> {
                 NamespaceCmd::Add {
                     nqn,
                     device,
+                    volume,
                     nsid,
                     size,
                     nguid,
@@ -329,7 +330,8 @@ pub async fn run(cli: &Cli, path: &Path) -> Result<(), String> {
                         .add_namespace(pb::AddNamespaceRequest {
                             nqn: nqn.clone(),
                             nsid: *nsid,
-                            device: device.clone(),
+                            device: device.clone().unwrap_or_default(),
+                            volume: volume.as_ref().map(|v| v.to_string()).unwrap_or_default(),
                             nguid: nguid.clone(),
                             uuid: uuid.clone(),
                             ana_group: *ana_group,
@@ -714,6 +716,7 @@ pub async fn run(cli: &Cli, path: &Path) -> Result<(), String> {
             }
             Ok(())
         }
+        Cmd::Target(c) => crate::target::run(j, ch, c).await,
         // Dispatched before a target is dialled (main).
         Cmd::Standalone(_) | Cmd::Agent(_) | Cmd::Volume(_) | Cmd::Pool(_) | Cmd::Node(_) => {
             Err("a control-plane command reached the target's client".into())

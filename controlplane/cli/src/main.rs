@@ -9,6 +9,7 @@
 mod cluster;
 mod cmd;
 mod table;
+mod target;
 
 use std::path::PathBuf;
 
@@ -92,10 +93,16 @@ pub enum Cmd {
     /// e.g. in a network namespace of its own) that joins the standalone
     /// instance on --data-dir.
     Agent(AgentArgs),
+    /// This target's own pools, volumes and snapshots (the dataplane's, through
+    /// its API): `lightpool target pool|volume|snapshot ...`. `lightpool pool` and
+    /// `lightpool volume` are the standalone cluster's, placed on these.
+    #[command(subcommand)]
+    Target(target::TargetCmd),
     /// Volumes (of the standalone instance): create, list, show, delete.
     #[command(subcommand)]
     Volume(VolumeCmd),
-    /// Storage pools: list.
+    /// Storage pools (of the standalone instance, one per node): list. A
+    /// target's own pools: `lightpool target pool`.
     #[command(subcommand)]
     Pool(PoolCmd),
     /// Storage nodes: list.
@@ -214,9 +221,12 @@ pub enum NamespaceCmd {
     Add {
         #[arg(long)]
         nqn: String,
-        /// The block device to serve.
-        #[arg(long)]
-        device: String,
+        /// The block device to serve,
+        #[arg(long, required_unless_present = "volume", conflicts_with = "volume")]
+        device: Option<String>,
+        /// or a volume of one of the target's pools, POOL/VOLUME.
+        #[arg(long, value_parser = target::parse_pool_path)]
+        volume: Option<target::PoolPath>,
         /// 1 to 32; default the lowest free.
         #[arg(long, default_value_t = 0)]
         nsid: u32,
