@@ -87,7 +87,8 @@ pub enum Cmd {
     #[command(subcommand)]
     Config(ConfigCmd),
     /// Run LightPool on this machine: the dataplane, the controller and one agent,
-    /// state and a default pool of sparse files in the data directory.
+    /// state in the data directory and the node's pool (a pool of the target) on a
+    /// sparse file there or on --device.
     Standalone(StandaloneArgs),
     /// Run a further storage node on this machine (its own dataplane and agent,
     /// e.g. in a network namespace of its own) that joins the standalone
@@ -112,9 +113,14 @@ pub enum Cmd {
 
 #[derive(Args, Debug)]
 pub struct StandaloneArgs {
-    /// The default pool's size (sparse files: space is taken as hosts write).
+    /// The default pool's size (a sparse file: space is taken as hosts write).
     #[arg(long, default_value = "10GiB", value_parser = cmd::parse_size)]
     pub pool_size: u64,
+    /// The node's pool on this file or block device instead of the sparse file
+    /// (a new pool when it is blank; one it holds is opened; anything else is
+    /// refused, never formatted over).
+    #[arg(long)]
+    pub device: Option<PathBuf>,
     /// The node's name; default the host name.
     #[arg(long)]
     pub node: Option<String>,
