@@ -162,7 +162,11 @@ fn volumes_land_by_their_hints_and_a_remote_one_serves_the_kernel_host() {
         &["target", "volume", "show", "node/db", "--socket", api_b],
     );
     assert_eq!(db["size_bytes"], 256 << 20, "{db}");
-    assert_eq!(db["namespaces"], serde_json::json!([format!("{nqn}/1")]), "{db}");
+    assert_eq!(
+        db["namespaces"],
+        serde_json::json!([format!("{nqn}/1")]),
+        "{db}"
+    );
     let script = format!(
         r#"set -eu
 say() {{ echo "E2E: $*"; }}

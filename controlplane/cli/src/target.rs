@@ -496,5 +496,10 @@ async fn volume(j: bool, api: &mut PoolsClient<Channel>, c: &VolumeCmd) -> Resul
         }
     };
     let v = v.map_err(refused)?.into_inner();
-    emit(j, &v, one)
+    emit(j, &v, |v| {
+        one(v);
+        if let Some(us) = v.snapshot_pause_us {
+            println!("the volume's I/O paused {us} us for the snapshot");
+        }
+    })
 }

@@ -391,6 +391,10 @@ async fn pools_volumes_snapshots_clones_and_their_refusals() {
         .expect("snapshot")
         .into_inner();
     assert!(s1.snapshot && s1.clones == vec!["v1".to_string()], "{s1:?}");
+    assert!(
+        s1.snapshot_pause_us.is_some_and(|us| us < 5_000_000),
+        "a served volume's pause is reported: {s1:?}"
+    );
     assert_eq!(
         p.create_snapshot(snap)
             .await

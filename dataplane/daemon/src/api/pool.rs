@@ -103,6 +103,7 @@ fn volume_msg(run: &Running, pool: &str, v: VolumeInfo) -> pb::Volume {
         parent: v.parent,
         clones: v.clones,
         created: v.created,
+        snapshot_pause_us: None,
     }
 }
 
@@ -483,7 +484,13 @@ impl pools_server::Pools for Api {
                     )));
                 }
                 let s = p.snapshot(&r.volume, &r.name).map_err(pool_status)?;
-                Ok(volume_msg(run, &r.pool, s))
+                let pause = p
+                    .served_volume(&r.volume)
+                    .map(|d| d.last_snapshot_pause().as_micros() as u64);
+                Ok(pb::Volume {
+                    snapshot_pause_us: pause,
+                    ..volume_msg(run, &r.pool, s)
+                })
             })
             .await?;
         Ok(Response::new(out))
