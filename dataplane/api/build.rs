@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "logging",
         "upgrade",
         "config",
+        "pool",
     ]
     .iter()
     .map(|f| format!("{dir}/{f}.proto"))

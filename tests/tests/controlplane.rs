@@ -154,7 +154,19 @@ fn volumes_land_by_their_hints_and_a_remote_one_serves_the_kernel_host() {
         )),
         "{out}"
     );
-    assert!(node_b.join("pool/db.img").exists());
+    // A volume of node-b's pool (one of its target's own pools), served.
+    let api_b = node_b.join("target.api.sock");
+    let api_b = api_b.to_str().expect("utf-8");
+    let db = json(
+        &data,
+        &["target", "volume", "show", "node/db", "--socket", api_b],
+    );
+    assert_eq!(db["size_bytes"], 256 << 20, "{db}");
+    assert_eq!(
+        db["namespaces"],
+        serde_json::json!([format!("{nqn}/1")]),
+        "{db}"
+    );
     let script = format!(
         r#"set -eu
 say() {{ echo "E2E: $*"; }}
@@ -187,7 +199,8 @@ say "all good"
 
     // Deleted: gone from node-b's pool and dataplane.
     ok(&data, &["volume", "delete", "db"]);
-    assert!(!node_b.join("pool/db.img").exists());
+    let left = ok(&data, &["target", "volume", "list", "--socket", api_b]);
+    assert!(!left.contains("node/db "), "{left}");
     let subs = ok(
         &data,
         &[

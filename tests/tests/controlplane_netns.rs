@@ -266,11 +266,28 @@ fn three_nodes_in_network_namespaces() {
             v["status"]["phase"] == "Ready" && v["status"]["operation"].is_null()
         },
     );
-    let files: Vec<_> = ["a", "b", "c"]
+    // Made once: a volume of one node's pool only.
+    let holders: Vec<_> = ["a", "b", "c"]
         .iter()
-        .filter(|n| dir.join(n).join("pool/late.img").exists())
+        .filter(|n| {
+            let api = dir.join(n).join("target.api.sock");
+            json(
+                &data,
+                &[
+                    "target",
+                    "volume",
+                    "list",
+                    "--socket",
+                    api.to_str().expect("utf-8"),
+                ],
+            )
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|v| v["name"] == "late")
+        })
         .collect();
-    assert_eq!(files.len(), 1, "late made once: {files:?}");
+    assert_eq!(holders.len(), 1, "late made once: {holders:?}");
     let volumes = json(&data, &["volume", "list"]);
     let n = volumes.as_array().expect("list").len() as u64;
     wait_for("pools count every volume once", 20, || {

@@ -1,8 +1,9 @@
 //! The dataplane through the target's management API (gRPC on its Unix
-//! socket), with a file pool: the pool is a directory and a capacity; each pool
-//! volume is a sparse file there, served by the target as a file block device
-//! named `lpv-<volume>`. (When the target's own pools are in the API, their
-//! volumes replace the files behind the same trait.)
+//! socket): the node's pool is one of the target's own pools (the Pools
+//! service), made on first use on a device named on the command line or on a
+//! sparse file under the data directory (opened again, with its volumes, when
+//! the target restarts); each pool volume is a volume of it, which a namespace
+//! serves as the target's block device `POOL:VOLUME`.
 //!
 //! gRPC's ALREADY_EXISTS on a create and NOT_FOUND on a delete are success:
 //! the agent's calls are idempotent.
@@ -12,24 +13,27 @@ use std::path::PathBuf;
 
 use lightpool_api::v1 as pb;
 use lightpool_api::v1::{
-    block_devices_client::BlockDevicesClient, listeners_client::ListenersClient,
-    namespaces_client::NamespacesClient, subsystems_client::SubsystemsClient,
+    listeners_client::ListenersClient, namespaces_client::NamespacesClient,
+    pools_client::PoolsClient, subsystems_client::SubsystemsClient,
 };
 use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::{Dataplane, DataplaneError, Export, PoolInfo, PoolVolume};
 
-/// Block size of the file devices.
-const BLOCK_SIZE: u32 = 4096;
+/// The name of the node's pool among the target's pools.
+pub const POOL: &str = "node";
 
-/// A file pool served by a target over its management API.
+/// The node's pool on a target, over its management API.
 #[derive(Clone)]
 pub struct ApiDataplane {
     channel: Channel,
-    dir: PathBuf,
+    /// The pool's device: a file or block device.
+    device: PathBuf,
+    /// A sparse file of this size is made when the device does not exist.
     capacity: u64,
     buffered: bool,
+    overcommit: u32,
 }
 
 fn status(s: tonic::Status) -> DataplaneError {
@@ -45,12 +49,14 @@ fn io(what: &str, e: std::io::Error) -> DataplaneError {
     DataplaneError::Refused(format!("{what}: {e}"))
 }
 
+/// The target's block device of pool volume `name` while a namespace serves it.
 fn device(name: &str) -> String {
-    format!("lpv-{name}")
+    format!("{POOL}:{name}")
 }
 
 impl ApiDataplane {
-    /// The target behind `channel`; pool files in `dir`, `capacity` bytes in all.
+    /// The target behind `channel`; its pool on the sparse file `pool.img` in
+    /// `dir`, of `capacity` bytes (made when missing).
     pub fn new(
         channel: Channel,
         dir: impl Into<PathBuf>,
@@ -61,10 +67,19 @@ impl ApiDataplane {
             .map_err(|e| io(&format!("pool directory {}", dir.display()), e))?;
         Ok(ApiDataplane {
             channel,
-            dir,
+            device: dir.join("pool.img"),
             capacity,
             buffered: false,
+            overcommit: 100,
         })
+    }
+
+    /// The pool on this file or block device instead (it must exist; a device
+    /// holding anything but a pool, or zeroes, is refused, never formatted over).
+    pub fn on_device(mut self, device: impl Into<PathBuf>) -> Self {
+        self.device = device.into();
+        self.capacity = 0;
+        self
     }
 
     /// Pool files through the page cache rather than O_DIRECT (file systems
@@ -74,126 +89,127 @@ impl ApiDataplane {
         self
     }
 
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.img"))
+    /// Percent of a new pool's space its volumes may promise (default 100).
+    pub fn overcommit(mut self, percent: u32) -> Self {
+        self.overcommit = percent;
+        self
     }
 
-    /// The pool files: (volume, size).
-    fn files(&self) -> Result<BTreeMap<String, u64>, DataplaneError> {
-        let mut out = BTreeMap::new();
-        let rd = std::fs::read_dir(&self.dir).map_err(|e| io("pool directory", e))?;
-        for e in rd {
-            let e = e.map_err(|e| io("pool directory", e))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(v) = name.strip_suffix(".img") {
-                let len = e.metadata().map_err(|e| io(&name, e))?.len();
-                out.insert(v.to_string(), len);
-            }
+    fn pools(&self) -> PoolsClient<Channel> {
+        PoolsClient::new(self.channel.clone())
+    }
+
+    /// The pool, made or opened again (after the target restarted) when the
+    /// target does not have it.
+    async fn ensure_pool(&self) -> Result<pb::Pool, DataplaneError> {
+        let path = &self.device;
+        if self.capacity > 0 && !path.exists() {
+            // Sparse: blocks are taken as hosts write.
+            std::fs::File::create(path)
+                .and_then(|f| f.set_len(self.capacity))
+                .map_err(|e| io(&path.display().to_string(), e))?;
         }
-        Ok(out)
-    }
-
-    async fn devices(&self) -> Result<Vec<pb::BlockDevice>, DataplaneError> {
-        Ok(BlockDevicesClient::new(self.channel.clone())
-            .list_block_devices(pb::ListBlockDevicesRequest {})
+        Ok(self
+            .pools()
+            .create_pool(pb::CreatePoolRequest {
+                name: POOL.into(),
+                device: Some(pb::create_pool_request::Device::Path(
+                    path.display().to_string(),
+                )),
+                direct: self.buffered.then_some(false),
+                overcommit: Some(self.overcommit),
+                ..Default::default()
+            })
             .await
             .map_err(status)?
-            .into_inner()
-            .devices)
+            .into_inner())
+    }
+}
+
+/// What a new volume may still take: room under the over-commit limit, and
+/// clusters free.
+fn info(p: &pb::Pool) -> PoolInfo {
+    PoolInfo {
+        capacity: p.capacity_bytes,
+        free: p
+            .promise_limit_bytes
+            .saturating_sub(p.promised_bytes)
+            .min(p.free_bytes),
     }
 }
 
 impl Dataplane for ApiDataplane {
     async fn pool(&self) -> Result<PoolInfo, DataplaneError> {
-        let used: u64 = self.files()?.values().sum();
-        Ok(PoolInfo {
-            capacity: self.capacity,
-            free: self.capacity.saturating_sub(used),
-        })
+        Ok(info(&self.ensure_pool().await?))
     }
 
     async fn create_volume(
         &self,
         name: &str,
         size: u64,
-        _thin: bool,
+        thin: bool,
     ) -> Result<PoolVolume, DataplaneError> {
-        let path = self.file(name);
-        let files = self.files()?;
-        match files.get(name) {
-            Some(&len) if len != size => {
-                return Err(DataplaneError::Mismatch(format!(
-                    "pool file {} holds {len} bytes, not {size}",
-                    path.display()
-                )))
-            }
-            Some(_) => {}
-            None => {
-                let used: u64 = files.values().sum();
-                let free = self.capacity.saturating_sub(used);
-                if size > free {
-                    return Err(DataplaneError::NoSpace { needed: size, free });
-                }
-                // Sparse: blocks are taken as hosts write.
-                let f =
-                    std::fs::File::create(&path).map_err(|e| io(&path.display().to_string(), e))?;
-                f.set_len(size)
-                    .map_err(|e| io(&path.display().to_string(), e))?;
-            }
-        }
-        let r = BlockDevicesClient::new(self.channel.clone())
-            .create_block_device(pb::CreateBlockDeviceRequest {
-                name: device(name),
-                kind: Some(pb::create_block_device_request::Kind::File(
-                    pb::FileDevice {
-                        path: path.display().to_string(),
-                        block_size: BLOCK_SIZE,
-                        read_only: false,
-                        direct: Some(!self.buffered),
-                    },
-                )),
+        self.ensure_pool().await?;
+        let r = self
+            .pools()
+            .create_volume(pb::CreateVolumeRequest {
+                pool: POOL.into(),
+                name: name.into(),
+                size_bytes: size,
+                thick: !thin,
             })
             .await;
         match r {
-            Ok(_) => {}
-            Err(s) if s.code() == Code::AlreadyExists => {}
-            Err(s) => return Err(status(s)),
+            Ok(v) => Ok(PoolVolume {
+                name: name.into(),
+                device: device(name),
+                size: v.into_inner().size_bytes,
+            }),
+            Err(s) if s.code() == Code::AlreadyExists => {
+                Err(DataplaneError::Mismatch(s.message().to_string()))
+            }
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                let free = info(&self.ensure_pool().await?).free;
+                Err(DataplaneError::NoSpace { needed: size, free })
+            }
+            Err(s) => Err(status(s)),
         }
-        Ok(PoolVolume {
-            name: name.into(),
-            device: device(name),
-            size,
-        })
     }
 
     async fn delete_volume(&self, name: &str) -> Result<(), DataplaneError> {
-        let r = BlockDevicesClient::new(self.channel.clone())
-            .delete_block_device(pb::DeleteBlockDeviceRequest { name: device(name) })
+        let r = self
+            .pools()
+            .delete_volume(pb::DeleteVolumeRequest {
+                pool: POOL.into(),
+                name: name.into(),
+            })
             .await;
         match r {
-            Ok(_) => {}
-            Err(s) if s.code() == Code::NotFound => {}
-            Err(s) => return Err(status(s)),
-        }
-        match std::fs::remove_file(self.file(name)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io("pool file", e)),
+            Ok(_) => Ok(()),
+            // The volume, or the whole pool (not opened yet), is not there.
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(status(s)),
         }
     }
 
     async fn volumes(&self) -> Result<Vec<PoolVolume>, DataplaneError> {
-        let files = self.files()?;
-        let devices = self.devices().await?;
-        // A pool volume is its file and its device; a file alone (the target
-        // restarted) counts as missing and is recreated.
-        Ok(files
+        self.ensure_pool().await?;
+        let vs = self
+            .pools()
+            .list_volumes(pb::ListVolumesRequest {
+                pool: POOL.into(),
+                all: false,
+            })
+            .await
+            .map_err(status)?
+            .into_inner()
+            .volumes;
+        Ok(vs
             .into_iter()
-            .filter(|(n, _)| devices.iter().any(|d| d.name == device(n)))
-            .map(|(n, size)| PoolVolume {
-                device: device(&n),
-                name: n,
-                size,
+            .map(|v| PoolVolume {
+                device: device(&v.name),
+                name: v.name,
+                size: v.size_bytes,
             })
             .collect())
     }
@@ -254,15 +270,22 @@ impl Dataplane for ApiDataplane {
         nsid: u32,
         device: &str,
     ) -> Result<(), DataplaneError> {
+        // A pool volume is served by name ("POOL/VOLUME"): the target makes it
+        // the block device `device` names.
+        let (device_name, volume) = match device.strip_prefix(&format!("{POOL}:")) {
+            Some(v) => (String::new(), format!("{POOL}/{v}")),
+            None => (device.to_string(), String::new()),
+        };
         let r = NamespacesClient::new(self.channel.clone())
             .add_namespace(pb::AddNamespaceRequest {
                 nqn: nqn.into(),
                 nsid,
-                device: device.into(),
+                device: device_name,
                 nguid: None,
                 uuid: None,
                 ana_group: Some(1),
                 size_bytes: None,
+                volume,
             })
             .await;
         match r {

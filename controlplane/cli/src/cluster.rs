@@ -21,6 +21,7 @@ fn options(a: &StandaloneArgs, data_dir: PathBuf) -> Options {
     Options {
         data_dir,
         pool_size: a.pool_size,
+        device: a.device.clone(),
         node: a.node.clone().unwrap_or_else(hostname),
         address: a.address.clone(),
         port: a.port,

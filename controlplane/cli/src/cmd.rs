@@ -67,7 +67,7 @@ fn ana_name(state: i32) -> &'static str {
     }
 }
 
-fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     for (u, sh) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
         if bytes != 0 && bytes.trailing_zeros() >= sh {
             return format!("{}{u}", bytes >> sh);
@@ -78,7 +78,7 @@ fn size(bytes: u64) -> String {
 
 /// A gRPC status as the one line the user reads (with the transport's reasons, when
 /// the call never reached the target: a TLS refusal reads as one).
-fn refused(s: tonic::Status) -> String {
+pub(crate) fn refused(s: tonic::Status) -> String {
     let mut line = format!("{} ({:?})", s.message(), s.code());
     let mut src = std::error::Error::source(&s);
     while let Some(e) = src {
@@ -88,7 +88,7 @@ fn refused(s: tonic::Status) -> String {
     line
 }
 
-fn emit<T: Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) -> Result<(), String> {
+pub(crate) fn emit<T: Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) -> Result<(), String> {
     if json {
         println!(
             "{}",
@@ -225,7 +225,7 @@ fn ana_table(gs: &[AnaView]) {
     );
 }
 
-fn done(json: bool, what: &str) {
+pub(crate) fn done(json: bool, what: &str) {
     if json {
         println!("{{}}");
     } else {
@@ -359,6 +359,7 @@ pub async fn run(cli: &Cli, dest: &Dest) -> Result<(), String> {
                 NamespaceCmd::Add {
                     nqn,
                     device,
+                    volume,
                     nsid,
                     size,
                     nguid,
@@ -369,7 +370,8 @@ pub async fn run(cli: &Cli, dest: &Dest) -> Result<(), String> {
                         .add_namespace(pb::AddNamespaceRequest {
                             nqn: nqn.clone(),
                             nsid: *nsid,
-                            device: device.clone(),
+                            device: device.clone().unwrap_or_default(),
+                            volume: volume.as_ref().map(|v| v.to_string()).unwrap_or_default(),
                             nguid: nguid.clone(),
                             uuid: uuid.clone(),
                             ana_group: *ana_group,
@@ -754,6 +756,7 @@ pub async fn run(cli: &Cli, dest: &Dest) -> Result<(), String> {
             }
             Ok(())
         }
+        Cmd::Target(c) => crate::target::run(j, ch, c).await,
         // Dispatched before a target is dialled (main).
         Cmd::Standalone(_)
         | Cmd::Agent(_)

@@ -10,6 +10,7 @@ mod cluster;
 mod cmd;
 mod csi;
 mod table;
+mod target;
 
 use std::path::PathBuf;
 
@@ -104,16 +105,23 @@ pub enum Cmd {
     #[command(subcommand)]
     Config(ConfigCmd),
     /// Run LightPool on this machine: the dataplane, the controller and one agent,
-    /// state and a default pool of sparse files in the data directory.
+    /// state in the data directory and the node's pool (a pool of the target) on a
+    /// sparse file there or on --device.
     Standalone(StandaloneArgs),
     /// Run a further storage node on this machine (its own dataplane and agent,
     /// e.g. in a network namespace of its own) that joins the standalone
     /// instance on --data-dir.
     Agent(AgentArgs),
+    /// This target's own pools, volumes and snapshots (the dataplane's, through
+    /// its API): `lightpool target pool|volume|snapshot ...`. `lightpool pool` and
+    /// `lightpool volume` are the standalone cluster's, placed on these.
+    #[command(subcommand)]
+    Target(target::TargetCmd),
     /// Volumes (of the standalone instance): create, list, show, delete.
     #[command(subcommand)]
     Volume(VolumeCmd),
-    /// Storage pools: list.
+    /// Storage pools (of the standalone instance, one per node): list. A
+    /// target's own pools: `lightpool target pool`.
     #[command(subcommand)]
     Pool(PoolCmd),
     /// Storage nodes: list.
@@ -125,9 +133,14 @@ pub enum Cmd {
 
 #[derive(Args, Debug)]
 pub struct StandaloneArgs {
-    /// The default pool's size (sparse files: space is taken as hosts write).
+    /// The default pool's size (a sparse file: space is taken as hosts write).
     #[arg(long, default_value = "10GiB", value_parser = cmd::parse_size)]
     pub pool_size: u64,
+    /// The node's pool on this file or block device instead of the sparse file
+    /// (a new pool when it is blank; one it holds is opened; anything else is
+    /// refused, never formatted over).
+    #[arg(long)]
+    pub device: Option<PathBuf>,
     /// The node's name; default the host name.
     #[arg(long)]
     pub node: Option<String>,
@@ -234,9 +247,12 @@ pub enum NamespaceCmd {
     Add {
         #[arg(long)]
         nqn: String,
-        /// The block device to serve.
-        #[arg(long)]
-        device: String,
+        /// The block device to serve,
+        #[arg(long, required_unless_present = "volume", conflicts_with = "volume")]
+        device: Option<String>,
+        /// or a volume of one of the target's pools, POOL/VOLUME.
+        #[arg(long, value_parser = target::parse_pool_path)]
+        volume: Option<target::PoolPath>,
         /// 1 to 32; default the lowest free.
         #[arg(long, default_value_t = 0)]
         nsid: u32,

@@ -1,6 +1,6 @@
 //! `lightpool standalone` and `lightpool agent` as a user runs them, on this
 //! machine: volumes created, refused, placed by their hints across two nodes,
-//! deleted (files and subsystems gone); a node whose agent is killed is Unknown
+//! deleted (pool volumes and subsystems gone); a node whose agent is killed is Unknown
 //! within 16 s and gets no new volume, and Ready again when restarted; an
 //! instance stopped and started serves the same volumes again.
 
@@ -202,6 +202,26 @@ impl Setup {
         start.elapsed()
     }
 
+    /// `lightpool --json target ARGS` against node `node`'s target.
+    fn target_json(&self, node: &str, args: &[&str]) -> serde_json::Value {
+        let sock = self.dir.join(node).join("target.api.sock");
+        let mut all = vec!["--json", "--socket", sock.to_str().unwrap(), "target"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+
+    /// The volumes of node `node`'s pool, as `lightpool target volume list` prints them.
+    fn target_volumes(&self, node: &str) -> String {
+        let sock = self.dir.join(node).join("target.api.sock");
+        self.ok(&[
+            "--socket",
+            sock.to_str().unwrap(),
+            "target",
+            "volume",
+            "list",
+        ])
+    }
+
     fn node_of(&self, volume: &str) -> String {
         let v: serde_json::Value =
             serde_json::from_str(&self.ok(&["volume", "show", volume, "--json"])).unwrap();
@@ -230,8 +250,14 @@ fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
         )),
         "{out}"
     );
-    let file = s.dir.join("a/pool/v1.img");
-    assert_eq!(std::fs::metadata(&file).unwrap().len(), 64 << 20);
+    // A volume of the node's pool (one of the target's own pools, on a sparse file).
+    assert!(s.dir.join("a/pool/pool.img").exists());
+    let v = s.target_json("a", &["volume", "show", "node/v1"]);
+    assert_eq!(v["size_bytes"], 64 << 20);
+    assert_eq!(
+        v["namespaces"],
+        serde_json::json!(["nqn.2024-01.io.lightpool:volume:v1/1"])
+    );
     let subs = s.ok(&[
         "subsystem",
         "list",
@@ -271,7 +297,7 @@ fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
     );
     s.ok(&["volume", "delete", "m"]);
     s.ok(&["volume", "delete", "big"]);
-    assert!(!s.dir.join("a/pool/big.img").exists());
+    assert!(!s.target_volumes("a").contains("node/big "));
 
     // A second node joins; hints place volumes on one or the other.
     let port_b = free_port();
@@ -318,7 +344,7 @@ fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
     assert_eq!(s.node_of("r1"), "node-b");
     assert_eq!(s.node_of("l1"), "node-b");
     assert_eq!(s.node_of("p1"), "node-a");
-    assert!(s.dir.join("b/pool/r1.img").exists());
+    assert!(s.target_volumes("b").contains("node/r1 "));
     let show = s.ok(&["volume", "show", "r1"]);
     assert!(
         show.contains(&format!(
@@ -327,9 +353,9 @@ fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
         "{show}"
     );
 
-    // Deleted: the file and subsystem go.
+    // Deleted: the pool volume and subsystem go.
     s.ok(&["volume", "delete", "v1"]);
-    assert!(!file.exists());
+    assert!(!s.target_volumes("a").contains("node/v1 "));
     let subs = s.ok(&[
         "subsystem",
         "list",

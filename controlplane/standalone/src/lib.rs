@@ -57,8 +57,10 @@ pub enum StandaloneError {
 pub struct Options {
     /// Where everything lives.
     pub data_dir: PathBuf,
-    /// The default pool's size.
+    /// The default pool's size (a sparse file under the data directory).
     pub pool_size: u64,
+    /// The pool on this file or block device instead of the sparse file.
+    pub device: Option<PathBuf>,
     /// The node's name.
     pub node: String,
     /// The NVMe/TCP address hosts connect to.
@@ -204,17 +206,36 @@ pub async fn run_node<S: Store>(
     let d = &o.data_dir;
     std::fs::create_dir_all(d).map_err(io(d.display().to_string()))?;
     let (mut child, channel) = start_target(o).await?;
-    let dataplane = ApiDataplane::new(channel, d.join("pool"), o.pool_size)?.buffered(o.buffered);
     let mut cfg = AgentConfig::new(&o.node, &o.address, o.port);
     cfg.identity = format!("{}-{}", o.node, std::process::id());
+    // The node's pool: one of the target's own, made through its API on first use.
+    let mut dataplane = ApiDataplane::new(channel, d.join("pool"), o.pool_size)?
+        .buffered(o.buffered)
+        .overcommit(cfg.over_commit_percent);
+    let on = match &o.device {
+        Some(dev) => {
+            dataplane = dataplane.on_device(dev);
+            dev.display().to_string()
+        }
+        None => format!(
+            "a sparse file of {} in {}",
+            lightpool_model::quantity::human_bytes(o.pool_size),
+            d.join("pool").display()
+        ),
+    };
+    cfg.devices = vec![lightpool_model::pool::PoolDevice {
+        path: o
+            .device
+            .clone()
+            .unwrap_or_else(|| d.join("pool").join("pool.img"))
+            .display()
+            .to_string(),
+        size: None,
+    }];
     let agent = Agent::new(store, dataplane, cfg);
     println!(
-        "lightpool: node {}, pool of {} in {}, NVMe/TCP on {}:{}",
-        o.node,
-        lightpool_model::quantity::human_bytes(o.pool_size),
-        d.join("pool").display(),
-        o.address,
-        o.port
+        "lightpool: node {}, pool on {on}, NVMe/TCP on {}:{}",
+        o.node, o.address, o.port
     );
     let (tx, rx) = tokio::sync::watch::channel(false);
     let agent_task = tokio::spawn(agent.run(Duration::from_secs(1), stopped(rx)));

@@ -8,7 +8,8 @@
 //! `NOT_FOUND` (an unknown name), `ALREADY_EXISTS` (a duplicate), `INVALID_ARGUMENT` (a
 //! value out of range or malformed), `FAILED_PRECONDITION` (the object is in use, or
 //! the operation cannot be done in the target's present state), `RESOURCE_EXHAUSTED`
-//! (not enough memory), `UNAVAILABLE` (an address in use, a target handing over).
+//! (not enough memory or pool space), `UNAVAILABLE` (an address in use, a target
+//! handing over), `DATA_LOSS` (a pool's check found corrupt metadata).
 
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]

@@ -5,6 +5,7 @@
 //! with the rest of the registry. And the control socket's POOL command, which runs the
 //! pools' operations ([`PoolOps`]) at run time and which `lightpool-target pool` sends.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -16,7 +17,7 @@ use lightpool_bdev::Bdev;
 use lightpool_bdev_nvme_vfio::{NvmeVfioBdev, NvmeVfioOptions};
 use lightpool_bdev_ram::MallocBdev;
 use lightpool_bdev_uring::{UringBdev, UringOptions};
-use lightpool_pool::{OpenReport, Pool, PoolOps, PoolOptions, VolumeInfo};
+use lightpool_pool::{OpenReport, Pool, PoolError, PoolOps, PoolOptions, VolumeInfo};
 
 use crate::config::{parse_size, split_volume, volume_device_name, PoolSection};
 use crate::manage::{DeviceSpec, ManageError, Registry};
@@ -48,8 +49,16 @@ pub fn open_pool(
     let fail = |e: anyhow::Error| ManageError::Invalid(format!("{e:#}"));
     let dev = open_device(p, registry, state_dir)?;
     let opts = options(p);
-    let (pool, report) = Pool::open(dev, &p.name, &opts, p.create)
-        .map_err(|e| ManageError::Invalid(e.to_string()))?;
+    let (pool, report) = Pool::open(dev, &p.name, &opts, p.create).map_err(manage_error)?;
+    let how = match &report {
+        OpenReport::Created => "created",
+        OpenReport::Clean { .. } => "clean",
+        OpenReport::Recovered { .. } => "recovered",
+    };
+    OPENED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(p.name.clone(), how);
     match &report {
         OpenReport::Created => println!(
             "lightpool-target: pool {}: made a new pool on {}",
@@ -90,10 +99,54 @@ pub fn open_volume(
         .ok_or_else(|| ManageError::NotFound(format!("no pool {pool:?}")))?;
     p.open_volume(volume)
         .map(|v| v as Arc<dyn Bdev>)
-        .map_err(|e| match e {
-            lightpool_pool::PoolError::NoSuchVolume { .. } => ManageError::NotFound(e.to_string()),
-            e => ManageError::Invalid(e.to_string()),
-        })
+        .map_err(manage_error)
+}
+
+/// How this process opened each pool ("created", "clean", "recovered"); a pool a hot
+/// upgrade handed over is not in it.
+static OPENED: std::sync::Mutex<BTreeMap<String, &'static str>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// How this process opened pool `name`: "created", "clean", "recovered" or "adopted"
+/// (from the process before a hot upgrade).
+pub fn opened(name: &str) -> &'static str {
+    OPENED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+        .copied()
+        .unwrap_or("adopted")
+}
+
+/// A pool's error as the kind of refusal it is (each kind one gRPC status code).
+pub fn manage_error(e: PoolError) -> ManageError {
+    use PoolError as P;
+    let m = e.to_string();
+    match e {
+        P::NoSuchVolume { .. } => ManageError::NotFound(m),
+        P::Exists { .. } => ManageError::Exists(m),
+        P::InvalidName { .. } | P::InvalidSize { .. } | P::Options(_) => ManageError::Invalid(m),
+        P::NoSpace { .. }
+        | P::Overcommit { .. }
+        | P::TooManyVolumes { .. }
+        | P::MetadataFull { .. }
+        | P::MapAreaFull { .. } => ManageError::NoMemory(m),
+        P::IsSnapshot { .. }
+        | P::NotSnapshot { .. }
+        | P::NotClone { .. }
+        | P::HasClones { .. }
+        | P::InUse { .. }
+        | P::Shrink { .. }
+        | P::NotAPool { .. }
+        | P::WrongPool { .. }
+        | P::Version { .. }
+        | P::DeviceSize { .. }
+        | P::BlockSize { .. } => ManageError::InUse(m),
+        P::Busy { .. } | P::HandedOver { .. } => ManageError::Unavailable(m),
+        P::Device { .. } | P::Io { .. } | P::Corrupt { .. } | P::Arena { .. } => {
+            ManageError::Failed(m)
+        }
+    }
 }
 
 /// The registry's name of volume "POOL/VOLUME", registered first if no namespace

@@ -18,7 +18,8 @@
 //! | `reactor_seconds_total` | reactor, state (busy, idle, sleep) | counter |
 //! | `reactor_loops_total` | reactor | counter |
 //! | `reactor_queue_depth`, `reactor_queues` | reactor | gauge |
-//! | `pool_capacity_bytes`, `pool_used_bytes` | pool | gauge |
+//! | `pool_capacity_bytes`, `pool_used_bytes`, `pool_free_bytes` | pool | gauge |
+//! | `pool_promised_bytes`, `pool_promise_limit_bytes`, `pool_volumes` | pool | gauge |
 //!
 //! `op` is read, write, other (Flush, Write Zeroes, Dataset Management, Compare) or
 //! admin (admin and fabrics commands, counted per subsystem and reactor only). Pools
@@ -60,7 +61,15 @@ pub struct PoolUsage {
     pub name: String,
     pub capacity_bytes: u64,
     pub used_bytes: u64,
+    pub free_bytes: u64,
+    pub promised_bytes: u64,
+    pub promise_limit_bytes: u64,
+    /// Volumes, snapshots and clones.
+    pub volumes: u64,
 }
+
+/// A pool gauge: its name, its help, and its value.
+type PoolFamily = (&'static str, &'static str, fn(&PoolUsage) -> u64);
 
 /// Where pool capacity comes from: the pool crate registers one per pool manager
 /// (called at each scrape, on the metrics thread: it must not wait on a reactor).
@@ -432,36 +441,50 @@ impl Collector for Scrape {
             .iter()
             .flat_map(|p| p.pools())
             .collect();
-        let cap: Vec<_> = pools
-            .iter()
-            .map(|p| {
-                (
-                    vec![("pool", p.name.clone())],
-                    i64::try_from(p.capacity_bytes).unwrap_or(i64::MAX),
-                )
-            })
-            .collect();
-        let used: Vec<_> = pools
-            .iter()
-            .map(|p| {
-                (
-                    vec![("pool", p.name.clone())],
-                    i64::try_from(p.used_bytes).unwrap_or(i64::MAX),
-                )
-            })
-            .collect();
-        gauge(
-            &mut enc,
-            "lightpool_pool_capacity_bytes",
-            "Capacity of each storage pool.",
-            &cap,
-        )?;
-        gauge(
-            &mut enc,
-            "lightpool_pool_used_bytes",
-            "Bytes of each storage pool given to volumes.",
-            &used,
-        )?;
+        let families: [PoolFamily; 6] = [
+            (
+                "lightpool_pool_capacity_bytes",
+                "Data space of each storage pool (its metadata excluded).",
+                |p| p.capacity_bytes,
+            ),
+            (
+                "lightpool_pool_used_bytes",
+                "Bytes of each storage pool given to volumes and snapshots.",
+                |p| p.used_bytes,
+            ),
+            (
+                "lightpool_pool_free_bytes",
+                "Bytes of each storage pool not given to any volume.",
+                |p| p.free_bytes,
+            ),
+            (
+                "lightpool_pool_promised_bytes",
+                "Sum of the sizes of each pool's writable volumes (thin ones over-commit).",
+                |p| p.promised_bytes,
+            ),
+            (
+                "lightpool_pool_promise_limit_bytes",
+                "What each pool's writable volumes may promise at most (its over-commit limit).",
+                |p| p.promise_limit_bytes,
+            ),
+            (
+                "lightpool_pool_volumes",
+                "Volumes, snapshots and clones in each pool.",
+                |p| p.volumes,
+            ),
+        ];
+        for (name, help, value) in families {
+            let rows: Vec<_> = pools
+                .iter()
+                .map(|p| {
+                    (
+                        vec![("pool", p.name.clone())],
+                        i64::try_from(value(p)).unwrap_or(i64::MAX),
+                    )
+                })
+                .collect();
+            gauge(&mut enc, name, help, &rows)?;
+        }
         Ok(())
     }
 }

@@ -15,11 +15,19 @@ impl PoolSource for TwoPools {
                 name: "nvme0".into(),
                 capacity_bytes: 1 << 40,
                 used_bytes: 3 << 30,
+                free_bytes: (1 << 40) - (3 << 30),
+                promised_bytes: 5 << 30,
+                promise_limit_bytes: 2 << 40,
+                volumes: 7,
             },
             PoolUsage {
                 name: "nvme1".into(),
                 capacity_bytes: 2 << 40,
                 used_bytes: 0,
+                free_bytes: 2 << 40,
+                promised_bytes: 0,
+                promise_limit_bytes: 2 << 40,
+                volumes: 0,
             },
         ]
     }
@@ -57,6 +65,15 @@ fn reactors_and_pools_are_reported_and_only_metrics_is_served() {
         page.contains("lightpool_pool_capacity_bytes{pool=\"nvme1\"} 2199023255552"),
         "{page}"
     );
+    for line in [
+        "lightpool_pool_free_bytes{pool=\"nvme0\"} 1096290402304",
+        "lightpool_pool_promised_bytes{pool=\"nvme0\"} 5368709120",
+        "lightpool_pool_promise_limit_bytes{pool=\"nvme1\"} 2199023255552",
+        "lightpool_pool_volumes{pool=\"nvme0\"} 7",
+        "lightpool_pool_volumes{pool=\"nvme1\"} 0",
+    ] {
+        assert!(page.contains(line), "{line}: {page}");
+    }
     for state in ["busy", "idle", "sleep"] {
         assert!(
             page.contains(&format!(

@@ -5,7 +5,8 @@ use std::sync::{Arc, Weak};
 use lightpool_api::v1 as pb;
 use lightpool_api::v1::{
     ana_server, block_devices_server, config_server, controllers_server, listeners_server,
-    logging_server, namespaces_server, statistics_server, subsystems_server, upgrade_server,
+    logging_server, namespaces_server, pools_server, statistics_server, subsystems_server,
+    upgrade_server,
 };
 use lightpool_nvmf::SubsystemConfig;
 use tokio::sync::watch;
@@ -35,7 +36,7 @@ impl Api {
     }
 
     /// Run `f` on a blocking thread (changes wait on reactors' answers).
-    async fn blocking<T: Send + 'static>(
+    pub(super) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Running) -> Result<T, ManageError> + Send + 'static,
     ) -> Result<T, Status> {
@@ -58,6 +59,7 @@ fn routes(mut b: Server, api: &Api) -> Router {
         .add_service(statistics_server::StatisticsServer::new(api.clone()))
         .add_service(logging_server::LoggingServer::new(api.clone()))
         .add_service(upgrade_server::UpgradeServer::new(api.clone()))
+        .add_service(pools_server::PoolsServer::new(api.clone()))
         .add_service(config_server::ConfigServer::new(api.clone()))
 }
 
@@ -167,21 +169,41 @@ impl namespaces_server::Namespaces for Api {
         let r = r.into_inner();
         let nguid = convert::parse_id("nguid", &r.nguid)?;
         let uuid = convert::parse_id("uuid", &r.uuid)?;
+        if !r.volume.is_empty() && !r.device.is_empty() {
+            return Err(Status::invalid_argument(
+                "give a block device or a pool's volume (\"POOL/VOLUME\"), not both",
+            ));
+        }
         let out = self
             .blocking(move |run| {
+                let device = if r.volume.is_empty() {
+                    r.device
+                } else {
+                    crate::pools::volume_device(run, &r.volume)?
+                };
                 let ns = run.add_namespace(
                     &r.nqn,
                     r.nsid,
-                    &r.device,
+                    &device,
                     nguid,
                     uuid,
                     r.ana_group,
                     r.size_bytes,
-                )?;
+                );
+                let ns = match ns {
+                    Ok(ns) => ns,
+                    Err(e) => {
+                        // The volume's device, registered for it, goes again.
+                        if !r.volume.is_empty() {
+                            let _ = run.release_volumes();
+                        }
+                        return Err(e);
+                    }
+                };
                 Ok(convert::namespace(&crate::manage::NsView {
                     nqn: r.nqn,
                     ns,
-                    device: r.device,
+                    device,
                 }))
             })
             .await?;

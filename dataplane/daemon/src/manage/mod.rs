@@ -229,7 +229,7 @@ impl Running {
     }
 
     /// Who uses a device: namespaces serving it, devices stacked on it.
-    fn users_of(&self, d: &Arc<dyn Bdev>) -> Vec<String> {
+    pub(crate) fn users_of(&self, d: &Arc<dyn Bdev>) -> Vec<String> {
         let mut out: Vec<String> = self
             .namespaces()
             .into_iter()
@@ -242,6 +242,31 @@ impl Running {
             }
         }
         out
+    }
+
+    /// Forget the pools' volumes (`DeviceSpec::Volume`) that no namespace serves any
+    /// more: a volume is a block device only while served, so that the pool can delete
+    /// or rename it and close. Whether any went (the boot blob is then rewritten).
+    fn drop_unserved_volumes(&self) -> bool {
+        let mut any = false;
+        for e in self.mgmt.registry.all() {
+            if matches!(e.spec, DeviceSpec::Volume { .. }) && self.users_of(&e.bdev).is_empty() {
+                self.mgmt.registry.remove(&e.name);
+                tracing::debug!(name = e.name, "volume no namespace serves forgotten");
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// [`Running::drop_unserved_volumes`] under the change lock (a namespace that
+    /// failed to be added on a volume left its device behind).
+    pub fn release_volumes(&self) -> Result<(), ManageError> {
+        let g = self.change()?;
+        if self.drop_unserved_volumes() {
+            self.changed(g);
+        }
+        Ok(())
     }
 
     /// Delete a block device that nothing uses.
@@ -301,6 +326,7 @@ impl Running {
             .remove_subsystem(nqn, std::time::Duration::from_secs(5), || {
                 self.wake_reactors()
             })?;
+        self.drop_unserved_volumes();
         self.changed(g);
         tracing::info!(nqn, "subsystem deleted");
         Ok(())
@@ -357,6 +383,7 @@ impl Running {
     pub fn remove_namespace(&self, nqn: &str, nsid: u32) -> Result<(), ManageError> {
         let g = self.change()?;
         self.subsystem(nqn)?.remove_namespace(nsid)?;
+        self.drop_unserved_volumes();
         self.changed(g);
         tracing::info!(nqn, nsid, "namespace removed");
         Ok(())

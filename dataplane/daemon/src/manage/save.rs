@@ -99,7 +99,18 @@ pub fn save(run: &Running) -> Config {
     let pools = entries
         .iter()
         .filter_map(|e| match &e.spec {
-            crate::manage::DeviceSpec::Pool(text) => crate::pools::section(text).ok(),
+            crate::manage::DeviceSpec::Pool(text) => {
+                let mut p = crate::pools::section(text).ok()?;
+                // The volumes it names that are still there (one deleted or renamed
+                // at run time must not come back at the next start); the others,
+                // created at run time, are in the pool itself.
+                if let Some(pool) = lightpool_pool::as_pool(&e.bdev) {
+                    use lightpool_pool::PoolOps;
+                    p.volumes
+                        .retain(|v| pool.volume_info(&v.name).is_ok_and(|i| !i.snapshot));
+                }
+                Some(p)
+            }
             _ => None,
         })
         .collect();
