@@ -41,7 +41,7 @@ build_next() {
         cp target/release/lightpool-target target/release/lightpool-target-next
 }
 phase "build lightpool-target-next (release)" build_next
-phase "build lightpool-target, lightpool, lightpool-perf (release)" cargo build --release -p lightpool-daemon -p lightpool-cli -p lightpool-perf --bins
+phase "build lightpool-target, lightpool, lightpool-perf, csi-client (release)" cargo build --release -p lightpool-daemon -p lightpool-cli -p lightpool-perf --bins -p lightpool-e2e --bin csi-client
 # What the VFIO guest test carries into the guest.
 phase "build hugepage-setup, nvme_vfio_iops (release)" \
     cargo build --release -p hugepage-setup --bins -p lightpool-bdev-nvme-vfio --example nvme_vfio_iops

@@ -24,7 +24,10 @@ VM=$CACHE_ROOT/vm
 SELF=$REPO/tests/vm/setup.sh
 
 # Packages the host needs. kmod: depmod; libc-bin: ldd.
-HOST_PKGS=(qemu-system-x86 busybox-static cpio xz-utils nvme-cli fio kmod libc-bin iproute2)
+# e2fsprogs, xfsprogs, util-linux: the file systems the CSI node plugin makes (and
+# blkid, which it asks first).
+HOST_PKGS=(qemu-system-x86 busybox-static cpio xz-utils nvme-cli fio kmod libc-bin iproute2
+    e2fsprogs xfsprogs util-linux)
 
 # Modules the guest loads, by name as modprobe knows them; their dependencies
 # come from modules.dep. A name that is built into the kernel is skipped.
@@ -42,6 +45,8 @@ GUEST_MODULES=(
     # a PCIe NVMe SSD for the userspace driver: the kernel's driver (to give the
     # device back to), VFIO to take it, ext4 to mount it (hugepage-setup's refusal)
     nvme vfio vfio_iommu_type1 vfio-pci ext4
+    # the CSI node plugin's other file system
+    xfs
 )
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -168,8 +173,9 @@ mapfile -t MODS < <(printf '%s\n' "${!WANT[@]}" | sort)
 
 # Host programs and every shared library they load (ldd), plus libgcc_s,
 # which glibc dlopens for thread cancellation and unwinding.
-BINS=(/usr/sbin/nvme /usr/bin/fio)
-for b in "${BINS[@]}"; do [[ -x $b ]] || die "$b missing (nvme-cli / fio not installed?)"; done
+BINS=(/usr/sbin/nvme /usr/bin/fio /usr/sbin/mke2fs /usr/sbin/resize2fs /usr/sbin/blkid
+    /usr/sbin/mkfs.xfs /usr/sbin/xfs_growfs)
+for b in "${BINS[@]}"; do [[ -x $b ]] || die "$b missing (nvme-cli, fio, e2fsprogs, xfsprogs, util-linux not installed?)"; done
 mapfile -t LIBS < <(
     {
         for b in "${BINS[@]}"; do
@@ -212,11 +218,17 @@ while IFS= read -r applet; do
 done < <("$BUSYBOX" --list-full)
 [[ -L $R/sbin/modprobe ]] || ln -sf /bin/busybox "$R/sbin/modprobe"
 
-# nvme-cli, fio and their libraries, at the paths the host has them
+# nvme-cli, fio, the file-system tools and their libraries, at the paths the host
+# has them (replacing a busybox applet of the same name: remove the link first, or
+# cp would write through it into busybox)
 for f in "${BINS[@]}" "${LIBS[@]}"; do
     mkdir -p "$R$(dirname "$f")"
+    rm -f "$R$f"
     cp -L "$f" "$R$f"
 done
+# mke2fs makes ext4 when called by that name; its defaults file
+ln -sf mke2fs "$R/usr/sbin/mkfs.ext4"
+cp /etc/mke2fs.conf "$R/etc/mke2fs.conf"
 # /lib64/ld-linux-x86-64.so.2 is how binaries name the loader
 if [[ ! -e $R/lib64/ld-linux-x86-64.so.2 ]]; then
     ln -s /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$R/lib64/ld-linux-x86-64.so.2"

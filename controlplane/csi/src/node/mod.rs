@@ -103,11 +103,15 @@ impl CsiNode {
         self.state_dir.join(format!("{volume}.stage"))
     }
 
-    /// The staging record: NQN and device.
-    fn staged(&self, volume: &str) -> Option<(String, PathBuf)> {
+    /// The staging record: NQN, device and staging path.
+    fn staged(&self, volume: &str) -> Option<(String, PathBuf, String)> {
         let text = std::fs::read_to_string(self.record(volume)).ok()?;
         let mut it = text.lines();
-        Some((it.next()?.to_string(), PathBuf::from(it.next()?)))
+        Some((
+            it.next()?.to_string(),
+            PathBuf::from(it.next()?),
+            it.next().unwrap_or_default().to_string(),
+        ))
     }
 
     /// Connect, find, format and mount; undone on failure.
@@ -119,7 +123,13 @@ impl CsiNode {
         check_capabilities(std::slice::from_ref(cap)).map_err(Status::invalid_argument)?;
         let t = target_of(&r.volume_context).map_err(Status::invalid_argument)?;
         let staging = Path::new(&r.staging_target_path);
-        if let Some((nqn, _)) = self.staged(&r.volume_id) {
+        if let Some((nqn, _, at)) = self.staged(&r.volume_id) {
+            if at != r.staging_target_path {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} is staged at {at} on this node: unstage it there first",
+                    r.volume_id
+                )));
+            }
             if nqn == t.nqn && (fs_of(cap).is_none() || host::is_mounted(staging)) {
                 return Ok(());
             }
@@ -190,7 +200,7 @@ impl CsiNode {
         }
         std::fs::write(
             self.record(&r.volume_id),
-            format!("{}\n{}\n", t.nqn, dev.display()),
+            format!("{}\n{}\n{}\n", t.nqn, dev.display(), r.staging_target_path),
         )
         .map_err(|e| Status::internal(format!("staging record: {e}")))?;
         tracing::info!(volume = %r.volume_id, device = %dev.display(), "staged");
@@ -201,7 +211,7 @@ impl CsiNode {
         host::umount(staging).map_err(internal)?;
         let nqn = self
             .staged(volume)
-            .map(|(n, _)| n)
+            .map(|(n, _, _)| n)
             .unwrap_or_else(|| lightpool_model::volume::volume_nqn(volume));
         host::disconnect(&nqn).map_err(internal)?;
         let _ = std::fs::remove_file(self.record(volume));
@@ -219,7 +229,7 @@ impl CsiNode {
         if host::is_mounted(target) {
             return Ok(());
         }
-        let Some((_, dev)) = self.staged(&r.volume_id) else {
+        let Some((_, dev, _)) = self.staged(&r.volume_id) else {
             return Err(Status::failed_precondition(format!(
                 "volume {} is not staged on this node: NodeStageVolume comes first",
                 r.volume_id
@@ -374,9 +384,12 @@ impl csi::node_server::Node for CsiNode {
                 },
             ]
         } else {
-            let dev = self.staged(&r.volume_id).map(|(_, d)| d).ok_or_else(|| {
-                Status::not_found(format!("volume {} is not staged here", r.volume_id))
-            })?;
+            let dev = self
+                .staged(&r.volume_id)
+                .map(|(_, d, _)| d)
+                .ok_or_else(|| {
+                    Status::not_found(format!("volume {} is not staged here", r.volume_id))
+                })?;
             vec![csi::VolumeUsage {
                 total: host::device_size(&dev).unwrap_or(0) as i64,
                 unit: Unit::Bytes as i32,
