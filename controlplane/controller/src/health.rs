@@ -1,6 +1,7 @@
 //! Pool health from the node heartbeats: a pool whose node's Lease has not been
-//! renewed within `missed × interval` (judged on this controller's clock) is
-//! Unknown and gets no new volumes; when renewals return it is Ready again.
+//! renewed for [`crate::ControllerConfig::silence`] (judged on this controller's
+//! clock) is Unknown and gets no new volumes; when renewals return it is Ready
+//! again.
 
 use lightpool_agent::node_lease;
 use lightpool_model::{set_condition, Condition, ConditionStatus, PoolHealth, StoragePool};
@@ -19,7 +20,7 @@ pub(crate) async fn judge<S: Store>(
 ) -> Result<Vec<StoragePool>, ControllerError> {
     let now = Instant::now();
     let mut pools = c.store.list::<StoragePool>().await?.items;
-    let deadline = c.config.heartbeat * c.config.missed_heartbeats;
+    let deadline = c.config.silence();
     for pool in &mut pools {
         let Some(name) = pool.metadata.name.clone() else {
             continue;
@@ -55,9 +56,9 @@ pub(crate) async fn judge<S: Store>(
                     status: ConditionStatus::False,
                     reason: "Missed".into(),
                     message: format!(
-                        "node {node}'s agent has not renewed its heartbeat for {} s ({} missed): no new volumes go there",
-                        deadline.as_secs(),
-                        c.config.missed_heartbeats
+                        "node {node}'s agent has not renewed its heartbeat for {:.1} s (due every {} s): no new volumes go there",
+                        deadline.as_secs_f64(),
+                        c.config.heartbeat.as_secs()
                     ),
                     last_transition_time: Some(now_rfc3339()),
                 },
@@ -82,6 +83,12 @@ pub(crate) async fn judge<S: Store>(
                 report.health_changes.push((name.clone(), health));
             }
         }
+        let silent = pool.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == HEARTBEAT_CONDITION && c.status == ConditionStatus::False)
+        });
+        c.pool_nodes.insert(name.clone(), (node, silent));
         let seen = pool
             .status
             .as_ref()
@@ -90,5 +97,7 @@ pub(crate) async fn judge<S: Store>(
             c.pool_epoch += 1;
         }
     }
+    c.pool_nodes
+        .retain(|n, _| pools.iter().any(|p| p.metadata.name.as_deref() == Some(n)));
     Ok(pools)
 }

@@ -3,9 +3,12 @@
 //! [`Controller::run`]) it
 //! 1. renews or contends for leadership; a follower does nothing else and a
 //!    leader that lost the lease forgets its ledger;
-//! 2. judges each pool's health by its node's heartbeat Lease: Unknown once
-//!    renewals stop for three intervals (15 s by default), Ready again when they
-//!    return; the scheduler places nothing on an Unknown pool;
+//! 2. judges each pool's health by its node's heartbeat Lease: Unknown within
+//!    three heartbeat intervals (15 s by default) of the agent's last renewal,
+//!    Ready again when renewals return; the scheduler places nothing on an
+//!    Unknown pool. Between ticks the leader looks at the heartbeats every
+//!    `heartbeat_check` ([`Controller::check_heartbeats`]) so the promise holds
+//!    with a margin (see [`ControllerConfig::silence`]);
 //! 3. rebuilds the scheduler's ledger from the Volumes' statuses when it became
 //!    leader (a restart, a take-over);
 //! 4. runs each Volume's operation, a persisted state machine
@@ -43,6 +46,9 @@ pub enum ControllerError {
     /// The scheduler profile is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The heartbeat timings cannot keep the promise.
+    #[error("controller timings: {0}")]
+    Timing(String),
 }
 
 /// Timings and the scheduler profile.
@@ -54,22 +60,63 @@ pub struct ControllerConfig {
     pub lease_duration: Duration,
     /// The agents' heartbeat interval.
     pub heartbeat: Duration,
-    /// Missed heartbeats after which a pool is Unknown.
+    /// Missed heartbeats within which a silent node's pool is Unknown: the
+    /// promise is `heartbeat × missed_heartbeats` from the agent's death.
     pub missed_heartbeats: u32,
+    /// How often the leader looks at the heartbeat Leases (a lease's age is
+    /// known to within this).
+    pub heartbeat_check: Duration,
+    /// Kept from the promise for the time a look and the status write take:
+    /// a pool is Unknown after [`ControllerConfig::silence`] without renewal.
+    pub heartbeat_margin: Duration,
     /// Plugins and weights.
     pub scheduler: SchedulerConfig,
 }
 
 impl ControllerConfig {
-    /// Defaults: 15 s leader lease, heartbeats every 5 s, Unknown after 3 missed.
+    /// Defaults: 15 s leader lease, heartbeats every 5 s, Unknown within 3
+    /// intervals (15 s) of the last renewal: after 14 s of silence, looked at
+    /// every 250 ms.
     pub fn new(identity: impl Into<String>) -> Self {
         ControllerConfig {
             identity: identity.into(),
             lease_duration: Duration::from_secs(15),
             heartbeat: Duration::from_secs(5),
             missed_heartbeats: 3,
+            heartbeat_check: Duration::from_millis(250),
+            heartbeat_margin: Duration::from_secs(1),
             scheduler: SchedulerConfig::default(),
         }
+    }
+
+    /// The promise: a node whose agent dies is Unknown within this.
+    pub fn unknown_within(&self) -> Duration {
+        self.heartbeat * self.missed_heartbeats
+    }
+
+    /// The silence after which a pool is Unknown: the promise less the margin.
+    /// A lease is dated to within `heartbeat_check` and looked at every
+    /// `heartbeat_check`, so the pool is Unknown at most `silence +
+    /// heartbeat_check` (plus one status write) after the last renewal.
+    pub fn silence(&self) -> Duration {
+        self.unknown_within().saturating_sub(self.heartbeat_margin)
+    }
+
+    fn check(&self) -> Result<(), ControllerError> {
+        let floor = self.heartbeat * self.missed_heartbeats.saturating_sub(1);
+        if self.silence() <= floor || self.heartbeat_check >= self.heartbeat_margin {
+            return Err(ControllerError::Timing(format!(
+                "a pool would be Unknown after {:?} of silence, looked at every {:?}: the silence must exceed {:?} ({} heartbeats of {:?} less one) so a live agent is never judged dead, and heartbeat_check must be below heartbeat_margin ({:?}) so the promise of {:?} holds",
+                self.silence(),
+                self.heartbeat_check,
+                floor,
+                self.missed_heartbeats,
+                self.heartbeat,
+                self.heartbeat_margin,
+                self.unknown_within()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -97,26 +144,31 @@ pub struct Controller<S> {
     /// tried again.
     pool_epoch: u64,
     pool_seen: std::collections::HashMap<String, (lightpool_model::PoolHealth, u64)>,
+    /// Each pool's node and whether its heartbeat was judged missing, as of
+    /// the last judgement (what [`Controller::check_heartbeats`] compares).
+    pool_nodes: std::collections::HashMap<String, (String, bool)>,
     rejected_at: std::collections::HashMap<String, (u64, Option<i64>)>,
 }
 
 impl<S: Store> Controller<S> {
     /// A controller over `store`.
     pub fn new(store: S, config: ControllerConfig) -> Result<Self, ControllerError> {
-        // Fails early on a bad profile.
+        // Fails early on a bad profile or timings.
         Scheduler::new(&config.scheduler)?;
+        config.check()?;
         Ok(Controller {
             claim: LeaseClaim::new(
                 CONTROLLER_LEASE,
                 config.identity.clone(),
                 config.lease_duration,
             ),
-            heartbeats: LeaseObserver::new(config.heartbeat, config.missed_heartbeats),
+            heartbeats: LeaseObserver::new(config.silence(), config.heartbeat_check),
             store,
             config,
             scheduler: None,
             pool_epoch: 0,
             pool_seen: Default::default(),
+            pool_nodes: Default::default(),
             rejected_at: Default::default(),
         })
     }
@@ -131,9 +183,14 @@ impl<S: Store> Controller<S> {
         tokio::pin!(stop);
         let mut every = tokio::time::interval(interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats = tokio::time::interval(self.config.heartbeat_check);
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
+                _ = beats.tick() => if let Err(e) = self.check_heartbeats().await {
+                    tracing::warn!(error = %e, "heartbeat check failed");
+                },
                 _ = every.tick() => match self.tick().await {
                     Ok(r) => for f in &r.failures {
                         tracing::warn!(failure = %f, "operation failed; retrying");
@@ -145,6 +202,37 @@ impl<S: Store> Controller<S> {
         if let Err(e) = self.claim.release(&self.store).await {
             tracing::warn!(error = %e, "could not release the leader lease");
         }
+    }
+
+    /// Between ticks, while leading: reads the heartbeat Lease of each known
+    /// pool's node and, when one's liveness no longer matches the pool's
+    /// health, judges the pools at once. Returns the health changes made.
+    pub async fn check_heartbeats(
+        &mut self,
+    ) -> Result<Vec<(String, lightpool_model::PoolHealth)>, ControllerError> {
+        if self.scheduler.is_none() {
+            return Ok(Vec::new());
+        }
+        let now = tokio::time::Instant::now();
+        let mut stale = false;
+        let nodes: Vec<(String, bool)> = self.pool_nodes.values().cloned().collect();
+        for (node, silent) in nodes {
+            let live = match self
+                .store
+                .get_lease(&lightpool_agent::node_lease(&node))
+                .await?
+            {
+                Some(lease) => self.heartbeats.observe(&lease, now),
+                None => false,
+            };
+            stale |= live == silent;
+        }
+        if !stale {
+            return Ok(Vec::new());
+        }
+        let mut report = TickReport::default();
+        health::judge(self, &mut report).await?;
+        Ok(report.health_changes)
     }
 
     /// One round.
