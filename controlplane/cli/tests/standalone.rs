@@ -269,6 +269,14 @@ fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
         e.contains("node-a") && e.contains("MustRemote"),
         "no other node yet: {e}"
     );
+    // The refusal is an event that `volume show` prints.
+    let show = s.ok(&["volume", "show", "m"]);
+    assert!(
+        show.contains("events:")
+            && show.contains("Warning  NoPoolFits")
+            && show.contains("MustRemote"),
+        "{show}"
+    );
     s.ok(&["volume", "delete", "m"]);
     s.ok(&["volume", "delete", "big"]);
     assert!(!s.dir.join("a/pool/big.img").exists());
@@ -324,6 +332,11 @@ fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
         show.contains(&format!(
             "-s {port_b} -n nqn.2024-01.io.lightpool:volume:r1"
         )),
+        "{show}"
+    );
+    assert!(
+        show.contains("Normal   Placed")
+            && show.contains("placed on pool node-b of node node-b (remote)"),
         "{show}"
     );
 

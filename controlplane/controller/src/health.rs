@@ -5,7 +5,7 @@
 
 use lightpool_agent::node_lease;
 use lightpool_model::{set_condition, Condition, ConditionStatus, PoolHealth, StoragePool};
-use lightpool_store::{now_rfc3339, Store};
+use lightpool_store::{now_rfc3339, EventType, Store};
 use tokio::time::Instant;
 
 use crate::{Controller, ControllerError, TickReport};
@@ -31,12 +31,12 @@ pub(crate) async fn judge<S: Store>(
             None => false,
         };
         let mut st = pool.status.clone().unwrap_or_default();
+        let was_silent = st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == HEARTBEAT_CONDITION && c.status == ConditionStatus::False);
         let (health, cond) = if live {
-            let back = st.health == PoolHealth::Unknown
-                && st
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == HEARTBEAT_CONDITION && c.status == ConditionStatus::False);
+            let back = st.health == PoolHealth::Unknown && was_silent;
             let health = if back { PoolHealth::Ready } else { st.health };
             (
                 health,
@@ -68,19 +68,38 @@ pub(crate) async fn judge<S: Store>(
         st.health = health;
         let changed = set_condition(&mut st.conditions, cond) || changed_health;
         if changed {
-            match c
+            let written = match c
                 .store
                 .patch_status::<StoragePool>(&name, &st, pool.metadata.resource_version.as_deref())
                 .await
             {
-                Ok(p) => *pool = p,
-                // The agent published in between; judged again next tick.
-                Err(e) if e.is_conflict() || e.is_not_found() => {}
+                Ok(p) => {
+                    *pool = p;
+                    true
+                }
+                // The agent published in between; judged again at the next look.
+                Err(e) if e.is_conflict() || e.is_not_found() => false,
                 Err(e) => return Err(e.into()),
-            }
-            if changed_health {
+            };
+            if changed_health && written {
                 tracing::info!(pool = %name, ?health, "pool health changed");
                 report.health_changes.push((name.clone(), health));
+            }
+            // The heartbeat's transitions are events (the agent may have set
+            // the pool's health back itself when it returned).
+            if written && live == was_silent {
+                let (type_, reason) = if live {
+                    (EventType::Normal, "HeartbeatBack")
+                } else {
+                    (EventType::Warning, "HeartbeatMissed")
+                };
+                let note = st
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == HEARTBEAT_CONDITION)
+                    .map(|c| format!("pool {name} is {health:?}: {}", c.message))
+                    .unwrap_or_default();
+                crate::record(&c.store, &*pool, type_, reason, "Heartbeat", note).await;
             }
         }
         let silent = pool.status.as_ref().is_some_and(|s| {

@@ -34,6 +34,25 @@ use lightpool_store::{Claim, LeaseClaim, LeaseObserver, Store, StoreError};
 
 pub use health::HEARTBEAT_CONDITION;
 
+/// The reporter of the controller's events.
+pub const REPORTER: &str = "lightpool-controller";
+
+/// Records an event about `obj`; a store that cannot take it is logged, never
+/// a reason to stop the operation.
+pub(crate) async fn record<S: Store, K: lightpool_store::Object>(
+    store: &S,
+    obj: &K,
+    type_: lightpool_store::EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let e = lightpool_store::NewEvent::about(obj, type_, reason, action, note, REPORTER);
+    if let Err(err) = store.record_event(&e).await {
+        tracing::warn!(object = %e.name, reason, error = %err, "could not record an event");
+    }
+}
+
 /// The leader-election Lease.
 pub const CONTROLLER_LEASE: &str = "lightpool-controller";
 

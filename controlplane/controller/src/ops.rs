@@ -9,7 +9,9 @@ use lightpool_model::{
 };
 use lightpool_operation::{phases, Journal, Machine, Step};
 use lightpool_scheduler::{ScheduleError, Scheduler, VolumeRequest};
-use lightpool_store::{add_finalizer, now_rfc3339, remove_finalizer, Store, StoreError};
+use lightpool_store::{add_finalizer, now_rfc3339, remove_finalizer, EventType, Store, StoreError};
+
+use crate::record;
 
 pub(crate) const CREATE: &str = "VolumeCreate";
 pub(crate) const DELETE: &str = "VolumeDelete";
@@ -114,6 +116,7 @@ impl<S: Store> CreateVolume<'_, S> {
     async fn reject(
         &mut self,
         v: &Volume,
+        reason: &str,
         message: String,
         rejections: Vec<lightpool_model::volume::PoolRejection>,
     ) -> Result<Step<CreatePhase>, StoreError> {
@@ -124,11 +127,20 @@ impl<S: Store> CreateVolume<'_, S> {
         st.rejections = rejections;
         set_condition(
             &mut st.conditions,
-            condition("Scheduled", ConditionStatus::False, "NoPoolFits", message),
+            condition("Scheduled", ConditionStatus::False, reason, message.clone()),
         );
         self.store
             .patch_status::<Volume>(self.name, &st, v.metadata.resource_version.as_deref())
             .await?;
+        record(
+            self.store,
+            v,
+            EventType::Warning,
+            reason,
+            "Schedule",
+            message,
+        )
+        .await;
         self.rejected = true;
         Ok(Step::Done)
     }
@@ -160,17 +172,25 @@ impl<S: Store> Machine for CreateVolume<'_, S> {
             CreatePhase::Place => {
                 let size = match validate_volume_against(&v.spec, self.pools) {
                     Ok(size) => size,
-                    Err(invalid) => return self.reject(&v, invalid.to_string(), vec![]).await,
+                    Err(invalid) => {
+                        return self
+                            .reject(&v, "Invalid", invalid.to_string(), vec![])
+                            .await
+                    }
                 };
                 let mut req = match VolumeRequest::from_spec(self.name, &v.spec) {
                     Ok(r) => r,
-                    Err(invalid) => return self.reject(&v, invalid.to_string(), vec![]).await,
+                    Err(invalid) => {
+                        return self
+                            .reject(&v, "Invalid", invalid.to_string(), vec![])
+                            .await
+                    }
                 };
                 req.size = size;
                 let reservation = match self.scheduler.schedule(&req) {
                     Ok(r) => r,
                     Err(ScheduleError::Unschedulable(u)) => {
-                        return self.reject(&v, u.message, u.rejections).await
+                        return self.reject(&v, "NoPoolFits", u.message, u.rejections).await
                     }
                     Err(e) => {
                         return Err(StoreError::Invalid(e.to_string()));
@@ -189,23 +209,57 @@ impl<S: Store> Machine for CreateVolume<'_, S> {
                 st.local = Some(p.local);
                 st.message = None;
                 st.rejections = vec![];
+                let note = format!(
+                    "placed on pool {} of node {} ({})",
+                    p.pool,
+                    p.node,
+                    if p.local { "local" } else { "remote" }
+                );
                 set_condition(
                     &mut st.conditions,
-                    condition(
-                        "Scheduled",
-                        ConditionStatus::True,
-                        "Placed",
-                        format!("placed on pool {} of node {}", p.pool, p.node),
-                    ),
+                    condition("Scheduled", ConditionStatus::True, "Placed", note.clone()),
                 );
                 // On failure the reservation is dropped: the capacity goes back.
-                self.store
+                let v = self
+                    .store
                     .patch_status::<Volume>(self.name, &st, v.metadata.resource_version.as_deref())
                     .await?;
                 reservation.commit();
+                record(
+                    self.store,
+                    &v,
+                    EventType::Normal,
+                    "Placed",
+                    "Schedule",
+                    note,
+                )
+                .await;
                 Ok(Step::Next(CreatePhase::Publish))
             }
-            CreatePhase::Publish if st.phase == VolumePhase::Ready => Ok(Step::Done),
+            CreatePhase::Publish if st.phase == VolumePhase::Ready => {
+                let paths = st.target.as_ref().map_or_else(String::new, |t| {
+                    let p: Vec<String> = t
+                        .paths
+                        .iter()
+                        .map(|p| format!("{}:{}", p.traddr, p.trsvcid))
+                        .collect();
+                    format!("{} at {}", t.nqn, p.join(", "))
+                });
+                let note = format!(
+                    "published by node {}'s agent: {paths}",
+                    st.node.as_deref().unwrap_or("?")
+                );
+                record(
+                    self.store,
+                    &v,
+                    EventType::Normal,
+                    "Published",
+                    "Publish",
+                    note,
+                )
+                .await;
+                Ok(Step::Done)
+            }
             CreatePhase::Publish => Ok(Step::Wait),
         }
     }
@@ -262,23 +316,40 @@ impl<S: Store> Machine for DeleteVolume<'_, S> {
                     let mut st = v.status.clone().unwrap_or_default();
                     if st.phase != VolumePhase::Deleting {
                         st.phase = VolumePhase::Deleting;
-                        st.message = Some(format!(
+                        let note = format!(
                             "waiting for node {}'s agent to remove the volume",
                             st.node.as_deref().unwrap_or("?")
-                        ));
-                        self.store
+                        );
+                        st.message = Some(note.clone());
+                        let v = self
+                            .store
                             .patch_status::<Volume>(
                                 self.name,
                                 &st,
                                 v.metadata.resource_version.as_deref(),
                             )
                             .await?;
+                        record(
+                            self.store,
+                            &v,
+                            EventType::Normal,
+                            "Deleting",
+                            "Delete",
+                            note,
+                        )
+                        .await;
                     }
                     return Ok(Step::Wait);
                 }
                 Ok(Step::Next(DeletePhase::Release))
             }
             DeletePhase::Release => {
+                let st = v.status.clone().unwrap_or_default();
+                let note = match &st.pool {
+                    Some(p) => format!("deleted: its capacity on pool {p} given back"),
+                    None => "deleted (it held no capacity)".into(),
+                };
+                record(self.store, &v, EventType::Normal, "Deleted", "Delete", note).await;
                 self.scheduler.release(self.name);
                 remove_finalizer::<S, Volume>(self.store, self.name, VOLUME_FINALIZER).await?;
                 Ok(Step::Done)

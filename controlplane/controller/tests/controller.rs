@@ -11,7 +11,7 @@ use lightpool_controller::{Controller, ControllerConfig, CONTROLLER_LEASE};
 use lightpool_model::quantity::GIB;
 use lightpool_model::*;
 use lightpool_store::fake_api::FakeApi;
-use lightpool_store::{EmbeddedStore, KubeStore, Store};
+use lightpool_store::{EmbeddedStore, EventType, KubeStore, Store};
 
 struct Cluster<S> {
     store: S,
@@ -85,6 +85,17 @@ impl<S: Store> Cluster<S> {
         self.store.get(name).await.unwrap()
     }
 
+    /// (type, reason, count, note) of each event about the object, oldest first.
+    async fn events(&self, kind: &str, name: &str) -> Vec<(EventType, String, u32, String)> {
+        self.store
+            .events(kind, name)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.event.type_, e.event.reason, e.count, e.event.note))
+            .collect()
+    }
+
     async fn status(&self, name: &str) -> VolumeStatus {
         self.volume(name).await.unwrap().status.unwrap_or_default()
     }
@@ -113,6 +124,16 @@ async fn volumes_are_placed_by_their_hints_published_and_deleted_in_order<S: Sto
     }
     let sched = c.controller.scheduler().unwrap().clone();
     assert_eq!(sched.usage("node-a").unwrap().thick_bytes, 10 * GIB);
+    // Each decision is an event: placed, then published with its address.
+    let ev = c.events("Volume", "local").await;
+    let reasons: Vec<&str> = ev.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(reasons, ["Placed", "Published"], "{ev:?}");
+    assert_eq!(ev[0].0, EventType::Normal);
+    assert!(
+        ev[0].3.contains("node-a") && ev[0].3.contains("local"),
+        "{ev:?}"
+    );
+    assert!(ev[1].3.contains("10.0.0.1:4420"), "{ev:?}");
 
     // Delete: the agent takes it down, then the controller gives the space back.
     c.store.delete::<Volume>("local", None).await.unwrap();
@@ -126,6 +147,9 @@ async fn volumes_are_placed_by_their_hints_published_and_deleted_in_order<S: Sto
         )]
     );
     assert_eq!(c.status("local").await.phase, VolumePhase::Deleting);
+    let ev = c.events("Volume", "local").await;
+    assert_eq!(ev.last().unwrap().1, "Deleting", "{ev:?}");
+    assert!(ev.last().unwrap().3.contains("node-a"), "{ev:?}");
     assert_eq!(
         c.agents[0].1.volume_names(),
         ["local"],
@@ -166,6 +190,15 @@ async fn bad_input_is_refused_with_what_to_change_and_nothing_made<S: Store>(s: 
         let vol = c.volume(v).await.unwrap();
         assert_eq!(vol.metadata.finalizers, None, "{v}: nothing held");
     }
+    // Each refusal is a Warning event with the same explanation.
+    for (v, needle) in cases {
+        let ev = c.events("Volume", v).await;
+        assert_eq!(ev.len(), 1, "{v}: {ev:?}");
+        assert_eq!(ev[0].0, EventType::Warning, "{v}");
+        assert!(ev[0].3.contains(needle), "{v}: {ev:?}");
+    }
+    assert_eq!(c.events("Volume", "zero").await[0].1, "Invalid");
+    assert_eq!(c.events("Volume", "full").await[0].1, "NoPoolFits");
     let full = c.status("full").await;
     assert!(
         full.rejections.iter().any(|r| r.node == "node-b"),
@@ -285,6 +318,12 @@ async fn a_silent_node_is_unknown_within_15_s_gets_nothing_and_is_ready_when_it_
     }
     c.seconds(3).await;
     assert_eq!(c.status("must").await.phase, VolumePhase::Ready);
+    let ev = c.events("StoragePool", "node-b").await;
+    let reasons: Vec<&str> = ev.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(reasons, ["HeartbeatMissed", "HeartbeatBack"], "{ev:?}");
+    assert_eq!(ev[0].0, EventType::Warning);
+    assert!(ev[0].3.contains("Unknown"), "{ev:?}");
+    assert!(c.events("StoragePool", "node-a").await.is_empty());
 }
 
 async fn only_the_lease_holder_acts_and_a_restart_mid_operation_resumes_cleanly<S: Store>(s: S) {

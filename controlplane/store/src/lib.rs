@@ -24,10 +24,15 @@
 //! - `list` returns the objects sorted by name and the version to `watch` from;
 //!   `watch` yields every change after that version, or [`StoreError::Gone`]
 //!   when the version is too old to resume from (HTTP 410): list again.
+//! - `record_event` keeps an event about an object, counting repeats into a
+//!   series as kube's Recorder does; `events` lists an object's events. On
+//!   Kubernetes they are `events.k8s.io/v1` Events in the store's namespace; the
+//!   embedded store keeps the last 64 per object and drops them with it.
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod embedded;
+mod events;
 #[cfg(feature = "conformance")]
 pub mod fake_api;
 mod kube_api;
@@ -40,6 +45,7 @@ use std::future::Future;
 use futures::stream::BoxStream;
 
 pub use embedded::EmbeddedStore;
+pub use events::{EventRecord, EventType, NewEvent, SERIES_WINDOW};
 pub use kube_api::KubeStore;
 pub use lease::{Claim, LeaseClaim, LeaseObserver, LeaseRecord};
 pub use object::Object;
@@ -162,6 +168,20 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         name: &str,
     ) -> impl Future<Output = Result<Option<LeaseRecord>, StoreError>> + Send;
+
+    /// Records an event about an object; a repeat within [`SERIES_WINDOW`] is
+    /// counted into the recent event's series.
+    fn record_event(
+        &self,
+        event: &NewEvent,
+    ) -> impl Future<Output = Result<EventRecord, StoreError>> + Send;
+
+    /// The events about one object, oldest first.
+    fn events(
+        &self,
+        kind: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<EventRecord>, StoreError>> + Send;
 
     /// Creates the lease (`version: None`; a [`StoreError::Conflict`] when it
     /// exists) or replaces the given version of it (a conflict when it moved on).
