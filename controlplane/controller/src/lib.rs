@@ -1,6 +1,6 @@
 //! The controller: one acts at a time (leader election on the Lease
-//! `lightpool-controller`); every [`Controller::tick`] (each second in
-//! [`Controller::run`]) it
+//! `lightpool-controller`); every [`Controller::tick`] (in [`Controller::run`]:
+//! at once when a Volume or StoragePool changes, and at a resync interval) it
 //! 1. renews or contends for leadership; a follower does nothing else and a
 //!    leader that lost the lease forgets its ledger;
 //! 2. judges each pool's health by its node's heartbeat Lease: Unknown within
@@ -197,9 +197,16 @@ impl<S: Store> Controller<S> {
         self.scheduler.as_ref()
     }
 
-    /// Ticks every `interval` until `stop`; errors are logged and retried.
+    /// Runs until `stop`: a tick at once when a Volume or StoragePool changes
+    /// (watched), and every `interval` as a resync; the heartbeats looked at
+    /// every `heartbeat_check`. Errors are logged and retried.
     pub async fn run(mut self, interval: Duration, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let watches = [
+            lightpool_store::wake_on_change::<S, Volume>(self.store.clone(), wake.clone()),
+            lightpool_store::wake_on_change::<S, StoragePool>(self.store.clone(), wake.clone()),
+        ];
         let mut every = tokio::time::interval(interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beats = tokio::time::interval(self.config.heartbeat_check);
@@ -210,16 +217,26 @@ impl<S: Store> Controller<S> {
                 _ = beats.tick() => if let Err(e) = self.check_heartbeats().await {
                     tracing::warn!(error = %e, "heartbeat check failed");
                 },
-                _ = every.tick() => match self.tick().await {
-                    Ok(r) => for f in &r.failures {
-                        tracing::warn!(failure = %f, "operation failed; retrying");
-                    },
-                    Err(e) => tracing::warn!(error = %e, "controller tick failed"),
-                },
+                _ = wake.notified() => self.logged_tick().await,
+                _ = every.tick() => self.logged_tick().await,
             }
+        }
+        for w in watches {
+            w.abort();
         }
         if let Err(e) = self.claim.release(&self.store).await {
             tracing::warn!(error = %e, "could not release the leader lease");
+        }
+    }
+
+    async fn logged_tick(&mut self) {
+        match self.tick().await {
+            Ok(r) => {
+                for f in &r.failures {
+                    tracing::warn!(failure = %f, "operation failed; retrying");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "controller tick failed"),
         }
     }
 

@@ -433,3 +433,71 @@ on_both_stores!(
     a_silent_node_is_unknown_within_15_s_gets_nothing_and_is_ready_when_it_returns,
     only_the_lease_holder_acts_and_a_restart_mid_operation_resumes_cleanly
 );
+
+/// The controller and an agent running as in a deployment, their resync an
+/// hour: a new Volume is placed and published because they watch, not poll.
+#[tokio::test]
+async fn a_new_volume_is_handled_at_once_through_the_watches() {
+    let store = embedded();
+    let dp = MemoryDataplane::new(100 * GIB);
+    let agent = Agent::new(
+        store.clone(),
+        dp.clone(),
+        AgentConfig::new("node-a", "10.0.0.1", 4420),
+    );
+    let controller = Controller::new(store.clone(), ControllerConfig::new("c1")).unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let hour = Duration::from_secs(3600);
+    let a = tokio::spawn(agent.run(hour, stopped(rx.clone())));
+    let c = tokio::spawn(controller.run(hour, stopped(rx)));
+    let ready = |name: &'static str| {
+        let s = store.clone();
+        async move {
+            let start = tokio::time::Instant::now();
+            loop {
+                let v: Option<Volume> = s.get(name).await.unwrap();
+                if v.and_then(|v| v.status)
+                    .is_some_and(|s| s.phase == VolumePhase::Ready)
+                {
+                    return start.elapsed();
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "{name} never Ready"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    // The pool appears (the agent's first round) before the volume is asked for.
+    let start = tokio::time::Instant::now();
+    while store.get::<StoragePool>("node-a").await.unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for name in ["w1", "w2"] {
+        let spec = VolumeSpec {
+            size: Quantity::from_bytes(GIB),
+            provisioning: Provisioning::Thick,
+            placement: PlacementHint::PreferLocal,
+            consumer_node: Some("node-a".into()),
+            affinity: VolumeAffinity::default(),
+            spread: None,
+            source_snapshot: None,
+        };
+        store.apply(&Volume::new(name, spec)).await.unwrap();
+        let took = ready(name).await;
+        // An hour's resync: only the watches can have done it this soon.
+        assert!(
+            took < Duration::from_secs(10),
+            "{name} Ready after {took:?}"
+        );
+    }
+    assert_eq!(dp.volume_names(), ["w1", "w2"]);
+    tx.send(true).unwrap();
+    a.await.unwrap();
+    c.await.unwrap();
+}

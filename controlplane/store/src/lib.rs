@@ -38,6 +38,7 @@ pub mod fake_api;
 mod kube_api;
 mod lease;
 mod object;
+mod wake;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -49,6 +50,7 @@ pub use events::{EventRecord, EventType, NewEvent, SERIES_WINDOW};
 pub use kube_api::KubeStore;
 pub use lease::{Claim, LeaseClaim, LeaseObserver, LeaseRecord};
 pub use object::Object;
+pub use wake::wake_on_change;
 
 /// What went wrong with a store call.
 #[derive(Debug, thiserror::Error)]
