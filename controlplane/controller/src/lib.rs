@@ -88,6 +88,13 @@ pub struct ControllerConfig {
     /// Kept from the promise for the time a look and the status write take:
     /// a pool is Unknown after [`ControllerConfig::silence`] without renewal.
     pub heartbeat_margin: Duration,
+    /// How long a placed volume may wait for its node's agent to publish it;
+    /// then it is Failed (PublishTimedOut), and published when the agent does.
+    pub publish_timeout: Duration,
+    /// How long a delete waits for the agent of a node that is not Ready;
+    /// then the controller lets go of the volume and the agent removes its
+    /// copy when it returns (what no Volume claims is collected).
+    pub delete_timeout: Duration,
     /// Plugins and weights.
     pub scheduler: SchedulerConfig,
 }
@@ -104,6 +111,8 @@ impl ControllerConfig {
             missed_heartbeats: 3,
             heartbeat_check: Duration::from_millis(250),
             heartbeat_margin: Duration::from_secs(1),
+            publish_timeout: Duration::from_secs(120),
+            delete_timeout: Duration::from_secs(300),
             scheduler: SchedulerConfig::default(),
         }
     }
@@ -338,7 +347,8 @@ impl<S: Store> Controller<S> {
         let outcome = if deleting {
             // A create in flight is superseded: the delete handles any state.
             let record = record.filter(|r| r.kind == ops::DELETE);
-            let mut m = ops::DeleteVolume::new(&self.store, scheduler, &name);
+            let mut m = ops::DeleteVolume::new(&self.store, scheduler, pools, &name)
+                .timeout(self.config.delete_timeout);
             let mut j = ops::VolumeJournal::new(&self.store, &name);
             Some((ops::DELETE, run(&mut m, &mut j, record).await))
         } else {
@@ -346,6 +356,8 @@ impl<S: Store> Controller<S> {
             let settled = match status.phase {
                 VolumePhase::Ready => true,
                 VolumePhase::Scheduled => status.pool.is_some() && idle,
+                // Its publish timed out: the agent finishes it when it can.
+                VolumePhase::Failed => status.pool.is_some() && idle,
                 VolumePhase::Rejected => {
                     // Tried again when the pools or the spec change.
                     let key = (self.pool_epoch, v.metadata.generation);
@@ -356,7 +368,8 @@ impl<S: Store> Controller<S> {
             if settled && idle {
                 None
             } else {
-                let mut m = ops::CreateVolume::new(&self.store, scheduler, pools, &name);
+                let mut m = ops::CreateVolume::new(&self.store, scheduler, pools, &name)
+                    .timeout(self.config.publish_timeout);
                 let mut j = ops::VolumeJournal::new(&self.store, &name);
                 let r = run(&mut m, &mut j, record).await;
                 if m.rejected {

@@ -91,8 +91,23 @@ pub(crate) struct CreateVolume<'a, S> {
     scheduler: &'a Scheduler,
     pools: &'a [StoragePool],
     name: &'a str,
+    timeout: std::time::Duration,
     /// The run ended with the volume Rejected.
     pub(crate) rejected: bool,
+}
+
+/// How long ago `time` (RFC 3339) was; zero when it is absent, unreadable or
+/// ahead of this clock.
+fn since(time: Option<&str>) -> std::time::Duration {
+    time.and_then(lightpool_store::age_of).unwrap_or_default()
+}
+
+fn pool_health(pools: &[StoragePool], pool: Option<&str>) -> Option<lightpool_model::PoolHealth> {
+    pools
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == pool)
+        .and_then(|p| p.status.as_ref())
+        .map(|s| s.health)
 }
 
 impl<'a, S> CreateVolume<'a, S> {
@@ -107,8 +122,15 @@ impl<'a, S> CreateVolume<'a, S> {
             scheduler,
             pools,
             name,
+            timeout: std::time::Duration::MAX,
             rejected: false,
         }
+    }
+
+    /// Gives up waiting for the publish after `t`.
+    pub(crate) fn timeout(mut self, t: std::time::Duration) -> Self {
+        self.timeout = t;
+        self
     }
 }
 
@@ -260,7 +282,51 @@ impl<S: Store> Machine for CreateVolume<'_, S> {
                 .await;
                 Ok(Step::Done)
             }
-            CreatePhase::Publish => Ok(Step::Wait),
+            CreatePhase::Publish => {
+                let placed_at = st
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Scheduled")
+                    .and_then(|c| c.last_transition_time.clone());
+                let waited = since(placed_at.as_deref());
+                if waited <= self.timeout {
+                    return Ok(Step::Wait);
+                }
+                let node = st.node.clone().unwrap_or_default();
+                let health = pool_health(self.pools, st.pool.as_deref())
+                    .map_or_else(|| "gone".into(), |h| format!("{h:?}"));
+                let note = format!(
+                    "node {node}'s agent did not publish the volume within {} s (its pool is {health}): it is published when that agent does; or delete the volume (lightpool volume delete {}) and create it again",
+                    self.timeout.as_secs(),
+                    self.name
+                );
+                let mut st = st;
+                st.phase = VolumePhase::Failed;
+                st.message = Some(note.clone());
+                set_condition(
+                    &mut st.conditions,
+                    condition(
+                        "Ready",
+                        ConditionStatus::False,
+                        "PublishTimedOut",
+                        note.clone(),
+                    ),
+                );
+                let v = self
+                    .store
+                    .patch_status::<Volume>(self.name, &st, v.metadata.resource_version.as_deref())
+                    .await?;
+                record(
+                    self.store,
+                    &v,
+                    EventType::Warning,
+                    "PublishTimedOut",
+                    "Publish",
+                    note,
+                )
+                .await;
+                Ok(Step::Done)
+            }
         }
     }
 }
@@ -269,16 +335,31 @@ impl<S: Store> Machine for CreateVolume<'_, S> {
 pub(crate) struct DeleteVolume<'a, S> {
     store: &'a S,
     scheduler: &'a Scheduler,
+    pools: &'a [StoragePool],
     name: &'a str,
+    timeout: std::time::Duration,
 }
 
 impl<'a, S> DeleteVolume<'a, S> {
-    pub(crate) fn new(store: &'a S, scheduler: &'a Scheduler, name: &'a str) -> Self {
+    pub(crate) fn new(
+        store: &'a S,
+        scheduler: &'a Scheduler,
+        pools: &'a [StoragePool],
+        name: &'a str,
+    ) -> Self {
         DeleteVolume {
             store,
             scheduler,
+            pools,
             name,
+            timeout: std::time::Duration::MAX,
         }
+    }
+
+    /// Stops waiting for an agent whose pool is not Ready after `t`.
+    pub(crate) fn timeout(mut self, t: std::time::Duration) -> Self {
+        self.timeout = t;
+        self
     }
 }
 
@@ -338,8 +419,38 @@ impl<S: Store> Machine for DeleteVolume<'_, S> {
                             note,
                         )
                         .await;
+                        return Ok(Step::Wait);
                     }
-                    return Ok(Step::Wait);
+                    let deleted_at = v
+                        .metadata
+                        .deletion_timestamp
+                        .as_ref()
+                        .map(|t| t.0.to_string());
+                    let waited = since(deleted_at.as_deref());
+                    let health = pool_health(self.pools, st.pool.as_deref());
+                    if waited <= self.timeout || health == Some(lightpool_model::PoolHealth::Ready)
+                    {
+                        return Ok(Step::Wait);
+                    }
+                    // The node is away for longer than a delete waits: let go.
+                    // Its agent, when it returns, removes what no Volume claims.
+                    let node = st.node.as_deref().unwrap_or("?");
+                    let note = format!(
+                        "node {node} did not remove the volume within {} s (its pool is {}): deleted here; node {node}'s agent removes its copy when it returns",
+                        self.timeout.as_secs(),
+                        health.map_or_else(|| "gone".into(), |h| format!("{h:?}"))
+                    );
+                    tracing::warn!(volume = %self.name, "{note}");
+                    record(
+                        self.store,
+                        &v,
+                        EventType::Warning,
+                        "DeleteTimedOut",
+                        "Delete",
+                        note,
+                    )
+                    .await;
+                    remove_finalizer::<S, Volume>(self.store, self.name, AGENT_FINALIZER).await?;
                 }
                 Ok(Step::Next(DeletePhase::Release))
             }

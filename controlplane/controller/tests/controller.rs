@@ -410,6 +410,91 @@ async fn only_the_lease_holder_acts_and_a_restart_mid_operation_resumes_cleanly<
     assert_eq!(w.status.unwrap().pool.as_deref(), Some("node-a"));
 }
 
+/// A publish the agent never answers, and a delete waiting for a node that does
+/// not return, end after their (here 1 s) timeouts in a clear status and an
+/// event; when the node returns, it finishes the publish, and removes the copy
+/// of the volume deleted while it was away.
+async fn a_publish_or_delete_stuck_on_an_absent_node_ends_after_its_timeout<S: Store>(s: S) {
+    let mut c = cluster(s, &["node-a", "node-b"], 100);
+    let mut cfg = ControllerConfig::new("c1");
+    cfg.publish_timeout = Duration::from_secs(1);
+    cfg.delete_timeout = Duration::from_secs(1);
+    c.controller = Controller::new(c.store.clone(), cfg).unwrap();
+    c.seconds(2).await;
+    // node-b's agent stops answering before it publishes.
+    c.create("stuck", 10, PlacementHint::MustLocal, "node-b")
+        .await;
+    c.second(&[true, false]).await;
+    let st = c.status("stuck").await;
+    assert_eq!(
+        (st.phase, st.node.as_deref()),
+        (VolumePhase::Scheduled, Some("node-b"))
+    );
+    // The timeouts are on the stored times (wall clock): 1 s of it passes.
+    std::thread::sleep(Duration::from_millis(1100));
+    c.second(&[true, false]).await;
+    let st = c.status("stuck").await;
+    assert_eq!(st.phase, VolumePhase::Failed, "{st:?}");
+    let msg = st.message.unwrap();
+    assert!(
+        msg.contains("node node-b's agent did not publish the volume within 1 s"),
+        "{msg}"
+    );
+    assert!(msg.contains("lightpool volume delete stuck"), "{msg}");
+    let ev = c.events("Volume", "stuck").await;
+    assert_eq!(ev.last().unwrap().1, "PublishTimedOut", "{ev:?}");
+    assert_eq!(ev.last().unwrap().0, EventType::Warning);
+    // Settled: not written again.
+    let rv = c.volume("stuck").await.unwrap().metadata.resource_version;
+    c.second(&[true, false]).await;
+    assert_eq!(
+        c.volume("stuck").await.unwrap().metadata.resource_version,
+        rv
+    );
+    // node-b returns and finishes it.
+    c.second(&[true, true]).await;
+    c.second(&[true, true]).await;
+    assert_eq!(c.status("stuck").await.phase, VolumePhase::Ready);
+    assert_eq!(c.agents[1].1.volume_names(), ["stuck"]);
+
+    // node-b goes away again, and the volume is deleted.
+    c.store.delete::<Volume>("stuck", None).await.unwrap();
+    c.second(&[true, false]).await;
+    assert_eq!(c.status("stuck").await.phase, VolumePhase::Deleting);
+    std::thread::sleep(Duration::from_millis(1100));
+    c.second(&[true, false]).await;
+    assert_eq!(
+        c.status("stuck").await.phase,
+        VolumePhase::Deleting,
+        "its pool still Ready: the delete waits for the agent"
+    );
+    let mut n = 0;
+    while c.volume("stuck").await.is_some() {
+        c.second(&[true, false]).await;
+        n += 1;
+        assert!(n <= 16, "the delete still waits after node-b is Unknown");
+    }
+    let pool: StoragePool = c.store.get("node-b").await.unwrap().unwrap();
+    assert_eq!(pool.status.unwrap().health, PoolHealth::Unknown);
+    assert_eq!(
+        c.controller
+            .scheduler()
+            .unwrap()
+            .usage("node-b")
+            .unwrap()
+            .thick_bytes,
+        0
+    );
+    assert_eq!(
+        c.agents[1].1.volume_names(),
+        ["stuck"],
+        "its copy, while away"
+    );
+    // node-b returns: what no Volume claims is collected.
+    c.second(&[true, true]).await;
+    assert!(c.agents[1].1.volume_names().is_empty());
+}
+
 macro_rules! on_both_stores {
     ($($case:ident),*) => {
         mod on_embedded {
@@ -431,7 +516,8 @@ on_both_stores!(
     volumes_are_placed_by_their_hints_published_and_deleted_in_order,
     bad_input_is_refused_with_what_to_change_and_nothing_made,
     a_silent_node_is_unknown_within_15_s_gets_nothing_and_is_ready_when_it_returns,
-    only_the_lease_holder_acts_and_a_restart_mid_operation_resumes_cleanly
+    only_the_lease_holder_acts_and_a_restart_mid_operation_resumes_cleanly,
+    a_publish_or_delete_stuck_on_an_absent_node_ends_after_its_timeout
 );
 
 /// The controller and an agent running as in a deployment, their resync an

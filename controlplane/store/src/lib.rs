@@ -252,6 +252,13 @@ pub fn now_rfc3339() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
+/// How long ago an RFC 3339 time was on this clock; `None` when it does not
+/// parse or lies ahead.
+pub fn age_of(time: &str) -> Option<std::time::Duration> {
+    let t = time.parse::<k8s_openapi::jiff::Timestamp>().ok()?;
+    std::time::Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(t)).ok()
+}
+
 pub(crate) fn not_found<K: Object>(name: &str) -> StoreError {
     StoreError::NotFound {
         kind: K::kind(&()).into_owned(),
