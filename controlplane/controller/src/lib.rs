@@ -351,6 +351,20 @@ impl<S: Store> Controller<S> {
                 .timeout(self.config.delete_timeout);
             let mut j = ops::VolumeJournal::new(&self.store, &name);
             Some((ops::DELETE, run(&mut m, &mut j, record).await))
+        } else if status.pool.is_some()
+            && record.is_none()
+            && matches!(status.phase, VolumePhase::Ready | VolumePhase::Failed)
+            && v.metadata.generation != status.observed_generation
+        {
+            match ops::judge_edit(&self.store, pools, v).await {
+                Ok(()) => None,
+                Err(e) => {
+                    report
+                        .failures
+                        .push(format!("judging the edit of {name}: {e}"));
+                    None
+                }
+            }
         } else {
             let idle = record.is_none();
             let settled = match status.phase {

@@ -85,6 +85,66 @@ fn condition(type_: &str, status: ConditionStatus, reason: &str, message: String
     }
 }
 
+/// A placed volume whose spec was edited (its generation moved past the
+/// status's): an invalid edit is refused with what to change (condition
+/// `Valid` False, the message, a Warning event) and the volume stays as it was
+/// placed; a size change is not applied either (no resize yet). Judged once per
+/// generation.
+pub(crate) async fn judge_edit<S: Store>(
+    store: &S,
+    pools: &[StoragePool],
+    v: &Volume,
+) -> Result<(), StoreError> {
+    let Some(name) = v.metadata.name.as_deref() else {
+        return Ok(());
+    };
+    let mut st = v.status.clone().unwrap_or_default();
+    st.observed_generation = v.metadata.generation;
+    let kept = st.size_bytes.map_or_else(String::new, |b| {
+        format!(" ({})", lightpool_model::quantity::human_bytes(b))
+    });
+    let refusal = match validate_volume_against(&v.spec, pools) {
+        Err(invalid) => Some((
+            "InvalidEdit",
+            format!("this edit is refused, the volume stays as placed{kept}: {invalid}"),
+        )),
+        Ok(size) if st.size_bytes.is_some_and(|b| b != size) => Some((
+            "ResizeNotSupported",
+            format!(
+                "spec.size now asks for {}: a placed volume is not resized yet, it stays as placed{kept}; set spec.size back",
+                lightpool_model::quantity::human_bytes(size)
+            ),
+        )),
+        Ok(_) => None,
+    };
+    let cond = match &refusal {
+        Some((reason, note)) => condition("Valid", ConditionStatus::False, reason, note.clone()),
+        None => condition(
+            "Valid",
+            ConditionStatus::True,
+            "Valid",
+            "the spec is valid".into(),
+        ),
+    };
+    let was_refused = st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Valid" && c.status == ConditionStatus::False);
+    set_condition(&mut st.conditions, cond);
+    match &refusal {
+        Some((_, note)) => st.message = Some(note.clone()),
+        None if was_refused => st.message = None,
+        None => {}
+    }
+    let v2 = store
+        .patch_status::<Volume>(name, &st, v.metadata.resource_version.as_deref())
+        .await?;
+    if let Some((reason, note)) = refusal {
+        record(store, &v2, EventType::Warning, reason, "Validate", note).await;
+    }
+    Ok(())
+}
+
 /// Place, then wait for the agent to publish.
 pub(crate) struct CreateVolume<'a, S> {
     store: &'a S,

@@ -221,6 +221,117 @@ async fn bad_input_is_refused_with_what_to_change_and_nothing_made<S: Store>(s: 
         .await;
     c.seconds(3).await;
     assert_eq!(c.status("huge").await.phase, VolumePhase::Ready);
+
+    // Affinities naming what does not exist, and hints that contradict them,
+    // written straight into the store (a CRD edited by hand).
+    let with = |hint, nodes: &[&str], pools: &[&str]| VolumeSpec {
+        size: Quantity::from_bytes(GIB),
+        provisioning: Provisioning::Thick,
+        placement: hint,
+        consumer_node: Some("node-a".into()),
+        affinity: VolumeAffinity {
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            pools: pools.iter().map(|n| n.to_string()).collect(),
+            ..VolumeAffinity::default()
+        },
+        spread: None,
+        source_snapshot: None,
+    };
+    let bad = [
+        (
+            "badpool",
+            with(PlacementHint::PreferLocal, &[], &["nope"]),
+            "spec.affinity.pools[0]: pool 'nope' does not exist; pools: node-a, node-b",
+        ),
+        (
+            "badnode",
+            with(PlacementHint::PreferLocal, &["node-q"], &[]),
+            "spec.affinity.nodes[0]: node 'node-q' has no storage pool",
+        ),
+        (
+            "conflict",
+            with(PlacementHint::MustLocal, &["node-b"], &[]),
+            "add 'node-a' to the list or use PreferLocal",
+        ),
+        (
+            "conflict2",
+            with(PlacementHint::MustRemote, &["node-a"], &[]),
+            "add other nodes or use PreferRemote",
+        ),
+    ];
+    for (name, spec, _) in &bad {
+        c.store
+            .apply(&Volume::new(name, spec.clone()))
+            .await
+            .unwrap();
+    }
+    c.seconds(2).await;
+    for (name, _, needle) in &bad {
+        let st = c.status(name).await;
+        assert_eq!(st.phase, VolumePhase::Rejected, "{name}: {st:?}");
+        let msg = st.message.unwrap();
+        assert!(msg.contains(needle), "{name}: {msg}");
+        assert_eq!((st.pool, st.node), (None, None), "{name}");
+        let vol = c.volume(name).await.unwrap();
+        assert_eq!(vol.metadata.finalizers, None, "{name}: nothing held");
+        let ev = c.events("Volume", name).await;
+        assert_eq!(
+            (ev.len(), ev[0].1.as_str()),
+            (1, "Invalid"),
+            "{name}: {ev:?}"
+        );
+    }
+    for (_, dp) in &c.agents {
+        assert!(
+            dp.volume_names().iter().all(|n| n == "fits" || n == "huge"),
+            "{:?}",
+            dp.volume_names()
+        );
+    }
+
+    // A placed, Ready volume edited by hand into an invalid state: refused, and
+    // it stays as placed; set back, it is valid again.
+    let fits = c.volume("fits").await.unwrap();
+    let mut edited = fits.spec.clone();
+    edited.size = Quantity::from_bytes(0);
+    c.store.apply(&Volume::new("fits", edited)).await.unwrap();
+    c.seconds(2).await;
+    let st = c.status("fits").await;
+    assert_eq!(st.phase, VolumePhase::Ready, "still served: {st:?}");
+    assert_eq!(st.size_bytes, Some(60 * GIB));
+    let msg = st.message.clone().unwrap();
+    assert!(
+        msg.contains("this edit is refused, the volume stays as placed (60 GiB)")
+            && msg.contains("spec.size"),
+        "{msg}"
+    );
+    assert!(st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Valid" && c.status == ConditionStatus::False));
+    let ev = c.events("Volume", "fits").await;
+    assert_eq!(ev.last().unwrap().1, "InvalidEdit", "{ev:?}");
+    assert!(c.agents[0].1.volume_names().contains(&"fits".to_string()));
+    let rv = c.volume("fits").await.unwrap().metadata.resource_version;
+    c.seconds(1).await;
+    assert_eq!(
+        c.volume("fits").await.unwrap().metadata.resource_version,
+        rv,
+        "judged once"
+    );
+    let mut grown = fits.spec.clone();
+    grown.size = Quantity::from_bytes(70 * GIB);
+    c.store.apply(&Volume::new("fits", grown)).await.unwrap();
+    c.seconds(1).await;
+    let msg = c.status("fits").await.message.unwrap();
+    assert!(msg.contains("not resized yet"), "{msg}");
+    c.store
+        .apply(&Volume::new("fits", fits.spec))
+        .await
+        .unwrap();
+    c.seconds(1).await;
+    let st = c.status("fits").await;
+    assert_eq!((st.phase, st.message), (VolumePhase::Ready, None));
 }
 
 async fn a_silent_node_is_unknown_within_15_s_gets_nothing_and_is_ready_when_it_returns<
