@@ -215,6 +215,7 @@ fn three_nodes_in_network_namespaces() {
         health(&data, "node-c") == "Unknown"
     });
     let took = killed.elapsed();
+    eprintln!("node-c Unknown {took:?} after its agent was killed");
     assert!(
         took <= Duration::from_secs(15),
         "Unknown {took:?} after the kill"

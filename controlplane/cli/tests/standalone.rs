@@ -357,6 +357,7 @@ fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
     b.kill_hard();
     s.wait_for("node-b Unknown", 20, || s.health("node-b") == "Unknown");
     let took = killed.elapsed();
+    eprintln!("node-b Unknown {took:?} after its agent was killed");
     assert!(
         took <= Duration::from_secs(15),
         "Unknown {took:?} after the kill"
