@@ -33,6 +33,8 @@ summary() {
 trap summary EXIT
 
 phase "setup (tests/vm/setup.sh)" ./tests/vm/setup.sh
+# deploy/ manifests, offline, strict, oldest and newest Kubernetes supported.
+phase "validate manifests (kubernetes-validate)" ./tests/validate-manifests.sh
 # --bins: a no-op while the daemon has no binary target.
 # The hot-upgrade tests need a second binary that reports another version: build it
 # first (only the daemon crate recompiles), set it aside, then build the real one.

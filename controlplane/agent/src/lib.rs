@@ -1,6 +1,7 @@
 //! The node agent: one per storage node, beside its dataplane.
 //!
-//! Each [`Agent::tick`] (every second in [`Agent::run`]):
+//! Each [`Agent::tick`] ([`Agent::run`]: at once when a Volume changes, and at
+//! a resync interval; the heartbeat on a timer of its own):
 //! 1. renews the node's heartbeat Lease (`lightpool-node-<node>`) when due
 //!    (every 5 s by default); the controller marks the pool Unknown after three
 //!    missed renewals;
@@ -146,24 +147,48 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
         &self.config
     }
 
-    /// Runs ticks every `interval` until `stop` resolves; errors are logged and
-    /// the next tick tries again.
+    /// Runs until `stop` resolves: the heartbeat renewed every `heartbeat`, a
+    /// tick at once when a Volume changes (watched) and every `interval` (a
+    /// resync); errors are logged and the next tick tries again.
     pub async fn run(mut self, interval: Duration, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let watch = lightpool_store::wake_on_change::<S, Volume>(self.store.clone(), wake.clone());
         let mut every = tokio::time::interval(interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats = tokio::time::interval(self.config.heartbeat);
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
-                _ = every.tick() => {
+                _ = beats.tick() => if let Err(e) = self.beat().await {
+                    tracing::warn!(node = %self.config.node, error = %e, "heartbeat failed");
+                },
+                _ = async { tokio::select! { _ = every.tick() => {}, _ = wake.notified() => {} } } => {
                     if let Err(e) = self.tick().await {
                         tracing::warn!(node = %self.config.node, error = %e, "agent tick failed");
                     }
                 }
             }
         }
+        watch.abort();
         if let Err(e) = self.claim.release(&self.store).await {
             tracing::warn!(error = %e, "could not release the heartbeat lease");
+        }
+    }
+
+    /// Renews the node's heartbeat Lease now.
+    pub async fn beat(&mut self) -> Result<(), AgentError> {
+        let now = Instant::now();
+        match self.claim.tick(&self.store).await? {
+            Claim::Held => {
+                self.last_beat = Some(now);
+                Ok(())
+            }
+            Claim::HeldBy(holder) => Err(AgentError::DuplicateAgent {
+                node: self.config.node.clone(),
+                holder,
+            }),
         }
     }
 
@@ -175,18 +200,8 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
             .last_beat
             .is_none_or(|t| now.duration_since(t) >= self.config.heartbeat)
         {
-            match self.claim.tick(&self.store).await? {
-                Claim::Held => {
-                    self.last_beat = Some(now);
-                    report.renewed = true;
-                }
-                Claim::HeldBy(holder) => {
-                    return Err(AgentError::DuplicateAgent {
-                        node: self.config.node.clone(),
-                        holder,
-                    })
-                }
-            }
+            self.beat().await?;
+            report.renewed = true;
         }
         let volumes = self.store.list::<Volume>().await?.items;
         self.publish_pool(&volumes).await?;

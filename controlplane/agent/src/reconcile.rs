@@ -107,7 +107,11 @@ async fn bring_up<S: Store, D: Dataplane>(
     exports: &BTreeMap<String, Export>,
 ) -> Result<Option<VolumeOutcome>, AgentError> {
     let status = v.status.clone().unwrap_or_default();
-    if !matches!(status.phase, VolumePhase::Scheduled | VolumePhase::Ready) {
+    // Failed: its publish timed out while this node was away; finished now.
+    if !matches!(
+        status.phase,
+        VolumePhase::Scheduled | VolumePhase::Ready | VolumePhase::Failed
+    ) {
         return Ok(None);
     }
     let nqn = volume_nqn(name);

@@ -155,6 +155,28 @@ fn show(v: &Volume) {
     }
 }
 
+fn show_events(events: &[lightpool_store::EventRecord]) {
+    if events.is_empty() {
+        return;
+    }
+    println!("  events:");
+    for e in events {
+        let times = if e.count > 1 {
+            format!(" (x{}, last {})", e.count, e.last_time)
+        } else {
+            String::new()
+        };
+        println!(
+            "    {} {:<8} {:<16} {}{times}: {}",
+            e.first_time,
+            e.event.type_.as_str(),
+            e.event.reason,
+            e.event.action,
+            e.event.note
+        );
+    }
+}
+
 /// Runs a control-plane command.
 pub async fn run(cli: &Cli) -> Result<(), String> {
     let dir = data_dir(cli);
@@ -263,7 +285,18 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
             })
         }
         Cmd::Volume(VolumeCmd::Show { name }) => match get(&store, name).await? {
-            Some(v) => emit(j, &v, show),
+            Some(v) => {
+                let events = store
+                    .events("Volume", name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut out = serde_json::to_value(&v).map_err(|e| e.to_string())?;
+                out["events"] = serde_json::to_value(&events).map_err(|e| e.to_string())?;
+                emit(j, &out, |_| {
+                    show(&v);
+                    show_events(&events);
+                })
+            }
             None => Err(format!(
                 "volume '{name}' does not exist: `lightpool volume list` shows those that do"
             )),

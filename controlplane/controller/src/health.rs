@@ -1,10 +1,11 @@
 //! Pool health from the node heartbeats: a pool whose node's Lease has not been
-//! renewed within `missed × interval` (judged on this controller's clock) is
-//! Unknown and gets no new volumes; when renewals return it is Ready again.
+//! renewed for [`crate::ControllerConfig::silence`] (judged on this controller's
+//! clock) is Unknown and gets no new volumes; when renewals return it is Ready
+//! again.
 
 use lightpool_agent::node_lease;
 use lightpool_model::{set_condition, Condition, ConditionStatus, PoolHealth, StoragePool};
-use lightpool_store::{now_rfc3339, Store};
+use lightpool_store::{now_rfc3339, EventType, Store};
 use tokio::time::Instant;
 
 use crate::{Controller, ControllerError, TickReport};
@@ -19,7 +20,7 @@ pub(crate) async fn judge<S: Store>(
 ) -> Result<Vec<StoragePool>, ControllerError> {
     let now = Instant::now();
     let mut pools = c.store.list::<StoragePool>().await?.items;
-    let deadline = c.config.heartbeat * c.config.missed_heartbeats;
+    let deadline = c.config.silence();
     for pool in &mut pools {
         let Some(name) = pool.metadata.name.clone() else {
             continue;
@@ -30,12 +31,12 @@ pub(crate) async fn judge<S: Store>(
             None => false,
         };
         let mut st = pool.status.clone().unwrap_or_default();
+        let was_silent = st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == HEARTBEAT_CONDITION && c.status == ConditionStatus::False);
         let (health, cond) = if live {
-            let back = st.health == PoolHealth::Unknown
-                && st
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == HEARTBEAT_CONDITION && c.status == ConditionStatus::False);
+            let back = st.health == PoolHealth::Unknown && was_silent;
             let health = if back { PoolHealth::Ready } else { st.health };
             (
                 health,
@@ -55,9 +56,9 @@ pub(crate) async fn judge<S: Store>(
                     status: ConditionStatus::False,
                     reason: "Missed".into(),
                     message: format!(
-                        "node {node}'s agent has not renewed its heartbeat for {} s ({} missed): no new volumes go there",
-                        deadline.as_secs(),
-                        c.config.missed_heartbeats
+                        "node {node}'s agent has not renewed its heartbeat for {:.1} s (due every {} s): no new volumes go there",
+                        deadline.as_secs_f64(),
+                        c.config.heartbeat.as_secs()
                     ),
                     last_transition_time: Some(now_rfc3339()),
                 },
@@ -67,21 +68,46 @@ pub(crate) async fn judge<S: Store>(
         st.health = health;
         let changed = set_condition(&mut st.conditions, cond) || changed_health;
         if changed {
-            match c
+            let written = match c
                 .store
                 .patch_status::<StoragePool>(&name, &st, pool.metadata.resource_version.as_deref())
                 .await
             {
-                Ok(p) => *pool = p,
-                // The agent published in between; judged again next tick.
-                Err(e) if e.is_conflict() || e.is_not_found() => {}
+                Ok(p) => {
+                    *pool = p;
+                    true
+                }
+                // The agent published in between; judged again at the next look.
+                Err(e) if e.is_conflict() || e.is_not_found() => false,
                 Err(e) => return Err(e.into()),
-            }
-            if changed_health {
+            };
+            if changed_health && written {
                 tracing::info!(pool = %name, ?health, "pool health changed");
                 report.health_changes.push((name.clone(), health));
             }
+            // The heartbeat's transitions are events (the agent may have set
+            // the pool's health back itself when it returned).
+            if written && live == was_silent {
+                let (type_, reason) = if live {
+                    (EventType::Normal, "HeartbeatBack")
+                } else {
+                    (EventType::Warning, "HeartbeatMissed")
+                };
+                let note = st
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == HEARTBEAT_CONDITION)
+                    .map(|c| format!("pool {name} is {health:?}: {}", c.message))
+                    .unwrap_or_default();
+                crate::record(&c.store, &*pool, type_, reason, "Heartbeat", note).await;
+            }
         }
+        let silent = pool.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == HEARTBEAT_CONDITION && c.status == ConditionStatus::False)
+        });
+        c.pool_nodes.insert(name.clone(), (node, silent));
         let seen = pool
             .status
             .as_ref()
@@ -90,5 +116,7 @@ pub(crate) async fn judge<S: Store>(
             c.pool_epoch += 1;
         }
     }
+    c.pool_nodes
+        .retain(|n, _| pools.iter().any(|p| p.metadata.name.as_deref() == Some(n)));
     Ok(pools)
 }

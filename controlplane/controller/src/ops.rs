@@ -9,7 +9,9 @@ use lightpool_model::{
 };
 use lightpool_operation::{phases, Journal, Machine, Step};
 use lightpool_scheduler::{ScheduleError, Scheduler, VolumeRequest};
-use lightpool_store::{add_finalizer, now_rfc3339, remove_finalizer, Store, StoreError};
+use lightpool_store::{add_finalizer, now_rfc3339, remove_finalizer, EventType, Store, StoreError};
+
+use crate::record;
 
 pub(crate) const CREATE: &str = "VolumeCreate";
 pub(crate) const DELETE: &str = "VolumeDelete";
@@ -83,14 +85,89 @@ fn condition(type_: &str, status: ConditionStatus, reason: &str, message: String
     }
 }
 
+/// A placed volume whose spec was edited (its generation moved past the
+/// status's): an invalid edit is refused with what to change (condition
+/// `Valid` False, the message, a Warning event) and the volume stays as it was
+/// placed; a size change is not applied either (no resize yet). Judged once per
+/// generation.
+pub(crate) async fn judge_edit<S: Store>(
+    store: &S,
+    pools: &[StoragePool],
+    v: &Volume,
+) -> Result<(), StoreError> {
+    let Some(name) = v.metadata.name.as_deref() else {
+        return Ok(());
+    };
+    let mut st = v.status.clone().unwrap_or_default();
+    st.observed_generation = v.metadata.generation;
+    let kept = st.size_bytes.map_or_else(String::new, |b| {
+        format!(" ({})", lightpool_model::quantity::human_bytes(b))
+    });
+    let refusal = match validate_volume_against(&v.spec, pools) {
+        Err(invalid) => Some((
+            "InvalidEdit",
+            format!("this edit is refused, the volume stays as placed{kept}: {invalid}"),
+        )),
+        Ok(size) if st.size_bytes.is_some_and(|b| b != size) => Some((
+            "ResizeNotSupported",
+            format!(
+                "spec.size now asks for {}: a placed volume is not resized yet, it stays as placed{kept}; set spec.size back",
+                lightpool_model::quantity::human_bytes(size)
+            ),
+        )),
+        Ok(_) => None,
+    };
+    let cond = match &refusal {
+        Some((reason, note)) => condition("Valid", ConditionStatus::False, reason, note.clone()),
+        None => condition(
+            "Valid",
+            ConditionStatus::True,
+            "Valid",
+            "the spec is valid".into(),
+        ),
+    };
+    let was_refused = st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Valid" && c.status == ConditionStatus::False);
+    set_condition(&mut st.conditions, cond);
+    match &refusal {
+        Some((_, note)) => st.message = Some(note.clone()),
+        None if was_refused => st.message = None,
+        None => {}
+    }
+    let v2 = store
+        .patch_status::<Volume>(name, &st, v.metadata.resource_version.as_deref())
+        .await?;
+    if let Some((reason, note)) = refusal {
+        record(store, &v2, EventType::Warning, reason, "Validate", note).await;
+    }
+    Ok(())
+}
+
 /// Place, then wait for the agent to publish.
 pub(crate) struct CreateVolume<'a, S> {
     store: &'a S,
     scheduler: &'a Scheduler,
     pools: &'a [StoragePool],
     name: &'a str,
+    timeout: std::time::Duration,
     /// The run ended with the volume Rejected.
     pub(crate) rejected: bool,
+}
+
+/// How long ago `time` (RFC 3339) was; zero when it is absent, unreadable or
+/// ahead of this clock.
+fn since(time: Option<&str>) -> std::time::Duration {
+    time.and_then(lightpool_store::age_of).unwrap_or_default()
+}
+
+fn pool_health(pools: &[StoragePool], pool: Option<&str>) -> Option<lightpool_model::PoolHealth> {
+    pools
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == pool)
+        .and_then(|p| p.status.as_ref())
+        .map(|s| s.health)
 }
 
 impl<'a, S> CreateVolume<'a, S> {
@@ -105,8 +182,15 @@ impl<'a, S> CreateVolume<'a, S> {
             scheduler,
             pools,
             name,
+            timeout: std::time::Duration::MAX,
             rejected: false,
         }
+    }
+
+    /// Gives up waiting for the publish after `t`.
+    pub(crate) fn timeout(mut self, t: std::time::Duration) -> Self {
+        self.timeout = t;
+        self
     }
 }
 
@@ -114,6 +198,7 @@ impl<S: Store> CreateVolume<'_, S> {
     async fn reject(
         &mut self,
         v: &Volume,
+        reason: &str,
         message: String,
         rejections: Vec<lightpool_model::volume::PoolRejection>,
     ) -> Result<Step<CreatePhase>, StoreError> {
@@ -124,11 +209,20 @@ impl<S: Store> CreateVolume<'_, S> {
         st.rejections = rejections;
         set_condition(
             &mut st.conditions,
-            condition("Scheduled", ConditionStatus::False, "NoPoolFits", message),
+            condition("Scheduled", ConditionStatus::False, reason, message.clone()),
         );
         self.store
             .patch_status::<Volume>(self.name, &st, v.metadata.resource_version.as_deref())
             .await?;
+        record(
+            self.store,
+            v,
+            EventType::Warning,
+            reason,
+            "Schedule",
+            message,
+        )
+        .await;
         self.rejected = true;
         Ok(Step::Done)
     }
@@ -160,17 +254,25 @@ impl<S: Store> Machine for CreateVolume<'_, S> {
             CreatePhase::Place => {
                 let size = match validate_volume_against(&v.spec, self.pools) {
                     Ok(size) => size,
-                    Err(invalid) => return self.reject(&v, invalid.to_string(), vec![]).await,
+                    Err(invalid) => {
+                        return self
+                            .reject(&v, "Invalid", invalid.to_string(), vec![])
+                            .await
+                    }
                 };
                 let mut req = match VolumeRequest::from_spec(self.name, &v.spec) {
                     Ok(r) => r,
-                    Err(invalid) => return self.reject(&v, invalid.to_string(), vec![]).await,
+                    Err(invalid) => {
+                        return self
+                            .reject(&v, "Invalid", invalid.to_string(), vec![])
+                            .await
+                    }
                 };
                 req.size = size;
                 let reservation = match self.scheduler.schedule(&req) {
                     Ok(r) => r,
                     Err(ScheduleError::Unschedulable(u)) => {
-                        return self.reject(&v, u.message, u.rejections).await
+                        return self.reject(&v, "NoPoolFits", u.message, u.rejections).await
                     }
                     Err(e) => {
                         return Err(StoreError::Invalid(e.to_string()));
@@ -189,24 +291,102 @@ impl<S: Store> Machine for CreateVolume<'_, S> {
                 st.local = Some(p.local);
                 st.message = None;
                 st.rejections = vec![];
+                let note = format!(
+                    "placed on pool {} of node {} ({})",
+                    p.pool,
+                    p.node,
+                    if p.local { "local" } else { "remote" }
+                );
                 set_condition(
                     &mut st.conditions,
-                    condition(
-                        "Scheduled",
-                        ConditionStatus::True,
-                        "Placed",
-                        format!("placed on pool {} of node {}", p.pool, p.node),
-                    ),
+                    condition("Scheduled", ConditionStatus::True, "Placed", note.clone()),
                 );
                 // On failure the reservation is dropped: the capacity goes back.
-                self.store
+                let v = self
+                    .store
                     .patch_status::<Volume>(self.name, &st, v.metadata.resource_version.as_deref())
                     .await?;
                 reservation.commit();
+                record(
+                    self.store,
+                    &v,
+                    EventType::Normal,
+                    "Placed",
+                    "Schedule",
+                    note,
+                )
+                .await;
                 Ok(Step::Next(CreatePhase::Publish))
             }
-            CreatePhase::Publish if st.phase == VolumePhase::Ready => Ok(Step::Done),
-            CreatePhase::Publish => Ok(Step::Wait),
+            CreatePhase::Publish if st.phase == VolumePhase::Ready => {
+                let paths = st.target.as_ref().map_or_else(String::new, |t| {
+                    let p: Vec<String> = t
+                        .paths
+                        .iter()
+                        .map(|p| format!("{}:{}", p.traddr, p.trsvcid))
+                        .collect();
+                    format!("{} at {}", t.nqn, p.join(", "))
+                });
+                let note = format!(
+                    "published by node {}'s agent: {paths}",
+                    st.node.as_deref().unwrap_or("?")
+                );
+                record(
+                    self.store,
+                    &v,
+                    EventType::Normal,
+                    "Published",
+                    "Publish",
+                    note,
+                )
+                .await;
+                Ok(Step::Done)
+            }
+            CreatePhase::Publish => {
+                let placed_at = st
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Scheduled")
+                    .and_then(|c| c.last_transition_time.clone());
+                let waited = since(placed_at.as_deref());
+                if waited <= self.timeout {
+                    return Ok(Step::Wait);
+                }
+                let node = st.node.clone().unwrap_or_default();
+                let health = pool_health(self.pools, st.pool.as_deref())
+                    .map_or_else(|| "gone".into(), |h| format!("{h:?}"));
+                let note = format!(
+                    "node {node}'s agent did not publish the volume within {} s (its pool is {health}): it is published when that agent does; or delete the volume (lightpool volume delete {}) and create it again",
+                    self.timeout.as_secs(),
+                    self.name
+                );
+                let mut st = st;
+                st.phase = VolumePhase::Failed;
+                st.message = Some(note.clone());
+                set_condition(
+                    &mut st.conditions,
+                    condition(
+                        "Ready",
+                        ConditionStatus::False,
+                        "PublishTimedOut",
+                        note.clone(),
+                    ),
+                );
+                let v = self
+                    .store
+                    .patch_status::<Volume>(self.name, &st, v.metadata.resource_version.as_deref())
+                    .await?;
+                record(
+                    self.store,
+                    &v,
+                    EventType::Warning,
+                    "PublishTimedOut",
+                    "Publish",
+                    note,
+                )
+                .await;
+                Ok(Step::Done)
+            }
         }
     }
 }
@@ -215,16 +395,31 @@ impl<S: Store> Machine for CreateVolume<'_, S> {
 pub(crate) struct DeleteVolume<'a, S> {
     store: &'a S,
     scheduler: &'a Scheduler,
+    pools: &'a [StoragePool],
     name: &'a str,
+    timeout: std::time::Duration,
 }
 
 impl<'a, S> DeleteVolume<'a, S> {
-    pub(crate) fn new(store: &'a S, scheduler: &'a Scheduler, name: &'a str) -> Self {
+    pub(crate) fn new(
+        store: &'a S,
+        scheduler: &'a Scheduler,
+        pools: &'a [StoragePool],
+        name: &'a str,
+    ) -> Self {
         DeleteVolume {
             store,
             scheduler,
+            pools,
             name,
+            timeout: std::time::Duration::MAX,
         }
+    }
+
+    /// Stops waiting for an agent whose pool is not Ready after `t`.
+    pub(crate) fn timeout(mut self, t: std::time::Duration) -> Self {
+        self.timeout = t;
+        self
     }
 }
 
@@ -262,23 +457,70 @@ impl<S: Store> Machine for DeleteVolume<'_, S> {
                     let mut st = v.status.clone().unwrap_or_default();
                     if st.phase != VolumePhase::Deleting {
                         st.phase = VolumePhase::Deleting;
-                        st.message = Some(format!(
+                        let note = format!(
                             "waiting for node {}'s agent to remove the volume",
                             st.node.as_deref().unwrap_or("?")
-                        ));
-                        self.store
+                        );
+                        st.message = Some(note.clone());
+                        let v = self
+                            .store
                             .patch_status::<Volume>(
                                 self.name,
                                 &st,
                                 v.metadata.resource_version.as_deref(),
                             )
                             .await?;
+                        record(
+                            self.store,
+                            &v,
+                            EventType::Normal,
+                            "Deleting",
+                            "Delete",
+                            note,
+                        )
+                        .await;
+                        return Ok(Step::Wait);
                     }
-                    return Ok(Step::Wait);
+                    let deleted_at = v
+                        .metadata
+                        .deletion_timestamp
+                        .as_ref()
+                        .map(|t| t.0.to_string());
+                    let waited = since(deleted_at.as_deref());
+                    let health = pool_health(self.pools, st.pool.as_deref());
+                    if waited <= self.timeout || health == Some(lightpool_model::PoolHealth::Ready)
+                    {
+                        return Ok(Step::Wait);
+                    }
+                    // The node is away for longer than a delete waits: let go.
+                    // Its agent, when it returns, removes what no Volume claims.
+                    let node = st.node.as_deref().unwrap_or("?");
+                    let note = format!(
+                        "node {node} did not remove the volume within {} s (its pool is {}): deleted here; node {node}'s agent removes its copy when it returns",
+                        self.timeout.as_secs(),
+                        health.map_or_else(|| "gone".into(), |h| format!("{h:?}"))
+                    );
+                    tracing::warn!(volume = %self.name, "{note}");
+                    record(
+                        self.store,
+                        &v,
+                        EventType::Warning,
+                        "DeleteTimedOut",
+                        "Delete",
+                        note,
+                    )
+                    .await;
+                    remove_finalizer::<S, Volume>(self.store, self.name, AGENT_FINALIZER).await?;
                 }
                 Ok(Step::Next(DeletePhase::Release))
             }
             DeletePhase::Release => {
+                let st = v.status.clone().unwrap_or_default();
+                let note = match &st.pool {
+                    Some(p) => format!("deleted: its capacity on pool {p} given back"),
+                    None => "deleted (it held no capacity)".into(),
+                };
+                record(self.store, &v, EventType::Normal, "Deleted", "Delete", note).await;
                 self.scheduler.release(self.name);
                 remove_finalizer::<S, Volume>(self.store, self.name, VOLUME_FINALIZER).await?;
                 Ok(Step::Done)

@@ -181,7 +181,7 @@ pub async fn run(
     }
     let server = tokio::spawn(protocol::serve(listener, store.clone()));
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let ctrl_task = tokio::spawn(controller.run(Duration::from_millis(500), stopped(rx)));
+    let ctrl_task = tokio::spawn(controller.run(Duration::from_secs(5), stopped(rx)));
     let result = run_node(&o, store, stop).await;
     let _ = tx.send(true);
     let _ = ctrl_task.await;
@@ -238,7 +238,7 @@ pub async fn run_node<S: Store>(
         o.node, o.address, o.port
     );
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let agent_task = tokio::spawn(agent.run(Duration::from_secs(1), stopped(rx)));
+    let agent_task = tokio::spawn(agent.run(Duration::from_secs(5), stopped(rx)));
     let result = tokio::select! {
         _ = stop => Ok(()),
         st = child.wait() => Err(StandaloneError::Target(

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 use lightpool_model::{Snapshot, StoragePool, Volume, VolumeMigration};
 use lightpool_store::{
-    Deleted, Event, EventStream, LeaseRecord, Listed, Object, Store, StoreError,
+    Deleted, Event, EventRecord, EventStream, LeaseRecord, Listed, NewEvent, Object, Store,
+    StoreError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -61,6 +62,13 @@ pub enum Request {
     PutLease {
         lease: LeaseRecord,
     },
+    RecordEvent {
+        event: NewEvent,
+    },
+    Events {
+        kind: String,
+        name: String,
+    },
 }
 
 /// A store error as it travels.
@@ -81,6 +89,7 @@ pub enum Response {
     Event { deleted: bool, object: Value },
     Deleted { pending: Option<Value> },
     Lease(Option<LeaseRecord>),
+    Events(Vec<EventRecord>),
     Error(WireError),
 }
 
@@ -187,6 +196,10 @@ async fn answer<S: Store>(store: &S, req: Request) -> Result<Response, StoreErro
         }),
         Request::GetLease { name } => Ok(Response::Lease(store.get_lease(&name).await?)),
         Request::PutLease { lease } => Ok(Response::Lease(Some(store.put_lease(&lease).await?))),
+        Request::RecordEvent { event } => {
+            Ok(Response::Events(vec![store.record_event(&event).await?]))
+        }
+        Request::Events { kind, name } => Ok(Response::Events(store.events(&kind, &name).await?)),
         Request::Watch { .. } => Err(StoreError::Invalid(
             "a watch has a connection of its own".into(),
         )),
@@ -459,6 +472,31 @@ impl Store for RemoteStore {
             Response::Deleted { pending: Some(o) } => {
                 Ok(Deleted::Pending(serde_json::from_value(o)?))
             }
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn record_event(&self, event: &NewEvent) -> Result<EventRecord, StoreError> {
+        match self
+            .call(Request::RecordEvent {
+                event: event.clone(),
+            })
+            .await?
+        {
+            Response::Events(mut e) if e.len() == 1 => Ok(e.remove(0)),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn events(&self, kind: &str, name: &str) -> Result<Vec<EventRecord>, StoreError> {
+        match self
+            .call(Request::Events {
+                kind: kind.into(),
+                name: name.into(),
+            })
+            .await?
+        {
+            Response::Events(e) => Ok(e),
             r => Err(unexpected(r)),
         }
     }

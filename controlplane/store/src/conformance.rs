@@ -322,9 +322,61 @@ pub async fn lease_claims_take_over_only_after_expiry<S: Store>(s: S) {
 }
 
 /// Runs every case, each on a store from `fresh`.
+/// Events: kept per object, a repeat counted into the series, another note
+/// or another object its own event.
+pub async fn events_are_kept_per_object_and_repeats_counted<S: Store>(s: S) {
+    use crate::{EventType, NewEvent};
+    let v = s.apply(&volume("v1", "1Gi")).await.unwrap();
+    let w = s.apply(&volume("v2", "1Gi")).await.unwrap();
+    let refused = NewEvent::about(
+        &v,
+        EventType::Warning,
+        "NoPoolFits",
+        "Schedule",
+        "1 pool: node-a full",
+        "lightpool-controller",
+    );
+    let first = s.record_event(&refused).await.unwrap();
+    assert_eq!(first.count, 1);
+    let again = s.record_event(&refused).await.unwrap();
+    assert_eq!((again.name.as_str(), again.count), (first.name.as_str(), 2));
+    let third = s.record_event(&refused).await.unwrap();
+    assert_eq!(third.count, 3);
+    let other = NewEvent {
+        note: "1 pool: node-a unhealthy".into(),
+        ..refused.clone()
+    };
+    let o = s.record_event(&other).await.unwrap();
+    assert_ne!(o.name, first.name, "another explanation is another event");
+    let placed = NewEvent::about(
+        &w,
+        EventType::Normal,
+        "Placed",
+        "Schedule",
+        "on node-a",
+        "lightpool-controller",
+    );
+    s.record_event(&placed).await.unwrap();
+    let got = s.events("Volume", "v1").await.unwrap();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].event, refused);
+    assert_eq!(got[0].count, 3);
+    assert_eq!(got[1].event, other);
+    assert_eq!(got[1].count, 1);
+    let got = s.events("Volume", "v2").await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].event.reason, "Placed");
+    assert_eq!(got[0].event.type_, EventType::Normal);
+    assert!(s.events("StoragePool", "v1").await.unwrap().is_empty());
+}
+
 #[macro_export]
 macro_rules! conformance_tests {
     ($fresh:expr) => {
+        #[tokio::test]
+        async fn events_are_kept_per_object_and_repeats_counted() {
+            $crate::conformance::events_are_kept_per_object_and_repeats_counted($fresh).await
+        }
         #[tokio::test]
         async fn create_get_list() {
             $crate::conformance::create_get_list($fresh).await

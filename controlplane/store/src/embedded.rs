@@ -14,13 +14,17 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::{
-    conflict, lease_conflict, not_found, Deleted, Event, EventStream, LeaseRecord, Listed, Object,
-    Store, StoreError,
+    conflict, lease_conflict, not_found, Deleted, Event, EventRecord, EventStream, LeaseRecord,
+    Listed, NewEvent, Object, Store, StoreError,
 };
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+/// Events keyed `Kind/object/event-name`.
+const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
+/// Events kept per object (the oldest go first).
+const EVENTS_PER_OBJECT: usize = 64;
 const REVISION: &str = "revision";
 /// Events kept for watches to resume from.
 const HISTORY: usize = 10_000;
@@ -88,6 +92,7 @@ impl EmbeddedStore {
         let revision = {
             txn.open_table(OBJECTS).map_err(db_err)?;
             txn.open_table(LEASES).map_err(db_err)?;
+            txn.open_table(EVENTS).map_err(db_err)?;
             let meta = txn.open_table(META).map_err(db_err)?;
             let r = meta.get(REVISION).map_err(db_err)?.map_or(0, |v| v.value());
             r
@@ -140,6 +145,13 @@ impl EmbeddedStore {
             let k = key::<K>(name);
             if deleted {
                 objects.remove(k.as_str()).map_err(db_err)?;
+                // Its events go with it.
+                let mut events = txn.open_table(EVENTS).map_err(db_err)?;
+                let prefix = format!("{k}/");
+                let end = format!("{k}0");
+                events
+                    .retain_in(prefix.as_str()..end.as_str(), |_, _| false)
+                    .map_err(db_err)?;
             } else {
                 let bytes = serde_json::to_vec(&obj)?;
                 objects
@@ -243,6 +255,56 @@ impl EmbeddedStore {
     }
 }
 
+impl EmbeddedStore {
+    fn read_events(
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        kind: &str,
+        name: &str,
+    ) -> Result<Vec<(String, EventRecord)>, StoreError> {
+        // '0' follows '/': the range is every key under `Kind/name/`.
+        let (from, to) = (format!("{kind}/{name}/"), format!("{kind}/{name}0"));
+        let mut out = Vec::new();
+        for entry in table.range(from.as_str()..to.as_str()).map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            out.push((k.value().to_string(), serde_json::from_slice(v.value())?));
+        }
+        out.sort_by(|a: &(String, EventRecord), b| a.1.first_time.cmp(&b.1.first_time));
+        Ok(out)
+    }
+
+    fn write_event(&self, event: &NewEvent) -> Result<EventRecord, StoreError> {
+        let _w = lock(&self.inner.writer);
+        let txn = self.inner.db.begin_write().map_err(db_err)?;
+        let record = {
+            let mut table = txn.open_table(EVENTS).map_err(db_err)?;
+            let mut known = Self::read_events(&table, &event.kind, &event.name)?;
+            let record = match known.iter().find(|(_, r)| r.event == *event && r.open()) {
+                Some((_, r)) => {
+                    let mut r = r.clone();
+                    r.repeat();
+                    r
+                }
+                None => {
+                    let r = EventRecord::first(event);
+                    known.push((String::new(), r.clone()));
+                    r
+                }
+            };
+            let key = format!("{}/{}/{}", event.kind, event.name, record.name);
+            table
+                .insert(key.as_str(), serde_json::to_vec(&record)?.as_slice())
+                .map_err(db_err)?;
+            let excess = known.len().saturating_sub(EVENTS_PER_OBJECT);
+            for (k, _) in known.iter().take(excess) {
+                table.remove(k.as_str()).map_err(db_err)?;
+            }
+            record
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(record)
+    }
+}
+
 fn not_found_lease(name: &str) -> StoreError {
     StoreError::NotFound {
         kind: "Lease".into(),
@@ -257,6 +319,19 @@ impl Store for EmbeddedStore {
 
     async fn put_lease(&self, lease: &LeaseRecord) -> Result<LeaseRecord, StoreError> {
         self.write_lease(lease)
+    }
+
+    async fn record_event(&self, event: &NewEvent) -> Result<EventRecord, StoreError> {
+        self.write_event(event)
+    }
+
+    async fn events(&self, kind: &str, name: &str) -> Result<Vec<EventRecord>, StoreError> {
+        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(EVENTS).map_err(db_err)?;
+        Ok(Self::read_events(&table, kind, name)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
     }
 
     async fn get<K: Object>(&self, name: &str) -> Result<Option<K>, StoreError> {

@@ -196,6 +196,82 @@ impl State {
     }
 }
 
+impl State {
+    /// Events under `<namespace>/events[/<name>]`: create, merge patch, list
+    /// by `regarding.kind` and `regarding.name`.
+    fn event(
+        &mut self,
+        method: &Method,
+        rest: &str,
+        body: Value,
+        selector: &str,
+    ) -> (StatusCode, Value) {
+        let (ns, name) = match rest.split_once("/events") {
+            Some((ns, n)) => (ns.to_string(), n.strip_prefix('/').map(str::to_string)),
+            None => return status(404, "NotFound", rest.to_string()),
+        };
+        let res = format!("events/{ns}");
+        match (method, name) {
+            (&Method::POST, None) => {
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                if self.objects.contains_key(&(res.clone(), name.clone())) {
+                    return status(
+                        409,
+                        "AlreadyExists",
+                        format!("events.events.k8s.io \"{name}\" already exists"),
+                    );
+                }
+                let v = self.write(&res, &name, body, "ADDED");
+                (StatusCode::CREATED, v)
+            }
+            (&Method::PATCH, Some(name)) => {
+                match self.objects.get(&(res.clone(), name.clone())).cloned() {
+                    None => status(
+                        404,
+                        "NotFound",
+                        format!("events.events.k8s.io \"{name}\" not found"),
+                    ),
+                    Some(mut cur) => {
+                        merge(&mut cur, &body);
+                        (StatusCode::OK, self.write(&res, &name, cur, "MODIFIED"))
+                    }
+                }
+            }
+            (&Method::GET, None) => {
+                let want: Vec<(String, String)> = selector
+                    .replace("%3D", "=")
+                    .replace("%2C", ",")
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                let items: Vec<Value> = self
+                    .objects
+                    .iter()
+                    .filter(|((r, _), _)| *r == res)
+                    .map(|(_, v)| v.clone())
+                    .filter(|v| {
+                        want.iter().all(|(k, x)| match k.as_str() {
+                            "regarding.kind" => v["regarding"]["kind"] == x.as_str(),
+                            "regarding.name" => v["regarding"]["name"] == x.as_str(),
+                            _ => false,
+                        })
+                    })
+                    .collect();
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "events.k8s.io/v1", "kind": "EventList",
+                           "metadata": {"resourceVersion": self.rv.to_string()}, "items": items}),
+                )
+            }
+            (m, n) => status(405, "MethodNotAllowed", format!("{m} events {n:?}")),
+        }
+    }
+}
+
 impl FakeApi {
     /// A client talking to this server.
     pub fn client(&self) -> kube::Client {
@@ -238,6 +314,13 @@ impl FakeApi {
             let mut st = self.state.lock().unwrap();
             st.log.push(format!("{method} {path}"));
             let (code, value) = st.lease(&method, rest, body);
+            return reply(code, value);
+        }
+        if let Some(rest) = path.strip_prefix("/apis/events.k8s.io/v1/namespaces/") {
+            let mut st = self.state.lock().unwrap();
+            st.log.push(format!("{method} {path}"));
+            let selector = query.get("fieldSelector").cloned().unwrap_or_default();
+            let (code, value) = st.event(&method, rest, body, &selector);
             return reply(code, value);
         }
         let parts: Vec<&str> = path

@@ -14,11 +14,19 @@
 //! - leases: `coordination.k8s.io/v1` Leases in the store's namespace (the
 //!   client's default unless set): `POST` to create, `PUT` with the
 //!   resourceVersion to renew or take over (409 when someone else wrote it first).
+//! - events: `events.k8s.io/v1` Events in the store's namespace, regarding the
+//!   object (apiVersion, kind, name, uid), reportingController the reporter,
+//!   reportingInstance the field manager: `POST` a new one; a repeat within the
+//!   series window a merge `PATCH` of its `series` (count, lastObservedTime), as
+//!   kube's Recorder does (a 404 there: the server let it expire, so `POST` a
+//!   new one); listed with `fieldSelector=regarding.kind=..,regarding.name=..`.
 //! - 404 is [`StoreError::NotFound`], 409 [`StoreError::Conflict`], 410
 //!   [`StoreError::Gone`].
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::{Event as KubeEvent, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::PostParams;
 use kube::api::{
@@ -27,7 +35,11 @@ use kube::api::{
 use kube::Client;
 use serde_json::{json, Value};
 
-use crate::{Deleted, Event, EventStream, LeaseRecord, Listed, Object, Store, StoreError};
+use crate::events::Series;
+use crate::{
+    Deleted, Event, EventRecord, EventStream, EventType, LeaseRecord, Listed, NewEvent, Object,
+    Store, StoreError,
+};
 
 /// The Kubernetes API store. Cheap to clone.
 #[derive(Clone)]
@@ -35,6 +47,7 @@ pub struct KubeStore {
     client: Client,
     manager: String,
     namespace: String,
+    series: Series,
 }
 
 impl KubeStore {
@@ -45,6 +58,7 @@ impl KubeStore {
             client,
             manager: field_manager.into(),
             namespace,
+            series: Series::default(),
         }
     }
 
@@ -56,6 +70,45 @@ impl KubeStore {
 
     fn leases(&self) -> Api<Lease> {
         Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn events_api(&self) -> Api<KubeEvent> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn to_event(&self, r: &EventRecord) -> Result<KubeEvent, StoreError> {
+        let e = &r.event;
+        let time = |t: &str| {
+            t.parse()
+                .map(MicroTime)
+                .map_err(|err| StoreError::Invalid(format!("event time '{t}': {err}")))
+        };
+        Ok(KubeEvent {
+            metadata: ObjectMeta {
+                name: Some(r.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(time(&r.first_time)?),
+            regarding: Some(ObjectReference {
+                api_version: Some(format!(
+                    "{}/{}",
+                    lightpool_model::GROUP,
+                    lightpool_model::VERSION
+                )),
+                kind: Some(e.kind.clone()),
+                name: Some(e.name.clone()),
+                uid: e.uid.clone(),
+                ..ObjectReference::default()
+            }),
+            reason: Some(e.reason.clone()),
+            action: Some(e.action.clone()),
+            note: Some(e.note.clone()),
+            type_: Some(e.type_.as_str().into()),
+            reporting_controller: Some(e.reporter.clone()),
+            reporting_instance: Some(self.manager.clone()),
+            ..KubeEvent::default()
+        })
     }
 
     fn api<K: Object>(&self) -> Api<K> {
@@ -187,7 +240,103 @@ fn gone_after_finalizers<K: Object>(obj: &K) -> bool {
         && obj.meta().finalizers.as_ref().is_none_or(|f| f.is_empty())
 }
 
+fn from_event(ev: KubeEvent) -> EventRecord {
+    let regarding = ev.regarding.unwrap_or_default();
+    let first = ev.event_time.map(|t| t.0.to_string()).unwrap_or_default();
+    let (count, last) = match ev.series {
+        Some(s) => (
+            u32::try_from(s.count).unwrap_or(u32::MAX),
+            s.last_observed_time.0.to_string(),
+        ),
+        None => (1, first.clone()),
+    };
+    EventRecord {
+        name: ev.metadata.name.unwrap_or_default(),
+        event: NewEvent {
+            kind: regarding.kind.unwrap_or_default(),
+            name: regarding.name.unwrap_or_default(),
+            uid: regarding.uid,
+            type_: if ev.type_.as_deref() == Some("Warning") {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: ev.reason.unwrap_or_default(),
+            action: ev.action.unwrap_or_default(),
+            note: ev.note.unwrap_or_default(),
+            reporter: ev.reporting_controller.unwrap_or_default(),
+        },
+        count,
+        first_time: first,
+        last_time: last,
+    }
+}
+
+fn event_err(name: &str, e: kube::Error) -> StoreError {
+    match &e {
+        kube::Error::Api(s) if s.code == 404 => StoreError::NotFound {
+            kind: "Event".into(),
+            name: name.to_string(),
+        },
+        _ => StoreError::Api(Box::new(e)),
+    }
+}
+
 impl Store for KubeStore {
+    async fn record_event(&self, event: &NewEvent) -> Result<EventRecord, StoreError> {
+        let mut record = self.series.next(event);
+        let pp = PostParams {
+            field_manager: Some(self.manager.clone()),
+            ..PostParams::default()
+        };
+        if record.count > 1 {
+            let time = record
+                .last_time
+                .parse()
+                .map(MicroTime)
+                .map_err(|e| StoreError::Invalid(format!("event time: {e}")))?;
+            let patch = json!({"series": EventSeries { count: i32::try_from(record.count).unwrap_or(i32::MAX), last_observed_time: time }});
+            match self
+                .events_api()
+                .patch(&record.name, &self.params(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    self.series.written(&record);
+                    return Ok(record);
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    self.series.forget(event);
+                    record = self.series.next(event);
+                }
+                Err(e) => return Err(event_err(&record.name, e)),
+            }
+        }
+        let body = self.to_event(&record)?;
+        self.events_api()
+            .create(&pp, &body)
+            .await
+            .map_err(|e| event_err(&record.name, e))?;
+        self.series.written(&record);
+        Ok(record)
+    }
+
+    async fn events(&self, kind: &str, name: &str) -> Result<Vec<EventRecord>, StoreError> {
+        let lp =
+            ListParams::default().fields(&format!("regarding.kind={kind},regarding.name={name}"));
+        let mut out: Vec<EventRecord> = self
+            .events_api()
+            .list(&lp)
+            .await
+            .map_err(|e| event_err(name, e))?
+            .items
+            .into_iter()
+            .map(from_event)
+            .collect();
+        out.sort_by(|a, b| a.first_time.cmp(&b.first_time));
+        Ok(out)
+    }
+
     async fn get_lease(&self, name: &str) -> Result<Option<LeaseRecord>, StoreError> {
         Ok(self
             .leases()

@@ -165,19 +165,36 @@ impl LeaseClaim {
 }
 
 /// Watches other holders' leases (the controller over the agents' heartbeats):
-/// a lease is live while it changed within `missed × interval` of the
-/// observer's clock.
+/// a lease is live while it changed within `deadline` of the observer's clock.
+///
+/// The age of a lease is measured from the observer's previous look when that
+/// look was recent (within `precision`): a renewal first seen now happened
+/// after that look, so the lease is never judged younger than it is by more
+/// than the time between looks. Looking every `precision` therefore notices a
+/// silent holder at most `deadline + precision` after its last renewal.
 #[derive(Debug)]
 pub struct LeaseObserver {
     deadline: Duration,
-    seen: std::collections::HashMap<String, (Option<String>, Instant)>,
+    precision: Duration,
+    seen: std::collections::HashMap<String, Seen>,
+}
+
+#[derive(Debug)]
+struct Seen {
+    renew_time: Option<String>,
+    /// The lease was renewed no earlier than this.
+    renewed_by: Instant,
+    /// When we last looked.
+    looked: Instant,
 }
 
 impl LeaseObserver {
-    /// Live while renewed at least once per `interval × missed`.
-    pub fn new(interval: Duration, missed: u32) -> Self {
+    /// Live while renewed at least once per `deadline`, looked at every
+    /// `precision` (a look after a longer pause dates a renewal at the look).
+    pub fn new(deadline: Duration, precision: Duration) -> Self {
         LeaseObserver {
-            deadline: interval * missed,
+            deadline,
+            precision,
             seen: Default::default(),
         }
     }
@@ -185,20 +202,62 @@ impl LeaseObserver {
     /// Records `lease` as seen now; returns whether it is live. A lease seen for
     /// the first time counts as just renewed.
     pub fn observe(&mut self, lease: &LeaseRecord, now: Instant) -> bool {
-        let e = self
-            .seen
-            .entry(lease.name.clone())
-            .or_insert((lease.renew_time.clone(), now));
-        if e.0 != lease.renew_time {
-            *e = (lease.renew_time.clone(), now);
+        let e = self.seen.entry(lease.name.clone()).or_insert(Seen {
+            renew_time: lease.renew_time.clone(),
+            renewed_by: now,
+            looked: now,
+        });
+        if e.renew_time != lease.renew_time {
+            e.renew_time = lease.renew_time.clone();
+            e.renewed_by = if now.duration_since(e.looked) <= self.precision {
+                e.looked
+            } else {
+                now
+            };
         }
-        lease.holder.is_some() && now.duration_since(e.1) <= self.deadline
+        e.looked = now;
+        lease.holder.is_some() && now.duration_since(e.renewed_by) <= self.deadline
     }
 
     /// Whether a lease seen before is still live at `now` (false if never seen).
     pub fn live(&self, name: &str, now: Instant) -> bool {
         self.seen
             .get(name)
-            .is_some_and(|(_, at)| now.duration_since(*at) <= self.deadline)
+            .is_some_and(|s| now.duration_since(s.renewed_by) <= self.deadline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(renew: &str) -> LeaseRecord {
+        LeaseRecord {
+            name: "n".into(),
+            holder: Some("a".into()),
+            duration_seconds: 15,
+            acquire_time: None,
+            renew_time: Some(renew.into()),
+            transitions: 0,
+            version: Some("1".into()),
+        }
+    }
+
+    #[test]
+    fn a_renewal_is_dated_at_the_previous_recent_look() {
+        let ms = Duration::from_millis;
+        let mut o = LeaseObserver::new(ms(14_000), ms(250));
+        let t0 = Instant::now();
+        assert!(o.observe(&lease("r0"), t0));
+        // Renewed between the looks at 250 and 500 ms: dated at 250 ms.
+        assert!(o.observe(&lease("r0"), t0 + ms(250)));
+        assert!(o.observe(&lease("r1"), t0 + ms(500)));
+        assert!(o.observe(&lease("r1"), t0 + ms(14_250)));
+        assert!(!o.observe(&lease("r1"), t0 + ms(14_251)));
+        assert!(!o.live("n", t0 + ms(14_251)));
+        // Seen again after a long pause: dated at that look, not the old one.
+        assert!(o.observe(&lease("r2"), t0 + ms(60_000)));
+        assert!(o.live("n", t0 + ms(74_000)));
+        assert!(!o.live("n", t0 + ms(74_001)));
     }
 }

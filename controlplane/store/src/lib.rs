@@ -24,15 +24,21 @@
 //! - `list` returns the objects sorted by name and the version to `watch` from;
 //!   `watch` yields every change after that version, or [`StoreError::Gone`]
 //!   when the version is too old to resume from (HTTP 410): list again.
+//! - `record_event` keeps an event about an object, counting repeats into a
+//!   series as kube's Recorder does; `events` lists an object's events. On
+//!   Kubernetes they are `events.k8s.io/v1` Events in the store's namespace; the
+//!   embedded store keeps the last 64 per object and drops them with it.
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod embedded;
+mod events;
 #[cfg(feature = "conformance")]
 pub mod fake_api;
 mod kube_api;
 mod lease;
 mod object;
+mod wake;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -40,9 +46,11 @@ use std::future::Future;
 use futures::stream::BoxStream;
 
 pub use embedded::EmbeddedStore;
+pub use events::{EventRecord, EventType, NewEvent, SERIES_WINDOW};
 pub use kube_api::KubeStore;
 pub use lease::{Claim, LeaseClaim, LeaseObserver, LeaseRecord};
 pub use object::Object;
+pub use wake::wake_on_change;
 
 /// What went wrong with a store call.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +171,20 @@ pub trait Store: Clone + Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = Result<Option<LeaseRecord>, StoreError>> + Send;
 
+    /// Records an event about an object; a repeat within [`SERIES_WINDOW`] is
+    /// counted into the recent event's series.
+    fn record_event(
+        &self,
+        event: &NewEvent,
+    ) -> impl Future<Output = Result<EventRecord, StoreError>> + Send;
+
+    /// The events about one object, oldest first.
+    fn events(
+        &self,
+        kind: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<EventRecord>, StoreError>> + Send;
+
     /// Creates the lease (`version: None`; a [`StoreError::Conflict`] when it
     /// exists) or replaces the given version of it (a conflict when it moved on).
     fn put_lease(
@@ -228,6 +250,13 @@ pub async fn remove_finalizer<S: Store, K: Object>(
 /// The time now, RFC 3339 (as Kubernetes writes times).
 pub fn now_rfc3339() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+/// How long ago an RFC 3339 time was on this clock; `None` when it does not
+/// parse or lies ahead.
+pub fn age_of(time: &str) -> Option<std::time::Duration> {
+    let t = time.parse::<k8s_openapi::jiff::Timestamp>().ok()?;
+    std::time::Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(t)).ok()
 }
 
 pub(crate) fn not_found<K: Object>(name: &str) -> StoreError {

@@ -370,3 +370,118 @@ async fn lease_create_renew_and_take_over() {
     .await;
     assert_eq!(res.recv().await.unwrap(), Claim::HeldBy("ctrl-c".into()));
 }
+
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/lightpool-system/events";
+
+/// Events as kube's Recorder writes them: a POST of an events.k8s.io/v1 Event
+/// regarding the object, a repeat a merge PATCH of its series, a series the
+/// server let expire (404) a new POST; listed by a field selector on `regarding`.
+#[tokio::test]
+async fn events_are_posted_repeats_patch_the_series_and_lists_select_by_object() {
+    use lightpool_store::{EventType, NewEvent};
+    let (s, mut h) = store();
+    let mut v = common::volume("v1", "1Gi");
+    v.metadata.uid = Some("u-1".into());
+    let ev = NewEvent::about(
+        &v,
+        EventType::Warning,
+        "NoPoolFits",
+        "Schedule",
+        "1 pool: node-a full (needs 1 GiB, has 0 B)",
+        "lightpool-controller",
+    );
+    let e = ev.clone();
+    let task = tokio::spawn(async move {
+        let a = s.record_event(&e).await.unwrap();
+        let b = s.record_event(&e).await.unwrap();
+        let c = s.record_event(&e).await.unwrap();
+        let listed = s.events("Volume", "v1").await.unwrap();
+        (a, b, c, listed)
+    });
+    let posted = expect(
+        &mut h,
+        "POST",
+        &format!("{EVENTS}?&fieldManager=lightpool-controller"),
+        Some("application/json"),
+        201,
+        json!({}),
+    )
+    .await;
+    let name = posted["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("v1."), "{name}");
+    let time = posted["eventTime"].as_str().unwrap().to_string();
+    assert!(
+        time.ends_with('Z') && time.contains('.'),
+        "MicroTime: {time}"
+    );
+    assert_eq!(
+        posted,
+        json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": "lightpool-system"},
+            "eventTime": time,
+            "regarding": {"apiVersion": "lightpool.io/v1alpha1", "kind": "Volume",
+                          "name": "v1", "uid": "u-1"},
+            "reason": "NoPoolFits", "action": "Schedule", "type": "Warning",
+            "note": "1 pool: node-a full (needs 1 GiB, has 0 B)",
+            "reportingController": "lightpool-controller",
+            "reportingInstance": "lightpool-controller",
+        })
+    );
+    let patched = expect(
+        &mut h,
+        "PATCH",
+        &format!("{EVENTS}/{name}?&fieldManager=lightpool-controller"),
+        Some("application/merge-patch+json"),
+        200,
+        json!({}),
+    )
+    .await;
+    assert_eq!(patched["series"]["count"], 2);
+    assert!(patched["series"]["lastObservedTime"].is_string());
+    assert_eq!(patched.as_object().unwrap().len(), 1, "only the series");
+    // The server let it expire: a new event, counted from 1.
+    expect(
+        &mut h,
+        "PATCH",
+        &format!("{EVENTS}/{name}?&fieldManager=lightpool-controller"),
+        Some("application/merge-patch+json"),
+        404,
+        api_status(404, "NotFound"),
+    )
+    .await;
+    let reposted = expect(
+        &mut h,
+        "POST",
+        &format!("{EVENTS}?&fieldManager=lightpool-controller"),
+        Some("application/json"),
+        201,
+        json!({}),
+    )
+    .await;
+    assert!(reposted["series"].is_null());
+    assert_eq!(reposted["reason"], "NoPoolFits");
+    expect(
+        &mut h,
+        "GET",
+        &format!("{EVENTS}?&fieldSelector=regarding.kind%3DVolume%2Cregarding.name%3Dv1"),
+        None,
+        200,
+        json!({"apiVersion": "events.k8s.io/v1", "kind": "EventList", "metadata": {},
+               "items": [{
+                   "metadata": {"name": name, "namespace": "lightpool-system"},
+                   "eventTime": "2026-01-01T00:00:00.000000Z",
+                   "series": {"count": 5, "lastObservedTime": "2026-01-01T00:01:00.000000Z"},
+                   "regarding": {"kind": "Volume", "name": "v1"},
+                   "reason": "NoPoolFits", "action": "Schedule", "type": "Warning",
+                   "note": "n", "reportingController": "lightpool-controller"}]}),
+    )
+    .await;
+    let (a, b, c, listed) = task.await.unwrap();
+    assert_eq!((a.count, b.count, c.count), (1, 2, 1));
+    assert_eq!(b.name, a.name);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].count, 5);
+    assert_eq!(listed[0].event.type_, EventType::Warning);
+    assert_eq!(listed[0].last_time, "2026-01-01T00:01:00Z");
+}

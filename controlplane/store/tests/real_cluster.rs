@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Names carry a random suffix so runs do not collide; each test removes the
-//! volume it made (leases named `lp-lease-*` stay: the trait has no lease delete).
+//! volume it made (leases named `lp-lease-*` and the events stay: the trait
+//! deletes neither; Kubernetes lets events expire after an hour).
 #![cfg(feature = "real-cluster")]
 
 mod common;
@@ -76,4 +77,32 @@ async fn lease_claims_on_a_real_api_server() {
     assert_eq!(b.tick(&s).await.unwrap(), Claim::HeldBy("a".into()));
     a.release(&s).await.unwrap();
     assert_eq!(b.tick(&s).await.unwrap(), Claim::Held);
+}
+
+#[tokio::test]
+async fn events_on_a_real_api_server() {
+    use lightpool_store::{EventType, NewEvent};
+    let s = store().await;
+    let name = unique("lp-test");
+    let v = s.apply(&common::volume(&name, "1Gi")).await.unwrap();
+    let e = NewEvent::about(
+        &v,
+        EventType::Warning,
+        "NoPoolFits",
+        "Schedule",
+        "a test event",
+        "lightpool-test",
+    );
+    let first = s.record_event(&e).await.unwrap();
+    let second = s.record_event(&e).await.unwrap();
+    assert_eq!(
+        (second.name.as_str(), second.count),
+        (first.name.as_str(), 2)
+    );
+    // The API server selects events.k8s.io Events by their `regarding`.
+    let listed = s.events("Volume", &name).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].count, 2);
+    assert_eq!(listed[0].event.note, "a test event");
+    s.delete::<Volume>(&name, None).await.unwrap();
 }
