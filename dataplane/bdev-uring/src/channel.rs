@@ -188,9 +188,16 @@ impl UringChannel {
             }
             IoOp::WriteZeroes => {
                 slot.chunk = slot.remaining;
+                // A file gives the range back (a hole reads as zeroes), so a thin
+                // device on a sparse file stays sparse; a block device zeroes it.
+                let mode = if self.shared.kind == crate::Kind::File {
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+                } else {
+                    libc::FALLOC_FL_ZERO_RANGE
+                };
                 opcode::Fallocate::new(fd, slot.remaining)
                     .offset(slot.offset)
-                    .mode(libc::FALLOC_FL_ZERO_RANGE)
+                    .mode(mode)
                     .build()
             }
             IoOp::Deallocate => {
@@ -338,7 +345,7 @@ impl UringChannel {
                     if self.shared.zero_range.swap(false, Ordering::Relaxed) {
                         tracing::info!(
                             device = %self.shared.info.name,
-                            "fallocate(ZERO_RANGE) not supported; writing zeroes instead"
+                            "fallocate cannot zero a range here; writing zeroes instead"
                         );
                     }
                     slot.zero_writes = true;

@@ -14,9 +14,12 @@
 //!   instead, with one warning; [`UringBdev::is_direct`] tells which it got. Durability
 //!   does not depend on it, because this backend reports a volatile write cache and
 //!   implements Flush with `fdatasync`.
-//! - Write Zeroes: `fallocate(FALLOC_FL_ZERO_RANGE)` (the kernel zeroes a block device
-//!   range itself, with a fallback); where the filesystem refuses it, writes from a
-//!   preallocated zero buffer, and later requests go straight to that path.
+//! - Write Zeroes: on a block device `fallocate(FALLOC_FL_ZERO_RANGE)` (the kernel zeroes
+//!   the range itself, with a fallback); on a regular file `fallocate(PUNCH_HOLE |
+//!   KEEP_SIZE)`, which reads back as zeroes and gives the space back, so a pool
+//!   formatted on a sparse file stays sparse. Where the filesystem refuses either,
+//!   writes from a preallocated zero buffer, and later requests go straight to that
+//!   path.
 //! - Deallocate: `fallocate(PUNCH_HOLE | KEEP_SIZE)`, which reads back as zeroes on files
 //!   and (through write-zeroes-with-unmap) on block devices. `supports_deallocate` is
 //!   probed at open; where the device refuses at run time (EOPNOTSUPP) the request
@@ -116,7 +119,7 @@ unsafe impl Send for ZeroBuf {}
 unsafe impl Sync for ZeroBuf {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     File,
     BlockDevice,
 }

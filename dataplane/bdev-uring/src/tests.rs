@@ -106,6 +106,28 @@ fn write_zeroes_and_deallocate_read_back_zeroes() {
     check_zeroes_and_deallocate(&*open(f.path(), opts));
 }
 
+/// Write Zeroes on a file gives the space back: a pool formatted on a sparse file
+/// (zeroing its whole data area) must not allocate it.
+#[test]
+fn write_zeroes_on_a_file_leaves_it_sparse() {
+    use std::os::unix::fs::MetadataExt;
+    let f = file_of(16 << 20);
+    let d = open(f.path(), UringOptions::default());
+    let mut ch = d.open_channel().unwrap();
+    let data = pattern(4096, 0, 1024, 5);
+    assert_eq!(write(ch.as_mut(), 4096, 0, &data), IoStatus::Success);
+    let allocated = || f.as_file().metadata().unwrap().blocks() * 512;
+    assert!(allocated() >= 4 << 20, "written: {}", allocated());
+    let st = run1(
+        ch.as_mut(),
+        IoRequest::no_data(IoOp::WriteZeroes, 0, 4096, 1),
+    );
+    assert_eq!(st, IoStatus::Success);
+    assert!(allocated() < 1 << 20, "zeroed but allocated: {}", allocated());
+    let (_, buf) = read(ch.as_mut(), 4096, 0, 1024);
+    assert!(buf.as_slice().iter().all(|&b| b == 0));
+}
+
 /// tmpfs cannot FALLOC_FL_ZERO_RANGE, so Write Zeroes falls back to writing zeroes.
 #[test]
 fn write_zeroes_falls_back_where_zero_range_is_refused() {
