@@ -123,7 +123,11 @@ fn write_zeroes_on_a_file_leaves_it_sparse() {
         IoRequest::no_data(IoOp::WriteZeroes, 0, 4096, 1),
     );
     assert_eq!(st, IoStatus::Success);
-    assert!(allocated() < 1 << 20, "zeroed but allocated: {}", allocated());
+    assert!(
+        allocated() < 1 << 20,
+        "zeroed but allocated: {}",
+        allocated()
+    );
     let (_, buf) = read(ch.as_mut(), 4096, 0, 1024);
     assert!(buf.as_slice().iter().all(|&b| b == 0));
 }
