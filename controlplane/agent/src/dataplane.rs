@@ -90,12 +90,14 @@ pub trait Dataplane: Send + Sync + 'static {
         nqn: &str,
     ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
 
-    /// Adds namespace `nsid` serving `device` to the subsystem.
+    /// Adds namespace `nsid` serving `device` to the subsystem, with `uuid` as its
+    /// namespace UUID when given (hosts find the volume by it).
     fn add_namespace(
         &self,
         nqn: &str,
         nsid: u32,
         device: &str,
+        uuid: Option<&str>,
     ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
 
     /// Makes sure the target listens on TCP `address:port`.
@@ -267,6 +269,7 @@ impl Dataplane for MemoryDataplane {
         nqn: &str,
         nsid: u32,
         device: &str,
+        _uuid: Option<&str>,
     ) -> Result<(), DataplaneError> {
         let mut m = self.call(format!("add_namespace {nqn} {nsid}"))?;
         if !m.volumes.values().any(|v| v.device == device) {

@@ -269,6 +269,7 @@ impl Dataplane for ApiDataplane {
         nqn: &str,
         nsid: u32,
         device: &str,
+        uuid: Option<&str>,
     ) -> Result<(), DataplaneError> {
         // A pool volume is served by name ("POOL/VOLUME"): the target makes it
         // the block device `device` names.
@@ -282,7 +283,7 @@ impl Dataplane for ApiDataplane {
                 nsid,
                 device: device_name,
                 nguid: None,
-                uuid: None,
+                uuid: uuid.map(str::to_string),
                 ana_group: Some(1),
                 size_bytes: None,
                 volume,

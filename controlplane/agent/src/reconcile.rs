@@ -209,7 +209,10 @@ async fn make<S: Store, D: Dataplane>(
         .create_volume(name, size, v.spec.provisioning == Provisioning::Thin)
         .await?;
     dp.create_subsystem(nqn).await?;
-    dp.add_namespace(nqn, 1, &pv.device).await?;
+    // The namespace carries the Volume's uid as its UUID: the status says so, and
+    // the CSI node finds the device by it.
+    dp.add_namespace(nqn, 1, &pv.device, v.metadata.uid.as_deref())
+        .await?;
     dp.ensure_listener(&agent.config.address, agent.config.port)
         .await
 }

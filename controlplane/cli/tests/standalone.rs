@@ -265,6 +265,25 @@ fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
         s.dir.join("a/target.api.sock").to_str().unwrap(),
     ]);
     assert!(subs.contains(nqn), "{subs}");
+    // The namespace carries the UUID the volume's status gives hosts.
+    let shown: serde_json::Value =
+        serde_json::from_str(&s.ok(&["volume", "show", "v1", "--json"])).unwrap();
+    let uuid = shown["status"]["target"]["uuid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(uuid.len(), 36, "{shown}");
+    let ns = s.ok(&[
+        "--json",
+        "namespace",
+        "list",
+        "--socket",
+        s.dir.join("a/target.api.sock").to_str().unwrap(),
+    ]);
+    assert!(
+        ns.contains(&format!("\"uuid\": \"{uuid}\"")),
+        "{uuid} not in {ns}"
+    );
 
     // Refusals say what to change, and make nothing.
     let e = s.refused(&["volume", "create", "big", "--size", "100GiB"]);
