@@ -18,6 +18,7 @@ pub mod controller;
 pub mod identity;
 pub mod node;
 pub mod params;
+pub mod plugin;
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +45,9 @@ pub enum ServeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Neither service was asked for.
+    #[error("the CSI plugin serves nothing: give --controller, --node NODE, or both")]
+    Nothing,
     /// The server failed.
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),

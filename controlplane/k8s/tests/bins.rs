@@ -51,3 +51,21 @@ fn the_controller_and_agent_say_what_is_missing() {
     );
     assert!(!ok && err.contains("--pool-size zero"), "{err}");
 }
+
+#[test]
+fn the_csi_plugin_says_what_is_missing() {
+    let home = tempfile::tempdir().unwrap();
+    let csi = env!("CARGO_BIN_EXE_lightpool-csi");
+    let (ok, err) = run(csi, &[], home.path());
+    assert!(
+        !ok && err.contains("serves nothing: give --controller, --node NODE"),
+        "{err}"
+    );
+    let (ok, err) = run(csi, &["--node", ""], home.path());
+    assert!(
+        !ok && err.contains("--node is empty: pass it or set $NODE_NAME"),
+        "{err}"
+    );
+    let (ok, err) = run(csi, &["--controller"], home.path());
+    assert!(!ok && err.contains("no Kubernetes API"), "{err}");
+}
