@@ -205,9 +205,15 @@ async fn make<S: Store, D: Dataplane>(
     let size =
         size_of(v).ok_or_else(|| DataplaneError::Refused("the volume has no valid size".into()))?;
     let dp = &agent.dataplane;
-    let pv = dp
-        .create_volume(name, size, v.spec.provisioning == Provisioning::Thin)
-        .await?;
+    // A volume from a snapshot is a clone of the pool snapshot (the scheduler
+    // placed it on the snapshot's pool); it shares the snapshot's clusters.
+    let pv = match &v.spec.source_snapshot {
+        Some(snap) => dp.clone_snapshot(snap, name).await?,
+        None => {
+            dp.create_volume(name, size, v.spec.provisioning == Provisioning::Thin)
+                .await?
+        }
+    };
     dp.create_subsystem(nqn).await?;
     // The namespace carries the Volume's uid as its UUID: the status says so, and
     // the CSI node finds the device by it.
