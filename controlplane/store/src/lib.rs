@@ -262,6 +262,15 @@ pub fn rfc3339_of_unix(secs: u64) -> Option<String> {
     )
 }
 
+/// Seconds since the epoch of an RFC 3339 time; `None` when it does not parse.
+pub fn unix_of_rfc3339(time: &str) -> Option<i64> {
+    Some(
+        time.parse::<k8s_openapi::jiff::Timestamp>()
+            .ok()?
+            .as_second(),
+    )
+}
+
 /// How long ago an RFC 3339 time was on this clock; `None` when it does not
 /// parse or lies ahead.
 pub fn age_of(time: &str) -> Option<std::time::Duration> {
