@@ -24,6 +24,7 @@
 
 mod health;
 mod ops;
+mod snapshots;
 
 use std::time::Duration;
 
@@ -159,6 +160,8 @@ pub struct TickReport {
     pub operations: Vec<(String, String, String)>,
     /// Operations that failed this time (retried next tick).
     pub failures: Vec<String>,
+    /// Snapshots marked Failed: their volume is missing or holds no data.
+    pub failed_snapshots: Vec<String>,
 }
 
 /// The controller.
@@ -328,6 +331,7 @@ impl<S: Store> Controller<S> {
         for v in &volumes {
             self.volume(&scheduler, &pools, v, &mut report).await;
         }
+        report.failed_snapshots = snapshots::judge(&self.store, &volumes).await?;
         Ok(report)
     }
 

@@ -242,12 +242,23 @@ async fn a_snapshot_outlives_its_volume_and_bad_restores_are_refused<S: Store>(s
         st.message.as_deref().unwrap().contains("snapshot's size"),
         "{st:?}"
     );
-    // A snapshot of a volume that is not there takes nothing.
+    // A snapshot of a volume that is not there: Failed, saying so, nothing taken.
     c.snapshot("orphan", "nothere").await;
     c.seconds(2).await;
-    assert_eq!(
-        c.sstatus("orphan").await.unwrap().phase,
-        SnapshotPhase::Pending
+    let st = c.sstatus("orphan").await.unwrap();
+    assert_eq!(st.phase, SnapshotPhase::Failed);
+    assert!(
+        st.message
+            .as_deref()
+            .unwrap()
+            .contains("volume nothere does not exist"),
+        "{st:?}"
+    );
+    let ev = c.events("orphan").await;
+    assert!(
+        ev.iter()
+            .any(|(t, r, _)| *t == EventType::Warning && r == "NoVolume"),
+        "{ev:?}"
     );
     assert_eq!(
         c.dp(0).snapshot_names().len() + c.dp(1).snapshot_names().len(),
