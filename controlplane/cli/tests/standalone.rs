@@ -319,6 +319,8 @@ fn snapshot_restore_and_delete(s: &Setup, nqn: &str) {
     });
     let snaps = s.target_json("a", &["snapshot", "list"]);
     assert_eq!(snaps, serde_json::json!([]), "{snaps}");
+    // Another, to outlive v1 (see the caller).
+    s.ok(&["volume", "snapshot", "v1", "s2"]);
 }
 
 #[test]
@@ -479,9 +481,20 @@ fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
         "{show}"
     );
 
-    // Deleted: the pool volume and subsystem go.
+    // Deleted: the pool volume and subsystem go; its snapshot stays, Ready, to
+    // restore from.
     s.ok(&["volume", "delete", "v1"]);
     assert!(!s.target_volumes("a").contains("node/v1 "));
+    let snaps = s.target_json("a", &["snapshot", "list"]);
+    assert!(snaps.to_string().contains("\"s2\""), "{snaps}");
+    let list = s.ok(&["snapshot", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("s2 ") && l.contains("Ready")),
+        "{list}"
+    );
+    s.ok(&["volume", "create", "c2", "--from-snapshot", "s2"]);
+    assert_eq!(s.node_of("c2"), "node-a");
     let subs = s.ok(&[
         "subsystem",
         "list",
@@ -555,7 +568,7 @@ fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
         String::from_utf8_lossy(&o.stdout).contains("volume:p1")
     });
     let list = s.ok(&["volume", "list"]);
-    for v in ["r1", "l1", "p1", "p2", "r2"] {
+    for v in ["r1", "l1", "p1", "p2", "r2", "c2"] {
         assert!(list.contains(v), "{list}");
     }
 }

@@ -209,7 +209,7 @@ impl<S: Store> Controller<S> {
         self.scheduler.as_ref()
     }
 
-    /// Runs until `stop`: a tick at once when a Volume or StoragePool changes
+    /// Runs until `stop`: a tick at once when a Volume, StoragePool or Snapshot changes
     /// (watched), and every `interval` as a resync; the heartbeats looked at
     /// every `heartbeat_check`. Errors are logged and retried.
     pub async fn run(mut self, interval: Duration, stop: impl std::future::Future<Output = ()>) {
@@ -218,6 +218,11 @@ impl<S: Store> Controller<S> {
         let watches = [
             lightpool_store::wake_on_change::<S, Volume>(self.store.clone(), wake.clone()),
             lightpool_store::wake_on_change::<S, StoragePool>(self.store.clone(), wake.clone()),
+            // A restore waits for its snapshot to be taken.
+            lightpool_store::wake_on_change::<S, lightpool_model::Snapshot>(
+                self.store.clone(),
+                wake.clone(),
+            ),
         ];
         let mut every = tokio::time::interval(interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
