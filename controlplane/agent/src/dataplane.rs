@@ -157,11 +157,14 @@ struct Memory {
     calls: Vec<String>,
 }
 
+/// As in the pool: a snapshot takes the volume's record, and the volume carries
+/// on as its clone; so a snapshot's clones are volumes or later snapshots, and
+/// deleting a snapshot with one clone hands its place in the chain to that clone.
 #[derive(Debug)]
 struct MemorySnapshot {
     snapshot: PoolSnapshot,
-    /// The volumes depending on it: the one it was taken of (which carries on
-    /// as its clone, as in the pool) and the clones made of it.
+    /// What depends on it directly: the volume it was taken of (until that is
+    /// snapshotted again), the clones made of it, later snapshots of them.
     clones: BTreeSet<String>,
 }
 
@@ -316,6 +319,13 @@ impl Dataplane for MemoryDataplane {
             .get(volume)
             .map(|v| v.size)
             .ok_or_else(|| DataplaneError::Refused(format!("no pool volume {volume}")))?;
+        // The volume's record becomes the snapshot: what depended on it
+        // depends on the snapshot now.
+        for s in m.snapshots.values_mut() {
+            if s.clones.remove(volume) {
+                s.clones.insert(name.to_string());
+            }
+        }
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -345,7 +355,14 @@ impl Dataplane for MemoryDataplane {
                 )));
             }
         }
-        m.snapshots.remove(name);
+        if let Some(gone) = m.snapshots.remove(name) {
+            // Its one clone takes its place in the chain.
+            for s in m.snapshots.values_mut() {
+                if s.clones.remove(name) {
+                    s.clones.extend(gone.clones.iter().cloned());
+                }
+            }
+        }
         Ok(())
     }
 

@@ -307,3 +307,39 @@ async fn a_snapshot_waits_for_its_volume_to_be_ready_and_says_so() {
     assert_eq!(st.phase, SnapshotPhase::Ready, "{st:?}");
     assert_eq!((st.pool.as_deref(), st.message), (Some("node-a"), None));
 }
+
+#[tokio::test]
+async fn a_restored_volume_snapshotted_itself_is_repaired_not_cloned_again() {
+    let (s, _d) = store();
+    let dp = MemoryDataplane::new(100 * GIB);
+    let mut a = agent(&s, &dp);
+    scheduled(&s, "v1", 1).await;
+    a.tick().await.unwrap();
+    dp.create_snapshot("v1", "s1").await.unwrap();
+    s.apply(&snapshot_of("s1", "v1")).await.unwrap();
+    a.tick().await.unwrap();
+    // c1 restored from s1 (as the controller places it), then snapshotted: its
+    // parent in the pool is its own snapshot now, no longer s1.
+    scheduled(&s, "c1", 1).await;
+    let mut c1: Volume = s.get("c1").await.unwrap().unwrap();
+    c1.spec.source_snapshot = Some("s1".into());
+    c1.metadata.resource_version = None;
+    s.apply(&c1).await.unwrap();
+    a.tick().await.unwrap();
+    assert!(dp.calls().contains(&"clone_snapshot s1 c1".to_string()));
+    dp.create_snapshot("c1", "c1-snap").await.unwrap();
+    assert!(matches!(
+        dp.clone_snapshot("s1", "c1").await,
+        Err(DataplaneError::Mismatch(_))
+    ));
+    // Its subsystem lost: repaired with the pool volume it has.
+    dp.lose_subsystem(&volume_nqn("c1"));
+    let r = a.tick().await.unwrap();
+    assert!(
+        r.volumes
+            .iter()
+            .any(|(n, o)| n == "c1" && matches!(o, VolumeOutcome::Repaired(_))),
+        "{r:?}"
+    );
+    assert!(dp.nqns().contains(&volume_nqn("c1")));
+}
