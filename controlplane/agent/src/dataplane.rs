@@ -47,6 +47,17 @@ pub struct PoolVolume {
     pub size: u64,
 }
 
+/// A pool snapshot: a read-only point-in-time copy of a pool volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    /// The snapshot's name (the Snapshot object's).
+    pub name: String,
+    /// The volume's size when it was taken.
+    pub size: u64,
+    /// When it was taken, seconds since the epoch.
+    pub created: u64,
+}
+
 /// An exported subsystem and its namespaces (nsid -> device).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Export {
@@ -69,6 +80,33 @@ pub trait Dataplane: Send + Sync + 'static {
 
     /// Deletes the pool volume; fine if it is not there.
     fn delete_volume(&self, name: &str) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Takes snapshot `name` of pool volume `volume` (or finds the snapshot of
+    /// that name already taken).
+    fn create_snapshot(
+        &self,
+        volume: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<PoolSnapshot, DataplaneError>> + Send;
+
+    /// Deletes the snapshot; fine if it is not there. [`DataplaneError::Refused`]
+    /// while more than one volume depends on it (the pool hands a snapshot's data
+    /// to its one clone, never to two).
+    fn delete_snapshot(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// The pool's snapshots.
+    fn snapshots(&self) -> impl Future<Output = Result<Vec<PoolSnapshot>, DataplaneError>> + Send;
+
+    /// Creates pool volume `name` as a writable clone of snapshot `snapshot` (or
+    /// finds the clone of that name).
+    fn clone_snapshot(
+        &self,
+        snapshot: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<PoolVolume, DataplaneError>> + Send;
 
     /// The pool volumes there are.
     fn volumes(&self) -> impl Future<Output = Result<Vec<PoolVolume>, DataplaneError>> + Send;
@@ -112,10 +150,22 @@ pub trait Dataplane: Send + Sync + 'static {
 struct Memory {
     capacity: u64,
     volumes: BTreeMap<String, PoolVolume>,
+    snapshots: BTreeMap<String, MemorySnapshot>,
     exports: BTreeMap<String, Export>,
     listeners: BTreeSet<(String, u16)>,
     down: bool,
     calls: Vec<String>,
+}
+
+/// As in the pool: a snapshot takes the volume's record, and the volume carries
+/// on as its clone; so a snapshot's clones are volumes or later snapshots, and
+/// deleting a snapshot with one clone hands its place in the chain to that clone.
+#[derive(Debug)]
+struct MemorySnapshot {
+    snapshot: PoolSnapshot,
+    /// What depends on it directly: the volume it was taken of (until that is
+    /// snapshotted again), the clones made of it, later snapshots of them.
+    clones: BTreeSet<String>,
 }
 
 /// An in-memory dataplane: a pool of `capacity` bytes, and switches to make it
@@ -172,6 +222,11 @@ impl MemoryDataplane {
     /// The pool volumes' names.
     pub fn volume_names(&self) -> Vec<String> {
         self.lock().volumes.keys().cloned().collect()
+    }
+
+    /// The snapshots' names.
+    pub fn snapshot_names(&self) -> Vec<String> {
+        self.lock().snapshots.keys().cloned().collect()
     }
 
     /// The listeners.
@@ -239,7 +294,117 @@ impl Dataplane for MemoryDataplane {
             )));
         }
         m.volumes.remove(name);
+        for s in m.snapshots.values_mut() {
+            s.clones.remove(name);
+        }
         Ok(())
+    }
+
+    async fn create_snapshot(
+        &self,
+        volume: &str,
+        name: &str,
+    ) -> Result<PoolSnapshot, DataplaneError> {
+        let mut m = self.call(format!("create_snapshot {volume} {name}"))?;
+        if let Some(s) = m.snapshots.get(name) {
+            return Ok(s.snapshot.clone());
+        }
+        if m.volumes.contains_key(name) {
+            return Err(DataplaneError::Mismatch(format!(
+                "{name} exists already and is a volume, not a snapshot: pick another name"
+            )));
+        }
+        let size = m
+            .volumes
+            .get(volume)
+            .map(|v| v.size)
+            .ok_or_else(|| DataplaneError::Refused(format!("no pool volume {volume}")))?;
+        // The volume's record becomes the snapshot: what depended on it
+        // depends on the snapshot now.
+        for s in m.snapshots.values_mut() {
+            if s.clones.remove(volume) {
+                s.clones.insert(name.to_string());
+            }
+        }
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let snapshot = PoolSnapshot {
+            name: name.into(),
+            size,
+            created,
+        };
+        m.snapshots.insert(
+            name.into(),
+            MemorySnapshot {
+                snapshot: snapshot.clone(),
+                clones: BTreeSet::from([volume.to_string()]),
+            },
+        );
+        Ok(snapshot)
+    }
+
+    async fn delete_snapshot(&self, name: &str) -> Result<(), DataplaneError> {
+        let mut m = self.call(format!("delete_snapshot {name}"))?;
+        if let Some(s) = m.snapshots.get(name) {
+            if s.clones.len() > 1 {
+                return Err(DataplaneError::Refused(format!(
+                    "snapshot {name} has {} clones ({}): delete or inflate all but one",
+                    s.clones.len(),
+                    s.clones.iter().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        if let Some(gone) = m.snapshots.remove(name) {
+            // Its one clone takes its place in the chain.
+            for s in m.snapshots.values_mut() {
+                if s.clones.remove(name) {
+                    s.clones.extend(gone.clones.iter().cloned());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn snapshots(&self) -> Result<Vec<PoolSnapshot>, DataplaneError> {
+        let m = self.read()?;
+        Ok(m.snapshots.values().map(|s| s.snapshot.clone()).collect())
+    }
+
+    async fn clone_snapshot(
+        &self,
+        snapshot: &str,
+        name: &str,
+    ) -> Result<PoolVolume, DataplaneError> {
+        let mut m = self.call(format!("clone_snapshot {snapshot} {name}"))?;
+        let size = m
+            .snapshots
+            .get(snapshot)
+            .map(|s| s.snapshot.size)
+            .ok_or_else(|| DataplaneError::Refused(format!("no snapshot {snapshot}")))?;
+        if let Some(v) = m.volumes.get(name) {
+            let is_clone = m
+                .snapshots
+                .get(snapshot)
+                .is_some_and(|s| s.clones.contains(name));
+            return if is_clone {
+                Ok(v.clone())
+            } else {
+                Err(DataplaneError::Mismatch(format!(
+                    "pool volume {name} exists and is not a clone of {snapshot}"
+                )))
+            };
+        }
+        let v = PoolVolume {
+            name: name.into(),
+            device: format!("lpv-{name}"),
+            size,
+        };
+        m.volumes.insert(name.into(), v.clone());
+        if let Some(s) = m.snapshots.get_mut(snapshot) {
+            s.clones.insert(name.into());
+        }
+        Ok(v)
     }
 
     async fn volumes(&self) -> Result<Vec<PoolVolume>, DataplaneError> {

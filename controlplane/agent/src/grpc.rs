@@ -19,7 +19,7 @@ use lightpool_api::v1::{
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::{Dataplane, DataplaneError, Export, PoolInfo, PoolVolume};
+use crate::{Dataplane, DataplaneError, Export, PoolInfo, PoolSnapshot, PoolVolume};
 
 /// The name of the node's pool among the target's pools.
 pub const POOL: &str = "node";
@@ -138,6 +138,14 @@ fn info(p: &pb::Pool) -> PoolInfo {
     }
 }
 
+fn snapshot(v: pb::Volume) -> PoolSnapshot {
+    PoolSnapshot {
+        name: v.name,
+        size: v.size_bytes,
+        created: v.created,
+    }
+}
+
 impl Dataplane for ApiDataplane {
     async fn pool(&self) -> Result<PoolInfo, DataplaneError> {
         Ok(info(&self.ensure_pool().await?))
@@ -188,6 +196,100 @@ impl Dataplane for ApiDataplane {
             Ok(_) => Ok(()),
             // The volume, or the whole pool (not opened yet), is not there.
             Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(status(s)),
+        }
+    }
+
+    async fn create_snapshot(
+        &self,
+        volume: &str,
+        name: &str,
+    ) -> Result<PoolSnapshot, DataplaneError> {
+        self.ensure_pool().await?;
+        let r = self
+            .pools()
+            .create_snapshot(pb::CreateSnapshotRequest {
+                pool: POOL.into(),
+                volume: volume.into(),
+                name: name.into(),
+            })
+            .await;
+        match r {
+            Ok(s) => Ok(snapshot(s.into_inner())),
+            // Taken before (a later snapshot of the volume makes the target's own
+            // repeat check miss it): a snapshot of that name is the answer.
+            Err(s) if s.code() == Code::AlreadyExists => {
+                let have = self
+                    .pools()
+                    .get_volume(pb::GetVolumeRequest {
+                        pool: POOL.into(),
+                        name: name.into(),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                if have.snapshot {
+                    Ok(snapshot(have))
+                } else {
+                    Err(DataplaneError::Mismatch(s.message().to_string()))
+                }
+            }
+            Err(s) => Err(status(s)),
+        }
+    }
+
+    async fn delete_snapshot(&self, name: &str) -> Result<(), DataplaneError> {
+        let r = self
+            .pools()
+            .delete_snapshot(pb::DeleteSnapshotRequest {
+                pool: POOL.into(),
+                name: name.into(),
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(status(s)),
+        }
+    }
+
+    async fn snapshots(&self) -> Result<Vec<PoolSnapshot>, DataplaneError> {
+        self.ensure_pool().await?;
+        Ok(self
+            .pools()
+            .list_snapshots(pb::ListSnapshotsRequest { pool: POOL.into() })
+            .await
+            .map_err(status)?
+            .into_inner()
+            .volumes
+            .into_iter()
+            .map(snapshot)
+            .collect())
+    }
+
+    async fn clone_snapshot(
+        &self,
+        snapshot: &str,
+        name: &str,
+    ) -> Result<PoolVolume, DataplaneError> {
+        self.ensure_pool().await?;
+        let r = self
+            .pools()
+            .clone_snapshot(pb::CloneSnapshotRequest {
+                pool: POOL.into(),
+                snapshot: snapshot.into(),
+                name: name.into(),
+            })
+            .await;
+        match r {
+            Ok(v) => Ok(PoolVolume {
+                name: name.into(),
+                device: device(name),
+                size: v.into_inner().size_bytes,
+            }),
+            Err(s) if s.code() == Code::AlreadyExists => {
+                Err(DataplaneError::Mismatch(s.message().to_string()))
+            }
             Err(s) => Err(status(s)),
         }
     }

@@ -14,7 +14,10 @@
 //!    (condition `Drift`) and recreated;
 //! 4. tears down the volumes being deleted (subsystem, then pool volume) and then
 //!    lets go of its finalizer, and deletes dataplane objects no Volume claims
-//!    (what a crash between two steps left behind).
+//!    (what a crash between two steps left behind);
+//! 5. takes and deletes the pool snapshots of its Snapshots (see `snapshots`).
+//!    A volume's snapshots outlive it: deleting a volume leaves them Ready, to
+//!    restore from (CSI's contract: a VolumeSnapshot does not depend on its PVC).
 //!
 //! The agent adds its finalizer before it creates anything for a volume, so a
 //! Volume is never gone while dataplane objects for it remain.
@@ -22,6 +25,7 @@
 mod dataplane;
 mod grpc;
 mod reconcile;
+mod snapshots;
 
 use std::time::Duration;
 
@@ -33,9 +37,12 @@ use lightpool_model::{
 use lightpool_store::{Claim, LeaseClaim, Store, StoreError};
 use tokio::time::Instant;
 
-pub use dataplane::{Dataplane, DataplaneError, Export, MemoryDataplane, PoolInfo, PoolVolume};
+pub use dataplane::{
+    Dataplane, DataplaneError, Export, MemoryDataplane, PoolInfo, PoolSnapshot, PoolVolume,
+};
 pub use grpc::ApiDataplane;
 pub use reconcile::VolumeOutcome;
+pub use snapshots::{SnapshotOutcome, AGENT_REPORTER};
 
 /// The agent's finalizer on the Volumes it made dataplane objects for.
 pub const AGENT_FINALIZER: &str = "lightpool.io/agent-cleanup";
@@ -114,6 +121,8 @@ pub struct TickReport {
     pub volumes: Vec<(String, VolumeOutcome)>,
     /// Dataplane objects no Volume claims, removed.
     pub collected: Vec<String>,
+    /// What happened to each snapshot of this node that needed work.
+    pub snapshots: Vec<(String, SnapshotOutcome)>,
 }
 
 /// The agent of one node.
@@ -154,6 +163,10 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
         tokio::pin!(stop);
         let wake = std::sync::Arc::new(tokio::sync::Notify::new());
         let watch = lightpool_store::wake_on_change::<S, Volume>(self.store.clone(), wake.clone());
+        let watch_snapshots = lightpool_store::wake_on_change::<S, lightpool_model::Snapshot>(
+            self.store.clone(),
+            wake.clone(),
+        );
         let mut every = tokio::time::interval(interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beats = tokio::time::interval(self.config.heartbeat);
@@ -172,6 +185,7 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
             }
         }
         watch.abort();
+        watch_snapshots.abort();
         if let Err(e) = self.claim.release(&self.store).await {
             tracing::warn!(error = %e, "could not release the heartbeat lease");
         }
@@ -206,6 +220,7 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
         let volumes = self.store.list::<Volume>().await?.items;
         self.publish_pool(&volumes).await?;
         reconcile::volumes(self, &volumes, &mut report).await?;
+        report.snapshots = snapshots::reconcile(self, &volumes).await?;
         Ok(report)
     }
 

@@ -10,7 +10,8 @@ use lightpool_model::{
 use lightpool_store::{add_finalizer, remove_finalizer, Store};
 
 use crate::{
-    now_string, Agent, AgentError, Dataplane, DataplaneError, Export, TickReport, AGENT_FINALIZER,
+    now_string, Agent, AgentError, Dataplane, DataplaneError, Export, PoolVolume, TickReport,
+    AGENT_FINALIZER,
 };
 
 /// NQNs the agent made start with this; others on the target are not its own.
@@ -42,11 +43,11 @@ pub(crate) async fn volumes<S: Store, D: Dataplane>(
     report: &mut TickReport,
 ) -> Result<(), AgentError> {
     let dp = &agent.dataplane;
-    let pool_volumes: BTreeMap<String, u64> = dp
+    let pool_volumes: BTreeMap<String, PoolVolume> = dp
         .volumes()
         .await?
         .into_iter()
-        .map(|v| (v.name, v.size))
+        .map(|v| (v.name.clone(), v))
         .collect();
     let exports = dp.exports().await?;
     let mut claimed = BTreeSet::new();
@@ -103,7 +104,7 @@ async fn bring_up<S: Store, D: Dataplane>(
     agent: &Agent<S, D>,
     name: &str,
     v: &Volume,
-    pool_volumes: &BTreeMap<String, u64>,
+    pool_volumes: &BTreeMap<String, PoolVolume>,
     exports: &BTreeMap<String, Export>,
 ) -> Result<Option<VolumeOutcome>, AgentError> {
     let status = v.status.clone().unwrap_or_default();
@@ -140,7 +141,7 @@ async fn bring_up<S: Store, D: Dataplane>(
     {
         add_finalizer::<S, Volume>(&agent.store, name, AGENT_FINALIZER).await?;
     }
-    let made = make(agent, name, v, &nqn).await;
+    let made = make(agent, name, v, &nqn, pool_volumes.get(name)).await;
     let fresh: Volume = match agent.store.get(name).await? {
         Some(f) => f,
         None => return Ok(None),
@@ -201,13 +202,23 @@ async fn make<S: Store, D: Dataplane>(
     name: &str,
     v: &Volume,
     nqn: &str,
+    existing: Option<&PoolVolume>,
 ) -> Result<(), DataplaneError> {
     let size =
         size_of(v).ok_or_else(|| DataplaneError::Refused("the volume has no valid size".into()))?;
     let dp = &agent.dataplane;
-    let pv = dp
-        .create_volume(name, size, v.spec.provisioning == Provisioning::Thin)
-        .await?;
+    // A volume from a snapshot is a clone of the pool snapshot (the scheduler
+    // placed it on the snapshot's pool); it shares the snapshot's clusters.
+    // A clone made before is kept as it is: once snapshotted itself, its parent
+    // is its own snapshot, and the pool would not call it a clone of the source.
+    let pv = match (&v.spec.source_snapshot, existing) {
+        (Some(_), Some(pv)) => pv.clone(),
+        (Some(snap), None) => dp.clone_snapshot(snap, name).await?,
+        (None, _) => {
+            dp.create_volume(name, size, v.spec.provisioning == Provisioning::Thin)
+                .await?
+        }
+    };
     dp.create_subsystem(nqn).await?;
     // The namespace carries the Volume's uid as its UUID: the status says so, and
     // the CSI node finds the device by it.

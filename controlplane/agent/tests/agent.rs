@@ -1,4 +1,5 @@
-//! The agent over the embedded store and an in-memory dataplane.
+//! The agent over the embedded store and an in-memory dataplane (volumes, and
+//! snapshots: found again after a crash, waiting for their volume, lost).
 
 use lightpool_agent::*;
 use lightpool_model::quantity::GIB;
@@ -203,4 +204,142 @@ async fn objects_no_volume_claims_are_collected_and_failures_reported() {
     dp.set_down(true);
     let e = a.tick().await.unwrap_err();
     assert!(e.to_string().contains("unavailable"), "{e}");
+}
+
+fn snapshot_of(name: &str, volume: &str) -> Snapshot {
+    Snapshot::new(
+        name,
+        SnapshotSpec {
+            volume: volume.into(),
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_snapshot_taken_before_a_crash_is_found_not_taken_twice_and_a_lost_one_is_failed() {
+    use lightpool_model::snapshot::SnapshotPhase;
+    let (s, _d) = store();
+    let dp = MemoryDataplane::new(100 * GIB);
+    let mut a = agent(&s, &dp);
+    scheduled(&s, "v1", 4).await;
+    a.tick().await.unwrap();
+    // The pool took it, then the agent died before the status was written.
+    let taken = dp.create_snapshot("v1", "s1").await.unwrap();
+    s.apply(&snapshot_of("s1", "v1")).await.unwrap();
+    let r = a.tick().await.unwrap();
+    assert_eq!(r.snapshots, [("s1".to_string(), SnapshotOutcome::Taken)]);
+    let snap: Snapshot = s.get("s1").await.unwrap().unwrap();
+    let st = snap.status.clone().unwrap();
+    assert_eq!(st.phase, SnapshotPhase::Ready);
+    assert_eq!(st.size_bytes, Some(4 * GIB));
+    assert_eq!(
+        st.taken_at,
+        lightpool_store::rfc3339_of_unix(taken.created),
+        "the pool's time, not the agent's"
+    );
+    assert_eq!(
+        snap.metadata.finalizers.as_deref(),
+        Some(&[AGENT_FINALIZER.to_string()][..])
+    );
+    assert_eq!(dp.snapshot_names(), ["s1"]);
+    // Nothing more to do.
+    assert!(a.tick().await.unwrap().snapshots.is_empty());
+    // Removed behind the agent's back: Failed, never taken again of a later state.
+    dp.delete_snapshot("s1").await.unwrap();
+    let r = a.tick().await.unwrap();
+    assert_eq!(r.snapshots, [("s1".to_string(), SnapshotOutcome::Lost)]);
+    let st = s
+        .get::<Snapshot>("s1")
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(st.phase, SnapshotPhase::Failed);
+    assert!(st.message.unwrap().contains("removed outside LightPool"));
+    assert!(dp.snapshot_names().is_empty());
+    // Deleted: released at once (nothing left in the pool).
+    s.delete::<Snapshot>("s1", None).await.unwrap();
+    let r = a.tick().await.unwrap();
+    assert_eq!(r.snapshots, [("s1".to_string(), SnapshotOutcome::Deleted)]);
+    assert!(s.get::<Snapshot>("s1").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_snapshot_waits_for_its_volume_to_be_ready_and_says_so() {
+    use lightpool_model::snapshot::SnapshotPhase;
+    let (s, _d) = store();
+    let dp = MemoryDataplane::new(100 * GIB);
+    let mut a = agent(&s, &dp);
+    scheduled(&s, "v1", 1).await;
+    s.apply(&snapshot_of("s1", "v1")).await.unwrap();
+    // The dataplane down: nothing taken, nothing written.
+    dp.set_down(true);
+    assert!(a.tick().await.is_err());
+    let st = s.get::<Snapshot>("s1").await.unwrap().unwrap().status;
+    assert_eq!(st, None);
+    dp.set_down(false);
+    // The volume was still Scheduled when this tick read it: the snapshot waits.
+    let r = a.tick().await.unwrap();
+    assert_eq!(r.snapshots, [("s1".to_string(), SnapshotOutcome::Waiting)]);
+    let st = s
+        .get::<Snapshot>("s1")
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(st.phase, SnapshotPhase::Pending);
+    assert_eq!(
+        st.message.as_deref(),
+        Some("waiting for volume v1 to be Ready (it is Scheduled)")
+    );
+    assert!(dp.snapshot_names().is_empty());
+    let r = a.tick().await.unwrap();
+    assert_eq!(r.snapshots, [("s1".to_string(), SnapshotOutcome::Taken)]);
+    let st = s
+        .get::<Snapshot>("s1")
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(st.phase, SnapshotPhase::Ready, "{st:?}");
+    assert_eq!((st.pool.as_deref(), st.message), (Some("node-a"), None));
+}
+
+#[tokio::test]
+async fn a_restored_volume_snapshotted_itself_is_repaired_not_cloned_again() {
+    let (s, _d) = store();
+    let dp = MemoryDataplane::new(100 * GIB);
+    let mut a = agent(&s, &dp);
+    scheduled(&s, "v1", 1).await;
+    a.tick().await.unwrap();
+    dp.create_snapshot("v1", "s1").await.unwrap();
+    s.apply(&snapshot_of("s1", "v1")).await.unwrap();
+    a.tick().await.unwrap();
+    // c1 restored from s1 (as the controller places it), then snapshotted: its
+    // parent in the pool is its own snapshot now, no longer s1.
+    scheduled(&s, "c1", 1).await;
+    let mut c1: Volume = s.get("c1").await.unwrap().unwrap();
+    c1.spec.source_snapshot = Some("s1".into());
+    c1.metadata.resource_version = None;
+    s.apply(&c1).await.unwrap();
+    a.tick().await.unwrap();
+    assert!(dp.calls().contains(&"clone_snapshot s1 c1".to_string()));
+    dp.create_snapshot("c1", "c1-snap").await.unwrap();
+    assert!(matches!(
+        dp.clone_snapshot("s1", "c1").await,
+        Err(DataplaneError::Mismatch(_))
+    ));
+    // Its subsystem lost: repaired with the pool volume it has.
+    dp.lose_subsystem(&volume_nqn("c1"));
+    let r = a.tick().await.unwrap();
+    assert!(
+        r.volumes
+            .iter()
+            .any(|(n, o)| n == "c1" && matches!(o, VolumeOutcome::Repaired(_))),
+        "{r:?}"
+    );
+    assert!(dp.nqns().contains(&volume_nqn("c1")));
 }

@@ -83,6 +83,7 @@ pub fn is_cluster(cmd: &Cmd) -> bool {
         Cmd::Standalone(_)
             | Cmd::Agent(_)
             | Cmd::Volume(_)
+            | Cmd::Snapshot(_)
             | Cmd::Pool(_)
             | Cmd::Node(_)
             | Cmd::Csi(_)
@@ -155,7 +156,7 @@ fn show(v: &Volume) {
     }
 }
 
-fn show_events(events: &[lightpool_store::EventRecord]) {
+pub(crate) fn show_events(events: &[lightpool_store::EventRecord]) {
     if events.is_empty() {
         return;
     }
@@ -193,16 +194,28 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())
         }
+        Cmd::Volume(VolumeCmd::Snapshot {
+            volume,
+            snapshot,
+            wait,
+        }) => crate::snapshot::take(&store, j, volume, snapshot, *wait).await,
+        Cmd::Snapshot(c) => crate::snapshot::run(&store, j, c).await,
         Cmd::Volume(VolumeCmd::Create {
             name,
             size,
+            from_snapshot,
             thin,
             placement,
             consumer,
             wait,
         }) => {
+            let size = match (size, from_snapshot) {
+                (Some(s), _) => *s,
+                (None, Some(snap)) => crate::snapshot::size_of(&store, snap).await?,
+                (None, None) => return Err("--size is needed".into()),
+            };
             let spec = VolumeSpec {
-                size: Quantity::from_bytes(*size),
+                size: Quantity::from_bytes(size),
                 provisioning: if *thin {
                     Provisioning::Thin
                 } else {
@@ -212,7 +225,7 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
                 consumer_node: Some(consumer.clone().unwrap_or_else(hostname)),
                 affinity: VolumeAffinity::default(),
                 spread: None,
-                source_snapshot: None,
+                source_snapshot: from_snapshot.clone(),
             };
             if let Err(invalid) = lightpool_model::validate::validate_volume(&spec) {
                 return Err(invalid.to_string());

@@ -761,6 +761,7 @@ pub async fn run(cli: &Cli, dest: &Dest) -> Result<(), String> {
         Cmd::Standalone(_)
         | Cmd::Agent(_)
         | Cmd::Volume(_)
+        | Cmd::Snapshot(_)
         | Cmd::Pool(_)
         | Cmd::Node(_)
         | Cmd::Csi(_) => Err("a control-plane command reached the target's client".into()),

@@ -9,6 +9,7 @@
 mod cluster;
 mod cmd;
 mod csi;
+mod snapshot;
 mod table;
 mod target;
 
@@ -117,9 +118,14 @@ pub enum Cmd {
     /// `lightpool volume` are the standalone cluster's, placed on these.
     #[command(subcommand)]
     Target(target::TargetCmd),
-    /// Volumes (of the standalone instance): create, list, show, delete.
+    /// Volumes (of the standalone instance): create, list, show, delete, snapshot.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Snapshots of the standalone instance's volumes: list, show, delete
+    /// (`lightpool volume snapshot` takes one). A target's own pool snapshots:
+    /// `lightpool target snapshot`.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Storage pools (of the standalone instance, one per node): list. A
     /// target's own pools: `lightpool target pool`.
     #[command(subcommand)]
@@ -176,9 +182,12 @@ pub enum VolumeCmd {
     /// `nvme connect` line.
     Create {
         name: String,
-        /// e.g. 10GiB.
-        #[arg(long, value_parser = cmd::parse_size)]
-        size: u64,
+        /// e.g. 10GiB; with --from-snapshot the snapshot's size when left out.
+        #[arg(long, value_parser = cmd::parse_size, required_unless_present = "from_snapshot")]
+        size: Option<u64>,
+        /// Restore from this snapshot: a clone of it, in its pool on its node.
+        #[arg(long)]
+        from_snapshot: Option<String>,
         /// Thin: space taken as written, within the pool's over-commit.
         #[arg(long)]
         thin: bool,
@@ -197,7 +206,33 @@ pub enum VolumeCmd {
     Show {
         name: String,
     },
-    /// Delete it (hosts are cut off first) and wait until it is gone.
+    /// Delete it (hosts are cut off first) and wait until it is gone. Its
+    /// snapshots stay, to restore from.
+    Delete {
+        name: String,
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
+    /// Take snapshot SNAPSHOT of the volume (in its pool, while it is served) and
+    /// wait until it is Ready.
+    Snapshot {
+        volume: String,
+        snapshot: String,
+        /// Seconds to wait for it.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    List,
+    /// Its volume, pool, node, size, time taken and events.
+    Show {
+        name: String,
+    },
+    /// Delete it from its pool and wait until it is gone; refused (it stays
+    /// marked) while more than one volume depends on it.
     Delete {
         name: String,
         #[arg(long, default_value_t = 30)]

@@ -2,12 +2,16 @@
 //! machine: volumes created, refused, placed by their hints across two nodes,
 //! deleted (pool volumes and subsystems gone); a node whose agent is killed is Unknown
 //! within 15 s of the kill and gets no new volume, and Ready again when restarted; an
-//! instance stopped and started serves the same volumes again.
+//! instance stopped and started serves the same volumes again; a snapshot of a
+//! volume with data is taken in its node's pool, a volume restored from it holds
+//! the data as it was, and the snapshot's delete waits for its clone to go.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use lightpool_e2e::nvme_host::{pattern, HostController};
 
 fn lightpool() -> &'static str {
     env!("CARGO_BIN_EXE_lightpool")
@@ -229,6 +233,96 @@ impl Setup {
     }
 }
 
+/// Blocks of v1 written over NVMe/TCP, a snapshot taken and v1 written over
+/// again: the snapshot is Ready and in node-a's pool, a volume restored from it
+/// holds the first data, and the snapshot goes only once its clone has.
+fn snapshot_restore_and_delete(s: &Setup, nqn: &str) {
+    let pools = s.target_json("a", &["pool", "list"]);
+    let bs = pools
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "node"))
+        .and_then(|p| p["block_size"].as_u64())
+        .expect("node-a's pool and its block size") as u32;
+    let addr: SocketAddr = format!("127.0.0.1:{}", s.port_a).parse().unwrap();
+    let lbas: Vec<u64> = (0..16).map(|i| i * 97).collect();
+    let write = |h: &mut HostController, gen: u64| {
+        let blocks: Vec<(u64, u64)> = lbas.iter().map(|l| (*l, gen)).collect();
+        let ok = h.io[0].write_blocks(1, &blocks, bs).unwrap();
+        assert!(ok.iter().all(|x| *x), "every write acknowledged: {ok:?}");
+    };
+    let holds = |h: &mut HostController, gen: u64, what: &str| {
+        let got = h.io[0].read_blocks(1, &lbas, bs).unwrap();
+        for (lba, data) in lbas.iter().zip(got) {
+            assert!(
+                data == pattern(*lba, gen, bs as usize),
+                "{what} LBA {lba}: not round {gen}'s data"
+            );
+        }
+    };
+    let mut h = HostController::connect(addr, nqn, 1).unwrap();
+    write(&mut h, 1);
+    let out = s.ok(&["volume", "snapshot", "v1", "s1"]);
+    assert!(
+        out.contains("phase:     Ready") && out.contains("pool:      node-a (node node-a)"),
+        "{out}"
+    );
+    write(&mut h, 2);
+    // In node-a's target pool, as `lightpool target snapshot list` shows it.
+    let snaps = s.target_json("a", &["snapshot", "list"]);
+    let snap = snaps
+        .as_array()
+        .and_then(|v| v.iter().find(|x| x["name"] == "s1"))
+        .unwrap_or_else(|| panic!("s1 not in node-a's pool: {snaps}"));
+    assert_eq!(snap["snapshot"], true, "{snap}");
+    assert_eq!(snap["size_bytes"], 64 << 20, "{snap}");
+    let list = s.ok(&["snapshot", "list"]);
+    let row = list.lines().find(|l| l.starts_with("s1 ")).unwrap_or("");
+    assert!(
+        row.contains("v1")
+            && row.contains("Ready")
+            && row.contains("64 MiB")
+            && row.contains("node-a"),
+        "{list}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&s.ok(&["snapshot", "show", "s1", "--json"])).unwrap();
+    assert_eq!(shown["status"]["sizeBytes"], 64 << 20, "{shown}");
+    assert!(shown["status"]["takenAt"].is_string(), "{shown}");
+    assert!(shown["events"].to_string().contains("Taken"), "{shown}");
+    let e = s.refused(&["volume", "snapshot", "v9", "s9"]);
+    assert!(e.contains("does not exist"), "{e}");
+
+    // Restored: a clone in the snapshot's pool, holding round 1; v1 holds round 2.
+    let out = s.ok(&["volume", "create", "c1", "--from-snapshot", "s1"]);
+    assert!(out.contains("volume:c1"), "{out}");
+    assert_eq!(s.node_of("c1"), "node-a");
+    let c1 = s.target_json("a", &["volume", "show", "node/c1"]);
+    assert_eq!(c1["parent"], "s1", "{c1}");
+    let mut hc = HostController::connect(addr, "nqn.2024-01.io.lightpool:volume:c1", 1).unwrap();
+    holds(&mut hc, 1, "c1");
+    holds(&mut h, 2, "v1");
+    drop(hc);
+    drop(h);
+
+    // v1 and c1 depend on it: the pool refuses, and the command says why.
+    let e = s.refused(&["snapshot", "delete", "s1", "--wait", "20"]);
+    assert!(
+        e.contains("cannot be deleted yet") && e.contains("c1"),
+        "{e}"
+    );
+    let list = s.ok(&["snapshot", "list"]);
+    assert!(list.contains("Deleting"), "{list}");
+    // c1 goes: so does the snapshot, marked before.
+    s.ok(&["volume", "delete", "c1"]);
+    s.wait_for("s1 gone", 30, || {
+        !s.ok(&["snapshot", "list"]).contains("s1 ")
+    });
+    let snaps = s.target_json("a", &["snapshot", "list"]);
+    assert_eq!(snaps, serde_json::json!([]), "{snaps}");
+    // Another, to outlive v1 (see the caller).
+    s.ok(&["volume", "snapshot", "v1", "s2"]);
+}
+
 #[test]
 fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
     let dir = std::env::temp_dir().join(format!("lp-standalone-{}", std::process::id()));
@@ -284,6 +378,8 @@ fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
         ns.contains(&format!("\"uuid\": \"{uuid}\"")),
         "{uuid} not in {ns}"
     );
+
+    snapshot_restore_and_delete(&s, nqn);
 
     // Refusals say what to change, and make nothing.
     let e = s.refused(&["volume", "create", "big", "--size", "100GiB"]);
@@ -385,9 +481,20 @@ fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
         "{show}"
     );
 
-    // Deleted: the pool volume and subsystem go.
+    // Deleted: the pool volume and subsystem go; its snapshot stays, Ready, to
+    // restore from.
     s.ok(&["volume", "delete", "v1"]);
     assert!(!s.target_volumes("a").contains("node/v1 "));
+    let snaps = s.target_json("a", &["snapshot", "list"]);
+    assert!(snaps.to_string().contains("\"s2\""), "{snaps}");
+    let list = s.ok(&["snapshot", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("s2 ") && l.contains("Ready")),
+        "{list}"
+    );
+    s.ok(&["volume", "create", "c2", "--from-snapshot", "s2"]);
+    assert_eq!(s.node_of("c2"), "node-a");
     let subs = s.ok(&[
         "subsystem",
         "list",
@@ -461,7 +568,7 @@ fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
         String::from_utf8_lossy(&o.stdout).contains("volume:p1")
     });
     let list = s.ok(&["volume", "list"]);
-    for v in ["r1", "l1", "p1", "p2", "r2"] {
+    for v in ["r1", "l1", "p1", "p2", "r2", "c2"] {
         assert!(list.contains(v), "{list}");
     }
 }

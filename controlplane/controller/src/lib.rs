@@ -24,6 +24,7 @@
 
 mod health;
 mod ops;
+mod snapshots;
 
 use std::time::Duration;
 
@@ -159,6 +160,8 @@ pub struct TickReport {
     pub operations: Vec<(String, String, String)>,
     /// Operations that failed this time (retried next tick).
     pub failures: Vec<String>,
+    /// Snapshots marked Failed: their volume is missing or holds no data.
+    pub failed_snapshots: Vec<String>,
 }
 
 /// The controller.
@@ -206,7 +209,7 @@ impl<S: Store> Controller<S> {
         self.scheduler.as_ref()
     }
 
-    /// Runs until `stop`: a tick at once when a Volume or StoragePool changes
+    /// Runs until `stop`: a tick at once when a Volume, StoragePool or Snapshot changes
     /// (watched), and every `interval` as a resync; the heartbeats looked at
     /// every `heartbeat_check`. Errors are logged and retried.
     pub async fn run(mut self, interval: Duration, stop: impl std::future::Future<Output = ()>) {
@@ -215,6 +218,11 @@ impl<S: Store> Controller<S> {
         let watches = [
             lightpool_store::wake_on_change::<S, Volume>(self.store.clone(), wake.clone()),
             lightpool_store::wake_on_change::<S, StoragePool>(self.store.clone(), wake.clone()),
+            // A restore waits for its snapshot to be taken.
+            lightpool_store::wake_on_change::<S, lightpool_model::Snapshot>(
+                self.store.clone(),
+                wake.clone(),
+            ),
         ];
         let mut every = tokio::time::interval(interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -328,6 +336,7 @@ impl<S: Store> Controller<S> {
         for v in &volumes {
             self.volume(&scheduler, &pools, v, &mut report).await;
         }
+        report.failed_snapshots = snapshots::judge(&self.store, &volumes).await?;
         Ok(report)
     }
 

@@ -2,10 +2,11 @@
 //! keeps their record in the Volume's status.
 
 use lightpool_agent::AGENT_FINALIZER;
+use lightpool_model::snapshot::SnapshotPhase;
 use lightpool_model::validate::validate_volume_against;
 use lightpool_model::{
-    set_condition, Condition, ConditionStatus, OperationRecord, StoragePool, Volume, VolumePhase,
-    VOLUME_FINALIZER,
+    set_condition, Condition, ConditionStatus, OperationRecord, Snapshot, StoragePool, Volume,
+    VolumePhase, VOLUME_FINALIZER,
 };
 use lightpool_operation::{phases, Journal, Machine, Step};
 use lightpool_scheduler::{ScheduleError, Scheduler, VolumeRequest};
@@ -194,6 +195,72 @@ impl<'a, S> CreateVolume<'a, S> {
     }
 }
 
+/// What a volume's source snapshot makes of its placement.
+enum Source {
+    /// The request is bound to the snapshot's pool.
+    Placed,
+    /// The snapshot is not taken yet.
+    Wait,
+    /// The volume cannot be made from it: (reason, what to change).
+    Refused(&'static str, String),
+}
+
+/// A volume restored from snapshot `snap` is a clone in the snapshot's pool: the
+/// request is bound to that pool (the scheduler's pool-affinity filter then
+/// explains a refusal as any other), and takes the snapshot's size.
+async fn from_snapshot<S: Store>(
+    store: &S,
+    snap: &str,
+    size: u64,
+    req: &mut VolumeRequest,
+) -> Result<Source, StoreError> {
+    let Some(s) = store.get::<Snapshot>(snap).await? else {
+        return Ok(Source::Refused(
+            "SnapshotNotFound",
+            format!("snapshot {snap} not found: name an existing Snapshot in spec.sourceSnapshot"),
+        ));
+    };
+    if s.metadata.deletion_timestamp.is_some() {
+        return Ok(Source::Refused(
+            "SnapshotDeleting",
+            format!("snapshot {snap} is being deleted: restore from another"),
+        ));
+    }
+    let st = s.status.unwrap_or_default();
+    match (st.phase, st.pool, st.size_bytes) {
+        (SnapshotPhase::Ready, Some(pool), Some(bytes)) => {
+            if bytes != size {
+                return Ok(Source::Refused(
+                    "Invalid",
+                    format!(
+                        "spec.size is {size} bytes but snapshot {snap} holds {bytes}: \
+                         a volume restored from a snapshot has the snapshot's size"
+                    ),
+                ));
+            }
+            if !req.affinity.pools.is_empty() && !req.affinity.pools.contains(&pool) {
+                return Ok(Source::Refused(
+                    "Invalid",
+                    format!(
+                        "snapshot {snap} lives in pool {pool}, which spec.affinity.pools \
+                         excludes: add it or drop the pool affinity"
+                    ),
+                ));
+            }
+            req.affinity.pools = vec![pool];
+            Ok(Source::Placed)
+        }
+        (SnapshotPhase::Failed, ..) => Ok(Source::Refused(
+            "SnapshotFailed",
+            format!(
+                "snapshot {snap} failed ({}): restore from another",
+                st.message.unwrap_or_default()
+            ),
+        )),
+        _ => Ok(Source::Wait),
+    }
+}
+
 impl<S: Store> CreateVolume<'_, S> {
     async fn reject(
         &mut self,
@@ -269,6 +336,15 @@ impl<S: Store> Machine for CreateVolume<'_, S> {
                     }
                 };
                 req.size = size;
+                if let Some(snap) = v.spec.source_snapshot.as_deref() {
+                    match from_snapshot(self.store, snap, size, &mut req).await? {
+                        Source::Placed => {}
+                        Source::Wait => return Ok(Step::Wait),
+                        Source::Refused(reason, msg) => {
+                            return self.reject(&v, reason, msg, vec![]).await
+                        }
+                    }
+                }
                 let reservation = match self.scheduler.schedule(&req) {
                     Ok(r) => r,
                     Err(ScheduleError::Unschedulable(u)) => {

@@ -7,6 +7,9 @@
 //! its object removed, so nothing is left half made. DeleteVolume deletes the object
 //! (the controller takes the dataplane side down in order) and waits until it is
 //! gone. Calls for a volume that already has one in flight get ABORTED.
+//! Snapshots, and volumes restored from them: [`snapshots`].
+
+mod snapshots;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -54,6 +57,29 @@ impl Drop for Busy<'_> {
             s.remove(&self.name);
         }
     }
+}
+
+/// The `[start, end)` of a page of `len` entries from a token this driver gave.
+fn page(token: &str, max_entries: i32, len: usize) -> Result<(usize, usize), Status> {
+    let start = if token.is_empty() {
+        0
+    } else {
+        token
+            .parse::<usize>()
+            .ok()
+            .filter(|s| *s <= len)
+            .ok_or_else(|| {
+                Status::aborted(format!(
+                    "starting_token {token:?} is not one this driver gave: list from the start"
+                ))
+            })?
+    };
+    let n = if max_entries > 0 {
+        max_entries as usize
+    } else {
+        usize::MAX
+    };
+    Ok((start, start.saturating_add(n).min(len)))
 }
 
 fn store_err(e: StoreError) -> Status {
@@ -151,6 +177,12 @@ fn same_request(have: &VolumeSpec, want: &VolumeSpec) -> Result<(), String> {
     if have.placement != want.placement {
         diffs.push(format!("placement {}", have.placement.as_str()));
     }
+    if have.source_snapshot != want.source_snapshot {
+        diffs.push(format!(
+            "source snapshot {}",
+            have.source_snapshot.as_deref().unwrap_or("none")
+        ));
+    }
     if have.affinity != want.affinity || have.spread != want.spread {
         diffs.push("other selectors or spread group".into());
     }
@@ -197,7 +229,17 @@ fn csi_volume(v: &Volume) -> csi::Volume {
             .unwrap_or(0) as i64,
         volume_id: v.metadata.name.clone().unwrap_or_default(),
         volume_context: ctx,
-        content_source: None,
+        content_source: v
+            .spec
+            .source_snapshot
+            .as_ref()
+            .map(|id| csi::VolumeContentSource {
+                r#type: Some(csi::volume_content_source::Type::Snapshot(
+                    csi::volume_content_source::SnapshotSource {
+                        snapshot_id: id.clone(),
+                    },
+                )),
+            }),
         accessible_topology,
     }
 }
@@ -291,13 +333,21 @@ impl<S: Store> csi::controller_server::Controller for CsiController<S> {
             return Err(Status::invalid_argument("name is required"));
         }
         check_capabilities(&r.volume_capabilities).map_err(Status::invalid_argument)?;
-        if r.volume_content_source.is_some() {
-            return Err(Status::invalid_argument(
-                "volume_content_source: this driver does not create volumes from snapshots or other volumes yet (it does not offer CLONE_VOLUME or CREATE_DELETE_SNAPSHOT)",
-            ));
-        }
+        use csi::volume_content_source::Type as Source;
+        let source = match r.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
+            None => None,
+            Some(Source::Snapshot(s)) => Some(s.snapshot_id.clone()),
+            Some(Source::Volume(_)) => {
+                return Err(Status::invalid_argument(
+                    "volume_content_source: this driver restores volumes from snapshots, not from other volumes (it does not offer CLONE_VOLUME): snapshot the volume and restore from that",
+                ))
+            }
+        };
         let p: VolumeParams = params::parse(&r.parameters).map_err(Status::invalid_argument)?;
-        let size = size_for(r.capacity_range.as_ref())?;
+        let size = match &source {
+            Some(id) => self.restore_source(id, r.capacity_range.as_ref()).await?,
+            None => size_for(r.capacity_range.as_ref())?,
+        };
         let spec = VolumeSpec {
             size: Quantity::from_bytes(size),
             provisioning: p.provisioning,
@@ -305,7 +355,7 @@ impl<S: Store> csi::controller_server::Controller for CsiController<S> {
             consumer_node: consumer(r.accessibility_requirements.as_ref()),
             affinity: p.affinity,
             spread: p.spread,
-            source_snapshot: None,
+            source_snapshot: source,
         };
         if spec.placement == PlacementHint::MustLocal && spec.consumer_node.is_none() {
             return Err(Status::invalid_argument(format!(
@@ -456,26 +506,7 @@ impl<S: Store> csi::controller_server::Controller for CsiController<S> {
         let r = r.into_inner();
         let mut vs = self.store.list::<Volume>().await.map_err(store_err)?.items;
         vs.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        let start = if r.starting_token.is_empty() {
-            0
-        } else {
-            r.starting_token
-                .parse::<usize>()
-                .ok()
-                .filter(|s| *s <= vs.len())
-                .ok_or_else(|| {
-                    Status::aborted(format!(
-                        "starting_token {:?} is not one this driver gave: list from the start",
-                        r.starting_token
-                    ))
-                })?
-        };
-        let n = if r.max_entries > 0 {
-            r.max_entries as usize
-        } else {
-            usize::MAX
-        };
-        let end = start.saturating_add(n).min(vs.len());
+        let (start, end) = page(&r.starting_token, r.max_entries, vs.len())?;
         let entries = vs[start..end]
             .iter()
             .map(|v| csi::list_volumes_response::Entry {
@@ -546,35 +577,35 @@ impl<S: Store> csi::controller_server::Controller for CsiController<S> {
                 cap(Rpc::GetCapacity),
                 cap(Rpc::ListVolumes),
                 cap(Rpc::SingleNodeMultiWriter),
+                cap(Rpc::CreateDeleteSnapshot),
+                cap(Rpc::ListSnapshots),
             ],
         }))
     }
 
     async fn create_snapshot(
         &self,
-        _r: Request<csi::CreateSnapshotRequest>,
+        r: Request<csi::CreateSnapshotRequest>,
     ) -> Res<csi::CreateSnapshotResponse> {
-        Err(Status::unimplemented(
-            "snapshots are not offered by this driver yet",
-        ))
+        let s = self.create_snapshot_(r.into_inner()).await?;
+        Ok(Response::new(csi::CreateSnapshotResponse {
+            snapshot: Some(s),
+        }))
     }
 
     async fn delete_snapshot(
         &self,
-        _r: Request<csi::DeleteSnapshotRequest>,
+        r: Request<csi::DeleteSnapshotRequest>,
     ) -> Res<csi::DeleteSnapshotResponse> {
-        Err(Status::unimplemented(
-            "snapshots are not offered by this driver yet",
-        ))
+        self.delete_snapshot_(&r.into_inner().snapshot_id).await?;
+        Ok(Response::new(csi::DeleteSnapshotResponse {}))
     }
 
     async fn list_snapshots(
         &self,
-        _r: Request<csi::ListSnapshotsRequest>,
+        r: Request<csi::ListSnapshotsRequest>,
     ) -> Res<csi::ListSnapshotsResponse> {
-        Err(Status::unimplemented(
-            "snapshots are not offered by this driver yet",
-        ))
+        Ok(Response::new(self.list_snapshots_(r.into_inner()).await?))
     }
 
     async fn get_snapshot(
@@ -582,7 +613,7 @@ impl<S: Store> csi::controller_server::Controller for CsiController<S> {
         _r: Request<csi::GetSnapshotRequest>,
     ) -> Res<csi::GetSnapshotResponse> {
         Err(Status::unimplemented(
-            "snapshots are not offered by this driver yet",
+            "GetSnapshot is not offered (no GET_SNAPSHOT capability): ListSnapshots with snapshot_id",
         ))
     }
 

@@ -2,7 +2,8 @@
 //! controller and agents (in-memory dataplanes) on the embedded store: every call
 //! and the CSI spec's edge cases: idempotent repeats, a name reused with other
 //! parameters, typos in StorageClass parameters, sizes beyond any pool, missing
-//! volumes, capabilities not served, pagination, and nothing left half made.
+//! volumes, capabilities not served, pagination, and nothing left half made;
+//! snapshots taken, listed, restored from and deleted, with their codes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -186,7 +187,19 @@ async fn identity_names_the_driver_and_its_services() {
         .expect("controller caps")
         .into_inner()
         .capabilities;
-    assert_eq!(caps.len(), 4, "{caps:?}");
+    use csi::controller_service_capability::rpc::Type as Rpc;
+    let rpcs: Vec<i32> = caps
+        .iter()
+        .filter_map(|c| {
+            c.r#type
+                .as_ref()
+                .map(|csi::controller_service_capability::Type::Rpc(r)| r.r#type)
+        })
+        .collect();
+    assert_eq!(rpcs.len(), 6, "{caps:?}");
+    for want in [Rpc::CreateDeleteSnapshot, Rpc::ListSnapshots] {
+        assert!(rpcs.contains(&(want as i32)), "{want:?} not in {caps:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,4 +547,191 @@ async fn capacity_and_pages_of_volumes() {
         .expect("get")
         .expect("v-b");
     assert_eq!(v.status.expect("status").phase, VolumePhase::Ready);
+}
+
+fn snap(name: &str, source: &str) -> csi::CreateSnapshotRequest {
+    csi::CreateSnapshotRequest {
+        name: name.into(),
+        source_volume_id: source.into(),
+        ..Default::default()
+    }
+}
+
+fn from_snapshot(name: &str, gib: i64, snapshot: &str) -> csi::CreateVolumeRequest {
+    csi::CreateVolumeRequest {
+        volume_content_source: Some(csi::VolumeContentSource {
+            r#type: Some(csi::volume_content_source::Type::Snapshot(
+                csi::volume_content_source::SnapshotSource {
+                    snapshot_id: snapshot.into(),
+                },
+            )),
+        }),
+        ..create(name, gib, &[], Some("node-b"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_taken_listed_restored_from_and_deleted_with_the_specs_codes() {
+    let mut d = driver().await;
+    d.ctl
+        .create_volume(create("db", 2, &[], Some("node-a")))
+        .await
+        .expect("db");
+    d.ctl
+        .create_volume(create("other", 1, &[], Some("node-a")))
+        .await
+        .expect("other");
+    let s = d
+        .ctl
+        .create_snapshot(snap("s1", "db"))
+        .await
+        .expect("snapshot")
+        .into_inner()
+        .snapshot
+        .expect("a snapshot");
+    assert!(s.ready_to_use, "{s:?}");
+    assert_eq!(
+        (s.snapshot_id.as_str(), s.source_volume_id.as_str()),
+        ("s1", "db")
+    );
+    assert_eq!(s.size_bytes, 2 * GB);
+    assert!(s.creation_time.is_some_and(|t| t.seconds > 0), "{s:?}");
+    // Idempotent: the same answer again, nothing taken twice.
+    let again = d
+        .ctl
+        .create_snapshot(snap("s1", "db"))
+        .await
+        .expect("again")
+        .into_inner()
+        .snapshot;
+    assert_eq!(again.as_ref(), Some(&s));
+    // The name reused on another volume; a missing source; no name.
+    refused(
+        d.ctl.create_snapshot(snap("s1", "other")).await,
+        Code::AlreadyExists,
+        &["s1", "of volume db"],
+    );
+    refused(
+        d.ctl.create_snapshot(snap("s2", "nope")).await,
+        Code::NotFound,
+        &["nope"],
+    );
+    refused(
+        d.ctl.create_snapshot(snap("", "db")).await,
+        Code::InvalidArgument,
+        &["name"],
+    );
+    d.ctl
+        .create_snapshot(snap("s3", "other"))
+        .await
+        .expect("s3");
+
+    // Listed, filtered and paged.
+    let lister = d.ctl.clone();
+    let list = move |r: csi::ListSnapshotsRequest| {
+        let mut c = lister.clone();
+        async move { c.list_snapshots(r).await.expect("list").into_inner() }
+    };
+    let all = list(Default::default()).await;
+    let ids: Vec<&str> = all
+        .entries
+        .iter()
+        .filter_map(|e| e.snapshot.as_ref().map(|s| s.snapshot_id.as_str()))
+        .collect();
+    assert_eq!(ids, ["s1", "s3"]);
+    let of_db = list(csi::ListSnapshotsRequest {
+        source_volume_id: "db".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(of_db.entries.len(), 1);
+    let by_id = list(csi::ListSnapshotsRequest {
+        snapshot_id: "s3".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        by_id.entries[0]
+            .snapshot
+            .as_ref()
+            .map(|s| s.source_volume_id.as_str()),
+        Some("other")
+    );
+    let first = list(csi::ListSnapshotsRequest {
+        max_entries: 1,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!((first.entries.len(), first.next_token.as_str()), (1, "1"));
+
+    // Restored: a volume from s1, placed in its pool (node-a) though the CO
+    // prefers node-b, its content source named.
+    let v = d
+        .ctl
+        .create_volume(from_snapshot("restored", 2, "s1"))
+        .await
+        .expect("restored")
+        .into_inner()
+        .volume
+        .expect("a volume");
+    assert_eq!(v.capacity_bytes, 2 * GB);
+    assert_eq!(
+        v.volume_context.get("node").map(String::as_str),
+        Some("node-a")
+    );
+    assert!(
+        matches!(
+            v.content_source.as_ref().and_then(|c| c.r#type.as_ref()),
+            Some(csi::volume_content_source::Type::Snapshot(s)) if s.snapshot_id == "s1"
+        ),
+        "{v:?}"
+    );
+    refused(
+        d.ctl.create_volume(from_snapshot("r2", 1, "missing")).await,
+        Code::NotFound,
+        &["missing"],
+    );
+    refused(
+        d.ctl.create_volume(from_snapshot("r3", 4, "s1")).await,
+        Code::OutOfRange,
+        &["at most"],
+    );
+    // Another source for an existing name.
+    refused(
+        d.ctl.create_volume(from_snapshot("db", 2, "s1")).await,
+        Code::AlreadyExists,
+        &["source snapshot none"],
+    );
+
+    // db and the restored volume depend on s1: FAILED_PRECONDITION naming the
+    // clone; once it is gone, s1 goes.
+    refused(
+        d.ctl
+            .delete_snapshot(csi::DeleteSnapshotRequest {
+                snapshot_id: "s1".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::FailedPrecondition,
+        &["restored"],
+    );
+    d.ctl
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: "restored".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete restored");
+    for id in ["s1", "s1", "s3", "never-was"] {
+        d.ctl
+            .delete_snapshot(csi::DeleteSnapshotRequest {
+                snapshot_id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("delete {id}: {e}"));
+    }
+    assert!(list(Default::default()).await.entries.is_empty());
+    let left: Vec<Volume> = d.store.list().await.expect("volumes").items;
+    assert_eq!(left.len(), 2, "db and other only");
 }

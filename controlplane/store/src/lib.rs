@@ -252,6 +252,25 @@ pub fn now_rfc3339() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
+/// A time in seconds since the epoch, RFC 3339; `None` beyond the calendar.
+pub fn rfc3339_of_unix(secs: u64) -> Option<String> {
+    let secs = i64::try_from(secs).ok()?;
+    Some(
+        k8s_openapi::jiff::Timestamp::from_second(secs)
+            .ok()?
+            .to_string(),
+    )
+}
+
+/// Seconds since the epoch of an RFC 3339 time; `None` when it does not parse.
+pub fn unix_of_rfc3339(time: &str) -> Option<i64> {
+    Some(
+        time.parse::<k8s_openapi::jiff::Timestamp>()
+            .ok()?
+            .as_second(),
+    )
+}
+
 /// How long ago an RFC 3339 time was on this clock; `None` when it does not
 /// parse or lies ahead.
 pub fn age_of(time: &str) -> Option<std::time::Duration> {
