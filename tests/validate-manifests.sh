@@ -19,6 +19,12 @@ VENV=$CACHE/venv-$KV_VERSION
 KV=$VENV/bin/kubernetes-validate
 
 if [[ ! -x $KV ]]; then
+    # python3 -m venv needs Debian's python3-venv (not part of a minimal python3).
+    if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+        echo "validate-manifests: installing python3-venv (apt)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv >/dev/null \
+            || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv >/dev/null; }
+    fi
     echo "validate-manifests: installing kubernetes-validate $KV_VERSION into $VENV"
     rm -rf "$VENV"
     mkdir -p "$CACHE"
