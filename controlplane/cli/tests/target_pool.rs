@@ -2,83 +2,8 @@
 //! made, volumes, a snapshot and a clone, a volume served by `namespace add --volume`,
 //! tables and --json, and the exit codes (1 refused by the target, 2 bad usage).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-/// lightpool-target of this build (beside lightpool; built first when missing).
-fn target_bin() -> PathBuf {
-    let me = Path::new(env!("CARGO_BIN_EXE_lightpool"));
-    let t = me.with_file_name("lightpool-target");
-    if !t.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "lightpool-daemon",
-                "--bin",
-                "lightpool-target",
-            ])
-            .status()
-            .expect("cargo build");
-        assert!(st.success(), "building lightpool-target");
-    }
-    t
-}
-
-struct Target {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start() -> Target {
-    let dir = std::env::temp_dir().join(format!("lp-cli-pool-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let child = Command::new(target_bin())
-        .args(["--listen", "127.0.0.1:0", "--control-socket"])
-        .arg(dir.join("t.sock"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the target");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !dir.join("t.api.sock").exists() {
-        assert!(Instant::now() < deadline, "the target did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Target { child, dir }
-}
-
-fn lp(t: &Target, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lightpool"))
-        .arg("--control-socket")
-        .arg(t.dir.join("t.sock"))
-        .args(args)
-        .output()
-        .expect("run lightpool")
-}
-
-fn ok(t: &Target, args: &[&str]) -> String {
-    let o = lp(t, args);
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{args:?}: {text}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    text
-}
+mod common;
+use common::*;
 
 /// Refused by the target: exit 1, its message on stderr.
 fn refused(t: &Target, args: &[&str], want: &[&str]) {
@@ -94,7 +19,7 @@ const NQN: &str = "nqn.2024-01.io.lightpool:default";
 
 #[test]
 fn target_pools_volumes_and_snapshots() {
-    let t = start();
+    let t = start_with("pool", |_| Vec::new());
     let help = ok(&t, &["target", "--help"]);
     assert!(help.contains("pool") && help.contains("snapshot"), "{help}");
     ok(&t, &["bdev", "create", "d0", "--ram", "64MiB"]);
