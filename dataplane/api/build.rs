@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "upgrade",
         "config",
         "pool",
+        "raid",
     ]
     .iter()
     .map(|f| format!("{dir}/{f}.proto"))

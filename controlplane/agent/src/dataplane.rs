@@ -34,6 +34,11 @@ pub struct PoolInfo {
     pub capacity: u64,
     /// Bytes not yet given to volumes.
     pub free: u64,
+    /// The pool's device lost its redundancy (a RAID1 member is missing or being
+    /// recovered): it serves, but one more failure loses data.
+    pub degraded: bool,
+    /// No device holds the pool's data: every I/O fails.
+    pub failed: bool,
 }
 
 /// A pool volume: a block device carved from the pool.
@@ -154,6 +159,8 @@ struct Memory {
     exports: BTreeMap<String, Export>,
     listeners: BTreeSet<(String, u16)>,
     down: bool,
+    degraded: bool,
+    failed: bool,
     calls: Vec<String>,
 }
 
@@ -234,6 +241,13 @@ impl MemoryDataplane {
         self.lock().listeners.iter().cloned().collect()
     }
 
+    /// What the pool's device reports: lost redundancy, or no copy of the data.
+    pub fn set_pool_health(&self, degraded: bool, failed: bool) {
+        let mut m = self.lock();
+        m.degraded = degraded;
+        m.failed = failed;
+    }
+
     /// Removes a subsystem behind the agent's back (as an operator's mistake or
     /// a restarted target without saved state would).
     pub fn lose_subsystem(&self, nqn: &str) {
@@ -248,6 +262,8 @@ impl Dataplane for MemoryDataplane {
         Ok(PoolInfo {
             capacity: m.capacity,
             free: m.capacity.saturating_sub(used),
+            degraded: m.degraded,
+            failed: m.failed,
         })
     }
 

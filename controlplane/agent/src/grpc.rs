@@ -135,6 +135,8 @@ fn info(p: &pb::Pool) -> PoolInfo {
             .promise_limit_bytes
             .saturating_sub(p.promised_bytes)
             .min(p.free_bytes),
+        degraded: p.health == "degraded" || p.health == "recovering",
+        failed: p.health == "failed",
     }
 }
 

@@ -258,7 +258,13 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
             .collect();
         let old = current.status.clone().unwrap_or_default();
         let mut status = StoragePoolStatus {
-            health: PoolHealth::Ready,
+            health: if info.failed {
+                PoolHealth::Failed
+            } else if info.degraded {
+                PoolHealth::Degraded
+            } else {
+                PoolHealth::Ready
+            },
             capacity_bytes: info.capacity,
             free_bytes: info.free,
             provisioned_bytes: mine

@@ -43,6 +43,34 @@ async fn scheduled(s: &EmbeddedStore, name: &str, gib: u64) {
     s.patch_status::<Volume>(name, &st, None).await.unwrap();
 }
 
+/// The pool's health follows its device's (a RAID1 under the pool losing a member,
+/// or every member), and a failed pool is not offered to new volumes.
+#[tokio::test]
+async fn the_pool_reports_its_devices_health() {
+    let (s, _d) = store();
+    let dp = MemoryDataplane::new(100 * GIB);
+    let mut a = agent(&s, &dp);
+    let health = |s: &EmbeddedStore| {
+        let s = s.clone();
+        async move {
+            let p: StoragePool = s.get("node-a").await.unwrap().unwrap();
+            p.status.unwrap().health
+        }
+    };
+    a.tick().await.unwrap();
+    assert_eq!(health(&s).await, PoolHealth::Ready);
+    for (degraded, failed, want) in [
+        (true, false, PoolHealth::Degraded),
+        (true, true, PoolHealth::Failed),
+        (false, false, PoolHealth::Ready),
+    ] {
+        dp.set_pool_health(degraded, failed);
+        a.tick().await.unwrap();
+        assert_eq!(health(&s).await, want);
+        assert_eq!(want.schedulable(), want != PoolHealth::Failed);
+    }
+}
+
 #[tokio::test]
 async fn publishes_its_pool_and_renews_its_heartbeat() {
     let (s, _d) = store();

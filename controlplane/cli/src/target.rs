@@ -1,4 +1,4 @@
-//! `lightpool target pool|volume|snapshot ...`: the pools, volumes and snapshots of
+//! `lightpool target pool|volume|snapshot ...` (`raid`: target_raid.rs): the pools, volumes and snapshots of
 //! ONE running lightpool-target (the Pools service of its management API). The
 //! top-level `lightpool pool` and `lightpool volume` are the standalone cluster's
 //! objects, which the control plane places on these.
@@ -24,6 +24,10 @@ pub enum TargetCmd {
     /// Snapshots of this target's pools: list, delete.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// This target's RAID arrays: create, list, show; fail, remove, readd and add
+    /// members; rate; delete.
+    #[command(subcommand)]
+    Raid(crate::target_raid::RaidCmd),
 }
 
 #[derive(Args, Debug)]
@@ -291,7 +295,7 @@ async fn pools_of(
 }
 
 pub async fn run(j: bool, ch: Channel, c: &TargetCmd) -> Result<(), String> {
-    let mut api = PoolsClient::new(ch);
+    let mut api = PoolsClient::new(ch.clone());
     match c {
         TargetCmd::Pool(c) => pool(j, &mut api, c).await,
         TargetCmd::Volume(c) => volume(j, &mut api, c).await,
@@ -316,6 +320,7 @@ pub async fn run(j: bool, ch: Channel, c: &TargetCmd) -> Result<(), String> {
             done(j, &format!("snapshot {snapshot} deleted"));
             Ok(())
         }
+        TargetCmd::Raid(c) => crate::target_raid::run(j, ch, c).await,
     }
 }
 

@@ -297,6 +297,12 @@ impl RaidBdev {
                 slot_state(st)
             )));
         }
+        if st == S_ACTIVE && !(0..m.slots.len()).any(|o| o != s && m.slots[o].state() == S_ACTIVE) {
+            return Err(RaidError::Refused(format!(
+                "{}: slot {s} is the last member in sync: failing it would fail every I/O (add or re-add a member and let it recover first)",
+                self.name()
+            )));
+        }
         m.fail_slot(s, "failed by the operator");
         let t0 = Instant::now();
         while m.sb_active.load(SeqCst) & (1 << s) != 0 && !m.failed.load(SeqCst) {

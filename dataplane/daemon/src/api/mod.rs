@@ -13,6 +13,7 @@
 
 mod convert;
 mod pool;
+mod raid;
 mod service;
 pub mod tcp;
 mod upgrade;

@@ -70,7 +70,6 @@ fn pool_msg(p: &Pool) -> pb::Pool {
     let cs = u64::from(i.cluster_size);
     pb::Pool {
         name: i.name.clone(),
-        device: i.device,
         uuid: hex(&i.uuid),
         block_size: i.block_size,
         cluster_size: cs,
@@ -85,7 +84,24 @@ fn pool_msg(p: &Pool) -> pb::Pool {
         md_pages: i.md_pages,
         md_pages_free: i.md_pages_free,
         opened: crate::pools::opened(&i.name).to_string(),
-        health: "online".to_string(),
+        health: health(&i.device).to_string(),
+        device: i.device,
+    }
+}
+
+/// A pool's health: its device's. A pool on a RAID array is "degraded" while the
+/// array serves without redundancy, "recovering" while a member is resynced or
+/// rebuilt, and "failed" when no member holds the data; otherwise "online".
+pub(super) fn health(device: &str) -> &'static str {
+    use lightpool_raid::ArrayState;
+    match crate::raid::registry()
+        .get(device)
+        .map(|a| a.status().state)
+    {
+        Some(ArrayState::Degraded) => "degraded",
+        Some(ArrayState::Recovering) => "recovering",
+        Some(ArrayState::Failed) => "failed",
+        Some(ArrayState::Optimal) | None => "online",
     }
 }
 

@@ -60,6 +60,9 @@ fn routes(mut b: Server, api: &Api) -> Router {
         .add_service(logging_server::LoggingServer::new(api.clone()))
         .add_service(upgrade_server::UpgradeServer::new(api.clone()))
         .add_service(pools_server::PoolsServer::new(api.clone()))
+        .add_service(lightpool_api::v1::raids_server::RaidsServer::new(
+            api.clone(),
+        ))
         .add_service(config_server::ConfigServer::new(api.clone()))
 }
 

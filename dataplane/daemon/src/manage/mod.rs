@@ -12,6 +12,7 @@
 //! a successor that prepared from an older blob refuses and the old target serves on.
 
 pub mod apply;
+pub mod raid;
 pub mod registry;
 pub mod save;
 

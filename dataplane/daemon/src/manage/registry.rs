@@ -185,6 +185,18 @@ impl Registry {
         Some(d.remove(at))
     }
 
+    /// Replaces how device `name` was made (an array whose members changed).
+    pub(super) fn set_spec(&self, name: &str, spec: DeviceSpec) -> bool {
+        let mut d = self.devs.lock().expect("registry lock poisoned");
+        match d.iter_mut().find(|e| e.name == name) {
+            Some(e) => {
+                e.spec = spec;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A name not taken yet: `base`, else `base.2`, `base.3`, ...
     pub fn free_name(&self, base: &str) -> String {
         let d = self.devs.lock().expect("registry lock poisoned");

@@ -323,6 +323,11 @@ fn raid1_in_place_writes_only_behind_a_durable_bit() {
     let r = ch.read_in_place(10, 2).expect("from the survivor");
     // SAFETY: as above.
     assert_eq!(unsafe { r.as_slice() }, pattern(4096, 10, 2, 3).as_slice());
+    // The operator cannot fail the last member in sync: every I/O would fail.
+    let e = a.fail_member("#0").expect_err("the last member in sync");
+    assert!(e.to_string().contains("last member in sync"), "{e}");
+    assert!(ch.write_in_place(10, 2, &pattern(4096, 10, 2, 4)));
+    assert_eq!(at(&m[0]), pattern(4096, 10, 2, 4));
 }
 
 /// A write that a member failed completes only once the other member's superblock
