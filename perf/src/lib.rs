@@ -2,7 +2,8 @@
 //! spdk_nvme_perf, with in-process block-device runs (`bdev`) and the transport's own
 //! limit (`limit`) as yardsticks.
 //!
-//! - [`initiator`]: the userspace NVMe/TCP host (queue pairs, controller, discovery).
+//! - [`initiator`]: the userspace NVMe/TCP host (queue pairs, controller, discovery),
+//!   the crate `lightpool-nvmf-host` (the remote block device runs it too).
 //! - [`workload`]: access patterns and mixes; [`verify`]: block stamps and checks.
 //! - [`engine`]: the pinned per-core load loop over any [`engine::IoQueue`].
 //! - [`nvme`], [`bdev`], [`limit`]: the three kinds of queue and their runs.
@@ -12,7 +13,7 @@
 pub mod bdev;
 pub mod cli;
 pub mod engine;
-pub mod initiator;
+pub use lightpool_nvmf_host as initiator;
 pub mod limit;
 pub mod nvme;
 pub mod plot;

@@ -109,7 +109,18 @@ struct Slot {
     /// Releases queued in the send queue for this command's data buffer.
     tx_refs: u16,
     parked: Option<Completion>,
+    /// The caller's buffer (`submit_external`) instead of the slab's.
+    ext: Option<ExtBuf>,
 }
+
+/// A caller's data buffer: start and length.
+#[derive(Clone, Copy, Debug)]
+struct ExtBuf(std::ptr::NonNull<u8>, usize);
+
+// SAFETY: the queue pair dereferences it only from the thread that owns the queue pair;
+// `submit_external`'s caller keeps the memory valid and unshared until the command
+// completes, wherever the queue pair is then.
+unsafe impl Send for ExtBuf {}
 
 /// Where the payload of the PDU being received goes: C2HData of `cid`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,10 +152,19 @@ impl Slab {
     }
 
     fn buf(&self, cid: u16) -> &[u8] {
+        if let Some(ExtBuf(p, n)) = self.slots[usize::from(cid)].ext {
+            // SAFETY: `submit_external`'s caller keeps `p..p+n` valid and untouched by
+            // anyone else until the command's completion is returned.
+            return unsafe { std::slice::from_raw_parts(p.as_ptr(), n) };
+        }
         &self.data[self.range(cid)]
     }
 
     fn buf_mut(&mut self, cid: u16) -> &mut [u8] {
+        if let Some(ExtBuf(p, n)) = self.slots[usize::from(cid)].ext {
+            // SAFETY: as in `buf`; `&mut self` makes this the only view through the slab.
+            return unsafe { std::slice::from_raw_parts_mut(p.as_ptr(), n) };
+        }
         let r = self.range(cid);
         &mut self.data[r]
     }
@@ -292,7 +312,10 @@ impl<S: Stream> Qpair<S> {
     /// A free command id, if any.
     pub fn alloc(&mut self) -> Option<u16> {
         let cid = self.c.slab.free.pop()?;
-        self.c.slab.slots[usize::from(cid)].state = SlotState::Reserved;
+        let s = &mut self.c.slab.slots[usize::from(cid)];
+        s.state = SlotState::Reserved;
+        // The slab's own buffer until `submit_external` says otherwise.
+        s.ext = None;
         Some(cid)
     }
 
@@ -308,12 +331,36 @@ impl<S: Stream> Qpair<S> {
 
     /// Queues command `cid` (from [`Qpair::alloc`]); `len` data bytes move in
     /// direction `dir` through the command's buffer. Sets the CID and the SGL.
-    pub fn submit(
+    pub fn submit(&mut self, cid: u16, sqe: Sqe, dir: Dir, len: u32) -> Result<(), InitiatorError> {
+        self.submit_with(cid, sqe, dir, len, None)
+    }
+
+    /// As [`Qpair::submit`], with the data in the caller's `buf` (`len` bytes) instead
+    /// of the command's slab buffer: a write is sent from it, a read received into it,
+    /// with no copy.
+    ///
+    /// # Safety
+    /// `buf..buf+len` must stay valid, and must not be read or written by anyone else,
+    /// until this command's completion has been returned by [`Qpair::poll`], or the
+    /// queue pair is dropped.
+    pub unsafe fn submit_external(
+        &mut self,
+        cid: u16,
+        sqe: Sqe,
+        dir: Dir,
+        len: u32,
+        buf: std::ptr::NonNull<u8>,
+    ) -> Result<(), InitiatorError> {
+        self.submit_with(cid, sqe, dir, len, Some(ExtBuf(buf, len as usize)))
+    }
+
+    fn submit_with(
         &mut self,
         cid: u16,
         mut sqe: Sqe,
         dir: Dir,
         len: u32,
+        ext: Option<ExtBuf>,
     ) -> Result<(), InitiatorError> {
         let c = &mut self.c;
         let i = usize::from(cid);
@@ -322,7 +369,7 @@ impl<S: Stream> Qpair<S> {
                 "command id {cid} submitted without being allocated"
             )));
         }
-        if len as usize > c.cfg.buf_len {
+        if ext.is_none() && len as usize > c.cfg.buf_len {
             return Err(c.err_protocol(format!(
                 "a {len}-byte transfer does not fit the {}-byte command buffers",
                 c.cfg.buf_len
@@ -337,6 +384,8 @@ impl<S: Stream> Qpair<S> {
             SglDescriptor::transport(if dir == Dir::None { 0 } else { len })
         };
         sqe.set_sgl(&sgl);
+        // The buffer is the slot's before anything reads it (the capsule's data).
+        c.slab.slots[i].ext = ext;
         let data = in_capsule.then(|| (cid, &c.slab.buf(cid)[..len as usize]));
         c.tx.push_capsule(&sqe, c.send_params(), data);
         let mut refs = 0;
@@ -354,6 +403,7 @@ impl<S: Stream> Qpair<S> {
             digest_error: false,
             tx_refs: refs,
             parked: None,
+            ext,
         };
         c.slab.in_flight += 1;
         Ok(())

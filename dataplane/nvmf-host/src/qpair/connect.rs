@@ -11,7 +11,7 @@ use lightpool_spec::status::{command_specific as cs, sct};
 use lightpool_spec::tcp::{self as pdu, IcReq};
 
 use super::{Completion, Dir, Negotiated, Qpair, QpairConfig, BLOCKING_SLICE, HPDA};
-use crate::initiator::InitiatorError;
+use crate::InitiatorError;
 
 impl Qpair<TcpStream> {
     /// Opens a TCP connection to `addr` and negotiates digests with ICReq/ICResp.

@@ -371,10 +371,23 @@ impl Controller {
     pub fn connect_io_queue(
         &mut self,
         entries: u16,
-        mut cfg: QpairConfig,
+        cfg: QpairConfig,
     ) -> Result<Qpair, InitiatorError> {
         let qid = self.next_qid;
-        if qid > self.max_qid {
+        let q = self.connect_io_queue_at(qid, entries, cfg)?;
+        self.next_qid += 1;
+        Ok(q)
+    }
+
+    /// Connects I/O queue `qid` (one the caller knows to be free: never connected, or
+    /// its connection closed) with `entries` entries, buffers as `cfg` says.
+    pub fn connect_io_queue_at(
+        &mut self,
+        qid: u16,
+        entries: u16,
+        mut cfg: QpairConfig,
+    ) -> Result<Qpair, InitiatorError> {
+        if qid == 0 || qid > self.max_qid {
             return Err(InitiatorError::Unsupported(format!(
                 "{}: the controller grants only {} I/O queues",
                 self.opts.addr, self.max_qid
@@ -398,7 +411,6 @@ impl Controller {
             self.opts.hostid,
             self.opts.timeout,
         )?;
-        self.next_qid += 1;
         Ok(q)
     }
 
