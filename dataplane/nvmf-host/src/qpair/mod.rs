@@ -614,8 +614,7 @@ impl<S: Stream> Owner for Core<S> {
 
     #[inline]
     fn payload_buf(&mut self, sink: Sink, _end: u32) -> (&mut S, Option<&mut [u8]>) {
-        let r = self.slab.range(sink.cid);
-        (&mut self.s, Some(&mut self.slab.data[r]))
+        (&mut self.s, Some(self.slab.buf_mut(sink.cid)))
     }
 
     #[inline(always)]
