@@ -10,7 +10,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ fn start_target(
     port: u16,
     cntlid: (u32, u32),
     state: &str,
-    image: &PathBuf,
+    image: &Path,
 ) -> HostProcess {
     let ana = if state == "optimized" {
         String::new()
