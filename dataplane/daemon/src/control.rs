@@ -85,9 +85,13 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
     };
     let mut w = &stream;
     if line == "STATUS" {
+        // The pod this process is, if any (pod.rs): what `ready` and a newcomer read.
+        let instance = crate::pod::instance()
+            .map(|i| format!(" instance={i}"))
+            .unwrap_or_default();
         send_line!(
             w,
-            "OK version={} pid={} layout={}",
+            "OK version={} pid={} layout={}{instance}",
             firmware_revision(),
             std::process::id(),
             run.layout
@@ -299,6 +303,9 @@ pub fn upgrade_command(path: &str, binary: &Path, log: &str) -> Result<()> {
         .arg(path)
         .arg("--log")
         .arg(log)
+        // Not this pod's instance, if the command runs in one (README: in Kubernetes a
+        // rolling update of the DaemonSet upgrades).
+        .env_remove(crate::pod::INSTANCE_ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
