@@ -216,8 +216,18 @@ fn roll(
                 if other_ns { "its own" } else { "the test's" }
             ));
         }
-        if !new.proc.log().contains("took over from") {
-            return Err(format!("{instance} did not take over:\n{}", new.proc.log()));
+        // The guest's controller (admin and two I/O queues) was handed over, live.
+        let log = new.proc.log();
+        let connections = log
+            .lines()
+            .find(|l| l.contains("took over from"))
+            .and_then(|l| l.split("): ").nth(1))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse::<u32>().ok());
+        if connections.is_none_or(|n| n < 3) {
+            return Err(format!(
+                "{instance} did not take the guest's queues over:\n{log}"
+            ));
         }
         // The old pod: its PID 1 lives on, retired, and is not ready.
         old.wait_log("handed the dataplane over");
