@@ -279,8 +279,27 @@ fn newcomers_arriving_together_take_over_one_at_a_time() {
     let sock = d.join("t.sock");
     let mut a = Pod::start(&d, "a", "pod-a", &["--listen", "127.0.0.1:0"]);
     wait_serving(&sock, "pod-a", &[&a]);
+    // While another holds the start lock, newcomers wait and nothing changes hands.
+    let held = std::fs::File::open(d.join("t.sock.lock")).expect("the lock file is there");
+    // SAFETY: flock on a descriptor this test owns.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&held),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(rc, 0, "the first pod let the lock go once it served");
     let mut b = Pod::start(&d, "b", "pod-b", &[]);
     let mut c = Pod::start(&d, "c", "pod-c", &[]);
+    wait_for("both newcomers wait for the lock", || {
+        b.log().contains("waiting for it") && c.log().contains("waiting for it")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        status(&sock, Duration::from_secs(5)).contains("instance=pod-a"),
+        "nobody took over while the lock was held"
+    );
+    drop(held);
     // Whichever registered last is the newest and ends up serving; the other took over
     // first and retired, or found the newest serving and stood by.
     wait_for("both newcomers settle", || {
