@@ -291,6 +291,9 @@ pub fn upgrade_command(path: &str, binary: &Path, log: &str) -> Result<()> {
         bail!("new binary {} is not a file", binary.display());
     }
     let before = status(path)?;
+    if let Some(why) = crate::pod::upgrade_refusal(crate::pod::status_value(&before, "instance")) {
+        bail!("{why}");
+    }
     eprintln!(
         "upgrading the target on {path} ({before}) to {}",
         binary.display()
@@ -303,9 +306,6 @@ pub fn upgrade_command(path: &str, binary: &Path, log: &str) -> Result<()> {
         .arg(path)
         .arg("--log")
         .arg(log)
-        // Not this pod's instance, if the command runs in one (README: in Kubernetes a
-        // rolling update of the DaemonSet upgrades).
-        .env_remove(crate::pod::INSTANCE_ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -251,6 +251,19 @@ pub fn retired(new_pid: Option<u32>) -> Result<()> {
     )
 }
 
+/// Why a target that is a pod (`instance`) is not upgraded by `upgrade` or the API: the
+/// new process would be started inside the old pod's container and die with it when the
+/// pod is deleted. A rolling update of the DaemonSet is its upgrade.
+pub fn upgrade_refusal(instance: Option<&str>) -> Option<String> {
+    instance.map(|i| {
+        format!(
+            "this target is the pod with instance {i}: a process started from it would end \
+             with its container; upgrade it with a rolling update of its DaemonSet (README \
+             \"Hot upgrade in Kubernetes\")"
+        )
+    })
+}
+
 /// `lightpool-target ready`: succeeds if the target answering on `control` is this
 /// instance (any target, when no instance is given). The readiness probe of a pod.
 pub fn ready_command(control: &str) -> Result<()> {

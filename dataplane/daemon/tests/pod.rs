@@ -3,8 +3,8 @@
 //! under a guest's fio): it starts where nothing answers (a stale socket file left
 //! over), takes over from an older instance in its own process, the old process
 //! retires (same PID, idle, `ready` false, exit 0 at SIGTERM), a restarted old
-//! instance stands by, a failed takeover leaves the old target serving, and newcomers
-//! arriving together take over one at a time.
+//! instance stands by, a failed takeover leaves the old target serving, newcomers
+//! arriving together take over one at a time, and `upgrade` refuses a pod's target.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -196,6 +196,24 @@ fn pods_take_over_in_turn_and_an_old_one_never_takes_back() {
     TcpStream::connect(addr).expect("the listener, taken over, accepts");
     let (ok, out) = ready(&sock, "pod-b");
     assert!(ok, "{out}");
+    // A pod is upgraded by its DaemonSet, not by a process started from it (which
+    // would end with its container).
+    let up = bin()
+        .args([
+            "upgrade",
+            "--binary",
+            env!("CARGO_BIN_EXE_lightpool-target"),
+        ])
+        .arg("--control-socket")
+        .arg(&sock)
+        .output()
+        .expect("upgrade");
+    let err = String::from_utf8_lossy(&up.stderr);
+    assert!(
+        !up.status.success() && err.contains("rolling update of its DaemonSet"),
+        "{err}"
+    );
+    assert_eq!(pid_in(&status(&sock, Duration::from_secs(5))), b.pid());
     let (ok, out) = ready(&sock, "pod-a");
     assert!(!ok && out.contains("not ready"), "{out}");
     // The old pod's main process lives on, retired, under the same PID.
