@@ -32,7 +32,7 @@ if [[ ! -x $KV ]]; then
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KV_VERSION"
 fi
 
-files=(deploy/crds/*.yaml deploy/controlplane/*.yaml deploy/csi/*.yaml)
+files=(deploy/crds/*.yaml deploy/controlplane/*.yaml deploy/dataplane/*.yaml deploy/csi/*.yaml)
 for v in "$OLDEST" "$NEWEST"; do
     echo "validate-manifests: Kubernetes $v, strict: ${files[*]}"
     "$KV" --strict --quiet -k "$v" "${files[@]}"
@@ -40,7 +40,7 @@ done
 
 # The kustomization names every manifest there is (and only those).
 listed=$(grep -E '^  - [a-z]' deploy/kustomization.yaml | grep -v newTag | sed 's/^  - //' | grep yaml | sort)
-present=$(cd deploy && ls crds/*.yaml controlplane/*.yaml csi/*.yaml | sort)
+present=$(cd deploy && ls crds/*.yaml controlplane/*.yaml dataplane/*.yaml csi/*.yaml | sort)
 if [[ "$listed" != "$present" ]]; then
     echo "validate-manifests: deploy/kustomization.yaml does not list exactly the manifests in deploy/:" >&2
     diff <(echo "$listed") <(echo "$present") >&2 || true

@@ -85,9 +85,13 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
     };
     let mut w = &stream;
     if line == "STATUS" {
+        // The pod this process is, if any (pod.rs): what `ready` and a newcomer read.
+        let instance = crate::pod::instance()
+            .map(|i| format!(" instance={i}"))
+            .unwrap_or_default();
         send_line!(
             w,
-            "OK version={} pid={} layout={}",
+            "OK version={} pid={} layout={}{instance}",
             firmware_revision(),
             std::process::id(),
             run.layout
@@ -287,6 +291,9 @@ pub fn upgrade_command(path: &str, binary: &Path, log: &str) -> Result<()> {
         bail!("new binary {} is not a file", binary.display());
     }
     let before = status(path)?;
+    if let Some(why) = crate::pod::upgrade_refusal(crate::pod::status_value(&before, "instance")) {
+        bail!("{why}");
+    }
     eprintln!(
         "upgrading the target on {path} ({before}) to {}",
         binary.display()

@@ -11,6 +11,7 @@ mod instance;
 mod logging;
 mod manage;
 mod metrics;
+mod pod;
 mod pools;
 mod raid;
 mod service;
@@ -62,6 +63,26 @@ struct Args {
     /// instead of starting from a configuration.
     #[arg(long, conflicts_with_all = ["config", "listen"])]
     upgrade_from: Option<String>,
+    /// Start as a DaemonSet pod beside the one it replaces (README "Hot upgrade in
+    /// Kubernetes"): if a target answers on the control socket, take everything over
+    /// from it (the hot upgrade) and serve in this process; if nothing answers (no
+    /// socket file, or a stale one), start from the configuration. One process at a
+    /// time (a lock file beside the socket); with --instance, an older instance never
+    /// takes over from a newer one (it stands by until SIGTERM).
+    #[arg(long, conflicts_with_all = ["upgrade_from", "recover"])]
+    take_over_or_start: bool,
+    /// This process's instance: the pod's UID (metadata.uid) in a DaemonSet. STATUS
+    /// says it, `ready` checks it, and once this process has handed its target over
+    /// it stays, idle, until SIGTERM (its container must not end and restart).
+    /// Default: $LIGHTPOOL_INSTANCE (what a readiness probe's command can carry).
+    #[arg(long, global = true)]
+    instance: Option<String>,
+    /// After a handover in a pod: the idle process the old target becomes.
+    #[arg(long, hide = true)]
+    retired: bool,
+    /// With --retired: the successor's pid, for the log.
+    #[arg(long, hide = true, requires = "retired")]
+    retired_for: Option<u32>,
     /// Directory for state that outlives the process (overrides [target] state_dir).
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -86,6 +107,10 @@ enum Cmd {
         #[arg(long)]
         binary: PathBuf,
     },
+    /// Succeed if the target answering on the control socket is this --instance (any
+    /// target without one): a pod's readiness probe, false for the old pod from the
+    /// moment it has handed over.
+    Ready,
     /// List the block devices of the running target (children first, with the
     /// namespaces each serves and, for devices that count, their I/O).
     Devices,
@@ -178,6 +203,23 @@ pub fn spawn_reactors(
 fn main() {
     let args = Args::parse();
     logging::init(&args.log, args.upgrade_from.is_some());
+    let instance = args
+        .instance
+        .clone()
+        .or_else(|| std::env::var(pod::INSTANCE_ENV).ok());
+    if let Some(id) = &instance {
+        if let Err(e) = pod::set_instance(id) {
+            eprintln!("lightpool-target: {e}");
+            std::process::exit(2);
+        }
+    }
+    if args.retired {
+        if let Err(e) = pod::retired(args.retired_for) {
+            eprintln!("lightpool-target: {}", manage::anyhow_chain(&e));
+            std::process::exit(1);
+        }
+        return;
+    }
     // A command acts on the target named by --control-socket, --config or --listen, or
     // on the one target running; a target serves on the socket given or its own.
     let control = match (&args.control_socket, &args.command) {
@@ -191,6 +233,7 @@ fn main() {
         match &args.command {
             Some(Cmd::Upgrade { binary }) => control::upgrade_command(&path, binary, &args.log),
             Some(Cmd::Ana { nqn, group, state }) => control::ana_command(&path, nqn, *group, state),
+            Some(Cmd::Ready) => pod::ready_command(&path),
             Some(Cmd::Devices) => control::devices_command(&path),
             Some(Cmd::Pool { args }) => pools::command_client(&path, args),
             Some(Cmd::Raid { args }) => raid::command(&path, args),
@@ -227,8 +270,31 @@ fn run(args: &Args, control_path: Option<&str>) -> Result<()> {
     // Signals are blocked before any thread starts, so every thread inherits the mask
     // and only the main thread takes them (sigwait below).
     let sigs = service::Signals::block();
+    // Held from the decision until this process serves (--take-over-or-start).
+    let mut start_lock = None;
     let running = match (&args.upgrade_from, &args.state_dir, control_path) {
-        (Some(from), _, _) => upgrade::take_over(from)?,
+        (Some(from), _, _) => upgrade::take_over(from, upgrade::Output::Predecessors)?,
+        (None, _, Some(path)) if args.take_over_or_start => {
+            let lock = pod::StartLock::acquire(path, pod::LOCK_TIMEOUT)?;
+            match pod::decide(path)? {
+                pod::Decision::StandBy(why) => {
+                    drop(lock);
+                    return pod::stand_by(&sigs, &why);
+                }
+                pod::Decision::TakeOver(serving) => {
+                    tracing::info!(control = path, serving, "a target serves here: taking over");
+                    start_lock = Some(lock);
+                    // This container's output, not the old one's (it goes with its pod).
+                    upgrade::take_over(path, upgrade::Output::Own)
+                        .with_context(|| format!("taking over from the target on {path}"))?
+                }
+                pod::Decision::Start => {
+                    tracing::info!(control = path, "no target answers here: starting");
+                    start_lock = Some(lock);
+                    start(args, path)?
+                }
+            }
+        }
         (None, Some(dir), path) if args.recover => {
             // Without --control-socket: the sockets the processes that wrote it used.
             let api = args
@@ -258,6 +324,8 @@ fn run(args: &Args, control_path: Option<&str>) -> Result<()> {
         running.target.subsystems().len(),
         running.control_path
     ));
+    // Serving: the next newcomer may look.
+    drop(start_lock);
 
     let sig = sigs.wait_for_stop();
     tracing::info!(signal = service::signal_name(sig), "shutting down");

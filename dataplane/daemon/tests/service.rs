@@ -403,3 +403,78 @@ fn each_target_has_its_own_control_socket_and_commands_refuse_to_guess() {
     );
     drop(t1);
 }
+
+/// The unit's ExecStart may use `--take-over-or-start` (the pods' start mode): it
+/// starts when nothing answers and says READY=1 with its MAINPID; the unit's reload
+/// (the `upgrade` command) hands over as before; and a second process in that mode,
+/// given the unit's NOTIFY_SOCKET, takes over itself, says MAINPID and READY=1, and the
+/// old one (no --instance: not a pod) exits 0.
+#[test]
+fn take_over_or_start_under_the_service_manager() {
+    let d = dir("mode");
+    let sock = d.join("ctl.sock");
+    let notify_path = d.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("fake NOTIFY_SOCKET");
+    pass_credentials(&notify);
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let args = [
+        "--take-over-or-start",
+        "--listen",
+        "127.0.0.1:0",
+        "--control-socket",
+        sock.to_str().expect("utf-8"),
+    ];
+    let mut t = start(&args, &[("NOTIFY_SOCKET", &notify_path)]);
+    let mut got = Vec::new();
+    let (from, ready) = recv_until(&notify, "READY=1", &mut got);
+    assert_eq!(from, t.child.id());
+    assert!(ready.contains(&format!("MAINPID={from}")), "{ready:?}");
+
+    // Reload: the upgrade command, as the unit runs it.
+    let out = bin()
+        .args([
+            "upgrade",
+            "--binary",
+            env!("CARGO_BIN_EXE_lightpool-target"),
+        ])
+        .arg("--control-socket")
+        .arg(&sock)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .output()
+        .expect("upgrade");
+    assert!(out.status.success(), "{out:?}");
+    let second = pid_of(&status(&sock, Duration::from_secs(5)));
+    let (from, ready) = recv_until(&notify, "READY=1", &mut got);
+    assert_eq!(from, second);
+    assert!(ready.contains(&format!("MAINPID={second}")), "{ready:?}");
+    assert!(wait_exit(&mut t.child, Duration::from_secs(30)).success());
+
+    // A newcomer in the same mode takes over in its own process.
+    let mut third = start(&args, &[("NOTIFY_SOCKET", &notify_path)]);
+    let (from, main) = recv_until(&notify, "MAINPID=", &mut got);
+    assert_eq!(
+        (from, main.trim()),
+        (
+            third.child.id(),
+            format!("MAINPID={}", third.child.id()).as_str()
+        ),
+        "{got:?}"
+    );
+    let (from, ready) = recv_until(&notify, "READY=1", &mut got);
+    assert_eq!(from, third.child.id(), "{got:?}");
+    assert!(ready.contains(&format!("MAINPID={from}")), "{ready:?}");
+    assert_eq!(pid_of(&status(&sock, Duration::from_secs(5))), from);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(second) {
+        assert!(
+            Instant::now() < deadline,
+            "the reloaded process did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(third.child.id(), libc::SIGTERM);
+    assert!(wait_exit(&mut third.child, Duration::from_secs(30)).success());
+    assert!(!sock.exists());
+}

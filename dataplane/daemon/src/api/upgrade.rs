@@ -24,6 +24,9 @@ fn number_after(line: &str, key: &str) -> Option<f64> {
 }
 
 pub fn start(run: &Running, r: &pb::StartUpgradeRequest) -> Result<pb::UpgradeResult, Status> {
+    if let Some(why) = crate::pod::upgrade_refusal(crate::pod::instance()) {
+        return Err(Status::failed_precondition(why));
+    }
     let meta = std::fs::metadata(&r.binary)
         .map_err(|e| Status::invalid_argument(format!("new binary {}: {e}", r.binary)))?;
     if !meta.is_file() {

@@ -45,7 +45,7 @@ mod old;
 mod recover;
 
 pub use bdevs::graph as device_graph;
-pub use new::take_over;
+pub use new::{take_over, Output};
 pub use old::{hand_over, reactors_answer};
 pub use recover::recover;
 

@@ -207,12 +207,22 @@ fn prepare_target(
     })
 }
 
+/// Where a successor's output goes once it has taken over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Where the old process's went (an upgrade started by hand or by systemd: one log).
+    Predecessors,
+    /// This process's own (a pod: its container's log, which outlives the old pod's).
+    Own,
+}
+
 /// New side: take over from the target serving `path`. On success the old process has
-/// exited and this one serves every connection it had.
-pub fn take_over(path: &str) -> Result<Running> {
+/// let go (exited, or retired if it is a pod) and this one serves every connection it
+/// had.
+pub fn take_over(path: &str, output: Output) -> Result<Running> {
     let p = prepare(path)?;
     let reactors = p.reactors.clone();
-    match take_over_with(path, p) {
+    match take_over_with(path, p, output) {
         Ok(r) => Ok(r),
         Err(e) => {
             for r in &reactors {
@@ -223,7 +233,7 @@ pub fn take_over(path: &str) -> Result<Running> {
     }
 }
 
-fn take_over_with(path: &str, p: Prepared) -> Result<Running> {
+fn take_over_with(path: &str, p: Prepared, output: Output) -> Result<Running> {
     let _urgent = Urgent::enter();
     let t0 = Instant::now();
     let sock = UnixStream::connect(path)
@@ -256,7 +266,7 @@ fn take_over_with(path: &str, p: Prepared) -> Result<Running> {
     }
     let t_state = t0.elapsed();
     let mut fds: Vec<Option<OwnedFd>> = got.into_iter().map(Some).collect();
-    match adopt(p, &mut fds, t0, t_state, quiesced_ns, &sock) {
+    match adopt(p, &mut fds, t0, t_state, quiesced_ns, &sock, output) {
         Ok(run) => Ok(run),
         Err(e) => {
             let _ = send_line!(w, "REFUSE {e:#}");
@@ -319,6 +329,7 @@ fn adopt(
     t_state: Duration,
     quiesced_ns: Option<u64>,
     sock: &UnixStream,
+    output: Output,
 ) -> Result<Running> {
     let mut take = |i: usize| {
         fds.get_mut(i)
@@ -472,11 +483,13 @@ fn adopt(
         pause_t.as_secs_f64() * 1e3
     );
     std::io::stdout().flush().ok();
-    // From here on, log where the previous process logged.
-    // SAFETY: dup2 onto our own stdout/stderr with descriptors we own.
-    unsafe {
-        libc::dup2(out.as_raw_fd(), 1);
-        libc::dup2(err.as_raw_fd(), 2);
+    if output == Output::Predecessors {
+        // From here on, log where the previous process logged.
+        // SAFETY: dup2 onto our own stdout/stderr with descriptors we own.
+        unsafe {
+            libc::dup2(out.as_raw_fd(), 1);
+            libc::dup2(err.as_raw_fd(), 2);
+        }
     }
     let run = Running {
         target,

@@ -1,5 +1,6 @@
 //! The running target's side of a hot upgrade: the REACTORS answer, then HELLO:
-//! quiesce, export, send the state, wait for ADOPTED, say BYE and exit.
+//! quiesce, export, send the state, wait for ADOPTED, say BYE and exit (or, in a pod,
+//! retire: see pod.rs).
 
 use std::io::{BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -71,7 +72,7 @@ pub fn reactors_answer(run: &Running) -> Result<(String, Vec<OwnedFd>)> {
 /// Old side: serve one HELLO. Returns only if the handover did not happen (the target
 /// keeps serving); on success the process exits.
 pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()> {
-    let _urgent = Urgent::enter();
+    let urgent = Urgent::enter();
     let mut it = hello.split_whitespace().skip(1);
     let min: u32 = it
         .next()
@@ -173,13 +174,21 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
                 frozen_ms = t_frozen.as_secs_f64() * 1e3,
                 sent_ms = t_sent.as_secs_f64() * 1e3,
                 adopted_ms = t0.elapsed().as_secs_f64() * 1e3,
-                "upgrade: handed over (the successor reports the pause); exiting"
+                "upgrade: handed over (the successor reports the pause); letting go"
             );
             // An upgrade asked for through the management API is answered by this
             // process, once the successor has said it took over.
             run.mgmt.upgrade.wait_sent(ADOPT_TIMEOUT);
+            drop(urgent);
             // The new process owns every socket now: exit without closing anything at
-            // the protocol level (the kernel just drops this process's references).
+            // the protocol level (the kernel just drops this process's references). A
+            // pod's main process execs instead (the same for the descriptors, memory
+            // and threads), so that its container lives on until the pod is deleted.
+            if crate::pod::instance().is_some() {
+                let e = crate::pod::retire(new_pid);
+                // Exiting is safe too: the restarted container stands by (pod.rs).
+                tracing::warn!(error = %e, "cannot exec the retired process; exiting");
+            }
             std::process::exit(0);
         }
         other => {
