@@ -1,0 +1,191 @@
+//! The mirror's channel: reads from the source, writes to both devices (completing
+//! once both have), writes held during the final pause, and the check that dirties a
+//! region a write raced the copier on.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
+
+use lightpool_bdev::{BdevError, DataRef, IoChannel, IoOp, IoRequest, IoStatus};
+
+use crate::Shared;
+
+/// Regions a write remembers generations for; a longer write dirties every region it
+/// covers when it raced the copier anywhere.
+const GENS: usize = 4;
+
+#[derive(Clone, Copy)]
+struct Slot {
+    tag: u64,
+    /// Inner completions still to come.
+    left: u8,
+    status: IoStatus,
+    /// A write sent to both devices (its regions are checked at completion).
+    mirrored: bool,
+    first: u64,
+    last: u64,
+    gens: [u32; GENS],
+}
+
+pub(crate) struct MirrorChannel {
+    sh: Arc<Shared>,
+    src: Box<dyn IoChannel>,
+    dst: Box<dyn IoChannel>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Writes that arrived during the final pause.
+    held: VecDeque<IoRequest>,
+    done: VecDeque<(u64, IoStatus)>,
+    /// Inner completions of one poll.
+    events: Vec<(u64, IoStatus, bool)>,
+}
+
+fn writes(op: IoOp) -> bool {
+    matches!(op, IoOp::Write | IoOp::WriteZeroes | IoOp::Deallocate)
+}
+
+impl MirrorChannel {
+    pub(crate) fn new(sh: Arc<Shared>) -> Result<MirrorChannel, BdevError> {
+        let src = sh.source.open_channel()?;
+        let dst = sh.dest.open_channel()?;
+        Ok(MirrorChannel {
+            sh,
+            src,
+            dst,
+            slots: Vec::with_capacity(256),
+            free: Vec::with_capacity(256),
+            held: VecDeque::with_capacity(256),
+            done: VecDeque::with_capacity(256),
+            events: Vec::with_capacity(256),
+        })
+    }
+
+    fn slot(&mut self, s: Slot) -> u64 {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = s;
+                u64::from(i)
+            }
+            None => {
+                self.slots.push(s);
+                (self.slots.len() - 1) as u64
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`IoChannel::submit`].
+    unsafe fn start(&mut self, req: IoRequest) {
+        let sh = self.sh.clone();
+        let write = writes(req.op);
+        let mirror = (write || req.op == IoOp::Flush) && sh.active();
+        if write && mirror {
+            // Counted before the pause is looked at: the copier, which sets the pause
+            // and then waits for this count to drain, sees this write or this write
+            // sees the pause.
+            sh.writes_in_flight.fetch_add(1, SeqCst);
+            if sh.paused.load(SeqCst) {
+                sh.writes_in_flight.fetch_sub(1, SeqCst);
+                self.held.push_back(req);
+                return;
+            }
+        }
+        let mut s = Slot {
+            tag: req.tag,
+            left: if mirror { 2 } else { 1 },
+            status: IoStatus::Success,
+            mirrored: write && mirror,
+            first: 0,
+            last: 0,
+            gens: [0; GENS],
+        };
+        if s.mirrored {
+            s.first = sh.region_of(req.offset_blocks);
+            s.last = sh.region_of(req.offset_blocks + u64::from(req.num_blocks.max(1)) - 1);
+            for (i, r) in (s.first..=s.last).take(GENS).enumerate() {
+                s.gens[i] = sh.gen[r as usize].load(SeqCst);
+            }
+        }
+        let i = self.slot(s);
+        let mut r = req;
+        r.tag = i * 2;
+        // SAFETY: the caller's buffer contract is passed on to both devices; the
+        // caller's completion is returned only once both have completed.
+        unsafe { self.src.submit(r) };
+        if mirror {
+            r.tag = i * 2 + 1;
+            // SAFETY: as above; the destination only reads the buffer of a write.
+            unsafe { self.dst.submit(r) };
+        }
+    }
+
+    /// One inner completion of slot `i` (`dest`: from the destination).
+    fn inner_done(&mut self, i: usize, st: IoStatus, dest: bool) {
+        let sh = &self.sh;
+        let s = &mut self.slots[i];
+        if dest {
+            if st != IoStatus::Success && sh.active() {
+                sh.fail(format!("the destination failed a mirrored request: {st:?}"));
+            }
+        } else {
+            s.status = st;
+        }
+        s.left -= 1;
+        if s.left > 0 {
+            return;
+        }
+        if s.mirrored {
+            let n = s.last - s.first + 1;
+            for (k, r) in (s.first..=s.last).enumerate() {
+                let g = sh.gen[r as usize].load(SeqCst);
+                let raced = k >= GENS || g != s.gens[k] || g % 2 == 1;
+                if raced || n as usize > GENS {
+                    sh.mark_dirty(r);
+                }
+            }
+            sh.writes_in_flight.fetch_sub(1, SeqCst);
+        }
+        self.done.push_back((s.tag, s.status));
+        self.free.push(i as u32);
+    }
+}
+
+impl IoChannel for MirrorChannel {
+    unsafe fn submit(&mut self, req: IoRequest) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.start(req) }
+    }
+
+    /// Reads come from the source: its reads by reference are passed on.
+    fn read_in_place(&mut self, offset_blocks: u64, num_blocks: u32) -> Option<DataRef> {
+        self.src.read_in_place(offset_blocks, num_blocks)
+    }
+
+    fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
+        if !self.held.is_empty() && !self.sh.paused.load(SeqCst) {
+            for _ in 0..self.held.len() {
+                if let Some(r) = self.held.pop_front() {
+                    // SAFETY: held requests keep the contract they were submitted with.
+                    unsafe { self.start(r) };
+                }
+            }
+        }
+        let mut ev = std::mem::take(&mut self.events);
+        self.src.poll(&mut |t, st| ev.push((t, st, false)));
+        self.dst.poll(&mut |t, st| ev.push((t, st, true)));
+        for (t, st, dest) in ev.drain(..) {
+            self.inner_done((t / 2) as usize, st, dest);
+        }
+        self.events = ev;
+        let mut n = 0;
+        while let Some((tag, st)) = self.done.pop_front() {
+            done(tag, st);
+            n += 1;
+        }
+        n
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len() + self.held.len() + self.done.len()
+    }
+}

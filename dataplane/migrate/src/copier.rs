@@ -1,0 +1,197 @@
+//! The copier thread: round 1 copies every region, later rounds the dirty ones, then
+//! the final pause copies what is left with writes held.
+
+use std::alloc::Layout;
+use std::sync::atomic::Ordering::*;
+use std::time::{Duration, Instant};
+
+use lightpool_bdev::{IoChannel, IoOp, IoRequest, IoStatus};
+
+use crate::{Shared, State};
+
+/// A region-sized, 4096-aligned copy buffer.
+struct Buf {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl Buf {
+    fn new(len: usize) -> Option<Buf> {
+        let layout = Layout::from_size_align(len.max(4096), 4096).ok()?;
+        // SAFETY: non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        (!ptr.is_null()).then_some(Buf { ptr, layout })
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+    }
+}
+
+fn run1(ch: &mut dyn IoChannel, req: IoRequest) -> IoStatus {
+    let mut st = None;
+    // SAFETY: the buffer (the copier's) outlives this call, which waits for the
+    // completion.
+    unsafe { ch.submit(req) };
+    while st.is_none() {
+        if ch.poll(&mut |_, s| st = Some(s)) == 0 {
+            std::thread::yield_now();
+        }
+    }
+    st.unwrap_or(IoStatus::Io(libc::EIO))
+}
+
+struct Copier<'a> {
+    sh: &'a Shared,
+    src: Box<dyn IoChannel>,
+    dst: Box<dyn IoChannel>,
+    buf: Buf,
+    /// For the rate limit: when this run started and what it copied since.
+    t0: Instant,
+    bytes: u64,
+}
+
+impl Copier<'_> {
+    /// Copies region `r` (its dirty bit taken first): whether it went well.
+    fn copy(&mut self, r: u64) -> bool {
+        let sh = self.sh;
+        let bs = u64::from(sh.source.info().block_size);
+        let start = r * sh.region_blocks;
+        let n = sh.region_blocks.min(sh.source.info().num_blocks - start) as u32;
+        let len = n as usize * bs as usize;
+        sh.gen[r as usize].fetch_add(1, SeqCst);
+        sh.take_dirty(r);
+        let read = run1(
+            self.src.as_mut(),
+            IoRequest::rw(IoOp::Read, start, n, self.buf.ptr, len, 0),
+        );
+        let wrote = (read == IoStatus::Success).then(|| {
+            run1(
+                self.dst.as_mut(),
+                IoRequest::rw(IoOp::Write, start, n, self.buf.ptr, len, 1),
+            )
+        });
+        sh.gen[r as usize].fetch_add(1, SeqCst);
+        match (read, wrote) {
+            (IoStatus::Success, Some(IoStatus::Success)) => {}
+            (IoStatus::Success, w) => {
+                sh.fail(format!(
+                    "the destination failed the copy of region {r}: {w:?}"
+                ));
+                return false;
+            }
+            (st, _) => {
+                // The source is the host's: its errors are the host's to see; the
+                // region is tried again next round.
+                tracing::warn!(region = r, status = ?st, "source read failed during the copy");
+                sh.mark_dirty(r);
+            }
+        }
+        sh.copied.fetch_add(len as u64, AcqRel);
+        self.bytes += len as u64;
+        if sh.opts.rate_limit > 0 {
+            let due = Duration::from_secs_f64(self.bytes as f64 / sh.opts.rate_limit as f64);
+            if let Some(wait) = due.checked_sub(self.t0.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        true
+    }
+
+    /// Whether to stop: cancelled, or failed.
+    fn stopped(&self) -> bool {
+        if self.sh.cancel.load(Acquire) && self.sh.active() {
+            self.sh.set_state(State::Cancelled);
+            self.sh.paused.store(false, SeqCst);
+        }
+        !self.sh.active()
+    }
+
+    /// Copies every dirty region once.
+    fn round(&mut self) -> bool {
+        for r in 0..self.sh.regions {
+            if self.stopped() {
+                return false;
+            }
+            let dirty = self.sh.dirty[(r / 64) as usize].load(Acquire) & (1 << (r % 64)) != 0;
+            if dirty && !self.copy(r) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Holds new writes, waits for those in flight, copies what is dirty until
+    /// nothing is, lets the writes go.
+    fn final_pause(&mut self) {
+        let sh = self.sh;
+        sh.set_state(State::Pausing);
+        let t = Instant::now();
+        sh.paused.store(true, SeqCst);
+        while sh.writes_in_flight.load(SeqCst) > 0 {
+            if t.elapsed() > sh.opts.drain_timeout {
+                sh.fail(format!(
+                    "writes in flight did not drain within {:?} at the final pause",
+                    sh.opts.drain_timeout
+                ));
+                return;
+            }
+            std::thread::yield_now();
+        }
+        while sh.dirty_regions() > 0 {
+            if !self.round() {
+                return;
+            }
+        }
+        *sh.pause.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.elapsed());
+        sh.set_state(State::Synced);
+        sh.paused.store(false, SeqCst);
+    }
+}
+
+pub(crate) fn run(sh: &Shared) {
+    let open = |d: &std::sync::Arc<dyn lightpool_bdev::Bdev>, what: &str| {
+        d.open_channel()
+            .map_err(|e| format!("the copier cannot open the {what}: {e}"))
+    };
+    let (src, dst) = match (open(&sh.source, "source"), open(&sh.dest, "destination")) {
+        (Ok(s), Ok(d)) => (s, d),
+        (Err(e), _) | (_, Err(e)) => return sh.fail(e),
+    };
+    let Some(buf) = Buf::new(sh.opts.region_bytes as usize) else {
+        return sh.fail("no memory for the copy buffer".into());
+    };
+    let mut c = Copier {
+        sh,
+        src,
+        dst,
+        buf,
+        t0: Instant::now(),
+        bytes: 0,
+    };
+    // Round 1: every region.
+    for r in 0..sh.regions {
+        if c.stopped() || !c.copy(r) {
+            return;
+        }
+        sh.uncopied.fetch_sub(1, AcqRel);
+    }
+    loop {
+        let dirty = sh.dirty_regions() * sh.region_bytes();
+        let round = sh.round.load(Acquire);
+        tracing::debug!(round, dirty, "migration round done");
+        if dirty <= sh.opts.final_dirty_bytes || round >= sh.opts.max_rounds {
+            if !c.stopped() {
+                c.final_pause();
+            }
+            return;
+        }
+        sh.round.fetch_add(1, AcqRel);
+        if !c.round() {
+            return;
+        }
+    }
+}

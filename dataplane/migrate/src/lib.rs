@@ -1,0 +1,369 @@
+//! Live migration's copy engine, on the source node: a block device stacked on the
+//! volume that moves ([`MirrorBdev`], served in its place while the volume moves) and
+//! the destination (any block device: in practice the remote NVMe/TCP device,
+//! `lightpool-bdev-nvmf-tcp`), and a copier thread ([`Migration::start`]).
+//!
+//! - Every write, Write Zeroes and Deallocate served by the mirror goes to both the
+//!   source and the destination, and completes once both have; reads come from the
+//!   source. Flush goes to both.
+//! - The copier walks the volume in regions: round 1 copies every region, later
+//!   rounds the regions the dirty map holds. A region being copied is marked by an odd
+//!   generation; a write that overlaps a region whose generation was odd, or changed,
+//!   between the write's submission and its completion marks the region dirty again
+//!   (the copy may have read the source before the write and written the destination
+//!   after it), so the next round copies it again. Nothing else dirties a region: the
+//!   mirror keeps the destination current for every write the copy does not race.
+//! - Convergence: once the dirty bytes are at most `final_dirty_bytes`, or after
+//!   `max_rounds`, the copier pauses new writes (they wait in their channels, no I/O
+//!   fails), waits for the writes in flight, copies what is still dirty and lets the
+//!   writes go: the destination is then identical to the source, and stays so through
+//!   the mirror (state [`State::Synced`]). The pause is measured and reported.
+//! - A copy rate limit (bytes per second) bounds what the copy takes from the volume's
+//!   own I/O.
+//! - Failure: a destination error (a mirrored write or a copy) fails the migration
+//!   ([`State::Failed`], with the reason); the source keeps serving and every host
+//!   write still completes with the source's status. [`Migration::cancel`] stops the
+//!   copy at any point ([`State::Cancelled`]). Either way, the caller takes the mirror
+//!   out and serves the source alone: nothing on the source was changed.
+//!
+//! Not here: connecting the destination, switching the hosts' paths (ANA), and the
+//! control plane's state machine; they build on this.
+
+mod channel;
+mod copier;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lightpool_bdev::{Bdev, BdevError, BdevInfo, IoChannel};
+
+/// Where a migration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// The copier walks the regions (round 1: all of them).
+    Copying,
+    /// New writes are held while the last dirty regions are copied.
+    Pausing,
+    /// The destination holds what the source holds; the mirror keeps it so.
+    Synced,
+    /// The destination failed: the reason is in [`Progress::error`].
+    Failed,
+    Cancelled,
+}
+
+impl State {
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Copying,
+            1 => State::Pausing,
+            2 => State::Synced,
+            3 => State::Failed,
+            _ => State::Cancelled,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Copying => "copying",
+            State::Pausing => "pausing",
+            State::Synced => "synced",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// How a migration copies.
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    /// Bytes per region of the dirty map (and per copy request); a multiple of the
+    /// block size.
+    pub region_bytes: u64,
+    /// Bytes per second the copy reads at most (0: no limit).
+    pub rate_limit: u64,
+    /// Rounds after which the copier pauses writes whatever is still dirty.
+    pub max_rounds: u32,
+    /// The copier pauses writes once at most this many bytes are dirty.
+    pub final_dirty_bytes: u64,
+    /// Longest wait for the writes in flight at the pause before the migration fails
+    /// (writes are let go again).
+    pub drain_timeout: Duration,
+}
+
+impl Default for MigrateOptions {
+    fn default() -> MigrateOptions {
+        MigrateOptions {
+            region_bytes: 1 << 20,
+            rate_limit: 0,
+            max_rounds: 16,
+            final_dirty_bytes: 8 << 20,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a migration has done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub state: State,
+    /// The round under way (1 is the full copy).
+    pub round: u32,
+    /// Bytes the copier has copied, all rounds.
+    pub copied_bytes: u64,
+    pub total_bytes: u64,
+    /// Bytes the dirty map holds now (round 1: what is not copied yet counts too).
+    pub dirty_bytes: u64,
+    /// How long writes were held at the pause.
+    pub pause: Option<Duration>,
+    pub elapsed: Duration,
+    /// At the copy rate so far, until the dirty bytes are copied.
+    pub eta: Option<Duration>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Bdev(#[from] BdevError),
+}
+
+/// The state the mirror's channels and the copier share.
+pub(crate) struct Shared {
+    pub(crate) source: Arc<dyn Bdev>,
+    pub(crate) dest: Arc<dyn Bdev>,
+    pub(crate) opts: MigrateOptions,
+    pub(crate) region_blocks: u64,
+    pub(crate) regions: u64,
+    /// One bit per region.
+    pub(crate) dirty: Vec<AtomicU64>,
+    /// Per region: odd while the copier copies it.
+    pub(crate) gen: Vec<AtomicU32>,
+    pub(crate) state: AtomicU8,
+    /// Writes are held (the final pause).
+    pub(crate) paused: AtomicBool,
+    /// Writes submitted to the inner devices and not completed, every channel.
+    pub(crate) writes_in_flight: AtomicU64,
+    pub(crate) round: AtomicU32,
+    pub(crate) copied: AtomicU64,
+    /// Regions round 1 has not reached yet.
+    pub(crate) uncopied: AtomicU64,
+    pub(crate) cancel: AtomicBool,
+    pub(crate) error: Mutex<Option<String>>,
+    pub(crate) pause: Mutex<Option<Duration>>,
+    pub(crate) started: Instant,
+}
+
+impl Shared {
+    pub(crate) fn state(&self) -> State {
+        State::from_u8(self.state.load(Acquire))
+    }
+
+    pub(crate) fn set_state(&self, s: State) {
+        self.state.store(s as u8, Release);
+    }
+
+    /// The migration failed; the first reason stays.
+    pub(crate) fn fail(&self, why: String) {
+        let mut e = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        if e.is_none() {
+            tracing::warn!(why, "migration failed; the source serves on");
+            *e = Some(why);
+        }
+        drop(e);
+        self.set_state(State::Failed);
+        self.paused.store(false, Release);
+    }
+
+    pub(crate) fn active(&self) -> bool {
+        matches!(
+            self.state(),
+            State::Copying | State::Pausing | State::Synced
+        )
+    }
+
+    pub(crate) fn mark_dirty(&self, region: u64) {
+        self.dirty[(region / 64) as usize].fetch_or(1 << (region % 64), AcqRel);
+    }
+
+    /// Takes region `r`'s dirty bit: whether it was set.
+    pub(crate) fn take_dirty(&self, r: u64) -> bool {
+        let bit = 1u64 << (r % 64);
+        self.dirty[(r / 64) as usize].fetch_and(!bit, AcqRel) & bit != 0
+    }
+
+    pub(crate) fn dirty_regions(&self) -> u64 {
+        self.dirty
+            .iter()
+            .map(|w| u64::from(w.load(Acquire).count_ones()))
+            .sum()
+    }
+
+    pub(crate) fn region_of(&self, lba: u64) -> u64 {
+        lba / self.region_blocks
+    }
+
+    pub(crate) fn region_bytes(&self) -> u64 {
+        self.opts.region_bytes
+    }
+}
+
+/// A migration under way: the copier thread and what it shares with the mirror.
+pub struct Migration {
+    sh: Arc<Shared>,
+    copier: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The block device served in the volume's place while it moves.
+pub struct MirrorBdev {
+    sh: Arc<Shared>,
+    info: BdevInfo,
+}
+
+impl Migration {
+    /// Serves `source` through the returned mirror (put it where the source was
+    /// served) and starts copying it to `dest`, which must be at least as large and
+    /// have the same block size.
+    pub fn start(
+        name: &str,
+        source: Arc<dyn Bdev>,
+        dest: Arc<dyn Bdev>,
+        opts: MigrateOptions,
+    ) -> Result<(Arc<Migration>, Arc<MirrorBdev>), MigrateError> {
+        let (si, di) = (source.info().clone(), dest.info().clone());
+        if si.block_size != di.block_size {
+            return Err(MigrateError::Invalid(format!(
+                "{name}: the destination's blocks are {} bytes, the source's {}",
+                di.block_size, si.block_size
+            )));
+        }
+        if di.num_blocks < si.num_blocks || di.read_only {
+            return Err(MigrateError::Invalid(format!(
+                "{name}: the destination ({} blocks{}) cannot take the source's {} blocks",
+                di.num_blocks,
+                if di.read_only { ", read-only" } else { "" },
+                si.num_blocks
+            )));
+        }
+        let bs = u64::from(si.block_size);
+        if opts.region_bytes == 0
+            || !opts.region_bytes.is_multiple_of(bs)
+            || opts.region_bytes > 64 << 20
+        {
+            return Err(MigrateError::Invalid(format!(
+                "{name}: a region of {} bytes is not a whole number of {bs}-byte blocks up to 64 MiB",
+                opts.region_bytes
+            )));
+        }
+        let region_blocks = opts.region_bytes / bs;
+        let regions = si.num_blocks.div_ceil(region_blocks);
+        let sh = Arc::new(Shared {
+            source,
+            dest,
+            region_blocks,
+            regions,
+            dirty: (0..regions.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            gen: (0..regions).map(|_| AtomicU32::new(0)).collect(),
+            state: AtomicU8::new(State::Copying as u8),
+            paused: AtomicBool::new(false),
+            writes_in_flight: AtomicU64::new(0),
+            round: AtomicU32::new(1),
+            copied: AtomicU64::new(0),
+            uncopied: AtomicU64::new(regions),
+            cancel: AtomicBool::new(false),
+            error: Mutex::new(None),
+            pause: Mutex::new(None),
+            started: Instant::now(),
+            opts,
+        });
+        let info = BdevInfo {
+            name: format!("{name} (migrating)"),
+            ..si
+        };
+        let mirror = Arc::new(MirrorBdev {
+            sh: sh.clone(),
+            info,
+        });
+        let c = sh.clone();
+        let copier = std::thread::Builder::new()
+            .name("lp-migrate".into())
+            .spawn(move || copier::run(&c))
+            .map_err(|e| MigrateError::Invalid(format!("{name}: no copier thread: {e}")))?;
+        Ok((
+            Arc::new(Migration {
+                sh,
+                copier: Mutex::new(Some(copier)),
+            }),
+            mirror,
+        ))
+    }
+
+    pub fn progress(&self) -> Progress {
+        let sh = &self.sh;
+        let rb = sh.region_bytes();
+        let total = sh.regions * rb;
+        let dirty = (sh.dirty_regions() + sh.uncopied.load(Acquire)) * rb;
+        let copied = sh.copied.load(Acquire);
+        let elapsed = sh.started.elapsed();
+        let rate = copied as f64 / elapsed.as_secs_f64().max(1e-3);
+        let state = sh.state();
+        Progress {
+            state,
+            round: sh.round.load(Acquire),
+            copied_bytes: copied,
+            total_bytes: total,
+            dirty_bytes: dirty,
+            pause: *sh.pause.lock().unwrap_or_else(|e| e.into_inner()),
+            elapsed,
+            eta: (rate > 0.0 && matches!(state, State::Copying | State::Pausing))
+                .then(|| Duration::from_secs_f64(dirty as f64 / rate)),
+            error: sh.error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+
+    /// Stops the copy (the mirror keeps serving the source; take it out).
+    pub fn cancel(&self) {
+        self.sh.cancel.store(true, Release);
+    }
+
+    /// Waits for the copier to end (synced, failed or cancelled) and says how.
+    pub fn wait(&self) -> Progress {
+        let h = self.copier.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = h {
+            let _ = h.join();
+        }
+        self.progress()
+    }
+}
+
+impl Drop for Migration {
+    fn drop(&mut self) {
+        self.cancel();
+        let _ = self.wait();
+    }
+}
+
+impl Bdev for MirrorBdev {
+    fn info(&self) -> &BdevInfo {
+        &self.info
+    }
+
+    fn kind(&self) -> &'static str {
+        "migration"
+    }
+
+    fn children(&self) -> Vec<Arc<dyn Bdev>> {
+        vec![self.sh.source.clone(), self.sh.dest.clone()]
+    }
+
+    fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
+        Ok(Box::new(channel::MirrorChannel::new(self.sh.clone())?))
+    }
+}

@@ -1,0 +1,346 @@
+//! The copy engine over RAM devices: writers racing the copier on small regions end
+//! with the destination identical to the source; a destination that fails, a cancel,
+//! a rate limit, and bad pairs of devices.
+
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lightpool_bdev::testing::*;
+use lightpool_bdev::{Bdev, BdevError, BdevInfo, IoChannel, IoOp, IoRequest, IoStatus};
+use lightpool_bdev_ram::MallocBdev;
+
+use crate::{MigrateOptions, Migration, State};
+
+const MIB: u64 = 1 << 20;
+const BS: u32 = 512;
+
+fn ram(name: &str, bytes: u64) -> Arc<dyn Bdev> {
+    MallocBdev::new(name, bytes, BS).expect("RAM device")
+}
+
+/// Reads the whole device in 1 MiB pieces.
+fn contents(d: &dyn Bdev) -> Vec<u8> {
+    let mut ch = d.open_channel().expect("channel");
+    let blocks = d.info().num_blocks;
+    let per = (MIB / u64::from(BS)) as u32;
+    let mut out = Vec::new();
+    let mut lba = 0;
+    while lba < blocks {
+        let n = per.min((blocks - lba) as u32);
+        let (st, b) = read(ch.as_mut(), BS, lba, n);
+        assert_eq!(st, IoStatus::Success);
+        out.extend_from_slice(b.as_slice());
+        lba += u64::from(n);
+    }
+    out
+}
+
+/// Random writes of 1 to 64 blocks, 8 in flight, through `ch` until `stop`; every
+/// completion must be `Success`. Returns how many were written.
+fn writer(mirror: Arc<dyn Bdev>, blocks: u64, seed: u64, stop: Arc<AtomicBool>) -> u64 {
+    let mut ch = mirror.open_channel().expect("channel");
+    let mut x = seed | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let bufs: Vec<AlignedBuf> = (0..8).map(|_| AlignedBuf::new(64 * BS as usize)).collect();
+    let mut busy = [false; 8];
+    let mut written = 0;
+    loop {
+        let stopping = stop.load(SeqCst);
+        for (i, b) in bufs.iter().enumerate() {
+            if busy[i] || stopping {
+                continue;
+            }
+            let n = (next() % 64 + 1) as u32;
+            let lba = next() % (blocks - u64::from(n));
+            let data = pattern(BS, lba, n, (next() % 250) as u8);
+            // SAFETY: only this slot's buffer; it is not in flight (busy is false).
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), b.ptr(), data.len()) };
+            let req = IoRequest::rw(IoOp::Write, lba, n, b.ptr(), data.len(), i as u64);
+            // SAFETY: `bufs` outlives every completion, polled below before returning.
+            unsafe { ch.submit(req) };
+            busy[i] = true;
+        }
+        ch.poll(&mut |tag, st| {
+            assert_eq!(st, IoStatus::Success, "a host write failed");
+            busy[tag as usize] = false;
+            written += 1;
+        });
+        if stopping && !busy.iter().any(|b| *b) {
+            return written;
+        }
+    }
+}
+
+fn small_regions() -> MigrateOptions {
+    MigrateOptions {
+        region_bytes: 64 << 10,
+        final_dirty_bytes: 256 << 10,
+        ..MigrateOptions::default()
+    }
+}
+
+/// A device whose reads take their data when submitted and complete 300 µs later:
+/// the copier's read of a region then lies well before its write to the destination,
+/// the window in which a host write can land on both devices between the two.
+struct SlowReads {
+    inner: Arc<dyn Bdev>,
+}
+
+struct SlowReadsChannel {
+    inner: Box<dyn IoChannel>,
+    reads: std::collections::HashSet<u64>,
+    held: Vec<(u64, IoStatus, Instant)>,
+}
+
+impl Bdev for SlowReads {
+    fn info(&self) -> &BdevInfo {
+        self.inner.info()
+    }
+    fn kind(&self) -> &'static str {
+        "slow-reads"
+    }
+    fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
+        Ok(Box::new(SlowReadsChannel {
+            inner: self.inner.open_channel()?,
+            reads: Default::default(),
+            held: Vec::new(),
+        }))
+    }
+}
+
+impl IoChannel for SlowReadsChannel {
+    unsafe fn submit(&mut self, req: IoRequest) {
+        if req.op == IoOp::Read {
+            self.reads.insert(req.tag);
+        }
+        // SAFETY: passed on.
+        unsafe { self.inner.submit(req) }
+    }
+    fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
+        let (reads, held) = (&mut self.reads, &mut self.held);
+        let mut n = self.inner.poll(&mut |t, st| {
+            if reads.remove(&t) {
+                held.push((t, st, Instant::now() + Duration::from_micros(300)));
+            } else {
+                done(t, st);
+            }
+        });
+        let now = Instant::now();
+        self.held.retain(|&(t, st, due)| {
+            if due <= now {
+                done(t, st);
+                n += 1;
+                false
+            } else {
+                true
+            }
+        });
+        n
+    }
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight() + self.held.len()
+    }
+}
+
+#[test]
+fn writes_racing_the_copy_leave_the_destination_identical() {
+    let src: Arc<dyn Bdev> = Arc::new(SlowReads {
+        inner: ram("mig-src", 32 * MIB),
+    });
+    // Data before the migration starts.
+    {
+        let mut ch = src.open_channel().expect("channel");
+        for lba in (0..src.info().num_blocks).step_by(4096) {
+            assert_eq!(
+                write(ch.as_mut(), BS, lba, &pattern(BS, lba, 64, 9)),
+                IoStatus::Success
+            );
+        }
+    }
+    let dst = ram("mig-dst", 32 * MIB);
+    let (m, mirror) =
+        Migration::start("v1", src.clone(), dst.clone(), small_regions()).expect("start");
+    assert_eq!(mirror.info().num_blocks, src.info().num_blocks);
+    assert_eq!(mirror.kind(), "migration");
+    let stop = Arc::new(AtomicBool::new(false));
+    let blocks = src.info().num_blocks;
+    let writers: Vec<_> = (0..2)
+        .map(|k| {
+            let d: Arc<dyn Bdev> = mirror.clone();
+            let s = stop.clone();
+            std::thread::spawn(move || writer(d, blocks, 0x9e37 + k, s))
+        })
+        .collect();
+    let p = m.wait();
+    assert_eq!(p.state, State::Synced, "{p:?}");
+    // Writes go on after the sync: the mirror keeps the destination current.
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, SeqCst);
+    let written: u64 = writers.into_iter().map(|w| w.join().expect("writer")).sum();
+    assert!(
+        written > 100,
+        "the writers wrote during the copy: {written}"
+    );
+    assert!(p.copied_bytes >= 32 * MIB, "{p:?}");
+    assert!(p.pause.is_some(), "{p:?}");
+    assert_eq!(p.eta, None);
+    assert!(
+        contents(src.as_ref()) == contents(dst.as_ref()),
+        "the destination differs from the source"
+    );
+}
+
+/// A RAM device whose writes fail once `fail` is set.
+struct Failing {
+    inner: Arc<dyn Bdev>,
+    fail: Arc<AtomicBool>,
+}
+
+struct FailingChannel {
+    inner: Box<dyn IoChannel>,
+    fail: Arc<AtomicBool>,
+    failed: Vec<u64>,
+}
+
+impl Bdev for Failing {
+    fn info(&self) -> &BdevInfo {
+        self.inner.info()
+    }
+    fn kind(&self) -> &'static str {
+        "failing"
+    }
+    fn open_channel(&self) -> Result<Box<dyn IoChannel>, BdevError> {
+        Ok(Box::new(FailingChannel {
+            inner: self.inner.open_channel()?,
+            fail: self.fail.clone(),
+            failed: Vec::new(),
+        }))
+    }
+}
+
+impl IoChannel for FailingChannel {
+    unsafe fn submit(&mut self, req: IoRequest) {
+        if req.op == IoOp::Write && self.fail.load(SeqCst) {
+            self.failed.push(req.tag);
+            return;
+        }
+        // SAFETY: passed on.
+        unsafe { self.inner.submit(req) }
+    }
+    fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
+        let n = self.failed.len();
+        for t in self.failed.drain(..) {
+            done(t, IoStatus::Io(libc::EIO));
+        }
+        n + self.inner.poll(done)
+    }
+    fn in_flight(&self) -> usize {
+        self.failed.len() + self.inner.in_flight()
+    }
+}
+
+#[test]
+fn a_destination_that_fails_fails_the_migration_and_the_source_serves_on() {
+    let src = ram("mig-fsrc", 16 * MIB);
+    let fail = Arc::new(AtomicBool::new(false));
+    let dst: Arc<dyn Bdev> = Arc::new(Failing {
+        inner: ram("mig-fdst", 16 * MIB),
+        fail: fail.clone(),
+    });
+    let mut o = small_regions();
+    o.rate_limit = 32 * MIB;
+    let (m, mirror) = Migration::start("v2", src.clone(), dst, o).expect("start");
+    let mut ch = mirror.open_channel().expect("channel");
+    assert_eq!(
+        write(ch.as_mut(), BS, 100, &pattern(BS, 100, 8, 1)),
+        IoStatus::Success
+    );
+    fail.store(true, SeqCst);
+    // Host writes still succeed: the source's status is theirs.
+    assert_eq!(
+        write(ch.as_mut(), BS, 200, &pattern(BS, 200, 8, 2)),
+        IoStatus::Success
+    );
+    let p = m.wait();
+    assert_eq!(p.state, State::Failed, "{p:?}");
+    assert!(
+        p.error.as_deref().unwrap_or("").contains("destination"),
+        "{p:?}"
+    );
+    assert_eq!(
+        write(ch.as_mut(), BS, 300, &pattern(BS, 300, 8, 3)),
+        IoStatus::Success
+    );
+    let (st, b) = read(ch.as_mut(), BS, 200, 8);
+    assert_eq!(st, IoStatus::Success);
+    assert_eq!(b.as_slice(), pattern(BS, 200, 8, 2).as_slice());
+}
+
+#[test]
+fn a_cancelled_migration_stops_and_reports_progress() {
+    let src = ram("mig-csrc", 16 * MIB);
+    let dst = ram("mig-cdst", 16 * MIB);
+    let mut o = small_regions();
+    o.rate_limit = 8 * MIB;
+    let (m, _mirror) = Migration::start("v3", src, dst, o).expect("start");
+    std::thread::sleep(Duration::from_millis(300));
+    let mid = m.progress();
+    assert_eq!((mid.state, mid.round), (State::Copying, 1), "{mid:?}");
+    assert!(
+        mid.copied_bytes > 0 && mid.copied_bytes < 16 * MIB,
+        "{mid:?}"
+    );
+    assert_eq!(mid.total_bytes, 16 * MIB);
+    assert!(mid.dirty_bytes > 0 && mid.eta.is_some(), "{mid:?}");
+    m.cancel();
+    let p = m.wait();
+    assert_eq!(p.state, State::Cancelled, "{p:?}");
+    assert!(p.copied_bytes < 16 * MIB, "{p:?}");
+}
+
+#[test]
+fn the_rate_limit_holds_the_copy_back() {
+    let src = ram("mig-rsrc", 4 * MIB);
+    let dst = ram("mig-rdst", 4 * MIB);
+    let mut o = small_regions();
+    o.rate_limit = 8 * MIB;
+    let t0 = Instant::now();
+    let (m, _mirror) = Migration::start("v4", src, dst, o).expect("start");
+    let p = m.wait();
+    assert_eq!(p.state, State::Synced, "{p:?}");
+    // 4 MiB at 8 MiB/s: at least half a second (less one region's worth).
+    assert!(
+        t0.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn devices_that_cannot_pair_are_refused() {
+    let src = ram("mig-bsrc", 16 * MIB);
+    let small = ram("mig-bsmall", 8 * MIB);
+    let e = Migration::start("v5", src.clone(), small, MigrateOptions::default())
+        .err()
+        .expect("too small");
+    assert!(e.to_string().contains("cannot take the source's"), "{e}");
+    let four_k: Arc<dyn Bdev> = MallocBdev::new("mig-b4k", 16 * MIB, 4096).expect("ram");
+    let e = Migration::start("v5", src.clone(), four_k, MigrateOptions::default())
+        .err()
+        .expect("block sizes");
+    assert!(e.to_string().contains("4096 bytes"), "{e}");
+    let o = MigrateOptions {
+        region_bytes: 1000,
+        ..MigrateOptions::default()
+    };
+    let e = Migration::start("v5", src, ram("mig-bdst", 16 * MIB), o)
+        .err()
+        .expect("region size");
+    assert!(e.to_string().contains("region of 1000 bytes"), "{e}");
+}
