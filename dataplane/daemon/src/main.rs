@@ -16,6 +16,7 @@ mod raid;
 mod service;
 mod startup;
 mod transports;
+mod ublk;
 mod upgrade;
 
 use std::net::SocketAddr;
@@ -227,6 +228,8 @@ fn run(args: &Args, control_path: Option<&str>) -> Result<()> {
     // Signals are blocked before any thread starts, so every thread inherits the mask
     // and only the main thread takes them (sigwait below).
     let sigs = service::Signals::block();
+    // Devices a LightPool that died left behind (their /dev/ublkbN fail every I/O).
+    ublk::remove_stale();
     let running = match (&args.upgrade_from, &args.state_dir, control_path) {
         (Some(from), _, _) => upgrade::take_over(from)?,
         (None, Some(dir), path) if args.recover => {
@@ -262,6 +265,9 @@ fn run(args: &Args, control_path: Option<&str>) -> Result<()> {
     let sig = sigs.wait_for_stop();
     tracing::info!(signal = service::signal_name(sig), "shutting down");
     service::notify_or_log("STOPPING=1");
+    // ublk devices first, while the reactors still serve their queues: the kernel
+    // drains each device through them before it deletes it.
+    ublk::stop_all(&running);
     for r in &running.reactors {
         r.stop();
     }
