@@ -90,7 +90,7 @@ $L target volume list node | grep -q "$DEV" || fail "the listing does not show $
 [ "$(cat /sys/block/${{DEV#/dev/}}/queue/logical_block_size)" = 4096 ] || fail "logical block size"
 [ "$(cat /sys/block/${{DEV#/dev/}}/size)" = $((160 * 2048)) ] || fail "size"
 refused "ublk stop" $L target volume delete node/v1
-refused "cannot hand over" /test/lightpool-target upgrade --binary /test/lightpool-target --control-socket /run/t.sock
+refused "refuses the upgrade: volumes are exported to this host as ublk devices" /test/lightpool-target upgrade --binary /test/lightpool-target --control-socket /run/t.sock
 fio_verify $DEV 4k 48m
 fio_verify $DEV 128k 96m
 fio --name=t --filename=$DEV --ioengine=libaio --direct=1 --iodepth=8 --rw=randtrim --bs=128k --size=32m \
@@ -171,6 +171,9 @@ kill -TERM $TPID; wait $TPID || fail "the target's exit status after SIGTERM"
 [ $(devices) = 0 ] || fail "SIGTERM left a ublk device"
 ls /dev/ublkb* 2>/dev/null && fail "SIGTERM left a /dev/ublkb"
 grep -E "ublk: request|failed at the block device" /tmp/target.log && fail "the target logged an I/O error"
+# Zero copy beyond ublk's own: every queue's buffers came from the volume's DMA pool.
+grep -q "queue's own memory" /tmp/target.log && fail "a queue's buffers were not from the device's DMA pool"
+say "queues with pool buffers: $(grep -c "device's DMA pool" /tmp/target.log)"
 say "all good"
 "#
     )
@@ -225,6 +228,14 @@ fn a_pool_volume_served_to_the_guests_kernel_through_ublk() {
         );
     }
     assert!(out.console.contains("E2E: fio trim errors=0"), "{tail}");
+    // Six exports (v1, perf, csi twice, v1 before the kill and after the restart), one
+    // queue per reactor (two), each with its buffers from the volume's DMA pool.
+    let pooled = out
+        .console
+        .lines()
+        .find_map(|l| l.split("E2E: queues with pool buffers: ").nth(1))
+        .and_then(|n| n.trim().parse::<u32>().ok());
+    assert_eq!(pooled, Some(12), "{tail}");
     assert!(out.console.contains("E2E: csi files verified"), "{tail}");
     for bad in [
         "I/O error",

@@ -263,6 +263,17 @@ impl Queue {
             .map_err(|e| UblkError::Invalid(format!("opening the device's channel: {e}")))?;
         let descs = Descs::map(&s.cdev, s.q_id, s.depth)?;
         let (buffers, addrs) = Buffers::new(s.bdev.as_ref(), s.depth, s.max_io)?;
+        tracing::info!(
+            dev = s.dev_id,
+            queue = s.q_id,
+            reactor = ctx.id(),
+            depth = s.depth,
+            buffers = match buffers {
+                Buffers::Pool(..) => "the device's DMA pool",
+                Buffers::Own { .. } => "the queue's own memory",
+            },
+            "ublk queue ready"
+        );
         let mut q = Queue {
             ring,
             chan,
