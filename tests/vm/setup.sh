@@ -47,6 +47,8 @@ GUEST_MODULES=(
     nvme vfio vfio_iommu_type1 vfio-pci ext4
     # the CSI node plugin's other file system
     xfs
+    # the local path: a pool volume served to the guest's kernel as /dev/ublkbN
+    ublk_drv
 )
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }

@@ -22,7 +22,7 @@ use tonic::Code;
 use crate::{Dataplane, DataplaneError, Export, PoolInfo, PoolSnapshot, PoolVolume};
 
 /// The name of the node's pool among the target's pools.
-pub const POOL: &str = "node";
+pub const POOL: &str = lightpool_model::volume::NODE_POOL;
 
 /// The node's pool on a target, over its management API.
 #[derive(Clone)]

@@ -156,6 +156,31 @@ pub enum VolumeCmd {
         snapshot: PoolPath,
         name: String,
     },
+    /// Serve the volume to this host's own kernel as /dev/ublkbN (Linux ublk, the
+    /// local path: no network), or stop doing so.
+    #[command(subcommand)]
+    Ublk(UblkCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UblkCmd {
+    /// Export the volume as /dev/ublkbN, one queue per reactor (needs `modprobe
+    /// ublk_drv`); a volume exported already answers with its device.
+    Start {
+        /// POOL/VOLUME.
+        #[arg(value_parser = parse_pool_path)]
+        volume: PoolPath,
+        /// Requests each queue holds at once (default 64).
+        #[arg(long, default_value_t = 0, hide_default_value = true)]
+        queue_depth: u32,
+    },
+    /// Stop and delete the volume's ublk device (a volume not exported is left as
+    /// it is).
+    Stop {
+        /// POOL/VOLUME.
+        #[arg(value_parser = parse_pool_path)]
+        volume: PoolPath,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -264,10 +289,19 @@ fn volumes_table(vs: &[pb::Volume]) {
                     } else {
                         v.clones.join(",")
                     },
-                    if v.namespaces.is_empty() {
-                        "-".into()
-                    } else {
-                        v.namespaces.join(",")
+                    {
+                        // Namespaces, and the ublk device of the local path.
+                        let by: Vec<&str> = v
+                            .namespaces
+                            .iter()
+                            .map(String::as_str)
+                            .chain(v.ublk_device.as_deref())
+                            .collect();
+                        if by.is_empty() {
+                            "-".into()
+                        } else {
+                            by.join(",")
+                        }
                     },
                 ]
             })
@@ -489,6 +523,32 @@ async fn volume(j: bool, api: &mut PoolsClient<Channel>, c: &VolumeCmd) -> Resul
                 name: snapshot.clone(),
             })
             .await
+        }
+        VolumeCmd::Ublk(UblkCmd::Start {
+            volume,
+            queue_depth,
+        }) => {
+            let (pool, name) = split(volume)?;
+            let v = api
+                .export_volume_ublk(pb::ExportVolumeUblkRequest {
+                    pool,
+                    name,
+                    queue_depth: *queue_depth,
+                })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            return emit(j, &v, |v| {
+                println!("{}", v.ublk_device.as_deref().unwrap_or("(no ublk device)"))
+            });
+        }
+        VolumeCmd::Ublk(UblkCmd::Stop { volume }) => {
+            let (pool, name) = split(volume)?;
+            api.stop_volume_ublk(pb::StopVolumeUblkRequest { pool, name })
+                .await
+                .map_err(refused)?;
+            done(j, &format!("volume {volume} is not exported as ublk"));
+            return Ok(());
         }
         VolumeCmd::Clone { snapshot, name } => {
             let (pool, s) = split(snapshot)?;

@@ -214,6 +214,16 @@ fn csi_volume(v: &Volume) -> csi::Volume {
     }
     if let Some(n) = &st.node {
         ctx.insert("node".to_string(), n.clone());
+        // The volume on its node's dataplane, which the node plugin there exports
+        // through ublk (the local path, see `crate::node`).
+        ctx.insert(
+            crate::node::local::CONTEXT_POOL_VOLUME.to_string(),
+            format!(
+                "{}/{}",
+                lightpool_model::volume::NODE_POOL,
+                v.metadata.name.as_deref().unwrap_or_default()
+            ),
+        );
     }
     let accessible_topology = match (&st.node, v.spec.placement) {
         // Reached over NVMe/TCP from anywhere, except a MustLocal volume.

@@ -41,6 +41,11 @@ pub struct PluginArgs {
     /// The host NQN to connect with; default nvme-cli's (/etc/nvme/hostnqn).
     #[arg(long)]
     pub hostnqn: Option<String>,
+    /// The management API socket of this node's dataplane (lightpool-target's
+    /// .api.sock): a volume on this node is then staged through ublk (/dev/ublkbN,
+    /// no network) instead of NVMe/TCP.
+    #[arg(long, env = "LIGHTPOOL_DATAPLANE_API", value_name = "SOCKET")]
+    pub dataplane_api: Option<PathBuf>,
 }
 
 /// Serves the plugin until `stop`; the controller (if asked for) over `store`.
@@ -70,6 +75,7 @@ pub async fn run<S: Store>(
             state_dir: a.state_dir.clone(),
             device_timeout: Duration::from_secs(a.device_timeout),
             hostnqn: a.hostnqn.clone(),
+            dataplane_api: a.dataplane_api.clone(),
         }));
     }
     let what = match (a.controller, &a.node) {

@@ -225,6 +225,8 @@ async fn create_is_idempotent_and_a_reused_name_with_other_parameters_is_refused
     );
     assert!(v.volume_context["nqn"].ends_with(":volume:pvc-1"), "{v:?}");
     assert_eq!(v.volume_context["paths"], "tcp ipv4 10.0.0.2 4420", "{v:?}");
+    // The local path's key: the volume on its node's dataplane.
+    assert_eq!(v.volume_context["pool_volume"], "node/pvc-1", "{v:?}");
     assert_eq!(
         v.accessible_topology[0].segments[lightpool_csi::TOPOLOGY_NODE],
         "node-b",

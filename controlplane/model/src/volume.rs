@@ -152,6 +152,10 @@ pub enum VolumePhase {
     Failed,
 }
 
+/// The name of a node's pool among its dataplane's pools: a volume the control plane
+/// places on a node is volume NAME of pool `NODE_POOL` there.
+pub const NODE_POOL: &str = "node";
+
 /// The observed state of a volume. Written as a whole (every optional field is
 /// sent, as null when absent) so that a status patch replaces it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -104,6 +104,15 @@ fn handle(run: &Running, stream: UnixStream) -> Result<()> {
             out.push('\n');
         }
         w.write_all(out.as_bytes())?;
+    } else if line == "REACTORS" && !run.mgmt.ublk.describe().is_empty() {
+        // A ublk device belongs to the process serving its queues: it is not handed
+        // over (UBLK_F_USER_RECOVERY would stall the device while the queues move), so
+        // the successor is refused before it prepares anything.
+        send_line!(
+            w,
+            "ERR volumes are exported to this host as ublk devices ({}), which a hot upgrade cannot hand over: stop them (`lightpool target volume ublk stop POOL/VOLUME`) and upgrade again",
+            run.mgmt.ublk.describe().join(", ")
+        )?;
     } else if line == "REACTORS" {
         // What a successor needs before it asks for the state: how the reactors are laid
         // out, the state region and the RAM devices' memfds. The successor reads the

@@ -17,6 +17,7 @@ mod raid;
 mod service;
 mod startup;
 mod transports;
+mod ublk;
 mod upgrade;
 
 use std::net::SocketAddr;
@@ -272,6 +273,12 @@ fn run(args: &Args, control_path: Option<&str>) -> Result<()> {
     let sigs = service::Signals::block();
     // Held from the decision until this process serves (--take-over-or-start).
     let mut start_lock = None;
+    // Devices a LightPool that died left behind (their /dev/ublkbN fail every I/O).
+    // Not when taking over: the target serving now may live in another PID namespace
+    // (a pod), where its stamp's process id cannot be checked from here.
+    if args.upgrade_from.is_none() && !args.take_over_or_start {
+        ublk::remove_stale();
+    }
     let running = match (&args.upgrade_from, &args.state_dir, control_path) {
         (Some(from), _, _) => upgrade::take_over(from, upgrade::Output::Predecessors)?,
         (None, _, Some(path)) if args.take_over_or_start => {
@@ -290,6 +297,7 @@ fn run(args: &Args, control_path: Option<&str>) -> Result<()> {
                 }
                 pod::Decision::Start => {
                     tracing::info!(control = path, "no target answers here: starting");
+                    ublk::remove_stale();
                     start_lock = Some(lock);
                     start(args, path)?
                 }
@@ -330,6 +338,9 @@ fn run(args: &Args, control_path: Option<&str>) -> Result<()> {
     let sig = sigs.wait_for_stop();
     tracing::info!(signal = service::signal_name(sig), "shutting down");
     service::notify_or_log("STOPPING=1");
+    // ublk devices first, while the reactors still serve their queues: the kernel
+    // drains each device through them before it deletes it.
+    ublk::stop_all(&running);
     for r in &running.reactors {
         r.stop();
     }

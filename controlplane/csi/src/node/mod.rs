@@ -7,11 +7,20 @@
 //! pod. Every step is undone when a later one fails, and unstaging disconnects only
 //! this volume's subsystem (each volume has its own NQN).
 //!
-//! What staging learned is kept in `STATE_DIR/VOLUME.stage` (the NQN and the
-//! device), so that unstaging, which the CO calls with only the volume's id and
-//! path, undoes exactly that.
+//! The local path: when the volume lives on this node (its context's `node` is this
+//! node's id) and the plugin knows the local dataplane's management API
+//! (`--dataplane-api`), staging asks that dataplane to serve the volume
+//! (`pool_volume` of the context) to this kernel as /dev/ublkbN (ublk) and uses that
+//! device instead of NVMe/TCP: no network, no TCP stack on the I/O path. Unstaging
+//! stops it. A volume on another node, or a node plugin without the API, takes the
+//! NVMe/TCP path as before.
+//!
+//! What staging learned is kept in `STATE_DIR/VOLUME.stage` (the NQN, or `ublk:` and
+//! the pool volume, and the device), so that unstaging, which the CO calls with only
+//! the volume's id and path, undoes exactly that.
 
 pub mod host;
+pub mod local;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,6 +46,9 @@ pub struct CsiNode {
     pub device_timeout: Duration,
     /// The host NQN to connect with (default: nvme-cli's /etc/nvme/hostnqn).
     pub hostnqn: Option<String>,
+    /// The local dataplane's management API socket: volumes on this node are staged
+    /// through ublk. `None`: every volume over NVMe/TCP.
+    pub dataplane_api: Option<PathBuf>,
 }
 
 /// What NodeStageVolume needs from the volume's context (CreateVolume's answer).
@@ -87,6 +99,34 @@ fn internal(e: HostError) -> Status {
     Status::internal(e.to_string())
 }
 
+/// For a file-system volume: a file system made only where the device holds none, and
+/// mounted at the staging path. Nothing for a block volume.
+fn format_and_mount(
+    volume: &str,
+    cap: &csi::VolumeCapability,
+    dev: &Path,
+    staging: &Path,
+) -> Result<(), Status> {
+    let Some(fs) = fs_of(cap) else {
+        return Ok(());
+    };
+    let have = host::fs_type(dev).map_err(internal)?;
+    if have.is_empty() {
+        tracing::info!(volume, device = %dev.display(), fs, "making a file system");
+        host::mkfs(dev, &fs).map_err(internal)?;
+    } else if have != fs {
+        return Err(Status::failed_precondition(format!(
+            "volume {volume} holds a {have} file system, not {fs}: ask for fsType {have}, or wipe the volume"
+        )));
+    }
+    std::fs::create_dir_all(staging)
+        .map_err(|e| Status::internal(format!("staging path {}: {e}", staging.display())))?;
+    if !host::is_mounted(staging) {
+        host::mount(dev, staging, Some(&fs), false).map_err(internal)?;
+    }
+    Ok(())
+}
+
 fn fs_of(cap: &csi::VolumeCapability) -> Option<String> {
     match &cap.access_type {
         Some(AccessType::Mount(m)) => Some(if m.fs_type.is_empty() {
@@ -121,8 +161,11 @@ impl CsiNode {
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         check_capabilities(std::slice::from_ref(cap)).map_err(Status::invalid_argument)?;
-        let t = target_of(&r.volume_context).map_err(Status::invalid_argument)?;
         let staging = Path::new(&r.staging_target_path);
+        if let Some(pv) = local::local_volume(self, &r.volume_context) {
+            return self.stage_local(r, cap, &pv);
+        }
+        let t = target_of(&r.volume_context).map_err(Status::invalid_argument)?;
         if let Some((nqn, _, at)) = self.staged(&r.volume_id) {
             if at != r.staging_target_path {
                 return Err(Status::failed_precondition(format!(
@@ -173,30 +216,9 @@ impl CsiNode {
                 return Err(Status::deadline_exceeded(e.to_string()));
             }
         };
-        if let Some(fs) = fs_of(cap) {
-            let res = (|| -> Result<(), Status> {
-                let have = host::fs_type(&dev).map_err(internal)?;
-                if have.is_empty() {
-                    tracing::info!(volume = %r.volume_id, device = %dev.display(), fs, "making a file system");
-                    host::mkfs(&dev, &fs).map_err(internal)?;
-                } else if have != fs {
-                    return Err(Status::failed_precondition(format!(
-                        "volume {} holds a {have} file system, not {fs}: ask for fsType {have}, or wipe the volume",
-                        r.volume_id
-                    )));
-                }
-                std::fs::create_dir_all(staging).map_err(|e| {
-                    Status::internal(format!("staging path {}: {e}", staging.display()))
-                })?;
-                if !host::is_mounted(staging) {
-                    host::mount(&dev, staging, Some(&fs), false).map_err(internal)?;
-                }
-                Ok(())
-            })();
-            if let Err(e) = res {
-                undo(&made);
-                return Err(e);
-            }
+        if let Err(e) = format_and_mount(&r.volume_id, cap, &dev, staging) {
+            undo(&made);
+            return Err(e);
         }
         std::fs::write(
             self.record(&r.volume_id),
@@ -209,6 +231,14 @@ impl CsiNode {
 
     fn unstage(&self, volume: &str, staging: &Path) -> Result<(), Status> {
         host::umount(staging).map_err(internal)?;
+        if let Some((first, _, _)) = self.staged(volume) {
+            if let Some(pv) = first.strip_prefix(local::RECORD_PREFIX) {
+                local::stop(self, pv)?;
+                let _ = std::fs::remove_file(self.record(volume));
+                tracing::info!(volume, "unstaged (local, ublk)");
+                return Ok(());
+            }
+        }
         let nqn = self
             .staged(volume)
             .map(|(n, _, _)| n)

@@ -106,6 +106,7 @@ pub(super) fn health(device: &str) -> &'static str {
 }
 
 fn volume_msg(run: &Running, pool: &str, v: VolumeInfo) -> pb::Volume {
+    let ublk_device = run.mgmt.ublk.path_of(&volume_device_name(pool, &v.name));
     pb::Volume {
         pool: pool.to_string(),
         namespaces: serving(run, pool, &v.name),
@@ -120,6 +121,7 @@ fn volume_msg(run: &Running, pool: &str, v: VolumeInfo) -> pb::Volume {
         clones: v.clones,
         created: v.created,
         snapshot_pause_us: None,
+        ublk_device,
     }
 }
 
@@ -280,6 +282,11 @@ fn retry_let_go<T>(
 
 /// Refuses when a namespace serves the volume (`what` the operation, for the message).
 fn not_served(run: &Running, pool: &str, name: &str, what: &str) -> Result<(), Status> {
+    if let Some(dev) = run.mgmt.ublk.path_of(&volume_device_name(pool, name)) {
+        return Err(Status::failed_precondition(format!(
+            "volume {pool}/{name} is exported as {dev}: stop it (`lightpool target volume ublk stop {pool}/{name}`) before you {what} it"
+        )));
+    }
     let ns = serving(run, pool, name);
     if ns.is_empty() {
         return Ok(());
@@ -559,6 +566,31 @@ impl pools_server::Pools for Api {
                 }
                 let c = p.clone_snapshot(&r.snapshot, &r.name).map_err(pool_status)?;
                 Ok(volume_msg(run, &r.pool, c))
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn export_volume_ublk(&self, r: Request<pb::ExportVolumeUblkRequest>) -> Res<pb::Volume> {
+        let r = r.into_inner();
+        let out = self
+            .with_pool(r.pool.clone(), move |run, p| {
+                kind_of(p, &r.name, false)?;
+                crate::ublk::export(run, &r.pool, &r.name, r.queue_depth).map_err(status_of)?;
+                let v = p.volume_info(&r.name).map_err(pool_status)?;
+                Ok(volume_msg(run, &r.pool, v))
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn stop_volume_ublk(&self, r: Request<pb::StopVolumeUblkRequest>) -> Res<pb::Volume> {
+        let r = r.into_inner();
+        let out = self
+            .with_pool(r.pool.clone(), move |run, p| {
+                let v = p.volume_info(&r.name).map_err(pool_status)?;
+                crate::ublk::stop(run, &r.pool, &r.name).map_err(status_of)?;
+                Ok(volume_msg(run, &r.pool, v))
             })
             .await?;
         Ok(Response::new(out))

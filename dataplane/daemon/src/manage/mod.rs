@@ -127,6 +127,8 @@ pub struct Mgmt {
     pub api_path: String,
     pub api: std::os::unix::net::UnixListener,
     pub upgrade: UpgradeReply,
+    /// Volumes served to this host's kernel as /dev/ublkbN.
+    pub ublk: crate::ublk::Exports,
 }
 
 impl Mgmt {
@@ -143,6 +145,7 @@ impl Mgmt {
             api_path,
             api,
             upgrade: UpgradeReply::default(),
+            ublk: crate::ublk::Exports::default(),
         }
     }
 }
@@ -243,6 +246,7 @@ impl Running {
                 out.push(format!("device {}", e.name));
             }
         }
+        out.extend(self.mgmt.ublk.uses(d));
         out
     }
 

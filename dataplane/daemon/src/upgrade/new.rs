@@ -57,6 +57,10 @@ fn prepare(path: &str) -> Result<Prepared> {
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     (&s).write_all(b"REACTORS\n")?;
     let (line, mut got) = read_answer(&s, "REACTORS")?;
+    if let Some(why) = line.strip_prefix("ERR ") {
+        // The running target refuses (a ublk export, say): its words, as they are.
+        bail!("the running target refuses the upgrade: {why}");
+    }
     let rest = line
         .strip_prefix("OK ")
         .ok_or_else(|| anyhow!("unexpected answer to REACTORS: {line:?}"))?;
