@@ -19,6 +19,8 @@ use super::{ManageError, Running};
 
 /// How long the queues get to let go of the old device once the mirror is in place.
 const LET_GO: Duration = Duration::from_secs(5);
+/// How long a mirrored write waits for the destination before the migration fails.
+const DEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where a namespace moves to.
 #[derive(Debug, Clone)]
@@ -34,15 +36,17 @@ pub struct Entry {
     pub nsid: u32,
     pub dest: Destination,
     pub migration: Arc<Migration>,
-    pub started: Instant,
 }
 
-fn table() -> &'static Mutex<BTreeMap<(String, u32), Arc<Entry>>> {
-    static T: OnceLock<Mutex<BTreeMap<(String, u32), Arc<Entry>>>> = OnceLock::new();
+/// The migrations of this process, by namespace.
+type Table = BTreeMap<(String, u32), Arc<Entry>>;
+
+fn table() -> &'static Mutex<Table> {
+    static T: OnceLock<Mutex<Table>> = OnceLock::new();
     T.get_or_init(Default::default)
 }
 
-fn lock() -> std::sync::MutexGuard<'static, BTreeMap<(String, u32), Arc<Entry>>> {
+fn lock() -> std::sync::MutexGuard<'static, Table> {
     table().lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -96,7 +100,16 @@ impl Running {
             ManageError::NotFound(format!("subsystem {nqn} has no namespace {nsid}"))
         })?;
         let name = format!("{nqn}/{nsid}");
-        let mut ro = remote.unwrap_or_else(|| RemoteOptions::new(dest.addr, &dest.nqn, dest.nsid));
+        // A destination that stops answering fails the migration within seconds: host
+        // writes wait for both copies, so they wait for it that long at most.
+        let mut ro = remote.unwrap_or_else(|| {
+            let mut o = RemoteOptions::new(dest.addr, &dest.nqn, dest.nsid);
+            o.io_timeout = DEST_TIMEOUT;
+            o.connect_timeout = DEST_TIMEOUT;
+            o.keep_alive_timeout = Duration::from_secs(5);
+            o.reconnect_delay = Duration::from_millis(100);
+            o
+        });
         ro.addr = dest.addr;
         ro.subnqn = dest.nqn.clone();
         ro.nsid = dest.nsid;
@@ -106,9 +119,8 @@ impl Running {
                 dest.addr, dest.nqn, dest.nsid
             ))
         })?;
-        let (m, mirror) =
-            Migration::prepare(&name, ns.bdev.clone(), remote as Arc<dyn Bdev>, opts)
-                .map_err(|e| ManageError::Invalid(e.to_string()))?;
+        let (m, mirror) = Migration::prepare(&name, ns.bdev.clone(), remote as Arc<dyn Bdev>, opts)
+            .map_err(|e| ManageError::Invalid(e.to_string()))?;
         let old = s.replace_namespace_device(nsid, mirror)?;
         drop(ns);
         // Every queue takes the new table and lets go of its channels to the old
@@ -130,7 +142,6 @@ impl Running {
             nsid,
             dest,
             migration: m.clone(),
-            started: Instant::now(),
         });
         lock().insert((nqn.to_string(), nsid), e);
         drop(g);

@@ -59,7 +59,13 @@ impl Subsystem {
         let list = cur
             .list
             .iter()
-            .map(|n| if n.nsid == nsid { ns.clone() } else { n.clone() })
+            .map(|n| {
+                if n.nsid == nsid {
+                    ns.clone()
+                } else {
+                    n.clone()
+                }
+            })
             .collect();
         drop(cur);
         self.swap_table(list);
