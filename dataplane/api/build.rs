@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "config",
         "pool",
         "raid",
+        "migration",
     ]
     .iter()
     .map(|f| format!("{dir}/{f}.proto"))

@@ -28,6 +28,10 @@ pub enum TargetCmd {
     /// members; rate; delete.
     #[command(subcommand)]
     Raid(crate::target_raid::RaidCmd),
+    /// Live migration from this target: start moving a served namespace to another
+    /// target, status, list, stop.
+    #[command(subcommand)]
+    Migrate(crate::target_migrate::MigrateCmd),
 }
 
 #[derive(Args, Debug)]
@@ -355,6 +359,7 @@ pub async fn run(j: bool, ch: Channel, c: &TargetCmd) -> Result<(), String> {
             Ok(())
         }
         TargetCmd::Raid(c) => crate::target_raid::run(j, ch, c).await,
+        TargetCmd::Migrate(c) => crate::target_migrate::run(j, ch, c).await,
     }
 }
 

@@ -30,7 +30,9 @@ struct Slot {
 pub(crate) struct MirrorChannel {
     sh: Arc<Shared>,
     src: Box<dyn IoChannel>,
-    dst: Box<dyn IoChannel>,
+    /// `None` when the destination could not be reached at open (the migration
+    /// failed then): this channel serves the source alone.
+    dst: Option<Box<dyn IoChannel>>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     /// Writes that arrived during the final pause.
@@ -47,7 +49,15 @@ fn writes(op: IoOp) -> bool {
 impl MirrorChannel {
     pub(crate) fn new(sh: Arc<Shared>) -> Result<MirrorChannel, BdevError> {
         let src = sh.source.open_channel()?;
-        let dst = sh.dest.open_channel()?;
+        // The host's I/O must not depend on the destination: one that cannot be
+        // reached fails the migration, not the channel.
+        let dst = match sh.dest.open_channel() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                sh.fail(format!("the destination cannot be reached: {e}"));
+                None
+            }
+        };
         Ok(MirrorChannel {
             sh,
             src,
@@ -78,7 +88,7 @@ impl MirrorChannel {
     unsafe fn start(&mut self, req: IoRequest) {
         let sh = self.sh.clone();
         let write = writes(req.op);
-        let mirror = (write || req.op == IoOp::Flush) && sh.active();
+        let mirror = (write || req.op == IoOp::Flush) && sh.active() && self.dst.is_some();
         if write && mirror {
             // Counted before the pause is looked at: the copier, which sets the pause
             // and then waits for this count to drain, sees this write or this write
@@ -112,10 +122,10 @@ impl MirrorChannel {
         // SAFETY: the caller's buffer contract is passed on to both devices; the
         // caller's completion is returned only once both have completed.
         unsafe { self.src.submit(r) };
-        if mirror {
+        if let (true, Some(dst)) = (mirror, self.dst.as_mut()) {
             r.tag = i * 2 + 1;
             // SAFETY: as above; the destination only reads the buffer of a write.
-            unsafe { self.dst.submit(r) };
+            unsafe { dst.submit(r) };
         }
     }
 
@@ -172,7 +182,9 @@ impl IoChannel for MirrorChannel {
         }
         let mut ev = std::mem::take(&mut self.events);
         self.src.poll(&mut |t, st| ev.push((t, st, false)));
-        self.dst.poll(&mut |t, st| ev.push((t, st, true)));
+        if let Some(dst) = self.dst.as_mut() {
+            dst.poll(&mut |t, st| ev.push((t, st, true)));
+        }
         for (t, st, dest) in ev.drain(..) {
             self.inner_done((t / 2) as usize, st, dest);
         }

@@ -235,6 +235,21 @@ impl Migration {
         dest: Arc<dyn Bdev>,
         opts: MigrateOptions,
     ) -> Result<(Arc<Migration>, Arc<MirrorBdev>), MigrateError> {
+        let (m, mirror) = Migration::prepare(name, source, dest, opts)?;
+        m.go()?;
+        Ok((m, mirror))
+    }
+
+    /// As [`Migration::start`], without starting the copy: the mirror mirrors from
+    /// now on, and [`Migration::go`] starts the copy once no write reaches the source
+    /// any more except through the mirror (a namespace switched to the mirror has let
+    /// go of its channels to the source).
+    pub fn prepare(
+        name: &str,
+        source: Arc<dyn Bdev>,
+        dest: Arc<dyn Bdev>,
+        opts: MigrateOptions,
+    ) -> Result<(Arc<Migration>, Arc<MirrorBdev>), MigrateError> {
         let (si, di) = (source.info().clone(), dest.info().clone());
         if si.block_size != di.block_size {
             return Err(MigrateError::Invalid(format!(
@@ -291,18 +306,34 @@ impl Migration {
             sh: sh.clone(),
             info,
         });
-        let c = sh.clone();
-        let copier = std::thread::Builder::new()
-            .name("lp-migrate".into())
-            .spawn(move || copier::run(&c))
-            .map_err(|e| MigrateError::Invalid(format!("{name}: no copier thread: {e}")))?;
         Ok((
             Arc::new(Migration {
                 sh,
-                copier: Mutex::new(Some(copier)),
+                copier: Mutex::new(None),
             }),
             mirror,
         ))
+    }
+
+    /// Starts the copy (once).
+    pub fn go(&self) -> Result<(), MigrateError> {
+        let mut c = self.copier.lock().unwrap_or_else(|e| e.into_inner());
+        if c.is_some() {
+            return Ok(());
+        }
+        let sh = self.sh.clone();
+        *c = Some(
+            std::thread::Builder::new()
+                .name("lp-migrate".into())
+                .spawn(move || copier::run(&sh))
+                .map_err(|e| MigrateError::Invalid(format!("no copier thread: {e}")))?,
+        );
+        Ok(())
+    }
+
+    /// The device being moved and the one it moves to.
+    pub fn devices(&self) -> (Arc<dyn Bdev>, Arc<dyn Bdev>) {
+        (self.sh.source.clone(), self.sh.dest.clone())
     }
 
     pub fn progress(&self) -> Progress {
@@ -336,8 +367,15 @@ impl Migration {
     /// Waits for the copier to end (synced, failed or cancelled) and says how.
     pub fn wait(&self) -> Progress {
         let h = self.copier.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(h) = h {
-            let _ = h.join();
+        match h {
+            Some(h) => {
+                let _ = h.join();
+            }
+            // Never started: nothing to wait for.
+            None if self.sh.active() && self.sh.cancel.load(Acquire) => {
+                self.sh.set_state(State::Cancelled)
+            }
+            None => {}
         }
         self.progress()
     }

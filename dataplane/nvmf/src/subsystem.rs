@@ -88,6 +88,7 @@ pub const MAX_NAMESPACES: u32 = 32;
 
 /// A namespace as the target serves it. Never changed once made: a resize swaps in a
 /// new one over the same device.
+#[derive(Clone)]
 pub struct Namespace {
     pub nsid: u32,
     pub bdev: Arc<dyn Bdev>,

@@ -12,6 +12,7 @@
 //! to the new process, which serves on at the same path.
 
 mod convert;
+mod migrate;
 mod pool;
 mod raid;
 mod service;

@@ -63,6 +63,9 @@ fn routes(mut b: Server, api: &Api) -> Router {
         .add_service(lightpool_api::v1::raids_server::RaidsServer::new(
             api.clone(),
         ))
+        .add_service(lightpool_api::v1::migrations_server::MigrationsServer::new(
+            api.clone(),
+        ))
         .add_service(config_server::ConfigServer::new(api.clone()))
 }
 

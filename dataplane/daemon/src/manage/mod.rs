@@ -12,6 +12,7 @@
 //! a successor that prepared from an older blob refuses and the old target serves on.
 
 pub mod apply;
+pub mod migrate;
 pub mod raid;
 pub mod registry;
 pub mod save;
@@ -387,6 +388,11 @@ impl Running {
 
     pub fn remove_namespace(&self, nqn: &str, nsid: u32) -> Result<(), ManageError> {
         let g = self.change()?;
+        if migrate::active(nqn, nsid) {
+            return Err(ManageError::InUse(format!(
+                "namespace {nqn}/{nsid} is being migrated: stop the migration first (`lightpool target migrate stop`)"
+            )));
+        }
         self.subsystem(nqn)?.remove_namespace(nsid)?;
         self.drop_unserved_volumes();
         self.changed(g);
@@ -402,6 +408,11 @@ impl Running {
         size_bytes: u64,
     ) -> Result<Arc<Namespace>, ManageError> {
         let g = self.change()?;
+        if migrate::active(nqn, nsid) {
+            return Err(ManageError::InUse(format!(
+                "namespace {nqn}/{nsid} is being migrated: resize it once the migration has ended"
+            )));
+        }
         let s = self.subsystem(nqn)?;
         let ns = s.namespace(nsid).ok_or(NvmfError::NoSuchNamespace {
             nqn: nqn.to_string(),

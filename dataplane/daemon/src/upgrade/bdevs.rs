@@ -113,6 +113,9 @@ pub(super) type EarlyExport = (
 /// Records of every device (state for those exported while serving) and their
 /// descriptors, indexed from 0.
 pub(super) fn early_export(target: &Target, registry: &Registry) -> Result<EarlyExport> {
+    if crate::manage::migrate::any() {
+        anyhow::bail!("a live migration runs here (its mirror and connections are this process's): stop it, or let it end, first");
+    }
     let (g, ns, reg) = graph(target, registry);
     let mut fds = Vec::new();
     let recs = g

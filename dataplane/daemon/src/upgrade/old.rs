@@ -95,6 +95,12 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
         tracing::warn!(new_version = %newver, "upgrade refused: {why}; still serving");
         return Ok(());
     }
+    if crate::manage::migrate::any() {
+        let why = "a live migration runs here (its mirror and connections are this process's): stop it, or let it end, first".to_string();
+        send_line!(sock, "REFUSE {why}")?;
+        tracing::warn!(new_version = %newver, "upgrade refused: {why}; still serving");
+        return Ok(());
+    }
     // No change through the API or the configuration until this ends: the successor
     // prepared from the boot blob as it is now.
     let changes = run.mgmt.changes.lock().expect("change lock poisoned");

@@ -1,4 +1,4 @@
-//! Namespaces changed at run time: added, removed, resized. Each change builds a new
+//! Namespaces changed at run time: added, removed, resized, moved to another device. Each change builds a new
 //! table, swaps it in and bumps the generation (queues take it at their next command
 //! or poll), records the change in the state region, and raises the Namespace
 //! Attribute Changed async event on every controller, whose Changed Namespace List log
@@ -12,11 +12,64 @@ use crate::NvmfError;
 
 impl Subsystem {
     fn swap_namespaces(&self, list: Vec<Arc<Namespace>>, changed: u32) {
-        self.ns.store(Arc::new(NsTable::from_list(list)));
-        self.ns_gen.fetch_add(1, Ordering::AcqRel);
+        self.swap_table(list);
         for c in self.controllers() {
             c.notify_ns_changed(changed);
         }
+    }
+
+    fn swap_table(&self, list: Vec<Arc<Namespace>>) {
+        self.ns.store(Arc::new(NsTable::from_list(list)));
+        self.ns_gen.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Serves namespace `nsid` from `bdev` from now on (a device stacked on the one it
+    /// has, say: live migration's mirror), without telling the hosts: nothing they see
+    /// changes (same identifiers, size and block size). Queues take the new device at
+    /// their next command or poll and let the old one's channels finish what they run.
+    /// Returns the namespace as it was: once no queue holds it (its strong count is 1),
+    /// no request reaches the old device through this subsystem any more.
+    pub fn replace_namespace_device(
+        &self,
+        nsid: u32,
+        bdev: Arc<dyn lightpool_bdev::Bdev>,
+    ) -> Result<Arc<Namespace>, NvmfError> {
+        let _w = self
+            .ns_writer
+            .lock()
+            .expect("namespace writer lock poisoned");
+        let cur = self.ns.load_full();
+        let Some(old) = self.namespace(nsid) else {
+            return Err(NvmfError::NoSuchNamespace {
+                nqn: self.nqn.clone(),
+                nsid,
+            });
+        };
+        let info = bdev.info();
+        if info.block_size != old.block_size || info.num_blocks < old.num_blocks {
+            return Err(self.invalid(format!(
+                "nsid {nsid}: device {} ({} blocks of {} bytes) cannot stand in for {} blocks of {} bytes",
+                info.name, info.num_blocks, info.block_size, old.num_blocks, old.block_size
+            )));
+        }
+        let ns = Arc::new(Namespace {
+            bdev,
+            ..(*old).clone()
+        });
+        let list = cur
+            .list
+            .iter()
+            .map(|n| {
+                if n.nsid == nsid {
+                    ns.clone()
+                } else {
+                    n.clone()
+                }
+            })
+            .collect();
+        drop(cur);
+        self.swap_table(list);
+        Ok(old)
     }
 
     fn invalid(&self, reason: String) -> NvmfError {
