@@ -356,6 +356,7 @@ impl<S: Store> csi::controller_server::Controller for CsiController<S> {
             affinity: p.affinity,
             spread: p.spread,
             source_snapshot: source,
+            source_volume: None,
         };
         if spec.placement == PlacementHint::MustLocal && spec.consumer_node.is_none() {
             return Err(Status::invalid_argument(format!(
