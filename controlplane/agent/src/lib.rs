@@ -44,7 +44,7 @@ pub use dataplane::{
     Dataplane, DataplaneError, Export, MemoryDataplane, PoolInfo, PoolSnapshot, PoolVolume,
 };
 pub use grpc::ApiDataplane;
-pub use reconcile::VolumeOutcome;
+pub use reconcile::{clone_source, VolumeOutcome};
 pub use snapshots::{SnapshotOutcome, AGENT_REPORTER};
 
 /// The agent's finalizer on the Volumes it made dataplane objects for.

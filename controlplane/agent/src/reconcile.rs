@@ -65,7 +65,7 @@ pub(crate) async fn volumes<S: Store, D: Dataplane>(
         }
         claimed.insert(name.clone());
         let outcome = if v.metadata.deletion_timestamp.is_some() {
-            take_down(agent, &name, v).await?
+            take_down(agent, &name, v, volumes).await?
         } else {
             bring_up(agent, &name, v, &pool_volumes, &exports).await?
         };
@@ -279,12 +279,18 @@ async fn make<S: Store, D: Dataplane>(
     // placed it on the snapshot's pool); it shares the snapshot's clusters.
     // A clone made before is kept as it is: once snapshotted itself, its parent
     // is its own snapshot, and the pool would not call it a clone of the source.
-    let pv = match (&v.spec.source_snapshot, existing) {
-        (Some(_), Some(pv)) => pv.clone(),
-        (Some(snap), None) => dp.clone_snapshot(snap, name).await?,
+    // A volume cloned from another is a clone of an internal snapshot of the source,
+    // taken now (see `clone_source`).
+    let pv = match (&v.spec.source_snapshot, &v.spec.source_volume, existing) {
         // Made before (perhaps smaller: a grow follows).
-        (None, Some(pv)) => pv.clone(),
-        (None, None) => {
+        (_, _, Some(pv)) => pv.clone(),
+        (Some(snap), _, None) => dp.clone_snapshot(snap, name).await?,
+        (None, Some(src), None) => {
+            let snap = clone_source(name);
+            dp.create_snapshot(src, &snap).await?;
+            dp.clone_snapshot(&snap, name).await?
+        }
+        (None, None, None) => {
             dp.create_volume(name, size, v.spec.provisioning == Provisioning::Thin)
                 .await?
         }
@@ -364,12 +370,33 @@ fn drift(st: &mut VolumeStatus, missing: &[String]) {
     );
 }
 
+/// The pool snapshot a clone of volume `clone`'s source was made from. The pool
+/// keeps a snapshot's data for its clones; this one has two (the source, which
+/// carries on as a clone of it, and `clone`) and the pool deletes a snapshot only
+/// when one is left, handing it the data: so it goes when the clone or the source
+/// is deleted, whichever is first. Its name ('_' is not in Kubernetes names)
+/// never meets a Snapshot object's.
+pub fn clone_source(clone: &str) -> String {
+    format!("{clone}_src")
+}
+
+/// Deletes the internal snapshot of clone `clone` once it has one volume left;
+/// while the pool refuses (both still there) it stays.
+async fn release_clone_source<D: Dataplane>(dp: &D, clone: &str) -> Result<(), AgentError> {
+    match dp.delete_snapshot(&clone_source(clone)).await {
+        Ok(()) | Err(DataplaneError::Refused(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Subsystem (and with it the namespace) first, so hosts are cut off before
-/// the data goes; then the pool volume; then the finalizer.
+/// the data goes; then the pool volume; then the internal snapshots it shared with
+/// clones; then the finalizer.
 async fn take_down<S: Store, D: Dataplane>(
     agent: &Agent<S, D>,
     name: &str,
     v: &Volume,
+    volumes: &[Volume],
 ) -> Result<Option<VolumeOutcome>, AgentError> {
     if !v
         .metadata
@@ -382,6 +409,16 @@ async fn take_down<S: Store, D: Dataplane>(
     let dp = &agent.dataplane;
     dp.delete_subsystem(&volume_nqn(name)).await?;
     dp.delete_volume(name).await?;
+    if v.spec.source_volume.is_some() {
+        release_clone_source(dp, name).await?;
+    }
+    for c in volumes {
+        if c.spec.source_volume.as_deref() == Some(name) {
+            if let Some(clone) = c.metadata.name.as_deref() {
+                release_clone_source(dp, clone).await?;
+            }
+        }
+    }
     remove_finalizer::<S, Volume>(&agent.store, name, AGENT_FINALIZER).await?;
     Ok(Some(VolumeOutcome::Removed))
 }

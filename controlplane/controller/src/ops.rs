@@ -349,6 +349,64 @@ async fn from_snapshot<S: Store>(
     }
 }
 
+/// A volume cloned from volume `src` is made in the source's pool (an internal
+/// snapshot of the source and a clone of it, which the agent makes): the request is
+/// bound to that pool, and is at least the source's size (a larger one is grown
+/// after the clone is made).
+async fn from_volume<S: Store>(
+    store: &S,
+    src: &str,
+    size: u64,
+    req: &mut VolumeRequest,
+) -> Result<Source, StoreError> {
+    let Some(v) = store.get::<Volume>(src).await? else {
+        return Ok(Source::Refused(
+            "SourceNotFound",
+            format!("volume {src} not found: name an existing Volume in spec.sourceVolume"),
+        ));
+    };
+    if v.metadata.deletion_timestamp.is_some() {
+        return Ok(Source::Refused(
+            "SourceDeleting",
+            format!("volume {src} is being deleted: clone another"),
+        ));
+    }
+    let st = v.status.unwrap_or_default();
+    match (st.phase, st.pool, st.size_bytes) {
+        (VolumePhase::Ready, Some(pool), Some(bytes)) => {
+            if size < bytes {
+                return Ok(Source::Refused(
+                    "Invalid",
+                    format!(
+                        "spec.size is {size} bytes but volume {src} holds {bytes}: a clone \
+                         has at least its source's size"
+                    ),
+                ));
+            }
+            if !req.affinity.pools.is_empty() && !req.affinity.pools.contains(&pool) {
+                return Ok(Source::Refused(
+                    "Invalid",
+                    format!(
+                        "volume {src} lives in pool {pool}, which spec.affinity.pools \
+                         excludes: add it or drop the pool affinity"
+                    ),
+                ));
+            }
+            req.affinity.pools = vec![pool];
+            Ok(Source::Placed)
+        }
+        (VolumePhase::Rejected | VolumePhase::Failed, ..) => Ok(Source::Refused(
+            "SourceFailed",
+            format!(
+                "volume {src} is {:?} ({}): clone another",
+                st.phase,
+                st.message.unwrap_or_default()
+            ),
+        )),
+        _ => Ok(Source::Wait),
+    }
+}
+
 impl<S: Store> CreateVolume<'_, S> {
     async fn reject(
         &mut self,
@@ -424,13 +482,20 @@ impl<S: Store> Machine for CreateVolume<'_, S> {
                     }
                 };
                 req.size = size;
-                if let Some(snap) = v.spec.source_snapshot.as_deref() {
-                    match from_snapshot(self.store, snap, size, &mut req).await? {
-                        Source::Placed => {}
-                        Source::Wait => return Ok(Step::Wait),
-                        Source::Refused(reason, msg) => {
-                            return self.reject(&v, reason, msg, vec![]).await
-                        }
+                let source = match (&v.spec.source_snapshot, &v.spec.source_volume) {
+                    (Some(_), Some(_)) => Source::Refused(
+                        "Invalid",
+                        "spec.sourceSnapshot and spec.sourceVolume are both set: a volume has one source, keep one".into(),
+                    ),
+                    (Some(snap), None) => from_snapshot(self.store, snap, size, &mut req).await?,
+                    (None, Some(src)) => from_volume(self.store, src, size, &mut req).await?,
+                    (None, None) => Source::Placed,
+                };
+                match source {
+                    Source::Placed => {}
+                    Source::Wait => return Ok(Step::Wait),
+                    Source::Refused(reason, msg) => {
+                        return self.reject(&v, reason, msg, vec![]).await
                     }
                 }
                 let reservation = match self.scheduler.schedule(&req) {
