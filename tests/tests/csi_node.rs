@@ -72,7 +72,14 @@ fn start_standalone(data: &Path, port: u16) -> HostProcess {
     let mut cmd = Command::new(release_binary("lightpool").expect("built"));
     cmd.arg("--data-dir")
         .arg(data)
-        .args(["standalone", "--node", "host-a", "--pool-size", "1GiB", "--port"])
+        .args([
+            "standalone",
+            "--node",
+            "host-a",
+            "--pool-size",
+            "1GiB",
+            "--port",
+        ])
         .arg(port.to_string())
         .arg("--target-binary")
         .arg(release_binary("lightpool-target").expect("built"));
@@ -95,7 +102,15 @@ fn start_standalone(data: &Path, port: u16) -> HostProcess {
 fn control_plane_volume(data: &Path, name: &str, size: &str) -> String {
     ok(
         data,
-        &["volume", "create", name, "--size", size, "--consumer", "guest-1"],
+        &[
+            "volume",
+            "create",
+            name,
+            "--size",
+            size,
+            "--consumer",
+            "guest-1",
+        ],
     );
     let v = json(data, &["volume", "show", name]);
     let t = &v["status"]["target"];
@@ -122,10 +137,8 @@ fn host_agent(listener: TcpListener, data: PathBuf) -> std::thread::JoinHandle<V
             match b.trim() {
                 "grow" => {
                     for (v, size) in [("grow", "384MiB"), ("growblk", "192MiB")] {
-                        let (good, out) = lightpool_e2e::cli::lp(
-                            &data,
-                            &["volume", "resize", v, "--size", size],
-                        );
+                        let (good, out) =
+                            lightpool_e2e::cli::lp(&data, &["volume", "resize", v, "--size", size]);
                         said.push(format!("{}{out}", if good { "" } else { "FAILED: " }));
                     }
                 }

@@ -285,7 +285,7 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
         }
         Cmd::Volume(VolumeCmd::Resize { name, size, wait }) => {
             let v = resize(&store, name, *size, *wait).await?;
-            emit(j, &v, |v| show(v))
+            emit(j, &v, show)
         }
         Cmd::Volume(VolumeCmd::List) => {
             let vs = store

@@ -108,7 +108,7 @@ async fn a_clone_is_made_in_its_sources_pool_and_its_snapshot_cleaned_up<S: Stor
             && calls.contains(&format!("clone_snapshot {snap} copy")),
         "{calls:?}"
     );
-    assert_eq!(c.dp(0).snapshot_names(), [snap.clone()]);
+    assert_eq!(c.dp(0).snapshot_names(), std::slice::from_ref(&snap));
     assert!(c.dp(1).volume_names().is_empty());
     // Made once, however many ticks pass.
     c.seconds(3).await;
