@@ -388,6 +388,35 @@ fn grow_while_served(s: &Setup, nqn: &str) {
     );
     let e = s.refused(&["volume", "resize", "nope", "--size", "1GiB"]);
     assert!(e.contains("does not exist"), "{e}");
+
+    // A copy of v1 as it is now: a clone of an internal snapshot in v1's pool,
+    // holding v1's data; the snapshot goes with the copy.
+    let out = s.ok(&["volume", "create", "v1c", "--from-volume", "v1"]);
+    assert!(out.contains("volume:v1c"), "{out}");
+    assert_eq!(s.node_of("v1c"), "node-a");
+    let c = s.target_json("a", &["volume", "show", "node/v1c"]);
+    assert_eq!(
+        (c["parent"].as_str(), c["size_bytes"].as_u64()),
+        (Some("v1c_src"), Some(96 << 20)),
+        "{c}"
+    );
+    let mut hc = HostController::connect(addr, "nqn.2024-01.io.lightpool:volume:v1c", 1).unwrap();
+    let got = hc.io[0].read_blocks(1, &[7, last], bs).unwrap();
+    for (lba, data) in [7, last].iter().zip(got) {
+        assert!(
+            data == pattern(*lba, 9, bs as usize),
+            "the copy's LBA {lba}"
+        );
+    }
+    drop(hc);
+    let e = s.refused(&["volume", "create", "v1d", "--from-volume", "nope"]);
+    assert!(e.contains("does not exist"), "{e}");
+    s.ok(&["volume", "delete", "v1c"]);
+    let snaps = s.target_json("a", &["snapshot", "list"]);
+    assert!(
+        !snaps.to_string().contains("v1c_src"),
+        "the internal snapshot went with the copy: {snaps}"
+    );
 }
 
 #[test]
