@@ -8,14 +8,25 @@
 //!   staged again: the files are there (no second mkfs), a second staging path is
 //!   refused, published read-only (a write fails).
 //! - A block volume: staged and published as a device file, fio verify through it.
+//! - Online expansion through the whole control plane: `lightpool standalone` on
+//!   the host (controller, agent, dataplane) holds two volumes made with
+//!   `lightpool volume create`; the guest stages one as ext4, publishes it and
+//!   writes files, asks the host to grow both (`lightpool volume resize`: the
+//!   controller's ledger, the agent's GrowVolume, the namespace's Namespace
+//!   Attribute Changed event), then NodeExpandVolume: `df` shows the new size and
+//!   the files still verify; the other, in block mode, shows the new size.
 //! - Bad input: a context without an NQN, a path that does not answer (nothing
-//!   left connected), an xfs request for the ext4 volume, stats of a missing path.
+//!   left connected), an xfs request for the ext4 volume, stats of a missing path,
+//!   a MustLocal volume held by another node (refused, nothing connected).
 #![cfg(feature = "e2e")]
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use lightpool_e2e::cli::{json, ok};
 use lightpool_e2e::{
     binary_with_libraries, e2e_dir, free_port, release_binary, run_guest, GuestConfig, HostProcess,
 };
@@ -55,10 +66,107 @@ ram = "128MiB"
         .expect("target starts")
 }
 
+/// `lightpool standalone` (node host-a: controller, agent, dataplane) on `port`, its
+/// pool Ready.
+fn start_standalone(data: &Path, port: u16) -> HostProcess {
+    let mut cmd = Command::new(release_binary("lightpool").expect("built"));
+    cmd.arg("--data-dir")
+        .arg(data)
+        .args([
+            "standalone",
+            "--node",
+            "host-a",
+            "--pool-size",
+            "1GiB",
+            "--port",
+        ])
+        .arg(port.to_string())
+        .arg("--target-binary")
+        .arg(release_binary("lightpool-target").expect("built"));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let p = HostProcess::spawn_listening("csi-node-standalone", cmd, addr, Duration::from_secs(30))
+        .expect("standalone starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while json(data, &["pool", "list"])
+        .as_array()
+        .is_none_or(|ps| !ps.iter().any(|p| p["status"]["health"] == "Ready"))
+    {
+        assert!(Instant::now() < deadline, "host-a's pool not Ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    p
+}
+
+/// A volume made through the control plane, and the stage context CreateVolume
+/// would give for it (`KEY=VALUE` words for csi-client).
+fn control_plane_volume(data: &Path, name: &str, size: &str) -> String {
+    ok(
+        data,
+        &[
+            "volume",
+            "create",
+            name,
+            "--size",
+            size,
+            "--consumer",
+            "guest-1",
+        ],
+    );
+    let v = json(data, &["volume", "show", name]);
+    let t = &v["status"]["target"];
+    let p = &t["paths"][0];
+    format!(
+        "nqn={} nsid=1 uuid={} node=host-a placement=PreferLocal 'paths=tcp ipv4 10.0.2.2 {}'",
+        t["nqn"].as_str().expect("nqn"),
+        t["uuid"].as_str().expect("uuid"),
+        p["trsvcid"]
+    )
+}
+
+/// Answers the guest (one line per connection, answered "ok"): `grow` grows both
+/// control-plane volumes with `lightpool volume resize`; `done` ends. Returns
+/// what `lightpool` said.
+fn host_agent(listener: TcpListener, data: PathBuf) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut said = Vec::new();
+        while let Ok((mut s, _)) = listener.accept() {
+            let mut b = String::new();
+            if s.read_to_string(&mut b).is_err() {
+                continue;
+            }
+            match b.trim() {
+                "grow" => {
+                    for (v, size) in [("grow", "384MiB"), ("growblk", "192MiB")] {
+                        let (good, out) =
+                            lightpool_e2e::cli::lp(&data, &["volume", "resize", v, "--size", size]);
+                        said.push(format!("{}{out}", if good { "" } else { "FAILED: " }));
+                    }
+                }
+                "done" => {
+                    let _ = s.write_all(b"ok\n");
+                    break;
+                }
+                _ => {}
+            }
+            let _ = s.write_all(b"ok\n");
+        }
+        said
+    })
+}
+
 #[test]
 fn node_plugin_stages_publishes_and_unstages_through_the_kernel_initiator() {
     let port = free_port().expect("port");
     let target = start_target(port);
+    let data = e2e_dir().expect("e2e dir").join("csi-node-standalone");
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).expect("data dir");
+    let standalone = start_standalone(&data, free_port().expect("port"));
+    let grow_ctx = control_plane_volume(&data, "grow", "256MiB");
+    let growblk_ctx = control_plane_volume(&data, "growblk", "128MiB");
+    let agent_listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let agent_port = agent_listener.local_addr().expect("addr").port();
+    let agent = host_agent(agent_listener, data.clone());
     let mut files = Vec::new();
     for (bin, at) in [
         ("lightpool", "/test/lightpool"),
@@ -129,6 +237,44 @@ ok unstage fs /stage/fs
 refused FailedPrecondition stage fs /stage/fs xfs $FSCTX "$P"
 [ $(controllers) = 0 ] || {{ say "a refused stage left a controller"; exit 1; }}
 refused NotFound stats fs /no/such/path
+refused FailedPrecondition stage fs /stage/fs ext4 $FSCTX "$P" node=node-x placement=MustLocal
+[ $(controllers) = 0 ] || {{ say "a refused stage left a controller"; exit 1; }}
+
+say "online expansion through the control plane"
+ok stage grow /stage/grow ext4 {grow_ctx}
+ok publish grow /stage/grow /pods/p4/data ext4
+dd if=/dev/urandom of=/pods/p4/data/blob bs=1M count=16 2>/dev/null
+echo "before the grow" > /pods/p4/data/hello
+gsha=$(sha256sum /pods/p4/data/blob | cut -d' ' -f1)
+sync
+before=$(df -k /pods/p4/data | awk 'NR==2 {{print $2}}')
+ok stage growblk /stage/growblk block {growblk_ctx}
+ok publish growblk /stage/growblk /pods/p5/dev block
+dd if=/dev/urandom of=/tmp/blkhead bs=4096 count=64 2>/dev/null
+dd if=/tmp/blkhead of=/pods/p5/dev bs=4096 count=64 oflag=direct 2>/dev/null
+[ "$(blockdev --getsize64 /pods/p5/dev)" = 134217728 ]
+echo grow | nc 10.0.2.2 {agent_port}
+ok expand grow /pods/p4/data ext4 402653184
+after=$(df -k /pods/p4/data | awk 'NR==2 {{print $2}}')
+say "df grew: $before KiB to $after KiB"
+[ "$after" -gt $((before + 100000)) ] || {{ say "the file system did not grow"; exit 1; }}
+[ "$(cat /pods/p4/data/hello)" = "before the grow" ]
+[ "$(sha256sum /pods/p4/data/blob | cut -d' ' -f1)" = "$gsha" ]
+dd if=/dev/urandom of=/pods/p4/data/after bs=1M count=8 2>/dev/null
+sync
+ok stats grow /pods/p4/data
+ok expand growblk /pods/p5/dev block 201326592
+say "block device size $(blockdev --getsize64 /pods/p5/dev)"
+[ "$(blockdev --getsize64 /pods/p5/dev)" = 201326592 ]
+dd if=/pods/p5/dev of=/tmp/blkback bs=4096 count=64 iflag=direct 2>/dev/null
+cmp /tmp/blkhead /tmp/blkback
+dd if=/tmp/blkhead of=/pods/p5/dev bs=4096 count=64 seek=49000 oflag=direct 2>/dev/null
+ok unpublish grow /pods/p4/data
+ok unstage grow /stage/grow
+ok unpublish growblk /pods/p5/dev
+ok unstage growblk /stage/growblk
+[ $(controllers) = 0 ] || {{ say "unstage left a controller"; exit 1; }}
+echo done | nc 10.0.2.2 {agent_port}
 say "all good"
 "#
     );
@@ -147,6 +293,19 @@ say "all good"
     );
     assert!(out.console.contains("E2E: all good"), "{tail}");
     assert!(out.console.contains("E2E: fio errors=0"), "{tail}");
+    assert!(
+        out.console.contains("E2E: block device size 201326592"),
+        "{tail}"
+    );
+    let said = agent.join().expect("host agent");
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(
+        said[0].contains("serves:    384 MiB") && said[1].contains("serves:    192 MiB"),
+        "lightpool volume resize: {said:?}"
+    );
+    let v = json(&data, &["volume", "show", "grow"]);
+    assert_eq!(v["status"]["capacityBytes"], 384u64 << 20, "{v}");
+    assert!(v["events"].to_string().contains("Resized"), "{v}");
     let stats = out
         .console
         .lines()
@@ -161,4 +320,6 @@ say "all good"
     }
     let status = target.stop(Duration::from_secs(5)).expect("stop");
     assert!(status.success(), "target exit status {status}");
+    let status = standalone.stop(Duration::from_secs(10)).expect("stop");
+    assert!(status.success(), "standalone exit status {status}");
 }

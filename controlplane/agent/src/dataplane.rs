@@ -83,6 +83,15 @@ pub trait Dataplane: Send + Sync + 'static {
         thin: bool,
     ) -> impl Future<Output = Result<PoolVolume, DataplaneError>> + Send;
 
+    /// Grows the pool volume to `size` bytes (fine if it has them already); a
+    /// served volume's namespace grows with it and hosts are told.
+    /// [`DataplaneError::NoSpace`] when the pool cannot give the added bytes.
+    fn grow_volume(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> impl Future<Output = Result<PoolVolume, DataplaneError>> + Send;
+
     /// Deletes the pool volume; fine if it is not there.
     fn delete_volume(&self, name: &str) -> impl Future<Output = Result<(), DataplaneError>> + Send;
 
@@ -296,6 +305,30 @@ impl Dataplane for MemoryDataplane {
         };
         m.volumes.insert(name.into(), v.clone());
         Ok(v)
+    }
+
+    async fn grow_volume(&self, name: &str, size: u64) -> Result<PoolVolume, DataplaneError> {
+        let mut m = self.call(format!("grow_volume {name} {size}"))?;
+        let used: u64 = m.volumes.values().map(|v| v.size).sum();
+        let free = m.capacity.saturating_sub(used);
+        let v = m
+            .volumes
+            .get_mut(name)
+            .ok_or_else(|| DataplaneError::Refused(format!("no pool volume {name}")))?;
+        if size < v.size {
+            return Err(DataplaneError::Refused(format!(
+                "pool volume {name} has {} bytes: it can only grow",
+                v.size
+            )));
+        }
+        if size - v.size > free {
+            return Err(DataplaneError::NoSpace {
+                needed: size - v.size,
+                free,
+            });
+        }
+        v.size = size;
+        Ok(v.clone())
     }
 
     async fn delete_volume(&self, name: &str) -> Result<(), DataplaneError> {

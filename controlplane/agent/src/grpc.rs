@@ -186,6 +186,42 @@ impl Dataplane for ApiDataplane {
         }
     }
 
+    async fn grow_volume(&self, name: &str, size: u64) -> Result<PoolVolume, DataplaneError> {
+        let r = self
+            .pools()
+            .grow_volume(pb::GrowVolumeRequest {
+                pool: POOL.into(),
+                name: name.into(),
+                size_bytes: size,
+            })
+            .await;
+        match r {
+            Ok(v) => Ok(PoolVolume {
+                name: name.into(),
+                device: device(name),
+                size: v.into_inner().size_bytes,
+            }),
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                let free = info(&self.ensure_pool().await?).free;
+                let has = self
+                    .pools()
+                    .get_volume(pb::GetVolumeRequest {
+                        pool: POOL.into(),
+                        name: name.into(),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner()
+                    .size_bytes;
+                Err(DataplaneError::NoSpace {
+                    needed: size.saturating_sub(has),
+                    free,
+                })
+            }
+            Err(s) => Err(status(s)),
+        }
+    }
+
     async fn delete_volume(&self, name: &str) -> Result<(), DataplaneError> {
         let r = self
             .pools()

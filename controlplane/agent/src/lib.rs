@@ -11,7 +11,10 @@
 //!    step idempotent: pool volume, subsystem (the volume's NQN), namespace 1,
 //!    the node's listener; then the Volume's status gets the connect parameters
 //!    and phase Ready. What was missing for a Ready volume is reported as drift
-//!    (condition `Drift`) and recreated;
+//!    (condition `Drift`) and recreated. A volume whose granted size
+//!    (`status.sizeBytes`) is above its pool volume's is grown (GrowVolume: a
+//!    served namespace grows with it and its hosts are told); the served size is
+//!    reported as `status.capacityBytes`, a failed grow on the `Resized` condition;
 //! 4. tears down the volumes being deleted (subsystem, then pool volume) and then
 //!    lets go of its finalizer, and deletes dataplane objects no Volume claims
 //!    (what a crash between two steps left behind);
@@ -41,7 +44,7 @@ pub use dataplane::{
     Dataplane, DataplaneError, Export, MemoryDataplane, PoolInfo, PoolSnapshot, PoolVolume,
 };
 pub use grpc::ApiDataplane;
-pub use reconcile::VolumeOutcome;
+pub use reconcile::{clone_source, VolumeOutcome};
 pub use snapshots::{SnapshotOutcome, AGENT_REPORTER};
 
 /// The agent's finalizer on the Volumes it made dataplane objects for.

@@ -3,15 +3,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use lightpool_model::quantity::human_bytes;
 use lightpool_model::volume::{volume_nqn, AnaState, TargetPath, VolumeTarget};
 use lightpool_model::{
     set_condition, Condition, ConditionStatus, Provisioning, Volume, VolumePhase, VolumeStatus,
 };
-use lightpool_store::{add_finalizer, remove_finalizer, Store};
+use lightpool_store::{add_finalizer, remove_finalizer, EventType, NewEvent, Store};
 
 use crate::{
     now_string, Agent, AgentError, Dataplane, DataplaneError, Export, PoolVolume, TickReport,
-    AGENT_FINALIZER,
+    AGENT_FINALIZER, AGENT_REPORTER,
 };
 
 /// NQNs the agent made start with this; others on the target are not its own.
@@ -24,6 +25,10 @@ pub enum VolumeOutcome {
     Published,
     /// It was Ready but objects were missing: recreated (listed).
     Repaired(Vec<String>),
+    /// Grown in the dataplane to this many bytes (its namespace with it).
+    Grown(u64),
+    /// The grow failed; the Volume's `Resized` condition says why.
+    GrowFailed(String),
     /// Taken down and released.
     Removed,
     /// The dataplane refused or failed; the Volume's status says why.
@@ -60,7 +65,7 @@ pub(crate) async fn volumes<S: Store, D: Dataplane>(
         }
         claimed.insert(name.clone());
         let outcome = if v.metadata.deletion_timestamp.is_some() {
-            take_down(agent, &name, v).await?
+            take_down(agent, &name, v, volumes).await?
         } else {
             bring_up(agent, &name, v, &pool_volumes, &exports).await?
         };
@@ -126,9 +131,14 @@ async fn bring_up<S: Store, D: Dataplane>(
         Some(_) => {}
     }
     let target = target(agent, &nqn, v);
+    let have = pool_volumes.get(name).map(|p| p.size);
+    let want = size_of(v);
+    let grow = matches!((have, want), (Some(h), Some(w)) if h < w);
     if missing.is_empty()
         && status.phase == VolumePhase::Ready
         && status.target == Some(target.clone())
+        && !grow
+        && status.capacity_bytes == have
     {
         return Ok(None);
     }
@@ -142,17 +152,61 @@ async fn bring_up<S: Store, D: Dataplane>(
         add_finalizer::<S, Volume>(&agent.store, name, AGENT_FINALIZER).await?;
     }
     let made = make(agent, name, v, &nqn, pool_volumes.get(name)).await;
+    // A grow after the namespace exists: the dataplane moves a served namespace to
+    // the new size and tells its hosts.
+    let grown = match (&made, want) {
+        (Ok(pv), Some(w)) if pv.size < w => Some(agent.dataplane.grow_volume(name, w).await),
+        _ => None,
+    };
     let fresh: Volume = match agent.store.get(name).await? {
         Some(f) => f,
         None => return Ok(None),
     };
     let mut st = fresh.status.clone().unwrap_or_default();
+    let mut event = None;
     let outcome = match made {
-        Ok(()) => {
+        Ok(pv) => {
+            st.capacity_bytes = Some(pv.size);
+            let resized = match grown {
+                None => None,
+                Some(Ok(g)) => {
+                    st.capacity_bytes = Some(g.size);
+                    let note = format!(
+                        "grown from {} to {} by node {} (hosts connected to it are told)",
+                        human_bytes(pv.size),
+                        human_bytes(g.size),
+                        agent.config.node
+                    );
+                    resized(&mut st, ConditionStatus::True, "Grown", note.clone());
+                    event = Some((EventType::Normal, "Resized", note));
+                    Some(VolumeOutcome::Grown(g.size))
+                }
+                Some(Err(e)) => {
+                    let note = format!(
+                        "node {} could not grow the volume to {}, it stays at {}: {e}; free space on pool {} (delete volumes or snapshots) or set spec.size back to {}",
+                        agent.config.node,
+                        human_bytes(want.unwrap_or_default()),
+                        human_bytes(pv.size),
+                        agent.config.pool,
+                        human_bytes(pv.size)
+                    );
+                    let again = st.conditions.iter().any(|c| {
+                        c.type_ == "Resized" && c.reason == "GrowFailed" && c.message == note
+                    });
+                    resized(&mut st, ConditionStatus::False, "GrowFailed", note.clone());
+                    st.message = Some(note.clone());
+                    if !again {
+                        event = Some((EventType::Warning, "GrowFailed", note.clone()));
+                    }
+                    Some(VolumeOutcome::GrowFailed(note))
+                }
+            };
             let repaired = status.phase == VolumePhase::Ready && !missing.is_empty();
             st.phase = VolumePhase::Ready;
             st.target = Some(target);
-            st.message = None;
+            if !matches!(resized, Some(VolumeOutcome::GrowFailed(_))) {
+                st.message = None;
+            }
             ready(
                 &mut st,
                 ConditionStatus::True,
@@ -165,6 +219,11 @@ async fn bring_up<S: Store, D: Dataplane>(
             if repaired {
                 drift(&mut st, &missing);
                 Some(VolumeOutcome::Repaired(missing))
+            } else if resized.is_some() {
+                resized
+            } else if status.phase == VolumePhase::Ready && missing.is_empty() {
+                // Only the served size was recorded.
+                None
             } else {
                 Some(VolumeOutcome::Published)
             }
@@ -189,21 +248,30 @@ async fn bring_up<S: Store, D: Dataplane>(
         .patch_status::<Volume>(name, &st, fresh.metadata.resource_version.as_deref())
         .await
     {
-        Ok(_) => Ok(outcome),
+        Ok(v2) => {
+            if let Some((type_, reason, note)) = event {
+                let e = NewEvent::about(&v2, type_, reason, "Resize", note, AGENT_REPORTER);
+                if let Err(err) = agent.store.record_event(&e).await {
+                    tracing::warn!(volume = %name, reason, error = %err, "could not record an event");
+                }
+            }
+            Ok(outcome)
+        }
         // Someone wrote in between: the next tick looks again.
         Err(e) if e.is_conflict() || e.is_not_found() => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Each step idempotent: pool volume, subsystem, namespace 1.
+/// Each step idempotent: pool volume, subsystem, namespace 1. Returns the pool
+/// volume.
 async fn make<S: Store, D: Dataplane>(
     agent: &Agent<S, D>,
     name: &str,
     v: &Volume,
     nqn: &str,
     existing: Option<&PoolVolume>,
-) -> Result<(), DataplaneError> {
+) -> Result<PoolVolume, DataplaneError> {
     let size =
         size_of(v).ok_or_else(|| DataplaneError::Refused("the volume has no valid size".into()))?;
     let dp = &agent.dataplane;
@@ -211,10 +279,18 @@ async fn make<S: Store, D: Dataplane>(
     // placed it on the snapshot's pool); it shares the snapshot's clusters.
     // A clone made before is kept as it is: once snapshotted itself, its parent
     // is its own snapshot, and the pool would not call it a clone of the source.
-    let pv = match (&v.spec.source_snapshot, existing) {
-        (Some(_), Some(pv)) => pv.clone(),
-        (Some(snap), None) => dp.clone_snapshot(snap, name).await?,
-        (None, _) => {
+    // A volume cloned from another is a clone of an internal snapshot of the source,
+    // taken now (see `clone_source`).
+    let pv = match (&v.spec.source_snapshot, &v.spec.source_volume, existing) {
+        // Made before (perhaps smaller: a grow follows).
+        (_, _, Some(pv)) => pv.clone(),
+        (Some(snap), _, None) => dp.clone_snapshot(snap, name).await?,
+        (None, Some(src), None) => {
+            let snap = clone_source(name);
+            dp.create_snapshot(src, &snap).await?;
+            dp.clone_snapshot(&snap, name).await?
+        }
+        (None, None, None) => {
             dp.create_volume(name, size, v.spec.provisioning == Provisioning::Thin)
                 .await?
         }
@@ -225,7 +301,8 @@ async fn make<S: Store, D: Dataplane>(
     dp.add_namespace(nqn, 1, &pv.device, v.metadata.uid.as_deref())
         .await?;
     dp.ensure_listener(&agent.config.address, agent.config.port)
-        .await
+        .await?;
+    Ok(pv)
 }
 
 fn target<S, D>(agent: &Agent<S, D>, nqn: &str, v: &Volume) -> VolumeTarget {
@@ -264,6 +341,19 @@ fn ready(st: &mut VolumeStatus, status: ConditionStatus, reason: &str, message: 
     );
 }
 
+fn resized(st: &mut VolumeStatus, status: ConditionStatus, reason: &str, message: String) {
+    set_condition(
+        &mut st.conditions,
+        Condition {
+            type_: "Resized".into(),
+            status,
+            reason: reason.into(),
+            message,
+            last_transition_time: Some(now_string()),
+        },
+    );
+}
+
 fn drift(st: &mut VolumeStatus, missing: &[String]) {
     set_condition(
         &mut st.conditions,
@@ -280,12 +370,33 @@ fn drift(st: &mut VolumeStatus, missing: &[String]) {
     );
 }
 
+/// The pool snapshot a clone of volume `clone`'s source was made from. The pool
+/// keeps a snapshot's data for its clones; this one has two (the source, which
+/// carries on as a clone of it, and `clone`) and the pool deletes a snapshot only
+/// when one is left, handing it the data: so it goes when the clone or the source
+/// is deleted, whichever is first. Its name ('_' is not in Kubernetes names)
+/// never meets a Snapshot object's.
+pub fn clone_source(clone: &str) -> String {
+    format!("{clone}_src")
+}
+
+/// Deletes the internal snapshot of clone `clone` once it has one volume left;
+/// while the pool refuses (both still there) it stays.
+async fn release_clone_source<D: Dataplane>(dp: &D, clone: &str) -> Result<(), AgentError> {
+    match dp.delete_snapshot(&clone_source(clone)).await {
+        Ok(()) | Err(DataplaneError::Refused(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Subsystem (and with it the namespace) first, so hosts are cut off before
-/// the data goes; then the pool volume; then the finalizer.
+/// the data goes; then the pool volume; then the internal snapshots it shared with
+/// clones; then the finalizer.
 async fn take_down<S: Store, D: Dataplane>(
     agent: &Agent<S, D>,
     name: &str,
     v: &Volume,
+    volumes: &[Volume],
 ) -> Result<Option<VolumeOutcome>, AgentError> {
     if !v
         .metadata
@@ -298,6 +409,16 @@ async fn take_down<S: Store, D: Dataplane>(
     let dp = &agent.dataplane;
     dp.delete_subsystem(&volume_nqn(name)).await?;
     dp.delete_volume(name).await?;
+    if v.spec.source_volume.is_some() {
+        release_clone_source(dp, name).await?;
+    }
+    for c in volumes {
+        if c.spec.source_volume.as_deref() == Some(name) {
+            if let Some(clone) = c.metadata.name.as_deref() {
+                release_clone_source(dp, clone).await?;
+            }
+        }
+    }
     remove_finalizer::<S, Volume>(&agent.store, name, AGENT_FINALIZER).await?;
     Ok(Some(VolumeOutcome::Removed))
 }

@@ -30,6 +30,7 @@ async fn scheduled(s: &EmbeddedStore, name: &str, gib: u64) {
         affinity: VolumeAffinity::default(),
         spread: None,
         source_snapshot: None,
+        source_volume: None,
     };
     s.apply(&Volume::new(name, spec)).await.unwrap();
     let st = VolumeStatus {

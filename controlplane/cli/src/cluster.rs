@@ -134,6 +134,9 @@ fn show(v: &Volume) {
     let st = v.status.clone().unwrap_or_default();
     println!("volume {}", v.metadata.name.as_deref().unwrap_or("?"));
     println!("  size:      {}", v.spec.size.as_str());
+    if let Some(c) = st.capacity_bytes {
+        println!("  serves:    {}", human_bytes(c));
+    }
     println!("  placement: {}", v.spec.placement.as_str());
     println!("  phase:     {:?}", st.phase);
     if let (Some(n), Some(p)) = (&st.node, &st.pool) {
@@ -204,15 +207,24 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
             name,
             size,
             from_snapshot,
+            from_volume,
             thin,
             placement,
             consumer,
             wait,
         }) => {
-            let size = match (size, from_snapshot) {
-                (Some(s), _) => *s,
-                (None, Some(snap)) => crate::snapshot::size_of(&store, snap).await?,
-                (None, None) => return Err("--size is needed".into()),
+            let size = match (size, from_snapshot, from_volume) {
+                (Some(s), _, _) => *s,
+                (None, Some(snap), _) => crate::snapshot::size_of(&store, snap).await?,
+                (None, None, Some(src)) => {
+                    let v = get(&store, src).await?.ok_or_else(|| {
+                        format!("volume '{src}' does not exist: `lightpool volume list` shows those that do")
+                    })?;
+                    v.status
+                        .and_then(|s| s.size_bytes)
+                        .map_or_else(|| v.spec.size.bytes().map_err(|e| e.to_string()), Ok)?
+                }
+                (None, None, None) => return Err("--size is needed".into()),
             };
             let spec = VolumeSpec {
                 size: Quantity::from_bytes(size),
@@ -226,6 +238,7 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
                 affinity: VolumeAffinity::default(),
                 spread: None,
                 source_snapshot: from_snapshot.clone(),
+                source_volume: from_volume.clone(),
             };
             if let Err(invalid) = lightpool_model::validate::validate_volume(&spec) {
                 return Err(invalid.to_string());
@@ -269,6 +282,10 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
                     _ => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
+        }
+        Cmd::Volume(VolumeCmd::Resize { name, size, wait }) => {
+            let v = resize(&store, name, *size, *wait).await?;
+            emit(j, &v, show)
         }
         Cmd::Volume(VolumeCmd::List) => {
             let vs = store
@@ -408,6 +425,64 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
             })
         }
         _ => Err("not a control-plane command".into()),
+    }
+}
+
+/// Sets the volume's spec.size to `size` and waits until the controller judged
+/// the edit and the node's dataplane serves the new size; a refusal (shrink, no
+/// room on the pool, a grow the dataplane could not make) is the error.
+async fn resize(store: &RemoteStore, name: &str, size: u64, wait: u64) -> Result<Volume, String> {
+    let missing =
+        || format!("volume '{name}' does not exist: `lightpool volume list` shows those that do");
+    let v = get(store, name).await?.ok_or_else(missing)?;
+    let st = v.status.clone().unwrap_or_default();
+    if let Some(has) = st.capacity_bytes.or(st.size_bytes) {
+        if size < has {
+            return Err(format!(
+                "volume '{name}' has {}: volumes only grow; give --size {} or more",
+                human_bytes(has),
+                human_bytes(has)
+            ));
+        }
+    }
+    let mut spec = v.spec.clone();
+    spec.size = Quantity::from_bytes(size);
+    let applied = store
+        .apply(&Volume::new(name, spec))
+        .await
+        .map_err(|e| e.to_string())?;
+    let generation = applied.metadata.generation;
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    loop {
+        let v = get(store, name).await?.ok_or_else(missing)?;
+        let st = v.status.clone().unwrap_or_default();
+        let judged = st.observed_generation >= generation;
+        let refused = |type_: &str, reason: Option<&str>| {
+            st.conditions.iter().find(|c| {
+                c.type_ == type_
+                    && c.status == lightpool_model::ConditionStatus::False
+                    && reason.is_none_or(|r| c.reason == r)
+            })
+        };
+        if judged {
+            if let Some(c) = refused("Valid", None) {
+                return Err(format!("volume '{name}': {}", c.message));
+            }
+            if st.capacity_bytes.is_some_and(|c| c >= size) {
+                return Ok(v);
+            }
+            if let Some(c) = refused("Resized", Some("GrowFailed")) {
+                return Err(format!("volume '{name}': {}", c.message));
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "volume '{name}' does not serve {} after {wait} s (it serves {}); `lightpool volume show {name}` follows it",
+                human_bytes(size),
+                st.capacity_bytes.map_or_else(|| "?".into(), human_bytes)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

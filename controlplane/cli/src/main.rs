@@ -184,12 +184,17 @@ pub enum VolumeCmd {
     /// `nvme connect` line.
     Create {
         name: String,
-        /// e.g. 10GiB; with --from-snapshot the snapshot's size when left out.
-        #[arg(long, value_parser = cmd::parse_size, required_unless_present = "from_snapshot")]
+        /// e.g. 10GiB; with --from-snapshot or --from-volume the source's size
+        /// when left out.
+        #[arg(long, value_parser = cmd::parse_size, required_unless_present_any = ["from_snapshot", "from_volume"])]
         size: Option<u64>,
         /// Restore from this snapshot: a clone of it, in its pool on its node.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from_volume")]
         from_snapshot: Option<String>,
+        /// A copy of this volume as it is now: a clone in its pool on its node
+        /// (of the source's size).
+        #[arg(long)]
+        from_volume: Option<String>,
         /// Thin: space taken as written, within the pool's over-commit.
         #[arg(long)]
         thin: bool,
@@ -204,6 +209,19 @@ pub enum VolumeCmd {
         wait: u64,
     },
     List,
+    /// Grow a volume to --size while it is served (hosts connected to it are
+    /// told); waits until its node's dataplane serves the new size. Volumes only
+    /// grow.
+    #[command(alias = "expand")]
+    Resize {
+        name: String,
+        /// The new size, e.g. 20GiB: at least the volume's size.
+        #[arg(long, value_parser = cmd::parse_size)]
+        size: u64,
+        /// Seconds to wait for the dataplane to serve it.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
     /// Its placement, status and connect line.
     Show {
         name: String,

@@ -323,6 +323,102 @@ fn snapshot_restore_and_delete(s: &Setup, nqn: &str) {
     s.ok(&["volume", "snapshot", "v1", "s2"]);
 }
 
+/// v1 grown from 64 to 96 MiB while a host is connected: the command returns once
+/// the dataplane serves the new size, the host writes past the old end and reads
+/// its data back, the old data stays; shrinking and growing past every pool are
+/// refused with what to change.
+fn grow_while_served(s: &Setup, nqn: &str) {
+    let bs = s
+        .target_json("a", &["pool", "list"])
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "node"))
+        .and_then(|p| p["block_size"].as_u64())
+        .expect("node-a's pool and its block size") as u32;
+    let addr: SocketAddr = format!("127.0.0.1:{}", s.port_a).parse().unwrap();
+    let old_end = (64u64 << 20) / u64::from(bs);
+    let mut h = HostController::connect(addr, nqn, 1).unwrap();
+    let ok = h.io[0].write_blocks(1, &[(7, 9)], bs).unwrap();
+    assert_eq!(ok, [true]);
+
+    let out = s.ok(&["volume", "resize", "v1", "--size", "96MiB"]);
+    assert!(out.contains("serves:    96 MiB"), "{out}");
+    let v = s.target_json("a", &["volume", "show", "node/v1"]);
+    assert_eq!(v["size_bytes"], 96 << 20, "{v}");
+    let ns: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "--json",
+        "namespace",
+        "list",
+        "--socket",
+        s.dir.join("a/target.api.sock").to_str().unwrap(),
+    ]))
+    .unwrap();
+    let blocks = ns
+        .as_array()
+        .and_then(|l| l.iter().find(|n| n["nqn"] == nqn))
+        .and_then(|n| n["num_blocks"].as_u64());
+    assert_eq!(blocks, Some((96u64 << 20) / u64::from(bs)), "{ns}");
+    // The connected host reaches the new blocks.
+    let last = (96u64 << 20) / u64::from(bs) - 1;
+    let ok = h.io[0]
+        .write_blocks(1, &[(old_end, 9), (last, 9)], bs)
+        .unwrap();
+    assert_eq!(ok, [true, true], "writes past the old end");
+    let got = h.io[0].read_blocks(1, &[7, old_end, last], bs).unwrap();
+    for (lba, data) in [7, old_end, last].iter().zip(got) {
+        assert!(data == pattern(*lba, 9, bs as usize), "LBA {lba}");
+    }
+    drop(h);
+    let shown: serde_json::Value =
+        serde_json::from_str(&s.ok(&["volume", "show", "v1", "--json"])).unwrap();
+    assert_eq!(shown["status"]["capacityBytes"], 96 << 20, "{shown}");
+    assert!(shown["events"].to_string().contains("Resized"), "{shown}");
+
+    let e = s.refused(&["volume", "resize", "v1", "--size", "32MiB"]);
+    assert!(
+        e.contains("only grow") && e.contains("96 MiB or more"),
+        "{e}"
+    );
+    let e = s.refused(&["volume", "expand", "v1", "--size", "100GiB"]);
+    assert!(e.contains("larger than any pool"), "{e}");
+    // Set back, it is valid again and still serves 96 MiB.
+    let out = s.ok(&["volume", "resize", "v1", "--size", "96MiB"]);
+    assert!(
+        out.contains("serves:    96 MiB") && !out.contains("message"),
+        "{out}"
+    );
+    let e = s.refused(&["volume", "resize", "nope", "--size", "1GiB"]);
+    assert!(e.contains("does not exist"), "{e}");
+
+    // A copy of v1 as it is now: a clone of an internal snapshot in v1's pool,
+    // holding v1's data; the snapshot goes with the copy.
+    let out = s.ok(&["volume", "create", "v1c", "--from-volume", "v1"]);
+    assert!(out.contains("volume:v1c"), "{out}");
+    assert_eq!(s.node_of("v1c"), "node-a");
+    let c = s.target_json("a", &["volume", "show", "node/v1c"]);
+    assert_eq!(
+        (c["parent"].as_str(), c["size_bytes"].as_u64()),
+        (Some("v1c_src"), Some(96 << 20)),
+        "{c}"
+    );
+    let mut hc = HostController::connect(addr, "nqn.2024-01.io.lightpool:volume:v1c", 1).unwrap();
+    let got = hc.io[0].read_blocks(1, &[7, last], bs).unwrap();
+    for (lba, data) in [7, last].iter().zip(got) {
+        assert!(
+            data == pattern(*lba, 9, bs as usize),
+            "the copy's LBA {lba}"
+        );
+    }
+    drop(hc);
+    let e = s.refused(&["volume", "create", "v1d", "--from-volume", "nope"]);
+    assert!(e.contains("does not exist"), "{e}");
+    s.ok(&["volume", "delete", "v1c"]);
+    let snaps = s.target_json("a", &["snapshot", "list"]);
+    assert!(
+        !snaps.to_string().contains("v1c_src"),
+        "the internal snapshot went with the copy: {snaps}"
+    );
+}
+
 #[test]
 fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
     let dir = std::env::temp_dir().join(format!("lp-standalone-{}", std::process::id()));
@@ -380,6 +476,7 @@ fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
     );
 
     snapshot_restore_and_delete(&s, nqn);
+    grow_while_served(&s, nqn);
 
     // Refusals say what to change, and make nothing.
     let e = s.refused(&["volume", "create", "big", "--size", "100GiB"]);

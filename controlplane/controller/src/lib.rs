@@ -17,7 +17,11 @@
 //!      finalizer, status Scheduled; or Rejected with every pool's reason) then
 //!      `Publish` (wait for the node's agent to make it Ready);
 //!    - VolumeDelete: `Unpublish` (wait for the agent's clean-up) then `Release`
-//!      (capacity back to the ledger, the controller's finalizer removed).
+//!      (capacity back to the ledger, the controller's finalizer removed);
+//!    - an edit of a placed volume is judged once per generation (`judge_edit`):
+//!      a larger spec.size is a grow (the ledger takes the added bytes or the edit
+//!      is refused with the room there is; the agent grows the pool volume and
+//!      reports `capacityBytes`), a smaller one is refused.
 //!
 //! A controller killed anywhere resumes from the recorded phase; each phase's
 //! work is idempotent, so nothing is reserved twice or left behind.
@@ -365,7 +369,7 @@ impl<S: Store> Controller<S> {
             && matches!(status.phase, VolumePhase::Ready | VolumePhase::Failed)
             && v.metadata.generation != status.observed_generation
         {
-            match ops::judge_edit(&self.store, pools, v).await {
+            match ops::judge_edit(&self.store, scheduler, pools, v).await {
                 Ok(()) => None,
                 Err(e) => {
                     report

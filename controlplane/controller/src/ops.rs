@@ -89,10 +89,14 @@ fn condition(type_: &str, status: ConditionStatus, reason: &str, message: String
 /// A placed volume whose spec was edited (its generation moved past the
 /// status's): an invalid edit is refused with what to change (condition
 /// `Valid` False, the message, a Warning event) and the volume stays as it was
-/// placed; a size change is not applied either (no resize yet). Judged once per
+/// placed. A larger spec.size is a grow: the pool's ledger takes the added bytes
+/// (refused, with the room there is, when the pool cannot promise them), the
+/// status's size moves to it and the node's agent grows the pool volume (condition
+/// `Resized`); a smaller one is refused (volumes only grow). Judged once per
 /// generation.
 pub(crate) async fn judge_edit<S: Store>(
     store: &S,
+    scheduler: &Scheduler,
     pools: &[StoragePool],
     v: &Volume,
 ) -> Result<(), StoreError> {
@@ -101,22 +105,56 @@ pub(crate) async fn judge_edit<S: Store>(
     };
     let mut st = v.status.clone().unwrap_or_default();
     st.observed_generation = v.metadata.generation;
-    let kept = st.size_bytes.map_or_else(String::new, |b| {
-        format!(" ({})", lightpool_model::quantity::human_bytes(b))
-    });
+    let human = lightpool_model::quantity::human_bytes;
+    let kept = st
+        .size_bytes
+        .map_or_else(String::new, |b| format!(" ({})", human(b)));
+    let mut grown = None;
     let refusal = match validate_volume_against(&v.spec, pools) {
         Err(invalid) => Some((
             "InvalidEdit",
             format!("this edit is refused, the volume stays as placed{kept}: {invalid}"),
         )),
-        Ok(size) if st.size_bytes.is_some_and(|b| b != size) => Some((
-            "ResizeNotSupported",
-            format!(
-                "spec.size now asks for {}: a placed volume is not resized yet, it stays as placed{kept}; set spec.size back",
-                lightpool_model::quantity::human_bytes(size)
-            ),
-        )),
-        Ok(_) => None,
+        Ok(size) => match st.size_bytes {
+            // A grow the dataplane has not made (it failed: the pool is full) is
+            // taken back, down to what the dataplane serves.
+            Some(b) if size < b && st.capacity_bytes.is_some_and(|c| size >= c) => {
+                scheduler.shrink_record(name, size);
+                grown = Some((b, size));
+                None
+            }
+            Some(b) if size < b => Some((
+                "ShrinkNotSupported",
+                format!(
+                    "spec.size now asks for {}, less than the {} the volume has: a volume only grows (a file system on it cannot shrink under its users); set spec.size back to {} or more",
+                    human(size),
+                    human(b),
+                    human(b)
+                ),
+            )),
+            Some(b) if size > b => match scheduler.grow(name, size) {
+                Ok(()) => {
+                    grown = Some((b, size));
+                    None
+                }
+                Err(ScheduleError::NoRoomToGrow {
+                    pool, more, room, ..
+                }) => Some((
+                    "NoRoomToGrow",
+                    format!(
+                        "spec.size asks for {} but pool {pool} of node {} can promise {} more and the grow needs {}: free space there (delete volumes or snapshots, or raise its over-commit) and edit spec.size again, or set it back to {}; the volume stays at {}",
+                        human(size),
+                        st.node.as_deref().unwrap_or("?"),
+                        human(room),
+                        human(more),
+                        human(b),
+                        human(b)
+                    ),
+                )),
+                Err(e) => return Err(StoreError::Invalid(e.to_string())),
+            },
+            _ => None,
+        },
     };
     let cond = match &refusal {
         Some((reason, note)) => condition("Valid", ConditionStatus::False, reason, note.clone()),
@@ -137,11 +175,61 @@ pub(crate) async fn judge_edit<S: Store>(
         None if was_refused => st.message = None,
         None => {}
     }
-    let v2 = store
+    let growing = grown.map(|(from, to)| {
+        st.size_bytes = Some(to);
+        let (status, reason, note) = if to > from {
+            (
+                ConditionStatus::False,
+                "Growing",
+                format!(
+                    "growing from {} to {}: node {}'s agent grows it in the dataplane",
+                    human(from),
+                    human(to),
+                    st.node.as_deref().unwrap_or("?")
+                ),
+            )
+        } else {
+            st.message = None;
+            (
+                ConditionStatus::True,
+                "GrowTakenBack",
+                format!(
+                    "the grow to {} is taken back: the volume stays at {}",
+                    human(from),
+                    human(to)
+                ),
+            )
+        };
+        set_condition(
+            &mut st.conditions,
+            condition("Resized", status, reason, note.clone()),
+        );
+        note
+    });
+    let v2 = match store
         .patch_status::<Volume>(name, &st, v.metadata.resource_version.as_deref())
-        .await?;
+        .await
+    {
+        Ok(v2) => v2,
+        Err(e) => {
+            // The ledger goes back with the status: judged again next tick.
+            match grown {
+                Some((from, to)) if to > from => {
+                    scheduler.shrink_record(name, from);
+                }
+                Some((from, _)) => {
+                    let _ = scheduler.grow(name, from);
+                }
+                None => {}
+            }
+            return Err(e);
+        }
+    };
     if let Some((reason, note)) = refusal {
         record(store, &v2, EventType::Warning, reason, "Validate", note).await;
+    }
+    if let Some(note) = growing {
+        record(store, &v2, EventType::Normal, "Resizing", "Resize", note).await;
     }
     Ok(())
 }
@@ -261,6 +349,64 @@ async fn from_snapshot<S: Store>(
     }
 }
 
+/// A volume cloned from volume `src` is made in the source's pool (an internal
+/// snapshot of the source and a clone of it, which the agent makes): the request is
+/// bound to that pool, and is at least the source's size (a larger one is grown
+/// after the clone is made).
+async fn from_volume<S: Store>(
+    store: &S,
+    src: &str,
+    size: u64,
+    req: &mut VolumeRequest,
+) -> Result<Source, StoreError> {
+    let Some(v) = store.get::<Volume>(src).await? else {
+        return Ok(Source::Refused(
+            "SourceNotFound",
+            format!("volume {src} not found: name an existing Volume in spec.sourceVolume"),
+        ));
+    };
+    if v.metadata.deletion_timestamp.is_some() {
+        return Ok(Source::Refused(
+            "SourceDeleting",
+            format!("volume {src} is being deleted: clone another"),
+        ));
+    }
+    let st = v.status.unwrap_or_default();
+    match (st.phase, st.pool, st.size_bytes) {
+        (VolumePhase::Ready, Some(pool), Some(bytes)) => {
+            if size < bytes {
+                return Ok(Source::Refused(
+                    "Invalid",
+                    format!(
+                        "spec.size is {size} bytes but volume {src} holds {bytes}: a clone \
+                         has at least its source's size"
+                    ),
+                ));
+            }
+            if !req.affinity.pools.is_empty() && !req.affinity.pools.contains(&pool) {
+                return Ok(Source::Refused(
+                    "Invalid",
+                    format!(
+                        "volume {src} lives in pool {pool}, which spec.affinity.pools \
+                         excludes: add it or drop the pool affinity"
+                    ),
+                ));
+            }
+            req.affinity.pools = vec![pool];
+            Ok(Source::Placed)
+        }
+        (VolumePhase::Rejected | VolumePhase::Failed, ..) => Ok(Source::Refused(
+            "SourceFailed",
+            format!(
+                "volume {src} is {:?} ({}): clone another",
+                st.phase,
+                st.message.unwrap_or_default()
+            ),
+        )),
+        _ => Ok(Source::Wait),
+    }
+}
+
 impl<S: Store> CreateVolume<'_, S> {
     async fn reject(
         &mut self,
@@ -336,13 +482,20 @@ impl<S: Store> Machine for CreateVolume<'_, S> {
                     }
                 };
                 req.size = size;
-                if let Some(snap) = v.spec.source_snapshot.as_deref() {
-                    match from_snapshot(self.store, snap, size, &mut req).await? {
-                        Source::Placed => {}
-                        Source::Wait => return Ok(Step::Wait),
-                        Source::Refused(reason, msg) => {
-                            return self.reject(&v, reason, msg, vec![]).await
-                        }
+                let source = match (&v.spec.source_snapshot, &v.spec.source_volume) {
+                    (Some(_), Some(_)) => Source::Refused(
+                        "Invalid",
+                        "spec.sourceSnapshot and spec.sourceVolume are both set: a volume has one source, keep one".into(),
+                    ),
+                    (Some(snap), None) => from_snapshot(self.store, snap, size, &mut req).await?,
+                    (None, Some(src)) => from_volume(self.store, src, size, &mut req).await?,
+                    (None, None) => Source::Placed,
+                };
+                match source {
+                    Source::Placed => {}
+                    Source::Wait => return Ok(Step::Wait),
+                    Source::Refused(reason, msg) => {
+                        return self.reject(&v, reason, msg, vec![]).await
                     }
                 }
                 let reservation = match self.scheduler.schedule(&req) {

@@ -75,6 +75,7 @@ impl<S: Store> Cluster<S> {
             affinity: VolumeAffinity::default(),
             spread: None,
             source_snapshot: source.map(str::to_string),
+            source_volume: None,
         };
         self.store.apply(&Volume::new(name, spec)).await.unwrap();
     }

@@ -7,8 +7,10 @@
 //! its object removed, so nothing is left half made. DeleteVolume deletes the object
 //! (the controller takes the dataplane side down in order) and waits until it is
 //! gone. Calls for a volume that already has one in flight get ABORTED.
-//! Snapshots, and volumes restored from them: [`snapshots`].
+//! Snapshots, and volumes restored from them: [`snapshots`]. Online expansion and
+//! volumes cloned from volumes: [`expand`].
 
+mod expand;
 mod snapshots;
 
 use std::collections::{BTreeSet, HashMap};
@@ -183,6 +185,12 @@ fn same_request(have: &VolumeSpec, want: &VolumeSpec) -> Result<(), String> {
             have.source_snapshot.as_deref().unwrap_or("none")
         ));
     }
+    if have.source_volume != want.source_volume {
+        diffs.push(format!(
+            "source volume {}",
+            have.source_volume.as_deref().unwrap_or("none")
+        ));
+    }
     if have.affinity != want.affinity || have.spread != want.spread {
         diffs.push("other selectors or spread group".into());
     }
@@ -225,6 +233,11 @@ fn csi_volume(v: &Volume) -> csi::Volume {
             ),
         );
     }
+    // The node plugin refuses to stage a MustLocal volume on any other node.
+    ctx.insert(
+        "placement".to_string(),
+        v.spec.placement.as_str().to_string(),
+    );
     let accessible_topology = match (&st.node, v.spec.placement) {
         // Reached over NVMe/TCP from anywhere, except a MustLocal volume.
         (Some(n), PlacementHint::MustLocal) => vec![csi::Topology {
@@ -239,17 +252,23 @@ fn csi_volume(v: &Volume) -> csi::Volume {
             .unwrap_or(0) as i64,
         volume_id: v.metadata.name.clone().unwrap_or_default(),
         volume_context: ctx,
-        content_source: v
-            .spec
-            .source_snapshot
-            .as_ref()
-            .map(|id| csi::VolumeContentSource {
+        content_source: match (&v.spec.source_snapshot, &v.spec.source_volume) {
+            (Some(id), _) => Some(csi::VolumeContentSource {
                 r#type: Some(csi::volume_content_source::Type::Snapshot(
                     csi::volume_content_source::SnapshotSource {
                         snapshot_id: id.clone(),
                     },
                 )),
             }),
+            (None, Some(id)) => Some(csi::VolumeContentSource {
+                r#type: Some(csi::volume_content_source::Type::Volume(
+                    csi::volume_content_source::VolumeSource {
+                        volume_id: id.clone(),
+                    },
+                )),
+            }),
+            (None, None) => None,
+        },
         accessible_topology,
     }
 }
@@ -344,28 +363,50 @@ impl<S: Store> csi::controller_server::Controller for CsiController<S> {
         }
         check_capabilities(&r.volume_capabilities).map_err(Status::invalid_argument)?;
         use csi::volume_content_source::Type as Source;
-        let source = match r.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
-            None => None,
-            Some(Source::Snapshot(s)) => Some(s.snapshot_id.clone()),
-            Some(Source::Volume(_)) => {
+        let (source, source_volume) = match r
+            .volume_content_source
+            .as_ref()
+            .and_then(|s| s.r#type.as_ref())
+        {
+            None => (None, None),
+            Some(Source::Snapshot(s)) => (Some(s.snapshot_id.clone()), None),
+            Some(Source::Volume(v)) if v.volume_id.is_empty() => {
                 return Err(Status::invalid_argument(
-                    "volume_content_source: this driver restores volumes from snapshots, not from other volumes (it does not offer CLONE_VOLUME): snapshot the volume and restore from that",
+                    "volume_content_source names no volume_id",
                 ))
             }
+            Some(Source::Volume(v)) => (None, Some(v.volume_id.clone())),
         };
         let p: VolumeParams = params::parse(&r.parameters).map_err(Status::invalid_argument)?;
-        let size = match &source {
-            Some(id) => self.restore_source(id, r.capacity_range.as_ref()).await?,
-            None => size_for(r.capacity_range.as_ref())?,
+        let consumer_node = consumer(r.accessibility_requirements.as_ref());
+        let size = match (&source, &source_volume) {
+            (Some(id), _) => self.restore_source(id, r.capacity_range.as_ref()).await?,
+            (None, Some(id)) => {
+                let (size, node) = self.clone_source(id, r.capacity_range.as_ref()).await?;
+                // A clone shares its source's data: it lives on the source's node.
+                if p.placement == PlacementHint::MustLocal
+                    && consumer_node.is_some()
+                    && node != consumer_node
+                {
+                    return Err(Status::resource_exhausted(format!(
+                        "a clone of volume {id} is made on its node {}, and placement MustLocal asks for node {}: use the source's node, or placement PreferLocal (the clone is reached over NVMe/TCP)",
+                        node.as_deref().unwrap_or("?"),
+                        consumer_node.as_deref().unwrap_or("?")
+                    )));
+                }
+                size
+            }
+            (None, None) => size_for(r.capacity_range.as_ref())?,
         };
         let spec = VolumeSpec {
             size: Quantity::from_bytes(size),
             provisioning: p.provisioning,
             placement: p.placement,
-            consumer_node: consumer(r.accessibility_requirements.as_ref()),
+            consumer_node,
             affinity: p.affinity,
             spread: p.spread,
             source_snapshot: source,
+            source_volume,
         };
         if spec.placement == PlacementHint::MustLocal && spec.consumer_node.is_none() {
             return Err(Status::invalid_argument(format!(
@@ -589,6 +630,8 @@ impl<S: Store> csi::controller_server::Controller for CsiController<S> {
                 cap(Rpc::SingleNodeMultiWriter),
                 cap(Rpc::CreateDeleteSnapshot),
                 cap(Rpc::ListSnapshots),
+                cap(Rpc::CloneVolume),
+                cap(Rpc::ExpandVolume),
             ],
         }))
     }
@@ -629,11 +672,9 @@ impl<S: Store> csi::controller_server::Controller for CsiController<S> {
 
     async fn controller_expand_volume(
         &self,
-        _r: Request<csi::ControllerExpandVolumeRequest>,
+        r: Request<csi::ControllerExpandVolumeRequest>,
     ) -> Res<csi::ControllerExpandVolumeResponse> {
-        Err(Status::unimplemented(
-            "expansion is not offered by this driver yet",
-        ))
+        Ok(Response::new(self.expand_(r.into_inner()).await?))
     }
 
     async fn controller_get_volume(

@@ -38,6 +38,14 @@ impl csi::identity_server::Identity for Identity {
         let mut capabilities = vec![svc(service::Type::VolumeAccessibilityConstraints)];
         if self.controller {
             capabilities.push(svc(service::Type::ControllerService));
+            // Grown while published (ControllerExpandVolume, then NodeExpandVolume).
+            capabilities.push(csi::PluginCapability {
+                r#type: Some(Type::VolumeExpansion(
+                    crate::v1::plugin_capability::VolumeExpansion {
+                        r#type: crate::v1::plugin_capability::volume_expansion::Type::Online as i32,
+                    },
+                )),
+            });
         }
         Ok(Response::new(csi::GetPluginCapabilitiesResponse {
             capabilities,

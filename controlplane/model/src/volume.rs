@@ -50,6 +50,11 @@ pub struct VolumeSpec {
     /// Create the volume from this snapshot (same pool as the snapshot).
     #[serde(default)]
     pub source_snapshot: Option<String>,
+    /// Create the volume as a copy of this volume (a clone, in the source's pool:
+    /// an internal snapshot of the source taken at creation, kept while the clone
+    /// needs its data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_volume: Option<String>,
 }
 
 /// Thin or thick provisioning.
@@ -170,8 +175,13 @@ pub struct VolumeStatus {
     pub node: Option<String>,
     /// The pool the volume landed on.
     pub pool: Option<String>,
-    /// The size in bytes, as parsed.
+    /// The size in bytes the control plane granted (spec.size once placed, or
+    /// grown to): what the pool's ledger counts.
     pub size_bytes: Option<u64>,
+    /// The size the node's dataplane serves (written by its agent); below
+    /// `size_bytes` while a grow is under way.
+    #[serde(default)]
+    pub capacity_bytes: Option<u64>,
     /// Whether the volume sits on its consumer's node.
     pub local: Option<bool>,
     /// How a host connects to it, once Ready.

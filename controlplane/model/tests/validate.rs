@@ -14,6 +14,7 @@ fn spec(size: &str) -> VolumeSpec {
         affinity: VolumeAffinity::default(),
         spread: None,
         source_snapshot: None,
+        source_volume: None,
     }
 }
 

@@ -44,6 +44,18 @@ pub enum ScheduleError {
     /// A recorded volume names a pool the scheduler does not know.
     #[error("pool '{pool}' of volume '{volume}' is not known")]
     UnknownPool { volume: String, pool: String },
+    /// The volume is not in the ledger (not placed).
+    #[error("volume '{volume}' is not placed")]
+    NotPlaced { volume: String },
+    /// Its pool cannot promise the bytes a grow adds.
+    #[error("pool '{pool}' has room for {room} more bytes, growing volume '{volume}' to {size} bytes needs {more}")]
+    NoRoomToGrow {
+        volume: String,
+        pool: String,
+        size: u64,
+        more: u64,
+        room: u64,
+    },
 }
 
 /// Where a volume goes.
@@ -169,6 +181,50 @@ impl Scheduler {
             req.size = size;
         }
         self.record(&req, pool).map(|()| true)
+    }
+
+    /// Grows a placed volume's share of its pool to `size` bytes, when the pool can
+    /// promise the difference (its provisioning limit, and for a thick volume its
+    /// free capacity); a size not above the recorded one changes nothing.
+    pub fn grow(&self, volume: &str, size: u64) -> Result<(), ScheduleError> {
+        let mut c = lock(&self.cluster);
+        let e = c
+            .entry(volume)
+            .cloned()
+            .ok_or_else(|| ScheduleError::NotPlaced {
+                volume: volume.to_string(),
+            })?;
+        if size <= e.size {
+            return Ok(());
+        }
+        let more = size - e.size;
+        let room = cluster::room(c.pool(e.pool), c.usage(e.pool), e.provisioning);
+        if more > room {
+            return Err(ScheduleError::NoRoomToGrow {
+                volume: volume.to_string(),
+                pool: c.pool(e.pool).name.clone(),
+                size,
+                more,
+                room,
+            });
+        }
+        c.remove(volume);
+        c.add(volume.to_string(), Entry { size, ..e });
+        Ok(())
+    }
+
+    /// Takes a grow back: the volume's share of its pool returns to `size` bytes
+    /// when it is above; true when it changed.
+    pub fn shrink_record(&self, volume: &str, size: u64) -> bool {
+        let mut c = lock(&self.cluster);
+        match c.entry(volume).cloned() {
+            Some(e) if e.size > size => {
+                c.remove(volume);
+                c.add(volume.to_string(), Entry { size, ..e });
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Forgets a volume (deleted); true when it was known.

@@ -46,6 +46,7 @@ pub fn volume(name: &str, size: &str) -> Volume {
             affinity: VolumeAffinity::default(),
             spread: None,
             source_snapshot: None,
+            source_volume: None,
         },
     )
 }

@@ -165,6 +165,17 @@ async fn a_served_volume_moves_to_another_target_under_writes() {
         Code::FailedPrecondition,
         &["being migrated", "stop the migration first"],
     );
+    refused(
+        PoolsClient::new(ca.clone())
+            .grow_volume(pb::GrowVolumeRequest {
+                pool: "p".into(),
+                name: "v".into(),
+                size_bytes: 32 * MIB,
+            })
+            .await,
+        Code::FailedPrecondition,
+        &["being migrated"],
+    );
     let during = spread(2, 64);
     let mut round = 2;
     let mut seen_copying = false;

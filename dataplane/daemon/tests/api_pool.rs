@@ -379,6 +379,41 @@ async fn pools_volumes_snapshots_clones_and_their_refusals() {
         ],
     );
 
+    // Grown while served: the namespace presents the new size at once (the host is
+    // told by a Namespace Attribute Changed event), the new blocks take writes and
+    // the old data stays.
+    let grown = p
+        .grow_volume(pb::GrowVolumeRequest {
+            pool: "p0".into(),
+            name: "v1".into(),
+            size_bytes: 33 * MIB,
+        })
+        .await
+        .expect("grow a served volume")
+        .into_inner();
+    assert_eq!(grown.size_bytes, 33 * MIB);
+    let listed = ns
+        .list_namespaces(pb::ListNamespacesRequest { nqn: NQN.into() })
+        .await
+        .expect("namespaces")
+        .into_inner()
+        .namespaces;
+    assert_eq!(
+        listed
+            .iter()
+            .map(|n| (n.nsid, n.device.as_str(), n.num_blocks))
+            .collect::<Vec<_>>(),
+        vec![(1, "p0:v1", 67584)],
+        "the namespace grew with its volume"
+    );
+    h = tokio::task::spawn_blocking(move || {
+        write(&mut h, 1, &[(67583, 1)]);
+        holds(&mut h, 1, &[0, 8, 2048, 67583], 1);
+        h
+    })
+    .await
+    .expect("join");
+
     // Snapshots and clones: the snapshot taken while served; clones hold its data.
     let snap = pb::CreateSnapshotRequest {
         pool: "p0".into(),

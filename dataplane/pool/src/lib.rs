@@ -136,6 +136,10 @@ pub trait PoolOps: Send + Sync {
     fn delete(&self, name: &str) -> Result<(), PoolError>;
     /// Grows a writable volume to `size` bytes.
     fn grow(&self, name: &str, size: u64) -> Result<VolumeInfo, PoolError>;
+    /// After a grow of a served volume: a device of the new size that takes the served
+    /// one's place (same record, same I/O gate), for the namespace to move to; `None`
+    /// when no device is served or it has the volume's size already.
+    fn regrown_device(&self, name: &str) -> Result<Option<std::sync::Arc<VolumeBdev>>, PoolError>;
     fn rename(&self, name: &str, new_name: &str) -> Result<VolumeInfo, PoolError>;
     /// A read-only snapshot `snapshot` of volume `name`, taken in constant time while
     /// the volume is served; the volume carries on as a clone of it.

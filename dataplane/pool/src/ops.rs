@@ -633,6 +633,22 @@ impl PoolOps for Pool {
         Ok(self.info_of(&ctl, i))
     }
 
+    fn regrown_device(&self, name: &str) -> Result<Option<Arc<VolumeBdev>>, PoolError> {
+        let mut ctl = self.lock()?;
+        let i = self.find(&ctl, name)?;
+        let Some(old) = self.served(&ctl, i) else {
+            return Ok(None);
+        };
+        let size = self.slot(i).size.load(Ordering::Acquire);
+        let info = lightpool_bdev::Bdev::info(old.as_ref());
+        if info.num_blocks * u64::from(info.block_size) >= size {
+            return Ok(None);
+        }
+        let v = old.resized();
+        ctl.served.insert(i, Arc::downgrade(&v));
+        Ok(Some(v))
+    }
+
     fn rename(&self, name: &str, new_name: &str) -> Result<VolumeInfo, PoolError> {
         let mut ctl = self.lock()?;
         let i = self.rename_locked(&mut ctl, name, new_name)?;

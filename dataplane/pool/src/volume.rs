@@ -59,6 +59,22 @@ impl VolumeBdev {
         })
     }
 
+    /// The same served volume at its record's size now (after a grow): it shares the
+    /// record and the gate with `self`, so the I/O of both pauses together while the
+    /// namespace moves to the new device (its queues open channels of the new size and
+    /// let the old ones finish).
+    pub(crate) fn resized(&self) -> Arc<VolumeBdev> {
+        let cur = self.shared.cur.load(Ordering::Acquire);
+        let size = self.pool.slot(cur).size.load(Ordering::Acquire);
+        let mut info = self.info.clone();
+        info.num_blocks = size / u64::from(info.block_size);
+        Arc::new(VolumeBdev {
+            pool: self.pool.clone(),
+            shared: self.shared.clone(),
+            info,
+        })
+    }
+
     /// The name this device was opened under (`pool/volume`).
     pub fn info_name(&self) -> String {
         self.info.name.clone()

@@ -9,6 +9,7 @@
 //! csi-client SOCKET publish VOLUME STAGING TARGET block|ext4|xfs [ro]
 //! csi-client SOCKET unpublish VOLUME TARGET
 //! csi-client SOCKET stats VOLUME PATH
+//! csi-client SOCKET expand VOLUME PATH block|ext4|xfs BYTES
 //! ```
 
 use std::collections::HashMap;
@@ -39,7 +40,7 @@ fn cap(kind: &str) -> csi::VolumeCapability {
 
 fn usage() -> ! {
     eprintln!(
-        "use: csi-client SOCKET info|stage|unstage|publish|unpublish|stats ARGS (see the source)"
+        "use: csi-client SOCKET info|stage|unstage|publish|unpublish|stats|expand ARGS (see the source)"
     );
     std::process::exit(2)
 }
@@ -131,6 +132,23 @@ async fn call(sock: String, args: Vec<String>) -> Result<String, tonic::Status> 
                 })
                 .collect::<Vec<_>>()
                 .join(" ; ")
+        }
+        ["expand", vol, path, kind, bytes] => {
+            let required_bytes = bytes.parse::<i64>().unwrap_or_else(|_| usage());
+            let r = n
+                .node_expand_volume(csi::NodeExpandVolumeRequest {
+                    volume_id: vol.to_string(),
+                    volume_path: path.to_string(),
+                    capacity_range: Some(csi::CapacityRange {
+                        required_bytes,
+                        limit_bytes: 0,
+                    }),
+                    volume_capability: Some(cap(kind)),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            format!("capacity_bytes={}", r.capacity_bytes)
         }
         _ => usage(),
     })

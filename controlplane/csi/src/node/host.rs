@@ -320,3 +320,70 @@ pub fn device_size(dev: &Path) -> Option<u64> {
         .ok()?;
     Some(sectors * 512)
 }
+
+/// Asks the kernel to read the namespaces of every controller of `nqn` again
+/// (their sizes included). The target's Namespace Attribute Changed event does
+/// this by itself; this is for a host that missed it.
+pub fn rescan(nqn: &str) {
+    let Some(sub) = subsystem(nqn) else { return };
+    let Ok(rd) = std::fs::read_dir(&sub) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_ctrl = name
+            .strip_prefix("nvme")
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+        if is_ctrl {
+            let _ = std::fs::write(
+                Path::new("/sys/class/nvme")
+                    .join(&name)
+                    .join("rescan_controller"),
+                "1",
+            );
+        }
+    }
+}
+
+/// Waits up to `timeout` for `dev` to hold at least `bytes`, rescanning `nqn`
+/// once a second while it does not; its size when it does.
+pub fn wait_size(nqn: &str, dev: &Path, bytes: u64, timeout: Duration) -> Result<u64, HostError> {
+    let deadline = Instant::now() + timeout;
+    let mut next_rescan = Instant::now() + Duration::from_secs(1);
+    loop {
+        let have = device_size(dev).unwrap_or(0);
+        if have >= bytes {
+            return Ok(have);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(HostError::Tool {
+                cmd: format!("waiting for {} to grow", dev.display()),
+                why: format!(
+                    "it holds {have} bytes after {} s, not {bytes}: the volume has not grown on its node (ControllerExpandVolume first)",
+                    timeout.as_secs()
+                ),
+            });
+        }
+        if now >= next_rescan {
+            rescan(nqn);
+            next_rescan = now + Duration::from_secs(1);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Grows the file system `fs` on `dev`, mounted at `mounted`, to the device's
+/// size: resize2fs for ext4 (online), xfs_growfs (which takes the mount point)
+/// for xfs. Growing to the size it has is a no-op.
+pub fn grow_fs(dev: &Path, fs: &str, mounted: &Path) -> Result<(), HostError> {
+    match fs {
+        "xfs" => run("xfs_growfs", &[&mounted.display().to_string()]),
+        "ext4" | "ext3" | "ext2" => run("resize2fs", &[&dev.display().to_string()]),
+        other => Err(HostError::Tool {
+            cmd: format!("growing {}", dev.display()),
+            why: format!("{other:?} is not a file system this driver grows (ext4, xfs)"),
+        }),
+    }
+    .map(|_| ())
+}

@@ -15,6 +15,12 @@
 //! stops it. A volume on another node, or a node plugin without the API, takes the
 //! NVMe/TCP path as before.
 //!
+//! NodeExpandVolume waits (bounded) for the kernel's device to show the size the
+//! volume grew to (the target tells connected hosts; a rescan is asked for while
+//! it does not), then grows ext4 with resize2fs or xfs with xfs_growfs; a block
+//! volume gets only the size check. A MustLocal volume held by another node is
+//! refused before anything is connected.
+//!
 //! What staging learned is kept in `STATE_DIR/VOLUME.stage` (the NQN, or `ublk:` and
 //! the pool volume, and the device), so that unstaging, which the CO calls with only
 //! the volume's id and path, undoes exactly that.
@@ -161,6 +167,8 @@ impl CsiNode {
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         check_capabilities(std::slice::from_ref(cap)).map_err(Status::invalid_argument)?;
+        // Refused before anything is connected.
+        self.check_owner(&r.volume_id, &r.volume_context)?;
         let staging = Path::new(&r.staging_target_path);
         if let Some(pv) = local::local_volume(self, &r.volume_context) {
             return self.stage_local(r, cap, &pv);
@@ -227,6 +235,73 @@ impl CsiNode {
         .map_err(|e| Status::internal(format!("staging record: {e}")))?;
         tracing::info!(volume = %r.volume_id, device = %dev.display(), "staged");
         Ok(())
+    }
+
+    /// A MustLocal volume is used only on the node that holds it (its accessible
+    /// topology says so, and the control plane placed it for that node's pods):
+    /// another node asked to stage it is refused with FAILED_PRECONDITION (the CSI
+    /// code for a volume whose use conflicts with where it is), naming the node.
+    fn check_owner(
+        &self,
+        volume: &str,
+        ctx: &std::collections::HashMap<String, String>,
+    ) -> Result<(), Status> {
+        let owner = ctx.get("node").map(String::as_str).unwrap_or_default();
+        let local_only = ctx.get("placement").map(String::as_str) == Some("MustLocal");
+        if local_only && !owner.is_empty() && owner != self.node_id {
+            return Err(Status::failed_precondition(format!(
+                "volume {volume} is MustLocal and held by node {owner}, not this node {}: run the pod on node {owner} (the PersistentVolume's node affinity says so), or make the volume with placement PreferLocal to reach it over NVMe/TCP; nothing was connected",
+                self.node_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits for the kernel's device to show the size the volume grew to (bounded
+    /// by the device timeout), then grows a file system on it; a block volume gets
+    /// only the size check. Returns the device's size.
+    fn expand(&self, r: &csi::NodeExpandVolumeRequest) -> Result<u64, Status> {
+        let Some((nqn, dev, staging)) = self.staged(&r.volume_id) else {
+            return Err(Status::not_found(format!(
+                "volume {} is not staged on this node: nothing to expand here",
+                r.volume_id
+            )));
+        };
+        let path = Path::new(&r.volume_path);
+        if !path.exists() {
+            return Err(Status::not_found(format!(
+                "volume_path {} does not exist on this node",
+                path.display()
+            )));
+        }
+        let want = r
+            .capacity_range
+            .as_ref()
+            .map_or(0, |c| c.required_bytes.max(0) as u64);
+        let size = host::wait_size(&nqn, &dev, want, self.device_timeout)
+            .map_err(|e| Status::deadline_exceeded(e.to_string()))?;
+        let block = match r
+            .volume_capability
+            .as_ref()
+            .and_then(|c| c.access_type.as_ref())
+        {
+            Some(AccessType::Block(_)) => true,
+            Some(AccessType::Mount(_)) => false,
+            // Without a capability: a block volume is published as a file.
+            None => !path.is_dir(),
+        };
+        if !block {
+            let fs = host::fs_type(&dev).map_err(internal)?;
+            // The staging mount is the file system's; the publish path a bind of it.
+            let mounted = if !staging.is_empty() && host::is_mounted(Path::new(&staging)) {
+                PathBuf::from(&staging)
+            } else {
+                path.to_path_buf()
+            };
+            host::grow_fs(&dev, &fs, &mounted).map_err(internal)?;
+            tracing::info!(volume = %r.volume_id, device = %dev.display(), fs, size, "file system grown");
+        }
+        Ok(size)
     }
 
     fn unstage(&self, volume: &str, staging: &Path) -> Result<(), Status> {
@@ -434,11 +509,24 @@ impl csi::node_server::Node for CsiNode {
 
     async fn node_expand_volume(
         &self,
-        _r: Request<csi::NodeExpandVolumeRequest>,
+        r: Request<csi::NodeExpandVolumeRequest>,
     ) -> Res<csi::NodeExpandVolumeResponse> {
-        Err(Status::unimplemented(
-            "expansion is not offered by this driver yet",
-        ))
+        let r = r.into_inner();
+        if r.volume_id.is_empty() || r.volume_path.is_empty() {
+            return Err(Status::invalid_argument(
+                "volume_id and volume_path are required",
+            ));
+        }
+        if let Some(c) = &r.volume_capability {
+            check_capabilities(std::slice::from_ref(c)).map_err(Status::invalid_argument)?;
+        }
+        let me = self.clone();
+        let size = tokio::task::spawn_blocking(move || me.expand(&r))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(csi::NodeExpandVolumeResponse {
+            capacity_bytes: size as i64,
+        }))
     }
 
     async fn node_get_capabilities(
@@ -451,7 +539,11 @@ impl csi::node_server::Node for CsiNode {
             )),
         };
         Ok(Response::new(csi::NodeGetCapabilitiesResponse {
-            capabilities: vec![cap(Rpc::StageUnstageVolume), cap(Rpc::GetVolumeStats)],
+            capabilities: vec![
+                cap(Rpc::StageUnstageVolume),
+                cap(Rpc::GetVolumeStats),
+                cap(Rpc::ExpandVolume),
+            ],
         }))
     }
 
@@ -472,6 +564,72 @@ impl csi::node_server::Node for CsiNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(id: &str, dir: &Path) -> CsiNode {
+        CsiNode {
+            node_id: id.into(),
+            state_dir: dir.to_path_buf(),
+            device_timeout: Duration::from_secs(1),
+            hostnqn: None,
+        }
+    }
+
+    #[test]
+    fn a_mustlocal_volume_held_by_another_node_is_refused_before_anything_is_connected() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = |placement: &str| {
+            [
+                ("nqn", "nqn.2024-01.io.lightpool:volume:v"),
+                ("nsid", "1"),
+                // Nothing listens here: a connect attempt would fail differently.
+                ("paths", "tcp ipv4 192.0.2.1 4420"),
+                ("node", "node-a"),
+                ("placement", placement),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+        };
+        let req = |placement: &str| csi::NodeStageVolumeRequest {
+            volume_id: "v".into(),
+            staging_target_path: dir.path().join("stage").display().to_string(),
+            volume_capability: Some(csi::VolumeCapability {
+                access_mode: Some(csi::volume_capability::AccessMode {
+                    mode: csi::volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+                }),
+                access_type: Some(AccessType::Block(csi::volume_capability::BlockVolume {})),
+            }),
+            volume_context: ctx(placement),
+            ..Default::default()
+        };
+        let e = node("node-b", dir.path())
+            .stage(&req("MustLocal"))
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        for want in [
+            "held by node node-a, not this node node-b",
+            "run the pod on node node-a",
+            "PreferLocal",
+            "nothing was connected",
+        ] {
+            assert!(
+                e.message().contains(want),
+                "{want:?} not in {}",
+                e.message()
+            );
+        }
+        assert!(
+            !dir.path().join("v.stage").exists(),
+            "no staging record left"
+        );
+        // Its own node, or a volume reached over NVMe/TCP, passes the check.
+        assert!(node("node-a", dir.path())
+            .check_owner("v", &ctx("MustLocal"))
+            .is_ok());
+        assert!(node("node-b", dir.path())
+            .check_owner("v", &ctx("PreferLocal"))
+            .is_ok());
+    }
 
     #[test]
     fn the_context_createvolume_gives_is_read_and_bad_ones_are_named() {

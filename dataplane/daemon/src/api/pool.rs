@@ -428,7 +428,17 @@ impl pools_server::Pools for Api {
         let r = r.into_inner();
         let out = self
             .with_pool(r.pool.clone(), move |run, p| {
+                run.not_migrating(&volume_device_name(&r.pool, &r.name))
+                    .map_err(status_of)?;
                 let v = p.grow(&r.name, r.size_bytes).map_err(pool_status)?;
+                // A served volume: its namespaces present the new size and hosts
+                // are told, so a connected host sees the volume grow.
+                run.regrow_volume(&volume_device_name(&r.pool, &r.name), || {
+                    p.regrown_device(&r.name)
+                        .map(|d| d.map(|d| d as Arc<dyn lightpool_bdev::Bdev>))
+                        .map_err(crate::pools::manage_error)
+                })
+                .map_err(status_of)?;
                 Ok(volume_msg(run, &r.pool, v))
             })
             .await?;

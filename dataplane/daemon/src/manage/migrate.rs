@@ -74,12 +74,33 @@ pub fn get(nqn: &str, nsid: u32) -> Result<(Arc<Entry>, Progress), ManageError> 
     Ok((e, p))
 }
 
+/// The namespace whose migration moves device `d`, if one does.
+pub fn moving(d: &Arc<dyn Bdev>) -> Option<String> {
+    lock()
+        .values()
+        .find(|e| Arc::ptr_eq(&e.migration.devices().0, d))
+        .map(|e| format!("{}/{}", e.nqn, e.nsid))
+}
+
 /// Whether any migration runs (a hot upgrade is refused then).
 pub fn any() -> bool {
     !lock().is_empty()
 }
 
 impl Running {
+    /// Refused (FAILED_PRECONDITION) when registry device `device` is being migrated.
+    pub fn not_migrating(&self, device: &str) -> Result<(), ManageError> {
+        let Some(e) = self.mgmt.registry.get(device) else {
+            return Ok(());
+        };
+        match moving(&e.bdev) {
+            Some(ns) => Err(ManageError::InUse(format!(
+                "{device} is being migrated (namespace {ns}): change it once the migration has ended"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Starts moving namespace `nqn`/`nsid` to `dest`.
     pub fn start_migration(
         &self,

@@ -428,6 +428,43 @@ impl Running {
         Ok(ns)
     }
 
+    /// Pool volume `device` (its registry name) grew: when a namespace serves it,
+    /// `regrown` gives the device of the new size, which takes the old one's place in
+    /// the registry and in every namespace that served it; hosts are told (Namespace
+    /// Attribute Changed) and see the new size. Returns the namespaces moved
+    /// ("NQN/NSID").
+    pub fn regrow_volume(
+        &self,
+        device: &str,
+        regrown: impl FnOnce() -> Result<Option<Arc<dyn Bdev>>, ManageError>,
+    ) -> Result<Vec<String>, ManageError> {
+        let g = self.change()?;
+        let Some(old) = self.mgmt.registry.get(device) else {
+            return Ok(Vec::new());
+        };
+        if let Some(ns) = migrate::moving(&old.bdev) {
+            return Err(ManageError::InUse(format!(
+                "{device} is being migrated (namespace {ns}): grow it once the migration has ended"
+            )));
+        }
+        let Some(new) = regrown()? else {
+            return Ok(Vec::new());
+        };
+        self.mgmt.registry.replace_bdev(device, new.clone());
+        let mut moved = Vec::new();
+        for s in self.target.subsystems() {
+            for ns in s.namespaces() {
+                if Arc::ptr_eq(&ns.bdev, &old.bdev) {
+                    let n = s.regrow_namespace(ns.nsid, new.clone())?;
+                    tracing::info!(nqn = %s.nqn, nsid = n.nsid, blocks = n.num_blocks, device, "namespace grew with its volume");
+                    moved.push(format!("{}/{}", s.nqn, n.nsid));
+                }
+            }
+        }
+        self.changed(g);
+        Ok(moved)
+    }
+
     /// Listen on `address` with transport `transport` (made on first use).
     pub fn add_listener(&self, transport: &str, address: &str) -> Result<ListenAddr, ManageError> {
         let g = self.change()?;

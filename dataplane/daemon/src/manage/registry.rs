@@ -179,6 +179,14 @@ impl Registry {
         Ok(())
     }
 
+    /// Device `name` is now `bdev` (the same data on a device that grew).
+    pub(super) fn replace_bdev(&self, name: &str, bdev: Arc<dyn Bdev>) {
+        let mut d = self.devs.lock().expect("registry lock poisoned");
+        if let Some(e) = d.iter_mut().find(|e| e.name == name) {
+            e.bdev = bdev;
+        }
+    }
+
     pub(super) fn remove(&self, name: &str) -> Option<Entry> {
         let mut d = self.devs.lock().expect("registry lock poisoned");
         let at = d.iter().position(|e| e.name == name)?;

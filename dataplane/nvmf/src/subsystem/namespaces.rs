@@ -139,6 +139,30 @@ impl Subsystem {
         nsid: u32,
         num_blocks: Option<u64>,
     ) -> Result<Arc<Namespace>, NvmfError> {
+        self.replace_namespace(nsid, None, |_| num_blocks)
+    }
+
+    /// Moves namespace `nsid` to `bdev`, the same data on a device that grew (a pool
+    /// volume after a grow): a namespace that presented all of its old device presents
+    /// all of the new one, one that presented part keeps that part. Hosts are told
+    /// (Namespace Attribute Changed); queues move to the new device at their next
+    /// command and let the old one's requests finish.
+    pub fn regrow_namespace(
+        &self,
+        nsid: u32,
+        bdev: Arc<dyn lightpool_bdev::Bdev>,
+    ) -> Result<Arc<Namespace>, NvmfError> {
+        self.replace_namespace(nsid, Some(bdev), |old| {
+            (old.num_blocks != old.bdev.info().num_blocks).then_some(old.num_blocks)
+        })
+    }
+
+    fn replace_namespace(
+        &self,
+        nsid: u32,
+        bdev: Option<Arc<dyn lightpool_bdev::Bdev>>,
+        num_blocks: impl FnOnce(&Namespace) -> Option<u64>,
+    ) -> Result<Arc<Namespace>, NvmfError> {
         let _w = self
             .ns_writer
             .lock()
@@ -152,11 +176,11 @@ impl Subsystem {
         };
         let cfg = NamespaceConfig {
             nsid,
-            bdev: old.bdev.clone(),
+            bdev: bdev.unwrap_or_else(|| old.bdev.clone()),
             nguid: Some(old.nguid),
             uuid: Some(old.uuid),
             anagrpid: Some(old.anagrpid),
-            num_blocks,
+            num_blocks: num_blocks(&old),
         };
         let ns = make_namespace(&self.nqn, &cfg).map_err(|r| self.invalid(r))?;
         let list = cur
