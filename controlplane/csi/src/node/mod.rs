@@ -571,6 +571,7 @@ mod tests {
             state_dir: dir.to_path_buf(),
             device_timeout: Duration::from_secs(1),
             hostnqn: None,
+            dataplane_api: None,
         }
     }
 
