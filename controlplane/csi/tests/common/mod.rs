@@ -87,7 +87,9 @@ fn serve(sock: &Path, store: EmbeddedStore) {
                 controller: true,
             }))
             .add_service(csi::controller_server::ControllerServer::new(
-                CsiController::new(store, Duration::from_secs(10)),
+                // Generous: on a loaded 2-core machine the agents and the controller tick
+                // slowly, and a create waits for them.
+                CsiController::new(store, Duration::from_secs(30)),
             ))
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l)),
     );
