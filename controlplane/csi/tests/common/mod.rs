@@ -20,7 +20,7 @@ use lightpool_csi::v1::volume_capability::{
 };
 use lightpool_model::quantity::GIB;
 
-use lightpool_store::EmbeddedStore;
+use lightpool_store::{EmbeddedStore, Store};
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::Code;
 
@@ -68,6 +68,28 @@ pub async fn driver() -> Driver {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
+    // Both agents have reported their pools' capacity: a create before that would be
+    // judged against pools that hold nothing yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pools = store
+            .list::<lightpool_model::StoragePool>()
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let reported = pools
+            .iter()
+            .filter(|p| p.status.as_ref().is_some_and(|s| s.capacity_bytes > 0))
+            .count();
+        if reported == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agents never reported their pools"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let sock = dir.path().join("csi.sock");
     serve(&sock, store.clone());
     let ch = channel(sock).await;
