@@ -86,7 +86,8 @@ impl MirrorChannel {
     /// # Safety
     /// As [`IoChannel::submit`].
     unsafe fn start(&mut self, req: IoRequest) {
-        let sh = self.sh.clone();
+        // A field borrow, not a clone: no reference count touched per request.
+        let sh = &*self.sh;
         let write = writes(req.op);
         let mirror = (write || req.op == IoOp::Flush) && sh.active() && self.dst.is_some();
         if write && mirror {
