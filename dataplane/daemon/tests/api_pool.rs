@@ -61,12 +61,6 @@ fn serve_volume(nsid: u32, volume: &str) -> pb::AddNamespaceRequest {
     }
 }
 
-fn sparse(path: &std::path::Path, len: u64) {
-    std::fs::File::create(path)
-        .and_then(|f| f.set_len(len))
-        .expect("sparse file");
-}
-
 async fn get(p: &mut PoolsClient<Channel>, name: &str) -> pb::Pool {
     p.get_pool(pb::GetPoolRequest { name: name.into() })
         .await

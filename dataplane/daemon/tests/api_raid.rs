@@ -36,12 +36,6 @@ fn ram_member(bytes: u64) -> pb::RaidMember {
     }
 }
 
-fn sparse(path: &std::path::Path, len: u64) {
-    std::fs::File::create(path)
-        .and_then(|f| f.set_len(len))
-        .expect("sparse file");
-}
-
 fn raid1(name: &str, members: Vec<pb::RaidMember>) -> pb::CreateRaidRequest {
     pb::CreateRaidRequest {
         name: name.into(),

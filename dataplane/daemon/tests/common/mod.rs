@@ -153,3 +153,10 @@ pub fn add_ns(nqn: &str, nsid: u32, device: &str) -> pb::AddNamespaceRequest {
         ..Default::default()
     }
 }
+
+/// A sparse file of `len` bytes at `path`.
+pub fn sparse(path: &std::path::Path, len: u64) {
+    std::fs::File::create(path)
+        .and_then(|f| f.set_len(len))
+        .expect("sparse file");
+}
