@@ -13,6 +13,7 @@ pub mod cli;
 mod cpio;
 mod host;
 pub mod nvme_host;
+pub mod paths;
 pub mod perfjson;
 mod vm;
 
