@@ -5,66 +5,15 @@
 //! it is made; a smaller one, or one of a missing volume, is refused with what to
 //! change; the internal snapshots go once the clone or the source has.
 
-use std::time::Duration;
-
-use lightpool_agent::{clone_source, Agent, AgentConfig, MemoryDataplane};
-use lightpool_controller::{Controller, ControllerConfig};
+use lightpool_agent::clone_source;
 use lightpool_model::quantity::GIB;
 use lightpool_model::*;
-use lightpool_store::fake_api::FakeApi;
-use lightpool_store::{EmbeddedStore, KubeStore, Store};
+use lightpool_store::Store;
 
-struct Cluster<S> {
-    store: S,
-    agents: Vec<(Agent<S, MemoryDataplane>, MemoryDataplane)>,
-    controller: Controller<S>,
-}
-
-fn embedded() -> EmbeddedStore {
-    let dir = tempfile::tempdir().unwrap();
-    let s = EmbeddedStore::open(dir.path().join("s.redb")).unwrap();
-    // The open database keeps its file.
-    std::mem::forget(dir);
-    s
-}
-
-fn kube() -> KubeStore {
-    KubeStore::new(FakeApi::default().client(), "lightpool-test")
-}
-
-fn cluster<S: Store>(store: S) -> Cluster<S> {
-    let agents = ["node-a", "node-b"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let dp = MemoryDataplane::new(100 * GIB);
-            let cfg = AgentConfig::new(*n, format!("10.0.0.{}", i + 1), 4420);
-            (Agent::new(store.clone(), dp.clone(), cfg), dp)
-        })
-        .collect();
-    let controller = Controller::new(store.clone(), ControllerConfig::new("c1")).unwrap();
-    Cluster {
-        store,
-        agents,
-        controller,
-    }
-}
+mod common;
+use common::*;
 
 impl<S: Store> Cluster<S> {
-    async fn seconds(&mut self, n: usize) {
-        for _ in 0..n {
-            for (a, _) in &mut self.agents {
-                a.tick().await.unwrap();
-            }
-            self.controller.tick().await.unwrap();
-            tokio::time::advance(Duration::from_secs(1)).await;
-        }
-    }
-
-    fn dp(&self, i: usize) -> &MemoryDataplane {
-        &self.agents[i].1
-    }
-
     async fn volume(&self, name: &str, gib: u64, consumer: &str, source: Option<&str>) {
         let spec = VolumeSpec {
             size: Quantity::from_bytes(gib * GIB),

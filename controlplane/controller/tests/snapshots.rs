@@ -4,68 +4,15 @@
 //! clone in that pool, a delete the pool refuses while two volumes depend on the
 //! snapshot, and a snapshot that outlives its volume.
 
-use std::time::Duration;
-
-use lightpool_agent::{Agent, AgentConfig, MemoryDataplane};
-use lightpool_controller::{Controller, ControllerConfig};
 use lightpool_model::quantity::GIB;
 use lightpool_model::snapshot::SnapshotPhase;
 use lightpool_model::*;
-use lightpool_store::fake_api::FakeApi;
-use lightpool_store::{EmbeddedStore, EventType, KubeStore, Store};
+use lightpool_store::{EventType, Store};
 
-struct Cluster<S> {
-    store: S,
-    agents: Vec<(Agent<S, MemoryDataplane>, MemoryDataplane)>,
-    controller: Controller<S>,
-}
-
-fn embedded() -> EmbeddedStore {
-    let dir = tempfile::tempdir().unwrap();
-    let s = EmbeddedStore::open(dir.path().join("s.redb")).unwrap();
-    // The open database keeps its file.
-    std::mem::forget(dir);
-    s
-}
-
-fn kube() -> KubeStore {
-    KubeStore::new(FakeApi::default().client(), "lightpool-test")
-}
-
-fn cluster<S: Store>(store: S) -> Cluster<S> {
-    let agents = ["node-a", "node-b"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let dp = MemoryDataplane::new(100 * GIB);
-            let cfg = AgentConfig::new(*n, format!("10.0.0.{}", i + 1), 4420);
-            (Agent::new(store.clone(), dp.clone(), cfg), dp)
-        })
-        .collect();
-    let controller = Controller::new(store.clone(), ControllerConfig::new("c1")).unwrap();
-    Cluster {
-        store,
-        agents,
-        controller,
-    }
-}
+mod common;
+use common::*;
 
 impl<S: Store> Cluster<S> {
-    /// `n` seconds: each second every agent ticks, then the controller.
-    async fn seconds(&mut self, n: usize) {
-        for _ in 0..n {
-            for (a, _) in &mut self.agents {
-                a.tick().await.unwrap();
-            }
-            self.controller.tick().await.unwrap();
-            tokio::time::advance(Duration::from_secs(1)).await;
-        }
-    }
-
-    fn dp(&self, i: usize) -> &MemoryDataplane {
-        &self.agents[i].1
-    }
-
     async fn volume(&self, name: &str, gib: u64, consumer: &str, source: Option<&str>) {
         let spec = VolumeSpec {
             size: Quantity::from_bytes(gib * GIB),
