@@ -239,6 +239,10 @@ refused FailedPrecondition stage fs /stage/fs xfs $FSCTX "$P"
 refused NotFound stats fs /no/such/path
 refused FailedPrecondition stage fs /stage/fs ext4 $FSCTX "$P" node=node-x placement=MustLocal
 [ $(controllers) = 0 ] || {{ say "a refused stage left a controller"; exit 1; }}
+say "a volume attached to another node, or to none, is not staged here"
+refused FailedPrecondition stage fs /stage/fs ext4 $FSCTX "$P" pub:publishedNode=node-x
+refused FailedPrecondition stage fs /stage/fs ext4 $FSCTX "$P" pub:-
+[ $(controllers) = 0 ] || {{ say "a refused stage left a controller"; exit 1; }}
 
 say "online expansion through the control plane"
 ok stage grow /stage/grow ext4 {grow_ctx}

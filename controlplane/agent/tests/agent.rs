@@ -31,6 +31,7 @@ async fn scheduled(s: &EmbeddedStore, name: &str, gib: u64) {
         spread: None,
         source_snapshot: None,
         source_volume: None,
+        published: Vec::new(),
     };
     s.apply(&Volume::new(name, spec)).await.unwrap();
     let st = VolumeStatus {

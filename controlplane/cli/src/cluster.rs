@@ -239,6 +239,7 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
                 spread: None,
                 source_snapshot: from_snapshot.clone(),
                 source_volume: from_volume.clone(),
+                published: Vec::new(),
             };
             if let Err(invalid) = lightpool_model::validate::validate_volume(&spec) {
                 return Err(invalid.to_string());

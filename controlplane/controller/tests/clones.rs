@@ -24,6 +24,7 @@ impl<S: Store> Cluster<S> {
             spread: None,
             source_snapshot: None,
             source_volume: source.map(str::to_string),
+            published: Vec::new(),
         };
         self.store.apply(&Volume::new(name, spec)).await.unwrap();
     }

@@ -78,6 +78,7 @@ impl<S: Store> Cluster<S> {
             spread: None,
             source_snapshot: None,
             source_volume: None,
+            published: Vec::new(),
         };
         self.store.apply(&Volume::new(name, spec)).await.unwrap();
     }
@@ -238,6 +239,7 @@ async fn bad_input_is_refused_with_what_to_change_and_nothing_made<S: Store>(s: 
         spread: None,
         source_snapshot: None,
         source_volume: None,
+        published: Vec::new(),
     };
     let bad = [
         (
@@ -508,6 +510,7 @@ async fn only_the_lease_holder_acts_and_a_restart_mid_operation_resumes_cleanly<
         spread: None,
         source_snapshot: None,
         source_volume: None,
+        published: Vec::new(),
     };
     store.apply(&Volume::new("w", spec)).await.unwrap();
     for _ in 0..2 {
@@ -682,6 +685,7 @@ async fn a_new_volume_is_handled_at_once_through_the_watches() {
             spread: None,
             source_snapshot: None,
             source_volume: None,
+            published: Vec::new(),
         };
         store.apply(&Volume::new(name, spec)).await.unwrap();
         let took = ready(name).await;

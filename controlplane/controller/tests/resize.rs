@@ -67,6 +67,7 @@ impl<S: Store> Cluster<S> {
             spread: None,
             source_snapshot: None,
             source_volume: None,
+            published: Vec::new(),
         };
         self.store.apply(&Volume::new(name, spec)).await.unwrap();
     }

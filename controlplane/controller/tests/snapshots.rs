@@ -23,6 +23,7 @@ impl<S: Store> Cluster<S> {
             spread: None,
             source_snapshot: source.map(str::to_string),
             source_volume: None,
+            published: Vec::new(),
         };
         self.store.apply(&Volume::new(name, spec)).await.unwrap();
     }

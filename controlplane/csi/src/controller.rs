@@ -11,6 +11,7 @@
 //! volumes cloned from volumes: [`expand`].
 
 mod expand;
+pub mod publish;
 mod snapshots;
 
 use std::collections::{BTreeSet, HashMap};
@@ -407,6 +408,7 @@ impl<S: Store> csi::controller_server::Controller for CsiController<S> {
             spread: p.spread,
             source_snapshot: source,
             source_volume,
+            published: Vec::new(),
         };
         if spec.placement == PlacementHint::MustLocal && spec.consumer_node.is_none() {
             return Err(Status::invalid_argument(format!(
@@ -464,6 +466,15 @@ impl<S: Store> csi::controller_server::Controller for CsiController<S> {
             return Err(Status::invalid_argument("volume_id is required"));
         }
         let _held = self.hold(&id)?;
+        if let Some(v) = self.store.get::<Volume>(&id).await.map_err(store_err)? {
+            let nodes = publish::published_nodes(&v);
+            if !nodes.is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "volume {id} is attached to node {}: detach it (ControllerUnpublishVolume; Kubernetes does once no pod uses it) before deleting it",
+                    nodes.join(", ")
+                )));
+            }
+        }
         let deadline = Instant::now() + self.wait;
         match self.store.delete::<Volume>(&id, None).await {
             Ok(Deleted::Gone) => {}
@@ -494,20 +505,16 @@ impl<S: Store> csi::controller_server::Controller for CsiController<S> {
 
     async fn controller_publish_volume(
         &self,
-        _r: Request<csi::ControllerPublishVolumeRequest>,
+        r: Request<csi::ControllerPublishVolumeRequest>,
     ) -> Res<csi::ControllerPublishVolumeResponse> {
-        Err(Status::unimplemented(
-            "no attach step: nodes connect in NodeStageVolume (PUBLISH_UNPUBLISH_VOLUME is not offered)",
-        ))
+        self.publish_(r.into_inner()).await.map(Response::new)
     }
 
     async fn controller_unpublish_volume(
         &self,
-        _r: Request<csi::ControllerUnpublishVolumeRequest>,
+        r: Request<csi::ControllerUnpublishVolumeRequest>,
     ) -> Res<csi::ControllerUnpublishVolumeResponse> {
-        Err(Status::unimplemented(
-            "no attach step (PUBLISH_UNPUBLISH_VOLUME is not offered)",
-        ))
+        self.unpublish_(r.into_inner()).await.map(Response::new)
     }
 
     async fn validate_volume_capabilities(
@@ -562,7 +569,10 @@ impl<S: Store> csi::controller_server::Controller for CsiController<S> {
             .iter()
             .map(|v| csi::list_volumes_response::Entry {
                 volume: Some(csi_volume(v)),
-                status: None,
+                status: Some(csi::list_volumes_response::VolumeStatus {
+                    published_node_ids: publish::published_nodes(v),
+                    volume_condition: None,
+                }),
             })
             .collect();
         Ok(Response::new(csi::ListVolumesResponse {
@@ -627,6 +637,8 @@ impl<S: Store> csi::controller_server::Controller for CsiController<S> {
                 cap(Rpc::CreateDeleteVolume),
                 cap(Rpc::GetCapacity),
                 cap(Rpc::ListVolumes),
+                cap(Rpc::PublishUnpublishVolume),
+                cap(Rpc::ListVolumesPublishedNodes),
                 cap(Rpc::SingleNodeMultiWriter),
                 cap(Rpc::CreateDeleteSnapshot),
                 cap(Rpc::ListSnapshots),

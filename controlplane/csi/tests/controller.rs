@@ -65,8 +65,10 @@ async fn identity_names_the_driver_and_its_services() {
                 .map(|csi::controller_service_capability::Type::Rpc(r)| r.r#type)
         })
         .collect();
-    assert_eq!(rpcs.len(), 8, "{caps:?}");
+    assert_eq!(rpcs.len(), 10, "{caps:?}");
     for want in [
+        Rpc::PublishUnpublishVolume,
+        Rpc::ListVolumesPublishedNodes,
         Rpc::CreateDeleteSnapshot,
         Rpc::ListSnapshots,
         Rpc::CloneVolume,

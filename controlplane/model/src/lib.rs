@@ -30,7 +30,8 @@ pub use pool::{NodeInfo, PoolHealth, PoolLayout, StoragePool, StoragePoolSpec, S
 pub use quantity::Quantity;
 pub use snapshot::{Snapshot, SnapshotSpec, SnapshotStatus};
 pub use volume::{
-    PlacementHint, Provisioning, Volume, VolumeAffinity, VolumePhase, VolumeSpec, VolumeStatus,
+    PlacementHint, Provisioning, Publication, Volume, VolumeAffinity, VolumePhase, VolumeSpec,
+    VolumeStatus,
 };
 
 /// The API group of every LightPool resource.

@@ -55,6 +55,22 @@ pub struct VolumeSpec {
     /// needs its data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_volume: Option<String>,
+    /// The nodes the container orchestrator attached the volume to (CSI
+    /// ControllerPublishVolume): a node stages the volume only while it is here,
+    /// and a volume used by one node at a time is here at most once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<Publication>,
+}
+
+/// One node a volume is attached to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Publication {
+    /// The node's name (the CSI node id).
+    pub node: String,
+    /// Attached read-only.
+    #[serde(default)]
+    pub readonly: bool,
 }
 
 /// Thin or thick provisioning.

@@ -15,6 +15,7 @@ fn spec(size: &str) -> VolumeSpec {
         spread: None,
         source_snapshot: None,
         source_volume: None,
+        published: Vec::new(),
     }
 }
 

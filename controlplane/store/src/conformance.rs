@@ -47,6 +47,7 @@ pub fn volume(name: &str, size: &str) -> Volume {
             spread: None,
             source_snapshot: None,
             source_volume: None,
+            published: Vec::new(),
         },
     )
 }

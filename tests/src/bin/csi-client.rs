@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! csi-client SOCKET info
-//! csi-client SOCKET stage VOLUME STAGING block|ext4|xfs [KEY=VALUE...]
+//! csi-client SOCKET stage VOLUME STAGING block|ext4|xfs [KEY=VALUE...] [pub:KEY=VALUE...|pub:-]
 //! csi-client SOCKET unstage VOLUME STAGING
 //! csi-client SOCKET publish VOLUME STAGING TARGET block|ext4|xfs [ro]
 //! csi-client SOCKET unpublish VOLUME TARGET
@@ -72,14 +72,37 @@ async fn call(sock: String, args: Vec<String>) -> Result<String, tonic::Status> 
         ["stage", vol, staging, kind, ctx @ ..] => {
             let volume_context: HashMap<String, String> = ctx
                 .iter()
+                .filter(|kv| !kv.starts_with("pub:"))
                 .filter_map(|kv| kv.split_once('='))
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
+            // What ControllerPublishVolume gave: `pub:KEY=VALUE` words, `pub:-` for
+            // none; by default the attachment to the plugin's own node, as the CO
+            // passes it after attaching the volume there.
+            let words: Vec<&str> = ctx
+                .iter()
+                .filter_map(|kv| kv.strip_prefix("pub:"))
+                .collect();
+            let publish_context: HashMap<String, String> = if words.is_empty() {
+                let me = n
+                    .node_get_info(csi::NodeGetInfoRequest {})
+                    .await?
+                    .into_inner()
+                    .node_id;
+                HashMap::from([("publishedNode".to_string(), me)])
+            } else {
+                words
+                    .iter()
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            };
             n.node_stage_volume(csi::NodeStageVolumeRequest {
                 volume_id: vol.to_string(),
                 staging_target_path: staging.to_string(),
                 volume_capability: Some(cap(kind)),
                 volume_context,
+                publish_context,
                 ..Default::default()
             })
             .await?;

@@ -116,7 +116,7 @@ impl<S: Store> CsiController<S> {
         }
     }
 
-    async fn existing(&self, id: &str) -> Result<Volume, Status> {
+    pub(super) async fn existing(&self, id: &str) -> Result<Volume, Status> {
         self.store
             .get::<Volume>(id)
             .await

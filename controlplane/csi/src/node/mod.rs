@@ -168,6 +168,7 @@ impl CsiNode {
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         check_capabilities(std::slice::from_ref(cap)).map_err(Status::invalid_argument)?;
         // Refused before anything is connected.
+        self.check_published(&r.volume_id, &r.publish_context)?;
         self.check_owner(&r.volume_id, &r.volume_context)?;
         let staging = Path::new(&r.staging_target_path);
         if let Some(pv) = local::local_volume(self, &r.volume_context) {
@@ -235,6 +236,28 @@ impl CsiNode {
         .map_err(|e| Status::internal(format!("staging record: {e}")))?;
         tracing::info!(volume = %r.volume_id, device = %dev.display(), "staged");
         Ok(())
+    }
+
+    /// A volume is staged only on the node it is attached to: the publish context
+    /// ControllerPublishVolume gave names that node. A volume attached to another
+    /// node, or never attached, is refused with FAILED_PRECONDITION before anything
+    /// is connected.
+    fn check_published(
+        &self,
+        volume: &str,
+        publish: &std::collections::HashMap<String, String>,
+    ) -> Result<(), Status> {
+        use crate::controller::publish::PUBLISHED_NODE;
+        match publish.get(PUBLISHED_NODE) {
+            Some(n) if *n == self.node_id => Ok(()),
+            Some(n) => Err(Status::failed_precondition(format!(
+                "volume {volume} is attached to node {n}, not this node {}: a volume is used by one node at a time; stop the pod using it on {n} first; nothing was connected",
+                self.node_id
+            ))),
+            None => Err(Status::failed_precondition(format!(
+                "volume {volume} has no {PUBLISHED_NODE:?} in its publish context: it was not attached to this node by ControllerPublishVolume (the CSIDriver must say attachRequired: true, as deploy/csi/csidriver.yaml does); nothing was connected"
+            ))),
+        }
     }
 
     /// A MustLocal volume is used only on the node that holds it (its accessible
@@ -601,6 +624,7 @@ mod tests {
                 access_type: Some(AccessType::Block(csi::volume_capability::BlockVolume {})),
             }),
             volume_context: ctx(placement),
+            publish_context: [("publishedNode".to_string(), "node-b".to_string())].into(),
             ..Default::default()
         };
         let e = node("node-b", dir.path())
@@ -630,6 +654,39 @@ mod tests {
         assert!(node("node-b", dir.path())
             .check_owner("v", &ctx("PreferLocal"))
             .is_ok());
+    }
+
+    #[test]
+    fn a_volume_is_staged_only_on_the_node_it_is_attached_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = node("node-b", dir.path());
+        let publish = |node: Option<&str>| -> std::collections::HashMap<String, String> {
+            node.map(|n| ("publishedNode".to_string(), n.to_string()))
+                .into_iter()
+                .collect()
+        };
+        assert!(n.check_published("v", &publish(Some("node-b"))).is_ok());
+        let e = n
+            .check_published("v", &publish(Some("node-a")))
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        for want in [
+            "attached to node node-a, not this node node-b",
+            "nothing was connected",
+        ] {
+            assert!(
+                e.message().contains(want),
+                "{want:?} not in {}",
+                e.message()
+            );
+        }
+        let e = n.check_published("v", &publish(None)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(
+            e.message().contains("attachRequired: true"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]
