@@ -776,7 +776,7 @@ impl<T: Default> NvmfQueue<T> {
             *in_flight -= 1;
             let r = &mut slots[tag as usize];
             if st != IoStatus::Success && r.cqe.status.is_success() {
-                r.cqe.status = bdev_status(st);
+                r.cqe.status = bdev_status(st, r.sqe.opcode);
             }
             r.pending -= 1;
             if r.pending == 0 {
@@ -885,12 +885,30 @@ fn compare_result<T>(r: &Request<T>) -> Status {
     }
 }
 
-fn bdev_status(st: IoStatus) -> Status {
+/// The NVMe status of a block device's answer to command `opcode`. A medium error
+/// (EIO) is the media status of the command (Unrecovered Read Error for a read or
+/// compare, Write Fault for a write), with DNR: the same blocks fail again, and the
+/// host reports it instead of retrying. No space left (ENOSPC) is Capacity Exceeded,
+/// as a thin device's own refusal. Any other error (a lost path, a timeout of a
+/// device behind the network) is Internal Error without DNR: a retry may succeed.
+fn bdev_status(st: IoStatus, opcode: u8) -> Status {
+    use lightpool_spec::status::media;
     match st {
         IoStatus::Success => Status::SUCCESS,
         IoStatus::OutOfRange => Status::generic(generic::LBA_OUT_OF_RANGE).with_dnr(),
         IoStatus::ReadOnly => Status::generic(NAMESPACE_WRITE_PROTECTED).with_dnr(),
-        IoStatus::CapacityExceeded => Status::generic(generic::CAPACITY_EXCEEDED).with_dnr(),
+        IoStatus::CapacityExceeded | IoStatus::Io(libc::ENOSPC) => {
+            Status::generic(generic::CAPACITY_EXCEEDED).with_dnr()
+        }
+        IoStatus::Io(libc::EIO) => match opcode {
+            nvme::io_opcode::READ | nvme::io_opcode::COMPARE => {
+                Status::media(media::UNRECOVERED_READ_ERROR).with_dnr()
+            }
+            nvme::io_opcode::WRITE | nvme::io_opcode::WRITE_ZEROES => {
+                Status::media(media::WRITE_FAULT).with_dnr()
+            }
+            _ => Status::generic(generic::INTERNAL_ERROR),
+        },
         IoStatus::Io(_) => Status::generic(generic::INTERNAL_ERROR),
     }
 }
@@ -987,8 +1005,41 @@ mod status_tests {
     /// host must not retry the same write blindly.
     #[test]
     fn capacity_exceeded_is_generic_81h() {
-        let s = bdev_status(IoStatus::CapacityExceeded);
+        let s = bdev_status(IoStatus::CapacityExceeded, nvme::io_opcode::WRITE);
         assert_eq!(s, Status::generic(0x81).with_dnr());
         assert_eq!(s, Status::generic(generic::CAPACITY_EXCEEDED).with_dnr());
+        // A backend's ENOSPC (a file on a full file system) is the same.
+        assert_eq!(
+            bdev_status(IoStatus::Io(libc::ENOSPC), nvme::io_opcode::WRITE),
+            s
+        );
+    }
+
+    /// A medium error is the command's media status (SCT 2) with DNR; other errors
+    /// are Internal Error, retryable.
+    #[test]
+    fn medium_errors_are_media_statuses_of_the_command() {
+        use lightpool_spec::status::media;
+        let eio = IoStatus::Io(libc::EIO);
+        for op in [nvme::io_opcode::READ, nvme::io_opcode::COMPARE] {
+            assert_eq!(
+                bdev_status(eio, op),
+                Status::media(media::UNRECOVERED_READ_ERROR).with_dnr()
+            );
+        }
+        for op in [nvme::io_opcode::WRITE, nvme::io_opcode::WRITE_ZEROES] {
+            assert_eq!(
+                bdev_status(eio, op),
+                Status::media(media::WRITE_FAULT).with_dnr()
+            );
+        }
+        assert_eq!(
+            bdev_status(eio, nvme::io_opcode::FLUSH),
+            Status::generic(generic::INTERNAL_ERROR)
+        );
+        assert_eq!(
+            bdev_status(IoStatus::Io(libc::ETIMEDOUT), nvme::io_opcode::READ),
+            Status::generic(generic::INTERNAL_ERROR)
+        );
     }
 }
