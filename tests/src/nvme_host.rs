@@ -334,6 +334,34 @@ impl HostQueue {
 }
 
 impl HostQueue {
+    /// One command on namespace `nsid` at `lba` for `blocks` blocks of `bs` bytes: a
+    /// write (or other command carrying data) of `data` in the capsule when given,
+    /// else a read into a transport data block. Its status, and the data read (empty
+    /// when it failed).
+    pub fn command(
+        &mut self,
+        nsid: u32,
+        opcode: u8,
+        lba: u64,
+        blocks: u32,
+        bs: u32,
+        data: Option<&[u8]>,
+    ) -> Result<(lightpool_spec::status::Status, Vec<u8>)> {
+        let cid = self.cid();
+        let (sgl, len) = match data {
+            Some(d) => (SGL_DATA_BLOCK_OFFSET, d.len() as u32),
+            None => (SGL_TRANSPORT_DATA_BLOCK, blocks * bs),
+        };
+        let sqe = rw_ns(nsid, opcode, cid, lba, blocks, sgl, len);
+        self.send_capsule(&sqe, data.unwrap_or(&[]))?;
+        let mut got = Vec::new();
+        let c = self.recv_resp(&mut got)?;
+        if c.cid != cid {
+            bail!("answer for command {} while waiting for {cid}", c.cid);
+        }
+        Ok((c.status, got))
+    }
+
     /// Writes `pattern(lba, gen)` to each `(lba, gen)` of namespace `nsid`, one block of
     /// `bs` bytes each (pipelined: all sent, then all answered, in any order). Whether
     /// each succeeded, in order; an error when the connection fails (then which of them

@@ -440,6 +440,7 @@ pub async fn run(cli: &Cli, dest: &Dest) -> Result<(), String> {
                     read_only,
                     buffered,
                     vfio_nsid,
+                    rules,
                 } => {
                     use pb::create_block_device_request::Kind;
                     let k = if let Some(b) = kind.ram {
@@ -460,11 +461,19 @@ pub async fn run(cli: &Cli, dest: &Dest) -> Result<(), String> {
                             pci_address: a.clone(),
                             nsid: vfio_nsid.unwrap_or(1),
                         })
+                    } else if let Some(base) = &kind.fault {
+                        Kind::Fault(pb::FaultDevice {
+                            base: base.clone(),
+                            rules: rules.clone(),
+                        })
                     } else {
                         Kind::Passthru(pb::PassthruDevice {
                             base: kind.passthru.clone().unwrap_or_default(),
                         })
                     };
+                    if !rules.is_empty() && kind.fault.is_none() {
+                        return Err("--rule is for a fault device: add --fault DEVICE".into());
+                    }
                     let d = api
                         .create_block_device(pb::CreateBlockDeviceRequest {
                             name: name.clone(),
@@ -496,6 +505,28 @@ pub async fn run(cli: &Cli, dest: &Dest) -> Result<(), String> {
                         .map_err(refused)?
                         .into_inner();
                     emit(j, &l.devices, |d| devices_table(d))
+                }
+                BdevCmd::Faults { name, rules, clear } => {
+                    let f = if rules.is_empty() && !clear {
+                        api.get_fault_rules(pb::GetFaultRulesRequest { name: name.clone() })
+                            .await
+                    } else {
+                        api.set_fault_rules(pb::SetFaultRulesRequest {
+                            name: name.clone(),
+                            rules: rules.clone(),
+                        })
+                        .await
+                    }
+                    .map_err(refused)?
+                    .into_inner();
+                    emit(j, &f, |f| {
+                        if f.rules.is_empty() {
+                            println!("fault device {}: no rules (everything passes)", f.name);
+                        }
+                        for r in &f.rules {
+                            println!("{:<40} matched {:>8}  fired {:>8}", r.rule, r.seen, r.fired);
+                        }
+                    })
                 }
             }
         }

@@ -357,6 +357,9 @@ pub struct DeviceKind {
     /// A pass-through counting the I/O of this device.
     #[arg(long)]
     pub passthru: Option<String>,
+    /// A device injecting faults into this device (rules: --rule).
+    #[arg(long)]
+    pub fault: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -380,11 +383,30 @@ pub enum BdevCmd {
         /// The SSD's namespace (vfio).
         #[arg(long)]
         vfio_nsid: Option<u32>,
+        /// A fault device's rule (repeat for several): OPS:FAULT[,KEY=VALUE...], e.g.
+        /// write:eio,count=1 or read:delay=50ms,every=100 (see `bdev faults --help`).
+        #[arg(long = "rule")]
+        rules: Vec<String>,
     },
     Delete {
         name: String,
     },
     List,
+    /// Shows a fault device's rules and what each did; with RULEs, replaces them.
+    ///
+    /// A rule is OPS:FAULT[,KEY=VALUE...]. OPS: read, write, flush, zeroes, discard or
+    /// any, joined with '+'. FAULT: eio (fails, nothing reaches the device), errno=N,
+    /// full (a write refused for lack of space), torn (a write lands only on its first
+    /// blocks, then fails) or delay=DURATION (300us, 50ms, 2s). KEYs: lba=FIRST-LAST,
+    /// skip=N (let N through first), every=N (one in N), count=N (at most N faults).
+    Faults {
+        name: String,
+        /// The new rules.
+        rules: Vec<String>,
+        /// Remove every rule: the device passes everything through.
+        #[arg(long, conflicts_with = "rules")]
+        clear: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

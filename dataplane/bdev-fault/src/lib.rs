@@ -39,7 +39,7 @@ impl Live {
     /// Counts a matching request; whether the rule fires on it.
     fn fires(&self) -> bool {
         let n = self.seen.fetch_add(1, Ordering::Relaxed);
-        if n < self.rule.skip || (n - self.rule.skip) % self.rule.every != 0 {
+        if n < self.rule.skip || !(n - self.rule.skip).is_multiple_of(self.rule.every) {
             return false;
         }
         let f = self.fired.fetch_add(1, Ordering::Relaxed);
@@ -61,6 +61,9 @@ pub struct RuleStats {
     pub fired: u64,
 }
 
+/// Every fault device of the process, for [`FaultBdev::find`].
+static LIVE: Mutex<Vec<std::sync::Weak<FaultBdev>>> = Mutex::new(Vec::new());
+
 #[derive(Default)]
 struct Shared {
     generation: AtomicU64,
@@ -80,11 +83,25 @@ impl FaultBdev {
     pub fn new(name: &str, inner: Arc<dyn Bdev>) -> Arc<FaultBdev> {
         let mut info = inner.info().clone();
         info.name = name.to_string();
-        Arc::new(FaultBdev {
+        let d = Arc::new(FaultBdev {
             inner,
             info,
             shared: Arc::default(),
-        })
+        });
+        let mut all = LIVE.lock().expect("fault devices poisoned");
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&d));
+        d
+    }
+
+    /// The live fault device of this process named `name` (the newest, should two
+    /// share it), for a management API that changes its rules.
+    pub fn find(name: &str) -> Option<Arc<FaultBdev>> {
+        let all = LIVE.lock().expect("fault devices poisoned");
+        all.iter()
+            .rev()
+            .filter_map(std::sync::Weak::upgrade)
+            .find(|d| d.info.name == name)
     }
 
     /// Replaces the rules (their counters start at zero); channels take them at their

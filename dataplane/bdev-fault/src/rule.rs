@@ -253,8 +253,10 @@ impl fmt::Display for FaultRule {
             },
             Fault::Full => f.write_str(":full")?,
             Fault::Torn => f.write_str(":torn")?,
-            Fault::Delay(us) if us % 1_000_000 == 0 => write!(f, ":delay={}s", us / 1_000_000)?,
-            Fault::Delay(us) if us % 1000 == 0 => write!(f, ":delay={}ms", us / 1000)?,
+            Fault::Delay(us) if us.is_multiple_of(1_000_000) => {
+                write!(f, ":delay={}s", us / 1_000_000)?
+            }
+            Fault::Delay(us) if us.is_multiple_of(1000) => write!(f, ":delay={}ms", us / 1000)?,
             Fault::Delay(us) => write!(f, ":delay={us}us")?,
         }
         if let Some((a, b)) = self.lba {

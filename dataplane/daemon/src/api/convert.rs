@@ -170,3 +170,19 @@ pub fn parse_id(what: &str, s: &Option<String>) -> Result<Option<[u8; 16]>, Stat
         }),
     }
 }
+
+/// A fault device's rules and what each has done.
+pub fn fault_rules(name: &str, d: &lightpool_bdev_fault::FaultBdev) -> pb::FaultRules {
+    pb::FaultRules {
+        name: name.to_string(),
+        rules: d
+            .rules()
+            .into_iter()
+            .map(|r| pb::FaultRuleStatus {
+                rule: r.rule.to_string(),
+                seen: r.seen,
+                fired: r.fired,
+            })
+            .collect(),
+    }
+}

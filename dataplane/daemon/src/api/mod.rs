@@ -11,7 +11,7 @@
 //! or `.api` appended when it has no `.sock`. A hot upgrade hands the listening socket
 //! to the new process, which serves on at the same path.
 
-mod convert;
+pub(crate) mod convert;
 mod migrate;
 mod pool;
 mod raid;

@@ -287,9 +287,16 @@ impl block_devices_server::BlockDevices for Api {
                 nsid: if x.nsid == 0 { 1 } else { x.nsid },
             },
             Some(Kind::Passthru(x)) => DeviceSpec::Passthru { base: x.base },
+            Some(Kind::Fault(x)) => {
+                crate::manage::parse_rules(&x.rules).map_err(status_of)?;
+                DeviceSpec::Fault {
+                    base: x.base,
+                    rules: x.rules,
+                }
+            }
             None => {
                 return Err(Status::invalid_argument(
-                    "say what device to create: ram, file, vfio or passthru",
+                    "say what device to create: ram, file, vfio, passthru or fault",
                 ))
             }
         };
@@ -325,6 +332,21 @@ impl block_devices_server::BlockDevices for Api {
         let name = r.into_inner().name;
         self.blocking(move |run| run.delete_bdev(&name)).await?;
         Ok(Response::new(pb::DeleteBlockDeviceResponse {}))
+    }
+
+    async fn set_fault_rules(&self, r: Request<pb::SetFaultRulesRequest>) -> Res<pb::FaultRules> {
+        let r = r.into_inner();
+        let rules = crate::manage::parse_rules(&r.rules).map_err(status_of)?;
+        let out = self
+            .blocking(move |run| run.set_fault_rules(&r.name, rules, r.rules))
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn get_fault_rules(&self, r: Request<pb::GetFaultRulesRequest>) -> Res<pb::FaultRules> {
+        let name = r.into_inner().name;
+        let d = crate::manage::fault_device(&name).map_err(status_of)?;
+        Ok(Response::new(convert::fault_rules(&name, &d)))
     }
 
     async fn list_block_devices(

@@ -132,7 +132,8 @@ fn d_transport() -> String {
     "tcp".to_string()
 }
 
-/// A block device, by name: exactly one of `ram`, `file`, `vfio` or `passthru`.
+/// A block device, by name: exactly one of `ram`, `file`, `vfio`, `passthru` or
+/// `fault`.
 #[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct BdevSection {
@@ -149,6 +150,14 @@ pub struct BdevSection {
     /// A pass-through that counts the I/O of the device named here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passthru: Option<String>,
+    /// A device injecting faults into the device named here (for tests: see
+    /// `faults`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+    /// A fault device's rules at start, e.g. `["write:eio,count=1"]` (the text form
+    /// of `lightpool_bdev_fault::rule`); changed at run time through the API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vfio_nsid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -275,6 +284,8 @@ impl NamespaceSection {
             file: self.file.clone(),
             vfio: self.vfio.clone(),
             passthru: None,
+            fault: None,
+            faults: Vec::new(),
             vfio_nsid: self.vfio_nsid,
             block_size: self.block_size,
             hugepages: self.hugepages,
@@ -361,6 +372,7 @@ fn check_device(key: &str, b: &BdevSection, stacked: bool) -> Result<(), FieldEr
         b.file.is_some(),
         b.vfio.is_some(),
         b.passthru.is_some(),
+        b.fault.is_some(),
     ];
     match given.iter().filter(|x| **x).count() {
         0 if stacked => {
@@ -372,12 +384,12 @@ fn check_device(key: &str, b: &BdevSection, stacked: bool) -> Result<(), FieldEr
         0 => {
             return Err(ferr(
                 g("ram"),
-                "a [[bdev]] needs one of ram = \"SIZE\", file = \"PATH\", vfio = \"PCI ADDRESS\" or passthru = \"DEVICE\"",
+                "a [[bdev]] needs one of ram = \"SIZE\", file = \"PATH\", vfio = \"PCI ADDRESS\", passthru = \"DEVICE\" or fault = \"DEVICE\"",
             ))
         }
         1 => {}
         _ => {
-            let first = ["ram", "file", "vfio", "passthru"]
+            let first = ["ram", "file", "vfio", "passthru", "fault"]
                 .iter()
                 .zip(given)
                 .filter(|(_, g)| *g)
@@ -385,7 +397,7 @@ fn check_device(key: &str, b: &BdevSection, stacked: bool) -> Result<(), FieldEr
                 .map_or("ram", |(n, _)| *n);
             return Err(ferr(
                 g(first),
-                "give one of ram, file, vfio or passthru, not several",
+                "give one of ram, file, vfio, passthru or fault, not several",
             ));
         }
     }
@@ -494,15 +506,26 @@ impl Config {
                 ));
             }
             check_device(&key, b, false)?;
-            if let Some(base) = &b.passthru {
+            for (field, base) in [("passthru", &b.passthru), ("fault", &b.fault)] {
+                let Some(base) = base else { continue };
                 if !self.bdevs[..bi].iter().any(|o| &o.name == base)
                     && !self.raids.iter().any(|r| &r.name == base)
                 {
                     return Err(ferr(
-                        format!("{key}.passthru"),
+                        format!("{key}.{field}"),
                         format!("no [[bdev]] named {base:?} comes before it"),
                     ));
                 }
+            }
+            if !b.faults.is_empty() && b.fault.is_none() {
+                return Err(ferr(
+                    format!("{key}.faults"),
+                    "fault rules need a fault device: add fault = \"DEVICE\" (the device to inject into)",
+                ));
+            }
+            for (ri, r) in b.faults.iter().enumerate() {
+                r.parse::<lightpool_bdev_fault::FaultRule>()
+                    .map_err(|e| ferr(format!("{key}.faults[{ri}]"), e.to_string()))?;
             }
         }
         for (si, s) in self.subsystems.iter().enumerate() {

@@ -242,10 +242,11 @@ pub fn validate(cfg: &Config) -> Result<(), FieldError> {
         }
     }
     for (bi, b) in cfg.bdevs.iter().enumerate() {
-        if let Some(base) = &b.passthru {
+        for (field, base) in [("passthru", &b.passthru), ("fault", &b.fault)] {
+            let Some(base) = base else { continue };
             if let Some(p) = cfg.pools.iter().find(|p| p.device_name() == Some(base)) {
                 return Err(ferr(
-                    format!("bdev[{bi}].passthru"),
+                    format!("bdev[{bi}].{field}"),
                     format!("{base:?} is pool {:?}'s device", p.name),
                 ));
             }

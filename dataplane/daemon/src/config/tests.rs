@@ -115,6 +115,52 @@ fn ram_sizes_in_bytes_or_binary_units() {
 }
 
 #[test]
+fn fault_devices_and_their_rules() {
+    let ram = "[[bdev]]\nname = \"r\"\nram = \"1MiB\"\n";
+    let ok = format!(
+        "{ram}[[bdev]]\nname = \"f\"\nfault = \"r\"\nfaults = [\"write:eio,count=1\", \"read:delay=5ms\"]\n{}",
+        ns("bdev = \"f\"")
+    );
+    assert_eq!(key_of(&ok), None);
+    let c = parse(&ok);
+    assert_eq!(
+        crate::manage::DeviceSpec::from_section(&c.bdevs[1]),
+        crate::manage::DeviceSpec::Fault {
+            base: "r".into(),
+            rules: vec!["write:eio,count=1".into(), "read:delay=5ms".into()]
+        }
+    );
+    assert_eq!(
+        key_of("[[bdev]]\nname = \"f\"\nfault = \"r\"\n").as_deref(),
+        Some("bdev[0].fault"),
+        "its base comes first"
+    );
+    let bad = parse(&format!(
+        "{ram}[[bdev]]\nname = \"f\"\nfault = \"r\"\nfaults = [\"write:eio\", \"write:boom\"]\n"
+    ))
+    .validate()
+    .unwrap_err();
+    assert_eq!(bad.key, "bdev[1].faults[1]");
+    assert!(bad.to_string().contains("unknown fault \"boom\""), "{bad}");
+    assert_eq!(
+        key_of(&format!(
+            "{ram}[[bdev]]\nname = \"p\"\npassthru = \"r\"\nfaults = [\"write:eio\"]\n"
+        ))
+        .as_deref(),
+        Some("bdev[1].faults"),
+        "rules without a fault device"
+    );
+    assert_eq!(
+        key_of(&format!(
+            "{ram}[[bdev]]\nname = \"f\"\nfault = \"r\"\npassthru = \"r\"\n"
+        ))
+        .as_deref(),
+        Some("bdev[1].fault"),
+        "one kind only"
+    );
+}
+
+#[test]
 fn devices_by_name() {
     let ok = format!(
         "[[bdev]]\nname = \"r\"\nram = \"1MiB\"\n[[bdev]]\nname = \"p\"\npassthru = \"r\"\n{}",

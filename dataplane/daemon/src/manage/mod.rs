@@ -12,6 +12,7 @@
 //! a successor that prepared from an older blob refuses and the old target serves on.
 
 pub mod apply;
+pub mod fault;
 pub mod migrate;
 pub mod raid;
 pub mod registry;
@@ -26,7 +27,8 @@ use lightpool_nvmf::{
     ListenAddr, Namespace, NamespaceConfig, NvmfError, Subsystem, SubsystemConfig,
 };
 
-pub use registry::{DeviceSpec, Entry, Registry};
+pub use fault::fault_device;
+pub use registry::{parse_rules, DeviceSpec, Entry, Registry};
 
 use crate::Running;
 

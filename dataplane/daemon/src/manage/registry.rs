@@ -47,6 +47,12 @@ pub enum DeviceSpec {
         pool: String,
         volume: String,
     },
+    /// A fault-injecting device over `base`, with its rules at creation (the text
+    /// form; the device's own rules change at run time and travel by its export).
+    Fault {
+        base: String,
+        rules: Vec<String>,
+    },
 }
 
 impl DeviceSpec {
@@ -69,6 +75,11 @@ impl DeviceSpec {
             DeviceSpec::Vfio {
                 address: address.clone(),
                 nsid: b.vfio_nsid.unwrap_or(1),
+            }
+        } else if let Some(base) = &b.fault {
+            DeviceSpec::Fault {
+                base: base.clone(),
+                rules: b.faults.clone(),
             }
         } else {
             DeviceSpec::Passthru {
@@ -109,6 +120,10 @@ impl DeviceSpec {
                 b.vfio_nsid = (*nsid != 1).then_some(*nsid);
             }
             DeviceSpec::Passthru { base } => b.passthru = Some(base.clone()),
+            DeviceSpec::Fault { base, rules } => {
+                b.fault = Some(base.clone());
+                b.faults = rules.clone();
+            }
             // Saved as a `[[raid]]` (see `raid_section`), never as a `[[bdev]]`; pools
             // as `[[pool]]`s, volumes by the namespaces serving them.
             DeviceSpec::Raid(_) | DeviceSpec::Pool(_) | DeviceSpec::Volume { .. } => {}
@@ -123,6 +138,7 @@ impl DeviceSpec {
             DeviceSpec::File { .. } => "file",
             DeviceSpec::Vfio { .. } => "vfio",
             DeviceSpec::Passthru { .. } => "passthru",
+            DeviceSpec::Fault { .. } => "fault",
             DeviceSpec::Raid(_) => "raid",
             DeviceSpec::Pool(_) => "pool",
             DeviceSpec::Volume { .. } => "volume",
@@ -381,6 +397,17 @@ pub(super) fn open_device(
             })?;
             lightpool_bdev_passthru::PassthruBdev::new(b.bdev)
         }
+        DeviceSpec::Fault { base, rules } => {
+            let b = registry.get(base).ok_or_else(|| {
+                ManageError::NotFound(format!(
+                    "no block device named {base:?} to inject faults into"
+                ))
+            })?;
+            let rules = parse_rules(rules)?;
+            let d = lightpool_bdev_fault::FaultBdev::new(name, b.bdev);
+            d.set_rules(rules);
+            d
+        }
         DeviceSpec::Raid(r) => {
             if r.name != name {
                 return Err(ManageError::Invalid(format!(
@@ -403,4 +430,15 @@ pub(super) fn open_device(
         }
         DeviceSpec::Volume { pool, volume } => crate::pools::open_volume(registry, pool, volume)?,
     })
+}
+
+/// Fault rules from their text form; the first bad one refused with what to change.
+pub fn parse_rules(rules: &[String]) -> Result<Vec<lightpool_bdev_fault::FaultRule>, ManageError> {
+    rules
+        .iter()
+        .map(|r| {
+            r.parse()
+                .map_err(|e: lightpool_bdev_fault::RuleError| ManageError::Invalid(e.to_string()))
+        })
+        .collect()
 }

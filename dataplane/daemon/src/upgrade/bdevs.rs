@@ -38,6 +38,7 @@ pub(super) fn adopters() -> Adopters {
         .register(Box::new(UringAdopter))
         .register(Box::new(NvmeVfioAdopter))
         .register(Box::new(PassthruAdopter))
+        .register(Box::new(lightpool_bdev_fault::FaultAdopter))
         .register(Box::new(PoolAdopter))
         .register(Box::new(VolumeAdopter));
     for r in RaidAdopter::all(Some(crate::raid::registry())) {
