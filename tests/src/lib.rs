@@ -12,6 +12,7 @@ pub mod certs;
 pub mod cli;
 mod cpio;
 mod host;
+pub mod netshim;
 pub mod nvme_host;
 pub mod paths;
 pub mod perfjson;

@@ -362,6 +362,106 @@ impl HostQueue {
         Ok((c.status, got))
     }
 
+    /// Sends `count` reads of `blocks` blocks of `bs` bytes each, from `lba` on, without
+    /// waiting for them; [`HostQueue::recv_reads`] collects them.
+    pub fn send_reads(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        blocks: u32,
+        bs: u32,
+        count: u32,
+    ) -> Result<()> {
+        for i in 0..u64::from(count) {
+            let cid = self.cid();
+            let sqe = rw_ns(
+                nsid,
+                io_opcode::READ,
+                cid,
+                lba + i * u64::from(blocks),
+                blocks,
+                SGL_TRANSPORT_DATA_BLOCK,
+                blocks * bs,
+            );
+            self.send_capsule(&sqe, &[])?;
+        }
+        Ok(())
+    }
+
+    /// The answers of `count` commands sent before: how many succeeded, and the bytes
+    /// of data that came with them.
+    pub fn recv_reads(&mut self, count: u32) -> Result<(u32, usize)> {
+        let (mut ok, mut bytes) = (0, 0);
+        for _ in 0..count {
+            let mut data = Vec::new();
+            let c = self.recv_resp(&mut data)?;
+            bytes += data.len();
+            ok += u32::from(c.status.is_success());
+        }
+        Ok((ok, bytes))
+    }
+
+    /// Sends a write of `data` (`blocks` blocks of `bs` bytes at `lba`) whose data
+    /// the target asks for with R2Ts (no data in the capsule); returns its CID.
+    pub fn send_write_r2t(&mut self, nsid: u32, lba: u64, blocks: u32, bs: u32) -> Result<u16> {
+        let cid = self.cid();
+        let sqe = rw_ns(
+            nsid,
+            io_opcode::WRITE,
+            cid,
+            lba,
+            blocks,
+            SGL_TRANSPORT_DATA_BLOCK,
+            blocks * bs,
+        );
+        self.send_capsule(&sqe, &[])?;
+        Ok(cid)
+    }
+
+    /// A write of `data` through R2Ts: each R2T answered with one H2CData PDU of the
+    /// bytes it asks for. The write's status.
+    pub fn write_r2t(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        bs: u32,
+        data: &[u8],
+    ) -> Result<lightpool_spec::status::Status> {
+        let blocks = (data.len() / bs as usize) as u32;
+        let cid = self.send_write_r2t(nsid, lba, blocks, bs)?;
+        loop {
+            let (c, p) = self.recv_pdu()?;
+            match PduType::try_from(c.pdu_type) {
+                Ok(PduType::R2T) => {
+                    let r = pdu::R2t::parse(&p);
+                    let (off, len) = (r.r2to as usize, r.r2tl as usize);
+                    if r.cccid != cid || off + len > data.len() {
+                        bail!("R2T for command {} at {off}+{len}", r.cccid);
+                    }
+                    let h = DataHeader {
+                        cccid: cid,
+                        ttag: r.ttag,
+                        datao: r.r2to,
+                        datal: r.r2tl,
+                    };
+                    let mut hdr = [0u8; pdu::MAX_HEADER_BUF];
+                    let n = pdu::encode_h2c_data_header(&h, true, false, false, 0, &mut hdr);
+                    let mut v = hdr[..n].to_vec();
+                    v.extend_from_slice(&data[off..off + len]);
+                    self.s.write_all(&v)?;
+                }
+                Ok(PduType::CapsuleResp) => {
+                    let cqe = pdu::capsule_resp_cqe(p[..24].try_into().expect("24 bytes"));
+                    if cqe.cid != cid {
+                        bail!("answer for command {} while waiting for {cid}", cqe.cid);
+                    }
+                    return Ok(cqe.status);
+                }
+                _ => bail!("unexpected PDU type {:#x}", c.pdu_type),
+            }
+        }
+    }
+
     /// Writes `pattern(lba, gen)` to each `(lba, gen)` of namespace `nsid`, one block of
     /// `bs` bytes each (pipelined: all sent, then all answered, in any order). Whether
     /// each succeeded, in order; an error when the connection fails (then which of them
