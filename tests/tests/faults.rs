@@ -1,6 +1,6 @@
 //! Fault injection through a live target (issue 17): a fault device between a
 //! namespace and its RAM, its rules set from the configuration and then through the
-//! management API (`lightpool target bdev faults`), while a host on the same target
+//! management API (`lightpool bdev faults`), while a host on the same target
 //! and another subsystem keeps working. Asserts the NVMe status each fault reaches
 //! the host with (a medium error is Unrecovered Read Error or Write Fault with DNR,
 //! a full device Capacity Exceeded with DNR), that a failed write lands nothing and a
@@ -21,11 +21,11 @@ const NQN: &str = "nqn.2024-01.io.lightpool:faults";
 const OTHER: &str = "nqn.2024-01.io.lightpool:faults-other";
 const BS: u32 = 512;
 
-/// `lightpool --socket API target bdev faults ARGS`: whether it succeeded, and what it
+/// `lightpool --socket API bdev faults ARGS`: whether it succeeded, and what it
 /// said.
 fn faults(api: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(release_binary("lightpool").expect("built"))
-        .args(["--socket", api, "target", "bdev", "faults"])
+        .args(["--socket", api, "bdev", "faults"])
         .args(args)
         .output()
         .expect("run lightpool");

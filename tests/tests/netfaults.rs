@@ -42,7 +42,7 @@ fn served(h: &mut HostController, lba: u64, gen: u8) {
 /// The target's connections (`lightpool target connection list`).
 fn connections(api: &str) -> usize {
     let out = Command::new(release_binary("lightpool").expect("built"))
-        .args(["--socket", api, "--json", "target", "connection", "list"])
+        .args(["--socket", api, "--json", "connection", "list"])
         .output()
         .expect("run lightpool");
     assert!(

@@ -1,7 +1,8 @@
 //! Crash safety of a pool under SIGKILL: the target is killed at a random moment while
 //! hosts write heavily to several volumes of one pool (a verifying writer per volume
 //! that records what each write it got acknowledged put where, and lightpool-perf
-//! --verify at queue depth 32 on a third volume) and volumes are created, deleted,
+//! --verify at queue depth 32 on a third volume) and to a plain file-backed namespace
+//! beside the pool (a verifying writer too) and volumes are created, deleted,
 //! snapshotted, cloned and grown through the control socket. It is restarted from the
 //! same configuration: the pool is replayed, and then every acknowledged block must
 //! hold what was acknowledged (or what a write in flight at the kill put there), every
@@ -93,6 +94,11 @@ fn setup() -> Setup {
     std::fs::File::create(&image)
         .and_then(|f| f.set_len(512 << 20))
         .expect("pool image");
+    // A plain file-backed namespace beside the pool, tracked the same way.
+    let plain = state.join("plain.img");
+    std::fs::File::create(&plain)
+        .and_then(|f| f.set_len(TRACKED_BLOCKS * u64::from(BS)))
+        .expect("plain image");
     let control = dir.join("pool-crash.sock").display().to_string();
     let config = dir.join("pool-crash.toml");
     std::fs::write(
@@ -106,9 +112,11 @@ fn setup() -> Setup {
              [[subsystem]]\nnqn = \"{NQN}\"\n\
              [[subsystem.namespace]]\nnsid = 1\nvolume = \"crash/v0\"\n\
              [[subsystem.namespace]]\nnsid = 2\nvolume = \"crash/v1\"\n\
-             [[subsystem.namespace]]\nnsid = 3\nvolume = \"crash/perf\"\n",
+             [[subsystem.namespace]]\nnsid = 3\nvolume = \"crash/perf\"\n\
+             [[subsystem.namespace]]\nnsid = 4\nfile = \"{}\"\ndirect = false\nblock_size = 4096\n",
             state.display(),
-            image.display()
+            image.display(),
+            plain.display()
         ),
     )
     .expect("config");
@@ -373,7 +381,7 @@ fn one_round(
     s: &Setup,
     round: u64,
     rng: &mut Rng,
-    v: [&Blocks; 2],
+    v: [&Blocks; 3],
     gen: &Arc<AtomicU64>,
     names: &Arc<Mutex<Names>>,
     t: &mut Totals,
@@ -383,7 +391,7 @@ fn one_round(
     t.sum_restart += restart;
     if round > 0 {
         // What the previous round left, after the replay.
-        for (nsid, b) in [(1, v[0]), (2, v[1])] {
+        for (nsid, b) in [(1, v[0]), (2, v[1]), (4, v[2])] {
             t.blocks_checked += check_tracked(s.addr, nsid, b)
                 .unwrap_or_else(|e| panic!("round {round}: {e}\ntarget log:\n{}", target.log()));
         }
@@ -474,7 +482,7 @@ fn one_round(
         s.addr,
         &["-w", "randrw", "-M", "30", "-q", "32", "-t", "30"],
     );
-    let ws: Vec<_> = [(1u32, v[0]), (2, v[1])]
+    let ws: Vec<_> = [(1u32, v[0]), (2, v[1]), (4, v[2])]
         .into_iter()
         .map(|(nsid, b)| {
             writer(
@@ -510,6 +518,7 @@ fn sigkill_during_writes_and_operations_loses_nothing_acknowledged() {
     let s = setup();
     let v0: Blocks = Arc::default();
     let v1: Blocks = Arc::default();
+    let plain: Blocks = Arc::default();
     let gen = Arc::new(AtomicU64::new(1));
     let names = Arc::new(Mutex::new(Names {
         v1_size: 64 << 20,
@@ -518,12 +527,12 @@ fn sigkill_during_writes_and_operations_loses_nothing_acknowledged() {
     let mut rng = Rng(0x5EED_0000 ^ rounds);
     let mut t = Totals::default();
     for r in 0..rounds {
-        one_round(&s, r, &mut rng, [&v0, &v1], &gen, &names, &mut t);
+        one_round(&s, r, &mut rng, [&v0, &v1, &plain], &gen, &names, &mut t);
     }
     // A last start checks what the last kill left.
     let (target, restart) = start(&s, rounds);
     t.worst_restart = t.worst_restart.max(restart);
-    for (nsid, b) in [(1, &v0), (2, &v1)] {
+    for (nsid, b) in [(1, &v0), (2, &v1), (4, &plain)] {
         t.blocks_checked += check_tracked(s.addr, nsid, b)
             .unwrap_or_else(|e| panic!("last start: {e}\n{}", target.log()));
     }

@@ -13,7 +13,7 @@ use super::{DeviceSpec, ManageError, Running};
 pub fn fault_device(name: &str) -> Result<Arc<FaultBdev>, ManageError> {
     FaultBdev::find(name).ok_or_else(|| {
         ManageError::NotFound(format!(
-            "no fault device {name:?}: create one with `lightpool target bdev create {name} --fault DEVICE`"
+            "no fault device {name:?}: create one with `lightpool bdev create {name} --fault DEVICE`"
         ))
     })
 }
