@@ -238,8 +238,10 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
             .list::<lightpool_model::VolumeMigration>()
             .await?
             .items;
-        self.publish_pool(&volumes).await?;
+        // Before the pool: a target that does not answer is reported to the
+        // migrations it serves (they roll back) even though nothing else works.
         report.migrations = migrations::reconcile(self, &volumes, &migrations).await?;
+        self.publish_pool(&volumes).await?;
         reconcile::volumes(self, &volumes, &migrations, &mut report).await?;
         report.snapshots = snapshots::reconcile(self, &volumes).await?;
         Ok(report)

@@ -744,12 +744,18 @@ impl<S: Store> Machine for MigrateVolume<'_, S> {
                 self.paths(&vol, &st, Some(AnaState::Optimized), None)
                     .await?;
                 self.scheduler.release(&ledger_key(&vol));
+                // A node that cannot do its part (down, or its target does not
+                // answer) does it when it returns.
+                let stuck = |s: &lightpool_model::MigrationSide, pool: &Option<String>| {
+                    !healthy(self.pools, pool.as_deref())
+                        || (s.error.is_some() && since(s.error_since.as_deref()) >= self.grace)
+                };
                 let dest_done = st.destination.done.is_none()
                     || st.destination.done == Some(P::RollingBack)
-                    || !healthy(self.pools, st.target_pool.as_deref());
+                    || stuck(&st.destination, &st.target_pool);
                 let source_done = st.source.done.is_none_or(|d| d < P::Syncing)
                     || st.source.done == Some(P::RollingBack)
-                    || !healthy(self.pools, st.source_pool.as_deref());
+                    || stuck(&st.source, &st.source_pool);
                 if !(dest_done && source_done) {
                     return Ok(Step::Wait);
                 }
