@@ -89,6 +89,8 @@ pub struct MigrationStart {
     pub dest_nqn: String,
     /// Its namespace.
     pub dest_nsid: u32,
+    /// Bytes per second the copy reads at most.
+    pub rate_limit: Option<u64>,
 }
 
 /// A migration as the source's dataplane reports it.

@@ -555,6 +555,7 @@ impl Dataplane for ApiDataplane {
                 dest_address: m.dest_address.clone(),
                 dest_nqn: m.dest_nqn.clone(),
                 dest_nsid: m.dest_nsid,
+                rate_limit_bytes: m.rate_limit,
                 ..Default::default()
             })
             .await;

@@ -198,6 +198,7 @@ async fn source<S: Store, D: Dataplane>(
                         dest_address,
                         dest_nqn: pipe_nqn(&m.spec.volume),
                         dest_nsid: NSID,
+                        rate_limit: m.spec.rate_limit_bytes,
                     })
                     .await?
                 }

@@ -47,6 +47,7 @@ impl<S: Store> Cluster<S> {
                 volume: volume.into(),
                 target_node: to.map(str::to_string),
                 target_pool: None,
+                rate_limit_bytes: None,
                 cancel: false,
             },
         );

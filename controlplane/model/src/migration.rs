@@ -44,6 +44,10 @@ pub struct VolumeMigrationSpec {
     /// The pool to move it to; the scheduler picks one when absent.
     #[serde(default)]
     pub target_pool: Option<String>,
+    /// Bytes per second the copy reads at most (the writers' share of the
+    /// disks and the network); no limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_bytes: Option<u64>,
     /// Set to give up: honoured before the switch (the migration rolls back),
     /// too late once the destination serves the hosts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
