@@ -107,9 +107,14 @@ pub(crate) async fn reconcile<S: Store, D: Dataplane>(
         let volume = volumes
             .iter()
             .find(|v| v.metadata.name.as_deref() == Some(m.spec.volume.as_str()));
-        let result = match side {
-            Side::Source => source(agent, m, st, work).await,
-            Side::Destination => destination(agent, m, st, work, volume).await,
+        // The pool opened first (a restarted target opens it on first use): a
+        // delete of a volume in a pool not open yet would find nothing to delete.
+        let result = match agent.dataplane.pool().await {
+            Err(e) => Err(e),
+            Ok(_) => match side {
+                Side::Source => source(agent, m, st, work).await,
+                Side::Destination => destination(agent, m, st, work, volume).await,
+            },
         };
         let (report, outcome) = match result {
             Ok(Some(Report::Done)) => (Patch::Done(work), MigrationOutcome::Done(work)),

@@ -287,7 +287,8 @@ fn a_volume_moves_between_two_real_nodes_under_writes() {
     });
     b.kill_hard();
     s.wait_for("rolled back", 60, || {
-        s.ok(&["volume", "migrate", "list"]).contains("Failed")
+        s.ok(&["volume", "migrate", "status", "v1"])
+            .contains("Failed")
     });
     let st = s.ok(&["volume", "migrate", "status", "v1"]);
     assert!(
