@@ -182,7 +182,10 @@ mod tests {
         let a = ("nvme0".to_string(), p4("10.0.0.1"));
         // Before: the source alone, as staged.
         assert_eq!(
-            plan(&[tp("10.0.0.1", AnaState::Optimized)], &[a.clone()]),
+            plan(
+                &[tp("10.0.0.1", AnaState::Optimized)],
+                std::slice::from_ref(&a)
+            ),
             Plan::default()
         );
         // SetupPipe: the destination is listed, inaccessible: connected now.
@@ -191,7 +194,7 @@ mod tests {
             tp("10.0.0.2", AnaState::Inaccessible),
         ];
         assert_eq!(
-            plan(&during, &[a.clone()]),
+            plan(&during, std::slice::from_ref(&a)),
             Plan {
                 connect: vec![p4("10.0.0.2")],
                 disconnect: vec![]
