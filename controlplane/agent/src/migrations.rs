@@ -339,12 +339,14 @@ async fn write<S: Store, D: Dataplane>(
     };
     let mut st = m.status.clone().unwrap_or_default();
     let c = &agent.config;
+    // Best effort: a report that the target does not answer must still go out.
     let cntlid = match side {
         Side::Source => agent
             .dataplane
             .exports()
-            .await?
-            .get(&volume_nqn(&m.spec.volume))
+            .await
+            .ok()
+            .and_then(|e| e.get(&volume_nqn(&m.spec.volume)).cloned())
             .map(|e| CntlidRange {
                 first: e.cntlid.0,
                 last: e.cntlid.1,

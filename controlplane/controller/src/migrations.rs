@@ -29,8 +29,9 @@ use std::time::Duration;
 
 use lightpool_model::volume::{AnaState, TargetPath};
 use lightpool_model::{
-    set_condition, ConditionStatus, MigrationPhase, OperationRecord, PoolHealth, Snapshot,
-    StoragePool, Volume, VolumeMigration, VolumeMigrationStatus, VolumePhase, MIGRATION_FINALIZER,
+    set_condition, ConditionStatus, MigrationPhase, MigrationSide, OperationRecord, PoolHealth,
+    Snapshot, StoragePool, Volume, VolumeMigration, VolumeMigrationStatus, VolumePhase,
+    MIGRATION_FINALIZER,
 };
 use lightpool_operation::{Journal, Machine, Step};
 use lightpool_scheduler::{ScheduleError, Scheduler, VolumeRequest};
@@ -226,6 +227,13 @@ impl<S: Store> MigrateVolume<'_, S> {
         )
         .await;
         Ok(Step::Done)
+    }
+
+    /// A side that cannot do its part now: its node's pool is not Ready, or it has
+    /// reported an error for longer than the grace.
+    fn stuck(&self, side: &MigrationSide, pool: &Option<String>) -> bool {
+        !healthy(self.pools, pool.as_deref())
+            || (side.error.is_some() && since(side.error_since.as_deref()) >= self.grace)
     }
 
     /// Why the migration cannot go on before the switch, if it cannot.
@@ -679,20 +687,17 @@ impl<S: Store> Machine for MigrateVolume<'_, S> {
                 if !src_flipped {
                     // The source still serves: a cancel is too late (the
                     // destination may serve already), a failing destination not.
-                    let dest_down = !healthy(self.pools, st.target_pool.as_deref())
-                        || st.destination.error.as_ref().is_some_and(|_| {
-                            since(st.destination.error_since.as_deref()) >= self.grace
-                        });
+                    let dest_down = self.stuck(&st.destination, &st.target_pool);
                     if dest_down {
                         return self
                             .roll_back_if(&m, &st)
                             .await
                             .map(|s| s.unwrap_or(Step::Wait));
                     }
-                    if dst_flipped && !healthy(self.pools, st.source_pool.as_deref()) {
-                        // The source died after the destination took over: the
-                        // destination is authoritative; the source's agent cleans
-                        // up when it returns.
+                    if dst_flipped && self.stuck(&st.source, &st.source_pool) {
+                        // The source died (or its target did) after the destination
+                        // took over: the destination is authoritative; the source's
+                        // agent cleans up when it can.
                         self.paths(&vol, &st, None, Some(AnaState::Optimized))
                             .await?;
                         return Ok(Step::Next(P::Cleaning));
@@ -721,7 +726,7 @@ impl<S: Store> Machine for MigrateVolume<'_, S> {
             }
             P::Cleaning => {
                 self.move_volume(&vol, &st).await?;
-                let source_gone = !healthy(self.pools, st.source_pool.as_deref());
+                let source_gone = self.stuck(&st.source, &st.source_pool);
                 if both(P::Cleaning) {
                     let note = format!(
                         "volume {vol} lives on node {} now; node {}'s copy is deleted",
@@ -731,7 +736,7 @@ impl<S: Store> Machine for MigrateVolume<'_, S> {
                     self.finish(&m, P::Succeeded, Some(note), "Migrated").await
                 } else if source_gone && st.destination.done == Some(P::Cleaning) {
                     let note = format!(
-                        "volume {vol} lives on node {} now; node {} is down and deletes its copy when its agent returns",
+                        "volume {vol} lives on node {} now; node {} does not answer and deletes its copy when it does",
                         st.target_node.as_deref().unwrap_or("?"),
                         st.source_node.as_deref().unwrap_or("?")
                     );
@@ -746,10 +751,7 @@ impl<S: Store> Machine for MigrateVolume<'_, S> {
                 self.scheduler.release(&ledger_key(&vol));
                 // A node that cannot do its part (down, or its target does not
                 // answer) does it when it returns.
-                let stuck = |s: &lightpool_model::MigrationSide, pool: &Option<String>| {
-                    !healthy(self.pools, pool.as_deref())
-                        || (s.error.is_some() && since(s.error_since.as_deref()) >= self.grace)
-                };
+                let stuck = |s, p| self.stuck(s, p);
                 let dest_done = st.destination.done.is_none()
                     || st.destination.done == Some(P::RollingBack)
                     || stuck(&st.destination, &st.target_pool);

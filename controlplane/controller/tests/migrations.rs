@@ -2,8 +2,9 @@
 //! in-memory dataplanes (each case on the embedded store and on the Kubernetes
 //! store against the fake API server): a volume moves to the other node through
 //! every phase and back; a controller restarted in Syncing resumes; a destination
-//! that dies mid-copy rolls back and keeps nothing; a cancel rolls back; each
-//! refusal says what to change. (The same flow against two real targets is in
+//! that dies mid-copy rolls back and keeps nothing; a cancel rolls back; a source
+//! that dies after the switch is not a failure (and deletes its copy when back);
+//! each refusal says what to change. (The same flow against two real targets is in
 //! `controlplane/cli/tests/migrate.rs`.)
 
 use std::time::Duration;
@@ -372,6 +373,58 @@ async fn a_cancel_before_the_switch_rolls_back<S: Store>(s: S) {
         .is_none());
 }
 
+async fn a_source_that_dies_after_the_switch_is_not_a_failure<S: Store>(s: S) {
+    let mut c = cluster(s);
+    c.controller = controller(&c.store);
+    c.seconds(1).await;
+    c.store
+        .apply(&Volume::new("db", spec(10, Provisioning::Thick)))
+        .await
+        .unwrap();
+    c.seconds(2).await;
+    c.migrate("m1", "db", Some("node-b")).await;
+    c.until_phase("m1", MigrationPhase::Switching).await;
+    // The destination takes over (its agent alone ticks), then the source's
+    // target dies before it could flip.
+    c.agents[1].0.tick().await.unwrap();
+    assert_eq!(
+        c.dp(1).ana_state(&volume_nqn("db"), 1),
+        Some(AnaState::Optimized)
+    );
+    c.dp(0).set_down(true);
+    let phases = c.until_final("m1").await;
+    assert_eq!(
+        phases.last(),
+        Some(&MigrationPhase::Succeeded),
+        "{phases:?}"
+    );
+    assert!(!phases.contains(&MigrationPhase::RollingBack), "{phases:?}");
+    let st = c.mstatus("m1").await;
+    assert!(
+        st.message
+            .as_deref()
+            .unwrap()
+            .contains("node node-a does not answer"),
+        "{st:?}"
+    );
+    let v = c.vstatus("db").await;
+    assert_eq!(v.node.as_deref(), Some("node-b"));
+    let paths = v.target.unwrap().paths;
+    assert_eq!(paths.len(), 1);
+    assert_eq!(
+        (paths[0].node.as_str(), paths[0].ana_state),
+        ("node-b", AnaState::Optimized)
+    );
+    // The source's target returns: its agent deletes its copy.
+    c.dp(0).set_down(false);
+    c.seconds(2).await;
+    nothing_of(c.dp(0), "db").await;
+    assert_eq!(
+        c.mstatus("m1").await.source.done,
+        Some(MigrationPhase::Cleaning)
+    );
+}
+
 async fn refusals_say_what_to_change<S: Store>(s: S) {
     let mut c = cluster(s);
     c.controller = controller(&c.store);
@@ -512,5 +565,6 @@ on_both_stores!(
     a_controller_restarted_in_syncing_resumes,
     a_destination_that_dies_mid_copy_rolls_back_and_keeps_nothing,
     a_cancel_before_the_switch_rolls_back,
+    a_source_that_dies_after_the_switch_is_not_a_failure,
     refusals_say_what_to_change
 );
