@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use lightpool_model::volume::AnaState;
+use lightpool_model::MigrationProgress;
+
 /// What went wrong in the dataplane.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DataplaneError {
@@ -68,6 +71,35 @@ pub struct PoolSnapshot {
 pub struct Export {
     /// Namespaces by NSID: the block device each serves.
     pub namespaces: BTreeMap<u32, String>,
+    /// The controller IDs it hands out (first, last).
+    pub cntlid: (u32, u32),
+}
+
+/// A live migration to start on the source: namespace `nsid` of `nqn` copied to
+/// namespace `dest_nsid` of `dest_nqn` at `dest_address` (HOST:PORT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStart {
+    /// The moving namespace's subsystem.
+    pub nqn: String,
+    /// Its NSID.
+    pub nsid: u32,
+    /// The destination's NVMe/TCP listener, HOST:PORT.
+    pub dest_address: String,
+    /// The destination's subsystem (the pipe).
+    pub dest_nqn: String,
+    /// Its namespace.
+    pub dest_nsid: u32,
+    /// Bytes per second the copy reads at most.
+    pub rate_limit: Option<u64>,
+}
+
+/// A migration as the source's dataplane reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceMigration {
+    /// Where the copy is.
+    pub progress: MigrationProgress,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
 }
 
 /// The node's dataplane as the agent sees it.
@@ -158,6 +190,43 @@ pub trait Dataplane: Send + Sync + 'static {
         address: &str,
         port: u16,
     ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Creates the subsystem handing out controller IDs `cntlid` (first, last);
+    /// fine if it exists with that range, [`DataplaneError::Mismatch`] with another.
+    fn create_subsystem_with(
+        &self,
+        nqn: &str,
+        cntlid: (u32, u32),
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Sets ANA group `group` of the subsystem to `state` (its hosts are told).
+    fn set_ana_state(
+        &self,
+        nqn: &str,
+        group: u32,
+        state: AnaState,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
+
+    /// Starts migrating a served namespace (or finds it migrating to the same
+    /// place: then its state is the answer).
+    fn start_migration(
+        &self,
+        m: &MigrationStart,
+    ) -> impl Future<Output = Result<SourceMigration, DataplaneError>> + Send;
+
+    /// The migration of namespace `nsid` of `nqn`, if one runs or ended unstopped.
+    fn migration(
+        &self,
+        nqn: &str,
+        nsid: u32,
+    ) -> impl Future<Output = Result<Option<SourceMigration>, DataplaneError>> + Send;
+
+    /// Ends the migration (cancels the copy if it runs); fine if there is none.
+    fn stop_migration(
+        &self,
+        nqn: &str,
+        nsid: u32,
+    ) -> impl Future<Output = Result<(), DataplaneError>> + Send;
 }
 
 #[derive(Debug, Default)]
@@ -166,11 +235,21 @@ struct Memory {
     volumes: BTreeMap<String, PoolVolume>,
     snapshots: BTreeMap<String, MemorySnapshot>,
     exports: BTreeMap<String, Export>,
+    ana: BTreeMap<(String, u32), AnaState>,
+    migrations: BTreeMap<(String, u32), MemoryMigration>,
     listeners: BTreeSet<(String, u16)>,
     down: bool,
     degraded: bool,
     failed: bool,
     calls: Vec<String>,
+}
+
+/// A migration the in-memory source "copies": a third of the volume per look.
+#[derive(Debug, Clone)]
+struct MemoryMigration {
+    start: MigrationStart,
+    progress: MigrationProgress,
+    error: Option<String>,
 }
 
 /// As in the pool: a snapshot takes the volume's record, and the volume carries
@@ -257,6 +336,32 @@ impl MemoryDataplane {
         m.failed = failed;
     }
 
+    /// The ANA state of a subsystem's group, as last set (None: never set, which
+    /// a target serves as optimized).
+    pub fn ana_state(&self, nqn: &str, group: u32) -> Option<AnaState> {
+        self.lock().ana.get(&(nqn.to_string(), group)).copied()
+    }
+
+    /// The migrations there are (NQN of the moving namespace, its destination).
+    pub fn migrations(&self) -> Vec<(String, MigrationStart)> {
+        self.lock()
+            .migrations
+            .iter()
+            .map(|((n, _), m)| (n.clone(), m.start.clone()))
+            .collect()
+    }
+
+    /// Makes every running migration fail (the destination died, the network
+    /// between the targets was cut).
+    pub fn fail_migrations(&self, why: &str) {
+        for m in self.lock().migrations.values_mut() {
+            if m.progress.state != "synced" {
+                m.progress.state = "failed".into();
+                m.error = Some(why.into());
+            }
+        }
+    }
+
     /// Removes a subsystem behind the agent's back (as an operator's mistake or
     /// a restarted target without saved state would).
     pub fn lose_subsystem(&self, nqn: &str) {
@@ -341,6 +446,15 @@ impl Dataplane for MemoryDataplane {
             return Err(DataplaneError::Refused(format!(
                 "{device} is still exported: remove its namespace first"
             )));
+        }
+        if m.volumes.contains_key(name)
+            && m.migrations.values().any(|x| {
+                m.exports
+                    .get(&x.start.nqn)
+                    .is_some_and(|e| e.namespaces.values().any(|d| *d == device))
+            })
+        {
+            return Err(DataplaneError::Refused(format!("{device} is migrating")));
         }
         m.volumes.remove(name);
         for s in m.snapshots.values_mut() {
@@ -468,13 +582,22 @@ impl Dataplane for MemoryDataplane {
 
     async fn create_subsystem(&self, nqn: &str) -> Result<(), DataplaneError> {
         let mut m = self.call(format!("create_subsystem {nqn}"))?;
-        m.exports.entry(nqn.into()).or_default();
+        // One made before with another range (it came by migration) stays.
+        m.exports.entry(nqn.into()).or_insert_with(|| Export {
+            namespaces: BTreeMap::new(),
+            cntlid: lightpool_model::migration::CNTLID_LOW,
+        });
         Ok(())
     }
 
     async fn delete_subsystem(&self, nqn: &str) -> Result<(), DataplaneError> {
         let mut m = self.call(format!("delete_subsystem {nqn}"))?;
         m.exports.remove(nqn);
+        m.ana.retain(|(n, _), _| n != nqn);
+        if m.migrations.keys().any(|(n, _)| n == nqn) {
+            // As the target: a migrating namespace's subsystem goes with its copy.
+            m.migrations.retain(|(n, _), _| n != nqn);
+        }
         Ok(())
     }
 
@@ -508,6 +631,118 @@ impl Dataplane for MemoryDataplane {
     async fn ensure_listener(&self, address: &str, port: u16) -> Result<(), DataplaneError> {
         let mut m = self.call(format!("ensure_listener {address}:{port}"))?;
         m.listeners.insert((address.into(), port));
+        Ok(())
+    }
+
+    async fn create_subsystem_with(
+        &self,
+        nqn: &str,
+        cntlid: (u32, u32),
+    ) -> Result<(), DataplaneError> {
+        let mut m = self.call(format!("create_subsystem {nqn}"))?;
+        let e = m.exports.entry(nqn.into()).or_insert_with(|| Export {
+            namespaces: BTreeMap::new(),
+            cntlid,
+        });
+        if e.cntlid != cntlid {
+            return Err(DataplaneError::Mismatch(format!(
+                "subsystem {nqn} hands out controller IDs {}-{}, not {}-{}",
+                e.cntlid.0, e.cntlid.1, cntlid.0, cntlid.1
+            )));
+        }
+        Ok(())
+    }
+
+    async fn set_ana_state(
+        &self,
+        nqn: &str,
+        group: u32,
+        state: AnaState,
+    ) -> Result<(), DataplaneError> {
+        let mut m = self.call(format!("set_ana_state {nqn} {group} {state:?}"))?;
+        if !m.exports.contains_key(nqn) {
+            return Err(DataplaneError::Refused(format!("no subsystem {nqn}")));
+        }
+        m.ana.insert((nqn.into(), group), state);
+        Ok(())
+    }
+
+    async fn start_migration(&self, s: &MigrationStart) -> Result<SourceMigration, DataplaneError> {
+        let mut m = self.call(format!("start_migration {} {}", s.nqn, s.dest_address))?;
+        let key = (s.nqn.clone(), s.nsid);
+        if let Some(x) = m.migrations.get(&key) {
+            return if x.start == *s {
+                Ok(SourceMigration {
+                    progress: x.progress.clone(),
+                    error: x.error.clone(),
+                })
+            } else {
+                Err(DataplaneError::Mismatch(format!(
+                    "namespace {} of {} is migrating to {} already",
+                    s.nsid, s.nqn, x.start.dest_address
+                )))
+            };
+        }
+        let device = m
+            .exports
+            .get(&s.nqn)
+            .and_then(|e| e.namespaces.get(&s.nsid))
+            .cloned()
+            .ok_or_else(|| {
+                DataplaneError::Refused(format!("no namespace {} of {}", s.nsid, s.nqn))
+            })?;
+        let total = m
+            .volumes
+            .values()
+            .find(|v| v.device == device)
+            .map_or(0, |v| v.size);
+        let x = MemoryMigration {
+            start: s.clone(),
+            progress: MigrationProgress {
+                state: "copying".into(),
+                round: 1,
+                total_bytes: total,
+                ..MigrationProgress::default()
+            },
+            error: None,
+        };
+        m.migrations.insert(key, x.clone());
+        Ok(SourceMigration {
+            progress: x.progress,
+            error: None,
+        })
+    }
+
+    async fn migration(
+        &self,
+        nqn: &str,
+        nsid: u32,
+    ) -> Result<Option<SourceMigration>, DataplaneError> {
+        let mut m = self.read()?;
+        let Some(x) = m.migrations.get_mut(&(nqn.to_string(), nsid)) else {
+            return Ok(None);
+        };
+        let p = &mut x.progress;
+        if p.state == "copying" {
+            p.copied_bytes = (p.copied_bytes + p.total_bytes.div_ceil(3)).min(p.total_bytes);
+            p.elapsed_ms += 1000;
+            if p.copied_bytes == p.total_bytes {
+                p.state = "synced".into();
+                p.eta_ms = Some(0);
+            } else {
+                p.dirty_bytes = p.total_bytes - p.copied_bytes;
+                p.eta_ms = Some(1000);
+            }
+        }
+        Ok(Some(SourceMigration {
+            progress: x.progress.clone(),
+            error: x.error.clone(),
+        }))
+    }
+
+    async fn stop_migration(&self, nqn: &str, nsid: u32) -> Result<(), DataplaneError> {
+        let mut m = self.call(format!("stop_migration {nqn} {nsid}"))?;
+        m.migrations.remove(&(nqn.to_string(), nsid));
         Ok(())
     }
 }

@@ -19,7 +19,13 @@ use lightpool_api::v1::{
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::{Dataplane, DataplaneError, Export, PoolInfo, PoolSnapshot, PoolVolume};
+use crate::{
+    Dataplane, DataplaneError, Export, MigrationStart, PoolInfo, PoolSnapshot, PoolVolume,
+    SourceMigration,
+};
+use lightpool_api::v1::{ana_client::AnaClient, migrations_client::MigrationsClient};
+use lightpool_model::volume::AnaState;
+use lightpool_model::MigrationProgress;
 
 /// The name of the node's pool among the target's pools.
 pub const POOL: &str = lightpool_model::volume::NODE_POOL;
@@ -93,6 +99,47 @@ impl ApiDataplane {
     pub fn overcommit(mut self, percent: u32) -> Self {
         self.overcommit = percent;
         self
+    }
+
+    /// Creates the subsystem with controller IDs `cntlid`; one that exists with
+    /// another range is a mismatch when `strict`.
+    async fn create_sub(
+        &self,
+        nqn: &str,
+        cntlid: (u32, u32),
+        strict: bool,
+    ) -> Result<(), DataplaneError> {
+        // Every volume's subsystem has the same identity on every node (serial,
+        // model; the namespace's NGUID is derived from the NQN, its UUID given):
+        // a node it migrates to presents the same subsystem.
+        let r = SubsystemsClient::new(self.channel.clone())
+            .create_subsystem(pb::CreateSubsystemRequest {
+                nqn: nqn.into(),
+                serial: None,
+                model: Some("LightPool volume".into()),
+                allow_any_host: Some(true),
+                hosts: vec![],
+                min_cntlid: Some(cntlid.0),
+                max_cntlid: Some(cntlid.1),
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::AlreadyExists => {
+                let have = self.exports().await?;
+                match have.get(nqn) {
+                    // Made before this range was asked for (the target's default
+                    // range, or the other half): what it is stays.
+                    Some(e) if e.cntlid == cntlid || !strict => Ok(()),
+                    Some(e) => Err(DataplaneError::Mismatch(format!(
+                        "subsystem {nqn} hands out controller IDs {}-{}, not {}-{}",
+                        e.cntlid.0, e.cntlid.1, cntlid.0, cntlid.1
+                    ))),
+                    None => Err(status(s)),
+                }
+            }
+            Err(s) => Err(status(s)),
+        }
     }
 
     fn pools(&self) -> PoolsClient<Channel> {
@@ -369,28 +416,22 @@ impl Dataplane for ApiDataplane {
                     .into_iter()
                     .map(|n| (n.nsid, n.device))
                     .collect();
-                (s.nqn, Export { namespaces })
+                (
+                    s.nqn,
+                    Export {
+                        namespaces,
+                        cntlid: (s.min_cntlid, s.max_cntlid),
+                    },
+                )
             })
             .collect())
     }
 
     async fn create_subsystem(&self, nqn: &str) -> Result<(), DataplaneError> {
-        let r = SubsystemsClient::new(self.channel.clone())
-            .create_subsystem(pb::CreateSubsystemRequest {
-                nqn: nqn.into(),
-                serial: None,
-                model: Some("LightPool volume".into()),
-                allow_any_host: Some(true),
-                hosts: vec![],
-                min_cntlid: None,
-                max_cntlid: None,
-            })
-            .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == Code::AlreadyExists => Ok(()),
-            Err(s) => Err(status(s)),
-        }
+        // One made before with another range (the target's default, or the other
+        // half: it came by migration) stays as it is.
+        self.create_sub(nqn, lightpool_model::migration::CNTLID_LOW, false)
+            .await
     }
 
     async fn delete_subsystem(&self, nqn: &str) -> Result<(), DataplaneError> {
@@ -472,5 +513,113 @@ impl Dataplane for ApiDataplane {
             Err(s) if s.code() == Code::AlreadyExists => Ok(()),
             Err(s) => Err(status(s)),
         }
+    }
+
+    async fn create_subsystem_with(
+        &self,
+        nqn: &str,
+        cntlid: (u32, u32),
+    ) -> Result<(), DataplaneError> {
+        self.create_sub(nqn, cntlid, true).await
+    }
+
+    async fn set_ana_state(
+        &self,
+        nqn: &str,
+        group: u32,
+        state: AnaState,
+    ) -> Result<(), DataplaneError> {
+        let state = match state {
+            AnaState::Optimized => pb::AnaState::Optimized,
+            AnaState::NonOptimized => pb::AnaState::NonOptimized,
+            AnaState::Inaccessible => pb::AnaState::Inaccessible,
+            AnaState::PersistentLoss => pb::AnaState::PersistentLoss,
+            AnaState::Change => pb::AnaState::Change,
+        };
+        AnaClient::new(self.channel.clone())
+            .set_ana_state(pb::SetAnaStateRequest {
+                nqn: nqn.into(),
+                group,
+                state: state.into(),
+            })
+            .await
+            .map_err(status)?;
+        Ok(())
+    }
+
+    async fn start_migration(&self, m: &MigrationStart) -> Result<SourceMigration, DataplaneError> {
+        let r = MigrationsClient::new(self.channel.clone())
+            .start_migration(pb::StartMigrationRequest {
+                nqn: m.nqn.clone(),
+                nsid: m.nsid,
+                dest_address: m.dest_address.clone(),
+                dest_nqn: m.dest_nqn.clone(),
+                dest_nsid: m.dest_nsid,
+                rate_limit_bytes: m.rate_limit,
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(x) => Ok(source_migration(x.into_inner())),
+            Err(s) if s.code() == Code::AlreadyExists => {
+                match self.migration(&m.nqn, m.nsid).await? {
+                    Some(x) => Ok(x),
+                    None => Err(status(s)),
+                }
+            }
+            // The queues did not let go of the device in time: asked again next tick.
+            Err(s) if s.code() == Code::Unavailable => {
+                Err(DataplaneError::Unavailable(s.message().to_string()))
+            }
+            Err(s) => Err(DataplaneError::Refused(s.message().to_string())),
+        }
+    }
+
+    async fn migration(
+        &self,
+        nqn: &str,
+        nsid: u32,
+    ) -> Result<Option<SourceMigration>, DataplaneError> {
+        let r = MigrationsClient::new(self.channel.clone())
+            .get_migration(pb::GetMigrationRequest {
+                nqn: nqn.into(),
+                nsid,
+            })
+            .await;
+        match r {
+            Ok(x) => Ok(Some(source_migration(x.into_inner()))),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(status(s)),
+        }
+    }
+
+    async fn stop_migration(&self, nqn: &str, nsid: u32) -> Result<(), DataplaneError> {
+        let r = MigrationsClient::new(self.channel.clone())
+            .stop_migration(pb::StopMigrationRequest {
+                nqn: nqn.into(),
+                nsid,
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(status(s)),
+        }
+    }
+}
+
+fn source_migration(m: pb::Migration) -> SourceMigration {
+    SourceMigration {
+        progress: MigrationProgress {
+            state: m.state,
+            round: m.round,
+            copied_bytes: m.copied_bytes,
+            total_bytes: m.total_bytes,
+            dirty_bytes: m.dirty_bytes,
+            elapsed_ms: m.elapsed_ms,
+            eta_ms: m.eta_ms,
+            pause_us: m.pause_us,
+        },
+        error: m.error,
     }
 }

@@ -18,7 +18,9 @@
 //! 4. tears down the volumes being deleted (subsystem, then pool volume) and then
 //!    lets go of its finalizer, and deletes dataplane objects no Volume claims
 //!    (what a crash between two steps left behind);
-//! 5. takes and deletes the pool snapshots of its Snapshots (see `snapshots`).
+//! 5. does this node's side of the live migrations that name it (see
+//!    `migrations`): a volume migrating is left to its migration;
+//! 6. takes and deletes the pool snapshots of its Snapshots (see `snapshots`).
 //!    A volume's snapshots outlive it: deleting a volume leaves them Ready, to
 //!    restore from (CSI's contract: a VolumeSnapshot does not depend on its PVC).
 //!
@@ -27,6 +29,7 @@
 
 mod dataplane;
 mod grpc;
+mod migrations;
 mod reconcile;
 mod snapshots;
 
@@ -41,9 +44,11 @@ use lightpool_store::{Claim, LeaseClaim, Store, StoreError};
 use tokio::time::Instant;
 
 pub use dataplane::{
-    Dataplane, DataplaneError, Export, MemoryDataplane, PoolInfo, PoolSnapshot, PoolVolume,
+    Dataplane, DataplaneError, Export, MemoryDataplane, MigrationStart, PoolInfo, PoolSnapshot,
+    PoolVolume, SourceMigration,
 };
 pub use grpc::ApiDataplane;
+pub use migrations::{migrating, MigrationOutcome};
 pub use reconcile::{clone_source, VolumeOutcome};
 pub use snapshots::{SnapshotOutcome, AGENT_REPORTER};
 
@@ -126,6 +131,8 @@ pub struct TickReport {
     pub collected: Vec<String>,
     /// What happened to each snapshot of this node that needed work.
     pub snapshots: Vec<(String, SnapshotOutcome)>,
+    /// What this node did for the migrations that name it.
+    pub migrations: Vec<(String, MigrationOutcome)>,
 }
 
 /// The agent of one node.
@@ -170,6 +177,10 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
             self.store.clone(),
             wake.clone(),
         );
+        let watch_migrations = lightpool_store::wake_on_change::<S, lightpool_model::VolumeMigration>(
+            self.store.clone(),
+            wake.clone(),
+        );
         let mut every = tokio::time::interval(interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beats = tokio::time::interval(self.config.heartbeat);
@@ -189,6 +200,7 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
         }
         watch.abort();
         watch_snapshots.abort();
+        watch_migrations.abort();
         if let Err(e) = self.claim.release(&self.store).await {
             tracing::warn!(error = %e, "could not release the heartbeat lease");
         }
@@ -221,8 +233,16 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
             report.renewed = true;
         }
         let volumes = self.store.list::<Volume>().await?.items;
+        let migrations = self
+            .store
+            .list::<lightpool_model::VolumeMigration>()
+            .await?
+            .items;
+        // Before the pool: a target that does not answer is reported to the
+        // migrations it serves (they roll back) even though nothing else works.
+        report.migrations = migrations::reconcile(self, &volumes, &migrations).await?;
         self.publish_pool(&volumes).await?;
-        reconcile::volumes(self, &volumes, &mut report).await?;
+        reconcile::volumes(self, &volumes, &migrations, &mut report).await?;
         report.snapshots = snapshots::reconcile(self, &volumes).await?;
         Ok(report)
     }

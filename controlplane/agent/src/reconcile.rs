@@ -45,6 +45,7 @@ fn assigned_here<S, D>(agent: &Agent<S, D>, v: &Volume) -> bool {
 pub(crate) async fn volumes<S: Store, D: Dataplane>(
     agent: &Agent<S, D>,
     volumes: &[Volume],
+    migrations: &[lightpool_model::VolumeMigration],
     report: &mut TickReport,
 ) -> Result<(), AgentError> {
     let dp = &agent.dataplane;
@@ -66,6 +67,9 @@ pub(crate) async fn volumes<S: Store, D: Dataplane>(
         claimed.insert(name.clone());
         let outcome = if v.metadata.deletion_timestamp.is_some() {
             take_down(agent, &name, v, volumes).await?
+        } else if crate::migrations::migrating(migrations, &name) {
+            // The migration owns its objects and its status until it ends.
+            None
         } else {
             bring_up(agent, &name, v, &pool_volumes, &exports).await?
         };
@@ -73,6 +77,8 @@ pub(crate) async fn volumes<S: Store, D: Dataplane>(
             report.volumes.push((name, o));
         }
     }
+    // A volume migrating here is the migration's.
+    claimed.extend(crate::migrations::arriving(migrations, &agent.config.node).map(String::from));
     // Collect what no Volume placed here claims: a Volume deleted while the agent
     // was away, or a crash between a create and the status write.
     let placed_elsewhere: BTreeSet<&str> = volumes

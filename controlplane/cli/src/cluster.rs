@@ -15,7 +15,7 @@ use lightpool_standalone::{control_socket, Options};
 use lightpool_store::{Deleted, Store};
 use serde::Serialize;
 
-use crate::{table, Cli, Cmd, NodeCmd, PoolCmd, StandaloneArgs, VolumeCmd};
+use crate::{table, Cli, Cmd, MigrateCmd, MigrateSub, NodeCmd, PoolCmd, StandaloneArgs, VolumeCmd};
 
 fn options(a: &StandaloneArgs, data_dir: PathBuf) -> Options {
     Options {
@@ -203,6 +203,37 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
             wait,
         }) => crate::snapshot::take(&store, j, volume, snapshot, *wait).await,
         Cmd::Snapshot(c) => crate::snapshot::run(&store, j, c).await,
+        Cmd::Volume(VolumeCmd::Migrate(a)) => {
+            let c = match (&a.cmd, &a.volume) {
+                (Some(MigrateSub::Cancel { volume, wait }), _) => MigrateCmd::Cancel {
+                    volume: volume.clone(),
+                    wait: *wait,
+                },
+                (Some(MigrateSub::Status { volume }), _) => MigrateCmd::Status {
+                    volume: volume.clone(),
+                },
+                (Some(MigrateSub::List), _) => MigrateCmd::List,
+                (None, Some(volume)) => MigrateCmd::Start {
+                    volume: volume.clone(),
+                    to: a.to.clone(),
+                    pool: a.pool.clone(),
+                    rate_limit: a.rate_limit,
+                    wait: a.wait,
+                },
+                (None, None) => {
+                    return Err(
+                        "name the volume to move (lightpool volume migrate VOLUME --to NODE), or cancel|status|list"
+                            .into(),
+                    )
+                }
+            };
+            crate::migrate::run(&store, j, &c).await
+        }
+        Cmd::Node(NodeCmd::Drain {
+            node,
+            parallel,
+            wait,
+        }) => crate::migrate::drain(&store, node, *parallel, *wait).await,
         Cmd::Volume(VolumeCmd::Create {
             name,
             size,

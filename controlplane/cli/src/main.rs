@@ -9,6 +9,7 @@
 mod cluster;
 mod cmd;
 mod csi;
+mod migrate;
 mod snapshot;
 mod table;
 mod target;
@@ -233,6 +234,11 @@ pub enum VolumeCmd {
         #[arg(long, default_value_t = 30)]
         wait: u64,
     },
+    /// Move a volume to another node while its hosts keep doing I/O (live
+    /// migration: the destination copies while new writes go to both, then the
+    /// hosts' paths switch by ANA). `--wait` follows it with a progress line per
+    /// change. `cancel`, `status` and `list` work on the migrations.
+    Migrate(MigrateArgs),
     /// Take snapshot SNAPSHOT of the volume (in its pool, while it is served) and
     /// wait until it is Ready.
     Snapshot {
@@ -242,6 +248,62 @@ pub enum VolumeCmd {
         #[arg(long, default_value_t = 30)]
         wait: u64,
     },
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct MigrateArgs {
+    #[command(subcommand)]
+    pub cmd: Option<MigrateSub>,
+    /// The volume to move.
+    pub volume: Option<String>,
+    /// The node to move it to; the scheduler picks one when left out.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// The pool there; the scheduler picks one when left out.
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Bytes per second the copy reads at most, e.g. 100MiB.
+    #[arg(long, value_parser = cmd::parse_size)]
+    pub rate_limit: Option<u64>,
+    /// Follow it until it ends (at most this many seconds; 3600 when no number
+    /// is given).
+    #[arg(long, num_args = 0..=1, default_missing_value = "3600")]
+    pub wait: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MigrateSub {
+    /// Give up a migration before its switch: it rolls back and the volume stays.
+    Cancel {
+        volume: String,
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// The volume's migration that runs, else its latest.
+    Status { volume: String },
+    /// Every migration.
+    List,
+}
+
+/// What `lightpool volume migrate` was asked.
+#[derive(Debug)]
+pub enum MigrateCmd {
+    Start {
+        volume: String,
+        to: Option<String>,
+        pool: Option<String>,
+        rate_limit: Option<u64>,
+        wait: Option<u64>,
+    },
+    Cancel {
+        volume: String,
+        wait: u64,
+    },
+    Status {
+        volume: String,
+    },
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -268,6 +330,17 @@ pub enum PoolCmd {
 #[derive(Subcommand, Debug)]
 pub enum NodeCmd {
     List,
+    /// Move every volume off the node (live migrations, the scheduler choosing
+    /// each destination), `--parallel` at a time, with a progress line per change.
+    Drain {
+        node: String,
+        /// Migrations at once.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+        /// Seconds to wait for all of them.
+        #[arg(long, default_value_t = 3600)]
+        wait: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -23,16 +23,20 @@
 //!      is refused with the room there is; the agent grows the pool volume and
 //!      reports `capacityBytes`), a smaller one is refused.
 //!
+//! 5. runs each VolumeMigration's operation (`migrations`: VolumeMigrate, a
+//!    persisted state machine whose phase is the migration's `status.phase`).
+//!
 //! A controller killed anywhere resumes from the recorded phase; each phase's
 //! work is idempotent, so nothing is reserved twice or left behind.
 
 mod health;
+mod migrations;
 mod ops;
 mod snapshots;
 
 use std::time::Duration;
 
-use lightpool_model::{StoragePool, Volume, VolumePhase};
+use lightpool_model::{StoragePool, Volume, VolumeMigration, VolumePhase};
 use lightpool_operation::{run, OperationError, Progress};
 use lightpool_scheduler::{ConfigError, Scheduler, SchedulerConfig};
 use lightpool_store::{Claim, LeaseClaim, LeaseObserver, Store, StoreError};
@@ -100,6 +104,9 @@ pub struct ControllerConfig {
     /// then the controller lets go of the volume and the agent removes its
     /// copy when it returns (what no Volume claims is collected).
     pub delete_timeout: Duration,
+    /// How long an error a node reports for a migration may last before the
+    /// migration rolls back (a target asked to try again, a blip).
+    pub migration_grace: Duration,
     /// Plugins and weights.
     pub scheduler: SchedulerConfig,
 }
@@ -118,6 +125,7 @@ impl ControllerConfig {
             heartbeat_margin: Duration::from_secs(1),
             publish_timeout: Duration::from_secs(120),
             delete_timeout: Duration::from_secs(300),
+            migration_grace: Duration::from_secs(10),
             scheduler: SchedulerConfig::default(),
         }
     }
@@ -227,6 +235,7 @@ impl<S: Store> Controller<S> {
                 self.store.clone(),
                 wake.clone(),
             ),
+            lightpool_store::wake_on_change::<S, VolumeMigration>(self.store.clone(), wake.clone()),
         ];
         let mut every = tokio::time::interval(interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -324,12 +333,14 @@ impl<S: Store> Controller<S> {
             scheduler.remove_pool(&g);
         }
         let volumes = self.store.list::<Volume>().await?.items;
+        let migrations = self.store.list::<VolumeMigration>().await?.items;
         if self.scheduler.is_none() {
             for v in &volumes {
                 if let Err(e) = scheduler.record_volume(v) {
                     tracing::warn!(error = %e, "volume not in the ledger");
                 }
             }
+            migrations::record_reservations(&scheduler, &volumes, &migrations);
             tracing::info!(
                 volumes = volumes.len(),
                 pools = pools.len(),
@@ -340,8 +351,76 @@ impl<S: Store> Controller<S> {
         for v in &volumes {
             self.volume(&scheduler, &pools, v, &mut report).await;
         }
+        for m in &migrations {
+            self.migration(&scheduler, &pools, m, &mut report).await;
+        }
         report.failed_snapshots = snapshots::judge(&self.store, &volumes).await?;
         Ok(report)
+    }
+
+    async fn migration(
+        &mut self,
+        scheduler: &Scheduler,
+        pools: &[StoragePool],
+        m: &VolumeMigration,
+        report: &mut TickReport,
+    ) {
+        let Some(name) = m.metadata.name.clone() else {
+            return;
+        };
+        let status = m.status.clone().unwrap_or_default();
+        if status.phase.is_final() {
+            // Finished: a delete lets go of it at once.
+            if m.metadata.deletion_timestamp.is_some() {
+                if let Err(e) = lightpool_store::remove_finalizer::<S, VolumeMigration>(
+                    &self.store,
+                    &name,
+                    lightpool_model::MIGRATION_FINALIZER,
+                )
+                .await
+                {
+                    report
+                        .failures
+                        .push(format!("releasing migration {name}: {e}"));
+                }
+            }
+            return;
+        }
+        let mut mach = migrations::MigrateVolume::new(
+            &self.store,
+            scheduler,
+            pools,
+            &name,
+            self.config.migration_grace,
+        );
+        let mut j = migrations::MigrationJournal::new(&self.store, &name);
+        let r = run(&mut mach, &mut j, status.operation.clone()).await;
+        Self::outcome(report, name, migrations::MIGRATE, r);
+    }
+
+    fn outcome(
+        report: &mut TickReport,
+        name: String,
+        kind: &str,
+        r: Result<Progress, OperationError>,
+    ) {
+        match r {
+            Ok(Progress::Done) => report.operations.push((name, kind.into(), "Done".into())),
+            Ok(Progress::Waiting(p)) => {
+                report
+                    .operations
+                    .push((name, kind.into(), format!("Waiting in {p}")))
+            }
+            Err(OperationError::Step {
+                message,
+                kind,
+                phase,
+                ..
+            }) => report
+                .failures
+                .push(format!("{kind} of {name} in {phase}: {message}")),
+            Err(e) => report.failures.push(format!("{name}: {e}")),
+        }
     }
 
     async fn volume(

@@ -76,7 +76,12 @@ impl<S: Store> Journal for VolumeJournal<'_, S> {
     }
 }
 
-fn condition(type_: &str, status: ConditionStatus, reason: &str, message: String) -> Condition {
+pub(crate) fn condition(
+    type_: &str,
+    status: ConditionStatus,
+    reason: &str,
+    message: String,
+) -> Condition {
     Condition {
         type_: type_.into(),
         status,
@@ -247,11 +252,14 @@ pub(crate) struct CreateVolume<'a, S> {
 
 /// How long ago `time` (RFC 3339) was; zero when it is absent, unreadable or
 /// ahead of this clock.
-fn since(time: Option<&str>) -> std::time::Duration {
+pub(crate) fn since(time: Option<&str>) -> std::time::Duration {
     time.and_then(lightpool_store::age_of).unwrap_or_default()
 }
 
-fn pool_health(pools: &[StoragePool], pool: Option<&str>) -> Option<lightpool_model::PoolHealth> {
+pub(crate) fn pool_health(
+    pools: &[StoragePool],
+    pool: Option<&str>,
+) -> Option<lightpool_model::PoolHealth> {
     pools
         .iter()
         .find(|p| p.metadata.name.as_deref() == pool)

@@ -63,6 +63,16 @@ pub async fn run<S: Store>(
         tonic::transport::Server::builder().add_service(IdentityServer::new(Identity {
             controller: a.controller,
         }));
+    // The node follows its staged volumes' paths (live migration's host side).
+    let follower = a.node.as_ref().map(|_| {
+        tokio::spawn(crate::node::paths::follow(
+            store.clone(),
+            a.state_dir.clone(),
+            a.hostnqn.clone(),
+            Duration::from_secs(5),
+            std::future::pending::<()>(),
+        ))
+    });
     if a.controller {
         router = router.add_service(ControllerServer::new(CsiController::new(
             store,
@@ -92,6 +102,9 @@ pub async fn run<S: Store>(
             stop,
         )
         .await;
+    if let Some(f) = follower {
+        f.abort();
+    }
     let _ = std::fs::remove_file(&path);
     Ok(res?)
 }

@@ -24,7 +24,10 @@ pub mod volume;
 
 pub use condition::{set_condition, Condition, ConditionStatus};
 pub use labels::{LabelSelector, Labels};
-pub use migration::{VolumeMigration, VolumeMigrationSpec, VolumeMigrationStatus};
+pub use migration::{
+    MigrationPhase, MigrationProgress, MigrationSide, VolumeMigration, VolumeMigrationSpec,
+    VolumeMigrationStatus,
+};
 pub use operation::OperationRecord;
 pub use pool::{NodeInfo, PoolHealth, PoolLayout, StoragePool, StoragePoolSpec, StoragePoolStatus};
 pub use quantity::Quantity;

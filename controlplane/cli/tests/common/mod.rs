@@ -3,6 +3,8 @@
 //! and cleaned up when dropped), and `lightpool` run against it.
 #![allow(dead_code)]
 
+pub mod standalone;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

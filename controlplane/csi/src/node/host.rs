@@ -88,6 +88,33 @@ pub fn controllers_on(nqn: &str, path: &Path4) -> Vec<String> {
         .collect()
 }
 
+/// Every controller of `nqn` with its path (`nvme3`, tcp 10.0.0.2:4420).
+pub fn controllers(nqn: &str) -> Vec<(String, Path4)> {
+    let Ok(dir) = std::fs::read_dir("/sys/class/nvme") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| read(&e.path().join("subsysnqn")).as_deref() == Some(nqn))
+        .filter_map(|e| {
+            let address = read(&e.path().join("address"))?;
+            let field = |k: &str| {
+                address
+                    .split(',')
+                    .find_map(|kv| kv.trim().strip_prefix(k))
+                    .map(str::to_string)
+            };
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                Path4 {
+                    transport: read(&e.path().join("transport"))?,
+                    traddr: field("traddr=")?,
+                    trsvcid: field("trsvcid=")?,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Connects to `nqn` on `path` unless a controller already is; true when this call
 /// made the connection.
 pub fn connect(nqn: &str, path: &Path4, hostnqn: Option<&str>) -> Result<bool, HostError> {

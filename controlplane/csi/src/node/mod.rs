@@ -27,6 +27,7 @@
 
 pub mod host;
 pub mod local;
+pub mod paths;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
