@@ -12,6 +12,7 @@ mod csi;
 mod snapshot;
 mod table;
 mod target;
+mod target_auth;
 mod target_migrate;
 mod target_raid;
 
