@@ -4,7 +4,11 @@
 //! appear in no log.
 
 use lightpool_api::v1 as pb;
-use lightpool_api::v1::{config_client::ConfigClient, subsystems_client::SubsystemsClient};
+use std::time::{Duration, Instant};
+
+use lightpool_api::v1::{
+    config_client::ConfigClient, subsystems_client::SubsystemsClient, upgrade_client::UpgradeClient,
+};
 use tonic::Code;
 
 mod common;
@@ -223,4 +227,57 @@ fn config_file_keys_are_checked_and_loaded() {
     assert_eq!(s.subsystems[0].host_keys.len(), 1);
     assert_eq!(s.subsystems[0].host_keys[0].dhgroup, "ffdhe2048");
     assert!(!logs(&t).contains("ia6zGodOr4"));
+}
+
+/// The keys survive a hot upgrade (they travel in the boot blob of the state region).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_keys_survive_a_hot_upgrade() {
+    let t = start("authup");
+    let c = ch(&t).await;
+    let want = SubsystemsClient::new(c.clone())
+        .set_host_key(pb::SetHostKeyRequest {
+            ctrl_key: KEY2.into(),
+            dhgroup: "ffdhe6144".into(),
+            hash: "sha384".into(),
+            ..set(HOST, KEY)
+        })
+        .await
+        .expect("set")
+        .into_inner();
+    let r = UpgradeClient::new(c.clone())
+        .start_upgrade(pb::StartUpgradeRequest {
+            binary: env!("CARGO_BIN_EXE_lightpool-target").into(),
+            log: "info".into(),
+        })
+        .await
+        .expect("upgrade")
+        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let c2 = loop {
+        let c2 = ch(&t).await;
+        if let Ok(s) = UpgradeClient::new(c2.clone())
+            .get_status(pb::GetStatusRequest {})
+            .await
+        {
+            if s.get_ref().pid == r.new_pid {
+                break c2;
+            }
+        }
+        assert!(Instant::now() < deadline, "the new process answers");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let s = SubsystemsClient::new(c2.clone())
+        .list_subsystems(pb::ListSubsystemsRequest { nqn: NQN.into() })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(s.subsystems[0].host_keys, vec![want]);
+    // And the secrets themselves came over: the saved configuration holds them.
+    let text = ConfigClient::new(c2)
+        .save_config(pb::SaveConfigRequest {})
+        .await
+        .expect("save")
+        .into_inner()
+        .toml;
+    assert!(text.contains(KEY) && text.contains(KEY2), "{text}");
 }

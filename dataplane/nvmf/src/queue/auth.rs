@@ -24,6 +24,7 @@ impl<T: Default> NvmfQueue<T> {
         }
         self.gate |= gate::UNAUTHENTICATED;
         self.auth = Some(Box::new(Exchange::new()));
+        self.publish_queue_static();
         lightpool_spec::auth::AUTHREQ_ATR
     }
 
@@ -116,6 +117,7 @@ impl<T: Default> NvmfQueue<T> {
                 let (hash, dh) = self.auth.as_ref().map(|x| x.selected()).unzip();
                 let reauth = self.gate & gate::UNAUTHENTICATED == 0;
                 self.gate &= !gate::UNAUTHENTICATED;
+                self.publish_queue_static();
                 tracing::info!(
                     subnqn = %c.subsys.nqn,
                     hostnqn = %c.hostnqn,

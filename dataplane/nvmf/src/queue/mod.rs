@@ -872,6 +872,15 @@ impl<T: Default> NvmfQueue<T> {
     /// queue ID otherwise. The transport calls this once, when the connection ends.
     pub fn close(&mut self) {
         if let Some(c) = self.ctrlr.take() {
+            if self.gate & gate::UNAUTHENTICATED != 0 && self.state == QueueState::Live {
+                tracing::warn!(
+                    subnqn = %c.subsys.nqn,
+                    hostnqn = %c.hostnqn,
+                    cntlid = c.cntlid,
+                    qid = self.qid,
+                    "connection closed before the host authenticated"
+                );
+            }
             if self.qid == 0 {
                 c.fail();
                 c.unregister();
