@@ -202,11 +202,11 @@ fn authenticate(
     let s2 = if ctrl_key.is_some() { 41 } else { 0 };
     let reply = Reply {
         t_id,
-        hl: hash.len() as u8,
+        hl: hash.digest_len() as u8,
         cvalid: ctrl_key.is_some(),
         seqnum: s2,
-        response: &r1[..hash.len()],
-        c2: &c2[..hash.len()],
+        response: &r1[..hash.digest_len()],
+        c2: &c2[..hash.digest_len()],
         dhv: &dhv,
     };
     let mut rb = vec![0u8; 2048];
@@ -220,9 +220,9 @@ fn authenticate(
     let Some(kc) = ctrl_key else {
         return (s1, None);
     };
-    let ca2 = crypto::challenge_for(hash, ks.as_deref().map(|v| &v[..]), &c2[..hash.len()]);
+    let ca2 = crypto::challenge_for(hash, ks.as_deref().map(|v| &v[..]), &c2[..hash.digest_len()]);
     let want = crypto::ctrl_response(hash, &kc.transformed(NQN), &ca2[..], s2, t_id, NQN, HOST);
-    let ok = s.response == Some(&want[..hash.len()]);
+    let ok = s.response == Some(&want[..hash.digest_len()]);
     let mut sb = [0u8; 16];
     wire::write_success2(t_id, &mut sb).unwrap();
     assert!(auth_send(q, &sb).is_success());

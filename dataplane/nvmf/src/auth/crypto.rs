@@ -39,7 +39,7 @@ impl HashFn {
     }
 
     /// Output length in bytes.
-    pub fn len(self) -> usize {
+    pub fn digest_len(self) -> usize {
         match self {
             HashFn::Sha256 => 32,
             HashFn::Sha384 => 48,
@@ -297,7 +297,7 @@ fn hash_buf() -> HashBuf {
 /// HMAC(H(Ks), C) (section 8.13.5.3: the augmented challenge).
 pub fn challenge_for(hash: HashFn, session_key: Option<&[u8]>, c: &[u8]) -> HashBuf {
     let mut out = hash_buf();
-    let n = hash.len();
+    let n = hash.digest_len();
     match session_key {
         None => out[..n].copy_from_slice(&c[..n]),
         Some(ks) => {
@@ -324,7 +324,7 @@ pub fn host_response(
     hash.hmac(
         key,
         &[
-            &challenge[..hash.len()],
+            &challenge[..hash.digest_len()],
             &s1.to_le_bytes(),
             &t_id.to_le_bytes(),
             &[0],
@@ -353,7 +353,7 @@ pub fn ctrl_response(
     hash.hmac(
         key,
         &[
-            &challenge[..hash.len()],
+            &challenge[..hash.digest_len()],
             &s2.to_le_bytes(),
             &t_id.to_le_bytes(),
             &[0],

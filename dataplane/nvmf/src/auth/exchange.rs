@@ -223,7 +223,7 @@ impl Exchange {
     /// controller response was asked for.
     fn reply(&mut self, data: &[u8], peer: &Peer<'_>) -> Result<bool, u8> {
         let r = Reply::parse(data).map_err(|_| failure::INCORRECT_PAYLOAD)?;
-        let hl = self.hash.len();
+        let hl = self.hash.digest_len();
         if usize::from(r.hl) != hl {
             return Err(failure::INCORRECT_PAYLOAD);
         }
@@ -274,7 +274,7 @@ impl Exchange {
         let short = |need: usize| ReceiveError::TooShort { al, need };
         match self.step {
             Step::Challenge => {
-                let hl = self.hash.len();
+                let hl = self.hash.digest_len();
                 let mut s1 = [0u8; 4];
                 if crypto::random(&mut s1).is_err() || crypto::random(&mut self.c1[..hl]).is_err() {
                     self.fail(failure::FAILED);
@@ -305,7 +305,7 @@ impl Exchange {
                 Ok((n, Event::None))
             }
             Step::Success1 => {
-                let hl = self.hash.len();
+                let hl = self.hash.digest_len();
                 let r2 = match &self.c2 {
                     None => None,
                     Some(c2) => {

@@ -131,7 +131,7 @@ impl Secret {
         match self.transform {
             None => self.key.clone(),
             Some(h) => {
-                let mut out = Zeroizing::new(vec![0u8; h.len()]);
+                let mut out = Zeroizing::new(vec![0u8; h.digest_len()]);
                 h.hmac(&self.key, &[nqn.as_bytes(), b"NVMe-over-Fabrics"], &mut out);
                 out
             }

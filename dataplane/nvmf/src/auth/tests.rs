@@ -240,11 +240,11 @@ impl Host {
         let s2 = if self.ctrl_key.is_some() { 99 } else { 0 };
         let reply = Reply {
             t_id: self.t_id,
-            hl: hash.len() as u8,
+            hl: hash.digest_len() as u8,
             cvalid: self.ctrl_key.is_some(),
             seqnum: s2,
-            response: &r1[..hash.len()],
-            c2: &c2[..hash.len()],
+            response: &r1[..hash.digest_len()],
+            c2: &c2[..hash.digest_len()],
             dhv: &dhv,
         };
         let mut rb = vec![0u8; 2048];
@@ -260,7 +260,7 @@ impl Host {
             assert_eq!(s.response, None);
             return (events, None);
         };
-        let ca2 = crypto::challenge_for(hash, ks.as_deref().map(|v| &v[..]), &c2[..hash.len()]);
+        let ca2 = crypto::challenge_for(hash, ks.as_deref().map(|v| &v[..]), &c2[..hash.digest_len()]);
         let want = crypto::ctrl_response(
             hash,
             &kc.transformed(SUBNQN),
@@ -270,7 +270,7 @@ impl Host {
             SUBNQN,
             HOSTNQN,
         );
-        let ok = s.response == Some(&want[..hash.len()]);
+        let ok = s.response == Some(&want[..hash.digest_len()]);
         let mut sb = [0u8; 16];
         wire::write_success2(self.t_id, &mut sb).unwrap();
         events.push(x.send(&sb, p));
