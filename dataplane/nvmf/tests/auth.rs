@@ -220,7 +220,11 @@ fn authenticate(
     let Some(kc) = ctrl_key else {
         return (s1, None);
     };
-    let ca2 = crypto::challenge_for(hash, ks.as_deref().map(|v| &v[..]), &c2[..hash.digest_len()]);
+    let ca2 = crypto::challenge_for(
+        hash,
+        ks.as_deref().map(|v| &v[..]),
+        &c2[..hash.digest_len()],
+    );
     let want = crypto::ctrl_response(hash, &kc.transformed(NQN), &ca2[..], s2, t_id, NQN, HOST);
     let ok = s.response == Some(&want[..hash.digest_len()]);
     let mut sb = [0u8; 16];

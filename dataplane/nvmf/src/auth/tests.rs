@@ -260,7 +260,11 @@ impl Host {
             assert_eq!(s.response, None);
             return (events, None);
         };
-        let ca2 = crypto::challenge_for(hash, ks.as_deref().map(|v| &v[..]), &c2[..hash.digest_len()]);
+        let ca2 = crypto::challenge_for(
+            hash,
+            ks.as_deref().map(|v| &v[..]),
+            &c2[..hash.digest_len()],
+        );
         let want = crypto::ctrl_response(
             hash,
             &kc.transformed(SUBNQN),
