@@ -80,12 +80,13 @@ fn key_agent(listener: TcpListener, api: PathBuf) -> std::thread::JoinHandle<Vec
 fn dhchap_with_the_kernel_initiator_refusals_bidirectional_and_reauth_under_fio() {
     let dir = e2e_dir().expect("e2e dir");
     let port = free_port().expect("port");
-    let (k1, k1b, k2, c2, k3) = (
+    let (k1, k1b, k2, c2, k3, c3) = (
         key(Some(HashFn::Sha256), 32),
         key(Some(HashFn::Sha256), 32),
         key(None, 48),
         key(Some(HashFn::Sha384), 48),
         key(None, 32),
+        key(Some(HashFn::Sha512), 64),
     );
     let wrong = key(Some(HashFn::Sha256), 32);
     // The DHHC-1 string of bytes 00..1f, as ours writes it; the guest's nvme-cli must
@@ -116,6 +117,7 @@ dhgroup = "ffdhe2048"
 [[subsystem.host_key]]
 host = "{H3}"
 key = "{k3}"
+ctrl_key = "{c3}"
 
 [[subsystem]]
 nqn = "{NQN2}"
@@ -160,11 +162,20 @@ ctrl_of() {{
     done
     return 1
 }}
-dev_of() {{ for i in $(seq 1 100); do d=$(ls /sys/class/nvme/$1 | grep -m1 -E '^nvme[0-9]+n1$' || true); [ -n "$d" ] && {{ echo $d; return 0; }}; sleep 0.1; done; return 1; }}
+SEEN=""
+new_head() {{
+    for i in $(seq 1 100); do
+        for d in $(ls /sys/block | grep -E '^nvme[0-9]+n1$'); do
+            echo " $SEEN " | grep -q " $d " || {{ echo $d; return 0; }}
+        done
+        sleep 0.1
+    done
+    return 1
+}}
 FIO="fio --ioengine=libaio --direct=1 --iodepth=8 --bs=4k --verify=crc32c --verify_fatal=1 --randrepeat=1 --output-format=terse --terse-version=3"
 modprobe nvme-tcp
 
-say "gen $(nvme gen-dhchap-key --secret={fixed_hex} --hmac=0 --key-length=32 2>&1)"
+say "gen $(nvme gen-dhchap-key --secret={fixed_hex} --hmac=0 --key-length=32 --nqn={H1} 2>&1)"
 
 if conn -n {NQN1} --hostnqn={H1} --hostid=6c700000-0000-4000-8000-0000000000a1 > /tmp/c0 2>&1; then say "no-key connect succeeded"; exit 1; fi
 say "no key: refused: $(tr '\n' ' ' < /tmp/c0)"
@@ -173,7 +184,7 @@ say "wrong key: refused: $(tr '\n' ' ' < /tmp/c1)"
 
 # Bidirectional: H2 proves its key, the controller proves its own.
 conn -n {NQN2} --hostnqn={H2} --hostid=6c700000-0000-4000-8000-0000000000a2 --dhchap-secret={k2} --dhchap-ctrl-secret={c2}
-C2=$(ctrl_of {NQN2}); D2=$(dev_of $C2)
+C2=$(ctrl_of {NQN2}); D2=$(new_head); SEEN="$SEEN $D2"
 say "bidirectional connected $C2 $D2"
 $FIO --name=bidi --filename=/dev/$D2 --rw=randwrite --size=24m --do_verify=1 > /tmp/f2.out 2>&1 &
 P2=$!
@@ -183,14 +194,14 @@ say "concurrent wrong key: refused"
 wait $P2 || {{ cat /tmp/f2.out; exit 1; }}
 say "bidirectional fio errors=$(cut -d';' -f5 /tmp/f2.out)"
 [ "$(cut -d';' -f5 /tmp/f2.out)" = 0 ]
-# A wrong controller secret: the host refuses the controller.
-if conn -n {NQN1} --hostnqn={H3} --hostid=6c700000-0000-4000-8000-0000000000a3 --dhchap-secret={k3} --dhchap-ctrl-secret={wrong} > /tmp/c4 2>&1; then say "bad ctrl key accepted"; exit 1; fi
+# The right host key, a wrong controller secret: the host refuses the controller.
+if conn -n {NQN1} --hostnqn={H3} --hostid=6c700000-0000-4000-8000-0000000000a3 --dhchap-secret={k3} --dhchap-ctrl-secret={c2} > /tmp/c4 2>&1; then say "bad ctrl key accepted"; exit 1; fi
 say "wrong controller key: refused by the host"
 say "quiet from here"
 
 # Unidirectional, then re-authentication with a rotated key under fio verify.
 conn -n {NQN1} --hostnqn={H1} --hostid=6c700000-0000-4000-8000-0000000000a1 --dhchap-secret={k1}
-C1=$(ctrl_of {NQN1}); D1=$(dev_of $C1)
+C1=$(ctrl_of {NQN1}); D1=$(new_head)
 say "unidirectional connected $C1 $D1"
 $FIO --name=reauth --filename=/dev/$D1 --rw=randwrite --size=32m --do_verify=1 > /tmp/f1.out 2>&1 &
 P1=$!
@@ -254,6 +265,12 @@ say "all good"
             .any(|l| l.contains("closed before the host authenticated") && l.contains(H1)),
         "{log}"
     );
+    // The host refused the controller's proof: its AUTH_Failure2 reached the target.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("AUTH_Failure2") && l.contains(H3)),
+        "{log}"
+    );
     let reauths = log
         .lines()
         .filter(|l| l.contains("host authenticated") && l.contains("reauth=true") && l.contains(H1))
@@ -262,7 +279,7 @@ say "all good"
         reauths >= 3,
         "admin and both I/O queues re-authenticate: {reauths}\n{log}"
     );
-    for k in [&k1, &k1b, &k2, &c2, &k3, &wrong] {
+    for k in [&k1, &k1b, &k2, &c2, &k3, &c3, &wrong] {
         let b64 = &k[10..30];
         assert!(!log.contains(b64), "a secret in the target log");
     }
