@@ -3,10 +3,13 @@
 //! Control path only: a live queue reaches here only when its host re-authenticates.
 
 use lightpool_spec::auth::{failure, AuthCommand};
+use lightpool_spec::nvme;
 use lightpool_spec::status::{generic, Status};
 
 use crate::auth::{Event, Exchange, Peer};
-use crate::queue::{gate, Exec, NvmfQueue, QueueState};
+use crate::ctrlr::Controller;
+use crate::queue::{gate, Exec, NvmfQueue, QueueState, SlotState};
+use crate::region::slot as rslot;
 use crate::Xfer;
 
 fn invalid_field() -> Status {
@@ -26,6 +29,53 @@ impl<T: Default> NvmfQueue<T> {
         self.auth = Some(Box::new(Exchange::new()));
         self.publish_queue_static();
         lightpool_spec::auth::AUTHREQ_ATR
+    }
+
+    /// A command on a gated queue: held while quiesced; refused with Authentication
+    /// Required while the host has not authenticated, unless it is Authentication
+    /// Send/Receive. `None`: run it.
+    #[cold]
+    pub(crate) fn gated(&mut self, slot: u16) -> Option<Exec> {
+        if self.gate & gate::QUIESCED != 0 {
+            self.slots[usize::from(slot)].state = SlotState::Held;
+            self.held.push_back(slot);
+            if let Some(m) = &self.shm {
+                m.set_slot_state(slot, rslot::HELD);
+            }
+            return Some(Exec::Pending);
+        }
+        let sqe = &self.slots[usize::from(slot)].sqe;
+        let auth_cmd = sqe.opcode == nvme::admin_opcode::FABRICS
+            && matches!(
+                lightpool_spec::fabrics::fctype(sqe),
+                lightpool_spec::fabrics::fctype::AUTH_SEND
+                    | lightpool_spec::fabrics::fctype::AUTH_RECV
+            );
+        if self.gate & gate::UNAUTHENTICATED != 0 && !auth_cmd {
+            self.finish(
+                slot,
+                Status::command_specific(
+                    lightpool_spec::status::command_specific::AUTHENTICATION_REQUIRED,
+                )
+                .with_dnr(),
+            );
+            return Some(Exec::Done);
+        }
+        None
+    }
+
+    /// A connection that ends before its host authenticated: say so (the host had no
+    /// key, or gave up).
+    pub(crate) fn note_unauthenticated_close(&self, c: &Controller) {
+        if self.gate & gate::UNAUTHENTICATED != 0 && self.state == QueueState::Live {
+            tracing::warn!(
+                subnqn = %c.subsys.nqn,
+                hostnqn = %c.hostnqn,
+                cntlid = c.cntlid,
+                qid = self.qid,
+                "connection closed before the host authenticated"
+            );
+        }
     }
 
     /// Whether the queue still waits for its host to authenticate.

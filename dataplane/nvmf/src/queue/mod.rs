@@ -503,39 +503,6 @@ impl<T: Default> NvmfQueue<T> {
         }
     }
 
-    /// A command on a gated queue: held while quiesced; refused with Authentication
-    /// Required while the host has not authenticated, unless it is Authentication
-    /// Send/Receive. `None`: run it.
-    #[cold]
-    fn gated(&mut self, slot: u16) -> Option<Exec> {
-        if self.gate & gate::QUIESCED != 0 {
-            self.slots[usize::from(slot)].state = SlotState::Held;
-            self.held.push_back(slot);
-            if let Some(m) = &self.shm {
-                m.set_slot_state(slot, rslot::HELD);
-            }
-            return Some(Exec::Pending);
-        }
-        let sqe = &self.slots[usize::from(slot)].sqe;
-        let auth_cmd = sqe.opcode == nvme::admin_opcode::FABRICS
-            && matches!(
-                lightpool_spec::fabrics::fctype(sqe),
-                lightpool_spec::fabrics::fctype::AUTH_SEND
-                    | lightpool_spec::fabrics::fctype::AUTH_RECV
-            );
-        if self.gate & gate::UNAUTHENTICATED != 0 && !auth_cmd {
-            self.finish(
-                slot,
-                Status::command_specific(
-                    lightpool_spec::status::command_specific::AUTHENTICATION_REQUIRED,
-                )
-                .with_dnr(),
-            );
-            return Some(Exec::Done);
-        }
-        None
-    }
-
     /// Reap block-device completions, deliver async events, enforce keep-alive. Returns
     /// how much work it did.
     pub fn poll(&mut self, now: Instant) -> usize {
@@ -872,15 +839,7 @@ impl<T: Default> NvmfQueue<T> {
     /// queue ID otherwise. The transport calls this once, when the connection ends.
     pub fn close(&mut self) {
         if let Some(c) = self.ctrlr.take() {
-            if self.gate & gate::UNAUTHENTICATED != 0 && self.state == QueueState::Live {
-                tracing::warn!(
-                    subnqn = %c.subsys.nqn,
-                    hostnqn = %c.hostnqn,
-                    cntlid = c.cntlid,
-                    qid = self.qid,
-                    "connection closed before the host authenticated"
-                );
-            }
+            self.note_unauthenticated_close(&c);
             if self.qid == 0 {
                 c.fail();
                 c.unregister();
