@@ -13,6 +13,7 @@ mod migrate;
 mod snapshot;
 mod table;
 mod target;
+mod target_auth;
 mod target_migrate;
 mod target_raid;
 

@@ -1,4 +1,5 @@
-//! `lightpool target pool|volume|snapshot ...` (`raid`: target_raid.rs): the pools, volumes and snapshots of
+//! `lightpool target pool|volume|snapshot ...` (`raid`: target_raid.rs, `host-key`:
+//! target_auth.rs): the pools, volumes and snapshots of
 //! ONE running lightpool-target (the Pools service of its management API). The
 //! top-level `lightpool pool` and `lightpool volume` are the standalone cluster's
 //! objects, which the control plane places on these.
@@ -32,6 +33,10 @@ pub enum TargetCmd {
     /// target, status, list, stop.
     #[command(subcommand)]
     Migrate(crate::target_migrate::MigrateCmd),
+    /// In-band authentication (DH-HMAC-CHAP) keys per host and subsystem: set or
+    /// rotate, clear, list.
+    #[command(subcommand)]
+    HostKey(crate::target_auth::HostKeyCmd),
 }
 
 #[derive(Args, Debug)]
@@ -360,6 +365,7 @@ pub async fn run(j: bool, ch: Channel, c: &TargetCmd) -> Result<(), String> {
         }
         TargetCmd::Raid(c) => crate::target_raid::run(j, ch, c).await,
         TargetCmd::Migrate(c) => crate::target_migrate::run(j, ch, c).await,
+        TargetCmd::HostKey(c) => crate::target_auth::run(j, ch, c).await,
     }
 }
 

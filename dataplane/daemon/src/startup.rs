@@ -41,6 +41,7 @@ fn default_config() -> Config {
             model: "LightPool".into(),
             allow_any_host: true,
             hosts: vec![],
+            host_keys: vec![],
             min_cntlid: 1,
             max_cntlid: 0xFFEF,
             namespaces: vec![NamespaceSection {

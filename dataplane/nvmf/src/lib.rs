@@ -11,6 +11,7 @@
 //! a hot upgrade carries) sits above them and nothing below uses it; `transport` is
 //! the seam transports implement.
 
+pub mod auth;
 pub mod buf;
 pub mod ctrlr;
 pub mod listener;

@@ -13,13 +13,15 @@ mod record;
 
 pub(crate) use record::{record_subsystem, SubsysShm};
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use arc_swap::ArcSwap;
 use lightpool_bdev::Bdev;
 use lightpool_spec::log::ana_state;
 
+use crate::auth::HostKeys;
 use crate::ctrlr::Controller;
 use crate::NvmfError;
 
@@ -60,6 +62,8 @@ pub struct SubsystemConfig {
     pub model: String,
     pub allow_any_host: bool,
     pub hosts: Vec<String>,
+    /// DH-HMAC-CHAP keys by host NQN: a host listed here must authenticate.
+    pub host_keys: Vec<(String, crate::auth::HostKeys)>,
     /// Controller IDs are handed out from this inclusive range (1..=0xFFEF at most), so
     /// two nodes serving the same subsystem never give a host the same ID twice.
     pub min_cntlid: u16,
@@ -76,6 +80,7 @@ impl SubsystemConfig {
             model: "LightPool".to_string(),
             allow_any_host: true,
             hosts: Vec::new(),
+            host_keys: Vec::new(),
             min_cntlid: 1,
             max_cntlid: 0xFFEF,
             namespaces: Vec::new(),
@@ -155,6 +160,9 @@ pub struct Subsystem {
     pub hosts: Vec<String>,
     pub min_cntlid: u16,
     pub max_cntlid: u16,
+    /// DH-HMAC-CHAP keys by host NQN (control path: Connect and each authentication
+    /// transaction read them; the management API replaces them).
+    host_keys: RwLock<HashMap<String, Arc<HostKeys>>>,
     ns: ArcSwap<NsTable>,
     /// Bumped after every swap of `ns`.
     ns_gen: AtomicU64,
@@ -232,6 +240,9 @@ impl Subsystem {
         for h in &cfg.hosts {
             crate::nqn::check_nqn(h).map_err(|e| bad(format!("host {e}")))?;
         }
+        for (h, _) in &cfg.host_keys {
+            crate::nqn::check_nqn(h).map_err(|e| bad(format!("keyed host {e}")))?;
+        }
         check_ascii(&nqn, "serial", &cfg.serial, 20)?;
         check_ascii(&nqn, "model", &cfg.model, 40)?;
         if cfg.min_cntlid == 0 || cfg.max_cntlid > 0xFFEF || cfg.min_cntlid > cfg.max_cntlid {
@@ -261,6 +272,12 @@ impl Subsystem {
             hosts: cfg.hosts,
             min_cntlid: cfg.min_cntlid,
             max_cntlid: cfg.max_cntlid,
+            host_keys: RwLock::new(
+                cfg.host_keys
+                    .into_iter()
+                    .map(|(h, k)| (h, Arc::new(k)))
+                    .collect(),
+            ),
             ns: ArcSwap::from_pointee(NsTable::from_list(namespaces)),
             ns_gen: AtomicU64::new(1),
             ns_writer: Mutex::new(()),
@@ -286,6 +303,7 @@ impl Subsystem {
             hosts: Vec::new(),
             min_cntlid: 1,
             max_cntlid: 0xFFEF,
+            host_keys: RwLock::new(HashMap::new()),
             ns: ArcSwap::from_pointee(NsTable::from_list(Vec::new())),
             ns_gen: AtomicU64::new(1),
             ns_writer: Mutex::new(()),
@@ -346,6 +364,53 @@ impl Subsystem {
 
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
         self.allow_any_host || self.hosts.iter().any(|h| h == hostnqn)
+    }
+
+    /// The DH-HMAC-CHAP keys the subsystem holds for `hostnqn` now (control path).
+    pub fn host_keys(&self, hostnqn: &str) -> Option<Arc<HostKeys>> {
+        self.host_keys
+            .read()
+            .expect("host keys lock poisoned")
+            .get(hostnqn)
+            .cloned()
+    }
+
+    /// Every host's keys, by host NQN in order (for saving and the API).
+    pub fn all_host_keys(&self) -> Vec<(String, Arc<HostKeys>)> {
+        let mut v: Vec<_> = self
+            .host_keys
+            .read()
+            .expect("host keys lock poisoned")
+            .iter()
+            .map(|(h, k)| (h.clone(), k.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Set (or with `None` clear) a host's keys. The next authentication transaction
+    /// uses them; connections already authenticated stay up. The discovery subsystem
+    /// takes none.
+    pub fn set_host_keys(&self, hostnqn: &str, keys: Option<HostKeys>) -> Result<(), NvmfError> {
+        if self.kind == SubsystemKind::Discovery {
+            return Err(NvmfError::Invalid(
+                "the discovery subsystem does not authenticate hosts".into(),
+            ));
+        }
+        crate::nqn::check_nqn(hostnqn).map_err(|e| NvmfError::InvalidSubsystem {
+            nqn: self.nqn.clone(),
+            reason: format!("host {e}"),
+        })?;
+        let mut m = self.host_keys.write().expect("host keys lock poisoned");
+        match keys {
+            Some(k) => {
+                m.insert(hostnqn.to_string(), Arc::new(k));
+            }
+            None => {
+                m.remove(hostnqn);
+            }
+        }
+        Ok(())
     }
 
     /// Whether the subsystem was deleted (Connect refuses it; its controllers failed).

@@ -17,6 +17,7 @@
 //!   effects, discovery, ANA), the variable-length ones encoded by window.
 //! - [`features`]: Get/Set Features fields and async event completions.
 
+pub mod auth;
 pub mod fabrics;
 pub mod features;
 pub mod identify;

@@ -53,6 +53,21 @@ pub fn subsystem(run: &Running, s: &Subsystem) -> pb::Subsystem {
             .map(namespace)
             .collect(),
         controllers: s.controllers().len() as u32,
+        host_keys: s
+            .all_host_keys()
+            .iter()
+            .map(|(h, k)| host_key(h, k))
+            .collect(),
+    }
+}
+
+/// A host's keys without their secrets.
+pub fn host_key(host: &str, k: &lightpool_nvmf::auth::HostKeys) -> pb::HostKey {
+    pb::HostKey {
+        host: host.to_string(),
+        bidirectional: k.ctrl.is_some(),
+        hash: k.hash.name().to_string(),
+        dhgroup: k.dhgroup.name().to_string(),
     }
 }
 

@@ -167,6 +167,36 @@ impl subsystems_server::Subsystems for Api {
             subsystems: subs,
         }))
     }
+
+    async fn set_host_key(&self, r: Request<pb::SetHostKeyRequest>) -> Res<pb::HostKey> {
+        let r = r.into_inner();
+        let text = lightpool_nvmf::auth::HostKeysText {
+            key: r.key,
+            ctrl_key: r.ctrl_key,
+            hash: r.hash,
+            dhgroup: r.dhgroup,
+        };
+        let keys = text
+            .parse()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let out = self
+            .blocking(move |run| {
+                run.set_host_keys(&r.nqn, &r.host, Some(keys.clone()))?;
+                Ok(convert::host_key(&r.host, &keys))
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn clear_host_key(
+        &self,
+        r: Request<pb::ClearHostKeyRequest>,
+    ) -> Res<pb::ClearHostKeyResponse> {
+        let r = r.into_inner();
+        self.blocking(move |run| run.set_host_keys(&r.nqn, &r.host, None))
+            .await?;
+        Ok(Response::new(pb::ClearHostKeyResponse {}))
+    }
 }
 
 #[tonic::async_trait]

@@ -194,6 +194,72 @@ pub struct SubsystemSection {
     /// ANA groups whose state is not optimized.
     #[serde(default, rename = "ana_group", skip_serializing_if = "Vec::is_empty")]
     pub ana_groups: Vec<AnaGroupSection>,
+    /// DH-HMAC-CHAP keys: a host listed here must authenticate in-band.
+    #[serde(default, rename = "host_key", skip_serializing_if = "Vec::is_empty")]
+    pub host_keys: Vec<HostKeySection>,
+}
+
+/// One host's DH-HMAC-CHAP keys (`[[subsystem.host_key]]`). Secrets are in the DHHC-1
+/// form `nvme gen-dhchap-key` prints; they never appear in `Debug` output or logs.
+#[derive(Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HostKeySection {
+    pub host: String,
+    /// The host's secret (the host proves it holds it).
+    pub key: String,
+    /// The controller's secret, for bidirectional authentication.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ctrl_key: String,
+    /// sha256 (default), sha384 or sha512.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+    /// null (default), ffdhe2048, ffdhe3072, ffdhe4096, ffdhe6144 or ffdhe8192.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dhgroup: String,
+}
+
+impl std::fmt::Debug for HostKeySection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostKeySection")
+            .field("host", &self.host)
+            .field("bidirectional", &!self.ctrl_key.is_empty())
+            .field("hash", &self.hash)
+            .field("dhgroup", &self.dhgroup)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostKeySection {
+    pub fn text(&self) -> lightpool_nvmf::auth::HostKeysText {
+        lightpool_nvmf::auth::HostKeysText {
+            key: self.key.clone(),
+            ctrl_key: self.ctrl_key.clone(),
+            hash: self.hash.clone(),
+            dhgroup: self.dhgroup.clone(),
+        }
+    }
+
+    pub fn from_keys(host: &str, k: &lightpool_nvmf::auth::HostKeys) -> HostKeySection {
+        let t = k.to_text();
+        HostKeySection {
+            host: host.to_string(),
+            key: t.key,
+            ctrl_key: t.ctrl_key,
+            hash: t.hash,
+            dhgroup: t.dhgroup,
+        }
+    }
+}
+
+/// The field of a `[[subsystem.host_key]]` entry a key error points at.
+pub fn keys_error_field(e: &lightpool_nvmf::auth::KeysError) -> &'static str {
+    use lightpool_nvmf::auth::KeysError;
+    match e {
+        KeysError::Key(_) => "key",
+        KeysError::CtrlKey(_) => "ctrl_key",
+        KeysError::Hash(_) => "hash",
+        KeysError::DhGroup(_) => "dhgroup",
+    }
 }
 
 fn d_serial() -> String {
@@ -537,6 +603,16 @@ impl Config {
             for (hi, h) in s.hosts.iter().enumerate() {
                 lightpool_nvmf::nqn::check_nqn(h)
                     .map_err(|e| ferr(format!("subsystem[{si}].hosts[{hi}]"), e))?;
+            }
+            for (ki, k) in s.host_keys.iter().enumerate() {
+                let g = |x: &str| format!("subsystem[{si}].host_key[{ki}].{x}");
+                lightpool_nvmf::nqn::check_nqn(&k.host).map_err(|e| ferr(g("host"), e))?;
+                if s.host_keys[..ki].iter().any(|o| o.host == k.host) {
+                    return Err(ferr(g("host"), format!("{:?} has keys twice", k.host)));
+                }
+                k.text()
+                    .parse()
+                    .map_err(|e| ferr(g(keys_error_field(&e)), e.to_string()))?;
             }
             for (ai, a) in s.ana_groups.iter().enumerate() {
                 let g = |x: &str| format!("subsystem[{si}].ana_group[{ai}].{x}");

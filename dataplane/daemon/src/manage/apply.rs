@@ -47,6 +47,18 @@ pub fn apply(run: &Running, cfg: &Config) -> Result<(), FieldError> {
         sc.model = s.model.clone();
         sc.allow_any_host = s.allow_any_host;
         sc.hosts = s.hosts.clone();
+        for (ki, k) in s.host_keys.iter().enumerate() {
+            let keys = k.text().parse().map_err(|e| {
+                crate::config::ferr(
+                    format!(
+                        "subsystem[{si}].host_key[{ki}].{}",
+                        crate::config::keys_error_field(&e)
+                    ),
+                    e.to_string(),
+                )
+            })?;
+            sc.host_keys.push((k.host.clone(), keys));
+        }
         sc.min_cntlid = s.min_cntlid;
         sc.max_cntlid = s.max_cntlid;
         run.create_subsystem(sc)

@@ -326,6 +326,33 @@ impl Running {
         Ok(s)
     }
 
+    /// Set (`Some`) or clear a host's DH-HMAC-CHAP keys. The next authentication
+    /// transaction uses them; live connections stay. The secrets are never logged.
+    pub fn set_host_keys(
+        &self,
+        nqn: &str,
+        host: &str,
+        keys: Option<lightpool_nvmf::auth::HostKeys>,
+    ) -> Result<(), ManageError> {
+        let g = self.change()?;
+        let s = self.subsystem(nqn)?;
+        let set = keys.is_some();
+        if !set && s.host_keys(host).is_none() {
+            return Err(ManageError::NotFound(format!(
+                "subsystem {nqn} holds no keys for host {host}"
+            )));
+        }
+        s.set_host_keys(host, keys)?;
+        self.changed(g);
+        tracing::info!(
+            nqn,
+            host,
+            action = if set { "set" } else { "cleared" },
+            "host authentication keys changed"
+        );
+        Ok(())
+    }
+
     /// Delete a subsystem: its controllers fail (connections close), its namespaces go.
     pub fn delete_subsystem(&self, nqn: &str) -> Result<(), ManageError> {
         let g = self.change()?;

@@ -134,6 +134,11 @@ pub fn save(run: &Running) -> Config {
             model: s.model.clone(),
             allow_any_host: s.allow_any_host,
             hosts: s.hosts.clone(),
+            host_keys: s
+                .all_host_keys()
+                .iter()
+                .map(|(h, k)| crate::config::HostKeySection::from_keys(h, k))
+                .collect(),
             min_cntlid: s.min_cntlid,
             max_cntlid: s.max_cntlid,
             namespaces: views

@@ -181,9 +181,50 @@ fn write_boot_fds(run: &Running, changes: u64) -> Result<Vec<OwnedFd>> {
         changes,
         api_path: run.mgmt.api_path.clone(),
     };
-    let blob = postcard::to_stdvec(&boot).context("encoding the boot blob")?;
+    let mut blob = postcard::to_stdvec(&boot).context("encoding the boot blob")?;
+    // The hosts' DH-HMAC-CHAP keys follow the boot record, as a value of their own: a
+    // binary that does not know them reads the record and ignores what follows, and
+    // one that does finds none after an older binary's record.
+    blob.extend(postcard::to_stdvec(&host_keys(&run.target)).context("encoding the host keys")?);
     run.region.write_blob(Blob::Boot, &blob)?;
     Ok(fds)
+}
+
+/// Every subsystem's DH-HMAC-CHAP keys: (subsystem NQN, host NQN, keys).
+type HostKeyRecords = Vec<(String, String, lightpool_nvmf::auth::HostKeysText)>;
+
+fn host_keys(target: &lightpool_nvmf::Target) -> HostKeyRecords {
+    let mut v = Vec::new();
+    for s in target.subsystems() {
+        for (h, k) in s.all_host_keys() {
+            v.push((s.nqn.clone(), h, k.to_text()));
+        }
+    }
+    v
+}
+
+/// Give the rebuilt subsystems the keys the boot blob carries (none after a binary
+/// that did not write them).
+pub(crate) fn restore_host_keys(region: &Region, target: &lightpool_nvmf::Target) -> Result<usize> {
+    let blob = region
+        .read_blob(Blob::Boot)?
+        .ok_or_else(|| anyhow!("the state region has no boot blob"))?;
+    let (_, rest) = postcard::take_from_bytes::<Boot>(&blob).context("decoding the boot blob")?;
+    if rest.is_empty() {
+        return Ok(0);
+    }
+    let keys: HostKeyRecords = postcard::from_bytes(rest).context("decoding the host keys")?;
+    for (nqn, host, text) in &keys {
+        let s = target
+            .find_subsystem(nqn)
+            .with_context(|| format!("host keys for subsystem {nqn}, which was not rebuilt"))?;
+        let k = text
+            .parse()
+            .map_err(|e| anyhow!("host keys of {host} on {nqn}: {e}"))?;
+        s.set_host_keys(host, Some(k))
+            .map_err(|e| anyhow!("host keys of {host} on {nqn}: {e}"))?;
+    }
+    Ok(keys.len())
 }
 
 fn read_boot(region: &Region) -> Result<Boot> {

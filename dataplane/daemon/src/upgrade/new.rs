@@ -195,6 +195,8 @@ fn prepare_target(
             namespace_bdev(&boot.namespaces, &devs, nqn, nsid)
         })?;
     let registry = rebuild_registry(&boot.registry, &devs)?;
+    let keys = super::restore_host_keys(&region, &target)?;
+    tracing::debug!(hosts = keys, "host authentication keys taken over");
     Ok(Early {
         registry,
         nqns: image

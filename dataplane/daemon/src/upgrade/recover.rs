@@ -60,6 +60,7 @@ pub fn recover(
             namespace_bdev(&boot.namespaces, &devs, nqn, nsid)
         })?;
     let registry = rebuild_registry(&boot.registry, &devs)?;
+    super::restore_host_keys(&old, &target)?;
     let region = create_region(&target.opts, Some(dir), STATE_LAYOUT)?;
     drop(old);
     target.attach_region(region.clone())?;

@@ -1,4 +1,5 @@
-//! Fabrics commands: Connect, Property Get/Set, Disconnect.
+//! Fabrics commands: Connect, Property Get/Set, Disconnect (Authentication Send and
+//! Receive are in `queue::auth`).
 
 use std::time::Instant;
 
@@ -68,6 +69,8 @@ impl<T: Default> NvmfQueue<T> {
             }
             fctype::PROPERTY_GET if self.qid == 0 => self.property_get(slot),
             fctype::PROPERTY_SET if self.qid == 0 => self.property_set(slot),
+            fctype::AUTH_SEND => self.auth_send(slot),
+            fctype::AUTH_RECV => self.auth_recv(slot),
             fctype::DISCONNECT => {
                 self.set_disconnecting();
                 Ok(Exec::Done)
@@ -202,7 +205,8 @@ impl<T: Default> NvmfQueue<T> {
             );
             let cntlid = ctrlr.cntlid;
             self.set_connected(ctrlr, 0, entries as u16, now);
-            self.req(slot).cqe.dw0 = fabrics::connect_response_dw0(cntlid);
+            let authreq = self.require_auth();
+            self.req(slot).cqe.dw0 = fabrics::connect_response_dw0(cntlid) | authreq;
         } else {
             if subsys.kind == SubsystemKind::Discovery {
                 return Err(invalid_param(
@@ -263,7 +267,8 @@ impl<T: Default> NvmfQueue<T> {
             );
             let cntlid = ctrlr.cntlid;
             self.set_connected(ctrlr, cmd.qid, entries as u16, now);
-            self.req(slot).cqe.dw0 = fabrics::connect_response_dw0(cntlid);
+            let authreq = self.require_auth();
+            self.req(slot).cqe.dw0 = fabrics::connect_response_dw0(cntlid) | authreq;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@
 //! bdev) -> the transport sends data and response -> `free`.
 
 pub mod admin;
+mod auth;
 pub mod fabrics;
 pub mod io;
 pub(crate) mod record;
@@ -182,6 +183,14 @@ pub enum QueueState {
     Failed,
 }
 
+/// Bits of [`NvmfQueue`]'s gate.
+pub(crate) mod gate {
+    /// Hot upgrade: commands are received but not started.
+    pub const QUIESCED: u8 = 1 << 0;
+    /// Connected to a host that must authenticate (DH-HMAC-CHAP) and has not yet.
+    pub const UNAUTHENTICATED: u8 = 1 << 1;
+}
+
 /// Outcome of `execute`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exec {
@@ -238,8 +247,11 @@ pub struct NvmfQueue<T> {
     bufs: Arc<BufSource>,
     /// When free slots give their buffers back (see [`crate::buf`]).
     trim: Trim,
-    /// Hot upgrade: commands are received but not started.
-    quiesced: bool,
+    /// Why commands may not simply run ([`gate`] bits; zero on a live queue): the one
+    /// check the dispatch makes for a quiesced or not yet authenticated queue.
+    pub(crate) gate: u8,
+    /// The queue's DH-HMAC-CHAP transaction, once the host started one.
+    pub(crate) auth: Option<Box<crate::auth::Exchange>>,
     pub(crate) held: VecDeque<u16>,
     /// While [`NvmfQueue::execute_write_from`] runs: the write's data, still in the
     /// transport's receive buffer (start, length).
@@ -281,7 +293,8 @@ impl<T: Default> NvmfQueue<T> {
             stats: Arc::new(QueueStats::default()),
             bufs,
             trim: Trim::default(),
-            quiesced: false,
+            gate: 0,
+            auth: None,
             held: VecDeque::new(),
             direct_data: None,
             shm: None,
@@ -440,7 +453,7 @@ impl<T: Default> NvmfQueue<T> {
     /// [`NvmfQueue::execute`].
     pub fn execute_write_from(&mut self, slot: u16, data: &[u8], now: Instant) -> Option<Exec> {
         let sqe = &self.slots[usize::from(slot)].sqe;
-        if self.quiesced || self.qid == 0 || sqe.opcode != nvme::io_opcode::WRITE {
+        if self.gate != 0 || self.qid == 0 || sqe.opcode != nvme::io_opcode::WRITE {
             return None;
         }
         self.direct_data = Some((data.as_ptr(), data.len()));
@@ -454,13 +467,10 @@ impl<T: Default> NvmfQueue<T> {
     pub fn execute(&mut self, slot: u16, now: Instant) -> Exec {
         self.metrics.clock(now);
         self.metrics.start(slot);
-        if self.quiesced {
-            self.slots[usize::from(slot)].state = SlotState::Held;
-            self.held.push_back(slot);
-            if let Some(m) = &self.shm {
-                m.set_slot_state(slot, rslot::HELD);
+        if self.gate != 0 {
+            if let Some(e) = self.gated(slot) {
+                return e;
             }
-            return Exec::Pending;
         }
         self.slots[usize::from(slot)].state = SlotState::Executing;
         if let Some(m) = &self.shm {
@@ -808,7 +818,7 @@ impl<T: Default> NvmfQueue<T> {
 
     /// Stop starting commands (hot upgrade): new ones are held, what is running finishes.
     pub fn quiesce(&mut self) {
-        self.quiesced = true;
+        self.gate |= gate::QUIESCED;
     }
 
     /// Whether nothing is running: no block-device I/O and no response waiting to be
@@ -819,7 +829,7 @@ impl<T: Default> NvmfQueue<T> {
 
     /// Start the held commands and take new ones again.
     pub fn resume(&mut self, now: Instant) {
-        self.quiesced = false;
+        self.gate &= !gate::QUIESCED;
         while let Some(slot) = self.held.pop_front() {
             self.execute(slot, now);
         }
@@ -829,6 +839,7 @@ impl<T: Default> NvmfQueue<T> {
     /// queue ID otherwise. The transport calls this once, when the connection ends.
     pub fn close(&mut self) {
         if let Some(c) = self.ctrlr.take() {
+            self.note_unauthenticated_close(&c);
             if self.qid == 0 {
                 c.fail();
                 c.unregister();

@@ -56,5 +56,9 @@ pub(crate) fn write_queue_static<T: Default>(m: &QueueShm, q: &NvmfQueue<T>) {
         reactor: q.reactor,
         _pad: 0,
     });
-    m.set_flags(queue_state_code(q.state), q.sq_flow_disabled);
+    m.set_flags(
+        queue_state_code(q.state),
+        q.sq_flow_disabled,
+        q.is_authenticating(),
+    );
 }

@@ -705,13 +705,15 @@ impl QueueShm {
     }
 
     /// Queue state and SQ flow control (control path: Connect, Disconnect).
-    pub fn set_flags(&self, state: u8, sq_flow_disabled: bool) {
+    /// The queue's state code and flags: SQ flow control disabled (bit 0 of the
+    /// `sq_flow_disabled` byte), host not yet authenticated (bit 1).
+    pub fn set_flags(&self, state: u8, sq_flow_disabled: bool, authenticating: bool) {
         // SAFETY: as in set_sqhd.
         unsafe {
             std::ptr::write_volatile(std::ptr::addr_of_mut!((*self.dyn_).state), state);
             std::ptr::write_volatile(
                 std::ptr::addr_of_mut!((*self.dyn_).sq_flow_disabled),
-                u8::from(sq_flow_disabled),
+                u8::from(sq_flow_disabled) | (u8::from(authenticating) << 1),
             );
         }
     }
@@ -722,7 +724,7 @@ impl QueueShm {
             self.set_slot(i, slot::FREE, 0);
         }
         self.set_sqhd(0);
-        self.set_flags(0, false);
+        self.set_flags(0, false, false);
         self.set_rx(&RxPos::default());
     }
 

@@ -43,6 +43,8 @@ pub struct QueueImage {
     pub stat: QueueRecView,
     pub sqhd: u16,
     pub sq_flow_disabled: bool,
+    /// Connected, and its host has not authenticated yet.
+    pub authenticating: bool,
     pub state: u8,
     pub rx: RxPos,
     /// (slot, state, cid) of every slot not free.
@@ -312,7 +314,8 @@ pub fn read_queue(
             reactor: q.reactor,
         },
         sqhd: d.sqhd,
-        sq_flow_disabled: d.sq_flow_disabled != 0,
+        sq_flow_disabled: d.sq_flow_disabled & 1 != 0,
+        authenticating: d.sq_flow_disabled & 2 != 0,
         state: d.state,
         rx: d.rx,
         busy,
@@ -509,6 +512,7 @@ impl QueuePause {
             entries: q.stat.entries,
             sqhd: q.sqhd,
             sq_flow_disabled: q.sq_flow_disabled,
+            authenticating: q.authenticating,
             disconnecting: q.state == queue_state_code(QueueState::Disconnecting),
             ka_left_ms: self.ka_left_ms,
             nslots: usize::from(q.stat.nslots),

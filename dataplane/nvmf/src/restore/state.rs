@@ -97,6 +97,10 @@ pub struct QueueSnapshot {
     pub entries: u16,
     pub sqhd: u16,
     pub sq_flow_disabled: bool,
+    /// The host has not authenticated yet: the rebuilt queue serves only
+    /// Authentication Send/Receive, in a new transaction.
+    #[serde(default)]
+    pub authenticating: bool,
     pub disconnecting: bool,
     /// Keep-alive time left (admin queues), in milliseconds.
     pub ka_left_ms: Option<u64>,
@@ -388,6 +392,7 @@ impl<T: Default> NvmfQueue<T> {
             entries: self.entries,
             sqhd: self.sqhd,
             sq_flow_disabled: self.sq_flow_disabled,
+            authenticating: self.is_authenticating(),
             disconnecting: self.state == QueueState::Disconnecting,
             ka_left_ms: self
                 .ka_deadline
@@ -421,6 +426,12 @@ impl<T: Default> NvmfQueue<T> {
         }
         q.sqhd = s.sqhd;
         q.sq_flow_disabled = s.sq_flow_disabled;
+        if s.authenticating {
+            // A transaction under way does not survive: the host's next message fails
+            // it and the host starts again (or gives up and reconnects).
+            q.gate |= crate::queue::gate::UNAUTHENTICATED;
+            q.auth = Some(Box::default());
+        }
         if s.disconnecting {
             q.set_disconnecting();
         }
