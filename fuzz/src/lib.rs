@@ -26,14 +26,13 @@ static MAX_LIVE: AtomicUsize = AtomicUsize::new(usize::MAX);
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
-fn over(what: &[u8]) -> ! {
-    // No formatting (it could allocate, inside the allocator): a fixed message, then
-    // abort, which libFuzzer reports as a crash and saves the input.
-    // SAFETY: writing a valid byte slice to file descriptor 2, which outlives the call.
-    unsafe {
-        libc::write(2, what.as_ptr().cast(), what.len());
-    }
-    std::process::abort()
+/// An input went past a bound: disarm (what follows may allocate), then panic, which
+/// prints where (with RUST_BACKTRACE=1) and which libFuzzer's panic hook turns into an
+/// abort before any unwinding, so nothing unwinds out of the allocator.
+#[cold]
+fn over(what: &str, size: usize, bound: usize) -> ! {
+    ARMED.store(false, Ordering::Relaxed);
+    panic!("{what}: {size} bytes, beyond the bound of {bound} for this input")
 }
 
 impl Bounded {
@@ -41,13 +40,15 @@ impl Bounded {
         if !ARMED.load(Ordering::Relaxed) {
             return;
         }
-        if size > MAX_ONE.load(Ordering::Relaxed) {
-            over(b"\n==fuzz== one allocation beyond the bound for this input\n");
+        let one = MAX_ONE.load(Ordering::Relaxed);
+        if size > one {
+            over("one allocation", size, one);
         }
         let live = LIVE.fetch_add(size, Ordering::Relaxed) + size;
         PEAK.fetch_max(live, Ordering::Relaxed);
-        if live > MAX_LIVE.load(Ordering::Relaxed) {
-            over(b"\n==fuzz== live memory beyond the bound for this input\n");
+        let max = MAX_LIVE.load(Ordering::Relaxed);
+        if live > max {
+            over("live memory", live, max);
         }
     }
     fn release(size: usize) {
