@@ -26,7 +26,7 @@ fi
 REPO=$PWD
 CACHE=${LIGHTPOOL_CACHE:-$REPO/.cache}/fuzz
 CARGO_FUZZ_VERSION=0.13.2
-TARGETS=(pdu recv conn commands pool_meta raid_meta)
+TARGETS=(pdu recv conn commands config pool_meta raid_meta)
 export CARGO_INCREMENTAL=0
 
 install() {
@@ -54,7 +54,9 @@ run() {
     shift
     mkdir -p "$CACHE/corpus/$t" "$CACHE/artifacts"
     log=$CACHE/$t.log
-    "$(bin "$t")" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    local dict=()
+    [[ ! -f fuzz/dict/$t.dict ]] || dict=(-dict="fuzz/dict/$t.dict")
+    "$(bin "$t")" "${dict[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="$CACHE/artifacts/$t-" "$@" "$CACHE/corpus/$t" "fuzz/seeds/$t" >"$log" 2>&1 || rc=$?
     local runs secs
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

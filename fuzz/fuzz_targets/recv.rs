@@ -42,7 +42,9 @@ impl Rec {
     fn new(chunks: &[u8]) -> Rec {
         Rec {
             s: Mem::new(chunks),
-            bufs: vec![vec![0u8; SLOT]; 4],
+            // Made when first used: most inputs use none (zeroing them per input
+            // would cost more than the input).
+            bufs: vec![Vec::new(); 4],
             pdus: 0,
             dead: false,
         }
@@ -60,7 +62,10 @@ impl Owner for Rec {
 
     fn payload_buf(&mut self, sink: u8, end: u32) -> (&mut Mem, Option<&mut [u8]>) {
         let buf = match self.bufs.get_mut(usize::from(sink)) {
-            Some(b) if end as usize <= SLOT => Some(&mut b[..]),
+            Some(b) if end as usize <= SLOT => {
+                b.resize(SLOT, 0);
+                Some(&mut b[..])
+            }
             _ => None,
         };
         (&mut self.s, buf)
@@ -117,6 +122,7 @@ impl Owner for Rec {
         if let Some(b) = self.bufs.get_mut(usize::from(sink)) {
             let end = off as usize + data.len();
             if end <= SLOT {
+                b.resize(SLOT, 0);
                 b[off as usize..end].copy_from_slice(data);
             }
         }
