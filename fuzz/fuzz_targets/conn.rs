@@ -3,7 +3,8 @@
 //! with its fabrics, admin and I/O command dispatch, a RAM namespace) fed an arbitrary
 //! byte stream in the chunks the input chooses: from the first byte, or after a host
 //! has connected and enabled an admin queue, or on an I/O queue, with the digests the
-//! input chooses; then the peer hangs up.
+//! input chooses (and, when it asks, every PDU's digests made right); then the peer
+//! hangs up.
 //!
 //! Invariants beyond "no panic":
 //! - what the target sends is a well-formed controller-to-host PDU stream: whole PDUs
@@ -18,7 +19,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use lightpool_fuzz::host::{admin, io_queue, target, Host};
-use lightpool_fuzz::{bounded_allocator, Armed, Choices};
+use lightpool_fuzz::{bounded_allocator, fix_digests, Armed, Choices};
 
 bounded_allocator!();
 
@@ -28,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
     let (hd, dd) = (k & 1 != 0, k & 2 != 0);
     let nchunks = usize::from(c.byte() % 8);
     let chunks = c.bytes(nchunks).to_vec();
-    let stream = c.rest();
+    let mut stream = c.rest().to_vec();
+    if k & 0x40 != 0 {
+        // Digests made right, so that PDUs with digests on get past their checks.
+        fix_digests(&mut stream);
+    }
     let t = target();
     let mut admin_queue = None;
     let mut h = match (k >> 2) % 3 {
@@ -43,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
     };
     h.track = false;
     let _armed = Armed::new(1 << 20, 32 << 20);
-    h.send(stream, false);
+    h.send(&stream, false);
     h.hang_up();
     drop(admin_queue);
 });

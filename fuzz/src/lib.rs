@@ -256,3 +256,36 @@ impl lightpool_tcp_framing::Stream for Mem {
 pub fn crc32c(b: &[u8]) -> u32 {
     crc32c::crc32c(b)
 }
+
+/// Walks `stream` as NVMe/TCP PDUs (each common header's PLEN to the next) and writes
+/// the right header digest into each PDU whose HDGSTF is set, and the right data digest
+/// into each whose DDGSTF is set, as far as the bytes go: so that mutated PDUs get past
+/// the digest checks to what lies behind them. Stops at a PLEN shorter than a header.
+pub fn fix_digests(stream: &mut [u8]) {
+    use lightpool_spec::tcp::{flags, CommonHeader, COMMON_HEADER_SIZE, DIGEST_SIZE};
+    let mut at = 0;
+    while at + COMMON_HEADER_SIZE <= stream.len() {
+        let ch = CommonHeader::parse(
+            stream[at..at + COMMON_HEADER_SIZE]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        let plen = ch.plen as usize;
+        let hlen = usize::from(ch.hlen);
+        if plen < COMMON_HEADER_SIZE || hlen < COMMON_HEADER_SIZE {
+            return;
+        }
+        let end = (at + plen).min(stream.len());
+        let p = &mut stream[at..end];
+        if ch.flags & flags::HDGSTF != 0 && hlen + DIGEST_SIZE <= p.len() {
+            let d = crc32c::crc32c(&p[..hlen]);
+            p[hlen..hlen + DIGEST_SIZE].copy_from_slice(&d.to_le_bytes());
+        }
+        let pdo = usize::from(ch.pdo);
+        if ch.flags & flags::DDGSTF != 0 && plen == p.len() && pdo + DIGEST_SIZE < plen {
+            let d = crc32c::crc32c(&p[pdo..plen - DIGEST_SIZE]);
+            p[plen - DIGEST_SIZE..].copy_from_slice(&d.to_le_bytes());
+        }
+        at += plen;
+    }
+}
