@@ -22,7 +22,7 @@ use crate::Mem;
 
 pub const NQN: &str = "nqn.2024-01.io.lightpool:fuzz";
 pub const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:fuzz-host";
-/// Polls after which a connection that still reports work is taken to be spinning.
+/// Polls without a byte moving after which a busy connection is taken to be spinning.
 const MAX_POLLS: usize = 10_000;
 
 /// The request buffers of every target of the process, made once: a target's own pool
@@ -222,10 +222,19 @@ impl Host {
         self.pipe.pipe().input.extend(bytes);
     }
 
-    /// Polls until nothing happens; a connection still busy after many polls is a
-    /// livelock.
+    /// Bytes taken from the input and given to the output so far: what moves.
+    fn progress(&self) -> (usize, usize) {
+        let p = self.pipe.pipe();
+        (p.input.len(), p.out.len())
+    }
+
+    /// Polls until nothing happens; a connection that keeps reporting work while no
+    /// byte moves in or out for many polls is spinning. (A slow reader may take many
+    /// polls to drain a large response: that is progress.)
     pub fn poll_quiet(&mut self) {
-        for _ in 0..MAX_POLLS {
+        let mut still = 0;
+        let mut last = self.progress();
+        while still < MAX_POLLS {
             let w = self.conn.poll(Instant::now());
             if self.conn.is_closed() {
                 self.terminated = true;
@@ -234,19 +243,27 @@ impl Host {
             if w == 0 && self.pipe.pipe().input.is_empty() && !self.conn.has_pending_work() {
                 return;
             }
+            let now = self.progress();
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
         }
-        panic!("the connection is still busy after {MAX_POLLS} polls");
+        panic!("the connection is still busy after {MAX_POLLS} polls without progress");
     }
 
     /// The peer closes: the connection must close (after what it has to send).
     pub fn hang_up(&mut self) {
         self.pipe.pipe().eof = true;
-        for _ in 0..MAX_POLLS {
+        let mut still = 0;
+        let mut last = self.progress();
+        while still < MAX_POLLS {
             self.conn.poll(Instant::now());
             if self.conn.is_closed() {
                 let _ = self.take_out();
                 return;
             }
+            let now = self.progress();
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
         }
         panic!("the connection did not close after the peer hung up");
     }
