@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+// The ANA state names are configuration vocabulary (config parses them); the control
+// socket's ANA command and the management API use them from here as before.
+pub use crate::config::{ana_state_code, ana_state_name};
 use crate::fdpass::read_line;
 use crate::{firmware_revision, upgrade, Running};
 
@@ -214,32 +217,6 @@ pub fn devices_command(path: &str) -> Result<()> {
         println!("{}", read_line(&mut r)?.unwrap_or_default());
     }
     Ok(())
-}
-
-/// The ANA state names operators use, and their codes.
-pub fn ana_state_code(name: &str) -> Option<u8> {
-    use lightpool_spec::log::ana_state;
-    Some(match name {
-        "optimized" => ana_state::OPTIMIZED,
-        "non-optimized" => ana_state::NON_OPTIMIZED,
-        "inaccessible" => ana_state::INACCESSIBLE,
-        "persistent-loss" => ana_state::PERSISTENT_LOSS,
-        "change" => ana_state::CHANGE,
-        _ => return None,
-    })
-}
-
-/// The name operators use for an ANA state code.
-pub fn ana_state_name(code: u8) -> Option<&'static str> {
-    use lightpool_spec::log::ana_state;
-    Some(match code {
-        ana_state::OPTIMIZED => "optimized",
-        ana_state::NON_OPTIMIZED => "non-optimized",
-        ana_state::INACCESSIBLE => "inaccessible",
-        ana_state::PERSISTENT_LOSS => "persistent-loss",
-        ana_state::CHANGE => "change",
-        _ => return None,
-    })
 }
 
 /// "ANA <nqn> <group> <state>"

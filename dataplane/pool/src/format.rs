@@ -384,6 +384,16 @@ impl Super {
                 s.first_data_cluster, s.num_clusters
             )));
         }
+        // The clusters lie on the device the pool was made on (the open then checks the
+        // device is at least that large): what is sized by the cluster count (the
+        // ownership table, the allocator) is bounded by the device, not by the claim.
+        let device_bytes = u128::from(s.device_blocks) * u128::from(s.block_size);
+        if u128::from(s.num_clusters) * u128::from(s.cluster_size) > device_bytes {
+            return Err(bad(format!(
+                "{} clusters of {} bytes do not fit its device of {} blocks of {} bytes",
+                s.num_clusters, s.cluster_size, s.device_blocks, s.block_size
+            )));
+        }
         Ok(s)
     }
 }

@@ -759,6 +759,29 @@ impl<'a> Loader<'a> {
                 }
             }
         }
+        // The replay removes the deleting and the uncommitted: none may leave a clone
+        // behind but the one a deleting snapshot hands its clusters to (a snapshot with
+        // more clones is never deleted), or that clone would name a parent that is gone.
+        let removed = |s: u32| plan.deleting.contains(&s) || plan.uncommitted.contains(&s);
+        for (slot, h) in &self.heads {
+            let Some(&p) = self.by_id.get(&h.parent).filter(|_| h.parent != 0) else {
+                continue;
+            };
+            if removed(*slot) || !removed(p) {
+                continue;
+            }
+            let hands_to = self
+                .heads
+                .iter()
+                .find(|(s, _)| *s == p)
+                .map_or(0, |(_, x)| x.transfer_to);
+            if !plan.deleting.contains(&p) || hands_to != h.id {
+                return Err(self.corrupt(format!(
+                    "volume {:?} is a clone of a volume an unfinished operation removes",
+                    h.name
+                )));
+            }
+        }
         // Names, once the uncommitted are set aside.
         let mut names: HashMap<String, u32> = HashMap::new();
         for (slot, h) in &self.heads {

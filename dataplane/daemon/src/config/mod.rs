@@ -361,6 +361,32 @@ impl NamespaceSection {
     }
 }
 
+/// The ANA state names operators use, and their codes.
+pub fn ana_state_code(name: &str) -> Option<u8> {
+    use lightpool_spec::log::ana_state;
+    Some(match name {
+        "optimized" => ana_state::OPTIMIZED,
+        "non-optimized" => ana_state::NON_OPTIMIZED,
+        "inaccessible" => ana_state::INACCESSIBLE,
+        "persistent-loss" => ana_state::PERSISTENT_LOSS,
+        "change" => ana_state::CHANGE,
+        _ => return None,
+    })
+}
+
+/// The name operators use for an ANA state code.
+pub fn ana_state_name(code: u8) -> Option<&'static str> {
+    use lightpool_spec::log::ana_state;
+    Some(match code {
+        ana_state::OPTIMIZED => "optimized",
+        ana_state::NON_OPTIMIZED => "non-optimized",
+        ana_state::INACCESSIBLE => "inaccessible",
+        ana_state::PERSISTENT_LOSS => "persistent-loss",
+        ana_state::CHANGE => "change",
+        _ => return None,
+    })
+}
+
 /// A configuration error: the key at fault and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {reason}")]
@@ -619,7 +645,7 @@ impl Config {
                 if a.group == 0 || a.group > lightpool_nvmf::subsystem::MAX_NAMESPACES {
                     return Err(ferr(g("group"), "must lie within 1..=32"));
                 }
-                crate::control::ana_state_code(&a.state).ok_or_else(|| {
+                ana_state_code(&a.state).ok_or_else(|| {
                     ferr(
                         g("state"),
                         format!("{:?} is not optimized, non-optimized, inaccessible, persistent-loss or change", a.state),

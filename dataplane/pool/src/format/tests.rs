@@ -47,6 +47,30 @@ fn a_superblock_whose_data_area_overlaps_metadata_is_refused() {
     assert!(e.contains("overlaps"), "{e}");
 }
 
+/// Found by fuzzing (fuzz target pool_meta): a superblock claiming 16 million clusters
+/// on a 4 MiB device had the open allocate a 64 MiB ownership table before any check
+/// could fail. The cluster count must fit the device the pool was made on.
+#[test]
+fn a_superblock_claiming_more_clusters_than_its_device_is_refused() {
+    let mut s = sb();
+    s.num_clusters = 16 << 20;
+    let mut p = vec![0u8; PAGE];
+    s.encode(1, &mut p);
+    let Slot::Valid(h) = check_slot(&p, None, 0) else {
+        panic!("valid page")
+    };
+    let e = Super::decode(&p, &h, "dev").unwrap_err().to_string();
+    assert!(e.contains("do not fit its device"), "{e}");
+    // Exactly the device's worth still decodes.
+    let mut s = sb();
+    s.device_blocks = u64::from(s.cluster_size) / 512 * s.num_clusters;
+    s.encode(1, &mut p);
+    let Slot::Valid(h) = check_slot(&p, None, 0) else {
+        panic!("valid page")
+    };
+    assert_eq!(Super::decode(&p, &h, "dev").expect("decodes"), s);
+}
+
 #[test]
 fn the_newer_valid_slot_wins_and_a_torn_one_loses() {
     let mut both = vec![0u8; 2 * PAGE];

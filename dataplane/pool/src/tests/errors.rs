@@ -164,3 +164,44 @@ fn a_cluster_owned_twice_is_refused() {
     );
     assert!(msg.contains("\"a\"") && msg.contains("\"b\""), "{msg}");
 }
+
+/// Found by fuzzing (fuzz target pool_meta, input in tests/data/dangling-parent.fuzz): a
+/// pool not closed cleanly whose snapshot was marked being deleted while it still had
+/// clones other than the one it hands its clusters to. The replay finished the deletion
+/// and left a clone naming a parent that was gone (the pool opened, then failed its own
+/// check). It must be refused as corrupt, and nothing written.
+#[test]
+fn a_deletion_that_would_orphan_a_clone_is_refused() {
+    // The fuzz input: a flags byte (1: re-seal pages), then records of a 4 KiB slot
+    // number, a length and that many bytes of the metadata area.
+    let input = include_bytes!("data/dangling-parent.fuzz");
+    let mut img = vec![0u8; 256 * PAGE];
+    let mut rest = &input[1..];
+    while rest.len() >= 3 {
+        let slot = usize::from(rest[0]);
+        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(PAGE);
+        rest = &rest[3..];
+        let n = len.min(rest.len());
+        img[slot * PAGE..slot * PAGE + n].copy_from_slice(&rest[..n]);
+        rest = &rest[n..];
+    }
+    assert_eq!(input[0] & 1, 1, "the input re-seals its pages");
+    for p in img.chunks_mut(PAGE) {
+        if &p[..8] == b"LPPOOLMD" {
+            let c = crc32c::crc32c(&p[..60]);
+            let c = crc32c::crc32c_append(c, &[0; 4]);
+            let c = crc32c::crc32c_append(c, &p[64..]);
+            p[60..64].copy_from_slice(&c.to_le_bytes());
+        }
+    }
+    let dev = MallocBdev::new("ram-fuzz", 4 * MIB, 4096).unwrap();
+    let d: Arc<dyn Bdev> = dev.clone();
+    poke(&d, 0, &img);
+    let before = image(&d);
+    let e = Pool::open(d.clone(), "fuzz", &PoolOptions::default(), false).unwrap_err();
+    assert!(
+        matches!(&e, PoolError::Corrupt { what, .. } if what.contains("unfinished operation")),
+        "{e}"
+    );
+    assert!(image(&d) == before, "a refused pool was written to");
+}
