@@ -73,7 +73,7 @@ async fn devices_subsystems_namespaces_and_their_refusals() {
         })
         .await,
         Code::InvalidArgument,
-        &["ram, file, vfio or passthru"],
+        &["ram, file, vfio, passthru or fault"],
     );
     let passthru = |name: &str, base: &str| pb::CreateBlockDeviceRequest {
         name: name.into(),
