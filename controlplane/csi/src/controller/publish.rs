@@ -31,6 +31,15 @@ use crate::v1::volume_capability::access_mode::Mode;
 /// The publish-context key naming the node a volume is attached to.
 pub const PUBLISHED_NODE: &str = "publishedNode";
 
+/// Tries at deciding on a volume the control plane keeps changing (its status).
+const RETRIES: usize = 20;
+
+fn busy(id: &str) -> Status {
+    Status::aborted(format!(
+        "volume {id} kept changing while being attached or detached: call again"
+    ))
+}
+
 fn context(node: &str) -> HashMap<String, String> {
     HashMap::from([(PUBLISHED_NODE.to_string(), node.to_string())])
 }
@@ -41,9 +50,10 @@ pub(super) fn published_nodes(v: &Volume) -> Vec<String> {
 }
 
 impl<S: Store> CsiController<S> {
-    /// Writes the volume's attachments, on the version that was read (a change
-    /// meanwhile is ABORTED: the CO calls again).
-    async fn set_published(&self, v: &Volume, published: Vec<Publication>) -> Result<(), Status> {
+    /// Writes the volume's attachments, on the version that was read: `false` when
+    /// the volume changed meanwhile (its status moves as the control plane works),
+    /// and the caller decides again on what it is now.
+    async fn set_published(&self, v: &Volume, published: Vec<Publication>) -> Result<bool, Status> {
         let name = v.metadata.name.clone().unwrap_or_default();
         let mut spec = v.spec.clone();
         spec.published = published;
@@ -52,10 +62,8 @@ impl<S: Store> CsiController<S> {
         next.metadata.labels = v.metadata.labels.clone();
         next.metadata.annotations = v.metadata.annotations.clone();
         match self.store.apply(&next).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_conflict() => Err(Status::aborted(format!(
-                "volume {name} changed while being attached or detached: call again"
-            ))),
+            Ok(_) => Ok(true),
+            Err(e) if e.is_conflict() => Ok(false),
             Err(e) => Err(store_err(e)),
         }
     }
@@ -77,9 +85,26 @@ impl<S: Store> CsiController<S> {
         check_capabilities(std::slice::from_ref(cap)).map_err(Status::invalid_argument)?;
         let readonly = r.readonly
             || cap.access_mode.as_ref().map(|m| m.mode) == Some(Mode::SingleNodeReaderOnly as i32);
-        let id = r.volume_id.as_str();
-        let node = r.node_id.as_str();
-        let _held = self.hold(id)?;
+        let _held = self.hold(&r.volume_id)?;
+        for _ in 0..RETRIES {
+            if let Some(answer) = self
+                .publish_once(&r.volume_id, &r.node_id, readonly)
+                .await?
+            {
+                return Ok(answer);
+            }
+        }
+        Err(busy(&r.volume_id))
+    }
+
+    /// One decision on the volume as it is now; `None` when it changed under the
+    /// write.
+    async fn publish_once(
+        &self,
+        id: &str,
+        node: &str,
+        readonly: bool,
+    ) -> Result<Option<csi::ControllerPublishVolumeResponse>, Status> {
         let v = self.existing(id).await?;
         if v.metadata.deletion_timestamp.is_some() {
             return Err(Status::failed_precondition(format!(
@@ -98,9 +123,9 @@ impl<S: Store> CsiController<S> {
                     if readonly { "read-only" } else { "read-write" }
                 )));
             }
-            return Ok(csi::ControllerPublishVolumeResponse {
+            return Ok(Some(csi::ControllerPublishVolumeResponse {
                 publish_context: context(node),
-            });
+            }));
         }
         if let Some(other) = v.spec.published.first() {
             return Err(Status::failed_precondition(format!(
@@ -127,11 +152,13 @@ impl<S: Store> CsiController<S> {
             node: node.to_string(),
             readonly,
         });
-        self.set_published(&v, published).await?;
+        if !self.set_published(&v, published).await? {
+            return Ok(None);
+        }
         tracing::info!(volume = %id, node, readonly, "volume attached");
-        Ok(csi::ControllerPublishVolumeResponse {
+        Ok(Some(csi::ControllerPublishVolumeResponse {
             publish_context: context(node),
-        })
+        }))
     }
 
     pub(super) async fn unpublish_(
@@ -143,21 +170,26 @@ impl<S: Store> CsiController<S> {
         }
         let id = r.volume_id.as_str();
         let _held = self.hold(id)?;
-        let Some(v) = self.store.get::<Volume>(id).await.map_err(store_err)? else {
-            return Ok(csi::ControllerUnpublishVolumeResponse {});
-        };
-        // An empty node_id detaches the volume from every node.
-        let keep: Vec<Publication> = v
-            .spec
-            .published
-            .iter()
-            .filter(|p| !r.node_id.is_empty() && p.node != r.node_id)
-            .cloned()
-            .collect();
-        if keep.len() != v.spec.published.len() {
-            self.set_published(&v, keep).await?;
-            tracing::info!(volume = %id, node = %r.node_id, "volume detached");
+        for _ in 0..RETRIES {
+            let Some(v) = self.store.get::<Volume>(id).await.map_err(store_err)? else {
+                return Ok(csi::ControllerUnpublishVolumeResponse {});
+            };
+            // An empty node_id detaches the volume from every node.
+            let keep: Vec<Publication> = v
+                .spec
+                .published
+                .iter()
+                .filter(|p| !r.node_id.is_empty() && p.node != r.node_id)
+                .cloned()
+                .collect();
+            if keep.len() == v.spec.published.len() {
+                return Ok(csi::ControllerUnpublishVolumeResponse {});
+            }
+            if self.set_published(&v, keep).await? {
+                tracing::info!(volume = %id, node = %r.node_id, "volume detached");
+                return Ok(csi::ControllerUnpublishVolumeResponse {});
+            }
         }
-        Ok(csi::ControllerUnpublishVolumeResponse {})
+        Err(busy(id))
     }
 }
