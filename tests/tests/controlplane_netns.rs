@@ -265,11 +265,19 @@ fn three_nodes_in_network_namespaces() {
     );
     drop(a); // SIGKILL: no lease released, nothing finished
     let _a = standalone(&data, pa);
+    // The restarted instance's dataplane listens before its control plane answers:
+    // a refused call is "not yet".
     wait_for(
         "late Ready and its operation done after the restart",
         60,
         || {
-            let v = json(&data, &["volume", "show", "late"]);
+            let (answered, out) = lp(&data, &["volume", "show", "late", "--json"]);
+            let Some(v) = answered
+                .then(|| serde_json::from_str::<serde_json::Value>(&out).ok())
+                .flatten()
+            else {
+                return false;
+            };
             v["status"]["phase"] == "Ready" && v["status"]["operation"].is_null()
         },
     );
