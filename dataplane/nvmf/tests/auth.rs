@@ -4,14 +4,15 @@
 //! while other hosts' queues go on, and a rotated key applies to the next transaction
 //! without dropping the connection.
 
+mod common;
+use common::run;
 use std::sync::Arc;
-use std::time::Instant;
 
 use lightpool_bdev_ram::MallocBdev;
 use lightpool_nvmf::auth::crypto::{self, DhKey};
 use lightpool_nvmf::auth::{DhGroup, HashFn, HostKeys, Secret};
 use lightpool_nvmf::queue::QueueState;
-use lightpool_nvmf::{NamespaceConfig, NvmfQueue, SubsystemConfig, Target, TargetOptions, Xfer};
+use lightpool_nvmf::{NamespaceConfig, NvmfQueue, SubsystemConfig, Target, TargetOptions};
 use lightpool_spec::auth::{
     self as wire, failure, msg, AuthCommand, Challenge, Failure, Negotiate, Reply, Success1,
 };
@@ -19,7 +20,7 @@ use lightpool_spec::fabrics::{
     fctype, ConnectCommand, ConnectData, PropertyCommand, CNTLID_DYNAMIC,
 };
 use lightpool_spec::nvme::{
-    reg, Cqe, SglDescriptor, Sqe, SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK,
+    reg, Cqe, SglDescriptor, SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK,
 };
 use lightpool_spec::status::{command_specific as cs, Status};
 
@@ -48,36 +49,6 @@ fn target(k: &HostKeys) -> Arc<Target> {
     ));
     t.add_subsystem(sc).expect("valid subsystem");
     t
-}
-
-fn run(q: &mut NvmfQueue<()>, sqe: Sqe, h2c: &[u8]) -> (Cqe, Vec<u8>) {
-    let slot = q.alloc(&sqe).expect("free slot");
-    let incap = if sqe.sgl().id == SGL_DATA_BLOCK_OFFSET {
-        h2c.len() as u32
-    } else {
-        0
-    };
-    match q.prepare(slot, incap) {
-        Ok(Xfer::H2C { len, .. }) => {
-            q.req(slot).buf_mut(len as usize)[..h2c.len()].copy_from_slice(h2c);
-            q.execute(slot, Instant::now());
-        }
-        Ok(_) => {
-            q.execute(slot, Instant::now());
-        }
-        Err(_) => {}
-    }
-    for _ in 0..1000 {
-        if let Some(done) = q.next_done() {
-            assert_eq!(done, slot);
-            let cqe = q.req(slot).cqe;
-            let data = q.c2h_of(slot).to_vec();
-            q.free(slot);
-            return (cqe, data);
-        }
-        q.poll(Instant::now());
-    }
-    panic!("command did not complete");
 }
 
 fn connect(t: &Arc<Target>, qid: u16, cntlid: u16, host: &str) -> (NvmfQueue<()>, Cqe) {

@@ -1,12 +1,14 @@
 //! The target core driven directly through `NvmfQueue`, as a transport would: Connect
 //! rules, properties, Identify, log pages, features, async events, keep-alive.
 
+mod common;
+use common::run;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lightpool_bdev_ram::MallocBdev;
 use lightpool_nvmf::queue::{Exec, QueueState};
-use lightpool_nvmf::{NamespaceConfig, NvmfQueue, SubsystemConfig, Target, TargetOptions, Xfer};
+use lightpool_nvmf::{NamespaceConfig, NvmfQueue, SubsystemConfig, Target, TargetOptions};
 use lightpool_spec::fabrics::{
     ConnectCommand, ConnectData, PropertyCommand, CNTLID_DYNAMIC, DISCOVERY_NQN,
 };
@@ -42,37 +44,6 @@ fn target(allow_any: bool, cntlids: (u16, u16)) -> Arc<Target> {
     }
     t.add_subsystem(sc).expect("valid subsystem");
     t
-}
-
-/// Run one command to completion on a queue; returns the CQE and any C2H data.
-fn run(q: &mut NvmfQueue<()>, sqe: Sqe, h2c: &[u8]) -> (Cqe, Vec<u8>) {
-    let slot = q.alloc(&sqe).expect("free slot");
-    let incap = if sqe.sgl().id == SGL_DATA_BLOCK_OFFSET {
-        h2c.len() as u32
-    } else {
-        0
-    };
-    match q.prepare(slot, incap) {
-        Ok(Xfer::H2C { len, .. }) => {
-            q.req(slot).buf_mut(len as usize)[..h2c.len()].copy_from_slice(h2c);
-            q.execute(slot, Instant::now());
-        }
-        Ok(_) => {
-            q.execute(slot, Instant::now());
-        }
-        Err(_) => {}
-    }
-    for _ in 0..1000 {
-        if let Some(done) = q.next_done() {
-            assert_eq!(done, slot);
-            let cqe = q.req(slot).cqe;
-            let data = q.c2h_of(slot).to_vec();
-            q.free(slot);
-            return (cqe, data);
-        }
-        q.poll(Instant::now());
-    }
-    panic!("command did not complete");
 }
 
 fn connect_sqe(qid: u16, kato: u32) -> Sqe {
