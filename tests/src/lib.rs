@@ -16,6 +16,7 @@ pub mod netshim;
 pub mod nvme_host;
 pub mod paths;
 pub mod perfjson;
+pub mod rdma;
 mod vm;
 
 use std::fs;

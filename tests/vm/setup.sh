@@ -26,8 +26,12 @@ SELF=$REPO/tests/vm/setup.sh
 # Packages the host needs. kmod: depmod; libc-bin: ldd.
 # e2fsprogs, xfsprogs, util-linux: the file systems the CSI node plugin makes (and
 # blkid, which it asks first).
+# rdma-core, ibverbs-providers, libibverbs1, librdmacm1: soft-RoCE's userspace verbs
+# (the rxe provider) for the guest; libibverbs-dev, librdmacm-dev, libclang-dev: what
+# dataplane/rdma-sys builds against (bindgen reads the headers through libclang).
 HOST_PKGS=(qemu-system-x86 busybox-static cpio xz-utils nvme-cli fio kmod libc-bin iproute2
-    e2fsprogs xfsprogs util-linux)
+    e2fsprogs xfsprogs util-linux
+    rdma-core ibverbs-providers libibverbs1 librdmacm1 libibverbs-dev librdmacm-dev libclang-dev)
 
 # Modules the guest loads, by name as modprobe knows them; their dependencies
 # come from modules.dep. A name that is built into the kernel is skipped.
@@ -49,6 +53,10 @@ GUEST_MODULES=(
     xfs
     # the local path: a pool volume served to the guest's kernel as /dev/ublkbN
     ublk_drv
+    # NVMe/RDMA on soft-RoCE (rxe): verbs, the connection managers, userspace access
+    # (uverbs, ucm); rxe fails "failed to add eth0" without crc32
+    ib_core ib_uverbs udp_tunnel ip6_udp_tunnel crc32_pclmul crc32_generic rdma_rxe
+    iw_cm ib_cm rdma_cm rdma_ucm nvme-rdma nvmet-rdma
 )
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -175,15 +183,26 @@ mapfile -t MODS < <(printf '%s\n' "${!WANT[@]}" | sort)
 
 # Host programs and every shared library they load (ldd), plus libgcc_s,
 # which glibc dlopens for thread cancellation and unwinding.
+# rdma (iproute2): `rdma link add rxe0 type rxe netdev eth0`.
 BINS=(/usr/sbin/nvme /usr/bin/fio /usr/sbin/mke2fs /usr/sbin/resize2fs /usr/sbin/blkid
-    /usr/sbin/mkfs.xfs /usr/sbin/xfs_growfs)
-for b in "${BINS[@]}"; do [[ -x $b ]] || die "$b missing (nvme-cli, fio, e2fsprogs, xfsprogs, util-linux not installed?)"; done
+    /usr/sbin/mkfs.xfs /usr/sbin/xfs_growfs /bin/rdma)
+for b in "${BINS[@]}"; do [[ -x $b ]] || die "$b missing (nvme-cli, fio, e2fsprogs, xfsprogs, util-linux, iproute2 not installed?)"; done
+# Soft-RoCE's userspace verbs for a program in the guest (lightpool-target built with
+# the rdma feature): libibverbs, librdmacm and what they load (libnl), the rxe provider
+# libibverbs dlopens, and its driver file.
+LIBDIR=/usr/lib/x86_64-linux-gnu
+VERBS_FILES=("$LIBDIR/libibverbs.so.1" "$LIBDIR/librdmacm.so.1" "$LIBDIR/libnl-3.so.200"
+    "$LIBDIR/libnl-route-3.so.200" "$LIBDIR/libibverbs/librxe-rdmav34.so"
+    /etc/libibverbs.d/rxe.driver)
+for f in "${VERBS_FILES[@]}"; do [[ -e $f ]] || die "$f missing (rdma-core, ibverbs-providers, libibverbs1, librdmacm1 not installed?)"; done
 mapfile -t LIBS < <(
     {
-        for b in "${BINS[@]}"; do
+        for b in "${BINS[@]}" "$LIBDIR/libibverbs.so.1" "$LIBDIR/librdmacm.so.1" \
+            "$LIBDIR/libibverbs/librxe-rdmav34.so"; do
             ldd "$b" | awk '/=> \//{print $3} /^\t\/[^ ]+ \(/{print $1}'
         done
         echo /lib/x86_64-linux-gnu/libgcc_s.so.1
+        printf '%s\n' "${VERBS_FILES[@]}"
     } | sort -u
 )
 for f in "${LIBS[@]}"; do [[ -e $f ]] || die "library $f missing"; done

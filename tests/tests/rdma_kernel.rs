@@ -1,0 +1,88 @@
+//! The RDMA baseline in one guest: soft-RoCE (rxe) on the guest's network interface,
+//! the guest kernel's own NVMe/RDMA target (nvmet-rdma) on a RAM disk, and its NVMe/RDMA
+//! initiator (nvme-rdma) discovering it, connecting and running fio with verify. Proves
+//! the guest image carries what RDMA needs; the lightpool-target test (rdma.rs) and the
+//! perf comparison stand on it.
+#![cfg(feature = "e2e")]
+
+use std::time::Duration;
+
+use lightpool_e2e::{rdma, run_guest, GuestConfig};
+
+const NQN: &str = "nqn.2024-01.io.lightpool:rdma-kernel";
+
+fn script() -> String {
+    format!(
+        r#"
+set -eu
+NQN={NQN}
+say() {{ echo "RDMAK: $*"; }}
+{setup}
+modprobe brd rd_nr=1 rd_size=65536
+modprobe nvmet-rdma
+modprobe nvme-rdma
+T=/sys/kernel/config/nvmet
+mkdir $T/subsystems/$NQN
+echo 1 > $T/subsystems/$NQN/attr_allow_any_host
+mkdir $T/subsystems/$NQN/namespaces/1
+echo /dev/ram0 > $T/subsystems/$NQN/namespaces/1/device_path
+echo 1 > $T/subsystems/$NQN/namespaces/1/enable
+mkdir $T/ports/1
+echo rdma > $T/ports/1/addr_trtype
+echo ipv4 > $T/ports/1/addr_adrfam
+echo $RDMA_ADDR > $T/ports/1/addr_traddr
+echo 4420 > $T/ports/1/addr_trsvcid
+ln -s $T/subsystems/$NQN $T/ports/1/subsystems/$NQN
+say "target up"
+nvme discover -t rdma -a $RDMA_ADDR -s 4420
+nvme connect -t rdma -a $RDMA_ADDR -s 4420 -n $NQN
+dev=
+for i in $(seq 1 100); do
+    for s in /sys/class/nvme-subsystem/nvme-subsys*; do
+        [ "$(cat $s/subsysnqn 2>/dev/null)" = $NQN ] || continue
+        for n in $s/nvme*n*; do
+            [ -e "$n" ] && [ -b /dev/${{n##*/}} ] && dev=/dev/${{n##*/}}
+        done
+    done
+    [ -n "$dev" ] && break
+    sleep 0.1
+done
+[ -n "$dev" ] || {{ say "namespace did not show up"; exit 1; }}
+say "namespace $dev transport $(cat /sys/class/nvme/nvme0/transport)"
+for job in "randwrite 4k-1m" "write 128k-128k"; do
+    set -- $job
+    fio --name=k$1 --filename=$dev --ioengine=libaio --direct=1 --rw=$1 --bsrange=$2 \
+        --size=8m --iodepth=8 --verify=crc32c --verify_fatal=1 --do_verify=1 \
+        --randrepeat=0 --output-format=terse --terse-version=3 > /tmp/fio.out
+    summary=$(cut -d';' -f5,6,47 /tmp/fio.out)
+    say "fio $1 $2 err;read_kb;write_kb = $summary"
+    [ "$summary" = "0;8192;8192" ]
+done
+nvme disconnect -n $NQN
+say "all good"
+"#,
+        setup = rdma::setup_script()
+    )
+}
+
+#[test]
+fn kernel_nvme_rdma_against_kernel_nvmet_rdma_on_soft_roce() {
+    let cfg = GuestConfig {
+        timeout: Duration::from_secs(420),
+        ..GuestConfig::new("rdma-kernel", &script())
+    };
+    let out = run_guest(&cfg).expect("guest run");
+    let tail = out.tail(60);
+    assert_eq!(out.exit_code, 0, "{tail}");
+    for want in [
+        "RDMA: rxe0 up",
+        "RDMAK: target up",
+        "trtype:  rdma",
+        "RDMAK: namespace /dev/nvme0n1 transport rdma",
+        "RDMAK: fio randwrite 4k-1m err;read_kb;write_kb = 0;8192;8192",
+        "RDMAK: fio write 128k-128k err;read_kb;write_kb = 0;8192;8192",
+        "RDMAK: all good",
+    ] {
+        assert!(out.console.contains(want), "{want:?} missing from:\n{tail}");
+    }
+}
