@@ -23,8 +23,17 @@ impl ListenAddr {
     }
 
     pub fn tcp(addr: std::net::SocketAddr) -> ListenAddr {
+        ListenAddr::ip(trtype::TCP, addr)
+    }
+
+    /// An NVMe/RDMA listener (RDMA_CM over IP: RoCEv2, iWARP).
+    pub fn rdma(addr: std::net::SocketAddr) -> ListenAddr {
+        ListenAddr::ip(trtype::RDMA, addr)
+    }
+
+    fn ip(trtype: u8, addr: std::net::SocketAddr) -> ListenAddr {
         ListenAddr {
-            trtype: trtype::TCP,
+            trtype,
             adrfam: if addr.is_ipv4() {
                 adrfam::IPV4
             } else {

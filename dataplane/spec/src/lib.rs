@@ -11,6 +11,7 @@
 //!   controller registers.
 //! - [`fabrics`]: Connect, Property Get/Set, Disconnect.
 //! - [`tcp`]: NVMe/TCP PDU headers, receive-side header validation, digests.
+//! - [`rdma`]: NVMe/RDMA connect private data, keyed SGL descriptors, RDMA TSAS.
 //! - [`identify`]: Identify Controller/Namespace, namespace lists and
 //!   namespace identification descriptors.
 //! - [`log`]: log pages (error, SMART, firmware slot, changed namespaces,
@@ -23,6 +24,7 @@ pub mod features;
 pub mod identify;
 pub mod log;
 pub mod nvme;
+pub mod rdma;
 pub mod status;
 pub mod tcp;
 

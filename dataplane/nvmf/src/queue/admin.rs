@@ -385,6 +385,9 @@ fn discovery_entries(target: &crate::Target, hostnqn: &str) -> Vec<DiscoveryLogE
                 subnqn,
             );
             e.trtype = l.addr.trtype;
+            if l.addr.trtype == log::trtype::RDMA {
+                e.tsas = lightpool_spec::rdma::tsas::rdma_cm();
+            }
             e.treq = log::treq::NOT_REQUIRED;
             e.asqsz = target.opts.max_admin_queue_depth;
             out.push(e);

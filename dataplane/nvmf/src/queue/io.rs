@@ -192,9 +192,12 @@ impl<T: Default> NvmfQueue<T> {
         )?;
         let r = &mut self.slots[usize::from(slot)];
         r.c2h_len = nlb << shift;
-        if let Some(data) = ch.read_in_place(slba, nlb) {
-            r.c2h_ext = Some(data);
-            return Ok(Exec::Done);
+        // A fabric of registered memory (RDMA) sends only from the request's buffer.
+        if !self.opts.keyed_sgl {
+            if let Some(data) = ch.read_in_place(slba, nlb) {
+                r.c2h_ext = Some(data);
+                return Ok(Exec::Done);
+            }
         }
         self.submit_bdev(slot, idx, IoOp::Read, slba, nlb, false)?;
         Ok(Exec::Pending)

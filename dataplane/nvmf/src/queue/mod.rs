@@ -41,6 +41,11 @@ use crate::target::Target;
 pub struct QueueOptions {
     pub in_capsule: u32,
     pub max_transfer: u32,
+    /// The fabric moves data by keyed SGL data blocks (NVMe/RDMA: the host's memory
+    /// read and written by RDMA, named by key): those are the descriptors it takes
+    /// besides in-capsule data, and reads land in the request's buffer (the memory the
+    /// transport registered), never lent by reference from a device.
+    pub keyed_sgl: bool,
 }
 
 impl QueueOptions {
@@ -48,6 +53,7 @@ impl QueueOptions {
         QueueOptions {
             in_capsule: t.opts.in_capsule_data_size,
             max_transfer: t.opts.max_transfer_size,
+            keyed_sgl: false,
         }
     }
 }
@@ -310,6 +316,12 @@ impl<T: Default> NvmfQueue<T> {
         q
     }
 
+    /// For a fabric that moves data by keyed SGL data blocks (NVMe/RDMA): see
+    /// [`QueueOptions::keyed_sgl`]. Set once, before the first command.
+    pub fn use_keyed_sgl(&mut self) {
+        self.opts.keyed_sgl = true;
+    }
+
     /// The queue's record in the state region, if it has one.
     pub fn shm(&self) -> Option<&QueueShm> {
         self.shm.as_ref()
@@ -416,7 +428,11 @@ impl<T: Default> NvmfQueue<T> {
         let max_transfer = self.opts.max_transfer;
         let in_capsule_max = self.opts.in_capsule;
         let r = &mut self.slots[usize::from(slot)];
-        let res = classify(&r.sqe, incapsule_len, in_capsule_max, max_transfer);
+        let res = if self.opts.keyed_sgl {
+            classify_keyed(&r.sqe, incapsule_len, in_capsule_max, max_transfer)
+        } else {
+            classify(&r.sqe, incapsule_len, in_capsule_max, max_transfer)
+        };
         match res {
             Ok(x) => {
                 r.xfer = x;
@@ -887,13 +903,9 @@ fn open_channel(
 
 /// What data an SQE moves: direction from the opcode (fabrics commands by fctype),
 /// length and placement from the SGL.
-fn classify(
-    sqe: &Sqe,
-    incapsule_len: u32,
-    in_capsule_max: u32,
-    max_transfer: u32,
-) -> Result<Xfer, Status> {
-    let dir = if sqe.opcode == nvme::admin_opcode::FABRICS {
+/// The direction a command moves data in, from its opcode (and fabrics type).
+fn direction(sqe: &Sqe) -> DataDirection {
+    if sqe.opcode == nvme::admin_opcode::FABRICS {
         match lightpool_spec::fabrics::fctype(sqe) {
             lightpool_spec::fabrics::fctype::CONNECT
             | lightpool_spec::fabrics::fctype::AUTH_SEND => DataDirection::HostToController,
@@ -902,7 +914,70 @@ fn classify(
         }
     } else {
         nvme::data_transfer(sqe.opcode)
-    };
+    }
+}
+
+/// As [`classify`], for a fabric of keyed SGL data blocks (NVMe/RDMA 1.0, "SGL
+/// descriptors"): in-capsule data by a Data Block (Offset) descriptor, data in the
+/// host's memory by a Keyed SGL Data Block (Address, or Invalidate Key), whose length
+/// is 24 bits; any other descriptor type is invalid for the transport, and a transfer
+/// longer than MDTS has an invalid length.
+fn classify_keyed(
+    sqe: &Sqe,
+    incapsule_len: u32,
+    in_capsule_max: u32,
+    max_transfer: u32,
+) -> Result<Xfer, Status> {
+    use lightpool_spec::rdma::KeyedSgl;
+    let invalid_len = || Status::generic(generic::DATA_SGL_LENGTH_INVALID).with_dnr();
+    let dptr = &sqe.dptr;
+    let id = dptr[15];
+    if id == SGL_DATA_BLOCK_OFFSET {
+        // In-capsule data: the unkeyed checks are the same.
+        return classify(sqe, incapsule_len, in_capsule_max, max_transfer);
+    }
+    let dir = direction(sqe);
+    if dir == DataDirection::None {
+        if incapsule_len != 0 {
+            return Err(invalid_len());
+        }
+        return Ok(Xfer::None);
+    }
+    if !KeyedSgl::is_keyed(id)
+        || !matches!(
+            id & 0x0F,
+            nvme::sgl_subtype::ADDRESS | lightpool_spec::rdma::SGL_SUBTYPE_INVALIDATE_KEY
+        )
+    {
+        return Err(Status::generic(generic::SGL_DESCRIPTOR_TYPE_INVALID).with_dnr());
+    }
+    if incapsule_len != 0 {
+        return Err(invalid_len());
+    }
+    let sgl = KeyedSgl::from_bytes(dptr);
+    if sgl.length == 0 {
+        return Ok(Xfer::None);
+    }
+    if sgl.length > max_transfer {
+        return Err(invalid_len());
+    }
+    match dir {
+        DataDirection::HostToController => Ok(Xfer::H2C {
+            len: sgl.length,
+            in_capsule: false,
+        }),
+        DataDirection::ControllerToHost => Ok(Xfer::C2H { len: sgl.length }),
+        _ => Err(Status::generic(generic::INVALID_FIELD).with_dnr()),
+    }
+}
+
+fn classify(
+    sqe: &Sqe,
+    incapsule_len: u32,
+    in_capsule_max: u32,
+    max_transfer: u32,
+) -> Result<Xfer, Status> {
+    let dir = direction(sqe);
     let sgl = sqe.sgl();
     let invalid_len = || Status::generic(generic::DATA_SGL_LENGTH_INVALID).with_dnr();
     match dir {
