@@ -11,6 +11,8 @@ use lightpool_nvmf::{Transport, TransportContext, TransportKinds};
 pub fn kinds() -> TransportKinds {
     let mut k = TransportKinds::new();
     k.register(Box::new(lightpool_transport_tcp::TcpKind));
+    #[cfg(feature = "rdma")]
+    k.register(Box::new(lightpool_transport_rdma::RdmaKind));
     k
 }
 

@@ -1,0 +1,506 @@
+//! One NVMe/RDMA queue pair: its RDMA resources and the command flow over them.
+//!
+//! Capsules arrive in receives posted on the connection's own queue pair (per-QP
+//! receives, one buffer of 64 + in-capsule bytes per host submission queue entry);
+//! host-to-controller data that is not in the capsule is fetched with an RDMA READ
+//! into the request's buffer, controller-to-host data goes out with an RDMA WRITE from
+//! it, and each response is a SEND (Send with Invalidate when the host's keyed SGL
+//! asked for it) from a small response area. Request buffers are the target's buffer
+//! pool, registered once per device ([`Device`]); the receive and response areas are
+//! registered once per connection, when it is accepted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lightpool_nvmf::queue::QueueState;
+use lightpool_nvmf::{NvmfQueue, Target, Xfer};
+use lightpool_rdma_sys::ffi::{ibv_wc_status, ibv_wr_opcode};
+use lightpool_rdma_sys::{
+    CmId, CompChannel, CompletionQueue, DeviceLimits, MemoryRegion, ProtectionDomain,
+    WorkCompletion,
+};
+use lightpool_spec::nvme::{Sqe, CQE_SIZE, SQE_SIZE};
+use lightpool_spec::rdma::KeyedSgl;
+use lightpool_spec::status::{generic, Status};
+
+/// One RDMA device the transport serves on: its protection domain and the target's
+/// buffer pool registered in it (once, when the first connection on it came).
+pub struct Device {
+    /// The pool's registration; `None` when the target has no pool (then no command
+    /// that moves data outside the capsule can run: each gets a retryable error).
+    pub pool_mr: Option<MemoryRegion>,
+    pub pd: Arc<ProtectionDomain>,
+    pub limits: DeviceLimits,
+}
+
+impl Device {
+    /// The local key of `[addr, addr + len)` if it is registered memory.
+    fn lkey_of(&self, addr: *const u8, len: usize) -> Option<u32> {
+        self.pool_mr
+            .as_ref()
+            .filter(|mr| mr.contains(addr, len))
+            .map(|mr| mr.lkey())
+    }
+}
+
+/// Work request kinds, in the upper half of a work request ID (the lower half is the
+/// receive index or the request slot).
+const WR_RECV: u64 = 1 << 32;
+const WR_SEND: u64 = 2 << 32;
+const WR_READ: u64 = 3 << 32;
+const WR_WRITE: u64 = 4 << 32;
+
+/// Completions taken from the CQ per poll.
+const POLL_BATCH: usize = 32;
+/// Empty polls in a row before the CQ is armed for a wake-up: well under the
+/// reactor's minimum idle loops before it sleeps (64), so it never sleeps unarmed.
+const ARM_AFTER: u32 = 8;
+/// How long a closing connection waits for its block devices before it is dropped
+/// anyway (its queue pair is already in error: nothing reaches the host).
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// Transport state of one request.
+#[derive(Default)]
+pub struct RdmaReq {
+    /// The host's buffer: address and key of its keyed SGL data block.
+    remote: (u64, u32),
+    /// The key to invalidate with the response (Send with Invalidate), 0: none.
+    invalidate: u32,
+    invalidate_set: bool,
+}
+
+/// What is built for a connection on the listener's reactor, before it is accepted,
+/// and handed to the reactor that will own it.
+pub(crate) struct Setup {
+    // Drop order: the identifier (and its QP) before the CQ, the CQ before its channel,
+    // the QP before the memory it receives into.
+    pub id: CmId,
+    pub cq: CompletionQueue,
+    pub ch: CompChannel,
+    pub ring_mr: MemoryRegion,
+    pub ring: Box<[u8]>,
+    pub dev: Arc<Device>,
+    /// The transport's shared state; it keeps the identifier's event channel alive.
+    pub(crate) shared: Arc<crate::Shared>,
+    pub recv_size: usize,
+    pub nrecv: usize,
+    pub nrsp: usize,
+    pub peer: String,
+    pub local: String,
+}
+
+/// Sizes of a connection's rings, from the host's queue size.
+pub struct RingSizes {
+    pub recv_size: usize,
+    pub nrecv: usize,
+    pub nrsp: usize,
+}
+
+impl RingSizes {
+    pub fn new(target: &Target, queue_size: u16) -> RingSizes {
+        let nrecv = usize::from(queue_size);
+        RingSizes {
+            recv_size: SQE_SIZE + target.opts.in_capsule_data_size as usize,
+            nrecv,
+            // Slots are numbered up to the queue size (and the few a queue has before
+            // Connect).
+            nrsp: nrecv.max(lightpool_nvmf::target::PRECONNECT_SLOTS),
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.recv_size * self.nrecv + CQE_SIZE * self.nrsp
+    }
+}
+
+impl Setup {
+    /// Posts every receive (before the connection is accepted).
+    pub fn post_receives(&mut self) -> Result<(), lightpool_rdma_sys::RdmaError> {
+        let lkey = self.ring_mr.lkey();
+        for i in 0..self.nrecv {
+            let p = self.ring[i * self.recv_size..].as_mut_ptr();
+            self.id
+                .post_recv(WR_RECV | i as u64, p, self.recv_size as u32, lkey)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Active,
+    Closing { deadline: Option<Instant> },
+    Closed,
+}
+
+/// One connection (queue pair) on the reactor that owns it.
+pub struct Conn {
+    s: Setup,
+    q: NvmfQueue<RdmaReq>,
+    /// Signaled sends and reads posted and not completed.
+    outstanding: usize,
+    phase: Phase,
+    armed: bool,
+    empty_polls: u32,
+    wcs: Box<[WorkCompletion]>,
+}
+
+impl Conn {
+    /// On the owning reactor (`reactor`): the queue is made here, since its device
+    /// channels belong to this thread.
+    pub(crate) fn new(s: Setup, target: Arc<Target>, reactor: usize) -> Conn {
+        let mut q = NvmfQueue::new(target, reactor);
+        q.use_keyed_sgl();
+        Conn {
+            s,
+            q,
+            outstanding: 0,
+            phase: Phase::Active,
+            armed: false,
+            empty_polls: 0,
+            wcs: vec![WorkCompletion::default(); POLL_BATCH].into_boxed_slice(),
+        }
+    }
+
+    pub fn queue(&self) -> &NvmfQueue<RdmaReq> {
+        &self.q
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.s.peer
+    }
+
+    pub fn local(&self) -> &str {
+        &self.s.local
+    }
+
+    /// The completion channel's descriptor (the reactor watches it while asleep).
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.s.ch.fd()
+    }
+
+    /// The identifier's address: how RDMA_CM events name the connection.
+    pub fn key(&self) -> usize {
+        self.s.id.as_ptr() as usize
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<crate::Shared> {
+        &self.s.shared
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Whether nothing runs and nothing is left to send (hot upgrade).
+    pub fn is_drained(&self) -> bool {
+        self.q.bdev_in_flight() == 0 && self.outstanding == 0
+    }
+
+    /// Ends the connection: the queue pair is disconnected (the host sees it at once),
+    /// what the block devices still run finishes, then the queue closes (its controller
+    /// fails if it was the admin queue).
+    pub fn close(&mut self, why: &str) {
+        if self.phase == Phase::Active {
+            tracing::debug!(peer = %self.s.peer, qid = self.q.qid(), why, "closing NVMe/RDMA connection");
+            self.s.id.disconnect();
+            self.phase = Phase::Closing { deadline: None };
+        }
+    }
+
+    /// Hot upgrade: start no more commands.
+    pub fn quiesce(&mut self) {
+        self.q.quiesce();
+    }
+
+    pub fn resume(&mut self, now: Instant) {
+        self.q.resume(now);
+    }
+
+    /// One pass: completions, device completions, responses. Returns the work done.
+    pub fn poll(&mut self, now: Instant) -> usize {
+        let mut work = 0;
+        match self.phase {
+            Phase::Active => {
+                work += self.poll_cq(now);
+                work += self.q.poll(now);
+                work += self.respond();
+                match self.q.state() {
+                    QueueState::Failed => self.close("controller failed"),
+                    QueueState::Disconnecting if self.outstanding == 0 => {
+                        self.close("host disconnected the queue")
+                    }
+                    _ => {}
+                }
+            }
+            Phase::Closing { deadline } => {
+                // Flushed work requests: nothing to do with them.
+                while let Ok(n) = self.s.cq.poll(&mut self.wcs) {
+                    if n == 0 {
+                        break;
+                    }
+                    work += n;
+                }
+                work += self.q.poll(now);
+                while let Some(slot) = self.q.next_done() {
+                    self.q.free(slot);
+                    work += 1;
+                }
+                let give_up = deadline.is_some_and(|d| now > d);
+                if self.q.bdev_in_flight() == 0 || give_up {
+                    if give_up {
+                        tracing::warn!(peer = %self.s.peer, "closing with device I/O still running");
+                    }
+                    self.q.close();
+                    self.phase = Phase::Closed;
+                    work += 1;
+                } else if deadline.is_none() {
+                    self.phase = Phase::Closing {
+                        deadline: Some(now + CLOSE_LINGER),
+                    };
+                }
+            }
+            Phase::Closed => {}
+        }
+        work
+    }
+
+    /// Whether the connection must be polled even when its CQ is quiet.
+    pub fn has_pending_work(&self) -> bool {
+        self.q.bdev_in_flight() > 0 || matches!(self.phase, Phase::Closing { .. })
+    }
+
+    fn poll_cq(&mut self, now: Instant) -> usize {
+        let mut work = 0;
+        loop {
+            let n = match self.s.cq.poll(&mut self.wcs) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(peer = %self.s.peer, error = %e, "cannot poll the completion queue");
+                    self.close("completion queue failed");
+                    return work + 1;
+                }
+            };
+            if n == 0 {
+                self.empty_polls += 1;
+                if !self.armed && self.empty_polls >= ARM_AFTER {
+                    // Arm, then look once more: a completion that came in between
+                    // would otherwise wait for the next one.
+                    if self.s.cq.arm().is_ok() {
+                        self.armed = true;
+                        continue;
+                    }
+                }
+                return work;
+            }
+            self.empty_polls = 0;
+            if self.armed {
+                self.s.ch.drain();
+                self.armed = false;
+            }
+            for i in 0..n {
+                let wc = self.wcs[i];
+                self.complete(&wc, now);
+                if self.phase != Phase::Active {
+                    return work + 1;
+                }
+            }
+            work += n;
+            if n < POLL_BATCH {
+                return work;
+            }
+        }
+    }
+
+    fn complete(&mut self, wc: &WorkCompletion, now: Instant) {
+        let kind = wc.wr_id & !0xFFFF_FFFF;
+        let index = (wc.wr_id & 0xFFFF_FFFF) as u16;
+        if wc.status != ibv_wc_status::IBV_WC_SUCCESS {
+            // A work request failed: the queue pair is in error (a host that went away,
+            // an access outside the host's registration). The spec ends the queue.
+            tracing::warn!(
+                peer = %self.s.peer,
+                qid = self.q.qid(),
+                status = wc.status,
+                kind = kind >> 32,
+                "NVMe/RDMA work request failed: ending the queue"
+            );
+            self.close("queue pair in error");
+            return;
+        }
+        match kind {
+            WR_RECV => self.on_capsule(usize::from(index), wc.byte_len as usize, now),
+            WR_READ => {
+                self.outstanding -= 1;
+                self.q.execute(index, now);
+            }
+            WR_SEND => {
+                self.outstanding -= 1;
+                self.q.free(index);
+            }
+            _ => {}
+        }
+    }
+
+    /// A command capsule arrived in receive `ri`, `len` bytes.
+    fn on_capsule(&mut self, ri: usize, len: usize, now: Instant) {
+        if len < SQE_SIZE {
+            self.close("capsule shorter than a command");
+            return;
+        }
+        let off = ri * self.s.recv_size;
+        let sqe_bytes: &[u8; SQE_SIZE] = self.s.ring[off..off + SQE_SIZE]
+            .try_into()
+            .expect("a receive holds a whole command");
+        let sqe = Sqe::from_bytes(sqe_bytes);
+        let Some(slot) = self.q.alloc(&sqe) else {
+            self.close("more commands outstanding than the queue has entries");
+            return;
+        };
+        if usize::from(slot) >= self.s.nrsp {
+            self.close("queue larger than the connection's response area");
+            return;
+        }
+        let keyed = KeyedSgl::from_bytes(&sqe.dptr);
+        {
+            let tr = &mut self.q.req(slot).tr;
+            tr.remote = (keyed.address, keyed.key);
+            tr.invalidate_set = KeyedSgl::is_keyed(keyed.id) && keyed.invalidate();
+            tr.invalidate = keyed.key;
+        }
+        let incapsule = (len - SQE_SIZE) as u32;
+        match self.q.prepare(slot, incapsule) {
+            // Completed with the status the spec gives; the response goes out below.
+            Err(_) => {}
+            Ok(Xfer::H2C {
+                len,
+                in_capsule: true,
+            }) => {
+                let data = &self.s.ring[off + SQE_SIZE..off + SQE_SIZE + len as usize];
+                if self.q.execute_write_from(slot, data, now).is_none() {
+                    self.q.req(slot).buf_mut(len as usize).copy_from_slice(data);
+                    self.q.execute(slot, now);
+                }
+            }
+            Ok(Xfer::H2C { len, .. }) => self.fetch(slot, len as usize),
+            Ok(Xfer::C2H { len }) => {
+                let p = self.q.req(slot).buf_mut(len as usize).as_ptr();
+                if self.s.dev.lkey_of(p, len as usize).is_none() {
+                    self.unregistered(slot);
+                } else {
+                    self.q.execute(slot, now);
+                }
+            }
+            Ok(Xfer::None) => {
+                self.q.execute(slot, now);
+            }
+        }
+        // The capsule is consumed (executed, or its data copied): receive the next one
+        // into the same buffer.
+        let p = self.s.ring[off..].as_mut_ptr();
+        if let Err(e) = self.s.id.post_recv(
+            WR_RECV | ri as u64,
+            p,
+            self.s.recv_size as u32,
+            self.s.ring_mr.lkey(),
+        ) {
+            tracing::warn!(peer = %self.s.peer, error = %e, "cannot post a receive");
+            self.close("cannot post a receive");
+        }
+    }
+
+    /// A request buffer outside the registered pool (the pool ran dry and the slot
+    /// used memory of its own): the command ends with a status the host retries.
+    #[cold]
+    fn unregistered(&mut self, slot: u16) {
+        tracing::warn!(peer = %self.s.peer, "no registered buffer for a request: the host retries it");
+        self.q
+            .finish(slot, Status::generic(generic::COMMAND_INTERRUPTED));
+    }
+
+    /// Host-to-controller data in the host's memory: RDMA READ it into the request's
+    /// buffer; the command runs when the read completes.
+    fn fetch(&mut self, slot: u16, len: usize) {
+        let r = self.q.req(slot);
+        let remote = r.tr.remote;
+        let p = r.buf_mut(len).as_mut_ptr();
+        let Some(lkey) = self.s.dev.lkey_of(p, len) else {
+            self.unregistered(slot);
+            return;
+        };
+        match self.s.id.post_send(
+            WR_READ | u64::from(slot),
+            ibv_wr_opcode::IBV_WR_RDMA_READ,
+            p,
+            len as u32,
+            lkey,
+            remote,
+            0,
+            true,
+        ) {
+            Ok(()) => self.outstanding += 1,
+            Err(e) => {
+                tracing::warn!(peer = %self.s.peer, error = %e, "cannot post an RDMA READ");
+                self.close("cannot post an RDMA READ");
+            }
+        }
+    }
+
+    /// Sends the responses of finished requests, each after its data (RDMA WRITE).
+    fn respond(&mut self) -> usize {
+        let mut work = 0;
+        while let Some(slot) = self.q.next_done() {
+            work += 1;
+            if let Err(e) = self.send_response(slot) {
+                tracing::warn!(peer = %self.s.peer, error = %e, "cannot post a response");
+                self.close("cannot post a response");
+                return work;
+            }
+        }
+        work
+    }
+
+    fn send_response(&mut self, slot: u16) -> Result<(), lightpool_rdma_sys::RdmaError> {
+        let r = self.q.req_ref(slot);
+        let (remote, invalidate) = (r.tr.remote, r.tr.invalidate_set.then_some(r.tr.invalidate));
+        if let Xfer::C2H { len } = r.xfer {
+            if r.cqe.status == Status::SUCCESS && r.c2h_len > 0 {
+                let data = r.c2h_data();
+                let n = data.len().min(len as usize);
+                // Checked before the command ran (the buffer is the same).
+                if let Some(lkey) = self.s.dev.lkey_of(data.as_ptr(), n) {
+                    // Unsignaled: the SEND after it completes only once it has.
+                    self.s.id.post_send(
+                        WR_WRITE | u64::from(slot),
+                        ibv_wr_opcode::IBV_WR_RDMA_WRITE,
+                        data.as_ptr(),
+                        n as u32,
+                        lkey,
+                        remote,
+                        0,
+                        false,
+                    )?;
+                }
+            }
+        }
+        let cqe = r.cqe.to_bytes();
+        let off = self.s.recv_size * self.s.nrecv + CQE_SIZE * usize::from(slot);
+        self.s.ring[off..off + CQE_SIZE].copy_from_slice(&cqe);
+        let (op, key) = match invalidate {
+            Some(k) => (ibv_wr_opcode::IBV_WR_SEND_WITH_INV, k),
+            None => (ibv_wr_opcode::IBV_WR_SEND, 0),
+        };
+        self.s.id.post_send(
+            WR_SEND | u64::from(slot),
+            op,
+            self.s.ring[off..].as_ptr(),
+            CQE_SIZE as u32,
+            self.s.ring_mr.lkey(),
+            (0, 0),
+            key,
+            true,
+        )?;
+        self.outstanding += 1;
+        Ok(())
+    }
+}
