@@ -71,7 +71,7 @@ impl<T: Default> NvmfQueue<T> {
         let want = self.c2h_window(slot)?;
         let mut page = [0u8; IDENTIFY_DATA_SIZE];
         match cns_v {
-            cns::CONTROLLER => identify_controller(c, &mut page),
+            cns::CONTROLLER => identify_controller(c, &mut page, self.opts.keyed_sgl),
             cns::NAMESPACE if c.subsys.kind == SubsystemKind::Nvm => {
                 if sqe.nsid == 0xFFFF_FFFF {
                     // Common namespace capabilities: LBA format only.
@@ -405,7 +405,9 @@ fn discovery_entries(target: &crate::Target, hostnqn: &str) -> Vec<DiscoveryLogE
     out
 }
 
-fn identify_controller(c: &Controller, page: &mut [u8; IDENTIFY_DATA_SIZE]) {
+/// `keyed`: the fabric moves data by keyed SGL data blocks (NVMe/RDMA), which SGLS
+/// bit 2 then says (the Linux RDMA host refuses a controller without it).
+fn identify_controller(c: &Controller, page: &mut [u8; IDENTIFY_DATA_SIZE], keyed: bool) {
     let t = &c.target.opts;
     let nvm = c.subsys.kind == SubsystemKind::Nvm;
     let vwc = nvm
@@ -453,8 +455,9 @@ fn identify_controller(c: &Controller, page: &mut [u8; IDENTIFY_DATA_SIZE]) {
         vwc: u8::from(vwc) | if vwc { 0x06 } else { 0 },
         awun: 0,
         awupf: 0,
-        // SGLs supported; in-capsule data may carry an offset.
-        sgls: 0x01 | (1 << 20),
+        // SGLs supported; in-capsule data may carry an offset; keyed data blocks on a
+        // fabric of them.
+        sgls: 0x01 | (1 << 20) | if keyed { 1 << 2 } else { 0 },
         anatt: if nvm { 10 } else { 0 },
         // Optimized, non-optimized, inaccessible, persistent loss, change; ANAGRPID
         // constant while attached; non-zero ANAGRPID.
