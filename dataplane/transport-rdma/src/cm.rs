@@ -150,20 +150,31 @@ fn connect_request(ctx: &mut Ctx, shared: &Arc<Shared>, e: &CmEvent) {
     }
 }
 
-/// The device of `id` (made, with the pool registered, on first use).
+/// The device of `id` with the target's current buffer pool registered in it (made on
+/// first use; the target's pool changes when a block device offers its own, and queues
+/// made after that take their buffers there).
 fn device(shared: &Shared, id: &CmId) -> Result<Arc<Device>, RdmaError> {
     let ctx = id.verbs().ok_or(RdmaError::NoDevice("connect request"))?;
+    let bufs = shared.target.buffers();
+    let pool = bufs.pool();
+    let pool_id = pool.map_or(0, |p| Arc::as_ptr(p) as usize);
     let mut devs = shared.devices.lock().expect("device list poisoned");
-    if let Some(d) = devs.iter().find(|d| d.pd.context() == ctx) {
+    if let Some(d) = devs
+        .iter()
+        .find(|d| d.pd.context() == ctx && d.pool_id == pool_id)
+    {
         return Ok(d.clone());
     }
-    let pd = ProtectionDomain::new(ctx)?;
+    let pd = match devs.iter().find(|d| d.pd.context() == ctx) {
+        Some(d) => d.pd.clone(),
+        None => ProtectionDomain::new(ctx)?,
+    };
     let limits = pd.limits()?;
-    let pool_mr = match shared.target.buffers().pool() {
+    let pool_mr = match pool {
         Some(pool) => {
             let mem = pool.memory();
-            // SAFETY: the pool's memory is mapped as long as the target's buffer source
-            // lives, which the transport (and so the device) holds through the target.
+            // SAFETY: the pool's memory stays mapped while the pool lives, and the
+            // device holds the pool (`_pool`) as long as the region.
             Some(unsafe { MemoryRegion::register(&pd, mem.as_ptr(), mem.len())? })
         }
         None => {
@@ -175,6 +186,8 @@ fn device(shared: &Shared, id: &CmId) -> Result<Arc<Device>, RdmaError> {
         pool_mr,
         pd,
         limits,
+        pool_id,
+        _pool: pool.cloned(),
     });
     devs.push(d.clone());
     Ok(d)

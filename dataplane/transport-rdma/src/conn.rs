@@ -23,14 +23,17 @@ use lightpool_spec::nvme::{Sqe, CQE_SIZE, SQE_SIZE};
 use lightpool_spec::rdma::KeyedSgl;
 use lightpool_spec::status::{generic, Status};
 
-/// One RDMA device the transport serves on: its protection domain and the target's
-/// buffer pool registered in it (once, when the first connection on it came).
+/// One RDMA device the transport serves on, with one buffer pool of the target's
+/// registered in it (once, when the first connection on it came).
 pub struct Device {
     /// The pool's registration; `None` when the target has no pool (then no command
     /// that moves data outside the capsule can run: each gets a retryable error).
     pub pool_mr: Option<MemoryRegion>,
     pub pd: Arc<ProtectionDomain>,
     pub limits: DeviceLimits,
+    /// Which pool (its address), and the pool itself, kept mapped as long as the MR.
+    pub pool_id: usize,
+    pub _pool: Option<Arc<lightpool_dma::DmaPool>>,
 }
 
 impl Device {
