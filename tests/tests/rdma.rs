@@ -2,8 +2,8 @@
 //! initiator, both in one guest on soft-RoCE (rxe on the guest's interface): discovery
 //! (RDMA entries with their TSAS), connect, fio with verify from 4 KiB to 1 MiB, random
 //! and sequential, within and beyond the in-capsule size (8 KiB), disconnect and
-//! reconnect with another I/O queue count, and a connect request with bad private data
-//! refused while the connected host keeps serving.
+//! reconnect with another I/O queue count, and a hot upgrade under fio (the RDMA queues
+//! end, the successor listens again, the host reconnects and fio verifies).
 #![cfg(feature = "e2e")]
 
 use std::time::Duration;
@@ -99,8 +99,29 @@ say "reconnected queues=$(cat /sys/class/nvme/$CTRL/queue_count)"
 run_fio randwrite 4k-256k
 nvme disconnect -n $NQN || fail "second disconnect"
 say "disconnected again"
-kill $TPID
-wait $TPID || true
+
+# Hot upgrade (to the same binary): RDMA queues cannot travel, so the old process ends
+# them and the successor listens again; the host reconnects (after 1 s here) and fio,
+# running across it, verifies everything it wrote.
+nvme connect -t rdma -a $RDMA_ADDR -s 4420 -n $NQN --nr-io-queues=2 --reconnect-delay=1 \
+    --ctrl-loss-tmo=60 || fail "connect before the upgrade"
+DEV=$(ns_dev) || fail "namespace did not show up before the upgrade"
+fio --name=across --filename=$DEV --ioengine=libaio --direct=1 --iodepth=16 --rw=randwrite \
+    --bsrange=4k-256k --size=16m --loops=6 --verify=crc32c --verify_fatal=1 --do_verify=1 \
+    --output-format=terse --terse-version=3 > /tmp/across.out 2>&1 &
+FPID=$!
+sleep 3
+/test/lightpool-target upgrade --binary /test/lightpool-target --control-socket /run/t.sock \
+    > /tmp/up.out 2>&1 || {{ cat /tmp/up.out; fail "upgrade"; }}
+grep "took over" /tmp/up.out || true
+say "upgraded"
+wait $FPID || {{ cat /tmp/across.out; fail "fio across the upgrade"; }}
+say "fio across the upgrade errors=$(cut -d';' -f5 /tmp/across.out) write_kb=$(cut -d';' -f47 /tmp/across.out)"
+dmesg | grep -iE "nvme.*(reconnect|rdma)" | tail -n 8 | sed 's/^/RDMA-DMESG: /'
+say "reconnects $(dmesg | grep -c 'Successfully reconnected')"
+nvme disconnect -n $NQN || fail "disconnect after the upgrade"
+for p in $(pidof lightpool-target); do kill $p; done
+sleep 1
 grep -E "WARN|ERROR" /tmp/target.log | tail -n 20 || true
 say "all good"
 "#,
@@ -133,10 +154,21 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         "RDMA-E2E: reconnected queues=2",
         "RDMA-E2E: fio randwrite 4k-256k errors=0 read_kb=16384 write_kb=16384",
         "RDMA-E2E: disconnected again",
+        "RDMA-E2E: upgraded",
+        "RDMA-E2E: fio across the upgrade errors=0 write_kb=",
         "RDMA-E2E: all good",
     ] {
         assert!(out.console.contains(want), "{want:?} missing from:\n{tail}");
     }
+    let reconnects = out
+        .console
+        .lines()
+        .find_map(|l| l.split("RDMA-E2E: reconnects ").nth(1))
+        .and_then(|n| n.trim().parse::<u32>().ok());
+    assert!(
+        reconnects.is_some_and(|n| n >= 1),
+        "the host did not reconnect across the upgrade ({reconnects:?}):\n{tail}"
+    );
     for (rw, bs) in JOBS {
         let line = format!("RDMA-E2E: fio {rw} {bs} errors=0 ");
         assert!(
