@@ -46,9 +46,10 @@ build_next() {
 }
 phase "build lightpool-target-next (release)" build_next
 phase "build lightpool-target, lightpool, lightpool-perf, csi-client (release)" cargo build --release -p lightpool-daemon --features lightpool-daemon/rdma -p lightpool-cli -p lightpool-perf --bins -p lightpool-e2e --bin csi-client
-# What the VFIO guest test carries into the guest.
-phase "build hugepage-setup, nvme_vfio_iops (release)" \
-    cargo build --release -p hugepage-setup --bins -p lightpool-bdev-nvme-vfio --example nvme_vfio_iops
+# What the VFIO and RDMA guest tests carry into the guest.
+phase "build hugepage-setup, nvme_vfio_iops, rdma_hostile (release)" \
+    cargo build --release -p hugepage-setup --bins -p lightpool-bdev-nvme-vfio --example nvme_vfio_iops \
+    -p lightpool-transport-rdma --example rdma_hostile
 # The RAM-in-huge-pages tests need a few free 2 MiB pages and a hugetlbfs mount (for a
 # state directory's RAM file); only raised, never lowered.
 reserve_hugepages() {

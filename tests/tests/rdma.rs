@@ -2,8 +2,10 @@
 //! initiator, both in one guest on soft-RoCE (rxe on the guest's interface): discovery
 //! (RDMA entries with their TSAS), connect, fio with verify from 4 KiB to 1 MiB, random
 //! and sequential, within and beyond the in-capsule size (8 KiB), disconnect and
-//! reconnect with another I/O queue count, and a hot upgrade under fio (the RDMA queues
-//! end, the successor listens again, the host reconnects and fio verifies).
+//! reconnect with another I/O queue count, a hostile host beside it (bad connect private
+//! data rejected with the NVMe/RDMA statuses, an SGL over MDTS, a key it never
+//! registered: its queue ends while fio goes on), and a hot upgrade under fio (the RDMA
+//! queues end, the successor listens again, the host reconnects and fio verifies).
 #![cfg(feature = "e2e")]
 
 use std::time::Duration;
@@ -96,7 +98,13 @@ nvme connect -t rdma -a $RDMA_ADDR -s 4420 -n $NQN --nr-io-queues=1 || fail "rec
 DEV=$(ns_dev) || fail "namespace did not show up again"
 CTRL=$(ls /sys/class/nvme-subsystem/nvme-subsys*/ | grep -m1 '^nvme[0-9]*$')
 say "reconnected queues=$(cat /sys/class/nvme/$CTRL/queue_count)"
-run_fio randwrite 4k-256k
+# A hostile host beside it: bad connect private data, an oversized transfer, a key it
+# never registered (its queue ends); the kernel host's fio keeps verifying meanwhile.
+run_fio randwrite 4k-256k &
+FIO=$!
+/test/rdma_hostile $RDMA_ADDR:4420 > /tmp/hostile.out 2>&1 || {{ cat /tmp/hostile.out; fail "hostile host"; }}
+cat /tmp/hostile.out
+wait $FIO || fail "fio beside the hostile host"
 nvme disconnect -n $NQN || fail "second disconnect"
 say "disconnected again"
 
@@ -132,12 +140,18 @@ say "all good"
 
 #[test]
 fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
-    let bin = release_binary("lightpool-target").expect("built by tests/run.sh");
+    let mut files = Vec::new();
+    for (bin, at) in [
+        ("lightpool-target", "/test/lightpool-target"),
+        ("examples/rdma_hostile", "/test/rdma_hostile"),
+    ] {
+        let p = release_binary(bin).expect("built by tests/run.sh");
+        files.extend(binary_with_libraries(&p, at).expect("binary and libraries"));
+    }
     let cfg = GuestConfig {
         timeout: Duration::from_secs(900),
         mem_mb: 2048,
-        extra_files: binary_with_libraries(&bin, "/test/lightpool-target")
-            .expect("binary and libraries"),
+        extra_files: files,
         ..GuestConfig::new("rdma-target", &script())
     };
     let out = run_guest(&cfg).expect("guest run");
@@ -153,6 +167,14 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         "RDMA-E2E: disconnected",
         "RDMA-E2E: reconnected queues=2",
         "RDMA-E2E: fio randwrite 4k-256k errors=0 read_kb=16384 write_kb=16384",
+        // RoCE pads the CM's private data: a short one reads as HSQSIZE 0.
+        "HOSTILE: reject short: RDMA_CM_EVENT_REJECTED sts=Some(4) ok",
+        "HOSTILE: reject recfmt: RDMA_CM_EVENT_REJECTED sts=Some(2) ok",
+        "HOSTILE: reject qid: RDMA_CM_EVENT_REJECTED sts=Some(3) ok",
+        "HOSTILE: reject hsqsize0: RDMA_CM_EVENT_REJECTED sts=Some(4) ok",
+        "HOSTILE: reject hsqsize-big: RDMA_CM_EVENT_REJECTED sts=Some(4) ok",
+        "HOSTILE: reject hrqsize0: RDMA_CM_EVENT_REJECTED sts=Some(5) ok",
+        "HOSTILE: bad key: disconnected ok",
         "RDMA-E2E: disconnected again",
         "RDMA-E2E: upgraded",
         "RDMA-E2E: fio across the upgrade errors=0 write_kb=",
@@ -168,6 +190,12 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
     assert!(
         reconnects.is_some_and(|n| n >= 1),
         "the host did not reconnect across the upgrade ({reconnects:?}):\n{tail}"
+    );
+    assert!(
+        out.console
+            .lines()
+            .any(|l| l.starts_with("HOSTILE: oversized: ") && l.ends_with(" ok")),
+        "{tail}"
     );
     for (rw, bs) in JOBS {
         let line = format!("RDMA-E2E: fio {rw} {bs} errors=0 ");

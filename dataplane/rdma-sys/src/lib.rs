@@ -181,6 +181,27 @@ impl EventChannel {
         self.0.as_ptr()
     }
 
+    /// The next event, waiting for it at most `timeout` (a client's connection steps).
+    pub fn wait_event(&self, timeout: std::time::Duration) -> Result<Option<CmEvent>, RdmaError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.next_event()? {
+                return Ok(Some(e));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the channel's descriptor.
+            unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
+        }
+    }
+
     /// The next event, acknowledged; `None` when there is none now.
     pub fn next_event(&self) -> Result<Option<CmEvent>, RdmaError> {
         let mut ev: *mut ffi::rdma_cm_event = std::ptr::null_mut();
@@ -358,6 +379,67 @@ impl CmId {
         let rc = unsafe { ffi::rdma_listen(id.id.as_ptr(), backlog) };
         check("rdma_listen", rc)?;
         Ok(id)
+    }
+
+    /// An identifier for an active (client) connection, events on `ch`: then
+    /// [`CmId::resolve_addr`], [`CmId::resolve_route`], a QP, [`CmId::connect`].
+    pub fn new(ch: &EventChannel) -> Result<CmId, RdmaError> {
+        let mut id: *mut ffi::rdma_cm_id = std::ptr::null_mut();
+        // SAFETY: the channel is valid; `id` receives a new identifier.
+        let rc = unsafe {
+            ffi::rdma_create_id(
+                ch.as_ptr(),
+                &mut id,
+                std::ptr::null_mut(),
+                ffi::rdma_port_space::RDMA_PS_TCP,
+            )
+        };
+        check("rdma_create_id", rc)?;
+        Ok(CmId {
+            id: NonNull::new(id).ok_or(RdmaError::NoDevice("rdma_create_id"))?,
+            has_qp: false,
+        })
+    }
+
+    /// Starts resolving `dst` to a device and port (event ADDR_RESOLVED).
+    pub fn resolve_addr(&self, dst: SocketAddr, timeout_ms: i32) -> Result<(), RdmaError> {
+        let (mut ss, _) = sockaddr_of(dst);
+        // SAFETY: a valid identifier; `ss` holds a socket address of its family, which
+        // the call copies.
+        let rc = unsafe {
+            ffi::rdma_resolve_addr(
+                self.id.as_ptr(),
+                std::ptr::null_mut(),
+                (&mut ss as *mut libc::sockaddr_storage).cast(),
+                timeout_ms,
+            )
+        };
+        check("rdma_resolve_addr", rc)
+    }
+
+    /// Starts resolving the route (event ROUTE_RESOLVED).
+    pub fn resolve_route(&self, timeout_ms: i32) -> Result<(), RdmaError> {
+        // SAFETY: an identifier whose address is resolved.
+        let rc = unsafe { ffi::rdma_resolve_route(self.id.as_ptr(), timeout_ms) };
+        check("rdma_resolve_route", rc)
+    }
+
+    /// Connects with `private_data` (event ESTABLISHED, or REJECTED with the peer's
+    /// reject data).
+    pub fn connect(&self, private_data: &[u8], p: AcceptParams) -> Result<(), RdmaError> {
+        let mut param = ffi::rdma_conn_param {
+            private_data: private_data.as_ptr().cast(),
+            private_data_len: u8::try_from(private_data.len()).unwrap_or(u8::MAX),
+            responder_resources: p.responder_resources,
+            initiator_depth: p.initiator_depth,
+            flow_control: 1,
+            retry_count: 7,
+            rnr_retry_count: 7,
+            ..Default::default()
+        };
+        // SAFETY: an identifier with a resolved route and a QP; the data is copied.
+        let rc = unsafe { ffi::rdma_connect(self.id.as_ptr(), &mut param) };
+        check("rdma_connect", rc)
     }
 
     /// Takes ownership of the new identifier of a connect request.
