@@ -264,6 +264,7 @@ fn try_build(
         recv_size: sizes.recv_size,
         nrecv: sizes.nrecv,
         nrsp: sizes.nrsp,
+        qid: req.qid,
         peer: peer.to_string(),
         local,
     };

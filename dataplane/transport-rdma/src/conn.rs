@@ -88,6 +88,9 @@ pub(crate) struct Setup {
     pub recv_size: usize,
     pub nrecv: usize,
     pub nrsp: usize,
+    /// The queue ID of the connect request's private data: the Connect command must
+    /// name the same.
+    pub qid: u16,
     pub peer: String,
     pub local: String,
 }
@@ -145,6 +148,8 @@ pub struct Conn {
     phase: Phase,
     armed: bool,
     empty_polls: u32,
+    /// The queue is connected and its QID matched the connect request's.
+    qid_checked: bool,
     wcs: Box<[WorkCompletion]>,
 }
 
@@ -161,6 +166,7 @@ impl Conn {
             phase: Phase::Active,
             armed: false,
             empty_polls: 0,
+            qid_checked: false,
             wcs: vec![WorkCompletion::default(); POLL_BATCH].into_boxed_slice(),
         }
     }
@@ -229,6 +235,13 @@ impl Conn {
                 work += self.q.poll(now);
                 work += self.respond();
                 match self.q.state() {
+                    QueueState::Live if !self.qid_checked => {
+                        self.qid_checked = true;
+                        if self.q.qid() != self.s.qid {
+                            tracing::warn!(peer = %self.s.peer, connect = self.q.qid(), cm = self.s.qid, "Connect names another queue than the connect request");
+                            self.close("Connect QID differs from the RDMA_CM request's");
+                        }
+                    }
                     QueueState::Failed => self.close("controller failed"),
                     QueueState::Disconnecting if self.outstanding == 0 => {
                         self.close("host disconnected the queue")
