@@ -123,7 +123,7 @@ fn d_max_transfer() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
     /// "IP:PORT", e.g. "127.0.0.1:4420" or "[::]:4420". For `rdma`, the address of an
-    /// RDMA device's interface (rdma_cm does not route loopback); a bare IP takes 4420.
+    /// RDMA device's interface (rdma_cm does not route loopback).
     pub address: String,
     /// "tcp" (the default) or "rdma" (a binary built with the daemon's `rdma` feature).
     #[serde(default = "d_transport")]

@@ -245,3 +245,19 @@ fn a_config_written_back_reads_the_same() {
     let text = toml::to_string(&c).expect("serializes");
     assert_eq!(parse(&text), c, "{text}");
 }
+
+#[test]
+fn rdma_listeners_need_a_binary_with_the_rdma_feature() {
+    let cfg = parse("[[listener]]\ntransport = \"rdma\"\naddress = \"10.0.2.15:4420\"\n");
+    #[cfg(feature = "rdma")]
+    assert!(cfg.validate().is_ok());
+    #[cfg(not(feature = "rdma"))]
+    {
+        let e = cfg.validate().expect_err("not built in");
+        assert_eq!(e.key, "listener[0].transport");
+        assert!(
+            e.reason.contains("\"rdma\"") && e.reason.contains("tcp"),
+            "{e}"
+        );
+    }
+}
