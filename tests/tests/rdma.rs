@@ -98,6 +98,8 @@ for j in {jobs}; do
 done
 nvme disconnect -n $NQN || fail "disconnect"
 say "disconnected"
+say "I/O queues with in-capsule data: $(grep -c 'first in-capsule data' /tmp/target.log)"
+say "I/O queues with RDMA READ: $(grep -c 'first RDMA READ' /tmp/target.log)"
 
 nvme connect -t rdma -a $RDMA_ADDR -s 4420 -n $NQN --nr-io-queues=1 || fail "reconnect"
 DEV=$(ns_dev) || fail "namespace did not show up again"
@@ -195,6 +197,10 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         "rdma_cms:    rdma-cm",
         "RDMA-E2E: connected /dev/nvme0n1 over rdma queues=3",
         "RDMA-E2E: disconnected",
+        // Both I/O queues took writes within the in-capsule size in the capsule, and
+        // longer ones by RDMA READ.
+        "RDMA-E2E: I/O queues with in-capsule data: 2",
+        "RDMA-E2E: I/O queues with RDMA READ: 2",
         "RDMA-E2E: reconnected queues=2",
         "RDMA-E2E: fio randwrite 4k-256k errors=0 read_kb=16384 write_kb=16384",
         // RoCE pads the CM's private data: a short one reads as HSQSIZE 0.

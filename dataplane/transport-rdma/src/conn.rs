@@ -150,6 +150,10 @@ pub struct Conn {
     empty_polls: u32,
     /// The queue is connected and its QID matched the connect request's.
     qid_checked: bool,
+    /// Host data came in the capsule / by RDMA READ on this connected I/O queue (said
+    /// once each, at debug level: which ways a host uses).
+    seen_in_capsule: bool,
+    seen_read: bool,
     wcs: Box<[WorkCompletion]>,
 }
 
@@ -167,6 +171,8 @@ impl Conn {
             armed: false,
             empty_polls: 0,
             qid_checked: false,
+            seen_in_capsule: false,
+            seen_read: false,
             wcs: vec![WorkCompletion::default(); POLL_BATCH].into_boxed_slice(),
         }
     }
@@ -392,13 +398,23 @@ impl Conn {
                 len,
                 in_capsule: true,
             }) => {
+                if !self.seen_in_capsule && self.q.qid() != 0 {
+                    self.seen_in_capsule = true;
+                    tracing::debug!(peer = %self.s.peer, qid = self.q.qid(), len, "first in-capsule data on the queue");
+                }
                 let data = &self.s.ring[off + SQE_SIZE..off + SQE_SIZE + len as usize];
                 if self.q.execute_write_from(slot, data, now).is_none() {
                     self.q.req(slot).buf_mut(len as usize).copy_from_slice(data);
                     self.q.execute(slot, now);
                 }
             }
-            Ok(Xfer::H2C { len, .. }) => self.fetch(slot, len as usize),
+            Ok(Xfer::H2C { len, .. }) => {
+                if !self.seen_read && self.q.qid() != 0 {
+                    self.seen_read = true;
+                    tracing::debug!(peer = %self.s.peer, qid = self.q.qid(), len, "first RDMA READ of host data on the queue");
+                }
+                self.fetch(slot, len as usize)
+            }
             Ok(Xfer::C2H { len }) => {
                 let p = self.q.req(slot).buf_mut(len as usize).as_ptr();
                 if self.s.dev.lkey_of(p, len as usize).is_none() {
