@@ -619,6 +619,7 @@ fn source_migration(m: pb::Migration) -> SourceMigration {
             elapsed_ms: m.elapsed_ms,
             eta_ms: m.eta_ms,
             pause_us: m.pause_us,
+            throttled: m.throttled,
         },
         error: m.error,
     }

@@ -76,6 +76,9 @@ pub fn progress_line(m: &VolumeMigration) -> String {
         if let Some(eta) = p.eta_ms {
             line.push_str(&format!("  ETA {:.1} s", eta as f64 / 1000.0));
         }
+        if p.throttled {
+            line.push_str("  writes throttled");
+        }
     }
     if let Some(msg) = &st.message {
         line.push_str(&format!("  ({msg})"));
