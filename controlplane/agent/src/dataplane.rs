@@ -53,6 +53,9 @@ pub struct PoolVolume {
     pub device: String,
     /// Its size.
     pub size: u64,
+    /// Exported to this node's own kernel through ublk (a consumer on this node
+    /// staged it locally).
+    pub ublk: bool,
 }
 
 /// A pool snapshot: a read-only point-in-time copy of a pool volume.
@@ -73,6 +76,8 @@ pub struct Export {
     pub namespaces: BTreeMap<u32, String>,
     /// The controller IDs it hands out (first, last).
     pub cntlid: (u32, u32),
+    /// Controllers of hosts connected now.
+    pub controllers: u32,
 }
 
 /// A live migration to start on the source: namespace `nsid` of `nqn` copied to
@@ -407,6 +412,7 @@ impl Dataplane for MemoryDataplane {
             name: name.into(),
             device: format!("lpv-{name}"),
             size,
+            ublk: false,
         };
         m.volumes.insert(name.into(), v.clone());
         Ok(v)
@@ -562,6 +568,7 @@ impl Dataplane for MemoryDataplane {
             name: name.into(),
             device: format!("lpv-{name}"),
             size,
+            ublk: false,
         };
         m.volumes.insert(name.into(), v.clone());
         if let Some(s) = m.snapshots.get_mut(snapshot) {
@@ -586,6 +593,7 @@ impl Dataplane for MemoryDataplane {
         m.exports.entry(nqn.into()).or_insert_with(|| Export {
             namespaces: BTreeMap::new(),
             cntlid: lightpool_model::migration::CNTLID_LOW,
+            controllers: 0,
         });
         Ok(())
     }
@@ -643,6 +651,7 @@ impl Dataplane for MemoryDataplane {
         let e = m.exports.entry(nqn.into()).or_insert_with(|| Export {
             namespaces: BTreeMap::new(),
             cntlid,
+            controllers: 0,
         });
         if e.cntlid != cntlid {
             return Err(DataplaneError::Mismatch(format!(

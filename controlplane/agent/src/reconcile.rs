@@ -306,8 +306,8 @@ async fn make<S: Store, D: Dataplane>(
     // the CSI node finds the device by it.
     dp.add_namespace(nqn, 1, &pv.device, v.metadata.uid.as_deref())
         .await?;
-    dp.ensure_listener(&agent.config.address, agent.config.port)
-        .await?;
+    let (la, lp) = agent.config.listen_at();
+    dp.ensure_listener(la, lp).await?;
     Ok(pv)
 }
 
