@@ -24,6 +24,7 @@
 #   perf/migrate.sh                          (1 GiB and 10 GiB)
 #   SIZES="1GiB" STEADY=5 AFTER=3 perf/migrate.sh
 #   DIR=/var/tmp/lp-migrate A_CORE=0 B_CORE=1 PERF_CORE=2 perf/migrate.sh
+#   MIGRATE_ARGS="--rate 200MiB --region-size 256KiB" perf/migrate.sh
 #
 # The volume files are sparse files in $DIR (deleted at the end); a volume needs its
 # size free twice on that disk at most (both sides written by the run). Needs python3.
@@ -127,7 +128,7 @@ bench() { # SIZE
     kill -0 $perf || { cat "$DIR/perf.err" >&2; exit 1; }
     t_start=$(now)
     "$BIN/lightpool" --socket "$DIR/a.api.sock" target migrate start --nqn "$NQN" --nsid 1 \
-        --to "127.0.0.1:$PB" --to-nqn "$PIPE" --wait > "$DIR/migrate.out" 2>&1 ||
+        --to "127.0.0.1:$PB" --to-nqn "$PIPE" ${MIGRATE_ARGS:-} --wait > "$DIR/migrate.out" 2>&1 ||
         { cat "$DIR/migrate.out" >&2; exit 1; }
     t_synced=$(now)
     "$BIN/lightpool-target" ana --nqn "$NQN" --group 1 --state optimized \
