@@ -265,11 +265,9 @@ impl Shared {
 
     /// Throttles new writes to `bytes_per_s` (0: no more).
     pub(crate) fn throttle(&self, bytes_per_s: u64) {
-        let per_kib = if bytes_per_s == 0 {
-            0
-        } else {
-            (1_000_000_000u64 * 1024 / bytes_per_s).max(1)
-        };
+        let per_kib = (1_000_000_000u64 * 1024)
+            .checked_div(bytes_per_s)
+            .map_or(0, |n| n.max(1));
         self.throttle_ns_per_kib.store(per_kib, Release);
     }
 }
