@@ -367,6 +367,20 @@ impl MemoryDataplane {
         }
     }
 
+    /// Sets how many hosts' controllers are connected to subsystem `nqn`.
+    pub fn set_controllers(&self, nqn: &str, n: u32) {
+        if let Some(e) = self.lock().exports.get_mut(nqn) {
+            e.controllers = n;
+        }
+    }
+
+    /// Marks pool volume `name` as exported to this node's kernel through ublk.
+    pub fn set_ublk(&self, name: &str, on: bool) {
+        if let Some(v) = self.lock().volumes.get_mut(name) {
+            v.ublk = on;
+        }
+    }
+
     /// Removes a subsystem behind the agent's back (as an operator's mistake or
     /// a restarted target without saved state would).
     pub fn lose_subsystem(&self, nqn: &str) {

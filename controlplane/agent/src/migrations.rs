@@ -83,6 +83,23 @@ pub(crate) fn arriving<'a>(
         .map(|m| m.spec.volume.as_str())
 }
 
+/// The volumes an active migration takes from this node: their objects here are the
+/// migration's until its Cleaning removes them (once the hosts let go), not garbage
+/// as soon as the Volume names the destination.
+pub(crate) fn leaving<'a>(
+    migrations: &'a [VolumeMigration],
+    node: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    migrations
+        .iter()
+        .filter(move |m| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| s.phase.is_active() && s.source_node.as_deref() == Some(node))
+        })
+        .map(|m| m.spec.volume.as_str())
+}
+
 pub(crate) async fn reconcile<S: Store, D: Dataplane>(
     agent: &Agent<S, D>,
     volumes: &[Volume],
