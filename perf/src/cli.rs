@@ -67,6 +67,12 @@ pub struct NvmeArgs {
     /// goes out every half of it.
     #[arg(long, default_value_t = 10_000)]
     pub kato: u32,
+    /// The -r transport IDs are paths to one subsystem (same subnqn, on several
+    /// targets): I/O goes to the first and moves to the next when a path refuses it
+    /// (an ANA state that serves no I/O) or its connection breaks, as Linux native
+    /// NVMe multipath does (e.g. across a live migration's switch).
+    #[arg(long)]
+    pub multipath: bool,
     /// Seconds to wait for a connection or an admin command.
     #[arg(long, default_value = "5", value_parser = parse_secs)]
     pub connect_timeout: Duration,
@@ -476,6 +482,21 @@ fn nvme_main(a: &NvmeArgs) -> i32 {
     }
     .to_string();
     let started = SystemTime::now();
+    if a.multipath {
+        let prepared = match crate::multipath::prepare(&job, &o) {
+            Ok(p) => p,
+            Err(e) => return fail_setup(e),
+        };
+        let settings =
+            a.w.settings("NVMe/TCP", prepared.target.clone(), o.qpairs, digests);
+        return match crate::nvme::run(&job, prepared) {
+            Ok((out, devices)) => {
+                let report = Report::new(settings, &job, &devices, &out);
+                a.out.emit(&report, started)
+            }
+            Err(e) => fail(e),
+        };
+    }
     let prepared = match crate::nvme::prepare(&job, &o) {
         Ok(p) => p,
         Err(e) => return fail_setup(e),

@@ -6,7 +6,8 @@
 //!   the crate `lightpool-nvmf-host` (the remote block device runs it too).
 //! - [`workload`]: access patterns and mixes; [`verify`]: block stamps and checks.
 //! - [`engine`]: the pinned per-core load loop over any [`engine::IoQueue`].
-//! - [`nvme`], [`bdev`], [`limit`]: the three kinds of queue and their runs.
+//! - [`nvme`], [`bdev`], [`limit`]: the three kinds of queue and their runs;
+//!   [`multipath`]: NVMe/TCP queues that follow a namespace's paths (`--multipath`).
 //! - [`stats`], [`report`], [`plot`]: measurement and output; [`cli`]: the command line.
 //! - which sockets to read comes from epoll: `lightpool_reactor::readiness`.
 
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod engine;
 pub use lightpool_nvmf_host as initiator;
 pub mod limit;
+pub mod multipath;
 pub mod nvme;
 pub mod plot;
 pub mod report;

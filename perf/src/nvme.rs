@@ -256,11 +256,14 @@ impl IoQueue for NvmeQueue {
 }
 
 /// A connected run, ready to start.
-pub struct Prepared {
+pub struct Prepared<Q = NvmeQueue> {
     pub ctrls: Vec<Controller>,
     pub devices: Vec<Device>,
-    pub workers: Vec<WorkerSpec<NvmeQueue>>,
+    pub workers: Vec<WorkerSpec<Q>>,
     pub target: String,
+    /// The controllers are paths of one subsystem (`--multipath`): one that stops
+    /// answering keep-alive is left, as long as another does.
+    pub multipath: bool,
 }
 
 /// Resolves discovery, connects every controller and every queue pair.
@@ -350,22 +353,7 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
         }
     }
 
-    // Regions: verify and sequential runs give each queue its own share.
-    let random = job.workload.random();
-    let mut regions: Vec<Vec<Region>> = Vec::new();
-    for d in &devices {
-        let io_blocks = job.io_size / d.block_size;
-        regions.push(if job.verify || !random {
-            split_region(d.range, io_blocks, nq).ok_or_else(|| {
-                PerfError::Invalid(format!(
-                    "{}: the range of {} blocks holds fewer {}-byte I/Os than the {nq} queue(s) that share it",
-                    d.name, d.range.blocks, job.io_size
-                ))
-            })?
-        } else {
-            vec![d.range; nq]
-        });
-    }
+    let regions = regions_for(job, &devices, nq)?;
 
     let cfg = QpairConfig {
         depth: job.depth,
@@ -411,10 +399,36 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
         devices,
         workers,
         target,
+        multipath: false,
     })
 }
 
-fn conn_opts(o: &NvmeOptions, addr: SocketAddr, subnqn: String) -> ConnectOptions {
+/// Per device, each queue's region: verify and sequential runs give each queue its
+/// own share.
+pub(crate) fn regions_for(
+    job: &Job,
+    devices: &[Device],
+    nq: usize,
+) -> Result<Vec<Vec<Region>>, PerfError> {
+    let random = job.workload.random();
+    let mut regions: Vec<Vec<Region>> = Vec::new();
+    for d in devices {
+        let io_blocks = job.io_size / d.block_size;
+        regions.push(if job.verify || !random {
+            split_region(d.range, io_blocks, nq).ok_or_else(|| {
+                PerfError::Invalid(format!(
+                    "{}: the range of {} blocks holds fewer {}-byte I/Os than the {nq} queue(s) that share it",
+                    d.name, d.range.blocks, job.io_size
+                ))
+            })?
+        } else {
+            vec![d.range; nq]
+        });
+    }
+    Ok(regions)
+}
+
+pub(crate) fn conn_opts(o: &NvmeOptions, addr: SocketAddr, subnqn: String) -> ConnectOptions {
     ConnectOptions {
         addr,
         subnqn,
@@ -429,7 +443,7 @@ fn conn_opts(o: &NvmeOptions, addr: SocketAddr, subnqn: String) -> ConnectOption
 
 /// Checks the job against the controller's limits and the namespace; returns the
 /// LBA range to use.
-fn check_device(
+pub(crate) fn check_device(
     job: &Job,
     o: &NvmeOptions,
     c: &Controller,
@@ -518,24 +532,38 @@ fn discover_at(
 
 /// Runs a prepared job: keep-alive on every controller while it runs, then an orderly
 /// shutdown.
-pub fn run(job: &Job, p: Prepared) -> Result<(RunOutcome, Vec<Device>), PerfError> {
+pub fn run<Q: IoQueue + 'static>(
+    job: &Job,
+    p: Prepared<Q>,
+) -> Result<(RunOutcome, Vec<Device>), PerfError> {
     let Prepared {
         mut ctrls,
         devices,
         workers,
+        multipath,
         ..
     } = p;
+    // Multipath: the controllers that stopped answering (a path gone).
+    let mut gone = vec![false; ctrls.len()];
     let mut ka = || -> Result<(), PerfError> {
-        for c in ctrls.iter_mut() {
-            c.keep_alive_if_due()?;
+        for (i, c) in ctrls.iter_mut().enumerate() {
+            match c.keep_alive_if_due() {
+                Ok(()) => {}
+                Err(e) if multipath && !gone[i] && gone.iter().filter(|g| !**g).count() > 1 => {
+                    eprintln!("lightpool-perf: the path at {} is gone: {e}", c.addr());
+                    gone[i] = true;
+                }
+                Err(_) if gone[i] => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     };
     let mut out = crate::engine::run(job, &devices, workers, &mut ka)?;
-    for c in ctrls {
+    for (c, gone) in ctrls.into_iter().zip(gone) {
         let addr = c.addr();
         if let Err(e) = c.shutdown() {
-            if out.error.is_none() && !matches!(e, InitiatorError::Closed { .. }) {
+            if out.error.is_none() && !gone && !matches!(e, InitiatorError::Closed { .. }) {
                 out.error = Some(format!("shutting down the controller at {addr}: {e}"));
             }
         }

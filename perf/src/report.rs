@@ -70,6 +70,8 @@ pub struct IntervalRow {
     pub write_iops: f64,
     pub mib_s: f64,
     pub p99_us: f64,
+    /// The second's slowest I/O.
+    pub max_us: f64,
 }
 
 /// The run's settings as the report states them.
@@ -218,6 +220,11 @@ impl Report {
                         0.0
                     } else {
                         us(iv.hist.value_at_quantile(0.99) as f64)
+                    },
+                    max_us: if iv.hist.is_empty() {
+                        0.0
+                    } else {
+                        us(iv.hist.max() as f64)
                     },
                 })
             })

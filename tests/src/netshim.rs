@@ -24,6 +24,9 @@ pub enum Mode {
     CutAtR2t = 1,
     /// Stops reading from the target (a stalled host).
     Stall = 2,
+    /// The network between them is cut: every connection drops (each at its next
+    /// read, either way) and new ones are closed as they come.
+    Partition = 3,
 }
 
 /// The shim: listens on [`NetShim::addr`], connects each host to the target.
@@ -44,6 +47,10 @@ impl NetShim {
         std::thread::spawn(move || {
             for host in l.incoming() {
                 let Ok(host) = host else { return };
+                if m.load(Ordering::SeqCst) == Mode::Partition as u8 {
+                    let _ = host.shutdown(Shutdown::Both);
+                    continue;
+                }
                 let Ok(target) = TcpStream::connect(to) else {
                     continue;
                 };
@@ -52,11 +59,15 @@ impl NetShim {
                     continue;
                 };
                 // Host to target: bytes as they come.
+                let m2 = m.clone();
                 std::thread::spawn(move || {
                     let (mut from, mut to) = (h2, t2);
                     let mut buf = vec![0u8; 64 << 10];
                     while let Ok(n) = from.read(&mut buf) {
-                        if n == 0 || to.write_all(&buf[..n]).is_err() {
+                        if n == 0
+                            || m2.load(Ordering::SeqCst) == Mode::Partition as u8
+                            || to.write_all(&buf[..n]).is_err()
+                        {
                             break;
                         }
                     }
@@ -103,6 +114,9 @@ fn relay_pdus(
         pdu.extend_from_slice(&ch);
         pdu.resize((h.plen as usize).max(8), 0);
         target.read_exact(&mut pdu[8..])?;
+        if mode.load(Ordering::SeqCst) == Mode::Partition as u8 {
+            break;
+        }
         if h.pdu_type == PduType::R2T as u8 && mode.load(Ordering::SeqCst) == Mode::CutAtR2t as u8 {
             cuts.fetch_add(1, Ordering::SeqCst);
             break;

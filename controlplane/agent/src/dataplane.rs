@@ -53,6 +53,9 @@ pub struct PoolVolume {
     pub device: String,
     /// Its size.
     pub size: u64,
+    /// Exported to this node's own kernel through ublk (a consumer on this node
+    /// staged it locally).
+    pub ublk: bool,
 }
 
 /// A pool snapshot: a read-only point-in-time copy of a pool volume.
@@ -73,6 +76,8 @@ pub struct Export {
     pub namespaces: BTreeMap<u32, String>,
     /// The controller IDs it hands out (first, last).
     pub cntlid: (u32, u32),
+    /// Controllers of hosts connected now.
+    pub controllers: u32,
 }
 
 /// A live migration to start on the source: namespace `nsid` of `nqn` copied to
@@ -362,6 +367,20 @@ impl MemoryDataplane {
         }
     }
 
+    /// Sets how many hosts' controllers are connected to subsystem `nqn`.
+    pub fn set_controllers(&self, nqn: &str, n: u32) {
+        if let Some(e) = self.lock().exports.get_mut(nqn) {
+            e.controllers = n;
+        }
+    }
+
+    /// Marks pool volume `name` as exported to this node's kernel through ublk.
+    pub fn set_ublk(&self, name: &str, on: bool) {
+        if let Some(v) = self.lock().volumes.get_mut(name) {
+            v.ublk = on;
+        }
+    }
+
     /// Removes a subsystem behind the agent's back (as an operator's mistake or
     /// a restarted target without saved state would).
     pub fn lose_subsystem(&self, nqn: &str) {
@@ -407,6 +426,7 @@ impl Dataplane for MemoryDataplane {
             name: name.into(),
             device: format!("lpv-{name}"),
             size,
+            ublk: false,
         };
         m.volumes.insert(name.into(), v.clone());
         Ok(v)
@@ -562,6 +582,7 @@ impl Dataplane for MemoryDataplane {
             name: name.into(),
             device: format!("lpv-{name}"),
             size,
+            ublk: false,
         };
         m.volumes.insert(name.into(), v.clone());
         if let Some(s) = m.snapshots.get_mut(snapshot) {
@@ -586,6 +607,7 @@ impl Dataplane for MemoryDataplane {
         m.exports.entry(nqn.into()).or_insert_with(|| Export {
             namespaces: BTreeMap::new(),
             cntlid: lightpool_model::migration::CNTLID_LOW,
+            controllers: 0,
         });
         Ok(())
     }
@@ -643,6 +665,7 @@ impl Dataplane for MemoryDataplane {
         let e = m.exports.entry(nqn.into()).or_insert_with(|| Export {
             namespaces: BTreeMap::new(),
             cntlid,
+            controllers: 0,
         });
         if e.cntlid != cntlid {
             return Err(DataplaneError::Mismatch(format!(

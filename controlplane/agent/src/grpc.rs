@@ -217,11 +217,15 @@ impl Dataplane for ApiDataplane {
             })
             .await;
         match r {
-            Ok(v) => Ok(PoolVolume {
-                name: name.into(),
-                device: device(name),
-                size: v.into_inner().size_bytes,
-            }),
+            Ok(v) => {
+                let v = v.into_inner();
+                Ok(PoolVolume {
+                    name: name.into(),
+                    device: device(name),
+                    size: v.size_bytes,
+                    ublk: v.ublk_device.is_some(),
+                })
+            }
             Err(s) if s.code() == Code::AlreadyExists => {
                 Err(DataplaneError::Mismatch(s.message().to_string()))
             }
@@ -243,11 +247,15 @@ impl Dataplane for ApiDataplane {
             })
             .await;
         match r {
-            Ok(v) => Ok(PoolVolume {
-                name: name.into(),
-                device: device(name),
-                size: v.into_inner().size_bytes,
-            }),
+            Ok(v) => {
+                let v = v.into_inner();
+                Ok(PoolVolume {
+                    name: name.into(),
+                    device: device(name),
+                    size: v.size_bytes,
+                    ublk: v.ublk_device.is_some(),
+                })
+            }
             Err(s) if s.code() == Code::ResourceExhausted => {
                 let free = info(&self.ensure_pool().await?).free;
                 let has = self
@@ -367,11 +375,15 @@ impl Dataplane for ApiDataplane {
             })
             .await;
         match r {
-            Ok(v) => Ok(PoolVolume {
-                name: name.into(),
-                device: device(name),
-                size: v.into_inner().size_bytes,
-            }),
+            Ok(v) => {
+                let v = v.into_inner();
+                Ok(PoolVolume {
+                    name: name.into(),
+                    device: device(name),
+                    size: v.size_bytes,
+                    ublk: v.ublk_device.is_some(),
+                })
+            }
             Err(s) if s.code() == Code::AlreadyExists => {
                 Err(DataplaneError::Mismatch(s.message().to_string()))
             }
@@ -397,6 +409,7 @@ impl Dataplane for ApiDataplane {
                 device: device(&v.name),
                 name: v.name,
                 size: v.size_bytes,
+                ublk: v.ublk_device.is_some(),
             })
             .collect())
     }
@@ -421,6 +434,7 @@ impl Dataplane for ApiDataplane {
                     Export {
                         namespaces,
                         cntlid: (s.min_cntlid, s.max_cntlid),
+                        controllers: s.controllers,
                     },
                 )
             })
@@ -619,6 +633,7 @@ fn source_migration(m: pb::Migration) -> SourceMigration {
             elapsed_ms: m.elapsed_ms,
             eta_ms: m.eta_ms,
             pause_us: m.pause_us,
+            throttled: m.throttled,
         },
         error: m.error,
     }

@@ -99,6 +99,9 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// The identity written into the heartbeat Lease (unique per process).
     pub identity: String,
+    /// Where the target listens, when that is not `address:port` (which hosts and
+    /// other nodes are told: a NAT or a proxy in between).
+    pub listen: Option<(String, u16)>,
 }
 
 impl AgentConfig {
@@ -116,6 +119,15 @@ impl AgentConfig {
             layout: PoolLayout::Linear,
             over_commit_percent: 100,
             heartbeat: Duration::from_secs(5),
+            listen: None,
+        }
+    }
+
+    /// The target's own listener.
+    pub fn listen_at(&self) -> (&str, u16) {
+        match &self.listen {
+            Some((a, p)) => (a.as_str(), *p),
+            None => (self.address.as_str(), self.port),
         }
     }
 }
@@ -250,7 +262,9 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
     async fn publish_pool(&self, volumes: &[Volume]) -> Result<(), AgentError> {
         let c = &self.config;
         let info = self.dataplane.pool().await?;
-        self.dataplane.ensure_listener(&c.address, c.port).await?;
+        let (la, lp) = c.listen_at();
+        self.dataplane.ensure_listener(la, lp).await?;
+        let existing = self.store.get::<StoragePool>(&c.pool).await?;
         let want = StoragePool::new(
             &c.pool,
             StoragePoolSpec {
@@ -264,10 +278,11 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
                 layout: c.layout,
                 over_commit_percent: c.over_commit_percent,
                 max_remote_volumes: None,
-                unschedulable: false,
+                // Cordoned by people (`lightpool node drain`, `node cordon`): kept.
+                unschedulable: existing.as_ref().is_some_and(|p| p.spec.unschedulable),
             },
         );
-        let current = match self.store.get::<StoragePool>(&c.pool).await? {
+        let current = match existing {
             Some(p) if p.spec == want.spec => p,
             _ => self.store.apply(&want).await?,
         };

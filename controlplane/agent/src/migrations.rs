@@ -10,7 +10,7 @@
 //! | SetupPipe      | subsystem (same NQN, ANA group 1 inaccessible, the other cntlid half), namespace 1 (same UUID), the pipe subsystem | -- |
 //! | Syncing        | checks its objects are still there            | StartMigration to the pipe; progress; done when synced |
 //! | Switching      | ANA group 1 optimized                         | after the destination: inaccessible   |
-//! | Cleaning       | the pipe goes                                 | StopMigration, subsystem, pool volume go |
+//! | Cleaning       | the pipe goes                                 | StopMigration; once no host is connected (or after `HOST_PATH_WAIT`), subsystem and pool volume go |
 //! | RollingBack    | subsystem, pipe, pool volume go               | StopMigration, ANA optimized          |
 //!
 //! A node that was away when its phase passed does the work when it returns, as
@@ -30,6 +30,9 @@ use crate::{Agent, AgentError, Dataplane, DataplaneError, MigrationStart};
 const NSID: u32 = 1;
 /// The volume's ANA group on every node.
 const ANA_GROUP: u32 = 1;
+/// How long the source waits in Cleaning (from the phase's start) for the hosts
+/// connected to its path to drop it before deleting its subsystem anyway.
+pub const HOST_PATH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Which side of a migration this node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +79,23 @@ pub(crate) fn arriving<'a>(
             m.status
                 .as_ref()
                 .is_some_and(|s| s.phase.is_active() && s.target_node.as_deref() == Some(node))
+        })
+        .map(|m| m.spec.volume.as_str())
+}
+
+/// The volumes an active migration takes from this node: their objects here are the
+/// migration's until its Cleaning removes them (once the hosts let go), not garbage
+/// as soon as the Volume names the destination.
+pub(crate) fn leaving<'a>(
+    migrations: &'a [VolumeMigration],
+    node: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    migrations
+        .iter()
+        .filter(move |m| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| s.phase.is_active() && s.source_node.as_deref() == Some(node))
         })
         .map(|m| m.spec.volume.as_str())
 }
@@ -184,7 +204,19 @@ async fn source<S: Store, D: Dataplane>(
     let dp = &agent.dataplane;
     let nqn = volume_nqn(&m.spec.volume);
     match work {
-        P::CreatingVolume | P::SetupPipe => Ok(Some(Report::Done)),
+        P::CreatingVolume => {
+            // A consumer on this node reads and writes the volume through this
+            // target's ublk export: no path of a host's multipath to move.
+            let name = m.spec.volume.as_str();
+            if dp.volumes().await?.iter().any(|v| v.name == name && v.ublk) {
+                return Err(DataplaneError::Refused(format!(
+                    "volume {name} is staged through ublk on node {} (its consumer runs there and reads the pool directly): a local export cannot follow a migration. Stop the consumer (the volume is unstaged), or stage it over NVMe/TCP (a CSI node plugin without --dataplane-api), then migrate again",
+                    agent.config.node
+                )));
+            }
+            Ok(Some(Report::Done))
+        }
+        P::SetupPipe => Ok(Some(Report::Done)),
         P::Syncing => {
             let (Some(addr), Some(port)) = (&st.destination.address, st.destination.port) else {
                 return Ok(None);
@@ -226,8 +258,28 @@ async fn source<S: Store, D: Dataplane>(
             Ok(Some(Report::Done))
         }
         P::Cleaning => {
-            // The destination serves; the mirror ends, then the source's copy goes.
+            // The destination serves; the mirror ends, then the source's copy goes,
+            // once the consumers' hosts have dropped their path to it (the CSI
+            // follower does when the Volume lists the destination alone): a path
+            // deleted under a host fails there and is retried until dropped.
             dp.stop_migration(&nqn, NSID).await?;
+            let connected = dp.exports().await?.get(&nqn).map_or(0, |e| e.controllers);
+            if connected > 0 {
+                let waited = st
+                    .phase_since
+                    .as_deref()
+                    .and_then(lightpool_store::age_of)
+                    .unwrap_or_default();
+                if waited < HOST_PATH_WAIT {
+                    return Ok(None);
+                }
+                tracing::warn!(
+                    volume = %m.spec.volume,
+                    connected,
+                    "hosts kept their path to the source {}s after the switch: deleting it anyway (their I/O runs on the destination)",
+                    HOST_PATH_WAIT.as_secs()
+                );
+            }
             dp.delete_subsystem(&nqn).await?;
             dp.delete_volume(&m.spec.volume).await?;
             Ok(Some(Report::Done))
@@ -289,8 +341,8 @@ async fn destination<S: Store, D: Dataplane>(
             dp.add_namespace(&nqn, NSID, &device, uuid).await?;
             dp.create_subsystem(&pipe).await?;
             dp.add_namespace(&pipe, NSID, &device, None).await?;
-            dp.ensure_listener(&agent.config.address, agent.config.port)
-                .await?;
+            let (la, lp) = agent.config.listen_at();
+            dp.ensure_listener(la, lp).await?;
             Ok(Some(Report::Done))
         }
         P::Syncing => {

@@ -77,8 +77,9 @@ pub(crate) async fn volumes<S: Store, D: Dataplane>(
             report.volumes.push((name, o));
         }
     }
-    // A volume migrating here is the migration's.
+    // A volume migrating here, or away from here, is the migration's.
     claimed.extend(crate::migrations::arriving(migrations, &agent.config.node).map(String::from));
+    claimed.extend(crate::migrations::leaving(migrations, &agent.config.node).map(String::from));
     // Collect what no Volume placed here claims: a Volume deleted while the agent
     // was away, or a crash between a create and the status write.
     let placed_elsewhere: BTreeSet<&str> = volumes
@@ -306,8 +307,8 @@ async fn make<S: Store, D: Dataplane>(
     // the CSI node finds the device by it.
     dp.add_namespace(nqn, 1, &pv.device, v.metadata.uid.as_deref())
         .await?;
-    dp.ensure_listener(&agent.config.address, agent.config.port)
-        .await?;
+    let (la, lp) = agent.config.listen_at();
+    dp.ensure_listener(la, lp).await?;
     Ok(pv)
 }
 

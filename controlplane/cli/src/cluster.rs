@@ -25,6 +25,7 @@ fn options(a: &StandaloneArgs, data_dir: PathBuf) -> Options {
         node: a.node.clone().unwrap_or_else(hostname),
         address: a.address.clone(),
         port: a.port,
+        advertise: a.advertise.clone(),
         target_binary: target_binary(a),
         target_log: a.target_log.clone(),
         buffered: a.buffered,
@@ -228,6 +229,16 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
                 }
             };
             crate::migrate::run(&store, j, &c).await
+        }
+        Cmd::Node(NodeCmd::Cordon { node }) => {
+            crate::migrate::cordon(&store, node, true).await?;
+            println!("node {node} cordoned: no new volume is placed there (`lightpool node uncordon {node}` undoes it)");
+            Ok(())
+        }
+        Cmd::Node(NodeCmd::Uncordon { node }) => {
+            crate::migrate::cordon(&store, node, false).await?;
+            println!("node {node} is schedulable again");
+            Ok(())
         }
         Cmd::Node(NodeCmd::Drain {
             node,

@@ -160,6 +160,10 @@ pub struct StandaloneArgs {
     /// Its port.
     #[arg(long, default_value_t = 4420)]
     pub port: u16,
+    /// HOST:PORT other nodes and hosts are told to connect to, when they reach this
+    /// node through something in between (a NAT, a proxy); default --address:--port.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_advertise)]
+    pub advertise: Option<(String, u16)>,
     /// The lightpool-target binary; default the one beside lightpool, else $PATH's.
     #[arg(long)]
     pub target_binary: Option<PathBuf>,
@@ -331,8 +335,18 @@ pub enum PoolCmd {
 #[derive(Subcommand, Debug)]
 pub enum NodeCmd {
     List,
-    /// Move every volume off the node (live migrations, the scheduler choosing
-    /// each destination), `--parallel` at a time, with a progress line per change.
+    /// Mark the node unschedulable: no new volume (nor migration) is placed there;
+    /// what it holds stays.
+    Cordon {
+        node: String,
+    },
+    /// Make a cordoned (or drained) node schedulable again.
+    Uncordon {
+        node: String,
+    },
+    /// Cordon the node, then move every volume off it (live migrations, the
+    /// scheduler choosing each destination), `--parallel` at a time, with a progress
+    /// line per change. `lightpool node uncordon` makes it schedulable again.
     Drain {
         node: String,
         /// Migrations at once.
@@ -660,4 +674,19 @@ fn main() {
         eprintln!("lightpool: {e}");
         std::process::exit(1);
     }
+}
+
+/// `HOST:PORT` (an IPv6 host in brackets).
+fn parse_advertise(s: &str) -> Result<(String, u16), String> {
+    let (h, p) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?}: give HOST:PORT"))?;
+    let port = p
+        .parse()
+        .map_err(|_| format!("{s:?}: {p:?} is not a port"))?;
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    if h.is_empty() {
+        return Err(format!("{s:?}: the host is missing"));
+    }
+    Ok((h.to_string(), port))
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use lightpool_model::quantity::human_bytes;
 use lightpool_model::{
-    MigrationPhase, Volume, VolumeMigration, VolumeMigrationSpec, VolumeMigrationStatus,
-    VolumePhase,
+    MigrationPhase, StoragePool, Volume, VolumeMigration, VolumeMigrationSpec,
+    VolumeMigrationStatus, VolumePhase,
 };
 use lightpool_standalone::protocol::RemoteStore;
 use lightpool_store::Store;
@@ -75,6 +75,9 @@ pub fn progress_line(m: &VolumeMigration) -> String {
         ));
         if let Some(eta) = p.eta_ms {
             line.push_str(&format!("  ETA {:.1} s", eta as f64 / 1000.0));
+        }
+        if p.throttled {
+            line.push_str("  writes throttled");
         }
     }
     if let Some(msg) = &st.message {
@@ -298,12 +301,40 @@ pub async fn run(store: &RemoteStore, json: bool, cmd: &MigrateCmd) -> Result<()
 
 /// Moves every volume off `node`, `parallel` at a time, the scheduler choosing
 /// each destination; a line per change. The error names the volumes that stayed.
+/// Marks every pool of `node` unschedulable (`on`) or schedulable again: the
+/// scheduler's filters leave a cordoned pool out of every placement.
+pub async fn cordon(store: &RemoteStore, node: &str, on: bool) -> Result<(), String> {
+    let pools: Vec<StoragePool> = store
+        .list::<StoragePool>()
+        .await
+        .map_err(|e| e.to_string())?
+        .items
+        .into_iter()
+        .filter(|p| p.spec.node.name == node)
+        .collect();
+    if pools.is_empty() {
+        return Err(format!(
+            "there is no node {node} with a pool: `lightpool node list` shows the nodes"
+        ));
+    }
+    for mut p in pools {
+        if p.spec.unschedulable != on {
+            p.spec.unschedulable = on;
+            store.apply(&p).await.map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn drain(
     store: &RemoteStore,
     node: &str,
     parallel: usize,
     wait: u64,
 ) -> Result<(), String> {
+    // First no new volume lands there.
+    cordon(store, node, true).await?;
+    println!("node {node} cordoned: no new volume is placed there (`lightpool node uncordon {node}` undoes it)");
     let vols: Vec<String> = store
         .list::<Volume>()
         .await

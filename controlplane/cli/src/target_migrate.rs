@@ -78,6 +78,9 @@ fn line(m: &pb::Migration) -> String {
     if let Some(e) = m.eta_ms {
         s.push_str(&format!(", about {:.1} s left", e as f64 / 1e3));
     }
+    if m.throttled {
+        s.push_str(", writes throttled");
+    }
     if let Some(p) = m.pause_us {
         s.push_str(&format!(
             ", writes paused {:.2} ms at the switch",

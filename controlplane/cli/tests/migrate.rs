@@ -10,13 +10,13 @@
 //! - node-b's target killed mid-copy (a rate-limited copy): the migration Failed and
 //!   rolled back, node-a serves on, and node-b, restarted, removes what it had made;
 //! - refusals (its own node, an unknown node, no room, snapshots, already migrating)
-//!   say what to change; `node drain` moves every volume off node-a.
+//!   say what to change; `node drain` cordons node-a and moves every volume off it
+//!   (a new volume lands on node-b until `node uncordon`).
 //!
 //! The controller restarted mid-migration is shown over in-memory dataplanes
 //! (`controlplane/controller/tests/migrations.rs`): here node-a's controller runs in
 //! the same process as node-a's target, so restarting one restarts the other.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,79 +26,9 @@ use lightpool_e2e::nvme_host::{pattern, HostController};
 
 mod common;
 use common::standalone::*;
+use common::writes::{verify, writer, NQN};
 
-const NQN: &str = "nqn.2024-01.io.lightpool:volume:v1";
 const PIPE: &str = "nqn.2024-01.io.lightpool:migration:v1";
-
-/// What a writer knows of each block: the last write acknowledged, and one sent
-/// whose answer never came (the connection went).
-#[derive(Default, Clone)]
-struct Written {
-    acked: BTreeMap<u64, u64>,
-    unknown: BTreeMap<u64, u64>,
-    writes: u64,
-}
-
-/// Writes rounds of `lbas` through `addr` until `stop` or the path refuses (ANA
-/// inaccessible) or goes (the subsystem deleted).
-fn writer(
-    addr: SocketAddr,
-    lbas: Vec<u64>,
-    bs: u32,
-    first_gen: u64,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Written> {
-    std::thread::spawn(move || {
-        let mut w = Written::default();
-        let mut h = HostController::connect(addr, NQN, 1).expect("connect the writer");
-        let mut gen = first_gen;
-        'rounds: while !stop.load(Ordering::Relaxed) {
-            for chunk in lbas.chunks(16) {
-                let blocks: Vec<(u64, u64)> = chunk.iter().map(|l| (*l, gen)).collect();
-                match h.io[0].write_blocks(1, &blocks, bs) {
-                    Ok(ok) => {
-                        for ((lba, _), ok) in blocks.iter().zip(&ok) {
-                            if *ok {
-                                w.acked.insert(*lba, gen);
-                                w.writes += 1;
-                            }
-                        }
-                        if ok.iter().any(|x| !x) {
-                            break 'rounds;
-                        }
-                    }
-                    Err(_) => {
-                        for (lba, _) in &blocks {
-                            w.unknown.insert(*lba, gen);
-                        }
-                        break 'rounds;
-                    }
-                }
-            }
-            gen += 1;
-        }
-        w
-    })
-}
-
-/// Every block read through `addr` holds its last acknowledged write (or the one
-/// whose answer was lost).
-fn verify(addr: SocketAddr, w: &Written, bs: u32, what: &str) {
-    let mut h = HostController::connect(addr, NQN, 1).expect("connect the reader");
-    let lbas: Vec<u64> = w.acked.keys().copied().collect();
-    assert!(!lbas.is_empty(), "{what}: nothing was written");
-    for chunk in lbas.chunks(16) {
-        let got = h.io[0].read_blocks(1, chunk, bs).expect("read back");
-        for (lba, data) in chunk.iter().zip(got) {
-            let gen = w.acked[lba];
-            let ok = data == pattern(*lba, gen, bs as usize)
-                || w.unknown
-                    .get(lba)
-                    .is_some_and(|g| data == pattern(*lba, *g, bs as usize));
-            assert!(ok, "{what}: LBA {lba} does not hold write {gen}");
-        }
-    }
-}
 
 fn block_size(s: &Setup) -> u32 {
     s.target_json("a", &["pool", "list"])
@@ -344,5 +274,33 @@ fn a_volume_moves_between_two_real_nodes_under_writes() {
         !s.target_volumes("a").contains("node/v"),
         "{}",
         s.target_volumes("a")
+    );
+    // The drain cordoned node-a: a volume its consumer would have there lands
+    // elsewhere, until it is uncordoned.
+    assert!(out.contains("node node-a cordoned"), "{out}");
+    s.ok(&[
+        "volume",
+        "create",
+        "v3",
+        "--size",
+        "16MiB",
+        "--consumer",
+        "node-a",
+    ]);
+    assert_eq!(s.node_of("v3"), "node-b", "a cordoned node takes nothing");
+    s.ok(&["node", "uncordon", "node-a"]);
+    s.ok(&[
+        "volume",
+        "create",
+        "v4",
+        "--size",
+        "16MiB",
+        "--consumer",
+        "node-a",
+    ]);
+    assert_eq!(
+        s.node_of("v4"),
+        "node-a",
+        "uncordoned, it takes volumes again"
     );
 }

@@ -4,7 +4,8 @@
 //! every phase and back; a controller restarted in Syncing resumes; a destination
 //! that dies mid-copy rolls back and keeps nothing; a cancel rolls back; a source
 //! that dies after the switch is not a failure (and deletes its copy when back);
-//! each refusal says what to change. (The same flow against two real targets is in
+//! each refusal says what to change; the source keeps its subsystem in Cleaning
+//! until no host is connected to it; a volume staged through ublk is refused. (The same flow against two real targets is in
 //! `controlplane/cli/tests/migrate.rs`.)
 
 use std::time::Duration;
@@ -544,6 +545,61 @@ async fn refusals_say_what_to_change<S: Store>(s: S) {
     );
 }
 
+async fn the_source_keeps_its_path_until_the_hosts_dropped_it<S: Store>(s: S) {
+    let mut c = cluster(s);
+    c.controller = controller(&c.store);
+    c.seconds(1).await;
+    c.store
+        .apply(&Volume::new("db", spec(30, Provisioning::Thick)))
+        .await
+        .unwrap();
+    c.seconds(2).await;
+    c.migrate("m1", "db", Some("node-b")).await;
+    c.until_phase("m1", MigrationPhase::Syncing).await;
+    // A host is connected to node-a's path.
+    let nqn = volume_nqn("db");
+    c.dp(0).set_controllers(&nqn, 1);
+    assert!(c.dp(0).nqns().contains(&nqn), "{:?}", c.dp(0).nqns());
+    c.until_phase("m1", MigrationPhase::Cleaning).await;
+    // The Volume lists node-b alone (the host's follower drops node-a's path on
+    // that); until it has, node-a keeps its subsystem and the phase waits.
+    assert_eq!(c.vstatus("db").await.node.as_deref(), Some("node-b"));
+    c.seconds(5).await;
+    let st = c.mstatus("m1").await;
+    assert_eq!(st.phase, MigrationPhase::Cleaning, "{st:?}");
+    assert!(c.dp(0).nqns().contains(&nqn), "{:?}", c.dp(0).nqns());
+    c.dp(0).set_controllers(&nqn, 0);
+    assert_eq!(
+        c.until_final("m1").await.last(),
+        Some(&MigrationPhase::Succeeded)
+    );
+    nothing_of(c.dp(0), "db").await;
+}
+
+async fn a_volume_staged_through_ublk_is_refused<S: Store>(s: S) {
+    let mut c = cluster(s);
+    c.controller = controller(&c.store);
+    c.seconds(1).await;
+    c.store
+        .apply(&Volume::new("db", spec(30, Provisioning::Thick)))
+        .await
+        .unwrap();
+    c.seconds(2).await;
+    c.dp(0).set_ublk("db", true);
+    c.migrate("m1", "db", Some("node-b")).await;
+    let phases = c.until_final("m1").await;
+    assert_eq!(phases.last(), Some(&MigrationPhase::Failed), "{phases:?}");
+    let st = c.mstatus("m1").await;
+    let msg = st.message.unwrap_or_default();
+    assert!(
+        msg.contains("staged through ublk on node node-a")
+            && msg.contains("stage it over NVMe/TCP"),
+        "{msg}"
+    );
+    assert_eq!(c.vstatus("db").await.node.as_deref(), Some("node-a"));
+    nothing_of(c.dp(1), "db").await;
+}
+
 macro_rules! on_both_stores {
     ($($case:ident),*) => {
         mod on_embedded {
@@ -567,5 +623,7 @@ on_both_stores!(
     a_destination_that_dies_mid_copy_rolls_back_and_keeps_nothing,
     a_cancel_before_the_switch_rolls_back,
     a_source_that_dies_after_the_switch_is_not_a_failure,
-    refusals_say_what_to_change
+    refusals_say_what_to_change,
+    the_source_keeps_its_path_until_the_hosts_dropped_it,
+    a_volume_staged_through_ublk_is_refused
 );

@@ -181,6 +181,9 @@ pub struct MigrationProgress {
     /// How long writes were held at the final pause.
     #[serde(default)]
     pub pause_us: Option<u64>,
+    /// New writes are slowed down: the copy did not converge.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub throttled: bool,
 }
 
 /// What one node's agent reports of its side.

@@ -67,6 +67,9 @@ pub struct Options {
     pub address: String,
     /// Its port.
     pub port: u16,
+    /// The address and port other nodes and hosts are told, when they reach this
+    /// node through something in between (a NAT, a proxy); default `address:port`.
+    pub advertise: Option<(String, u16)>,
     /// The `lightpool-target` binary.
     pub target_binary: PathBuf,
     /// Its log filter.
@@ -206,7 +209,14 @@ pub async fn run_node<S: Store>(
     let d = &o.data_dir;
     std::fs::create_dir_all(d).map_err(io(d.display().to_string()))?;
     let (mut child, channel) = start_target(o).await?;
-    let mut cfg = AgentConfig::new(&o.node, &o.address, o.port);
+    let (addr, port) = o
+        .advertise
+        .clone()
+        .unwrap_or_else(|| (o.address.clone(), o.port));
+    let mut cfg = AgentConfig::new(&o.node, &addr, port);
+    if o.advertise.is_some() {
+        cfg.listen = Some((o.address.clone(), o.port));
+    }
     cfg.identity = format!("{}-{}", o.node, std::process::id());
     // The node's pool: one of the target's own, made through its API on first use.
     let mut dataplane = ApiDataplane::new(channel, d.join("pool"), o.pool_size)?

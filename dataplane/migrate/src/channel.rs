@@ -1,6 +1,6 @@
 //! The mirror's channel: reads from the source, writes to both devices (completing
-//! once both have), writes held during the final pause, and the check that dirties a
-//! region a write raced the copier on.
+//! once both have), writes held during the final pause or paced by the writer
+//! throttle, and the check that dirties a region a write raced the copier on.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::*;
@@ -37,6 +37,8 @@ pub(crate) struct MirrorChannel {
     free: Vec<u32>,
     /// Writes that arrived during the final pause.
     held: VecDeque<IoRequest>,
+    /// Throttled writes and when (the shared clock's time) each may go.
+    delayed: VecDeque<(u64, IoRequest)>,
     done: VecDeque<(u64, IoStatus)>,
     /// Inner completions of one poll.
     events: Vec<(u64, IoStatus, bool)>,
@@ -65,6 +67,7 @@ impl MirrorChannel {
             slots: Vec::with_capacity(256),
             free: Vec::with_capacity(256),
             held: VecDeque::with_capacity(256),
+            delayed: VecDeque::with_capacity(256),
             done: VecDeque::with_capacity(256),
             events: Vec::with_capacity(256),
         })
@@ -83,13 +86,22 @@ impl MirrorChannel {
         }
     }
 
+    /// `paced`: a throttled write whose time has come.
+    ///
     /// # Safety
     /// As [`IoChannel::submit`].
-    unsafe fn start(&mut self, req: IoRequest) {
+    unsafe fn start(&mut self, req: IoRequest, paced: bool) {
         // A field borrow, not a clone: no reference count touched per request.
         let sh = &*self.sh;
         let write = writes(req.op);
         let mirror = (write || req.op == IoOp::Flush) && sh.active() && self.dst.is_some();
+        if write && mirror && !paced && req.op == IoOp::Write {
+            let bytes = u64::from(req.num_blocks) * (sh.opts.region_bytes / sh.region_blocks);
+            if let Some(at) = sh.throttle_slot(bytes) {
+                self.delayed.push_back((at, req));
+                return;
+            }
+        }
         if write && mirror {
             // Counted before the pause is looked at: the copier, which sets the pause
             // and then waits for this count to drain, sees this write or this write
@@ -164,7 +176,7 @@ impl MirrorChannel {
 impl IoChannel for MirrorChannel {
     unsafe fn submit(&mut self, req: IoRequest) {
         // SAFETY: the caller's contract, passed on.
-        unsafe { self.start(req) }
+        unsafe { self.start(req, false) }
     }
 
     /// Reads come from the source: its reads by reference are passed on.
@@ -177,7 +189,17 @@ impl IoChannel for MirrorChannel {
             for _ in 0..self.held.len() {
                 if let Some(r) = self.held.pop_front() {
                     // SAFETY: held requests keep the contract they were submitted with.
-                    unsafe { self.start(r) };
+                    unsafe { self.start(r, true) };
+                }
+            }
+        }
+        if !self.delayed.is_empty() {
+            let now = self.sh.now_ns();
+            // Slots are taken in order: the first not due ends the walk.
+            while self.delayed.front().is_some_and(|(at, _)| *at <= now) {
+                if let Some((_, r)) = self.delayed.pop_front() {
+                    // SAFETY: delayed requests keep the contract they were submitted with.
+                    unsafe { self.start(r, true) };
                 }
             }
         }
@@ -199,6 +221,6 @@ impl IoChannel for MirrorChannel {
     }
 
     fn in_flight(&self) -> usize {
-        self.slots.len() - self.free.len() + self.held.len() + self.done.len()
+        self.slots.len() - self.free.len() + self.held.len() + self.delayed.len() + self.done.len()
     }
 }

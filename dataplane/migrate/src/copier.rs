@@ -105,6 +105,7 @@ impl Copier<'_> {
     fn stopped(&self) -> bool {
         if self.sh.cancel.load(Acquire) && self.sh.active() {
             self.sh.set_state(State::Cancelled);
+            self.sh.throttle(0);
             self.sh.paused.store(false, SeqCst);
         }
         !self.sh.active()
@@ -128,6 +129,7 @@ impl Copier<'_> {
     /// nothing is, lets the writes go.
     fn final_pause(&mut self) {
         let sh = self.sh;
+        sh.throttle(0);
         sh.set_state(State::Pausing);
         let t = Instant::now();
         sh.paused.store(true, SeqCst);
@@ -179,6 +181,10 @@ pub(crate) fn run(sh: &Shared) {
         }
         sh.uncopied.fetch_sub(1, AcqRel);
     }
+    // Convergence: the fewest dirty bytes after a round so far, the rounds since,
+    // and the writer throttle's rate (0: off).
+    let (mut best, mut stale, mut rate) = (u64::MAX, 0u32, 0u64);
+    let (mut t, mut copied) = (c.t0, 0u64);
     loop {
         let dirty = sh.dirty_regions() * sh.region_bytes();
         let round = sh.round.load(Acquire);
@@ -189,9 +195,36 @@ pub(crate) fn run(sh: &Shared) {
             }
             return;
         }
+        if dirty < best {
+            (best, stale) = (dirty, 0);
+        } else {
+            stale += 1;
+        }
+        if sh.opts.throttle_after > 0 && stale >= sh.opts.throttle_after {
+            // Writes race the copy faster than it copies: slow them to half the
+            // copy's rate of the last round, then half of that each time it still
+            // does not converge.
+            let secs = t.elapsed().as_secs_f64().max(1e-6);
+            let copy_rate = ((c.bytes - copied) as f64 / secs) as u64;
+            rate = if rate == 0 { copy_rate / 2 } else { rate / 2 }.max(MIN_THROTTLE);
+            sh.throttle(rate);
+            tracing::info!(
+                round,
+                dirty,
+                rate,
+                "the copy does not converge: writes throttled"
+            );
+            stale = 0;
+        }
+        (t, copied) = (Instant::now(), c.bytes);
         sh.round.fetch_add(1, AcqRel);
         if !c.round() {
+            sh.throttle(0);
             return;
         }
     }
 }
+
+/// The writer throttle's lowest rate, bytes per second (below it, `max_write_delay`
+/// bounds each write's wait anyway).
+const MIN_THROTTLE: u64 = 64 << 10;

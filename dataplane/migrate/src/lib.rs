@@ -20,6 +20,13 @@
 //!   the mirror (state [`State::Synced`]). The pause is measured and reported.
 //! - A copy rate limit (bytes per second) bounds what the copy takes from the volume's
 //!   own I/O.
+//! - Writer throttle: when the dirty bytes have not shrunk for `throttle_after`
+//!   rounds (writes keep racing the copy), new mirrored writes are paced to half the
+//!   copy's rate of the round before, halved again each round that still does not
+//!   shrink, until the copy converges (QEMU's auto-converge). Pacing is one shared
+//!   clock (an atomic, no lock): each write takes its slot on it and waits in its
+//!   channel until then, never longer than `max_write_delay`. The progress says
+//!   whether writes are throttled; the final pause lifts it.
 //! - Failure: a destination error (a mirrored write or a copy) fails the migration
 //!   ([`State::Failed`], with the reason); the source keeps serving and every host
 //!   write still completes with the source's status. [`Migration::cancel`] stops the
@@ -92,6 +99,10 @@ pub struct MigrateOptions {
     /// Longest wait for the writes in flight at the pause before the migration fails
     /// (writes are let go again).
     pub drain_timeout: Duration,
+    /// Rounds without fewer dirty bytes before new writes are throttled (0: never).
+    pub throttle_after: u32,
+    /// The longest a throttled write is held back.
+    pub max_write_delay: Duration,
 }
 
 impl Default for MigrateOptions {
@@ -102,6 +113,8 @@ impl Default for MigrateOptions {
             max_rounds: 16,
             final_dirty_bytes: 8 << 20,
             drain_timeout: Duration::from_secs(10),
+            throttle_after: 2,
+            max_write_delay: Duration::from_millis(10),
         }
     }
 }
@@ -123,6 +136,8 @@ pub struct Progress {
     /// At the copy rate so far, until the dirty bytes are copied.
     pub eta: Option<Duration>,
     pub error: Option<String>,
+    /// New writes are slowed down: the copy did not converge.
+    pub throttled: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +172,11 @@ pub(crate) struct Shared {
     pub(crate) error: Mutex<Option<String>>,
     pub(crate) pause: Mutex<Option<Duration>>,
     pub(crate) started: Instant,
+    /// Writer throttle: nanoseconds of the shared clock each KiB written takes
+    /// (0: not throttled).
+    pub(crate) throttle_ns_per_kib: AtomicU64,
+    /// The shared clock: nanoseconds since `started` from which the next write may go.
+    pub(crate) throttle_next: AtomicU64,
 }
 
 impl Shared {
@@ -176,6 +196,7 @@ impl Shared {
             *e = Some(why);
         }
         drop(e);
+        self.throttle(0);
         self.set_state(State::Failed);
         self.paused.store(false, Release);
     }
@@ -210,6 +231,44 @@ impl Shared {
 
     pub(crate) fn region_bytes(&self) -> u64 {
         self.opts.region_bytes
+    }
+
+    /// Nanoseconds since the migration started.
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    /// A throttled write of `bytes` takes its slot on the shared clock: when (in
+    /// [`Shared::now_ns`] time) it may go; `None` when writes are not throttled or it
+    /// may go now.
+    pub(crate) fn throttle_slot(&self, bytes: u64) -> Option<u64> {
+        let per_kib = self.throttle_ns_per_kib.load(Relaxed);
+        if per_kib == 0 {
+            return None;
+        }
+        let now = self.now_ns();
+        let cost = bytes.saturating_mul(per_kib) / 1024;
+        let max = self.opts.max_write_delay.as_nanos() as u64;
+        let mut next = self.throttle_next.load(Relaxed);
+        loop {
+            // Its slot: after the last one taken, never further than the bound.
+            let start = next.max(now).min(now + max);
+            match self
+                .throttle_next
+                .compare_exchange_weak(next, start + cost, AcqRel, Relaxed)
+            {
+                Ok(_) => return (start > now).then_some(start),
+                Err(n) => next = n,
+            }
+        }
+    }
+
+    /// Throttles new writes to `bytes_per_s` (0: no more).
+    pub(crate) fn throttle(&self, bytes_per_s: u64) {
+        let per_kib = (1_000_000_000u64 * 1024)
+            .checked_div(bytes_per_s)
+            .map_or(0, |n| n.max(1));
+        self.throttle_ns_per_kib.store(per_kib, Release);
     }
 }
 
@@ -296,6 +355,8 @@ impl Migration {
             error: Mutex::new(None),
             pause: Mutex::new(None),
             started: Instant::now(),
+            throttle_ns_per_kib: AtomicU64::new(0),
+            throttle_next: AtomicU64::new(0),
             opts,
         });
         let info = BdevInfo {
@@ -356,6 +417,7 @@ impl Migration {
             eta: (rate > 0.0 && matches!(state, State::Copying | State::Pausing))
                 .then(|| Duration::from_secs_f64(dirty as f64 / rate)),
             error: sh.error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            throttled: sh.throttle_ns_per_kib.load(Acquire) != 0,
         }
     }
 

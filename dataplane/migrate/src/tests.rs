@@ -1,6 +1,7 @@
 //! The copy engine over RAM devices: writers racing the copier on small regions end
-//! with the destination identical to the source; a destination that fails, a cancel,
-//! a rate limit, and bad pairs of devices.
+//! with the destination identical to the source; a writer on a hot region converges
+//! under the writer throttle, whose pacing and bound are checked on their own; a
+//! destination that fails, a cancel, a rate limit, and bad pairs of devices.
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
@@ -90,12 +91,17 @@ fn small_regions() -> MigrateOptions {
 /// the window in which a host write can land on both devices between the two.
 struct SlowReads {
     inner: Arc<dyn Bdev>,
+    delay: Duration,
+    /// Which requests are slow (reads, or writes for a device whose writes are).
+    op: IoOp,
 }
 
 struct SlowReadsChannel {
     inner: Box<dyn IoChannel>,
     reads: std::collections::HashSet<u64>,
     held: Vec<(u64, IoStatus, Instant)>,
+    delay: Duration,
+    op: IoOp,
 }
 
 impl Bdev for SlowReads {
@@ -110,23 +116,25 @@ impl Bdev for SlowReads {
             inner: self.inner.open_channel()?,
             reads: Default::default(),
             held: Vec::new(),
+            delay: self.delay,
+            op: self.op,
         }))
     }
 }
 
 impl IoChannel for SlowReadsChannel {
     unsafe fn submit(&mut self, req: IoRequest) {
-        if req.op == IoOp::Read {
+        if req.op == self.op {
             self.reads.insert(req.tag);
         }
         // SAFETY: passed on.
         unsafe { self.inner.submit(req) }
     }
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
-        let (reads, held) = (&mut self.reads, &mut self.held);
+        let (reads, held, delay) = (&mut self.reads, &mut self.held, self.delay);
         let mut n = self.inner.poll(&mut |t, st| {
             if reads.remove(&t) {
-                held.push((t, st, Instant::now() + Duration::from_micros(300)));
+                held.push((t, st, Instant::now() + delay));
             } else {
                 done(t, st);
             }
@@ -152,6 +160,8 @@ impl IoChannel for SlowReadsChannel {
 fn writes_racing_the_copy_leave_the_destination_identical() {
     let src: Arc<dyn Bdev> = Arc::new(SlowReads {
         inner: ram("mig-src", 32 * MIB),
+        delay: Duration::from_micros(300),
+        op: IoOp::Read,
     });
     // Data before the migration starts.
     {
@@ -194,6 +204,124 @@ fn writes_racing_the_copy_leave_the_destination_identical() {
         contents(src.as_ref()) == contents(dst.as_ref()),
         "the destination differs from the source"
     );
+}
+
+#[test]
+fn a_writer_faster_than_the_copy_is_throttled_until_it_converges() {
+    // Every write lands in the first 256 KiB (4 regions of 64 KiB), whose copies take
+    // 2 ms each: writes race nearly every one of them, round after round (unthrottled,
+    // the dirty bytes reach the final pause's threshold of none only when the writers
+    // happen to be off the CPU for a whole round). With the throttle the copy
+    // converges by itself, far below the round limit.
+    let src: Arc<dyn Bdev> = Arc::new(SlowReads {
+        inner: ram("mig-hot-src", 8 * MIB),
+        delay: Duration::from_millis(2),
+        op: IoOp::Read,
+    });
+    let dst = ram("mig-hot-dst", 8 * MIB);
+    let opts = MigrateOptions {
+        region_bytes: 64 << 10,
+        final_dirty_bytes: 0,
+        max_rounds: 100_000,
+        throttle_after: 2,
+        max_write_delay: Duration::from_millis(50),
+        ..MigrateOptions::default()
+    };
+    let (m, mirror) = Migration::prepare("hot", src.clone(), dst.clone(), opts).expect("prepare");
+    let stop = Arc::new(AtomicBool::new(false));
+    let hot = (256 << 10) / u64::from(BS);
+    let writers: Vec<_> = (0..2)
+        .map(|k| {
+            let d: Arc<dyn Bdev> = mirror.clone();
+            let s = stop.clone();
+            std::thread::spawn(move || writer(d, hot, 0x5eed + k, s))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(20));
+    m.go().expect("go");
+    let t = Instant::now();
+    let p = loop {
+        let p = m.progress();
+        if p.state != State::Copying && p.state != State::Pausing {
+            break p;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no convergence: {p:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(p.state, State::Synced, "{p:?}");
+    assert!(p.round < 100_000, "converged by itself: {p:?}");
+    assert!(!p.throttled, "the throttle is lifted once synced: {p:?}");
+    stop.store(true, SeqCst);
+    let written: u64 = writers.into_iter().map(|w| w.join().expect("writer")).sum();
+    assert!(written > 100, "the writers wrote: {written}");
+    assert!(
+        contents(src.as_ref()) == contents(dst.as_ref()),
+        "the destination differs from the source"
+    );
+}
+
+#[test]
+fn throttled_writes_are_paced_and_each_waits_at_most_the_bound() {
+    let src = ram("mig-pace-src", 4 * MIB);
+    let dst = ram("mig-pace-dst", 4 * MIB);
+    let opts = MigrateOptions {
+        max_write_delay: Duration::from_millis(20),
+        ..MigrateOptions::default()
+    };
+    // No copy: the mirror alone, with the throttle the copier would set.
+    let (m, mirror) = Migration::prepare("pace", src, dst, opts).expect("prepare");
+    // 4 MiB/s: a 4 KiB write every millisecond.
+    m.sh.throttle(4 << 20);
+    assert!(m.progress().throttled);
+    let mut ch = mirror.open_channel().expect("channel");
+    let bufs: Vec<AlignedBuf> = (0..32).map(|_| AlignedBuf::new(4096)).collect();
+    // One at a time: paced to the rate.
+    let t = Instant::now();
+    for i in 0..40u64 {
+        let st = write(ch.as_mut(), BS, i * 8, &pattern(BS, i * 8, 8, 1));
+        assert_eq!(st, IoStatus::Success);
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(38),
+        "40 writes at one a millisecond took {:?}",
+        t.elapsed()
+    );
+    // 32 at once: the first go at once, the last wait the bound, not 32 ms.
+    let t = Instant::now();
+    for (i, b) in bufs.iter().enumerate() {
+        let req = IoRequest::rw(IoOp::Write, i as u64 * 8, 8, b.ptr(), 4096, i as u64);
+        // SAFETY: `bufs` outlives the completions, all polled below.
+        unsafe { ch.submit(req) };
+    }
+    let mut done = 0;
+    while done < 32 {
+        ch.poll(&mut |_, st| {
+            assert_eq!(st, IoStatus::Success);
+            done += 1;
+        });
+    }
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(19),
+        "the burst waited the bound: {took:?}"
+    );
+    // However far behind the clock is, no slot lies beyond the bound.
+    let bound = Duration::from_millis(20).as_nanos() as u64;
+    let mut waits = 0;
+    for _ in 0..100 {
+        if let Some(at) = m.sh.throttle_slot(1 << 20) {
+            assert!(at <= m.sh.now_ns() + bound);
+            waits += 1;
+        }
+    }
+    assert!(waits >= 99, "1 MiB writes at 4 MiB/s wait: {waits}");
+    // Lifted: nothing waits.
+    m.sh.throttle(0);
+    assert!(!m.progress().throttled);
+    assert_eq!(m.sh.throttle_slot(1 << 20), None);
 }
 
 /// A RAM device whose writes fail once `fail` is set.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod standalone;
+pub mod writes;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

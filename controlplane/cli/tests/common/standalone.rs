@@ -4,7 +4,7 @@
 //! agent`: an agent and its target joining node-a's store), each a process of
 //! ours killed when dropped, and `lightpool` run against them.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -134,22 +134,33 @@ impl Setup {
     }
 
     pub fn agent(&self, port: u16) -> Proc {
-        let child = Command::new(lightpool())
-            .arg("--data-dir")
+        self.agent_as("b", port, None)
+    }
+
+    /// Node `node-NAME` (its directory NAME) on `port`, telling the others to reach
+    /// it at `advertise` when given (a shim in between).
+    pub fn agent_as(&self, name: &str, port: u16, advertise: Option<SocketAddr>) -> Proc {
+        let mut cmd = Command::new(lightpool());
+        cmd.arg("--data-dir")
             .arg(self.dir.join("a"))
-            .args(["agent", "--node", "node-b", "--pool-size", "1GiB", "--port"])
+            .args(["agent", "--node", &format!("node-{name}")])
+            .args(["--pool-size", "1GiB", "--port"])
             .arg(port.to_string())
             .arg("--node-dir")
-            .arg(self.dir.join("b"))
+            .arg(self.dir.join(name))
             .arg("--target-binary")
-            .arg(target_bin())
+            .arg(target_bin());
+        if let Some(a) = advertise {
+            cmd.arg("--advertise").arg(a.to_string());
+        }
+        let child = cmd
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join("b.err")).unwrap())
+            .stderr(std::fs::File::create(self.dir.join(format!("{name}.err"))).unwrap())
             .spawn()
             .unwrap();
         Proc {
             child,
-            target_api: self.dir.join("b/target.api.sock"),
+            target_api: self.dir.join(name).join("target.api.sock"),
         }
     }
 

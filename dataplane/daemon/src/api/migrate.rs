@@ -27,6 +27,7 @@ fn msg(e: &Entry, p: Progress) -> pb::Migration {
         elapsed_ms: p.elapsed.as_millis() as u64,
         eta_ms: p.eta.map(|d| d.as_millis() as u64),
         error: p.error,
+        throttled: p.throttled,
     }
 }
 
