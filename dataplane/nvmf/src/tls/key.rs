@@ -49,7 +49,7 @@ impl PskHash {
         }
     }
 
-    pub fn len(self) -> usize {
+    pub fn key_len(self) -> usize {
         self.hash().digest_len()
     }
 
@@ -179,10 +179,10 @@ impl ConfiguredPsk {
         if key.len() != 32 && key.len() != 48 {
             return Err(PskError::Length(key.len()));
         }
-        if let Some(h) = transform.filter(|h| h.len() != key.len()) {
+        if let Some(h) = transform.filter(|h| h.key_len() != key.len()) {
             return Err(PskError::HashLength {
                 hash: h.name(),
-                want: h.len(),
+                want: h.key_len(),
                 got: key.len(),
             });
         }
@@ -258,7 +258,7 @@ impl ConfiguredPsk {
             }
             IdentityVersion::V1 => {
                 // derive_psk_digest: HMAC(retained, "hostnqn subnqn NVMe-over-Fabrics").
-                let mut mac = Zeroizing::new(vec![0u8; hash.len()]);
+                let mut mac = Zeroizing::new(vec![0u8; hash.key_len()]);
                 hash.hash().hmac(
                     &retained,
                     &[
@@ -270,7 +270,7 @@ impl ConfiguredPsk {
                     ],
                     &mut mac,
                 );
-                let digest = STANDARD.encode(&mac[..hash.len().min(n)]);
+                let digest = STANDARD.encode(&mac[..hash.key_len().min(n)]);
                 let id = format!("NVMe1R{:02} {hostnqn} {subnqn} {digest}", hash.id());
                 (id, format!("{:02} {digest}", hash.id()))
             }
