@@ -45,6 +45,8 @@ pub struct ConnectOptions {
     pub kato_ms: u32,
     /// Limit for connecting and for each admin command.
     pub timeout: Duration,
+    /// NVMe/TCP in TLS 1.3 with this PSK (every queue); `None`: plain.
+    pub tls: Option<crate::HostTls>,
 }
 
 /// What Identify Controller and the registers told us.
@@ -106,7 +108,14 @@ impl Controller {
             in_capsule_max: ADMIN_IN_CAPSULE,
             force_r2t: false,
         };
-        let mut admin = Qpair::connect(opts.addr, opts.hdgst, opts.ddgst, cfg, opts.timeout)?;
+        let mut admin = Qpair::connect_tls(
+            opts.addr,
+            opts.tls.as_ref(),
+            opts.hdgst,
+            opts.ddgst,
+            cfg,
+            opts.timeout,
+        )?;
         let cntlid = admin.fabric_connect(
             0,
             ADMIN_ENTRIES,
@@ -394,8 +403,9 @@ impl Controller {
             )));
         }
         cfg.in_capsule_max = self.info.in_capsule_max;
-        let mut q = Qpair::connect(
+        let mut q = Qpair::connect_tls(
             self.opts.addr,
+            self.opts.tls.as_ref(),
             self.opts.hdgst,
             self.opts.ddgst,
             cfg,

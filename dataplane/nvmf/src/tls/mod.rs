@@ -6,12 +6,15 @@
 //! `derive_psk_digest`, `gen_tls_identity`, `derive_tls_key`, and their `_compat`
 //! forms, which older nvme-cli releases used and `--compat` still selects).
 //!
-//! No I/O and nothing from a TLS library: a transport turns [`TlsPsk`]s into what its
-//! TLS library takes. None of this is on the I/O path.
+//! [`Keyring`]: the PSKs a target holds per (host, subsystem) and the per-listener
+//! [`Secure`] setting. No I/O and nothing from a TLS library: a transport turns
+//! [`TlsPsk`]s into what its TLS library takes. None of this is on the I/O path.
 
 mod key;
+mod keyring;
 
 pub use key::{ConfiguredPsk, Derivation, IdentityVersion, PskError, PskHash, TlsPsk};
+pub use keyring::{Found, Keyring, Secure};
 
 #[cfg(test)]
 mod tests;
