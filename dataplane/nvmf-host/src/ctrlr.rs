@@ -86,6 +86,11 @@ pub struct DiscoveredSubsystem {
     pub subtype: u8,
     pub traddr: String,
     pub trsvcid: String,
+    /// Transport requirements (TREQ): bits 1:0 say whether a secure channel is
+    /// required (1), not required (2) or not specified (0).
+    pub treq: u8,
+    /// NVMe/TCP security type (TSAS SECTYPE): 0 none, 2 TLS 1.3.
+    pub sectype: u8,
 }
 
 /// A live controller: its admin queue and what it told us.
@@ -477,6 +482,8 @@ impl Controller {
                     adrfam: e.adrfam,
                     subtype: e.subtype,
                     traddr: e.traddr_str().to_string(),
+                    treq: e.treq,
+                    sectype: e.tsas[0],
                     trsvcid: e.trsvcid_str().to_string(),
                 })
                 .collect());

@@ -471,7 +471,9 @@ impl TlsStream {
             Some(Offered {
                 identity: Some(id),
                 known: false,
-            }) => format!("no TLS PSK is configured for the identity {id:?} ({lib})"),
+            // (OpenSSL then looks for a certificate to sign with, and says it has none:
+            // not worth repeating.)
+            }) => format!("no TLS PSK is configured for the identity {id:?}"),
             Some(Offered {
                 identity: Some(id),
                 known: true,
