@@ -26,8 +26,9 @@ SELF=$REPO/tests/vm/setup.sh
 # Packages the host needs. kmod: depmod; libc-bin: ldd.
 # e2fsprogs, xfsprogs, util-linux: the file systems the CSI node plugin makes (and
 # blkid, which it asks first).
+# openssl: s_client, the NVMe/TCP TLS handshake peer of the daemon's TLS test.
 HOST_PKGS=(qemu-system-x86 busybox-static cpio xz-utils nvme-cli fio kmod libc-bin iproute2
-    e2fsprogs xfsprogs util-linux)
+    e2fsprogs xfsprogs util-linux openssl)
 
 # Modules the guest loads, by name as modprobe knows them; their dependencies
 # come from modules.dep. A name that is built into the kernel is skipped.
@@ -49,6 +50,8 @@ GUEST_MODULES=(
     xfs
     # the local path: a pool volume served to the guest's kernel as /dev/ublkbN
     ublk_drv
+    # kernel TLS (the tls ULP): NVMe/TCP TLS records in the kernel
+    tls
 )
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }

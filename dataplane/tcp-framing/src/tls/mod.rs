@@ -332,6 +332,31 @@ pub fn client_context(suite: Suite) -> Result<SslContext, TlsError> {
     Ok(b.build())
 }
 
+/// `psk` as a PEM session file (`-----BEGIN SSL SESSION PARAMETERS-----`), what
+/// `openssl s_client -psk_session FILE -psk_identity ID` offers as an external PSK.
+/// s_client's `-psk HEX` always makes a SHA-256 session; a SHA-384 PSK
+/// (TLS_AES_256_GCM_SHA384) can be given to it only this way.
+pub fn psk_session_pem(psk: &Psk) -> Result<String, TlsError> {
+    use foreign_types::ForeignType;
+    let ctx = client_context(psk.suite)?;
+    let ssl = Ssl::new(&ctx)?;
+    // SAFETY: `ssl` is a live handle for the whole call.
+    let sess = unsafe { psk_session(ssl.as_ptr(), psk) };
+    if sess.is_null() {
+        return Err(TlsError::Setup(ErrorStack::get()));
+    }
+    // SAFETY: `sess` is a new session this function owns; SslSession frees it.
+    let sess = unsafe { openssl::ssl::SslSession::from_ptr(sess) };
+    let b64 = openssl::base64::encode_block(&sess.to_der()?);
+    let mut pem = String::from("-----BEGIN SSL SESSION PARAMETERS-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END SSL SESSION PARAMETERS-----\n");
+    Ok(pem)
+}
+
 /// The socket as OpenSSL's BIO reads and writes it; the owner keeps its own handle
 /// (for readiness, descriptors and addresses).
 #[derive(Debug)]
