@@ -246,3 +246,95 @@ fn required_refuses_a_plain_icreq() {
         "{log}"
     );
 }
+
+/// A key set through the API opens TLS for its host at once; listed with its identity
+/// and never the key; saved with the configuration; refused when malformed; cleared,
+/// the host's next handshake is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_set_list_save_and_clear_through_the_api() {
+    use lightpool_api::v1 as pb;
+    use lightpool_api::v1::{config_client::ConfigClient, subsystems_client::SubsystemsClient};
+    const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:7e500000-0000-4000-8000-0000000a0a0a";
+    let port = free_port();
+    let t = start_tls("tls-api", port);
+    let c = ch(&t).await;
+    let mut sub = SubsystemsClient::new(c.clone());
+    let k = ConfiguredPsk::new(None, &[0x77; 32]).expect("valid");
+    let p = k
+        .tls_psk(HOST, NQN, IdentityVersion::V1, Derivation::Standard)
+        .expect("derives");
+    let sclient = move || {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            s_client_icreq(
+                port,
+                &[
+                    "-psk_identity",
+                    &p.identity,
+                    "-psk",
+                    &hex(&p.key),
+                    "-ciphersuites",
+                    "TLS_AES_128_GCM_SHA256",
+                ],
+            )
+        })
+        .join()
+        .expect("s_client thread")
+    };
+    // No key yet: refused.
+    assert!(sclient().is_empty());
+    let set = |key: &str| pb::SetTlsKeyRequest {
+        nqn: NQN.into(),
+        host: HOST.into(),
+        key: key.into(),
+    };
+    let shown = sub
+        .set_tls_key(set(&k.to_interchange()))
+        .await
+        .expect("set")
+        .into_inner();
+    assert_eq!(
+        (shown.hash.as_str(), shown.transform.as_str()),
+        ("sha256", "none")
+    );
+    assert!(shown
+        .identity
+        .starts_with(&format!("NVMe1R01 {HOST} {NQN} ")));
+    assert_icresp(&sclient(), "key set through the API", &t);
+    let listed = sub
+        .list_subsystems(pb::ListSubsystemsRequest { nqn: NQN.into() })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.subsystems[0].tls_keys.contains(&shown));
+    let text = ConfigClient::new(c.clone())
+        .save_config(pb::SaveConfigRequest {})
+        .await
+        .expect("save")
+        .into_inner()
+        .toml;
+    assert!(text.contains("[[subsystem.tls_key]]"), "{text}");
+    assert!(text.contains(&k.to_interchange()), "{text}");
+    assert!(text.contains("secure = \"required\""), "{text}");
+    refused(
+        sub.set_tls_key(set("NVMeTLSkey-1:01:@@@:")).await,
+        tonic::Code::InvalidArgument,
+        &["base64"],
+    );
+    sub.clear_tls_key(pb::ClearTlsKeyRequest {
+        nqn: NQN.into(),
+        host: HOST.into(),
+    })
+    .await
+    .expect("clear");
+    assert!(sclient().is_empty(), "a cleared key still opens TLS");
+    refused(
+        sub.clear_tls_key(pb::ClearTlsKeyRequest {
+            nqn: NQN.into(),
+            host: HOST.into(),
+        })
+        .await,
+        tonic::Code::NotFound,
+        &["no TLS key"],
+    );
+}
