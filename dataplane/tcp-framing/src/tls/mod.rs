@@ -122,6 +122,7 @@ extern "C" {
         cb: Option<UseSessionCb>,
     );
     fn SSL_SESSION_new() -> *mut openssl_sys::SSL_SESSION;
+    fn SSL_has_pending(ssl: *const openssl_sys::SSL) -> c_int;
     fn SSL_SESSION_set1_master_key(
         s: *mut openssl_sys::SSL_SESSION,
         key: *const c_uchar,
@@ -306,6 +307,10 @@ fn base(method: SslMethod, suites: &str) -> Result<SslContextBuilder, ErrorStack
     // or more), maybe from another address.
     b.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
     b.set_verify(SslVerifyMode::NONE);
+    // Read as much as the socket holds into OpenSSL's buffer, not each record's
+    // header and body with a receive call each (`buffered` reports what it holds).
+    // SAFETY: the context is live (the builder owns it); a plain setter.
+    unsafe { openssl_sys::SSL_CTX_set_read_ahead(b.as_ptr(), 1) };
     Ok(b)
 }
 
@@ -573,7 +578,8 @@ impl Stream for TlsStream {
     }
 
     fn buffered(&self) -> bool {
-        self.want_write || self.ssl.ssl().pending() > 0
+        // SAFETY: the SSL handle is live as long as `self.ssl`; a read-only query.
+        self.want_write || unsafe { SSL_has_pending(self.ssl.ssl().as_ptr()) } == 1
     }
 }
 
