@@ -141,9 +141,49 @@ pub mod tls {
         }
     }
 
-    /// The OpenSSL context of a target's TLS listeners.
+    /// The OpenSSL context of a target's TLS listeners. Says once whether the kernel
+    /// could take the record layer (kTLS): this build keeps it in software either way.
     pub fn context(target: Arc<Target>) -> Result<SslContext, TlsError> {
+        match ktls_probe() {
+            Ok(()) => tracing::info!(
+                "NVMe/TCP TLS: the kernel has the tls ULP, but this build keeps TLS records in software (OpenSSL on the reactors)"
+            ),
+            Err(e) => tracing::info!(
+                error = %e,
+                "NVMe/TCP TLS: no kernel TLS (the tls ULP cannot be set): TLS records in software (OpenSSL on the reactors)"
+            ),
+        }
         server_context(Arc::new(TargetPsks(target)))
+    }
+
+    /// Whether this kernel has the `tls` TCP ULP: setting it on a new, unconnected TCP
+    /// socket fails with ENOTCONN where the module is there (ENOENT where it is not).
+    fn ktls_probe() -> io::Result<()> {
+        // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is the new socket, owned (and closed) by `_sock` from here on.
+        let _sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let ulp = b"tls";
+        // SAFETY: setsockopt(2) reads `ulp.len()` bytes from `ulp`, which lives across
+        // the call.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_TCP,
+                libc::TCP_ULP,
+                ulp.as_ptr().cast(),
+                ulp.len() as libc::socklen_t,
+            )
+        };
+        let e = io::Error::last_os_error();
+        match (r, e.raw_os_error()) {
+            (0, _) => Ok(()),
+            (_, Some(libc::ENOTCONN)) => Ok(()),
+            _ => Err(e),
+        }
     }
 
     enum Mode {
