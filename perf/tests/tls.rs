@@ -61,6 +61,7 @@ struct TlsTarget {
     addrs: Vec<SocketAddr>,
     reactor: ReactorHandle,
     target: Arc<Target>,
+    tcp: TcpTransport,
 }
 
 impl Drop for TlsTarget {
@@ -115,6 +116,7 @@ fn start(listeners: &[Secure]) -> TlsTarget {
         addrs,
         reactor,
         target: t,
+        tcp,
     }
 }
 
@@ -304,5 +306,69 @@ fn discovery_says_which_listener_wants_tls() {
     assert_eq!(
         t.target.tls.listener(&t.addrs[0].to_string()),
         Secure::Required
+    );
+}
+
+/// A hot upgrade's export: the plain connection travels, the TLS one (its keys live in
+/// this process's OpenSSL) does not, and the listener's setting travels with it.
+#[test]
+fn a_handover_carries_plain_connections_and_the_listener_setting_not_tls_ones() {
+    let t = start(&[Secure::Optional]);
+    // Queues are exported from their records in a state region.
+    let name = std::ffi::CString::new("tls-handover-test").expect("no NUL");
+    // SAFETY: memfd_create reads a NUL-terminated name and returns a new descriptor.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create failed");
+    // SAFETY: a new descriptor we own.
+    let memfd = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let (sizes, ropts) = lightpool_nvmf::target::region_params(&t.target.opts);
+    let region =
+        lightpool_nvmf::region::Region::create(memfd, sizes, ropts, lightpool_nvmf::region::LAYOUT)
+            .expect("region");
+    t.target.attach_region(region).expect("attach");
+    let opts = |tls: Option<HostTls>| ConnectOptions {
+        addr: t.addrs[0],
+        subnqn: NQN.to_string(),
+        hostnqn: HOST_256.to_string(),
+        hostid: [9; 16],
+        hdgst: false,
+        ddgst: false,
+        kato_ms: 0,
+        timeout: std::time::Duration::from_secs(5),
+        tls,
+    };
+    let p = k256()
+        .tls_psk(
+            HOST_256,
+            NQN,
+            lightpool_nvmf::tls::IdentityVersion::V1,
+            lightpool_nvmf::tls::Derivation::Standard,
+        )
+        .expect("derives");
+    let _plain = lightpool_nvmf_host::Controller::connect(opts(None)).expect("plain");
+    let _tls = lightpool_nvmf_host::Controller::connect(opts(Some(HostTls {
+        identity: p.identity.clone(),
+        key: p.key.to_vec(),
+        sha384: false,
+    })))
+    .expect("TLS");
+    let (st, fds) = t
+        .tcp
+        .quiesce_and_export(0, std::time::Duration::from_secs(5))
+        .expect("export")
+        .expect("drained");
+    // One listener, and of the two admin queues only the plain one.
+    assert_eq!(st.listeners.len(), 1);
+    assert_eq!(st.conns.len(), 1, "{st:?}");
+    assert_eq!(fds.len(), 2);
+    assert_eq!(
+        st.secure,
+        vec![(t.addrs[0].to_string(), Secure::Optional)],
+        "{st:?}"
+    );
+    let log = logged();
+    assert!(
+        log.contains("NVMe/TCP TLS connection not handed over"),
+        "{log}"
     );
 }
