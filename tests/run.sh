@@ -38,14 +38,15 @@ phase "validate manifests (kubernetes-validate)" ./tests/validate-manifests.sh
 # --bins: a no-op while the daemon has no binary target.
 # The hot-upgrade tests need a second binary that reports another version: build it
 # first (only the daemon crate recompiles), set it aside, then build the real one.
-# Both with the NVMe/RDMA transport (the daemon's rdma feature; setup.sh installed
-# rdma-core): the rdma guest test runs lightpool-target on soft-RoCE.
+# Both with the NVMe/RDMA transport and NVMe/TCP TLS (the daemon's rdma and tls
+# features; setup.sh installed rdma-core and libssl-dev): the rdma guest test runs
+# lightpool-target on soft-RoCE, the TLS tests need OpenSSL in it.
 build_next() {
-    LIGHTPOOL_FIRMWARE_REVISION=0.1.0-n cargo build --release -p lightpool-daemon --features lightpool-daemon/rdma --bins &&
+    LIGHTPOOL_FIRMWARE_REVISION=0.1.0-n cargo build --release -p lightpool-daemon --features lightpool-daemon/rdma,lightpool-daemon/tls --bins &&
         cp target/release/lightpool-target target/release/lightpool-target-next
 }
 phase "build lightpool-target-next (release)" build_next
-phase "build lightpool-target, lightpool, lightpool-perf, csi-client (release)" cargo build --release -p lightpool-daemon --features lightpool-daemon/rdma -p lightpool-cli -p lightpool-perf --bins -p lightpool-e2e --bin csi-client
+phase "build lightpool-target, lightpool, lightpool-perf, csi-client (release)" cargo build --release -p lightpool-daemon --features lightpool-daemon/rdma,lightpool-daemon/tls -p lightpool-cli -p lightpool-perf --bins -p lightpool-e2e --bin csi-client
 # What the VFIO and RDMA guest tests carry into the guest.
 phase "build hugepage-setup, nvme_vfio_iops, rdma_hostile (release)" \
     cargo build --release -p hugepage-setup --bins -p lightpool-bdev-nvme-vfio --example nvme_vfio_iops \
@@ -60,4 +61,4 @@ reserve_hugepages() {
     fi
 }
 phase "reserve 24 huge pages, mount hugetlbfs (hugepage-setup)" reserve_hugepages
-phase "cargo test (with e2e, rdma)" cargo test --workspace --features lightpool-e2e/e2e,lightpool-daemon/rdma "$@"
+phase "cargo test (with e2e, rdma, tls)" cargo test --workspace --features lightpool-e2e/e2e,lightpool-daemon/rdma,lightpool-daemon/tls "$@"

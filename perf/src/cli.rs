@@ -60,6 +60,15 @@ pub struct NvmeArgs {
     /// Data digests only.
     #[arg(long)]
     pub data_digest: bool,
+    /// NVMe/TCP in TLS 1.3 with this configured PSK, in the interchange format
+    /// `nvme gen-tls-key` writes (NVMeTLSkey-1:HH:...:); the TLS PSK and its identity
+    /// are derived from it for the host NQN and each subsystem's NQN, as nvme-cli does.
+    #[arg(long, value_name = "NVMeTLSkey-1:..")]
+    pub tls_key: Option<String>,
+    /// The PSK identity offered with --tls-key: 1 (NVMe1R0x host subsys digest, what
+    /// nvme-cli offers by default) or 0 (NVMe0R0x host subsys).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub tls_identity: u8,
     /// Send every write through R2T/H2CData, never as in-capsule data.
     #[arg(long)]
     pub no_in_capsule: bool,
@@ -460,6 +469,20 @@ fn nvme_main(a: &NvmeArgs) -> i32 {
         return invalid("--kato must be 0 or at least 1000 ms");
     }
     let (hostid, random_nqn) = host_identity();
+    let tls = match &a.tls_key {
+        None => None,
+        Some(k) => match lightpool_nvmf::tls::ConfiguredPsk::parse(k) {
+            Ok(k) => Some((
+                k,
+                if a.tls_identity == 0 {
+                    lightpool_nvmf::tls::IdentityVersion::V0
+                } else {
+                    lightpool_nvmf::tls::IdentityVersion::V1
+                },
+            )),
+            Err(e) => return invalid(format!("--tls-key: {e}")),
+        },
+    };
     let o = NvmeOptions {
         trids,
         hostnqn: a.hostnqn.clone().unwrap_or(random_nqn),
@@ -473,6 +496,7 @@ fn nvme_main(a: &NvmeArgs) -> i32 {
         qpairs: usize::from(a.w.qpairs),
         range: a.w.range,
         seed: a.w.seed(),
+        tls,
     };
     let digests = match (o.hdgst, o.ddgst) {
         (true, true) => "header+data",

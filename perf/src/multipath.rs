@@ -384,7 +384,7 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared<MultipathQueue>, P
     }
     let mut ctrls = Vec::new();
     for a in &addrs {
-        ctrls.push(Controller::connect(conn_opts(o, *a, nqn.clone()))?);
+        ctrls.push(Controller::connect(conn_opts(o, *a, nqn.clone())?)?);
     }
     let nss = match o.trids[0].nsid {
         Some(n) => vec![ctrls[0].identify_namespace(n)?],

@@ -12,10 +12,12 @@ use lightpool_spec::nvme::{io_opcode, Sqe};
 
 use crate::engine::{Device, Done, IoQueue, Job, PerfError, QueueSetup, RunOutcome, WorkerSpec};
 use crate::initiator::{
-    discover, Completion, ConnectOptions, Controller, Dir, InitiatorError, Qpair, QpairConfig,
+    discover, Completion, ConnectOptions, Controller, Dir, HostTls, InitiatorError, Qpair,
+    QpairConfig,
 };
 use crate::stats::ErrorKind;
 use crate::workload::{split_region, Op, Region};
+use lightpool_nvmf::tls::{ConfiguredPsk, Derivation, IdentityVersion, PskHash};
 
 /// A transport ID in spdk_nvme_perf's form:
 /// `trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:4420 subnqn:NQN [ns:N]`.
@@ -146,6 +148,9 @@ pub struct NvmeOptions {
     /// LBAs to use (None: the whole namespace).
     pub range: Option<(u64, u64)>,
     pub seed: u64,
+    /// NVMe/TCP in TLS 1.3 with the TLS PSK derived from this configured PSK for the
+    /// host NQN and each subsystem's NQN (identity version as given).
+    pub tls: Option<(ConfiguredPsk, IdentityVersion)>,
 }
 
 /// A queue pair and the namespace its I/O goes to.
@@ -313,7 +318,7 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
     // Per device: which controller.
     let mut dev_ctrl = Vec::new();
     for (addr, nqn, nsid) in &targets {
-        let mut c = Controller::connect(conn_opts(o, *addr, nqn.clone()))?;
+        let mut c = Controller::connect(conn_opts(o, *addr, nqn.clone())?)?;
         let nss = match nsid {
             Some(n) => vec![c.identify_namespace(*n).map_err(|e| match e {
                 e @ InitiatorError::NoNamespace { .. } => PerfError::Invalid(e.to_string()),
@@ -428,8 +433,31 @@ pub(crate) fn regions_for(
     Ok(regions)
 }
 
-pub(crate) fn conn_opts(o: &NvmeOptions, addr: SocketAddr, subnqn: String) -> ConnectOptions {
-    ConnectOptions {
+pub(crate) fn conn_opts(
+    o: &NvmeOptions,
+    addr: SocketAddr,
+    subnqn: String,
+) -> Result<ConnectOptions, PerfError> {
+    let tls = match &o.tls {
+        None => None,
+        Some((key, v)) => {
+            // Discovery (no subsystem named) is the discovery subsystem's.
+            let nqn = if subnqn.is_empty() {
+                lightpool_spec::fabrics::DISCOVERY_NQN
+            } else {
+                subnqn.as_str()
+            };
+            let p = key
+                .tls_psk(&o.hostnqn, nqn, *v, Derivation::Standard)
+                .map_err(|e| PerfError::Invalid(format!("--tls-key: {e}")))?;
+            Some(HostTls {
+                identity: p.identity.clone(),
+                key: p.key.to_vec(),
+                sha384: p.hash == PskHash::Sha384,
+            })
+        }
+    };
+    Ok(ConnectOptions {
         addr,
         subnqn,
         hostnqn: o.hostnqn.clone(),
@@ -438,7 +466,8 @@ pub(crate) fn conn_opts(o: &NvmeOptions, addr: SocketAddr, subnqn: String) -> Co
         ddgst: o.ddgst,
         kato_ms: o.kato_ms,
         timeout: o.timeout,
-    }
+        tls,
+    })
 }
 
 /// Checks the job against the controller's limits and the namespace; returns the
@@ -512,7 +541,7 @@ fn discover_at(
     addr: SocketAddr,
     default_port: bool,
 ) -> Result<Vec<crate::initiator::DiscoveredSubsystem>, PerfError> {
-    match discover(conn_opts(o, addr, String::new())) {
+    match discover(conn_opts(o, addr, String::new())?) {
         Err(InitiatorError::Connect { source, .. })
             if default_port && source.kind() == std::io::ErrorKind::ConnectionRefused =>
         {
@@ -520,7 +549,7 @@ fn discover_at(
             eprintln!(
                 "lightpool-perf: nothing listens on {addr} (the NVMe/TCP discovery port, taken because the transport ID gives no trsvcid); asking {io}, the I/O port, where lightpool-target serves discovery too"
             );
-            discover(conn_opts(o, io, String::new())).map_err(|e| {
+            discover(conn_opts(o, io, String::new())?).map_err(|e| {
                 PerfError::Setup(format!(
                     "no discovery controller at {addr} (nothing listens there) nor at {io} ({e}): give the target's port with trsvcid:PORT"
                 ))

@@ -29,9 +29,12 @@ SELF=$REPO/tests/vm/setup.sh
 # rdma-core, ibverbs-providers, libibverbs1, librdmacm1: soft-RoCE's userspace verbs
 # (the rxe provider) for the guest; libibverbs-dev, librdmacm-dev, libclang-dev: what
 # dataplane/rdma-sys builds against (bindgen reads the headers through libclang).
+# openssl: s_client, the NVMe/TCP TLS handshake peer of the daemon's TLS test;
+# libssl-dev, pkg-config: what the tls feature's openssl-sys builds against.
 HOST_PKGS=(qemu-system-x86 busybox-static cpio xz-utils nvme-cli fio kmod libc-bin iproute2
     e2fsprogs xfsprogs util-linux
-    rdma-core ibverbs-providers libibverbs1 librdmacm1 libibverbs-dev librdmacm-dev libclang-dev)
+    rdma-core ibverbs-providers libibverbs1 librdmacm1 libibverbs-dev librdmacm-dev libclang-dev
+    openssl libssl-dev pkg-config)
 
 # Modules the guest loads, by name as modprobe knows them; their dependencies
 # come from modules.dep. A name that is built into the kernel is skipped.
@@ -53,6 +56,8 @@ GUEST_MODULES=(
     xfs
     # the local path: a pool volume served to the guest's kernel as /dev/ublkbN
     ublk_drv
+    # kernel TLS (the tls ULP): NVMe/TCP TLS records in the kernel
+    tls
     # NVMe/RDMA on soft-RoCE (rxe): verbs, the connection managers, userspace access
     # (uverbs, ucm); rxe fails "failed to add eth0" without crc32
     ib_core ib_uverbs udp_tunnel ip6_udp_tunnel crc32_pclmul crc32_generic rdma_rxe

@@ -16,6 +16,7 @@ mod target;
 mod target_auth;
 mod target_migrate;
 mod target_raid;
+mod target_tls;
 
 use std::path::PathBuf;
 

@@ -37,6 +37,9 @@ pub enum TargetCmd {
     /// rotate, clear, list.
     #[command(subcommand)]
     HostKey(crate::target_auth::HostKeyCmd),
+    /// NVMe/TCP TLS pre-shared keys per host and subsystem: set, clear, list.
+    #[command(subcommand)]
+    TlsKey(crate::target_tls::TlsKeyCmd),
 }
 
 #[derive(Args, Debug)]
@@ -366,6 +369,7 @@ pub async fn run(j: bool, ch: Channel, c: &TargetCmd) -> Result<(), String> {
         TargetCmd::Raid(c) => crate::target_raid::run(j, ch, c).await,
         TargetCmd::Migrate(c) => crate::target_migrate::run(j, ch, c).await,
         TargetCmd::HostKey(c) => crate::target_auth::run(j, ch, c).await,
+        TargetCmd::TlsKey(c) => crate::target_tls::run(j, ch, c).await,
     }
 }
 

@@ -194,6 +194,7 @@ fn connect_controller(o: &RemoteOptions) -> Result<(Controller, u16), InitiatorE
         ddgst: false,
         kato_ms: u32::try_from(o.keep_alive_timeout.as_millis()).unwrap_or(u32::MAX),
         timeout: o.connect_timeout,
+        tls: None,
     })?;
     let queues = c.request_io_queues(o.max_queues.max(1))?;
     Ok((c, queues))

@@ -33,6 +33,7 @@ fn default_config() -> Config {
         listeners: vec![ListenerSection {
             address: "127.0.0.1:4420".into(),
             transport: "tcp".into(),
+            secure: String::new(),
         }],
         bdevs: Vec::<BdevSection>::new(),
         subsystems: vec![SubsystemSection {
@@ -42,6 +43,7 @@ fn default_config() -> Config {
             allow_any_host: true,
             hosts: vec![],
             host_keys: vec![],
+            tls_keys: vec![],
             min_cntlid: 1,
             max_cntlid: 0xFFEF,
             namespaces: vec![NamespaceSection {
@@ -73,6 +75,7 @@ pub fn start(a: StartArgs<'_>, control_path: &str) -> Result<Running> {
             .map(|x| ListenerSection {
                 address: x.to_string(),
                 transport: "tcp".into(),
+                secure: String::new(),
             })
             .collect();
     }

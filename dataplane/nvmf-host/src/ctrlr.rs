@@ -45,6 +45,8 @@ pub struct ConnectOptions {
     pub kato_ms: u32,
     /// Limit for connecting and for each admin command.
     pub timeout: Duration,
+    /// NVMe/TCP in TLS 1.3 with this PSK (every queue); `None`: plain.
+    pub tls: Option<crate::HostTls>,
 }
 
 /// What Identify Controller and the registers told us.
@@ -84,6 +86,11 @@ pub struct DiscoveredSubsystem {
     pub subtype: u8,
     pub traddr: String,
     pub trsvcid: String,
+    /// Transport requirements (TREQ): bits 1:0 say whether a secure channel is
+    /// required (1), not required (2) or not specified (0).
+    pub treq: u8,
+    /// NVMe/TCP security type (TSAS SECTYPE): 0 none, 2 TLS 1.3.
+    pub sectype: u8,
 }
 
 /// A live controller: its admin queue and what it told us.
@@ -106,7 +113,14 @@ impl Controller {
             in_capsule_max: ADMIN_IN_CAPSULE,
             force_r2t: false,
         };
-        let mut admin = Qpair::connect(opts.addr, opts.hdgst, opts.ddgst, cfg, opts.timeout)?;
+        let mut admin = Qpair::connect_tls(
+            opts.addr,
+            opts.tls.as_ref(),
+            opts.hdgst,
+            opts.ddgst,
+            cfg,
+            opts.timeout,
+        )?;
         let cntlid = admin.fabric_connect(
             0,
             ADMIN_ENTRIES,
@@ -394,8 +408,9 @@ impl Controller {
             )));
         }
         cfg.in_capsule_max = self.info.in_capsule_max;
-        let mut q = Qpair::connect(
+        let mut q = Qpair::connect_tls(
             self.opts.addr,
+            self.opts.tls.as_ref(),
             self.opts.hdgst,
             self.opts.ddgst,
             cfg,
@@ -467,6 +482,8 @@ impl Controller {
                     adrfam: e.adrfam,
                     subtype: e.subtype,
                     traddr: e.traddr_str().to_string(),
+                    treq: e.treq,
+                    sectype: e.tsas[0],
                     trsvcid: e.trsvcid_str().to_string(),
                 })
                 .collect());

@@ -8,6 +8,7 @@
 
 mod ctrlr;
 mod qpair;
+mod stream;
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,10 +21,17 @@ pub use ctrlr::{
     discover, ConnectOptions, Controller, ControllerInfo, DiscoveredSubsystem, NamespaceInfo,
 };
 pub use qpair::{Completion, Dir, Negotiated, Qpair, QpairConfig, Stream};
+pub use stream::{HostStream, HostTls};
 
 /// What can go wrong talking to a target. Messages are sentences a user can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum InitiatorError {
+    #[error("{addr}: TLS: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: SocketAddr,

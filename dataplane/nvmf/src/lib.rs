@@ -22,6 +22,7 @@ pub mod region;
 pub mod restore;
 pub mod subsystem;
 pub mod target;
+pub mod tls;
 pub mod transport;
 
 pub use queue::{NvmfQueue, QueueOptions, Request, Xfer};

@@ -105,6 +105,8 @@ pub struct Target {
     buffers: Mutex<Option<Arc<BufSource>>>,
     /// The I/O counters the metrics endpoint reads (written by the reactors).
     pub metrics: crate::metrics::IoMetrics,
+    /// NVMe/TCP TLS: the PSKs per (host, subsystem) and which listeners want TLS.
+    pub tls: crate::tls::Keyring,
 }
 
 impl Target {
@@ -119,6 +121,7 @@ impl Target {
             region: OnceLock::new(),
             buffers: Mutex::new(None),
             metrics: Default::default(),
+            tls: Default::default(),
         }))
     }
 

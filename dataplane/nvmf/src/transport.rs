@@ -80,6 +80,22 @@ pub trait Transport: Send + Sync {
     /// Listen on `addr` (the transport's address syntax, e.g. `IP:PORT`) and add the
     /// listener to the discovery log; returns the address bound.
     fn add_listener(&self, addr: &str) -> Result<ListenAddr, TransportError>;
+    /// As [`Transport::add_listener`], with NVMe/TCP TLS required, optional or off
+    /// ([`crate::tls::Secure`]). A transport without TLS refuses anything but off.
+    fn add_secure_listener(
+        &self,
+        addr: &str,
+        secure: crate::tls::Secure,
+    ) -> Result<ListenAddr, TransportError> {
+        if secure != crate::tls::Secure::None {
+            return Err(TransportError::Invalid(format!(
+                "transport {} has no TLS in this build: secure = \"{}\" cannot be served",
+                self.name(),
+                secure.name()
+            )));
+        }
+        self.add_listener(addr)
+    }
     /// Stop listening on `addr` (as [`Transport::add_listener`] returned it): the
     /// listener leaves the discovery log and the state region, and the connections
     /// that came in through it close.

@@ -11,6 +11,8 @@
 //! - [`send`]: PDU assembly onto the send queue (what `lightpool_spec::tcp` encodes,
 //!   put together with payload references and digests).
 //! - [`Stream`]: the byte stream under a connection.
+//! - `tls` (cargo feature `tls`): TLS 1.3 with pre-shared keys over a socket, through
+//!   OpenSSL, as a [`Stream`] either end runs NVMe/TCP over.
 //!
 //! No I/O of its own: bytes come and go through the owner's [`Stream`]; nothing here
 //! opens, configures or polls a socket, so every state is reachable from a test that
@@ -19,6 +21,8 @@
 pub mod recv;
 pub mod send;
 mod stream;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod tx;
 
 pub use recv::{

@@ -21,6 +21,14 @@ pub trait Stream {
 
     /// Like `Write::write_vectored` (one `writev`).
     fn writev(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Input is waiting above the socket (decrypted and not yet read, or a handshake
+    /// that must be driven again), which the socket's readiness does not show: the
+    /// owner reads again without waiting for it.
+    #[inline]
+    fn buffered(&self) -> bool {
+        false
+    }
 }
 
 impl Stream for TcpStream {

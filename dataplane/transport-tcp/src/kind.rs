@@ -13,7 +13,7 @@ use lightpool_nvmf::{
     TransportExport, TransportKind,
 };
 
-use crate::{TcpState, TcpTransport};
+use crate::{Secure, TcpState, TcpTransport};
 
 /// The name configuration gives NVMe/TCP.
 pub const NAME: &str = "tcp";
@@ -28,12 +28,22 @@ impl Transport for TcpTransport {
     }
 
     fn add_listener(&self, addr: &str) -> Result<ListenAddr, TransportError> {
+        self.add_secure_listener(addr, Secure::None)
+    }
+
+    fn add_secure_listener(
+        &self,
+        addr: &str,
+        secure: Secure,
+    ) -> Result<ListenAddr, TransportError> {
         let sa: SocketAddr = addr.parse().map_err(|_| {
             TransportError::Invalid(format!(
                 "{addr:?} is not an NVMe/TCP address: give IP:PORT, e.g. 0.0.0.0:4420 or [::1]:4420"
             ))
         })?;
-        let bound = self.listen(sa).map_err(TransportError::other)?;
+        let bound = self
+            .listen_secure(sa, secure)
+            .map_err(TransportError::other)?;
         Ok(ListenAddr::tcp(bound))
     }
 
@@ -51,6 +61,7 @@ impl Transport for TcpTransport {
                             local: e
                                 .conn
                                 .stream()
+                                .tcp()
                                 .local_addr()
                                 .map(|a| a.to_string())
                                 .unwrap_or_default(),
@@ -108,6 +119,28 @@ impl Transport for TcpTransport {
     }
 }
 
+/// The state as a build before `TcpState::secure` wrote it.
+#[derive(serde::Deserialize)]
+struct TcpStateNoTls {
+    listeners: Vec<(String, usize)>,
+    conns: Vec<(crate::ConnSnapshot, usize, usize)>,
+}
+
+/// A predecessor's state: this build's, or one from before TLS (no listener had it).
+fn decode_state(state: &[u8]) -> Result<TcpState, TransportError> {
+    match postcard::from_bytes::<TcpState>(state) {
+        Ok(st) => Ok(st),
+        Err(e) => match postcard::from_bytes::<TcpStateNoTls>(state) {
+            Ok(old) => Ok(TcpState {
+                listeners: old.listeners,
+                conns: old.conns,
+                secure: Vec::new(),
+            }),
+            Err(_) => Err(encode_err(e)),
+        },
+    }
+}
+
 /// Makes and adopts NVMe/TCP transports.
 pub struct TcpKind;
 
@@ -134,7 +167,7 @@ impl TransportKind for TcpKind {
         state: &[u8],
         fds: &mut [Option<OwnedFd>],
     ) -> Result<(Arc<dyn Transport>, Adopted), TransportError> {
-        let st: TcpState = postcard::from_bytes(state).map_err(encode_err)?;
+        let st = decode_state(state)?;
         let t = TcpTransport::adopt(ctx.target, ctx.reactors, region, image, &st, fds)
             .map_err(TransportError::other)?;
         let adopted = Adopted {

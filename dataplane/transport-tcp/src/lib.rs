@@ -8,6 +8,7 @@
 
 mod conn;
 mod kind;
+mod sock;
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -23,6 +24,8 @@ use lightpool_reactor::{Ctx, Interest, PollStatus, Poller, ReactorHandle};
 
 pub use conn::{Conn, ConnSnapshot, Stream, TcpReq, MAXH2CDATA};
 pub use kind::{TcpKind, NAME};
+pub use lightpool_nvmf::tls::Secure;
+pub use sock::Sock;
 
 /// Errors setting up the transport.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,11 @@ pub enum TcpError {
     Dup(#[source] std::io::Error),
     #[error("connection state cannot be adopted: {0}")]
     Adopt(String),
+    #[error("this build has no TLS (the tls cargo feature): secure = {0:?} cannot be served")]
+    NoTls(&'static str),
+    #[cfg(feature = "tls")]
+    #[error(transparent)]
+    Tls(#[from] lightpool_tcp_framing::tls::TlsError),
 }
 
 static NEXT_PORTID: AtomicU16 = AtomicU16::new(1);
@@ -75,7 +83,7 @@ struct Local {
 }
 
 struct Entry {
-    conn: Conn<TcpStream>,
+    conn: Conn<Sock>,
     fd: RawFd,
     watching_write: bool,
     /// The readiness set reported input (or hang-up, or an error) this pass.
@@ -283,6 +291,9 @@ fn push_acceptor(ctx: &mut Ctx, l: &mut Local, acceptor: Acceptor) {
 pub struct TcpTransport {
     target: Arc<Target>,
     reactors: Vec<ReactorHandle>,
+    /// The OpenSSL context of TLS listeners, made with the first of them.
+    #[cfg(feature = "tls")]
+    tls: std::sync::OnceLock<openssl::ssl::SslContext>,
 }
 
 /// Listeners and connections as a hot upgrade carries them, each with the index of its
@@ -291,13 +302,28 @@ pub struct TcpTransport {
 pub struct TcpState {
     pub listeners: Vec<(String, usize)>,
     pub conns: Vec<(ConnSnapshot, usize, usize)>,
+    /// The TLS setting of each listener that has one (address as in `listeners`).
+    /// Last, so that the state of a build before it still reads (see `kind.rs`).
+    pub secure: Vec<(String, Secure)>,
 }
 
 /// What one reactor of the new process takes over: listeners and connections.
-type ReactorShare = (Vec<TcpListener>, Vec<(TcpStream, ConnSnapshot)>);
+type ReactorShare = (
+    Vec<(TcpListener, Secure, Tls)>,
+    Vec<(TcpStream, ConnSnapshot)>,
+);
 
 /// One reactor's listeners and connections with their duplicated sockets.
-type Exported = (Vec<(String, OwnedFd)>, Vec<(ConnSnapshot, usize, OwnedFd)>);
+type Exported = (
+    Vec<(String, Secure, OwnedFd)>,
+    Vec<(ConnSnapshot, usize, OwnedFd)>,
+);
+
+/// The OpenSSL context of a TLS listener (`None`: plain).
+#[cfg(feature = "tls")]
+type Tls = Option<openssl::ssl::SslContext>;
+#[cfg(not(feature = "tls"))]
+type Tls = Option<std::convert::Infallible>;
 
 /// Time a reactor has to answer a control request.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -310,12 +336,24 @@ impl TcpTransport {
         if reactors.is_empty() {
             return Err(TcpError::NoReactors);
         }
-        Ok(TcpTransport { target, reactors })
+        Ok(TcpTransport {
+            target,
+            reactors,
+            #[cfg(feature = "tls")]
+            tls: std::sync::OnceLock::new(),
+        })
     }
 
     /// Listen on `addr`; returns the bound address (port 0 picks a free port). The
     /// listener is added to the discovery log.
     pub fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, TcpError> {
+        self.listen_secure(addr, Secure::None)
+    }
+
+    /// As [`TcpTransport::listen`], with NVMe/TCP in TLS 1.3 required or optional
+    /// (`Secure::None`: plain only). The discovery log says which.
+    pub fn listen_secure(&self, addr: SocketAddr, secure: Secure) -> Result<SocketAddr, TcpError> {
+        let tls = self.tls_for(secure)?;
         let listener =
             TcpListener::bind(addr).map_err(|source| TcpError::Listen { addr, source })?;
         listener
@@ -324,13 +362,32 @@ impl TcpTransport {
         let bound = listener
             .local_addr()
             .map_err(|source| TcpError::Listen { addr, source })?;
+        let la = ListenAddr::tcp(bound);
+        self.target.tls.set_listener(&la.to_addr_string(), secure);
         self.target.add_listener(ListenerInfo {
-            addr: ListenAddr::tcp(bound),
+            addr: la,
             portid: NEXT_PORTID.fetch_add(1, Ordering::Relaxed),
         });
-        self.start_acceptor(listener, false)?;
-        tracing::info!(%bound, "NVMe/TCP listening");
+        self.start_acceptor(listener, false, secure, tls)?;
+        tracing::info!(%bound, secure = secure.name(), "NVMe/TCP listening");
         Ok(bound)
+    }
+
+    /// The TLS context a listener with `secure` uses (none for plain ones).
+    fn tls_for(&self, secure: Secure) -> Result<Tls, TcpError> {
+        if secure == Secure::None {
+            return Ok(None);
+        }
+        #[cfg(feature = "tls")]
+        {
+            if let Some(c) = self.tls.get() {
+                return Ok(Some(c.clone()));
+            }
+            let c = sock::tls::context(self.target.clone())?;
+            Ok(Some(self.tls.get_or_init(|| c).clone()))
+        }
+        #[cfg(not(feature = "tls"))]
+        Err(TcpError::NoTls(secure.name()))
     }
 
     /// Stop listening on `addr` and close the connections that came in through it;
@@ -361,7 +418,7 @@ impl TcpTransport {
         }
         self.ask(move |_, l| {
             for e in &mut l.conns {
-                let came_in = e.conn.stream().local_addr().is_ok_and(|x| {
+                let came_in = e.conn.stream().tcp().local_addr().is_ok_and(|x| {
                     x.port() == addr.port() && (addr.ip().is_unspecified() || x.ip() == addr.ip())
                 });
                 if came_in {
@@ -371,6 +428,9 @@ impl TcpTransport {
             }
         })?;
         self.target.remove_listener(&ListenAddr::tcp(addr));
+        self.target
+            .tls
+            .set_listener(&ListenAddr::tcp(addr).to_addr_string(), Secure::None);
         tracing::info!(%addr, "NVMe/TCP listener removed");
         Ok(true)
     }
@@ -397,12 +457,20 @@ impl TcpTransport {
             .map_err(|_| TcpError::Timeout(reactor))
     }
 
-    fn start_acceptor(&self, listener: TcpListener, frozen: bool) -> Result<(), TcpError> {
+    fn start_acceptor(
+        &self,
+        listener: TcpListener,
+        frozen: bool,
+        secure: Secure,
+        tls: Tls,
+    ) -> Result<(), TcpError> {
         let acceptor = Acceptor {
             listener,
             target: self.target.clone(),
             reactors: self.reactors.clone(),
             next: 0,
+            secure,
+            tls,
         };
         self.reactors[0].send(move |ctx: &mut Ctx| {
             LOCAL.with(|l| {
@@ -525,11 +593,15 @@ impl TcpTransport {
         let mut st = TcpState {
             listeners: Vec::new(),
             conns: Vec::new(),
+            secure: Vec::new(),
         };
         let mut fds = Vec::new();
         for r in per {
             let (ls, cs) = r.map_err(TcpError::Dup)?;
-            for (addr, fd) in ls {
+            for (addr, secure, fd) in ls {
+                if secure != Secure::None {
+                    st.secure.push((addr.clone(), secure));
+                }
                 st.listeners.push((addr, fd_base + fds.len()));
                 fds.push(fd);
             }
@@ -566,6 +638,12 @@ impl TcpTransport {
         fds: &mut [Option<OwnedFd>],
     ) -> Result<TcpTransport, TcpError> {
         let t = TcpTransport::new(target, reactors)?;
+        let secure_of = |addr: &str| {
+            st.secure
+                .iter()
+                .find(|(a, _)| a == addr)
+                .map_or(Secure::None, |(_, s)| *s)
+        };
         let mut take = |i: usize| {
             fds.get_mut(i)
                 .and_then(Option::take)
@@ -579,8 +657,11 @@ impl TcpTransport {
         for (addr, i) in &st.listeners {
             let l = TcpListener::from(take(*i)?);
             l.set_nonblocking(true).map_err(TcpError::Dup)?;
-            tracing::info!(%addr, "NVMe/TCP listener adopted");
-            per[0].0.push(l);
+            let secure = secure_of(addr);
+            let tls = t.tls_for(secure)?;
+            t.target.tls.set_listener(addr, secure);
+            tracing::info!(%addr, secure = secure.name(), "NVMe/TCP listener adopted");
+            per[0].0.push((l, secure, tls));
         }
         for (snap, reactor, i) in &st.conns {
             per[reactor % n]
@@ -601,12 +682,14 @@ impl TcpTransport {
                     // Sockets are watched from release on (`resume`).
                     unwatch(ctx, &mut l);
                 });
-                for listener in listeners {
+                for (listener, secure, tls) in listeners {
                     let acceptor = Acceptor {
                         listener,
                         target: target.clone(),
                         reactors: reactors.clone(),
                         next: 0,
+                        secure,
+                        tls,
                     };
                     LOCAL.with(|l| push_acceptor(ctx, &mut l.borrow_mut(), acceptor));
                 }
@@ -614,7 +697,7 @@ impl TcpTransport {
                 let mut res = Ok(());
                 for (stream, snap) in conns {
                     match Conn::import(
-                        stream,
+                        Sock::Plain(stream),
                         target.clone(),
                         &region,
                         &image,
@@ -652,14 +735,21 @@ fn export_local(ctx: &mut Ctx, l: &mut Local) -> Result<Exported, std::io::Error
     let mut ls = Vec::new();
     for a in &l.acceptors {
         let addr = a.listener.local_addr()?.to_string();
-        ls.push((addr, a.listener.as_fd().try_clone_to_owned()?));
+        ls.push((addr, a.secure, a.listener.as_fd().try_clone_to_owned()?));
     }
     let mut cs = Vec::new();
     for e in &l.conns {
+        if !e.conn.stream().can_hand_over() {
+            // Software TLS: the record keys and sequence numbers live in this
+            // process's OpenSSL and cannot travel. The connection closes with this
+            // process; the host reconnects (see docs/architecture.md, hot upgrade).
+            tracing::warn!(peer = %e.conn.peer(), "NVMe/TCP TLS connection not handed over: it closes with this process and the host reconnects");
+            continue;
+        }
         cs.push((
             e.conn.export(now).map_err(std::io::Error::other)?,
             ctx.id(),
-            e.conn.stream().as_fd().try_clone_to_owned()?,
+            e.conn.stream().tcp().as_fd().try_clone_to_owned()?,
         ));
     }
     Ok((ls, cs))
@@ -699,8 +789,8 @@ fn rewatch(ctx: &mut Ctx, l: &mut Local) {
     }
 }
 
-fn add_conn(ctx: &mut Ctx, conn: Conn<TcpStream>, frozen: bool) {
-    let fd = conn.stream().as_raw_fd();
+fn add_conn(ctx: &mut Ctx, conn: Conn<Sock>, frozen: bool) {
+    let fd = conn.stream().tcp().as_raw_fd();
     let unwatched = LOCAL.with(|l| l.borrow().unwatched);
     if !unwatched {
         if let Err(e) = ctx.register_fd(fd, Interest::READABLE) {
@@ -740,6 +830,8 @@ struct Acceptor {
     target: Arc<Target>,
     reactors: Vec<ReactorHandle>,
     next: usize,
+    secure: Secure,
+    tls: Tls,
 }
 
 /// A busy reactor tries accept() at most this often: a connection waits at most this
@@ -750,6 +842,25 @@ const ACCEPT_INTERVAL: Duration = Duration::from_millis(1);
 const ACCEPT_BUDGET: usize = 16;
 
 impl Acceptor {
+    /// The stream of a connection accepted on this listener.
+    fn sock(&self, stream: TcpStream, peer: SocketAddr) -> Sock {
+        match &self.tls {
+            #[cfg(feature = "tls")]
+            Some(ctx) => Sock::Tls(Box::new(sock::tls::Server::new(
+                stream,
+                ctx.clone(),
+                self.secure,
+                peer.to_string(),
+            ))),
+            #[cfg(not(feature = "tls"))]
+            Some(never) => match *never {},
+            None => {
+                let _ = peer;
+                Sock::Plain(stream)
+            }
+        }
+    }
+
     fn poll(&mut self) -> bool {
         let mut work = false;
         for _ in 0..ACCEPT_BUDGET {
@@ -767,9 +878,10 @@ impl Acceptor {
                     self.next = self.next.wrapping_add(1);
                     let target = self.target.clone();
                     tracing::debug!(%peer, reactor = r.id(), "connection accepted");
+                    let sock = self.sock(stream, peer);
                     let res = r.send(move |ctx: &mut Ctx| {
                         let id = ctx.id();
-                        add_conn(ctx, Conn::new(stream, target, peer.to_string(), id), false)
+                        add_conn(ctx, Conn::new(sock, target, peer.to_string(), id), false)
                     });
                     if let Err(e) = res {
                         tracing::error!(%peer, error = %e, "cannot hand a connection to its reactor");
@@ -819,7 +931,8 @@ impl Poller for TcpPoller {
             let mut i = 0;
             while i < l.conns.len() {
                 let e = &mut l.conns[i];
-                let readable = std::mem::take(&mut e.readable) || all_readable;
+                let readable =
+                    std::mem::take(&mut e.readable) || all_readable || e.conn.stream().buffered();
                 let work = e.conn.poll_ready(now, readable);
                 if readable && work > 0 && l.direct.fd == Some(e.fd) {
                     l.direct.active = true;

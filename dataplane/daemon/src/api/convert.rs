@@ -58,6 +58,28 @@ pub fn subsystem(run: &Running, s: &Subsystem) -> pb::Subsystem {
             .iter()
             .map(|(h, k)| host_key(h, k))
             .collect(),
+        tls_keys: run
+            .target
+            .tls
+            .all()
+            .iter()
+            .filter(|(_, sub, _)| *sub == s.nqn)
+            .map(|(h, sub, k)| tls_key(h, sub, k))
+            .collect(),
+    }
+}
+
+/// A host's TLS key without the key.
+pub fn tls_key(host: &str, subnqn: &str, k: &lightpool_nvmf::tls::ConfiguredPsk) -> pb::TlsKey {
+    use lightpool_nvmf::tls::{Derivation, IdentityVersion};
+    pb::TlsKey {
+        host: host.to_string(),
+        hash: k.cipher_hash().name().to_string(),
+        transform: k.transform().map_or("none", |h| h.name()).to_string(),
+        identity: k
+            .tls_psk(host, subnqn, IdentityVersion::V1, Derivation::Standard)
+            .map(|p| p.identity)
+            .unwrap_or_default(),
     }
 }
 

@@ -188,6 +188,29 @@ impl subsystems_server::Subsystems for Api {
         Ok(Response::new(out))
     }
 
+    async fn set_tls_key(&self, r: Request<pb::SetTlsKeyRequest>) -> Res<pb::TlsKey> {
+        let r = r.into_inner();
+        let key = lightpool_nvmf::tls::ConfiguredPsk::parse(&r.key)
+            .map_err(|e| Status::invalid_argument(format!("key: {e}")))?;
+        let out = self
+            .blocking(move |run| {
+                run.set_tls_key(&r.nqn, &r.host, Some(&r.key))?;
+                Ok(convert::tls_key(&r.host, &r.nqn, &key))
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn clear_tls_key(
+        &self,
+        r: Request<pb::ClearTlsKeyRequest>,
+    ) -> Res<pb::ClearTlsKeyResponse> {
+        let r = r.into_inner();
+        self.blocking(move |run| run.set_tls_key(&r.nqn, &r.host, None))
+            .await?;
+        Ok(Response::new(pb::ClearTlsKeyResponse {}))
+    }
+
     async fn clear_host_key(
         &self,
         r: Request<pb::ClearHostKeyRequest>,

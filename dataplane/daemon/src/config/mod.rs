@@ -128,6 +128,15 @@ pub struct ListenerSection {
     /// "tcp" (the default) or "rdma" (a binary built with the daemon's `rdma` feature).
     #[serde(default = "d_transport")]
     pub transport: String,
+    /// NVMe/TCP in TLS 1.3 with pre-shared keys: "none" (default), "optional" (the
+    /// host's first byte decides) or "required" (a plain ICReq is refused). The keys
+    /// are `[[subsystem.tls_key]]`.
+    #[serde(default, skip_serializing_if = "is_none")]
+    pub secure: String,
+}
+
+fn is_none(s: &str) -> bool {
+    s.is_empty() || s == "none"
 }
 
 fn d_transport() -> String {
@@ -199,6 +208,28 @@ pub struct SubsystemSection {
     /// DH-HMAC-CHAP keys: a host listed here must authenticate in-band.
     #[serde(default, rename = "host_key", skip_serializing_if = "Vec::is_empty")]
     pub host_keys: Vec<HostKeySection>,
+    /// NVMe/TCP TLS pre-shared keys: the host of each may connect in TLS (on a listener
+    /// with `secure`) with the PSK derived from it for this subsystem.
+    #[serde(default, rename = "tls_key", skip_serializing_if = "Vec::is_empty")]
+    pub tls_keys: Vec<TlsKeySection>,
+}
+
+/// One host's configured TLS PSK for a subsystem (`[[subsystem.tls_key]]`), in the
+/// interchange format `nvme gen-tls-key` prints (`NVMeTLSkey-1:01:...:`). It never
+/// appears in `Debug` output or logs.
+#[derive(Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsKeySection {
+    pub host: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for TlsKeySection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsKeySection")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One host's DH-HMAC-CHAP keys (`[[subsystem.host_key]]`). Secrets are in the DHHC-1
@@ -641,6 +672,15 @@ impl Config {
                 k.text()
                     .parse()
                     .map_err(|e| ferr(g(keys_error_field(&e)), e.to_string()))?;
+            }
+            for (ki, k) in s.tls_keys.iter().enumerate() {
+                let g = |x: &str| format!("subsystem[{si}].tls_key[{ki}].{x}");
+                lightpool_nvmf::nqn::check_nqn(&k.host).map_err(|e| ferr(g("host"), e))?;
+                if s.tls_keys[..ki].iter().any(|o| o.host == k.host) {
+                    return Err(ferr(g("host"), format!("{:?} has a TLS key twice", k.host)));
+                }
+                lightpool_nvmf::tls::ConfiguredPsk::parse(&k.key)
+                    .map_err(|e| ferr(g("key"), e.to_string()))?;
             }
             for (ai, a) in s.ana_groups.iter().enumerate() {
                 let g = |x: &str| format!("subsystem[{si}].ana_group[{ai}].{x}");

@@ -63,6 +63,10 @@ pub fn apply(run: &Running, cfg: &Config) -> Result<(), FieldError> {
         sc.max_cntlid = s.max_cntlid;
         run.create_subsystem(sc)
             .map_err(at(format!("subsystem[{si}].nqn")))?;
+        for (ki, k) in s.tls_keys.iter().enumerate() {
+            run.set_tls_key(&s.nqn, &k.host, Some(&k.key))
+                .map_err(at(format!("subsystem[{si}].tls_key[{ki}].key")))?;
+        }
         for (ni, n) in s.namespaces.iter().enumerate() {
             let key = format!("subsystem[{si}].namespace[{ni}]");
             let device = match (n.device_name(), &n.volume) {
@@ -110,7 +114,13 @@ pub fn apply(run: &Running, cfg: &Config) -> Result<(), FieldError> {
         }
     }
     for (li, l) in cfg.listeners.iter().enumerate() {
-        run.add_listener(&l.transport, &l.address)
+        let secure = lightpool_nvmf::tls::Secure::parse(&l.secure).ok_or_else(|| {
+            ferr(
+                format!("listener[{li}].secure"),
+                format!("{:?} is not none, optional or required", l.secure),
+            )
+        })?;
+        run.add_secure_listener(&l.transport, &l.address, secure)
             .map_err(at(format!("listener[{li}].address")))?;
     }
     Ok(())

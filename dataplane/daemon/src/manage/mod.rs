@@ -328,6 +328,34 @@ impl Running {
 
     /// Set (`Some`) or clear a host's DH-HMAC-CHAP keys. The next authentication
     /// transaction uses them; live connections stay. The secrets are never logged.
+    /// Set (`Some`, in the interchange format) or remove the TLS PSK of `host` for
+    /// subsystem `nqn`. Connections already in TLS keep the key they started with.
+    pub fn set_tls_key(&self, nqn: &str, host: &str, key: Option<&str>) -> Result<(), ManageError> {
+        let g = self.change()?;
+        if self.target.find_subsystem(nqn).is_none() {
+            return Err(ManageError::NotFound(format!("no subsystem {nqn}")));
+        }
+        lightpool_nvmf::nqn::check_nqn(host).map_err(ManageError::Invalid)?;
+        let key = key
+            .map(lightpool_nvmf::tls::ConfiguredPsk::parse)
+            .transpose()
+            .map_err(|e| ManageError::Invalid(format!("TLS key: {e}")))?;
+        let set = key.is_some();
+        let had = self
+            .target
+            .tls
+            .set(host, nqn, key)
+            .map_err(|e| ManageError::Invalid(format!("TLS key: {e}")))?;
+        if !set && !had {
+            return Err(ManageError::NotFound(format!(
+                "{host} has no TLS key for {nqn}"
+            )));
+        }
+        self.changed(g);
+        tracing::info!(nqn, host, set, "TLS PSK changed");
+        Ok(())
+    }
+
     pub fn set_host_keys(
         &self,
         nqn: &str,
@@ -496,12 +524,22 @@ impl Running {
 
     /// Listen on `address` with transport `transport` (made on first use).
     pub fn add_listener(&self, transport: &str, address: &str) -> Result<ListenAddr, ManageError> {
+        self.add_secure_listener(transport, address, lightpool_nvmf::tls::Secure::None)
+    }
+
+    /// As [`Self::add_listener`], with NVMe/TCP TLS required, optional or off.
+    pub fn add_secure_listener(
+        &self,
+        transport: &str,
+        address: &str,
+        secure: lightpool_nvmf::tls::Secure,
+    ) -> Result<ListenAddr, ManageError> {
         let g = self.change()?;
         let t = self
             .transports
             .get_or_create(transport)
             .map_err(|e| ManageError::Invalid(anyhow_chain(&e)))?;
-        let addr = t.add_listener(address).map_err(|e| {
+        let addr = t.add_secure_listener(address, secure).map_err(|e| {
             let msg = error_chain(&e);
             if msg.contains("in use") {
                 ManageError::Unavailable(format!("{msg}: another process listens there"))

@@ -73,6 +73,10 @@ pub fn save(run: &Running) -> Config {
                 .map(move |l| ListenerSection {
                     address: l.addr.to_addr_string(),
                     transport: t.name().to_string(),
+                    secure: match run.target.tls.listener(&l.addr.to_addr_string()) {
+                        lightpool_nvmf::tls::Secure::None => String::new(),
+                        s => s.name().to_string(),
+                    },
                 })
         })
         .collect();
@@ -138,6 +142,17 @@ pub fn save(run: &Running) -> Config {
                 .all_host_keys()
                 .iter()
                 .map(|(h, k)| crate::config::HostKeySection::from_keys(h, k))
+                .collect(),
+            tls_keys: run
+                .target
+                .tls
+                .all()
+                .into_iter()
+                .filter(|(_, sub, _)| *sub == s.nqn)
+                .map(|(host, _, k)| crate::config::TlsKeySection {
+                    host,
+                    key: k.to_interchange(),
+                })
                 .collect(),
             min_cntlid: s.min_cntlid,
             max_cntlid: s.max_cntlid,

@@ -186,9 +186,21 @@ fn write_boot_fds(run: &Running, changes: u64) -> Result<Vec<OwnedFd>> {
     // binary that does not know them reads the record and ignores what follows, and
     // one that does finds none after an older binary's record.
     blob.extend(postcard::to_stdvec(&host_keys(&run.target)).context("encoding the host keys")?);
+    // The TLS PSKs follow in the same way: (subsystem NQN, host NQN, interchange form).
+    let tls: TlsKeyRecords = run
+        .target
+        .tls
+        .all()
+        .into_iter()
+        .map(|(host, sub, k)| (sub, host, k.to_interchange()))
+        .collect();
+    blob.extend(postcard::to_stdvec(&tls).context("encoding the TLS keys")?);
     run.region.write_blob(Blob::Boot, &blob)?;
     Ok(fds)
 }
+
+/// Every TLS PSK: (subsystem NQN, host NQN, `NVMeTLSkey-1:...`).
+type TlsKeyRecords = Vec<(String, String, String)>;
 
 /// Every subsystem's DH-HMAC-CHAP keys: (subsystem NQN, host NQN, keys).
 type HostKeyRecords = Vec<(String, String, lightpool_nvmf::auth::HostKeysText)>;
@@ -213,7 +225,8 @@ pub(crate) fn restore_host_keys(region: &Region, target: &lightpool_nvmf::Target
     if rest.is_empty() {
         return Ok(0);
     }
-    let keys: HostKeyRecords = postcard::from_bytes(rest).context("decoding the host keys")?;
+    let (keys, rest): (HostKeyRecords, _) =
+        postcard::take_from_bytes(rest).context("decoding the host keys")?;
     for (nqn, host, text) in &keys {
         let s = target
             .find_subsystem(nqn)
@@ -224,7 +237,21 @@ pub(crate) fn restore_host_keys(region: &Region, target: &lightpool_nvmf::Target
         s.set_host_keys(host, Some(k))
             .map_err(|e| anyhow!("host keys of {host} on {nqn}: {e}"))?;
     }
-    Ok(keys.len())
+    // TLS PSKs: none after a binary that did not write them.
+    let tls: TlsKeyRecords = if rest.is_empty() {
+        Vec::new()
+    } else {
+        postcard::from_bytes(rest).context("decoding the TLS keys")?
+    };
+    for (nqn, host, text) in &tls {
+        let k = lightpool_nvmf::tls::ConfiguredPsk::parse(text)
+            .map_err(|e| anyhow!("TLS key of {host} on {nqn}: {e}"))?;
+        target
+            .tls
+            .set(host, nqn, Some(k))
+            .map_err(|e| anyhow!("TLS key of {host} on {nqn}: {e}"))?;
+    }
+    Ok(keys.len() + tls.len())
 }
 
 fn read_boot(region: &Region) -> Result<Boot> {

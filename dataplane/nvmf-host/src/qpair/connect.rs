@@ -1,7 +1,6 @@
 //! The blocking side of a queue pair: TCP connect, ICReq/ICResp, Fabrics Connect,
 //! commands waited for one at a time (admin queue), Disconnect.
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -11,9 +10,9 @@ use lightpool_spec::status::{command_specific as cs, sct};
 use lightpool_spec::tcp::{self as pdu, IcReq};
 
 use super::{Completion, Dir, Negotiated, Qpair, QpairConfig, BLOCKING_SLICE, HPDA};
-use crate::InitiatorError;
+use crate::{HostStream, HostTls, InitiatorError, Stream};
 
-impl Qpair<TcpStream> {
+impl Qpair<HostStream> {
     /// Opens a TCP connection to `addr` and negotiates digests with ICReq/ICResp.
     /// The socket stays in blocking mode (for Connect and admin commands) until
     /// [`Qpair::set_nonblocking`].
@@ -23,13 +22,32 @@ impl Qpair<TcpStream> {
         ddgst: bool,
         cfg: QpairConfig,
         timeout: Duration,
-    ) -> Result<Qpair<TcpStream>, InitiatorError> {
-        let mut s = TcpStream::connect_timeout(&addr, timeout)
+    ) -> Result<Qpair<HostStream>, InitiatorError> {
+        Self::connect_tls(addr, None, hdgst, ddgst, cfg, timeout)
+    }
+
+    /// As [`Qpair::connect`], in TLS 1.3 with the PSK `tls` when there is one (the
+    /// handshake comes first, then ICReq/ICResp in records).
+    pub fn connect_tls(
+        addr: SocketAddr,
+        tls: Option<&HostTls>,
+        hdgst: bool,
+        ddgst: bool,
+        cfg: QpairConfig,
+        timeout: Duration,
+    ) -> Result<Qpair<HostStream>, InitiatorError> {
+        let deadline = Instant::now() + timeout;
+        let s = TcpStream::connect_timeout(&addr, timeout)
             .map_err(|source| InitiatorError::Connect { addr, source })?;
         let io = |e| InitiatorError::io(addr, e);
         s.set_nodelay(true).map_err(io)?;
         s.set_write_timeout(Some(timeout)).map_err(io)?;
         s.set_read_timeout(Some(BLOCKING_SLICE)).map_err(io)?;
+        let mut s = match tls {
+            None => HostStream::Plain(s),
+            Some(psk) => HostStream::tls(s, psk, deadline)
+                .map_err(|source| InitiatorError::Tls { addr, source })?,
+        };
         let req = IcReq {
             pfv: pdu::PFV_1_0,
             hpda: HPDA,
@@ -37,7 +55,17 @@ impl Qpair<TcpStream> {
             ddgst,
             maxr2t: 0,
         };
-        s.write_all(&req.encode()).map_err(io)?;
+        let icreq = req.encode();
+        let mut sent = 0;
+        while sent < icreq.len() {
+            match s.writev(&[std::io::IoSlice::new(&icreq[sent..])]) {
+                Ok(0) => return Err(io(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => sent += n,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
         // The ICResp (checked against what was asked) comes through the receiver like
         // every other PDU.
         let asked = Negotiated {
@@ -46,7 +74,6 @@ impl Qpair<TcpStream> {
             ..Negotiated::default()
         };
         let mut q = Qpair::unconnected(s, addr, asked, cfg);
-        let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         while !q.c.negotiated {
             q.poll(&mut out)?;
@@ -64,13 +91,14 @@ impl Qpair<TcpStream> {
     /// The socket, for readiness polling.
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
-        self.c.s.as_raw_fd()
+        self.c.s.tcp().as_raw_fd()
     }
 
     /// Switches to non-blocking I/O for the load loop.
     pub fn set_nonblocking(&mut self) -> Result<(), InitiatorError> {
         self.c
             .s
+            .tcp()
             .set_nonblocking(true)
             .map_err(|e| InitiatorError::io(self.c.peer, e))
     }
@@ -78,8 +106,12 @@ impl Qpair<TcpStream> {
     /// Back to blocking I/O (with a short read timeout) for admin-style waits.
     pub fn set_blocking(&mut self) -> Result<(), InitiatorError> {
         let io = |e| InitiatorError::io(self.c.peer, e);
-        self.c.s.set_nonblocking(false).map_err(io)?;
-        self.c.s.set_read_timeout(Some(BLOCKING_SLICE)).map_err(io)
+        self.c.s.tcp().set_nonblocking(false).map_err(io)?;
+        self.c
+            .s
+            .tcp()
+            .set_read_timeout(Some(BLOCKING_SLICE))
+            .map_err(io)
     }
 
     /// Submits `sqe` and waits for its completion (blocking mode only). `data` is
@@ -196,7 +228,7 @@ impl Qpair<TcpStream> {
                 });
             }
         }
-        let _ = self.c.s.shutdown(std::net::Shutdown::Both);
+        let _ = self.c.s.tcp().shutdown(std::net::Shutdown::Both);
         Ok(())
     }
 }

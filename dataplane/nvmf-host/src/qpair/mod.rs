@@ -11,7 +11,7 @@
 //! queued PDU with one `writev`. The command id is the slab index.
 
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use lightpool_spec::nvme::{Cqe, SglDescriptor, Sqe};
@@ -194,7 +194,7 @@ impl TxBuffers for Slab {
 }
 
 /// One queue pair.
-pub struct Qpair<S: Stream = TcpStream> {
+pub struct Qpair<S: Stream = crate::HostStream> {
     rx: Receiver<Sink>,
     c: Core<S>,
 }
@@ -301,7 +301,7 @@ impl<S: Stream> Qpair<S> {
     /// Completions waiting for the next [`Qpair::poll`] that arrived while flushing
     /// (no socket event will announce them).
     pub fn has_ready(&self) -> bool {
-        !self.c.slab.ready.is_empty()
+        !self.c.slab.ready.is_empty() || self.c.s.buffered()
     }
 
     /// Commands submitted and not yet completed.

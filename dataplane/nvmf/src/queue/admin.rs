@@ -386,9 +386,24 @@ fn discovery_entries(target: &crate::Target, hostnqn: &str) -> Vec<DiscoveryLogE
             );
             e.trtype = l.addr.trtype;
             if l.addr.trtype == log::trtype::RDMA {
+                // RDMA listeners are plain (TLS is NVMe/TCP's): their own TSAS.
                 e.tsas = lightpool_spec::rdma::tsas::rdma_cm();
+                e.treq = log::treq::NOT_REQUIRED;
+            } else {
+                // NVMe/TCP TSAS byte 0 (SECTYPE) and TREQ's secure channel bits: what the
+                // listener's TLS setting is.
+                match target.tls.listener(&l.addr.to_addr_string()) {
+                    crate::tls::Secure::None => e.treq = log::treq::NOT_REQUIRED,
+                    crate::tls::Secure::Optional => {
+                        e.treq = log::treq::NOT_REQUIRED;
+                        e.tsas[0] = log::tcp_sectype::TLS_1_3;
+                    }
+                    crate::tls::Secure::Required => {
+                        e.treq = log::treq::REQUIRED;
+                        e.tsas[0] = log::tcp_sectype::TLS_1_3;
+                    }
+                }
             }
-            e.treq = log::treq::NOT_REQUIRED;
             e.asqsz = target.opts.max_admin_queue_depth;
             out.push(e);
         };
