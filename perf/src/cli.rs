@@ -413,7 +413,7 @@ fn host_identity() -> ([u8; 16], String) {
     (id, format!("nqn.2014-08.org.nvmexpress:uuid:{uuid}"))
 }
 
-fn fail(e: impl std::fmt::Display) -> i32 {
+pub fn fail(e: impl std::fmt::Display) -> i32 {
     eprintln!("lightpool-perf: {e}");
     1
 }
@@ -476,6 +476,10 @@ fn nvme_main(a: &NvmeArgs) -> i32 {
     }
     .to_string();
     let started = SystemTime::now();
+    #[cfg(feature = "rdma")]
+    if o.trids.iter().any(|t| t.rdma) {
+        return crate::rdma::main(a, &job, &o, started);
+    }
     let prepared = match crate::nvme::prepare(&job, &o) {
         Ok(p) => p,
         Err(e) => return fail_setup(e),

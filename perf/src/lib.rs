@@ -6,7 +6,8 @@
 //!   the crate `lightpool-nvmf-host` (the remote block device runs it too).
 //! - [`workload`]: access patterns and mixes; [`verify`]: block stamps and checks.
 //! - [`engine`]: the pinned per-core load loop over any [`engine::IoQueue`].
-//! - [`nvme`], [`bdev`], [`limit`]: the three kinds of queue and their runs.
+//! - [`nvme`], [`bdev`], [`limit`]: the three kinds of queue and their runs;
+//!   `rdma` (feature `rdma`): NVMe/RDMA targets, `trtype:rdma`.
 //! - [`stats`], [`report`], [`plot`]: measurement and output; [`cli`]: the command line.
 //! - which sockets to read comes from epoll: `lightpool_reactor::readiness`.
 
@@ -17,6 +18,8 @@ pub use lightpool_nvmf_host as initiator;
 pub mod limit;
 pub mod nvme;
 pub mod plot;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 pub mod report;
 pub mod stats;
 pub mod verify;

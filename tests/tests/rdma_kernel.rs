@@ -1,13 +1,14 @@
 //! The RDMA baseline in one guest: soft-RoCE (rxe) on the guest's network interface,
 //! the guest kernel's own NVMe/RDMA target (nvmet-rdma) on a RAM disk, and its NVMe/RDMA
-//! initiator (nvme-rdma) discovering it, connecting and running fio with verify. Proves
+//! initiator (nvme-rdma) discovering it, connecting and running fio with verify; then
+//! lightpool-perf's NVMe/RDMA host against the same target with --verify. Proves
 //! the guest image carries what RDMA needs; the lightpool-target test (rdma.rs) and the
 //! perf comparison stand on it.
 #![cfg(feature = "e2e")]
 
 use std::time::Duration;
 
-use lightpool_e2e::{rdma, run_guest, GuestConfig};
+use lightpool_e2e::{binary_with_libraries, rdma, release_binary, run_guest, GuestConfig};
 
 const NQN: &str = "nqn.2024-01.io.lightpool:rdma-kernel";
 
@@ -59,16 +60,27 @@ for job in "randwrite 4k-1m" "write 128k-128k"; do
     [ "$summary" = "0;8192;8192" ]
 done
 nvme disconnect -n $NQN
+{perf}
+R="trtype:rdma adrfam:ipv4 traddr:$RDMA_ADDR trsvcid:4420 subnqn:$NQN"
+for job in "randwrite 4096" "randread 4096" "randrw 4096 --no-in-capsule" "randrw 16384" \
+    "randrw 131072"; do
+    set -- $job
+    perf_run "$1-$2${{3:-}}" -r "$R" -w $1 -o $2 -q 16 -t 2 --verify --connect-timeout 10 ${{3:-}}
+done
 say "all good"
 "#,
-        setup = rdma::setup_script()
+        setup = rdma::setup_script(),
+        perf = rdma::perf_script(),
     )
 }
 
 #[test]
 fn kernel_nvme_rdma_against_kernel_nvmet_rdma_on_soft_roce() {
+    let perf = release_binary("lightpool-perf").expect("built by tests/run.sh (rdma feature)");
     let cfg = GuestConfig {
-        timeout: Duration::from_secs(420),
+        timeout: Duration::from_secs(600),
+        extra_files: binary_with_libraries(&perf, "/test/lightpool-perf")
+            .expect("binary and libraries"),
         ..GuestConfig::new("rdma-kernel", &script())
     };
     let out = run_guest(&cfg).expect("guest run");
@@ -84,5 +96,26 @@ fn kernel_nvme_rdma_against_kernel_nvmet_rdma_on_soft_roce() {
         "RDMAK: all good",
     ] {
         assert!(out.console.contains(want), "{want:?} missing from:\n{tail}");
+    }
+    // lightpool-perf's NVMe/RDMA host against nvmet-rdma: every run verified clean,
+    // writes within nvmet-rdma's 4 KiB in-capsule size, beyond it, and by keyed SGL
+    // only.
+    let perf = rdma::perf_reports(&out.console);
+    for name in [
+        "randwrite-4096",
+        "randread-4096",
+        "randrw-4096--no-in-capsule",
+        "randrw-16384",
+        "randrw-131072",
+    ] {
+        let r = perf
+            .get(name)
+            .unwrap_or_else(|| panic!("no perf run {name} in:\n{tail}"));
+        r.assert_clean(name, true);
+        println!(
+            "perf {name} over nvmet-rdma: {} I/Os, {:.0} IOPS",
+            r.ios(),
+            r.iops()
+        );
     }
 }

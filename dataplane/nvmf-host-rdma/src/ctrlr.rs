@@ -6,9 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lightpool_nvmf_host::{
-    Completion, ConnectOptions, ControllerInfo, Dir, InitiatorError, NamespaceInfo,
-};
+use lightpool_nvmf_host::{Completion, ControllerInfo, Dir, InitiatorError, NamespaceInfo};
 use lightpool_spec::fabrics::{PropertyCommand, CNTLID_DYNAMIC, CONNECT_DATA_SIZE};
 use lightpool_spec::features::fid;
 use lightpool_spec::identify::{
@@ -29,10 +27,23 @@ const CC_ENABLE: u32 = 1 | (6 << 16) | (4 << 20);
 /// CC.SHN = normal shutdown (bits 15:14).
 const CC_SHN_NORMAL: u32 = 1 << 14;
 
+/// How to reach and identify ourselves to a subsystem over NVMe/RDMA.
+#[derive(Clone, Debug)]
+pub struct RdmaConnectOptions {
+    pub addr: SocketAddr,
+    pub subnqn: String,
+    pub hostnqn: String,
+    pub hostid: [u8; 16],
+    /// Keep-alive timeout asked for at Connect, milliseconds (0: none).
+    pub kato_ms: u32,
+    /// Limit for connecting and for each admin command.
+    pub timeout: Duration,
+}
+
 /// A live NVMe/RDMA controller: its admin queue and what it told us.
 pub struct RdmaController {
     admin: RdmaQpair,
-    pub opts: ConnectOptions,
+    pub opts: RdmaConnectOptions,
     pub info: ControllerInfo,
     cap: Cap,
     next_qid: u16,
@@ -42,13 +53,7 @@ pub struct RdmaController {
 
 impl RdmaController {
     /// Connects the admin queue, enables the controller and identifies it.
-    pub fn connect(opts: ConnectOptions) -> Result<RdmaController, InitiatorError> {
-        if opts.hdgst || opts.ddgst {
-            return Err(InitiatorError::Unsupported(
-                "digests are NVMe/TCP's; NVMe/RDMA has none (leave out --hdgst and --ddgst)"
-                    .to_string(),
-            ));
-        }
+    pub fn connect(opts: RdmaConnectOptions) -> Result<RdmaController, InitiatorError> {
         let cfg = RdmaQueueConfig {
             depth: 4,
             buf_len: ADMIN_BUF,
@@ -347,7 +352,7 @@ impl RdmaController {
                 self.opts.addr, self.max_qid
             )));
         }
-        cfg.in_capsule_max = self.info.in_capsule_max;
+        cfg.in_capsule_max = cfg.in_capsule_max.min(self.info.in_capsule_max);
         // The Connect data (1,024 bytes) travels through the first tag's buffer.
         cfg.buf_len = cfg.buf_len.max(CONNECT_DATA_SIZE);
         let mut q = RdmaQpair::connect(
