@@ -106,6 +106,16 @@ impl PerfReport {
             .unwrap_or(0.0)
     }
 
+    /// Blocks read back that held a valid stamp (checked, less the unwritten ones).
+    pub fn stamped_blocks_read(&self) -> u64 {
+        let n = |k: &str| {
+            self.field(&["verify", k])
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0)
+        };
+        n("blocks_checked").saturating_sub(n("blocks_unwritten"))
+    }
+
     pub fn field(&self, path: &[&str]) -> Option<&serde_json::Value> {
         path.iter().try_fold(self.json.as_ref()?, |v, k| v.get(*k))
     }

@@ -184,8 +184,10 @@ impl RdmaQpair {
         q.id.connect(
             &req.encode(),
             AcceptParams {
-                responder_resources: 0,
-                initiator_depth: 16,
+                // The target RDMA READs a write's data from us: it needs inbound READ
+                // resources here; we issue no READ ourselves.
+                responder_resources: 16,
+                initiator_depth: 0,
             },
         )
         .map_err(e)?;
