@@ -109,7 +109,7 @@ say "reconnected queues=$(cat /sys/class/nvme/$CTRL/queue_count)"
 # never registered (its queue ends); the kernel host's fio keeps verifying meanwhile.
 run_fio randwrite 4k-256k &
 FIO=$!
-/test/rdma_hostile $RDMA_ADDR:4420 > /tmp/hostile.out 2>&1 || {{ cat /tmp/hostile.out; fail "hostile host"; }}
+/test/rdma_hostile $RDMA_ADDR:4420 $NQN > /tmp/hostile.out 2>&1 || {{ cat /tmp/hostile.out; fail "hostile host"; }}
 cat /tmp/hostile.out
 wait $FIO || fail "fio beside the hostile host"
 nvme disconnect -n $NQN || fail "second disconnect"
@@ -236,6 +236,7 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         "HOSTILE: reject hsqsize-big: RDMA_CM_EVENT_REJECTED sts=Some(4) ok",
         "HOSTILE: reject hrqsize0: RDMA_CM_EVENT_REJECTED sts=Some(5) ok",
         "HOSTILE: bad key: disconnected ok",
+        "HOSTILE: connect qid mismatch: ended ok",
         "RDMA-E2E: disconnected again",
         "RDMA-E2E: upgraded",
         "RDMA-E2E: fio across the upgrade errors=0 write_kb=",

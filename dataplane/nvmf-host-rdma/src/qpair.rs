@@ -541,6 +541,26 @@ impl RdmaQpair {
     }
 }
 
+impl RdmaQpair {
+    /// Whether the target ends the connection (RDMA_CM DISCONNECTED) within `timeout`;
+    /// other connection events are passed over.
+    pub fn wait_disconnected(&self, timeout: Duration) -> Result<bool, InitiatorError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .ch
+                .wait_event(left)
+                .map_err(|e| rdma_err(self.peer, e))?
+            {
+                Some(e) if e.kind == ev::RDMA_CM_EVENT_DISCONNECTED => return Ok(true),
+                Some(_) if !left.is_zero() => {}
+                _ => return Ok(false),
+            }
+        }
+    }
+}
+
 /// Waits for the RDMA_CM event `want` of a resolve step.
 fn wait_for(
     ch: &EventChannel,
