@@ -154,6 +154,7 @@ for job in "randwrite 4096 32768:49152" "randread 4096 32768:49152" \
     perf_run "$1-$2${{4:-}}" -r "$R" -w $1 -o $2 --range $3 -q 16 -t 2 --verify \
         --connect-timeout 10 ${{4:-}}
 done
+grep -iE "closing|WARN|deferred" /tmp/target.log | grep -v "rejected" | tail -n 12 | sed 's/^/TLOG: /'
 perf_cmp() {{
     snap; b0=$busy; c0=$cmds
     perf_run "cmp-$1" -r "$2" -w randread -o 4096 -q 8 -t 3 --connect-timeout 10

@@ -71,6 +71,18 @@ for job in "randwrite 4096 32768:49152" "randread 4096 32768:49152" \
     perf_run "$1-$2${{4:-}}" -r "$R" -w $1 -o $2 --range $3 -q 16 -t 2 --verify \
         --connect-timeout 10 ${{4:-}}
 done
+# The same over IPv6: a ULA on the rxe interface (no DAD wait), a second nvmet port.
+echo 0 > /proc/sys/net/ipv6/conf/$ifc/accept_dad
+ip -6 addr add fd00::15/64 dev $ifc
+mkdir $T/ports/2
+echo rdma > $T/ports/2/addr_trtype
+echo ipv6 > $T/ports/2/addr_adrfam
+echo fd00::15 > $T/ports/2/addr_traddr
+echo 4420 > $T/ports/2/addr_trsvcid
+ln -s $T/subsystems/$NQN $T/ports/2/subsystems/$NQN
+say "ipv6 port up"
+perf_run ipv6-randrw-4096 -r "trtype:rdma adrfam:ipv6 traddr:fd00::15 trsvcid:4420 subnqn:$NQN" \
+    -w randrw -o 4096 --range 98304:114688 -q 16 -t 2 --verify --connect-timeout 10
 say "all good"
 "#,
         setup = rdma::setup_script(),
@@ -111,6 +123,7 @@ fn kernel_nvme_rdma_against_kernel_nvmet_rdma_on_soft_roce() {
         "randrw-4096--no-in-capsule",
         "randrw-16384",
         "randrw-131072",
+        "ipv6-randrw-4096",
     ] {
         let r = perf
             .get(name)

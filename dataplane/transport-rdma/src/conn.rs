@@ -108,9 +108,10 @@ impl RingSizes {
         RingSizes {
             recv_size: SQE_SIZE + target.opts.in_capsule_data_size as usize,
             nrecv,
-            // Slots are numbered up to the queue size (and the few a queue has before
-            // Connect).
-            nrsp: nrecv.max(lightpool_nvmf::target::PRECONNECT_SLOTS),
+            // Slots are numbered up to the queue size plus the few a queue has before
+            // Connect (its slab keeps them): a slot still waiting for its SEND while
+            // the host sends the next command makes the queue take one of those.
+            nrsp: nrecv + lightpool_nvmf::target::PRECONNECT_SLOTS,
         }
     }
 
