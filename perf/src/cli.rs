@@ -428,7 +428,7 @@ fn host_identity() -> ([u8; 16], String) {
     (id, format!("nqn.2014-08.org.nvmexpress:uuid:{uuid}"))
 }
 
-fn fail(e: impl std::fmt::Display) -> i32 {
+pub fn fail(e: impl std::fmt::Display) -> i32 {
     eprintln!("lightpool-perf: {e}");
     1
 }
@@ -506,6 +506,15 @@ fn nvme_main(a: &NvmeArgs) -> i32 {
     }
     .to_string();
     let started = SystemTime::now();
+    #[cfg(feature = "rdma")]
+    if o.trids.iter().any(|t| t.rdma) {
+        if a.multipath || o.tls.is_some() {
+            return fail_setup(PerfError::Invalid(
+                "trtype:rdma takes neither --tls-key (TLS is NVMe/TCP's) nor --multipath (paths are followed over NVMe/TCP only): drop the option or use trtype:tcp".into(),
+            ));
+        }
+        return crate::rdma::main(a, &job, &o, started);
+    }
     if a.multipath {
         let prepared = match crate::multipath::prepare(&job, &o) {
             Ok(p) => p,

@@ -8,6 +8,7 @@
 //! - [`engine`]: the pinned per-core load loop over any [`engine::IoQueue`].
 //! - [`nvme`], [`bdev`], [`limit`]: the three kinds of queue and their runs;
 //!   [`multipath`]: NVMe/TCP queues that follow a namespace's paths (`--multipath`).
+//!   `rdma` (feature `rdma`): NVMe/RDMA targets, `trtype:rdma`.
 //! - [`stats`], [`report`], [`plot`]: measurement and output; [`cli`]: the command line.
 //! - which sockets to read comes from epoll: `lightpool_reactor::readiness`.
 
@@ -19,6 +20,8 @@ pub mod limit;
 pub mod multipath;
 pub mod nvme;
 pub mod plot;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 pub mod report;
 pub mod stats;
 pub mod verify;

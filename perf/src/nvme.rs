@@ -33,6 +33,8 @@ pub struct TransportId {
     /// The port is the discovery port because none was given (discovery may then try
     /// the I/O port too).
     pub default_port: bool,
+    /// `trtype:rdma` (NVMe/RDMA, in a build with the `rdma` feature).
+    pub rdma: bool,
 }
 
 impl FromStr for TransportId {
@@ -46,6 +48,7 @@ impl FromStr for TransportId {
             subnqn: None,
             nsid: None,
             default_port: false,
+            rdma: false,
         };
         let mut have_svc = false;
         for part in s.split_whitespace() {
@@ -54,8 +57,16 @@ impl FromStr for TransportId {
                 .ok_or_else(|| format!("transport ID field {part:?} is not KEY:VALUE"))?;
             match k.to_ascii_lowercase().as_str() {
                 "trtype" => {
-                    if !v.eq_ignore_ascii_case("tcp") {
-                        return Err(format!("trtype {v:?} is not supported; use trtype:tcp"));
+                    t.rdma = v.eq_ignore_ascii_case("rdma");
+                    if t.rdma && cfg!(not(feature = "rdma")) {
+                        return Err(
+                            "trtype:rdma needs a lightpool-perf built with the rdma feature".into(),
+                        );
+                    }
+                    if !t.rdma && !v.eq_ignore_ascii_case("tcp") {
+                        return Err(format!(
+                            "trtype {v:?} is not supported; use trtype:tcp or trtype:rdma"
+                        ));
                     }
                 }
                 "adrfam" => {
@@ -306,6 +317,7 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
                         subnqn: Some(e.subnqn.clone()),
                         nsid: t.nsid,
                         default_port: false,
+                        rdma: false,
                     };
                     targets.push((a.socket_addr().map_err(PerfError::Setup)?, e.subnqn, t.nsid));
                 }
@@ -617,7 +629,10 @@ mod tests {
         assert_eq!(d.trsvcid, 8009, "discovery defaults to the discovery port");
         assert!(d.default_port);
         assert!(!t.default_port);
-        assert!("trtype:rdma traddr:1.2.3.4".parse::<TransportId>().is_err());
+        let rdma = "trtype:rdma traddr:1.2.3.4 subnqn:a".parse::<TransportId>();
+        assert_eq!(rdma.is_ok(), cfg!(feature = "rdma"), "{rdma:?}");
+        assert!(rdma.is_err() || rdma.is_ok_and(|t| t.rdma && t.trsvcid == 4420));
+        assert!("trtype:fc traddr:1.2.3.4".parse::<TransportId>().is_err());
         assert!("traddr:1.2.3.4 bogus:1".parse::<TransportId>().is_err());
         assert!("trtype:tcp".parse::<TransportId>().is_err());
         assert!("traddr 1.2.3.4".parse::<TransportId>().is_err());

@@ -45,3 +45,109 @@ rdma_up
 "#
     )
 }
+
+/// Shell defining `perf_run NAME ARGS...`: runs /test/lightpool-perf with `--json` and
+/// ARGS, and prints one console line `PERFJSON NAME EXIT {json on one line}` that
+/// [`perf_reports`] reads back.
+pub fn perf_script() -> &'static str {
+    r#"
+perf_run() {
+    name=$1; shift
+    rc=0
+    /test/lightpool-perf --json "$@" > /tmp/perf.json 2> /tmp/perf.err || rc=$?
+    [ $rc = 0 ] || { echo "perf $name stderr:"; tail -n 20 /tmp/perf.err; }
+    echo "PERFJSON $name $rc $(tr -d '\n' < /tmp/perf.json)"
+}
+"#
+}
+
+/// What one `perf_run` reported: its exit code and its JSON report (None when it
+/// printed none).
+#[derive(Debug)]
+pub struct PerfReport {
+    pub code: i32,
+    pub json: Option<serde_json::Value>,
+}
+
+/// The `perf_run` lines of a console, by name.
+pub fn perf_reports(console: &str) -> std::collections::BTreeMap<String, PerfReport> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in console.lines() {
+        let Some(rest) = line.trim_end().strip_prefix("PERFJSON ") else {
+            continue;
+        };
+        let mut parts = rest.splitn(3, ' ');
+        let (Some(name), Some(code)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        out.insert(
+            name.to_string(),
+            PerfReport {
+                code: code.parse().unwrap_or(-1),
+                json: parts.next().and_then(|j| serde_json::from_str(j).ok()),
+            },
+        );
+    }
+    out
+}
+
+impl PerfReport {
+    /// Completed I/Os of the whole run (the JSON's total row).
+    pub fn ios(&self) -> u64 {
+        self.field(&["total", "ios"])
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+    }
+
+    /// I/Os per second of the whole run.
+    pub fn iops(&self) -> f64 {
+        self.field(&["total", "iops"])
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0)
+    }
+
+    /// Blocks read back that held a valid stamp (checked, less the unwritten ones).
+    pub fn stamped_blocks_read(&self) -> u64 {
+        let n = |k: &str| {
+            self.field(&["verify", k])
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0)
+        };
+        n("blocks_checked").saturating_sub(n("blocks_unwritten"))
+    }
+
+    pub fn field(&self, path: &[&str]) -> Option<&serde_json::Value> {
+        path.iter().try_fold(self.json.as_ref()?, |v, k| v.get(*k))
+    }
+
+    /// Panics unless the run exited 0 with I/Os done, no I/O error, no error, and (when
+    /// it verified) blocks checked and no mismatch.
+    pub fn assert_clean(&self, name: &str, verified: bool) {
+        assert_eq!(self.code, 0, "{name}: {self:?}");
+        assert!(self.ios() > 0, "{name}: no I/O completed: {self:?}");
+        assert_eq!(
+            self.field(&["error_total"]).and_then(|v| v.as_u64()),
+            Some(0),
+            "{name}: {self:?}"
+        );
+        assert!(
+            self.field(&["error"]).is_some_and(|v| v.is_null()),
+            "{name}: {self:?}"
+        );
+        if verified {
+            assert_eq!(
+                self.field(&["verify", "mismatches"])
+                    .and_then(|v| v.as_u64()),
+                Some(0),
+                "{name}: {self:?}"
+            );
+            let checked = self
+                .field(&["verify", "blocks_checked"])
+                .and_then(|v| v.as_u64());
+            assert!(
+                checked.is_some_and(|n| n > 0),
+                "{name}: nothing verified: {self:?}"
+            );
+        }
+    }
+}

@@ -109,7 +109,7 @@ say "reconnected queues=$(cat /sys/class/nvme/$CTRL/queue_count)"
 # never registered (its queue ends); the kernel host's fio keeps verifying meanwhile.
 run_fio randwrite 4k-256k &
 FIO=$!
-/test/rdma_hostile $RDMA_ADDR:4420 > /tmp/hostile.out 2>&1 || {{ cat /tmp/hostile.out; fail "hostile host"; }}
+/test/rdma_hostile $RDMA_ADDR:4420 $NQN > /tmp/hostile.out 2>&1 || {{ cat /tmp/hostile.out; fail "hostile host"; }}
 cat /tmp/hostile.out
 wait $FIO || fail "fio beside the hostile host"
 nvme disconnect -n $NQN || fail "second disconnect"
@@ -140,6 +140,30 @@ DEV=$(ns_dev) || fail "namespace over TCP"
 cpu_per_cmd tcp
 nvme disconnect -n $NQN || fail "TCP disconnect"
 
+# lightpool-perf's NVMe/RDMA host: verified runs within and beyond the 8 KiB in-capsule
+# size and by keyed SGL only; then RDMA against TCP on the same 4 KiB random reads
+# (IOPS, and the target's reactor busy time per command).
+{perf}
+R="trtype:rdma adrfam:ipv4 traddr:$RDMA_ADDR trsvcid:4420 subnqn:$NQN"
+# Each on LBAs fio never wrote (perf's verify takes zeroes or its own stamps); the
+# random reads check what the random writes stamped.
+for job in "randwrite 4096 32768:49152" "randread 4096 32768:49152" \
+    "randrw 4096 49152:65536 --no-in-capsule" "randrw 16384 65536:81920" \
+    "randrw 131072 81920:98304"; do
+    set -- $job
+    perf_run "$1-$2${{4:-}}" -r "$R" -w $1 -o $2 --range $3 -q 16 -t 2 --verify \
+        --connect-timeout 10 ${{4:-}}
+done
+grep -iE "closing|WARN|deferred" /tmp/target.log | grep -v "rejected" | tail -n 12 | sed 's/^/TLOG: /'
+perf_cmp() {{
+    snap; b0=$busy; c0=$cmds
+    perf_run "cmp-$1" -r "$2" -w randread -o 4096 -q 8 -t 3 --connect-timeout 10
+    snap
+    say "perf: target busy us per I/O over $1: $(awk -v b0=$b0 -v b1=$busy -v c0=$c0 -v c1=$cmds 'BEGIN {{ printf "%.2f", (b1 - b0) * 1e6 / (c1 - c0) }}') ($((cmds - c0)) commands)"
+}}
+perf_cmp rdma "$R"
+perf_cmp tcp "trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:4421 subnqn:$NQN"
+
 # Hot upgrade (to the same binary): RDMA queues cannot travel, so the old process ends
 # them and the successor listens again; the host reconnects (after 1 s here) and fio,
 # running across it, verifies everything it wrote.
@@ -166,6 +190,7 @@ grep -E "WARN|ERROR" /tmp/target.log | tail -n 20 || true
 say "all good"
 "#,
         setup = rdma::setup_script(),
+        perf = rdma::perf_script(),
         jobs = jobs.join(" ")
     )
 }
@@ -176,6 +201,7 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
     for (bin, at) in [
         ("lightpool-target", "/test/lightpool-target"),
         ("examples/rdma_hostile", "/test/rdma_hostile"),
+        ("lightpool-perf", "/test/lightpool-perf"),
     ] {
         let p = release_binary(bin).expect("built by tests/run.sh");
         files.extend(binary_with_libraries(&p, at).expect("binary and libraries"));
@@ -211,6 +237,7 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         "HOSTILE: reject hsqsize-big: RDMA_CM_EVENT_REJECTED sts=Some(4) ok",
         "HOSTILE: reject hrqsize0: RDMA_CM_EVENT_REJECTED sts=Some(5) ok",
         "HOSTILE: bad key: disconnected ok",
+        "HOSTILE: connect qid mismatch: ended ok",
         "RDMA-E2E: disconnected again",
         "RDMA-E2E: upgraded",
         "RDMA-E2E: fio across the upgrade errors=0 write_kb=",
@@ -248,6 +275,50 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
     eprintln!(
         "reactor busy time per command: RDMA {r:?} us, TCP {t:?} us, RDMA/TCP {:.2} (soft-RoCE in a TCG guest: only the ratio means anything)",
         r.unwrap_or(0.0) / t.unwrap_or(1.0)
+    );
+    let perf = rdma::perf_reports(&out.console);
+    for name in [
+        "randwrite-4096",
+        "randread-4096",
+        "randrw-4096--no-in-capsule",
+        "randrw-16384",
+        "randrw-131072",
+    ] {
+        let r = perf
+            .get(name)
+            .unwrap_or_else(|| panic!("no perf run {name} in:\n{tail}"));
+        // A write-only run reads nothing back to check.
+        r.assert_clean(name, name != "randwrite-4096");
+        if name == "randread-4096" {
+            // It read back what randwrite-4096 stamped, not only zeroes.
+            assert!(r.stamped_blocks_read() > 0, "{r:?}");
+        }
+    }
+    let (cr, ct) = (perf.get("cmp-rdma"), perf.get("cmp-tcp"));
+    for (name, r) in [("cmp-rdma", cr), ("cmp-tcp", ct)] {
+        r.unwrap_or_else(|| panic!("no perf run {name} in:\n{tail}"))
+            .assert_clean(name, false);
+    }
+    let busy = |t: &str| -> Option<f64> {
+        out.console
+            .lines()
+            .find_map(|l| {
+                l.split(&format!("perf: target busy us per I/O over {t}: "))
+                    .nth(1)
+            })
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let (br, bt) = (busy("rdma"), busy("tcp"));
+    assert!(
+        br.is_some_and(|v| v > 0.0) && bt.is_some_and(|v| v > 0.0),
+        "{br:?} {bt:?}: {tail}"
+    );
+    let (ir, it) = (cr.map_or(0.0, |r| r.iops()), ct.map_or(0.0, |r| r.iops()));
+    eprintln!(
+        "lightpool-perf 4 KiB randread q8, 3 s: RDMA {ir:.0} IOPS, TCP {it:.0} IOPS, RDMA/TCP {:.2}; target reactor busy per I/O RDMA {br:?} us, TCP {bt:?} us, RDMA/TCP {:.2} (soft-RoCE in an emulated guest: ratios only)",
+        ir / it.max(1.0),
+        br.unwrap_or(0.0) / bt.unwrap_or(1.0)
     );
     for (rw, bs) in JOBS {
         let line = format!("RDMA-E2E: fio {rw} {bs} errors=0 ");

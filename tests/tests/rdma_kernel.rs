@@ -1,13 +1,14 @@
 //! The RDMA baseline in one guest: soft-RoCE (rxe) on the guest's network interface,
 //! the guest kernel's own NVMe/RDMA target (nvmet-rdma) on a RAM disk, and its NVMe/RDMA
-//! initiator (nvme-rdma) discovering it, connecting and running fio with verify. Proves
+//! initiator (nvme-rdma) discovering it, connecting and running fio with verify; then
+//! lightpool-perf's NVMe/RDMA host against the same target with --verify. Proves
 //! the guest image carries what RDMA needs; the lightpool-target test (rdma.rs) and the
 //! perf comparison stand on it.
 #![cfg(feature = "e2e")]
 
 use std::time::Duration;
 
-use lightpool_e2e::{rdma, run_guest, GuestConfig};
+use lightpool_e2e::{binary_with_libraries, rdma, release_binary, run_guest, GuestConfig};
 
 const NQN: &str = "nqn.2024-01.io.lightpool:rdma-kernel";
 
@@ -59,16 +60,43 @@ for job in "randwrite 4k-1m" "write 128k-128k"; do
     [ "$summary" = "0;8192;8192" ]
 done
 nvme disconnect -n $NQN
+{perf}
+R="trtype:rdma adrfam:ipv4 traddr:$RDMA_ADDR trsvcid:4420 subnqn:$NQN"
+# Each on LBAs fio never wrote (perf's verify takes zeroes or its own stamps); the
+# random reads check what the random writes stamped.
+for job in "randwrite 4096 32768:49152" "randread 4096 32768:49152" \
+    "randrw 4096 49152:65536 --no-in-capsule" "randrw 16384 65536:81920" \
+    "randrw 131072 81920:98304"; do
+    set -- $job
+    perf_run "$1-$2${{4:-}}" -r "$R" -w $1 -o $2 --range $3 -q 16 -t 2 --verify \
+        --connect-timeout 10 ${{4:-}}
+done
+# The same over IPv6: a ULA on the rxe interface (no DAD wait), a second nvmet port.
+echo 0 > /proc/sys/net/ipv6/conf/$ifc/accept_dad
+ip -6 addr add fd00::15/64 dev $ifc
+mkdir $T/ports/2
+echo rdma > $T/ports/2/addr_trtype
+echo ipv6 > $T/ports/2/addr_adrfam
+echo fd00::15 > $T/ports/2/addr_traddr
+echo 4420 > $T/ports/2/addr_trsvcid
+ln -s $T/subsystems/$NQN $T/ports/2/subsystems/$NQN
+say "ipv6 port up"
+perf_run ipv6-randrw-4096 -r "trtype:rdma adrfam:ipv6 traddr:fd00::15 trsvcid:4420 subnqn:$NQN" \
+    -w randrw -o 4096 --range 98304:114688 -q 16 -t 2 --verify --connect-timeout 10
 say "all good"
 "#,
-        setup = rdma::setup_script()
+        setup = rdma::setup_script(),
+        perf = rdma::perf_script(),
     )
 }
 
 #[test]
 fn kernel_nvme_rdma_against_kernel_nvmet_rdma_on_soft_roce() {
+    let perf = release_binary("lightpool-perf").expect("built by tests/run.sh (rdma feature)");
     let cfg = GuestConfig {
-        timeout: Duration::from_secs(420),
+        timeout: Duration::from_secs(600),
+        extra_files: binary_with_libraries(&perf, "/test/lightpool-perf")
+            .expect("binary and libraries"),
         ..GuestConfig::new("rdma-kernel", &script())
     };
     let out = run_guest(&cfg).expect("guest run");
@@ -84,5 +112,32 @@ fn kernel_nvme_rdma_against_kernel_nvmet_rdma_on_soft_roce() {
         "RDMAK: all good",
     ] {
         assert!(out.console.contains(want), "{want:?} missing from:\n{tail}");
+    }
+    // lightpool-perf's NVMe/RDMA host against nvmet-rdma: every run verified clean,
+    // writes within nvmet-rdma's 4 KiB in-capsule size, beyond it, and by keyed SGL
+    // only.
+    let perf = rdma::perf_reports(&out.console);
+    for name in [
+        "randwrite-4096",
+        "randread-4096",
+        "randrw-4096--no-in-capsule",
+        "randrw-16384",
+        "randrw-131072",
+        "ipv6-randrw-4096",
+    ] {
+        let r = perf
+            .get(name)
+            .unwrap_or_else(|| panic!("no perf run {name} in:\n{tail}"));
+        // A write-only run reads nothing back to check.
+        r.assert_clean(name, name != "randwrite-4096");
+        if name == "randread-4096" {
+            // It read back what randwrite-4096 stamped, not only zeroes.
+            assert!(r.stamped_blocks_read() > 0, "{r:?}");
+        }
+        println!(
+            "perf {name} over nvmet-rdma: {} I/Os, {:.0} IOPS",
+            r.ios(),
+            r.iops()
+        );
     }
 }

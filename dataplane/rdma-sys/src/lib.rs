@@ -618,6 +618,45 @@ impl CmId {
     }
 }
 
+impl CmId {
+    /// Posts one signaled SEND gathered from `parts` (address, length), all in the
+    /// region of `lkey`: a command capsule and its in-capsule data without copying
+    /// them together. At most as many parts as the QP's `send_sge`, and at most 4.
+    pub fn post_send_gather(
+        &self,
+        wr_id: u64,
+        parts: &[(*const u8, u32)],
+        lkey: u32,
+    ) -> Result<(), RdmaError> {
+        let mut sges = [ffi::ibv_sge::default(); 4];
+        let n = parts.len().min(sges.len());
+        for (s, &(addr, length)) in sges.iter_mut().zip(&parts[..n]) {
+            *s = ffi::ibv_sge {
+                addr: addr as u64,
+                length,
+                lkey,
+            };
+        }
+        let mut wr = ffi::ibv_send_wr {
+            wr_id,
+            sg_list: sges.as_mut_ptr(),
+            num_sge: n as i32,
+            opcode: ffi::ibv_wr_opcode::IBV_WR_SEND,
+            send_flags: ffi::ibv_send_flags::IBV_SEND_SIGNALED,
+            ..Default::default()
+        };
+        let mut bad = std::ptr::null_mut();
+        // SAFETY: as in post_send: the QP is valid, the WR and its SGEs live through
+        // the call, which copies them; the memory is registered and kept by the caller
+        // until the work request completes.
+        let rc = unsafe { ffi::lp_ibv_post_send(self.qp(), &mut wr, &mut bad) };
+        if rc != 0 {
+            return Err(RdmaError::code("ibv_post_send", rc));
+        }
+        Ok(())
+    }
+}
+
 impl Drop for CmId {
     fn drop(&mut self) {
         // SAFETY: the identifier (and its QP, if made) is destroyed once, here; its
@@ -717,6 +756,34 @@ impl MemoryRegion {
             mr,
             _pd: pd.clone(),
         })
+    }
+
+    /// Registers `len` bytes at `addr` as [`MemoryRegion::register`] does, and for the
+    /// peer's RDMA READ and WRITE too (a host's buffers, named by keyed SGLs).
+    ///
+    /// # Safety
+    /// The memory stays mapped for the region's whole life.
+    pub unsafe fn register_remote(
+        pd: &Arc<ProtectionDomain>,
+        addr: *mut u8,
+        len: usize,
+    ) -> Result<MemoryRegion, RdmaError> {
+        let access = (ffi::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
+            | ffi::ibv_access_flags::IBV_ACCESS_REMOTE_READ
+            | ffi::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE) as i32;
+        // SAFETY: a valid PD; the caller keeps the memory mapped.
+        let mr = unsafe { ffi::lp_ibv_reg_mr(pd.0.as_ptr(), addr.cast(), len, access) };
+        let mr = NonNull::new(mr).ok_or_else(|| RdmaError::last("ibv_reg_mr"))?;
+        Ok(MemoryRegion {
+            mr,
+            _pd: pd.clone(),
+        })
+    }
+
+    /// The key a peer names the region by (valid when registered for remote access).
+    pub fn rkey(&self) -> u32 {
+        // SAFETY: valid until drop.
+        unsafe { self.mr.as_ref().rkey }
     }
 
     pub fn lkey(&self) -> u32 {

@@ -8,9 +8,12 @@
 //! - on an accepted admin queue, a Connect whose keyed SGL is longer than MDTS: the
 //!   response must be Data SGL Length Invalid;
 //! - then a Connect whose keyed SGL names a key the host never registered: the target's
-//!   RDMA READ fails and it must end the queue (the host sees a disconnect).
+//!   RDMA READ fails and it must end the queue (the host sees a disconnect);
+//! - with NQN given: on a controller of that subsystem (lightpool-nvmf-host-rdma's), an
+//!   I/O queue whose RDMA_CM request names queue 1 and whose Connect names queue 2:
+//!   the target must end that queue.
 //!
-//! `rdma_hostile IP:PORT`
+//! `rdma_hostile IP:PORT [NQN]`
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -154,12 +157,72 @@ fn connect_sqe(len: u32, key: u32) -> lightpool_spec::nvme::Sqe {
     sqe
 }
 
+/// An I/O queue connected as queue 1 by RDMA_CM whose Connect command names queue 2.
+fn mismatched_qid(addr: SocketAddr, nqn: &str) -> Result<()> {
+    use lightpool_nvmf_host::Dir;
+    use lightpool_nvmf_host_rdma::{
+        RdmaConnectOptions, RdmaController, RdmaQpair, RdmaQueueConfig,
+    };
+    let hostnqn = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000beef";
+    let hostid = [0xBE; 16];
+    let mut c = RdmaController::connect(RdmaConnectOptions {
+        addr,
+        subnqn: nqn.to_string(),
+        hostnqn: hostnqn.to_string(),
+        hostid,
+        kato_ms: 0,
+        timeout: STEP,
+    })?;
+    c.request_io_queues(2)?;
+    let cfg = RdmaQueueConfig {
+        depth: 4,
+        buf_len: 4096,
+        in_capsule_max: 0,
+    };
+    let mut q = RdmaQpair::connect(addr, 1, 8, c.info.cntlid, cfg, STEP)?;
+    let sqe = ConnectCommand {
+        recfmt: 0,
+        qid: 2,
+        sqsize: 7,
+        cattr: 0,
+        kato: 0,
+    }
+    .to_sqe(0);
+    let data =
+        lightpool_spec::fabrics::ConnectData::new(hostid, c.info.cntlid, nqn, hostnqn).to_bytes();
+    // The Connect may be answered (the queue goes live, then the target checks it
+    // against the request) or not; either way the queue must end.
+    let answer = q.execute(
+        sqe,
+        Dir::Write,
+        Some(&data),
+        data.len() as u32,
+        STEP,
+        "Connect",
+    );
+    let ended = answer.is_err() || q.wait_disconnected(STEP)?;
+    println!(
+        "HOSTILE: connect qid mismatch: {}",
+        if ended {
+            "ended ok"
+        } else {
+            "WRONG: still connected"
+        }
+    );
+    c.shutdown()?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
-    let addr: SocketAddr = std::env::args()
-        .nth(1)
-        .context("usage: rdma_hostile IP:PORT")?
+    let mut args = std::env::args().skip(1);
+    let addr: SocketAddr = args
+        .next()
+        .context("usage: rdma_hostile IP:PORT [NQN]")?
         .parse()
         .context("IP:PORT")?;
+    if let Some(nqn) = args.next() {
+        mismatched_qid(addr, &nqn)?;
+    }
     let good = CmRequest {
         recfmt: 0,
         qid: 0,

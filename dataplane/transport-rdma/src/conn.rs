@@ -108,9 +108,10 @@ impl RingSizes {
         RingSizes {
             recv_size: SQE_SIZE + target.opts.in_capsule_data_size as usize,
             nrecv,
-            // Slots are numbered up to the queue size (and the few a queue has before
-            // Connect).
-            nrsp: nrecv.max(lightpool_nvmf::target::PRECONNECT_SLOTS),
+            // Slots are numbered up to the queue size plus the few a queue has before
+            // Connect (its slab keeps them): a slot still waiting for its SEND while
+            // the host sends the next command makes the queue take one of those.
+            nrsp: nrecv + lightpool_nvmf::target::PRECONNECT_SLOTS,
         }
     }
 
@@ -154,6 +155,11 @@ pub struct Conn {
     /// once each, at debug level: which ways a host uses).
     seen_in_capsule: bool,
     seen_read: bool,
+    /// Capsules (receive index, length) that arrived while every slot still waited for
+    /// its response's SEND to complete: a host may send a command as soon as it has
+    /// the response of another, before this side has reaped that SEND. They run, in
+    /// order, as SENDs complete. Capacity: one per receive (never grows).
+    deferred: std::collections::VecDeque<(usize, usize)>,
     wcs: Box<[WorkCompletion]>,
 }
 
@@ -163,6 +169,7 @@ impl Conn {
     pub(crate) fn new(s: Setup, target: Arc<Target>, reactor: usize) -> Conn {
         let mut q = NvmfQueue::new(target, reactor);
         q.use_keyed_sgl();
+        let s_nrecv = s.nrecv;
         Conn {
             s,
             q,
@@ -173,6 +180,7 @@ impl Conn {
             qid_checked: false,
             seen_in_capsule: false,
             seen_read: false,
+            deferred: std::collections::VecDeque::with_capacity(s_nrecv),
             wcs: vec![WorkCompletion::default(); POLL_BATCH].into_boxed_slice(),
         }
     }
@@ -351,7 +359,14 @@ impl Conn {
             return;
         }
         match kind {
-            WR_RECV => self.on_capsule(usize::from(index), wc.byte_len as usize, now),
+            WR_RECV => {
+                let (ri, len) = (usize::from(index), wc.byte_len as usize);
+                if self.deferred.is_empty() {
+                    self.on_capsule(ri, len, now);
+                } else {
+                    self.defer(ri, len);
+                }
+            }
             WR_READ => {
                 self.outstanding -= 1;
                 self.q.execute(index, now);
@@ -359,9 +374,22 @@ impl Conn {
             WR_SEND => {
                 self.outstanding -= 1;
                 self.q.free(index);
+                if let Some((ri, len)) = self.deferred.pop_front() {
+                    self.on_capsule(ri, len, now);
+                }
             }
             _ => {}
         }
+    }
+
+    /// Queues a capsule behind those deferred before it; more than the receives posted
+    /// cannot be (the host overran its queue).
+    fn defer(&mut self, ri: usize, len: usize) {
+        if self.deferred.len() >= self.s.nrecv {
+            self.close("more commands outstanding than the queue has entries");
+            return;
+        }
+        self.deferred.push_back((ri, len));
     }
 
     /// A command capsule arrived in receive `ri`, `len` bytes.
@@ -376,6 +404,11 @@ impl Conn {
             .expect("a receive holds a whole command");
         let sqe = Sqe::from_bytes(sqe_bytes);
         let Some(slot) = self.q.alloc(&sqe) else {
+            if self.outstanding > 0 {
+                // Slots wait for their SENDs: the command runs when one completes.
+                self.deferred.push_front((ri, len));
+                return;
+            }
             self.close("more commands outstanding than the queue has entries");
             return;
         };
