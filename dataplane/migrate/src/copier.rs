@@ -181,6 +181,7 @@ impl Copier<'_> {
     fn final_pause(&mut self) {
         let sh = self.sh;
         let regions = sh.dirty_regions();
+        sh.pause_regions.store(regions, Relaxed);
         sh.throttle(0);
         sh.set_state(State::Pausing);
         let t = Instant::now();

@@ -187,6 +187,8 @@ pub(crate) struct Shared {
     pub(crate) copier: OnceLock<Thread>,
     /// How many times the copier polled its channels (it sleeps between polls).
     pub(crate) copy_polls: AtomicU64,
+    /// Regions dirty when the final pause began.
+    pub(crate) pause_regions: AtomicU64,
 }
 
 impl Shared {
@@ -380,6 +382,7 @@ impl Migration {
             throttle_next: AtomicU64::new(0),
             copier: OnceLock::new(),
             copy_polls: AtomicU64::new(0),
+            pause_regions: AtomicU64::new(0),
             opts,
         });
         let info = BdevInfo {

@@ -569,3 +569,96 @@ fn the_copier_sleeps_while_its_requests_are_out() {
         assert!(polls >= 16, "{polls}");
     }
 }
+
+/// The final pause begins only once the dirty set's copy fits `max_pause` at what a
+/// region's copy took: with reads of 2 ms a region and a 3 ms bound, at most one region
+/// is copied with writes held, however many bytes `final_dirty_bytes` would allow (the
+/// writer throttle brings the dirty set down to it).
+#[test]
+fn the_final_pause_begins_once_its_copy_fits_max_pause() {
+    let src: Arc<dyn Bdev> = Arc::new(SlowReads {
+        inner: ram("mig-psrc", 4 * MIB),
+        delay: Duration::from_millis(2),
+        op: IoOp::Read,
+        timer: true,
+    });
+    let dst = ram("mig-pdst", 4 * MIB);
+    let opts = MigrateOptions {
+        region_bytes: 64 << 10,
+        final_dirty_bytes: 4 * MIB,
+        max_pause: Duration::from_millis(3),
+        max_rounds: 100_000,
+        ..MigrateOptions::default()
+    };
+    let (m, mirror) = Migration::start("vp", src.clone(), dst.clone(), opts).expect("start");
+    let stop = Arc::new(AtomicBool::new(false));
+    let blocks = src.info().num_blocks;
+    let w = {
+        let (mirror, stop) = (mirror.clone() as Arc<dyn Bdev>, stop.clone());
+        std::thread::spawn(move || writer(mirror, blocks, 77, stop))
+    };
+    let t0 = Instant::now();
+    while m.progress().state != State::Synced {
+        assert!(m.progress().state == State::Copying || m.progress().state == State::Pausing);
+        assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", m.progress());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, SeqCst);
+    assert!(w.join().expect("writer") > 0);
+    let p = m.wait();
+    assert_eq!(p.state, State::Synced, "{p:?}");
+    let regions = m.sh.pause_regions.load(SeqCst);
+    assert!(regions <= 1, "{regions} regions copied in the pause: {p:?}");
+    assert!(contents(src.as_ref()) == contents(dst.as_ref()));
+}
+
+/// The final pause waits for the mirrored writes in flight parked, and the last one
+/// to complete wakes it: the copy is synced right after, not at `drain_timeout`.
+#[test]
+fn the_final_pause_is_woken_by_the_last_write_in_flight() {
+    let src = ram("mig-wsrc", 64 << 10);
+    let dst: Arc<dyn Bdev> = Arc::new(SlowReads {
+        inner: ram("mig-wdst", 64 << 10),
+        delay: Duration::from_millis(20),
+        op: IoOp::Write,
+        timer: true,
+    });
+    let opts = MigrateOptions {
+        region_bytes: 64 << 10,
+        drain_timeout: Duration::from_secs(30),
+        max_pause: Duration::from_secs(1),
+        ..MigrateOptions::default()
+    };
+    let (m, mirror) = Migration::prepare("vw", src.clone(), dst.clone(), opts).expect("prepare");
+    let mut ch = mirror.open_channel().expect("channel");
+    let data = pattern(BS, 8, 8, 5);
+    let buf = AlignedBuf::new(data.len());
+    // SAFETY: a fresh buffer of this length.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.ptr(), data.len()) };
+    // SAFETY: `buf` outlives the completion, polled below.
+    unsafe { ch.submit(IoRequest::rw(IoOp::Write, 8, 8, buf.ptr(), data.len(), 7)) };
+    m.go().expect("go");
+    // The copier copies the one region and pauses; this write is still out (nobody
+    // has polled its completion).
+    let t0 = Instant::now();
+    while m.progress().state != State::Pausing {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", m.progress());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(m.progress().state, State::Pausing);
+    let mut st = None;
+    while st.is_none() {
+        ch.poll(&mut |t, s| st = Some((t, s)));
+    }
+    assert_eq!(st, Some((7, IoStatus::Success)));
+    let done = Instant::now();
+    let p = m.wait();
+    assert_eq!(p.state, State::Synced, "{p:?}");
+    assert!(
+        done.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        done.elapsed()
+    );
+    assert!(contents(src.as_ref()) == contents(dst.as_ref()));
+}
