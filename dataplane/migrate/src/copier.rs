@@ -178,7 +178,10 @@ impl Copier<'_> {
 
     /// Holds new writes, waits for those in flight, copies what is dirty until
     /// nothing is, lets the writes go.
-    fn final_pause(&mut self) {
+    /// Whether it ended (synced, failed or stopped); `false`: the writes in flight did
+    /// not drain within `max_drain` (`last`: within `drain_timeout`), and the writes
+    /// held meanwhile went on: try again later.
+    fn final_pause(&mut self, last: bool) -> bool {
         let sh = self.sh;
         let regions = sh.dirty_regions();
         sh.pause_regions.store(regions, Relaxed);
@@ -188,20 +191,36 @@ impl Copier<'_> {
         sh.paused.store(true, SeqCst);
         // The last mirrored write to complete while writes are paused unparks this
         // thread (the channel's completion side: no lock, a futex wake at most).
+        let limit = if last {
+            sh.opts.drain_timeout
+        } else {
+            sh.opts.max_drain
+        };
         while sh.writes_in_flight.load(SeqCst) > 0 {
-            let Some(left) = sh.opts.drain_timeout.checked_sub(t.elapsed()) else {
+            let Some(left) = limit.checked_sub(t.elapsed()) else {
+                if !last {
+                    // A slow write in flight holds the new ones back for as long as
+                    // it takes: let them go and try again.
+                    sh.set_state(State::Copying);
+                    sh.paused.store(false, SeqCst);
+                    tracing::debug!(
+                        waited_us = t.elapsed().as_micros() as u64,
+                        "writes in flight did not drain: the pause is lifted, to be tried again"
+                    );
+                    return false;
+                }
                 sh.fail(format!(
                     "writes in flight did not drain within {:?} at the final pause",
                     sh.opts.drain_timeout
                 ));
-                return;
+                return true;
             };
             std::thread::park_timeout(left);
         }
         let drained = t.elapsed();
         while sh.dirty_regions() > 0 {
             if !self.round() {
-                return;
+                return true;
             }
         }
         let pause = t.elapsed();
@@ -214,6 +233,7 @@ impl Copier<'_> {
             regions,
             "migration synced"
         );
+        true
     }
 }
 
@@ -250,6 +270,8 @@ pub(crate) fn run(sh: &Shared) {
     // Convergence: the fewest dirty bytes after a round so far, the rounds since,
     // and the writer throttle's rate (0: off).
     let (mut best, mut stale, mut rate) = (u64::MAX, 0u32, 0u64);
+    // Pauses lifted because the writes in flight did not drain in time.
+    let mut tries = 0u32;
     let (mut t, mut copied) = (c.t0, 0u64);
     loop {
         let dirty = sh.dirty_regions() * sh.region_bytes();
@@ -261,10 +283,14 @@ pub(crate) fn run(sh: &Shared) {
         let est = Duration::from_nanos(sh.dirty_regions().saturating_mul(c.region_ns));
         let small = dirty <= sh.opts.final_dirty_bytes && est <= sh.opts.max_pause;
         if small || round >= sh.opts.max_rounds {
-            if !c.stopped() {
-                c.final_pause();
+            if c.stopped() || c.final_pause(tries >= sh.opts.pause_tries) {
+                return;
             }
-            return;
+            // Writes went on after a pause that did not drain: as long again as they
+            // were held, then another round and another try.
+            tries += 1;
+            sh.pause_lifts.fetch_add(1, Relaxed);
+            std::thread::sleep(sh.opts.max_drain);
         }
         if dirty < best {
             (best, stale) = (dirty, 0);

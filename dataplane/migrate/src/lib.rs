@@ -100,8 +100,13 @@ pub struct MigrateOptions {
     /// The longest the final pause's copy of what is dirty is expected to take;
     /// until it fits, the copier runs another round (`max_rounds` bounds them).
     pub max_pause: Duration,
-    /// Longest wait for the writes in flight at the pause before the migration fails
-    /// (writes are let go again).
+    /// The longest the pause waits for the writes in flight (new writes held
+    /// meanwhile) before it lets the held writes go and tries again later.
+    pub max_drain: Duration,
+    /// Pauses lifted that way before one waits up to `drain_timeout`.
+    pub pause_tries: u32,
+    /// Longest wait for the writes in flight at the last pause before the migration
+    /// fails (writes are let go again).
     pub drain_timeout: Duration,
     /// Rounds without fewer dirty bytes before new writes are throttled (0: never).
     pub throttle_after: u32,
@@ -117,6 +122,8 @@ impl Default for MigrateOptions {
             max_rounds: 16,
             final_dirty_bytes: 8 << 20,
             max_pause: Duration::from_millis(5),
+            max_drain: Duration::from_millis(5),
+            pause_tries: 8,
             drain_timeout: Duration::from_secs(10),
             throttle_after: 2,
             max_write_delay: Duration::from_millis(10),
@@ -189,6 +196,8 @@ pub(crate) struct Shared {
     pub(crate) copy_polls: AtomicU64,
     /// Regions dirty when the final pause began.
     pub(crate) pause_regions: AtomicU64,
+    /// Pauses lifted because the writes in flight did not drain within `max_drain`.
+    pub(crate) pause_lifts: AtomicU32,
 }
 
 impl Shared {
@@ -383,6 +392,7 @@ impl Migration {
             copier: OnceLock::new(),
             copy_polls: AtomicU64::new(0),
             pause_regions: AtomicU64::new(0),
+            pause_lifts: AtomicU32::new(0),
             opts,
         });
         let info = BdevInfo {

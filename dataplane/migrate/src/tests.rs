@@ -626,6 +626,8 @@ fn the_final_pause_is_woken_by_the_last_write_in_flight() {
     let opts = MigrateOptions {
         region_bytes: 64 << 10,
         drain_timeout: Duration::from_secs(30),
+        // The first pause waits for the drain (up to drain_timeout).
+        pause_tries: 0,
         max_pause: Duration::from_secs(1),
         ..MigrateOptions::default()
     };
@@ -660,5 +662,44 @@ fn the_final_pause_is_woken_by_the_last_write_in_flight() {
         "{:?}",
         done.elapsed()
     );
+    assert!(contents(src.as_ref()) == contents(dst.as_ref()));
+}
+
+/// A write in flight that does not complete within `max_drain` does not hold the new
+/// writes back for as long as it takes: the pause is lifted (the copy goes on) and
+/// tried again; once the write is done, a pause drains and the copy is synced.
+#[test]
+fn a_pause_that_does_not_drain_in_time_is_lifted_and_tried_again() {
+    let src = ram("mig-lsrc", 64 << 10);
+    let dst = ram("mig-ldst", 64 << 10);
+    let opts = MigrateOptions {
+        region_bytes: 64 << 10,
+        max_drain: Duration::from_millis(5),
+        pause_tries: 1000,
+        ..MigrateOptions::default()
+    };
+    let (m, mirror) = Migration::prepare("vl", src.clone(), dst.clone(), opts).expect("prepare");
+    let mut ch = mirror.open_channel().expect("channel");
+    let data = pattern(BS, 8, 8, 6);
+    let buf = AlignedBuf::new(data.len());
+    // SAFETY: a fresh buffer of this length.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.ptr(), data.len()) };
+    // SAFETY: `buf` outlives the completion, polled below.
+    unsafe { ch.submit(IoRequest::rw(IoOp::Write, 8, 8, buf.ptr(), data.len(), 3)) };
+    m.go().expect("go");
+    // The write stays out (its completion not polled) for 200 ms: the copier pauses,
+    // does not drain, lifts the pause, and tries again, more than once.
+    std::thread::sleep(Duration::from_millis(200));
+    let lifts = m.sh.pause_lifts.load(SeqCst);
+    assert!(lifts >= 2, "{lifts} pauses lifted: {:?}", m.progress());
+    assert_ne!(m.progress().state, State::Synced);
+    let mut st = None;
+    while st.is_none() {
+        ch.poll(&mut |t, s| st = Some((t, s)));
+    }
+    assert_eq!(st, Some((3, IoStatus::Success)));
+    let p = m.wait();
+    assert_eq!(p.state, State::Synced, "{p:?}");
+    assert!(p.pause.expect("measured") < Duration::from_secs(1), "{p:?}");
     assert!(contents(src.as_ref()) == contents(dst.as_ref()));
 }
