@@ -25,6 +25,11 @@
 #   SIZES="1GiB" STEADY=5 AFTER=3 perf/migrate.sh
 #   DIR=/var/tmp/lp-migrate A_CORE=0 B_CORE=1 PERF_CORE=2 perf/migrate.sh
 #   MIGRATE_ARGS="--rate 200MiB --region-size 256KiB" perf/migrate.sh
+#   BASELINE_BIN=/path/to/other/lightpool-target ROUNDS=2 perf/migrate.sh
+#
+# With BASELINE_BIN the run alternates, per size and ROUNDS times, a migration with
+# that target binary (both A and B: "base" in the table) and one with this build's
+# ("this"), so both see the same machine at nearly the same time.
 #
 # The volume files are sparse files in $DIR (deleted at the end); a volume needs its
 # size free twice on that disk at most (both sides written by the run). Needs python3.
@@ -46,6 +51,9 @@ PA=${PA:-4520}
 PB=${PB:-4521}
 DIR=${DIR:-target/migrate-bench}
 BIN=target/release
+ROUNDS=${ROUNDS:-1}
+BASELINE_BIN=${BASELINE_BIN:-}
+TGT=$BIN/lightpool-target
 NQN=nqn.2024-01.io.lightpool:bench-migrate
 PIPE=nqn.2024-01.io.lightpool:bench-migrate-pipe
 
@@ -99,18 +107,18 @@ allow_any_host = true
 nsid = 1
 bdev = "disk"
 EOF
-    "$BIN/lightpool-target" --config "$DIR/$1.toml" --control-socket "$DIR/$1.sock" \
-        --log warn > "$DIR/$1.log" 2>&1 &
+    "$TGT" --config "$DIR/$1.toml" --control-socket "$DIR/$1.sock" \
+        --log warn,lightpool_migrate=info > "$DIR/$1.log" 2>&1 &
     PIDS+=($!)
     wait_port "$2" $! "$DIR/$1.log"
 }
 
 now() { date +%s.%N; }
 
-bench() { # SIZE
-    local size=$1 t0 t_start t_synced t_switched perf
+bench() { # SIZE BUILD
+    local size=$1 build=$2 t0 t_start t_synced t_switched perf
     df -h "$DIR" | tail -1 >&2
-    echo "== $size" >&2
+    echo "== $size ($build: $TGT)" >&2
     rm -f "$DIR"/*.img
     truncate -s "$size" "$DIR/a.img" "$DIR/b.img"
     PIDS=()
@@ -143,6 +151,7 @@ bench() { # SIZE
         > /dev/null
     kill "${PIDS[@]}" 2> /dev/null || true
     wait "${PIDS[@]}" 2> /dev/null || true
+    cp "$DIR/a.log" "$DIR/a.migrated.log"
     grep -h 'path\|gone' "$DIR/perf.err" >&2 || true
     # Read back through B alone: every block must carry a valid stamp of its own LBA
     # (or be zeroes: never written).
@@ -154,10 +163,15 @@ bench() { # SIZE
         -t $((bytes / (200 << 20) + 2)) "${pin[@]}" --json > "$DIR/readback.json" 2> /dev/null || true
     kill "${PIDS[@]}" 2> /dev/null || true
     wait "${PIDS[@]}" 2> /dev/null || true
-    python3 - "$size" "$t0" "$t_start" "$t_synced" "$t_switched" "$bytes" \
-        "$DIR/perf.json" "$DIR/migrate.out" "$DIR/readback.json" << 'EOF'
+    python3 - "$size $build" "$t0" "$t_start" "$t_synced" "$t_switched" "$bytes" \
+        "$DIR/perf.json" "$DIR/migrate.out" "$DIR/readback.json" "$DIR/a.migrated.log" << 'EOF'
 import json, re, statistics as st, sys
-size, t0, ts, tsy, tsw, nbytes, pj, mo, rb = sys.argv[1:]
+size, t0, ts, tsy, tsw, nbytes, pj, mo, rb, alog = sys.argv[1:]
+# The source's own account of the pause (a build that logs it): the wait for the
+# writes in flight, and the regions still dirty when it began.
+log = re.sub(r"\x1b\[[0-9;]*m", "", open(alog, errors="replace").read())
+d = re.findall(r"migration synced.*?drain_us=([0-9]+).*?regions=([0-9]+)", log)
+drain = f"{int(d[-1][-2]) / 1000:.2f} ms / {d[-1][-1]}" if d else "–"
 t0, ts, tsy, tsw = map(float, (t0, ts, tsy, tsw))
 r = json.load(open(pj))
 iv = r["intervals"]
@@ -185,14 +199,19 @@ if err.startswith("interrupted"):
 b = json.load(open(rb)).get("verify") or {}
 checked = b.get("blocks_checked", 0) * 512 / int(nbytes)
 print(f"| {size} | {s_iops:,.0f} | {r['latency']['p50_us']:.0f} / {st.median(x['p99_us'] for x in steady):.0f} / {s_max:.0f} "
-      f"| {c_iops / s_iops:.2f} ({len(copy)} s) | {pause} | {w_max / 1000:.1f} ms (+{(w_max - s_max) / 1000:.1f}) "
+      f"| {c_iops / s_iops:.2f} ({len(copy)} s) | {pause} | {drain} | {w_max / 1000:.1f} ms (+{(w_max - s_max) / 1000:.1f}) "
       f"| {tsy - ts:.1f} s / {tsw - ts:.1f} s | {r['error_total']} / {v.get('mismatches', '?')} {err} "
       f"| {b.get('mismatches', '?')} of {checked:.2f}x the volume |")
 EOF
 }
 
-echo "| volume | steady IOPS | steady lat p50 / p99 / max us | copy IOPS / steady | final pause | worst I/O at switch (added) | synced / switched | errors / verify bad | read back through B: bad |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| volume, build | steady IOPS | steady lat p50 / p99 / max us | copy IOPS / steady | final pause | its drain / regions copied | worst I/O at switch (added) | synced / switched | errors / verify bad | read back through B: bad |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for s in $SIZES; do
-    bench "$s"
+    for _ in $(seq "$ROUNDS"); do
+        if [ -n "$BASELINE_BIN" ]; then
+            TGT=$BASELINE_BIN bench "$s" base
+        fi
+        TGT=$BIN/lightpool-target bench "$s" this
+    done
 done

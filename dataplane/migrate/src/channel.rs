@@ -108,7 +108,7 @@ impl MirrorChannel {
             // sees the pause.
             sh.writes_in_flight.fetch_add(1, SeqCst);
             if sh.paused.load(SeqCst) {
-                sh.writes_in_flight.fetch_sub(1, SeqCst);
+                sh.write_out();
                 self.held.push_back(req);
                 return;
             }
@@ -166,7 +166,7 @@ impl MirrorChannel {
                     sh.mark_dirty(r);
                 }
             }
-            sh.writes_in_flight.fetch_sub(1, SeqCst);
+            sh.write_out();
         }
         self.done.push_back((s.tag, s.status));
         self.free.push(i as u32);

@@ -31,17 +31,53 @@ impl Drop for Buf {
     }
 }
 
-fn run1(ch: &mut dyn IoChannel, req: IoRequest) -> IoStatus {
-    let mut st = None;
-    // SAFETY: the buffer (the copier's) outlives this call, which waits for the
-    // completion.
-    unsafe { ch.submit(req) };
-    while st.is_none() {
-        if ch.poll(&mut |_, s| st = Some(s)) == 0 {
-            std::thread::yield_now();
+/// The copier's shortest and longest nap while a channel without a completion fd has
+/// its request out (doubling in between): it sleeps, never spins, and looks at most
+/// every `NAP_MAX` once a request takes long.
+const NAP_MIN: Duration = Duration::from_micros(20);
+const NAP_MAX: Duration = Duration::from_micros(500);
+/// The longest the copier sleeps on a completion fd before it polls again (the fd says
+/// when completions are ready, not when a request still being sent has gone out).
+const FD_WAIT_MS: i32 = 2;
+
+/// How the copier waits: asleep until the channel's completion fd is readable, or for
+/// a nap (see [`NAP_MIN`]) when it has none.
+fn wait_for(ch: &dyn IoChannel, nap: &mut Duration) {
+    match ch.completion_fd() {
+        Some(fd) => {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd, a live local, for the duration of the call; the fd
+            // is the channel's, open while the channel (borrowed here) lives.
+            unsafe { libc::poll(&mut p, 1, FD_WAIT_MS) };
+        }
+        None => {
+            std::thread::sleep(*nap);
+            *nap = (*nap * 2).min(NAP_MAX);
         }
     }
-    st.unwrap_or(IoStatus::Io(libc::EIO))
+}
+
+/// Submits `req` and waits for its completion without spinning: polls once (a
+/// channel submits at its poll), then sleeps on the channel's completion fd or naps
+/// between polls. Returns the status and how many times the channel was polled.
+fn run1(ch: &mut dyn IoChannel, req: IoRequest) -> (IoStatus, u32) {
+    let mut st = None;
+    // SAFETY: the buffer (the caller's) outlives this call, which waits for the
+    // completion.
+    unsafe { ch.submit(req) };
+    let (mut polls, mut nap) = (0u32, NAP_MIN);
+    loop {
+        polls += 1;
+        ch.poll(&mut |_, s| st = Some(s));
+        if let Some(s) = st {
+            return (s, polls);
+        }
+        wait_for(ch, &mut nap);
+    }
 }
 
 struct Copier<'a> {
@@ -52,6 +88,8 @@ struct Copier<'a> {
     /// For the rate limit: when this run started and what it copied since.
     t0: Instant,
     bytes: u64,
+    /// How long one region's copy takes (moving average, nanoseconds; 0: none yet).
+    region_ns: u64,
 }
 
 impl Copier<'_> {
@@ -64,17 +102,30 @@ impl Copier<'_> {
         let len = n as usize * bs as usize;
         sh.gen[r as usize].fetch_add(1, SeqCst);
         sh.take_dirty(r);
-        let read = run1(
+        let t = Instant::now();
+        let (read, p1) = run1(
             self.src.as_mut(),
             IoRequest::rw(IoOp::Read, start, n, self.buf.ptr, len, 0),
         );
+        let mut polls = p1;
         let wrote = (read == IoStatus::Success).then(|| {
-            run1(
+            let (st, p2) = run1(
                 self.dst.as_mut(),
                 IoRequest::rw(IoOp::Write, start, n, self.buf.ptr, len, 1),
-            )
+            );
+            polls += p2;
+            st
         });
         sh.gen[r as usize].fetch_add(1, SeqCst);
+        sh.copy_polls.fetch_add(u64::from(polls), Relaxed);
+        // What one region's copy takes now (a moving average): the final pause's
+        // estimate.
+        let ns = t.elapsed().as_nanos() as u64;
+        self.region_ns = if self.region_ns == 0 {
+            ns
+        } else {
+            (self.region_ns * 3 + ns) / 4
+        };
         match (read, wrote) {
             (IoStatus::Success, Some(IoStatus::Success)) => {}
             (IoStatus::Success, w) => {
@@ -127,34 +178,68 @@ impl Copier<'_> {
 
     /// Holds new writes, waits for those in flight, copies what is dirty until
     /// nothing is, lets the writes go.
-    fn final_pause(&mut self) {
+    /// Whether it ended (synced, failed or stopped); `false`: the writes in flight did
+    /// not drain within `max_drain` (`last`: within `drain_timeout`), and the writes
+    /// held meanwhile went on: try again later.
+    fn final_pause(&mut self, last: bool) -> bool {
         let sh = self.sh;
+        let regions = sh.dirty_regions();
+        sh.pause_regions.store(regions, Relaxed);
         sh.throttle(0);
         sh.set_state(State::Pausing);
         let t = Instant::now();
         sh.paused.store(true, SeqCst);
+        // The last mirrored write to complete while writes are paused unparks this
+        // thread (the channel's completion side: no lock, a futex wake at most).
+        let limit = if last {
+            sh.opts.drain_timeout
+        } else {
+            sh.opts.max_drain
+        };
         while sh.writes_in_flight.load(SeqCst) > 0 {
-            if t.elapsed() > sh.opts.drain_timeout {
+            let Some(left) = limit.checked_sub(t.elapsed()) else {
+                if !last {
+                    // A slow write in flight holds the new ones back for as long as
+                    // it takes: let them go and try again.
+                    sh.set_state(State::Copying);
+                    sh.paused.store(false, SeqCst);
+                    tracing::debug!(
+                        waited_us = t.elapsed().as_micros() as u64,
+                        "writes in flight did not drain: the pause is lifted, to be tried again"
+                    );
+                    return false;
+                }
                 sh.fail(format!(
                     "writes in flight did not drain within {:?} at the final pause",
                     sh.opts.drain_timeout
                 ));
-                return;
-            }
-            std::thread::yield_now();
+                return true;
+            };
+            std::thread::park_timeout(left);
         }
+        let drained = t.elapsed();
         while sh.dirty_regions() > 0 {
             if !self.round() {
-                return;
+                return true;
             }
         }
-        *sh.pause.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.elapsed());
+        let pause = t.elapsed();
+        *sh.pause.lock().unwrap_or_else(|e| e.into_inner()) = Some(pause);
         sh.set_state(State::Synced);
         sh.paused.store(false, SeqCst);
+        tracing::info!(
+            pause_us = pause.as_micros() as u64,
+            drain_us = drained.as_micros() as u64,
+            regions,
+            "migration synced"
+        );
+        true
     }
 }
 
 pub(crate) fn run(sh: &Shared) {
+    // The mirror's channels wake this thread when the final pause's writes drain.
+    let _ = sh.copier.set(std::thread::current());
     let open = |d: &std::sync::Arc<dyn lightpool_bdev::Bdev>, what: &str| {
         d.open_channel()
             .map_err(|e| format!("the copier cannot open the {what}: {e}"))
@@ -173,6 +258,7 @@ pub(crate) fn run(sh: &Shared) {
         buf,
         t0: Instant::now(),
         bytes: 0,
+        region_ns: 0,
     };
     // Round 1: every region.
     for r in 0..sh.regions {
@@ -184,16 +270,27 @@ pub(crate) fn run(sh: &Shared) {
     // Convergence: the fewest dirty bytes after a round so far, the rounds since,
     // and the writer throttle's rate (0: off).
     let (mut best, mut stale, mut rate) = (u64::MAX, 0u32, 0u64);
+    // Pauses lifted because the writes in flight did not drain in time.
+    let mut tries = 0u32;
     let (mut t, mut copied) = (c.t0, 0u64);
     loop {
         let dirty = sh.dirty_regions() * sh.region_bytes();
         let round = sh.round.load(Acquire);
         tracing::debug!(round, dirty, "migration round done");
-        if dirty <= sh.opts.final_dirty_bytes || round >= sh.opts.max_rounds {
-            if !c.stopped() {
-                c.final_pause();
+        // The pause holds writes while the dirty regions are copied: it starts once
+        // that copy, at what a region took lately, fits `max_pause` (or after
+        // `max_rounds`, whatever it takes).
+        let est = Duration::from_nanos(sh.dirty_regions().saturating_mul(c.region_ns));
+        let small = dirty <= sh.opts.final_dirty_bytes && est <= sh.opts.max_pause;
+        if small || round >= sh.opts.max_rounds {
+            if c.stopped() || c.final_pause(tries >= sh.opts.pause_tries) {
+                return;
             }
-            return;
+            // Writes went on after a pause that did not drain: as long again as they
+            // were held, then another round and another try.
+            tries += 1;
+            sh.pause_lifts.fetch_add(1, Relaxed);
+            std::thread::sleep(sh.opts.max_drain);
         }
         if dirty < best {
             (best, stale) = (dirty, 0);

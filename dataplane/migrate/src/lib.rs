@@ -42,8 +42,8 @@ mod copier;
 mod tests;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use lightpool_bdev::{Bdev, BdevError, BdevInfo, IoChannel};
@@ -94,10 +94,19 @@ pub struct MigrateOptions {
     pub rate_limit: u64,
     /// Rounds after which the copier pauses writes whatever is still dirty.
     pub max_rounds: u32,
-    /// The copier pauses writes once at most this many bytes are dirty.
+    /// The copier pauses writes once at most this many bytes are dirty and their copy
+    /// (at what a region's copy took lately) fits `max_pause`.
     pub final_dirty_bytes: u64,
-    /// Longest wait for the writes in flight at the pause before the migration fails
-    /// (writes are let go again).
+    /// The longest the final pause's copy of what is dirty is expected to take;
+    /// until it fits, the copier runs another round (`max_rounds` bounds them).
+    pub max_pause: Duration,
+    /// The longest the pause waits for the writes in flight (new writes held
+    /// meanwhile) before it lets the held writes go and tries again later.
+    pub max_drain: Duration,
+    /// Pauses lifted that way before one waits up to `drain_timeout`.
+    pub pause_tries: u32,
+    /// Longest wait for the writes in flight at the last pause before the migration
+    /// fails (writes are let go again).
     pub drain_timeout: Duration,
     /// Rounds without fewer dirty bytes before new writes are throttled (0: never).
     pub throttle_after: u32,
@@ -112,6 +121,9 @@ impl Default for MigrateOptions {
             rate_limit: 0,
             max_rounds: 16,
             final_dirty_bytes: 8 << 20,
+            max_pause: Duration::from_millis(5),
+            max_drain: Duration::from_millis(5),
+            pause_tries: 8,
             drain_timeout: Duration::from_secs(10),
             throttle_after: 2,
             max_write_delay: Duration::from_millis(10),
@@ -177,6 +189,15 @@ pub(crate) struct Shared {
     pub(crate) throttle_ns_per_kib: AtomicU64,
     /// The shared clock: nanoseconds since `started` from which the next write may go.
     pub(crate) throttle_next: AtomicU64,
+    /// The copier thread, which parks at the final pause until the writes in flight
+    /// drain: the mirrored write that completes last unparks it.
+    pub(crate) copier: OnceLock<Thread>,
+    /// How many times the copier polled its channels (it sleeps between polls).
+    pub(crate) copy_polls: AtomicU64,
+    /// Regions dirty when the final pause began.
+    pub(crate) pause_regions: AtomicU64,
+    /// Pauses lifted because the writes in flight did not drain within `max_drain`.
+    pub(crate) pause_lifts: AtomicU32,
 }
 
 impl Shared {
@@ -206,6 +227,17 @@ impl Shared {
             self.state(),
             State::Copying | State::Pausing | State::Synced
         )
+    }
+
+    /// A mirrored write counted in `writes_in_flight` is out (completed, or held at
+    /// the pause): the last one out while writes are paused wakes the copier, which
+    /// waits for it (a futex wake when it is parked; no lock, no allocation).
+    pub(crate) fn write_out(&self) {
+        if self.writes_in_flight.fetch_sub(1, SeqCst) == 1 && self.paused.load(SeqCst) {
+            if let Some(t) = self.copier.get() {
+                t.unpark();
+            }
+        }
     }
 
     pub(crate) fn mark_dirty(&self, region: u64) {
@@ -357,6 +389,10 @@ impl Migration {
             started: Instant::now(),
             throttle_ns_per_kib: AtomicU64::new(0),
             throttle_next: AtomicU64::new(0),
+            copier: OnceLock::new(),
+            copy_polls: AtomicU64::new(0),
+            pause_regions: AtomicU64::new(0),
+            pause_lifts: AtomicU32::new(0),
             opts,
         });
         let info = BdevInfo {

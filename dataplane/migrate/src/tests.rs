@@ -94,6 +94,9 @@ struct SlowReads {
     delay: Duration,
     /// Which requests are slow (reads, or writes for a device whose writes are).
     op: IoOp,
+    /// Its channels offer a completion fd (a timerfd armed for each slow request),
+    /// as io_uring's do; without, a poller can only poll again.
+    timer: bool,
 }
 
 struct SlowReadsChannel {
@@ -102,6 +105,41 @@ struct SlowReadsChannel {
     held: Vec<(u64, IoStatus, Instant)>,
     delay: Duration,
     op: IoOp,
+    timer: Option<std::os::fd::OwnedFd>,
+}
+
+fn timerfd() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: no pointers; a non-negative return is an fd nobody else owns.
+    let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK) };
+    assert!(fd >= 0, "timerfd_create");
+    // SAFETY: just created, owned by nobody else.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+impl SlowReadsChannel {
+    /// The timerfd (if any) becomes readable `delay` from now; `None`: reset it.
+    fn arm(&self, delay: Option<Duration>) {
+        use std::os::fd::AsRawFd;
+        let Some(fd) = self.timer.as_ref() else {
+            return;
+        };
+        let d = delay.unwrap_or_default();
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+            },
+        };
+        // SAFETY: a live local for the call; the fd is ours. Setting the time (or
+        // disarming) also clears an expiry not read yet.
+        let rc = unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "timerfd_settime");
+    }
 }
 
 impl Bdev for SlowReads {
@@ -118,6 +156,7 @@ impl Bdev for SlowReads {
             held: Vec::new(),
             delay: self.delay,
             op: self.op,
+            timer: self.timer.then(timerfd),
         }))
     }
 }
@@ -132,6 +171,7 @@ impl IoChannel for SlowReadsChannel {
     }
     fn poll(&mut self, done: &mut dyn FnMut(u64, IoStatus)) -> usize {
         let (reads, held, delay) = (&mut self.reads, &mut self.held, self.delay);
+        let was = held.len();
         let mut n = self.inner.poll(&mut |t, st| {
             if reads.remove(&t) {
                 held.push((t, st, Instant::now() + delay));
@@ -139,6 +179,9 @@ impl IoChannel for SlowReadsChannel {
                 done(t, st);
             }
         });
+        if was == 0 && !self.held.is_empty() {
+            self.arm(Some(delay));
+        }
         let now = Instant::now();
         self.held.retain(|&(t, st, due)| {
             if due <= now {
@@ -149,10 +192,25 @@ impl IoChannel for SlowReadsChannel {
                 true
             }
         });
+        if let Some(first) = self.held.iter().map(|h| h.2).min() {
+            if n > 0 {
+                self.arm(Some(
+                    first
+                        .saturating_duration_since(now)
+                        .max(Duration::from_nanos(1)),
+                ));
+            }
+        } else if n > 0 {
+            self.arm(None);
+        }
         n
     }
     fn in_flight(&self) -> usize {
         self.inner.in_flight() + self.held.len()
+    }
+    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.timer.as_ref().map(|t| t.as_raw_fd())
     }
 }
 
@@ -162,6 +220,7 @@ fn writes_racing_the_copy_leave_the_destination_identical() {
         inner: ram("mig-src", 32 * MIB),
         delay: Duration::from_micros(300),
         op: IoOp::Read,
+        timer: false,
     });
     // Data before the migration starts.
     {
@@ -217,6 +276,7 @@ fn a_writer_faster_than_the_copy_is_throttled_until_it_converges() {
         inner: ram("mig-hot-src", 8 * MIB),
         delay: Duration::from_millis(2),
         op: IoOp::Read,
+        timer: false,
     });
     let dst = ram("mig-hot-dst", 8 * MIB);
     let opts = MigrateOptions {
@@ -471,4 +531,175 @@ fn devices_that_cannot_pair_are_refused() {
         .err()
         .expect("region size");
     assert!(e.to_string().contains("region of 1000 bytes"), "{e}");
+}
+
+/// The copier waits for its requests asleep: on the channel's completion fd when it
+/// has one, else in naps that grow to half a millisecond. A read that takes 5 ms costs
+/// a handful of polls, not the thousands a yielding spin makes.
+#[test]
+fn the_copier_sleeps_while_its_requests_are_out() {
+    for timer in [true, false] {
+        let src = ram("mig-zsrc", 8 * MIB);
+        {
+            let mut ch = src.open_channel().expect("channel");
+            for lba in (0..src.info().num_blocks).step_by(2048) {
+                let data = pattern(BS, lba, 64, 11);
+                assert_eq!(write(ch.as_mut(), BS, lba, &data), IoStatus::Success);
+            }
+        }
+        let slow: Arc<dyn Bdev> = Arc::new(SlowReads {
+            inner: src.clone(),
+            delay: Duration::from_millis(5),
+            op: IoOp::Read,
+            timer,
+        });
+        let dst = ram("mig-zdst", 8 * MIB);
+        let (m, _mirror) =
+            Migration::start("vz", slow, dst.clone(), MigrateOptions::default()).expect("start");
+        let p = m.wait();
+        assert_eq!(p.state, State::Synced, "{p:?}");
+        assert!(contents(src.as_ref()) == contents(dst.as_ref()));
+        // 8 regions, a slow read and a write each.
+        let polls = m.sh.copy_polls.load(SeqCst);
+        let bound = if timer { 8 * 8 } else { 8 * 24 };
+        assert!(
+            polls <= bound,
+            "timer {timer}: {polls} polls for 8 regions (at most {bound})"
+        );
+        assert!(polls >= 16, "{polls}");
+    }
+}
+
+/// The final pause begins only once the dirty set's copy fits `max_pause` at what a
+/// region's copy took: with reads of 2 ms a region and a 3 ms bound, at most one region
+/// is copied with writes held, however many bytes `final_dirty_bytes` would allow (the
+/// writer throttle brings the dirty set down to it).
+#[test]
+fn the_final_pause_begins_once_its_copy_fits_max_pause() {
+    let src: Arc<dyn Bdev> = Arc::new(SlowReads {
+        inner: ram("mig-psrc", 4 * MIB),
+        delay: Duration::from_millis(2),
+        op: IoOp::Read,
+        timer: true,
+    });
+    let dst = ram("mig-pdst", 4 * MIB);
+    let opts = MigrateOptions {
+        region_bytes: 64 << 10,
+        final_dirty_bytes: 4 * MIB,
+        max_pause: Duration::from_millis(3),
+        max_rounds: 100_000,
+        ..MigrateOptions::default()
+    };
+    let (m, mirror) = Migration::start("vp", src.clone(), dst.clone(), opts).expect("start");
+    let stop = Arc::new(AtomicBool::new(false));
+    let blocks = src.info().num_blocks;
+    let w = {
+        let (mirror, stop) = (mirror.clone() as Arc<dyn Bdev>, stop.clone());
+        std::thread::spawn(move || writer(mirror, blocks, 77, stop))
+    };
+    let t0 = Instant::now();
+    while m.progress().state != State::Synced {
+        assert!(m.progress().state == State::Copying || m.progress().state == State::Pausing);
+        assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", m.progress());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, SeqCst);
+    assert!(w.join().expect("writer") > 0);
+    let p = m.wait();
+    assert_eq!(p.state, State::Synced, "{p:?}");
+    let regions = m.sh.pause_regions.load(SeqCst);
+    assert!(regions <= 1, "{regions} regions copied in the pause: {p:?}");
+    assert!(contents(src.as_ref()) == contents(dst.as_ref()));
+}
+
+/// The final pause waits for the mirrored writes in flight parked, and the last one
+/// to complete wakes it: the copy is synced right after, not at `drain_timeout`.
+#[test]
+fn the_final_pause_is_woken_by_the_last_write_in_flight() {
+    let src = ram("mig-wsrc", 64 << 10);
+    let dst: Arc<dyn Bdev> = Arc::new(SlowReads {
+        inner: ram("mig-wdst", 64 << 10),
+        delay: Duration::from_millis(20),
+        op: IoOp::Write,
+        timer: true,
+    });
+    let opts = MigrateOptions {
+        region_bytes: 64 << 10,
+        drain_timeout: Duration::from_secs(30),
+        // The first pause waits for the drain (up to drain_timeout).
+        pause_tries: 0,
+        max_pause: Duration::from_secs(1),
+        ..MigrateOptions::default()
+    };
+    let (m, mirror) = Migration::prepare("vw", src.clone(), dst.clone(), opts).expect("prepare");
+    let mut ch = mirror.open_channel().expect("channel");
+    let data = pattern(BS, 8, 8, 5);
+    let buf = AlignedBuf::new(data.len());
+    // SAFETY: a fresh buffer of this length.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.ptr(), data.len()) };
+    // SAFETY: `buf` outlives the completion, polled below.
+    unsafe { ch.submit(IoRequest::rw(IoOp::Write, 8, 8, buf.ptr(), data.len(), 7)) };
+    m.go().expect("go");
+    // The copier copies the one region and pauses; this write is still out (nobody
+    // has polled its completion).
+    let t0 = Instant::now();
+    while m.progress().state != State::Pausing {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", m.progress());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(m.progress().state, State::Pausing);
+    let mut st = None;
+    while st.is_none() {
+        ch.poll(&mut |t, s| st = Some((t, s)));
+    }
+    assert_eq!(st, Some((7, IoStatus::Success)));
+    let done = Instant::now();
+    let p = m.wait();
+    assert_eq!(p.state, State::Synced, "{p:?}");
+    assert!(
+        done.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        done.elapsed()
+    );
+    assert!(contents(src.as_ref()) == contents(dst.as_ref()));
+}
+
+/// A write in flight that does not complete within `max_drain` does not hold the new
+/// writes back for as long as it takes: the pause is lifted (the copy goes on) and
+/// tried again; once the write is done, a pause drains and the copy is synced.
+#[test]
+fn a_pause_that_does_not_drain_in_time_is_lifted_and_tried_again() {
+    let src = ram("mig-lsrc", 64 << 10);
+    let dst = ram("mig-ldst", 64 << 10);
+    let opts = MigrateOptions {
+        region_bytes: 64 << 10,
+        max_drain: Duration::from_millis(5),
+        pause_tries: 1000,
+        ..MigrateOptions::default()
+    };
+    let (m, mirror) = Migration::prepare("vl", src.clone(), dst.clone(), opts).expect("prepare");
+    let mut ch = mirror.open_channel().expect("channel");
+    let data = pattern(BS, 8, 8, 6);
+    let buf = AlignedBuf::new(data.len());
+    // SAFETY: a fresh buffer of this length.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.ptr(), data.len()) };
+    // SAFETY: `buf` outlives the completion, polled below.
+    unsafe { ch.submit(IoRequest::rw(IoOp::Write, 8, 8, buf.ptr(), data.len(), 3)) };
+    m.go().expect("go");
+    // The write stays out (its completion not polled) for 200 ms: the copier pauses,
+    // does not drain, lifts the pause, and tries again, more than once.
+    std::thread::sleep(Duration::from_millis(200));
+    let lifts = m.sh.pause_lifts.load(SeqCst);
+    assert!(lifts >= 2, "{lifts} pauses lifted: {:?}", m.progress());
+    assert_ne!(m.progress().state, State::Synced);
+    let mut st = None;
+    while st.is_none() {
+        ch.poll(&mut |t, s| st = Some((t, s)));
+    }
+    assert_eq!(st, Some((3, IoStatus::Success)));
+    let p = m.wait();
+    assert_eq!(p.state, State::Synced, "{p:?}");
+    assert!(p.pause.expect("measured") < Duration::from_secs(1), "{p:?}");
+    assert!(contents(src.as_ref()) == contents(dst.as_ref()));
 }
