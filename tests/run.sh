@@ -61,4 +61,4 @@ reserve_hugepages() {
     fi
 }
 phase "reserve 24 huge pages, mount hugetlbfs (hugepage-setup)" reserve_hugepages
-phase "cargo test (with e2e, rdma, tls)" cargo test --workspace --features lightpool-e2e/e2e,lightpool-daemon/rdma,lightpool-daemon/tls "$@"
+phase "cargo test (with e2e, rdma, tls)" cargo test --workspace --features lightpool-e2e/e2e,lightpool-daemon/rdma,lightpool-daemon/tls,lightpool-perf/rdma "$@"
