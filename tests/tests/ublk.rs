@@ -30,6 +30,17 @@ fn script() -> String {
         r#"set -eu
 say() {{ echo "E2E: $*"; }}
 fail() {{ say "FAILED: $*"; echo "--- target log"; tail -n 40 /tmp/target.log; exit 1; }}
+# What a stuck step leaves to look at: requests in flight per device, the target's
+# threads and where they wait, and the kernel's blocked tasks (sysrq w).
+diag() {{ echo "--- in flight"
+    for d in /sys/block/ublkb* /sys/block/nvme*; do if [ -e $d/inflight ]; then echo "$d: $(cat $d/inflight)"; fi; done
+    echo "--- target threads"
+    for t in /proc/${{TPID:-0}}/task/*; do if [ -e $t/stat ]; then echo "$(cut -d' ' -f2-3 $t/stat) wchan=$(cat $t/wchan 2>/dev/null || true)"; fi; done
+    echo w > /proc/sysrq-trigger 2>/dev/null || true
+    echo "--- kernel log"; dmesg | tail -n 40 || true; }}
+# A step that may hang: bounded, and a hang says where it stuck instead of waiting for
+# the guest's timeout.
+bounded() {{ secs=$1; what=$2; shift 2; timeout $secs "$@" || {{ rc=$?; diag; fail "$what (exit $rc; 143 is the limit of ${{secs}}s)"; }}; }}
 cat > /tmp/t.toml <<EOT
 [target]
 reactors = 2
@@ -70,9 +81,8 @@ L="/test/lightpool --socket /run/t.api.sock"
 devices() {{ ls /sys/class/ublk-char 2>/dev/null | wc -l; }}
 refused() {{ want=$1; shift; if out=$("$@" 2>&1); then fail "not refused: $* -> $out"; fi
     case "$out" in *"$want"*) say "refused: $out" ;; *) fail "wrong refusal of $*: $out" ;; esac; }}
-fio_verify() {{ fio --name=v --filename=$1 --ioengine=libaio --direct=1 --iodepth=16 --rw=randwrite \
-    --bs=$2 --size=$3 --verify=crc32c --verify_fatal=1 --randrepeat=1 --output-format=terse --terse-version=3 > /tmp/fio.out \
-    || fail "fio $2 on $1"; say "fio bs=$2 errors=$(cut -d';' -f5 /tmp/fio.out)"; }}
+fio_verify() {{ bounded 300 "fio $2 on $1" fio --name=v --filename=$1 --ioengine=libaio --direct=1 --iodepth=16 --rw=randwrite \
+    --bs=$2 --size=$3 --verify=crc32c --verify_fatal=1 --randrepeat=1 --eta=never --output-format=terse --terse-version=3 --output=/tmp/fio.out; say "fio bs=$2 errors=$(cut -d';' -f5 /tmp/fio.out)"; }}
 
 start_target
 say "bad input"
@@ -102,15 +112,20 @@ $L target volume ublk stop node/v1 || fail "stop again"
 [ $(devices) = 0 ] || fail "a ublk device left after stop: $(ls /sys/class/ublk-char)"
 
 say "speed"
-P=$($L target volume ublk start node/perf) || fail "export perf"
-fio --name=fill --filename=$P --ioengine=libaio --direct=1 --iodepth=8 --rw=write --bs=128k --output-format=terse > /dev/null || fail "fill"
+P=$(timeout 60 $L target volume ublk start node/perf) || {{ diag; fail "export perf"; }}
+say "perf exported as $P"
+# Two writers, one per vCPU and so one per ublk queue and reactor, taking fresh clusters
+# of the same map pages at once (a reactor that slept while its writes waited for the
+# other's map page write hung here once).
+bounded 300 "fill" fio --name=fill --filename=$P --ioengine=libaio --direct=1 --iodepth=8 --rw=write --bs=128k \
+    --numjobs=2 --size=64m --offset_increment=64m --cpus_allowed=0,1 --cpus_allowed_policy=split --eta=never --output-format=terse --output=/dev/null
 modprobe nvme-tcp
-echo "transport=tcp,traddr=127.0.0.1,trsvcid=4420,nqn={NQN}" > /dev/nvme-fabrics
+bounded 120 "connect" sh -c 'echo "transport=tcp,traddr=127.0.0.1,trsvcid=4420,nqn={NQN}" > /dev/nvme-fabrics'
 for i in $(seq 1 100); do [ -b /dev/nvme0n1 ] && break; sleep 0.1; done
 [ -b /dev/nvme0n1 ] || fail "no /dev/nvme0n1"
 perf() {{ side=$1 dev=$2 wl=$3 rw=$4 bs=$5 qd=$6 field=$7 round=$8
-    fio --name=p --filename=$dev --ioengine=libaio --direct=1 --iodepth=$qd --rw=$rw --bs=$bs \
-        --time_based --runtime=4 --ramp_time=1 --randrepeat=0 --output-format=terse --terse-version=3 > /tmp/perf.out || fail "fio $wl on $side"
+    bounded 120 "fio $wl on $side" fio --name=p --filename=$dev --ioengine=libaio --direct=1 --iodepth=$qd --rw=$rw --bs=$bs \
+        --time_based --runtime=4 --ramp_time=1 --randrepeat=0 --eta=never --output-format=terse --terse-version=3 --output=/tmp/perf.out
     say "perf side=$side wl=$wl round=$round iops=$(cut -d';' -f$field /tmp/perf.out | cut -d. -f1)"; }}
 for round in 1 2 3; do
     for side in ublk nvmf; do

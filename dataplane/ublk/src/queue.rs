@@ -489,11 +489,22 @@ impl Poller for Queue {
             tracing::debug!(dev = self.dev_id, queue = self.q_id, "ublk queue let go");
             return PollStatus::Finished;
         }
-        if work > 0 {
-            PollStatus::Busy
-        } else {
-            PollStatus::Idle
-        }
+        queue_status(work, self.chan.in_flight())
+    }
+}
+
+/// Busy while anything was done or a request is still at the block device. The second
+/// is not only for speed: a channel's request may wait on something no descriptor
+/// announces (a pool volume's write waiting for a map page that a channel on another
+/// reactor is writing, which it sees only by polling), so a reactor that slept with
+/// requests at the device could sleep forever with them (seen: fio stuck with 16
+/// writes in flight on a fresh volume, both reactors in epoll_wait). The transports
+/// keep their reactors busy the same way (`has_pending_work`).
+fn queue_status(work: usize, in_flight: usize) -> PollStatus {
+    if work > 0 || in_flight > 0 {
+        PollStatus::Busy
+    } else {
+        PollStatus::Idle
     }
 }
 
@@ -580,6 +591,13 @@ mod tests {
             map_request(&desc(sys::IO_OP_READ, 0, 0), 512, 1 << 17),
             Err(-libc::EINVAL)
         );
+    }
+
+    #[test]
+    fn a_queue_with_requests_at_the_device_stays_busy() {
+        assert_eq!(queue_status(0, 0), PollStatus::Idle);
+        assert_eq!(queue_status(0, 3), PollStatus::Busy);
+        assert_eq!(queue_status(2, 0), PollStatus::Busy);
     }
 
     #[test]
