@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::engine::{Job, PerfError};
-use crate::nvme::{NvmeOptions, TransportId};
+use crate::engine::{IoQueue, Job, PerfError};
+use crate::initiator::Fabric;
+use crate::nvme::{NvmeOptions, Prepared, TransportId};
 use crate::report::{Report, Settings};
 use crate::workload::Workload;
 
@@ -516,29 +517,32 @@ fn nvme_main(a: &NvmeArgs) -> i32 {
         return crate::rdma::main(a, &job, &o, started);
     }
     if a.multipath {
-        let prepared = match crate::multipath::prepare(&job, &o) {
-            Ok(p) => p,
-            Err(e) => return fail_setup(e),
-        };
-        let settings =
-            a.w.settings("NVMe/TCP", prepared.target.clone(), o.qpairs, digests);
-        return match crate::nvme::run(&job, prepared) {
-            Ok((out, devices)) => {
-                let report = Report::new(settings, &job, &devices, &out);
-                a.out.emit(&report, started)
-            }
-            Err(e) => fail(e),
-        };
+        let prepared = crate::multipath::prepare(&job, &o);
+        return report_run(a, &job, "NVMe/TCP", prepared, digests, started);
     }
-    let prepared = match crate::nvme::prepare(&job, &o) {
+    let prepared = crate::nvme::prepare(&job, &o);
+    report_run(a, &job, "NVMe/TCP", prepared, digests, started)
+}
+
+/// Runs what was prepared (`mode`: the fabric, as the report names it) and reports it;
+/// the exit code.
+pub(crate) fn report_run<Q: IoQueue + 'static, O: Fabric>(
+    a: &NvmeArgs,
+    job: &Job,
+    mode: &str,
+    prepared: Result<Prepared<Q, O>, PerfError>,
+    digests: String,
+    started: SystemTime,
+) -> i32 {
+    let prepared = match prepared {
         Ok(p) => p,
         Err(e) => return fail_setup(e),
     };
-    let settings =
-        a.w.settings("NVMe/TCP", prepared.target.clone(), o.qpairs, digests);
-    match crate::nvme::run(&job, prepared) {
+    let qpairs = usize::from(a.w.qpairs);
+    let settings = a.w.settings(mode, prepared.target.clone(), qpairs, digests);
+    match crate::nvme::run(job, prepared) {
         Ok((out, devices)) => {
-            let report = Report::new(settings, &job, &devices, &out);
+            let report = Report::new(settings, job, &devices, &out);
             a.out.emit(&report, started)
         }
         Err(e) => fail(e),

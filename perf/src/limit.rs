@@ -29,7 +29,7 @@ use lightpool_tcp_framing::{
 
 use crate::cli::{fail_setup, parse_size_u64, OutputArgs, WorkloadArgs};
 use crate::engine::{Device, Done, IoQueue, PerfError, QueueSetup, WorkerSpec};
-use crate::initiator::{Qpair, QpairConfig};
+use crate::initiator::{ConnectRequest, Qpair, QpairConfig};
 use crate::nvme::NvmeQueue;
 use crate::report::Report;
 use crate::workload::{Op, Region, Rng};
@@ -696,16 +696,16 @@ pub fn main(a: &LimitArgs) -> i32 {
                 force_r2t: false,
             };
             let mut qp = Qpair::connect(addr, w.hdgst, w.ddgst, cfg, timeout)?;
-            qp.fabric_connect(
-                1,
-                depth + 1,
-                0,
-                1,
-                "nqn.limit",
-                "nqn.limit-host",
-                [0; 16],
-                timeout,
-            )?;
+            let req = ConnectRequest {
+                qid: 1,
+                entries: depth + 1,
+                kato_ms: 0,
+                cntlid: 1,
+                subnqn: "nqn.limit",
+                hostnqn: "nqn.limit-host",
+                hostid: [0; 16],
+            };
+            qp.fabric_connect(&req, timeout)?;
             qp.set_nonblocking()?;
             Ok(NvmeQueue::new(qp, 1, false, timeout))
         };

@@ -10,13 +10,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lightpool_spec::nvme::io_opcode;
-use lightpool_spec::nvme::Sqe;
 use lightpool_spec::status::sct;
 
 use crate::engine::{Device, Done, IoQueue, Job, PerfError, QueueSetup, WorkerSpec};
-use crate::initiator::{Completion, Controller, Dir, InitiatorError, Qpair, QpairConfig};
-use crate::nvme::{check_device, conn_opts, regions_for, NvmeOptions, Prepared};
+use crate::initiator::{Completion, ConnectOptions, Controller, InitiatorError, Qpair};
+use crate::nvme::{
+    check_device, conn_opts, io_command, regions_for, NvmeOptions, Prepared, RunFabric,
+};
 use crate::stats::ErrorKind;
 use crate::workload::Op;
 
@@ -144,18 +144,7 @@ impl MultipathQueue {
     fn send(&mut self, t: u16) -> Result<(), PerfError> {
         let tag = self.tags[usize::from(t)];
         let Some(op) = tag.op else { return Ok(()) };
-        let (opcode, dir) = match op {
-            Op::Read => (io_opcode::READ, Dir::Read),
-            Op::Write => (io_opcode::WRITE, Dir::Write),
-        };
-        let sqe = Sqe {
-            opcode,
-            nsid: self.nsid,
-            cdw10: tag.lba as u32,
-            cdw11: (tag.lba >> 32) as u32,
-            cdw12: tag.blocks - 1,
-            ..Sqe::default()
-        };
+        let (sqe, dir) = io_command(op, self.nsid, tag.lba, tag.blocks);
         let p = tag.path;
         if self.paths[p].dead {
             // Its path broke between alloc and submit: its data goes elsewhere.
@@ -426,12 +415,7 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared<MultipathQueue>, P
         }
     }
     let regions = regions_for(job, &devices, nq)?;
-    let cfg = QpairConfig {
-        depth: job.depth,
-        buf_len: job.io_size as usize,
-        in_capsule_max: 0,
-        force_r2t: o.force_r2t,
-    };
+    let cfg = ConnectOptions::queue_config(job, o);
     let disconnect = ctrls.iter().all(|c| c.info.disconnect_supported);
     let mut workers = Vec::new();
     for (ci, core) in o.cores.iter().enumerate() {

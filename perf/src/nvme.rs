@@ -1,6 +1,7 @@
 //! Runs against NVMe/TCP targets: transport IDs, discovery, controllers and
 //! namespaces, one queue pair per (core, queue, namespace), keep-alive from the main
-//! thread, orderly shutdown.
+//! thread, orderly shutdown. Everything after discovery is written once over the
+//! fabric ([`RunFabric`]): NVMe/RDMA (`crate::rdma`) runs it too.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -12,8 +13,8 @@ use lightpool_spec::nvme::{io_opcode, Sqe};
 
 use crate::engine::{Device, Done, IoQueue, Job, PerfError, QueueSetup, RunOutcome, WorkerSpec};
 use crate::initiator::{
-    discover, Completion, ConnectOptions, Controller, Dir, HostTls, InitiatorError, Qpair,
-    QpairConfig,
+    discover, Completion, ConnectOptions, Controller, Dir, Fabric, HostTls, InitiatorError,
+    NamespaceInfo, Qpair, QpairConfig,
 };
 use crate::stats::ErrorKind;
 use crate::workload::{split_region, Op, Region};
@@ -164,6 +165,76 @@ pub struct NvmeOptions {
     pub tls: Option<(ConfiguredPsk, IdentityVersion)>,
 }
 
+/// The [`IoQueue`] methods that a queue of NVMe I/O (fields `qp`: its queue pair,
+/// `nsid`, `disconnect`: send Disconnect at the end, `timeout`) takes from its queue
+/// pair alike on every fabric; `poll` and `describe` are each fabric's.
+macro_rules! qpair_io_queue {
+    () => {
+        fn depth(&self) -> u16 {
+            self.qp.depth()
+        }
+
+        fn alloc(&mut self) -> Option<u16> {
+            self.qp.alloc()
+        }
+
+        fn buf(&self, tag: u16) -> &[u8] {
+            self.qp.buf(tag)
+        }
+
+        fn buf_mut(&mut self, tag: u16) -> &mut [u8] {
+            self.qp.buf_mut(tag)
+        }
+
+        #[inline]
+        fn submit(
+            &mut self,
+            tag: u16,
+            op: $crate::workload::Op,
+            lba: u64,
+            blocks: u32,
+            bytes: u32,
+        ) -> Result<(), $crate::engine::PerfError> {
+            let (sqe, dir) = $crate::nvme::io_command(op, self.nsid, lba, blocks);
+            Ok(self.qp.submit(tag, sqe, dir, bytes)?)
+        }
+
+        #[inline]
+        fn flush(&mut self) -> Result<(), $crate::engine::PerfError> {
+            Ok(self.qp.flush()?)
+        }
+
+        fn in_flight(&self) -> usize {
+            self.qp.in_flight()
+        }
+
+        fn close(self) -> Result<(), $crate::engine::PerfError> {
+            Ok(self.qp.disconnect(self.disconnect, self.timeout)?)
+        }
+    };
+}
+#[cfg(feature = "rdma")]
+pub(crate) use qpair_io_queue;
+
+/// The command of `op` on `blocks` blocks at `lba` of namespace `ns`, and which way
+/// its data moves.
+#[inline]
+pub(crate) fn io_command(op: Op, ns: u32, lba: u64, blocks: u32) -> (Sqe, Dir) {
+    let (opcode, dir) = match op {
+        Op::Read => (io_opcode::READ, Dir::Read),
+        Op::Write => (io_opcode::WRITE, Dir::Write),
+    };
+    let sqe = Sqe {
+        opcode,
+        nsid: ns,
+        cdw10: lba as u32,
+        cdw11: (lba >> 32) as u32,
+        cdw12: blocks - 1,
+        ..Sqe::default()
+    };
+    (sqe, dir)
+}
+
 /// A queue pair and the namespace its I/O goes to.
 pub struct NvmeQueue {
     qp: Qpair,
@@ -188,45 +259,7 @@ impl NvmeQueue {
 }
 
 impl IoQueue for NvmeQueue {
-    fn depth(&self) -> u16 {
-        self.qp.depth()
-    }
-
-    fn alloc(&mut self) -> Option<u16> {
-        self.qp.alloc()
-    }
-
-    fn buf(&self, tag: u16) -> &[u8] {
-        self.qp.buf(tag)
-    }
-
-    fn buf_mut(&mut self, tag: u16) -> &mut [u8] {
-        self.qp.buf_mut(tag)
-    }
-
-    #[inline]
-    fn submit(
-        &mut self,
-        tag: u16,
-        op: Op,
-        lba: u64,
-        blocks: u32,
-        bytes: u32,
-    ) -> Result<(), PerfError> {
-        let (opcode, dir) = match op {
-            Op::Read => (io_opcode::READ, Dir::Read),
-            Op::Write => (io_opcode::WRITE, Dir::Write),
-        };
-        let sqe = Sqe {
-            opcode,
-            nsid: self.nsid,
-            cdw10: lba as u32,
-            cdw11: (lba >> 32) as u32,
-            cdw12: blocks - 1,
-            ..Sqe::default()
-        };
-        Ok(self.qp.submit(tag, sqe, dir, bytes)?)
-    }
+    qpair_io_queue!();
 
     #[inline]
     fn poll(&mut self, out: &mut Vec<Done>) -> Result<(), PerfError> {
@@ -245,19 +278,6 @@ impl IoQueue for NvmeQueue {
         Ok(())
     }
 
-    #[inline]
-    fn flush(&mut self) -> Result<(), PerfError> {
-        Ok(self.qp.flush()?)
-    }
-
-    fn in_flight(&self) -> usize {
-        self.qp.in_flight()
-    }
-
-    fn close(self) -> Result<(), PerfError> {
-        Ok(self.qp.disconnect(self.disconnect, self.timeout)?)
-    }
-
     fn describe(&self) -> String {
         format!("{} queue {}", self.qp.peer(), self.qp.qid())
     }
@@ -271,15 +291,78 @@ impl IoQueue for NvmeQueue {
     }
 }
 
-/// A connected run, ready to start.
-pub struct Prepared<Q = NvmeQueue> {
-    pub ctrls: Vec<Controller>,
+/// A connected run, ready to start: NVMe/TCP's by default, `O` another fabric's.
+pub struct Prepared<Q = NvmeQueue, O: Fabric = ConnectOptions> {
+    pub ctrls: Vec<Controller<O>>,
     pub devices: Vec<Device>,
     pub workers: Vec<WorkerSpec<Q>>,
     pub target: String,
     /// The controllers are paths of one subsystem (`--multipath`): one that stops
     /// answering keep-alive is left, as long as another does.
     pub multipath: bool,
+}
+
+/// What a run over a fabric needs beyond its controller ([`Fabric`]): NVMe/TCP's here,
+/// NVMe/RDMA's in `crate::rdma`.
+pub(crate) trait RunFabric: Fabric<QueueConfig: Copy> + Sized {
+    /// The engine's queue over one of the fabric's queue pairs.
+    type IoQueue: IoQueue + Send + 'static;
+
+    /// The connect options for subsystem `subnqn` at `addr`.
+    fn options(o: &NvmeOptions, addr: SocketAddr, subnqn: String) -> Result<Self, PerfError>;
+
+    /// How each I/O queue pair is sized.
+    fn queue_config(job: &Job, o: &NvmeOptions) -> Self::QueueConfig;
+
+    /// The engine's queue over `qp` (connected), I/O to `nsid`; `disconnect`: send the
+    /// Disconnect command at the end.
+    fn io_queue(
+        qp: Self::Queue,
+        nsid: u32,
+        disconnect: bool,
+        timeout: Duration,
+    ) -> Result<Self::IoQueue, PerfError>;
+
+    /// Namespace `nsid` of `nqn` at `addr`, as the report names it.
+    fn device_name(nqn: &str, nsid: u32, addr: SocketAddr) -> String;
+
+    /// Subsystem `nqn` at `addr`, as the report names it.
+    fn target_name(nqn: &str, addr: SocketAddr) -> String;
+}
+
+impl RunFabric for ConnectOptions {
+    type IoQueue = NvmeQueue;
+
+    fn options(o: &NvmeOptions, addr: SocketAddr, subnqn: String) -> Result<Self, PerfError> {
+        conn_opts(o, addr, subnqn)
+    }
+
+    fn queue_config(job: &Job, o: &NvmeOptions) -> QpairConfig {
+        QpairConfig {
+            depth: job.depth,
+            buf_len: job.io_size as usize,
+            in_capsule_max: 0,
+            force_r2t: o.force_r2t,
+        }
+    }
+
+    fn io_queue(
+        mut qp: Qpair,
+        nsid: u32,
+        disconnect: bool,
+        timeout: Duration,
+    ) -> Result<NvmeQueue, PerfError> {
+        qp.set_nonblocking()?;
+        Ok(NvmeQueue::new(qp, nsid, disconnect, timeout))
+    }
+
+    fn device_name(nqn: &str, nsid: u32, addr: SocketAddr) -> String {
+        format!("{nqn} ns {nsid} ({addr})")
+    }
+
+    fn target_name(nqn: &str, addr: SocketAddr) -> String {
+        format!("{nqn} at {addr}")
+    }
 }
 
 /// Resolves discovery, connects every controller and every queue pair.
@@ -324,13 +407,22 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
             }
         }
     }
+    prepare_targets(job, o, &targets)
+}
 
+/// Connects a controller of fabric `O` to each target (address, subsystem, nsid
+/// filter), checks the job against each namespace, and connects every queue pair.
+pub(crate) fn prepare_targets<O: RunFabric>(
+    job: &Job,
+    o: &NvmeOptions,
+    targets: &[(SocketAddr, String, Option<u32>)],
+) -> Result<Prepared<O::IoQueue, O>, PerfError> {
     let mut ctrls = Vec::new();
     let mut devices = Vec::new();
     // Per device: which controller.
     let mut dev_ctrl = Vec::new();
-    for (addr, nqn, nsid) in &targets {
-        let mut c = Controller::connect(conn_opts(o, *addr, nqn.clone())?)?;
+    for (addr, nqn, nsid) in targets {
+        let mut c = Controller::connect(O::options(o, *addr, nqn.clone())?)?;
         let nss = match nsid {
             Some(n) => vec![c.identify_namespace(*n).map_err(|e| match e {
                 e @ InitiatorError::NoNamespace { .. } => PerfError::Invalid(e.to_string()),
@@ -346,7 +438,7 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
         for ns in nss {
             let range = check_device(job, o, &c, ns)?;
             devices.push(Device {
-                name: format!("{nqn} ns {} ({addr})", ns.nsid),
+                name: O::device_name(nqn, ns.nsid, *addr),
                 block_size: ns.block_size,
                 range,
             });
@@ -372,12 +464,7 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
 
     let regions = regions_for(job, &devices, nq)?;
 
-    let cfg = QpairConfig {
-        depth: job.depth,
-        buf_len: job.io_size as usize,
-        in_capsule_max: 0,
-        force_r2t: o.force_r2t,
-    };
+    let cfg = O::queue_config(job, o);
     let mut workers = Vec::new();
     for (ci, core) in o.cores.iter().enumerate() {
         let mut setups = Vec::new();
@@ -385,16 +472,10 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
             let g = ci * o.qpairs + qi;
             for (di, (cidx, nsid)) in dev_ctrl.iter().enumerate() {
                 let c = &mut ctrls[*cidx];
-                let mut qp = c.connect_io_queue(job.depth + 1, cfg)?;
-                qp.set_nonblocking()?;
+                let qp = c.connect_io_queue(job.depth + 1, cfg)?;
+                let disconnect = c.info.disconnect_supported;
                 setups.push(QueueSetup {
-                    queue: NvmeQueue {
-                        qp,
-                        nsid: *nsid,
-                        comps: Vec::with_capacity(usize::from(job.depth)),
-                        disconnect: c.info.disconnect_supported,
-                        timeout: o.timeout,
-                    },
+                    queue: O::io_queue(qp, *nsid, disconnect, o.timeout)?,
                     device: di,
                     region: regions[di][g],
                     seed: o.seed ^ ((di as u64) << 40) ^ (g as u64).wrapping_mul(0x9E37_79B9),
@@ -408,7 +489,7 @@ pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
     }
     let target = targets
         .iter()
-        .map(|(a, n, _)| format!("{n} at {a}"))
+        .map(|(a, n, _)| O::target_name(n, *a))
         .collect::<Vec<_>>()
         .join(", ");
     Ok(Prepared {
@@ -484,11 +565,11 @@ pub(crate) fn conn_opts(
 
 /// Checks the job against the controller's limits and the namespace; returns the
 /// LBA range to use.
-pub(crate) fn check_device(
+pub(crate) fn check_device<O: Fabric>(
     job: &Job,
     o: &NvmeOptions,
-    c: &Controller,
-    ns: crate::initiator::NamespaceInfo,
+    c: &Controller<O>,
+    ns: NamespaceInfo,
 ) -> Result<Region, PerfError> {
     let bad = |m: String| {
         Err(PerfError::Invalid(format!(
@@ -573,9 +654,9 @@ fn discover_at(
 
 /// Runs a prepared job: keep-alive on every controller while it runs, then an orderly
 /// shutdown.
-pub fn run<Q: IoQueue + 'static>(
+pub fn run<Q: IoQueue + 'static, O: Fabric>(
     job: &Job,
-    p: Prepared<Q>,
+    p: Prepared<Q, O>,
 ) -> Result<(RunOutcome, Vec<Device>), PerfError> {
     let Prepared {
         mut ctrls,

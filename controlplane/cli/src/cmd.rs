@@ -100,6 +100,64 @@ pub(crate) fn emit<T: Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) -> R
     Ok(())
 }
 
+/// `target host-key clear` and `target tls-key clear`: `clear` (the kind's call, given
+/// the subsystem and host NQNs) removes `host`'s key on `nqn`; `what` names the key.
+pub(crate) async fn clear_host_key<T>(
+    j: bool,
+    nqn: &str,
+    host: &str,
+    what: &str,
+    clear: impl AsyncFnOnce(String, String) -> Result<T, tonic::Status>,
+) -> Result<(), String> {
+    clear(nqn.to_string(), host.to_string())
+        .await
+        .map_err(refused)?;
+    done(j, &format!("{what} of {host} on {nqn} cleared"));
+    Ok(())
+}
+
+/// A column of a table of keys: its header and its cell of each key.
+pub(crate) type Column<K> = (&'static str, fn(&K) -> String);
+
+/// `target host-key list` and `target tls-key list`: the keys each subsystem (`nqn`'s
+/// alone, when given) holds per host, never the secrets. `keys` takes a subsystem's
+/// NQN and keys; the table has a SUBSYSTEM column, then `columns` (header, cell).
+pub(crate) async fn list_host_keys<K: Serialize>(
+    j: bool,
+    api: &mut SubsystemsClient<Channel>,
+    nqn: &Option<String>,
+    keys: fn(pb::Subsystem) -> (String, Vec<K>),
+    columns: &[Column<K>],
+) -> Result<(), String> {
+    let subs = api
+        .list_subsystems(pb::ListSubsystemsRequest {
+            nqn: nqn.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(refused)?
+        .into_inner()
+        .subsystems;
+    let rows: Vec<(String, K)> = subs
+        .into_iter()
+        .flat_map(|s| {
+            let (nqn, keys) = keys(s);
+            keys.into_iter().map(move |k| (nqn.clone(), k))
+        })
+        .collect();
+    let keys: Vec<&K> = rows.iter().map(|(_, k)| k).collect();
+    emit(j, &keys, |_| {
+        let header: Vec<&str> = ["SUBSYSTEM"]
+            .into_iter()
+            .chain(columns.iter().map(|c| c.0))
+            .collect();
+        let cells = |(n, k): &(String, K)| {
+            let rest = columns.iter().map(|c| c.1(k));
+            [n.clone()].into_iter().chain(rest).collect()
+        };
+        table::print(&header, &rows.iter().map(cells).collect::<Vec<_>>())
+    })
+}
+
 fn namespaces_table(ns: &[pb::Namespace]) {
     table::print(
         &[

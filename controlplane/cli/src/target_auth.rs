@@ -8,8 +8,7 @@ use lightpool_api::v1 as pb;
 use lightpool_api::v1::subsystems_client::SubsystemsClient;
 use tonic::transport::Channel;
 
-use crate::cmd::{done, emit, refused};
-use crate::table;
+use crate::cmd::{clear_host_key, done, list_host_keys, refused, Column};
 
 #[derive(Subcommand, Debug)]
 pub enum HostKeyCmd {
@@ -87,49 +86,22 @@ pub async fn run(j: bool, ch: Channel, c: &HostKeyCmd) -> Result<(), String> {
             Ok(())
         }
         HostKeyCmd::Clear { nqn, host } => {
-            api.clear_host_key(pb::ClearHostKeyRequest {
-                nqn: nqn.clone(),
-                host: host.clone(),
-            })
-            .await
-            .map_err(refused)?;
-            done(j, &format!("keys of {host} on {nqn} cleared"));
-            Ok(())
+            let clear = async |nqn, host| {
+                api.clear_host_key(pb::ClearHostKeyRequest { nqn, host })
+                    .await
+            };
+            clear_host_key(j, nqn, host, "keys", clear).await
         }
         HostKeyCmd::List { nqn } => {
-            let subs = api
-                .list_subsystems(pb::ListSubsystemsRequest {
-                    nqn: nqn.clone().unwrap_or_default(),
-                })
-                .await
-                .map_err(refused)?
-                .into_inner()
-                .subsystems;
-            let rows: Vec<(String, pb::HostKey)> = subs
-                .into_iter()
-                .flat_map(|s| {
-                    let nqn = s.nqn;
-                    s.host_keys.into_iter().map(move |k| (nqn.clone(), k))
-                })
-                .collect();
-            let keys: Vec<&pb::HostKey> = rows.iter().map(|(_, k)| k).collect();
-            emit(j, &keys, |_| {
-                table::print(
-                    &["SUBSYSTEM", "HOST", "HASH", "DHGROUP", "DIRECTION"],
-                    &rows
-                        .iter()
-                        .map(|(n, k)| {
-                            vec![
-                                n.clone(),
-                                k.host.clone(),
-                                k.hash.clone(),
-                                k.dhgroup.clone(),
-                                if k.bidirectional { "both" } else { "host" }.to_string(),
-                            ]
-                        })
-                        .collect::<Vec<_>>(),
-                )
-            })
+            let columns: [Column<pb::HostKey>; 4] = [
+                ("HOST", |k| k.host.clone()),
+                ("HASH", |k| k.hash.clone()),
+                ("DHGROUP", |k| k.dhgroup.clone()),
+                ("DIRECTION", |k| {
+                    if k.bidirectional { "both" } else { "host" }.to_string()
+                }),
+            ];
+            list_host_keys(j, &mut api, nqn, |s| (s.nqn, s.host_keys), &columns).await
         }
     }
 }

@@ -8,8 +8,7 @@ use lightpool_api::v1 as pb;
 use lightpool_api::v1::subsystems_client::SubsystemsClient;
 use tonic::transport::Channel;
 
-use crate::cmd::{done, emit, refused};
-use crate::table;
+use crate::cmd::{clear_host_key, done, list_host_keys, refused, Column};
 
 #[derive(Subcommand, Debug)]
 pub enum TlsKeyCmd {
@@ -62,49 +61,20 @@ pub async fn run(j: bool, ch: Channel, c: &TlsKeyCmd) -> Result<(), String> {
             Ok(())
         }
         TlsKeyCmd::Clear { nqn, host } => {
-            api.clear_tls_key(pb::ClearTlsKeyRequest {
-                nqn: nqn.clone(),
-                host: host.clone(),
-            })
-            .await
-            .map_err(refused)?;
-            done(j, &format!("TLS key of {host} on {nqn} cleared"));
-            Ok(())
+            let clear = async |nqn, host| {
+                api.clear_tls_key(pb::ClearTlsKeyRequest { nqn, host })
+                    .await
+            };
+            clear_host_key(j, nqn, host, "TLS key", clear).await
         }
         TlsKeyCmd::List { nqn } => {
-            let subs = api
-                .list_subsystems(pb::ListSubsystemsRequest {
-                    nqn: nqn.clone().unwrap_or_default(),
-                })
-                .await
-                .map_err(refused)?
-                .into_inner()
-                .subsystems;
-            let rows: Vec<(String, pb::TlsKey)> = subs
-                .into_iter()
-                .flat_map(|s| {
-                    let nqn = s.nqn;
-                    s.tls_keys.into_iter().map(move |k| (nqn.clone(), k))
-                })
-                .collect();
-            let keys: Vec<&pb::TlsKey> = rows.iter().map(|(_, k)| k).collect();
-            emit(j, &keys, |_| {
-                table::print(
-                    &["SUBSYSTEM", "HOST", "HASH", "TRANSFORM", "IDENTITY"],
-                    &rows
-                        .iter()
-                        .map(|(n, k)| {
-                            vec![
-                                n.clone(),
-                                k.host.clone(),
-                                k.hash.clone(),
-                                k.transform.clone(),
-                                k.identity.clone(),
-                            ]
-                        })
-                        .collect::<Vec<_>>(),
-                )
-            })
+            let columns: [Column<pb::TlsKey>; 4] = [
+                ("HOST", |k| k.host.clone()),
+                ("HASH", |k| k.hash.clone()),
+                ("TRANSFORM", |k| k.transform.clone()),
+                ("IDENTITY", |k| k.identity.clone()),
+            ];
+            list_host_keys(j, &mut api, nqn, |s| (s.nqn, s.tls_keys), &columns).await
         }
     }
 }

@@ -1,31 +1,15 @@
-//! The controller of an NVMe/RDMA host, on its admin queue: Connect, enable through
-//! the property registers, Identify, number of queues, keep-alive, I/O queue pairs,
-//! orderly shutdown. The same sequence as `lightpool-nvmf-host`'s NVMe/TCP
-//! controller, over [`RdmaQpair`]s.
+//! The controller of an NVMe/RDMA host: `lightpool-nvmf-host`'s [`Controller`] (Connect,
+//! enable through the property registers, Identify, number of queues, keep-alive, I/O
+//! queue pairs, orderly shutdown), the same sequence as over NVMe/TCP, run on
+//! [`RdmaQpair`]s: what this module gives it is how they are sized and connected.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lightpool_nvmf_host::{Completion, ControllerInfo, Dir, InitiatorError, NamespaceInfo};
-use lightpool_spec::fabrics::{PropertyCommand, CNTLID_DYNAMIC, CONNECT_DATA_SIZE};
-use lightpool_spec::features::fid;
-use lightpool_spec::identify::{
-    ascii_trimmed, cns, ns_offset, ofcs, parse_ns_list, IdentifyCommand, IdentifyController,
-    IDENTIFY_DATA_SIZE,
-};
-use lightpool_spec::nvme::{admin_opcode, csts, reg, Cap, Sqe};
+use lightpool_nvmf_host::{ConnectRequest, Controller, Fabric, InitiatorError, Target};
+use lightpool_spec::fabrics::CONNECT_DATA_SIZE;
 
 use crate::qpair::{RdmaQpair, RdmaQueueConfig};
-
-/// Admin queue entries we ask for.
-const ADMIN_ENTRIES: u16 = 32;
-/// Admin commands carry at most this much data (Identify, Connect data).
-const ADMIN_BUF: usize = 4096;
-/// CC for enable: EN, NVM command set, 4 KiB pages, round robin, 64-byte SQEs,
-/// 16-byte CQEs.
-const CC_ENABLE: u32 = 1 | (6 << 16) | (4 << 20);
-/// CC.SHN = normal shutdown (bits 15:14).
-const CC_SHN_NORMAL: u32 = 1 << 14;
 
 /// How to reach and identify ourselves to a subsystem over NVMe/RDMA.
 #[derive(Clone, Debug)]
@@ -41,376 +25,40 @@ pub struct RdmaConnectOptions {
 }
 
 /// A live NVMe/RDMA controller: its admin queue and what it told us.
-pub struct RdmaController {
-    admin: RdmaQpair,
-    pub opts: RdmaConnectOptions,
-    pub info: ControllerInfo,
-    cap: Cap,
-    next_qid: u16,
-    max_qid: u16,
-    last_keep_alive: Instant,
-}
+pub type RdmaController = Controller<RdmaConnectOptions>;
 
-impl RdmaController {
-    /// Connects the admin queue, enables the controller and identifies it.
-    pub fn connect(opts: RdmaConnectOptions) -> Result<RdmaController, InitiatorError> {
-        let cfg = RdmaQueueConfig {
+impl Fabric for RdmaConnectOptions {
+    type Queue = RdmaQpair;
+    type QueueConfig = RdmaQueueConfig;
+
+    fn target(&self) -> Target<'_> {
+        lightpool_nvmf_host::target_of!(self)
+    }
+
+    /// The admin queue takes no in-capsule data.
+    fn admin_config(buf_len: usize) -> RdmaQueueConfig {
+        RdmaQueueConfig {
             depth: 4,
-            buf_len: ADMIN_BUF,
+            buf_len,
             in_capsule_max: 0,
-        };
-        let mut admin = RdmaQpair::connect(
-            opts.addr,
-            0,
-            ADMIN_ENTRIES,
-            CNTLID_DYNAMIC,
-            cfg,
-            opts.timeout,
-        )?;
-        let cntlid = admin.fabric_connect(
-            ADMIN_ENTRIES,
-            opts.kato_ms,
-            CNTLID_DYNAMIC,
-            &opts.subnqn,
-            &opts.hostnqn,
-            opts.hostid,
-            opts.timeout,
-        )?;
-        let mut c = RdmaController {
-            admin,
-            info: ControllerInfo {
-                cntlid,
-                subnqn: opts.subnqn.clone(),
-                model: String::new(),
-                serial: String::new(),
-                firmware: String::new(),
-                version: 0,
-                max_transfer: None,
-                in_capsule_max: 0,
-                max_queue_entries: 2,
-                disconnect_supported: false,
-            },
-            opts,
-            cap: Cap::default(),
-            next_qid: 1,
-            max_qid: u16::MAX,
-            last_keep_alive: Instant::now(),
-        };
-        c.cap = Cap::from_u64(c.prop_get(reg::CAP, true, "Property Get CAP")?);
-        c.info.version = c.prop_get(reg::VS, false, "Property Get VS")? as u32;
-        c.prop_set(reg::CC, u64::from(CC_ENABLE), "Property Set CC (enable)")?;
-        let ready_within = Duration::from_millis(500 * u64::from(c.cap.to).max(2));
-        c.wait_csts(ready_within, "the controller to become ready", |v| {
-            v & csts::RDY != 0
-        })?;
-        let id = c.identify_controller()?;
-        let page = 1u64 << (12 + u32::from(c.cap.mpsmin));
-        c.info.model = ascii_trimmed(&id.mn).to_string();
-        c.info.serial = ascii_trimmed(&id.sn).to_string();
-        c.info.firmware = ascii_trimmed(&id.fr).to_string();
-        c.info.max_transfer =
-            (id.mdts != 0).then(|| u32::try_from(page << id.mdts).unwrap_or(u32::MAX));
-        c.info.in_capsule_max = if id.icdoff == 0 {
-            (id.ioccsz * 16).saturating_sub(64)
-        } else {
-            0
-        };
-        let mut entries = u32::from(c.cap.mqes) + 1;
-        if id.maxcmd != 0 {
-            entries = entries.min(u32::from(id.maxcmd));
-        }
-        c.info.max_queue_entries = entries;
-        c.info.disconnect_supported = id.ofcs & ofcs::DISCONNECT != 0;
-        if !id.subnqn.iter().all(|&b| b == 0) {
-            c.info.subnqn = lightpool_spec::fabrics::ConnectData {
-                subnqn: id.subnqn,
-                ..Default::default()
-            }
-            .subnqn_str()
-            .to_string();
-        }
-        Ok(c)
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.opts.addr
-    }
-
-    fn prop_get(&mut self, offset: u32, size8: bool, what: &str) -> Result<u64, InitiatorError> {
-        let sqe = PropertyCommand {
-            size8,
-            offset,
-            value: 0,
-        }
-        .to_get_sqe(0);
-        let c = self.admin_cmd(sqe, Dir::None, 0, what)?;
-        Ok(u64::from(c.dw0) | (u64::from(c.dw1) << 32))
-    }
-
-    fn prop_set(&mut self, offset: u32, value: u64, what: &str) -> Result<(), InitiatorError> {
-        let sqe = PropertyCommand {
-            size8: false,
-            offset,
-            value,
-        }
-        .to_set_sqe(0);
-        self.admin_cmd(sqe, Dir::None, 0, what).map(|_| ())
-    }
-
-    fn wait_csts(
-        &mut self,
-        within: Duration,
-        what: &str,
-        done: impl Fn(u32) -> bool,
-    ) -> Result<(), InitiatorError> {
-        let deadline = Instant::now() + within;
-        loop {
-            let v = self.prop_get(reg::CSTS, false, "Property Get CSTS")? as u32;
-            if v & csts::CFS != 0 {
-                return Err(InitiatorError::Unsupported(format!(
-                    "{}: the controller reports a fatal status (CSTS {v:#x})",
-                    self.opts.addr
-                )));
-            }
-            if done(v) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(InitiatorError::Timeout {
-                    addr: self.opts.addr,
-                    what: what.to_string(),
-                    timeout: within,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
-    /// One admin command, waited for; fails on a non-success status.
-    fn admin_cmd(
-        &mut self,
-        sqe: Sqe,
-        dir: Dir,
-        len: u32,
-        what: &str,
-    ) -> Result<Completion, InitiatorError> {
-        let c = self
-            .admin
-            .execute(sqe, dir, None, len, self.opts.timeout, what)?;
-        if !c.status.is_success() {
-            return Err(InitiatorError::Command {
-                addr: self.opts.addr,
-                what: what.to_string(),
-                status: c.status,
-            });
-        }
-        Ok(c)
+    fn io_config(mut cfg: RdmaQueueConfig, in_capsule_max: u32) -> RdmaQueueConfig {
+        cfg.in_capsule_max = cfg.in_capsule_max.min(in_capsule_max);
+        cfg
     }
 
-    /// Identify (4096 bytes) with `cmd`; returns the data.
-    fn identify(
-        &mut self,
-        cmd: IdentifyCommand,
-        what: &str,
-    ) -> Result<[u8; IDENTIFY_DATA_SIZE], InitiatorError> {
-        let c = self.admin_cmd(cmd.to_sqe(0), Dir::Read, IDENTIFY_DATA_SIZE as u32, what)?;
-        let mut b = [0u8; IDENTIFY_DATA_SIZE];
-        b.copy_from_slice(&self.admin.buf(c.cid)[..IDENTIFY_DATA_SIZE]);
-        Ok(b)
-    }
-
-    fn identify_controller(&mut self) -> Result<IdentifyController, InitiatorError> {
-        let b = self.identify(
-            IdentifyCommand {
-                cns: cns::CONTROLLER,
-                ..Default::default()
-            },
-            "Identify Controller",
-        )?;
-        Ok(IdentifyController::parse(&b))
-    }
-
-    /// Identify Namespace for `nsid`, block size from the format FLBAS selects.
-    pub fn identify_namespace(&mut self, nsid: u32) -> Result<NamespaceInfo, InitiatorError> {
-        let b = self.identify(
-            IdentifyCommand {
-                nsid,
-                cns: cns::NAMESPACE,
-                ..Default::default()
-            },
-            &format!("Identify Namespace {nsid}"),
-        )?;
-        let nsze = u64::from_le_bytes(
-            b[ns_offset::NSZE..ns_offset::NSZE + 8]
-                .try_into()
-                .expect("8 bytes"),
-        );
-        let nlbaf = b[ns_offset::NLBAF];
-        let flbas = b[ns_offset::FLBAS];
-        let mut idx = usize::from(flbas & 0xF);
-        if nlbaf >= 16 {
-            idx |= usize::from((flbas >> 5) & 0x3) << 4;
-        }
-        // Each LBA format is 4 bytes; LBADS is its third byte.
-        let lbads = b[ns_offset::LBAF0 + 4 * idx + 2];
-        if nsze == 0 {
-            // Identify Namespace of an inactive NSID returns zeroes: no such namespace.
-            return Err(InitiatorError::NoNamespace {
-                addr: self.opts.addr,
-                subnqn: self.opts.subnqn.clone(),
-                nsid,
-                active: self.active_nsids().unwrap_or_default(),
-            });
-        }
-        if !(9..=16).contains(&lbads) {
-            return Err(InitiatorError::Unsupported(format!(
-                "{}: namespace {nsid} is not usable (size {nsze} blocks, block size 2^{lbads})",
-                self.opts.addr
-            )));
-        }
-        Ok(NamespaceInfo {
-            nsid,
-            block_size: 1 << lbads,
-            num_blocks: nsze,
-        })
-    }
-
-    /// Every active namespace.
-    pub fn namespaces(&mut self) -> Result<Vec<NamespaceInfo>, InitiatorError> {
-        self.active_nsids()?
-            .into_iter()
-            .map(|nsid| self.identify_namespace(nsid))
-            .collect()
-    }
-
-    /// The active namespace IDs (Identify Active Namespace List).
-    fn active_nsids(&mut self) -> Result<Vec<u32>, InitiatorError> {
-        let b = self.identify(
-            IdentifyCommand {
-                nsid: 0,
-                cns: cns::ACTIVE_NS_LIST,
-                ..Default::default()
-            },
-            "Identify Active Namespace List",
-        )?;
-        Ok(parse_ns_list(&b).collect())
-    }
-
-    /// Asks for `n` I/O queues (Set Features Number of Queues); returns how many the
-    /// controller grants. Controllers that do not implement the feature get `n`.
-    pub fn request_io_queues(&mut self, n: u16) -> Result<u16, InitiatorError> {
-        let want = u32::from(n.max(1) - 1);
-        let sqe = Sqe {
-            opcode: admin_opcode::SET_FEATURES,
-            cdw10: u32::from(fid::NUMBER_OF_QUEUES),
-            cdw11: want | (want << 16),
-            ..Sqe::default()
-        };
-        let c = self.admin.execute(
-            sqe,
-            Dir::None,
-            None,
-            0,
-            self.opts.timeout,
-            "Set Features (queues)",
-        )?;
-        let granted = if c.status.is_success() {
-            let nsqa = (c.dw0 & 0xFFFF) as u16;
-            let ncqa = (c.dw0 >> 16) as u16;
-            nsqa.min(ncqa).saturating_add(1).min(n)
-        } else {
-            n
-        };
-        self.max_qid = granted;
-        Ok(granted)
-    }
-
-    /// Connects the next I/O queue with `entries` entries (one more than the commands
-    /// it will carry at once) and data buffers as `cfg` says.
-    pub fn connect_io_queue(
-        &mut self,
-        entries: u16,
-        cfg: RdmaQueueConfig,
-    ) -> Result<RdmaQpair, InitiatorError> {
-        let qid = self.next_qid;
-        let q = self.connect_io_queue_at(qid, entries, cfg)?;
-        self.next_qid += 1;
-        Ok(q)
-    }
-
-    /// Connects I/O queue `qid` (one the caller knows to be free: never connected, or
-    /// its connection closed) with `entries` entries, buffers as `cfg` says.
-    pub fn connect_io_queue_at(
-        &mut self,
-        qid: u16,
-        entries: u16,
+    fn connect_queue(
+        &self,
+        req: &ConnectRequest<'_>,
         mut cfg: RdmaQueueConfig,
-    ) -> Result<RdmaQpair, InitiatorError> {
-        if qid == 0 || qid > self.max_qid {
-            return Err(InitiatorError::Unsupported(format!(
-                "{}: the controller grants only {} I/O queues",
-                self.opts.addr, self.max_qid
-            )));
-        }
-        cfg.in_capsule_max = cfg.in_capsule_max.min(self.info.in_capsule_max);
+    ) -> Result<(RdmaQpair, u16), InitiatorError> {
         // The Connect data (1,024 bytes) travels through the first tag's buffer.
         cfg.buf_len = cfg.buf_len.max(CONNECT_DATA_SIZE);
-        let mut q = RdmaQpair::connect(
-            self.opts.addr,
-            qid,
-            entries,
-            self.info.cntlid,
-            cfg,
-            self.opts.timeout,
-        )?;
-        q.fabric_connect(
-            entries,
-            0,
-            self.info.cntlid,
-            &self.opts.subnqn,
-            &self.opts.hostnqn,
-            self.opts.hostid,
-            self.opts.timeout,
-        )?;
-        Ok(q)
-    }
-
-    /// How often to send Keep Alive (half the timeout), if at all.
-    pub fn keep_alive_interval(&self) -> Option<Duration> {
-        (self.opts.kato_ms > 0).then(|| Duration::from_millis(u64::from(self.opts.kato_ms) / 2))
-    }
-
-    /// Sends Keep Alive when half the timeout has passed since the last one.
-    pub fn keep_alive_if_due(&mut self) -> Result<(), InitiatorError> {
-        if let Some(every) = self.keep_alive_interval() {
-            if self.last_keep_alive.elapsed() >= every {
-                self.keep_alive()?;
-            }
-        }
-        Ok(())
-    }
-
-    pub fn keep_alive(&mut self) -> Result<(), InitiatorError> {
-        let sqe = Sqe {
-            opcode: admin_opcode::KEEP_ALIVE,
-            ..Sqe::default()
-        };
-        self.admin_cmd(sqe, Dir::None, 0, "Keep Alive")?;
-        self.last_keep_alive = Instant::now();
-        Ok(())
-    }
-
-    /// Normal shutdown (CC.SHN), waited for, then the admin queue disconnects.
-    pub fn shutdown(mut self) -> Result<(), InitiatorError> {
-        self.prop_set(
-            reg::CC,
-            u64::from(CC_ENABLE | CC_SHN_NORMAL),
-            "Property Set CC (shutdown)",
-        )?;
-        let within = self.opts.timeout;
-        self.wait_csts(within, "the controller to shut down", |v| {
-            v & csts::SHST_MASK == csts::SHST_COMPLETE
-        })?;
-        self.admin.disconnect(false, within)
+        let (qid, entries, cntlid) = (req.qid, req.entries, req.cntlid);
+        let mut q = RdmaQpair::connect(self.addr, qid, entries, cntlid, cfg, self.timeout)?;
+        let cntlid = q.fabric_connect(req, self.timeout)?;
+        Ok((q, cntlid))
     }
 }

@@ -10,13 +10,15 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use lightpool_nvmf_host::{Completion, Dir, InitiatorError};
+use lightpool_nvmf_host::{
+    AdminCommand, AdminQueue, Completion, ConnectRequest, Dir, InitiatorError,
+};
 use lightpool_rdma_sys::ffi::{ibv_wc_opcode, ibv_wc_status, rdma_cm_event_type as ev};
 use lightpool_rdma_sys::{
     AcceptParams, CmId, CompChannel, CompletionQueue, EventChannel, MemoryRegion, ProtectionDomain,
     QpSizes, RdmaError, WorkCompletion,
 };
-use lightpool_spec::fabrics::{self, ConnectCommand, ConnectData};
+use lightpool_spec::fabrics;
 use lightpool_spec::nvme::{Cqe, SglDescriptor, Sqe, CQE_SIZE, SQE_SIZE};
 use lightpool_spec::rdma::{cm_reject, CmRequest, KeyedSgl, SGL_KEYED_ADDRESS};
 
@@ -233,34 +235,15 @@ impl RdmaQpair {
             .map_err(|e| rdma_err(self.peer, e))
     }
 
-    /// The NVMe Connect command on this queue (its data by keyed SGL from tag 0's
-    /// buffer); the controller ID the target answers.
-    #[allow(clippy::too_many_arguments)]
+    /// The NVMe Connect command `req` on this queue (its data by keyed SGL from tag
+    /// 0's buffer; `req.qid` is the queue's); the controller ID the target answers.
     pub fn fabric_connect(
         &mut self,
-        entries: u16,
-        kato_ms: u32,
-        cntlid: u16,
-        subnqn: &str,
-        hostnqn: &str,
-        hostid: [u8; 16],
+        req: &ConnectRequest<'_>,
         timeout: Duration,
     ) -> Result<u16, InitiatorError> {
-        let qid = self.qid;
-        let sqe = ConnectCommand {
-            recfmt: fabrics::RECFMT_0,
-            qid,
-            sqsize: entries - 1,
-            cattr: 0,
-            kato: kato_ms,
-        }
-        .to_sqe(0);
-        let data = ConnectData::new(hostid, cntlid, subnqn, hostnqn).to_bytes();
-        let what = if qid == 0 {
-            "Connect (admin queue)".to_string()
-        } else {
-            format!("Connect (I/O queue {qid})")
-        };
+        debug_assert_eq!(req.qid, self.qid, "Connect names the queue it travels on");
+        let (sqe, data, what) = (req.sqe(), req.data(), req.what());
         let c = self.execute(
             sqe,
             Dir::Write,
@@ -272,7 +255,7 @@ impl RdmaQpair {
         if !c.status.is_success() {
             return Err(InitiatorError::Refused {
                 addr: self.peer,
-                subnqn: subnqn.to_string(),
+                subnqn: req.subnqn.to_string(),
                 why: format!("{what}: {}", c.status),
             });
         }
@@ -538,6 +521,21 @@ impl RdmaQpair {
         }
         self.id.disconnect();
         res
+    }
+}
+
+/// The admin queue of an NVMe/RDMA controller.
+impl AdminQueue for RdmaQpair {
+    fn exec(&mut self, c: AdminCommand<'_>) -> Result<Completion, InitiatorError> {
+        self.execute(c.sqe, c.dir, None, c.len, c.timeout, c.what)
+    }
+
+    fn data(&self, cid: u16) -> &[u8] {
+        self.buf(cid)
+    }
+
+    fn close(self, send_disconnect: bool, timeout: Duration) -> Result<(), InitiatorError> {
+        self.disconnect(send_disconnect, timeout)
     }
 }
 

@@ -1,6 +1,8 @@
 //! The controller a host builds on its admin queue: Connect, enable through the
 //! property registers, Identify, number of queues, keep-alive, I/O queue pairs,
-//! discovery, and orderly shutdown.
+//! discovery, and orderly shutdown. Written once for every fabric ([`Fabric`]):
+//! NVMe/TCP's [`Controller`] is the default, NVMe/RDMA's is
+//! `lightpool-nvmf-host-rdma`'s `RdmaController`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -17,15 +19,14 @@ use lightpool_spec::log::{
 };
 use lightpool_spec::nvme::{admin_opcode, csts, reg, Cap, Sqe};
 
-use super::qpair::{Dir, Qpair, QpairConfig};
+use super::fabric::{AdminCommand, AdminQueue, ConnectRequest, Fabric};
+use super::qpair::Dir;
 use super::InitiatorError;
 
 /// Admin queue entries we ask for.
 const ADMIN_ENTRIES: u16 = 32;
 /// Admin commands carry at most this much data (Identify, one log page window).
 const ADMIN_BUF: usize = 4096;
-/// NVMe/TCP: the admin queue takes 8 KiB of in-capsule data.
-const ADMIN_IN_CAPSULE: u32 = 8192;
 /// CC for enable: EN, NVM command set, 4 KiB pages, round robin, 64-byte SQEs,
 /// 16-byte CQEs.
 const CC_ENABLE: u32 = 1 | (6 << 16) | (4 << 20);
@@ -93,10 +94,11 @@ pub struct DiscoveredSubsystem {
     pub sectype: u8,
 }
 
-/// A live controller: its admin queue and what it told us.
-pub struct Controller {
-    admin: Qpair,
-    pub opts: ConnectOptions,
+/// A live controller: its admin queue and what it told us. `O`: the fabric's connect
+/// options (NVMe/TCP's by default).
+pub struct Controller<O: Fabric = ConnectOptions> {
+    admin: O::Queue,
+    pub opts: O,
     pub info: ControllerInfo,
     cap: Cap,
     next_qid: u16,
@@ -104,38 +106,26 @@ pub struct Controller {
     last_keep_alive: Instant,
 }
 
-impl Controller {
+impl<O: Fabric> Controller<O> {
     /// Connects the admin queue, enables the controller and identifies it.
-    pub fn connect(opts: ConnectOptions) -> Result<Controller, InitiatorError> {
-        let cfg = QpairConfig {
-            depth: 4,
-            buf_len: ADMIN_BUF,
-            in_capsule_max: ADMIN_IN_CAPSULE,
-            force_r2t: false,
+    pub fn connect(opts: O) -> Result<Controller<O>, InitiatorError> {
+        let t = opts.target();
+        let req = ConnectRequest {
+            qid: 0,
+            entries: ADMIN_ENTRIES,
+            kato_ms: t.kato_ms,
+            cntlid: CNTLID_DYNAMIC,
+            subnqn: t.subnqn,
+            hostnqn: t.hostnqn,
+            hostid: t.hostid,
         };
-        let mut admin = Qpair::connect_tls(
-            opts.addr,
-            opts.tls.as_ref(),
-            opts.hdgst,
-            opts.ddgst,
-            cfg,
-            opts.timeout,
-        )?;
-        let cntlid = admin.fabric_connect(
-            0,
-            ADMIN_ENTRIES,
-            opts.kato_ms,
-            CNTLID_DYNAMIC,
-            &opts.subnqn,
-            &opts.hostnqn,
-            opts.hostid,
-            opts.timeout,
-        )?;
+        let (admin, cntlid) = opts.connect_queue(&req, O::admin_config(ADMIN_BUF))?;
+        let subnqn = t.subnqn.to_string();
         let mut c = Controller {
             admin,
             info: ControllerInfo {
                 cntlid,
-                subnqn: opts.subnqn.clone(),
+                subnqn,
                 model: String::new(),
                 serial: String::new(),
                 firmware: String::new(),
@@ -188,7 +178,11 @@ impl Controller {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.opts.addr
+        self.opts.target().addr
+    }
+
+    fn timeout(&self) -> Duration {
+        self.opts.target().timeout
     }
 
     fn prop_get(&mut self, offset: u32, size8: bool, what: &str) -> Result<u64, InitiatorError> {
@@ -224,7 +218,7 @@ impl Controller {
             if v & csts::CFS != 0 {
                 return Err(InitiatorError::Unsupported(format!(
                     "{}: the controller reports a fatal status (CSTS {v:#x})",
-                    self.opts.addr
+                    self.addr()
                 )));
             }
             if done(v) {
@@ -232,7 +226,7 @@ impl Controller {
             }
             if Instant::now() > deadline {
                 return Err(InitiatorError::Timeout {
-                    addr: self.opts.addr,
+                    addr: self.addr(),
                     what: what.to_string(),
                     timeout: within,
                 });
@@ -249,12 +243,16 @@ impl Controller {
         len: u32,
         what: &str,
     ) -> Result<super::Completion, InitiatorError> {
-        let c = self
-            .admin
-            .execute(sqe, dir, len, None, self.opts.timeout, what)?;
+        let c = self.admin.exec(AdminCommand {
+            sqe,
+            dir,
+            len,
+            timeout: self.timeout(),
+            what,
+        })?;
         if !c.status.is_success() {
             return Err(InitiatorError::Command {
-                addr: self.opts.addr,
+                addr: self.addr(),
                 what: what.to_string(),
                 status: c.status,
             });
@@ -270,7 +268,7 @@ impl Controller {
     ) -> Result<[u8; IDENTIFY_DATA_SIZE], InitiatorError> {
         let c = self.admin_cmd(cmd.to_sqe(0), Dir::Read, IDENTIFY_DATA_SIZE as u32, what)?;
         let mut b = [0u8; IDENTIFY_DATA_SIZE];
-        b.copy_from_slice(&self.admin.buf(c.cid)[..IDENTIFY_DATA_SIZE]);
+        b.copy_from_slice(&self.admin.data(c.cid)[..IDENTIFY_DATA_SIZE]);
         Ok(b)
     }
 
@@ -311,8 +309,8 @@ impl Controller {
         if nsze == 0 {
             // Identify Namespace of an inactive NSID returns zeroes: no such namespace.
             return Err(InitiatorError::NoNamespace {
-                addr: self.opts.addr,
-                subnqn: self.opts.subnqn.clone(),
+                addr: self.addr(),
+                subnqn: self.opts.target().subnqn.to_string(),
                 nsid,
                 active: self.active_nsids().unwrap_or_default(),
             });
@@ -320,7 +318,7 @@ impl Controller {
         if !(9..=16).contains(&lbads) {
             return Err(InitiatorError::Unsupported(format!(
                 "{}: namespace {nsid} is not usable (size {nsze} blocks, block size 2^{lbads})",
-                self.opts.addr
+                self.addr()
             )));
         }
         Ok(NamespaceInfo {
@@ -361,14 +359,13 @@ impl Controller {
             cdw11: want | (want << 16),
             ..Sqe::default()
         };
-        let c = self.admin.execute(
+        let c = self.admin.exec(AdminCommand {
             sqe,
-            Dir::None,
-            0,
-            None,
-            self.opts.timeout,
-            "Set Features (queues)",
-        )?;
+            dir: Dir::None,
+            len: 0,
+            timeout: self.timeout(),
+            what: "Set Features (queues)",
+        })?;
         let granted = if c.status.is_success() {
             let nsqa = (c.dw0 & 0xFFFF) as u16;
             let ncqa = (c.dw0 >> 16) as u16;
@@ -385,8 +382,8 @@ impl Controller {
     pub fn connect_io_queue(
         &mut self,
         entries: u16,
-        cfg: QpairConfig,
-    ) -> Result<Qpair, InitiatorError> {
+        cfg: O::QueueConfig,
+    ) -> Result<O::Queue, InitiatorError> {
         let qid = self.next_qid;
         let q = self.connect_io_queue_at(qid, entries, cfg)?;
         self.next_qid += 1;
@@ -399,39 +396,32 @@ impl Controller {
         &mut self,
         qid: u16,
         entries: u16,
-        mut cfg: QpairConfig,
-    ) -> Result<Qpair, InitiatorError> {
+        cfg: O::QueueConfig,
+    ) -> Result<O::Queue, InitiatorError> {
+        let t = self.opts.target();
         if qid == 0 || qid > self.max_qid {
             return Err(InitiatorError::Unsupported(format!(
                 "{}: the controller grants only {} I/O queues",
-                self.opts.addr, self.max_qid
+                t.addr, self.max_qid
             )));
         }
-        cfg.in_capsule_max = self.info.in_capsule_max;
-        let mut q = Qpair::connect_tls(
-            self.opts.addr,
-            self.opts.tls.as_ref(),
-            self.opts.hdgst,
-            self.opts.ddgst,
-            cfg,
-            self.opts.timeout,
-        )?;
-        q.fabric_connect(
+        let req = ConnectRequest {
             qid,
             entries,
-            0,
-            self.info.cntlid,
-            &self.opts.subnqn,
-            &self.opts.hostnqn,
-            self.opts.hostid,
-            self.opts.timeout,
-        )?;
-        Ok(q)
+            kato_ms: 0,
+            cntlid: self.info.cntlid,
+            subnqn: t.subnqn,
+            hostnqn: t.hostnqn,
+            hostid: t.hostid,
+        };
+        let cfg = O::io_config(cfg, self.info.in_capsule_max);
+        Ok(self.opts.connect_queue(&req, cfg)?.0)
     }
 
     /// How often to send Keep Alive (half the timeout), if at all.
     pub fn keep_alive_interval(&self) -> Option<Duration> {
-        (self.opts.kato_ms > 0).then(|| Duration::from_millis(u64::from(self.opts.kato_ms) / 2))
+        let kato_ms = self.opts.target().kato_ms;
+        (kato_ms > 0).then(|| Duration::from_millis(u64::from(kato_ms) / 2))
     }
 
     /// Sends Keep Alive when half the timeout has passed since the last one.
@@ -454,6 +444,22 @@ impl Controller {
         Ok(())
     }
 
+    /// Normal shutdown (CC.SHN), waited for, then the admin connection closes.
+    pub fn shutdown(mut self) -> Result<(), InitiatorError> {
+        self.prop_set(
+            reg::CC,
+            u64::from(CC_ENABLE | CC_SHN_NORMAL),
+            "Property Set CC (shutdown)",
+        )?;
+        let within = self.timeout();
+        self.wait_csts(within, "the controller to shut down", |v| {
+            v & csts::SHST_MASK == csts::SHST_COMPLETE
+        })?;
+        self.admin.close(false, within)
+    }
+}
+
+impl Controller {
     /// Reads the whole discovery log page (retrying while its generation changes).
     pub fn discovery_log(&mut self) -> Result<Vec<DiscoveredSubsystem>, InitiatorError> {
         for _ in 0..3 {
@@ -504,21 +510,7 @@ impl Controller {
         }
         .to_sqe(0, 0);
         let c = self.admin_cmd(sqe, Dir::Read, ADMIN_BUF as u32, "Get Log Page (discovery)")?;
-        Ok(self.admin.buf(c.cid)[..ADMIN_BUF].to_vec())
-    }
-
-    /// Normal shutdown (CC.SHN), waited for, then the admin connection closes.
-    pub fn shutdown(mut self) -> Result<(), InitiatorError> {
-        self.prop_set(
-            reg::CC,
-            u64::from(CC_ENABLE | CC_SHN_NORMAL),
-            "Property Set CC (shutdown)",
-        )?;
-        let within = self.opts.timeout;
-        self.wait_csts(within, "the controller to shut down", |v| {
-            v & csts::SHST_MASK == csts::SHST_COMPLETE
-        })?;
-        self.admin.disconnect(false, within)
+        Ok(self.admin.data(c.cid)[..ADMIN_BUF].to_vec())
     }
 }
 

@@ -1,5 +1,7 @@
 //! A userspace NVMe/TCP host: queue pairs ([`Qpair`]) and the controller they belong
 //! to ([`Controller`]: admin queue, enable, Identify, keep-alive, discovery, shutdown).
+//! The controller is written once over [`Fabric`]: `lightpool-nvmf-host-rdma` runs it
+//! on NVMe/RDMA queue pairs.
 //!
 //! Wire types and encoders come from `lightpool-spec`, the framing (receive state
 //! machine, send queue) from `lightpool-tcp-framing`, the same the target runs; this
@@ -7,6 +9,7 @@
 //! kernel's nvmet-tcp.
 
 mod ctrlr;
+mod fabric;
 mod qpair;
 mod stream;
 
@@ -20,6 +23,7 @@ use lightpool_spec::tcp::fes;
 pub use ctrlr::{
     discover, ConnectOptions, Controller, ControllerInfo, DiscoveredSubsystem, NamespaceInfo,
 };
+pub use fabric::{AdminCommand, AdminQueue, ConnectRequest, Fabric, Target};
 pub use qpair::{Completion, Dir, Negotiated, Qpair, QpairConfig, Stream};
 pub use stream::{HostStream, HostTls};
 

@@ -4,13 +4,15 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use lightpool_spec::fabrics::{self, ConnectCommand, ConnectData};
+use lightpool_spec::fabrics;
 use lightpool_spec::nvme::Sqe;
 use lightpool_spec::status::{command_specific as cs, sct};
 use lightpool_spec::tcp::{self as pdu, IcReq};
 
 use super::{Completion, Dir, Negotiated, Qpair, QpairConfig, BLOCKING_SLICE, HPDA};
-use crate::{HostStream, HostTls, InitiatorError, Stream};
+use crate::{
+    AdminCommand, AdminQueue, ConnectRequest, HostStream, HostTls, InitiatorError, Stream,
+};
 
 impl Qpair<HostStream> {
     /// Opens a TCP connection to `addr` and negotiates digests with ICReq/ICResp.
@@ -152,34 +154,14 @@ impl Qpair<HostStream> {
         }
     }
 
-    /// Fabrics Connect on this queue (in-capsule Connect data); returns the
+    /// Fabrics Connect `req` on this queue (in-capsule Connect data); returns the
     /// controller ID.
-    #[allow(clippy::too_many_arguments)]
     pub fn fabric_connect(
         &mut self,
-        qid: u16,
-        entries: u16,
-        kato_ms: u32,
-        cntlid: u16,
-        subnqn: &str,
-        hostnqn: &str,
-        hostid: [u8; 16],
+        req: &ConnectRequest<'_>,
         timeout: Duration,
     ) -> Result<u16, InitiatorError> {
-        let sqe = ConnectCommand {
-            recfmt: fabrics::RECFMT_0,
-            qid,
-            sqsize: entries - 1,
-            cattr: 0,
-            kato: kato_ms,
-        }
-        .to_sqe(0);
-        let data = ConnectData::new(hostid, cntlid, subnqn, hostnqn).to_bytes();
-        let what = if qid == 0 {
-            "Connect (admin queue)".to_string()
-        } else {
-            format!("Connect (I/O queue {qid})")
-        };
+        let (sqe, data, what) = (req.sqe(), req.data(), req.what());
         // Connect data always travels in the capsule (targets such as Linux nvmet
         // serve no R2T before the queue is connected), whatever writes do later.
         let force_r2t = std::mem::replace(&mut self.c.cfg.force_r2t, false);
@@ -196,11 +178,11 @@ impl Qpair<HostStream> {
         if !c.status.is_success() {
             return Err(InitiatorError::Refused {
                 addr: self.c.peer,
-                subnqn: subnqn.to_string(),
-                why: connect_failure(c, qid, entries, cntlid, subnqn, hostnqn),
+                subnqn: req.subnqn.to_string(),
+                why: connect_failure(c, req),
             });
         }
-        self.c.qid = qid;
+        self.c.qid = req.qid;
         Ok((c.dw0 & 0xFFFF) as u16)
     }
 
@@ -233,15 +215,31 @@ impl Qpair<HostStream> {
     }
 }
 
+/// The admin queue of an NVMe/TCP controller.
+impl AdminQueue for Qpair {
+    fn exec(&mut self, c: AdminCommand<'_>) -> Result<Completion, InitiatorError> {
+        self.execute(c.sqe, c.dir, c.len, None, c.timeout, c.what)
+    }
+
+    fn data(&self, cid: u16) -> &[u8] {
+        self.buf(cid)
+    }
+
+    fn close(self, send_disconnect: bool, timeout: Duration) -> Result<(), InitiatorError> {
+        self.disconnect(send_disconnect, timeout)
+    }
+}
+
 /// Why a Connect was refused, in words.
-fn connect_failure(
-    c: Completion,
-    qid: u16,
-    entries: u16,
-    cntlid: u16,
-    subnqn: &str,
-    hostnqn: &str,
-) -> String {
+fn connect_failure(c: Completion, req: &ConnectRequest<'_>) -> String {
+    let ConnectRequest {
+        qid,
+        entries,
+        cntlid,
+        subnqn,
+        hostnqn,
+        ..
+    } = *req;
     let st = c.status;
     if st.sct() == sct::COMMAND_SPECIFIC {
         match st.sc() {
