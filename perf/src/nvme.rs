@@ -162,6 +162,8 @@ pub struct NvmeOptions {
     /// NVMe/TCP in TLS 1.3 with the TLS PSK derived from this configured PSK for the
     /// host NQN and each subsystem's NQN (identity version as given).
     pub tls: Option<(ConfiguredPsk, IdentityVersion)>,
+    /// With `tls`: kTLS where the kernel has it (`--ktls auto`).
+    pub ktls: bool,
 }
 
 /// A queue pair and the namespace its I/O goes to.
@@ -479,6 +481,7 @@ pub(crate) fn conn_opts(
         kato_ms: o.kato_ms,
         timeout: o.timeout,
         tls,
+        ktls: o.ktls,
     })
 }
 

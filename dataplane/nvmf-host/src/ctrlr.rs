@@ -47,6 +47,9 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// NVMe/TCP in TLS 1.3 with this PSK (every queue); `None`: plain.
     pub tls: Option<crate::HostTls>,
+    /// With `tls`: hand each queue's records to the kernel (kTLS) after the
+    /// handshake where the kernel has it (`true`, "auto"), or keep them in software.
+    pub ktls: bool,
 }
 
 /// What Identify Controller and the registers told us.
@@ -115,7 +118,7 @@ impl Controller {
         };
         let mut admin = Qpair::connect_tls(
             opts.addr,
-            opts.tls.as_ref(),
+            opts.tls.as_ref().map(|t| (t, opts.ktls)),
             opts.hdgst,
             opts.ddgst,
             cfg,
@@ -410,7 +413,7 @@ impl Controller {
         cfg.in_capsule_max = self.info.in_capsule_max;
         let mut q = Qpair::connect_tls(
             self.opts.addr,
-            self.opts.tls.as_ref(),
+            self.opts.tls.as_ref().map(|t| (t, self.opts.ktls)),
             self.opts.hdgst,
             self.opts.ddgst,
             cfg,

@@ -381,7 +381,9 @@ impl TcpTransport {
             .map_err(|source| TcpError::Listen { addr, source })?;
         let la = ListenAddr::tcp(bound);
         self.target.tls.set_listener(&la.to_addr_string(), secure);
-        self.target.tls.set_listener_ktls(&la.to_addr_string(), ktls);
+        self.target
+            .tls
+            .set_listener_ktls(&la.to_addr_string(), ktls);
         self.target.add_listener(ListenerInfo {
             addr: la,
             portid: NEXT_PORTID.fetch_add(1, Ordering::Relaxed),
@@ -745,15 +747,8 @@ impl TcpTransport {
                     } else {
                         Sock::Plain(stream)
                     };
-                    match Conn::import(
-                        sock,
-                        target.clone(),
-                        &region,
-                        &image,
-                        &snap,
-                        now,
-                        ctx.id(),
-                    ) {
+                    match Conn::import(sock, target.clone(), &region, &image, &snap, now, ctx.id())
+                    {
                         Ok(conn) => add_conn(ctx, conn, true),
                         Err(e) => res = Err(e.to_string()),
                     }

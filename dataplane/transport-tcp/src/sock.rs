@@ -139,12 +139,11 @@ pub mod tls {
     use std::net::TcpStream;
     use std::sync::Arc;
 
+    use lightpool_nvmf::tls::Ktls;
     use lightpool_nvmf::tls::{Keyring, PskHash, Secure};
     use lightpool_nvmf::Target;
-    use lightpool_nvmf::tls::Ktls;
     use lightpool_tcp_framing::tls::{
-        kernel_tls, server_context, KtlsStream, Psk, PskStore, Suite, Switch, TlsError,
-        TlsStream,
+        kernel_tls, server_context, KtlsStream, Psk, PskStore, Suite, Switch, TlsError, TlsStream,
     };
     use lightpool_tcp_framing::Stream;
     use openssl::ssl::SslContext;

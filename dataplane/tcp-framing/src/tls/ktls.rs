@@ -36,6 +36,7 @@ use crate::Stream;
 const SOL_TLS: c_int = 282;
 const TLS_TX: c_int = 1;
 const TLS_RX: c_int = 2;
+const TLS_SET_RECORD_TYPE: c_int = 1;
 const TLS_GET_RECORD_TYPE: c_int = 2;
 const TLS_1_3_VERSION: u16 = 0x0304;
 const TLS_CIPHER_AES_GCM_128: u16 = 51;
@@ -401,6 +402,38 @@ impl KtlsStream {
 
     pub fn tcp(&self) -> &TcpStream {
         &self.tcp
+    }
+
+    /// Send one record of content type `record_type` (an alert: 21, a handshake
+    /// message: 22) carrying `body`, through the kernel (TLS_SET_RECORD_TYPE).
+    pub fn send_record(&self, record_type: u8, body: &[u8]) -> io::Result<usize> {
+        let mut cbuf = [0u64; 4];
+        let mut iov = libc::iovec {
+            iov_base: body.as_ptr() as *mut libc::c_void,
+            iov_len: body.len(),
+        };
+        // SAFETY: a zeroed msghdr is a valid empty one; its pointers are set below to
+        // buffers that outlive the call; sendmsg(2) only reads `body`.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is arithmetic.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(1) } as _;
+        // SAFETY: `cbuf` holds CMSG_SPACE(1) bytes (32 >= 24), so the first header
+        // and its one data byte lie within it.
+        let n = unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = SOL_TLS;
+            (*c).cmsg_type = TLS_SET_RECORD_TYPE;
+            (*c).cmsg_len = libc::CMSG_LEN(1) as _;
+            *libc::CMSG_DATA(c) = record_type;
+            libc::sendmsg(self.tcp.as_raw_fd(), &msg, 0)
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
     }
 
     /// The read failed with `e`: what to tell the owner. `Ok(None)`: the record at the
