@@ -76,13 +76,7 @@ pub fn hkdf_expand_label(
     context: &[u8],
     len: usize,
 ) -> Result<Zeroizing<Vec<u8>>, openssl::error::ErrorStack> {
-    let mut info = Vec::with_capacity(4 + 6 + label.len() + context.len());
-    info.extend_from_slice(&(len as u16).to_be_bytes());
-    info.push((6 + label.len()) as u8);
-    info.extend_from_slice(b"tls13 ");
-    info.extend_from_slice(label);
-    info.push(context.len() as u8);
-    info.extend_from_slice(context);
+    let info = lightpool_spec::tcp::hkdf_label(len, label, context);
     let mut ctx = PkeyCtx::new_id(Id::HKDF)?;
     ctx.derive_init()?;
     ctx.set_hkdf_mode(HkdfMode::EXPAND_ONLY)?;
@@ -535,11 +529,13 @@ fn peek_record(fd: RawFd) -> io::Result<(u8, Vec<u8>)> {
     Ok((kind, data[..n as usize].to_vec()))
 }
 
-impl Stream for KtlsStream {
+impl KtlsStream {
+    /// `recv` (a read of the socket) until it gives data, the end, `WouldBlock` or
+    /// an error that says what came instead of application data.
     #[inline]
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    fn reading(&self, mut recv: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
         loop {
-            match (&*self.tcp).read(buf) {
+            match recv() {
                 Err(e) if e.kind() != io::ErrorKind::WouldBlock => match self.failed(e)? {
                     Some(n) => return Ok(n),
                     None => continue,
@@ -548,18 +544,25 @@ impl Stream for KtlsStream {
             }
         }
     }
+}
+
+impl Stream for KtlsStream {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let tcp = &*self.tcp;
+        self.reading(|| {
+            let mut t = tcp;
+            t.read(buf)
+        })
+    }
 
     #[inline]
     fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        loop {
-            match (&*self.tcp).read_vectored(bufs) {
-                Err(e) if e.kind() != io::ErrorKind::WouldBlock => match self.failed(e)? {
-                    Some(n) => return Ok(n),
-                    None => continue,
-                },
-                r => return r,
-            }
-        }
+        let tcp = &*self.tcp;
+        self.reading(|| {
+            let mut t = tcp;
+            t.read_vectored(bufs)
+        })
     }
 
     #[inline]
