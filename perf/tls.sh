@@ -8,9 +8,14 @@
 #   perf/tls.sh                          (builds both binaries with --release first)
 #   T=5 REPS=5 CASES="randread:4096:32 randwrite:4096:32" perf/tls.sh
 #
-# The record layer the target used (software, or the kernel's kTLS) is what its log
-# says for the TLS connections ("record_layer"). kTLS needs the kernel's tls module
-# (the `tls` TCP ULP); a host without it runs software TLS only.
+# TLS is measured with the records in software on both ends (a listener with
+# ktls = "off", lightpool-perf --ktls off) and, where the kernel has the tls module
+# (the `tls` TCP ULP, `modprobe tls`), in the kernel on both ends (kTLS: a listener with
+# ktls = "auto", lightpool-perf --ktls auto). A kernel without it: the kTLS columns say
+# n/a and the script says why. The record layer each TLS connection got is what the
+# target's log says ("record_layer"), counted at the end.
+#
+# TLS is software TLS here (both ends), kTLS the kernel's (both ends).
 #
 # Needs python3 (JSON) and 2 cores. Other work on those cores makes the figures noise:
 # compare ratios from one run, not absolute numbers across runs.
@@ -35,7 +40,7 @@ KEY=${KEY:-$(python3 -c 'import base64, zlib
 k = bytes([0x5a]) * 32
 print("NVMeTLSkey-1:01:" + base64.b64encode(k + zlib.crc32(k).to_bytes(4, "little")).decode() + ":")')}
 
-cargo build --release -q -p lightpool-daemon -p lightpool-perf
+cargo build --release -q -p lightpool-daemon --features lightpool-daemon/tls -p lightpool-perf
 mkdir -p "$OUT"
 cat > "$OUT/target.toml" << EOF
 [target]
@@ -46,6 +51,11 @@ address = "127.0.0.1:$PORT"
 
 [[listener]]
 address = "127.0.0.1:$((PORT + 1))"
+secure = "required"
+ktls = "off"
+
+[[listener]]
+address = "127.0.0.1:$((PORT + 2))"
 secure = "required"
 
 [[subsystem]]
@@ -68,8 +78,17 @@ TGT=$!
 trap 'kill $TGT 2> /dev/null || true' EXIT
 wait_port "$PORT" $TGT "$OUT/target.log"
 wait_port $((PORT + 1)) $TGT "$OUT/target.log"
+wait_port $((PORT + 2)) $TGT "$OUT/target.log"
 PLAIN="trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:$PORT subnqn:$NQN"
 TLS="trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:$((PORT + 1)) subnqn:$NQN"
+KTLS="trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:$((PORT + 2)) subnqn:$NQN"
+SIDES=("plain" "tls" "plain+digests" "tls+digests")
+if grep -q "the kernel has the tls ULP" "$OUT/target.log"; then
+    SIDES+=("ktls" "ktls+digests")
+else
+    echo "kTLS: $(grep -o 'no kernel TLS.*' "$OUT/target.log" | head -n 1 || echo 'the target found no kernel TLS')" >&2
+    echo "kTLS: skipping the kTLS columns (this kernel cannot take the TLS record layer; modprobe tls where it can)" >&2
+fi
 
 # Fill the namespace once so reads find data and every page is in place.
 "$BIN/lightpool-perf" -r "$PLAIN" --hostnqn "$HOST" -w write -o 131072 -q 16 -t 3 \
@@ -85,7 +104,6 @@ run() {
         "$OUT/$name.json"
 }
 
-SIDES=("plain" "tls" "plain+digests" "tls+digests")
 declare -A IOPS
 for c in $CASES; do
     IFS=: read -r w o q <<< "$c"
@@ -94,7 +112,8 @@ for c in $CASES; do
         for s in "${SIDES[@]}"; do
             args=()
             trid=$PLAIN
-            [[ $s == tls* ]] && { trid=$TLS; args+=(--tls-key "$KEY"); }
+            [[ $s == tls* ]] && { trid=$TLS; args+=(--tls-key "$KEY" --ktls off); }
+            [[ $s == ktls* ]] && { trid=$KTLS; args+=(--tls-key "$KEY" --ktls auto); }
             [[ $s == *digests ]] && args+=(--digest)
             v=$(run "$w-$o-$q-$s-$r" "$trid" "$w" "$o" "$q" "${args[@]}")
             IOPS[$c/$s]="${IOPS[$c/$s]:-} $v"
@@ -106,11 +125,13 @@ done
 layer=$(grep -o 'record_layer="\?[a-z]*' "$OUT/target.log" | sort | uniq -c | tr '\n' ' ')
 echo "record layer of the TLS connections (target log): ${layer:-none logged}"
 echo
-echo "| workload | plain IOPS | TLS / plain | digests / plain | TLS+digests / plain |"
-echo "|---|---|---|---|---|"
+echo "| workload | plain IOPS | TLS / plain | digests / plain | TLS+digests / plain | kTLS / plain | kTLS+digests / plain |"
+echo "|---|---|---|---|---|---|---|"
 for c in $CASES; do
     python3 -c 'import statistics, sys
-m = [statistics.median(map(float, a.split())) for a in sys.argv[2:]]
-print(f"| {sys.argv[1]} | {m[0]:.0f} | {m[1]/m[0]:.3f} | {m[2]/m[0]:.3f} | {m[3]/m[0]:.3f} |")' \
-        "$c" "${IOPS[$c/plain]}" "${IOPS[$c/tls]}" "${IOPS[$c/plain+digests]}" "${IOPS[$c/tls+digests]}"
+m = [statistics.median(map(float, a.split())) if a.strip() else None for a in sys.argv[2:]]
+r = lambda v: "n/a" if v is None else f"{v/m[0]:.3f}"
+print(f"| {sys.argv[1]} | {m[0]:.0f} | {r(m[1])} | {r(m[2])} | {r(m[3])} | {r(m[4])} | {r(m[5])} |")' \
+        "$c" "${IOPS[$c/plain]}" "${IOPS[$c/tls]}" "${IOPS[$c/plain+digests]}" "${IOPS[$c/tls+digests]}" \
+        "${IOPS[$c/ktls]:-}" "${IOPS[$c/ktls+digests]:-}"
 done

@@ -47,10 +47,11 @@ build_next() {
 }
 phase "build lightpool-target-next (release)" build_next
 phase "build lightpool-target, lightpool, lightpool-perf, csi-client, lp-relay (release)" cargo build --release -p lightpool-daemon --features lightpool-daemon/rdma,lightpool-daemon/tls -p lightpool-cli -p lightpool-perf --features lightpool-perf/rdma --bins -p lightpool-e2e --bin csi-client --bin lp-relay
-# What the VFIO and RDMA guest tests carry into the guest.
-phase "build hugepage-setup, nvme_vfio_iops, rdma_hostile (release)" \
+# What the VFIO, RDMA and kTLS guest tests carry into the guest.
+phase "build hugepage-setup, nvme_vfio_iops, rdma_hostile, tls_hostile (release)" \
     cargo build --release -p hugepage-setup --bins -p lightpool-bdev-nvme-vfio --example nvme_vfio_iops \
-    -p lightpool-transport-rdma --example rdma_hostile
+    -p lightpool-transport-rdma --example rdma_hostile \
+    -p lightpool-tcp-framing --features lightpool-tcp-framing/tls --example tls_hostile
 # The RAM-in-huge-pages tests need a few free 2 MiB pages and a hugetlbfs mount (for a
 # state directory's RAM file); only raised, never lowered.
 reserve_hugepages() {

@@ -70,6 +70,11 @@ pub struct NvmeArgs {
     /// nvme-cli offers by default) or 0 (NVMe0R0x host subsys).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub tls_identity: u8,
+    /// With --tls-key: where each queue's TLS records are encrypted once the handshake
+    /// is done: auto (in the kernel, kTLS, where it has the tls module; else software)
+    /// or off (software, OpenSSL in this process). stderr says which each got.
+    #[arg(long, value_name = "auto|off", default_value = "auto", value_parser = ["auto", "off"])]
+    pub ktls: String,
     /// Send every write through R2T/H2CData, never as in-capsule data.
     #[arg(long)]
     pub no_in_capsule: bool,
@@ -498,6 +503,7 @@ fn nvme_main(a: &NvmeArgs) -> i32 {
         range: a.w.range,
         seed: a.w.seed(),
         tls,
+        ktls: a.ktls == "auto",
     };
     let digests = match (o.hdgst, o.ddgst) {
         (true, true) => "header+data",
@@ -538,6 +544,9 @@ pub(crate) fn report_run<Q: IoQueue + 'static, O: Fabric>(
         Ok(p) => p,
         Err(e) => return fail_setup(e),
     };
+    if a.tls_key.is_some() {
+        say_record_layers();
+    }
     let qpairs = usize::from(a.w.qpairs);
     let settings = a.w.settings(mode, prepared.target.clone(), qpairs, digests);
     match crate::nvme::run(job, prepared) {
@@ -547,6 +556,19 @@ pub(crate) fn report_run<Q: IoQueue + 'static, O: Fabric>(
         }
         Err(e) => fail(e),
     }
+}
+
+/// The record layers the TLS queue pairs got, on stderr (kTLS or software, and why).
+fn say_record_layers() {
+    let l = lightpool_nvmf_host::record_layers();
+    eprintln!(
+        "TLS record layer: {} queue pairs in the kernel (kTLS), {} in software{}",
+        l.kernel,
+        l.software,
+        l.software_reason
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
 }
 
 /// A setup error as an exit code: 2 for an option the target (or device) cannot take,

@@ -163,6 +163,8 @@ pub struct NvmeOptions {
     /// NVMe/TCP in TLS 1.3 with the TLS PSK derived from this configured PSK for the
     /// host NQN and each subsystem's NQN (identity version as given).
     pub tls: Option<(ConfiguredPsk, IdentityVersion)>,
+    /// With `tls`: kTLS where the kernel has it (`--ktls auto`).
+    pub ktls: bool,
 }
 
 /// The [`IoQueue`] methods that a queue of NVMe I/O (fields `qp`: its queue pair,
@@ -560,6 +562,7 @@ pub(crate) fn conn_opts(
         kato_ms: o.kato_ms,
         timeout: o.timeout,
         tls,
+        ktls: o.ktls,
     })
 }
 

@@ -280,6 +280,7 @@ fn discovery_says_which_listener_wants_tls() {
             key: p.key.to_vec(),
             sha384: false,
         }),
+        ktls: true,
     })
     .expect("discovery over TLS");
     let entry = |port: u16| {
@@ -336,6 +337,7 @@ fn a_handover_carries_plain_connections_and_the_listener_setting_not_tls_ones() 
         kato_ms: 0,
         timeout: std::time::Duration::from_secs(5),
         tls,
+        ktls: true,
     };
     let p = k256()
         .tls_psk(

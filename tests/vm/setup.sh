@@ -56,8 +56,10 @@ GUEST_MODULES=(
     xfs
     # the local path: a pool volume served to the guest's kernel as /dev/ublkbN
     ublk_drv
-    # kernel TLS (the tls ULP): NVMe/TCP TLS records in the kernel
-    tls
+    # kernel TLS (the tls ULP): NVMe/TCP TLS records in the kernel, with the AES-GCM
+    # its record layer asks the crypto API for (gcm and ghash are modules in Debian's
+    # kernel; AES is built in)
+    tls gcm ghash-generic
     # NVMe/RDMA on soft-RoCE (rxe): verbs, the connection managers, userspace access
     # (uverbs, ucm); rxe fails "failed to add eth0" without crc32
     ib_core ib_uverbs udp_tunnel ip6_udp_tunnel crc32_pclmul crc32_generic rdma_rxe

@@ -195,6 +195,7 @@ fn connect_controller(o: &RemoteOptions) -> Result<(Controller, u16), InitiatorE
         kato_ms: u32::try_from(o.keep_alive_timeout.as_millis()).unwrap_or(u32::MAX),
         timeout: o.connect_timeout,
         tls: None,
+        ktls: false,
     })?;
     let queues = c.request_io_queues(o.max_queues.max(1))?;
     Ok((c, queues))

@@ -34,6 +34,7 @@ fn default_config() -> Config {
             address: "127.0.0.1:4420".into(),
             transport: "tcp".into(),
             secure: String::new(),
+            ktls: String::new(),
         }],
         bdevs: Vec::<BdevSection>::new(),
         subsystems: vec![SubsystemSection {
@@ -76,6 +77,7 @@ pub fn start(a: StartArgs<'_>, control_path: &str) -> Result<Running> {
                 address: x.to_string(),
                 transport: "tcp".into(),
                 secure: String::new(),
+                ktls: String::new(),
             })
             .collect();
     }

@@ -48,6 +48,9 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// NVMe/TCP in TLS 1.3 with this PSK (every queue); `None`: plain.
     pub tls: Option<crate::HostTls>,
+    /// With `tls`: hand each queue's records to the kernel (kTLS) after the
+    /// handshake where the kernel has it (`true`, "auto"), or keep them in software.
+    pub ktls: bool,
 }
 
 /// What Identify Controller and the registers told us.

@@ -171,7 +171,7 @@ impl Fabric for ConnectOptions {
         req: &ConnectRequest<'_>,
         cfg: QpairConfig,
     ) -> Result<(Qpair, u16), InitiatorError> {
-        let (tls, timeout) = (self.tls.as_ref(), self.timeout);
+        let (tls, timeout) = (self.tls.as_ref().map(|t| (t, self.ktls)), self.timeout);
         let mut q = Qpair::connect_tls(self.addr, tls, self.hdgst, self.ddgst, cfg, timeout)?;
         let cntlid = q.fabric_connect(req, timeout)?;
         Ok((q, cntlid))

@@ -25,7 +25,7 @@ pub use ctrlr::{
 };
 pub use fabric::{AdminCommand, AdminQueue, ConnectRequest, Fabric, Target};
 pub use qpair::{Completion, Dir, Negotiated, Qpair, QpairConfig, Stream};
-pub use stream::{HostStream, HostTls};
+pub use stream::{record_layers, HostStream, HostTls, RecordLayers};
 
 /// What can go wrong talking to a target. Messages are sentences a user can act on.
 #[derive(Debug, thiserror::Error)]

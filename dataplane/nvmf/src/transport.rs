@@ -96,6 +96,18 @@ pub trait Transport: Send + Sync {
         }
         self.add_listener(addr)
     }
+    /// As [`Transport::add_secure_listener`], with where the TLS connections keep
+    /// their record layer ([`crate::tls::Ktls`]). A transport whose records are not
+    /// in a kernel ignores it.
+    fn add_tls_listener(
+        &self,
+        addr: &str,
+        secure: crate::tls::Secure,
+        ktls: crate::tls::Ktls,
+    ) -> Result<ListenAddr, TransportError> {
+        let _ = ktls;
+        self.add_secure_listener(addr, secure)
+    }
     /// Stop listening on `addr` (as [`Transport::add_listener`] returned it): the
     /// listener leaves the discovery log and the state region, and the connections
     /// that came in through it close.

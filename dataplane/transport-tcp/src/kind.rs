@@ -13,7 +13,7 @@ use lightpool_nvmf::{
     TransportExport, TransportKind,
 };
 
-use crate::{Secure, TcpState, TcpTransport};
+use crate::{Ktls, Secure, TcpState, TcpTransport};
 
 /// The name configuration gives NVMe/TCP.
 pub const NAME: &str = "tcp";
@@ -36,13 +36,22 @@ impl Transport for TcpTransport {
         addr: &str,
         secure: Secure,
     ) -> Result<ListenAddr, TransportError> {
+        self.add_tls_listener(addr, secure, Ktls::Auto)
+    }
+
+    fn add_tls_listener(
+        &self,
+        addr: &str,
+        secure: Secure,
+        ktls: Ktls,
+    ) -> Result<ListenAddr, TransportError> {
         let sa: SocketAddr = addr.parse().map_err(|_| {
             TransportError::Invalid(format!(
                 "{addr:?} is not an NVMe/TCP address: give IP:PORT, e.g. 0.0.0.0:4420 or [::1]:4420"
             ))
         })?;
         let bound = self
-            .listen_secure(sa, secure)
+            .listen_tls(sa, secure, ktls)
             .map_err(TransportError::other)?;
         Ok(ListenAddr::tcp(bound))
     }
@@ -126,18 +135,39 @@ struct TcpStateNoTls {
     conns: Vec<(crate::ConnSnapshot, usize, usize)>,
 }
 
-/// A predecessor's state: this build's, or one from before TLS (no listener had it).
+/// The state as a build before kTLS wrote it (`ktls_off`, `ktls_conns`).
+#[derive(serde::Deserialize)]
+struct TcpStateNoKtls {
+    listeners: Vec<(String, usize)>,
+    conns: Vec<(crate::ConnSnapshot, usize, usize)>,
+    secure: Vec<(String, Secure)>,
+}
+
+/// A predecessor's state: this build's, one from before kTLS (every listener auto,
+/// no connection in kTLS), or one from before TLS (no listener had it).
 fn decode_state(state: &[u8]) -> Result<TcpState, TransportError> {
-    match postcard::from_bytes::<TcpState>(state) {
-        Ok(st) => Ok(st),
-        Err(e) => match postcard::from_bytes::<TcpStateNoTls>(state) {
-            Ok(old) => Ok(TcpState {
-                listeners: old.listeners,
-                conns: old.conns,
-                secure: Vec::new(),
-            }),
-            Err(_) => Err(encode_err(e)),
-        },
+    let e = match postcard::from_bytes::<TcpState>(state) {
+        Ok(st) => return Ok(st),
+        Err(e) => e,
+    };
+    if let Ok(old) = postcard::from_bytes::<TcpStateNoKtls>(state) {
+        return Ok(TcpState {
+            listeners: old.listeners,
+            conns: old.conns,
+            secure: old.secure,
+            ktls_off: Vec::new(),
+            ktls_conns: Vec::new(),
+        });
+    }
+    match postcard::from_bytes::<TcpStateNoTls>(state) {
+        Ok(old) => Ok(TcpState {
+            listeners: old.listeners,
+            conns: old.conns,
+            secure: Vec::new(),
+            ktls_off: Vec::new(),
+            ktls_conns: Vec::new(),
+        }),
+        Err(_) => Err(encode_err(e)),
     }
 }
 

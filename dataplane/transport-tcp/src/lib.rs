@@ -24,7 +24,7 @@ use lightpool_reactor::{Ctx, Interest, PollStatus, Poller, ReactorHandle};
 
 pub use conn::{Conn, ConnSnapshot, Stream, TcpReq, MAXH2CDATA};
 pub use kind::{TcpKind, NAME};
-pub use lightpool_nvmf::tls::Secure;
+pub use lightpool_nvmf::tls::{Ktls, Secure};
 pub use sock::Sock;
 
 /// Errors setting up the transport.
@@ -305,18 +305,24 @@ pub struct TcpState {
     /// The TLS setting of each listener that has one (address as in `listeners`).
     /// Last, so that the state of a build before it still reads (see `kind.rs`).
     pub secure: Vec<(String, Secure)>,
+    /// The TLS listeners with `ktls = "off"` (address as in `listeners`). After
+    /// `secure`, for the same reason.
+    pub ktls_off: Vec<String>,
+    /// The connections in kTLS, by the index of their descriptor (as in `conns`): the
+    /// kernel holds their keys, they travel as sockets.
+    pub ktls_conns: Vec<usize>,
 }
 
 /// What one reactor of the new process takes over: listeners and connections.
 type ReactorShare = (
-    Vec<(TcpListener, Secure, Tls)>,
-    Vec<(TcpStream, ConnSnapshot)>,
+    Vec<(TcpListener, Secure, Ktls, Tls)>,
+    Vec<(TcpStream, ConnSnapshot, bool)>,
 );
 
 /// One reactor's listeners and connections with their duplicated sockets.
 type Exported = (
-    Vec<(String, Secure, OwnedFd)>,
-    Vec<(ConnSnapshot, usize, OwnedFd)>,
+    Vec<(String, Secure, Ktls, OwnedFd)>,
+    Vec<(ConnSnapshot, usize, OwnedFd, bool)>,
 );
 
 /// The OpenSSL context of a TLS listener (`None`: plain).
@@ -353,6 +359,17 @@ impl TcpTransport {
     /// As [`TcpTransport::listen`], with NVMe/TCP in TLS 1.3 required or optional
     /// (`Secure::None`: plain only). The discovery log says which.
     pub fn listen_secure(&self, addr: SocketAddr, secure: Secure) -> Result<SocketAddr, TcpError> {
+        self.listen_tls(addr, secure, Ktls::Auto)
+    }
+
+    /// As [`TcpTransport::listen_secure`], with where the TLS connections keep their
+    /// record layer: the kernel where it can (auto) or software (off).
+    pub fn listen_tls(
+        &self,
+        addr: SocketAddr,
+        secure: Secure,
+        ktls: Ktls,
+    ) -> Result<SocketAddr, TcpError> {
         let tls = self.tls_for(secure)?;
         let listener =
             TcpListener::bind(addr).map_err(|source| TcpError::Listen { addr, source })?;
@@ -364,12 +381,19 @@ impl TcpTransport {
             .map_err(|source| TcpError::Listen { addr, source })?;
         let la = ListenAddr::tcp(bound);
         self.target.tls.set_listener(&la.to_addr_string(), secure);
+        self.target
+            .tls
+            .set_listener_ktls(&la.to_addr_string(), ktls);
         self.target.add_listener(ListenerInfo {
             addr: la,
             portid: NEXT_PORTID.fetch_add(1, Ordering::Relaxed),
         });
-        self.start_acceptor(listener, false, secure, tls)?;
-        tracing::info!(%bound, secure = secure.name(), "NVMe/TCP listening");
+        self.start_acceptor(listener, false, secure, ktls, tls)?;
+        if secure == Secure::None {
+            tracing::info!(%bound, secure = secure.name(), "NVMe/TCP listening");
+        } else {
+            tracing::info!(%bound, secure = secure.name(), ktls = ktls.name(), "NVMe/TCP listening");
+        }
         Ok(bound)
     }
 
@@ -462,6 +486,7 @@ impl TcpTransport {
         listener: TcpListener,
         frozen: bool,
         secure: Secure,
+        ktls: Ktls,
         tls: Tls,
     ) -> Result<(), TcpError> {
         let acceptor = Acceptor {
@@ -470,6 +495,7 @@ impl TcpTransport {
             reactors: self.reactors.clone(),
             next: 0,
             secure,
+            ktls,
             tls,
         };
         self.reactors[0].send(move |ctx: &mut Ctx| {
@@ -594,18 +620,26 @@ impl TcpTransport {
             listeners: Vec::new(),
             conns: Vec::new(),
             secure: Vec::new(),
+            ktls_off: Vec::new(),
+            ktls_conns: Vec::new(),
         };
         let mut fds = Vec::new();
         for r in per {
             let (ls, cs) = r.map_err(TcpError::Dup)?;
-            for (addr, secure, fd) in ls {
+            for (addr, secure, ktls, fd) in ls {
                 if secure != Secure::None {
                     st.secure.push((addr.clone(), secure));
+                }
+                if ktls == Ktls::Off {
+                    st.ktls_off.push(addr.clone());
                 }
                 st.listeners.push((addr, fd_base + fds.len()));
                 fds.push(fd);
             }
-            for (snap, reactor, fd) in cs {
+            for (snap, reactor, fd, ktls) in cs {
+                if ktls {
+                    st.ktls_conns.push(fd_base + fds.len());
+                }
                 st.conns.push((snap, reactor, fd_base + fds.len()));
                 fds.push(fd);
             }
@@ -644,6 +678,13 @@ impl TcpTransport {
                 .find(|(a, _)| a == addr)
                 .map_or(Secure::None, |(_, s)| *s)
         };
+        let ktls_of = |addr: &str| {
+            if st.ktls_off.iter().any(|a| a == addr) {
+                Ktls::Off
+            } else {
+                Ktls::Auto
+            }
+        };
         let mut take = |i: usize| {
             fds.get_mut(i)
                 .and_then(Option::take)
@@ -658,15 +699,19 @@ impl TcpTransport {
             let l = TcpListener::from(take(*i)?);
             l.set_nonblocking(true).map_err(TcpError::Dup)?;
             let secure = secure_of(addr);
+            let ktls = ktls_of(addr);
             let tls = t.tls_for(secure)?;
             t.target.tls.set_listener(addr, secure);
+            t.target.tls.set_listener_ktls(addr, ktls);
             tracing::info!(%addr, secure = secure.name(), "NVMe/TCP listener adopted");
-            per[0].0.push((l, secure, tls));
+            per[0].0.push((l, secure, ktls, tls));
         }
         for (snap, reactor, i) in &st.conns {
-            per[reactor % n]
-                .1
-                .push((TcpStream::from(take(*i)?), snap.clone()));
+            per[reactor % n].1.push((
+                TcpStream::from(take(*i)?),
+                snap.clone(),
+                st.ktls_conns.contains(i),
+            ));
         }
         let (tx, rx) = crossbeam::channel::unbounded();
         for (r, (listeners, conns)) in t.reactors.iter().zip(per) {
@@ -682,29 +727,28 @@ impl TcpTransport {
                     // Sockets are watched from release on (`resume`).
                     unwatch(ctx, &mut l);
                 });
-                for (listener, secure, tls) in listeners {
+                for (listener, secure, ktls, tls) in listeners {
                     let acceptor = Acceptor {
                         listener,
                         target: target.clone(),
                         reactors: reactors.clone(),
                         next: 0,
                         secure,
+                        ktls,
                         tls,
                     };
                     LOCAL.with(|l| push_acceptor(ctx, &mut l.borrow_mut(), acceptor));
                 }
                 let now = Instant::now();
                 let mut res = Ok(());
-                for (stream, snap) in conns {
-                    match Conn::import(
-                        Sock::Plain(stream),
-                        target.clone(),
-                        &region,
-                        &image,
-                        &snap,
-                        now,
-                        ctx.id(),
-                    ) {
+                for (stream, snap, ktls) in conns {
+                    let sock = if ktls {
+                        Sock::adopted_ktls(stream)
+                    } else {
+                        Sock::Plain(stream)
+                    };
+                    match Conn::import(sock, target.clone(), &region, &image, &snap, now, ctx.id())
+                    {
                         Ok(conn) => add_conn(ctx, conn, true),
                         Err(e) => res = Err(e.to_string()),
                     }
@@ -735,13 +779,19 @@ fn export_local(ctx: &mut Ctx, l: &mut Local) -> Result<Exported, std::io::Error
     let mut ls = Vec::new();
     for a in &l.acceptors {
         let addr = a.listener.local_addr()?.to_string();
-        ls.push((addr, a.secure, a.listener.as_fd().try_clone_to_owned()?));
+        ls.push((
+            addr,
+            a.secure,
+            a.ktls,
+            a.listener.as_fd().try_clone_to_owned()?,
+        ));
     }
     let mut cs = Vec::new();
     for e in &l.conns {
         if !e.conn.stream().can_hand_over() {
             // Software TLS: the record keys and sequence numbers live in this
-            // process's OpenSSL and cannot travel. The connection closes with this
+            // process's OpenSSL and cannot travel (kTLS ones can: the kernel holds
+            // them). The connection closes with this
             // process; the host reconnects (see docs/architecture.md, hot upgrade).
             tracing::warn!(peer = %e.conn.peer(), "NVMe/TCP TLS connection not handed over: it closes with this process and the host reconnects");
             continue;
@@ -750,6 +800,7 @@ fn export_local(ctx: &mut Ctx, l: &mut Local) -> Result<Exported, std::io::Error
             e.conn.export(now).map_err(std::io::Error::other)?,
             ctx.id(),
             e.conn.stream().tcp().as_fd().try_clone_to_owned()?,
+            e.conn.stream().is_ktls(),
         ));
     }
     Ok((ls, cs))
@@ -831,6 +882,7 @@ struct Acceptor {
     reactors: Vec<ReactorHandle>,
     next: usize,
     secure: Secure,
+    ktls: Ktls,
     tls: Tls,
 }
 
@@ -850,6 +902,7 @@ impl Acceptor {
                 stream,
                 ctx.clone(),
                 self.secure,
+                self.ktls,
                 peer.to_string(),
             ))),
             #[cfg(not(feature = "tls"))]

@@ -6,6 +6,11 @@
 //! starts with 0x00) is plain NVMe/TCP, which `secure = "required"` refuses. The
 //! handshake runs inside the connection's first reads on its reactor, like any other
 //! read; a connection whose handshake fails closes with a warning that says why.
+//!
+//! Once the handshake is done, the records go to the kernel (kTLS) where the listener's
+//! `ktls` is auto and the kernel has the `tls` ULP; the connection then reads and
+//! writes the socket like a plain one (through `KtlsStream`, which turns a TLS alert
+//! or handshake record into the connection's end). Otherwise OpenSSL keeps them.
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::TcpStream;
@@ -43,13 +48,13 @@ impl Sock {
     }
 
     /// Whether a hot upgrade can hand the connection over as a socket: plain
-    /// NVMe/TCP can; TLS (or a connection whose first byte has not decided yet)
-    /// cannot.
+    /// NVMe/TCP and kTLS (the kernel holds the keys and sequence numbers) can;
+    /// software TLS (or a connection whose first byte has not decided yet) cannot.
     pub fn can_hand_over(&self) -> bool {
         match self {
             Sock::Plain(_) => true,
             #[cfg(feature = "tls")]
-            Sock::Tls(t) => t.is_plain(),
+            Sock::Tls(t) => t.is_plain() || t.is_ktls(),
         }
     }
 
@@ -61,6 +66,29 @@ impl Sock {
             Sock::Plain(_) => false,
             #[cfg(feature = "tls")]
             Sock::Tls(t) => t.is_tls(),
+        }
+    }
+
+    /// Whether the kernel carries the connection's TLS records (kTLS): its successor
+    /// must know, to read alerts as the end of the connection.
+    pub fn is_ktls(&self) -> bool {
+        match self {
+            Sock::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            Sock::Tls(t) => t.is_ktls(),
+        }
+    }
+
+    /// A connection a predecessor handed over in kTLS (a build without TLS reads it
+    /// as plain: the kernel decrypts either way, an alert then ends it as an error).
+    pub fn adopted_ktls(tcp: TcpStream) -> Sock {
+        #[cfg(feature = "tls")]
+        {
+            Sock::Tls(Box::new(tls::Server::adopted_ktls(tcp)))
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            Sock::Plain(tcp)
         }
     }
 }
@@ -80,10 +108,7 @@ impl Stream for Sock {
         match self {
             Sock::Plain(s) => Read::read_vectored(s, bufs),
             #[cfg(feature = "tls")]
-            Sock::Tls(t) => match bufs.iter_mut().find(|b| !b.is_empty()) {
-                Some(b) => t.read(b),
-                None => Ok(0),
-            },
+            Sock::Tls(t) => t.read_vectored(bufs),
         }
     }
 
@@ -110,13 +135,16 @@ impl Stream for Sock {
 pub mod tls {
     //! The target's end of a connection on a TLS listener.
 
-    use std::io::{self, IoSlice, Read, Write};
+    use std::io::{self, IoSlice, IoSliceMut, Read, Write};
     use std::net::TcpStream;
     use std::sync::Arc;
 
+    use lightpool_nvmf::tls::Ktls;
     use lightpool_nvmf::tls::{Keyring, PskHash, Secure};
     use lightpool_nvmf::Target;
-    use lightpool_tcp_framing::tls::{server_context, Psk, PskStore, Suite, TlsError, TlsStream};
+    use lightpool_tcp_framing::tls::{
+        kernel_tls, server_context, KtlsStream, Psk, PskStore, Suite, Switch, TlsError, TlsStream,
+    };
     use lightpool_tcp_framing::Stream;
     use openssl::ssl::SslContext;
 
@@ -142,48 +170,19 @@ pub mod tls {
     }
 
     /// The OpenSSL context of a target's TLS listeners. Says once whether the kernel
-    /// could take the record layer (kTLS): this build keeps it in software either way.
+    /// can take the record layer (kTLS): the probe's answer is what every connection
+    /// of `ktls = "auto"` listeners goes by.
     pub fn context(target: Arc<Target>) -> Result<SslContext, TlsError> {
-        match ktls_probe() {
+        match kernel_tls() {
             Ok(()) => tracing::info!(
-                "NVMe/TCP TLS: the kernel has the tls ULP, but this build keeps TLS records in software (OpenSSL on the reactors)"
+                "NVMe/TCP TLS: the kernel has the tls ULP: TLS records in the kernel (kTLS) after each handshake, except on listeners with ktls = \"off\""
             ),
             Err(e) => tracing::info!(
                 error = %e,
-                "NVMe/TCP TLS: no kernel TLS (the tls ULP cannot be set): TLS records in software (OpenSSL on the reactors)"
+                "NVMe/TCP TLS: no kernel TLS: TLS records in software (OpenSSL on the reactors)"
             ),
         }
         server_context(Arc::new(TargetPsks(target)))
-    }
-
-    /// Whether this kernel has the `tls` TCP ULP: setting it on a new, unconnected TCP
-    /// socket fails with ENOTCONN where the module is there (ENOENT where it is not).
-    fn ktls_probe() -> io::Result<()> {
-        // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is the new socket, owned (and closed) by `_sock` from here on.
-        let _sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let ulp = b"tls";
-        // SAFETY: setsockopt(2) reads `ulp.len()` bytes from `ulp`, which lives across
-        // the call.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_TCP,
-                libc::TCP_ULP,
-                ulp.as_ptr().cast(),
-                ulp.len() as libc::socklen_t,
-            )
-        };
-        let e = io::Error::last_os_error();
-        match (r, e.raw_os_error()) {
-            (0, _) => Ok(()),
-            (_, Some(libc::ENOTCONN)) => Ok(()),
-            _ => Err(e),
-        }
     }
 
     enum Mode {
@@ -191,10 +190,14 @@ pub mod tls {
         Detect {
             ctx: SslContext,
             secure: Secure,
+            ktls: Ktls,
         },
         /// The host spoke plain NVMe/TCP on an optional listener.
         Plain,
-        Tls(Box<TlsStream>),
+        /// Records in software (OpenSSL); the handshake runs here too.
+        Tls(Box<TlsStream>, Ktls),
+        /// Records in the kernel.
+        Ktls(KtlsStream),
         /// Refused (the reason was logged); every read repeats it.
         Refused(String),
     }
@@ -207,10 +210,27 @@ pub mod tls {
     }
 
     impl Server {
-        pub fn new(tcp: TcpStream, ctx: SslContext, secure: Secure, peer: String) -> Server {
+        pub fn new(
+            tcp: TcpStream,
+            ctx: SslContext,
+            secure: Secure,
+            ktls: Ktls,
+            peer: String,
+        ) -> Server {
             Server {
                 tcp: Arc::new(tcp),
-                mode: Mode::Detect { ctx, secure },
+                mode: Mode::Detect { ctx, secure, ktls },
+                peer,
+            }
+        }
+
+        /// A connection handed over in kTLS by a predecessor.
+        pub fn adopted_ktls(tcp: TcpStream) -> Server {
+            let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let tcp = Arc::new(tcp);
+            Server {
+                mode: Mode::Ktls(KtlsStream::adopt(tcp.clone())),
+                tcp,
                 peer,
             }
         }
@@ -220,7 +240,11 @@ pub mod tls {
         }
 
         pub fn is_tls(&self) -> bool {
-            matches!(self.mode, Mode::Tls(_))
+            matches!(self.mode, Mode::Tls(..) | Mode::Ktls(_))
+        }
+
+        pub fn is_ktls(&self) -> bool {
+            matches!(self.mode, Mode::Ktls(_))
         }
 
         pub fn is_plain(&self) -> bool {
@@ -231,7 +255,8 @@ pub mod tls {
             match self.mode {
                 Mode::Detect { .. } => "detecting",
                 Mode::Plain => "plain",
-                Mode::Tls(_) => "tls",
+                Mode::Tls(..) => "tls",
+                Mode::Ktls(_) => "ktls",
                 Mode::Refused(_) => "refused",
             }
         }
@@ -244,7 +269,7 @@ pub mod tls {
 
         /// Decide TLS or plain from the first byte (without taking it).
         fn detect(&mut self) -> io::Result<()> {
-            let Mode::Detect { ctx, secure } = &self.mode else {
+            let Mode::Detect { ctx, secure, ktls } = &self.mode else {
                 return Ok(());
             };
             let mut first = [0u8; 1];
@@ -256,8 +281,8 @@ pub mod tls {
             let tls = first[0] == TLS_HANDSHAKE;
             self.mode =
                 match (tls, *secure) {
-                    (true, _) => match TlsStream::accept(ctx, self.tcp.clone()) {
-                        Ok(s) => Mode::Tls(Box::new(s)),
+                    (true, _) => match accept(ctx, self.tcp.clone(), *ktls) {
+                        Ok(s) => Mode::Tls(Box::new(s), *ktls),
                         Err(e) => return Err(self.refuse(format!("cannot start TLS: {e}"))),
                     },
                     (false, Secure::Required) => return Err(self.refuse(
@@ -274,17 +299,13 @@ pub mod tls {
                 match &mut self.mode {
                     Mode::Detect { .. } => self.detect()?,
                     Mode::Plain => return (&*self.tcp).read(buf),
-                    Mode::Tls(t) => {
+                    Mode::Tls(t, ktls) => {
                         if !t.is_established() {
                             match t.handshake() {
                                 Ok(true) => {
-                                    tracing::info!(
-                                        peer = %self.peer,
-                                        suite = t.suite().unwrap_or("?"),
-                                        identity = t.offered_identity().unwrap_or_default(),
-                                        record_layer = "software",
-                                        "NVMe/TCP TLS established"
-                                    );
+                                    let ktls = *ktls;
+                                    self.established(ktls)?;
+                                    continue;
                                 }
                                 Ok(false) => return Err(io::ErrorKind::WouldBlock.into()),
                                 Err(e) => {
@@ -295,6 +316,12 @@ pub mod tls {
                         }
                         return Stream::read(&mut **t, buf);
                     }
+                    Mode::Ktls(k) => {
+                        return match k.read(buf) {
+                            Err(e) if e.raw_os_error().is_none() => Err(ktls_end(&self.peer, e)),
+                            r => r,
+                        }
+                    }
                     Mode::Refused(why) => {
                         return Err(io::Error::new(io::ErrorKind::PermissionDenied, why.clone()))
                     }
@@ -302,12 +329,26 @@ pub mod tls {
             }
         }
 
+        pub fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+            if let Mode::Ktls(k) = &mut self.mode {
+                return match k.read_vectored(bufs) {
+                    Err(e) if e.raw_os_error().is_none() => Err(ktls_end(&self.peer, e)),
+                    r => r,
+                };
+            }
+            match bufs.iter_mut().find(|b| !b.is_empty()) {
+                Some(b) => self.read(b),
+                None => Ok(0),
+            }
+        }
+
         pub fn writev(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
             match &mut self.mode {
                 Mode::Plain => (&*self.tcp).write_vectored(iov),
-                Mode::Tls(t) if t.is_established() => t.writev(iov),
+                Mode::Ktls(k) => k.writev(iov),
+                Mode::Tls(t, _) if t.is_established() => t.writev(iov),
                 // Nothing is sent before the host's first bytes were read.
-                Mode::Detect { .. } | Mode::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
+                Mode::Detect { .. } | Mode::Tls(..) => Err(io::ErrorKind::WouldBlock.into()),
                 Mode::Refused(why) => {
                     Err(io::Error::new(io::ErrorKind::PermissionDenied, why.clone()))
                 }
@@ -316,9 +357,61 @@ pub mod tls {
 
         pub fn buffered(&self) -> bool {
             match &self.mode {
-                Mode::Tls(t) => t.buffered(),
+                Mode::Tls(t, _) => t.buffered(),
                 _ => false,
             }
         }
+
+        /// The handshake is done: hand the records to the kernel where `ktls` and the
+        /// kernel allow, and say which record layer the connection has.
+        fn established(&mut self, ktls: Ktls) -> io::Result<()> {
+            let Mode::Tls(t, _) = &mut self.mode else {
+                return Ok(());
+            };
+            let suite = t.suite().unwrap_or("?");
+            let identity = t.offered_identity().unwrap_or_default();
+            match t.to_kernel(ktls == Ktls::Auto) {
+                Ok(Switch::Kernel(k)) => {
+                    tracing::info!(
+                        peer = %self.peer,
+                        suite,
+                        identity,
+                        record_layer = "kernel",
+                        "NVMe/TCP TLS established"
+                    );
+                    self.mode = Mode::Ktls(k);
+                    Ok(())
+                }
+                Ok(Switch::Software(why)) => {
+                    tracing::info!(
+                        peer = %self.peer,
+                        suite,
+                        identity,
+                        record_layer = "software",
+                        reason = %why,
+                        "NVMe/TCP TLS established"
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(self.refuse(e.to_string())),
+            }
+        }
+    }
+
+    /// A kTLS read found something other than application data (an alert, a
+    /// handshake message) or a record that failed: the connection ends, and says why.
+    #[cold]
+    fn ktls_end(peer: &str, e: io::Error) -> io::Error {
+        tracing::warn!(peer, reason = %e, "NVMe/TCP TLS: connection closed");
+        e
+    }
+
+    /// The target's TLS stream of a connection, ready for kTLS unless it is off.
+    fn accept(ctx: &SslContext, tcp: Arc<TcpStream>, ktls: Ktls) -> Result<TlsStream, TlsError> {
+        let mut s = TlsStream::accept(ctx, tcp)?;
+        if ktls == Ktls::Auto && kernel_tls().is_ok() {
+            s.prepare_kernel()?;
+        }
+        Ok(s)
     }
 }

@@ -133,6 +133,15 @@ pub struct ListenerSection {
     /// are `[[subsystem.tls_key]]`.
     #[serde(default, skip_serializing_if = "is_none")]
     pub secure: String,
+    /// Where the TLS connections' records are encrypted once the handshake is done:
+    /// "auto" (default: in the kernel, kTLS, where the kernel has the tls module, else
+    /// in software) or "off" (in software, OpenSSL on the reactors, always).
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub ktls: String,
+}
+
+fn is_auto(s: &str) -> bool {
+    s.is_empty() || s == "auto"
 }
 
 fn is_none(s: &str) -> bool {

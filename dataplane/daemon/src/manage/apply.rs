@@ -120,7 +120,13 @@ pub fn apply(run: &Running, cfg: &Config) -> Result<(), FieldError> {
                 format!("{:?} is not none, optional or required", l.secure),
             )
         })?;
-        run.add_secure_listener(&l.transport, &l.address, secure)
+        let ktls = lightpool_nvmf::tls::Ktls::parse(&l.ktls).ok_or_else(|| {
+            ferr(
+                format!("listener[{li}].ktls"),
+                format!("{:?} is not auto or off", l.ktls),
+            )
+        })?;
+        run.add_secure_listener(&l.transport, &l.address, secure, ktls)
             .map_err(at(format!("listener[{li}].address")))?;
     }
     Ok(())

@@ -524,22 +524,29 @@ impl Running {
 
     /// Listen on `address` with transport `transport` (made on first use).
     pub fn add_listener(&self, transport: &str, address: &str) -> Result<ListenAddr, ManageError> {
-        self.add_secure_listener(transport, address, lightpool_nvmf::tls::Secure::None)
+        self.add_secure_listener(
+            transport,
+            address,
+            lightpool_nvmf::tls::Secure::None,
+            lightpool_nvmf::tls::Ktls::Auto,
+        )
     }
 
-    /// As [`Self::add_listener`], with NVMe/TCP TLS required, optional or off.
+    /// As [`Self::add_listener`], with NVMe/TCP TLS required, optional or off, and
+    /// its record layer in the kernel where it can be (`ktls` auto) or in software.
     pub fn add_secure_listener(
         &self,
         transport: &str,
         address: &str,
         secure: lightpool_nvmf::tls::Secure,
+        ktls: lightpool_nvmf::tls::Ktls,
     ) -> Result<ListenAddr, ManageError> {
         let g = self.change()?;
         let t = self
             .transports
             .get_or_create(transport)
             .map_err(|e| ManageError::Invalid(anyhow_chain(&e)))?;
-        let addr = t.add_secure_listener(address, secure).map_err(|e| {
+        let addr = t.add_tls_listener(address, secure, ktls).map_err(|e| {
             let msg = error_chain(&e);
             if msg.contains("in use") {
                 ManageError::Unavailable(format!("{msg}: another process listens there"))

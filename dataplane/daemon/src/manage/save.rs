@@ -77,6 +77,10 @@ pub fn save(run: &Running) -> Config {
                         lightpool_nvmf::tls::Secure::None => String::new(),
                         s => s.name().to_string(),
                     },
+                    ktls: match run.target.tls.listener_ktls(&l.addr.to_addr_string()) {
+                        lightpool_nvmf::tls::Ktls::Auto => String::new(),
+                        k => k.name().to_string(),
+                    },
                 })
         })
         .collect();

@@ -29,10 +29,11 @@ impl Qpair<HostStream> {
     }
 
     /// As [`Qpair::connect`], in TLS 1.3 with the PSK `tls` when there is one (the
-    /// handshake comes first, then ICReq/ICResp in records).
+    /// handshake comes first, then ICReq/ICResp in records), its records handed to
+    /// the kernel after the handshake where the flag with it and the kernel allow.
     pub fn connect_tls(
         addr: SocketAddr,
-        tls: Option<&HostTls>,
+        tls: Option<(&HostTls, bool)>,
         hdgst: bool,
         ddgst: bool,
         cfg: QpairConfig,
@@ -47,7 +48,7 @@ impl Qpair<HostStream> {
         s.set_read_timeout(Some(BLOCKING_SLICE)).map_err(io)?;
         let mut s = match tls {
             None => HostStream::Plain(s),
-            Some(psk) => HostStream::tls(s, psk, deadline)
+            Some((psk, ktls)) => HostStream::tls(s, psk, deadline, ktls)
                 .map_err(|source| InitiatorError::Tls { addr, source })?,
         };
         let req = IcReq {

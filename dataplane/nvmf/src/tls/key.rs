@@ -231,7 +231,9 @@ impl ConfiguredPsk {
         check_nqn(hostnqn)?;
         let n = self.key.len();
         let info = match d {
-            Derivation::Standard => hkdf_label(n, b"HostNQN", hostnqn.as_bytes()),
+            Derivation::Standard => {
+                lightpool_spec::tcp::hkdf_label(n, b"HostNQN", hostnqn.as_bytes())
+            }
             Derivation::Compat => compat_label(n, b"HostNQN", hostnqn.as_bytes()),
         };
         Ok(hkdf(h.hash(), &self.key, &info, n))
@@ -276,7 +278,9 @@ impl ConfiguredPsk {
             }
         };
         let info = match d {
-            Derivation::Standard => hkdf_label(n, b"nvme-tls-psk", context.as_bytes()),
+            Derivation::Standard => {
+                lightpool_spec::tcp::hkdf_label(n, b"nvme-tls-psk", context.as_bytes())
+            }
             Derivation::Compat => compat_label(n, b"nvme-tls-psk", context.as_bytes()),
         };
         Ok(TlsPsk {
@@ -310,19 +314,6 @@ fn check_nqn(nqn: &str) -> Result<(), PskError> {
         return Err(PskError::TooLong(nqn.len()));
     }
     Ok(())
-}
-
-/// RFC 8446 section 7.1 HkdfLabel: length (big-endian), "tls13 " + label and context,
-/// each after its length byte.
-fn hkdf_label(len: usize, label: &[u8], context: &[u8]) -> Vec<u8> {
-    let mut info = Vec::with_capacity(4 + 6 + label.len() + context.len());
-    info.extend_from_slice(&(len as u16).to_be_bytes());
-    info.push((6 + label.len()) as u8);
-    info.extend_from_slice(b"tls13 ");
-    info.extend_from_slice(label);
-    info.push(context.len() as u8);
-    info.extend_from_slice(context);
-    info
 }
 
 /// libnvme's earlier layout (`derive_*_compat`): length little-endian, then "tls13 " +

@@ -41,6 +41,36 @@ impl Secure {
     }
 }
 
+/// Where a listener's TLS connections keep their record layer once the handshake is
+/// done.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum Ktls {
+    /// In the kernel (kTLS) where the kernel has it, in software otherwise.
+    #[default]
+    Auto,
+    /// In software (OpenSSL in this process) always.
+    Off,
+}
+
+impl Ktls {
+    pub fn parse(s: &str) -> Option<Ktls> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Some(Ktls::Auto),
+            "off" => Some(Ktls::Off),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Ktls::Auto => "auto",
+            Ktls::Off => "off",
+        }
+    }
+}
+
 /// What the handshake found for an identity.
 #[derive(Debug, Clone)]
 pub struct Found {
@@ -57,6 +87,8 @@ struct Inner {
     by_identity: HashMap<String, Found>,
     /// Listener address (`IP:PORT`) to its setting; absent: none.
     listeners: HashMap<String, Secure>,
+    /// Listeners with `ktls = "off"`; absent: auto.
+    ktls_off: std::collections::HashSet<String>,
 }
 
 /// The TLS PSKs of a target.
@@ -136,6 +168,7 @@ impl Keyring {
         let mut g = self.inner.write().expect("keyring lock poisoned");
         if secure == Secure::None {
             g.listeners.remove(addr);
+            g.ktls_off.remove(addr);
         } else {
             g.listeners.insert(addr.to_string(), secure);
         }
@@ -150,5 +183,29 @@ impl Keyring {
             .get(addr)
             .copied()
             .unwrap_or_default()
+    }
+
+    /// Record a TLS listener's record layer setting (saved with the configuration).
+    pub fn set_listener_ktls(&self, addr: &str, ktls: Ktls) {
+        let mut g = self.inner.write().expect("keyring lock poisoned");
+        match ktls {
+            Ktls::Off => g.ktls_off.insert(addr.to_string()),
+            Ktls::Auto => g.ktls_off.remove(addr),
+        };
+    }
+
+    /// A listener's record layer setting.
+    pub fn listener_ktls(&self, addr: &str) -> Ktls {
+        if self
+            .inner
+            .read()
+            .expect("keyring lock poisoned")
+            .ktls_off
+            .contains(addr)
+        {
+            Ktls::Off
+        } else {
+            Ktls::Auto
+        }
     }
 }

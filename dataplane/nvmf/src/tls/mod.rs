@@ -7,14 +7,14 @@
 //! forms, which older nvme-cli releases used and `--compat` still selects).
 //!
 //! [`Keyring`]: the PSKs a target holds per (host, subsystem) and the per-listener
-//! [`Secure`] setting. No I/O and nothing from a TLS library: a transport turns
+//! [`Secure`] and [`Ktls`] settings. No I/O and nothing from a TLS library: a transport turns
 //! [`TlsPsk`]s into what its TLS library takes. None of this is on the I/O path.
 
 mod key;
 mod keyring;
 
 pub use key::{ConfiguredPsk, Derivation, IdentityVersion, PskError, PskHash, TlsPsk};
-pub use keyring::{Found, Keyring, Secure};
+pub use keyring::{Found, Keyring, Ktls, Secure};
 
 #[cfg(test)]
 mod tests;

@@ -14,9 +14,11 @@
 
 mod digest;
 mod pdu;
+mod tls;
 
 pub use digest::*;
 pub use pdu::*;
+pub use tls::hkdf_label;
 
 use crate::bytes::{put_u32, u32_at};
 use crate::SpecError;

@@ -12,10 +12,13 @@
 //! `psk_use_session`) calls, so the few functions they need are declared here; each call
 //! is commented with what makes it sound.
 //!
-//! The record layer runs in this process (software TLS): every byte is encrypted or
-//! decrypted by OpenSSL on the reactor that owns the connection. Writes gather the
-//! send queue's pieces into one record of up to [`RECORD`] bytes (one copy, which the
-//! encryption makes anyway, instead of one record per header).
+//! The record layer runs in the kernel (kTLS, [`ktls`]) where the kernel has it and the
+//! connection asks for it ([`TlsStream::prepare_kernel`], then
+//! [`TlsStream::to_kernel`] once the handshake is done), else in this process (software
+//! TLS): every byte is encrypted or decrypted by OpenSSL on the reactor that owns the
+//! connection. Software writes gather the send queue's pieces into one record of up
+//! to [`RECORD`] bytes (one copy, which the encryption makes anyway, instead of one
+//! record per header).
 
 use std::ffi::{c_int, c_uchar};
 use std::io::{self, IoSlice, Read, Write};
@@ -31,6 +34,9 @@ use openssl::ssl::{
 };
 
 use crate::Stream;
+
+pub mod ktls;
+pub use ktls::{kernel_tls, KtlsStream, Software, Switch};
 
 /// The most plaintext one TLS record carries.
 pub const RECORD: usize = 16 * 1024;
@@ -123,6 +129,7 @@ extern "C" {
     );
     fn SSL_SESSION_new() -> *mut openssl_sys::SSL_SESSION;
     fn SSL_has_pending(ssl: *const openssl_sys::SSL) -> c_int;
+    fn SSL_set_read_ahead(ssl: *mut openssl_sys::SSL, yes: c_int);
     fn SSL_SESSION_set1_master_key(
         s: *mut openssl_sys::SSL_SESSION,
         key: *const c_uchar,
@@ -311,6 +318,8 @@ fn base(method: SslMethod, suites: &str) -> Result<SslContextBuilder, ErrorStack
     // header and body with a receive call each (`buffered` reports what it holds).
     // SAFETY: the context is live (the builder owns it); a plain setter.
     unsafe { openssl_sys::SSL_CTX_set_read_ahead(b.as_ptr(), 1) };
+    // The application traffic secrets of connections that may switch to kTLS.
+    b.set_keylog_callback(ktls::keylog);
     Ok(b)
 }
 
@@ -424,7 +433,12 @@ impl TlsStream {
         Self::with(ssl, tcp)
     }
 
-    fn with(ssl: Ssl, tcp: Arc<TcpStream>) -> Result<TlsStream, TlsError> {
+    fn with(mut ssl: Ssl, tcp: Arc<TcpStream>) -> Result<TlsStream, TlsError> {
+        // Where the key log leaves the secrets, once `prepare_kernel` asks for them.
+        ssl.set_ex_data(
+            ktls::secrets_index()?,
+            std::sync::Mutex::new(ktls::Secrets::default()),
+        );
         Ok(TlsStream {
             ssl: SslStream::new(ssl, Sock(tcp.clone()))?,
             tcp,
@@ -512,6 +526,60 @@ impl TlsStream {
             ),
             _ => format!("TLS handshake failed ({lib})"),
         }
+    }
+
+    /// Ready this connection to hand its records to the kernel once the handshake is
+    /// done: the handshake is read one record at a time (no read-ahead, so nothing of
+    /// the peer's beyond the handshake reaches OpenSSL's buffer) and the key log keeps
+    /// the application traffic secrets. Call before the handshake.
+    pub fn prepare_kernel(&mut self) -> Result<(), TlsError> {
+        let i = ktls::secrets_index()?;
+        if let Some(m) = self.ssl.ssl().ex_data(i) {
+            m.lock().unwrap_or_else(|p| p.into_inner()).wanted = true;
+        }
+        // SAFETY: the SSL handle is live as long as `self.ssl`; a plain setter.
+        unsafe { SSL_set_read_ahead(self.ssl.ssl().as_ptr(), 0) };
+        Ok(())
+    }
+
+    /// The handshake is done: hand the records to the kernel when `wanted`, the
+    /// kernel has kTLS and OpenSSL holds no record bytes ([`ktls::may_switch`]). On
+    /// [`Switch::Kernel`] this stream must not be used again (drop it: nothing is
+    /// sent); on [`Switch::Software`] it goes on as before, read-ahead back on. An
+    /// error: the kernel took one direction and refused the other, the connection is
+    /// lost. The secrets are zeroed either way.
+    pub fn to_kernel(&mut self, wanted: bool) -> io::Result<Switch> {
+        let secrets = ktls::secrets_index()
+            .ok()
+            .and_then(|i| self.ssl.ssl().ex_data(i))
+            .and_then(|m| {
+                m.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(self.ssl.ssl().is_server())
+            });
+        let decided = ktls::may_switch(wanted, kernel_tls(), self.buffered(), secrets.is_some());
+        let out = match (decided, secrets, self.suite()) {
+            (Ok(()), Some((tx, rx)), Some(suite)) => {
+                match ktls::enable(&self.tcp, suite, &tx, &rx)? {
+                    Ok(()) => return Ok(Switch::Kernel(KtlsStream::adopt(self.tcp.clone()))),
+                    Err(why) => why,
+                }
+            }
+            (Err(why), _, _) => why,
+            (Ok(()), _, _) => Software::NoSecrets,
+        };
+        // SAFETY: the SSL handle is live as long as `self.ssl`; a plain setter.
+        unsafe { SSL_set_read_ahead(self.ssl.ssl().as_ptr(), 1) };
+        Ok(Switch::Software(out))
+    }
+
+    /// (client, server) application traffic secrets, left in place (tests).
+    #[cfg(test)]
+    fn secrets(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        let i = ktls::secrets_index().ok()?;
+        let m = self.ssl.ssl().ex_data(i)?;
+        let s = m.lock().ok()?;
+        s.peek()
     }
 
     fn map(e: openssl::ssl::Error) -> io::Error {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::*;
 
-struct One(Psk);
+pub(super) struct One(pub(super) Psk);
 
 impl PskStore for One {
     fn find(&self, identity: &[u8]) -> Option<Psk> {
@@ -14,7 +14,7 @@ impl PskStore for One {
     }
 }
 
-fn psk(id: &str, key: u8, suite: Suite) -> Psk {
+pub(super) fn psk(id: &str, key: u8, suite: Suite) -> Psk {
     let n = match suite {
         Suite::Aes128GcmSha256 => 32,
         Suite::Aes256GcmSha384 => 48,
@@ -26,7 +26,7 @@ fn psk(id: &str, key: u8, suite: Suite) -> Psk {
     }
 }
 
-fn pair() -> (Arc<TcpStream>, Arc<TcpStream>) {
+pub(super) fn pair() -> (Arc<TcpStream>, Arc<TcpStream>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
     let (s, _) = l.accept().expect("accept");
@@ -37,7 +37,10 @@ fn pair() -> (Arc<TcpStream>, Arc<TcpStream>) {
 }
 
 /// Drive both handshakes until both are done or one fails.
-fn handshake(s: &mut TlsStream, c: &mut TlsStream) -> (io::Result<bool>, io::Result<bool>) {
+pub(super) fn handshake(
+    s: &mut TlsStream,
+    c: &mut TlsStream,
+) -> (io::Result<bool>, io::Result<bool>) {
     for _ in 0..10_000 {
         let rc = c.handshake();
         let rs = s.handshake();
@@ -50,7 +53,7 @@ fn handshake(s: &mut TlsStream, c: &mut TlsStream) -> (io::Result<bool>, io::Res
     panic!("handshake did not finish");
 }
 
-fn read_all(s: &mut TlsStream, n: usize) -> Vec<u8> {
+pub(super) fn read_all(s: &mut TlsStream, n: usize) -> Vec<u8> {
     let mut out = vec![0u8; n];
     let mut got = 0;
     for _ in 0..100_000 {
