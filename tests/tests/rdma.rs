@@ -4,7 +4,10 @@
 //! and sequential, within and beyond the in-capsule size (8 KiB), disconnect and
 //! reconnect with another I/O queue count, a hostile host beside it (bad connect private
 //! data rejected with the NVMe/RDMA statuses, an SGL over MDTS, a key it never
-//! registered: its queue ends while fio goes on), and a hot upgrade under fio (the RDMA
+//! registered: its queue ends while fio goes on; Writes and Reads in flight when the
+//! host's memory region goes: the queue ends, its ID is given back), a host
+//! killed (-9) in the middle of its I/O (its queues end in bounded time while fio goes
+//! on), and a hot upgrade under fio (the RDMA
 //! queues end, the successor listens again, the host reconnects and fio verifies).
 #![cfg(feature = "e2e")]
 
@@ -107,11 +110,48 @@ CTRL=$(ls /sys/class/nvme-subsystem/nvme-subsys*/ | grep -m1 '^nvme[0-9]*$')
 say "reconnected queues=$(cat /sys/class/nvme/$CTRL/queue_count)"
 # A hostile host beside it: bad connect private data, an oversized transfer, a key it
 # never registered (its queue ends); the kernel host's fio keeps verifying meanwhile.
+queues() {{ wget -qO- http://127.0.0.1:9464/metrics | awk '/^lightpool_reactor_queues/ {{ s += $NF }} END {{ printf "%d", s }}'; }}
+depth() {{ wget -qO- http://127.0.0.1:9464/metrics | awk '/^lightpool_reactor_queue_depth/ {{ s += $NF }} END {{ printf "%d", s }}'; }}
+# The kernel host idle: its queues, and what it keeps outstanding (an AER).
+D0=$(depth)
 run_fio randwrite 4k-256k &
 FIO=$!
 /test/rdma_hostile $RDMA_ADDR:4420 $NQN > /tmp/hostile.out 2>&1 || {{ cat /tmp/hostile.out; fail "hostile host"; }}
 cat /tmp/hostile.out
 wait $FIO || fail "fio beside the hostile host"
+# A host that disappears: lightpool-perf killed (-9) in the middle of its I/O. The
+# target must see its connections go (RDMA_CM DISCONNECTED: the kernel ends a dead
+# process's connections) and end its queues within a bounded time, while the kernel
+# host's fio beside it goes on.
+Q0=$(queues)
+fio --name=beside --filename=$DEV --ioengine=libaio --direct=1 --rw=randrw --bsrange=4k-64k \
+    --size=8m --iodepth=8 --verify=crc32c --verify_fatal=1 --do_verify=1 --randrepeat=0 \
+    --output-format=terse --terse-version=3 > /tmp/beside.out 2>&1 &
+FIO=$!
+/test/lightpool-perf -r "trtype:rdma adrfam:ipv4 traddr:$RDMA_ADDR trsvcid:4420 subnqn:$NQN" \
+    -w randrw -o 65536 -q 16 -t 120 --range 98304:110000 --connect-timeout 10 \
+    > /tmp/victim.out 2>&1 &
+VPID=$!
+for i in $(seq 1 100); do [ "$(queues)" -gt "$Q0" ] && break; sleep 0.1; done
+QV=$(queues)
+[ "$QV" -gt "$Q0" ] || {{ cat /tmp/victim.out; fail "lightpool-perf did not connect"; }}
+sleep 1
+kill -9 $VPID
+# busybox date has no %N: milliseconds from /proc/uptime.
+ms() {{ awk '{{ printf "%d", $1 * 1000 }}' /proc/uptime; }}
+T0=$(ms)
+for i in $(seq 1 150); do [ "$(queues)" = "$Q0" ] && break; sleep 0.1; done
+QK=$(queues)
+say "killed host: queues $QV -> $QK (before it $Q0) in $(($(ms) - T0)) ms"
+[ "$QK" = "$Q0" ] || fail "the target kept the killed host's queues"
+wait $FIO || {{ cat /tmp/beside.out; fail "fio beside the killed host"; }}
+say "fio beside the killed host errors=$(cut -d';' -f5 /tmp/beside.out)"
+# Idle again: only the kernel host's queues, nothing in flight but what it kept before.
+same=no
+for i in $(seq 1 50); do [ "$(queues)" = "$Q0" ] && [ "$(depth)" = "$D0" ] && {{ same=yes; break; }}; sleep 0.1; done
+say "idle after hostile hosts: queues=$(queues) as before: $same (depth $(depth), before $D0)"
+grep -E "NVMe/RDMA work request failed|NVMe/RDMA queue ended" /tmp/target.log | tail -n 8 | sed 's/^/TLOG: /'
+say "target panics: $(grep -c panicked /tmp/target.log)"
 nvme disconnect -n $NQN || fail "second disconnect"
 say "disconnected again"
 
@@ -238,6 +278,14 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         "HOSTILE: reject hrqsize0: RDMA_CM_EVENT_REJECTED sts=Some(5) ok",
         "HOSTILE: bad key: disconnected ok",
         "HOSTILE: connect qid mismatch: ended ok",
+        // Hosts gone mid-transfer: the target ends the queue, gives queue 1 back to the
+        // controller (connected again) and serves I/O on it.
+        "HOSTILE: teardown write, region gone: ended ok",
+        "HOSTILE: teardown read, region gone: ended ok",
+        // A killed host: its queues end within 15 s, the kernel host's fio goes on.
+        "RDMA-E2E: fio beside the killed host errors=0",
+        "RDMA-E2E: idle after hostile hosts: queues=2 as before: yes",
+        "RDMA-E2E: target panics: 0",
         "RDMA-E2E: disconnected again",
         "RDMA-E2E: upgraded",
         "RDMA-E2E: fio across the upgrade errors=0 write_kb=",

@@ -534,9 +534,25 @@ impl CmId {
         unsafe { ffi::rdma_disconnect(self.id.as_ptr()) };
     }
 
-    fn qp(&self) -> *mut ffi::ibv_qp {
+    /// Destroys the queue pair alone, without a disconnect: the peer hears nothing
+    /// until its own work requests find the QP gone (a hostile or crashed host, for
+    /// tests). Harmless when there is none.
+    pub fn destroy_qp(&mut self) {
+        if self.has_qp {
+            // SAFETY: the QP was made on this identifier and is destroyed once (the
+            // drop skips it from here).
+            unsafe { ffi::rdma_destroy_qp(self.id.as_ptr()) };
+            self.has_qp = false;
+        }
+    }
+
+    /// The queue pair, if one was made and not destroyed.
+    fn qp(&self, call: &'static str) -> Result<*mut ffi::ibv_qp, RdmaError> {
+        if !self.has_qp {
+            return Err(RdmaError::code(call, libc::EINVAL));
+        }
         // SAFETY: the identifier is valid while self lives.
-        unsafe { self.id.as_ref().qp }
+        Ok(unsafe { self.id.as_ref().qp })
     }
 
     /// Posts one receive of `len` bytes at `addr` (in `mr`).
@@ -559,10 +575,11 @@ impl CmId {
             num_sge: 1,
         };
         let mut bad = std::ptr::null_mut();
+        let qp = self.qp("ibv_post_recv")?;
         // SAFETY: the QP is valid (has_qp); the WR and its SGE live through the call,
         // which copies them; the buffer is registered memory the caller keeps for the
         // receive's life.
-        let rc = unsafe { ffi::lp_ibv_post_recv(self.qp(), &mut wr, &mut bad) };
+        let rc = unsafe { ffi::lp_ibv_post_recv(qp, &mut wr, &mut bad) };
         if rc != 0 {
             return Err(RdmaError::code("ibv_post_recv", rc));
         }
@@ -608,9 +625,10 @@ impl CmId {
             rkey: remote.1,
         };
         let mut bad = std::ptr::null_mut();
+        let qp = self.qp("ibv_post_send")?;
         // SAFETY: as in post_recv; the local memory is registered and kept by the
         // caller until the work request completes (or the QP is destroyed).
-        let rc = unsafe { ffi::lp_ibv_post_send(self.qp(), &mut wr, &mut bad) };
+        let rc = unsafe { ffi::lp_ibv_post_send(qp, &mut wr, &mut bad) };
         if rc != 0 {
             return Err(RdmaError::code("ibv_post_send", rc));
         }
@@ -646,10 +664,11 @@ impl CmId {
             ..Default::default()
         };
         let mut bad = std::ptr::null_mut();
+        let qp = self.qp("ibv_post_send")?;
         // SAFETY: as in post_send: the QP is valid, the WR and its SGEs live through
         // the call, which copies them; the memory is registered and kept by the caller
         // until the work request completes.
-        let rc = unsafe { ffi::lp_ibv_post_send(self.qp(), &mut wr, &mut bad) };
+        let rc = unsafe { ffi::lp_ibv_post_send(qp, &mut wr, &mut bad) };
         if rc != 0 {
             return Err(RdmaError::code("ibv_post_send", rc));
         }

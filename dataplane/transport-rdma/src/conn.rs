@@ -264,10 +264,15 @@ impl Conn {
                 }
             }
             Phase::Closing { deadline } => {
-                // Flushed work requests: nothing to do with them.
+                // Flushed work requests: counted, so that no request buffer goes back
+                // to the pool while a READ may still land in it.
                 while let Ok(n) = self.s.cq.poll(&mut self.wcs) {
                     if n == 0 {
                         break;
+                    }
+                    for i in 0..n {
+                        let wc = self.wcs[i];
+                        self.retire(&wc);
                     }
                     work += n;
                 }
@@ -277,10 +282,11 @@ impl Conn {
                     work += 1;
                 }
                 let give_up = deadline.is_some_and(|d| now > d);
-                if self.q.bdev_in_flight() == 0 || give_up {
+                if (self.q.bdev_in_flight() == 0 && self.outstanding == 0) || give_up {
                     if give_up {
-                        tracing::warn!(peer = %self.s.peer, "closing with device I/O still running");
+                        tracing::warn!(peer = %self.s.peer, device = self.q.bdev_in_flight(), rdma = self.outstanding, "closing with device I/O or RDMA work requests still outstanding");
                     }
+                    tracing::info!(peer = %self.s.peer, qid = self.q.qid(), "NVMe/RDMA queue ended, its requests released");
                     self.q.close();
                     self.phase = Phase::Closed;
                     work += 1;
@@ -332,6 +338,12 @@ impl Conn {
                 let wc = self.wcs[i];
                 self.complete(&wc, now);
                 if self.phase != Phase::Active {
+                    // The rest of the batch only counts (the closing phase reaps the
+                    // flushed ones that follow).
+                    for j in i + 1..n {
+                        let wc = self.wcs[j];
+                        self.retire(&wc);
+                    }
                     return work + 1;
                 }
             }
@@ -355,6 +367,7 @@ impl Conn {
                 kind = kind >> 32,
                 "NVMe/RDMA work request failed: ending the queue"
             );
+            self.retire(wc);
             self.close("queue pair in error");
             return;
         }
@@ -379,6 +392,15 @@ impl Conn {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A completion taken while the connection ends (flushed, failed, or after a
+    /// failure in the same batch): a signaled READ or SEND is no longer outstanding.
+    fn retire(&mut self, wc: &WorkCompletion) {
+        let kind = wc.wr_id & !0xFFFF_FFFF;
+        if kind == WR_READ || kind == WR_SEND {
+            self.outstanding = self.outstanding.saturating_sub(1);
         }
     }
 

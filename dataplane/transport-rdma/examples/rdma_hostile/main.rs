@@ -11,9 +11,15 @@
 //!   RDMA READ fails and it must end the queue (the host sees a disconnect);
 //! - with NQN given: on a controller of that subsystem (lightpool-nvmf-host-rdma's), an
 //!   I/O queue whose RDMA_CM request names queue 1 and whose Connect names queue 2:
-//!   the target must end that queue.
+//!   the target must end that queue;
+//! - with NQN given, hosts that go away mid-transfer ([`teardown`]): Writes the target
+//!   must RDMA READ and Reads it must RDMA WRITE back, in flight when the host's memory
+//!   region goes (the target's transfer fails remotely): it must end that queue, give its queue ID back
+//!   and keep serving.
 //!
 //! `rdma_hostile IP:PORT [NQN]`
+
+mod teardown;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +36,7 @@ use lightpool_spec::nvme::{Cqe, CQE_SIZE, SQE_SIZE};
 use lightpool_spec::rdma::{cm_reject, CmRequest, KeyedSgl, SGL_KEYED_ADDRESS};
 use lightpool_spec::status::{generic, Status};
 
-const STEP: Duration = Duration::from_secs(5);
+pub(crate) const STEP: Duration = Duration::from_secs(5);
 
 /// A client connection's resources (the QP before the CQ before its channel).
 struct Client {
@@ -42,7 +48,7 @@ struct Client {
     ch: Arc<EventChannel>,
 }
 
-fn expect_event(ch: &EventChannel, want: u32) -> Result<lightpool_rdma_sys::CmEvent> {
+pub(crate) fn expect_event(ch: &EventChannel, want: u32) -> Result<lightpool_rdma_sys::CmEvent> {
     let e = ch.wait_event(STEP)?.context("no RDMA_CM event in time")?;
     if e.kind != want {
         bail!(
@@ -157,22 +163,32 @@ fn connect_sqe(len: u32, key: u32) -> lightpool_spec::nvme::Sqe {
     sqe
 }
 
+/// A controller of subsystem `nqn` (lightpool-nvmf-host-rdma's), no keep-alive.
+pub(crate) fn controller(
+    addr: SocketAddr,
+    nqn: &str,
+    hostnqn: &str,
+    hostid: [u8; 16],
+) -> Result<lightpool_nvmf_host_rdma::RdmaController> {
+    Ok(lightpool_nvmf_host_rdma::RdmaController::connect(
+        lightpool_nvmf_host_rdma::RdmaConnectOptions {
+            addr,
+            subnqn: nqn.to_string(),
+            hostnqn: hostnqn.to_string(),
+            hostid,
+            kato_ms: 0,
+            timeout: STEP,
+        },
+    )?)
+}
+
 /// An I/O queue connected as queue 1 by RDMA_CM whose Connect command names queue 2.
 fn mismatched_qid(addr: SocketAddr, nqn: &str) -> Result<()> {
     use lightpool_nvmf_host::Dir;
-    use lightpool_nvmf_host_rdma::{
-        RdmaConnectOptions, RdmaController, RdmaQpair, RdmaQueueConfig,
-    };
+    use lightpool_nvmf_host_rdma::{RdmaQpair, RdmaQueueConfig};
     let hostnqn = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000beef";
     let hostid = [0xBE; 16];
-    let mut c = RdmaController::connect(RdmaConnectOptions {
-        addr,
-        subnqn: nqn.to_string(),
-        hostnqn: hostnqn.to_string(),
-        hostid,
-        kato_ms: 0,
-        timeout: STEP,
-    })?;
+    let mut c = controller(addr, nqn, hostnqn, hostid)?;
     c.request_io_queues(2)?;
     let cfg = RdmaQueueConfig {
         depth: 4,
@@ -222,6 +238,14 @@ fn main() -> Result<()> {
         .context("IP:PORT")?;
     if let Some(nqn) = args.next() {
         mismatched_qid(addr, &nqn)?;
+        use lightpool_spec::nvme::io_opcode::{READ, WRITE};
+        use teardown::Gone;
+        teardown::case(addr, &nqn, "write, region gone", WRITE, Gone::Region)?;
+        teardown::case(addr, &nqn, "read, region gone", READ, Gone::Region)?;
+        // `Gone::QueuePair` (the QP destroyed without a disconnect) is not run: on
+        // soft-RoCE the target's READs and WRITEs to it are never failed (no retry
+        // timeout on the passive side), so the target does not notice; see the notes
+        // in teardown.rs.
     }
     let good = CmRequest {
         recfmt: 0,
