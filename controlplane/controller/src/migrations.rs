@@ -10,7 +10,9 @@
 //!   says what to change) when the volume is missing, not Ready, being deleted,
 //!   already migrating, already on the asked node, a clone, or has snapshots or
 //!   clones (the dataplane copies a volume's blocks, not the pool's sharing
-//!   between a volume, its snapshots and its clones); else the destination is
+//!   between a volume, its snapshots and its clones), or is staged through ublk
+//!   on its node (`status.ublk`, its agent's report: the local export has no
+//!   second path to follow); else the destination is
 //!   placed by the scheduler's filters (only other nodes; the asked node and
 //!   pool when given), its capacity reserved in the ledger as `VOLUME@migration`.
 //! - CreatingVolume, SetupPipe, Syncing: wait for the agents. A cancel, an error
@@ -27,7 +29,7 @@
 
 use std::time::Duration;
 
-use lightpool_model::volume::{AnaState, TargetPath};
+use lightpool_model::volume::{AnaState, TargetPath, NODE_POOL};
 use lightpool_model::{
     set_condition, ConditionStatus, MigrationPhase, MigrationSide, OperationRecord, PoolHealth,
     Snapshot, StoragePool, Volume, VolumeMigration, VolumeMigrationStatus, VolumePhase,
@@ -456,6 +458,18 @@ impl<S: Store> MigrateVolume<'_, S> {
     /// Why the dataplane cannot carry the volume, if it cannot.
     async fn unmovable(&self, v: &Volume) -> Result<Option<String>, StoreError> {
         let vol = v.metadata.name.clone().unwrap_or_default();
+        if let Some(node) = v
+            .status
+            .as_ref()
+            .filter(|s| s.ublk)
+            .and_then(|s| s.node.as_deref())
+        {
+            // Its agent reports the export; the agent's own check at
+            // CreatingVolume stays for an export made since.
+            return Ok(Some(format!(
+                "volume {vol} is staged through ublk on node {node} (its consumer runs there and reads it through that node's dataplane, not over NVMe/TCP): a local export cannot follow a migration. Unstage it (stop the consumer, or move the pod off node {node}), or stop its ublk export (lightpool target volume ublk stop {NODE_POOL}/{vol} on node {node}) and stage it over NVMe/TCP, then migrate again"
+            )));
+        }
         if let Some(src) = v
             .spec
             .source_volume

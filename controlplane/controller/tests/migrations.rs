@@ -5,7 +5,9 @@
 //! that dies mid-copy rolls back and keeps nothing; a cancel rolls back; a source
 //! that dies after the switch is not a failure (and deletes its copy when back);
 //! each refusal says what to change; the source keeps its subsystem in Cleaning
-//! until no host is connected to it; a volume staged through ublk is refused. (The same flow against two real targets is in
+//! until no host is connected to it; a volume staged through ublk (its agent reports
+//! it) is refused at admission, and one exported after admission is refused by the
+//! source's agent and rolled back. (The same flow against two real targets is in
 //! `controlplane/cli/tests/migrate.rs`.)
 
 use std::time::Duration;
@@ -585,12 +587,74 @@ async fn a_volume_staged_through_ublk_is_refused<S: Store>(s: S) {
         .await
         .unwrap();
     c.seconds(2).await;
+    // The CSI node plugin exported it to node-a's kernel: node-a's agent reports it.
     c.dp(0).set_ublk("db", true);
+    c.seconds(1).await;
+    assert!(c.vstatus("db").await.ublk);
     c.migrate("m1", "db", Some("node-b")).await;
+    // Refused at admission: no phase of the copy was entered.
+    let phases = c.until_final("m1").await;
+    assert_eq!(
+        phases,
+        [MigrationPhase::Pending, MigrationPhase::Failed],
+        "{phases:?}"
+    );
+    let st = c.mstatus("m1").await;
+    let msg = st.message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("staged through ublk on node node-a")
+            && msg.contains("move the pod off node node-a")
+            && msg.contains("lightpool target volume ublk stop node/db"),
+        "{msg}"
+    );
+    let accepted = st.conditions.iter().find(|c| c.type_ == "Accepted");
+    assert!(
+        accepted.is_some_and(|a| a.status == ConditionStatus::False && a.message == msg),
+        "{st:?}"
+    );
+    assert_eq!(
+        (st.source.done, st.destination.done),
+        (None, None),
+        "{st:?}"
+    );
+    assert_eq!(st.target_node, None, "nothing placed: {st:?}");
+    assert_eq!(c.usage("node-b"), 0, "nothing reserved on node-b");
+    // Nothing made on either node: node-b has nothing of db, node-a no copy and
+    // its own subsystem as it was.
+    c.seconds(3).await;
+    nothing_of(c.dp(1), "db").await;
+    assert!(c.dp(0).migrations().is_empty());
+    assert!(c.dp(0).nqns().contains(&volume_nqn("db")));
+    assert_eq!(c.vstatus("db").await.node.as_deref(), Some("node-a"));
+    // Unexported, it moves.
+    c.dp(0).set_ublk("db", false);
+    c.seconds(1).await;
+    assert!(!c.vstatus("db").await.ublk);
+    c.migrate("m2", "db", Some("node-b")).await;
+    assert_eq!(
+        c.until_final("m2").await.last(),
+        Some(&MigrationPhase::Succeeded)
+    );
+}
+
+/// An export made after the controller admitted the migration: the source's agent
+/// refuses it at CreatingVolume, and the migration rolls back.
+async fn a_ublk_export_made_after_admission_rolls_back<S: Store>(s: S) {
+    let mut c = cluster(s);
+    c.controller = controller(&c.store);
+    c.seconds(1).await;
+    c.store
+        .apply(&Volume::new("db", spec(30, Provisioning::Thick)))
+        .await
+        .unwrap();
+    c.seconds(2).await;
+    c.migrate("m1", "db", Some("node-b")).await;
+    c.controller.tick().await.unwrap();
+    assert_eq!(c.mstatus("m1").await.phase, MigrationPhase::CreatingVolume);
+    c.dp(0).set_ublk("db", true);
     let phases = c.until_final("m1").await;
     assert_eq!(phases.last(), Some(&MigrationPhase::Failed), "{phases:?}");
-    let st = c.mstatus("m1").await;
-    let msg = st.message.unwrap_or_default();
+    let msg = c.mstatus("m1").await.message.unwrap_or_default();
     assert!(
         msg.contains("staged through ublk on node node-a")
             && msg.contains("stage it over NVMe/TCP"),
@@ -625,5 +689,6 @@ on_both_stores!(
     a_source_that_dies_after_the_switch_is_not_a_failure,
     refusals_say_what_to_change,
     the_source_keeps_its_path_until_the_hosts_dropped_it,
-    a_volume_staged_through_ublk_is_refused
+    a_volume_staged_through_ublk_is_refused,
+    a_ublk_export_made_after_admission_rolls_back
 );
