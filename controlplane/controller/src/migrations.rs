@@ -23,12 +23,15 @@
 //!   back; from then on the destination is authoritative.
 //! - Cleaning: the Volume's status names the destination (node, pool, one path);
 //!   the ledger moves the volume; then the source deletes its copy. A source that
-//!   is down does it when it returns: the migration is Succeeded without it.
+//!   is down (its pool not Ready) does it when it returns: the migration is
+//!   Succeeded without it, condition `SourceCleaned` False (`SourceAway`, also a
+//!   Warning event) until the source's agent has deleted the copy.
 //! - RollingBack: the Volume's paths back to the source alone; the destination's
 //!   reservation released; then RolledBack (cancelled) or Failed.
 
 use std::time::Duration;
 
+use lightpool_model::migration::SOURCE_CLEANED;
 use lightpool_model::volume::{AnaState, TargetPath, NODE_POOL};
 use lightpool_model::{
     set_condition, ConditionStatus, MigrationPhase, MigrationSide, OperationRecord, PoolHealth,
@@ -163,6 +166,21 @@ impl<'a, S> MigrateVolume<'a, S> {
             grace,
         }
     }
+}
+
+/// `m` with its [`SOURCE_CLEANED`] condition set.
+fn source_cleaned(
+    mut m: VolumeMigration,
+    status: ConditionStatus,
+    reason: &str,
+    message: String,
+) -> VolumeMigration {
+    let st = m.status.get_or_insert_with(Default::default);
+    set_condition(
+        &mut st.conditions,
+        condition(SOURCE_CLEANED, status, reason, message),
+    );
+    m
 }
 
 fn healthy(pools: &[StoragePool], pool: Option<&str>) -> bool {
@@ -741,19 +759,43 @@ impl<S: Store> Machine for MigrateVolume<'_, S> {
             P::Cleaning => {
                 self.move_volume(&vol, &st).await?;
                 let source_gone = self.stuck(&st.source, &st.source_pool);
+                let source = st.source_node.as_deref().unwrap_or("?");
                 if both(P::Cleaning) {
                     let note = format!(
-                        "volume {vol} lives on node {} now; node {}'s copy is deleted",
+                        "volume {vol} lives on node {} now; node {source}'s copy is deleted",
                         st.target_node.as_deref().unwrap_or("?"),
-                        st.source_node.as_deref().unwrap_or("?")
+                    );
+                    let m = source_cleaned(
+                        m.clone(),
+                        ConditionStatus::True,
+                        "Cleaned",
+                        format!("node {source} deleted its copy of volume {vol}"),
                     );
                     self.finish(&m, P::Succeeded, Some(note), "Migrated").await
                 } else if source_gone && st.destination.done == Some(P::Cleaning) {
+                    // The destination serves and owes nothing more: the migration
+                    // does not wait for a source that is down (its target restarts
+                    // with no subsystem, so its stale copy is never served); its
+                    // agent deletes the copy when it returns.
                     let note = format!(
-                        "volume {vol} lives on node {} now; node {} does not answer and deletes its copy when it does",
+                        "volume {vol} lives on node {} now; node {source} does not answer and deletes its copy when it does",
                         st.target_node.as_deref().unwrap_or("?"),
-                        st.source_node.as_deref().unwrap_or("?")
                     );
+                    let away = format!(
+                        "node {source} did not answer in Cleaning (its pool is {}): its stale copy of volume {vol} is deleted by its agent when it returns",
+                        pool_health(self.pools, st.source_pool.as_deref())
+                            .map_or_else(|| "gone".into(), |h| format!("{h:?}"))
+                    );
+                    record(
+                        self.store,
+                        &m,
+                        EventType::Warning,
+                        "SourceAway",
+                        "Migrate",
+                        away.clone(),
+                    )
+                    .await;
+                    let m = source_cleaned(m.clone(), ConditionStatus::False, "SourceAway", away);
                     self.finish(&m, P::Succeeded, Some(note), "Migrated").await
                 } else {
                     Ok(Step::Wait)

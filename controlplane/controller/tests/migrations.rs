@@ -411,6 +411,17 @@ async fn a_source_that_dies_after_the_switch_is_not_a_failure<S: Store>(s: S) {
             .contains("node node-a does not answer"),
         "{st:?}"
     );
+    let cleaned = |st: &VolumeMigrationStatus| {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == migration::SOURCE_CLEANED)
+            .map(|c| (c.status, c.reason.clone()))
+    };
+    assert_eq!(
+        cleaned(&st),
+        Some((ConditionStatus::False, "SourceAway".into())),
+        "{st:?}"
+    );
     let v = c.vstatus("db").await;
     assert_eq!(v.node.as_deref(), Some("node-b"));
     let paths = v.target.unwrap().paths;
@@ -423,9 +434,12 @@ async fn a_source_that_dies_after_the_switch_is_not_a_failure<S: Store>(s: S) {
     c.dp(0).set_down(false);
     c.seconds(2).await;
     nothing_of(c.dp(0), "db").await;
+    let st = c.mstatus("m1").await;
+    assert_eq!(st.source.done, Some(MigrationPhase::Cleaning));
     assert_eq!(
-        c.mstatus("m1").await.source.done,
-        Some(MigrationPhase::Cleaning)
+        cleaned(&st),
+        Some((ConditionStatus::True, "Cleaned".into())),
+        "{st:?}"
     );
 }
 
