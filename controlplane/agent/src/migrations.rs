@@ -459,13 +459,11 @@ async fn write<S: Store, D: Dataplane>(
     if Some(&st) == m.status.as_ref() {
         return Ok(());
     }
-    match agent
-        .store
-        .patch_status::<VolumeMigration>(name, &st, m.metadata.resource_version.as_deref())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_conflict() || e.is_not_found() => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    crate::patch_status_or_next_tick::<S, VolumeMigration>(
+        &agent.store,
+        name,
+        &st,
+        m.metadata.resource_version.as_deref(),
+    )
+    .await
 }

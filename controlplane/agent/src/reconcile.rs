@@ -287,15 +287,13 @@ async fn report_ublk<S: Store, D: Dataplane>(
 ) -> Result<(), AgentError> {
     let mut st = v.status.clone().unwrap_or_default();
     st.ublk = ublk;
-    match agent
-        .store
-        .patch_status::<Volume>(name, &st, v.metadata.resource_version.as_deref())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_conflict() || e.is_not_found() => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    crate::patch_status_or_next_tick::<S, Volume>(
+        &agent.store,
+        name,
+        &st,
+        v.metadata.resource_version.as_deref(),
+    )
+    .await
 }
 
 /// Each step idempotent: pool volume, subsystem, namespace 1. Returns the pool

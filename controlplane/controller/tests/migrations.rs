@@ -116,6 +116,16 @@ impl<S: Store> Cluster<S> {
     }
 }
 
+/// Two nodes, this file's controller, and volume db (`spec`) Ready on node-a.
+async fn with_db<S: Store>(s: S, spec: VolumeSpec) -> Cluster<S> {
+    let mut c = cluster(s);
+    c.controller = controller(&c.store);
+    c.seconds(1).await;
+    c.store.apply(&Volume::new("db", spec)).await.unwrap();
+    c.seconds(2).await;
+    c
+}
+
 /// Nothing of `volume` on dataplane `dp`.
 async fn nothing_of(dp: &lightpool_agent::MemoryDataplane, volume: &str) {
     assert!(
@@ -130,14 +140,7 @@ async fn nothing_of(dp: &lightpool_agent::MemoryDataplane, volume: &str) {
 }
 
 async fn a_volume_moves_to_the_other_node_and_back<S: Store>(s: S) {
-    let mut c = cluster(s);
-    c.controller = controller(&c.store);
-    c.seconds(1).await;
-    c.store
-        .apply(&Volume::new("db", spec(10, Provisioning::Thick)))
-        .await
-        .unwrap();
-    c.seconds(2).await;
+    let mut c = with_db(s, spec(10, Provisioning::Thick)).await;
     let v = c.vstatus("db").await;
     assert_eq!(
         (v.phase, v.node.as_deref()),
@@ -265,14 +268,7 @@ async fn a_volume_moves_to_the_other_node_and_back<S: Store>(s: S) {
 }
 
 async fn a_controller_restarted_in_syncing_resumes<S: Store>(s: S) {
-    let mut c = cluster(s);
-    c.controller = controller(&c.store);
-    c.seconds(1).await;
-    c.store
-        .apply(&Volume::new("db", spec(30, Provisioning::Thick)))
-        .await
-        .unwrap();
-    c.seconds(2).await;
+    let mut c = with_db(s, spec(30, Provisioning::Thick)).await;
     // The scheduler picks the destination: the only other node.
     c.migrate("m1", "db", None).await;
     c.until_phase("m1", MigrationPhase::Syncing).await;
@@ -293,14 +289,7 @@ async fn a_controller_restarted_in_syncing_resumes<S: Store>(s: S) {
 }
 
 async fn a_destination_that_dies_mid_copy_rolls_back_and_keeps_nothing<S: Store>(s: S) {
-    let mut c = cluster(s);
-    c.controller = controller(&c.store);
-    c.seconds(1).await;
-    c.store
-        .apply(&Volume::new("db", spec(10, Provisioning::Thin)))
-        .await
-        .unwrap();
-    c.seconds(2).await;
+    let mut c = with_db(s, spec(10, Provisioning::Thin)).await;
     c.migrate("m1", "db", Some("node-b")).await;
     c.until_phase("m1", MigrationPhase::Syncing).await;
     c.second().await;
@@ -345,14 +334,7 @@ async fn a_destination_that_dies_mid_copy_rolls_back_and_keeps_nothing<S: Store>
 }
 
 async fn a_cancel_before_the_switch_rolls_back<S: Store>(s: S) {
-    let mut c = cluster(s);
-    c.controller = controller(&c.store);
-    c.seconds(1).await;
-    c.store
-        .apply(&Volume::new("db", spec(10, Provisioning::Thick)))
-        .await
-        .unwrap();
-    c.seconds(2).await;
+    let mut c = with_db(s, spec(10, Provisioning::Thick)).await;
     c.migrate("m1", "db", Some("node-b")).await;
     c.until_phase("m1", MigrationPhase::Syncing).await;
     let mut m: VolumeMigration = c.store.get("m1").await.unwrap().unwrap();
@@ -378,14 +360,7 @@ async fn a_cancel_before_the_switch_rolls_back<S: Store>(s: S) {
 }
 
 async fn a_source_that_dies_after_the_switch_is_not_a_failure<S: Store>(s: S) {
-    let mut c = cluster(s);
-    c.controller = controller(&c.store);
-    c.seconds(1).await;
-    c.store
-        .apply(&Volume::new("db", spec(10, Provisioning::Thick)))
-        .await
-        .unwrap();
-    c.seconds(2).await;
+    let mut c = with_db(s, spec(10, Provisioning::Thick)).await;
     c.migrate("m1", "db", Some("node-b")).await;
     c.until_phase("m1", MigrationPhase::Switching).await;
     // The destination takes over (its agent alone ticks), then the source's
@@ -562,14 +537,7 @@ async fn refusals_say_what_to_change<S: Store>(s: S) {
 }
 
 async fn the_source_keeps_its_path_until_the_hosts_dropped_it<S: Store>(s: S) {
-    let mut c = cluster(s);
-    c.controller = controller(&c.store);
-    c.seconds(1).await;
-    c.store
-        .apply(&Volume::new("db", spec(30, Provisioning::Thick)))
-        .await
-        .unwrap();
-    c.seconds(2).await;
+    let mut c = with_db(s, spec(30, Provisioning::Thick)).await;
     c.migrate("m1", "db", Some("node-b")).await;
     c.until_phase("m1", MigrationPhase::Syncing).await;
     // A host is connected to node-a's path.
@@ -593,14 +561,7 @@ async fn the_source_keeps_its_path_until_the_hosts_dropped_it<S: Store>(s: S) {
 }
 
 async fn a_volume_staged_through_ublk_is_refused<S: Store>(s: S) {
-    let mut c = cluster(s);
-    c.controller = controller(&c.store);
-    c.seconds(1).await;
-    c.store
-        .apply(&Volume::new("db", spec(30, Provisioning::Thick)))
-        .await
-        .unwrap();
-    c.seconds(2).await;
+    let mut c = with_db(s, spec(30, Provisioning::Thick)).await;
     // The CSI node plugin exported it to node-a's kernel: node-a's agent reports it.
     c.dp(0).set_ublk("db", true);
     c.seconds(1).await;
@@ -654,14 +615,7 @@ async fn a_volume_staged_through_ublk_is_refused<S: Store>(s: S) {
 /// An export made after the controller admitted the migration: the source's agent
 /// refuses it at CreatingVolume, and the migration rolls back.
 async fn a_ublk_export_made_after_admission_rolls_back<S: Store>(s: S) {
-    let mut c = cluster(s);
-    c.controller = controller(&c.store);
-    c.seconds(1).await;
-    c.store
-        .apply(&Volume::new("db", spec(30, Provisioning::Thick)))
-        .await
-        .unwrap();
-    c.seconds(2).await;
+    let mut c = with_db(s, spec(30, Provisioning::Thick)).await;
     c.migrate("m1", "db", Some("node-b")).await;
     c.controller.tick().await.unwrap();
     assert_eq!(c.mstatus("m1").await.phase, MigrationPhase::CreatingVolume);
