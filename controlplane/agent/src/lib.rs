@@ -349,6 +349,21 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
     }
 }
 
+/// Writes `status` over object `name`'s (read at `version`); a conflict, or an
+/// object gone meanwhile, leaves it to the next tick.
+pub(crate) async fn patch_status_or_next_tick<S: Store, K: lightpool_store::Object>(
+    store: &S,
+    name: &str,
+    status: &K::Status,
+    version: Option<&str>,
+) -> Result<(), AgentError> {
+    match store.patch_status::<K>(name, status, version).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_conflict() || e.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub(crate) fn now_string() -> String {
     lightpool_store::now_rfc3339()
 }

@@ -17,10 +17,11 @@
 //! long as the VolumeMigration is there: a source dead at the switch deletes its
 //! copy, a destination dead at a rollback what it made.
 
-use lightpool_model::migration::{other_cntlid_half, pipe_nqn, CntlidRange};
+use lightpool_model::migration::{other_cntlid_half, pipe_nqn, CntlidRange, SOURCE_CLEANED};
 use lightpool_model::volume::{volume_nqn, AnaState};
 use lightpool_model::{
-    MigrationPhase, MigrationSide, Provisioning, Volume, VolumeMigration, VolumeMigrationStatus,
+    set_condition, Condition, ConditionStatus, MigrationPhase, MigrationSide, Provisioning, Volume,
+    VolumeMigration, VolumeMigrationStatus,
 };
 use lightpool_store::Store;
 
@@ -419,6 +420,26 @@ async fn write<S: Store, D: Dataplane>(
             mine.done = Some(p);
             mine.error = None;
             mine.error_since = None;
+            // A source that was down at Cleaning (the migration succeeded without
+            // it) has deleted its stale copy now.
+            if side == Side::Source
+                && p == MigrationPhase::Cleaning
+                && st.phase == MigrationPhase::Succeeded
+            {
+                set_condition(
+                    &mut st.conditions,
+                    Condition {
+                        type_: SOURCE_CLEANED.into(),
+                        status: ConditionStatus::True,
+                        reason: "Cleaned".into(),
+                        message: format!(
+                            "node {} deleted its copy of volume {} when it returned",
+                            c.node, m.spec.volume
+                        ),
+                        last_transition_time: Some(crate::now_string()),
+                    },
+                );
+            }
         }
         Patch::Progress(p, synced) => {
             if synced {
@@ -438,13 +459,11 @@ async fn write<S: Store, D: Dataplane>(
     if Some(&st) == m.status.as_ref() {
         return Ok(());
     }
-    match agent
-        .store
-        .patch_status::<VolumeMigration>(name, &st, m.metadata.resource_version.as_deref())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_conflict() || e.is_not_found() => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    crate::patch_status_or_next_tick::<S, VolumeMigration>(
+        &agent.store,
+        name,
+        &st,
+        m.metadata.resource_version.as_deref(),
+    )
+    .await
 }

@@ -141,12 +141,18 @@ async fn bring_up<S: Store, D: Dataplane>(
     let have = pool_volumes.get(name).map(|p| p.size);
     let want = size_of(v);
     let grow = matches!((have, want), (Some(h), Some(w)) if h < w);
+    // Exported to this node's kernel through ublk (the CSI node plugin does that
+    // through the dataplane's API): the controller refuses to migrate it.
+    let ublk = pool_volumes.get(name).is_some_and(|p| p.ublk);
     if missing.is_empty()
         && status.phase == VolumePhase::Ready
         && status.target == Some(target.clone())
         && !grow
         && status.capacity_bytes == have
     {
+        if status.ublk != ublk {
+            report_ublk(agent, name, v, ublk).await?;
+        }
         return Ok(None);
     }
     // The finalizer first: from here on a delete waits for our clean-up.
@@ -211,6 +217,7 @@ async fn bring_up<S: Store, D: Dataplane>(
             let repaired = status.phase == VolumePhase::Ready && !missing.is_empty();
             st.phase = VolumePhase::Ready;
             st.target = Some(target);
+            st.ublk = ublk;
             if !matches!(resized, Some(VolumeOutcome::GrowFailed(_))) {
                 st.message = None;
             }
@@ -268,6 +275,25 @@ async fn bring_up<S: Store, D: Dataplane>(
         Err(e) if e.is_conflict() || e.is_not_found() => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Writes whether volume `name` is exported through ublk into its status (a
+/// conflict leaves it to the next tick).
+async fn report_ublk<S: Store, D: Dataplane>(
+    agent: &Agent<S, D>,
+    name: &str,
+    v: &Volume,
+    ublk: bool,
+) -> Result<(), AgentError> {
+    let mut st = v.status.clone().unwrap_or_default();
+    st.ublk = ublk;
+    crate::patch_status_or_next_tick::<S, Volume>(
+        &agent.store,
+        name,
+        &st,
+        v.metadata.resource_version.as_deref(),
+    )
+    .await
 }
 
 /// Each step idempotent: pool volume, subsystem, namespace 1. Returns the pool

@@ -10,7 +10,9 @@
 //!   says what to change) when the volume is missing, not Ready, being deleted,
 //!   already migrating, already on the asked node, a clone, or has snapshots or
 //!   clones (the dataplane copies a volume's blocks, not the pool's sharing
-//!   between a volume, its snapshots and its clones); else the destination is
+//!   between a volume, its snapshots and its clones), or is staged through ublk
+//!   on its node (`status.ublk`, its agent's report: the local export has no
+//!   second path to follow); else the destination is
 //!   placed by the scheduler's filters (only other nodes; the asked node and
 //!   pool when given), its capacity reserved in the ledger as `VOLUME@migration`.
 //! - CreatingVolume, SetupPipe, Syncing: wait for the agents. A cancel, an error
@@ -21,13 +23,16 @@
 //!   back; from then on the destination is authoritative.
 //! - Cleaning: the Volume's status names the destination (node, pool, one path);
 //!   the ledger moves the volume; then the source deletes its copy. A source that
-//!   is down does it when it returns: the migration is Succeeded without it.
+//!   is down (its pool not Ready) does it when it returns: the migration is
+//!   Succeeded without it, condition `SourceCleaned` False (`SourceAway`, also a
+//!   Warning event) until the source's agent has deleted the copy.
 //! - RollingBack: the Volume's paths back to the source alone; the destination's
 //!   reservation released; then RolledBack (cancelled) or Failed.
 
 use std::time::Duration;
 
-use lightpool_model::volume::{AnaState, TargetPath};
+use lightpool_model::migration::SOURCE_CLEANED;
+use lightpool_model::volume::{AnaState, TargetPath, NODE_POOL};
 use lightpool_model::{
     set_condition, ConditionStatus, MigrationPhase, MigrationSide, OperationRecord, PoolHealth,
     Snapshot, StoragePool, Volume, VolumeMigration, VolumeMigrationStatus, VolumePhase,
@@ -161,6 +166,21 @@ impl<'a, S> MigrateVolume<'a, S> {
             grace,
         }
     }
+}
+
+/// `m` with its [`SOURCE_CLEANED`] condition set.
+fn source_cleaned(
+    mut m: VolumeMigration,
+    status: ConditionStatus,
+    reason: &str,
+    message: String,
+) -> VolumeMigration {
+    let st = m.status.get_or_insert_with(Default::default);
+    set_condition(
+        &mut st.conditions,
+        condition(SOURCE_CLEANED, status, reason, message),
+    );
+    m
 }
 
 fn healthy(pools: &[StoragePool], pool: Option<&str>) -> bool {
@@ -456,6 +476,18 @@ impl<S: Store> MigrateVolume<'_, S> {
     /// Why the dataplane cannot carry the volume, if it cannot.
     async fn unmovable(&self, v: &Volume) -> Result<Option<String>, StoreError> {
         let vol = v.metadata.name.clone().unwrap_or_default();
+        if let Some(node) = v
+            .status
+            .as_ref()
+            .filter(|s| s.ublk)
+            .and_then(|s| s.node.as_deref())
+        {
+            // Its agent reports the export; the agent's own check at
+            // CreatingVolume stays for an export made since.
+            return Ok(Some(format!(
+                "volume {vol} is staged through ublk on node {node} (its consumer runs there and reads it through that node's dataplane, not over NVMe/TCP): a local export cannot follow a migration. Unstage it (stop the consumer, or move the pod off node {node}), or stop its ublk export (lightpool target volume ublk stop {NODE_POOL}/{vol} on node {node}) and stage it over NVMe/TCP, then migrate again"
+            )));
+        }
         if let Some(src) = v
             .spec
             .source_volume
@@ -727,19 +759,43 @@ impl<S: Store> Machine for MigrateVolume<'_, S> {
             P::Cleaning => {
                 self.move_volume(&vol, &st).await?;
                 let source_gone = self.stuck(&st.source, &st.source_pool);
+                let source = st.source_node.as_deref().unwrap_or("?");
                 if both(P::Cleaning) {
                     let note = format!(
-                        "volume {vol} lives on node {} now; node {}'s copy is deleted",
+                        "volume {vol} lives on node {} now; node {source}'s copy is deleted",
                         st.target_node.as_deref().unwrap_or("?"),
-                        st.source_node.as_deref().unwrap_or("?")
+                    );
+                    let m = source_cleaned(
+                        m.clone(),
+                        ConditionStatus::True,
+                        "Cleaned",
+                        format!("node {source} deleted its copy of volume {vol}"),
                     );
                     self.finish(&m, P::Succeeded, Some(note), "Migrated").await
                 } else if source_gone && st.destination.done == Some(P::Cleaning) {
+                    // The destination serves and owes nothing more: the migration
+                    // does not wait for a source that is down (its target restarts
+                    // with no subsystem, so its stale copy is never served); its
+                    // agent deletes the copy when it returns.
                     let note = format!(
-                        "volume {vol} lives on node {} now; node {} does not answer and deletes its copy when it does",
+                        "volume {vol} lives on node {} now; node {source} does not answer and deletes its copy when it does",
                         st.target_node.as_deref().unwrap_or("?"),
-                        st.source_node.as_deref().unwrap_or("?")
                     );
+                    let away = format!(
+                        "node {source} did not answer in Cleaning (its pool is {}): its stale copy of volume {vol} is deleted by its agent when it returns",
+                        pool_health(self.pools, st.source_pool.as_deref())
+                            .map_or_else(|| "gone".into(), |h| format!("{h:?}"))
+                    );
+                    record(
+                        self.store,
+                        &m,
+                        EventType::Warning,
+                        "SourceAway",
+                        "Migrate",
+                        away.clone(),
+                    )
+                    .await;
+                    let m = source_cleaned(m.clone(), ConditionStatus::False, "SourceAway", away);
                     self.finish(&m, P::Succeeded, Some(note), "Migrated").await
                 } else {
                     Ok(Step::Wait)

@@ -5,7 +5,9 @@
 //! that dies mid-copy rolls back and keeps nothing; a cancel rolls back; a source
 //! that dies after the switch is not a failure (and deletes its copy when back);
 //! each refusal says what to change; the source keeps its subsystem in Cleaning
-//! until no host is connected to it; a volume staged through ublk is refused. (The same flow against two real targets is in
+//! until no host is connected to it; a volume staged through ublk (its agent reports
+//! it) is refused at admission, and one exported after admission is refused by the
+//! source's agent and rolled back. (The same flow against two real targets is in
 //! `controlplane/cli/tests/migrate.rs`.)
 
 use std::time::Duration;
@@ -114,6 +116,16 @@ impl<S: Store> Cluster<S> {
     }
 }
 
+/// Two nodes, this file's controller, and volume db (`spec`) Ready on node-a.
+async fn with_db<S: Store>(s: S, spec: VolumeSpec) -> Cluster<S> {
+    let mut c = cluster(s);
+    c.controller = controller(&c.store);
+    c.seconds(1).await;
+    c.store.apply(&Volume::new("db", spec)).await.unwrap();
+    c.seconds(2).await;
+    c
+}
+
 /// Nothing of `volume` on dataplane `dp`.
 async fn nothing_of(dp: &lightpool_agent::MemoryDataplane, volume: &str) {
     assert!(
@@ -128,14 +140,7 @@ async fn nothing_of(dp: &lightpool_agent::MemoryDataplane, volume: &str) {
 }
 
 async fn a_volume_moves_to_the_other_node_and_back<S: Store>(s: S) {
-    let mut c = cluster(s);
-    c.controller = controller(&c.store);
-    c.seconds(1).await;
-    c.store
-        .apply(&Volume::new("db", spec(10, Provisioning::Thick)))
-        .await
-        .unwrap();
-    c.seconds(2).await;
+    let mut c = with_db(s, spec(10, Provisioning::Thick)).await;
     let v = c.vstatus("db").await;
     assert_eq!(
         (v.phase, v.node.as_deref()),
@@ -263,14 +268,7 @@ async fn a_volume_moves_to_the_other_node_and_back<S: Store>(s: S) {
 }
 
 async fn a_controller_restarted_in_syncing_resumes<S: Store>(s: S) {
-    let mut c = cluster(s);
-    c.controller = controller(&c.store);
-    c.seconds(1).await;
-    c.store
-        .apply(&Volume::new("db", spec(30, Provisioning::Thick)))
-        .await
-        .unwrap();
-    c.seconds(2).await;
+    let mut c = with_db(s, spec(30, Provisioning::Thick)).await;
     // The scheduler picks the destination: the only other node.
     c.migrate("m1", "db", None).await;
     c.until_phase("m1", MigrationPhase::Syncing).await;
@@ -291,14 +289,7 @@ async fn a_controller_restarted_in_syncing_resumes<S: Store>(s: S) {
 }
 
 async fn a_destination_that_dies_mid_copy_rolls_back_and_keeps_nothing<S: Store>(s: S) {
-    let mut c = cluster(s);
-    c.controller = controller(&c.store);
-    c.seconds(1).await;
-    c.store
-        .apply(&Volume::new("db", spec(10, Provisioning::Thin)))
-        .await
-        .unwrap();
-    c.seconds(2).await;
+    let mut c = with_db(s, spec(10, Provisioning::Thin)).await;
     c.migrate("m1", "db", Some("node-b")).await;
     c.until_phase("m1", MigrationPhase::Syncing).await;
     c.second().await;
@@ -343,14 +334,7 @@ async fn a_destination_that_dies_mid_copy_rolls_back_and_keeps_nothing<S: Store>
 }
 
 async fn a_cancel_before_the_switch_rolls_back<S: Store>(s: S) {
-    let mut c = cluster(s);
-    c.controller = controller(&c.store);
-    c.seconds(1).await;
-    c.store
-        .apply(&Volume::new("db", spec(10, Provisioning::Thick)))
-        .await
-        .unwrap();
-    c.seconds(2).await;
+    let mut c = with_db(s, spec(10, Provisioning::Thick)).await;
     c.migrate("m1", "db", Some("node-b")).await;
     c.until_phase("m1", MigrationPhase::Syncing).await;
     let mut m: VolumeMigration = c.store.get("m1").await.unwrap().unwrap();
@@ -376,14 +360,7 @@ async fn a_cancel_before_the_switch_rolls_back<S: Store>(s: S) {
 }
 
 async fn a_source_that_dies_after_the_switch_is_not_a_failure<S: Store>(s: S) {
-    let mut c = cluster(s);
-    c.controller = controller(&c.store);
-    c.seconds(1).await;
-    c.store
-        .apply(&Volume::new("db", spec(10, Provisioning::Thick)))
-        .await
-        .unwrap();
-    c.seconds(2).await;
+    let mut c = with_db(s, spec(10, Provisioning::Thick)).await;
     c.migrate("m1", "db", Some("node-b")).await;
     c.until_phase("m1", MigrationPhase::Switching).await;
     // The destination takes over (its agent alone ticks), then the source's
@@ -409,6 +386,17 @@ async fn a_source_that_dies_after_the_switch_is_not_a_failure<S: Store>(s: S) {
             .contains("node node-a does not answer"),
         "{st:?}"
     );
+    let cleaned = |st: &VolumeMigrationStatus| {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == migration::SOURCE_CLEANED)
+            .map(|c| (c.status, c.reason.clone()))
+    };
+    assert_eq!(
+        cleaned(&st),
+        Some((ConditionStatus::False, "SourceAway".into())),
+        "{st:?}"
+    );
     let v = c.vstatus("db").await;
     assert_eq!(v.node.as_deref(), Some("node-b"));
     let paths = v.target.unwrap().paths;
@@ -421,9 +409,12 @@ async fn a_source_that_dies_after_the_switch_is_not_a_failure<S: Store>(s: S) {
     c.dp(0).set_down(false);
     c.seconds(2).await;
     nothing_of(c.dp(0), "db").await;
+    let st = c.mstatus("m1").await;
+    assert_eq!(st.source.done, Some(MigrationPhase::Cleaning));
     assert_eq!(
-        c.mstatus("m1").await.source.done,
-        Some(MigrationPhase::Cleaning)
+        cleaned(&st),
+        Some((ConditionStatus::True, "Cleaned".into())),
+        "{st:?}"
     );
 }
 
@@ -546,14 +537,7 @@ async fn refusals_say_what_to_change<S: Store>(s: S) {
 }
 
 async fn the_source_keeps_its_path_until_the_hosts_dropped_it<S: Store>(s: S) {
-    let mut c = cluster(s);
-    c.controller = controller(&c.store);
-    c.seconds(1).await;
-    c.store
-        .apply(&Volume::new("db", spec(30, Provisioning::Thick)))
-        .await
-        .unwrap();
-    c.seconds(2).await;
+    let mut c = with_db(s, spec(30, Provisioning::Thick)).await;
     c.migrate("m1", "db", Some("node-b")).await;
     c.until_phase("m1", MigrationPhase::Syncing).await;
     // A host is connected to node-a's path.
@@ -577,20 +561,68 @@ async fn the_source_keeps_its_path_until_the_hosts_dropped_it<S: Store>(s: S) {
 }
 
 async fn a_volume_staged_through_ublk_is_refused<S: Store>(s: S) {
-    let mut c = cluster(s);
-    c.controller = controller(&c.store);
-    c.seconds(1).await;
-    c.store
-        .apply(&Volume::new("db", spec(30, Provisioning::Thick)))
-        .await
-        .unwrap();
-    c.seconds(2).await;
+    let mut c = with_db(s, spec(30, Provisioning::Thick)).await;
+    // The CSI node plugin exported it to node-a's kernel: node-a's agent reports it.
     c.dp(0).set_ublk("db", true);
+    c.seconds(1).await;
+    assert!(c.vstatus("db").await.ublk);
     c.migrate("m1", "db", Some("node-b")).await;
+    // Refused at admission: no phase of the copy was entered.
+    let phases = c.until_final("m1").await;
+    assert_eq!(
+        phases,
+        [MigrationPhase::Pending, MigrationPhase::Failed],
+        "{phases:?}"
+    );
+    let st = c.mstatus("m1").await;
+    let msg = st.message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("staged through ublk on node node-a")
+            && msg.contains("move the pod off node node-a")
+            && msg.contains("lightpool target volume ublk stop node/db"),
+        "{msg}"
+    );
+    let accepted = st.conditions.iter().find(|c| c.type_ == "Accepted");
+    assert!(
+        accepted.is_some_and(|a| a.status == ConditionStatus::False && a.message == msg),
+        "{st:?}"
+    );
+    assert_eq!(
+        (st.source.done, st.destination.done),
+        (None, None),
+        "{st:?}"
+    );
+    assert_eq!(st.target_node, None, "nothing placed: {st:?}");
+    assert_eq!(c.usage("node-b"), 0, "nothing reserved on node-b");
+    // Nothing made on either node: node-b has nothing of db, node-a no copy and
+    // its own subsystem as it was.
+    c.seconds(3).await;
+    nothing_of(c.dp(1), "db").await;
+    assert!(c.dp(0).migrations().is_empty());
+    assert!(c.dp(0).nqns().contains(&volume_nqn("db")));
+    assert_eq!(c.vstatus("db").await.node.as_deref(), Some("node-a"));
+    // Unexported, it moves.
+    c.dp(0).set_ublk("db", false);
+    c.seconds(1).await;
+    assert!(!c.vstatus("db").await.ublk);
+    c.migrate("m2", "db", Some("node-b")).await;
+    assert_eq!(
+        c.until_final("m2").await.last(),
+        Some(&MigrationPhase::Succeeded)
+    );
+}
+
+/// An export made after the controller admitted the migration: the source's agent
+/// refuses it at CreatingVolume, and the migration rolls back.
+async fn a_ublk_export_made_after_admission_rolls_back<S: Store>(s: S) {
+    let mut c = with_db(s, spec(30, Provisioning::Thick)).await;
+    c.migrate("m1", "db", Some("node-b")).await;
+    c.controller.tick().await.unwrap();
+    assert_eq!(c.mstatus("m1").await.phase, MigrationPhase::CreatingVolume);
+    c.dp(0).set_ublk("db", true);
     let phases = c.until_final("m1").await;
     assert_eq!(phases.last(), Some(&MigrationPhase::Failed), "{phases:?}");
-    let st = c.mstatus("m1").await;
-    let msg = st.message.unwrap_or_default();
+    let msg = c.mstatus("m1").await.message.unwrap_or_default();
     assert!(
         msg.contains("staged through ublk on node node-a")
             && msg.contains("stage it over NVMe/TCP"),
@@ -625,5 +657,6 @@ on_both_stores!(
     a_source_that_dies_after_the_switch_is_not_a_failure,
     refusals_say_what_to_change,
     the_source_keeps_its_path_until_the_hosts_dropped_it,
-    a_volume_staged_through_ublk_is_refused
+    a_volume_staged_through_ublk_is_refused,
+    a_ublk_export_made_after_admission_rolls_back
 );

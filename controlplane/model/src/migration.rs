@@ -271,6 +271,11 @@ pub fn pipe_nqn(volume: &str) -> String {
     format!("nqn.2024-01.io.lightpool:migration:{volume}")
 }
 
+/// The migration's condition that says whether the source deleted its copy: False
+/// (reason `SourceAway`) when the migration succeeded while the source was down,
+/// its agent owing the clean-up; True (`Cleaned`) once it is done.
+pub const SOURCE_CLEANED: &str = "SourceCleaned";
+
 /// The controller IDs a node hands out for a volume's subsystem: the low half
 /// where the volume was created, the other half from the one its source uses
 /// when it arrives by migration (a Linux host refuses two controllers of one

@@ -200,6 +200,12 @@ pub struct VolumeStatus {
     pub capacity_bytes: Option<u64>,
     /// Whether the volume sits on its consumer's node.
     pub local: Option<bool>,
+    /// Exported to its node's own kernel through ublk (its consumer on that node
+    /// reads the pool through the node's dataplane, not over NVMe/TCP): written by
+    /// the node's agent from its dataplane. Such a volume cannot migrate (the local
+    /// export has no second path to follow).
+    #[serde(default)]
+    pub ublk: bool,
     /// How a host connects to it, once Ready.
     pub target: Option<VolumeTarget>,
     /// Why it is not Ready, for people: the validation error or the scheduler's
