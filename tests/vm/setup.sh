@@ -35,6 +35,10 @@ HOST_PKGS=(qemu-system-x86 busybox-static cpio xz-utils nvme-cli fio kmod libc-b
     e2fsprogs xfsprogs util-linux
     rdma-core ibverbs-providers libibverbs1 librdmacm1 libibverbs-dev librdmacm-dev libclang-dev
     openssl libssl-dev pkg-config)
+# The AF_XDP engine (offload/xdp, feature af_xdp): clang builds its XDP program for the
+# BPF target against libbpf-dev's headers; its veth test turns the peer's offloads off
+# with ethtool and pings the interface the kernel keeps.
+HOST_PKGS+=(clang libbpf-dev ethtool iputils-ping)
 
 # Modules the guest loads, by name as modprobe knows them; their dependencies
 # come from modules.dep. A name that is built into the kernel is skipped.
