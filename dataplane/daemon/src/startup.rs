@@ -35,6 +35,9 @@ fn default_config() -> Config {
             transport: "tcp".into(),
             secure: String::new(),
             ktls: String::new(),
+            engine: String::new(),
+            interface: String::new(),
+            xdp_mode: String::new(),
         }],
         bdevs: Vec::<BdevSection>::new(),
         subsystems: vec![SubsystemSection {
@@ -78,6 +81,9 @@ pub fn start(a: StartArgs<'_>, control_path: &str) -> Result<Running> {
                 transport: "tcp".into(),
                 secure: String::new(),
                 ktls: String::new(),
+                engine: String::new(),
+                interface: String::new(),
+                xdp_mode: String::new(),
             })
             .collect();
     }

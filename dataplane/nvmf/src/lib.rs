@@ -29,8 +29,8 @@ pub use queue::{NvmfQueue, QueueOptions, Request, Xfer};
 pub use subsystem::{Namespace, NamespaceConfig, Subsystem, SubsystemConfig};
 pub use target::{Target, TargetOptions};
 pub use transport::{
-    Adopted, ConnectionInfo, ListenAddr, ListenerInfo, Transport, TransportContext, TransportError,
-    TransportExport, TransportKind, TransportKinds,
+    Adopted, ConnectionInfo, EngineSpec, ListenAddr, ListenerInfo, Transport, TransportContext,
+    TransportError, TransportExport, TransportKind, TransportKinds,
 };
 
 /// Errors raised while configuring the target (never on the I/O path).

@@ -74,6 +74,16 @@ pub struct Adopted {
 /// calls a transport while serving. So a socket transport, RDMA completion queues or a
 /// DPDK port each poll in their own way, and each connection stays on one reactor for
 /// its whole life.
+/// A listener's kernel-bypass packet engine, as configuration names it: `engine`
+/// (e.g. "af_xdp"), the network interface it takes over, and the engine's mode
+/// (for AF_XDP the XDP attach mode, "native" or "generic").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineSpec {
+    pub engine: String,
+    pub interface: String,
+    pub mode: String,
+}
+
 pub trait Transport: Send + Sync {
     /// The name configuration uses (`transport = "tcp"`).
     fn name(&self) -> &'static str;
@@ -107,6 +117,26 @@ pub trait Transport: Send + Sync {
     ) -> Result<ListenAddr, TransportError> {
         let _ = ktls;
         self.add_secure_listener(addr, secure)
+    }
+    /// Listen on `addr` through a kernel-bypass packet engine instead of the kernel's
+    /// sockets ([`EngineSpec`]). A transport without one refuses.
+    fn add_engine_listener(
+        &self,
+        addr: &str,
+        engine: &EngineSpec,
+    ) -> Result<ListenAddr, TransportError> {
+        let _ = addr;
+        Err(TransportError::Invalid(format!(
+            "transport {} cannot serve through engine {:?}",
+            self.name(),
+            engine.engine
+        )))
+    }
+    /// The packet engine a listener serves through, where it is not the kernel's
+    /// sockets (so that a saved configuration keeps it).
+    fn listener_engine(&self, addr: &ListenAddr) -> Option<EngineSpec> {
+        let _ = addr;
+        None
     }
     /// Stop listening on `addr` (as [`Transport::add_listener`] returned it): the
     /// listener leaves the discovery log and the state region, and the connections

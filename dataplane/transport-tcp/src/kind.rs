@@ -9,7 +9,7 @@ use std::time::Duration;
 use lightpool_nvmf::region::Region;
 use lightpool_nvmf::restore::RegionImage;
 use lightpool_nvmf::{
-    Adopted, ConnectionInfo, ListenAddr, Transport, TransportContext, TransportError,
+    Adopted, ConnectionInfo, EngineSpec, ListenAddr, Transport, TransportContext, TransportError,
     TransportExport, TransportKind,
 };
 
@@ -54,6 +54,55 @@ impl Transport for TcpTransport {
             .listen_tls(sa, secure, ktls)
             .map_err(TransportError::other)?;
         Ok(ListenAddr::tcp(bound))
+    }
+
+    fn add_engine_listener(
+        &self,
+        addr: &str,
+        engine: &EngineSpec,
+    ) -> Result<ListenAddr, TransportError> {
+        let sa: SocketAddr = addr.parse().map_err(|_| {
+            TransportError::Invalid(format!(
+                "{addr:?} is not an NVMe/TCP address: give IP:PORT, e.g. 0.0.0.0:4420"
+            ))
+        })?;
+        match engine.engine.as_str() {
+            "" | "kernel" => self.add_listener(addr),
+            #[cfg(feature = "af_xdp")]
+            "af_xdp" => {
+                let mode = if engine.mode.is_empty() {
+                    "native"
+                } else {
+                    engine.mode.as_str()
+                };
+                let bound = self
+                    .listen_af_xdp(sa, &engine.interface, mode)
+                    .map_err(TransportError::other)?;
+                Ok(ListenAddr::tcp(bound))
+            }
+            #[cfg(not(feature = "af_xdp"))]
+            "af_xdp" => {
+                let _ = sa;
+                Err(TransportError::Invalid(
+                    "this build has no AF_XDP engine (the af_xdp cargo feature): engine = \"af_xdp\" cannot be served".into(),
+                ))
+            }
+            other => Err(TransportError::Invalid(format!(
+                "engine {other:?}: expected \"kernel\" or \"af_xdp\""
+            ))),
+        }
+    }
+
+    fn listener_engine(&self, addr: &ListenAddr) -> Option<EngineSpec> {
+        #[cfg(feature = "af_xdp")]
+        {
+            self.xdp_engine(addr)
+        }
+        #[cfg(not(feature = "af_xdp"))]
+        {
+            let _ = addr;
+            None
+        }
     }
 
     fn connections(&self) -> Result<Vec<ConnectionInfo>, TransportError> {

@@ -10,6 +10,8 @@ mod conn;
 mod kind;
 mod ready;
 mod sock;
+#[cfg(feature = "af_xdp")]
+mod xdp;
 
 use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -144,6 +146,9 @@ pub struct TcpTransport {
     /// The OpenSSL context of TLS listeners, made with the first of them.
     #[cfg(feature = "tls")]
     tls: std::sync::OnceLock<openssl::ssl::SslContext>,
+    /// Listeners served through AF_XDP (their XDP programs stay attached).
+    #[cfg(feature = "af_xdp")]
+    xdp: std::sync::Mutex<Vec<xdp::XdpListener>>,
 }
 
 /// Listeners and connections as a hot upgrade carries them, each with the index of its
@@ -197,6 +202,8 @@ impl TcpTransport {
             reactors,
             #[cfg(feature = "tls")]
             tls: std::sync::OnceLock::new(),
+            #[cfg(feature = "af_xdp")]
+            xdp: Default::default(),
         })
     }
 

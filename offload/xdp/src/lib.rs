@@ -19,6 +19,6 @@ mod queue;
 #[cfg(feature = "af_xdp")]
 pub use program::{Mode, Steering, SteeringCounters};
 #[cfg(feature = "af_xdp")]
-pub use queue::{QueueConfig, XskQueue};
+pub use queue::{interface_ipv4, rx_queues, QueueConfig, XskQueue};
 #[cfg(feature = "af_xdp")]
 pub mod testing;

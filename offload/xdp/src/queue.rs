@@ -135,10 +135,13 @@ struct TxSide {
 // reactor it is moved to.
 unsafe impl Send for XskQueue {}
 
-/// The interface's MAC and MTU, asked of the kernel through a socket made by this
-/// thread (so in this thread's network namespace; /sys/class/net shows the namespace
-/// sysfs was mounted in).
-fn mac_and_mtu(interface: &str) -> io::Result<([u8; 6], usize)> {
+/// Run interface ioctls (`SIOCGIF*`) on `interface` through a socket made by this
+/// thread, so in this thread's network namespace (/sys/class/net shows the namespace
+/// sysfs was mounted in). `f` gets an `ask(op, what)` that fills the `ifreq`.
+fn with_ifreq<R>(
+    interface: &str,
+    f: impl FnOnce(&mut dyn FnMut(libc::Ioctl, &str) -> io::Result<libc::ifreq>) -> io::Result<R>,
+) -> io::Result<R> {
     // SAFETY: a plain socket call; the descriptor is owned below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -148,37 +151,75 @@ fn mac_and_mtu(interface: &str) -> io::Result<([u8; 6], usize)> {
     let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
     // SAFETY: ifreq is plain data; zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    if interface.len() >= req.ifr_name.len() {
+    let mut name: libc::ifreq = unsafe { std::mem::zeroed() };
+    if interface.len() >= name.ifr_name.len() {
         return Err(io::Error::other(format!(
             "interface name {interface:?} too long"
         )));
     }
-    for (d, s) in req.ifr_name.iter_mut().zip(interface.bytes()) {
+    for (d, s) in name.ifr_name.iter_mut().zip(interface.bytes()) {
         *d = s as libc::c_char;
     }
-    let ask = |req: &mut libc::ifreq, op: libc::Ioctl, what: &str| -> io::Result<()> {
+    let mut ask = |op: libc::Ioctl, what: &str| -> io::Result<libc::ifreq> {
+        let mut req = name;
         // SAFETY: the ioctl writes into the ifreq we pass, which outlives the call.
-        if unsafe { libc::ioctl(fd, op, req as *mut libc::ifreq) } < 0 {
+        if unsafe { libc::ioctl(fd, op, &mut req as *mut libc::ifreq) } < 0 {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(
                 e.kind(),
                 format!("{interface}: {what}: {e}"),
             ));
         }
-        Ok(())
+        Ok(req)
     };
-    ask(&mut req, libc::SIOCGIFHWADDR, "MAC address")?;
-    let mut mac = [0u8; 6];
-    // SAFETY: SIOCGIFHWADDR filled the hardware-address member of the union.
-    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
-    for (m, b) in mac.iter_mut().zip(hw.sa_data.iter()) {
-        *m = *b as u8;
-    }
-    ask(&mut req, libc::SIOCGIFMTU, "MTU")?;
-    // SAFETY: SIOCGIFMTU filled the MTU member of the union.
-    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
-    Ok((mac, mtu.max(68) as usize))
+    f(&mut ask)
+}
+
+/// The interface's MAC and MTU.
+fn mac_and_mtu(interface: &str) -> io::Result<([u8; 6], usize)> {
+    with_ifreq(interface, |ask| {
+        let req = ask(libc::SIOCGIFHWADDR, "MAC address")?;
+        let mut mac = [0u8; 6];
+        // SAFETY: SIOCGIFHWADDR filled the hardware-address member of the union.
+        let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
+        for (m, b) in mac.iter_mut().zip(hw.sa_data.iter()) {
+            *m = *b as u8;
+        }
+        let req = ask(libc::SIOCGIFMTU, "MTU")?;
+        // SAFETY: SIOCGIFMTU filled the MTU member of the union.
+        let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+        Ok((mac, mtu.max(68) as usize))
+    })
+}
+
+/// The interface's IPv4 address and prefix length (the kernel keeps the address; the
+/// userspace stack uses the same one).
+pub fn interface_ipv4(interface: &str) -> io::Result<(std::net::Ipv4Addr, u8)> {
+    with_ifreq(interface, |ask| {
+        let v4 = |req: libc::ifreq| {
+            // SAFETY: SIOCGIFADDR/SIOCGIFNETMASK filled the address member with an
+            // AF_INET sockaddr (a sockaddr_in, which fits in a sockaddr).
+            let sin: libc::sockaddr_in =
+                unsafe { std::mem::transmute_copy(&req.ifr_ifru.ifru_addr) };
+            std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))
+        };
+        let addr = v4(ask(libc::SIOCGIFADDR, "IPv4 address")?);
+        let mask = v4(ask(libc::SIOCGIFNETMASK, "netmask")?);
+        Ok((addr, u32::from(mask).count_ones() as u8))
+    })
+}
+
+/// How many receive queues the interface has (one AF_XDP socket each), as this
+/// process's sysfs shows them; 1 where it cannot tell.
+pub fn rx_queues(interface: &str) -> u32 {
+    std::fs::read_dir(format!("/sys/class/net/{interface}/queues"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(0)
+        .max(1)
 }
 
 impl XskQueue {

@@ -138,6 +138,23 @@ pub struct ListenerSection {
     /// in software) or "off" (in software, OpenSSL on the reactors, always).
     #[serde(default, skip_serializing_if = "is_auto")]
     pub ktls: String,
+    /// How NVMe/TCP reaches the network: "kernel" (default: the kernel's sockets) or
+    /// "af_xdp" (an XDP program steers the listener's port on `interface` to AF_XDP
+    /// sockets served by a userspace TCP stack on the reactors; a binary built with
+    /// the daemon's `af_xdp` feature, run as root).
+    #[serde(default, skip_serializing_if = "is_kernel")]
+    pub engine: String,
+    /// The network interface an `af_xdp` listener takes over, e.g. "eth0".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub interface: String,
+    /// Where an `af_xdp` listener's XDP program runs: "native" (default, in the
+    /// driver) or "generic" (any interface, slower).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub xdp_mode: String,
+}
+
+fn is_kernel(s: &str) -> bool {
+    s.is_empty() || s == "kernel"
 }
 
 fn is_auto(s: &str) -> bool {

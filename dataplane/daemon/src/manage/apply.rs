@@ -126,8 +126,30 @@ pub fn apply(run: &Running, cfg: &Config) -> Result<(), FieldError> {
                 format!("{:?} is not auto or off", l.ktls),
             )
         })?;
-        run.add_secure_listener(&l.transport, &l.address, secure, ktls)
-            .map_err(at(format!("listener[{li}].address")))?;
+        if l.engine.is_empty() || l.engine == "kernel" {
+            run.add_secure_listener(&l.transport, &l.address, secure, ktls)
+                .map_err(at(format!("listener[{li}].address")))?;
+        } else {
+            if secure != lightpool_nvmf::tls::Secure::None {
+                return Err(ferr(
+                    format!("listener[{li}].secure"),
+                    format!("engine {:?} serves plain NVMe/TCP only", l.engine),
+                ));
+            }
+            if l.interface.is_empty() {
+                return Err(ferr(
+                    format!("listener[{li}].interface"),
+                    format!("engine {:?} needs the interface it takes over", l.engine),
+                ));
+            }
+            let engine = lightpool_nvmf::EngineSpec {
+                engine: l.engine.clone(),
+                interface: l.interface.clone(),
+                mode: l.xdp_mode.clone(),
+            };
+            run.add_engine_listener(&l.transport, &l.address, &engine)
+                .map_err(at(format!("listener[{li}].engine")))?;
+        }
     }
     Ok(())
 }

@@ -559,6 +559,26 @@ impl Running {
         Ok(addr)
     }
 
+    /// As [`Self::add_listener`], through a kernel-bypass packet engine.
+    pub fn add_engine_listener(
+        &self,
+        transport: &str,
+        address: &str,
+        engine: &lightpool_nvmf::EngineSpec,
+    ) -> Result<ListenAddr, ManageError> {
+        let g = self.change()?;
+        let t = self
+            .transports
+            .get_or_create(transport)
+            .map_err(|e| ManageError::Invalid(anyhow_chain(&e)))?;
+        let addr = t
+            .add_engine_listener(address, engine)
+            .map_err(|e| ManageError::Invalid(error_chain(&e)))?;
+        self.changed(g);
+        tracing::info!(transport, address = %addr.to_addr_string(), engine = %engine.engine, interface = %engine.interface, "listener added");
+        Ok(addr)
+    }
+
     pub fn remove_listener(&self, transport: &str, address: &str) -> Result<(), ManageError> {
         let g = self.change()?;
         let t = self

@@ -70,17 +70,23 @@ pub fn save(run: &Running) -> Config {
                 .listeners()
                 .into_iter()
                 .filter(move |l| Some(l.addr.trtype) == kind)
-                .map(move |l| ListenerSection {
-                    address: l.addr.to_addr_string(),
-                    transport: t.name().to_string(),
-                    secure: match run.target.tls.listener(&l.addr.to_addr_string()) {
-                        lightpool_nvmf::tls::Secure::None => String::new(),
-                        s => s.name().to_string(),
-                    },
-                    ktls: match run.target.tls.listener_ktls(&l.addr.to_addr_string()) {
-                        lightpool_nvmf::tls::Ktls::Auto => String::new(),
-                        k => k.name().to_string(),
-                    },
+                .map(move |l| {
+                    let engine = t.listener_engine(&l.addr).unwrap_or_default();
+                    ListenerSection {
+                        address: l.addr.to_addr_string(),
+                        transport: t.name().to_string(),
+                        secure: match run.target.tls.listener(&l.addr.to_addr_string()) {
+                            lightpool_nvmf::tls::Secure::None => String::new(),
+                            s => s.name().to_string(),
+                        },
+                        ktls: match run.target.tls.listener_ktls(&l.addr.to_addr_string()) {
+                            lightpool_nvmf::tls::Ktls::Auto => String::new(),
+                            k => k.name().to_string(),
+                        },
+                        engine: engine.engine,
+                        interface: engine.interface,
+                        xdp_mode: engine.mode,
+                    }
                 })
         })
         .collect();
