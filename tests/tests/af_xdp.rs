@@ -15,55 +15,70 @@ use lightpool_xdp::testing::VethPair;
 const NQN: &str = "nqn.2024-01.io.lightpool:af-xdp";
 const PORT: u16 = 4420;
 
-fn serve_perf_through_af_xdp(mode: &str, tag: &str, net: u8) {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    assert_eq!(uid, 0, "this test needs root (netns, XDP)");
-    let pair = VethPair::new(tag, net).expect("veth pair");
-    let dir = e2e_dir().expect("dir");
-    let name = format!("af-xdp-{mode}");
-    let cfg = dir.join(format!("{name}.toml"));
-    let control = dir.join(format!("{name}.sock"));
-    let _ = std::fs::remove_file(&control);
-    std::fs::write(
-        &cfg,
-        format!(
-            "[target]\nreactors = 2\n\
-             [[listener]]\naddress = \"{}:{PORT}\"\nengine = \"af_xdp\"\ninterface = \"{}\"\nxdp_mode = \"{mode}\"\n\
-             [[subsystem]]\nnqn = \"{NQN}\"\n[[subsystem.namespace]]\nnsid = 1\nram = \"64MiB\"\nblock_size = 512\n",
-            pair.addr_a, pair.a
-        ),
-    )
-    .expect("config");
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &pair.ns_a])
-        .arg(release_binary("lightpool-target").expect("built"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--control-socket")
-        .arg(&control);
-    let mut target = HostProcess::spawn(&name, cmd).expect("start the target");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !target.log().contains("listening through AF_XDP") {
-        if let Some(st) = target.try_wait().expect("wait") {
-            panic!("the target exited ({st}):\n{}", target.log());
+/// A target serving a RAM namespace through AF_XDP on its end of a veth pair.
+struct Served {
+    pair: VethPair,
+    target: HostProcess,
+    mode: String,
+}
+
+impl Served {
+    fn start(mode: &str, tag: &str, net: u8) -> Served {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        assert_eq!(uid, 0, "this test needs root (netns, XDP)");
+        let pair = VethPair::new(tag, net).expect("veth pair");
+        let dir = e2e_dir().expect("dir");
+        let name = format!("af-xdp-{tag}-{mode}");
+        let cfg = dir.join(format!("{name}.toml"));
+        let control = dir.join(format!("{name}.sock"));
+        let _ = std::fs::remove_file(&control);
+        std::fs::write(
+            &cfg,
+            format!(
+                "[target]\nreactors = 2\n\
+                 [[listener]]\naddress = \"{}:{PORT}\"\nengine = \"af_xdp\"\ninterface = \"{}\"\nxdp_mode = \"{mode}\"\n\
+                 [[subsystem]]\nnqn = \"{NQN}\"\n[[subsystem.namespace]]\nnsid = 1\nram = \"64MiB\"\nblock_size = 512\n",
+                pair.addr_a, pair.a
+            ),
+        )
+        .expect("config");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &pair.ns_a])
+            .arg(release_binary("lightpool-target").expect("built"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--control-socket")
+            .arg(&control);
+        let mut target = HostProcess::spawn(&name, cmd).expect("start the target");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !target.log().contains("listening through AF_XDP") {
+            if let Some(st) = target.try_wait().expect("wait") {
+                panic!("the target exited ({st}):\n{}", target.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no AF_XDP listener:\n{}",
+                target.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(
-            Instant::now() < deadline,
-            "no AF_XDP listener:\n{}",
-            target.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        Served {
+            pair,
+            target,
+            mode: mode.to_string(),
+        }
     }
 
-    let perf = |size: &str, secs: &str| {
+    /// lightpool-perf in the peer namespace: verified random read/write of `size`.
+    fn perf(&self, size: &str, secs: &str) -> std::process::Child {
         Command::new("ip")
-            .args(["netns", "exec", &pair.ns_b])
+            .args(["netns", "exec", &self.pair.ns_b])
             .arg(release_binary("lightpool-perf").expect("built"))
             .arg("-r")
             .arg(format!(
                 "trtype:tcp adrfam:ipv4 traddr:{} trsvcid:{PORT} subnqn:{NQN}",
-                pair.addr_a
+                self.pair.addr_a
             ))
             .args(["-q", "16", "-o", size, "-w", "randrw", "-M", "50"])
             .args(["--verify", "--json", "-c", "1", "-t", secs])
@@ -72,27 +87,51 @@ fn serve_perf_through_af_xdp(mode: &str, tag: &str, net: u8) {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start lightpool-perf")
-    };
-    let log = || target.log();
+    }
+
+    /// Run perf to the end: verified, no errors. Its JSON.
+    fn perf_ok(&self, size: &str, secs: &str, what: &str) -> String {
+        let log = || self.target.log();
+        perf_ok(
+            self.perf(size, secs),
+            &format!("{}: {what}", self.mode),
+            &log,
+        )
+    }
+
+    /// The kernel still answers ping on the AF_XDP interface, the target still runs
+    /// and logged no error; then stop it.
+    fn finish(mut self) {
+        self.pair
+            .exec(
+                &self.pair.ns_b,
+                &["ping", "-c", "2", "-W", "2", &self.pair.addr_a.to_string()],
+            )
+            .expect("the kernel still answers ping on the AF_XDP interface");
+        assert!(
+            self.target.try_wait().expect("wait").is_none(),
+            "the target exited:\n{}",
+            self.target.log()
+        );
+        assert!(
+            !self.target.log().contains("ERROR"),
+            "errors in the target log:\n{}",
+            self.target.log()
+        );
+        self.target
+            .stop(Duration::from_secs(10))
+            .expect("stop the target");
+    }
+}
+
+fn serve_perf_through_af_xdp(mode: &str, tag: &str, net: u8) {
+    let s = Served::start(mode, tag, net);
     // 4 KiB I/O (in-capsule writes), then 128 KiB (R2T and H2C data, C2H over many
     // segments).
-    let small = perf_ok(perf("4096", "4"), &format!("{mode}: 4 KiB"), &log);
-    let large = perf_ok(perf("131072", "4"), &format!("{mode}: 128 KiB"), &log);
+    let small = s.perf_ok("4096", "4", "4 KiB");
+    let large = s.perf_ok("131072", "4", "128 KiB");
     eprintln!("{mode}: 4 KiB {small}\n{mode}: 128 KiB {large}");
-
-    pair.exec(
-        &pair.ns_b,
-        &["ping", "-c", "2", "-W", "2", &pair.addr_a.to_string()],
-    )
-    .expect("the kernel still answers ping on the AF_XDP interface");
-    assert!(
-        !target.log().contains("ERROR"),
-        "errors in the target log:\n{}",
-        target.log()
-    );
-    target
-        .stop(Duration::from_secs(10))
-        .expect("stop the target");
+    s.finish();
 }
 
 #[test]
@@ -103,4 +142,166 @@ fn perf_verify_through_af_xdp_native() {
 #[test]
 fn perf_verify_through_af_xdp_generic() {
     serve_perf_through_af_xdp("generic", "eg", 74);
+}
+
+/// The Internet checksum of `data` added onto `sum`.
+fn csum(mut sum: u32, data: &[u8]) -> u32 {
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 TCP segment from `src` to `dst`:PORT with `flags`, a header of `doff`
+/// words and `payload`; a correct TCP checksum unless `bad_sum`.
+fn segment(
+    src: (std::net::Ipv4Addr, u16),
+    dst: std::net::Ipv4Addr,
+    flags: u8,
+    doff: u8,
+    payload: &[u8],
+    bad_sum: bool,
+) -> Vec<u8> {
+    let tcp_len = 20 + payload.len();
+    let mut p = vec![0u8; 20 + tcp_len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src.0.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let t = &mut p[20..];
+    t[0..2].copy_from_slice(&src.1.to_be_bytes());
+    t[2..4].copy_from_slice(&PORT.to_be_bytes());
+    t[4..8].copy_from_slice(&(u32::from(src.1) * 7919).to_be_bytes());
+    t[12] = doff << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    t[20..].copy_from_slice(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.0.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+    let sum = fold(csum(csum(0, &pseudo), t)) ^ u16::from(bad_sum);
+    t[16..18].copy_from_slice(&sum.to_be_bytes());
+    p
+}
+
+/// From the peer namespace: a flood of SYNs from addresses that never answer (each
+/// holds a listening socket in SYN-RECEIVED until it times out), and malformed
+/// segments (bad checksums, header lengths below 20 bytes or past the end, RST and
+/// data to no connection).
+fn flood(ns: String, dst: std::net::Ipv4Addr, net: u8) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        VethPair::enter(&ns).expect("enter the peer namespace");
+        // SAFETY: a plain socket call; the descriptor is closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(dst).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let mut sent = 0;
+        for i in 0..3000u32 {
+            let src = std::net::Ipv4Addr::new(10, net, 0, 100 + (i % 100) as u8);
+            let port = 20_000 + i as u16;
+            let p = match i % 6 {
+                0 => segment((src, port), dst, 0x02, 5, &[], true), // SYN, bad sum
+                1 => segment((src, port), dst, 0x02, 2, &[], false), // header too short
+                2 => segment((src, port), dst, 0x18, 15, &[0xff; 8], false), // past the end
+                3 => segment((src, port), dst, 0x04, 5, &[], false), // RST to nothing
+                4 => segment((src, port), dst, 0x18, 5, &[0; 64], false), // data to nothing
+                _ => segment((src, port), dst, 0x02, 5, &[], false), // SYN
+            };
+            // SAFETY: sendto with a buffer and address that outlive the call.
+            let n = unsafe {
+                libc::sendto(
+                    fd,
+                    p.as_ptr().cast(),
+                    p.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if n > 0 {
+                sent += 1;
+            }
+        }
+        // SAFETY: the descriptor opened above, closed once.
+        unsafe { libc::close(fd) };
+        sent
+    })
+}
+
+/// From the peer namespace: connections that send an ICReq and part of a command
+/// capsule, then close with the target's ICResp unread, which makes the kernel send
+/// a reset: the target sees a RST in the middle of a PDU.
+fn resets_mid_pdu(ns: String, to: std::net::SocketAddr) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        VethPair::enter(&ns).expect("enter the peer namespace");
+        let mut icreq = [0u8; 128];
+        icreq[0] = 0x00; // ICReq
+        icreq[2] = 128; // HLEN
+        icreq[4..8].copy_from_slice(&128u32.to_le_bytes()); // PLEN
+        let mut capsule = [0u8; 72];
+        capsule[0] = 0x04; // CapsuleCmd
+        capsule[2] = 72;
+        capsule[4..8].copy_from_slice(&72u32.to_le_bytes());
+        let mut done = 0;
+        for i in 0..20 {
+            let Ok(mut s) = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            else {
+                continue;
+            };
+            let cut = [10, 30, 60][i % 3];
+            if s.write_all(&icreq)
+                .and_then(|_| s.write_all(&capsule[..cut]))
+                .is_ok()
+            {
+                done += 1;
+            }
+            // Let the ICResp arrive, unread: closing now resets.
+            std::thread::sleep(Duration::from_millis(30));
+            drop(s);
+        }
+        done
+    })
+}
+
+#[test]
+fn af_xdp_survives_resets_mid_pdu_a_syn_flood_and_malformed_segments() {
+    let net = 75;
+    let s = Served::start("generic", "eh", net);
+    // A verified run that must go on serving through all of it.
+    let running = s.perf("4096", "10");
+    std::thread::sleep(Duration::from_secs(1));
+    let to = std::net::SocketAddr::from((s.pair.addr_a, PORT));
+    let resets = resets_mid_pdu(s.pair.ns_b.clone(), to);
+    let flooded = flood(s.pair.ns_b.clone(), s.pair.addr_a, net);
+    let resets = resets.join().expect("resets");
+    let flooded = flooded.join().expect("flood");
+    assert!(resets > 0, "no connection reached the target to be reset");
+    assert_eq!(flooded, 3000, "segments sent");
+    let log = || s.target.log();
+    let json = perf_ok(running, "generic: through the flood", &log);
+    eprintln!("through the flood: {json}");
+    // The half-open connections time out (10 s) and free their listening sockets:
+    // a new connection gets in.
+    let after = s.perf_ok("131072", "3", "after the flood");
+    eprintln!("after the flood: {after}");
+    s.finish();
 }

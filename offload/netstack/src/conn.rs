@@ -79,6 +79,27 @@ impl TcpConn {
     }
 }
 
+/// Move bytes buffer by buffer with `step` (bytes moved, buffer length), stopping at
+/// the first buffer not moved whole: the total.
+fn across<T>(
+    bufs: impl IntoIterator<Item = T>,
+    mut step: impl FnMut(T) -> Option<(usize, usize)>,
+) -> usize {
+    let mut n = 0;
+    for b in bufs {
+        match step(b) {
+            Some((k, len)) => {
+                n += k;
+                if k < len {
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    n
+}
+
 fn ended(s: &tcp::Socket<'_>) -> io::Error {
     if s.state() == tcp::State::Closed {
         io::Error::from(io::ErrorKind::ConnectionReset)
@@ -94,21 +115,10 @@ impl lightpool_tcp_framing::Stream for TcpConn {
 
     fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
         let n = self.with(|s| {
-            let mut n = 0;
-            for b in bufs.iter_mut() {
-                if b.is_empty() {
-                    continue;
-                }
-                match s.recv_slice(b) {
-                    Ok(k) => {
-                        n += k;
-                        if k < b.len() {
-                            break;
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
+            let n = across(bufs.iter_mut().filter(|b| !b.is_empty()), |b| {
+                let len = b.len();
+                s.recv_slice(b).ok().map(|k| (k, len))
+            });
             if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
                 if s.may_recv() {
                     return Err(io::Error::from(io::ErrorKind::WouldBlock));
@@ -130,18 +140,7 @@ impl lightpool_tcp_framing::Stream for TcpConn {
             if !s.may_send() {
                 return Err(ended(s));
             }
-            let mut n = 0;
-            for b in iov {
-                match s.send_slice(b) {
-                    Ok(k) => {
-                        n += k;
-                        if k < b.len() {
-                            break;
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
+            let n = across(iov, |b| s.send_slice(b).ok().map(|k| (k, b.len())));
             if n == 0 && iov.iter().any(|b| !b.is_empty()) {
                 return Err(io::Error::from(io::ErrorKind::WouldBlock));
             }

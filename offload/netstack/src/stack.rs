@@ -61,6 +61,10 @@ pub(crate) trait Shared {
     fn release(&mut self, handle: SocketHandle);
 }
 
+/// Handshakes in progress kept per listener at most (each holds a socket whose
+/// buffers are allocated but untouched until data moves).
+const MAX_HALF_OPEN: usize = 256;
+
 struct Listener {
     port: u16,
     /// Listening sockets, and those in a handshake.
@@ -211,41 +215,69 @@ impl<D: PacketEngine + 'static> Stack<D> {
     /// Move frames both ways, run the timers, and move established connections to
     /// their listener's accept queue. True when something happened.
     pub fn poll(&mut self) -> bool {
-        let mut progress = self.inner.borrow_mut().poll();
-        for i in 0..self.listeners.len() {
-            let mut rearm = 0;
-            {
-                let mut inner = self.inner.borrow_mut();
-                let inner = &mut *inner;
-                let l = &mut self.listeners[i];
-                l.armed.retain(|&h| {
-                    let s = inner.sockets.get::<tcp::Socket>(h);
-                    match s.state() {
-                        tcp::State::Listen | tcp::State::SynReceived => true,
-                        tcp::State::Established | tcp::State::CloseWait => {
-                            l.ready.push_back(h);
-                            rearm += 1;
-                            false
-                        }
-                        _ => {
-                            // Reset or timed out in its handshake: free it.
-                            inner.sockets.remove(h);
-                            rearm += 1;
-                            false
-                        }
-                    }
-                });
-            }
-            for _ in 0..rearm {
-                progress = true;
-                let port = self.listeners[i].port;
-                match self.arm(port) {
-                    Ok(h) => self.listeners[i].armed.push(h),
-                    Err(e) => tracing::warn!(port, error = %e, "re-arming a listening socket"),
-                }
+        let progress = self.inner.borrow_mut().poll();
+        // Sockets change state only when frames arrive or timers fire, which the
+        // interface's poll reports: the listeners are looked at only then.
+        if progress {
+            for i in 0..self.listeners.len() {
+                self.tend(i);
             }
         }
         progress
+    }
+
+    /// Move listener `i`'s established connections to its accept queue, free the
+    /// handshakes that failed, and keep `backlog` sockets listening. A handshake in
+    /// progress does not take a listening place (so a flood of SYNs that are never
+    /// completed does not lock everyone out) but at most `MAX_HALF_OPEN` are kept:
+    /// past that the oldest is dropped, as the kernel drops from its SYN queue.
+    fn tend(&mut self, i: usize) {
+        let (listening, mut half_open) = {
+            let mut inner = self.inner.borrow_mut();
+            let inner = &mut *inner;
+            let l = &mut self.listeners[i];
+            let (mut listening, mut half_open) = (0, 0);
+            l.armed
+                .retain(|&h| match inner.sockets.get::<tcp::Socket>(h).state() {
+                    tcp::State::Listen => {
+                        listening += 1;
+                        true
+                    }
+                    tcp::State::SynReceived => {
+                        half_open += 1;
+                        true
+                    }
+                    tcp::State::Established | tcp::State::CloseWait => {
+                        l.ready.push_back(h);
+                        false
+                    }
+                    _ => {
+                        // Reset or timed out in its handshake: free it.
+                        inner.sockets.remove(h);
+                        false
+                    }
+                });
+            (listening, half_open)
+        };
+        let port = self.listeners[i].port;
+        for _ in listening..self.cfg.backlog.max(1) {
+            if half_open >= MAX_HALF_OPEN {
+                let mut inner = self.inner.borrow_mut();
+                let l = &mut self.listeners[i];
+                let oldest = l.armed.iter().position(|&h| {
+                    inner.sockets.get::<tcp::Socket>(h).state() == tcp::State::SynReceived
+                });
+                if let Some(at) = oldest {
+                    let h = l.armed.remove(at);
+                    inner.sockets.remove(h);
+                    half_open -= 1;
+                }
+            }
+            match self.arm(port) {
+                Ok(h) => self.listeners[i].armed.push(h),
+                Err(e) => tracing::warn!(port, error = %e, "re-arming a listening socket"),
+            }
+        }
     }
 
     /// The next connection established on `port`.

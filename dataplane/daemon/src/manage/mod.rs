@@ -541,20 +541,8 @@ impl Running {
         secure: lightpool_nvmf::tls::Secure,
         ktls: lightpool_nvmf::tls::Ktls,
     ) -> Result<ListenAddr, ManageError> {
-        let g = self.change()?;
-        let t = self
-            .transports
-            .get_or_create(transport)
-            .map_err(|e| ManageError::Invalid(anyhow_chain(&e)))?;
-        let addr = t.add_tls_listener(address, secure, ktls).map_err(|e| {
-            let msg = error_chain(&e);
-            if msg.contains("in use") {
-                ManageError::Unavailable(format!("{msg}: another process listens there"))
-            } else {
-                ManageError::Invalid(msg)
-            }
-        })?;
-        self.changed(g);
+        let addr =
+            self.add_listener_by(transport, |t| t.add_tls_listener(address, secure, ktls))?;
         tracing::info!(transport, address = %addr.to_addr_string(), "listener added");
         Ok(addr)
     }
@@ -566,16 +554,33 @@ impl Running {
         address: &str,
         engine: &lightpool_nvmf::EngineSpec,
     ) -> Result<ListenAddr, ManageError> {
+        let addr = self.add_listener_by(transport, |t| t.add_engine_listener(address, engine))?;
+        tracing::info!(transport, address = %addr.to_addr_string(), engine = %engine.engine, interface = %engine.interface, "listener added");
+        Ok(addr)
+    }
+
+    /// Add a listener with `add` on transport `transport` (made on first use).
+    fn add_listener_by(
+        &self,
+        transport: &str,
+        add: impl FnOnce(
+            &dyn lightpool_nvmf::Transport,
+        ) -> Result<ListenAddr, lightpool_nvmf::TransportError>,
+    ) -> Result<ListenAddr, ManageError> {
         let g = self.change()?;
         let t = self
             .transports
             .get_or_create(transport)
             .map_err(|e| ManageError::Invalid(anyhow_chain(&e)))?;
-        let addr = t
-            .add_engine_listener(address, engine)
-            .map_err(|e| ManageError::Invalid(error_chain(&e)))?;
+        let addr = add(t.as_ref()).map_err(|e| {
+            let msg = error_chain(&e);
+            if msg.contains("in use") {
+                ManageError::Unavailable(format!("{msg}: another process listens there"))
+            } else {
+                ManageError::Invalid(msg)
+            }
+        })?;
         self.changed(g);
-        tracing::info!(transport, address = %addr.to_addr_string(), engine = %engine.engine, interface = %engine.interface, "listener added");
         Ok(addr)
     }
 
