@@ -221,11 +221,13 @@ fn keyed_host_must_authenticate_on_admin_and_io_queues() {
     let (mut admin, cqe) = connect(&t, 0, CNTLID_DYNAMIC, HOST);
     assert_eq!(cqe.dw0 & wire::AUTHREQ_ATR, wire::AUTHREQ_ATR, "ATR set");
     assert!(admin.is_authenticating());
+    assert!(!admin.is_authenticated());
     // Nothing but Authentication Send/Receive before the host proves its key.
     assert_eq!(enable(&mut admin), auth_required());
     let (_, ctrl_ok) = authenticate(&mut admin, &k.host, k.ctrl.as_ref(), 1);
     assert_eq!(ctrl_ok, Some(true), "the controller proved its key");
     assert!(!admin.is_authenticating());
+    assert!(admin.is_authenticated(), "the management view says so");
     assert!(enable(&mut admin).is_success());
     // An I/O queue of the same controller authenticates too.
     let cntlid = cqe.dw0 as u16;
@@ -245,6 +247,10 @@ fn wrong_key_gets_failure1_and_only_that_queue_closes() {
     let (mut other, cqe) = connect(&t, 0, CNTLID_DYNAMIC, OPEN_HOST);
     assert_eq!(cqe.dw0 & wire::AUTHREQ_ATR, 0, "no key, no ATR");
     assert!(enable(&mut other).is_success());
+    assert!(
+        !other.is_authenticated(),
+        "no key: not authenticated in-band"
+    );
     let (mut q, _) = connect(&t, 0, CNTLID_DYNAMIC, HOST);
     let wrong = Secret::generate(Some(HashFn::Sha256), 32).unwrap();
     let (last, _) = authenticate(&mut q, &wrong, None, 9);

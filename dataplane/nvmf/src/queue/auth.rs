@@ -123,6 +123,12 @@ impl<T: Default> NvmfQueue<T> {
         self.publish_queue_static();
     }
 
+    /// Whether the host authenticated in-band on this queue (and has not started
+    /// failing since).
+    pub fn is_authenticated(&self) -> bool {
+        self.auth.is_some() && self.gate & gate::UNAUTHENTICATED == 0
+    }
+
     /// Whether the queue still waits for its host to authenticate.
     pub fn is_authenticating(&self) -> bool {
         self.gate & gate::UNAUTHENTICATED != 0
