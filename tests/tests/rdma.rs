@@ -5,7 +5,9 @@
 //! reconnect with another I/O queue count, a hostile host beside it (bad connect private
 //! data rejected with the NVMe/RDMA statuses, an SGL over MDTS, a key it never
 //! registered: its queue ends while fio goes on; Writes and Reads in flight when the
-//! host's memory region goes: the queue ends, its ID is given back), a host
+//! host's memory region goes, or its queue pair without a disconnect (the target's
+//! stall bound ends it while another host is served): the queue ends, its ID is given
+//! back), a host
 //! killed (-9) in the middle of its I/O (its queues end in bounded time while fio goes
 //! on), and a hot upgrade under fio (the RDMA
 //! queues end, the successor listens again, the host reconnects and fio verifies).
@@ -282,6 +284,11 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         // controller (connected again) and serves I/O on it.
         "HOSTILE: teardown write, region gone: ended ok",
         "HOSTILE: teardown read, region gone: ended ok",
+        // A queue pair destroyed without a disconnect (soft-RoCE retries for ever): the
+        // target's stall bound (5 s) ends the queue, within it plus 3 s, while another
+        // host's writes and reads go on.
+        "HOSTILE: teardown write, queue pair gone: ended ok",
+        "HOSTILE: teardown read, queue pair gone: ended ok",
         // A killed host: its queues end within 15 s, the kernel host's fio goes on.
         "RDMA-E2E: fio beside the killed host errors=0",
         "RDMA-E2E: idle after hostile hosts: queues=2 as before: yes",

@@ -14,8 +14,9 @@
 //!   the target must end that queue;
 //! - with NQN given, hosts that go away mid-transfer ([`teardown`]): Writes the target
 //!   must RDMA READ and Reads it must RDMA WRITE back, in flight when the host's memory
-//!   region goes (the target's transfer fails remotely): it must end that queue, give its queue ID back
-//!   and keep serving.
+//!   region goes (the target's transfer fails remotely), or when its queue pair is
+//!   destroyed without a disconnect (only the target's stall bound notices): it must end
+//!   that queue, give its queue ID back and keep serving.
 //!
 //! `rdma_hostile IP:PORT [NQN]`
 
@@ -242,10 +243,9 @@ fn main() -> Result<()> {
         use teardown::Gone;
         teardown::case(addr, &nqn, "write, region gone", WRITE, Gone::Region)?;
         teardown::case(addr, &nqn, "read, region gone", READ, Gone::Region)?;
-        // `Gone::QueuePair` (the QP destroyed without a disconnect) is not run: on
-        // soft-RoCE the target's READs and WRITEs to it are never failed (no retry
-        // timeout on the passive side), so the target does not notice; see the notes
-        // in teardown.rs.
+        // The QP destroyed without a disconnect: only the target's own bound ends it.
+        teardown::case(addr, &nqn, "write, queue pair gone", WRITE, Gone::QueuePair)?;
+        teardown::case(addr, &nqn, "read, queue pair gone", READ, Gone::QueuePair)?;
     }
     let good = CmRequest {
         recfmt: 0,
