@@ -196,6 +196,12 @@ for job in "randwrite 4096 32768:49152" "randread 4096 32768:49152" \
     perf_run "$1-$2${{4:-}}" -r "$R" -w $1 -o $2 --range $3 -q 16 -t 2 --verify \
         --connect-timeout 10 ${{4:-}}
 done
+# Neither subnqn nor trsvcid: lightpool-perf reads the discovery log over NVMe/RDMA
+# (nothing listens on the discovery port, 8009: it asks the I/O port) and runs on the
+# RDMA entry it lists (the TCP one is passed over).
+perf_run discovered -r "trtype:rdma adrfam:ipv4 traddr:$RDMA_ADDR" -w randread -o 4096 \
+    --range 32768:49152 -q 8 -t 1 --verify --connect-timeout 10
+grep -E "discovered|nothing listens" /tmp/perf.err | sed 's/^/PERF-DISC: /'
 grep -iE "closing|WARN|deferred" /tmp/target.log | grep -v "rejected" | tail -n 12 | sed 's/^/TLOG: /'
 perf_cmp() {{
     snap; b0=$busy; c0=$cmds
@@ -297,6 +303,9 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         "RDMA-E2E: upgraded",
         "RDMA-E2E: fio across the upgrade errors=0 write_kb=",
         "RDMA-E2E: all good",
+        // lightpool-perf without subnqn: discovery over NVMe/RDMA.
+        "PERF-DISC: lightpool-perf: nothing listens on 10.0.2.15:8009",
+        "PERF-DISC: lightpool-perf: discovered nqn.2024-01.io.lightpool:rdma at 10.0.2.15:4420",
     ] {
         assert!(out.console.contains(want), "{want:?} missing from:\n{tail}");
     }
@@ -340,6 +349,7 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         "randrw-4096--no-in-capsule",
         "randrw-16384",
         "randrw-131072",
+        "discovered",
     ] {
         let r = perf
             .get(name)
