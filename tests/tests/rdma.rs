@@ -7,10 +7,12 @@
 //! registered: its queue ends while fio goes on; Writes and Reads in flight when the
 //! host's memory region goes, or its queue pair without a disconnect (the target's
 //! stall bound ends it while another host is served): the queue ends, its ID is given
-//! back), a host
-//! killed (-9) in the middle of its I/O (its queues end in bounded time while fio goes
-//! on), and a hot upgrade under fio (the RDMA
-//! queues end, the successor listens again, the host reconnects and fio verifies).
+//! back; the host's next call after its queue ended fails at once), more Writes at once
+//! than the registered buffer pool holds (Command Interrupted without DNR, then
+//! success when sent again), a host killed (-9) in the middle of its I/O (its queues
+//! end in bounded time while fio goes on), lightpool-perf over RDMA with and without
+//! discovery, and a hot upgrade under fio (the RDMA queues end, the successor listens
+//! again, the host reconnects and fio verifies).
 #![cfg(feature = "e2e")]
 
 use std::time::Duration;
@@ -121,6 +123,13 @@ FIO=$!
 /test/rdma_hostile $RDMA_ADDR:4420 $NQN > /tmp/hostile.out 2>&1 || {{ cat /tmp/hostile.out; fail "hostile host"; }}
 cat /tmp/hostile.out
 wait $FIO || fail "fio beside the hostile host"
+# More Writes at once than the registered buffer pool holds: those that find no
+# registered buffer end with Command Interrupted (no DNR) and succeed when sent again.
+QP0=$(queues)
+/test/rdma_hostile $RDMA_ADDR:4420 $NQN pool > /tmp/pool.out 2>&1 || {{ cat /tmp/pool.out; fail "pool-dry host"; }}
+cat /tmp/pool.out
+for i in $(seq 1 100); do [ "$(queues)" = "$QP0" ] && break; sleep 0.1; done
+say "requests without a registered buffer: $(grep -c 'no registered buffer for a request' /tmp/target.log)"
 # A host that disappears: lightpool-perf killed (-9) in the middle of its I/O. The
 # target must see its connections go (RDMA_CM DISCONNECTED: the kernel ends a dead
 # process's connections) and end its queues within a bounded time, while the kernel
@@ -318,7 +327,11 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         reconnects.is_some_and(|n| n >= 1),
         "the host did not reconnect across the upgrade ({reconnects:?}):\n{tail}"
     );
-    for prefix in ["HOSTILE: oversized: ", "HOSTILE: the host's next call: "] {
+    for prefix in [
+        "HOSTILE: oversized: ",
+        "HOSTILE: the host's next call: ",
+        "HOSTILE: pool dry: ",
+    ] {
         assert!(
             out.console
                 .lines()

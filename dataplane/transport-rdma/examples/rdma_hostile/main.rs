@@ -19,8 +19,13 @@
 //!   destroyed without a disconnect (only the target's stall bound notices): it must end
 //!   that queue, give its queue ID back and keep serving.
 //!
-//! `rdma_hostile IP:PORT [NQN]`
+//! - `pool` after the NQN: only a host that wants more request buffers at once than
+//!   the target's registered pool holds ([`pool`]): the Writes that find none must
+//!   end with a status the host retries, and succeed when sent again.
+//!
+//! `rdma_hostile IP:PORT [NQN [pool]]`
 
+mod pool;
 mod teardown;
 
 use std::net::SocketAddr;
@@ -260,10 +265,13 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let addr: SocketAddr = args
         .next()
-        .context("usage: rdma_hostile IP:PORT [NQN]")?
+        .context("usage: rdma_hostile IP:PORT [NQN [pool]]")?
         .parse()
         .context("IP:PORT")?;
     if let Some(nqn) = args.next() {
+        if args.next().as_deref() == Some("pool") {
+            return pool::case(addr, &nqn);
+        }
         mismatched_qid(addr, &nqn)?;
         use lightpool_spec::nvme::io_opcode::{READ, WRITE};
         use teardown::Gone;
