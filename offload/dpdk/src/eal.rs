@@ -60,7 +60,7 @@ impl Default for EalConfig {
 impl EalConfig {
     /// The EAL argument list (argv[0] included).
     pub fn args(&self) -> Vec<String> {
-        let mut a = vec!["lightpool".to_string(), "--in-memory".to_string()];
+        let mut a = vec!["lightpool".to_string()];
         if !self.pci {
             a.push("--no-pci".into());
         }
@@ -69,8 +69,15 @@ impl EalConfig {
             Hugepages::NoHuge => false,
             Hugepages::Auto => hugepages_available(u64::from(self.memory_mb) << 20),
         };
-        if !huge {
+        // Nothing shared with other DPDK processes: --in-memory (no files in hugetlbfs or
+        // /var/run/dpdk). EAL treats --no-huge as legacy memory, which it refuses to
+        // combine with --in-memory; there --no-shconf and a per-process prefix do it.
+        if huge {
+            a.push("--in-memory".into());
+        } else {
             a.push("--no-huge".into());
+            a.push("--no-shconf".into());
+            a.push(format!("--file-prefix=lightpool{}", std::process::id()));
         }
         a.push("-m".into());
         a.push(self.memory_mb.to_string());

@@ -2,7 +2,7 @@
 //! a build needs no DPDK).
 //!
 //! - [`Eal`]: the Environment Abstraction Layer, started once per process from an
-//!   argument list ([`EalConfig`] makes one: `--in-memory --no-pci`, `--no-huge -m 512`
+//!   argument list ([`EalConfig`] makes one: `--in-memory --no-pci`, or `--no-huge -m 512`
 //!   when the machine has too few free hugepages, `--vdev` for virtual devices, and
 //!   `--lcores` putting EAL's main lcore on the reactors' cores).
 //! - [`register_thread`]: reactor threads are not EAL lcores; each registers itself
