@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lightpool_dpdk::{register_thread, Eal, EalConfig, Mempool, Port, PortConfig, Queue};
+use lightpool_dpdk::{
+    register_thread, Eal, EalConfig, Hugepages, Mempool, Port, PortConfig, Queue,
+};
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SmolInstant;
@@ -454,6 +456,9 @@ fn dpdk_ports_against_the_kernel() {
             format!("net_af_packet0,iface={},qpairs=1", net.host_if),
             format!("net_tap0,iface={}", net.tap_if),
         ],
+        // No hugepages: tests beside this one may need the machine's few.
+        hugepages: Hugepages::NoHuge,
+        memory_mb: 256,
         log_level: Some("notice".into()),
         ..EalConfig::default()
     };
