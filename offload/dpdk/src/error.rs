@@ -34,7 +34,7 @@ pub enum DpdkError {
     NoSuchPort(String),
     #[error(
         "port {port}: {asked} queue pairs asked, the device has {max}; ask for fewer, or \
-         give the device more (net_af_packet: qpairs=N in its --vdev; net_tap: queues=N)"
+         give the device more (net_af_packet: qpairs=N in its --vdev; net_tap has up to 16; net_ring up to 16)"
     )]
     TooManyQueues { port: String, asked: u16, max: u16 },
     #[error("port {port}: {call} failed ({reason}); {hint}")]

@@ -5,8 +5,11 @@
 //! DPDK side), then serves a TCP echo on port 4420 to two kernel clients at once, each
 //! moving a few MiB both ways with every byte checked. The kernel's neighbour table
 //! holds the port's MAC, the port's counters equal the queue's and the kernel peer's,
-//! and every mbuf is back in its pool at the end. One test function: EAL starts once
-//! per process.
+//! and every mbuf is back in its pool at the end. Then a two-queue net_af_packet (on a
+//! second veth pair) and a two-queue net_tap, a registered reactor thread per queue:
+//! UDP from 32 kernel sockets spreads over both queues, each flow on one queue, the
+//! port's RX count equal to the queues'. One test function: EAL starts once per
+//! process.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -49,6 +52,10 @@ struct Net {
     host_if: String,
     peer_if: String,
     tap_if: String,
+    /// The second pair, for the two-queue port, and the two-queue tap.
+    host2_if: String,
+    peer2_if: String,
+    tap2_if: String,
 }
 
 impl Net {
@@ -59,36 +66,35 @@ impl Net {
             host_if: format!("lpdh{tag}"),
             peer_if: format!("lpdn{tag}"),
             tap_if: format!("lpdt{tag}"),
+            host2_if: format!("lpdi{tag}"),
+            peer2_if: format!("lpdm{tag}"),
+            tap2_if: format!("lpdu{tag}"),
         };
         let _ = Command::new("ip").args(["netns", "del", &net.ns]).status();
         run("ip", &["netns", "add", &net.ns]);
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &net.host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &net.peer_if,
-            ],
-        );
+        in_ns(&net.ns, &["ip", "link", "set", "lo", "up"]);
+        net.veth(&net.host_if, &net.peer_if, "10.77.1.1/24");
+        net.veth(&net.host2_if, &net.peer2_if, "10.77.3.1/24");
+        net
+    }
+
+    fn veth(&self, host_if: &str, peer_if: &str, cidr: &str) {
+        let veth = [
+            "link", "add", host_if, "type", "veth", "peer", "name", peer_if,
+        ];
+        run("ip", &veth);
         // The host end carries only DPDK's frames: no IPv6 of its own.
         std::fs::write(
-            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", net.host_if),
+            format!("/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6"),
             "1",
         )
         .expect("disable IPv6 on the host end");
-        run("ip", &["link", "set", &net.host_if, "up"]);
-        run("ip", &["link", "set", &net.peer_if, "netns", &net.ns]);
-        net.setup_peer(&net.peer_if, "10.77.1.1/24");
+        run("ip", &["link", "set", host_if, "up"]);
+        run("ip", &["link", "set", peer_if, "netns", &self.ns]);
+        self.setup_peer(peer_if, cidr);
         // net_af_packet on veth: checksums the kernel would leave to offload must be
         // filled in, or the userspace stack drops the segments (platform notes).
-        in_ns(&net.ns, &["ethtool", "-K", &net.peer_if, "tx", "off"]);
-        in_ns(&net.ns, &["ip", "link", "set", "lo", "up"]);
-        net
+        in_ns(&self.ns, &["ethtool", "-K", peer_if, "tx", "off"]);
     }
 
     fn setup_peer(&self, ifname: &str, cidr: &str) {
@@ -123,6 +129,9 @@ impl Drop for Net {
     fn drop(&mut self) {
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host2_if])
             .status();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
@@ -455,6 +464,8 @@ fn dpdk_ports_against_the_kernel() {
         vdevs: vec![
             format!("net_af_packet0,iface={},qpairs=1", net.host_if),
             format!("net_tap0,iface={}", net.tap_if),
+            format!("net_af_packet1,iface={},qpairs=2", net.host2_if),
+            format!("net_tap1,iface={}", net.tap2_if),
         ],
         // No hugepages: tests beside this one may need the machine's few.
         hugepages: Hugepages::NoHuge,
@@ -465,11 +476,10 @@ fn dpdk_ports_against_the_kernel() {
     let eal = Eal::init(&cfg).expect("EAL init");
     eprintln!("EAL up in {:?}: {:?}", eal.init_time(), eal.args());
     // The tap exists once EAL probed it: no IPv6 of its own before it comes up.
-    std::fs::write(
-        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", net.tap_if),
-        "1",
-    )
-    .expect("disable IPv6 on the tap");
+    for tap in [&net.tap_if, &net.tap2_if] {
+        std::fs::write(format!("/proc/sys/net/ipv6/conf/{tap}/disable_ipv6"), "1")
+            .expect("disable IPv6 on the tap");
+    }
     exercise(
         &eal,
         &net,
@@ -490,4 +500,137 @@ fn dpdk_ports_against_the_kernel() {
         },
         true,
     );
+    spread(&eal, &net, "net_af_packet1", &net.peer2_if, 3, false);
+    spread(&eal, &net, "net_tap1", &net.tap2_if, 4, true);
+}
+
+/// A two-queue port, a reactor thread per queue: UDP from many kernel sockets spreads
+/// over both queues (RSS, or the device's own hash: net_af_packet's fanout, the tun
+/// queue selection), each flow staying on one queue, nothing lost or counted twice.
+fn spread(eal: &Eal, net: &Net, port_name: &str, kernel_if: &str, subnet: u8, move_tap: bool) {
+    const FLOWS: u16 = 32;
+    const PER_FLOW: u64 = 20;
+    let pool = Mempool::new(eal, &format!("pool_{port_name}"), 4095, 128, 2048).expect("pool");
+    let cfg = PortConfig {
+        queues: 2,
+        ..PortConfig::default()
+    };
+    let (port, queues) = Port::open(eal, port_name, &cfg, pool.clone()).expect("open 2 queues");
+    eprintln!("{port_name}: driver {}, rss {}", port.driver(), port.rss());
+    if move_tap {
+        run("ip", &["link", "set", kernel_if, "netns", &net.ns]);
+        net.setup_peer(kernel_if, &format!("10.77.{subnet}.1/24"));
+    }
+    let mac = port
+        .mac()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let dst = format!("10.77.{subnet}.2");
+    let neigh = [
+        "ip",
+        "neigh",
+        "replace",
+        &dst,
+        "lladdr",
+        &mac,
+        "dev",
+        kernel_if,
+        "nud",
+        "permanent",
+    ];
+    in_ns(&net.ns, &neigh);
+    std::thread::sleep(Duration::from_millis(200));
+    let avail_started = pool.available();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reactors: Vec<_> = queues
+        .into_iter()
+        .map(|mut q| {
+            let (e, st) = (eal.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let _reg = register_thread(&e).expect("register");
+                // UDP source ports of the test's datagrams, and other frames.
+                let mut flows = std::collections::BTreeMap::<u16, u64>::new();
+                let mut other = 0u64;
+                let mut v = Vec::new();
+                while !st.load(Ordering::Relaxed) {
+                    if q.rx_burst(&mut v, 32) == 0 {
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                    for m in v.drain(..) {
+                        let d = m.data();
+                        let udp = d.len() >= 42
+                            && d[12..14] == [0x08, 0x00]
+                            && d[23] == 17
+                            && u16::from_be_bytes([d[36], d[37]]) == PORT;
+                        if udp {
+                            *flows.entry(u16::from_be_bytes([d[34], d[35]])).or_default() += 1;
+                        } else {
+                            other += 1;
+                        }
+                    }
+                }
+                (q.id(), flows, other, q.stats(), q)
+            })
+        })
+        .collect();
+    port.reset_stats().expect("reset");
+    let ns = net.ns.clone();
+    let target: SocketAddr = format!("{dst}:{PORT}").parse().expect("addr");
+    std::thread::spawn(move || {
+        enter_ns(&ns);
+        let socks: Vec<_> = (0..FLOWS)
+            .map(|_| std::net::UdpSocket::bind("0.0.0.0:0").expect("udp"))
+            .collect();
+        for i in 0..PER_FLOW {
+            for s in &socks {
+                s.send_to(&[i as u8; 100], target).expect("send");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+    .join()
+    .expect("kernel sender");
+    let want = u64::from(FLOWS) * PER_FLOW;
+    let t0 = Instant::now();
+    while port.stats().expect("stats").rx_packets < want && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<_> = reactors
+        .into_iter()
+        .map(|r| r.join().expect("reactor"))
+        .collect();
+    let ps = port.stats().expect("stats");
+    let mut total = 0u64;
+    let mut owner = std::collections::BTreeMap::new();
+    for (qid, flows, other, qs, _) in &results {
+        let n: u64 = flows.values().sum();
+        eprintln!(
+            "{port_name} queue {qid}: {} flows, {n} datagrams, {other} other, {qs:?}",
+            flows.len()
+        );
+        assert!(
+            n > 0,
+            "{port_name}: queue {qid} got none of the {FLOWS} flows"
+        );
+        for (&src, &count) in flows {
+            assert_eq!(count, PER_FLOW, "{port_name}: flow {src} split or lost");
+            assert!(
+                owner.insert(src, *qid).is_none(),
+                "{port_name}: flow {src} on both queues"
+            );
+        }
+        total += n + other;
+    }
+    assert_eq!(
+        owner.len(),
+        usize::from(FLOWS),
+        "{port_name}: every flow arrived"
+    );
+    assert_eq!(ps.rx_packets, total, "{port_name}: port RX vs the queues'");
+    drop(results);
+    assert_eq!(pool.available(), avail_started, "{port_name}: mbufs leaked");
 }
