@@ -277,3 +277,55 @@ pub(crate) fn lcore_id() -> u32 {
     // SAFETY: reads a per-thread variable.
     unsafe { ffi::lp_rte_lcore_id() }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_without_hugepages() {
+        let c = EalConfig {
+            vdevs: vec!["net_ring0".into()],
+            cores: vec![2, 3],
+            hugepages: Hugepages::NoHuge,
+            ..EalConfig::default()
+        };
+        let a = c.args();
+        for want in [
+            "--no-pci",
+            "--no-huge",
+            "--no-shconf",
+            "--lcores=0@(2,3)",
+            "--vdev=net_ring0",
+        ] {
+            assert!(a.iter().any(|x| x == want), "{want} in {a:?}");
+        }
+        assert!(!a.iter().any(|x| x == "--in-memory"), "{a:?}");
+        let m = a.iter().position(|x| x == "-m").expect("-m");
+        assert_eq!(a[m + 1], "512");
+    }
+
+    #[test]
+    fn args_with_hugepages() {
+        let c = EalConfig {
+            hugepages: Hugepages::Use,
+            pci: true,
+            log_level: Some("lib.eal:debug".into()),
+            ..EalConfig::default()
+        };
+        let a = c.args();
+        assert!(a.iter().any(|x| x == "--in-memory"), "{a:?}");
+        assert!(
+            !a.iter().any(|x| x == "--no-huge" || x == "--no-pci"),
+            "{a:?}"
+        );
+        assert!(a.iter().any(|x| x == "--log-level=lib.eal:debug"), "{a:?}");
+        // No cores given: the caller's affinity.
+        assert!(a.iter().any(|x| x.starts_with("--lcores=0@(")), "{a:?}");
+    }
+
+    #[test]
+    fn hugepages_for_more_than_any_machine_has() {
+        assert!(!hugepages_available(1 << 50));
+    }
+}

@@ -14,8 +14,8 @@ pub enum DpdkError {
         hint: &'static str,
     },
     #[error(
-        "EAL is already initialised in this process (it can start only once per process): \
-         keep the first Eal and share it"
+        "EAL was already started in this process, successfully or not (DPDK starts it only \
+         once per process): share the first Eal, or start another process"
     )]
     EalAlreadyInitialised,
     #[error("EAL argument {0:?} contains a NUL byte: remove it")]
