@@ -96,9 +96,9 @@ mod dpdk {
             .opaque_type("rte_mempool")
             .rustified_enum("rte_eth_rx_mq_mode")
             .rustified_enum("rte_eth_tx_mq_mode")
+            // Layout checks (compile-time asserts) hold the Rust structs to the C ones;
+            // Debug where bindgen can derive it.
             .derive_default(true)
-            .derive_debug(false)
-            .layout_tests(false)
             .generate_comments(false)
             .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()))
             .generate()

@@ -13,10 +13,7 @@
 #[cfg(feature = "dpdk")]
 #[allow(
     non_camel_case_types,
-    non_snake_case,
     non_upper_case_globals,
-    dead_code,
-    unsafe_op_in_unsafe_fn,
     clippy::all,
     clippy::undocumented_unsafe_blocks
 )]

@@ -25,7 +25,7 @@ pub enum Hugepages {
 /// What [`Eal::init`] starts EAL with; [`EalConfig::args`] is the argument list.
 #[derive(Clone, Debug)]
 pub struct EalConfig {
-    /// Virtual devices, one `--vdev` each: `net_ring0`, `net_tap0,iface=tap0,queues=2`,
+    /// Virtual devices, one `--vdev` each: `net_ring0`, `net_tap0,iface=tap0`,
     /// `net_af_packet0,iface=veth0,qpairs=2`.
     pub vdevs: Vec<String>,
     /// The reactors' cores: EAL's main lcore (the thread calling [`Eal::init`]) is

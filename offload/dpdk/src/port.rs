@@ -62,6 +62,15 @@ pub struct PortStats {
     pub rx_no_mbuf: u64,
 }
 
+/// `Ok` for a port call's zero return, else its typed error.
+fn check(port: &str, call: &'static str, ret: i32) -> Result<(), DpdkError> {
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(port_error(port, call, ret))
+    }
+}
+
 pub(crate) struct PortInner {
     pub(crate) id: u16,
     pub(crate) name: String,
@@ -75,9 +84,7 @@ impl PortInner {
         if *started {
             // SAFETY: a configured port.
             let ret = unsafe { ffi::rte_eth_dev_stop(self.id) };
-            if ret != 0 {
-                return Err(port_error(&self.name, "rte_eth_dev_stop", ret));
-            }
+            check(&self.name, "rte_eth_dev_stop", ret)?;
             *started = false;
         }
         Ok(())
@@ -121,9 +128,7 @@ impl Port {
         let mut info = ffi::rte_eth_dev_info::default();
         // SAFETY: a valid port id; info is written.
         let ret = unsafe { ffi::rte_eth_dev_info_get(id, &mut info) };
-        if ret != 0 {
-            return Err(port_error(name, "rte_eth_dev_info_get", ret));
-        }
+        check(name, "rte_eth_dev_info_get", ret)?;
         let driver = if info.driver_name.is_null() {
             String::new()
         } else {
@@ -150,9 +155,7 @@ impl Port {
         }
         // SAFETY: a valid port; conf outlives the call.
         let ret = unsafe { ffi::rte_eth_dev_configure(id, config.queues, config.queues, &conf) };
-        if ret != 0 {
-            return Err(port_error(name, "rte_eth_dev_configure", ret));
-        }
+        check(name, "rte_eth_dev_configure", ret)?;
         // From here the port is configured: PortInner closes it on any error below.
         let inner = Arc::new(PortInner {
             id,
@@ -163,9 +166,7 @@ impl Port {
         let (mut rx_desc, mut tx_desc) = (config.rx_desc, config.tx_desc);
         // SAFETY: a configured port; both are read and written.
         let ret = unsafe { ffi::rte_eth_dev_adjust_nb_rx_tx_desc(id, &mut rx_desc, &mut tx_desc) };
-        if ret != 0 {
-            return Err(port_error(name, "rte_eth_dev_adjust_nb_rx_tx_desc", ret));
-        }
+        check(name, "rte_eth_dev_adjust_nb_rx_tx_desc", ret)?;
         // SAFETY: a valid port id.
         let socket = unsafe { ffi::rte_eth_dev_socket_id(id) }.max(0) as u32;
         for q in 0..config.queues {
@@ -181,15 +182,11 @@ impl Port {
                     inner.pool.as_ptr(),
                 )
             };
-            if ret != 0 {
-                return Err(port_error(name, "rte_eth_rx_queue_setup", ret));
-            }
+            check(name, "rte_eth_rx_queue_setup", ret)?;
             // SAFETY: as above.
             let ret =
                 unsafe { ffi::rte_eth_tx_queue_setup(id, q, tx_desc, socket, std::ptr::null()) };
-            if ret != 0 {
-                return Err(port_error(name, "rte_eth_tx_queue_setup", ret));
-            }
+            check(name, "rte_eth_tx_queue_setup", ret)?;
         }
         if config.promiscuous {
             // SAFETY: a configured port. Not every virtual device can; not fatal.
@@ -218,9 +215,7 @@ impl Port {
         if !*started {
             // SAFETY: a configured port with all its queues set up.
             let ret = unsafe { ffi::rte_eth_dev_start(self.inner.id) };
-            if ret != 0 {
-                return Err(port_error(&self.inner.name, "rte_eth_dev_start", ret));
-            }
+            check(&self.inner.name, "rte_eth_dev_start", ret)?;
             *started = true;
         }
         Ok(())
@@ -268,9 +263,7 @@ impl Port {
         let mut l = ffi::rte_eth_link::default();
         // SAFETY: a valid port; l is written.
         let ret = unsafe { ffi::rte_eth_link_get_nowait(self.inner.id, &mut l) };
-        if ret != 0 {
-            return Err(port_error(&self.inner.name, "rte_eth_link_get_nowait", ret));
-        }
+        check(&self.inner.name, "rte_eth_link_get_nowait", ret)?;
         Ok(Link {
             up: l.link_status() != 0,
             speed_mbps: l.link_speed,
@@ -281,9 +274,7 @@ impl Port {
         let mut s = ffi::rte_eth_stats::default();
         // SAFETY: a valid port; s is written.
         let ret = unsafe { ffi::rte_eth_stats_get(self.inner.id, &mut s) };
-        if ret != 0 {
-            return Err(port_error(&self.inner.name, "rte_eth_stats_get", ret));
-        }
+        check(&self.inner.name, "rte_eth_stats_get", ret)?;
         Ok(PortStats {
             rx_packets: s.ipackets,
             tx_packets: s.opackets,
@@ -299,9 +290,7 @@ impl Port {
     pub fn reset_stats(&self) -> Result<(), DpdkError> {
         // SAFETY: a valid port.
         let ret = unsafe { ffi::rte_eth_stats_reset(self.inner.id) };
-        if ret != 0 {
-            return Err(port_error(&self.inner.name, "rte_eth_stats_reset", ret));
-        }
+        check(&self.inner.name, "rte_eth_stats_reset", ret)?;
         Ok(())
     }
 

@@ -127,13 +127,15 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host2_if])
-            .status();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        // Deleting one end of a veth deletes both; the taps went with their ports (or
+        // with the namespace they were moved into).
+        let links = [&self.host_if, &self.host2_if].map(|l| vec!["link", "del", l.as_str()]);
+        for args in links
+            .iter()
+            .chain([&vec!["netns", "del", self.ns.as_str()]])
+        {
+            let _ = Command::new("ip").args(args).status();
+        }
     }
 }
 
