@@ -62,4 +62,4 @@ reserve_hugepages() {
     fi
 }
 phase "reserve 24 huge pages, mount hugetlbfs (hugepage-setup)" reserve_hugepages
-phase "cargo test (with e2e, rdma, tls)" cargo test --workspace --features lightpool-e2e/e2e,lightpool-daemon/rdma,lightpool-daemon/tls,lightpool-perf/rdma "$@"
+phase "cargo test (with e2e, rdma, tls, dpdk)" cargo test --workspace --features lightpool-e2e/e2e,lightpool-daemon/rdma,lightpool-daemon/tls,lightpool-perf/rdma,lightpool-dpdk/dpdk "$@"
