@@ -63,4 +63,4 @@ reserve_hugepages() {
     fi
 }
 phase "reserve 24 huge pages, mount hugetlbfs (hugepage-setup)" reserve_hugepages
-phase "cargo test (with e2e, rdma, tls)" cargo test --workspace --features lightpool-e2e/e2e,lightpool-daemon/rdma,lightpool-daemon/tls,lightpool-perf/rdma,lightpool-daemon/af_xdp,lightpool-e2e/af_xdp "$@"
+phase "cargo test (with e2e, rdma, tls, dpdk, af_xdp)" cargo test --workspace --features lightpool-e2e/e2e,lightpool-daemon/rdma,lightpool-daemon/tls,lightpool-perf/rdma,lightpool-dpdk/dpdk,lightpool-daemon/af_xdp,lightpool-e2e/af_xdp "$@"

@@ -13,8 +13,8 @@ use lightpool_spec::nvme::{io_opcode, Sqe};
 
 use crate::engine::{Device, Done, IoQueue, Job, PerfError, QueueSetup, RunOutcome, WorkerSpec};
 use crate::initiator::{
-    discover, Completion, ConnectOptions, Controller, Dir, Fabric, HostTls, InitiatorError,
-    NamespaceInfo, Qpair, QpairConfig,
+    discover, Completion, ConnectOptions, Controller, Dir, DiscoveredSubsystem, Fabric, HostTls,
+    InitiatorError, NamespaceInfo, Qpair, QpairConfig,
 };
 use crate::stats::ErrorKind;
 use crate::workload::{split_region, Op, Region};
@@ -330,6 +330,15 @@ pub(crate) trait RunFabric: Fabric<QueueConfig: Copy> + Sized {
 
     /// Subsystem `nqn` at `addr`, as the report names it.
     fn target_name(nqn: &str, addr: SocketAddr) -> String;
+
+    /// The discovery log entries of this transport type are the ones to connect to.
+    const TRTYPE: u8;
+
+    /// The NVM subsystems the discovery controller at `addr` lists, over this fabric.
+    fn discover(o: &NvmeOptions, addr: SocketAddr) -> Result<Vec<DiscoveredSubsystem>, PerfError>;
+
+    /// Whether `e`, from [`RunFabric::discover`], says that nothing listens there.
+    fn nothing_listens(e: &PerfError) -> bool;
 }
 
 impl RunFabric for ConnectOptions {
@@ -365,51 +374,69 @@ impl RunFabric for ConnectOptions {
     fn target_name(nqn: &str, addr: SocketAddr) -> String {
         format!("{nqn} at {addr}")
     }
+
+    const TRTYPE: u8 = trtype::TCP;
+
+    fn discover(o: &NvmeOptions, addr: SocketAddr) -> Result<Vec<DiscoveredSubsystem>, PerfError> {
+        Ok(discover(conn_opts(o, addr, String::new())?)?)
+    }
+
+    fn nothing_listens(e: &PerfError) -> bool {
+        matches!(e, PerfError::Initiator(InitiatorError::Connect { source, .. })
+            if source.kind() == std::io::ErrorKind::ConnectionRefused)
+    }
 }
 
 /// Resolves discovery, connects every controller and every queue pair.
 pub fn prepare(job: &Job, o: &NvmeOptions) -> Result<Prepared, PerfError> {
-    // (address, subsystem, nsid filter)
-    let mut targets: Vec<(SocketAddr, String, Option<u32>)> = Vec::new();
+    let mut targets = Vec::new();
     for t in &o.trids {
-        let addr = t.socket_addr().map_err(PerfError::Setup)?;
-        match &t.subnqn {
-            Some(n) => targets.push((addr, n.clone(), t.nsid)),
-            None => {
-                let found = discover_at(o, addr, t.default_port)?;
-                if found.is_empty() {
-                    return Err(PerfError::Setup(format!(
-                        "the discovery controller at {addr} lists no NVM subsystem"
-                    )));
-                }
-                for e in found {
-                    eprintln!(
-                        "lightpool-perf: discovered {} at {}:{}",
-                        e.subnqn, e.traddr, e.trsvcid
-                    );
-                    if e.trtype != trtype::TCP {
-                        continue;
-                    }
-                    let a = TransportId {
-                        traddr: e.traddr.clone(),
-                        trsvcid: e.trsvcid.parse().map_err(|_| {
-                            PerfError::Setup(format!(
-                                "discovery entry port {:?} is invalid",
-                                e.trsvcid
-                            ))
-                        })?,
-                        ipv6: e.adrfam == lightpool_spec::log::adrfam::IPV6,
-                        subnqn: Some(e.subnqn.clone()),
-                        nsid: t.nsid,
-                        default_port: false,
-                        rdma: false,
-                    };
-                    targets.push((a.socket_addr().map_err(PerfError::Setup)?, e.subnqn, t.nsid));
-                }
-            }
-        }
+        targets_of::<ConnectOptions>(o, t, &mut targets)?;
     }
     prepare_targets(job, o, &targets)
+}
+
+/// Adds the targets (address, subsystem, nsid filter) transport ID `t` names to
+/// `targets`: its subsystem, or each NVM subsystem the discovery controller at its
+/// address lists for fabric `O`.
+pub(crate) fn targets_of<O: RunFabric>(
+    o: &NvmeOptions,
+    t: &TransportId,
+    targets: &mut Vec<(SocketAddr, String, Option<u32>)>,
+) -> Result<(), PerfError> {
+    let addr = t.socket_addr().map_err(PerfError::Setup)?;
+    if let Some(n) = &t.subnqn {
+        targets.push((addr, n.clone(), t.nsid));
+        return Ok(());
+    }
+    let found = discover_at::<O>(o, addr, t.default_port)?;
+    if found.is_empty() {
+        return Err(PerfError::Setup(format!(
+            "the discovery controller at {addr} lists no NVM subsystem"
+        )));
+    }
+    for e in found {
+        eprintln!(
+            "lightpool-perf: discovered {} at {}:{}",
+            e.subnqn, e.traddr, e.trsvcid
+        );
+        if e.trtype != O::TRTYPE {
+            continue;
+        }
+        let a = TransportId {
+            traddr: e.traddr.clone(),
+            trsvcid: e.trsvcid.parse().map_err(|_| {
+                PerfError::Setup(format!("discovery entry port {:?} is invalid", e.trsvcid))
+            })?,
+            ipv6: e.adrfam == lightpool_spec::log::adrfam::IPV6,
+            subnqn: Some(e.subnqn.clone()),
+            nsid: t.nsid,
+            default_port: false,
+            rdma: t.rdma,
+        };
+        targets.push((a.socket_addr().map_err(PerfError::Setup)?, e.subnqn, t.nsid));
+    }
+    Ok(())
 }
 
 /// Connects a controller of fabric `O` to each target (address, subsystem, nsid
@@ -629,29 +656,28 @@ pub(crate) fn check_device<O: Fabric>(
     })
 }
 
-/// The discovery log at `addr`. Nothing listening there, on the discovery port taken
-/// because none was given: try the NVMe/TCP I/O port of the same address, where
-/// lightpool-target (and Linux nvmet) serve discovery as well, and say so.
-fn discover_at(
+/// The discovery log at `addr`, over fabric `O`. Nothing listening there, on the
+/// discovery port taken because none was given: try the I/O port (4420) of the same
+/// address, where lightpool-target (and Linux nvmet) serve discovery as well, and say
+/// so.
+fn discover_at<O: RunFabric>(
     o: &NvmeOptions,
     addr: SocketAddr,
     default_port: bool,
-) -> Result<Vec<crate::initiator::DiscoveredSubsystem>, PerfError> {
-    match discover(conn_opts(o, addr, String::new())?) {
-        Err(InitiatorError::Connect { source, .. })
-            if default_port && source.kind() == std::io::ErrorKind::ConnectionRefused =>
-        {
+) -> Result<Vec<DiscoveredSubsystem>, PerfError> {
+    match O::discover(o, addr) {
+        Err(e) if default_port && O::nothing_listens(&e) => {
             let io = SocketAddr::new(addr.ip(), lightpool_spec::tcp::DEFAULT_PORT);
             eprintln!(
-                "lightpool-perf: nothing listens on {addr} (the NVMe/TCP discovery port, taken because the transport ID gives no trsvcid); asking {io}, the I/O port, where lightpool-target serves discovery too"
+                "lightpool-perf: nothing listens on {addr} (the discovery port, taken because the transport ID gives no trsvcid); asking {io}, the I/O port, where lightpool-target serves discovery too"
             );
-            discover(conn_opts(o, io, String::new())?).map_err(|e| {
+            O::discover(o, io).map_err(|e| {
                 PerfError::Setup(format!(
                     "no discovery controller at {addr} (nothing listens there) nor at {io} ({e}): give the target's port with trsvcid:PORT"
                 ))
             })
         }
-        r => Ok(r?),
+        r => r,
     }
 }
 

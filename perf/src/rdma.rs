@@ -2,18 +2,19 @@
 //! regions, verification and report as over NVMe/TCP ([`crate::nvme`], whose
 //! preparation and run this fabric takes as [`RunFabric`]), through
 //! `lightpool-nvmf-host-rdma`'s controller and queue pairs. Its queues are polled every
-//! pass (a completion queue has no socket for epoll to watch). The subsystem must be
-//! named (`subnqn:`): discovery is NVMe/TCP's here.
+//! pass (a completion queue has no socket for epoll to watch). Without `subnqn:` the
+//! discovery log is read over NVMe/RDMA, as over NVMe/TCP, and its RDMA entries run.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use lightpool_nvmf_host::Completion;
+use lightpool_nvmf_host::{discover_with, Completion, DiscoveredSubsystem, InitiatorError};
 use lightpool_nvmf_host_rdma::{RdmaConnectOptions, RdmaQpair, RdmaQueueConfig};
+use lightpool_spec::fabrics::DISCOVERY_NQN;
 
 use crate::cli::{fail_setup, report_run, NvmeArgs};
 use crate::engine::{Done, IoQueue, Job, PerfError};
-use crate::nvme::{prepare_targets, qpair_io_queue, NvmeOptions, Prepared, RunFabric};
+use crate::nvme::{prepare_targets, qpair_io_queue, targets_of, NvmeOptions, Prepared, RunFabric};
 use crate::stats::ErrorKind;
 
 /// An NVMe/RDMA queue pair and the namespace its I/O goes to.
@@ -89,6 +90,19 @@ impl RunFabric for RdmaConnectOptions {
     fn target_name(nqn: &str, addr: SocketAddr) -> String {
         format!("{nqn} at {addr} (RDMA)")
     }
+
+    const TRTYPE: u8 = lightpool_spec::log::trtype::RDMA;
+
+    fn discover(o: &NvmeOptions, addr: SocketAddr) -> Result<Vec<DiscoveredSubsystem>, PerfError> {
+        let mut opts = Self::options(o, addr, DISCOVERY_NQN.to_string())?;
+        opts.kato_ms = 0;
+        Ok(discover_with(opts)?)
+    }
+
+    /// An RDMA_CM connect to a port nobody listens on is rejected (or unreachable).
+    fn nothing_listens(e: &PerfError) -> bool {
+        matches!(e, PerfError::Initiator(InitiatorError::Connect { .. }))
+    }
 }
 
 /// `lightpool-perf -r 'trtype:rdma ...'`: prepare, run, report (as `nvme_main` does
@@ -107,20 +121,14 @@ pub fn prepare(
     job: &Job,
     o: &NvmeOptions,
 ) -> Result<Prepared<RdmaQueue, RdmaConnectOptions>, PerfError> {
-    let mut targets: Vec<(SocketAddr, String, Option<u32>)> = Vec::new();
+    let mut targets = Vec::new();
     for t in &o.trids {
         if !t.rdma {
             return Err(PerfError::Invalid(
                 "a run is over one fabric: give every -r trtype:rdma, or none".into(),
             ));
         }
-        let addr = t.socket_addr().map_err(PerfError::Setup)?;
-        let nqn = t.subnqn.clone().ok_or_else(|| {
-            PerfError::Invalid(format!(
-                "{addr}: name the subsystem with subnqn:NQN (discovery is over NVMe/TCP only)"
-            ))
-        })?;
-        targets.push((addr, nqn, t.nsid));
+        targets_of::<RdmaConnectOptions>(o, t, &mut targets)?;
     }
     prepare_targets(job, o, &targets)
 }

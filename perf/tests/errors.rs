@@ -76,12 +76,12 @@ fn invalid_options_are_refused() {
         (vec!["-M", "101"], 2, "101"),
         (vec!["--bogus"], 2, "unexpected argument"),
         (
-            vec!["-r", "trtype:rdma traddr:1.2.3.4"],
+            vec!["--digest", "-r", "trtype:rdma traddr:1.2.3.4"],
             2,
-            // A build with the rdma feature takes RDMA but not its discovery; one
-            // without refuses the transport.
+            // A build with the rdma feature takes RDMA (and its discovery) but not
+            // digests; one without refuses the transport.
             if cfg!(feature = "rdma") {
-                "name the subsystem with subnqn:NQN"
+                "digests are NVMe/TCP's"
             } else {
                 "built with the rdma feature"
             },

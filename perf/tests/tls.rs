@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use common::{perf, trid, NQN};
 use lightpool_bdev_ram::MallocBdev;
 use lightpool_nvmf::tls::{ConfiguredPsk, PskHash, Secure};
+use lightpool_nvmf::transport::{ConnectionInfo, Transport};
 use lightpool_nvmf::{NamespaceConfig, SubsystemConfig, Target, TargetOptions};
 use lightpool_nvmf_host::{discover, ConnectOptions, HostTls};
 use lightpool_reactor::{ReactorConfig, ReactorHandle};
@@ -208,6 +209,60 @@ fn verify_runs_clean_in_tls_with_both_suites_and_identities() {
     );
     // Whether or not the kernel has the tls ULP, the target says where records go.
     assert!(log.contains("TLS records in software"), "{log}");
+}
+
+/// The connections the target holds while a perf run (2 s) is connected, and the
+/// run's outcome.
+fn connections_during(t: &TlsTarget, args: Vec<String>) -> (Vec<ConnectionInfo>, common::Run) {
+    let run = std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        perf(&args)
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < deadline && !run.is_finished() {
+        let cs = t.tcp.connections().expect("connections");
+        // The admin queue and the I/O queue, both connected to the subsystem.
+        if cs.len() >= 2 && cs.iter().all(|c| c.subnqn.is_some()) {
+            seen = cs;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (seen, run.join().expect("perf thread"))
+}
+
+#[test]
+fn the_management_view_says_who_carries_each_connections_records() {
+    let t = start(&[Secure::Required, Secure::None]);
+    let key = k256().to_interchange();
+    let r = trid(t.addrs[0], Some(NQN));
+    let mut args = verify_args(&r, HOST_256);
+    args.extend(["--tls-key", &key]);
+    let args: Vec<String> = args.iter().map(|a| a.replace("0.5", "2")).collect();
+    let (cs, run) = connections_during(&t, args);
+    assert_clean(&run, "TLS");
+    assert!(!cs.is_empty(), "no connection seen during the run");
+    // The target logs where records go (kernel when it has the tls ULP, else software);
+    // the management view must say the same for every queue.
+    let want = if logged().contains("TLS records in software") {
+        "software"
+    } else {
+        "kernel"
+    };
+    for c in &cs {
+        assert_eq!(c.tls, want, "{c:?}");
+        assert!(!c.authenticated, "no DH-HMAC-CHAP key: {c:?}");
+    }
+    let r = trid(t.addrs[1], Some(NQN));
+    let args = verify_args(&r, HOST_NONE);
+    let args: Vec<String> = args.iter().map(|a| a.replace("0.5", "2")).collect();
+    let (cs, run) = connections_during(&t, args);
+    assert_clean(&run, "plain");
+    assert!(!cs.is_empty(), "no connection seen during the plain run");
+    for c in &cs {
+        assert_eq!(c.tls, "off", "{c:?}");
+    }
 }
 
 #[test]

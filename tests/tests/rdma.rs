@@ -5,10 +5,14 @@
 //! reconnect with another I/O queue count, a hostile host beside it (bad connect private
 //! data rejected with the NVMe/RDMA statuses, an SGL over MDTS, a key it never
 //! registered: its queue ends while fio goes on; Writes and Reads in flight when the
-//! host's memory region goes: the queue ends, its ID is given back), a host
-//! killed (-9) in the middle of its I/O (its queues end in bounded time while fio goes
-//! on), and a hot upgrade under fio (the RDMA
-//! queues end, the successor listens again, the host reconnects and fio verifies).
+//! host's memory region goes, or its queue pair without a disconnect (the target's
+//! stall bound ends it while another host is served): the queue ends, its ID is given
+//! back; the host's next call after its queue ended fails at once), more Writes at once
+//! than the registered buffer pool holds (Command Interrupted without DNR, then
+//! success when sent again), a host killed (-9) in the middle of its I/O (its queues
+//! end in bounded time while fio goes on), lightpool-perf over RDMA with and without
+//! discovery, and a hot upgrade under fio (the RDMA queues end, the successor listens
+//! again, the host reconnects and fio verifies).
 #![cfg(feature = "e2e")]
 
 use std::time::Duration;
@@ -119,6 +123,13 @@ FIO=$!
 /test/rdma_hostile $RDMA_ADDR:4420 $NQN > /tmp/hostile.out 2>&1 || {{ cat /tmp/hostile.out; fail "hostile host"; }}
 cat /tmp/hostile.out
 wait $FIO || fail "fio beside the hostile host"
+# More Writes at once than the registered buffer pool holds: those that find no
+# registered buffer end with Command Interrupted (no DNR) and succeed when sent again.
+QP0=$(queues)
+/test/rdma_hostile $RDMA_ADDR:4420 $NQN pool > /tmp/pool.out 2>&1 || {{ cat /tmp/pool.out; fail "pool-dry host"; }}
+cat /tmp/pool.out
+for i in $(seq 1 100); do [ "$(queues)" = "$QP0" ] && break; sleep 0.1; done
+say "requests without a registered buffer: $(grep -c 'no registered buffer for a request' /tmp/target.log)"
 # A host that disappears: lightpool-perf killed (-9) in the middle of its I/O. The
 # target must see its connections go (RDMA_CM DISCONNECTED: the kernel ends a dead
 # process's connections) and end its queues within a bounded time, while the kernel
@@ -194,6 +205,12 @@ for job in "randwrite 4096 32768:49152" "randread 4096 32768:49152" \
     perf_run "$1-$2${{4:-}}" -r "$R" -w $1 -o $2 --range $3 -q 16 -t 2 --verify \
         --connect-timeout 10 ${{4:-}}
 done
+# Neither subnqn nor trsvcid: lightpool-perf reads the discovery log over NVMe/RDMA
+# (nothing listens on the discovery port, 8009: it asks the I/O port) and runs on the
+# RDMA entry it lists (the TCP one is passed over).
+perf_run discovered -r "trtype:rdma adrfam:ipv4 traddr:$RDMA_ADDR" -w randread -o 4096 \
+    --range 32768:49152 -q 8 -t 1 --verify --connect-timeout 10
+grep -E "discovered|nothing listens" /tmp/perf.err | sed 's/^/PERF-DISC: /'
 grep -iE "closing|WARN|deferred" /tmp/target.log | grep -v "rejected" | tail -n 12 | sed 's/^/TLOG: /'
 perf_cmp() {{
     snap; b0=$busy; c0=$cmds
@@ -282,6 +299,11 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         // controller (connected again) and serves I/O on it.
         "HOSTILE: teardown write, region gone: ended ok",
         "HOSTILE: teardown read, region gone: ended ok",
+        // A queue pair destroyed without a disconnect (soft-RoCE retries for ever): the
+        // target's stall bound (5 s) ends the queue, within it plus 3 s, while another
+        // host's writes and reads go on.
+        "HOSTILE: teardown write, queue pair gone: ended ok",
+        "HOSTILE: teardown read, queue pair gone: ended ok",
         // A killed host: its queues end within 15 s, the kernel host's fio goes on.
         "RDMA-E2E: fio beside the killed host errors=0",
         "RDMA-E2E: idle after hostile hosts: queues=2 as before: yes",
@@ -290,6 +312,9 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         "RDMA-E2E: upgraded",
         "RDMA-E2E: fio across the upgrade errors=0 write_kb=",
         "RDMA-E2E: all good",
+        // lightpool-perf without subnqn: discovery over NVMe/RDMA.
+        "PERF-DISC: lightpool-perf: nothing listens on 10.0.2.15:8009",
+        "PERF-DISC: lightpool-perf: discovered nqn.2024-01.io.lightpool:rdma at 10.0.2.15:4420",
     ] {
         assert!(out.console.contains(want), "{want:?} missing from:\n{tail}");
     }
@@ -302,12 +327,18 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         reconnects.is_some_and(|n| n >= 1),
         "the host did not reconnect across the upgrade ({reconnects:?}):\n{tail}"
     );
-    assert!(
-        out.console
-            .lines()
-            .any(|l| l.starts_with("HOSTILE: oversized: ") && l.ends_with(" ok")),
-        "{tail}"
-    );
+    for prefix in [
+        "HOSTILE: oversized: ",
+        "HOSTILE: the host's next call: ",
+        "HOSTILE: pool dry: ",
+    ] {
+        assert!(
+            out.console
+                .lines()
+                .any(|l| l.starts_with(prefix) && l.trim_end().ends_with(" ok")),
+            "{prefix:?} ... ok missing from:\n{tail}"
+        );
+    }
     let per_cmd = |t: &str| -> Option<f64> {
         out.console
             .lines()
@@ -331,6 +362,7 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         "randrw-4096--no-in-capsule",
         "randrw-16384",
         "randrw-131072",
+        "discovered",
     ] {
         let r = perf
             .get(name)

@@ -31,14 +31,18 @@ SELF=$REPO/tests/vm/setup.sh
 # dataplane/rdma-sys builds against (bindgen reads the headers through libclang).
 # openssl: s_client, the NVMe/TCP TLS handshake peer of the daemon's TLS test;
 # libssl-dev, pkg-config: what the tls feature's openssl-sys builds against.
+# libdpdk-dev, dpdk: DPDK 22.11 for offload/dpdk-sys (headers, pkg-config libdpdk) and
+# the drivers EAL loads at run time (net_tap, net_af_packet, net_ring, mempool ring);
+# ethtool: the DPDK test turns tx checksum offload off on its veth peer.
 HOST_PKGS=(qemu-system-x86 busybox-static cpio xz-utils nvme-cli fio kmod libc-bin iproute2
     e2fsprogs xfsprogs util-linux
     rdma-core ibverbs-providers libibverbs1 librdmacm1 libibverbs-dev librdmacm-dev libclang-dev
-    openssl libssl-dev pkg-config)
+    openssl libssl-dev pkg-config
+    libdpdk-dev dpdk ethtool)
 # The AF_XDP engine (offload/xdp, feature af_xdp): clang builds its XDP program for the
-# BPF target against libbpf-dev's headers; its veth test turns the peer's offloads off
-# with ethtool and pings the interface the kernel keeps.
-HOST_PKGS+=(clang libbpf-dev ethtool iputils-ping)
+# BPF target against libbpf-dev's headers; its veth test pings the interface the
+# kernel keeps (ethtool, above, turns the peer's offloads off).
+HOST_PKGS+=(clang libbpf-dev iputils-ping)
 
 # Modules the guest loads, by name as modprobe knows them; their dependencies
 # come from modules.dep. A name that is built into the kernel is skipped.

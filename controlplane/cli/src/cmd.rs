@@ -712,6 +712,8 @@ pub async fn run(cli: &Cli, dest: &Dest) -> Result<(), String> {
                                 "CNTLID",
                                 "NQN",
                                 "HOST",
+                                "TLS",
+                                "AUTH",
                             ],
                             &cs.iter()
                                 .map(|c| {
@@ -724,6 +726,8 @@ pub async fn run(cli: &Cli, dest: &Dest) -> Result<(), String> {
                                         c.cntlid.map_or("-".into(), |x| x.to_string()),
                                         c.nqn.clone().unwrap_or_else(|| "-".into()),
                                         c.host_nqn.clone().unwrap_or_else(|| "-".into()),
+                                        c.tls.clone(),
+                                        if c.authenticated { "yes" } else { "no" }.into(),
                                     ]
                                 })
                                 .collect::<Vec<_>>(),

@@ -5,7 +5,11 @@
 //! a write's data from the buffer, RDMA WRITEs a read's data into it) or, for a write
 //! no larger than the controller's in-capsule size, in the capsule itself (a second
 //! SGE of the same SEND: no copy). Responses arrive by RECV and are posted again at
-//! once. Polled, never waited on a channel: the caller drives it.
+//! once. Polled, never waited on a channel: the caller drives it. The queue's RDMA_CM
+//! event channel is read too (at most once a millisecond, when a poll finds no
+//! completion): a DISCONNECTED or DEVICE_REMOVAL ends the queue at once with a clear
+//! error, where the queue pair alone would only time out (the target's side of a
+//! connection it ended no longer answers, and soft-RoCE retries without end).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -28,6 +32,8 @@ const PSDT_SGL: u8 = 0x40;
 const RECV_BIT: u64 = 1 << 63;
 /// Completions read from the CQ at a time.
 const POLL_BATCH: usize = 32;
+/// How often an idle poll reads the RDMA_CM event channel (a system call).
+const CM_EVERY: Duration = Duration::from_millis(1);
 
 /// Where a command stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -73,6 +79,10 @@ pub struct RdmaQpair {
     /// Commands whose response has not arrived.
     in_flight: usize,
     wcs: Vec<WorkCompletion>,
+    /// The RDMA_CM event that ended the connection (DISCONNECTED, DEVICE_REMOVAL, ...):
+    /// every call fails from then on.
+    ended: Option<u32>,
+    cm_checked: Instant,
 }
 
 fn rdma_err(addr: SocketAddr, e: RdmaError) -> InitiatorError {
@@ -172,6 +182,8 @@ impl RdmaQpair {
             free: (0..cfg.depth).rev().collect(),
             in_flight: 0,
             wcs: vec![WorkCompletion::default(); POLL_BATCH],
+            ended: None,
+            cm_checked: Instant::now(),
         };
         for i in 0..depth {
             q.post_recv(i)?;
@@ -351,6 +363,9 @@ impl RdmaQpair {
         dir: Dir,
         len: u32,
     ) -> Result<(), InitiatorError> {
+        if let Some(kind) = self.ended {
+            return Err(self.ended_error(kind));
+        }
         let t = usize::from(tag);
         if self.slots.get(t) != Some(&Slot::Reserved) || len as usize > self.cfg.buf_len {
             return Err(InitiatorError::Protocol {
@@ -406,6 +421,7 @@ impl RdmaQpair {
     /// done. A failed work completion (the target ended the queue, a flush after a
     /// disconnect) is an error of the queue.
     pub fn poll(&mut self, out: &mut Vec<Completion>) -> Result<(), InitiatorError> {
+        let mut got = 0;
         loop {
             let n = self
                 .cq
@@ -453,9 +469,58 @@ impl RdmaQpair {
                     }
                 }
             }
+            got += n;
             if n < self.wcs.len() {
-                return Ok(());
+                break;
             }
+        }
+        // What arrived is delivered first; the end shows on the next poll that finds
+        // nothing.
+        if got == 0 {
+            self.watch_cm()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the RDMA_CM events waiting (at most every [`CM_EVERY`]); an error once
+    /// the connection has ended.
+    fn watch_cm(&mut self) -> Result<(), InitiatorError> {
+        if self.ended.is_none() && self.cm_checked.elapsed() >= CM_EVERY {
+            self.cm_checked = Instant::now();
+            while let Some(e) = self.ch.next_event().map_err(|e| rdma_err(self.peer, e))? {
+                if ends_connection(e.kind) {
+                    self.ended = Some(e.kind);
+                    break;
+                }
+            }
+        }
+        match self.ended {
+            Some(kind) => Err(self.ended_error(kind)),
+            None => Ok(()),
+        }
+    }
+
+    /// The error of a queue whose connection ended with RDMA_CM event `kind`.
+    fn ended_error(&self, kind: u32) -> InitiatorError {
+        match kind {
+            ev::RDMA_CM_EVENT_DISCONNECTED | ev::RDMA_CM_EVENT_TIMEWAIT_EXIT => {
+                InitiatorError::Closed { addr: self.peer }
+            }
+            ev::RDMA_CM_EVENT_DEVICE_REMOVAL => InitiatorError::Io {
+                addr: self.peer,
+                source: std::io::Error::other(format!(
+                    "queue {}: the RDMA device was removed",
+                    self.qid
+                )),
+            },
+            _ => InitiatorError::Io {
+                addr: self.peer,
+                source: std::io::Error::other(format!(
+                    "queue {}: the connection ended ({})",
+                    self.qid,
+                    lightpool_rdma_sys::event_name(kind)
+                )),
+            },
         }
     }
 
@@ -507,7 +572,7 @@ impl RdmaQpair {
         timeout: Duration,
     ) -> Result<(), InitiatorError> {
         let mut res = Ok(());
-        if send_disconnect && self.in_flight == 0 {
+        if send_disconnect && self.in_flight == 0 && self.ended.is_none() {
             res = self
                 .execute(
                     fabrics::disconnect_sqe(0),
@@ -543,6 +608,9 @@ impl RdmaQpair {
     /// Whether the target ends the connection (RDMA_CM DISCONNECTED) within `timeout`;
     /// other connection events are passed over.
     pub fn wait_disconnected(&self, timeout: Duration) -> Result<bool, InitiatorError> {
+        if self.ended == Some(ev::RDMA_CM_EVENT_DISCONNECTED) {
+            return Ok(true);
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -557,6 +625,19 @@ impl RdmaQpair {
             }
         }
     }
+}
+
+/// Whether RDMA_CM event `kind` on a connected identifier means the connection is gone.
+fn ends_connection(kind: u32) -> bool {
+    matches!(
+        kind,
+        ev::RDMA_CM_EVENT_DISCONNECTED
+            | ev::RDMA_CM_EVENT_DEVICE_REMOVAL
+            | ev::RDMA_CM_EVENT_TIMEWAIT_EXIT
+            | ev::RDMA_CM_EVENT_CONNECT_ERROR
+            | ev::RDMA_CM_EVENT_UNREACHABLE
+            | ev::RDMA_CM_EVENT_ADDR_CHANGE
+    )
 }
 
 /// Waits for the RDMA_CM event `want` of a resolve step.

@@ -462,13 +462,13 @@ impl<O: Fabric> Controller<O> {
     }
 }
 
-impl Controller {
+impl<O: Fabric> Controller<O> {
     /// Reads the whole discovery log page (retrying while its generation changes).
     pub fn discovery_log(&mut self) -> Result<Vec<DiscoveredSubsystem>, InitiatorError> {
         for _ in 0..3 {
             let first = self.log_window(0)?;
             let hdr = DiscoveryLogHeader::parse(&first).map_err(|e| {
-                InitiatorError::Unsupported(format!("{}: discovery log: {e}", self.opts.addr))
+                InitiatorError::Unsupported(format!("{}: discovery log: {e}", self.addr()))
             })?;
             let n = usize::try_from(hdr.numrec).unwrap_or(usize::MAX).min(1024);
             let total = DISCOVERY_LOG_HEADER_SIZE + n * DISCOVERY_LOG_ENTRY_SIZE;
@@ -478,7 +478,7 @@ impl Controller {
                 page.extend_from_slice(&more);
             }
             let again = DiscoveryLogHeader::parse(&self.log_window(0)?).map_err(|e| {
-                InitiatorError::Unsupported(format!("{}: discovery log: {e}", self.opts.addr))
+                InitiatorError::Unsupported(format!("{}: discovery log: {e}", self.addr()))
             })?;
             if again.genctr != hdr.genctr {
                 continue;
@@ -499,7 +499,7 @@ impl Controller {
         }
         Err(InitiatorError::Unsupported(format!(
             "{}: the discovery log kept changing while it was read",
-            self.opts.addr
+            self.addr()
         )))
     }
 
@@ -522,6 +522,12 @@ impl Controller {
 pub fn discover(mut opts: ConnectOptions) -> Result<Vec<DiscoveredSubsystem>, InitiatorError> {
     opts.subnqn = DISCOVERY_NQN.to_string();
     opts.kato_ms = 0;
+    discover_with(opts)
+}
+
+/// [`discover`] over any fabric: `opts` name the discovery subsystem
+/// ([`DISCOVERY_NQN`]), without keep-alive.
+pub fn discover_with<O: Fabric>(opts: O) -> Result<Vec<DiscoveredSubsystem>, InitiatorError> {
     let mut c = Controller::connect(opts)?;
     let addr = c.addr();
     let mut entries = c.discovery_log()?;

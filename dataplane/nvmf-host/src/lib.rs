@@ -21,7 +21,8 @@ use lightpool_spec::status::Status;
 use lightpool_spec::tcp::fes;
 
 pub use ctrlr::{
-    discover, ConnectOptions, Controller, ControllerInfo, DiscoveredSubsystem, NamespaceInfo,
+    discover, discover_with, ConnectOptions, Controller, ControllerInfo, DiscoveredSubsystem,
+    NamespaceInfo,
 };
 pub use fabric::{AdminCommand, AdminQueue, ConnectRequest, Fabric, Target};
 pub use qpair::{Completion, Dir, Negotiated, Qpair, QpairConfig, Stream};

@@ -41,6 +41,13 @@ pub struct ConnectionInfo {
     pub cntlid: Option<u16>,
     pub hostnqn: Option<String>,
     pub subnqn: Option<String>,
+    /// Who carries the TLS records: "off" (plain NVMe/TCP, or a transport without
+    /// TLS), "kernel" (kTLS) or "software" (OpenSSL on the reactor).
+    #[serde(default)]
+    pub tls: String,
+    /// The host authenticated in-band (DH-HMAC-CHAP) on this queue.
+    #[serde(default)]
+    pub authenticated: bool,
 }
 
 /// What a transport hands to a successor in a hot upgrade: its state, encoded by

@@ -7,10 +7,11 @@
 mod common;
 use common::run;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lightpool_bdev_ram::MallocBdev;
 use lightpool_nvmf::auth::crypto::{self, DhKey};
-use lightpool_nvmf::auth::{DhGroup, HashFn, HostKeys, Secret};
+use lightpool_nvmf::auth::{auth_timeout, DhGroup, HashFn, HostKeys, Secret, AUTH_TIMEOUT_FLOOR};
 use lightpool_nvmf::queue::QueueState;
 use lightpool_nvmf::{NamespaceConfig, NvmfQueue, SubsystemConfig, Target, TargetOptions};
 use lightpool_spec::auth::{
@@ -120,15 +121,8 @@ fn auth_recv(q: &mut NvmfQueue<()>) -> Vec<u8> {
     data
 }
 
-/// The Linux host's side of one transaction with `key` (and `ctrl_key` to ask for the
-/// controller's proof). Returns the last message the controller sent and, when asked,
-/// whether its proof checked out.
-fn authenticate(
-    q: &mut NvmfQueue<()>,
-    key: &Secret,
-    ctrl_key: Option<&Secret>,
-    t_id: u16,
-) -> (Vec<u8>, Option<bool>) {
+/// A Negotiate offering every hash and DH group, as the Linux host sends it.
+fn negotiate(t_id: u16) -> Vec<u8> {
     let mut idlist = [0u8; 60];
     idlist[..3].copy_from_slice(&[1, 2, 3]);
     idlist[30..36].copy_from_slice(&[0, 1, 2, 3, 4, 5]);
@@ -143,7 +137,19 @@ fn authenticate(
     };
     let mut b = vec![0u8; 72];
     n.write(&mut b).unwrap();
-    assert!(auth_send(q, &b).is_success());
+    b
+}
+
+/// The Linux host's side of one transaction with `key` (and `ctrl_key` to ask for the
+/// controller's proof). Returns the last message the controller sent and, when asked,
+/// whether its proof checked out.
+fn authenticate(
+    q: &mut NvmfQueue<()>,
+    key: &Secret,
+    ctrl_key: Option<&Secret>,
+    t_id: u16,
+) -> (Vec<u8>, Option<bool>) {
+    assert!(auth_send(q, &negotiate(t_id)).is_success());
     let ch = auth_recv(q);
     if ch[1] == msg::FAILURE1 {
         return (ch, None);
@@ -215,11 +221,13 @@ fn keyed_host_must_authenticate_on_admin_and_io_queues() {
     let (mut admin, cqe) = connect(&t, 0, CNTLID_DYNAMIC, HOST);
     assert_eq!(cqe.dw0 & wire::AUTHREQ_ATR, wire::AUTHREQ_ATR, "ATR set");
     assert!(admin.is_authenticating());
+    assert!(!admin.is_authenticated());
     // Nothing but Authentication Send/Receive before the host proves its key.
     assert_eq!(enable(&mut admin), auth_required());
     let (_, ctrl_ok) = authenticate(&mut admin, &k.host, k.ctrl.as_ref(), 1);
     assert_eq!(ctrl_ok, Some(true), "the controller proved its key");
     assert!(!admin.is_authenticating());
+    assert!(admin.is_authenticated(), "the management view says so");
     assert!(enable(&mut admin).is_success());
     // An I/O queue of the same controller authenticates too.
     let cntlid = cqe.dw0 as u16;
@@ -239,6 +247,10 @@ fn wrong_key_gets_failure1_and_only_that_queue_closes() {
     let (mut other, cqe) = connect(&t, 0, CNTLID_DYNAMIC, OPEN_HOST);
     assert_eq!(cqe.dw0 & wire::AUTHREQ_ATR, 0, "no key, no ATR");
     assert!(enable(&mut other).is_success());
+    assert!(
+        !other.is_authenticated(),
+        "no key: not authenticated in-band"
+    );
     let (mut q, _) = connect(&t, 0, CNTLID_DYNAMIC, HOST);
     let wrong = Secret::generate(Some(HashFn::Sha256), 32).unwrap();
     let (last, _) = authenticate(&mut q, &wrong, None, 9);
@@ -322,4 +334,64 @@ fn authentication_commands_check_their_fields() {
     let (cqe, _) = run(&mut q, sqe, &data);
     assert!(!cqe.status.is_success());
     assert!(q.is_authenticating());
+}
+
+#[test]
+fn the_transaction_timeout_follows_the_keep_alive_timeout() {
+    assert_eq!(auth_timeout(0), Duration::from_secs(120), "no KATO: 120 s");
+    assert_eq!(auth_timeout(30_000), Duration::from_secs(30));
+    assert_eq!(
+        auth_timeout(5_000),
+        AUTH_TIMEOUT_FLOOR,
+        "never under the floor"
+    );
+}
+
+#[test]
+fn a_host_that_never_finishes_authenticating_has_its_queue_closed() {
+    let k = keys(DhGroup::Null, false);
+    let t = target(&k);
+    // Connected (KATO 0: 120 s), never starts.
+    let (mut idle, _) = connect(&t, 0, CNTLID_DYNAMIC, HOST);
+    // Connected, sends a Negotiate, then stops after the Challenge.
+    let (mut stalled, _) = connect(&t, 0, CNTLID_DYNAMIC, HOST);
+    assert!(auth_send(&mut stalled, &negotiate(1)).is_success());
+    assert_eq!(auth_recv(&mut stalled)[1], msg::CHALLENGE);
+    // A host without a key beside them is not affected.
+    let (mut other, _) = connect(&t, 0, CNTLID_DYNAMIC, OPEN_HOST);
+    let now = Instant::now();
+    for q in [&mut idle, &mut stalled, &mut other] {
+        q.poll(now + Duration::from_secs(110));
+        assert_eq!(q.state(), QueueState::Live, "not yet");
+    }
+    for q in [&mut idle, &mut stalled, &mut other] {
+        q.poll(now + Duration::from_secs(125));
+    }
+    assert_eq!(idle.state(), QueueState::Disconnecting);
+    assert_eq!(stalled.state(), QueueState::Disconnecting);
+    assert_eq!(other.state(), QueueState::Live);
+    assert!(enable(&mut other).is_success());
+}
+
+#[test]
+fn a_stalled_reauthentication_is_forgotten_and_the_queue_keeps_serving() {
+    let k = keys(DhGroup::Null, false);
+    let t = target(&k);
+    let (mut q, _) = connect(&t, 0, CNTLID_DYNAMIC, HOST);
+    let (last, _) = authenticate(&mut q, &k.host, None, 1);
+    assert_eq!(last[1], msg::SUCCESS1);
+    assert!(enable(&mut q).is_success());
+    // Authenticated: no deadline runs.
+    q.poll(Instant::now() + Duration::from_secs(600));
+    assert_eq!(q.state(), QueueState::Live);
+    // Re-authentication starts and stalls after the Challenge.
+    assert!(auth_send(&mut q, &negotiate(2)).is_success());
+    assert_eq!(auth_recv(&mut q)[1], msg::CHALLENGE);
+    q.poll(Instant::now() + Duration::from_secs(125));
+    assert_eq!(q.state(), QueueState::Live, "the queue stays");
+    assert!(!q.is_authenticating());
+    // The host starts again, and that succeeds.
+    let (last, _) = authenticate(&mut q, &k.host, None, 3);
+    assert_eq!(last[1], msg::SUCCESS1);
+    assert!(enable(&mut q).is_success());
 }

@@ -148,11 +148,16 @@ pub struct CmEvent {
 impl CmEvent {
     /// The event's name as librdmacm spells it.
     pub fn name(&self) -> String {
-        // SAFETY: rdma_event_str returns a static NUL-terminated string for any value.
-        unsafe { std::ffi::CStr::from_ptr(ffi::rdma_event_str(self.kind)) }
-            .to_string_lossy()
-            .into_owned()
+        event_name(self.kind)
     }
+}
+
+/// The name of RDMA_CM event `kind` as librdmacm spells it.
+pub fn event_name(kind: u32) -> String {
+    // SAFETY: rdma_event_str returns a static NUL-terminated string for any value.
+    unsafe { std::ffi::CStr::from_ptr(ffi::rdma_event_str(kind)) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 impl EventChannel {

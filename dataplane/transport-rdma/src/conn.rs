@@ -23,6 +23,8 @@ use lightpool_spec::nvme::{Sqe, CQE_SIZE, SQE_SIZE};
 use lightpool_spec::rdma::KeyedSgl;
 use lightpool_spec::status::{generic, Status};
 
+use crate::stall::{Outstanding, STALL_LIMIT};
+
 /// One RDMA device the transport serves on, with one buffer pool of the target's
 /// registered in it (once, when the first connection on it came).
 pub struct Device {
@@ -144,8 +146,9 @@ enum Phase {
 pub struct Conn {
     s: Setup,
     q: NvmfQueue<RdmaReq>,
-    /// Signaled sends and reads posted and not completed.
-    outstanding: usize,
+    /// Signaled sends and reads posted and not completed, and since when none
+    /// completed (the bound on a host gone without a disconnect, [`crate::stall`]).
+    outstanding: Outstanding,
     phase: Phase,
     armed: bool,
     empty_polls: u32,
@@ -173,7 +176,7 @@ impl Conn {
         Conn {
             s,
             q,
-            outstanding: 0,
+            outstanding: Outstanding::new(Instant::now()),
             phase: Phase::Active,
             armed: false,
             empty_polls: 0,
@@ -217,7 +220,7 @@ impl Conn {
 
     /// Whether nothing runs and nothing is left to send (hot upgrade).
     pub fn is_drained(&self) -> bool {
-        self.q.bdev_in_flight() == 0 && self.outstanding == 0
+        self.q.bdev_in_flight() == 0 && self.outstanding.count() == 0
     }
 
     /// Ends the connection: the queue pair is disconnected (the host sees it at once),
@@ -247,7 +250,11 @@ impl Conn {
             Phase::Active => {
                 work += self.poll_cq(now);
                 work += self.q.poll(now);
-                work += self.respond();
+                work += self.respond(now);
+                if self.phase == Phase::Active && self.outstanding.stalled(now) {
+                    tracing::warn!(peer = %self.s.peer, qid = self.q.qid(), rdma = self.outstanding.count(), limit_s = STALL_LIMIT.as_secs(), "NVMe/RDMA work requests not completed in time (host gone without a disconnect?): ending the queue");
+                    self.close("work requests not completed in time");
+                }
                 match self.q.state() {
                     QueueState::Live if !self.qid_checked => {
                         self.qid_checked = true;
@@ -257,7 +264,7 @@ impl Conn {
                         }
                     }
                     QueueState::Failed => self.close("controller failed"),
-                    QueueState::Disconnecting if self.outstanding == 0 => {
+                    QueueState::Disconnecting if self.outstanding.count() == 0 => {
                         self.close("host disconnected the queue")
                     }
                     _ => {}
@@ -282,9 +289,9 @@ impl Conn {
                     work += 1;
                 }
                 let give_up = deadline.is_some_and(|d| now > d);
-                if (self.q.bdev_in_flight() == 0 && self.outstanding == 0) || give_up {
+                if (self.q.bdev_in_flight() == 0 && self.outstanding.count() == 0) || give_up {
                     if give_up {
-                        tracing::warn!(peer = %self.s.peer, device = self.q.bdev_in_flight(), rdma = self.outstanding, "closing with device I/O or RDMA work requests still outstanding");
+                        tracing::warn!(peer = %self.s.peer, device = self.q.bdev_in_flight(), rdma = self.outstanding.count(), "closing with device I/O or RDMA work requests still outstanding");
                     }
                     tracing::info!(peer = %self.s.peer, qid = self.q.qid(), "NVMe/RDMA queue ended, its requests released");
                     self.q.close();
@@ -299,6 +306,15 @@ impl Conn {
             Phase::Closed => {}
         }
         work
+    }
+
+    /// When this connection must be polled again, however quiet: its work requests'
+    /// stall deadline ([`crate::stall`]), while it is active and has some posted.
+    pub fn stall_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Active => self.outstanding.deadline(),
+            _ => None,
+        }
     }
 
     /// Whether the connection must be polled even when its CQ is quiet.
@@ -381,11 +397,11 @@ impl Conn {
                 }
             }
             WR_READ => {
-                self.outstanding -= 1;
+                self.outstanding.completed(now);
                 self.q.execute(index, now);
             }
             WR_SEND => {
-                self.outstanding -= 1;
+                self.outstanding.completed(now);
                 self.q.free(index);
                 if let Some((ri, len)) = self.deferred.pop_front() {
                     self.on_capsule(ri, len, now);
@@ -400,7 +416,7 @@ impl Conn {
     fn retire(&mut self, wc: &WorkCompletion) {
         let kind = wc.wr_id & !0xFFFF_FFFF;
         if kind == WR_READ || kind == WR_SEND {
-            self.outstanding = self.outstanding.saturating_sub(1);
+            self.outstanding.retired();
         }
     }
 
@@ -426,7 +442,7 @@ impl Conn {
             .expect("a receive holds a whole command");
         let sqe = Sqe::from_bytes(sqe_bytes);
         let Some(slot) = self.q.alloc(&sqe) else {
-            if self.outstanding > 0 {
+            if self.outstanding.count() > 0 {
                 // Slots wait for their SENDs: the command runs when one completes.
                 self.deferred.push_front((ri, len));
                 return;
@@ -468,7 +484,7 @@ impl Conn {
                     self.seen_read = true;
                     tracing::debug!(peer = %self.s.peer, qid = self.q.qid(), len, "first RDMA READ of host data on the queue");
                 }
-                self.fetch(slot, len as usize)
+                self.fetch(slot, len as usize, now)
             }
             Ok(Xfer::C2H { len }) => {
                 let p = self.q.req(slot).buf_mut(len as usize).as_ptr();
@@ -507,7 +523,7 @@ impl Conn {
 
     /// Host-to-controller data in the host's memory: RDMA READ it into the request's
     /// buffer; the command runs when the read completes.
-    fn fetch(&mut self, slot: u16, len: usize) {
+    fn fetch(&mut self, slot: u16, len: usize, now: Instant) {
         let r = self.q.req(slot);
         let remote = r.tr.remote;
         let p = r.buf_mut(len).as_mut_ptr();
@@ -525,7 +541,7 @@ impl Conn {
             0,
             true,
         ) {
-            Ok(()) => self.outstanding += 1,
+            Ok(()) => self.outstanding.posted(now),
             Err(e) => {
                 tracing::warn!(peer = %self.s.peer, error = %e, "cannot post an RDMA READ");
                 self.close("cannot post an RDMA READ");
@@ -534,11 +550,11 @@ impl Conn {
     }
 
     /// Sends the responses of finished requests, each after its data (RDMA WRITE).
-    fn respond(&mut self) -> usize {
+    fn respond(&mut self, now: Instant) -> usize {
         let mut work = 0;
         while let Some(slot) = self.q.next_done() {
             work += 1;
-            if let Err(e) = self.send_response(slot) {
+            if let Err(e) = self.send_response(slot, now) {
                 tracing::warn!(peer = %self.s.peer, error = %e, "cannot post a response");
                 self.close("cannot post a response");
                 return work;
@@ -547,7 +563,11 @@ impl Conn {
         work
     }
 
-    fn send_response(&mut self, slot: u16) -> Result<(), lightpool_rdma_sys::RdmaError> {
+    fn send_response(
+        &mut self,
+        slot: u16,
+        now: Instant,
+    ) -> Result<(), lightpool_rdma_sys::RdmaError> {
         let r = self.q.req_ref(slot);
         let (remote, invalidate) = (r.tr.remote, r.tr.invalidate_set.then_some(r.tr.invalidate));
         if let Xfer::C2H { len } = r.xfer {
@@ -587,7 +607,7 @@ impl Conn {
             key,
             true,
         )?;
-        self.outstanding += 1;
+        self.outstanding.posted(now);
         Ok(())
     }
 }

@@ -79,6 +79,8 @@ impl Transport for RdmaTransport {
                             cntlid: ctrl.map(|c| c.cntlid),
                             hostnqn: ctrl.map(|c| c.hostnqn.clone()),
                             subnqn: ctrl.map(|c| c.subsys.nqn.clone()),
+                            tls: "off".to_string(),
+                            authenticated: q.is_authenticated(),
                         }
                     })
                     .collect::<Vec<_>>()

@@ -18,6 +18,7 @@
 mod cm;
 pub mod conn;
 mod kind;
+pub mod stall;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -119,6 +120,10 @@ pub(crate) struct Local {
     last_cm: Option<Instant>,
     registered: bool,
     quiesced: bool,
+    /// The timer that wakes this reactor at the earliest stall deadline of its
+    /// connections ([`stall`]): a reactor asleep on quiet completion queues must still
+    /// notice that nothing completes.
+    stall_timer: Option<(Instant, lightpool_reactor::TimerId)>,
 }
 
 thread_local! {
@@ -353,6 +358,23 @@ impl RdmaTransport {
     }
 }
 
+/// Makes sure the reactor wakes by `next` (the earliest stall deadline of its
+/// connections): a timer that fires sooner than needed only makes one more poll.
+fn arm_stall_timer(ctx: &mut Ctx, l: &mut Local, next: Option<Instant>) {
+    let Some(at) = next else { return };
+    if l.stall_timer.is_some_and(|(t, _)| t <= at) {
+        return;
+    }
+    if let Some((_, id)) = l.stall_timer.take() {
+        ctx.cancel_timer(id);
+    }
+    let id = ctx.add_timer(
+        at,
+        Box::new(|_: &mut Ctx| LOCAL.with(|l| l.borrow_mut().stall_timer = None)),
+    );
+    l.stall_timer = Some((at, id));
+}
+
 /// The one poller of this transport on a reactor.
 struct RdmaPoller;
 
@@ -392,6 +414,8 @@ impl Poller for RdmaPoller {
                 }
                 i += 1;
             }
+            let next = l.conns.iter().filter_map(Conn::stall_deadline).min();
+            arm_stall_timer(ctx, &mut l, next);
         });
         if busy {
             PollStatus::Busy

@@ -128,6 +128,8 @@ impl Transport for TcpTransport {
                             cntlid: c.map(|c| c.cntlid),
                             hostnqn: c.map(|c| c.hostnqn.clone()),
                             subnqn: c.map(|c| c.subsys.nqn.clone()),
+                            tls: e.conn.stream().record_layer().to_string(),
+                            authenticated: q.is_authenticated(),
                         }
                     })
                     .collect::<Vec<_>>()

@@ -69,6 +69,20 @@ impl Sock {
         }
     }
 
+    /// Who carries the connection's TLS records, as the management API shows it:
+    /// "off", "kernel" (kTLS) or "software".
+    pub fn record_layer(&self) -> &'static str {
+        match self {
+            Sock::Plain(_) => "off",
+            #[cfg(feature = "tls")]
+            Sock::Tls(t) if t.is_ktls() => "kernel",
+            #[cfg(feature = "tls")]
+            Sock::Tls(t) if t.is_tls() => "software",
+            #[cfg(feature = "tls")]
+            Sock::Tls(_) => "off",
+        }
+    }
+
     /// Whether the kernel carries the connection's TLS records (kTLS): its successor
     /// must know, to read alerts as the end of the connection.
     pub fn is_ktls(&self) -> bool {

@@ -586,6 +586,8 @@ impl controllers_server::Controllers for Api {
                         cntlid: c.cntlid.map(u32::from),
                         host_nqn: c.hostnqn,
                         nqn: c.subnqn,
+                        tls: c.tls,
+                        authenticated: c.authenticated,
                     }));
                 }
                 Ok(out)

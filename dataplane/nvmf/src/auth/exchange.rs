@@ -100,6 +100,11 @@ impl Exchange {
         }
     }
 
+    /// Whether a transaction is under way (the host owes the next message).
+    pub fn in_progress(&self) -> bool {
+        self.step != Step::Negotiate
+    }
+
     /// The hash and DH group of the current (or last) transaction.
     pub fn selected(&self) -> (HashFn, DhGroup) {
         (self.hash, self.dh)

@@ -12,6 +12,23 @@ pub use crypto::{DhGroup, HashFn};
 pub use exchange::{Event, Exchange, Peer};
 pub use secret::{Secret, SecretError};
 
+use std::time::Duration;
+
+/// How long a host has for each step of an authentication transaction (from the
+/// Connect to its Negotiate, and from each message to the next): the keep-alive
+/// timeout the host asked for, or 120 s when it asked for none, as Linux nvmet
+/// does; never under [`AUTH_TIMEOUT_FLOOR`], so that a host computing a large DH
+/// group on a slow machine is not cut off by a short keep-alive timeout.
+pub fn auth_timeout(kato_ms: u32) -> Duration {
+    if kato_ms == 0 {
+        return Duration::from_secs(120);
+    }
+    Duration::from_millis(u64::from(kato_ms)).max(AUTH_TIMEOUT_FLOOR)
+}
+
+/// The shortest time [`auth_timeout`] gives.
+pub const AUTH_TIMEOUT_FLOOR: Duration = Duration::from_secs(10);
+
 /// The DH-HMAC-CHAP keys and parameters a subsystem holds for one host.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HostKeys {

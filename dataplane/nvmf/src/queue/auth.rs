@@ -2,11 +2,13 @@
 //! transaction (see [`crate::auth::exchange`]), and what its outcome does to the queue.
 //! Control path only: a live queue reaches here only when its host re-authenticates.
 
+use std::time::Instant;
+
 use lightpool_spec::auth::{failure, AuthCommand};
 use lightpool_spec::nvme;
 use lightpool_spec::status::{generic, Status};
 
-use crate::auth::{Event, Exchange, Peer};
+use crate::auth::{auth_timeout, Event, Exchange, Peer};
 use crate::ctrlr::Controller;
 use crate::queue::{gate, Exec, NvmfQueue, QueueState, SlotState};
 use crate::region::slot as rslot;
@@ -27,6 +29,7 @@ impl<T: Default> NvmfQueue<T> {
         }
         self.gate |= gate::UNAUTHENTICATED;
         self.auth = Some(Box::new(Exchange::new()));
+        self.arm_auth_deadline(true);
         self.publish_queue_static();
         lightpool_spec::auth::AUTHREQ_ATR
     }
@@ -78,6 +81,54 @@ impl<T: Default> NvmfQueue<T> {
         }
     }
 
+    /// After a Connect that requires authentication and after each authentication
+    /// message: the host has [`auth_timeout`] for its next step while a transaction
+    /// is under way or the queue still waits for one; otherwise no deadline.
+    fn arm_auth_deadline(&mut self, waiting: bool) {
+        let kato = self.ctrlr.as_ref().map_or(0, |c| c.kato_ms());
+        self.auth_deadline = waiting.then(|| Instant::now() + auth_timeout(kato));
+    }
+
+    /// The host let an authentication transaction run out of time. A queue that
+    /// never authenticated can do nothing else, so it closes (its host may connect
+    /// again); an authenticated queue whose re-authentication stalled keeps serving
+    /// and the transaction is forgotten, so that the host's next Negotiate starts
+    /// afresh (Linux nvmet resets it the same way).
+    #[cold]
+    pub(crate) fn auth_expired(&mut self) {
+        self.auth_deadline = None;
+        let Some(c) = self.ctrlr.clone() else { return };
+        let after = auth_timeout(c.kato_ms()).as_secs();
+        if self.gate & gate::UNAUTHENTICATED != 0 {
+            tracing::warn!(
+                subnqn = %c.subsys.nqn,
+                hostnqn = %c.hostnqn,
+                cntlid = c.cntlid,
+                qid = self.qid,
+                timeout_s = after,
+                "the host did not finish authenticating in time: closing the queue"
+            );
+            self.state = QueueState::Disconnecting;
+        } else {
+            tracing::warn!(
+                subnqn = %c.subsys.nqn,
+                hostnqn = %c.hostnqn,
+                cntlid = c.cntlid,
+                qid = self.qid,
+                timeout_s = after,
+                "re-authentication stalled: transaction abandoned, the queue stays authenticated"
+            );
+            self.auth = Some(Box::new(Exchange::new()));
+        }
+        self.publish_queue_static();
+    }
+
+    /// Whether the host authenticated in-band on this queue (and has not started
+    /// failing since).
+    pub fn is_authenticated(&self) -> bool {
+        self.auth.is_some() && self.gate & gate::UNAUTHENTICATED == 0
+    }
+
     /// Whether the queue still waits for its host to authenticate.
     pub fn is_authenticating(&self) -> bool {
         self.gate & gate::UNAUTHENTICATED != 0
@@ -109,7 +160,9 @@ impl<T: Default> NvmfQueue<T> {
         let mut x = self.auth.take().unwrap_or_default();
         let data = self.slots[usize::from(slot)].buf(len as usize);
         let ev = x.send(data, &peer);
+        let waiting = x.in_progress();
         self.auth = Some(x);
+        self.arm_auth_deadline(waiting || self.gate & gate::UNAUTHENTICATED != 0);
         self.auth_event(ev);
         Ok(Exec::Done)
     }
@@ -133,7 +186,9 @@ impl<T: Default> NvmfQueue<T> {
         let out = self.slots[usize::from(slot)].buf_mut(al as usize);
         out.fill(0);
         let res = x.receive(out, &peer);
+        let waiting = x.in_progress();
         self.auth = Some(x);
+        self.arm_auth_deadline(waiting || self.gate & gate::UNAUTHENTICATED != 0);
         match res {
             Ok((_, ev)) => {
                 // The whole allocation goes back, zero-padded past the message, as
@@ -167,6 +222,7 @@ impl<T: Default> NvmfQueue<T> {
                 let (hash, dh) = self.auth.as_ref().map(|x| x.selected()).unzip();
                 let reauth = self.gate & gate::UNAUTHENTICATED == 0;
                 self.gate &= !gate::UNAUTHENTICATED;
+                self.auth_deadline = None;
                 self.publish_queue_static();
                 tracing::info!(
                     subnqn = %c.subsys.nqn,
@@ -194,6 +250,7 @@ impl<T: Default> NvmfQueue<T> {
                     "authentication failed: closing the queue"
                 );
                 self.gate |= gate::UNAUTHENTICATED;
+                self.auth_deadline = None;
                 self.state = QueueState::Disconnecting;
                 self.publish_queue_static();
             }

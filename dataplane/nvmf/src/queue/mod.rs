@@ -262,6 +262,9 @@ pub struct NvmfQueue<T> {
     pub(crate) gate: u8,
     /// The queue's DH-HMAC-CHAP transaction, once the host started one.
     pub(crate) auth: Option<Box<crate::auth::Exchange>>,
+    /// When the authentication under way (or awaited) runs out of time (see
+    /// `queue::auth`); `None` when none is.
+    pub(crate) auth_deadline: Option<Instant>,
     pub(crate) held: VecDeque<u16>,
     /// While [`NvmfQueue::execute_write_from`] runs: the write's data, still in the
     /// transport's receive buffer (start, length).
@@ -300,6 +303,7 @@ impl<T: Default> NvmfQueue<T> {
             retiring: Vec::new(),
             bdev_in_flight: 0,
             ka_deadline: None,
+            auth_deadline: None,
             stats: Arc::new(QueueStats::default()),
             bufs,
             trim: Trim::default(),
@@ -533,6 +537,9 @@ impl<T: Default> NvmfQueue<T> {
         }
         self.trim_bufs(now);
         self.check_namespaces();
+        if self.auth_deadline.is_some_and(|dl| now > dl) {
+            self.auth_expired();
+        }
         let Some(c) = &self.ctrlr else { return work };
         if c.is_failed() {
             self.state = QueueState::Failed;

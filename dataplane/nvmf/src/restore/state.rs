@@ -431,6 +431,9 @@ impl<T: Default> NvmfQueue<T> {
             // it and the host starts again (or gives up and reconnects).
             q.gate |= crate::queue::gate::UNAUTHENTICATED;
             q.auth = Some(Box::default());
+            // The host gets a whole transaction timeout from here.
+            let kato = q.ctrlr.as_ref().map_or(0, |c| c.kato_ms());
+            q.auth_deadline = Some(now + crate::auth::auth_timeout(kato));
         }
         if s.disconnecting {
             q.set_disconnecting();

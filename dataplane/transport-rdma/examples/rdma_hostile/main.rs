@@ -11,14 +11,21 @@
 //!   RDMA READ fails and it must end the queue (the host sees a disconnect);
 //! - with NQN given: on a controller of that subsystem (lightpool-nvmf-host-rdma's), an
 //!   I/O queue whose RDMA_CM request names queue 1 and whose Connect names queue 2:
-//!   the target must end that queue;
+//!   the target must end that queue, and the host's next call fail at once with the
+//!   end its RDMA_CM event channel reports;
 //! - with NQN given, hosts that go away mid-transfer ([`teardown`]): Writes the target
 //!   must RDMA READ and Reads it must RDMA WRITE back, in flight when the host's memory
-//!   region goes (the target's transfer fails remotely): it must end that queue, give its queue ID back
-//!   and keep serving.
+//!   region goes (the target's transfer fails remotely), or when its queue pair is
+//!   destroyed without a disconnect (only the target's stall bound notices): it must end
+//!   that queue, give its queue ID back and keep serving.
 //!
-//! `rdma_hostile IP:PORT [NQN]`
+//! - `pool` after the NQN: only a host that wants more request buffers at once than
+//!   the target's registered pool holds ([`pool`]): the Writes that find none must
+//!   end with a status the host retries, and succeed when sent again.
+//!
+//! `rdma_hostile IP:PORT [NQN [pool]]`
 
+mod pool;
 mod teardown;
 
 use std::net::SocketAddr;
@@ -37,6 +44,9 @@ use lightpool_spec::rdma::{cm_reject, CmRequest, KeyedSgl, SGL_KEYED_ADDRESS};
 use lightpool_spec::status::{generic, Status};
 
 pub(crate) const STEP: Duration = Duration::from_secs(5);
+/// How soon a host's call must fail once the target ended its queue (the RDMA_CM
+/// DISCONNECTED comes in milliseconds; without watching for it the call times out).
+const NEXT_CALL: Duration = Duration::from_secs(1);
 
 /// A client connection's resources (the QP before the CQ before its channel).
 struct Client {
@@ -216,7 +226,17 @@ fn mismatched_qid(addr: SocketAddr, nqn: &str) -> Result<()> {
         STEP,
         "Connect",
     );
-    let ended = answer.is_err() || q.wait_disconnected(STEP)?;
+    // The host's next call must fail at once with the end the RDMA_CM reports (the
+    // host watches its event channel), not wait out its timeout.
+    let t = std::time::Instant::now();
+    let flush = lightpool_spec::nvme::Sqe {
+        opcode: lightpool_spec::nvme::io_opcode::FLUSH,
+        nsid: 1,
+        ..Default::default()
+    };
+    let next = q.execute(flush, Dir::None, None, 0, STEP, "Flush");
+    let took = t.elapsed();
+    let ended = answer.is_err() || next.is_err() || q.wait_disconnected(STEP)?;
     println!(
         "HOSTILE: connect qid mismatch: {}",
         if ended {
@@ -224,6 +244,18 @@ fn mismatched_qid(addr: SocketAddr, nqn: &str) -> Result<()> {
         } else {
             "WRONG: still connected"
         }
+    );
+    let seen = match &next {
+        Err(lightpool_nvmf_host::InitiatorError::Closed { .. }) if took < NEXT_CALL => "ok",
+        _ => "WRONG",
+    };
+    println!(
+        "HOSTILE: the host's next call: {} after {} ms {seen}",
+        match &next {
+            Ok(c) => format!("answered {}", c.status),
+            Err(e) => e.to_string(),
+        },
+        took.as_millis()
     );
     c.shutdown()?;
     Ok(())
@@ -233,19 +265,21 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let addr: SocketAddr = args
         .next()
-        .context("usage: rdma_hostile IP:PORT [NQN]")?
+        .context("usage: rdma_hostile IP:PORT [NQN [pool]]")?
         .parse()
         .context("IP:PORT")?;
     if let Some(nqn) = args.next() {
+        if args.next().as_deref() == Some("pool") {
+            return pool::case(addr, &nqn);
+        }
         mismatched_qid(addr, &nqn)?;
         use lightpool_spec::nvme::io_opcode::{READ, WRITE};
         use teardown::Gone;
         teardown::case(addr, &nqn, "write, region gone", WRITE, Gone::Region)?;
         teardown::case(addr, &nqn, "read, region gone", READ, Gone::Region)?;
-        // `Gone::QueuePair` (the QP destroyed without a disconnect) is not run: on
-        // soft-RoCE the target's READs and WRITEs to it are never failed (no retry
-        // timeout on the passive side), so the target does not notice; see the notes
-        // in teardown.rs.
+        // The QP destroyed without a disconnect: only the target's own bound ends it.
+        teardown::case(addr, &nqn, "write, queue pair gone", WRITE, Gone::QueuePair)?;
+        teardown::case(addr, &nqn, "read, queue pair gone", READ, Gone::QueuePair)?;
     }
     let good = CmRequest {
         recfmt: 0,

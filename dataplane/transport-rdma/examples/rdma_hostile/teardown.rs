@@ -5,7 +5,10 @@
 //! fails remotely) or the queue pair is destroyed without a disconnect (the target's
 //! work requests find no one and run out of retries). The target must end that queue
 //! (the host sees its disconnect), give queue 1 back to the controller (the host
-//! connects it again) and keep serving (a write and a read on the new queue).
+//! connects it again) and keep serving (a write and a read on the new queue). When the
+//! queue pair goes, the target has only its own bound to notice by (soft-RoCE retries
+//! forever, see the transport's `stall` module): the queue must end within that bound,
+//! while another host's I/O goes on beside it.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -27,9 +30,11 @@ use crate::STEP;
 /// Commands in flight when the host goes (queue 1 has `ENTRIES` entries).
 const CMDS: usize = 8;
 const ENTRIES: u16 = 16;
-/// How long the target may take to notice: a queue pair that is gone is seen only
-/// when the target's work requests run out of retries (seconds on soft-RoCE).
+/// How long the test waits for the target to notice.
 const NOTICE: Duration = Duration::from_secs(20);
+/// How late past the target's stall bound a vanished queue pair may be noticed (the
+/// reactor's timer, the disconnect's way to the host, an emulated guest).
+const SLACK: Duration = Duration::from_secs(3);
 /// Where the commands go: LBAs (512-byte blocks) past what the guest test's other hosts
 /// use (the first 48 MiB of the 64 MiB namespace).
 const SLBA: u64 = 100_000;
@@ -41,11 +46,9 @@ const PSDT_SGL: u8 = 0x40;
 pub enum Gone {
     /// The memory region the keyed SGLs name (deregistered; the QP stays).
     Region,
-    /// The queue pair (destroyed without a disconnect; the identifier stays). Not run
-    /// by the guest test: on soft-RoCE (Linux 6.12) the target's work requests to a
-    /// vanished QP are retried without end, so the target never notices (its queue
-    /// ends only when the host's identifier goes and the CM disconnects it).
-    #[allow(dead_code)]
+    /// The queue pair (destroyed without a disconnect; the identifier stays). On
+    /// soft-RoCE the target's work requests to it are retried without end: the target
+    /// must end the queue by its own bound (`STALL_LIMIT`).
     QueuePair,
 }
 
@@ -249,6 +252,12 @@ pub fn case(addr: SocketAddr, nqn: &str, name: &str, op: u8, gone: Gone) -> Resu
     let len = c.info.max_transfer.unwrap_or(128 * 1024).min(1 << 20) as usize;
     let mut q = RawQueue::connect(addr, cntlid, len)?;
     q.fabric_connect(nqn, hostnqn, hostid, cntlid)?;
+    // Another host does I/O the whole time (only where the target's own bound is what
+    // ends the queue: the wait is long enough to show that others are served). Started
+    // before the commands go: they must still be in flight when the host goes.
+    let beside = matches!(gone, Gone::QueuePair)
+        .then(|| Beside::start(addr, nqn))
+        .transpose()?;
     let nlb = (len / 512) as u64;
     for i in 0..CMDS {
         if op == io_opcode::WRITE {
@@ -275,6 +284,7 @@ pub fn case(addr: SocketAddr, nqn: &str, name: &str, op: u8, gone: Gone) -> Resu
     let t0 = Instant::now();
     let ended = q.wait_disconnected(NOTICE)?;
     let noticed = t0.elapsed();
+    let beside = beside.map(Beside::stop);
     // The target gives queue 1 back once the connection is gone: connect it again (a
     // Connect naming a queue still in use is refused) and do I/O on it.
     let cfg = RdmaQueueConfig {
@@ -292,17 +302,26 @@ pub fn case(addr: SocketAddr, nqn: &str, name: &str, op: u8, gone: Gone) -> Resu
     }
     let freed = t0.elapsed();
     let io_ok = match nq.as_mut() {
-        Some(n) => io_roundtrip(n).is_ok(),
+        Some(n) => io_roundtrip(n, SLBA - 8).is_ok(),
         None => false,
     };
-    let verdict = match (ended, nq.is_some(), io_ok) {
-        (true, true, true) => "ended ok".to_string(),
+    let bound = lightpool_transport_rdma::stall::STALL_LIMIT + SLACK;
+    let late = matches!(gone, Gone::QueuePair) && noticed > bound;
+    let verdict = match (ended, nq.is_some(), io_ok, &beside) {
         (false, ..) => "WRONG: still connected".to_string(),
-        (_, false, _) => "WRONG: queue 1 not given back".to_string(),
-        _ => "WRONG: no I/O on queue 1 again".to_string(),
+        (_, false, ..) => "WRONG: queue 1 not given back".to_string(),
+        (_, _, false, _) => "WRONG: no I/O on queue 1 again".to_string(),
+        _ if late => format!("WRONG: noticed after more than {} ms", bound.as_millis()),
+        (.., Some(Err(e))) => format!("WRONG: the other host was not served: {e:#}"),
+        (.., Some(Ok(0))) => "WRONG: the other host did no I/O meanwhile".to_string(),
+        _ => "ended ok".to_string(),
+    };
+    let other = match &beside {
+        Some(Ok(n)) => format!(", the other host did {n} writes and reads meanwhile"),
+        _ => String::new(),
     };
     println!(
-        "HOSTILE: teardown {name}: {verdict} (disconnect after {} ms, queue 1 again after {} ms, {early} of {CMDS} answered before)",
+        "HOSTILE: teardown {name}: {verdict} (disconnect after {} ms, queue 1 again after {} ms, {early} of {CMDS} answered before{other})",
         noticed.as_millis(),
         freed.as_millis()
     );
@@ -314,9 +333,62 @@ pub fn case(addr: SocketAddr, nqn: &str, name: &str, op: u8, gone: Gone) -> Resu
     Ok(())
 }
 
-/// A 4 KiB write and its read back on a fresh queue.
-fn io_roundtrip(q: &mut RdmaQpair) -> Result<()> {
-    let slba = SLBA - 8;
+/// Another host (its own controller and I/O queue) writing and reading back on a
+/// thread until stopped.
+struct Beside {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<u64>>,
+}
+
+impl Beside {
+    /// Returns once the other host is connected.
+    fn start(addr: SocketAddr, nqn: &str) -> Result<Beside> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (nqn, s) = (nqn.to_string(), stop.clone());
+        let thread = std::thread::spawn(move || -> Result<u64> {
+            let hostnqn = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-00000000b551";
+            let mut c = crate::controller(addr, &nqn, hostnqn, [0xB5; 16])?;
+            c.request_io_queues(1)?;
+            let cfg = RdmaQueueConfig {
+                depth: 4,
+                buf_len: 4096,
+                in_capsule_max: 0,
+            };
+            let mut q = c.connect_io_queue_at(1, 8, cfg)?;
+            let _ = tx.send(());
+            let mut n = 0;
+            while !s.load(Ordering::Relaxed) {
+                io_roundtrip(&mut q, SLBA - 16).with_context(|| format!("after {n}"))?;
+                n += 1;
+            }
+            let _ = q.disconnect(true, STEP);
+            c.shutdown()?;
+            Ok(n)
+        });
+        if rx.recv_timeout(STEP * 2).is_err() {
+            stop.store(true, Ordering::Relaxed);
+            let e = match thread.join() {
+                Ok(Err(e)) => e,
+                _ => anyhow::anyhow!("not connected in time"),
+            };
+            return Err(e.context("the other host"));
+        }
+        Ok(Beside { stop, thread })
+    }
+
+    /// The writes and reads it did, or what went wrong.
+    fn stop(self) -> Result<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the other host's thread panicked"))?
+    }
+}
+
+/// A 4 KiB write at `slba` and its read back.
+fn io_roundtrip(q: &mut RdmaQpair, slba: u64) -> Result<()> {
     let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
     let w = Sqe {
         opcode: io_opcode::WRITE,
