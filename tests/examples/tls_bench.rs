@@ -8,19 +8,21 @@
 //! cargo run --release -p lightpool-e2e --example tls_bench -- [ROUNDS [SECONDS]]
 //! ```
 //!
-//! In the guest (2 vCPUs): lightpool-target pinned to vCPU 1 (`taskset -c 1`, `cores =
-//! [1]`) serving a RAM namespace on a plain listener, a TLS listener with `ktls = "off"`
-//! and one with `ktls = "auto"`; lightpool-perf pinned to vCPU 0 (`taskset -c 0`, `-c
-//! 0`). ROUNDS rounds (default 3) of each workload (4 KiB randread QD32, 4 KiB randwrite
-//! QD32, 128 KiB sequential read QD16), each case in turn within a round (plain, plain +
-//! digests, software TLS, software TLS + digests, kTLS, kTLS + digests), SECONDS
-//! (default 4) each. Per run: perf's IOPS, and the target's CPU per I/O from its
-//! /proc/PID/stat utime + stime (clock ticks of 10 ms) read before and after the run.
-//! Medians over the rounds, ratios to plain; a table and JSON on stdout, the JSON also
-//! in target/e2e/tls_bench.json. The guest's CPU flags for AES and carry-less multiply
-//! and the kernel's gcm(aes) implementation (/proc/crypto) are printed with the table:
-//! QEMU's TCG emulates every instruction, so absolute figures mean nothing and the
-//! ratios hold for this emulation only.
+//! In the guest (2 vCPUs): lightpool-target on vCPU 1 (`taskset -c 1`, one unpinned
+//! reactor: `cores` counts the CPUs of the affinity mask) serving a RAM namespace on a
+//! plain listener, a TLS listener with `ktls = "off"` and one with `ktls = "auto"`;
+//! lightpool-perf pinned to vCPU 0 (`taskset -c 0`, `-c 0`). ROUNDS rounds (default 3)
+//! of each workload (4 KiB randread QD32, 4 KiB randwrite QD32, 128 KiB sequential read
+//! QD16), each case in turn within a round (plain, plain + digests, software TLS,
+//! software TLS + digests, kTLS, kTLS + digests), SECONDS (default 4) each. Per run:
+//! perf's IOPS, and the target's CPU per I/O from its /proc/PID/stat utime + stime
+//! (clock ticks of 10 ms) read before and after the run (connect and handshake
+//! included), with its share of the run's wall time ("target CPU busy": below 100%
+//! the target was not what limited the IOPS). Medians over the rounds, ratios to plain;
+//! a table and JSON on stdout, the JSON also in target/e2e/tls_bench.json. The guest's
+//! CPU flags for AES and carry-less multiply and the kernel's gcm(aes) implementation
+//! (/proc/crypto) are printed with the table: QEMU's TCG emulates every instruction, so
+//! absolute figures mean nothing and the ratios hold for this emulation only.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -68,7 +70,7 @@ say "cpu flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(aes
 say "model: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2)"
 cat > /tmp/t.toml <<EOT
 [target]
-cores = [1]
+reactors = 1
 
 [[listener]]
 address = "127.0.0.1:4420"
@@ -138,6 +140,9 @@ say "done"
     )
 }
 
+/// (case, workload) -> per round (IOPS, target µs of CPU per I/O, target CPU busy).
+type Runs = BTreeMap<(String, String), Vec<(f64, f64, f64)>>;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -182,8 +187,7 @@ fn main() -> Result<()> {
         .lines()
         .filter_map(|l| l.strip_prefix("TLS-BENCH: "))
         .collect();
-    // (case, workload) -> per round (IOPS, target µs of CPU per I/O, target CPU busy).
-    let mut m: BTreeMap<(String, String), Vec<(f64, f64, f64)>> = BTreeMap::new();
+    let mut m = Runs::new();
     let reports = rdma::perf_reports(c);
     for line in c.lines().filter_map(|l| l.strip_prefix("TLSCPU ")) {
         let f: Vec<&str> = line.split_whitespace().collect();
