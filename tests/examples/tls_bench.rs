@@ -25,10 +25,13 @@
 //! absolute figures mean nothing and the ratios hold for this emulation only.
 
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use lightpool_e2e::{binary_with_libraries, e2e_dir, rdma, release_binary, run_guest, GuestConfig};
+use lightpool_e2e::{
+    assets, binary_with_libraries, e2e_dir, rdma, release_binary, run_guest, GuestConfig,
+};
 use lightpool_nvmf::tls::{ConfiguredPsk, PskHash};
 use serde_json::json;
 
@@ -41,20 +44,66 @@ const WORKLOADS: [(&str, &str, u32, u32); 3] = [
     ("read-128k-qd16", "read", 131072, 16),
 ];
 /// (name, port, perf arguments beyond the transport ID).
-const CASES: [(&str, u16, &str); 6] = [
+const CASES: [(&str, u16, &str); 8] = [
     ("plain", 4420, ""),
     ("plain+digests", 4420, "--digest"),
     ("tls", 4421, "$TLS --ktls off"),
     ("tls+digests", 4421, "$TLS --ktls off --digest"),
     ("ktls", 4422, "$TLS --ktls auto"),
     ("ktls+digests", 4422, "$TLS --ktls auto --digest"),
+    // kTLS with aesni-intel loaded for the run (its gcm(aes), priority 400, ahead of
+    // gcm_base(ctr(aes-generic),ghash-generic)), unloaded after it.
+    ("ktls-aesni", 4422, "$TLS --ktls auto"),
+    ("ktls-aesni+digests", 4422, "$TLS --ktls auto --digest"),
+];
+/// What aesni-intel needs beside what the initramfs has (gf128mul), in load order,
+/// from the kernel package tests/vm/setup.sh unpacked.
+const AESNI: [&str; 3] = [
+    "kernel/crypto/cryptd.ko.xz",
+    "kernel/crypto/crypto_simd.ko.xz",
+    "kernel/arch/x86/crypto/aesni-intel.ko.xz",
 ];
 
-fn script(rounds: u32, secs: u32, key: &str) -> String {
+/// The cases measured: the aesni ones only where the modules were found.
+fn cases(aesni: bool) -> impl Iterator<Item = (&'static str, u16, &'static str)> {
+    CASES
+        .into_iter()
+        .filter(move |c| aesni || !c.0.contains("aesni"))
+}
+
+/// `(guest path, contents)`, as [`GuestConfig::extra_files`] takes them.
+type GuestFiles = Vec<(String, Vec<u8>)>;
+
+/// The aesni-intel modules and their dependencies, decompressed, as guest files
+/// /test/ko/N.ko (N in load order); None when the unpacked kernel package lacks them.
+fn aesni_modules() -> Result<Option<GuestFiles>> {
+    let a = assets()?;
+    let Ok(pkgs) = std::fs::read_dir(a.dir.join("kernel")) else {
+        return Ok(None);
+    };
+    for pkg in pkgs.flatten() {
+        let base = pkg.path().join("lib/modules").join(&a.kernel_release);
+        if !AESNI.iter().all(|m| base.join(m).is_file()) {
+            continue;
+        }
+        let mut out = Vec::new();
+        for (i, m) in AESNI.iter().enumerate() {
+            let x = Command::new("xz").arg("-dc").arg(base.join(m)).output()?;
+            if !x.status.success() {
+                bail!("xz -dc {}: {}", m, String::from_utf8_lossy(&x.stderr));
+            }
+            out.push((format!("/test/ko/{i}.ko"), x.stdout));
+        }
+        return Ok(Some(out));
+    }
+    Ok(None)
+}
+
+fn script(rounds: u32, secs: u32, key: &str, aesni: bool) -> String {
     let mut runs = String::new();
     for r in 1..=rounds {
         for (w, rw, o, q) in WORKLOADS {
-            for (c, port, args) in CASES {
+            for (c, port, args) in cases(aesni) {
                 runs += &format!("bench {c} {w} {r} {port} -w {rw} -o {o} -q {q} {args}\n");
             }
         }
@@ -106,17 +155,37 @@ grep -q "the kernel has the tls ULP" /tmp/target.log || fail "the target found n
 TLS="--tls-key {key}"
 trid() {{ echo "trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:$1 subnqn:{NQN}"; }}
 ticks() {{ awk '{{ print $14 + $15 }}' /proc/$TPID/stat; }}
+# The gcm(aes) implementations registered, highest priority (the one a new kTLS
+# socket gets) first.
+gcm() {{
+    awk '/^name/ {{ n = $3 }} /^driver/ {{ d = $3 }} /^priority/ {{ p = $3 }} /^refcnt/ {{ r = $3 }}
+         /^type/ {{ if (n == "gcm(aes)") printf "%s %s=%s(refcnt %s)\n", p, "gcm(aes)", d, r }}' /proc/crypto |
+        sort -rn | cut -d' ' -f2- | tr '\n' ' '
+}}
+aesni_on() {{
+    grep -q '^aesni_intel ' /proc/modules && return 0
+    for k in /test/ko/0.ko /test/ko/1.ko /test/ko/2.ko; do insmod $k 2>/dev/null || true; done
+    grep -q '^aesni_intel ' /proc/modules || fail "aesni-intel did not load"
+}}
+# The target closes its kTLS sockets (and frees their AEADs) once it sees perf go.
+aesni_off() {{
+    for i in $(seq 1 50); do rmmod aesni_intel 2>/dev/null && return 0; sleep 0.1; done
+    fail "aesni-intel stays in use"
+}}
 uptime_cs() {{ awk '{{ printf "%d", $1 * 100 }}' /proc/uptime; }}
 # bench CASE WORKLOAD ROUND PORT PERF-ARGS...: the lines "TLSCPU CASE/WORKLOAD/ROUND
 # TARGET-TICKS WALL-CS" and "PERFJSON CASE/WORKLOAD/ROUND EXIT {{perf json}}".
 bench() {{
     c=$1 w=$2 r=$3 port=$4
     shift 4
+    case $c in *aesni*) aesni_on;; esac
     t0=$(ticks); u0=$(uptime_cs); rc=0
     taskset -c 0 /test/lightpool-perf --json -r "$(trid $port)" --hostnqn {HOST} -c 0 -t {secs} "$@" \
         > /tmp/perf.json 2> /tmp/perf.err || rc=$?
     t1=$(ticks); u1=$(uptime_cs)
     [ $rc = 0 ] || {{ echo "perf $c $w stderr:"; tail -n 20 /tmp/perf.err; }}
+    case $c in ktls*) [ $r != 1 ] || say "$c $w: $(gcm)";; esac
+    case $c in *aesni*) aesni_off;; esac
     [ $r != 1 ] || grep "TLS record layer" /tmp/perf.err | sed "s|^|TLS-BENCH: $c $w: |" || true
     echo "TLSCPU $c/$w/$r $((t1 - t0)) $((u1 - u0))"
     echo "PERFJSON $c/$w/$r $rc $(tr -d '\n' < /tmp/perf.json)"
@@ -159,6 +228,7 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     let rounds = args.first().copied().unwrap_or(3);
     let secs = args.get(1).copied().unwrap_or(4);
+    let aesni = aesni_modules()?;
     let key = ConfiguredPsk::new(Some(PskHash::Sha256), &[0x5a; 32])?.to_interchange();
     let mut files = Vec::new();
     for (bin, at) in [
@@ -167,12 +237,17 @@ fn main() -> Result<()> {
     ] {
         files.extend(binary_with_libraries(&release_binary(bin)?, at)?);
     }
-    let runs = u64::from(rounds) * (WORKLOADS.len() * CASES.len()) as u64;
+    if aesni.is_none() {
+        eprintln!("tls_bench: no aesni-intel module in the unpacked kernel package (.cache/vm/kernel): no ktls-aesni cases");
+    }
+    let has_aesni = aesni.is_some();
+    files.extend(aesni.unwrap_or_default());
+    let runs = u64::from(rounds) * (WORKLOADS.len() * cases(has_aesni).count()) as u64;
     let cfg = GuestConfig {
         timeout: Duration::from_secs(120 + runs * (u64::from(secs) + 8)),
         mem_mb: 1024,
         extra_files: files,
-        ..GuestConfig::new("tls_bench", &script(rounds, secs, &key))
+        ..GuestConfig::new("tls_bench", &script(rounds, secs, &key, has_aesni))
     };
     let out = run_guest(&cfg)?;
     let c = &out.console;
@@ -221,7 +296,7 @@ fn main() -> Result<()> {
             )
         };
         let (p_iops, p_cpu) = (med("plain", 0), med("plain", 1));
-        for (case, ..) in CASES {
+        for (case, ..) in cases(has_aesni) {
             let (iops, cpu, busy) = (med(case, 0), med(case, 1), med(case, 2));
             println!(
                 "| {w} | {case} | {iops:.0} | {cpu:.1} | {:.3} | {:.3} | {:.0}% |",
