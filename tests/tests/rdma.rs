@@ -129,7 +129,10 @@ QP0=$(queues)
 /test/rdma_hostile $RDMA_ADDR:4420 $NQN pool > /tmp/pool.out 2>&1 || {{ cat /tmp/pool.out; fail "pool-dry host"; }}
 cat /tmp/pool.out
 for i in $(seq 1 100); do [ "$(queues)" = "$QP0" ] && break; sleep 0.1; done
-say "requests without a registered buffer: $(grep -c 'no registered buffer for a request' /tmp/target.log)"
+# One line per queue per interval (the first at once), each with the count it stood
+# for: suppressed=N on the next line or at the queue's end.
+unreg() {{ awk '/no registered buffer for a request/ {{ n++ }} /registered buffer/ && match($0, /suppressed=[0-9]+/) {{ n += substr($0, RSTART + 11, RLENGTH - 11) }} END {{ printf "%d", n }}' /tmp/target.log; }}
+say "requests without a registered buffer: $(unreg) (log lines: $(grep -c 'registered buffer' /tmp/target.log))"
 # A host that disappears: lightpool-perf killed (-9) in the middle of its I/O. The
 # target must see its connections go (RDMA_CM DISCONNECTED: the kernel ends a dead
 # process's connections) and end its queues within a bounded time, while the kernel

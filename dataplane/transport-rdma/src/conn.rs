@@ -24,6 +24,7 @@ use lightpool_spec::rdma::KeyedSgl;
 use lightpool_spec::status::{generic, Status};
 
 use crate::stall::{Outstanding, STALL_LIMIT};
+use crate::warn_limit::WarnLimit;
 
 /// One RDMA device the transport serves on, with one buffer pool of the target's
 /// registered in it (once, when the first connection on it came).
@@ -163,6 +164,8 @@ pub struct Conn {
     /// the response of another, before this side has reaped that SEND. They run, in
     /// order, as SENDs complete. Capacity: one per receive (never grows).
     deferred: std::collections::VecDeque<(usize, usize)>,
+    /// Requests that found no registered buffer: one warning per interval.
+    unregistered_warn: WarnLimit,
     wcs: Box<[WorkCompletion]>,
 }
 
@@ -184,6 +187,7 @@ impl Conn {
             seen_in_capsule: false,
             seen_read: false,
             deferred: std::collections::VecDeque::with_capacity(s_nrecv),
+            unregistered_warn: WarnLimit::default(),
             wcs: vec![WorkCompletion::default(); POLL_BATCH].into_boxed_slice(),
         }
     }
@@ -292,6 +296,10 @@ impl Conn {
                 if (self.q.bdev_in_flight() == 0 && self.outstanding.count() == 0) || give_up {
                     if give_up {
                         tracing::warn!(peer = %self.s.peer, device = self.q.bdev_in_flight(), rdma = self.outstanding.count(), "closing with device I/O or RDMA work requests still outstanding");
+                    }
+                    let suppressed = self.unregistered_warn.take_suppressed();
+                    if suppressed > 0 {
+                        tracing::warn!(peer = %self.s.peer, qid = self.q.qid(), suppressed, "more requests found no registered buffer than were logged");
                     }
                     tracing::info!(peer = %self.s.peer, qid = self.q.qid(), "NVMe/RDMA queue ended, its requests released");
                     self.q.close();
@@ -489,7 +497,7 @@ impl Conn {
             Ok(Xfer::C2H { len }) => {
                 let p = self.q.req(slot).buf_mut(len as usize).as_ptr();
                 if self.s.dev.lkey_of(p, len as usize).is_none() {
-                    self.unregistered(slot);
+                    self.unregistered(slot, now);
                 } else {
                     self.q.execute(slot, now);
                 }
@@ -514,9 +522,13 @@ impl Conn {
 
     /// A request buffer outside the registered pool (the pool ran dry and the slot
     /// used memory of its own): the command ends with a status the host retries.
+    /// Said once per queue per interval, with the count of those not said since the
+    /// last line (`suppressed`; the rest when the queue ends).
     #[cold]
-    fn unregistered(&mut self, slot: u16) {
-        tracing::warn!(peer = %self.s.peer, "no registered buffer for a request: the host retries it");
+    fn unregistered(&mut self, slot: u16, now: Instant) {
+        if let Some(suppressed) = self.unregistered_warn.hit(now) {
+            tracing::warn!(peer = %self.s.peer, qid = self.q.qid(), suppressed, "no registered buffer for a request: the host retries it");
+        }
         self.q
             .finish(slot, Status::generic(generic::COMMAND_INTERRUPTED));
     }
@@ -528,7 +540,7 @@ impl Conn {
         let remote = r.tr.remote;
         let p = r.buf_mut(len).as_mut_ptr();
         let Some(lkey) = self.s.dev.lkey_of(p, len) else {
-            self.unregistered(slot);
+            self.unregistered(slot, now);
             return;
         };
         match self.s.id.post_send(

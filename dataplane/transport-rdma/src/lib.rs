@@ -19,6 +19,7 @@ mod cm;
 pub mod conn;
 mod kind;
 pub mod stall;
+mod warn_limit;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
