@@ -12,7 +12,8 @@
 //! success when sent again), a host killed (-9) in the middle of its I/O (its queues
 //! end in bounded time while fio goes on), lightpool-perf over RDMA with and without
 //! discovery, and a hot upgrade under fio (the RDMA queues end, the successor listens
-//! again, the host reconnects and fio verifies).
+//! again, the host reconnects and fio verifies). Twice: with per-QP receives (the
+//! default) and with shared receive queues (`[target] rdma_srq = true`).
 #![cfg(feature = "e2e")]
 
 use std::time::Duration;
@@ -33,7 +34,9 @@ const JOBS: &[(&str, &str)] = &[
     ("randrw", "4k-64k"),
 ];
 
-fn script() -> String {
+/// The script; `srq`: the target's receives from shared receive queues
+/// (`[target] rdma_srq = true`) instead of each queue pair's own.
+fn script(srq: bool) -> String {
     let jobs: Vec<String> = JOBS.iter().map(|(rw, bs)| format!("{rw}:{bs}")).collect();
     format!(
         r#"
@@ -47,6 +50,7 @@ cat > /tmp/t.toml <<EOT
 [target]
 reactors = 2
 metrics_address = "127.0.0.1:9464"
+rdma_srq = {srq}
 
 [[listener]]
 transport = "rdma"
@@ -247,6 +251,7 @@ nvme disconnect -n $NQN || fail "disconnect after the upgrade"
 for p in $(pidof lightpool-target); do kill $p; done
 sleep 1
 grep -E "WARN|ERROR" /tmp/target.log | tail -n 20 || true
+say "shared receive queues made: $(grep -c 'shared receive queue made' /tmp/target.log)"
 say "all good"
 "#,
         setup = rdma::setup_script(),
@@ -257,6 +262,17 @@ say "all good"
 
 #[test]
 fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
+    run(false);
+}
+
+/// The same with `[target] rdma_srq = true`: every receive from the reactors' shared
+/// receive queues.
+#[test]
+fn lightpool_target_over_nvme_rdma_with_shared_receive_queues() {
+    run(true);
+}
+
+fn run(srq: bool) {
     let mut files = Vec::new();
     for (bin, at) in [
         ("lightpool-target", "/test/lightpool-target"),
@@ -270,7 +286,14 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         timeout: Duration::from_secs(900),
         mem_mb: 2048,
         extra_files: files,
-        ..GuestConfig::new("rdma-target", &script())
+        ..GuestConfig::new(
+            if srq {
+                "rdma-target-srq"
+            } else {
+                "rdma-target"
+            },
+            &script(srq),
+        )
     };
     let out = run_guest(&cfg).expect("guest run");
     let tail = out.tail(120);
@@ -320,6 +343,18 @@ fn lightpool_target_over_nvme_rdma_against_the_kernel_initiator() {
         "PERF-DISC: lightpool-perf: discovered nqn.2024-01.io.lightpool:rdma at 10.0.2.15:4420",
     ] {
         assert!(out.console.contains(want), "{want:?} missing from:\n{tail}");
+    }
+    // Per-QP receives make no SRQ; shared ones one per reactor that served a queue
+    // (the log is the first process's: the hot upgrade's successor logs elsewhere).
+    let srqs = out
+        .console
+        .lines()
+        .find_map(|l| l.split("RDMA-E2E: shared receive queues made: ").nth(1))
+        .and_then(|n| n.trim().parse::<u32>().ok());
+    if srq {
+        assert!(srqs.is_some_and(|n| n >= 1), "{srqs:?}:\n{tail}");
+    } else {
+        assert_eq!(srqs, Some(0), "{tail}");
     }
     let reconnects = out
         .console
