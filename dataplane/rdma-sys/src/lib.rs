@@ -587,27 +587,13 @@ impl CmId {
         len: u32,
         lkey: u32,
     ) -> Result<(), RdmaError> {
-        let mut sge = ffi::ibv_sge {
-            addr: addr as u64,
-            length: len,
-            lkey,
-        };
-        let mut wr = ffi::ibv_recv_wr {
-            wr_id,
-            next: std::ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: 1,
-        };
-        let mut bad = std::ptr::null_mut();
         let qp = self.qp("ibv_post_recv")?;
-        // SAFETY: the QP is valid (has_qp); the WR and its SGE live through the call,
-        // which copies them; the buffer is registered memory the caller keeps for the
-        // receive's life.
-        let rc = unsafe { ffi::lp_ibv_post_recv(qp, &mut wr, &mut bad) };
-        if rc != 0 {
-            return Err(RdmaError::code("ibv_post_recv", rc));
-        }
-        Ok(())
+        post_one_recv("ibv_post_recv", wr_id, addr, len, lkey, |wr, bad| {
+            // SAFETY: the QP is valid (has_qp); the WR and its SGE live through the
+            // call, which copies them; the buffer is registered memory the caller keeps
+            // for the receive's life.
+            unsafe { ffi::lp_ibv_post_recv(qp, wr, bad) }
+        })
     }
 
     /// Posts one send work request: `op` (SEND, SEND_WITH_INV, RDMA_READ, RDMA_WRITE)
@@ -1013,26 +999,41 @@ impl SharedReceiveQueue {
         len: u32,
         lkey: u32,
     ) -> Result<(), RdmaError> {
-        let mut sge = ffi::ibv_sge {
-            addr: addr as u64,
-            length: len,
-            lkey,
-        };
-        let mut wr = ffi::ibv_recv_wr {
-            wr_id,
-            next: std::ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: 1,
-        };
-        let mut bad = std::ptr::null_mut();
-        // SAFETY: a valid SRQ; the WR and its SGE live through the call, which copies
-        // them; the caller keeps the buffer registered while the receive is posted.
-        let rc = unsafe { ffi::lp_ibv_post_srq_recv(self.srq.as_ptr(), &mut wr, &mut bad) };
-        if rc != 0 {
-            return Err(RdmaError::code("ibv_post_srq_recv", rc));
-        }
-        Ok(())
+        let srq = self.srq.as_ptr();
+        post_one_recv("ibv_post_srq_recv", wr_id, addr, len, lkey, |wr, bad| {
+            // SAFETY: a valid SRQ; the WR and its SGE live through the call, which copies
+            // them; the caller keeps the buffer registered while the receive is posted.
+            unsafe { ffi::lp_ibv_post_srq_recv(srq, wr, bad) }
+        })
     }
+}
+
+/// One receive work request of one SGE, handed to `post` (a QP's or an SRQ's).
+fn post_one_recv(
+    call: &'static str,
+    wr_id: u64,
+    addr: *mut u8,
+    len: u32,
+    lkey: u32,
+    post: impl FnOnce(*mut ffi::ibv_recv_wr, *mut *mut ffi::ibv_recv_wr) -> std::os::raw::c_int,
+) -> Result<(), RdmaError> {
+    let mut sge = ffi::ibv_sge {
+        addr: addr as u64,
+        length: len,
+        lkey,
+    };
+    let mut wr = ffi::ibv_recv_wr {
+        wr_id,
+        next: std::ptr::null_mut(),
+        sg_list: &mut sge,
+        num_sge: 1,
+    };
+    let mut bad = std::ptr::null_mut();
+    let rc = post(&mut wr, &mut bad);
+    if rc != 0 {
+        return Err(RdmaError::code(call, rc));
+    }
+    Ok(())
 }
 
 impl Drop for SharedReceiveQueue {
