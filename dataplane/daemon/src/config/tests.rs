@@ -308,3 +308,16 @@ fn rdma_listeners_need_a_binary_with_the_rdma_feature() {
         );
     }
 }
+
+#[test]
+fn rdma_srq_is_read_and_saved_only_when_given() {
+    let c = parse("[target]\nrdma_srq = true\n[[listener]]\naddress = \"127.0.0.1:4420\"\n");
+    assert_eq!(c.target.rdma_srq, Some(true));
+    let text = toml::to_string(&c).expect("serializes");
+    assert_eq!(parse(&text), c, "{text}");
+    let d = parse("[[listener]]\naddress = \"127.0.0.1:4420\"\n");
+    assert_eq!(d.target.rdma_srq, None);
+    assert!(!toml::to_string(&d)
+        .expect("serializes")
+        .contains("rdma_srq"));
+}
