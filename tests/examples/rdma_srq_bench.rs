@@ -8,11 +8,10 @@
 //! ring, or the SRQs). soft-RoCE under TCG is a software NIC on an emulated CPU: only
 //! the ratios between the modes mean anything.
 //!
-//! cargo test --workspace --features lightpool-e2e/e2e,lightpool-daemon/rdma,lightpool-perf/rdma \
-//!     --test rdma_srq_bench -- --ignored --nocapture
+//! cargo run --release -p lightpool-e2e --example rdma_srq_bench
 //!
-//! (the release binaries built by tests/run.sh). docs/architecture.md has the figures.
-#![cfg(feature = "e2e")]
+//! (the release binaries built by tests/run.sh: lightpool-target with the daemon's
+//! rdma feature, lightpool-perf with perf's). docs/architecture.md has the figures.
 
 use std::time::Duration;
 
@@ -102,9 +101,7 @@ struct Run {
     conns: f64,
 }
 
-#[test]
-#[ignore = "a measurement (minutes in a TCG guest): run with --ignored --nocapture"]
-fn shared_receive_queue_against_per_qp_receives() {
+fn main() {
     let mut files = Vec::new();
     for (bin, at) in [
         ("lightpool-target", "/test/lightpool-target"),
