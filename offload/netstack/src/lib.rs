@@ -32,6 +32,18 @@ pub struct EngineCounters {
     pub rx_dropped: u64,
     /// Times the stack wanted to send and the queue had no room.
     pub tx_full: u64,
+    /// Where the engine has them (AF_XDP's XDP_STATISTICS): receives dropped because
+    /// the RX ring was full, or because the fill ring had no frame to receive into.
+    pub rx_ring_full: u64,
+    pub rx_fill_empty: u64,
+    /// Descriptors the kernel refused on TX.
+    pub tx_invalid: u64,
+    /// TX kicks (a syscall each, in AF_XDP copy mode), and those after which frames
+    /// were still waiting on the TX ring (the kernel sends a bounded batch per kick)
+    /// or that the kernel failed (a frame dropped by the device).
+    pub tx_kicks: u64,
+    pub tx_kick_again: u64,
+    pub tx_kick_errors: u64,
 }
 
 /// What the transport needs from a packet engine's per-reactor queue besides the

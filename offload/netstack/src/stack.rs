@@ -61,6 +61,9 @@ pub(crate) trait Shared {
     fn release(&mut self, handle: SocketHandle);
 }
 
+/// Extra egress passes per poll (each sends at most one segment per socket).
+const EGRESS_ROUNDS: usize = 128;
+
 /// Handshakes in progress kept per listener at most (each holds a socket whose
 /// buffers are allocated but untouched until data moves).
 const MAX_HALF_OPEN: usize = 256;
@@ -87,7 +90,21 @@ impl<D: PacketEngine> Shared for Inner<D> {
 
     fn poll(&mut self) -> bool {
         let now = Instant::now();
-        let r = self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        let mut r = self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        // smoltcp's egress sends at most one segment per socket per call: a 128 KiB
+        // response is ~90 segments, so one call per reactor loop paced a connection
+        // at one segment per loop. Go on while something is sent (bounded: the TX
+        // ring and other reactors' work).
+        for _ in 0..EGRESS_ROUNDS {
+            if self
+                .iface
+                .poll_egress(now, &mut self.dev, &mut self.sockets)
+                == PollResult::None
+            {
+                break;
+            }
+            r = PollResult::SocketStateChanged;
+        }
         self.dev.flush();
         let sockets = &mut self.sockets;
         self.closing.retain(|&h| {

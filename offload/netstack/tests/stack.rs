@@ -371,3 +371,40 @@ fn replies_reach_a_peer_whose_arp_the_kernel_answers() {
 fn lost_and_reordered_segments_still_deliver_every_byte() {
     over_the_wire(37, 11);
 }
+
+/// smoltcp sends one segment per socket per egress pass: a write of many segments
+/// must leave in the write's own poll, not one segment per reactor loop.
+#[test]
+fn a_write_goes_out_in_one_poll_not_a_segment_per_poll() {
+    let (a, b): (Queue, Queue) = Default::default();
+    let target_mac = [2, 0, 0, 0, 0, 1];
+    let end = |mac, rx: &Queue, tx: &Queue, kernel_ahead| End {
+        mac,
+        rx: rx.clone(),
+        tx: tx.clone(),
+        kernel_ahead,
+        lose: 0,
+        swap: 0,
+        sent: Default::default(),
+    };
+    let mut t = Stack::new(end(target_mac, &b, &a, None), StackConfig::new(IP, 24)).unwrap();
+    t.listen(PORT).unwrap();
+    let host = end([2, 0, 0, 0, 0, 2], &a, &b, Some(target_mac));
+    let mut h = Stack::new(host, StackConfig::new(Ipv4Addr::new(10, 0, 0, 2), 24)).unwrap();
+    let _c = h.connect((IP, PORT), 44_000).unwrap();
+    let mut srv = None;
+    for _ in 0..10_000 {
+        h.poll();
+        t.poll();
+        srv = srv.or_else(|| t.accept(PORT));
+        if srv.is_some() && a.borrow().is_empty() && b.borrow().is_empty() {
+            break;
+        }
+    }
+    let mut srv = srv.expect("accepted");
+    // 48 KiB is some 34 segments of 1460 bytes (within the peer's first window).
+    let data = pattern(9, 48 << 10);
+    assert_eq!(srv.writev(&[IoSlice::new(&data)]).unwrap(), data.len());
+    let frames = a.borrow().len();
+    assert!(frames >= 34, "the write's poll sent {frames} frames");
+}

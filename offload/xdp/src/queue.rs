@@ -22,6 +22,10 @@ use xdpilone::{
     DeviceQueue, Errno, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User,
 };
 
+/// Frames queued on the TX ring before a kick without waiting for the flush: what
+/// the kernel sends per kick in copy mode.
+const KICK_BATCH: u32 = 32;
+
 /// How an AF_XDP queue is sized.
 #[derive(Clone, Debug)]
 pub struct QueueConfig {
@@ -115,6 +119,10 @@ pub struct XskQueue {
     /// Received frames smoltcp is done with, to go back to the fill ring.
     to_fill: Vec<u64>,
     caps: DeviceCapabilities,
+    /// Flushes since the loss counters were last looked at, and what they were.
+    flushes: u32,
+    losses: u64,
+    next_report: std::time::Instant,
     area: Area,
 }
 
@@ -309,6 +317,9 @@ impl XskQueue {
             frame_size: cfg.frame_size,
             to_fill: Vec::with_capacity(half as usize),
             caps,
+            flushes: 0,
+            losses: 0,
+            next_report: std::time::Instant::now(),
             area,
         })
     }
@@ -395,23 +406,71 @@ impl phy::TxToken for TxToken<'_> {
         };
         let len = len.min(buf.len());
         let r = f(&mut buf[..len]);
-        let mut w = t.tx.transmit(1);
-        let queued = w.insert_once(XdpDesc {
-            addr,
-            len: len as u32,
-            options: 0,
-        });
-        w.commit();
+        let queued = {
+            let mut w = t.tx.transmit(1);
+            let queued = w.insert_once(XdpDesc {
+                addr,
+                len: len as u32,
+                options: 0,
+            });
+            w.commit();
+            queued
+        };
         if queued {
             t.unkicked += 1;
             t.in_flight += 1;
             t.counters.tx_frames += 1;
             t.counters.tx_bytes += len as u64;
+            if t.unkicked >= KICK_BATCH {
+                // Send a kernel batch's worth now rather than all at the flush.
+                t.unkicked = 0;
+                t.kick();
+            }
         } else {
             t.free.push(addr);
             t.counters.tx_full += 1;
         }
         r
+    }
+}
+
+impl TxSide {
+    /// Copy mode sends only inside a syscall on the socket, and each such call sends
+    /// a bounded batch (32 frames in Linux 6.x) and leaves the rest on the TX ring:
+    /// kick until the ring is empty, else what is left waits for the next frame the
+    /// stack sends (a retransmission timeout when the stack is waiting for an ACK of
+    /// those very frames). A few tries at most: a device that refuses frames (busy)
+    /// gets them again at the next flush.
+    fn kick(&mut self) {
+        for _ in 0..64 {
+            self.counters.tx_kicks += 1;
+            // SAFETY: a zero-length sendto on our own socket, no buffers.
+            let r = unsafe {
+                libc::sendto(
+                    self.tx.as_raw_fd(),
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
+            if r < 0 {
+                match io::Error::last_os_error().raw_os_error() {
+                    // More left (EAGAIN) or the device was busy (EBUSY, ENOBUFS):
+                    // go on while the ring holds frames.
+                    Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS) => {}
+                    _ => {
+                        self.counters.tx_kick_errors += 1;
+                        return;
+                    }
+                }
+            }
+            if self.tx.pending() == 0 {
+                return;
+            }
+            self.counters.tx_kick_again += 1;
+        }
     }
 }
 
@@ -491,6 +550,9 @@ impl PacketEngine for XskQueue {
         let mut c = self.txs.counters;
         if let Ok(s) = self.user.statistics_v2() {
             c.rx_dropped = s.rx_dropped;
+            c.rx_ring_full = s.rx_ring_full;
+            c.rx_fill_empty = s.rx_fill_ring_empty_descs;
+            c.tx_invalid = s.tx_invalid_descs;
         }
         c
     }
@@ -498,12 +560,39 @@ impl PacketEngine for XskQueue {
         Some(self.fd())
     }
     fn flush(&mut self) {
-        if self.txs.unkicked > 0 {
-            // Copy mode sends only inside a syscall on the socket.
-            self.txs.tx.wake();
+        if self.txs.unkicked > 0 || self.txs.tx.pending() > 0 {
             self.txs.unkicked = 0;
+            self.txs.kick();
         }
         self.reclaim();
         self.refill();
+        self.flushes += 1;
+        if self.flushes >= 1 << 10 {
+            self.flushes = 0;
+            self.report_losses();
+        }
+    }
+}
+
+impl XskQueue {
+    /// Warn when frames were lost since the last look (each loss costs TCP a
+    /// retransmission, a timeout when it is the last segment of a burst).
+    fn report_losses(&mut self) {
+        let now = std::time::Instant::now();
+        if now < self.next_report {
+            return;
+        }
+        self.next_report = now + std::time::Duration::from_secs(1);
+        let c = self.counters();
+        let losses = c.rx_dropped
+            + c.rx_ring_full
+            + c.rx_fill_empty
+            + c.tx_invalid
+            + c.tx_full
+            + c.tx_kick_errors;
+        if losses > self.losses {
+            self.losses = losses;
+            tracing::warn!(queue = %self.name, counters = ?c, "AF_XDP queue lost frames");
+        }
     }
 }
