@@ -87,22 +87,37 @@ impl Transport for TcpTransport {
                     "this build has no AF_XDP engine (the af_xdp cargo feature): engine = \"af_xdp\" cannot be served".into(),
                 ))
             }
+            #[cfg(feature = "dpdk")]
+            "dpdk" => {
+                let bound = self
+                    .listen_dpdk(sa, &engine.interface)
+                    .map_err(TransportError::other)?;
+                Ok(ListenAddr::tcp(bound))
+            }
+            #[cfg(not(feature = "dpdk"))]
+            "dpdk" => {
+                let _ = sa;
+                Err(TransportError::Invalid(
+                    "this build has no DPDK engine (the dpdk cargo feature): engine = \"dpdk\" cannot be served".into(),
+                ))
+            }
             other => Err(TransportError::Invalid(format!(
-                "engine {other:?}: expected \"kernel\" or \"af_xdp\""
+                "engine {other:?}: expected \"kernel\", \"af_xdp\" or \"dpdk\""
             ))),
         }
     }
 
     fn listener_engine(&self, addr: &ListenAddr) -> Option<EngineSpec> {
         #[cfg(feature = "af_xdp")]
-        {
-            self.xdp_engine(addr)
+        if let Some(e) = self.xdp_engine(addr) {
+            return Some(e);
         }
-        #[cfg(not(feature = "af_xdp"))]
-        {
-            let _ = addr;
-            None
+        #[cfg(feature = "dpdk")]
+        if let Some(e) = self.dpdk_engine(addr) {
+            return Some(e);
         }
+        let _ = addr;
+        None
     }
 
     fn connections(&self) -> Result<Vec<ConnectionInfo>, TransportError> {
