@@ -4,8 +4,9 @@
 //! over the kernel's TCP, runs verified mixed I/O against it (zero mismatches). The
 //! DPDK port has an address of its own (10.N.0.3) beside the kernel's (10.N.0.1) on
 //! the same link: the userspace stack answers ping on its address, the kernel still
-//! on its own. One queue pair, then two (net_af_packet's qpairs: the kernel's fanout
-//! spreads the flows over both reactors).
+//! on its own. One queue pair: net_af_packet with two rolls frames over between its
+//! sockets when one's ring is full (its fanout's rollover flag), which reset
+//! connections here under 128 KiB I/O, so the listener refuses it.
 #![cfg(all(feature = "e2e", feature = "dpdk"))]
 
 mod engine;
@@ -45,11 +46,6 @@ fn serve_perf_through_dpdk(qpairs: u32, tag: &str, net: u8) {
 }
 
 #[test]
-fn perf_verify_through_dpdk_one_queue() {
+fn perf_verify_through_dpdk() {
     serve_perf_through_dpdk(1, "d1", 76);
-}
-
-#[test]
-fn perf_verify_through_dpdk_two_queues() {
-    serve_perf_through_dpdk(2, "d2", 77);
 }

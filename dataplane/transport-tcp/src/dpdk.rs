@@ -144,6 +144,16 @@ impl TcpTransport {
         let (eal, name) = self.eal_for(addr, device)?;
         let (port, queues) =
             open_port(&eal, &name, self.reactors.len()).map_err(|e| listen_err(addr, e))?;
+        if port.driver() == "net_af_packet" && queues.len() > 1 {
+            // Its queues are packet sockets in a fanout group that rolls frames over to
+            // another socket when one's ring is full: a segment then reaches a stack
+            // that does not know its connection, which resets it (seen in
+            // tests/dpdk.rs with qpairs=2 under 128 KiB I/O).
+            return Err(listen_err(
+                addr,
+                format!("{device}: net_af_packet with more than one queue pair rolls frames over between queues, which resets connections; give qpairs=1"),
+            ));
+        }
         let link = port.link().map(|l| l.up).unwrap_or(false);
         let n = queues.len();
         for (q, queue) in queues.into_iter().enumerate() {
