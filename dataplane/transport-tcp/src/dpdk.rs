@@ -18,7 +18,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use lightpool_dpdk::{
-    register_thread, DpdkError, Eal, EalConfig, Hugepages, Mempool, Port, PortConfig, Queue,
+    current_affinity, register_thread, DpdkError, Eal, EalConfig, Hugepages, Mempool, Port,
+    PortConfig, Queue,
 };
 use lightpool_netstack::StackConfig;
 use lightpool_nvmf::{EngineSpec, ListenAddr, ListenerInfo};
@@ -60,20 +61,6 @@ pub(crate) fn eal_device(device: &str) -> (EalConfig, String) {
     }
 }
 
-/// The CPUs the calling thread may run on.
-fn affinity() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
 impl TcpTransport {
     /// The cores the reactors run on (each reactor's affinity, together).
     fn reactor_cores(&self) -> Result<Vec<usize>, TcpError> {
@@ -81,7 +68,7 @@ impl TcpTransport {
         for (i, r) in self.reactors.iter().enumerate() {
             let (tx, rx) = crossbeam::channel::bounded(1);
             r.send(move |_ctx: &mut Ctx| {
-                let _ = tx.send(affinity());
+                let _ = tx.send(current_affinity());
             })?;
             cores.extend(
                 rx.recv_timeout(crate::ASK_TIMEOUT)
@@ -194,6 +181,14 @@ impl TcpTransport {
                 keep: port,
             });
         Ok(addr)
+    }
+
+    /// The DPDK port's counters per DPDK listener.
+    pub fn dpdk_counters(&self) -> Vec<(ListenAddr, lightpool_dpdk::PortStats)> {
+        let l = self.dpdk.lock().expect("dpdk listeners");
+        l.iter()
+            .filter_map(|l| Some((l.addr.clone(), l.keep.stats().ok()?)))
+            .collect()
     }
 
     /// The engine of a DPDK listener.

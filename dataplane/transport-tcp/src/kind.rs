@@ -81,12 +81,7 @@ impl Transport for TcpTransport {
                 Ok(ListenAddr::tcp(bound))
             }
             #[cfg(not(feature = "af_xdp"))]
-            "af_xdp" => {
-                let _ = sa;
-                Err(TransportError::Invalid(
-                    "this build has no AF_XDP engine (the af_xdp cargo feature): engine = \"af_xdp\" cannot be served".into(),
-                ))
-            }
+            "af_xdp" => Err(not_built(sa, "AF_XDP", "af_xdp")),
             #[cfg(feature = "dpdk")]
             "dpdk" => {
                 let bound = self
@@ -95,12 +90,7 @@ impl Transport for TcpTransport {
                 Ok(ListenAddr::tcp(bound))
             }
             #[cfg(not(feature = "dpdk"))]
-            "dpdk" => {
-                let _ = sa;
-                Err(TransportError::Invalid(
-                    "this build has no DPDK engine (the dpdk cargo feature): engine = \"dpdk\" cannot be served".into(),
-                ))
-            }
+            "dpdk" => Err(not_built(sa, "DPDK", "dpdk")),
             other => Err(TransportError::Invalid(format!(
                 "engine {other:?}: expected \"kernel\", \"af_xdp\" or \"dpdk\""
             ))),
@@ -274,4 +264,12 @@ impl TransportKind for TcpKind {
         };
         Ok((Arc::new(t), adopted))
     }
+}
+
+/// A listener of an engine this build lacks (its cargo feature `feature`).
+#[cfg(any(not(feature = "af_xdp"), not(feature = "dpdk")))]
+fn not_built(_addr: SocketAddr, engine: &str, feature: &str) -> TransportError {
+    TransportError::Invalid(format!(
+        "this build has no {engine} engine (the {feature} cargo feature): engine = \"{feature}\" cannot be served"
+    ))
 }
