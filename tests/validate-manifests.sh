@@ -32,7 +32,7 @@ if [[ ! -x $KV ]]; then
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KV_VERSION"
 fi
 
-files=(deploy/crds/*.yaml deploy/controlplane/*.yaml deploy/dataplane/*.yaml deploy/csi/*.yaml)
+files=(deploy/crds/*.yaml deploy/controlplane/*.yaml deploy/dataplane/*.yaml deploy/csi/*.yaml deploy/dpu/target-dpu.yaml)
 for v in "$OLDEST" "$NEWEST"; do
     echo "validate-manifests: Kubernetes $v, strict: ${files[*]}"
     "$KV" --strict --quiet -k "$v" "${files[@]}"

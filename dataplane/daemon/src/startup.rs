@@ -101,6 +101,9 @@ pub fn start(a: StartArgs<'_>, control_path: &str) -> Result<Running> {
             .with_context(|| format!("creating the state directory {}", d.display()))?;
     }
     let t = &cfg.target;
+    if let Some(on) = t.rdma_srq {
+        crate::transports::set_rdma_srq(on)?;
+    }
     let opts = TargetOptions {
         max_queue_depth: t.max_queue_depth,
         max_io_queues: t.max_io_queues,

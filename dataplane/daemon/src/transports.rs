@@ -16,6 +16,26 @@ pub fn kinds() -> TransportKinds {
     k
 }
 
+/// `[target] rdma_srq`: NVMe/RDMA connections accepted from now on receive from one
+/// shared receive queue per reactor (`true`) or each from its own (`false`).
+pub fn set_rdma_srq(on: bool) -> Result<()> {
+    #[cfg(feature = "rdma")]
+    lightpool_transport_rdma::set_shared_receive_queue(on);
+    #[cfg(not(feature = "rdma"))]
+    if on {
+        anyhow::bail!("rdma_srq = true needs a binary built with the rdma feature");
+    }
+    Ok(())
+}
+
+/// The `[target] rdma_srq` in effect, for a saved configuration (`None`: the default).
+pub fn rdma_srq() -> Option<bool> {
+    #[cfg(feature = "rdma")]
+    return lightpool_transport_rdma::shared_receive_queue().then_some(true);
+    #[cfg(not(feature = "rdma"))]
+    None
+}
+
 /// How listings and the start-up banner name a transport.
 pub fn label(name: &str) -> String {
     format!("NVMe/{}", name.to_uppercase())

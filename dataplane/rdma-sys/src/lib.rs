@@ -58,6 +58,11 @@ pub mod ffi {
             port_num: u8,
             port_attr: *mut ibv_port_attr,
         ) -> ::std::os::raw::c_int;
+        pub fn lp_ibv_post_srq_recv(
+            srq: *mut ibv_srq,
+            wr: *mut ibv_recv_wr,
+            bad_wr: *mut *mut ibv_recv_wr,
+        ) -> ::std::os::raw::c_int;
         pub fn lp_rdma_local_addr(id: *mut rdma_cm_id) -> *mut sockaddr;
         pub fn lp_rdma_peer_addr(id: *mut rdma_cm_id) -> *mut sockaddr;
     }
@@ -483,12 +488,26 @@ impl CmId {
         cq: &CompletionQueue,
         sizes: QpSizes,
     ) -> Result<(), RdmaError> {
+        self.create_qp_srq(pd, cq, sizes, None)
+    }
+
+    /// As [`CmId::create_qp`]; with `srq`, the queue pair takes its receives from that
+    /// shared receive queue (which must outlive it; `sizes.recv_wr` is then unused), and
+    /// still completes them on `cq`.
+    pub fn create_qp_srq(
+        &mut self,
+        pd: &ProtectionDomain,
+        cq: &CompletionQueue,
+        sizes: QpSizes,
+        srq: Option<&SharedReceiveQueue>,
+    ) -> Result<(), RdmaError> {
         let mut attr = ffi::ibv_qp_init_attr {
+            srq: srq.map_or(std::ptr::null_mut(), |s| s.srq.as_ptr()),
             send_cq: cq.0.as_ptr(),
             recv_cq: cq.0.as_ptr(),
             cap: ffi::ibv_qp_cap {
                 max_send_wr: sizes.send_wr,
-                max_recv_wr: sizes.recv_wr,
+                max_recv_wr: if srq.is_some() { 0 } else { sizes.recv_wr },
                 max_send_sge: sizes.send_sge,
                 max_recv_sge: sizes.recv_sge,
                 max_inline_data: 0,
@@ -568,27 +587,13 @@ impl CmId {
         len: u32,
         lkey: u32,
     ) -> Result<(), RdmaError> {
-        let mut sge = ffi::ibv_sge {
-            addr: addr as u64,
-            length: len,
-            lkey,
-        };
-        let mut wr = ffi::ibv_recv_wr {
-            wr_id,
-            next: std::ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: 1,
-        };
-        let mut bad = std::ptr::null_mut();
         let qp = self.qp("ibv_post_recv")?;
-        // SAFETY: the QP is valid (has_qp); the WR and its SGE live through the call,
-        // which copies them; the buffer is registered memory the caller keeps for the
-        // receive's life.
-        let rc = unsafe { ffi::lp_ibv_post_recv(qp, &mut wr, &mut bad) };
-        if rc != 0 {
-            return Err(RdmaError::code("ibv_post_recv", rc));
-        }
-        Ok(())
+        post_one_recv("ibv_post_recv", wr_id, addr, len, lkey, |wr, bad| {
+            // SAFETY: the QP is valid (has_qp); the WR and its SGE live through the
+            // call, which copies them; the buffer is registered memory the caller keeps
+            // for the receive's life.
+            unsafe { ffi::lp_ibv_post_recv(qp, wr, bad) }
+        })
     }
 
     /// Posts one send work request: `op` (SEND, SEND_WITH_INV, RDMA_READ, RDMA_WRITE)
@@ -708,6 +713,7 @@ unsafe impl Sync for ProtectionDomain {}
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceLimits {
     pub max_qp_wr: u32,
+    pub max_srq_wr: u32,
     pub max_cqe: u32,
     pub max_qp_rd_atom: u8,
     pub max_qp_init_rd_atom: u8,
@@ -736,6 +742,7 @@ impl ProtectionDomain {
         let clamp = |v: i32| u8::try_from(v.max(0)).unwrap_or(u8::MAX);
         Ok(DeviceLimits {
             max_qp_wr: a.max_qp_wr.max(0) as u32,
+            max_srq_wr: a.max_srq_wr.max(0) as u32,
             max_cqe: a.max_cqe.max(0) as u32,
             max_qp_rd_atom: clamp(a.max_qp_rd_atom),
             max_qp_init_rd_atom: clamp(a.max_qp_init_rd_atom),
@@ -947,5 +954,92 @@ impl Drop for CompletionQueue {
         // SAFETY: destroyed once, after the QP that used it (its owner drops the
         // identifier first).
         unsafe { ffi::ibv_destroy_cq(self.0.as_ptr()) };
+    }
+}
+
+/// A shared receive queue: receives posted once for every queue pair made on it (each
+/// still completes them on its own completion queue, the work request ID naming the
+/// buffer).
+pub struct SharedReceiveQueue {
+    srq: NonNull<ffi::ibv_srq>,
+    _pd: Arc<ProtectionDomain>,
+}
+
+// SAFETY: verbs objects are thread-safe (posting to an SRQ takes the provider's lock);
+// destroyed once, on drop, after the queue pairs made on it (their owners hold it).
+unsafe impl Send for SharedReceiveQueue {}
+// SAFETY: as above; `&self` methods only post.
+unsafe impl Sync for SharedReceiveQueue {}
+
+impl SharedReceiveQueue {
+    /// An SRQ in `pd` with room for `max_wr` receives of one SGE each.
+    pub fn new(pd: &Arc<ProtectionDomain>, max_wr: u32) -> Result<SharedReceiveQueue, RdmaError> {
+        let mut attr = ffi::ibv_srq_init_attr {
+            attr: ffi::ibv_srq_attr {
+                max_wr,
+                max_sge: 1,
+                srq_limit: 0,
+            },
+            ..Default::default()
+        };
+        // SAFETY: a valid PD; `attr` is read (and its limits written back) by the call.
+        let srq = unsafe { ffi::ibv_create_srq(pd.0.as_ptr(), &mut attr) };
+        let srq = NonNull::new(srq).ok_or_else(|| RdmaError::last("ibv_create_srq"))?;
+        Ok(SharedReceiveQueue {
+            srq,
+            _pd: pd.clone(),
+        })
+    }
+
+    /// Posts one receive of `len` bytes at `addr` (registered memory, `lkey`).
+    pub fn post_recv(
+        &self,
+        wr_id: u64,
+        addr: *mut u8,
+        len: u32,
+        lkey: u32,
+    ) -> Result<(), RdmaError> {
+        let srq = self.srq.as_ptr();
+        post_one_recv("ibv_post_srq_recv", wr_id, addr, len, lkey, |wr, bad| {
+            // SAFETY: a valid SRQ; the WR and its SGE live through the call, which copies
+            // them; the caller keeps the buffer registered while the receive is posted.
+            unsafe { ffi::lp_ibv_post_srq_recv(srq, wr, bad) }
+        })
+    }
+}
+
+/// One receive work request of one SGE, handed to `post` (a QP's or an SRQ's).
+fn post_one_recv(
+    call: &'static str,
+    wr_id: u64,
+    addr: *mut u8,
+    len: u32,
+    lkey: u32,
+    post: impl FnOnce(*mut ffi::ibv_recv_wr, *mut *mut ffi::ibv_recv_wr) -> std::os::raw::c_int,
+) -> Result<(), RdmaError> {
+    let mut sge = ffi::ibv_sge {
+        addr: addr as u64,
+        length: len,
+        lkey,
+    };
+    let mut wr = ffi::ibv_recv_wr {
+        wr_id,
+        next: std::ptr::null_mut(),
+        sg_list: &mut sge,
+        num_sge: 1,
+    };
+    let mut bad = std::ptr::null_mut();
+    let rc = post(&mut wr, &mut bad);
+    if rc != 0 {
+        return Err(RdmaError::code(call, rc));
+    }
+    Ok(())
+}
+
+impl Drop for SharedReceiveQueue {
+    fn drop(&mut self) {
+        // SAFETY: destroyed once, after every queue pair made on it (each owner holds
+        // the SRQ longer than its identifier).
+        unsafe { ffi::ibv_destroy_srq(self.srq.as_ptr()) };
     }
 }

@@ -44,3 +44,8 @@ struct sockaddr *lp_rdma_peer_addr(struct rdma_cm_id *id)
 {
     return rdma_get_peer_addr(id);
 }
+
+int lp_ibv_post_srq_recv(struct ibv_srq *srq, struct ibv_recv_wr *wr, struct ibv_recv_wr **bad_wr)
+{
+    return ibv_post_srq_recv(srq, wr, bad_wr);
+}

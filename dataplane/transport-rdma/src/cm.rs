@@ -15,6 +15,7 @@ use lightpool_reactor::Ctx;
 use lightpool_spec::rdma::{cm_reject, cm_reject_data, CmReply, CmRequest, CM_RECFMT};
 
 use crate::conn::{Conn, Device, RingSizes, Setup};
+use crate::srq::{ReactorSrq, SRQ_RECEIVES};
 use crate::{add_conn, Shared, LOCAL};
 
 /// Handles the events waiting on the channel; how many.
@@ -108,7 +109,11 @@ fn connect_request(ctx: &mut Ctx, shared: &Arc<Shared>, e: &CmEvent) {
             return;
         }
     };
-    let Some(setup) = build(shared, id, &req, &peer) else {
+    // The reactor is chosen first: with shared receive queues the queue pair is made
+    // on that reactor's.
+    let reactors = &shared.reactors;
+    let r = &reactors[shared.next_reactor() % reactors.len()];
+    let Some(setup) = build(shared, id, &req, &peer, r.id()) else {
         return;
     };
     let params = AcceptParams {
@@ -130,10 +135,8 @@ fn connect_request(ctx: &mut Ctx, shared: &Arc<Shared>, e: &CmEvent) {
         return;
     }
     let key = setup.id.as_ptr() as usize;
-    let reactors = &shared.reactors;
-    let r = &reactors[shared.next_reactor() % reactors.len()];
     shared.owners_insert(key, r.id());
-    tracing::debug!(%peer, qid = req.qid, size = setup.nrecv, reactor = r.id(), "NVMe/RDMA connection accepted");
+    tracing::debug!(%peer, qid = req.qid, size = setup.nrecv, reactor = r.id(), recv_bytes = if setup.srq.is_some() { 0 } else { setup.recv_size * setup.nrecv }, srq = setup.srq.is_some(), "NVMe/RDMA connection accepted");
     let target = shared.target.clone();
     let here = ctx.id();
     let res = if r.id() == here {
@@ -203,8 +206,14 @@ fn no_resources(id: &CmId, peer: &str, err: &RdmaError) {
 
 /// The queue pair, rings and receives of a new connection; `None` when it was refused
 /// for want of them.
-fn build(shared: &Arc<Shared>, id: CmId, req: &CmRequest, peer: &str) -> Option<Setup> {
-    match try_build(shared, id, req, peer) {
+fn build(
+    shared: &Arc<Shared>,
+    id: CmId,
+    req: &CmRequest,
+    peer: &str,
+    reactor: usize,
+) -> Option<Setup> {
+    match try_build(shared, id, req, peer, reactor) {
         Ok(s) => Some(s),
         Err((Some(id), e)) => {
             no_resources(&id, peer, &e);
@@ -219,18 +228,27 @@ fn try_build(
     mut id: CmId,
     req: &CmRequest,
     peer: &str,
+    reactor: usize,
 ) -> Result<Setup, (Option<CmId>, RdmaError)> {
     let dev = match device(shared, &id) {
         Ok(d) => d,
         Err(e) => return Err((Some(id), e)),
     };
     let sizes = RingSizes::new(&shared.target, req.hsqsize + 1);
+    let srq = if crate::srq::shared_receive_queue() {
+        match reactor_srq(shared, &dev, reactor, sizes.recv_size) {
+            Ok(s) => Some(s),
+            Err(e) => return Err((Some(id), e)),
+        }
+    } else {
+        None
+    };
     let send_wr = 2 * sizes.nrsp as u32 + 1;
     let recv_wr = sizes.nrecv as u32;
     let res = (|| {
         let ch = CompChannel::new(dev.pd.context())?;
         let cq = CompletionQueue::new(dev.pd.context(), send_wr + recv_wr, &ch)?;
-        let mut ring = vec![0u8; sizes.bytes()].into_boxed_slice();
+        let mut ring = vec![0u8; sizes.bytes(srq.is_some())].into_boxed_slice();
         // SAFETY: the ring is a heap allocation that `Setup` keeps (and never moves or
         // resizes) for as long as the region.
         let ring_mr = unsafe { MemoryRegion::register(&dev.pd, ring.as_mut_ptr(), ring.len())? };
@@ -240,7 +258,7 @@ fn try_build(
         Ok(x) => x,
         Err(e) => return Err((Some(id), e)),
     };
-    if let Err(e) = id.create_qp(
+    if let Err(e) = id.create_qp_srq(
         &dev.pd,
         &cq,
         QpSizes {
@@ -249,12 +267,14 @@ fn try_build(
             send_sge: 1,
             recv_sge: 1,
         },
+        srq.as_ref().map(|s| s.as_srq()),
     ) {
         return Err((Some(id), e));
     }
     let local = id.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut s = Setup {
         id,
+        srq,
         cq,
         ch,
         ring_mr,
@@ -273,6 +293,34 @@ fn try_build(
         no_resources(&s.id, peer, &e);
         return Err((None, e));
     }
+    Ok(s)
+}
+
+/// The shared receive queue of `reactor` on `dev`'s protection domain, made (its
+/// buffers posted) on first use.
+fn reactor_srq(
+    shared: &Shared,
+    dev: &Device,
+    reactor: usize,
+    recv_size: usize,
+) -> Result<Arc<ReactorSrq>, RdmaError> {
+    let key = (Arc::as_ptr(&dev.pd) as usize, reactor);
+    let mut srqs = shared.srqs.lock().expect("SRQ list poisoned");
+    if let Some((_, s)) = srqs
+        .iter()
+        .find(|(k, s)| *k == key && s.recv_size == recv_size)
+    {
+        return Ok(s.clone());
+    }
+    let n = SRQ_RECEIVES.min(dev.limits.max_srq_wr).max(1);
+    let s = Arc::new(ReactorSrq::new(&dev.pd, n, recv_size)?);
+    tracing::info!(
+        reactor,
+        receives = n,
+        bytes = s.bytes(),
+        "NVMe/RDMA shared receive queue made"
+    );
+    srqs.push((key, s.clone()));
     Ok(s)
 }
 

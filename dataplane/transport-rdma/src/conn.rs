@@ -23,7 +23,9 @@ use lightpool_spec::nvme::{Sqe, CQE_SIZE, SQE_SIZE};
 use lightpool_spec::rdma::KeyedSgl;
 use lightpool_spec::status::{generic, Status};
 
+use crate::srq::ReactorSrq;
 use crate::stall::{Outstanding, STALL_LIMIT};
+use crate::warn_limit::WarnLimit;
 
 /// One RDMA device the transport serves on, with one buffer pool of the target's
 /// registered in it (once, when the first connection on it came).
@@ -50,7 +52,7 @@ impl Device {
 
 /// Work request kinds, in the upper half of a work request ID (the lower half is the
 /// receive index or the request slot).
-const WR_RECV: u64 = 1 << 32;
+pub(crate) const WR_RECV: u64 = 1 << 32;
 const WR_SEND: u64 = 2 << 32;
 const WR_READ: u64 = 3 << 32;
 const WR_WRITE: u64 = 4 << 32;
@@ -80,6 +82,9 @@ pub(crate) struct Setup {
     // Drop order: the identifier (and its QP) before the CQ, the CQ before its channel,
     // the QP before the memory it receives into.
     pub id: CmId,
+    /// The reactor's shared receive queue the QP receives from; `None`: its own
+    /// receives, in `ring`.
+    pub srq: Option<Arc<ReactorSrq>>,
     pub cq: CompletionQueue,
     pub ch: CompChannel,
     pub ring_mr: MemoryRegion,
@@ -117,14 +122,20 @@ impl RingSizes {
         }
     }
 
-    pub fn bytes(&self) -> usize {
-        self.recv_size * self.nrecv + CQE_SIZE * self.nrsp
+    /// The connection's ring: its receives (unless it receives from a shared receive
+    /// queue) and its responses.
+    pub fn bytes(&self, srq: bool) -> usize {
+        let recv = if srq { 0 } else { self.recv_size * self.nrecv };
+        recv + CQE_SIZE * self.nrsp
     }
 }
 
 impl Setup {
     /// Posts every receive (before the connection is accepted).
     pub fn post_receives(&mut self) -> Result<(), lightpool_rdma_sys::RdmaError> {
+        if self.srq.is_some() {
+            return Ok(());
+        }
         let lkey = self.ring_mr.lkey();
         for i in 0..self.nrecv {
             let p = self.ring[i * self.recv_size..].as_mut_ptr();
@@ -132,6 +143,29 @@ impl Setup {
                 .post_recv(WR_RECV | i as u64, p, self.recv_size as u32, lkey)?;
         }
         Ok(())
+    }
+
+    /// Where the responses start in the ring.
+    fn rsp_base(&self) -> usize {
+        if self.srq.is_some() {
+            0
+        } else {
+            self.recv_size * self.nrecv
+        }
+    }
+
+    /// Receive `ri` again, its capsule consumed.
+    fn repost(&mut self, ri: usize) -> Result<(), lightpool_rdma_sys::RdmaError> {
+        if let Some(srq) = &self.srq {
+            return srq.post(ri, WR_RECV | ri as u64);
+        }
+        let p = self.ring[ri * self.recv_size..].as_mut_ptr();
+        self.id.post_recv(
+            WR_RECV | ri as u64,
+            p,
+            self.recv_size as u32,
+            self.ring_mr.lkey(),
+        )
     }
 }
 
@@ -163,6 +197,8 @@ pub struct Conn {
     /// the response of another, before this side has reaped that SEND. They run, in
     /// order, as SENDs complete. Capacity: one per receive (never grows).
     deferred: std::collections::VecDeque<(usize, usize)>,
+    /// Requests that found no registered buffer: one warning per interval.
+    unregistered_warn: WarnLimit,
     wcs: Box<[WorkCompletion]>,
 }
 
@@ -184,6 +220,7 @@ impl Conn {
             seen_in_capsule: false,
             seen_read: false,
             deferred: std::collections::VecDeque::with_capacity(s_nrecv),
+            unregistered_warn: WarnLimit::default(),
             wcs: vec![WorkCompletion::default(); POLL_BATCH].into_boxed_slice(),
         }
     }
@@ -293,8 +330,15 @@ impl Conn {
                     if give_up {
                         tracing::warn!(peer = %self.s.peer, device = self.q.bdev_in_flight(), rdma = self.outstanding.count(), "closing with device I/O or RDMA work requests still outstanding");
                     }
+                    let suppressed = self.unregistered_warn.take_suppressed();
+                    if suppressed > 0 {
+                        tracing::warn!(peer = %self.s.peer, qid = self.q.qid(), suppressed, "more requests found no registered buffer than were logged");
+                    }
                     tracing::info!(peer = %self.s.peer, qid = self.q.qid(), "NVMe/RDMA queue ended, its requests released");
                     self.q.close();
+                    while let Some((ri, _)) = self.deferred.pop_front() {
+                        self.release_shared(ri);
+                    }
                     self.phase = Phase::Closed;
                     work += 1;
                 } else if deadline.is_none() {
@@ -418,6 +462,21 @@ impl Conn {
         if kind == WR_READ || kind == WR_SEND {
             self.outstanding.retired();
         }
+        // A receive that completed (a capsule that will not run, or an error): a shared
+        // buffer goes back to the SRQ (a QP's own receives go with it; an SRQ's others
+        // are not flushed by the QP's error).
+        if kind == WR_RECV {
+            self.release_shared((wc.wr_id & 0xFFFF_FFFF) as usize);
+        }
+    }
+
+    /// Gives receive `ri` back to the shared receive queue (nothing for per-QP receives).
+    fn release_shared(&mut self, ri: usize) {
+        if self.s.srq.is_some() {
+            if let Err(e) = self.s.repost(ri) {
+                tracing::warn!(peer = %self.s.peer, error = %e, "cannot post a shared receive");
+            }
+        }
     }
 
     /// Queues a capsule behind those deferred before it; more than the receives posted
@@ -430,14 +489,44 @@ impl Conn {
         self.deferred.push_back((ri, len));
     }
 
-    /// A command capsule arrived in receive `ri`, `len` bytes.
+    /// A command capsule arrived in receive `ri`, `len` bytes: it runs (or is deferred
+    /// until a slot is free), and the receive is posted again once it is consumed.
     fn on_capsule(&mut self, ri: usize, len: usize, now: Instant) {
-        if len < SQE_SIZE {
-            self.close("capsule shorter than a command");
+        if !self.run_capsule(ri, len, now) {
             return;
         }
-        let off = ri * self.s.recv_size;
-        let sqe_bytes: &[u8; SQE_SIZE] = self.s.ring[off..off + SQE_SIZE]
+        if self.phase != Phase::Active {
+            // The queue ends: a QP's own receive would only be flushed, a shared one
+            // goes back for the reactor's other queues.
+            self.release_shared(ri);
+            return;
+        }
+        if let Err(e) = self.s.repost(ri) {
+            tracing::warn!(peer = %self.s.peer, error = %e, "cannot post a receive");
+            self.close("cannot post a receive");
+        }
+    }
+
+    /// The capsule's bytes: `len` of receive `ri`.
+    fn capsule(&self, ri: usize, len: usize) -> &[u8] {
+        match &self.s.srq {
+            Some(srq) => srq.capsule(ri, len),
+            None => &self.s.ring[ri * self.s.recv_size..][..len],
+        }
+    }
+
+    /// Runs the capsule; `false` when it is deferred (its receive stays taken).
+    fn run_capsule(&mut self, ri: usize, len: usize, now: Instant) -> bool {
+        if len < SQE_SIZE {
+            self.close("capsule shorter than a command");
+            return true;
+        }
+        if len > self.s.recv_size {
+            self.close("capsule larger than a receive");
+            return true;
+        }
+        let sqe_bytes: &[u8; SQE_SIZE] = self
+            .capsule(ri, SQE_SIZE)
             .try_into()
             .expect("a receive holds a whole command");
         let sqe = Sqe::from_bytes(sqe_bytes);
@@ -445,14 +534,14 @@ impl Conn {
             if self.outstanding.count() > 0 {
                 // Slots wait for their SENDs: the command runs when one completes.
                 self.deferred.push_front((ri, len));
-                return;
+                return false;
             }
             self.close("more commands outstanding than the queue has entries");
-            return;
+            return true;
         };
         if usize::from(slot) >= self.s.nrsp {
             self.close("queue larger than the connection's response area");
-            return;
+            return true;
         }
         let keyed = KeyedSgl::from_bytes(&sqe.dptr);
         {
@@ -473,7 +562,13 @@ impl Conn {
                     self.seen_in_capsule = true;
                     tracing::debug!(peer = %self.s.peer, qid = self.q.qid(), len, "first in-capsule data on the queue");
                 }
-                let data = &self.s.ring[off + SQE_SIZE..off + SQE_SIZE + len as usize];
+                let data = match &self.s.srq {
+                    Some(srq) => &srq.capsule(ri, SQE_SIZE + len as usize)[SQE_SIZE..],
+                    None => {
+                        let off = ri * self.s.recv_size;
+                        &self.s.ring[off + SQE_SIZE..off + SQE_SIZE + len as usize]
+                    }
+                };
                 if self.q.execute_write_from(slot, data, now).is_none() {
                     self.q.req(slot).buf_mut(len as usize).copy_from_slice(data);
                     self.q.execute(slot, now);
@@ -489,7 +584,7 @@ impl Conn {
             Ok(Xfer::C2H { len }) => {
                 let p = self.q.req(slot).buf_mut(len as usize).as_ptr();
                 if self.s.dev.lkey_of(p, len as usize).is_none() {
-                    self.unregistered(slot);
+                    self.unregistered(slot, now);
                 } else {
                     self.q.execute(slot, now);
                 }
@@ -498,25 +593,19 @@ impl Conn {
                 self.q.execute(slot, now);
             }
         }
-        // The capsule is consumed (executed, or its data copied): receive the next one
-        // into the same buffer.
-        let p = self.s.ring[off..].as_mut_ptr();
-        if let Err(e) = self.s.id.post_recv(
-            WR_RECV | ri as u64,
-            p,
-            self.s.recv_size as u32,
-            self.s.ring_mr.lkey(),
-        ) {
-            tracing::warn!(peer = %self.s.peer, error = %e, "cannot post a receive");
-            self.close("cannot post a receive");
-        }
+        // The capsule is consumed (executed, or its data copied).
+        true
     }
 
     /// A request buffer outside the registered pool (the pool ran dry and the slot
     /// used memory of its own): the command ends with a status the host retries.
+    /// Said once per queue per interval, with the count of those not said since the
+    /// last line (`suppressed`; the rest when the queue ends).
     #[cold]
-    fn unregistered(&mut self, slot: u16) {
-        tracing::warn!(peer = %self.s.peer, "no registered buffer for a request: the host retries it");
+    fn unregistered(&mut self, slot: u16, now: Instant) {
+        if let Some(suppressed) = self.unregistered_warn.hit(now) {
+            tracing::warn!(peer = %self.s.peer, qid = self.q.qid(), suppressed, "no registered buffer for a request: the host retries it");
+        }
         self.q
             .finish(slot, Status::generic(generic::COMMAND_INTERRUPTED));
     }
@@ -528,7 +617,7 @@ impl Conn {
         let remote = r.tr.remote;
         let p = r.buf_mut(len).as_mut_ptr();
         let Some(lkey) = self.s.dev.lkey_of(p, len) else {
-            self.unregistered(slot);
+            self.unregistered(slot, now);
             return;
         };
         match self.s.id.post_send(
@@ -591,7 +680,7 @@ impl Conn {
             }
         }
         let cqe = r.cqe.to_bytes();
-        let off = self.s.recv_size * self.s.nrecv + CQE_SIZE * usize::from(slot);
+        let off = self.s.rsp_base() + CQE_SIZE * usize::from(slot);
         self.s.ring[off..off + CQE_SIZE].copy_from_slice(&cqe);
         let (op, key) = match invalidate {
             Some(k) => (ibv_wr_opcode::IBV_WR_SEND_WITH_INV, k),

@@ -6,8 +6,8 @@
 //! requests and every connection's disconnects ([`cm`]). Each accepted connection is one
 //! NVMe queue and one reliable-connected queue pair with its own completion queue,
 //! owned by one reactor (round robin) for its whole life, which polls that CQ
-//! ([`conn`]). Receives are per queue pair (a shared receive queue per device would
-//! save memory with many queues; the first slice keeps each queue's flow self-contained).
+//! ([`conn`]). Receives are per queue pair, or from one shared receive queue per reactor
+//! and device (`[target] rdma_srq`, [`srq`]).
 //!
 //! Hot upgrade: RDMA queue pairs cannot be handed to another process, so the old
 //! process ends its RDMA connections cleanly and stops listening (its
@@ -18,7 +18,9 @@
 mod cm;
 pub mod conn;
 mod kind;
+pub mod srq;
 pub mod stall;
+mod warn_limit;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -33,6 +35,7 @@ use lightpool_reactor::{Ctx, Interest, PollStatus, Poller, ReactorHandle};
 
 pub use conn::Conn;
 pub use kind::{RdmaKind, NAME};
+pub use srq::{set_shared_receive_queue, shared_receive_queue};
 
 /// Errors of the transport's control side.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,9 @@ pub(crate) struct Shared {
     pub(crate) reactors: Vec<ReactorHandle>,
     pub(crate) channel: Arc<EventChannel>,
     pub(crate) devices: Mutex<Vec<Arc<conn::Device>>>,
+    /// Each reactor's shared receive queue per protection domain (`[target] rdma_srq`),
+    /// made with the first connection it owns on that device.
+    pub(crate) srqs: Mutex<Vec<(srq::SrqKey, Arc<srq::ReactorSrq>)>>,
     /// Which reactor owns each connection, by identifier address (control path only).
     owners: Mutex<HashMap<usize, usize>>,
     next: AtomicUsize,
@@ -174,6 +180,7 @@ impl RdmaTransport {
             reactors,
             channel,
             devices: Mutex::new(Vec::new()),
+            srqs: Mutex::new(Vec::new()),
             owners: Mutex::new(HashMap::new()),
             next: AtomicUsize::new(0),
             quiesced: AtomicBool::new(false),

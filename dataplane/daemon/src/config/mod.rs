@@ -85,6 +85,10 @@ pub struct TargetSection {
     /// `IP:PORT` to serve Prometheus metrics on (`GET /metrics`); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_address: Option<String>,
+    /// NVMe/RDMA receives: `true`, one shared receive queue per reactor and device;
+    /// `false` (the default), each queue pair its own. See docs/architecture.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma_srq: Option<bool>,
 }
 
 impl Default for TargetSection {
@@ -99,6 +103,7 @@ impl Default for TargetSection {
             idle_spin_us: None,
             state_dir: None,
             metrics_address: None,
+            rdma_srq: None,
         }
     }
 }

@@ -24,6 +24,53 @@ fn example_config_parses_and_validates() {
     assert!(!c.subsystems.is_empty());
 }
 
+/// The `target.toml` a deploy/ manifest's ConfigMap carries (the block under
+/// `  target.toml: |`, dedented).
+fn manifest_config(rel: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel);
+    let text = std::fs::read_to_string(&path).expect("manifest");
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.trim_end() == "  target.toml: |" {
+            inside = true;
+            continue;
+        }
+        if inside {
+            if !line.is_empty() && !line.starts_with("    ") {
+                break;
+            }
+            out.push_str(line.strip_prefix("    ").unwrap_or(""));
+            out.push('\n');
+        }
+    }
+    assert!(!out.trim().is_empty(), "{rel} carries no target.toml");
+    out
+}
+
+#[test]
+fn the_deploy_profiles_configs_parse_and_validate() {
+    for rel in ["deploy/dataplane/target.yaml", "deploy/dpu/target-dpu.yaml"] {
+        let c: Config =
+            toml::from_str(&manifest_config(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        if let Err(e) = c.validate() {
+            panic!("{rel}: {}: {}", e.key, e.reason);
+        }
+        assert!(!c.listeners.is_empty(), "{rel}");
+    }
+    let dpu: Config = toml::from_str(&manifest_config("deploy/dpu/target-dpu.yaml")).expect("dpu");
+    assert_eq!(
+        dpu.listeners[0].engine, "af_xdp",
+        "the DPU profile serves through AF_XDP"
+    );
+    assert_eq!(
+        dpu.target.reactors, 4,
+        "a reactor per core the DPU pod gets"
+    );
+}
+
 #[test]
 fn unknown_field_is_named_with_file_line_and_key() {
     let dir = std::env::temp_dir().join(format!("lp-config-{}", std::process::id()));
@@ -260,4 +307,17 @@ fn rdma_listeners_need_a_binary_with_the_rdma_feature() {
             "{e}"
         );
     }
+}
+
+#[test]
+fn rdma_srq_is_read_and_saved_only_when_given() {
+    let c = parse("[target]\nrdma_srq = true\n[[listener]]\naddress = \"127.0.0.1:4420\"\n");
+    assert_eq!(c.target.rdma_srq, Some(true));
+    let text = toml::to_string(&c).expect("serializes");
+    assert_eq!(parse(&text), c, "{text}");
+    let d = parse("[[listener]]\naddress = \"127.0.0.1:4420\"\n");
+    assert_eq!(d.target.rdma_srq, None);
+    assert!(!toml::to_string(&d)
+        .expect("serializes")
+        .contains("rdma_srq"));
 }

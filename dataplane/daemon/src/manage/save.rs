@@ -56,6 +56,7 @@ pub fn save(run: &Running) -> Config {
             .as_ref()
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.to_string()),
+        rdma_srq: crate::transports::rdma_srq(),
     };
     let listeners = run
         .transports

@@ -98,26 +98,23 @@ impl<T: Default> NvmfQueue<T> {
     pub(crate) fn auth_expired(&mut self) {
         self.auth_deadline = None;
         let Some(c) = self.ctrlr.clone() else { return };
-        let after = auth_timeout(c.kato_ms()).as_secs();
-        if self.gate & gate::UNAUTHENTICATED != 0 {
-            tracing::warn!(
-                subnqn = %c.subsys.nqn,
-                hostnqn = %c.hostnqn,
-                cntlid = c.cntlid,
-                qid = self.qid,
-                timeout_s = after,
+        let never = self.gate & gate::UNAUTHENTICATED != 0;
+        tracing::warn!(
+            subnqn = %c.subsys.nqn,
+            hostnqn = %c.hostnqn,
+            cntlid = c.cntlid,
+            qid = self.qid,
+            timeout_s = auth_timeout(c.kato_ms()).as_secs(),
+            "{}",
+            if never {
                 "the host did not finish authenticating in time: closing the queue"
-            );
+            } else {
+                "re-authentication stalled: transaction abandoned, the queue stays authenticated"
+            }
+        );
+        if never {
             self.state = QueueState::Disconnecting;
         } else {
-            tracing::warn!(
-                subnqn = %c.subsys.nqn,
-                hostnqn = %c.hostnqn,
-                cntlid = c.cntlid,
-                qid = self.qid,
-                timeout_s = after,
-                "re-authentication stalled: transaction abandoned, the queue stays authenticated"
-            );
             self.auth = Some(Box::new(Exchange::new()));
         }
         self.publish_queue_static();
