@@ -41,13 +41,14 @@ phase "validate manifests (kubernetes-validate)" ./tests/validate-manifests.sh
 # Both with the NVMe/RDMA transport and NVMe/TCP TLS (the daemon's rdma and tls
 # features; setup.sh installed rdma-core and libssl-dev): the rdma guest test runs
 # lightpool-target on soft-RoCE, the TLS tests need OpenSSL in it. With AF_XDP (the
-# af_xdp feature; setup.sh installed clang and libbpf-dev) for tests/af_xdp.rs.
+# af_xdp feature; setup.sh installed clang and libbpf-dev) for tests/af_xdp.rs, and
+# with DPDK (the dpdk feature; libdpdk-dev) for tests/dpdk.rs.
 build_next() {
-    LIGHTPOOL_FIRMWARE_REVISION=0.1.0-n cargo build --release -p lightpool-daemon --features lightpool-daemon/rdma,lightpool-daemon/tls,lightpool-daemon/af_xdp --bins &&
+    LIGHTPOOL_FIRMWARE_REVISION=0.1.0-n cargo build --release -p lightpool-daemon --features lightpool-daemon/rdma,lightpool-daemon/tls,lightpool-daemon/af_xdp,lightpool-daemon/dpdk --bins &&
         cp target/release/lightpool-target target/release/lightpool-target-next
 }
 phase "build lightpool-target-next (release)" build_next
-phase "build lightpool-target, lightpool, lightpool-perf, csi-client, lp-relay (release)" cargo build --release -p lightpool-daemon --features lightpool-daemon/rdma,lightpool-daemon/tls,lightpool-daemon/af_xdp -p lightpool-cli -p lightpool-perf --features lightpool-perf/rdma --bins -p lightpool-e2e --bin csi-client --bin lp-relay
+phase "build lightpool-target, lightpool, lightpool-perf, csi-client, lp-relay (release)" cargo build --release -p lightpool-daemon --features lightpool-daemon/rdma,lightpool-daemon/tls,lightpool-daemon/af_xdp,lightpool-daemon/dpdk -p lightpool-cli -p lightpool-perf --features lightpool-perf/rdma --bins -p lightpool-e2e --bin csi-client --bin lp-relay
 # What the VFIO, RDMA and kTLS guest tests carry into the guest.
 phase "build hugepage-setup, nvme_vfio_iops, rdma_hostile, tls_hostile (release)" \
     cargo build --release -p hugepage-setup --bins -p lightpool-bdev-nvme-vfio --example nvme_vfio_iops \
@@ -63,4 +64,4 @@ reserve_hugepages() {
     fi
 }
 phase "reserve 24 huge pages, mount hugetlbfs (hugepage-setup)" reserve_hugepages
-phase "cargo test (with e2e, rdma, tls, dpdk, af_xdp)" cargo test --workspace --features lightpool-e2e/e2e,lightpool-daemon/rdma,lightpool-daemon/tls,lightpool-perf/rdma,lightpool-dpdk/dpdk,lightpool-daemon/af_xdp,lightpool-e2e/af_xdp "$@"
+phase "cargo test (with e2e, rdma, tls, dpdk, af_xdp)" cargo test --workspace --features lightpool-e2e/e2e,lightpool-daemon/rdma,lightpool-daemon/tls,lightpool-perf/rdma,lightpool-dpdk/dpdk,lightpool-daemon/af_xdp,lightpool-e2e/af_xdp,lightpool-daemon/dpdk,lightpool-e2e/dpdk "$@"

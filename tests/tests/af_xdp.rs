@@ -5,133 +5,47 @@
 //! kernel's answer. Native XDP and generic XDP.
 #![cfg(all(feature = "e2e", feature = "af_xdp"))]
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod engine;
 
+use std::time::Duration;
+
+use engine::{assert_root, Served, PORT};
 use lightpool_e2e::perfjson::perf_ok;
-use lightpool_e2e::{e2e_dir, release_binary, HostProcess};
 use lightpool_xdp::testing::VethPair;
 
 const NQN: &str = "nqn.2024-01.io.lightpool:af-xdp";
-const PORT: u16 = 4420;
 
 /// A target serving a RAM namespace through AF_XDP on its end of a veth pair.
-struct Served {
-    pair: VethPair,
-    target: HostProcess,
-    mode: String,
+fn start(mode: &str, tag: &str, net: u8) -> Served {
+    assert_root();
+    let pair = VethPair::new(tag, net).expect("veth pair");
+    let listener = format!(
+        "engine = \"af_xdp\"\ninterface = \"{}\"\nxdp_mode = \"{mode}\"",
+        pair.a
+    );
+    let addr = pair.addr_a;
+    let name = format!("af-xdp-{tag}-{mode}");
+    Served::start(
+        pair,
+        addr,
+        &listener,
+        &name,
+        mode,
+        NQN,
+        "listening through AF_XDP",
+    )
 }
 
-impl Served {
-    fn start(mode: &str, tag: &str, net: u8) -> Served {
-        // SAFETY: geteuid has no preconditions.
-        let uid = unsafe { libc::geteuid() };
-        assert_eq!(uid, 0, "this test needs root (netns, XDP)");
-        let pair = VethPair::new(tag, net).expect("veth pair");
-        let dir = e2e_dir().expect("dir");
-        let name = format!("af-xdp-{tag}-{mode}");
-        let cfg = dir.join(format!("{name}.toml"));
-        let control = dir.join(format!("{name}.sock"));
-        let _ = std::fs::remove_file(&control);
-        std::fs::write(
-            &cfg,
-            format!(
-                "[target]\nreactors = 2\n\
-                 [[listener]]\naddress = \"{}:{PORT}\"\nengine = \"af_xdp\"\ninterface = \"{}\"\nxdp_mode = \"{mode}\"\n\
-                 [[subsystem]]\nnqn = \"{NQN}\"\n[[subsystem.namespace]]\nnsid = 1\nram = \"64MiB\"\nblock_size = 512\n",
-                pair.addr_a, pair.a
-            ),
-        )
-        .expect("config");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &pair.ns_a])
-            .arg(release_binary("lightpool-target").expect("built"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--control-socket")
-            .arg(&control);
-        let mut target = HostProcess::spawn(&name, cmd).expect("start the target");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !target.log().contains("listening through AF_XDP") {
-            if let Some(st) = target.try_wait().expect("wait") {
-                panic!("the target exited ({st}):\n{}", target.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no AF_XDP listener:\n{}",
-                target.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Served {
-            pair,
-            target,
-            mode: mode.to_string(),
-        }
-    }
-
-    /// lightpool-perf in the peer namespace: verified random read/write of `size`.
-    fn perf(&self, size: &str, secs: &str) -> std::process::Child {
-        Command::new("ip")
-            .args(["netns", "exec", &self.pair.ns_b])
-            .arg(release_binary("lightpool-perf").expect("built"))
-            .arg("-r")
-            .arg(format!(
-                "trtype:tcp adrfam:ipv4 traddr:{} trsvcid:{PORT} subnqn:{NQN}",
-                self.pair.addr_a
-            ))
-            .args(["-q", "16", "-o", size, "-w", "randrw", "-M", "50"])
-            .args(["--verify", "--json", "-c", "1", "-t", secs])
-            .args(["--range", "0:16384", "--connect-timeout", "20"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start lightpool-perf")
-    }
-
-    /// Run perf to the end: verified, no errors. Its JSON.
-    fn perf_ok(&self, size: &str, secs: &str, what: &str) -> String {
-        let log = || self.target.log();
-        perf_ok(
-            self.perf(size, secs),
-            &format!("{}: {what}", self.mode),
-            &log,
-        )
-    }
-
-    /// The kernel still answers ping on the AF_XDP interface, the target still runs
-    /// and logged no error; then stop it.
-    fn finish(mut self) {
-        self.pair
-            .exec(
-                &self.pair.ns_b,
-                &["ping", "-c", "2", "-W", "2", &self.pair.addr_a.to_string()],
-            )
-            .expect("the kernel still answers ping on the AF_XDP interface");
-        assert!(
-            self.target.try_wait().expect("wait").is_none(),
-            "the target exited:\n{}",
-            self.target.log()
-        );
-        assert!(
-            !self.target.log().contains("ERROR"),
-            "errors in the target log:\n{}",
-            self.target.log()
-        );
-        self.target
-            .stop(Duration::from_secs(10))
-            .expect("stop the target");
-    }
+/// The kernel still answers ping on the AF_XDP interface; then stop the target.
+fn finish(s: Served) {
+    let addr = s.pair.addr_a;
+    s.finish(&[(addr, "the kernel (on the AF_XDP interface)")]);
 }
 
 fn serve_perf_through_af_xdp(mode: &str, tag: &str, net: u8) {
-    let s = Served::start(mode, tag, net);
-    // 4 KiB I/O (in-capsule writes), then 128 KiB (R2T and H2C data, C2H over many
-    // segments).
-    let small = s.perf_ok("4096", "4", "4 KiB");
-    let large = s.perf_ok("131072", "4", "128 KiB");
-    eprintln!("{mode}: 4 KiB {small}\n{mode}: 128 KiB {large}");
-    s.finish();
+    let s = start(mode, tag, net);
+    s.perf_small_and_large();
+    finish(s);
 }
 
 #[test]
@@ -285,7 +199,7 @@ fn resets_mid_pdu(ns: String, to: std::net::SocketAddr) -> std::thread::JoinHand
 #[test]
 fn af_xdp_survives_resets_mid_pdu_a_syn_flood_and_malformed_segments() {
     let net = 75;
-    let s = Served::start("generic", "eh", net);
+    let s = start("generic", "eh", net);
     // A verified run that must go on serving through all of it.
     let running = s.perf("4096", "10");
     std::thread::sleep(Duration::from_secs(1));
@@ -303,5 +217,5 @@ fn af_xdp_survives_resets_mid_pdu_a_syn_flood_and_malformed_segments() {
     // a new connection gets in.
     let after = s.perf_ok("131072", "3", "after the flood");
     eprintln!("after the flood: {after}");
-    s.finish();
+    finish(s);
 }

@@ -81,28 +81,33 @@ impl Transport for TcpTransport {
                 Ok(ListenAddr::tcp(bound))
             }
             #[cfg(not(feature = "af_xdp"))]
-            "af_xdp" => {
-                let _ = sa;
-                Err(TransportError::Invalid(
-                    "this build has no AF_XDP engine (the af_xdp cargo feature): engine = \"af_xdp\" cannot be served".into(),
-                ))
+            "af_xdp" => Err(not_built(sa, "AF_XDP", "af_xdp")),
+            #[cfg(feature = "dpdk")]
+            "dpdk" => {
+                let bound = self
+                    .listen_dpdk(sa, &engine.interface)
+                    .map_err(TransportError::other)?;
+                Ok(ListenAddr::tcp(bound))
             }
+            #[cfg(not(feature = "dpdk"))]
+            "dpdk" => Err(not_built(sa, "DPDK", "dpdk")),
             other => Err(TransportError::Invalid(format!(
-                "engine {other:?}: expected \"kernel\" or \"af_xdp\""
+                "engine {other:?}: expected \"kernel\", \"af_xdp\" or \"dpdk\""
             ))),
         }
     }
 
     fn listener_engine(&self, addr: &ListenAddr) -> Option<EngineSpec> {
         #[cfg(feature = "af_xdp")]
-        {
-            self.xdp_engine(addr)
+        if let Some(e) = self.xdp_engine(addr) {
+            return Some(e);
         }
-        #[cfg(not(feature = "af_xdp"))]
-        {
-            let _ = addr;
-            None
+        #[cfg(feature = "dpdk")]
+        if let Some(e) = self.dpdk_engine(addr) {
+            return Some(e);
         }
+        let _ = addr;
+        None
     }
 
     fn connections(&self) -> Result<Vec<ConnectionInfo>, TransportError> {
@@ -259,4 +264,12 @@ impl TransportKind for TcpKind {
         };
         Ok((Arc::new(t), adopted))
     }
+}
+
+/// A listener of an engine this build lacks (its cargo feature `feature`).
+#[cfg(any(not(feature = "af_xdp"), not(feature = "dpdk")))]
+fn not_built(_addr: SocketAddr, engine: &str, feature: &str) -> TransportError {
+    TransportError::Invalid(format!(
+        "this build has no {engine} engine (the {feature} cargo feature): engine = \"{feature}\" cannot be served"
+    ))
 }

@@ -7,6 +7,10 @@
 //! hot upgrade can reach all of them by mailbox to quiesce, export or adopt them.
 
 mod conn;
+#[cfg(feature = "dpdk")]
+mod dpdk;
+#[cfg(any(feature = "af_xdp", feature = "dpdk"))]
+mod engine;
 mod kind;
 mod ready;
 mod sock;
@@ -149,6 +153,9 @@ pub struct TcpTransport {
     /// Listeners served through AF_XDP (their XDP programs stay attached).
     #[cfg(feature = "af_xdp")]
     xdp: std::sync::Mutex<Vec<xdp::XdpListener>>,
+    /// Listeners served through DPDK (their ports stay started).
+    #[cfg(feature = "dpdk")]
+    dpdk: std::sync::Mutex<Vec<dpdk::DpdkListener>>,
 }
 
 /// Listeners and connections as a hot upgrade carries them, each with the index of its
@@ -204,6 +211,8 @@ impl TcpTransport {
             tls: std::sync::OnceLock::new(),
             #[cfg(feature = "af_xdp")]
             xdp: Default::default(),
+            #[cfg(feature = "dpdk")]
+            dpdk: Default::default(),
         })
     }
 

@@ -1,53 +1,21 @@
 //! NVMe/TCP through the AF_XDP engine (cargo feature `af_xdp`): a listener with
 //! `engine = "af_xdp"` takes over one interface. The XDP program steers its port to an
-//! AF_XDP socket per receive queue; reactor N owns queue N, polls it, runs the
-//! userspace TCP stack (lightpool-netstack) over it, and serves the connections that
-//! arrive there with the same connection code as kernel sockets (`Conn`, over the
-//! stack's `TcpConn` streams). Readiness comes from the stack, not epoll: a connection
-//! is read when its socket holds bytes. The reactor sleeps on the AF_XDP socket only
-//! when the stack has nothing unsent and no timer due, since nothing else wakes it.
-//!
-//! Not here: TLS on such a listener, handing its connections over in a hot upgrade
-//! (they close with the process and the host reconnects), removing the listener.
+//! AF_XDP socket per receive queue; reactor N owns queue N and serves it through the
+//! packet-engine poller (`engine.rs`), sleeping on the AF_XDP socket when idle.
 
-use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
-use lightpool_netstack::{Stack, StackConfig, TcpConn};
-use lightpool_nvmf::{EngineSpec, ListenAddr, ListenerInfo, Target};
-use lightpool_reactor::{Ctx, Interest, PollStatus, Poller};
+use lightpool_netstack::StackConfig;
+use lightpool_nvmf::{EngineSpec, ListenAddr, ListenerInfo};
+use lightpool_reactor::Ctx;
 use lightpool_xdp::{Mode, QueueConfig, Steering, XskQueue};
 
-use crate::conn::Conn;
+use crate::engine::{listen_err, start_queue, EngineListener};
 use crate::{TcpError, TcpTransport, NEXT_PORTID};
 
 /// An AF_XDP listener: the XDP program stays attached while this lives.
-pub(crate) struct XdpListener {
-    pub(crate) addr: ListenAddr,
-    pub(crate) spec: EngineSpec,
-    steering: Steering,
-}
-
-/// One reactor's queue: its stack and the connections that came through it.
-struct QueueLocal {
-    stack: Stack<XskQueue>,
-    port: u16,
-    target: Arc<Target>,
-    conns: Vec<Conn<TcpConn>>,
-}
-
-thread_local! {
-    static QUEUES: RefCell<Vec<QueueLocal>> = const { RefCell::new(Vec::new()) };
-}
-
-fn listen_err(addr: SocketAddr, e: impl std::fmt::Display) -> TcpError {
-    TcpError::Listen {
-        addr,
-        source: std::io::Error::other(e.to_string()),
-    }
-}
+pub(crate) type XdpListener = EngineListener<Steering>;
 
 impl TcpTransport {
     /// Serve NVMe/TCP on `addr` through AF_XDP on `interface` (the address's IP is the
@@ -111,7 +79,7 @@ impl TcpTransport {
                 interface: interface.into(),
                 mode: mode.into(),
             },
-            steering,
+            keep: steering,
         });
         Ok(bound)
     }
@@ -126,80 +94,7 @@ impl TcpTransport {
     pub fn xdp_counters(&self) -> Vec<(ListenAddr, lightpool_xdp::SteeringCounters)> {
         let l = self.xdp.lock().expect("xdp listeners");
         l.iter()
-            .filter_map(|l| Some((l.addr.clone(), l.steering.counters().ok()?)))
+            .filter_map(|l| Some((l.addr.clone(), l.keep.counters().ok()?)))
             .collect()
-    }
-}
-
-/// On the reactor that owns `queue`: its stack, listening, watched for frames.
-fn start_queue(
-    ctx: &mut Ctx,
-    queue: XskQueue,
-    cfg: StackConfig,
-    port: u16,
-    target: Arc<Target>,
-) -> std::io::Result<()> {
-    let fd = queue.fd();
-    let mut stack = Stack::new(queue, cfg)?;
-    stack.listen(port)?;
-    ctx.register_fd(fd, Interest::READABLE)?;
-    let first = QUEUES.with(|q| {
-        let mut q = q.borrow_mut();
-        q.push(QueueLocal {
-            stack,
-            port,
-            target,
-            conns: Vec::new(),
-        });
-        q.len() == 1
-    });
-    if first {
-        ctx.add_poller(Box::new(XdpPoller));
-    }
-    Ok(())
-}
-
-/// Polls this reactor's AF_XDP queues, their stacks and connections.
-struct XdpPoller;
-
-impl Poller for XdpPoller {
-    fn poll(&mut self, ctx: &mut Ctx) -> PollStatus {
-        let now = ctx.now();
-        let busy = QUEUES.with(|q| {
-            let mut busy = false;
-            for q in q.borrow_mut().iter_mut() {
-                busy |= q.stack.poll();
-                while let Some(s) = q.stack.accept(q.port) {
-                    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                    tracing::debug!(%peer, reactor = ctx.id(), "AF_XDP connection accepted");
-                    q.conns.push(Conn::new(s, q.target.clone(), peer, ctx.id()));
-                    busy = true;
-                }
-                let mut i = 0;
-                while i < q.conns.len() {
-                    let c = &mut q.conns[i];
-                    let readable = c.stream().readable();
-                    let work = c.poll_ready(now, readable);
-                    if c.is_closed() {
-                        tracing::debug!(peer = %c.peer(), "AF_XDP connection closed");
-                        q.conns.swap_remove(i);
-                        busy = true;
-                        continue;
-                    }
-                    busy |= work > 0 || c.has_pending_work();
-                    i += 1;
-                }
-                // What the connections wrote went out with their writes; a sleeping
-                // reactor is woken only by frames, so stay up while the stack still
-                // holds data or a timer is close.
-                busy |= q.stack.busy();
-            }
-            busy
-        });
-        if busy {
-            PollStatus::Busy
-        } else {
-            PollStatus::Idle
-        }
     }
 }

@@ -121,7 +121,8 @@ fn hugepages_available(bytes: u64) -> bool {
     mounted && free >= bytes
 }
 
-fn current_affinity() -> Vec<usize> {
+/// The CPUs the calling thread may run on (empty if they cannot be read).
+pub fn current_affinity() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

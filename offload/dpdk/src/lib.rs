@@ -30,7 +30,7 @@ mod port;
 mod queue;
 
 #[cfg(feature = "dpdk")]
-pub use eal::{register_thread, Eal, EalConfig, Hugepages, ThreadRegistration};
+pub use eal::{current_affinity, register_thread, Eal, EalConfig, Hugepages, ThreadRegistration};
 #[cfg(feature = "dpdk")]
 pub use error::DpdkError;
 #[cfg(feature = "dpdk")]

@@ -203,8 +203,9 @@ impl Port {
             queues: config.queues,
         };
         port.start()?;
+        let mac = port.mac();
         let queues = (0..config.queues)
-            .map(|q| Queue::new(port.inner.clone(), q, config.burst, usize::from(mtu)))
+            .map(|q| Queue::new(port.inner.clone(), q, config.burst, usize::from(mtu), mac))
             .collect();
         Ok((port, queues))
     }

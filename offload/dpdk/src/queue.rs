@@ -110,16 +110,27 @@ fn tx_burst(port: &PortInner, qid: u16, pkts: &mut Vec<Mbuf>, stats: &mut QueueS
 /// bypasses the mempool's per-lcore cache and pays its shared ring's atomics.
 pub struct Queue {
     qid: u16,
+    /// `dpdk:<port name>:<queue>`, for logs.
+    name: String,
+    mac: [u8; 6],
     rx: Vec<Mbuf>,
     tx: TxState,
     mtu: usize,
 }
 
 impl Queue {
-    pub(crate) fn new(port: Arc<PortInner>, qid: u16, burst: usize, mtu: usize) -> Queue {
+    pub(crate) fn new(
+        port: Arc<PortInner>,
+        qid: u16,
+        burst: usize,
+        mtu: usize,
+        mac: [u8; 6],
+    ) -> Queue {
         let burst = burst.clamp(1, 512);
         Queue {
             qid,
+            name: format!("dpdk:{}:{qid}", port.name),
+            mac,
             rx: Vec::with_capacity(burst),
             tx: TxState {
                 port,
@@ -300,5 +311,33 @@ impl phy::Device for Queue {
         caps.max_transmission_unit = self.mtu + 14;
         caps.max_burst_size = Some(self.tx.burst);
         caps
+    }
+}
+
+/// A queue as the userspace TCP stack's packet engine. It has no descriptor to sleep
+/// on: a reactor serving one polls it without pause (the core is spent on it).
+impl lightpool_netstack::PacketEngine for Queue {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    fn counters(&self) -> lightpool_netstack::EngineCounters {
+        let s = self.tx.stats;
+        lightpool_netstack::EngineCounters {
+            rx_frames: s.rx_packets,
+            rx_bytes: s.rx_bytes,
+            tx_frames: s.tx_packets,
+            tx_bytes: s.tx_bytes,
+            rx_dropped: s.rx_dropped_segmented,
+            tx_full: s.tx_no_mbuf + s.tx_dropped,
+        }
+    }
+
+    fn flush(&mut self) {
+        Queue::flush(self);
     }
 }

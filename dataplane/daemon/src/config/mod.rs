@@ -143,13 +143,17 @@ pub struct ListenerSection {
     /// in software) or "off" (in software, OpenSSL on the reactors, always).
     #[serde(default, skip_serializing_if = "is_auto")]
     pub ktls: String,
-    /// How NVMe/TCP reaches the network: "kernel" (default: the kernel's sockets) or
+    /// How NVMe/TCP reaches the network: "kernel" (default: the kernel's sockets),
     /// "af_xdp" (an XDP program steers the listener's port on `interface` to AF_XDP
     /// sockets served by a userspace TCP stack on the reactors; a binary built with
-    /// the daemon's `af_xdp` feature, run as root).
+    /// the daemon's `af_xdp` feature, run as root) or "dpdk" (the DPDK port
+    /// `interface` served by the same stack, its reactors busy-polling; the daemon's
+    /// `dpdk` feature, root).
     #[serde(default, skip_serializing_if = "is_kernel")]
     pub engine: String,
-    /// The network interface an `af_xdp` listener takes over, e.g. "eth0".
+    /// The network interface an `af_xdp` listener takes over, e.g. "eth0"; for a
+    /// `dpdk` listener the EAL device: a `--vdev` ("net_af_packet0,iface=veth0") or a
+    /// PCI address ("0000:3b:00.0").
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub interface: String,
     /// Where an `af_xdp` listener's XDP program runs: "native" (default, in the

@@ -1,0 +1,153 @@
+//! NVMe/TCP through a kernel-bypass packet engine (lightpool-netstack's
+//! `PacketEngine`: AF_XDP with the `af_xdp` feature, DPDK with `dpdk`). Each reactor
+//! owns queues of its own, runs the userspace TCP stack over each, and serves the
+//! connections that arrive there with the same connection code as kernel sockets
+//! (`Conn`, over the stack's `TcpConn` streams). Readiness comes from the stack, not
+//! epoll: a connection is read when its socket holds bytes.
+//!
+//! Sleeping: a queue with a descriptor (AF_XDP's socket) is registered with the
+//! reactor, which sleeps on it when the stack has nothing unsent and no timer due, so
+//! an idle AF_XDP listener costs no CPU. A queue without one (a DPDK queue) can only be
+//! polled: while a reactor holds such a queue it never sleeps, and its core is spent
+//! on the queue whether traffic comes or not.
+//!
+//! The engines' listener setup is beside this: `xdp.rs`, `dpdk.rs`. Not here: TLS on
+//! such a listener, handing its connections over in a hot upgrade (they close with the
+//! process and the host reconnects), removing the listener.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use lightpool_netstack::{PacketEngine, Stack, StackConfig, TcpConn};
+use lightpool_nvmf::{EngineSpec, ListenAddr, Target};
+use lightpool_reactor::{Ctx, Interest, PollStatus, Poller};
+
+use crate::conn::Conn;
+use crate::TcpError;
+
+/// A listener served through a packet engine; `keep` holds what must live as long as
+/// it (AF_XDP's attached XDP program, DPDK's port).
+pub(crate) struct EngineListener<K> {
+    pub(crate) addr: ListenAddr,
+    pub(crate) spec: EngineSpec,
+    pub(crate) keep: K,
+}
+
+/// One reactor's queue of some engine: its stack and the connections that came
+/// through it.
+struct QueueLocal<E: PacketEngine + 'static> {
+    stack: Stack<E>,
+    port: u16,
+    target: Arc<Target>,
+    conns: Vec<Conn<TcpConn>>,
+}
+
+/// A queue whatever its engine, as the poller drives it.
+trait EngineQueue {
+    /// Moves frames, accepts, serves the connections; whether there was work.
+    fn poll(&mut self, ctx: &Ctx) -> bool;
+    /// Whether the reactor may sleep on a descriptor for this queue.
+    fn can_sleep(&self) -> bool;
+}
+
+impl<E: PacketEngine + 'static> EngineQueue for QueueLocal<E> {
+    fn poll(&mut self, ctx: &Ctx) -> bool {
+        let now = ctx.now();
+        let mut busy = self.stack.poll();
+        while let Some(s) = self.stack.accept(self.port) {
+            let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let engine = self.stack.name();
+            tracing::debug!(%peer, reactor = ctx.id(), %engine, "connection accepted");
+            self.conns
+                .push(Conn::new(s, self.target.clone(), peer, ctx.id()));
+            busy = true;
+        }
+        let mut i = 0;
+        while i < self.conns.len() {
+            let c = &mut self.conns[i];
+            let readable = c.stream().readable();
+            let work = c.poll_ready(now, readable);
+            if c.is_closed() {
+                tracing::debug!(peer = %c.peer(), engine = %self.stack.name(), "connection closed");
+                self.conns.swap_remove(i);
+                busy = true;
+                continue;
+            }
+            busy |= work > 0 || c.has_pending_work();
+            i += 1;
+        }
+        // What the connections wrote went out with their writes; a sleeping reactor is
+        // woken only by frames, so stay up while the stack still holds data or a timer
+        // is close.
+        busy | self.stack.busy()
+    }
+
+    fn can_sleep(&self) -> bool {
+        self.stack.wake_fd().is_some()
+    }
+}
+
+thread_local! {
+    static QUEUES: RefCell<Vec<Box<dyn EngineQueue>>> = const { RefCell::new(Vec::new()) };
+}
+
+pub(crate) fn listen_err(addr: SocketAddr, e: impl std::fmt::Display) -> TcpError {
+    TcpError::Listen {
+        addr,
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// On the reactor that owns `queue`: its stack, listening on `port`, watched for
+/// frames (on its descriptor, where it has one; else polled without pause).
+pub(crate) fn start_queue<E: PacketEngine + 'static>(
+    ctx: &mut Ctx,
+    queue: E,
+    cfg: StackConfig,
+    port: u16,
+    target: Arc<Target>,
+) -> std::io::Result<()> {
+    let fd = queue.wake_fd();
+    let mut stack = Stack::new(queue, cfg)?;
+    stack.listen(port)?;
+    if let Some(fd) = fd {
+        ctx.register_fd(fd, Interest::READABLE)?;
+    }
+    let first = QUEUES.with(|q| {
+        let mut q = q.borrow_mut();
+        q.push(Box::new(QueueLocal {
+            stack,
+            port,
+            target,
+            conns: Vec::new(),
+        }));
+        q.len() == 1
+    });
+    if first {
+        ctx.add_poller(Box::new(EnginePoller));
+    }
+    Ok(())
+}
+
+/// Polls this reactor's engine queues, their stacks and connections.
+struct EnginePoller;
+
+impl Poller for EnginePoller {
+    fn poll(&mut self, ctx: &mut Ctx) -> PollStatus {
+        let busy = QUEUES.with(|q| {
+            let mut busy = false;
+            for q in q.borrow_mut().iter_mut() {
+                busy |= q.poll(ctx);
+                // Nothing wakes the reactor for a queue it cannot sleep on.
+                busy |= !q.can_sleep();
+            }
+            busy
+        });
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    }
+}
