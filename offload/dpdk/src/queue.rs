@@ -334,6 +334,8 @@ impl lightpool_netstack::PacketEngine for Queue {
             tx_bytes: s.tx_bytes,
             rx_dropped: s.rx_dropped_segmented,
             tx_full: s.tx_no_mbuf + s.tx_dropped,
+            // AF_XDP's ring and kick counters have no DPDK counterpart.
+            ..Default::default()
         }
     }
 
