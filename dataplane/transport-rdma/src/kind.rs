@@ -25,6 +25,26 @@ fn encode_err(e: postcard::Error) -> TransportError {
     TransportError::Invalid(format!("NVMe/RDMA handover state: {e}"))
 }
 
+/// The handover state: the listeners, then whether connections receive from shared
+/// receive queues (`[target] rdma_srq`), so that the successor keeps the setting. A
+/// predecessor that wrote only the listeners leaves the successor's default; one that
+/// reads only the listeners ignores the trailing flag (postcard reads what it needs).
+fn encode_state(listeners: &[String]) -> Result<Vec<u8>, TransportError> {
+    let mut state = postcard::to_stdvec(listeners).map_err(encode_err)?;
+    state.extend(postcard::to_stdvec(&crate::srq::shared_receive_queue()).map_err(encode_err)?);
+    Ok(state)
+}
+
+fn decode_state(state: &[u8]) -> Result<Vec<String>, TransportError> {
+    let (listeners, rest): (Vec<String>, &[u8]) =
+        postcard::take_from_bytes(state).map_err(encode_err)?;
+    if !rest.is_empty() {
+        let srq: bool = postcard::from_bytes(rest).map_err(encode_err)?;
+        crate::srq::set_shared_receive_queue(srq);
+    }
+    Ok(listeners)
+}
+
 /// `IP:PORT`, or a bare IP (port 4420).
 pub fn parse_addr(addr: &str) -> Result<SocketAddr, TransportError> {
     if let Ok(sa) = addr.parse::<SocketAddr>() {
@@ -111,7 +131,7 @@ impl Transport for RdmaTransport {
             listeners: listeners.len(),
             connections: 0,
             commands: 0,
-            state: postcard::to_stdvec(&listeners).map_err(encode_err)?,
+            state: encode_state(&listeners)?,
             fds: Vec::new(),
         }))
     }
@@ -149,7 +169,7 @@ impl TransportKind for RdmaKind {
         state: &[u8],
         _fds: &mut [Option<OwnedFd>],
     ) -> Result<(Arc<dyn Transport>, Adopted), TransportError> {
-        let listeners: Vec<String> = postcard::from_bytes(state).map_err(encode_err)?;
+        let listeners = decode_state(state)?;
         let addrs = listeners
             .iter()
             .map(|a| parse_addr(a))
@@ -183,5 +203,31 @@ mod tests {
             "[fd00::1]:4420".parse().expect("literal")
         );
         assert!(parse_addr("rxe0").is_err());
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+
+    #[test]
+    fn the_handover_state_carries_the_srq_setting_and_reads_the_old_form() {
+        let l = vec!["10.0.0.1:4420".to_string()];
+        crate::srq::set_shared_receive_queue(true);
+        let state = encode_state(&l).expect("encodes");
+        crate::srq::set_shared_receive_queue(false);
+        assert_eq!(decode_state(&state).expect("decodes"), l);
+        assert!(
+            crate::srq::shared_receive_queue(),
+            "the successor takes the setting"
+        );
+        // A predecessor's state without the flag: the listeners, the setting untouched.
+        let old = postcard::to_stdvec(&l).expect("old form");
+        crate::srq::set_shared_receive_queue(false);
+        assert_eq!(decode_state(&old).expect("decodes"), l);
+        assert!(!crate::srq::shared_receive_queue());
+        // An older binary reads only the listeners from the new form.
+        let back: Vec<String> = postcard::from_bytes(&state).expect("old reader");
+        assert_eq!(back, l);
     }
 }
