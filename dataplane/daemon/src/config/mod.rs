@@ -616,12 +616,20 @@ impl Config {
         if t.cores.is_empty() && (t.reactors == 0 || t.reactors > 1024) {
             return Err(ferr("target.reactors", "must be between 1 and 1024"));
         }
-        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The cores this process may run on (its CPU affinity: a container's cpuset, a
+        // taskset), not a count: under a cpuset of 4-7, core 5 is fine and core 1 is not.
+        let allowed: Vec<usize> = core_affinity::get_core_ids()
+            .map(|v| v.into_iter().map(|c| c.id).collect())
+            .unwrap_or_default();
         for (i, c) in t.cores.iter().enumerate() {
-            if *c >= ncpu {
+            if !allowed.is_empty() && !allowed.contains(c) {
+                let list: Vec<String> = allowed.iter().map(usize::to_string).collect();
                 return Err(ferr(
                     format!("target.cores[{i}]"),
-                    format!("core {c} does not exist (this machine has {ncpu})"),
+                    format!(
+                        "core {c} is not one this process may run on (its CPU affinity allows {}): list cores from those, or give `reactors = N` instead",
+                        list.join(", ")
+                    ),
                 ));
             }
             if t.cores[..i].contains(c) {

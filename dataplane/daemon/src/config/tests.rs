@@ -321,3 +321,33 @@ fn rdma_srq_is_read_and_saved_only_when_given() {
         .expect("serializes")
         .contains("rdma_srq"));
 }
+
+#[test]
+fn cores_are_checked_against_the_cpu_affinity_not_a_count() {
+    let cores = |list: &str| {
+        parse(&format!(
+            "[target]\ncores = [{list}]\n[[listener]]\naddress = \"127.0.0.1:4420\"\n"
+        ))
+        .validate()
+    };
+    let e = cores("100000").expect_err("no such core");
+    assert_eq!(e.key, "target.cores[0]");
+    assert!(e.reason.contains("may run on"), "{}", e.reason);
+    let all: Vec<usize> = core_affinity::get_core_ids()
+        .expect("affinity")
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    // This thread restricted to its highest core (as a cpuset or taskset would): that
+    // core is accepted even though its number is not below the count of allowed
+    // cores, and any other is refused, naming the allowed ones.
+    let last = *all.last().expect("a core");
+    assert!(core_affinity::set_for_current(core_affinity::CoreId {
+        id: last
+    }));
+    assert!(cores(&last.to_string()).is_ok());
+    if let Some(other) = all.iter().find(|&&c| c != last) {
+        let e = cores(&other.to_string()).expect_err("outside the affinity");
+        assert!(e.reason.contains(&format!("allows {last}")), "{}", e.reason);
+    }
+}
