@@ -85,7 +85,7 @@ fn a_volume_moves_between_two_real_nodes_under_writes() {
     let _a = s.standalone();
     let port_b = free_port();
     let mut b = s.agent(port_b);
-    s.wait_for("node-b Ready", 30, || s.health("node-b") == "Ready");
+    s.wait_for("node-b Ready", 90, || s.health("node-b") == "Ready");
     let addr_a: SocketAddr = format!("127.0.0.1:{}", s.port_a).parse().unwrap();
     let addr_b: SocketAddr = format!("127.0.0.1:{port_b}").parse().unwrap();
     s.ok(&[

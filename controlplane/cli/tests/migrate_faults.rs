@@ -59,7 +59,7 @@ fn subsystems(s: &Setup, node: &str) -> String {
 
 /// v1 (128 MiB) on node-b, 64 blocks spread over it.
 fn volume_on_b(s: &Setup) -> (u32, Vec<u64>) {
-    s.wait_for("node-b and node-c Ready", 30, || {
+    s.wait_for("node-b and node-c Ready", 90, || {
         s.health("node-b") == "Ready" && s.health("node-c") == "Ready"
     });
     s.ok(&[

@@ -297,7 +297,7 @@ fn standalone_volumes_two_nodes_heartbeats_and_a_restart() {
     // A second node joins; hints place volumes on one or the other.
     let port_b = free_port();
     let mut b = s.agent(port_b);
-    s.wait_for("node-b Ready", 30, || s.health("node-b") == "Ready");
+    s.wait_for("node-b Ready", 90, || s.health("node-b") == "Ready");
     let nodes = s.ok(&["node", "list"]);
     assert!(
         nodes.contains("node-a") && nodes.contains("node-b"),
