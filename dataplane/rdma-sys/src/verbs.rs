@@ -28,7 +28,7 @@ pub struct DeviceLimits {
 }
 
 impl ProtectionDomain {
-    /// A PD on `ctx` (a connection identifier's [`CmId::verbs`]).
+    /// A PD on `ctx` (a connection identifier's [`CmId::verbs`](crate::CmId::verbs)).
     pub fn new(ctx: DeviceContext) -> Result<Arc<ProtectionDomain>, RdmaError> {
         // SAFETY: a device context librdmacm opened and keeps open.
         let pd = unsafe { ffi::ibv_alloc_pd(ctx.as_ptr()) };
