@@ -108,6 +108,15 @@ if ((${#missing[@]})); then
     fi
 fi
 
+# The DPDK engine's net_tap test opens /dev/net/tun: a container may lack the node
+# even where the kernel has tun.
+if [[ ! -c /dev/net/tun && $(id -u) == 0 ]]; then
+    log "creating /dev/net/tun"
+    modprobe tun 2>/dev/null || true
+    mkdir -p /dev/net
+    [[ -c /dev/net/tun ]] || mknod /dev/net/tun c 10 200 || die "cannot create /dev/net/tun"
+fi
+
 # --- 2. kernel ---------------------------------------------------------------
 newest_kernel_pkg() {
     apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' 2>/dev/null \
