@@ -32,9 +32,9 @@ impl Failure {
     }
 }
 
-/// The errno's name, for the log.
-pub fn errno_name(e: i32) -> &'static str {
-    match e {
+/// The errno's name, for the log (the system's text for one not sent here).
+pub fn errno_name(e: i32) -> String {
+    let name = match e {
         libc::EACCES => "EACCES",
         libc::ETIMEDOUT => "ETIMEDOUT",
         libc::ENOKEY => "ENOKEY",
@@ -42,8 +42,10 @@ pub fn errno_name(e: i32) -> &'static str {
         libc::EINVAL => "EINVAL",
         libc::EKEYREJECTED => "EKEYREJECTED",
         libc::ECONNRESET => "ECONNRESET",
-        _ => "EIO",
-    }
+        libc::EIO => "EIO",
+        _ => return io::Error::from_raw_os_error(e).to_string(),
+    };
+    name.to_string()
 }
 
 /// What a successful handshake used.
@@ -178,42 +180,7 @@ fn read_psk(serial: i32) -> Result<Psk, String> {
 }
 
 fn handshake(tcp: &Arc<TcpStream>, a: &Accepted) -> Result<Done, Failure> {
-    match a.message_type {
-        Some(netlink::HANDSHAKE_MSG_TYPE_CLIENTHELLO) => {}
-        Some(netlink::HANDSHAKE_MSG_TYPE_SERVERHELLO) => {
-            return Err(Failure::new(
-                libc::EOPNOTSUPP,
-                "server handshakes (ServerHello) are not implemented: lightpool-tlshd is the client end only",
-            ))
-        }
-        t => {
-            return Err(Failure::new(
-                libc::EINVAL,
-                format!("unknown handshake message type {t:?}"),
-            ))
-        }
-    }
-    match a.auth_mode {
-        Some(netlink::HANDSHAKE_AUTH_PSK) => {}
-        Some(netlink::HANDSHAKE_AUTH_X509) => {
-            return Err(Failure::new(
-                libc::EOPNOTSUPP,
-                "x509 (certificate) handshakes are not implemented: lightpool-tlshd does PSK handshakes only",
-            ))
-        }
-        Some(netlink::HANDSHAKE_AUTH_UNAUTH) => {
-            return Err(Failure::new(
-                libc::EOPNOTSUPP,
-                "unauthenticated handshakes are not implemented: lightpool-tlshd does PSK handshakes only",
-            ))
-        }
-        m => {
-            return Err(Failure::new(
-                libc::EINVAL,
-                format!("unknown authentication mode {m:?}"),
-            ))
-        }
-    }
+    supported(a)?;
     let (serial, psk) = psk_of(a)?;
     let identity = String::from_utf8_lossy(&psk.identity).into_owned();
     let fail =
@@ -265,6 +232,22 @@ fn handshake(tcp: &Arc<TcpStream>, a: &Accepted) -> Result<Done, Failure> {
     }
 }
 
+/// Whether the request is one this agent does: the client end, with a PSK.
+fn supported(a: &Accepted) -> Result<(), Failure> {
+    use netlink::{
+        HANDSHAKE_AUTH_PSK as PSK, HANDSHAKE_AUTH_UNAUTH as UNAUTH, HANDSHAKE_AUTH_X509 as X509,
+        HANDSHAKE_MSG_TYPE_CLIENTHELLO as CLIENT, HANDSHAKE_MSG_TYPE_SERVERHELLO as SERVER,
+    };
+    let (errno, why) = match (a.message_type, a.auth_mode) {
+        (Some(CLIENT), Some(PSK)) => return Ok(()),
+        (Some(SERVER), _) => (libc::EOPNOTSUPP, "server handshakes (ServerHello) are not implemented: lightpool-tlshd is the client end only".to_string()),
+        (Some(CLIENT), Some(X509)) => (libc::EOPNOTSUPP, "x509 (certificate) handshakes are not implemented: lightpool-tlshd does PSK handshakes only".to_string()),
+        (Some(CLIENT), Some(UNAUTH)) => (libc::EOPNOTSUPP, "unauthenticated handshakes are not implemented: lightpool-tlshd does PSK handshakes only".to_string()),
+        (t, m) => (libc::EINVAL, format!("unknown handshake message type {t:?} or authentication mode {m:?}")),
+    };
+    Err(Failure::new(errno, why))
+}
+
 /// poll(2) on one descriptor, at most `left`.
 fn wait(fd: RawFd, events: libc::c_short, left: Duration) {
     let mut p = libc::pollfd {
@@ -302,5 +285,46 @@ impl Drop for Nonblocking {
     fn drop(&mut self) {
         // SAFETY: as in `set`; the descriptor outlives this guard.
         unsafe { libc::fcntl(self.fd, libc::F_SETFL, self.flags) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(t: u32, m: u32) -> Accepted {
+        Accepted {
+            message_type: Some(t),
+            auth_mode: Some(m),
+            ..Accepted::default()
+        }
+    }
+
+    #[test]
+    fn only_psk_client_handshakes_are_done() {
+        assert!(supported(&req(1, 2)).is_ok());
+        for (t, m, errno, says) in [
+            (1, 3, libc::EOPNOTSUPP, "x509"),
+            (1, 1, libc::EOPNOTSUPP, "unauthenticated"),
+            (2, 2, libc::EOPNOTSUPP, "server"),
+            (1, 9, libc::EINVAL, "unknown"),
+            (0, 2, libc::EINVAL, "unknown"),
+        ] {
+            let f = supported(&req(t, m)).unwrap_err();
+            assert_eq!(f.errno, errno, "{t} {m}");
+            assert!(f.why.contains(says), "{t} {m}: {}", f.why);
+        }
+        let none = Accepted::default();
+        assert_eq!(supported(&none).unwrap_err().errno, libc::EINVAL);
+    }
+
+    #[test]
+    fn a_request_without_keys_is_enokey() {
+        let f = psk_of(&req(1, 2)).unwrap_err();
+        assert_eq!(f.errno, libc::ENOKEY);
+        assert_eq!(errno_name(f.errno), "ENOKEY");
+        assert_eq!(errno_name(libc::EACCES), "EACCES");
+        assert_eq!(errno_name(libc::EIO), "EIO");
+        assert!(errno_name(libc::ENOENT).contains("No such file"));
     }
 }

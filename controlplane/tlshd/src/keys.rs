@@ -28,30 +28,14 @@ fn keyctl(op: libc::c_long, a: libc::c_long, b: libc::c_long, c: libc::c_long) -
     Ok(rc)
 }
 
-/// `KEYCTL_DESCRIBE`: "type;uid;gid;perm;description".
-pub fn describe(serial: i32) -> io::Result<String> {
-    let mut buf = vec![0u8; 1024];
+/// A keyctl operation that fills a buffer and returns the length it needs (DESCRIBE,
+/// READ): asked again with a buffer that large until it fits. Zeroed when dropped
+/// (READ returns the key).
+fn keyctl_buffer(op: libc::c_long, serial: i32) -> io::Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(vec![0u8; 256]);
     loop {
         let n = keyctl(
-            KEYCTL_DESCRIBE,
-            serial as libc::c_long,
-            buf.as_mut_ptr() as libc::c_long,
-            buf.len() as libc::c_long,
-        )? as usize;
-        if n <= buf.len() {
-            buf.truncate(n.saturating_sub(1)); // the NUL
-            return Ok(String::from_utf8_lossy(&buf).into_owned());
-        }
-        buf.resize(n, 0);
-    }
-}
-
-/// `KEYCTL_READ`: the key's payload.
-pub fn read(serial: i32) -> io::Result<Zeroizing<Vec<u8>>> {
-    let mut buf = Zeroizing::new(vec![0u8; 128]);
-    loop {
-        let n = keyctl(
-            KEYCTL_READ,
+            op,
             serial as libc::c_long,
             buf.as_mut_ptr() as libc::c_long,
             buf.len() as libc::c_long,
@@ -62,6 +46,18 @@ pub fn read(serial: i32) -> io::Result<Zeroizing<Vec<u8>>> {
         }
         *buf = vec![0u8; n];
     }
+}
+
+/// `KEYCTL_DESCRIBE`: "type;uid;gid;perm;description".
+pub fn describe(serial: i32) -> io::Result<String> {
+    let b = keyctl_buffer(KEYCTL_DESCRIBE, serial)?;
+    let text = b.strip_suffix(&[0]).unwrap_or(&b);
+    Ok(String::from_utf8_lossy(text).into_owned())
+}
+
+/// `KEYCTL_READ`: the key's payload.
+pub fn read(serial: i32) -> io::Result<Zeroizing<Vec<u8>>> {
+    keyctl_buffer(KEYCTL_READ, serial)
 }
 
 pub fn link(key: i32, keyring: i32) -> io::Result<()> {
