@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use lightpool_e2e::{binary_with_libraries, release_binary, run_guest, GuestConfig};
+use lightpool_e2e::{guest_release_binaries, run_guest, GuestConfig};
 use lightpool_nvmf::tls::{ConfiguredPsk, Derivation, IdentityVersion, PskHash};
 
 const NQN: &str = "nqn.2024-01.io.lightpool:kernel-tls";
@@ -157,14 +157,10 @@ say "all good"
 
 #[test]
 fn kernel_initiator_over_tls_with_lightpool_tlshd() {
-    let mut files = Vec::new();
-    for (bin, at) in [
+    let files = guest_release_binaries(&[
         ("lightpool-target", "/test/lightpool-target"),
         ("lightpool-tlshd", "/test/lightpool-tlshd"),
-    ] {
-        let p = release_binary(bin).expect("built by tests/run.sh");
-        files.extend(binary_with_libraries(&p, at).expect("binary and libraries"));
-    }
+    ]);
     let cfg = GuestConfig {
         timeout: Duration::from_secs(300),
         mem_mb: 2048,
