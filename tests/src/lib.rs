@@ -17,6 +17,7 @@ pub mod nvme_host;
 pub mod paths;
 pub mod perfjson;
 pub mod rdma;
+pub mod tls;
 mod vm;
 
 use std::fs;

@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use lightpool_e2e::tls::{start_target_shell, tls_target_config, TlsListener};
 use lightpool_e2e::{guest_release_binaries, run_guest, GuestConfig};
 use lightpool_nvmf::tls::{ConfiguredPsk, Derivation, IdentityVersion, PskHash};
 
@@ -22,6 +23,16 @@ fn script() -> String {
     let good = ConfiguredPsk::new(Some(PskHash::Sha256), &[0x5a; 32]).expect("key");
     let wrong = ConfiguredPsk::new(Some(PskHash::Sha256), &[0xa5; 32]).expect("key");
     let (good_i, wrong_i) = (good.to_interchange(), wrong.to_interchange());
+    // 4420 keeps its records in software (every kernel TLS context is then the host's),
+    // 4421 hands them to the kernel.
+    let config = tls_target_config(
+        2,
+        &[TlsListener::software(4420), TlsListener::kernel(4421)],
+        NQN,
+        &[(HOST, &good_i)],
+        "64MiB",
+    );
+    let start = start_target_shell(&config, 2);
     format!(
         r#"
 set -eu
@@ -42,37 +53,7 @@ done
 grep -q ' \.nvme: ' /proc/keys || fail "no .nvme keyring"
 stat() {{ awk -v k=$1 '$1 == k {{ print $2 }}' /proc/net/tls_stat; }}
 stats() {{ say "tls_stat $1 TlsCurrTxSw=$(stat TlsCurrTxSw) TlsCurrRxSw=$(stat TlsCurrRxSw) TlsTxSw=$(stat TlsTxSw) TlsRxSw=$(stat TlsRxSw)"; }}
-cat > /tmp/t.toml <<EOT
-[target]
-reactors = 2
-
-[[listener]]
-address = "127.0.0.1:4420"
-secure = "required"
-ktls = "off"
-
-[[listener]]
-address = "127.0.0.1:4421"
-secure = "required"
-
-[[subsystem]]
-nqn = "$NQN"
-allow_any_host = true
-
-[[subsystem.tls_key]]
-host = "$HOST"
-key = "{good_i}"
-
-[[subsystem.namespace]]
-nsid = 1
-ram = "64MiB"
-block_size = 512
-EOT
-/test/lightpool-target --config /tmp/t.toml --control-socket /run/t.sock --log info \
-    > /tmp/target.log 2>&1 &
-for i in $(seq 1 200); do [ "$(grep -c 'NVMe/TCP listening' /tmp/target.log)" = 2 ] && break; sleep 0.1; done
-[ "$(grep -c 'NVMe/TCP listening' /tmp/target.log)" = 2 ] || fail "the target did not listen"
-/test/lightpool-tlshd --log info > /tmp/tlshd.log 2>&1 &
+{start}/test/lightpool-tlshd --log info > /tmp/tlshd.log 2>&1 &
 AGENT=$!
 for i in $(seq 1 100); do grep -q 'waiting for handshake requests' /tmp/tlshd.log && break; sleep 0.1; done
 grep -q 'waiting for handshake requests' /tmp/tlshd.log || fail "the agent did not start"
@@ -82,15 +63,10 @@ KEY=$(/test/lightpool-tlshd insert-key --key "{good_i}" --hostnqn $HOST --subnqn
 say "inserted key $KEY"
 grep "$(printf %08x $KEY)" /proc/keys | sed 's/^/KEYS: /'
 
-# The namespace's block device once it shows up.
+# The namespace's block device (the guest has no other NVMe device).
 ns_dev() {{
     for i in $(seq 1 200); do
-        for s in /sys/class/nvme-subsystem/nvme-subsys*; do
-            [ "$(cat $s/subsysnqn 2>/dev/null)" = "$NQN" ] || continue
-            for n in $s/nvme*n*; do
-                [ -e "$n" ] && [ -b /dev/${{n##*/}} ] && {{ echo /dev/${{n##*/}}; return 0; }}
-            done
-        done
+        for d in /dev/nvme*n1; do [ -b "$d" ] && {{ echo $d; return 0; }}; done
         sleep 0.1
     done
     return 1
