@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lightpool_e2e::{binary_with_libraries, release_binary, run_guest, GuestConfig};
+use lightpool_e2e::{guest_release_binaries, run_guest, GuestConfig};
 
 const NQN: &str = "nqn.2024-01.io.lightpool:ublk-perf";
 
@@ -260,15 +260,11 @@ fn perf_table(console: &str) -> BTreeMap<(String, String), Vec<f64>> {
 
 #[test]
 fn a_pool_volume_served_to_the_guests_kernel_through_ublk() {
-    let mut files = Vec::new();
-    for (bin, at) in [
+    let files = guest_release_binaries(&[
         ("lightpool-target", "/test/lightpool-target"),
         ("lightpool", "/test/lightpool"),
         ("csi-client", "/test/csi-client"),
-    ] {
-        let p = release_binary(bin).expect("built by tests/run.sh");
-        files.extend(binary_with_libraries(&p, at).expect("binary and libraries"));
-    }
+    ]);
     let cfg = GuestConfig {
         timeout: Duration::from_secs(900),
         mem_mb: 3072,
