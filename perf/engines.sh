@@ -8,7 +8,9 @@
 #   native  AF_XDP, XDP attached in native (driver) mode; copy mode (veth has no
 #           zero-copy)
 #   generic AF_XDP, generic (skb) XDP; copy mode
-# Workloads: 4 KiB randread QD32, and 128 KiB sequential read QD8.
+# Workloads: 4 KiB randread QD32, and 128 KiB sequential read QD8 (WORKLOADS also
+# takes 4kw: 4 KiB randwrite QD32, in-capsule; 128kw: 128 KiB sequential write QD8,
+# R2T and H2C data). PERF_ARGS go to every lightpool-perf run (e.g. --digest).
 # Per run: IOPS, p50/p99, the target's CPU (utime+stime of /proc/PID/stat over the
 # run) per I/O, and the host side's TCP retransmissions (nstat in the peer
 # namespace: segments the target's side lost); at the end, medians per engine and
@@ -18,6 +20,9 @@
 #   TARGET=/path/lightpool-target ENGINES="native generic" ROUNDS=5 SECS=5 perf/engines.sh
 #   TARGET_OLD=/path/older/lightpool-target ENGINES="native native@old" perf/engines.sh
 #                                         (ENGINE@old: that engine from TARGET_OLD)
+#   TARGET_OLD=/path/main/lightpool-target ENGINES="kernel kernel@old" \
+#     WORKLOADS="4k 4kw 128kw" PERF_ARGS=--digest perf/engines.sh
+#                                         (a branch against main on kernel sockets)
 #
 # The target needs the daemon's af_xdp feature:
 #   cargo build --release -p lightpool-daemon --features lightpool-daemon/af_xdp --bins -p lightpool-perf
@@ -30,6 +35,7 @@ ENGINES=${ENGINES:-kernel native generic}
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-5}
 WORKLOADS=${WORKLOADS:-"4k 128k"}
+read -ra PERF_ARGS <<< "${PERF_ARGS:-}"
 OUT=${OUT:-$(mktemp -d /tmp/lp-engines.XXXX)}
 TARGET_CORE=${TARGET_CORE:-0}
 PERF_CORE=${PERF_CORE:-1}
@@ -123,7 +129,10 @@ run() {
     case $wl in
         4k) args=(-q 32 -o 4096 -w randread) ;;
         128k) args=(-q 8 -o 131072 -w read) ;;
+        4kw) args=(-q 32 -o 4096 -w randwrite) ;;
+        128kw) args=(-q 8 -o 131072 -w write) ;;
     esac
+    args+=("${PERF_ARGS[@]}")
     j=$OUT/$engine-$wl-$round.json
     r0=$(retrans)
     # PROFILE=ENGINE: a CPU profile of the target during that engine's first 4 KiB run.

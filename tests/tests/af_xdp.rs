@@ -219,3 +219,169 @@ fn af_xdp_survives_resets_mid_pdu_a_syn_flood_and_malformed_segments() {
     eprintln!("after the flood: {after}");
     finish(s);
 }
+
+/// The target's metrics page, fetched from inside its namespace.
+fn scrape(s: &engine::Served, at: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &s.pair.ns_a, "curl", "-sf"])
+        .arg(format!("http://{at}/metrics"))
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "scrape {at}: {out:?}");
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// The offload and engine lines of a metrics page, for the test's log.
+fn offload_lines(page: &str) -> String {
+    page.lines()
+        .filter(|l| {
+            ["lightpool_offload_", "lightpool_engine_", "lightpool_xdp_"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The sum of a family's samples whose labels include every one of `labels`.
+fn sum(page: &str, family: &str, labels: &[&str]) -> u64 {
+    page.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// NVMe/TCP with header and data digests through AF_XDP, then through kernel sockets on
+/// the same target (a second listener, on a port the XDP program passes to the
+/// kernel): the metrics say the software engine computed the digests both times, the
+/// XDP program steered the AF_XDP flows (and the kernel's accept the others), and the
+/// H2C data reached request buffers from the userspace stack's ring in the first case
+/// and by recv(2) in the second.
+#[test]
+fn digests_placement_and_steering_are_counted_by_engine() {
+    let pair = VethPair::new("eo", 76).expect("veth pair");
+    let addr = pair.addr_a;
+    let metrics = "127.0.0.1:9464";
+    let kernel_port = PORT + 1;
+    let listener = format!(
+        "engine = \"af_xdp\"\ninterface = \"{}\"\nxdp_mode = \"generic\"\n\
+         [[listener]]\naddress = \"{addr}:{kernel_port}\"",
+        pair.a
+    );
+    assert_root();
+    let s = Served::start_with(
+        pair,
+        addr,
+        &format!("metrics_address = \"{metrics}\""),
+        &listener,
+        "af-xdp-offload",
+        "generic",
+        NQN,
+        "listening through AF_XDP",
+    );
+    let log = || s.target.log();
+    let run = |port: u16, what: &str| {
+        let j = perf_ok(
+            s.perf_to(port, "131072", "3", &["--digest"]),
+            &format!("{what}, 128 KiB with digests"),
+            &log,
+        );
+        eprintln!("{what}: {j}");
+    };
+    let ops = "lightpool_offload_operations_total";
+    let bytes = "lightpool_offload_bytes_total";
+    let digest = [r#"work="digest""#, r#"engine="software""#];
+    let placed = |engine: &str| {
+        [
+            r#"work="placement""#.to_string(),
+            format!("engine=\"{engine}\""),
+        ]
+    };
+    let placed_bytes = |page: &str, engine: &str| {
+        let l = placed(engine);
+        sum(page, bytes, &[&l[0], &l[1]])
+    };
+
+    run(PORT, "AF_XDP");
+    // Counts are published every 10 ms and when a connection closes.
+    std::thread::sleep(Duration::from_millis(300));
+    let after_xdp = scrape(&s, metrics);
+    eprintln!("after AF_XDP:\n{}", offload_lines(&after_xdp));
+    let d1 = sum(&after_xdp, bytes, &digest);
+    assert!(
+        d1 > 0,
+        "no digest bytes by the software engine:\n{after_xdp}"
+    );
+    assert!(sum(&after_xdp, ops, &digest) > 0, "{after_xdp}");
+    assert!(
+        sum(&after_xdp, ops, &[r#"work="steering""#, r#"engine="xdp""#]) > 0,
+        "no flow steered by XDP:\n{after_xdp}"
+    );
+    assert!(
+        sum(
+            &after_xdp,
+            bytes,
+            &[r#"work="steering""#, r#"engine="xdp""#]
+        ) > 0,
+        "no frames on the steered queues:\n{after_xdp}"
+    );
+    assert!(
+        sum(
+            &after_xdp,
+            "lightpool_xdp_program_frames_total",
+            &[r#"action="steered""#]
+        ) > 0,
+        "the XDP program steered nothing:\n{after_xdp}"
+    );
+    assert!(
+        sum(
+            &after_xdp,
+            "lightpool_engine_frames_total",
+            &[r#"engine="af_xdp""#, r#"direction="rx""#]
+        ) > 0,
+        "no AF_XDP frames received:\n{after_xdp}"
+    );
+    assert!(
+        placed_bytes(&after_xdp, "stack_ring") > 0,
+        "no payload placed from the stack's ring:\n{after_xdp}"
+    );
+    assert_eq!(placed_bytes(&after_xdp, "recv"), 0, "{after_xdp}");
+    assert_eq!(
+        sum(
+            &after_xdp,
+            ops,
+            &[r#"work="steering""#, r#"engine="kernel""#]
+        ),
+        0,
+        "{after_xdp}"
+    );
+
+    run(kernel_port, "kernel sockets");
+    std::thread::sleep(Duration::from_millis(300));
+    let after_kernel = scrape(&s, metrics);
+    eprintln!("after kernel sockets:\n{}", offload_lines(&after_kernel));
+    assert!(
+        sum(&after_kernel, bytes, &digest) > d1,
+        "no digest bytes for the kernel-socket run:\n{after_kernel}"
+    );
+    assert!(
+        placed_bytes(&after_kernel, "recv") > 0,
+        "no payload received straight into request buffers:\n{after_kernel}"
+    );
+    assert_eq!(
+        placed_bytes(&after_kernel, "stack_ring"),
+        placed_bytes(&after_xdp, "stack_ring"),
+        "the kernel-socket run placed through the stack's ring:\n{after_kernel}"
+    );
+    assert!(
+        sum(
+            &after_kernel,
+            ops,
+            &[r#"work="steering""#, r#"engine="kernel""#]
+        ) > 0,
+        "no flow steered by the kernel's accept:\n{after_kernel}"
+    );
+    finish(s);
+}

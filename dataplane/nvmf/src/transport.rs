@@ -48,6 +48,10 @@ pub struct ConnectionInfo {
     /// The host authenticated in-band (DH-HMAC-CHAP) on this queue.
     #[serde(default)]
     pub authenticated: bool,
+    /// The packet engine that carries it: "kernel" (kernel sockets), "af_xdp" or
+    /// "dpdk"; empty for a transport without packet engines (RDMA).
+    #[serde(default)]
+    pub engine: String,
 }
 
 /// What a transport hands to a successor in a hot upgrade: its state, encoded by
@@ -151,6 +155,12 @@ pub trait Transport: Send + Sync {
     fn remove_listener(&self, addr: &ListenAddr) -> Result<(), TransportError>;
     /// Every connection, asked of the reactors that own them.
     fn connections(&self) -> Result<Vec<ConnectionInfo>, TransportError>;
+    /// Who did the offloadable per-PDU work (digests, placement, steering) and what the
+    /// packet engines moved, from counters the reactors publish (no reactor is asked:
+    /// the metrics thread calls this at each scrape). Nothing by default.
+    fn offload(&self) -> crate::OffloadReport {
+        crate::OffloadReport::default()
+    }
     /// Close one connection, named as [`Transport::connections`] lists it (its reactor
     /// and peer); its controller fails if it was the admin queue. `false` when there is
     /// no such connection.

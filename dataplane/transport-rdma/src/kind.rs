@@ -101,6 +101,7 @@ impl Transport for RdmaTransport {
                             subnqn: ctrl.map(|c| c.subsys.nqn.clone()),
                             tls: "off".to_string(),
                             authenticated: q.is_authenticated(),
+                            engine: String::new(),
                         }
                     })
                     .collect::<Vec<_>>()

@@ -25,7 +25,7 @@ use lightpool_netstack::StackConfig;
 use lightpool_nvmf::{EngineSpec, ListenAddr, ListenerInfo};
 use lightpool_reactor::Ctx;
 
-use crate::engine::{listen_err, start_queue, EngineListener};
+use crate::engine::{listen_err, start_queue, EngineListener, QueueMeta};
 use crate::{TcpError, TcpTransport, NEXT_PORTID};
 
 /// A DPDK listener: the port stays started while this lives.
@@ -150,10 +150,15 @@ impl TcpTransport {
             let cfg = StackConfig::new(ip, 0);
             let port_no = addr.port();
             let eal = eal.clone();
+            let meta = QueueMeta {
+                engine: "dpdk",
+                interface: device.to_string(),
+                offload: self.offload.clone(),
+            };
             let (tx, rx) = crossbeam::channel::bounded(1);
             self.reactors[q].send(move |ctx: &mut Ctx| {
                 let r = register_on_reactor(&eal)
-                    .and_then(|()| start_queue::<Queue>(ctx, queue, cfg, port_no, target));
+                    .and_then(|()| start_queue::<Queue>(ctx, queue, cfg, port_no, target, meta));
                 let _ = tx.send(r);
             })?;
             rx.recv_timeout(crate::ASK_TIMEOUT)

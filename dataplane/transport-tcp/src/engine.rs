@@ -20,11 +20,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use lightpool_netstack::{PacketEngine, Stack, StackConfig, TcpConn};
-use lightpool_nvmf::{EngineSpec, ListenAddr, Target};
+use lightpool_nvmf::{ConnectionInfo, EngineSpec, ListenAddr, Target};
 use lightpool_reactor::{Ctx, Interest, PollStatus, Poller};
 
 use crate::conn::Conn;
+use crate::offload::{steering_of, Block, EngineSlot, Publisher, Registry};
 use crate::TcpError;
+
+/// How often a queue publishes its engine counters for the metrics.
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Which engine a queue is and where its counts go.
+pub(crate) struct QueueMeta {
+    /// "af_xdp" or "dpdk".
+    pub(crate) engine: &'static str,
+    pub(crate) interface: String,
+    pub(crate) offload: Arc<Registry>,
+}
 
 /// A listener served through a packet engine; `keep` holds what must live as long as
 /// it (AF_XDP's attached XDP program, DPDK's port).
@@ -41,6 +53,41 @@ struct QueueLocal<E: PacketEngine + 'static> {
     port: u16,
     target: Arc<Target>,
     conns: Vec<Conn<TcpConn>>,
+    engine: &'static str,
+    interface: String,
+    /// This reactor's counts of the flows this engine steered here.
+    block: Arc<Block>,
+    /// This queue's engine counters as the metrics read them, and when next to publish.
+    slot: Arc<EngineSlot>,
+    next_stats: Option<std::time::Instant>,
+}
+
+impl<E: PacketEngine + 'static> QueueLocal<E> {
+    /// Publish the queue's counters for the metrics (at most every `STATS_EVERY`).
+    fn publish_stats(&mut self, now: std::time::Instant) {
+        if self.next_stats.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_stats = Some(now + STATS_EVERY);
+        let c = self.stack.counters();
+        self.slot.set(lightpool_nvmf::PacketEngineStats {
+            engine: self.engine,
+            interface: self.interface.clone(),
+            reactor: 0,
+            rx_frames: c.rx_frames,
+            rx_bytes: c.rx_bytes,
+            tx_frames: c.tx_frames,
+            tx_bytes: c.tx_bytes,
+            drops: vec![
+                ("rx_dropped", c.rx_dropped),
+                ("rx_ring_full", c.rx_ring_full),
+                ("rx_fill_empty", c.rx_fill_empty),
+                ("tx_full", c.tx_full),
+                ("tx_invalid", c.tx_invalid),
+                ("tx_kick_errors", c.tx_kick_errors),
+            ],
+        });
+    }
 }
 
 /// A queue whatever its engine, as the poller drives it.
@@ -49,6 +96,8 @@ trait EngineQueue {
     fn poll(&mut self, ctx: &Ctx) -> bool;
     /// Whether the reactor may sleep on a descriptor for this queue.
     fn can_sleep(&self) -> bool;
+    /// Its connections, as the management API lists them.
+    fn connections(&self, reactor: usize, out: &mut Vec<ConnectionInfo>);
 }
 
 impl<E: PacketEngine + 'static> EngineQueue for QueueLocal<E> {
@@ -59,8 +108,10 @@ impl<E: PacketEngine + 'static> EngineQueue for QueueLocal<E> {
             let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             let engine = self.stack.name();
             tracing::debug!(%peer, reactor = ctx.id(), %engine, "connection accepted");
-            self.conns
-                .push(Conn::new(s, self.target.clone(), peer, ctx.id()));
+            let mut conn = Conn::new(s, self.target.clone(), peer, ctx.id());
+            self.block.flow();
+            conn.set_offload(Publisher::new(self.block.clone()));
+            self.conns.push(conn);
             busy = true;
         }
         let mut i = 0;
@@ -77,6 +128,7 @@ impl<E: PacketEngine + 'static> EngineQueue for QueueLocal<E> {
             busy |= work > 0 || c.has_pending_work();
             i += 1;
         }
+        self.publish_stats(now);
         // What the connections wrote went out with their writes; a sleeping reactor is
         // woken only by frames, so stay up while the stack still holds data or a timer
         // is close.
@@ -86,6 +138,41 @@ impl<E: PacketEngine + 'static> EngineQueue for QueueLocal<E> {
     fn can_sleep(&self) -> bool {
         self.stack.wake_fd().is_some()
     }
+
+    fn connections(&self, reactor: usize, out: &mut Vec<ConnectionInfo>) {
+        for c in &self.conns {
+            let q = c.queue();
+            let ctrl = q.controller();
+            out.push(ConnectionInfo {
+                transport: crate::NAME.to_string(),
+                peer: c.peer().to_string(),
+                local: c
+                    .stream()
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                reactor,
+                qid: q.qid(),
+                cntlid: ctrl.map(|c| c.cntlid),
+                hostnqn: ctrl.map(|c| c.hostnqn.clone()),
+                subnqn: ctrl.map(|c| c.subsys.nqn.clone()),
+                tls: "off".to_string(),
+                authenticated: q.is_authenticated(),
+                engine: self.engine.to_string(),
+            });
+        }
+    }
+}
+
+/// The connections of this reactor's engine queues (called on the reactor).
+pub(crate) fn connections(reactor: usize) -> Vec<ConnectionInfo> {
+    let mut out = Vec::new();
+    QUEUES.with(|q| {
+        for q in q.borrow().iter() {
+            q.connections(reactor, &mut out);
+        }
+    });
+    out
 }
 
 thread_local! {
@@ -107,6 +194,7 @@ pub(crate) fn start_queue<E: PacketEngine + 'static>(
     cfg: StackConfig,
     port: u16,
     target: Arc<Target>,
+    meta: QueueMeta,
 ) -> std::io::Result<()> {
     let fd = queue.wake_fd();
     let mut stack = Stack::new(queue, cfg)?;
@@ -121,6 +209,11 @@ pub(crate) fn start_queue<E: PacketEngine + 'static>(
             port,
             target,
             conns: Vec::new(),
+            engine: meta.engine,
+            interface: meta.interface,
+            block: meta.offload.block(ctx.id(), steering_of(meta.engine)),
+            slot: meta.offload.engine_slot(ctx.id()),
+            next_stats: None,
         }));
         q.len() == 1
     });

@@ -135,12 +135,33 @@ impl Transport for TcpTransport {
                             subnqn: c.map(|c| c.subsys.nqn.clone()),
                             tls: e.conn.stream().record_layer().to_string(),
                             authenticated: q.is_authenticated(),
+                            engine: "kernel".to_string(),
                         }
                     })
+                    .chain(engine_connections(ctx.id()))
                     .collect::<Vec<_>>()
             })
             .map_err(TransportError::other)?;
         Ok(per.into_iter().flatten().collect())
+    }
+
+    fn offload(&self) -> lightpool_nvmf::OffloadReport {
+        #[cfg_attr(not(feature = "af_xdp"), allow(unused_mut))]
+        let mut r = self.offload.report();
+        #[cfg(feature = "af_xdp")]
+        for (addr, c) in self.xdp_counters() {
+            let interface = self
+                .xdp_engine(&addr)
+                .map(|e| e.interface)
+                .unwrap_or_default();
+            r.programs.push(lightpool_nvmf::SteeringProgramStats {
+                interface,
+                steered: c.steered,
+                passed: c.passed,
+                no_socket: c.no_socket,
+            });
+        }
+        r
     }
 
     fn remove_listener(&self, addr: &ListenAddr) -> Result<(), TransportError> {
@@ -264,6 +285,17 @@ impl TransportKind for TcpKind {
         };
         Ok((Arc::new(t), adopted))
     }
+}
+
+/// The connections a packet engine's queues on this reactor carry.
+#[cfg(any(feature = "af_xdp", feature = "dpdk"))]
+fn engine_connections(reactor: usize) -> Vec<ConnectionInfo> {
+    crate::engine::connections(reactor)
+}
+
+#[cfg(not(any(feature = "af_xdp", feature = "dpdk")))]
+fn engine_connections(_reactor: usize) -> Vec<ConnectionInfo> {
+    Vec::new()
 }
 
 /// A listener of an engine this build lacks (its cargo feature `feature`).

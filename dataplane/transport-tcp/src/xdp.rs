@@ -11,7 +11,7 @@ use lightpool_nvmf::{EngineSpec, ListenAddr, ListenerInfo};
 use lightpool_reactor::Ctx;
 use lightpool_xdp::{Mode, QueueConfig, Steering, XskQueue};
 
-use crate::engine::{listen_err, start_queue, EngineListener};
+use crate::engine::{listen_err, start_queue, EngineListener, QueueMeta};
 use crate::{TcpError, TcpTransport, NEXT_PORTID};
 
 /// An AF_XDP listener: the XDP program stays attached while this lives.
@@ -58,9 +58,14 @@ impl TcpTransport {
             let target = self.target.clone();
             let cfg = StackConfig::new(ip, prefix);
             let port = addr.port();
+            let meta = QueueMeta {
+                engine: "af_xdp",
+                interface: interface.to_string(),
+                offload: self.offload.clone(),
+            };
             let (tx, rx) = crossbeam::channel::bounded(1);
             self.reactors[q as usize].send(move |ctx: &mut Ctx| {
-                let _ = tx.send(start_queue(ctx, queue, cfg, port, target));
+                let _ = tx.send(start_queue(ctx, queue, cfg, port, target, meta));
             })?;
             rx.recv_timeout(crate::ASK_TIMEOUT)
                 .map_err(|_| TcpError::Timeout(q as usize))?
