@@ -188,6 +188,19 @@ for (e, w), m in sorted(med.items(), key=lambda x: (x[0][1], x[0][0])):
     rc = f"{m[3] / k[3]:.2f}" if k and k[3] else "-"
     r2 = f"{m[4] / k[4]:.2f}" if k and k[4] else "-"
     print(f"{e:8} {w:5} {m[0]:9.0f} {m[1]:7.1f} {m[2]:8.1f} {m[3]:9.2f} {m[4]:11.2f} {m[5]:7.0f} {ri:>7} {rc:>8} {r2:>7}")
+# ENGINE@old against ENGINE, paired within each round (the two ran back to back, so a
+# shared machine's drift between rounds cancels): the median of the per-round ratios.
+pairs = sorted({(r[0][:-4], r[1]) for r in rows if r[0].endswith("@old")})
+if pairs:
+    print()
+    print("paired per round, new / old (median of the rounds' ratios; IOPS: >1 better; CPU/IO: <1 better)")
+    print(f"{'engine':8} {'wl':5} {'rounds':>6} {'IOPS':>6} {'tgt CPU/IO':>10} {'2core CPU/IO':>12}")
+    for e, w in pairs:
+        new = {r[2]: r for r in rows if r[0] == e and r[1] == w}
+        old = {r[2]: r for r in rows if r[0] == e + "@old" and r[1] == w}
+        rs = sorted(set(new) & set(old))
+        ratio = lambda i: st.median(float(new[k][i]) / float(old[k][i]) for k in rs if float(old[k][i]))
+        print(f"{e:8} {w:5} {len(rs):6} {ratio(3):6.3f} {ratio(6):10.3f} {ratio(7):12.3f}")
 EOF
 if [[ -n ${PROFILE:-} && -f $OUT/perf-$PROFILE.data ]]; then
     echo

@@ -231,6 +231,11 @@ fn scrape(s: &engine::Served, at: &str) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
+/// The page has a sample of `family` with `labels` above zero (else: `what`).
+fn positive(page: &str, family: &str, labels: &[&str], what: &str) {
+    assert!(sum(page, family, labels) > 0, "{what}:\n{page}");
+}
+
 /// The offload and engine lines of a metrics page, for the test's log.
 fn offload_lines(page: &str) -> String {
     page.lines()
@@ -293,95 +298,61 @@ fn digests_placement_and_steering_are_counted_by_engine() {
     let ops = "lightpool_offload_operations_total";
     let bytes = "lightpool_offload_bytes_total";
     let digest = [r#"work="digest""#, r#"engine="software""#];
-    let placed = |engine: &str| {
-        [
-            r#"work="placement""#.to_string(),
-            format!("engine=\"{engine}\""),
-        ]
-    };
-    let placed_bytes = |page: &str, engine: &str| {
-        let l = placed(engine);
-        sum(page, bytes, &[&l[0], &l[1]])
+    let xdp = [r#"work="steering""#, r#"engine="xdp""#];
+    let kernel = [r#"work="steering""#, r#"engine="kernel""#];
+    let placed = |page: &str, engine: &str| {
+        let e = format!("engine=\"{engine}\"");
+        sum(page, bytes, &[r#"work="placement""#, &e])
     };
 
     run(PORT, "AF_XDP");
     // Counts are published every 10 ms and when a connection closes.
     std::thread::sleep(Duration::from_millis(300));
-    let after_xdp = scrape(&s, metrics);
-    eprintln!("after AF_XDP:\n{}", offload_lines(&after_xdp));
-    let d1 = sum(&after_xdp, bytes, &digest);
-    assert!(
-        d1 > 0,
-        "no digest bytes by the software engine:\n{after_xdp}"
+    let p = scrape(&s, metrics);
+    eprintln!("after AF_XDP:\n{}", offload_lines(&p));
+    positive(&p, bytes, &digest, "no digest bytes by the software engine");
+    positive(&p, ops, &digest, "no digests by the software engine");
+    positive(&p, ops, &xdp, "no flow steered by XDP");
+    positive(&p, bytes, &xdp, "no frames on the steered queues");
+    let steered = [r#"action="steered""#];
+    positive(
+        &p,
+        "lightpool_xdp_program_frames_total",
+        &steered,
+        "the XDP program steered nothing",
     );
-    assert!(sum(&after_xdp, ops, &digest) > 0, "{after_xdp}");
-    assert!(
-        sum(&after_xdp, ops, &[r#"work="steering""#, r#"engine="xdp""#]) > 0,
-        "no flow steered by XDP:\n{after_xdp}"
-    );
-    assert!(
-        sum(
-            &after_xdp,
-            bytes,
-            &[r#"work="steering""#, r#"engine="xdp""#]
-        ) > 0,
-        "no frames on the steered queues:\n{after_xdp}"
-    );
-    assert!(
-        sum(
-            &after_xdp,
-            "lightpool_xdp_program_frames_total",
-            &[r#"action="steered""#]
-        ) > 0,
-        "the XDP program steered nothing:\n{after_xdp}"
+    let rx = [r#"engine="af_xdp""#, r#"direction="rx""#];
+    positive(
+        &p,
+        "lightpool_engine_frames_total",
+        &rx,
+        "no AF_XDP frames received",
     );
     assert!(
-        sum(
-            &after_xdp,
-            "lightpool_engine_frames_total",
-            &[r#"engine="af_xdp""#, r#"direction="rx""#]
-        ) > 0,
-        "no AF_XDP frames received:\n{after_xdp}"
+        placed(&p, "stack_ring") > 0,
+        "nothing placed from the stack's ring:\n{p}"
     );
-    assert!(
-        placed_bytes(&after_xdp, "stack_ring") > 0,
-        "no payload placed from the stack's ring:\n{after_xdp}"
-    );
-    assert_eq!(placed_bytes(&after_xdp, "recv"), 0, "{after_xdp}");
-    assert_eq!(
-        sum(
-            &after_xdp,
-            ops,
-            &[r#"work="steering""#, r#"engine="kernel""#]
-        ),
-        0,
-        "{after_xdp}"
-    );
+    assert_eq!(placed(&p, "recv"), 0, "{p}");
+    assert_eq!(sum(&p, ops, &kernel), 0, "{p}");
+    let (digest_bytes, ring) = (sum(&p, bytes, &digest), placed(&p, "stack_ring"));
 
     run(kernel_port, "kernel sockets");
     std::thread::sleep(Duration::from_millis(300));
-    let after_kernel = scrape(&s, metrics);
-    eprintln!("after kernel sockets:\n{}", offload_lines(&after_kernel));
+    let p = scrape(&s, metrics);
+    eprintln!("after kernel sockets:\n{}", offload_lines(&p));
     assert!(
-        sum(&after_kernel, bytes, &digest) > d1,
-        "no digest bytes for the kernel-socket run:\n{after_kernel}"
+        sum(&p, bytes, &digest) > digest_bytes,
+        "no digest for kernel sockets:\n{p}"
     );
     assert!(
-        placed_bytes(&after_kernel, "recv") > 0,
-        "no payload received straight into request buffers:\n{after_kernel}"
+        placed(&p, "recv") > 0,
+        "nothing received into request buffers:\n{p}"
     );
     assert_eq!(
-        placed_bytes(&after_kernel, "stack_ring"),
-        placed_bytes(&after_xdp, "stack_ring"),
-        "the kernel-socket run placed through the stack's ring:\n{after_kernel}"
+        placed(&p, "stack_ring"),
+        ring,
+        "kernel sockets through the ring:\n{p}"
     );
-    assert!(
-        sum(
-            &after_kernel,
-            ops,
-            &[r#"work="steering""#, r#"engine="kernel""#]
-        ) > 0,
-        "no flow steered by the kernel's accept:\n{after_kernel}"
-    );
+    positive(&p, ops, &kernel, "no flow steered by the kernel's accept");
     finish(s);
 }

@@ -54,6 +54,34 @@ pub struct ConnectionInfo {
     pub engine: String,
 }
 
+impl ConnectionInfo {
+    /// A connection of `transport` whose queue is `q`, on `reactor`: what the queue
+    /// knows (QID, controller, host, subsystem, authentication) filled in; TLS "off"
+    /// and no engine, for the caller to change where they differ.
+    pub fn of_queue<T: Default>(
+        transport: &str,
+        q: &crate::NvmfQueue<T>,
+        reactor: usize,
+        peer: String,
+        local: String,
+    ) -> ConnectionInfo {
+        let c = q.controller();
+        ConnectionInfo {
+            transport: transport.to_string(),
+            peer,
+            local,
+            reactor,
+            qid: q.qid(),
+            cntlid: c.map(|c| c.cntlid),
+            hostnqn: c.map(|c| c.hostnqn.clone()),
+            subnqn: c.map(|c| c.subsys.nqn.clone()),
+            tls: "off".to_string(),
+            authenticated: q.is_authenticated(),
+            engine: String::new(),
+        }
+    }
+}
+
 /// What a transport hands to a successor in a hot upgrade: its state, encoded by
 /// itself, and its descriptors (listeners, connections), which its state indexes from
 /// the `fd_base` it was given.

@@ -141,25 +141,16 @@ impl<E: PacketEngine + 'static> EngineQueue for QueueLocal<E> {
 
     fn connections(&self, reactor: usize, out: &mut Vec<ConnectionInfo>) {
         for c in &self.conns {
-            let q = c.queue();
-            let ctrl = q.controller();
-            out.push(ConnectionInfo {
-                transport: crate::NAME.to_string(),
-                peer: c.peer().to_string(),
-                local: c
-                    .stream()
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default(),
+            let local = c.stream().local_addr().map(|a| a.to_string());
+            let mut info = ConnectionInfo::of_queue(
+                crate::NAME,
+                c.queue(),
                 reactor,
-                qid: q.qid(),
-                cntlid: ctrl.map(|c| c.cntlid),
-                hostnqn: ctrl.map(|c| c.hostnqn.clone()),
-                subnqn: ctrl.map(|c| c.subsys.nqn.clone()),
-                tls: "off".to_string(),
-                authenticated: q.is_authenticated(),
-                engine: self.engine.to_string(),
-            });
+                c.peer().to_string(),
+                local.unwrap_or_default(),
+            );
+            info.engine = self.engine.to_string();
+            out.push(info);
         }
     }
 }

@@ -116,27 +116,17 @@ impl Transport for TcpTransport {
                 l.conns
                     .iter()
                     .map(|e| {
-                        let q = e.conn.queue();
-                        let c = q.controller();
-                        ConnectionInfo {
-                            transport: NAME.to_string(),
-                            peer: e.conn.peer().to_string(),
-                            local: e
-                                .conn
-                                .stream()
-                                .tcp()
-                                .local_addr()
-                                .map(|a| a.to_string())
-                                .unwrap_or_default(),
-                            reactor: ctx.id(),
-                            qid: q.qid(),
-                            cntlid: c.map(|c| c.cntlid),
-                            hostnqn: c.map(|c| c.hostnqn.clone()),
-                            subnqn: c.map(|c| c.subsys.nqn.clone()),
-                            tls: e.conn.stream().record_layer().to_string(),
-                            authenticated: q.is_authenticated(),
-                            engine: "kernel".to_string(),
-                        }
+                        let local = e.conn.stream().tcp().local_addr();
+                        let mut info = ConnectionInfo::of_queue(
+                            NAME,
+                            e.conn.queue(),
+                            ctx.id(),
+                            e.conn.peer().to_string(),
+                            local.map(|a| a.to_string()).unwrap_or_default(),
+                        );
+                        info.tls = e.conn.stream().record_layer().to_string();
+                        info.engine = "kernel".to_string();
+                        info
                     })
                     .chain(engine_connections(ctx.id()))
                     .collect::<Vec<_>>()

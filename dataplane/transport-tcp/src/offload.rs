@@ -87,6 +87,7 @@ pub(crate) struct EngineSlot {
 }
 
 impl EngineSlot {
+    #[cfg_attr(not(any(feature = "af_xdp", feature = "dpdk")), allow(dead_code))]
     pub(crate) fn set(&self, s: PacketEngineStats) {
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = s;
     }
