@@ -236,6 +236,28 @@ fn positive(page: &str, family: &str, labels: &[&str], what: &str) {
     assert!(sum(page, family, labels) > 0, "{what}:\n{page}");
 }
 
+/// The engine of each connection `lightpool connection list` shows.
+fn connection_engines(s: &engine::Served) -> Vec<String> {
+    let out =
+        std::process::Command::new(lightpool_e2e::release_binary("lightpool").expect("built"))
+            .arg("--socket")
+            .arg(&s.api)
+            .args(["--json", "connection", "list"])
+            .output()
+            .expect("run lightpool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    v.as_array()
+        .expect("a list")
+        .iter()
+        .map(|c| c["engine"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// The offload and engine lines of a metrics page, for the test's log.
 fn offload_lines(page: &str) -> String {
     page.lines()
@@ -305,6 +327,15 @@ fn digests_placement_and_steering_are_counted_by_engine() {
         sum(page, bytes, &[r#"work="placement""#, &e])
     };
 
+    // While it runs, the management API lists its connections with their engine.
+    let running = s.perf_to(PORT, "131072", "3", &["--digest"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let engines = connection_engines(&s);
+    perf_ok(running, "AF_XDP, 128 KiB with digests, listed", &log);
+    assert!(
+        !engines.is_empty() && engines.iter().all(|e| e == "af_xdp"),
+        "connections through AF_XDP listed as {engines:?}"
+    );
     run(PORT, "AF_XDP");
     // Counts are published every 10 ms and when a connection closes.
     std::thread::sleep(Duration::from_millis(300));

@@ -20,6 +20,9 @@ pub struct Served {
     pub mode: String,
     /// Where the listener serves.
     pub addr: Ipv4Addr,
+    /// The target's management API socket (beside its control socket).
+    #[allow(dead_code)]
+    pub api: std::path::PathBuf,
     nqn: String,
 }
 
@@ -90,6 +93,7 @@ impl Served {
             target,
             mode: mode.to_string(),
             addr,
+            api: control.with_extension("api.sock"),
             nqn: nqn.to_string(),
         }
     }
