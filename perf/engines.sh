@@ -8,6 +8,9 @@
 #   native  AF_XDP, XDP attached in native (driver) mode; copy mode (veth has no
 #           zero-copy)
 #   generic AF_XDP, generic (skb) XDP; copy mode
+#   dpdk    DPDK (feature dpdk): net_af_packet on the same veth end, one queue pair,
+#           the userspace stack on an address of its own ($AD); its reactor
+#           busy-polls, so its CPU per I/O is a whole core over the IOPS
 # Workloads: 4 KiB randread QD32, and 128 KiB sequential read QD8 (WORKLOADS also
 # takes 4kw: 4 KiB randwrite QD32, in-capsule; 128kw: 128 KiB sequential write QD8,
 # R2T and H2C data). PERF_ARGS go to every lightpool-perf run (e.g. --digest).
@@ -24,8 +27,9 @@
 #     WORKLOADS="4k 4kw 128kw" PERF_ARGS=--digest perf/engines.sh
 #                                         (a branch against main on kernel sockets)
 #
-# The target needs the daemon's af_xdp feature:
-#   cargo build --release -p lightpool-daemon --features lightpool-daemon/af_xdp --bins -p lightpool-perf
+# The target needs the daemon's af_xdp feature (and dpdk for the dpdk engine):
+#   cargo build --release -p lightpool-daemon --features lightpool-daemon/af_xdp,lightpool-daemon/dpdk --bins -p lightpool-perf
+#   ENGINES="kernel dpdk" perf/engines.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -43,7 +47,7 @@ NQN=nqn.2024-01.io.lightpool:engines
 PORT=4420
 ID=$$
 NSA=lpe-$ID-a NSB=lpe-$ID-b DA=xe${ID}a DB=xe${ID}b
-AA=10.77.0.1 AB=10.77.0.2
+AA=10.77.0.1 AB=10.77.0.2 AD=10.77.0.3
 TPID=
 
 cleanup() {
@@ -79,6 +83,11 @@ start_target() {
     [[ $1 == *@old ]] && bin=$TARGET_OLD
     case $engine in
         kernel) listener="address = \"$AA:$PORT\"" ;;
+        # The DPDK port's own address: the kernel in that namespace neither owns it
+        # (no reset for its SYNs) nor forwards it.
+        dpdk) listener="address = \"$AD:$PORT\"
+engine = \"dpdk\"
+interface = \"net_af_packet0,iface=$DA,qpairs=1\"" ;;
         *) listener="address = \"$AA:$PORT\"
 engine = \"af_xdp\"
 interface = \"$DA\"
@@ -134,6 +143,8 @@ run() {
     esac
     args+=("${PERF_ARGS[@]}")
     j=$OUT/$engine-$wl-$round.json
+    local addr=$AA
+    [[ ${engine%@*} == dpdk ]] && addr=$AD
     r0=$(retrans)
     # PROFILE=ENGINE: a CPU profile of the target during that engine's first 4 KiB run.
     if [[ ${PROFILE:-} == "$engine" && $wl == 4k && $round == 1 ]]; then
@@ -142,7 +153,7 @@ run() {
     t0=$(cpu_ticks "$TPID")
     c0=$(core_ticks)
     ip netns exec "$NSB" taskset -c "$PERF_CORE" "$PERF" \
-        -r "trtype:tcp adrfam:ipv4 traddr:$AA trsvcid:$PORT subnqn:$NQN" \
+        -r "trtype:tcp adrfam:ipv4 traddr:$addr trsvcid:$PORT subnqn:$NQN" \
         "${args[@]}" -t "$SECS" -c 1 --json --connect-timeout 20 > "$j" 2> "$OUT/perf.err" ||
         { echo "engines.sh: perf failed ($engine $wl):" >&2; cat "$OUT/perf.err" >&2; }
     t1=$(cpu_ticks "$TPID")

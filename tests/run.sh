@@ -48,7 +48,7 @@ build_next() {
         cp target/release/lightpool-target target/release/lightpool-target-next
 }
 phase "build lightpool-target-next (release)" build_next
-phase "build lightpool-target, lightpool, lightpool-perf, csi-client, lp-relay (release)" cargo build --release -p lightpool-daemon --features lightpool-daemon/rdma,lightpool-daemon/tls,lightpool-daemon/af_xdp,lightpool-daemon/dpdk -p lightpool-cli -p lightpool-perf --features lightpool-perf/rdma --bins -p lightpool-e2e --bin csi-client --bin lp-relay
+phase "build lightpool-target, lightpool, lightpool-tlshd, lightpool-perf, csi-client, lp-relay (release)" cargo build --release -p lightpool-daemon --features lightpool-daemon/rdma,lightpool-daemon/tls,lightpool-daemon/af_xdp,lightpool-daemon/dpdk -p lightpool-cli -p lightpool-tlshd -p lightpool-perf --features lightpool-perf/rdma --bins -p lightpool-e2e --bin csi-client --bin lp-relay
 # What the VFIO, RDMA and kTLS guest tests carry into the guest.
 phase "build hugepage-setup, nvme_vfio_iops, rdma_hostile, tls_hostile (release)" \
     cargo build --release -p hugepage-setup --bins -p lightpool-bdev-nvme-vfio --example nvme_vfio_iops \

@@ -17,6 +17,7 @@ pub mod nvme_host;
 pub mod paths;
 pub mod perfjson;
 pub mod rdma;
+pub mod tls;
 mod vm;
 
 use std::fs;
@@ -26,8 +27,8 @@ use anyhow::{Context, Result};
 
 pub use host::{free_port, release_binary, wait_for_port, HostProcess};
 pub use vm::{
-    assets, binary_with_libraries, run_guest, GuestConfig, GuestOutcome, VmAssets, EXIT_MARKER,
-    START_MARKER,
+    assets, binary_with_libraries, guest_release_binaries, run_guest, GuestConfig, GuestOutcome,
+    VmAssets, EXIT_MARKER, START_MARKER,
 };
 
 /// The root of the Cargo workspace (the folder above tests/).

@@ -126,6 +126,18 @@ impl GuestConfig {
     }
 }
 
+/// Release binaries for the guest: each `(name under target/release, guest path)`
+/// with its shared libraries ([`binary_with_libraries`]). Panics (a test helper) when
+/// one is not built: tests/run.sh builds them.
+pub fn guest_release_binaries(bins: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for (bin, at) in bins {
+        let p = crate::release_binary(bin).expect("built by tests/run.sh");
+        files.extend(binary_with_libraries(&p, at).expect("binary and libraries"));
+    }
+    files
+}
+
 /// A host binary and every shared library `ldd` lists for it, as
 /// [`GuestConfig::extra_files`] entries: the binary at `guest_path`, each library at
 /// its host path (the guest has the same Debian base).

@@ -39,10 +39,47 @@ fn serve_perf_through_dpdk(qpairs: u32, tag: &str, net: u8) {
         "listening through DPDK",
     );
     s.perf_small_and_large();
+    upgrade_refused(&s, &name);
+    s.perf_ok("4096", "2", "4 KiB after the refused upgrade");
     s.finish(&[
         (addr, "the userspace stack (on the DPDK port)"),
         (kernel, "the kernel (beside the DPDK port)"),
     ]);
+}
+
+/// A hot upgrade is refused while the DPDK listener serves (its successor could not
+/// take the port or the userspace stack's connections, and would not listen there),
+/// saying so; the target serves on.
+fn upgrade_refused(s: &Served, name: &str) {
+    let control = lightpool_e2e::e2e_dir()
+        .expect("dir")
+        .join(format!("{name}.sock"));
+    let bin = lightpool_e2e::release_binary("lightpool-target").expect("built");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &s.pair.ns_a])
+        .arg(&bin)
+        .arg("upgrade")
+        .arg("--binary")
+        .arg(&bin)
+        .arg("--control-socket")
+        .arg(&control)
+        .output()
+        .expect("run the upgrade");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "the upgrade went through: {said}");
+    assert!(
+        said.contains("kernel-bypass packet engine") && said.contains("engine dpdk"),
+        "{said}"
+    );
+    assert!(
+        s.target.log().contains("upgrade refused"),
+        "{}",
+        s.target.log()
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use lightpool_e2e::{binary_with_libraries, rdma, release_binary, run_guest, GuestConfig};
+use lightpool_e2e::{guest_release_binaries, rdma, run_guest, GuestConfig};
 use lightpool_nvmf::tls::{ConfiguredPsk, Derivation, IdentityVersion, PskHash};
 
 const NQN: &str = "nqn.2024-01.io.lightpool:ktls";
@@ -155,15 +155,11 @@ fn stat(console: &str, name: &str, key: &str) -> Option<u64> {
 
 #[test]
 fn ktls_records_in_the_kernel_on_both_ends() {
-    let mut files = Vec::new();
-    for (bin, at) in [
+    let files = guest_release_binaries(&[
         ("lightpool-target", "/test/lightpool-target"),
         ("lightpool-perf", "/test/lightpool-perf"),
         ("examples/tls_hostile", "/test/tls_hostile"),
-    ] {
-        let p = release_binary(bin).expect("built by tests/run.sh");
-        files.extend(binary_with_libraries(&p, at).expect("binary and libraries"));
-    }
+    ]);
     let cfg = GuestConfig {
         timeout: Duration::from_secs(600),
         mem_mb: 2048,

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use lightpool_e2e::cli::{json, lp, ok};
 use lightpool_e2e::{
-    binary_with_libraries, e2e_dir, free_port, release_binary, run_guest, GuestConfig, HostProcess,
+    e2e_dir, free_port, guest_release_binaries, release_binary, run_guest, GuestConfig, HostProcess,
 };
 
 /// `lightpool --data-dir DATA ARGS` as a node of the cluster, listening on `port`.
@@ -170,15 +170,11 @@ fn a_staged_volume_moves_and_back_under_fio_verify_following_its_paths() {
     let agent_listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let agent_port = agent_listener.local_addr().expect("addr").port();
     let agent = host_agent(agent_listener, data.clone());
-    let mut files = Vec::new();
-    for (bin, at) in [
+    let files = guest_release_binaries(&[
         ("lightpool", "/test/lightpool"),
         ("csi-client", "/test/csi-client"),
         ("lp-relay", "/test/lp-relay"),
-    ] {
-        let p = release_binary(bin).expect("built by tests/run.sh");
-        files.extend(binary_with_libraries(&p, at).expect("binary and libraries"));
-    }
+    ]);
     let script = format!(
         r#"set -eu
 say() {{ echo "E2E: $*"; }}

@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use lightpool_e2e::{binary_with_libraries, rdma, release_binary, run_guest, GuestConfig};
+use lightpool_e2e::{guest_release_binaries, rdma, run_guest, GuestConfig};
 
 const NQN: &str = "nqn.2024-01.io.lightpool:rdma";
 
@@ -273,15 +273,11 @@ fn lightpool_target_over_nvme_rdma_with_shared_receive_queues() {
 }
 
 fn run(srq: bool) {
-    let mut files = Vec::new();
-    for (bin, at) in [
+    let files = guest_release_binaries(&[
         ("lightpool-target", "/test/lightpool-target"),
         ("examples/rdma_hostile", "/test/rdma_hostile"),
         ("lightpool-perf", "/test/lightpool-perf"),
-    ] {
-        let p = release_binary(bin).expect("built by tests/run.sh");
-        files.extend(binary_with_libraries(&p, at).expect("binary and libraries"));
-    }
+    ]);
     let cfg = GuestConfig {
         timeout: Duration::from_secs(900),
         mem_mb: 2048,

@@ -14,6 +14,10 @@
 //!   whose context says it is on this node through ublk as ext4, files written,
 //!   unstaged (no /dev/ublkb* left), staged again with the files there; a local
 //!   volume that does not exist is NOT_FOUND.
+//! - The control plane refuses to migrate a volume staged through ublk: a standalone
+//!   instance in the guest, a volume of its exported through ublk, the agent's report
+//!   of that (status.ublk), and `lightpool volume migrate` refused at Pending saying
+//!   how to unstage; with the export stopped, the refusal is another one.
 //! - A target killed with SIGKILL leaves its device; the next start deletes it. A
 //!   target stopped with SIGTERM stops and deletes its devices.
 #![cfg(feature = "e2e")]
@@ -21,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lightpool_e2e::{binary_with_libraries, release_binary, run_guest, GuestConfig};
+use lightpool_e2e::{guest_release_binaries, run_guest, GuestConfig};
 
 const NQN: &str = "nqn.2024-01.io.lightpool:ublk-perf";
 
@@ -190,6 +194,44 @@ grep -E "ublk: request|failed at the block device" /tmp/target.log && fail "the 
 grep -q "queue's own memory" /tmp/target.log && fail "a queue's buffers were not from the device's DMA pool"
 grep "ublk queue ready" /tmp/target.log | sed 's/^.*INFO/E2E: target:/' | cut -c1-160
 say "queues with pool buffers: $(grep -c "device's DMA pool" /tmp/target.log)"
+
+say "a volume staged through ublk is refused for migration"
+# The control plane's own path: a standalone instance (controller, agent and its own
+# lightpool-target) in the guest, a volume exported to this kernel through ublk on
+# its node, the agent's report of the export (status.ublk), and the controller's
+# refusal of the volume's migration at Pending, naming what to do.
+rm -f /tmp/pool.img
+mkdir -p /tmp/sa
+/test/lightpool --data-dir /tmp/sa standalone --node guest-1 --pool-size 256MiB --port 4430 \
+    --target-binary /test/lightpool-target > /tmp/sa.log 2>&1 &
+SAPID=$!
+for i in $(seq 1 600); do [ -S /tmp/sa/controlplane.sock ] && [ -S /tmp/sa/target.api.sock ] && break; sleep 0.1; done
+[ -S /tmp/sa/controlplane.sock ] || {{ tail -n 20 /tmp/sa.log; fail "standalone did not start"; }}
+S="/test/lightpool --data-dir /tmp/sa"
+timeout 120 $S volume create mv --size 32MiB > /tmp/sa.out 2>&1 || {{ cat /tmp/sa.out; tail -n 20 /tmp/sa.log; fail "volume create"; }}
+SD=$(timeout 60 /test/lightpool --socket /tmp/sa/target.api.sock target volume ublk start node/mv) || fail "export mv"
+say "mv exported as $SD"
+ublk_reported() {{ $S volume show mv --json | tr -d ' \n' | grep -q "\"ublk\":$1"; }}
+for i in $(seq 1 120); do ublk_reported true && break; sleep 0.5; done
+ublk_reported true || {{ $S volume show mv --json; fail "the agent did not report mv's ublk export"; }}
+if out=$(timeout 120 $S volume migrate mv --wait 60 2>&1); then fail "the migration of a ublk-staged volume was not refused: $out"; fi
+case "$out" in
+    *"staged through ublk on node guest-1"*"ublk stop node/mv"*) say "migration refused: $(echo "$out" | tail -n 1 | cut -c1-200)" ;;
+    *) fail "wrong refusal of mv's migration: $out" ;;
+esac
+[ -b "$SD" ] || fail "the refused migration took $SD away"
+/test/lightpool --socket /tmp/sa/target.api.sock target volume ublk stop node/mv || fail "stop mv"
+for i in $(seq 1 120); do ublk_reported false && break; sleep 0.5; done
+ublk_reported false || {{ $S volume show mv --json; fail "the agent did not report mv's export gone"; }}
+# Without the export the ublk check passes and the next one speaks (one node: no
+# destination): the refusal above was the export's.
+if out=$(timeout 120 $S volume migrate mv --wait 60 2>&1); then fail "a one-node migration was not refused: $out"; fi
+case "$out" in
+    *ublk*) fail "refused for ublk after the export stopped: $out" ;;
+    *) say "then refused for another reason: $(echo "$out" | tail -n 1 | cut -c1-200)" ;;
+esac
+kill -TERM $SAPID; wait $SAPID || {{ tail -n 20 /tmp/sa.log; fail "standalone's exit status after SIGTERM"; }}
+[ $(devices) = 0 ] || fail "standalone left a ublk device"
 say "all good"
 "#
     )
@@ -218,15 +260,11 @@ fn perf_table(console: &str) -> BTreeMap<(String, String), Vec<f64>> {
 
 #[test]
 fn a_pool_volume_served_to_the_guests_kernel_through_ublk() {
-    let mut files = Vec::new();
-    for (bin, at) in [
+    let files = guest_release_binaries(&[
         ("lightpool-target", "/test/lightpool-target"),
         ("lightpool", "/test/lightpool"),
         ("csi-client", "/test/csi-client"),
-    ] {
-        let p = release_binary(bin).expect("built by tests/run.sh");
-        files.extend(binary_with_libraries(&p, at).expect("binary and libraries"));
-    }
+    ]);
     let cfg = GuestConfig {
         timeout: Duration::from_secs(900),
         mem_mb: 3072,
@@ -254,6 +292,7 @@ fn a_pool_volume_served_to_the_guests_kernel_through_ublk() {
         .and_then(|n| n.trim().parse::<u32>().ok());
     assert!(pooled.is_some_and(|n| n >= 12), "{pooled:?}: {tail}");
     assert!(out.console.contains("E2E: csi files verified"), "{tail}");
+    assert!(out.console.contains("E2E: migration refused: "), "{tail}");
     for bad in [
         "I/O error",
         "Buffer I/O error",

@@ -16,7 +16,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use lightpool_e2e::{binary_with_libraries, e2e_dir, release_binary, run_guest, GuestConfig};
+use lightpool_e2e::{e2e_dir, guest_release_binaries, release_binary, run_guest, GuestConfig};
 
 const IMG_MIB: u64 = 256;
 /// Where the patterns go (bytes), and how long they are.
@@ -65,15 +65,6 @@ fn nvme_qemu_args(img: &Path) -> Vec<String> {
         "-device".into(),
         "nvme,serial=LPVFIO0001,drive=nvm,addr=0x4".into(),
     ]
-}
-
-fn guest_files(bins: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-    let mut files = Vec::new();
-    for (bin, at) in bins {
-        let p = release_binary(bin).expect("built by tests/run.sh");
-        files.extend(binary_with_libraries(&p, at).expect("binary and libraries"));
-    }
-    files
 }
 
 /// Shell helpers for both guests.
@@ -229,7 +220,7 @@ fn vfio_nvme_served_over_tcp_and_back_to_the_kernel() {
         f.write_all_at(&vec![0xAB; LEN_Z], OFF_Z)
             .expect("junk to zero");
     }
-    let mut files = guest_files(&[
+    let mut files = guest_release_binaries(&[
         ("lightpool-target", "/test/lightpool-target"),
         ("hugepage-setup", "/test/hugepage-setup"),
         ("examples/nvme_vfio_iops", "/test/nvme_vfio_iops"),
@@ -327,7 +318,7 @@ fn no_iommu_no_vfio() {
         .expect("image");
     let mut cfg = GuestConfig::new("vfio-nvme-noiommu", &format!("{LIB}\n{NO_IOMMU_SCRIPT}"));
     cfg.timeout = Duration::from_secs(300);
-    cfg.extra_files = guest_files(&[
+    cfg.extra_files = guest_release_binaries(&[
         ("lightpool-target", "/test/lightpool-target"),
         ("hugepage-setup", "/test/hugepage-setup"),
     ]);
@@ -436,7 +427,7 @@ fn vfio_namespace_hot_upgrade_without_controller_reset() {
     fs::File::create(&img)
         .and_then(|f| f.set_len(IMG_MIB << 20))
         .expect("image");
-    let mut files = guest_files(&[
+    let mut files = guest_release_binaries(&[
         ("lightpool-target", "/test/lightpool-target"),
         ("hugepage-setup", "/test/hugepage-setup"),
     ]);

@@ -296,6 +296,7 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             let deadline = Instant::now() + Duration::from_secs(*wait);
+            let mut told = false;
             loop {
                 let Some(v) = get(&store, name).await? else {
                     return Err(format!("volume '{name}' vanished while being created"));
@@ -306,13 +307,25 @@ pub async fn run(cli: &Cli) -> Result<(), String> {
                             show(v);
                         })
                     }
+                    // No node has published a pool yet (a node still starting, as
+                    // right after `lightpool standalone`): the controller places the
+                    // volume when one appears, so that is waited for, within --wait.
+                    VolumePhase::Rejected
+                        if no_pools_yet(&v) && Instant::now() <= deadline =>
+                    {
+                        if !told {
+                            eprintln!("lightpool: no node has published a pool yet; volume '{name}' is placed when one does (waiting up to {wait} s)");
+                            told = true;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                     VolumePhase::Rejected | VolumePhase::Failed => {
                         let st = v.status.clone().unwrap_or_default();
                         if j {
                             emit(j, &v, |_| {})?;
                         }
                         return Err(format!(
-                            "volume '{name}' cannot be placed: {} (it stays Rejected; `lightpool volume delete {name}` removes it)",
+                            "volume '{name}' cannot be placed: {} (it is tried again when the pools or its spec change; `lightpool volume delete {name}` removes it)",
                             st.message.unwrap_or_default()
                         ));
                     }
@@ -535,4 +548,16 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// Whether `v` was refused only because no pool exists at all: the scheduler found no
+/// pool to judge (no per-pool rejection), not pools that do not fit.
+fn no_pools_yet(v: &Volume) -> bool {
+    v.status.as_ref().is_some_and(|st| {
+        st.rejections.is_empty()
+            && st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Scheduled" && c.reason == "NoPoolFits")
+    })
 }

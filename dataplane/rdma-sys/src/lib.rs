@@ -99,6 +99,18 @@ impl RdmaError {
     }
 }
 
+/// Puts a channel's descriptor (the caller's, open) in non-blocking mode; `call` names
+/// the step in the error.
+pub(crate) fn set_nonblocking(fd: RawFd, call: &'static str) -> Result<(), RdmaError> {
+    // SAFETY: fcntl on an open descriptor the caller's channel owns.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(RdmaError::last(call));
+    }
+    Ok(())
+}
+
 fn check(call: &'static str, rc: i32) -> Result<(), RdmaError> {
     if rc == 0 {
         Ok(())
@@ -171,13 +183,7 @@ impl EventChannel {
         let ch = unsafe { ffi::rdma_create_event_channel() };
         let ch = NonNull::new(ch).ok_or_else(|| RdmaError::last("rdma_create_event_channel"))?;
         let ch = EventChannel(ch);
-        let fd = ch.fd();
-        // SAFETY: fcntl on a descriptor this channel owns.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            return Err(RdmaError::last("fcntl(O_NONBLOCK) on the RDMA_CM channel"));
-        }
+        set_nonblocking(ch.fd(), "fcntl(O_NONBLOCK) on the RDMA_CM channel")?;
         Ok(ch)
     }
 

@@ -161,13 +161,7 @@ impl CompChannel {
         let ch = unsafe { ffi::ibv_create_comp_channel(ctx.as_ptr()) };
         let ch = NonNull::new(ch).ok_or_else(|| RdmaError::last("ibv_create_comp_channel"))?;
         let ch = CompChannel(ch);
-        let fd = ch.fd();
-        // SAFETY: fcntl on the channel's own descriptor.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            return Err(RdmaError::last("fcntl(O_NONBLOCK) on a completion channel"));
-        }
+        crate::set_nonblocking(ch.fd(), "fcntl(O_NONBLOCK) on a completion channel")?;
         Ok(ch)
     }
 

@@ -12,8 +12,10 @@
 //! on the queue whether traffic comes or not.
 //!
 //! The engines' listener setup is beside this: `xdp.rs`, `dpdk.rs`. Not here: TLS on
-//! such a listener, handing its connections over in a hot upgrade (they close with the
-//! process and the host reconnects), removing the listener.
+//! such a listener, removing the listener, and handing it over in a hot upgrade (the
+//! old process refuses an upgrade while it serves one: the successor could neither
+//! take the userspace stack's connections nor attach while this process holds the
+//! interface's queues, XDP program or port; a restart runs a new binary).
 
 use std::cell::RefCell;
 use std::net::SocketAddr;

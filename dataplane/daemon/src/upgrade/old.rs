@@ -101,6 +101,11 @@ pub fn hand_over(run: &Running, mut sock: UnixStream, hello: &str) -> Result<()>
         tracing::warn!(new_version = %newver, "upgrade refused: {why}; still serving");
         return Ok(());
     }
+    if let Some(why) = engine_listeners(run) {
+        send_line!(sock, "REFUSE {why}")?;
+        tracing::warn!(new_version = %newver, "upgrade refused: {why}; still serving");
+        return Ok(());
+    }
     // No change through the API or the configuration until this ends: the successor
     // prepared from the boot blob as it is now.
     let changes = run.mgmt.changes.lock().expect("change lock poisoned");
@@ -253,4 +258,32 @@ fn send_state(
         send_with_fds(sock, line.as_bytes(), chunk)?;
     }
     Ok(())
+}
+
+/// Why the listeners forbid a hot upgrade, if they do: a listener served through a
+/// kernel-bypass packet engine (AF_XDP, DPDK) holds its interface's queues, XDP
+/// program or port, which this process's successor cannot take over (its connections
+/// live in this process's userspace TCP stack, and the successor could not attach
+/// while this process holds them); the handover would go through without it and the
+/// successor would not listen there at all.
+fn engine_listeners(run: &Running) -> Option<String> {
+    let mut held: Vec<String> = Vec::new();
+    for t in run.transports.all() {
+        for l in run.target.listeners() {
+            if let Some(e) = t.listener_engine(&l.addr) {
+                held.push(format!(
+                    "{} (engine {} on {})",
+                    l.addr.to_addr_string(),
+                    e.engine,
+                    e.interface
+                ));
+            }
+        }
+    }
+    (!held.is_empty()).then(|| {
+        format!(
+            "listeners served through a kernel-bypass packet engine ({}) cannot be handed over to a successor: restart the target to run the new binary (hosts reconnect), or serve those addresses with engine = \"kernel\"",
+            held.join(", ")
+        )
+    })
 }
