@@ -83,6 +83,30 @@ pub fn crc32c_hardware() -> bool {
     }
 }
 
+/// What puts a flow on a reactor's queue: the kernel's accept (with its RSS), an XDP
+/// program, a DPDK port's RSS or flow rules, a SmartNIC's flow table. Below the
+/// framing: implemented where the listeners are (`lightpool-transport-tcp`), counted
+/// per flow on the reactor it reached.
+pub trait SteeringEngine {
+    /// The engine, as the metrics label it (`engine` of `work="steering"`).
+    const NAME: &'static str;
+    /// What it did with frames, where it sees them itself (an XDP program's map);
+    /// `None` where it does not (the kernel's accept; DPDK's RSS, whose per-queue
+    /// receives the queues count).
+    fn frames(&self) -> Option<SteeredFrames>;
+}
+
+/// Frames a steering engine saw, by what it did with them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SteeredFrames {
+    /// Sent to the queue (socket) of the reactor that owns the flow.
+    pub steered: u64,
+    /// Passed to the kernel (not for a steered port).
+    pub passed: u64,
+    /// For a steered port, on a queue with no socket (passed to the kernel).
+    pub no_socket: u64,
+}
+
 /// How received payload reached a request's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Placement {

@@ -11,10 +11,11 @@ use std::time::Duration;
 use lightpool_nvmf::Target;
 use lightpool_reactor::{Ctx, ReactorHandle};
 
-use crate::offload::Registry;
+use crate::offload::{KernelAccept, Registry};
 #[cfg(feature = "tls")]
 use crate::sock;
 use crate::{add_conn, Conn, Ktls, Secure, Sock, Tls};
+use lightpool_tcp_framing::offload::SteeringEngine;
 
 pub(crate) struct Acceptor {
     pub(crate) listener: TcpListener,
@@ -77,7 +78,7 @@ impl Acceptor {
                     let offload = self.offload.clone();
                     let res = r.send(move |ctx: &mut Ctx| {
                         let id = ctx.id();
-                        let block = offload.block(id, "kernel");
+                        let block = offload.block(id, KernelAccept::NAME);
                         block.flow();
                         let mut conn = Conn::new(sock, target, peer.to_string(), id);
                         conn.set_offload(crate::offload::Publisher::new(block));

@@ -26,7 +26,7 @@ use lightpool_nvmf::{ConnectionInfo, EngineSpec, ListenAddr, Target};
 use lightpool_reactor::{Ctx, Interest, PollStatus, Poller};
 
 use crate::conn::Conn;
-use crate::offload::{steering_of, Block, EngineSlot, Publisher, Registry};
+use crate::offload::{Block, EngineSlot, Publisher, Registry};
 use crate::TcpError;
 
 /// How often a queue publishes its engine counters for the metrics.
@@ -36,6 +36,8 @@ const STATS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 pub(crate) struct QueueMeta {
     /// "af_xdp" or "dpdk".
     pub(crate) engine: &'static str,
+    /// Its steering engine's name (`SteeringEngine::NAME`).
+    pub(crate) steering: &'static str,
     pub(crate) interface: String,
     pub(crate) offload: Arc<Registry>,
 }
@@ -204,8 +206,8 @@ pub(crate) fn start_queue<E: PacketEngine + 'static>(
             conns: Vec::new(),
             engine: meta.engine,
             interface: meta.interface,
-            block: meta.offload.block(ctx.id(), steering_of(meta.engine)),
-            slot: meta.offload.engine_slot(ctx.id()),
+            block: meta.offload.block(ctx.id(), meta.steering),
+            slot: meta.offload.engine_slot(ctx.id(), meta.steering),
             next_stats: None,
         }));
         q.len() == 1

@@ -139,11 +139,7 @@ impl Transport for TcpTransport {
         #[cfg_attr(not(feature = "af_xdp"), allow(unused_mut))]
         let mut r = self.offload.report();
         #[cfg(feature = "af_xdp")]
-        for (addr, c) in self.xdp_counters() {
-            let interface = self
-                .xdp_engine(&addr)
-                .map(|e| e.interface)
-                .unwrap_or_default();
+        for (_, interface, c) in self.xdp_counters() {
             r.programs.push(lightpool_nvmf::SteeringProgramStats {
                 interface,
                 steered: c.steered,

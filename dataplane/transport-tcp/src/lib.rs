@@ -626,7 +626,7 @@ impl TcpTransport {
                     {
                         Ok(mut conn) => {
                             // Steered by the predecessor: its flow is counted there.
-                            let block = offload.block(ctx.id(), "kernel");
+                            let block = offload.block(ctx.id(), <offload::KernelAccept as lightpool_tcp_framing::offload::SteeringEngine>::NAME);
                             conn.set_offload(offload::Publisher::new(block));
                             add_conn(ctx, conn, true)
                         }

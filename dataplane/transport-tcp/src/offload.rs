@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lightpool_nvmf::{OffloadReport, OffloadRow, PacketEngineStats};
-use lightpool_tcp_framing::offload::{Digest, DigestEngine, PLACEMENTS};
+use lightpool_tcp_framing::offload::{
+    Digest, DigestEngine, SteeredFrames, SteeringEngine, PLACEMENTS,
+};
 use lightpool_tcp_framing::{OffloadCounters, Placement};
 
 /// How often a busy connection publishes its counts (a scrape sees them this late).
@@ -83,6 +85,8 @@ impl Block {
 #[derive(Debug)]
 pub(crate) struct EngineSlot {
     reactor: usize,
+    /// The steering engine that feeds the queue.
+    steering: &'static str,
     stats: Mutex<PacketEngineStats>,
 }
 
@@ -126,9 +130,10 @@ impl Registry {
 
     /// A slot for one reactor's queue of a packet engine.
     #[cfg_attr(not(any(feature = "af_xdp", feature = "dpdk")), allow(dead_code))]
-    pub(crate) fn engine_slot(&self, reactor: usize) -> Arc<EngineSlot> {
+    pub(crate) fn engine_slot(&self, reactor: usize, steering: &'static str) -> Arc<EngineSlot> {
         let s = Arc::new(EngineSlot {
             reactor,
+            steering,
             stats: Mutex::new(PacketEngineStats::default()),
         });
         self.engines
@@ -148,10 +153,12 @@ impl Registry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let engines: Vec<PacketEngineStats> = self
+        let slots = self
             .engines
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let engines: Vec<PacketEngineStats> = slots
             .iter()
             .map(|s| {
                 let mut st = s.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -191,10 +198,11 @@ impl Registry {
         for b in &blocks {
             // Frames a packet engine's queue on this reactor received: all of them were
             // steered there (by the XDP program's redirect, by DPDK's RSS).
-            let frames_bytes: u64 = engines
+            let frames_bytes: u64 = slots
                 .iter()
-                .filter(|e| e.reactor == b.reactor && steering_of(e.engine) == b.steering)
-                .map(|e| e.rx_bytes)
+                .zip(&engines)
+                .filter(|(s, _)| s.reactor == b.reactor && s.steering == b.steering)
+                .map(|(_, e)| e.rx_bytes)
                 .sum();
             out.work.push(OffloadRow {
                 work: "steering",
@@ -209,12 +217,14 @@ impl Registry {
     }
 }
 
-/// The steering engine of a packet engine's connections.
-pub(crate) fn steering_of(engine: &str) -> &'static str {
-    match engine {
-        "af_xdp" => "xdp",
-        "dpdk" => "dpdk",
-        _ => "kernel",
+/// Kernel sockets' steering: the kernel's RSS picks the CPU, the listener's acceptor
+/// the reactor (round robin). It sees no frames of its own.
+pub(crate) struct KernelAccept;
+
+impl SteeringEngine for KernelAccept {
+    const NAME: &'static str = "kernel";
+    fn frames(&self) -> Option<SteeredFrames> {
+        None
     }
 }
 
@@ -268,10 +278,16 @@ mod tests {
     #[test]
     fn published_counts_sum_per_reactor_and_engine() {
         let reg = Registry::default();
-        let a = reg.block(0, "kernel");
-        let b = reg.block(1, "kernel");
+        let a = reg.block(0, KernelAccept::NAME);
+        let b = reg.block(1, KernelAccept::NAME);
         let x = reg.block(1, "xdp");
         assert!(Arc::ptr_eq(&a, &reg.block(0, "kernel")));
+        assert_eq!(KernelAccept::NAME, "kernel");
+        assert_eq!(
+            KernelAccept.frames(),
+            None,
+            "the kernel's accept sees no frames"
+        );
         a.flow();
         b.flow();
         x.flow();
@@ -315,7 +331,7 @@ mod tests {
     fn engine_queue_bytes_count_as_steered_frames() {
         let reg = Registry::default();
         reg.block(2, "xdp").flow();
-        reg.engine_slot(2).set(PacketEngineStats {
+        reg.engine_slot(2, "xdp").set(PacketEngineStats {
             engine: "af_xdp",
             interface: "veth0".into(),
             rx_frames: 10,
