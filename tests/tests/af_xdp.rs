@@ -238,21 +238,7 @@ fn positive(page: &str, family: &str, labels: &[&str], what: &str) {
 
 /// The engine of each connection `lightpool connection list` shows.
 fn connection_engines(s: &engine::Served) -> Vec<String> {
-    let out =
-        std::process::Command::new(lightpool_e2e::release_binary("lightpool").expect("built"))
-            .arg("--socket")
-            .arg(&s.api)
-            .args(["--json", "connection", "list"])
-            .output()
-            .expect("run lightpool");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    v.as_array()
-        .expect("a list")
+    lightpool_e2e::cli::connection_list(&s.api)
         .iter()
         .map(|c| c["engine"].as_str().unwrap_or_default().to_string())
         .collect()
