@@ -2,7 +2,8 @@
 //! framing's digests and placement (`lightpool_tcp_framing::offload`) and the steering
 //! that put each flow on its reactor, with the packet engines' queue counters.
 //!
-//! Steering engines:
+//! Steering engines (each a `SteeringEngine`: [`KernelAccept`] here, the AF_XDP and
+//! DPDK listeners in `xdp.rs` and `dpdk.rs`):
 //! - `kernel`: kernel sockets. The kernel's RSS (or RPS) picks the CPU a flow's
 //!   packets are received on; the listener's acceptor then hands each connection to a
 //!   reactor in turn. A flow counts on the reactor it was handed to; no frame counts
