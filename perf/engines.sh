@@ -11,7 +11,9 @@
 #   dpdk    DPDK (feature dpdk): net_af_packet on the same veth end, one queue pair,
 #           the userspace stack on an address of its own ($AD); its reactor
 #           busy-polls, so its CPU per I/O is a whole core over the IOPS
-# Workloads: 4 KiB randread QD32, and 128 KiB sequential read QD8.
+# Workloads: 4 KiB randread QD32, and 128 KiB sequential read QD8 (WORKLOADS also
+# takes 4kw: 4 KiB randwrite QD32, in-capsule; 128kw: 128 KiB sequential write QD8,
+# R2T and H2C data). PERF_ARGS go to every lightpool-perf run (e.g. --digest).
 # Per run: IOPS, p50/p99, the target's CPU (utime+stime of /proc/PID/stat over the
 # run) per I/O, and the host side's TCP retransmissions (nstat in the peer
 # namespace: segments the target's side lost); at the end, medians per engine and
@@ -21,6 +23,9 @@
 #   TARGET=/path/lightpool-target ENGINES="native generic" ROUNDS=5 SECS=5 perf/engines.sh
 #   TARGET_OLD=/path/older/lightpool-target ENGINES="native native@old" perf/engines.sh
 #                                         (ENGINE@old: that engine from TARGET_OLD)
+#   TARGET_OLD=/path/main/lightpool-target ENGINES="kernel kernel@old" \
+#     WORKLOADS="4k 4kw 128kw" PERF_ARGS=--digest perf/engines.sh
+#                                         (a branch against main on kernel sockets)
 #
 # The target needs the daemon's af_xdp feature (and dpdk for the dpdk engine):
 #   cargo build --release -p lightpool-daemon --features lightpool-daemon/af_xdp,lightpool-daemon/dpdk --bins -p lightpool-perf
@@ -34,6 +39,7 @@ ENGINES=${ENGINES:-kernel native generic}
 ROUNDS=${ROUNDS:-3}
 SECS=${SECS:-5}
 WORKLOADS=${WORKLOADS:-"4k 128k"}
+read -ra PERF_ARGS <<< "${PERF_ARGS:-}"
 OUT=${OUT:-$(mktemp -d /tmp/lp-engines.XXXX)}
 TARGET_CORE=${TARGET_CORE:-0}
 PERF_CORE=${PERF_CORE:-1}
@@ -132,7 +138,10 @@ run() {
     case $wl in
         4k) args=(-q 32 -o 4096 -w randread) ;;
         128k) args=(-q 8 -o 131072 -w read) ;;
+        4kw) args=(-q 32 -o 4096 -w randwrite) ;;
+        128kw) args=(-q 8 -o 131072 -w write) ;;
     esac
+    args+=("${PERF_ARGS[@]}")
     j=$OUT/$engine-$wl-$round.json
     local addr=$AA
     [[ ${engine%@*} == dpdk ]] && addr=$AD
@@ -190,6 +199,19 @@ for (e, w), m in sorted(med.items(), key=lambda x: (x[0][1], x[0][0])):
     rc = f"{m[3] / k[3]:.2f}" if k and k[3] else "-"
     r2 = f"{m[4] / k[4]:.2f}" if k and k[4] else "-"
     print(f"{e:8} {w:5} {m[0]:9.0f} {m[1]:7.1f} {m[2]:8.1f} {m[3]:9.2f} {m[4]:11.2f} {m[5]:7.0f} {ri:>7} {rc:>8} {r2:>7}")
+# ENGINE@old against ENGINE, paired within each round (the two ran back to back, so a
+# shared machine's drift between rounds cancels): the median of the per-round ratios.
+pairs = sorted({(r[0][:-4], r[1]) for r in rows if r[0].endswith("@old")})
+if pairs:
+    print()
+    print("paired per round, new / old (median of the rounds' ratios; IOPS: >1 better; CPU/IO: <1 better)")
+    print(f"{'engine':8} {'wl':5} {'rounds':>6} {'IOPS':>6} {'tgt CPU/IO':>10} {'2core CPU/IO':>12}")
+    for e, w in pairs:
+        new = {r[2]: r for r in rows if r[0] == e and r[1] == w}
+        old = {r[2]: r for r in rows if r[0] == e + "@old" and r[1] == w}
+        rs = sorted(set(new) & set(old))
+        ratio = lambda i: st.median(float(new[k][i]) / float(old[k][i]) for k in rs if float(old[k][i]))
+        print(f"{e:8} {w:5} {len(rs):6} {ratio(3):6.3f} {ratio(6):10.3f} {ratio(7):12.3f}")
 EOF
 if [[ -n ${PROFILE:-} && -f $OUT/perf-$PROFILE.data ]]; then
     echo

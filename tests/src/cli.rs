@@ -37,3 +37,21 @@ pub fn json(data: &Path, args: &[&str]) -> serde_json::Value {
     a.push("--json");
     serde_json::from_str(&ok(data, &a)).expect("json")
 }
+
+/// `lightpool --socket API --json connection list` against a target's management API
+/// socket: its connections as JSON objects.
+pub fn connection_list(api: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(release_binary("lightpool").expect("tests/run.sh builds it"))
+        .arg("--socket")
+        .arg(api)
+        .args(["--json", "connection", "list"])
+        .output()
+        .expect("run lightpool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    v.as_array().cloned().unwrap_or_default()
+}

@@ -219,3 +219,157 @@ fn af_xdp_survives_resets_mid_pdu_a_syn_flood_and_malformed_segments() {
     eprintln!("after the flood: {after}");
     finish(s);
 }
+
+/// The target's metrics page, fetched from inside its namespace.
+fn scrape(s: &engine::Served, at: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &s.pair.ns_a, "curl", "-sf"])
+        .arg(format!("http://{at}/metrics"))
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "scrape {at}: {out:?}");
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// The page has a sample of `family` with `labels` above zero (else: `what`).
+fn positive(page: &str, family: &str, labels: &[&str], what: &str) {
+    assert!(sum(page, family, labels) > 0, "{what}:\n{page}");
+}
+
+/// The engine of each connection `lightpool connection list` shows.
+fn connection_engines(s: &engine::Served) -> Vec<String> {
+    lightpool_e2e::cli::connection_list(&s.api)
+        .iter()
+        .map(|c| c["engine"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The offload and engine lines of a metrics page, for the test's log.
+fn offload_lines(page: &str) -> String {
+    page.lines()
+        .filter(|l| {
+            ["lightpool_offload_", "lightpool_engine_", "lightpool_xdp_"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The sum of a family's samples whose labels include every one of `labels`.
+fn sum(page: &str, family: &str, labels: &[&str]) -> u64 {
+    page.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// NVMe/TCP with header and data digests through AF_XDP, then through kernel sockets on
+/// the same target (a second listener, on a port the XDP program passes to the
+/// kernel): the metrics say the software engine computed the digests both times, the
+/// XDP program steered the AF_XDP flows (and the kernel's accept the others), and the
+/// H2C data reached request buffers from the userspace stack's ring in the first case
+/// and by recv(2) in the second.
+#[test]
+fn digests_placement_and_steering_are_counted_by_engine() {
+    let pair = VethPair::new("eo", 76).expect("veth pair");
+    let addr = pair.addr_a;
+    let metrics = "127.0.0.1:9464";
+    let kernel_port = PORT + 1;
+    let listener = format!(
+        "engine = \"af_xdp\"\ninterface = \"{}\"\nxdp_mode = \"generic\"\n\
+         [[listener]]\naddress = \"{addr}:{kernel_port}\"",
+        pair.a
+    );
+    assert_root();
+    let s = Served::start_with(
+        pair,
+        addr,
+        &format!("metrics_address = \"{metrics}\""),
+        &listener,
+        "af-xdp-offload",
+        "generic",
+        NQN,
+        "listening through AF_XDP",
+    );
+    let log = || s.target.log();
+    let run = |port: u16, what: &str| {
+        let j = perf_ok(
+            s.perf_to(port, "131072", "3", &["--digest"]),
+            &format!("{what}, 128 KiB with digests"),
+            &log,
+        );
+        eprintln!("{what}: {j}");
+    };
+    let ops = "lightpool_offload_operations_total";
+    let bytes = "lightpool_offload_bytes_total";
+    let digest = [r#"work="digest""#, r#"engine="software""#];
+    let xdp = [r#"work="steering""#, r#"engine="xdp""#];
+    let kernel = [r#"work="steering""#, r#"engine="kernel""#];
+    let placed = |page: &str, engine: &str| {
+        let e = format!("engine=\"{engine}\"");
+        sum(page, bytes, &[r#"work="placement""#, &e])
+    };
+
+    // While it runs, the management API lists its connections with their engine.
+    let running = s.perf_to(PORT, "131072", "3", &["--digest"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let engines = connection_engines(&s);
+    perf_ok(running, "AF_XDP, 128 KiB with digests, listed", &log);
+    assert!(
+        !engines.is_empty() && engines.iter().all(|e| e == "af_xdp"),
+        "connections through AF_XDP listed as {engines:?}"
+    );
+    run(PORT, "AF_XDP");
+    // Counts are published every 10 ms and when a connection closes.
+    std::thread::sleep(Duration::from_millis(300));
+    let p = scrape(&s, metrics);
+    eprintln!("after AF_XDP:\n{}", offload_lines(&p));
+    positive(&p, bytes, &digest, "no digest bytes by the software engine");
+    positive(&p, ops, &digest, "no digests by the software engine");
+    positive(&p, ops, &xdp, "no flow steered by XDP");
+    positive(&p, bytes, &xdp, "no frames on the steered queues");
+    let steered = [r#"action="steered""#];
+    positive(
+        &p,
+        "lightpool_xdp_program_frames_total",
+        &steered,
+        "the XDP program steered nothing",
+    );
+    let rx = [r#"engine="af_xdp""#, r#"direction="rx""#];
+    positive(
+        &p,
+        "lightpool_engine_frames_total",
+        &rx,
+        "no AF_XDP frames received",
+    );
+    assert!(
+        placed(&p, "stack_ring") > 0,
+        "nothing placed from the stack's ring:\n{p}"
+    );
+    assert_eq!(placed(&p, "recv"), 0, "{p}");
+    assert_eq!(sum(&p, ops, &kernel), 0, "{p}");
+    let (digest_bytes, ring) = (sum(&p, bytes, &digest), placed(&p, "stack_ring"));
+
+    run(kernel_port, "kernel sockets");
+    std::thread::sleep(Duration::from_millis(300));
+    let p = scrape(&s, metrics);
+    eprintln!("after kernel sockets:\n{}", offload_lines(&p));
+    assert!(
+        sum(&p, bytes, &digest) > digest_bytes,
+        "no digest for kernel sockets:\n{p}"
+    );
+    assert!(
+        placed(&p, "recv") > 0,
+        "nothing received into request buffers:\n{p}"
+    );
+    assert_eq!(
+        placed(&p, "stack_ring"),
+        ring,
+        "kernel sockets through the ring:\n{p}"
+    );
+    positive(&p, ops, &kernel, "no flow steered by the kernel's accept");
+    finish(s);
+}

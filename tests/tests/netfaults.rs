@@ -41,17 +41,7 @@ fn served(h: &mut HostController, lba: u64, gen: u8) {
 
 /// The target's connections (`lightpool target connection list`).
 fn connections(api: &str) -> usize {
-    let out = Command::new(release_binary("lightpool").expect("built"))
-        .args(["--socket", api, "--json", "connection", "list"])
-        .output()
-        .expect("run lightpool");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    v.as_array().map_or(0, Vec::len)
+    lightpool_e2e::cli::connection_list(std::path::Path::new(api)).len()
 }
 
 #[test]

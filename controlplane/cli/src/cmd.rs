@@ -714,6 +714,7 @@ pub async fn run(cli: &Cli, dest: &Dest) -> Result<(), String> {
                                 "HOST",
                                 "TLS",
                                 "AUTH",
+                                "ENGINE",
                             ],
                             &cs.iter()
                                 .map(|c| {
@@ -728,6 +729,11 @@ pub async fn run(cli: &Cli, dest: &Dest) -> Result<(), String> {
                                         c.host_nqn.clone().unwrap_or_else(|| "-".into()),
                                         c.tls.clone(),
                                         if c.authenticated { "yes" } else { "no" }.into(),
+                                        if c.engine.is_empty() {
+                                            "-".into()
+                                        } else {
+                                            c.engine.clone()
+                                        },
                                     ]
                                 })
                                 .collect::<Vec<_>>(),

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Weak};
 
 use anyhow::{Context, Result};
-use lightpool_metrics::{PoolSource, PoolUsage};
+use lightpool_metrics::{OffloadSource, PoolSource, PoolUsage};
 use lightpool_pool::PoolOps;
 
 use crate::Running;
@@ -45,6 +45,22 @@ impl PoolSource for Pools {
     }
 }
 
+/// The transports' offload counts (digests, placement, steering) and packet-engine
+/// queues, read at each scrape from what their reactors published.
+struct Offload(Weak<Running>);
+
+impl OffloadSource for Offload {
+    fn offload(&self) -> lightpool_nvmf::OffloadReport {
+        let mut r = lightpool_nvmf::OffloadReport::default();
+        if let Some(run) = self.0.upgrade() {
+            for t in run.transports.all() {
+                r.extend(t.offload());
+            }
+        }
+        r
+    }
+}
+
 /// Serve the metrics of `run` (if it has an endpoint) on a thread of their own.
 pub fn serve(run: &Arc<Running>) -> Result<()> {
     let Some(l) = &run.metrics else {
@@ -52,6 +68,7 @@ pub fn serve(run: &Arc<Running>) -> Result<()> {
     };
     let exporter = lightpool_metrics::Exporter::new(run.target.clone(), run.reactors.clone());
     exporter.add_pool_source(Box::new(Pools(Arc::downgrade(run))));
+    exporter.add_offload_source(Box::new(Offload(Arc::downgrade(run))));
     let addr = lightpool_metrics::http::serve(
         exporter,
         l.try_clone().context("duplicating the metrics socket")?,

@@ -20,6 +20,20 @@
 //! | `reactor_queue_depth`, `reactor_queues` | reactor | gauge |
 //! | `pool_capacity_bytes`, `pool_used_bytes`, `pool_free_bytes` | pool | gauge |
 //! | `pool_promised_bytes`, `pool_promise_limit_bytes`, `pool_volumes` | pool | gauge |
+//! | `offload_operations_total`, `offload_bytes_total` | work (digest, placement, steering), engine, reactor | counter |
+//! | `engine_frames_total`, `engine_bytes_total` | engine (af_xdp, dpdk), interface, reactor, direction (rx, tx) | counter |
+//! | `engine_drops_total` | engine, interface, reactor, reason | counter |
+//! | `xdp_program_frames_total` | interface, action (steered, passed, no_socket) | counter |
+//!
+//! The offload families say which engine did the per-PDU work a SmartNIC could take
+//! (docs/architecture.md, "Offload"): `work="digest"` by `engine="software"` (CRC32C
+//! on the CPU); `work="placement"` by `engine="recv"` (read straight into the request
+//! buffer by the kernel's recv), `"stack_ring"` (copied straight there from the
+//! userspace TCP stack's ring), `"staged_copy"` (copied from the connection's staging
+//! buffer) or `"device"`; `work="steering"` by `engine="kernel"` (accept and round
+//! robin), `"xdp"` (the XDP program's redirect) or `"dpdk"` (the port's RSS), its
+//! operations the flows put on each reactor. Transports report them through
+//! [`OffloadSource`] ([`Exporter::add_offload_source`]).
 //!
 //! `op` is read, write, other (Flush, Write Zeroes, Dataset Management, Compare) or
 //! admin (admin and fabrics commands, counted per subsystem and reactor only). Pools
@@ -27,6 +41,9 @@
 //! [`Exporter::add_pool_source`].
 
 pub mod http;
+mod offload;
+
+pub use offload::OffloadSource;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -82,6 +99,7 @@ pub struct Exporter {
     target: Arc<Target>,
     reactors: Vec<ReactorHandle>,
     pools: Mutex<Vec<Box<dyn PoolSource>>>,
+    offload: Mutex<Vec<Box<dyn OffloadSource>>>,
     /// The highest reactor times reported so far: a scrape that meets a reactor just
     /// waking up must not see its sleep time go back.
     reactor_seen: Mutex<BTreeMap<usize, [u64; 3]>>,
@@ -101,6 +119,7 @@ impl Exporter {
             target,
             reactors,
             pools: Mutex::new(Vec::new()),
+            offload: Mutex::new(Vec::new()),
             reactor_seen: Mutex::new(BTreeMap::new()),
         })
     }
@@ -108,6 +127,14 @@ impl Exporter {
     /// Report the pools `s` knows at every scrape.
     pub fn add_pool_source(&self, s: Box<dyn PoolSource>) {
         self.pools.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+    }
+
+    /// Report the offload counts `s` gives at every scrape.
+    pub fn add_offload_source(&self, s: Box<dyn OffloadSource>) {
+        self.offload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(s);
     }
 
     /// The metrics now, in the OpenMetrics text format.
@@ -485,6 +512,13 @@ impl Collector for Scrape {
                 .collect();
             gauge(&mut enc, name, help, &rows)?;
         }
+
+        // Offload and packet engines (nothing until a source is registered).
+        let mut report = lightpool_nvmf::OffloadReport::default();
+        for s in ex.offload.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            report.extend(s.offload());
+        }
+        offload::encode(&mut enc, &report)?;
         Ok(())
     }
 }

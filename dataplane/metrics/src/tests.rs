@@ -100,3 +100,65 @@ fn a_bad_address_is_named() {
     let e = http::bind("localhost:x").expect_err("not an address");
     assert!(e.to_string().contains("localhost:x"), "{e}");
 }
+
+struct Offloaded;
+
+impl OffloadSource for Offloaded {
+    fn offload(&self) -> lightpool_nvmf::OffloadReport {
+        use lightpool_nvmf::{OffloadRow, PacketEngineStats, SteeringProgramStats};
+        lightpool_nvmf::OffloadReport {
+            work: vec![
+                OffloadRow {
+                    work: "digest",
+                    engine: "software",
+                    reactor: 1,
+                    operations: 3,
+                    bytes: 8264,
+                },
+                OffloadRow {
+                    work: "steering",
+                    engine: "xdp",
+                    reactor: 1,
+                    operations: 2,
+                    bytes: 9000,
+                },
+            ],
+            engines: vec![PacketEngineStats {
+                engine: "af_xdp",
+                interface: "veth0".into(),
+                reactor: 1,
+                rx_frames: 7,
+                rx_bytes: 9000,
+                tx_frames: 5,
+                tx_bytes: 600,
+                drops: vec![("rx_ring_full", 0)],
+            }],
+            programs: vec![SteeringProgramStats {
+                interface: "veth0".into(),
+                steered: 7,
+                passed: 4,
+                no_socket: 0,
+            }],
+        }
+    }
+}
+
+#[test]
+fn offload_work_and_packet_engines_are_reported() {
+    let target = Target::new(TargetOptions::default()).expect("target");
+    let ex = Exporter::new(target, Vec::new());
+    ex.add_offload_source(Box::new(Offloaded));
+    let page = ex.render().expect("render");
+    for line in [
+        "lightpool_offload_operations_total{work=\"digest\",engine=\"software\",reactor=\"1\"} 3",
+        "lightpool_offload_bytes_total{work=\"digest\",engine=\"software\",reactor=\"1\"} 8264",
+        "lightpool_offload_operations_total{work=\"steering\",engine=\"xdp\",reactor=\"1\"} 2",
+        "lightpool_engine_frames_total{engine=\"af_xdp\",interface=\"veth0\",reactor=\"1\",direction=\"rx\"} 7",
+        "lightpool_engine_bytes_total{engine=\"af_xdp\",interface=\"veth0\",reactor=\"1\",direction=\"tx\"} 600",
+        "lightpool_engine_drops_total{engine=\"af_xdp\",interface=\"veth0\",reactor=\"1\",reason=\"rx_ring_full\"} 0",
+        "lightpool_xdp_program_frames_total{interface=\"veth0\",action=\"steered\"} 7",
+        "lightpool_xdp_program_frames_total{interface=\"veth0\",action=\"passed\"} 4",
+    ] {
+        assert!(page.contains(line), "{line}: {page}");
+    }
+}

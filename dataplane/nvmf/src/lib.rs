@@ -17,6 +17,7 @@ pub mod ctrlr;
 pub mod listener;
 pub mod metrics;
 pub mod nqn;
+pub mod offload;
 pub mod queue;
 pub mod region;
 pub mod restore;
@@ -25,6 +26,7 @@ pub mod target;
 pub mod tls;
 pub mod transport;
 
+pub use offload::{OffloadReport, OffloadRow, PacketEngineStats, SteeringProgramStats};
 pub use queue::{NvmfQueue, QueueOptions, Request, Xfer};
 pub use subsystem::{Namespace, NamespaceConfig, Subsystem, SubsystemConfig};
 pub use target::{Target, TargetOptions};

@@ -48,6 +48,38 @@ pub struct ConnectionInfo {
     /// The host authenticated in-band (DH-HMAC-CHAP) on this queue.
     #[serde(default)]
     pub authenticated: bool,
+    /// The packet engine that carries it: "kernel" (kernel sockets), "af_xdp" or
+    /// "dpdk"; empty for a transport without packet engines (RDMA).
+    #[serde(default)]
+    pub engine: String,
+}
+
+impl ConnectionInfo {
+    /// A connection of `transport` whose queue is `q`, on `reactor`: what the queue
+    /// knows (QID, controller, host, subsystem, authentication) filled in; TLS "off"
+    /// and no engine, for the caller to change where they differ.
+    pub fn of_queue<T: Default>(
+        transport: &str,
+        q: &crate::NvmfQueue<T>,
+        reactor: usize,
+        peer: String,
+        local: String,
+    ) -> ConnectionInfo {
+        let c = q.controller();
+        ConnectionInfo {
+            transport: transport.to_string(),
+            peer,
+            local,
+            reactor,
+            qid: q.qid(),
+            cntlid: c.map(|c| c.cntlid),
+            hostnqn: c.map(|c| c.hostnqn.clone()),
+            subnqn: c.map(|c| c.subsys.nqn.clone()),
+            tls: "off".to_string(),
+            authenticated: q.is_authenticated(),
+            engine: String::new(),
+        }
+    }
 }
 
 /// What a transport hands to a successor in a hot upgrade: its state, encoded by
@@ -151,6 +183,12 @@ pub trait Transport: Send + Sync {
     fn remove_listener(&self, addr: &ListenAddr) -> Result<(), TransportError>;
     /// Every connection, asked of the reactors that own them.
     fn connections(&self) -> Result<Vec<ConnectionInfo>, TransportError>;
+    /// Who did the offloadable per-PDU work (digests, placement, steering) and what the
+    /// packet engines moved, from counters the reactors publish (no reactor is asked:
+    /// the metrics thread calls this at each scrape). Nothing by default.
+    fn offload(&self) -> crate::OffloadReport {
+        crate::OffloadReport::default()
+    }
     /// Close one connection, named as [`Transport::connections`] lists it (its reactor
     /// and peer); its controller fails if it was the admin queue. `false` when there is
     /// no such connection.

@@ -11,6 +11,8 @@
 //! - [`send`]: PDU assembly onto the send queue (what `lightpool_spec::tcp` encodes,
 //!   put together with payload references and digests).
 //! - [`Stream`]: the byte stream under a connection.
+//! - [`offload`]: the per-PDU work a SmartNIC could take (digests, placement,
+//!   steering), the software engine of each, and the counts that say which did it.
 //! - `tls` (cargo feature `tls`): TLS 1.3 with pre-shared keys over a socket, through
 //!   OpenSSL, as a [`Stream`] either end runs NVMe/TCP over.
 //!
@@ -18,6 +20,7 @@
 //! opens, configures or polls a socket, so every state is reachable from a test that
 //! feeds bytes from memory.
 
+pub mod offload;
 pub mod recv;
 pub mod send;
 mod stream;
@@ -25,6 +28,7 @@ mod stream;
 pub mod tls;
 pub mod tx;
 
+pub use offload::{OffloadCounters, Placement};
 pub use recv::{
     Digests, Flow, ImportError, Next, Owner, Pdu, Receiver, RxConfig, RxError, RxSnapshot, RxState,
 };

@@ -31,6 +31,7 @@ use lightpool_spec::tcp::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::offload::{Digest, DigestEngine, OffloadCounters, Placement};
 use crate::Stream;
 
 mod snapshot;
@@ -239,6 +240,8 @@ pub struct Receiver<K> {
     ch: CommonHeader,
     t: PduType,
     state: RxState<K>,
+    /// Digests checked and payload placed (plain counts: see `offload`).
+    counters: OffloadCounters,
 }
 
 impl<K: Copy> Receiver<K> {
@@ -257,6 +260,7 @@ impl<K: Copy> Receiver<K> {
             ch: CommonHeader::parse(&[0; COMMON_HEADER_SIZE]),
             t: PduType::IcReq,
             state: RxState::Ch,
+            counters: OffloadCounters::default(),
         }
     }
 
@@ -279,6 +283,11 @@ impl<K: Copy> Receiver<K> {
 
     pub fn digests(&self) -> Digests {
         self.digests
+    }
+
+    /// The digests this receiver checked and how payload reached its buffers.
+    pub fn offload(&self) -> &OffloadCounters {
+        &self.counters
     }
 
     pub fn is_connected(&self) -> bool {
@@ -369,6 +378,7 @@ impl<K: Copy> Receiver<K> {
             if left >= self.cfg.direct_min {
                 let (s, dest) = o.payload_buf(sink, off + left);
                 if let Some(dest) = dest {
+                    let how = s.placement();
                     let direct = &mut dest[off as usize..(off + left) as usize];
                     let n = {
                         let mut iov = [IoSliceMut::new(direct), IoSliceMut::new(&mut self.buf)];
@@ -378,8 +388,10 @@ impl<K: Copy> Receiver<K> {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
                     let k = n.min(left as usize);
+                    self.counters.place(how, k);
                     let crc = if ddgst {
-                        spec::crc32c_append(crc, &direct[..k])
+                        self.counters.digest_bytes(k);
+                        Digest::append(crc, &direct[..k])
                     } else {
                         crc
                     };
@@ -509,6 +521,7 @@ impl<K: Copy> Receiver<K> {
                     if !ddgst && left as usize <= avail {
                         let whole = &self.buf[self.start..self.start + left as usize];
                         if o.take_staged(cx, sink, off, whole) {
+                            self.counters.place(Placement::Staged, left as usize);
                             self.start += left as usize;
                             self.next_pdu();
                             continue;
@@ -522,13 +535,18 @@ impl<K: Copy> Receiver<K> {
                         (_, Some(dest)) => {
                             let dest = &mut dest[off as usize..off as usize + n];
                             dest.copy_from_slice(src);
+                            self.counters.place(Placement::Staged, n);
                             if ddgst {
-                                spec::crc32c_append(crc, dest)
+                                self.counters.digest_bytes(n);
+                                Digest::append(crc, dest)
                             } else {
                                 crc
                             }
                         }
-                        (_, None) if ddgst => spec::crc32c_append(crc, src),
+                        (_, None) if ddgst => {
+                            self.counters.digest_bytes(n);
+                            Digest::append(crc, src)
+                        }
                         (_, None) => crc,
                     };
                     self.start += n;
@@ -562,6 +580,7 @@ impl<K: Copy> Receiver<K> {
                             digest,
                         };
                     } else {
+                        self.counters.digest(0);
                         let ok = spec::digest_bytes(crc) == digest;
                         self.next_pdu();
                         if o.on_payload(cx, sink, ok) == Flow::Stop {
@@ -639,6 +658,9 @@ impl<K: Copy> Receiver<K> {
         t: PduType,
         at: Option<usize>,
     ) {
+        if ch.hdgst_len() != 0 && t.digests_apply() {
+            self.counters.digest(usize::from(ch.hlen));
+        }
         let next = {
             let h = self.header_bytes(at);
             match check_header(&ch, t, h) {
@@ -731,7 +753,7 @@ fn check_header(ch: &CommonHeader, t: PduType, h: &[u8]) -> Result<(), RxError> 
     let hlen = usize::from(ch.hlen);
     if ch.hdgst_len() != 0 && t.digests_apply() {
         let digest: &[u8; DIGEST_SIZE] = h[hlen..hlen + DIGEST_SIZE].try_into().expect("4 bytes");
-        if !spec::header_digest_ok(&h[..hlen], digest) {
+        if Digest::append(0, &h[..hlen]).to_le_bytes() != *digest {
             return Err(RxError::HeaderDigest(t));
         }
     }

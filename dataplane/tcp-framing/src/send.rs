@@ -8,7 +8,28 @@ use lightpool_spec::tcp::{
     self as spec, DataHeader, PduType, R2t, TermError, TERM_REQ_HLEN, TERM_REQ_MAX_DATA,
 };
 
+use crate::offload::{Digest, DigestEngine};
 use crate::TxQueue;
+
+/// HLEN of a response capsule, an R2T and a data PDU (what their header digest covers).
+const SHORT_HLEN: usize = 24;
+
+impl TxQueue {
+    /// The data digest of `data`, counted.
+    #[inline]
+    fn data_digest(&mut self, data: &[u8]) -> [u8; spec::DIGEST_SIZE] {
+        self.counters.digest(data.len());
+        Digest::append(0, data).to_le_bytes()
+    }
+
+    /// A header digest over `hlen` bytes (computed by the header's encoder), counted.
+    #[inline(always)]
+    fn count_hdgst(&mut self, hdgst: bool, hlen: usize) {
+        if hdgst {
+            self.counters.digest(hlen);
+        }
+    }
+}
 
 /// Room for a command capsule or data PDU header with its digest, padded to the
 /// largest PDA (31: 128-byte alignment; both headers end before 128 with the digest).
@@ -30,6 +51,7 @@ impl TxQueue {
     /// A response capsule.
     #[inline]
     pub fn push_resp(&mut self, cqe: &Cqe, hdgst: bool) {
+        self.count_hdgst(hdgst, SHORT_HLEN);
         self.push_encoded(SHORT_PDU, |b| {
             spec::encode_capsule_resp(cqe, hdgst, b.try_into().expect("28 bytes"))
         });
@@ -38,6 +60,7 @@ impl TxQueue {
     /// An R2T.
     #[inline]
     pub fn push_r2t(&mut self, r: &R2t, hdgst: bool) {
+        self.count_hdgst(hdgst, SHORT_HLEN);
         self.push_encoded(SHORT_PDU, |b| {
             spec::encode_r2t(r, hdgst, b.try_into().expect("28 bytes"))
         });
@@ -64,12 +87,14 @@ impl TxQueue {
         (slot, off): (u16, u32),
         bytes: impl FnOnce() -> &'a [u8],
     ) {
+        self.count_hdgst(p.hdgst, SHORT_HLEN);
         self.push_encoded(HEADER_ROOM, |b| {
             spec::encode_c2h_data_header(h, last, success, p.hdgst, p.ddgst, p.pda, b)
         });
         self.push_data(slot, off, h.datal);
         if p.ddgst && h.datal > 0 {
-            self.push_bytes(&spec::data_digest(bytes()));
+            let d = self.data_digest(bytes());
+            self.push_bytes(&d);
         }
     }
 
@@ -84,13 +109,15 @@ impl TxQueue {
         slot: u16,
         data: &[u8],
     ) {
+        self.count_hdgst(p.hdgst, SHORT_HLEN);
         self.push_encoded(HEADER_ROOM, |b| {
             spec::encode_h2c_data_header(h, last, p.hdgst, p.ddgst, p.pda, b)
         });
         self.push_data(slot, h.datao, h.datal);
         if p.ddgst && h.datal > 0 {
             let (a, b) = (h.datao as usize, (h.datao + h.datal) as usize);
-            self.push_bytes(&spec::data_digest(&data[a..b]));
+            let d = self.data_digest(&data[a..b]);
+            self.push_bytes(&d);
         }
     }
 
@@ -127,13 +154,15 @@ impl TxQueue {
     #[inline]
     pub fn push_capsule(&mut self, sqe: &Sqe, p: SendParams, in_capsule: Option<(u16, &[u8])>) {
         let len = in_capsule.map_or(0, |(_, d)| d.len() as u32);
+        self.count_hdgst(p.hdgst, spec::CAPSULE_CMD_HLEN);
         self.push_encoded(HEADER_ROOM, |b| {
             spec::encode_capsule_cmd_header(sqe, p.hdgst, p.ddgst, len, p.pda, b)
         });
         if let Some((slot, data)) = in_capsule {
             self.push_data(slot, 0, len);
             if p.ddgst && len > 0 {
-                self.push_bytes(&spec::data_digest(data));
+                let d = self.data_digest(data);
+                self.push_bytes(&d);
             }
         }
     }
@@ -173,6 +202,13 @@ mod tests {
             r2tl: 20480,
         };
         assert_eq!(q.push_h2c_for_r2t(&r, 8192, p, 0, &data), 3);
+        // Three header digests over 24 bytes, three data digests over all the data.
+        let c = q.offload();
+        assert_eq!((c.digests, c.digest_bytes), (6, 3 * 24 + 20480));
+        assert!(
+            c.placed_bytes.iter().all(|&b| b == 0),
+            "sending places nothing"
+        );
         let w = bytes_of(&q, &data);
         let mut at = 0;
         let mut got = Vec::new();

@@ -4,6 +4,8 @@
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::TcpStream;
 
+use crate::offload::Placement;
+
 /// What the framing reads from and writes to. The framing only calls these; it never
 /// opens, configures or polls a socket itself.
 pub trait Stream {
@@ -28,6 +30,13 @@ pub trait Stream {
     #[inline]
     fn buffered(&self) -> bool {
         false
+    }
+
+    /// How a read straight into a request's buffer gets the bytes there (counted by the
+    /// receiver per such read): `recv(2)` for a kernel socket, the default.
+    #[inline]
+    fn placement(&self) -> Placement {
+        Placement::Recv
     }
 }
 

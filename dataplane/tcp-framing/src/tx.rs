@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 
+use crate::offload::OffloadCounters;
 use crate::Stream;
 
 /// iovecs per `writev` of a target's connection (see [`TxQueue::send`]).
@@ -77,6 +78,8 @@ pub struct TxQueue {
     head_off: usize,
     queued: u64,
     written: u64,
+    /// Digests computed for what was queued (plain counts: see `offload`).
+    pub(crate) counters: OffloadCounters,
 }
 
 impl TxQueue {
@@ -91,7 +94,13 @@ impl TxQueue {
             head_off: 0,
             queued: 0,
             written: 0,
+            counters: OffloadCounters::default(),
         }
+    }
+
+    /// The digests computed for what this queue sent.
+    pub fn offload(&self) -> &OffloadCounters {
+        &self.counters
     }
 
     /// Nothing to send and nothing to release.

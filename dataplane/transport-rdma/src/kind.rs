@@ -88,20 +88,13 @@ impl Transport for RdmaTransport {
                 l.conns
                     .iter()
                     .map(|c| {
-                        let q = c.queue();
-                        let ctrl = q.controller();
-                        ConnectionInfo {
-                            transport: NAME.to_string(),
-                            peer: c.peer().to_string(),
-                            local: c.local().to_string(),
-                            reactor: ctx.id(),
-                            qid: q.qid(),
-                            cntlid: ctrl.map(|c| c.cntlid),
-                            hostnqn: ctrl.map(|c| c.hostnqn.clone()),
-                            subnqn: ctrl.map(|c| c.subsys.nqn.clone()),
-                            tls: "off".to_string(),
-                            authenticated: q.is_authenticated(),
-                        }
+                        ConnectionInfo::of_queue(
+                            NAME,
+                            c.queue(),
+                            ctx.id(),
+                            c.peer().to_string(),
+                            c.local().to_string(),
+                        )
                     })
                     .collect::<Vec<_>>()
             })

@@ -16,6 +16,9 @@ use lightpool_tcp_framing::{
     Flow, Next, Owner, Pdu, Receiver, RxConfig, RxError, SendParams, TxBuffers, TxQueue, MAX_IOV,
 };
 
+use crate::offload::Publisher;
+use lightpool_tcp_framing::OffloadCounters;
+
 pub use handover::ConnSnapshot;
 pub use lightpool_tcp_framing::Stream;
 
@@ -92,6 +95,8 @@ fn rx_config(in_capsule_max: u32) -> RxConfig {
 pub struct Conn<S: Stream> {
     rx: Receiver<Sink>,
     c: Core<S>,
+    /// Where its offload counts are published (none in tests that poll it alone).
+    offload: Option<Publisher>,
 }
 
 /// Everything of a connection but its receiver: what the receiver calls back into.
@@ -136,7 +141,20 @@ impl<S: Stream> Conn<S> {
                 peer,
                 blocked_on_write: false,
             },
+            offload: None,
         }
+    }
+
+    /// Publish this connection's offload counts through `p` from now on.
+    pub(crate) fn set_offload(&mut self, p: Publisher) {
+        self.offload = Some(p);
+    }
+
+    /// The digests its framing computed and checked and how its payload was placed.
+    pub fn offload_counters(&self) -> OffloadCounters {
+        let mut c = *self.rx.offload();
+        c.merge(self.c.tx.offload());
+        c
     }
 
     pub fn is_closed(&self) -> bool {
@@ -220,6 +238,12 @@ impl<S: Stream> Conn<S> {
                 }
             }
             Phase::Closed => {}
+        }
+        let closed = self.c.phase == Phase::Closed;
+        if work > 0 || closed {
+            if let Some(p) = &mut self.offload {
+                p.tick(now, closed, self.rx.offload(), self.c.tx.offload());
+            }
         }
         work
     }

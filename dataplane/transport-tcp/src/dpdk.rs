@@ -25,11 +25,22 @@ use lightpool_netstack::StackConfig;
 use lightpool_nvmf::{EngineSpec, ListenAddr, ListenerInfo};
 use lightpool_reactor::Ctx;
 
-use crate::engine::{listen_err, start_queue, EngineListener};
+use lightpool_tcp_framing::offload::{SteeredFrames, SteeringEngine};
+
+use crate::engine::{listen_err, start_queue, EngineListener, QueueMeta};
 use crate::{TcpError, TcpTransport, NEXT_PORTID};
 
 /// A DPDK listener: the port stays started while this lives.
 pub(crate) type DpdkListener = EngineListener<Port>;
+
+/// The port's RSS spreads flows over one receive queue per reactor (no per-flow rules
+/// yet); its queues count what they received.
+impl SteeringEngine for DpdkListener {
+    const NAME: &'static str = "dpdk";
+    fn frames(&self) -> Option<SteeredFrames> {
+        None
+    }
+}
 
 /// EAL of this process and the device it was started for.
 static EAL: Mutex<Option<(Eal, String)>> = Mutex::new(None);
@@ -150,10 +161,16 @@ impl TcpTransport {
             let cfg = StackConfig::new(ip, 0);
             let port_no = addr.port();
             let eal = eal.clone();
+            let meta = QueueMeta {
+                engine: "dpdk",
+                steering: <DpdkListener as SteeringEngine>::NAME,
+                interface: device.to_string(),
+                offload: self.offload.clone(),
+            };
             let (tx, rx) = crossbeam::channel::bounded(1);
             self.reactors[q].send(move |ctx: &mut Ctx| {
                 let r = register_on_reactor(&eal)
-                    .and_then(|()| start_queue::<Queue>(ctx, queue, cfg, port_no, target));
+                    .and_then(|()| start_queue::<Queue>(ctx, queue, cfg, port_no, target, meta));
                 let _ = tx.send(r);
             })?;
             rx.recv_timeout(crate::ASK_TIMEOUT)

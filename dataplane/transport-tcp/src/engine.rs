@@ -22,11 +22,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use lightpool_netstack::{PacketEngine, Stack, StackConfig, TcpConn};
-use lightpool_nvmf::{EngineSpec, ListenAddr, Target};
+use lightpool_nvmf::{ConnectionInfo, EngineSpec, ListenAddr, Target};
 use lightpool_reactor::{Ctx, Interest, PollStatus, Poller};
 
 use crate::conn::Conn;
+use crate::offload::{Block, EngineSlot, Publisher, Registry};
 use crate::TcpError;
+
+/// How often a queue publishes its engine counters for the metrics.
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Which engine a queue is and where its counts go.
+pub(crate) struct QueueMeta {
+    /// "af_xdp" or "dpdk".
+    pub(crate) engine: &'static str,
+    /// Its steering engine's name (`SteeringEngine::NAME`).
+    pub(crate) steering: &'static str,
+    pub(crate) interface: String,
+    pub(crate) offload: Arc<Registry>,
+}
 
 /// A listener served through a packet engine; `keep` holds what must live as long as
 /// it (AF_XDP's attached XDP program, DPDK's port).
@@ -43,6 +57,41 @@ struct QueueLocal<E: PacketEngine + 'static> {
     port: u16,
     target: Arc<Target>,
     conns: Vec<Conn<TcpConn>>,
+    engine: &'static str,
+    interface: String,
+    /// This reactor's counts of the flows this engine steered here.
+    block: Arc<Block>,
+    /// This queue's engine counters as the metrics read them, and when next to publish.
+    slot: Arc<EngineSlot>,
+    next_stats: Option<std::time::Instant>,
+}
+
+impl<E: PacketEngine + 'static> QueueLocal<E> {
+    /// Publish the queue's counters for the metrics (at most every `STATS_EVERY`).
+    fn publish_stats(&mut self, now: std::time::Instant) {
+        if self.next_stats.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_stats = Some(now + STATS_EVERY);
+        let c = self.stack.counters();
+        self.slot.set(lightpool_nvmf::PacketEngineStats {
+            engine: self.engine,
+            interface: self.interface.clone(),
+            reactor: 0,
+            rx_frames: c.rx_frames,
+            rx_bytes: c.rx_bytes,
+            tx_frames: c.tx_frames,
+            tx_bytes: c.tx_bytes,
+            drops: vec![
+                ("rx_dropped", c.rx_dropped),
+                ("rx_ring_full", c.rx_ring_full),
+                ("rx_fill_empty", c.rx_fill_empty),
+                ("tx_full", c.tx_full),
+                ("tx_invalid", c.tx_invalid),
+                ("tx_kick_errors", c.tx_kick_errors),
+            ],
+        });
+    }
 }
 
 /// A queue whatever its engine, as the poller drives it.
@@ -51,6 +100,8 @@ trait EngineQueue {
     fn poll(&mut self, ctx: &Ctx) -> bool;
     /// Whether the reactor may sleep on a descriptor for this queue.
     fn can_sleep(&self) -> bool;
+    /// Its connections, as the management API lists them.
+    fn connections(&self, reactor: usize, out: &mut Vec<ConnectionInfo>);
 }
 
 impl<E: PacketEngine + 'static> EngineQueue for QueueLocal<E> {
@@ -61,8 +112,10 @@ impl<E: PacketEngine + 'static> EngineQueue for QueueLocal<E> {
             let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             let engine = self.stack.name();
             tracing::debug!(%peer, reactor = ctx.id(), %engine, "connection accepted");
-            self.conns
-                .push(Conn::new(s, self.target.clone(), peer, ctx.id()));
+            let mut conn = Conn::new(s, self.target.clone(), peer, ctx.id());
+            self.block.flow();
+            conn.set_offload(Publisher::new(self.block.clone()));
+            self.conns.push(conn);
             busy = true;
         }
         let mut i = 0;
@@ -79,6 +132,7 @@ impl<E: PacketEngine + 'static> EngineQueue for QueueLocal<E> {
             busy |= work > 0 || c.has_pending_work();
             i += 1;
         }
+        self.publish_stats(now);
         // What the connections wrote went out with their writes; a sleeping reactor is
         // woken only by frames, so stay up while the stack still holds data or a timer
         // is close.
@@ -88,6 +142,32 @@ impl<E: PacketEngine + 'static> EngineQueue for QueueLocal<E> {
     fn can_sleep(&self) -> bool {
         self.stack.wake_fd().is_some()
     }
+
+    fn connections(&self, reactor: usize, out: &mut Vec<ConnectionInfo>) {
+        for c in &self.conns {
+            let local = c.stream().local_addr().map(|a| a.to_string());
+            let mut info = ConnectionInfo::of_queue(
+                crate::NAME,
+                c.queue(),
+                reactor,
+                c.peer().to_string(),
+                local.unwrap_or_default(),
+            );
+            info.engine = self.engine.to_string();
+            out.push(info);
+        }
+    }
+}
+
+/// The connections of this reactor's engine queues (called on the reactor).
+pub(crate) fn connections(reactor: usize) -> Vec<ConnectionInfo> {
+    let mut out = Vec::new();
+    QUEUES.with(|q| {
+        for q in q.borrow().iter() {
+            q.connections(reactor, &mut out);
+        }
+    });
+    out
 }
 
 thread_local! {
@@ -109,6 +189,7 @@ pub(crate) fn start_queue<E: PacketEngine + 'static>(
     cfg: StackConfig,
     port: u16,
     target: Arc<Target>,
+    meta: QueueMeta,
 ) -> std::io::Result<()> {
     let fd = queue.wake_fd();
     let mut stack = Stack::new(queue, cfg)?;
@@ -123,6 +204,11 @@ pub(crate) fn start_queue<E: PacketEngine + 'static>(
             port,
             target,
             conns: Vec::new(),
+            engine: meta.engine,
+            interface: meta.interface,
+            block: meta.offload.block(ctx.id(), meta.steering),
+            slot: meta.offload.engine_slot(ctx.id(), meta.steering),
+            next_stats: None,
         }));
         q.len() == 1
     });

@@ -116,31 +116,38 @@ impl Transport for TcpTransport {
                 l.conns
                     .iter()
                     .map(|e| {
-                        let q = e.conn.queue();
-                        let c = q.controller();
-                        ConnectionInfo {
-                            transport: NAME.to_string(),
-                            peer: e.conn.peer().to_string(),
-                            local: e
-                                .conn
-                                .stream()
-                                .tcp()
-                                .local_addr()
-                                .map(|a| a.to_string())
-                                .unwrap_or_default(),
-                            reactor: ctx.id(),
-                            qid: q.qid(),
-                            cntlid: c.map(|c| c.cntlid),
-                            hostnqn: c.map(|c| c.hostnqn.clone()),
-                            subnqn: c.map(|c| c.subsys.nqn.clone()),
-                            tls: e.conn.stream().record_layer().to_string(),
-                            authenticated: q.is_authenticated(),
-                        }
+                        let local = e.conn.stream().tcp().local_addr();
+                        let mut info = ConnectionInfo::of_queue(
+                            NAME,
+                            e.conn.queue(),
+                            ctx.id(),
+                            e.conn.peer().to_string(),
+                            local.map(|a| a.to_string()).unwrap_or_default(),
+                        );
+                        info.tls = e.conn.stream().record_layer().to_string();
+                        info.engine = "kernel".to_string();
+                        info
                     })
+                    .chain(engine_connections(ctx.id()))
                     .collect::<Vec<_>>()
             })
             .map_err(TransportError::other)?;
         Ok(per.into_iter().flatten().collect())
+    }
+
+    fn offload(&self) -> lightpool_nvmf::OffloadReport {
+        #[cfg_attr(not(feature = "af_xdp"), allow(unused_mut))]
+        let mut r = self.offload.report();
+        #[cfg(feature = "af_xdp")]
+        for (_, interface, c) in self.xdp_counters() {
+            r.programs.push(lightpool_nvmf::SteeringProgramStats {
+                interface,
+                steered: c.steered,
+                passed: c.passed,
+                no_socket: c.no_socket,
+            });
+        }
+        r
     }
 
     fn remove_listener(&self, addr: &ListenAddr) -> Result<(), TransportError> {
@@ -264,6 +271,17 @@ impl TransportKind for TcpKind {
         };
         Ok((Arc::new(t), adopted))
     }
+}
+
+/// The connections a packet engine's queues on this reactor carry.
+#[cfg(any(feature = "af_xdp", feature = "dpdk"))]
+fn engine_connections(reactor: usize) -> Vec<ConnectionInfo> {
+    crate::engine::connections(reactor)
+}
+
+#[cfg(not(any(feature = "af_xdp", feature = "dpdk")))]
+fn engine_connections(_reactor: usize) -> Vec<ConnectionInfo> {
+    Vec::new()
 }
 
 /// A listener of an engine this build lacks (its cargo feature `feature`).

@@ -6,12 +6,14 @@
 //! of a reactor sit in that reactor's thread-local set, polled by one poller, so that a
 //! hot upgrade can reach all of them by mailbox to quiesce, export or adopt them.
 
+mod accept;
 mod conn;
 #[cfg(feature = "dpdk")]
 mod dpdk;
 #[cfg(any(feature = "af_xdp", feature = "dpdk"))]
 mod engine;
 mod kind;
+mod offload;
 mod ready;
 mod sock;
 #[cfg(feature = "af_xdp")]
@@ -24,6 +26,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use accept::{Acceptor, ACCEPT_INTERVAL};
 use lightpool_nvmf::region::Region;
 use lightpool_nvmf::restore::RegionImage;
 use lightpool_nvmf::{ListenAddr, ListenerInfo, Target};
@@ -147,6 +150,8 @@ fn push_acceptor(ctx: &mut Ctx, l: &mut Local, acceptor: Acceptor) {
 pub struct TcpTransport {
     target: Arc<Target>,
     reactors: Vec<ReactorHandle>,
+    /// Who did the offloadable work of its connections (`offload`).
+    offload: Arc<offload::Registry>,
     /// The OpenSSL context of TLS listeners, made with the first of them.
     #[cfg(feature = "tls")]
     tls: std::sync::OnceLock<openssl::ssl::SslContext>,
@@ -207,6 +212,7 @@ impl TcpTransport {
         Ok(TcpTransport {
             target,
             reactors,
+            offload: Default::default(),
             #[cfg(feature = "tls")]
             tls: std::sync::OnceLock::new(),
             #[cfg(feature = "af_xdp")]
@@ -363,6 +369,7 @@ impl TcpTransport {
             secure,
             ktls,
             tls,
+            offload: self.offload.clone(),
         };
         self.reactors[0].send(move |ctx: &mut Ctx| {
             LOCAL.with(|l| {
@@ -586,6 +593,7 @@ impl TcpTransport {
             let reactors = t.reactors.clone();
             let region = region.clone();
             let image = image.clone();
+            let offload = t.offload.clone();
             r.send(move |ctx: &mut Ctx| {
                 LOCAL.with(|l| {
                     let mut l = l.borrow_mut();
@@ -602,6 +610,7 @@ impl TcpTransport {
                         secure,
                         ktls,
                         tls,
+                        offload: offload.clone(),
                     };
                     LOCAL.with(|l| push_acceptor(ctx, &mut l.borrow_mut(), acceptor));
                 }
@@ -615,7 +624,12 @@ impl TcpTransport {
                     };
                     match Conn::import(sock, target.clone(), &region, &image, &snap, now, ctx.id())
                     {
-                        Ok(conn) => add_conn(ctx, conn, true),
+                        Ok(mut conn) => {
+                            // Steered by the predecessor: its flow is counted there.
+                            let block = offload.block(ctx.id(), <offload::KernelAccept as lightpool_tcp_framing::offload::SteeringEngine>::NAME);
+                            conn.set_offload(offload::Publisher::new(block));
+                            add_conn(ctx, conn, true)
+                        }
                         Err(e) => res = Err(e.to_string()),
                     }
                 }
@@ -706,7 +720,7 @@ fn rewatch(ctx: &mut Ctx, l: &mut Local) {
     }
 }
 
-fn add_conn(ctx: &mut Ctx, conn: Conn<Sock>, frozen: bool) {
+pub(crate) fn add_conn(ctx: &mut Ctx, conn: Conn<Sock>, frozen: bool) {
     let fd = conn.stream().tcp().as_raw_fd();
     let unwatched = LOCAL.with(|l| l.borrow().unwatched);
     if !unwatched {
@@ -740,83 +754,6 @@ fn add_conn(ctx: &mut Ctx, conn: Conn<Sock>, frozen: bool) {
         });
         ensure_poller(ctx, &mut l);
     });
-}
-
-struct Acceptor {
-    listener: TcpListener,
-    target: Arc<Target>,
-    reactors: Vec<ReactorHandle>,
-    next: usize,
-    secure: Secure,
-    ktls: Ktls,
-    tls: Tls,
-}
-
-/// A busy reactor tries accept() at most this often: a connection waits at most this
-/// long, and the I/O path does not pay a failing system call every iteration.
-const ACCEPT_INTERVAL: Duration = Duration::from_millis(1);
-
-/// Connections accepted per poll at most.
-const ACCEPT_BUDGET: usize = 16;
-
-impl Acceptor {
-    /// The stream of a connection accepted on this listener.
-    fn sock(&self, stream: TcpStream, peer: SocketAddr) -> Sock {
-        match &self.tls {
-            #[cfg(feature = "tls")]
-            Some(ctx) => Sock::Tls(Box::new(sock::tls::Server::new(
-                stream,
-                ctx.clone(),
-                self.secure,
-                self.ktls,
-                peer.to_string(),
-            ))),
-            #[cfg(not(feature = "tls"))]
-            Some(never) => match *never {},
-            None => {
-                let _ = peer;
-                Sock::Plain(stream)
-            }
-        }
-    }
-
-    fn poll(&mut self) -> bool {
-        let mut work = false;
-        for _ in 0..ACCEPT_BUDGET {
-            match self.listener.accept() {
-                Ok((stream, peer)) => {
-                    work = true;
-                    if let Err(e) = stream
-                        .set_nodelay(true)
-                        .and_then(|_| stream.set_nonblocking(true))
-                    {
-                        tracing::warn!(%peer, error = %e, "cannot set up an accepted connection");
-                        continue;
-                    }
-                    let r = &self.reactors[self.next % self.reactors.len()];
-                    self.next = self.next.wrapping_add(1);
-                    let target = self.target.clone();
-                    tracing::debug!(%peer, reactor = r.id(), "connection accepted");
-                    let sock = self.sock(stream, peer);
-                    let res = r.send(move |ctx: &mut Ctx| {
-                        let id = ctx.id();
-                        add_conn(ctx, Conn::new(sock, target, peer.to_string(), id), false)
-                    });
-                    if let Err(e) = res {
-                        tracing::error!(%peer, error = %e, "cannot hand a connection to its reactor");
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // EMFILE and friends: keep serving the connections we have.
-                    tracing::warn!(error = %e, "accept failed");
-                    break;
-                }
-            }
-        }
-        work
-    }
 }
 
 /// The one poller of this transport on a reactor.

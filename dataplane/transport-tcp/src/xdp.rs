@@ -11,11 +11,26 @@ use lightpool_nvmf::{EngineSpec, ListenAddr, ListenerInfo};
 use lightpool_reactor::Ctx;
 use lightpool_xdp::{Mode, QueueConfig, Steering, XskQueue};
 
-use crate::engine::{listen_err, start_queue, EngineListener};
+use lightpool_tcp_framing::offload::{SteeredFrames, SteeringEngine};
+
+use crate::engine::{listen_err, start_queue, EngineListener, QueueMeta};
 use crate::{TcpError, TcpTransport, NEXT_PORTID};
 
 /// An AF_XDP listener: the XDP program stays attached while this lives.
 pub(crate) type XdpListener = EngineListener<Steering>;
+
+/// The XDP program steers: its per-CPU counters, read from its BPF map.
+impl SteeringEngine for XdpListener {
+    const NAME: &'static str = "xdp";
+    fn frames(&self) -> Option<SteeredFrames> {
+        let c = self.keep.counters().ok()?;
+        Some(SteeredFrames {
+            steered: c.steered,
+            passed: c.passed,
+            no_socket: c.no_socket,
+        })
+    }
+}
 
 impl TcpTransport {
     /// Serve NVMe/TCP on `addr` through AF_XDP on `interface` (the address's IP is the
@@ -58,9 +73,15 @@ impl TcpTransport {
             let target = self.target.clone();
             let cfg = StackConfig::new(ip, prefix);
             let port = addr.port();
+            let meta = QueueMeta {
+                engine: "af_xdp",
+                steering: <XdpListener as SteeringEngine>::NAME,
+                interface: interface.to_string(),
+                offload: self.offload.clone(),
+            };
             let (tx, rx) = crossbeam::channel::bounded(1);
             self.reactors[q as usize].send(move |ctx: &mut Ctx| {
-                let _ = tx.send(start_queue(ctx, queue, cfg, port, target));
+                let _ = tx.send(start_queue(ctx, queue, cfg, port, target, meta));
             })?;
             rx.recv_timeout(crate::ASK_TIMEOUT)
                 .map_err(|_| TcpError::Timeout(q as usize))?
@@ -90,11 +111,12 @@ impl TcpTransport {
         l.iter().find(|l| &l.addr == addr).map(|l| l.spec.clone())
     }
 
-    /// The XDP program's counters per AF_XDP listener (steered, passed, no socket).
-    pub fn xdp_counters(&self) -> Vec<(ListenAddr, lightpool_xdp::SteeringCounters)> {
+    /// The XDP program's counters per AF_XDP listener (steered, passed, no socket),
+    /// with its interface.
+    pub fn xdp_counters(&self) -> Vec<(ListenAddr, String, SteeredFrames)> {
         let l = self.xdp.lock().expect("xdp listeners");
         l.iter()
-            .filter_map(|l| Some((l.addr.clone(), l.keep.counters().ok()?)))
+            .filter_map(|l| Some((l.addr.clone(), l.spec.interface.clone(), l.frames()?)))
             .collect()
     }
 }

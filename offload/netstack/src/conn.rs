@@ -149,6 +149,12 @@ impl lightpool_tcp_framing::Stream for TcpConn {
         self.stack.borrow_mut().poll();
         Ok(n)
     }
+
+    /// A read straight into a request's buffer copies out of smoltcp's socket ring.
+    #[inline]
+    fn placement(&self) -> lightpool_tcp_framing::Placement {
+        lightpool_tcp_framing::Placement::StackRing
+    }
 }
 
 impl Drop for TcpConn {

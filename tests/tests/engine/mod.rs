@@ -20,6 +20,9 @@ pub struct Served {
     pub mode: String,
     /// Where the listener serves.
     pub addr: Ipv4Addr,
+    /// The target's management API socket (beside its control socket).
+    #[allow(dead_code)]
+    pub api: std::path::PathBuf,
     nqn: String,
 }
 
@@ -36,6 +39,22 @@ impl Served {
         nqn: &str,
         listening: &str,
     ) -> Served {
+        Served::start_with(pair, addr, "", listener, name, mode, nqn, listening)
+    }
+
+    /// As [`Served::start`], with `target` lines added to the `[target]` table and
+    /// `listener` free to hold more `[[listener]]` tables after the first.
+    #[allow(clippy::too_many_arguments, dead_code)]
+    pub fn start_with(
+        pair: VethPair,
+        addr: Ipv4Addr,
+        target: &str,
+        listener: &str,
+        name: &str,
+        mode: &str,
+        nqn: &str,
+        listening: &str,
+    ) -> Served {
         let dir = e2e_dir().expect("dir");
         let cfg = dir.join(format!("{name}.toml"));
         let control = dir.join(format!("{name}.sock"));
@@ -43,7 +62,7 @@ impl Served {
         std::fs::write(
             &cfg,
             format!(
-                "[target]\nreactors = 2\n\
+                "[target]\nreactors = 2\n{target}\n\
                  [[listener]]\naddress = \"{addr}:{PORT}\"\n{listener}\n\
                  [[subsystem]]\nnqn = \"{nqn}\"\n[[subsystem.namespace]]\nnsid = 1\nram = \"64MiB\"\nblock_size = 512\n"
             ),
@@ -74,21 +93,34 @@ impl Served {
             target,
             mode: mode.to_string(),
             addr,
+            api: control.with_extension("api.sock"),
             nqn: nqn.to_string(),
         }
     }
 
     /// lightpool-perf in the peer namespace: verified random read/write of `size`.
     pub fn perf(&self, size: &str, secs: &str) -> std::process::Child {
+        self.perf_to(PORT, size, secs, &[])
+    }
+
+    /// As [`Served::perf`], to `port`, with `extra` arguments (e.g. `--digest`).
+    pub fn perf_to(
+        &self,
+        port: u16,
+        size: &str,
+        secs: &str,
+        extra: &[&str],
+    ) -> std::process::Child {
         Command::new("ip")
             .args(["netns", "exec", &self.pair.ns_b])
             .arg(release_binary("lightpool-perf").expect("built"))
             .arg("-r")
             .arg(format!(
-                "trtype:tcp adrfam:ipv4 traddr:{} trsvcid:{PORT} subnqn:{}",
+                "trtype:tcp adrfam:ipv4 traddr:{} trsvcid:{port} subnqn:{}",
                 self.addr, self.nqn
             ))
             .args(["-q", "16", "-o", size, "-w", "randrw", "-M", "50"])
+            .args(extra)
             .args(["--verify", "--json", "-c", "1", "-t", secs])
             .args(["--range", "0:16384", "--connect-timeout", "20"])
             .stdout(Stdio::piped())

@@ -588,6 +588,7 @@ impl controllers_server::Controllers for Api {
                         nqn: c.subnqn,
                         tls: c.tls,
                         authenticated: c.authenticated,
+                        engine: c.engine,
                     }));
                 }
                 Ok(out)

@@ -909,3 +909,55 @@ fn snapshots_that_make_no_sense_are_refused() {
         assert!(Receiver::import(c, &s).is_err(), "{s:?}");
     }
 }
+
+/// The receiver counts every digest it checks with the bytes it covered, and every
+/// payload byte placed in a buffer by how it got there, however the stream is split.
+#[test]
+fn digests_and_placement_are_counted() {
+    use crate::offload::{Placement, PLACEMENTS};
+    for d in ALL_DIGESTS {
+        let (s, _, _) = controller_stream(d);
+        for (chunk, direct_min) in [
+            (1, u32::MAX),
+            (97, u32::MAX),
+            (s.len(), u32::MAX),
+            (100, 64),
+        ] {
+            let c = RxConfig {
+                direct_min,
+                staging: 512,
+                ..cfg(Role::Controller)
+            };
+            let (_, _, rx) = run(c, None, &s, chunk, |_| {});
+            let n = rx.offload();
+            // Six PDUs after ICReq: four capsules (HLEN 72), two H2CData (HLEN 24).
+            let (hd, hb) = if d.header {
+                (6, 4 * 72 + 2 * 24)
+            } else {
+                (0, 0)
+            };
+            // Payloads with data: 1000, 2500, 3500, and 300 dropped (still checked).
+            let (dd, db) = if d.data { (4, 7300) } else { (0, 0) };
+            assert_eq!(
+                (n.digests, n.digest_bytes),
+                (hd + dd, hb + db),
+                "{d:?} chunk {chunk}"
+            );
+            let placed: u64 = n.placed_bytes.iter().sum();
+            assert_eq!(
+                placed, 7000,
+                "{d:?} chunk {chunk}: the dropped payload is not placed"
+            );
+            let recv = n.placed_bytes[Placement::Recv as usize];
+            if direct_min == u32::MAX {
+                assert_eq!(recv, 0);
+            } else {
+                assert!(recv > 0, "{d:?}: no direct read counted");
+            }
+            for p in [Placement::StackRing, Placement::Device] {
+                assert_eq!(n.placements[p as usize], 0);
+            }
+            assert_eq!(n.placements.len(), PLACEMENTS);
+        }
+    }
+}
