@@ -53,6 +53,103 @@ fn perf_verify_through_af_xdp_native() {
     serve_perf_through_af_xdp("native", "en", 73);
 }
 
+/// A hot upgrade with an AF_XDP listener: the old process ends the listener at quiesce
+/// (its connections close, its XDP program and sockets go) and the successor listens
+/// through AF_XDP again once the old one has let go; verified I/O after it. Then the
+/// listener is removed through the management API: the XDP program detaches, nothing
+/// answers on the port, and the kernel still answers on the interface.
+#[test]
+fn af_xdp_listener_survives_a_hot_upgrade_and_is_removed_through_the_api() {
+    let mode = "native";
+    let (tag, net) = ("eu", 78);
+    let name = format!("af-xdp-{tag}-{mode}");
+    let s = start(mode, tag, net);
+    s.perf_ok("4096", "2", "4 KiB before the upgrade");
+    let control = lightpool_e2e::e2e_dir()
+        .expect("dir")
+        .join(format!("{name}.sock"));
+    let bin = lightpool_e2e::release_binary("lightpool-target").expect("built");
+    let run = |argv: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &s.pair.ns_a])
+            .args(argv)
+            .output()
+            .expect("run");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), said)
+    };
+    let (ok, said) = run(&[
+        bin.as_os_str(),
+        "upgrade".as_ref(),
+        "--binary".as_ref(),
+        bin.as_os_str(),
+        "--control-socket".as_ref(),
+        control.as_os_str(),
+    ]);
+    assert!(ok, "upgrade: {said}\n{}", s.target.log());
+    // The successor is not this test's child: its pid, to stop it at the end.
+    let pid: i32 = said
+        .split("now serving:")
+        .nth(1)
+        .and_then(|t| t.split("pid=").nth(1))
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no successor pid in {said}"));
+    let stop = || {
+        // SAFETY: kill(2) of the successor this test started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    };
+    // Until it has taken over, the successor logs to the upgrade command's output.
+    if !said.contains("NVMe/TCP listening through the engine again") {
+        stop();
+        panic!("the successor did not listen through AF_XDP again: {said}");
+    }
+    s.perf_ok("4096", "2", "4 KiB after the upgrade");
+    s.perf_ok("131072", "2", "128 KiB after the upgrade");
+    let lp = lightpool_e2e::release_binary("lightpool").expect("built");
+    let addr = format!("{}:{}", s.addr, engine::PORT);
+    let (ok, said) = run(&[
+        lp.as_os_str(),
+        "--socket".as_ref(),
+        s.api.as_os_str(),
+        "listener".as_ref(),
+        "remove".as_ref(),
+        addr.as_ref(),
+    ]);
+    let (_, link) = run(&[
+        "ip".as_ref(),
+        "link".as_ref(),
+        "show".as_ref(),
+        s.pair.a.as_ref(),
+    ]);
+    let refused = s.perf("4096", "1").wait_with_output().expect("perf");
+    let pinged = s.pair.exec(
+        &s.pair.ns_b,
+        &["ping", "-c", "1", "-W", "2", &s.addr.to_string()],
+    );
+    stop();
+    assert!(ok, "listener remove: {said}\n{}", s.target.log());
+    assert!(
+        s.target.log().contains("NVMe/TCP listener removed"),
+        "{}",
+        s.target.log()
+    );
+    assert!(
+        !link.contains("xdp"),
+        "an XDP program is still attached: {link}"
+    );
+    assert!(
+        !refused.status.success(),
+        "perf connected to a removed listener"
+    );
+    pinged.expect("the kernel answers ping on the interface after the removal");
+    assert!(!s.target.log().contains("ERROR"), "{}", s.target.log());
+}
+
 #[test]
 fn perf_verify_through_af_xdp_generic() {
     serve_perf_through_af_xdp("generic", "eg", 74);

@@ -72,7 +72,7 @@ fn upgrade_refused(s: &Served, name: &str) {
     );
     assert!(!out.status.success(), "the upgrade went through: {said}");
     assert!(
-        said.contains("kernel-bypass packet engine") && said.contains("engine dpdk"),
+        said.contains("served through DPDK") && said.contains("engine dpdk"),
         "{said}"
     );
     assert!(

@@ -27,7 +27,7 @@ use lightpool_reactor::Ctx;
 
 use lightpool_tcp_framing::offload::{SteeredFrames, SteeringEngine};
 
-use crate::engine::{listen_err, start_queue, EngineListener, QueueMeta};
+use crate::engine::{listen_err, start_queue, EngineListener, QueueMeta, NEXT_ENGINE_LISTENER};
 use crate::{TcpError, TcpTransport, NEXT_PORTID};
 
 /// A DPDK listener: the port stays started while this lives.
@@ -97,7 +97,7 @@ impl TcpTransport {
         if let Some((_, dev)) = eal.as_ref() {
             return Err(listen_err(
                 bound,
-                format!("EAL runs already, for {dev:?}: one DPDK listener per process"),
+                format!("EAL runs already, for {dev:?}: one DPDK listener per process, a removed one included (its port was closed with it, and DPDK cannot open it again in this process): restart the target to listen through DPDK again"),
             ));
         }
         let (mut cfg, name) = eal_device(device);
@@ -154,28 +154,39 @@ impl TcpTransport {
         }
         let link = port.link().map(|l| l.up).unwrap_or(false);
         let n = queues.len();
-        for (q, queue) in queues.into_iter().enumerate() {
-            let target = self.target.clone();
-            // Peers are on-link and learned from their frames (lightpool-netstack's
-            // Learn): every address is taken as on-link.
-            let cfg = StackConfig::new(ip, 0);
-            let port_no = addr.port();
-            let eal = eal.clone();
-            let meta = QueueMeta {
-                engine: "dpdk",
-                steering: <DpdkListener as SteeringEngine>::NAME,
-                interface: device.to_string(),
-                offload: self.offload.clone(),
-            };
-            let (tx, rx) = crossbeam::channel::bounded(1);
-            self.reactors[q].send(move |ctx: &mut Ctx| {
-                let r = register_on_reactor(&eal)
-                    .and_then(|()| start_queue::<Queue>(ctx, queue, cfg, port_no, target, meta));
-                let _ = tx.send(r);
-            })?;
-            rx.recv_timeout(crate::ASK_TIMEOUT)
-                .map_err(|_| TcpError::Timeout(q))?
-                .map_err(|e| listen_err(addr, e))?;
+        let id = NEXT_ENGINE_LISTENER.fetch_add(1, Ordering::Relaxed);
+        let start = || -> Result<(), TcpError> {
+            for (q, queue) in queues.into_iter().enumerate() {
+                let target = self.target.clone();
+                // Peers are on-link and learned from their frames (lightpool-netstack's
+                // Learn): every address is taken as on-link.
+                let cfg = StackConfig::new(ip, 0);
+                let port_no = addr.port();
+                let eal = eal.clone();
+                let meta = QueueMeta {
+                    engine: "dpdk",
+                    steering: <DpdkListener as SteeringEngine>::NAME,
+                    interface: device.to_string(),
+                    offload: self.offload.clone(),
+                    listener: id,
+                };
+                let (tx, rx) = crossbeam::channel::bounded(1);
+                self.reactors[q].send(move |ctx: &mut Ctx| {
+                    let r = register_on_reactor(&eal).and_then(|()| {
+                        start_queue::<Queue>(ctx, queue, cfg, port_no, target, meta)
+                    });
+                    let _ = tx.send(r);
+                })?;
+                rx.recv_timeout(crate::ASK_TIMEOUT)
+                    .map_err(|_| TcpError::Timeout(q))?
+                    .map_err(|e| listen_err(addr, e))?;
+            }
+            Ok(())
+        };
+        if let Err(e) = start() {
+            // The queues that started go again (the port with `port`).
+            let _ = self.end_engine_queues(id, crate::ASK_TIMEOUT);
+            return Err(e);
         }
         let la = ListenAddr::tcp(addr);
         self.target.add_listener(ListenerInfo {
@@ -189,6 +200,7 @@ impl TcpTransport {
             .lock()
             .expect("dpdk listeners")
             .push(DpdkListener {
+                id,
                 addr: la,
                 spec: EngineSpec {
                     engine: "dpdk".into(),

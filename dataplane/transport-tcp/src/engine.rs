@@ -11,15 +11,20 @@
 //! polled: while a reactor holds such a queue it never sleeps, and its core is spent
 //! on the queue whether traffic comes or not.
 //!
-//! The engines' listener setup is beside this: `xdp.rs`, `dpdk.rs`. Not here: TLS on
-//! such a listener, removing the listener, and handing it over in a hot upgrade (the
-//! old process refuses an upgrade while it serves one: the successor could neither
-//! take the userspace stack's connections nor attach while this process holds the
-//! interface's queues, XDP program or port; a restart runs a new binary).
+//! The engines' listener setup is beside this: `xdp.rs`, `dpdk.rs`. A listener goes
+//! ([`TcpTransport::remove_engine`], the management API's listener removal): its
+//! queues stop accepting, their connections close once what they run has finished,
+//! then the queues, their stacks and the interface hold (XDP program and sockets, DPDK
+//! port) go. A hot upgrade does the same at quiesce and the successor listens again at
+//! resume (`kind.rs`): the connections do not travel (they live in this process's
+//! userspace stack), the hosts reconnect. Not here: TLS on such a listener.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lightpool_netstack::{PacketEngine, Stack, StackConfig, TcpConn};
 use lightpool_nvmf::{ConnectionInfo, EngineSpec, ListenAddr, Target};
@@ -27,7 +32,7 @@ use lightpool_reactor::{Ctx, Interest, PollStatus, Poller};
 
 use crate::conn::Conn;
 use crate::offload::{Block, EngineSlot, Publisher, Registry};
-use crate::TcpError;
+use crate::{TcpError, TcpTransport};
 
 /// How often a queue publishes its engine counters for the metrics.
 const STATS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -40,11 +45,18 @@ pub(crate) struct QueueMeta {
     pub(crate) steering: &'static str,
     pub(crate) interface: String,
     pub(crate) offload: Arc<Registry>,
+    /// The listener the queue serves ([`EngineListener::id`]).
+    pub(crate) listener: u64,
 }
+
+/// Names engine listeners for their removal (a number per listener made here).
+pub(crate) static NEXT_ENGINE_LISTENER: AtomicU64 = AtomicU64::new(1);
 
 /// A listener served through a packet engine; `keep` holds what must live as long as
 /// it (AF_XDP's attached XDP program, DPDK's port).
 pub(crate) struct EngineListener<K> {
+    /// Its queues on the reactors carry this ([`QueueMeta::listener`]).
+    pub(crate) id: u64,
     pub(crate) addr: ListenAddr,
     pub(crate) spec: EngineSpec,
     pub(crate) keep: K,
@@ -64,6 +76,9 @@ struct QueueLocal<E: PacketEngine + 'static> {
     /// This queue's engine counters as the metrics read them, and when next to publish.
     slot: Arc<EngineSlot>,
     next_stats: Option<std::time::Instant>,
+    listener: u64,
+    /// Its listener is being removed: nothing more is accepted, its connections close.
+    ending: bool,
 }
 
 impl<E: PacketEngine + 'static> QueueLocal<E> {
@@ -102,13 +117,23 @@ trait EngineQueue {
     fn can_sleep(&self) -> bool;
     /// Its connections, as the management API lists them.
     fn connections(&self, reactor: usize, out: &mut Vec<ConnectionInfo>);
+    /// The listener it serves.
+    fn listener(&self) -> u64;
+    /// Its listener goes: stop accepting and close the connections (what runs
+    /// finishes); whether none is left, so that the queue may be dropped.
+    fn end(&mut self) -> bool;
+    /// The descriptor the reactor watches for it, if any.
+    fn wake_fd(&self) -> Option<RawFd>;
 }
 
 impl<E: PacketEngine + 'static> EngineQueue for QueueLocal<E> {
     fn poll(&mut self, ctx: &Ctx) -> bool {
         let now = ctx.now();
         let mut busy = self.stack.poll();
-        while let Some(s) = self.stack.accept(self.port) {
+        while let Some(s) = (!self.ending)
+            .then(|| self.stack.accept(self.port))
+            .flatten()
+        {
             let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             let engine = self.stack.name();
             tracing::debug!(%peer, reactor = ctx.id(), %engine, "connection accepted");
@@ -157,6 +182,108 @@ impl<E: PacketEngine + 'static> EngineQueue for QueueLocal<E> {
             out.push(info);
         }
     }
+
+    fn listener(&self) -> u64 {
+        self.listener
+    }
+
+    fn end(&mut self) -> bool {
+        if !self.ending {
+            self.ending = true;
+            for c in &mut self.conns {
+                c.close("its listener was removed");
+            }
+        }
+        if self.conns.is_empty() {
+            // The closed connections' FINs go out before the stack goes.
+            self.stack.poll();
+            return true;
+        }
+        false
+    }
+
+    fn wake_fd(&self) -> Option<RawFd> {
+        self.stack.wake_fd()
+    }
+}
+
+/// On a reactor: end its queues of listener `id` ([`EngineQueue::end`]), dropping
+/// those with no connection left; how many of them are left.
+fn end_queues(ctx: &mut Ctx, id: u64) -> usize {
+    QUEUES.with(|q| {
+        let mut q = q.borrow_mut();
+        let mut left = 0;
+        q.retain_mut(|x| {
+            if x.listener() != id {
+                return true;
+            }
+            if x.end() {
+                if let Some(fd) = x.wake_fd() {
+                    ctx.unregister_fd(fd);
+                }
+                return false;
+            }
+            left += 1;
+            true
+        });
+        left
+    })
+}
+
+impl TcpTransport {
+    /// Ends the queues of engine listener `id` on every reactor: its connections close
+    /// once what they run has finished (at most `timeout`), then the queues and their
+    /// stacks go. The caller then drops the listener's interface hold.
+    pub(crate) fn end_engine_queues(&self, id: u64, timeout: Duration) -> Result<(), TcpError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left: usize = self
+                .ask(move |ctx, _| end_queues(ctx, id))?
+                .into_iter()
+                .sum();
+            if left == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(TcpError::Timeout(0));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Removes the engine listener at `addr` from `list` (AF_XDP's or DPDK's): its
+    /// connections close once what they run has finished (at most `timeout`), its
+    /// queues go, then its hold on the interface (XDP program and sockets, DPDK port)
+    /// and its discovery entry. Its engine, or `None` when `list` has no such listener.
+    pub(crate) fn remove_engine<K>(
+        &self,
+        list: &std::sync::Mutex<Vec<EngineListener<K>>>,
+        addr: &ListenAddr,
+        timeout: Duration,
+    ) -> Result<Option<EngineSpec>, TcpError> {
+        let id = {
+            let l = list.lock().expect("engine listeners");
+            l.iter().find(|l| &l.addr == addr).map(|l| l.id)
+        };
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        self.end_engine_queues(id, timeout)?;
+        let gone = {
+            let mut l = list.lock().expect("engine listeners");
+            l.iter().position(|l| l.id == id).map(|i| l.remove(i))
+        };
+        let Some(gone) = gone else {
+            return Ok(None);
+        };
+        self.target.remove_listener(addr);
+        let spec = gone.spec.clone();
+        // The XDP program detaches, the sockets or the port close.
+        drop(gone);
+        tracing::info!(addr = %addr.to_addr_string(), engine = %spec.engine,
+            interface = %spec.interface, "NVMe/TCP listener removed");
+        Ok(Some(spec))
+    }
 }
 
 /// The connections of this reactor's engine queues (called on the reactor).
@@ -172,6 +299,8 @@ pub(crate) fn connections(reactor: usize) -> Vec<ConnectionInfo> {
 
 thread_local! {
     static QUEUES: RefCell<Vec<Box<dyn EngineQueue>>> = const { RefCell::new(Vec::new()) };
+    /// Whether this reactor runs the engine poller already.
+    static POLLER: Cell<bool> = const { Cell::new(false) };
 }
 
 pub(crate) fn listen_err(addr: SocketAddr, e: impl std::fmt::Display) -> TcpError {
@@ -197,7 +326,7 @@ pub(crate) fn start_queue<E: PacketEngine + 'static>(
     if let Some(fd) = fd {
         ctx.register_fd(fd, Interest::READABLE)?;
     }
-    let first = QUEUES.with(|q| {
+    QUEUES.with(|q| {
         let mut q = q.borrow_mut();
         q.push(Box::new(QueueLocal {
             stack,
@@ -209,10 +338,13 @@ pub(crate) fn start_queue<E: PacketEngine + 'static>(
             block: meta.offload.block(ctx.id(), meta.steering),
             slot: meta.offload.engine_slot(ctx.id(), meta.steering),
             next_stats: None,
+            listener: meta.listener,
+            ending: false,
         }));
-        q.len() == 1
     });
-    if first {
+    // One poller per reactor, for all its queues, whatever came and went.
+    if !POLLER.get() {
+        POLLER.set(true);
         ctx.add_poller(Box::new(EnginePoller));
     }
     Ok(())

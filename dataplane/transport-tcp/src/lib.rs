@@ -161,6 +161,11 @@ pub struct TcpTransport {
     /// Listeners served through DPDK (their ports stay started).
     #[cfg(feature = "dpdk")]
     dpdk: std::sync::Mutex<Vec<dpdk::DpdkListener>>,
+    /// Engine listeners to listen on again at [`Transport::resume`]: in a hot upgrade
+    /// the old process ends them at quiesce (their connections close; the hosts
+    /// reconnect) and the new one listens again once the old has let go, or the old
+    /// one again when the handover failed.
+    relisten: std::sync::Mutex<Vec<(String, lightpool_nvmf::EngineSpec)>>,
 }
 
 /// Listeners and connections as a hot upgrade carries them, each with the index of its
@@ -178,6 +183,9 @@ pub struct TcpState {
     /// The connections in kTLS, by the index of their descriptor (as in `conns`): the
     /// kernel holds their keys, they travel as sockets.
     pub ktls_conns: Vec<usize>,
+    /// Listeners served through a packet engine: (address, engine, interface, mode).
+    /// Their connections do not travel; the successor listens again at resume.
+    pub engines: Vec<(String, String, String, String)>,
 }
 
 /// What one reactor of the new process takes over: listeners and connections.
@@ -219,6 +227,7 @@ impl TcpTransport {
             xdp: Default::default(),
             #[cfg(feature = "dpdk")]
             dpdk: Default::default(),
+            relisten: Default::default(),
         })
     }
 
@@ -495,6 +504,7 @@ impl TcpTransport {
             secure: Vec::new(),
             ktls_off: Vec::new(),
             ktls_conns: Vec::new(),
+            engines: Vec::new(),
         };
         let mut fds = Vec::new();
         for r in per {

@@ -13,7 +13,7 @@ use lightpool_xdp::{Mode, QueueConfig, Steering, XskQueue};
 
 use lightpool_tcp_framing::offload::{SteeredFrames, SteeringEngine};
 
-use crate::engine::{listen_err, start_queue, EngineListener, QueueMeta};
+use crate::engine::{listen_err, start_queue, EngineListener, QueueMeta, NEXT_ENGINE_LISTENER};
 use crate::{TcpError, TcpTransport, NEXT_PORTID};
 
 /// An AF_XDP listener: the XDP program stays attached while this lives.
@@ -64,28 +64,38 @@ impl TcpTransport {
             .steer_port(addr.port())
             .map_err(|e| listen_err(bound, e))?;
         let queues = lightpool_xdp::rx_queues(interface).min(self.reactors.len() as u32);
-        for q in 0..queues {
-            let queue = XskQueue::open(interface, q, &QueueConfig::default())
-                .map_err(|e| listen_err(bound, e))?;
-            steering
-                .register(q, queue.fd())
-                .map_err(|e| listen_err(bound, e))?;
-            let target = self.target.clone();
-            let cfg = StackConfig::new(ip, prefix);
-            let port = addr.port();
-            let meta = QueueMeta {
-                engine: "af_xdp",
-                steering: <XdpListener as SteeringEngine>::NAME,
-                interface: interface.to_string(),
-                offload: self.offload.clone(),
-            };
-            let (tx, rx) = crossbeam::channel::bounded(1);
-            self.reactors[q as usize].send(move |ctx: &mut Ctx| {
-                let _ = tx.send(start_queue(ctx, queue, cfg, port, target, meta));
-            })?;
-            rx.recv_timeout(crate::ASK_TIMEOUT)
-                .map_err(|_| TcpError::Timeout(q as usize))?
-                .map_err(|e| listen_err(bound, e))?;
+        let id = NEXT_ENGINE_LISTENER.fetch_add(1, Ordering::Relaxed);
+        let mut start = || -> Result<(), TcpError> {
+            for q in 0..queues {
+                let queue = XskQueue::open(interface, q, &QueueConfig::default())
+                    .map_err(|e| listen_err(bound, e))?;
+                steering
+                    .register(q, queue.fd())
+                    .map_err(|e| listen_err(bound, e))?;
+                let target = self.target.clone();
+                let cfg = StackConfig::new(ip, prefix);
+                let port = addr.port();
+                let meta = QueueMeta {
+                    engine: "af_xdp",
+                    steering: <XdpListener as SteeringEngine>::NAME,
+                    interface: interface.to_string(),
+                    offload: self.offload.clone(),
+                    listener: id,
+                };
+                let (tx, rx) = crossbeam::channel::bounded(1);
+                self.reactors[q as usize].send(move |ctx: &mut Ctx| {
+                    let _ = tx.send(start_queue(ctx, queue, cfg, port, target, meta));
+                })?;
+                rx.recv_timeout(crate::ASK_TIMEOUT)
+                    .map_err(|_| TcpError::Timeout(q as usize))?
+                    .map_err(|e| listen_err(bound, e))?;
+            }
+            Ok(())
+        };
+        if let Err(e) = start() {
+            // The queues that started go again (the XDP program with `steering`).
+            let _ = self.end_engine_queues(id, crate::ASK_TIMEOUT);
+            return Err(e);
         }
         let la = ListenAddr::tcp(bound);
         self.target.add_listener(ListenerInfo {
@@ -94,6 +104,7 @@ impl TcpTransport {
         });
         tracing::info!(%bound, interface, xdp_mode = mode, queues, "NVMe/TCP listening through AF_XDP");
         self.xdp.lock().expect("xdp listeners").push(XdpListener {
+            id,
             addr: la,
             spec: EngineSpec {
                 engine: "af_xdp".into(),

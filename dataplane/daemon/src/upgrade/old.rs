@@ -260,17 +260,16 @@ fn send_state(
     Ok(())
 }
 
-/// Why the listeners forbid a hot upgrade, if they do: a listener served through a
-/// kernel-bypass packet engine (AF_XDP, DPDK) holds its interface's queues, XDP
-/// program or port, which this process's successor cannot take over (its connections
-/// live in this process's userspace TCP stack, and the successor could not attach
-/// while this process holds them); the handover would go through without it and the
-/// successor would not listen there at all.
+/// Why the listeners forbid a hot upgrade, if they do: a DPDK listener. The NVMe/TCP
+/// transport ends engine listeners at quiesce and the successor listens again (AF_XDP
+/// does that), but DPDK closes its port for good with its listener: were the handover
+/// to fail after that, this process could not listen there again (EAL and the port
+/// are made once per process).
 fn engine_listeners(run: &Running) -> Option<String> {
     let mut held: Vec<String> = Vec::new();
     for t in run.transports.all() {
         for l in run.target.listeners() {
-            if let Some(e) = t.listener_engine(&l.addr) {
+            if let Some(e) = t.listener_engine(&l.addr).filter(|e| e.engine == "dpdk") {
                 held.push(format!(
                     "{} (engine {} on {})",
                     l.addr.to_addr_string(),
@@ -282,7 +281,7 @@ fn engine_listeners(run: &Running) -> Option<String> {
     }
     (!held.is_empty()).then(|| {
         format!(
-            "listeners served through a kernel-bypass packet engine ({}) cannot be handed over to a successor: restart the target to run the new binary (hosts reconnect), or serve those addresses with engine = \"kernel\"",
+            "listeners served through DPDK ({}) cannot be handed over to a successor: restart the target to run the new binary (hosts reconnect), or serve those addresses with engine = \"kernel\" or \"af_xdp\"",
             held.join(", ")
         )
     })
