@@ -124,16 +124,18 @@ trait EngineQueue {
     fn end(&mut self) -> bool;
     /// The descriptor the reactor watches for it, if any.
     fn wake_fd(&self) -> Option<RawFd>;
+    /// Its listener stays after all (its end timed out): accept again.
+    fn keep(&mut self);
 }
 
 impl<E: PacketEngine + 'static> EngineQueue for QueueLocal<E> {
     fn poll(&mut self, ctx: &Ctx) -> bool {
         let now = ctx.now();
         let mut busy = self.stack.poll();
-        while let Some(s) = (!self.ending)
-            .then(|| self.stack.accept(self.port))
-            .flatten()
-        {
+        while !self.ending {
+            let Some(s) = self.stack.accept(self.port) else {
+                break;
+            };
             let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             let engine = self.stack.name();
             tracing::debug!(%peer, reactor = ctx.id(), %engine, "connection accepted");
@@ -205,6 +207,10 @@ impl<E: PacketEngine + 'static> EngineQueue for QueueLocal<E> {
     fn wake_fd(&self) -> Option<RawFd> {
         self.stack.wake_fd()
     }
+
+    fn keep(&mut self) {
+        self.ending = false;
+    }
 }
 
 /// On a reactor: end its queues of listener `id` ([`EngineQueue::end`]), dropping
@@ -245,6 +251,15 @@ impl TcpTransport {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                // The listener stays: its queues accept again (the connections asked
+                // to close still close).
+                self.ask(move |_, _| {
+                    QUEUES.with(|q| {
+                        for x in q.borrow_mut().iter_mut().filter(|x| x.listener() == id) {
+                            x.keep();
+                        }
+                    })
+                })?;
                 return Err(TcpError::Timeout(0));
             }
             std::thread::sleep(Duration::from_millis(5));
