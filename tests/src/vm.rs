@@ -98,6 +98,11 @@ pub struct GuestConfig {
     pub kernel_args: Vec<String>,
     /// Appended to QEMU's arguments (e.g. an NVMe PCIe device).
     pub qemu_args: Vec<String>,
+    /// The network namespace QEMU runs in (`ip netns exec`), e.g. to give the guest a
+    /// tap device there; `None`: the test's own. The guest's first NIC (user-mode
+    /// networking) works the same in either, but `host_forwards` then listen on that
+    /// namespace's loopback and 10.0.2.2 is that namespace's.
+    pub netns: Option<String>,
 }
 
 impl Default for GuestConfig {
@@ -112,6 +117,7 @@ impl Default for GuestConfig {
             extra_files: Vec::new(),
             kernel_args: Vec::new(),
             qemu_args: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -219,7 +225,15 @@ pub fn run_guest(cfg: &GuestConfig) -> Result<GuestOutcome> {
         append.push(' ');
         append.push_str(a);
     }
-    let mut cmd = Command::new(&assets.qemu);
+    let mut cmd = match &cfg.netns {
+        None => Command::new(&assets.qemu),
+        Some(ns) => {
+            // `ip netns exec` execs QEMU in its own process: the death signal below holds.
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(&assets.qemu);
+            c
+        }
+    };
     cmd.args(["-accel", &format!("tcg,thread={}", tcg_thread())])
         .args(["-cpu", "max", "-M", "q35"])
         .args(["-m", &cfg.mem_mb.to_string()])

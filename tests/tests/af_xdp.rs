@@ -9,7 +9,7 @@ mod engine;
 
 use std::time::Duration;
 
-use engine::{assert_root, Served, PORT};
+use engine::{assert_root, scrape, sum, Served, PORT};
 use lightpool_e2e::perfjson::perf_ok;
 use lightpool_xdp::testing::VethPair;
 
@@ -317,17 +317,6 @@ fn af_xdp_survives_resets_mid_pdu_a_syn_flood_and_malformed_segments() {
     finish(s);
 }
 
-/// The target's metrics page, fetched from inside its namespace.
-fn scrape(s: &engine::Served, at: &str) -> String {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &s.pair.ns_a, "curl", "-sf"])
-        .arg(format!("http://{at}/metrics"))
-        .output()
-        .expect("run curl");
-    assert!(out.status.success(), "scrape {at}: {out:?}");
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
 /// The page has a sample of `family` with `labels` above zero (else: `what`).
 fn positive(page: &str, family: &str, labels: &[&str], what: &str) {
     assert!(sum(page, family, labels) > 0, "{what}:\n{page}");
@@ -351,16 +340,6 @@ fn offload_lines(page: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// The sum of a family's samples whose labels include every one of `labels`.
-fn sum(page: &str, family: &str, labels: &[&str]) -> u64 {
-    page.lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")))
-        .filter(|l| labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
 }
 
 /// NVMe/TCP with header and data digests through AF_XDP, then through kernel sockets on

@@ -1,6 +1,9 @@
-//! What the packet-engine e2e tests share (tests/af_xdp.rs, tests/dpdk.rs): a target
+//! What the packet-engine e2e tests share (tests/af_xdp.rs, tests/dpdk.rs, tests/engine_kernel.rs): a target
 //! in one namespace of a veth pair serving a RAM namespace through a listener of some
 //! engine, and lightpool-perf in the other namespace over the kernel's TCP.
+
+// Each test binary that includes this module uses a part of it.
+#![allow(dead_code)]
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -21,7 +24,6 @@ pub struct Served {
     /// Where the listener serves.
     pub addr: Ipv4Addr,
     /// The target's management API socket (beside its control socket).
-    #[allow(dead_code)]
     pub api: std::path::PathBuf,
     nqn: String,
 }
@@ -44,7 +46,7 @@ impl Served {
 
     /// As [`Served::start`], with `target` lines added to the `[target]` table and
     /// `listener` free to hold more `[[listener]]` tables after the first.
-    #[allow(clippy::too_many_arguments, dead_code)]
+    #[allow(clippy::too_many_arguments)]
     pub fn start_with(
         pair: VethPair,
         addr: Ipv4Addr,
@@ -180,4 +182,25 @@ pub fn assert_root() {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     assert_eq!(uid, 0, "this test needs root (netns, XDP, DPDK)");
+}
+
+/// The target's metrics page, fetched from inside its namespace.
+pub fn scrape(s: &Served, at: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &s.pair.ns_a, "curl", "-sf"])
+        .arg(format!("http://{at}/metrics"))
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "scrape {at}: {out:?}");
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// The sum of a family's samples whose labels include every one of `labels`.
+pub fn sum(page: &str, family: &str, labels: &[&str]) -> u64 {
+    page.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }

@@ -1,0 +1,216 @@
+//! The Linux 6.12 kernel's NVMe/TCP initiator, in the guest, through both packet
+//! engines (root): one lightpool-target serves a RAM namespace through an AF_XDP
+//! listener (native XDP on its end of a veth pair, the kernel's address 10.79.0.1) and
+//! a DPDK listener (net_af_packet on the end of a second veth pair, the userspace
+//! stack's own address 10.79.0.3). The peers' ends are ports of a bridge in the other
+//! namespace, with a tap device: QEMU runs there, and the guest's second NIC sits on
+//! that link as 10.79.0.9. The guest connects to each listener in turn (the DPDK one
+//! with header and data digests) and fio writes and verifies 4 KiB and 128 KiB (R2T)
+//! I/O; the kernel log shows no reset or timeout, and the target's engine counters say
+//! that each engine received at least what fio wrote through it.
+#![cfg(all(feature = "e2e", feature = "af_xdp", feature = "dpdk"))]
+
+mod engine;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use engine::{assert_root, scrape, sum, Served};
+use lightpool_e2e::{run_guest, GuestConfig};
+use lightpool_xdp::testing::VethPair;
+
+const NQN: &str = "nqn.2024-01.io.lightpool:engine-kernel";
+const NET: u8 = 79;
+const METRICS: &str = "127.0.0.1:9465";
+/// The guest's NIC on the bridge.
+const MAC: &str = "52:54:00:4c:50:01";
+/// What fio writes through each engine (two jobs of 16 MiB).
+const WRITTEN: u64 = 32 << 20;
+
+/// The second veth pair (DPDK's port in namespace a, a bridge port in b), the bridge
+/// with both peers' ends and the 10.N.0.2 address, and the tap QEMU opens.
+fn plumb(pair: &VethPair) -> (String, String) {
+    let (a2, b2) = (format!("{}2", pair.a), format!("{}2", pair.b));
+    let out = std::process::Command::new("ip")
+        .args(["link", "add", &a2, "netns", &pair.ns_a, "type", "veth"])
+        .args(["peer", "name", &b2, "netns", &pair.ns_b])
+        .output()
+        .expect("run ip");
+    assert!(out.status.success(), "second veth pair: {out:?}");
+    let b = |argv: &[&str]| {
+        pair.exec(&pair.ns_b, argv)
+            .unwrap_or_else(|e| panic!("{argv:?} in the peer namespace: {e}"))
+    };
+    // No ARP from the kernel on DPDK's port: the guest must learn 10.N.0.1 from the
+    // AF_XDP interface only (the userspace stack answers for its own address).
+    pair.exec(&pair.ns_a, &["ip", "link", "set", &a2, "arp", "off", "up"])
+        .expect("DPDK's port up");
+    let addr = format!("{}/24", pair.addr_b);
+    b(&["ip", "addr", "del", &addr, "dev", &pair.b]);
+    b(&["ip", "link", "add", "br0", "type", "bridge"]);
+    b(&["ip", "tuntap", "add", "tap0", "mode", "tap"]);
+    b(&[
+        "ethtool", "-K", &b2, "tx", "off", "tso", "off", "gso", "off",
+    ]);
+    for port in [pair.b.as_str(), b2.as_str(), "tap0"] {
+        b(&["ip", "link", "set", port, "master", "br0", "up"]);
+    }
+    b(&["ip", "addr", "add", &addr, "dev", "br0"]);
+    b(&["ip", "link", "set", "br0", "up"]);
+    (a2, "tap0".to_string())
+}
+
+fn script(af_xdp: Ipv4Addr, dpdk: Ipv4Addr) -> String {
+    format!(
+        r#"
+set -eu
+NQN={NQN}
+say() {{ echo "ENGINE-KERNEL: $*"; }}
+fail() {{ say "FAILED: $*"; dmesg | tail -n 40; exit 1; }}
+modprobe nvme-tcp 2>/dev/null || true
+IF=
+for d in /sys/class/net/*; do [ "$(cat $d/address)" = "{MAC}" ] && IF=${{d##*/}}; done
+[ -n "$IF" ] || fail "no NIC with MAC {MAC}"
+ip link set $IF up
+ip addr add 10.{NET}.0.9/24 dev $IF
+ping -c 2 -W 5 {af_xdp} > /dev/null || fail "no answer from the kernel at {af_xdp}"
+ping -c 2 -W 5 {dpdk} > /dev/null || fail "no answer from the userspace stack at {dpdk}"
+say "link up on $IF"
+ns_dev() {{
+    for i in $(seq 1 200); do
+        for d in /dev/nvme*n1; do [ -b "$d" ] && {{ echo $d; return 0; }}; done
+        sleep 0.1
+    done
+    return 1
+}}
+verify() {{
+    fio --name=$1 --filename=$DEV --ioengine=libaio --direct=1 --iodepth=16 --rw=randwrite \
+        --bs=$2 --size=16M --verify=crc32c --verify_fatal=1 --randrepeat=1 \
+        --output-format=terse --terse-version=3 > /tmp/$1.out 2>/tmp/$1.err || {{ cat /tmp/$1.err; return 1; }}
+    say "fio $1 errors=$(cut -d';' -f5 /tmp/$1.out) write_kb=$(cut -d';' -f47 /tmp/$1.out) read_kb=$(cut -d';' -f6 /tmp/$1.out)"
+    [ "$(cut -d';' -f5 /tmp/$1.out)" = 0 ]
+}}
+through() {{
+    nvme connect -t tcp -a $2 -s 4420 -n $NQN --nr-io-queues=2 $3 > /dev/null || fail "connect through $1"
+    DEV=$(ns_dev) || fail "no namespace through $1"
+    say "connected through $1: $DEV"
+    verify $1-4k 4k || fail "fio 4 KiB through $1"
+    verify $1-128k 128k || fail "fio 128 KiB through $1"
+    nvme disconnect -n $NQN > /dev/null || fail "disconnect from $1"
+    sleep 1
+}}
+through af_xdp {af_xdp} ""
+through dpdk {dpdk} "--hdr-digest --data-digest"
+if dmesg | grep -iE 'nvme.*(timeout|resetting|reconnect|I/O error)'; then fail "the kernel log has resets or timeouts"; fi
+say "all good"
+"#,
+    )
+}
+
+#[test]
+fn kernel_initiator_through_af_xdp_and_dpdk() {
+    assert_root();
+    let pair = VethPair::new("ek", NET).expect("veth pair");
+    let (a2, tap) = plumb(&pair);
+    let af_xdp = pair.addr_a;
+    let dpdk = Ipv4Addr::new(10, NET, 0, 3);
+    let listener = format!(
+        "engine = \"af_xdp\"\ninterface = \"{}\"\nxdp_mode = \"native\"\n\
+         [[listener]]\naddress = \"{dpdk}:{}\"\nengine = \"dpdk\"\n\
+         interface = \"net_af_packet0,iface={a2},qpairs=1\"",
+        pair.a,
+        engine::PORT
+    );
+    let ns_b = pair.ns_b.clone();
+    let s = Served::start_with(
+        pair,
+        af_xdp,
+        &format!("metrics_address = \"{METRICS}\""),
+        &listener,
+        "engine-kernel",
+        "AF_XDP and DPDK",
+        NQN,
+        "listening through DPDK",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !s.target.log().contains("listening through AF_XDP") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no AF_XDP listener:\n{}",
+            s.target.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rx = |page: &str, engine: &str| {
+        let e = format!("engine=\"{engine}\"");
+        sum(
+            page,
+            "lightpool_engine_bytes_total",
+            &[&e, r#"direction="rx""#],
+        )
+    };
+    let before = scrape(&s, METRICS);
+    let before = (rx(&before, "af_xdp"), rx(&before, "dpdk"));
+
+    let cfg = GuestConfig {
+        timeout: Duration::from_secs(600),
+        netns: Some(ns_b.clone()),
+        qemu_args: vec![
+            "-netdev".into(),
+            format!("tap,id=n1,ifname={tap},script=no,downscript=no,vnet_hdr=off"),
+            "-device".into(),
+            // No checksum or segmentation offload: the guest sends finished frames of
+            // at most the MTU, as the engines take them.
+            format!(
+                "virtio-net-pci,netdev=n1,mac={MAC},romfile=,csum=off,guest_csum=off,gso=off,\
+                 host_tso4=off,host_tso6=off,guest_tso4=off,guest_tso6=off"
+            ),
+        ],
+        ..GuestConfig::new("engine_kernel", &script(af_xdp, dpdk))
+    };
+    let out = run_guest(&cfg);
+    let _ = s.pair.exec(&ns_b, &["ip", "link", "del", &tap]);
+    let out = out.expect("guest run");
+    let tail = out.tail(80);
+    assert_eq!(
+        out.exit_code,
+        0,
+        "{tail}\n--- target log:\n{}",
+        s.target.log()
+    );
+    assert!(out.console.contains("ENGINE-KERNEL: all good"), "{tail}");
+    for job in ["af_xdp-4k", "af_xdp-128k", "dpdk-4k", "dpdk-128k"] {
+        assert!(
+            out.console
+                .contains(&format!("ENGINE-KERNEL: fio {job} errors=0")),
+            "fio {job}:\n{tail}"
+        );
+    }
+    // Counts are published every 10 ms and when a connection closes.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = scrape(&s, METRICS);
+    let got = (
+        rx(&after, "af_xdp") - before.0,
+        rx(&after, "dpdk") - before.1,
+    );
+    eprintln!(
+        "received through AF_XDP {} bytes, through DPDK {} bytes",
+        got.0, got.1
+    );
+    assert!(
+        got.0 >= WRITTEN,
+        "AF_XDP received {} bytes:\n{after}",
+        got.0
+    );
+    assert!(got.1 >= WRITTEN, "DPDK received {} bytes:\n{after}", got.1);
+    // Only the DPDK connection asked for digests: the software engine computed them.
+    let digests = [r#"work="digest""#, r#"engine="software""#];
+    assert!(
+        sum(&after, "lightpool_offload_bytes_total", &digests) >= WRITTEN,
+        "no digests over what was written through DPDK:\n{after}"
+    );
+    s.finish(&[
+        (af_xdp, "the kernel (on the AF_XDP interface)"),
+        (dpdk, "the userspace stack (on the DPDK port)"),
+    ]);
+}
