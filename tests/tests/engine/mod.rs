@@ -25,6 +25,9 @@ pub struct Served {
     pub addr: Ipv4Addr,
     /// The target's management API socket (beside its control socket).
     pub api: std::path::PathBuf,
+    /// Where lightpool-perf and the pings of [`Served::finish`] run: the pair's
+    /// namespace b unless a test says otherwise.
+    pub peer_ns: String,
     nqn: String,
 }
 
@@ -91,6 +94,7 @@ impl Served {
             std::thread::sleep(Duration::from_millis(50));
         }
         Served {
+            peer_ns: pair.ns_b.clone(),
             pair,
             target,
             mode: mode.to_string(),
@@ -100,7 +104,7 @@ impl Served {
         }
     }
 
-    /// lightpool-perf in the peer namespace: verified random read/write of `size`.
+    /// lightpool-perf in the peer's namespace: verified random read/write of `size`.
     pub fn perf(&self, size: &str, secs: &str) -> std::process::Child {
         self.perf_to(PORT, size, secs, &[])
     }
@@ -114,7 +118,7 @@ impl Served {
         extra: &[&str],
     ) -> std::process::Child {
         Command::new("ip")
-            .args(["netns", "exec", &self.pair.ns_b])
+            .args(["netns", "exec", &self.peer_ns])
             .arg(release_binary("lightpool-perf").expect("built"))
             .arg("-r")
             .arg(format!(
@@ -156,7 +160,7 @@ impl Served {
         for (addr, what) in addrs {
             self.pair
                 .exec(
-                    &self.pair.ns_b,
+                    &self.peer_ns,
                     &["ping", "-c", "2", "-W", "2", &addr.to_string()],
                 )
                 .unwrap_or_else(|e| panic!("{what} answers ping on {addr}: {e}"));
