@@ -6,8 +6,10 @@
 //! namespace, with a tap device: QEMU runs there, and the guest's second NIC sits on
 //! that link as 10.79.0.9. The guest connects to each listener in turn (the DPDK one
 //! with header and data digests) and fio writes and verifies 4 KiB and 128 KiB (R2T)
-//! I/O; the kernel log shows no reset or timeout, and the target's engine counters say
-//! that each engine received at least what fio wrote through it.
+//! I/O; then the same again with netem on the guest's link losing 1 % of its frames and
+//! reordering a quarter (the userspace stacks' reassembly and the retransmissions).
+//! The kernel log shows no reset or timeout, and the target's engine counters say that
+//! each engine received at least what fio wrote through it.
 #![cfg(all(feature = "e2e", feature = "af_xdp", feature = "dpdk"))]
 
 mod engine;
@@ -24,8 +26,8 @@ const NET: u8 = 79;
 const METRICS: &str = "127.0.0.1:9465";
 /// The guest's NIC on the bridge.
 const MAC: &str = "52:54:00:4c:50:01";
-/// What fio writes through each engine (two jobs of 16 MiB).
-const WRITTEN: u64 = 32 << 20;
+/// What fio writes through each engine (four jobs of 16 MiB).
+const WRITTEN: u64 = 64 << 20;
 
 /// The second veth pair (DPDK's port in namespace a, a bridge port in b), the bridge
 /// with both peers' ends and the 10.N.0.2 address, and the tap QEMU opens.
@@ -101,6 +103,14 @@ through() {{
 }}
 through af_xdp {af_xdp} ""
 through dpdk {dpdk} "--hdr-digest --data-digest"
+# Lost and reordered segments toward the userspace stacks: netem on the guest's link
+# drops 1 % of what the guest sends and lets a quarter of it overtake the rest (iproute2's
+# tc by its path: busybox's shell prefers its own applet, which has no netem).
+/sbin/tc qdisc add dev $IF root netem delay 2ms reorder 25% 50% loss 1% || fail "netem"
+through af_xdp-netem {af_xdp} ""
+through dpdk-netem {dpdk} "--hdr-digest --data-digest"
+/sbin/tc -s qdisc show dev $IF | sed 's/^/NETEM: /'
+/sbin/tc qdisc del dev $IF root
 if dmesg | grep -iE 'nvme.*(timeout|resetting|reconnect|I/O error)'; then fail "the kernel log has resets or timeouts"; fi
 say "all good"
 "#,
@@ -179,13 +189,31 @@ fn kernel_initiator_through_af_xdp_and_dpdk() {
         s.target.log()
     );
     assert!(out.console.contains("ENGINE-KERNEL: all good"), "{tail}");
-    for job in ["af_xdp-4k", "af_xdp-128k", "dpdk-4k", "dpdk-128k"] {
+    for job in [
+        "af_xdp-4k",
+        "af_xdp-128k",
+        "dpdk-4k",
+        "dpdk-128k",
+        "af_xdp-netem-4k",
+        "af_xdp-netem-128k",
+        "dpdk-netem-4k",
+        "dpdk-netem-128k",
+    ] {
         assert!(
             out.console
                 .contains(&format!("ENGINE-KERNEL: fio {job} errors=0")),
             "fio {job}:\n{tail}"
         );
     }
+    // netem dropped some of what the guest sent (its qdisc's "dropped" count).
+    let dropped: u64 = out
+        .console
+        .lines()
+        .filter_map(|l| l.split("(dropped ").nth(1))
+        .filter_map(|r| r.split(',').next()?.trim().parse::<u64>().ok())
+        .sum();
+    assert!(dropped > 0, "netem dropped nothing:\n{tail}");
+    eprintln!("netem dropped {dropped} frames of the guest's");
     // Counts are published every 10 ms and when a connection closes.
     std::thread::sleep(Duration::from_millis(300));
     let after = scrape(&s, METRICS);

@@ -72,6 +72,9 @@ GUEST_MODULES=(
     # (uverbs, ucm); rxe fails "failed to add eth0" without crc32
     ib_core ib_uverbs udp_tunnel ip6_udp_tunnel crc32_pclmul crc32_generic rdma_rxe
     iw_cm ib_cm rdma_cm rdma_ucm nvme-rdma nvmet-rdma
+    # lost and reordered segments on the guest's link (tc qdisc ... netem), toward the
+    # target's userspace TCP stack
+    sch_netem
 )
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -209,7 +212,7 @@ mapfile -t MODS < <(printf '%s\n' "${!WANT[@]}" | sort)
 # which glibc dlopens for thread cancellation and unwinding.
 # rdma (iproute2): `rdma link add rxe0 type rxe netdev eth0`.
 BINS=(/usr/sbin/nvme /usr/bin/fio /usr/sbin/mke2fs /usr/sbin/resize2fs /usr/sbin/blkid
-    /usr/sbin/mkfs.xfs /usr/sbin/xfs_growfs /bin/rdma)
+    /usr/sbin/mkfs.xfs /usr/sbin/xfs_growfs /bin/rdma /sbin/tc)
 for b in "${BINS[@]}"; do [[ -x $b ]] || die "$b missing (nvme-cli, fio, e2fsprogs, xfsprogs, util-linux, iproute2 not installed?)"; done
 # Soft-RoCE's userspace verbs for a program in the guest (lightpool-target built with
 # the rdma feature): libibverbs, librdmacm and what they load (libnl), the rxe provider
