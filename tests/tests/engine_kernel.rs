@@ -1,15 +1,16 @@
 //! The Linux 6.12 kernel's NVMe/TCP initiator, in the guest, through both packet
-//! engines (root): one lightpool-target serves a RAM namespace through an AF_XDP
-//! listener (native XDP on its end of a veth pair, the kernel's address 10.79.0.1) and
-//! a DPDK listener (net_af_packet on the end of a second veth pair, the userspace
-//! stack's own address 10.79.0.3). The peers' ends are ports of a bridge in the other
-//! namespace, with a tap device: QEMU runs there, and the guest's second NIC sits on
-//! that link as 10.79.0.9. The guest connects to each listener in turn (the DPDK one
-//! with header and data digests) and fio writes and verifies 4 KiB and 128 KiB (R2T)
-//! I/O; then the same again with netem on the guest's link losing 1 % of its frames and
-//! reordering a quarter (the userspace stacks' reassembly and the retransmissions).
-//! The kernel log shows no reset or timeout, and the target's engine counters say that
-//! each engine received at least what fio wrote through it.
+//! engines (root): one lightpool-target serves a RAM namespace through three listeners
+//! on three veth pairs into the same two namespaces: AF_XDP in native XDP (the kernel's
+//! address 10.79.0.1 on its interface), AF_XDP in generic XDP (10.79.0.4) and DPDK
+//! (net_af_packet, the userspace stack's own address 10.79.0.3). The peers' ends are
+//! ports of a bridge in the other namespace, with a tap device: QEMU runs there, and
+//! the guest's second NIC sits on that link as 10.79.0.9. The guest connects through
+//! each listener in turn (DPDK with header and data digests) and fio writes and
+//! verifies 4 KiB and 128 KiB (R2T) I/O; then all again with netem on the guest's link
+//! losing 1 % of its frames and reordering a quarter (the userspace stacks' reassembly
+//! and retransmissions). The kernel log shows no reset or timeout, and the target's
+//! engine counters say that each interface's queue received at least what fio wrote
+//! through it.
 #![cfg(all(feature = "e2e", feature = "af_xdp", feature = "dpdk"))]
 
 mod engine;
@@ -29,40 +30,70 @@ const MAC: &str = "52:54:00:4c:50:01";
 /// What fio writes through each engine (four jobs of 16 MiB).
 const WRITTEN: u64 = 64 << 20;
 
-/// The second veth pair (DPDK's port in namespace a, a bridge port in b), the bridge
-/// with both peers' ends and the 10.N.0.2 address, and the tap QEMU opens.
-fn plumb(pair: &VethPair) -> (String, String) {
+/// One way into the target: its name in the guest's output, the address it connects
+/// to, the interface in the target's namespace, the `nvme connect` options.
+struct Path {
+    name: &'static str,
+    addr: Ipv4Addr,
+    dev: String,
+    connect: &'static str,
+}
+
+/// Two more veth pairs between the namespaces (a2: DPDK's port, no kernel ARP on it;
+/// a3: the generic AF_XDP interface, 10.N.0.4), a bridge in namespace b with the three
+/// peers' ends and the 10.N.0.2 address, and the tap QEMU opens. In namespace a the
+/// kernel answers ARP only on the interface that holds the address asked for.
+fn plumb(pair: &VethPair) -> (String, String, String) {
     let (a2, b2) = (format!("{}2", pair.a), format!("{}2", pair.b));
-    let out = std::process::Command::new("ip")
-        .args(["link", "add", &a2, "netns", &pair.ns_a, "type", "veth"])
-        .args(["peer", "name", &b2, "netns", &pair.ns_b])
-        .output()
-        .expect("run ip");
-    assert!(out.status.success(), "second veth pair: {out:?}");
+    let (a3, b3) = (format!("{}3", pair.a), format!("{}3", pair.b));
+    for (a, b) in [(&a2, &b2), (&a3, &b3)] {
+        let out = std::process::Command::new("ip")
+            .args(["link", "add", a, "netns", &pair.ns_a, "type", "veth"])
+            .args(["peer", "name", b, "netns", &pair.ns_b])
+            .output()
+            .expect("run ip");
+        assert!(out.status.success(), "veth pair {a}: {out:?}");
+    }
+    let a = |argv: &[&str]| {
+        pair.exec(&pair.ns_a, argv)
+            .unwrap_or_else(|e| panic!("{argv:?} in the target's namespace: {e}"))
+    };
     let b = |argv: &[&str]| {
         pair.exec(&pair.ns_b, argv)
             .unwrap_or_else(|e| panic!("{argv:?} in the peer namespace: {e}"))
     };
-    // No ARP from the kernel on DPDK's port: the guest must learn 10.N.0.1 from the
-    // AF_XDP interface only (the userspace stack answers for its own address).
-    pair.exec(&pair.ns_a, &["ip", "link", "set", &a2, "arp", "off", "up"])
-        .expect("DPDK's port up");
+    a(&["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"]);
+    // No ARP from the kernel on DPDK's port (the userspace stack answers for its own).
+    a(&["ip", "link", "set", &a2, "arp", "off", "up"]);
+    a(&["ip", "addr", "add", &format!("10.{NET}.0.4/24"), "dev", &a3]);
+    a(&["ip", "link", "set", &a3, "up"]);
     let addr = format!("{}/24", pair.addr_b);
     b(&["ip", "addr", "del", &addr, "dev", &pair.b]);
     b(&["ip", "link", "add", "br0", "type", "bridge"]);
     b(&["ip", "tuntap", "add", "tap0", "mode", "tap"]);
-    b(&[
-        "ethtool", "-K", &b2, "tx", "off", "tso", "off", "gso", "off",
-    ]);
-    for port in [pair.b.as_str(), b2.as_str(), "tap0"] {
+    for end in [&b2, &b3] {
+        b(&[
+            "ethtool", "-K", end, "tx", "off", "tso", "off", "gso", "off",
+        ]);
+    }
+    for port in [pair.b.as_str(), b2.as_str(), b3.as_str(), "tap0"] {
         b(&["ip", "link", "set", port, "master", "br0", "up"]);
     }
     b(&["ip", "addr", "add", &addr, "dev", "br0"]);
     b(&["ip", "link", "set", "br0", "up"]);
-    (a2, "tap0".to_string())
+    (a2, a3, "tap0".to_string())
 }
 
-fn script(af_xdp: Ipv4Addr, dpdk: Ipv4Addr) -> String {
+fn script(paths: &[Path]) -> String {
+    let mut pings = String::new();
+    let mut runs = String::new();
+    for p in paths {
+        let (n, a, c) = (p.name, p.addr, p.connect);
+        pings.push_str(&format!(
+            "ping -c 2 -W 5 {a} > /dev/null || fail \"no answer at {a} ({n})\"\n"
+        ));
+        runs.push_str(&format!("through $1{n} {a} \"{c}\"\n"));
+    }
     format!(
         r#"
 set -eu
@@ -75,9 +106,7 @@ for d in /sys/class/net/*; do [ "$(cat $d/address)" = "{MAC}" ] && IF=${{d##*/}}
 [ -n "$IF" ] || fail "no NIC with MAC {MAC}"
 ip link set $IF up
 ip addr add 10.{NET}.0.9/24 dev $IF
-ping -c 2 -W 5 {af_xdp} > /dev/null || fail "no answer from the kernel at {af_xdp}"
-ping -c 2 -W 5 {dpdk} > /dev/null || fail "no answer from the userspace stack at {dpdk}"
-say "link up on $IF"
+{pings}say "link up on $IF"
 ns_dev() {{
     for i in $(seq 1 200); do
         for d in /dev/nvme*n1; do [ -b "$d" ] && {{ echo $d; return 0; }}; done
@@ -101,14 +130,15 @@ through() {{
     nvme disconnect -n $NQN > /dev/null || fail "disconnect from $1"
     sleep 1
 }}
-through af_xdp {af_xdp} ""
-through dpdk {dpdk} "--hdr-digest --data-digest"
+# Each path in turn: all() PREFIX
+all() {{
+{runs}}}
+all ""
 # Lost and reordered segments toward the userspace stacks: netem on the guest's link
 # drops 1 % of what the guest sends and lets a quarter of it overtake the rest (iproute2's
 # tc by its path: busybox's shell prefers its own applet, which has no netem).
 /sbin/tc qdisc add dev $IF root netem delay 2ms reorder 25% 50% loss 1% || fail "netem"
-through af_xdp-netem {af_xdp} ""
-through dpdk-netem {dpdk} "--hdr-digest --data-digest"
+all netem-
 /sbin/tc -s qdisc show dev $IF | sed 's/^/NETEM: /'
 /sbin/tc qdisc del dev $IF root
 if dmesg | grep -iE 'nvme.*(timeout|resetting|reconnect|I/O error)'; then fail "the kernel log has resets or timeouts"; fi
@@ -121,46 +151,70 @@ say "all good"
 fn kernel_initiator_through_af_xdp_and_dpdk() {
     assert_root();
     let pair = VethPair::new("ek", NET).expect("veth pair");
-    let (a2, tap) = plumb(&pair);
-    let af_xdp = pair.addr_a;
-    let dpdk = Ipv4Addr::new(10, NET, 0, 3);
+    let (a2, a3, tap) = plumb(&pair);
+    let paths = [
+        Path {
+            name: "af_xdp",
+            addr: pair.addr_a,
+            dev: pair.a.clone(),
+            connect: "",
+        },
+        Path {
+            name: "af_xdp_generic",
+            addr: Ipv4Addr::new(10, NET, 0, 4),
+            dev: a3.clone(),
+            connect: "",
+        },
+        Path {
+            name: "dpdk",
+            addr: Ipv4Addr::new(10, NET, 0, 3),
+            dev: format!("net_af_packet0,iface={a2},qpairs=1"),
+            connect: "--hdr-digest --data-digest",
+        },
+    ];
+    let port = engine::PORT;
     let listener = format!(
         "engine = \"af_xdp\"\ninterface = \"{}\"\nxdp_mode = \"native\"\n\
-         [[listener]]\naddress = \"{dpdk}:{}\"\nengine = \"dpdk\"\n\
-         interface = \"net_af_packet0,iface={a2},qpairs=1\"",
-        pair.a,
-        engine::PORT
+         [[listener]]\naddress = \"{}:{port}\"\nengine = \"af_xdp\"\n\
+         interface = \"{a3}\"\nxdp_mode = \"generic\"\n\
+         [[listener]]\naddress = \"{}:{port}\"\nengine = \"dpdk\"\ninterface = \"{}\"",
+        paths[0].dev, paths[1].addr, paths[2].addr, paths[2].dev
     );
     let ns_b = pair.ns_b.clone();
     let s = Served::start_with(
         pair,
-        af_xdp,
+        paths[0].addr,
         &format!("metrics_address = \"{METRICS}\""),
         &listener,
         "engine-kernel",
-        "AF_XDP and DPDK",
+        "AF_XDP (native and generic) and DPDK",
         NQN,
         "listening through DPDK",
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !s.target.log().contains("listening through AF_XDP") {
+    while s.target.log().matches("listening through AF_XDP").count() < 2 {
         assert!(
             std::time::Instant::now() < deadline,
-            "no AF_XDP listener:\n{}",
+            "not both AF_XDP listeners:\n{}",
             s.target.log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let rx = |page: &str, engine: &str| {
-        let e = format!("engine=\"{engine}\"");
-        sum(
-            page,
-            "lightpool_engine_bytes_total",
-            &[&e, r#"direction="rx""#],
-        )
+    // What each path's queue received.
+    let rx = |page: &str| -> Vec<u64> {
+        paths
+            .iter()
+            .map(|p| {
+                let i = format!("interface=\"{}\"", p.dev);
+                sum(
+                    page,
+                    "lightpool_engine_bytes_total",
+                    &[&i, r#"direction="rx""#],
+                )
+            })
+            .collect()
     };
-    let before = scrape(&s, METRICS);
-    let before = (rx(&before, "af_xdp"), rx(&before, "dpdk"));
+    let before = rx(&scrape(&s, METRICS));
 
     let cfg = GuestConfig {
         timeout: Duration::from_secs(600),
@@ -176,7 +230,7 @@ fn kernel_initiator_through_af_xdp_and_dpdk() {
                  host_tso4=off,host_tso6=off,guest_tso4=off,guest_tso6=off"
             ),
         ],
-        ..GuestConfig::new("engine_kernel", &script(af_xdp, dpdk))
+        ..GuestConfig::new("engine_kernel", &script(&paths))
     };
     let out = run_guest(&cfg);
     let _ = s.pair.exec(&ns_b, &["ip", "link", "del", &tap]);
@@ -189,21 +243,13 @@ fn kernel_initiator_through_af_xdp_and_dpdk() {
         s.target.log()
     );
     assert!(out.console.contains("ENGINE-KERNEL: all good"), "{tail}");
-    for job in [
-        "af_xdp-4k",
-        "af_xdp-128k",
-        "dpdk-4k",
-        "dpdk-128k",
-        "af_xdp-netem-4k",
-        "af_xdp-netem-128k",
-        "dpdk-netem-4k",
-        "dpdk-netem-128k",
-    ] {
-        assert!(
-            out.console
-                .contains(&format!("ENGINE-KERNEL: fio {job} errors=0")),
-            "fio {job}:\n{tail}"
-        );
+    for p in &paths {
+        for job in ["", "netem-"].map(|n| format!("{n}{}", p.name)) {
+            for size in ["4k", "128k"] {
+                let line = format!("ENGINE-KERNEL: fio {job}-{size} errors=0");
+                assert!(out.console.contains(&line), "no {line:?}:\n{tail}");
+            }
+        }
     }
     // netem dropped some of what the guest sent (its qdisc's "dropped" count).
     let dropped: u64 = out
@@ -216,29 +262,18 @@ fn kernel_initiator_through_af_xdp_and_dpdk() {
     eprintln!("netem dropped {dropped} frames of the guest's");
     // Counts are published every 10 ms and when a connection closes.
     std::thread::sleep(Duration::from_millis(300));
-    let after = scrape(&s, METRICS);
-    let got = (
-        rx(&after, "af_xdp") - before.0,
-        rx(&after, "dpdk") - before.1,
-    );
-    eprintln!(
-        "received through AF_XDP {} bytes, through DPDK {} bytes",
-        got.0, got.1
-    );
-    assert!(
-        got.0 >= WRITTEN,
-        "AF_XDP received {} bytes:\n{after}",
-        got.0
-    );
-    assert!(got.1 >= WRITTEN, "DPDK received {} bytes:\n{after}", got.1);
-    // Only the DPDK connection asked for digests: the software engine computed them.
+    let page = scrape(&s, METRICS);
+    for ((p, after), before) in paths.iter().zip(rx(&page)).zip(before) {
+        let got = after - before;
+        eprintln!("received through {} ({}): {got} bytes", p.name, p.dev);
+        assert!(got >= WRITTEN, "{} received {got} bytes:\n{page}", p.name);
+    }
+    // Only the DPDK connections asked for digests: the software engine computed them.
     let digests = [r#"work="digest""#, r#"engine="software""#];
     assert!(
-        sum(&after, "lightpool_offload_bytes_total", &digests) >= WRITTEN,
-        "no digests over what was written through DPDK:\n{after}"
+        sum(&page, "lightpool_offload_bytes_total", &digests) >= WRITTEN,
+        "no digests over what was written through DPDK:\n{page}"
     );
-    s.finish(&[
-        (af_xdp, "the kernel (on the AF_XDP interface)"),
-        (dpdk, "the userspace stack (on the DPDK port)"),
-    ]);
+    let pings: Vec<(Ipv4Addr, &str)> = paths.iter().map(|p| (p.addr, p.name)).collect();
+    s.finish(&pings);
 }
