@@ -167,11 +167,18 @@ bench() { # SIZE BUILD
         "$DIR/perf.json" "$DIR/migrate.out" "$DIR/readback.json" "$DIR/a.migrated.log" << 'EOF'
 import json, re, statistics as st, sys
 size, t0, ts, tsy, tsw, nbytes, pj, mo, rb, alog = sys.argv[1:]
-# The source's own account of the pause (a build that logs it): the wait for the
-# writes in flight, and the regions still dirty when it began.
+# The source's own account of the pause (a build that logs it): the regions still
+# dirty when it began, and the writes in flight that raced a copy after it began and
+# wrote the destination again (builds before that: the wait for the writes in flight).
 log = re.sub(r"\x1b\[[0-9;]*m", "", open(alog, errors="replace").read())
-d = re.findall(r"migration synced.*?drain_us=([0-9]+).*?regions=([0-9]+)", log)
-drain = f"{int(d[-1][-2]) / 1000:.2f} ms / {d[-1][-1]}" if d else "–"
+d = re.findall(r"migration synced.*?regions=([0-9]+).*?resent=([0-9]+)", log)
+old = re.findall(r"migration synced.*?drain_us=([0-9]+).*?regions=([0-9]+)", log)
+if d:
+    drain = f"{d[-1][0]} / {d[-1][1]}"
+elif old:
+    drain = f"{old[-1][1]} / – (drain {int(old[-1][0]) / 1000:.2f} ms)"
+else:
+    drain = "–"
 t0, ts, tsy, tsw = map(float, (t0, ts, tsy, tsw))
 r = json.load(open(pj))
 iv = r["intervals"]
@@ -205,7 +212,7 @@ print(f"| {size} | {s_iops:,.0f} | {r['latency']['p50_us']:.0f} / {st.median(x['
 EOF
 }
 
-echo "| volume, build | steady IOPS | steady lat p50 / p99 / max us | copy IOPS / steady | final pause | its drain / regions copied | worst I/O at switch (added) | synced / switched | errors / verify bad | read back through B: bad |"
+echo "| volume, build | steady IOPS | steady lat p50 / p99 / max us | copy IOPS / steady | final pause | regions copied / writes re-sent | worst I/O at switch (added) | synced / switched | errors / verify bad | read back through B: bad |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for s in $SIZES; do
     for _ in $(seq "$ROUNDS"); do

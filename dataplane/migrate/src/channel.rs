@@ -1,6 +1,7 @@
 //! The mirror's channel: reads from the source, writes to both devices (completing
 //! once both have), writes held during the final pause or paced by the writer
-//! throttle, and the check that dirties a region a write raced the copier on.
+//! throttle, and the check that dirties a region a write raced the copier on (or, once
+//! no round follows, sends the write to the destination again).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::*;
@@ -16,12 +17,17 @@ const GENS: usize = 4;
 
 #[derive(Clone, Copy)]
 struct Slot {
+    /// The caller's request (its tag is the caller's).
+    req: IoRequest,
     tag: u64,
     /// Inner completions still to come.
     left: u8,
     status: IoStatus,
     /// A write sent to both devices (its regions are checked at completion).
     mirrored: bool,
+    /// Sent to the destination again (it raced a copy after the last round), or
+    /// waiting to be.
+    resending: bool,
     first: u64,
     last: u64,
     gens: [u32; GENS],
@@ -39,6 +45,9 @@ pub(crate) struct MirrorChannel {
     held: VecDeque<IoRequest>,
     /// Throttled writes and when (the shared clock's time) each may go.
     delayed: VecDeque<(u64, IoRequest)>,
+    /// Slots whose write raced a copy after the last round, waiting for the copies of
+    /// their regions under way to end before they go to the destination again.
+    resend: VecDeque<u32>,
     done: VecDeque<(u64, IoStatus)>,
     /// Inner completions of one poll.
     events: Vec<(u64, IoStatus, bool)>,
@@ -68,6 +77,7 @@ impl MirrorChannel {
             free: Vec::with_capacity(256),
             held: VecDeque::with_capacity(256),
             delayed: VecDeque::with_capacity(256),
+            resend: VecDeque::with_capacity(64),
             done: VecDeque::with_capacity(256),
             events: Vec::with_capacity(256),
         })
@@ -102,22 +112,17 @@ impl MirrorChannel {
                 return;
             }
         }
-        if write && mirror {
-            // Counted before the pause is looked at: the copier, which sets the pause
-            // and then waits for this count to drain, sees this write or this write
-            // sees the pause.
-            sh.writes_in_flight.fetch_add(1, SeqCst);
-            if sh.paused.load(SeqCst) {
-                sh.write_out();
-                self.held.push_back(req);
-                return;
-            }
+        if write && mirror && sh.paused.load(SeqCst) {
+            self.held.push_back(req);
+            return;
         }
         let mut s = Slot {
+            req,
             tag: req.tag,
             left: if mirror { 2 } else { 1 },
             status: IoStatus::Success,
             mirrored: write && mirror,
+            resending: false,
             first: 0,
             last: 0,
             gens: [0; GENS],
@@ -144,7 +149,7 @@ impl MirrorChannel {
 
     /// One inner completion of slot `i` (`dest`: from the destination).
     fn inner_done(&mut self, i: usize, st: IoStatus, dest: bool) {
-        let sh = &self.sh;
+        let sh = &*self.sh;
         let s = &mut self.slots[i];
         if dest {
             if st != IoStatus::Success && sh.active() {
@@ -157,19 +162,65 @@ impl MirrorChannel {
         if s.left > 0 {
             return;
         }
-        if s.mirrored {
+        if s.mirrored && !s.resending {
+            // Between the look at the pause and the marks: the copier, which sets the
+            // pause and then waits for this count to be zero, sees these marks, or this
+            // write sees the pause.
+            sh.completing.fetch_add(1, SeqCst);
+            let late = sh.late();
             let n = s.last - s.first + 1;
+            let mut raced_any = false;
             for (k, r) in (s.first..=s.last).enumerate() {
                 let g = sh.gen[r as usize].load(SeqCst);
                 let raced = k >= GENS || g != s.gens[k] || g % 2 == 1;
                 if raced || n as usize > GENS {
-                    sh.mark_dirty(r);
+                    raced_any = true;
+                    if !late {
+                        sh.mark_dirty(r);
+                    }
                 }
             }
-            sh.write_out();
+            sh.completing.fetch_sub(1, SeqCst);
+            if late && raced_any && sh.active() && self.dst.is_some() {
+                // No round will copy these regions again: the write's own data goes to
+                // the destination once more, after the copies under way (poll).
+                s.resending = true;
+                s.left = 1;
+                sh.resent.fetch_add(1, Relaxed);
+                self.resend.push_back(i as u32);
+                return;
+            }
         }
         self.done.push_back((s.tag, s.status));
         self.free.push(i as u32);
+    }
+
+    /// Sends the writes waiting in `resend` whose regions no copy is under way on.
+    fn resend_due(&mut self) {
+        for _ in 0..self.resend.len() {
+            let Some(i) = self.resend.pop_front() else {
+                break;
+            };
+            let s = self.slots[i as usize];
+            let Some(dst) = self.dst.as_mut() else {
+                break;
+            };
+            if !self.sh.active() {
+                // Failed or cancelled meanwhile: the source's status stands.
+                self.done.push_back((s.tag, s.status));
+                self.free.push(i);
+                continue;
+            }
+            if !self.sh.uncopied_now(s.first, s.last) {
+                self.resend.push_back(i);
+                continue;
+            }
+            let mut r = s.req;
+            r.tag = u64::from(i) * 2 + 1;
+            // SAFETY: the caller's request, not completed yet: its buffer holds the
+            // data it wrote, for as long as this takes.
+            unsafe { dst.submit(r) };
+        }
     }
 }
 
@@ -203,6 +254,9 @@ impl IoChannel for MirrorChannel {
                 }
             }
         }
+        if !self.resend.is_empty() {
+            self.resend_due();
+        }
         let mut ev = std::mem::take(&mut self.events);
         self.src.poll(&mut |t, st| ev.push((t, st, false)));
         if let Some(dst) = self.dst.as_mut() {
@@ -221,6 +275,7 @@ impl IoChannel for MirrorChannel {
     }
 
     fn in_flight(&self) -> usize {
+        // Slots waiting to be sent again are in use: counted with the slots.
         self.slots.len() - self.free.len() + self.held.len() + self.delayed.len() + self.done.len()
     }
 }

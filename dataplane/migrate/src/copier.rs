@@ -1,5 +1,6 @@
 //! The copier thread: round 1 copies every region, later rounds the dirty ones, then
-//! the final pause copies what is left with writes held.
+//! the final pause copies what is left with writes held (not waiting for the writes in
+//! flight: see the crate's documentation).
 
 use std::alloc::Layout;
 use std::sync::atomic::Ordering::*;
@@ -176,12 +177,10 @@ impl Copier<'_> {
         true
     }
 
-    /// Holds new writes, waits for those in flight, copies what is dirty until
-    /// nothing is, lets the writes go.
-    /// Whether it ended (synced, failed or stopped); `false`: the writes in flight did
-    /// not drain within `max_drain` (`last`: within `drain_timeout`), and the writes
-    /// held meanwhile went on: try again later.
-    fn final_pause(&mut self, last: bool) -> bool {
+    /// Holds new writes, copies what is dirty until nothing is, lets the writes go.
+    /// The writes in flight are not waited for: one that raced a copy and completes
+    /// from now on sends its data to the destination again (the mirror's channel).
+    fn final_pause(&mut self) {
         let sh = self.sh;
         let regions = sh.dirty_regions();
         sh.pause_regions.store(regions, Relaxed);
@@ -189,38 +188,14 @@ impl Copier<'_> {
         sh.set_state(State::Pausing);
         let t = Instant::now();
         sh.paused.store(true, SeqCst);
-        // The last mirrored write to complete while writes are paused unparks this
-        // thread (the channel's completion side: no lock, a futex wake at most).
-        let limit = if last {
-            sh.opts.drain_timeout
-        } else {
-            sh.opts.max_drain
-        };
-        while sh.writes_in_flight.load(SeqCst) > 0 {
-            let Some(left) = limit.checked_sub(t.elapsed()) else {
-                if !last {
-                    // A slow write in flight holds the new ones back for as long as
-                    // it takes: let them go and try again.
-                    sh.set_state(State::Copying);
-                    sh.paused.store(false, SeqCst);
-                    tracing::debug!(
-                        waited_us = t.elapsed().as_micros() as u64,
-                        "writes in flight did not drain: the pause is lifted, to be tried again"
-                    );
-                    return false;
-                }
-                sh.fail(format!(
-                    "writes in flight did not drain within {:?} at the final pause",
-                    sh.opts.drain_timeout
-                ));
-                return true;
-            };
-            std::thread::park_timeout(left);
+        // A write that looked at the pause before it began may still be marking its
+        // regions dirty: a few instructions, no I/O.
+        while sh.completing.load(SeqCst) > 0 {
+            std::hint::spin_loop();
         }
-        let drained = t.elapsed();
         while sh.dirty_regions() > 0 {
             if !self.round() {
-                return true;
+                return;
             }
         }
         let pause = t.elapsed();
@@ -229,17 +204,14 @@ impl Copier<'_> {
         sh.paused.store(false, SeqCst);
         tracing::info!(
             pause_us = pause.as_micros() as u64,
-            drain_us = drained.as_micros() as u64,
             regions,
+            resent = sh.resent.load(Relaxed),
             "migration synced"
         );
-        true
     }
 }
 
 pub(crate) fn run(sh: &Shared) {
-    // The mirror's channels wake this thread when the final pause's writes drain.
-    let _ = sh.copier.set(std::thread::current());
     let open = |d: &std::sync::Arc<dyn lightpool_bdev::Bdev>, what: &str| {
         d.open_channel()
             .map_err(|e| format!("the copier cannot open the {what}: {e}"))
@@ -270,8 +242,6 @@ pub(crate) fn run(sh: &Shared) {
     // Convergence: the fewest dirty bytes after a round so far, the rounds since,
     // and the writer throttle's rate (0: off).
     let (mut best, mut stale, mut rate) = (u64::MAX, 0u32, 0u64);
-    // Pauses lifted because the writes in flight did not drain in time.
-    let mut tries = 0u32;
     let (mut t, mut copied) = (c.t0, 0u64);
     loop {
         let dirty = sh.dirty_regions() * sh.region_bytes();
@@ -283,14 +253,10 @@ pub(crate) fn run(sh: &Shared) {
         let est = Duration::from_nanos(sh.dirty_regions().saturating_mul(c.region_ns));
         let small = dirty <= sh.opts.final_dirty_bytes && est <= sh.opts.max_pause;
         if small || round >= sh.opts.max_rounds {
-            if c.stopped() || c.final_pause(tries >= sh.opts.pause_tries) {
-                return;
+            if !c.stopped() {
+                c.final_pause();
             }
-            // Writes went on after a pause that did not drain: as long again as they
-            // were held, then another round and another try.
-            tries += 1;
-            sh.pause_lifts.fetch_add(1, Relaxed);
-            std::thread::sleep(sh.opts.max_drain);
+            return;
         }
         if dirty < best {
             (best, stale) = (dirty, 0);

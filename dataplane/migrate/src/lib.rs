@@ -13,11 +13,19 @@
 //!   (the copy may have read the source before the write and written the destination
 //!   after it), so the next round copies it again. Nothing else dirties a region: the
 //!   mirror keeps the destination current for every write the copy does not race.
-//! - Convergence: once the dirty bytes are at most `final_dirty_bytes`, or after
-//!   `max_rounds`, the copier pauses new writes (they wait in their channels, no I/O
-//!   fails), waits for the writes in flight, copies what is still dirty and lets the
-//!   writes go: the destination is then identical to the source, and stays so through
-//!   the mirror (state [`State::Synced`]). The pause is measured and reported.
+//! - Convergence: once the dirty bytes are at most `final_dirty_bytes` and their copy
+//!   fits `max_pause`, or after `max_rounds`, the copier pauses new writes (they wait
+//!   in their channels, no I/O fails), copies what is still dirty and lets the writes
+//!   go: the destination then holds what the source holds, and stays so through the
+//!   mirror (state [`State::Synced`]). The pause is measured and reported.
+//! - The pause does not wait for the writes in flight, so a slow one cannot stretch it:
+//!   a mirrored write that completes once the pause has begun (or after it) and finds
+//!   that it raced a copy does not dirty its region (no later round would copy it);
+//!   it writes its own data to the destination again, after any copy of its regions
+//!   under way has ended, and completes only then. A copy can only have put older data
+//!   on that write's blocks, and a copy begun after the write reached the source reads
+//!   its data. The few writes between their look at the pause and their dirty mark
+//!   (no I/O among them) are waited for, so the pause sees every mark made before it.
 //! - A copy rate limit (bytes per second) bounds what the copy takes from the volume's
 //!   own I/O.
 //! - Writer throttle: when the dirty bytes have not shrunk for `throttle_after`
@@ -42,8 +50,8 @@ mod copier;
 mod tests;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::{JoinHandle, Thread};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lightpool_bdev::{Bdev, BdevError, BdevInfo, IoChannel};
@@ -100,14 +108,6 @@ pub struct MigrateOptions {
     /// The longest the final pause's copy of what is dirty is expected to take;
     /// until it fits, the copier runs another round (`max_rounds` bounds them).
     pub max_pause: Duration,
-    /// The longest the pause waits for the writes in flight (new writes held
-    /// meanwhile) before it lets the held writes go and tries again later.
-    pub max_drain: Duration,
-    /// Pauses lifted that way before one waits up to `drain_timeout`.
-    pub pause_tries: u32,
-    /// Longest wait for the writes in flight at the last pause before the migration
-    /// fails (writes are let go again).
-    pub drain_timeout: Duration,
     /// Rounds without fewer dirty bytes before new writes are throttled (0: never).
     pub throttle_after: u32,
     /// The longest a throttled write is held back.
@@ -122,9 +122,6 @@ impl Default for MigrateOptions {
             max_rounds: 16,
             final_dirty_bytes: 8 << 20,
             max_pause: Duration::from_millis(5),
-            max_drain: Duration::from_millis(5),
-            pause_tries: 8,
-            drain_timeout: Duration::from_secs(10),
             throttle_after: 2,
             max_write_delay: Duration::from_millis(10),
         }
@@ -174,8 +171,11 @@ pub(crate) struct Shared {
     pub(crate) state: AtomicU8,
     /// Writes are held (the final pause).
     pub(crate) paused: AtomicBool,
-    /// Writes submitted to the inner devices and not completed, every channel.
-    pub(crate) writes_in_flight: AtomicU64,
+    /// Mirrored writes between their look at the pause and their dirty mark.
+    pub(crate) completing: AtomicU64,
+    /// Writes that raced a copy once no round would follow and wrote their data to the
+    /// destination again.
+    pub(crate) resent: AtomicU64,
     pub(crate) round: AtomicU32,
     pub(crate) copied: AtomicU64,
     /// Regions round 1 has not reached yet.
@@ -189,15 +189,10 @@ pub(crate) struct Shared {
     pub(crate) throttle_ns_per_kib: AtomicU64,
     /// The shared clock: nanoseconds since `started` from which the next write may go.
     pub(crate) throttle_next: AtomicU64,
-    /// The copier thread, which parks at the final pause until the writes in flight
-    /// drain: the mirrored write that completes last unparks it.
-    pub(crate) copier: OnceLock<Thread>,
     /// How many times the copier polled its channels (it sleeps between polls).
     pub(crate) copy_polls: AtomicU64,
     /// Regions dirty when the final pause began.
     pub(crate) pause_regions: AtomicU64,
-    /// Pauses lifted because the writes in flight did not drain within `max_drain`.
-    pub(crate) pause_lifts: AtomicU32,
 }
 
 impl Shared {
@@ -229,15 +224,16 @@ impl Shared {
         )
     }
 
-    /// A mirrored write counted in `writes_in_flight` is out (completed, or held at
-    /// the pause): the last one out while writes are paused wakes the copier, which
-    /// waits for it (a futex wake when it is parked; no lock, no allocation).
-    pub(crate) fn write_out(&self) {
-        if self.writes_in_flight.fetch_sub(1, SeqCst) == 1 && self.paused.load(SeqCst) {
-            if let Some(t) = self.copier.get() {
-                t.unpark();
-            }
-        }
+    /// No round follows any more (the final pause has begun, or the copy is synced):
+    /// a write that raced a copy sends its data to the destination again instead of
+    /// dirtying its region.
+    pub(crate) fn late(&self) -> bool {
+        self.paused.load(SeqCst) || self.state() == State::Synced
+    }
+
+    /// Whether no copy of regions `first..=last` is under way (every generation even).
+    pub(crate) fn uncopied_now(&self, first: u64, last: u64) -> bool {
+        (first..=last).all(|r| self.gen[r as usize].load(SeqCst).is_multiple_of(2))
     }
 
     pub(crate) fn mark_dirty(&self, region: u64) {
@@ -379,7 +375,8 @@ impl Migration {
             gen: (0..regions).map(|_| AtomicU32::new(0)).collect(),
             state: AtomicU8::new(State::Copying as u8),
             paused: AtomicBool::new(false),
-            writes_in_flight: AtomicU64::new(0),
+            completing: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
             round: AtomicU32::new(1),
             copied: AtomicU64::new(0),
             uncopied: AtomicU64::new(regions),
@@ -389,10 +386,8 @@ impl Migration {
             started: Instant::now(),
             throttle_ns_per_kib: AtomicU64::new(0),
             throttle_next: AtomicU64::new(0),
-            copier: OnceLock::new(),
             copy_polls: AtomicU64::new(0),
             pause_regions: AtomicU64::new(0),
-            pause_lifts: AtomicU32::new(0),
             opts,
         });
         let info = BdevInfo {
