@@ -709,7 +709,10 @@ fn a_write_stuck_in_flight_does_not_hold_the_pause_and_rewrites_the_destination(
     release.store(true, SeqCst);
     let t0 = Instant::now();
     while st.is_none() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the write never completed");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the write never completed"
+        );
         ch.poll(&mut |t, s| st = Some((t, s)));
     }
     assert_eq!(st, Some((7, IoStatus::Success)));
