@@ -189,9 +189,10 @@ impl Copier<'_> {
         let t = Instant::now();
         sh.paused.store(true, SeqCst);
         // A write that looked at the pause before it began may still be marking its
-        // regions dirty: a few instructions, no I/O.
+        // regions dirty: a few instructions, no I/O (yielding: its reactor may share
+        // this core).
         while sh.completing.load(SeqCst) > 0 {
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
         while sh.dirty_regions() > 0 {
             if !self.round() {
