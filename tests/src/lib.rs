@@ -11,6 +11,7 @@
 pub mod certs;
 pub mod cli;
 mod cpio;
+pub mod guest_sh;
 mod host;
 pub mod netshim;
 pub mod nvme_host;

@@ -19,6 +19,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use engine::{assert_root, scrape, sum, Served};
+use lightpool_e2e::guest_sh::{FIO_VERIFY, NS_DEV};
 use lightpool_e2e::{run_guest, GuestConfig};
 use lightpool_xdp::testing::VethPair;
 
@@ -107,26 +108,12 @@ for d in /sys/class/net/*; do [ "$(cat $d/address)" = "{MAC}" ] && IF=${{d##*/}}
 ip link set $IF up
 ip addr add 10.{NET}.0.9/24 dev $IF
 {pings}say "link up on $IF"
-ns_dev() {{
-    for i in $(seq 1 200); do
-        for d in /dev/nvme*n1; do [ -b "$d" ] && {{ echo $d; return 0; }}; done
-        sleep 0.1
-    done
-    return 1
-}}
-verify() {{
-    fio --name=$1 --filename=$DEV --ioengine=libaio --direct=1 --iodepth=16 --rw=randwrite \
-        --bs=$2 --size=16M --verify=crc32c --verify_fatal=1 --randrepeat=1 \
-        --output-format=terse --terse-version=3 > /tmp/$1.out 2>/tmp/$1.err || {{ cat /tmp/$1.err; return 1; }}
-    say "fio $1 errors=$(cut -d';' -f5 /tmp/$1.out) write_kb=$(cut -d';' -f47 /tmp/$1.out) read_kb=$(cut -d';' -f6 /tmp/$1.out)"
-    [ "$(cut -d';' -f5 /tmp/$1.out)" = 0 ]
-}}
-through() {{
+{NS_DEV}{FIO_VERIFY}through() {{
     nvme connect -t tcp -a $2 -s 4420 -n $NQN --nr-io-queues=2 $3 > /dev/null || fail "connect through $1"
     DEV=$(ns_dev) || fail "no namespace through $1"
     say "connected through $1: $DEV"
-    verify $1-4k 4k || fail "fio 4 KiB through $1"
-    verify $1-128k 128k || fail "fio 128 KiB through $1"
+    verify $1-4k 4k 16 || fail "fio 4 KiB through $1"
+    verify $1-128k 128k 16 || fail "fio 128 KiB through $1"
     nvme disconnect -n $NQN > /dev/null || fail "disconnect from $1"
     sleep 1
 }}

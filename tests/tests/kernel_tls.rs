@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use lightpool_e2e::guest_sh::{FIO_VERIFY, NS_DEV};
 use lightpool_e2e::tls::{start_target_shell, tls_target_config, TlsListener};
 use lightpool_e2e::{guest_release_binaries, run_guest, GuestConfig};
 use lightpool_nvmf::tls::{ConfiguredPsk, Derivation, IdentityVersion, PskHash};
@@ -64,23 +65,9 @@ say "inserted key $KEY"
 grep "$(printf %08x $KEY)" /proc/keys | sed 's/^/KEYS: /'
 
 # The namespace's block device (the guest has no other NVMe device).
-ns_dev() {{
-    for i in $(seq 1 200); do
-        for d in /dev/nvme*n1; do [ -b "$d" ] && {{ echo $d; return 0; }}; done
-        sleep 0.1
-    done
-    return 1
-}}
-# The host ID goes with the host NQN (the kernel refuses the default host's ID with another NQN).
+{NS_DEV}# The host ID goes with the host NQN (the kernel refuses the default host's ID with another NQN).
 connect() {{ echo "transport=tcp,traddr=127.0.0.1,trsvcid=$1,nqn=$NQN,hostnqn=$HOST,hostid=${{HOST##*:}}$2" > /dev/nvme-fabrics; }}
-verify() {{
-    fio --name=$1 --filename=$DEV --ioengine=libaio --direct=1 --iodepth=8 --rw=randwrite \
-        --bs=$2 --size=16M --verify=crc32c --verify_fatal=1 --randrepeat=1 \
-        --output-format=terse --terse-version=3 > /tmp/$1.out 2>/tmp/$1.err || {{ cat /tmp/$1.err; return 1; }}
-    say "fio $1 errors=$(cut -d';' -f5 /tmp/$1.out) write_kb=$(cut -d';' -f47 /tmp/$1.out) read_kb=$(cut -d';' -f6 /tmp/$1.out)"
-    [ "$(cut -d';' -f5 /tmp/$1.out)" = 0 ]
-}}
-stats start
+{FIO_VERIFY}stats start
 connect 4420 ",tls,tls_key=$KEY" || fail "the TLS connect to 4420"
 DEV=$(ns_dev) || fail "no namespace"
 say "connected: $DEV"
