@@ -187,6 +187,9 @@ pub fn check_slot(p: &[u8], pool: Option<&[u8; 16]>, page: u32) -> Slot {
     if get_u32(p, H_PAGE) != page {
         return Slot::Bad("it says it is another page");
     }
+    if get_u64(p, H_SEQ) > MAX_SEQ {
+        return Slot::Bad("its sequence number is beyond any a pool reaches");
+    }
     Slot::Valid(Header {
         pool: id,
         page,
@@ -197,6 +200,12 @@ pub fn check_slot(p: &[u8], pool: Option<&[u8; 16]>, page: u32) -> Slot {
         lsn: get_u64(p, H_LSN),
     })
 }
+
+/// The highest sequence number a page copy may carry: each write of a page adds one,
+/// so a pool writing one page a million times a second reaches it after some 146,000
+/// years. A copy above it is corrupt (and one at `u64::MAX` could not be written
+/// after).
+pub const MAX_SEQ: u64 = 1 << 62;
 
 /// Of the two slots of a page (`both` is 2 x [`PAGE`] bytes: slot 0 then slot 1), the
 /// newer valid one: `Ok(Some((slot, header)))`; `Ok(None)` when both are blank, or one

@@ -172,28 +172,9 @@ fn a_cluster_owned_twice_is_refused() {
 /// check). It must be refused as corrupt, and nothing written.
 #[test]
 fn a_deletion_that_would_orphan_a_clone_is_refused() {
-    // The fuzz input: a flags byte (1: re-seal pages), then records of a 4 KiB slot
-    // number, a length and that many bytes of the metadata area.
     let input = include_bytes!("data/dangling-parent.fuzz");
-    let mut img = vec![0u8; 256 * PAGE];
-    let mut rest = &input[1..];
-    while rest.len() >= 3 {
-        let slot = usize::from(rest[0]);
-        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(PAGE);
-        rest = &rest[3..];
-        let n = len.min(rest.len());
-        img[slot * PAGE..slot * PAGE + n].copy_from_slice(&rest[..n]);
-        rest = &rest[n..];
-    }
     assert_eq!(input[0] & 1, 1, "the input re-seals its pages");
-    for p in img.chunks_mut(PAGE) {
-        if &p[..8] == b"LPPOOLMD" {
-            let c = crc32c::crc32c(&p[..60]);
-            let c = crc32c::crc32c_append(c, &[0; 4]);
-            let c = crc32c::crc32c_append(c, &p[64..]);
-            p[60..64].copy_from_slice(&c.to_le_bytes());
-        }
-    }
+    let img = fuzz_image(input);
     let dev = MallocBdev::new("ram-fuzz", 4 * MIB, 4096).unwrap();
     let d: Arc<dyn Bdev> = dev.clone();
     poke(&d, 0, &img);
@@ -204,4 +185,68 @@ fn a_deletion_that_would_orphan_a_clone_is_refused() {
         "{e}"
     );
     assert!(image(&d) == before, "a refused pool was written to");
+}
+
+/// The metadata area a `pool_meta` fuzz input describes: a flags byte (1: re-seal
+/// pages), then records of a 4 KiB slot number, a length and that many bytes; pages
+/// with the magic get their right CRC when the flag asks (as the fuzz target does).
+fn fuzz_image(input: &[u8]) -> Vec<u8> {
+    let mut img = vec![0u8; 256 * PAGE];
+    let mut rest = &input[1..];
+    while rest.len() >= 3 {
+        let slot = usize::from(rest[0]);
+        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(PAGE);
+        rest = &rest[3..];
+        let n = len.min(rest.len());
+        img[slot * PAGE..slot * PAGE + n].copy_from_slice(&rest[..n]);
+        rest = &rest[n..];
+    }
+    if input[0] & 1 == 1 {
+        for p in img.chunks_mut(PAGE) {
+            if &p[..8] == b"LPPOOLMD" {
+                let c = crc32c::crc32c(&p[..60]);
+                let c = crc32c::crc32c_append(c, &[0; 4]);
+                let c = crc32c::crc32c_append(c, &p[64..]);
+                p[60..64].copy_from_slice(&c.to_le_bytes());
+            }
+        }
+    }
+    img
+}
+
+/// Found by fuzzing (fuzz target pool_meta, input in tests/data/seq-at-max.fuzz): a
+/// metadata page whose copy carries the sequence number `u64::MAX` (its checksum
+/// right). The open took it as the newest copy, and the first write of that page
+/// added one to it: an overflow (a panic with overflow checks; without them the
+/// sequence wraps to 0 and the next open would take the older copy for the newer).
+/// A copy above `MAX_SEQ` is corrupt now: the open uses the page's other copy or
+/// refuses the pool, and never panics.
+#[test]
+fn a_page_copy_with_an_impossible_sequence_number_is_not_taken() {
+    let input = include_bytes!("data/seq-at-max.fuzz");
+    let img = fuzz_image(input);
+    let seqs: Vec<u64> = img
+        .chunks(PAGE)
+        .filter(|p| &p[..8] == b"LPPOOLMD")
+        .map(|p| u64::from_le_bytes(p[32..40].try_into().unwrap()))
+        .collect();
+    assert!(
+        seqs.iter().any(|&s| s > crate::format::MAX_SEQ),
+        "the input has no such copy: {seqs:?}"
+    );
+    let dev = MallocBdev::new("ram-fuzz-seq", 4 * MIB, 4096).unwrap();
+    let d: Arc<dyn Bdev> = dev.clone();
+    poke(&d, 0, &img);
+    let before = image(&d);
+    match Pool::open(d.clone(), "fuzz", &PoolOptions::default(), false) {
+        Ok((pool, _)) => {
+            pool.check()
+                .expect("a pool that opened passes its own check");
+        }
+        // Here the copy is the superblock's only one: no pool (and nothing written).
+        Err(e) => {
+            assert!(e.to_string().contains("superblock"), "{e}");
+            assert!(image(&d) == before, "a refused pool was written to");
+        }
+    }
 }
