@@ -759,6 +759,18 @@ impl<'a> Loader<'a> {
                 }
             }
         }
+        // An operation holds the pool's operation lock: no volume is both being deleted
+        // and the new half of a snapshot that was never committed.
+        if let Some(slot) = plan.deleting.iter().find(|s| plan.uncommitted.contains(s)) {
+            let name = self
+                .heads
+                .iter()
+                .find(|(s, _)| s == slot)
+                .map_or("?", |(_, h)| h.name.as_str());
+            return Err(self.corrupt(format!(
+                "volume {name:?} is both being deleted and the new volume of a snapshot never committed"
+            )));
+        }
         // The replay removes the deleting and the uncommitted: none may leave a clone
         // behind but the one a deleting snapshot hands its clusters to (a snapshot with
         // more clones is never deleted), or that clone would name a parent that is gone.
