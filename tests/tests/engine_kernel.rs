@@ -63,7 +63,13 @@ fn plumb(pair: &VethPair) -> (String, String, String) {
         pair.exec(&pair.ns_b, argv)
             .unwrap_or_else(|e| panic!("{argv:?} in the peer namespace: {e}"))
     };
-    a(&["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"]);
+    // Through /proc (per network namespace) rather than sysctl(8): procps is not among
+    // the packages the set-up installs.
+    a(&[
+        "sh",
+        "-c",
+        "echo 1 > /proc/sys/net/ipv4/conf/all/arp_ignore",
+    ]);
     // No ARP from the kernel on DPDK's port (the userspace stack answers for its own).
     a(&["ip", "link", "set", &a2, "arp", "off", "up"]);
     a(&["ip", "addr", "add", &format!("10.{NET}.0.4/24"), "dev", &a3]);

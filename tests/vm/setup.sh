@@ -43,6 +43,8 @@ HOST_PKGS=(qemu-system-x86 busybox-static cpio xz-utils nvme-cli fio kmod libc-b
 # BPF target against libbpf-dev's headers; its veth test pings the interface the
 # kernel keeps (ethtool, above, turns the peer's offloads off).
 HOST_PKGS+=(clang libbpf-dev iputils-ping)
+# curl: the engine tests read the target's metrics page from inside its namespace.
+HOST_PKGS+=(curl)
 
 # Modules the guest loads, by name as modprobe knows them; their dependencies
 # come from modules.dep. A name that is built into the kernel is skipped.
