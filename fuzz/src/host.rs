@@ -231,11 +231,15 @@ impl Host {
     /// Polls until nothing happens; a connection that keeps reporting work while no
     /// byte moves in or out for many polls is spinning. (A slow reader may take many
     /// polls to drain a large response: that is progress.)
+    ///
+    /// The clock stands still for the loop (one reading): a reading per poll was a
+    /// tenth of each execution, and no timer of the connection is due within it.
     pub fn poll_quiet(&mut self) {
         let mut still = 0;
         let mut last = self.progress();
+        let now = Instant::now();
         while still < MAX_POLLS {
-            let w = self.conn.poll(Instant::now());
+            let w = self.conn.poll(now);
             if self.conn.is_closed() {
                 self.terminated = true;
                 return;
@@ -255,8 +259,9 @@ impl Host {
         self.pipe.pipe().eof = true;
         let mut still = 0;
         let mut last = self.progress();
+        let now = Instant::now();
         while still < MAX_POLLS {
-            self.conn.poll(Instant::now());
+            self.conn.poll(now);
             if self.conn.is_closed() {
                 let _ = self.take_out();
                 return;
