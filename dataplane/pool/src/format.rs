@@ -162,10 +162,18 @@ pub enum Slot {
     Bad(&'static str),
 }
 
+/// Whether `p` is all zeroes (never written), compared a page at a time against a
+/// zero page: memcmp's work, where a byte loop was a quarter of an open's time under
+/// the fuzzer's coverage instrumentation (and is slower without it too).
+pub fn is_blank(p: &[u8]) -> bool {
+    static ZEROES: [u8; PAGE] = [0; PAGE];
+    p.chunks(PAGE).all(|c| c == &ZEROES[..c.len()])
+}
+
 /// Checks one slot. `pool` is the pool's id, or `None` to accept any (the superblock,
 /// read before the pool's id is known).
 pub fn check_slot(p: &[u8], pool: Option<&[u8; 16]>, page: u32) -> Slot {
-    if p.iter().all(|&b| b == 0) {
+    if is_blank(p) {
         return Slot::Blank;
     }
     if p[..8] != MAGIC {

@@ -17,7 +17,7 @@ use crate::alloc;
 use crate::arena::Arena;
 use crate::ctlio::{Buf, CtlIo};
 use crate::format::{
-    self, flags, Head, Kind, LogRecord, Super, MAP_ENTRIES, PAGE, TABLE_ENTRIES, ZERO,
+    self, flags, is_blank, Head, Kind, LogRecord, Super, MAP_ENTRIES, PAGE, TABLE_ENTRIES, ZERO,
 };
 use crate::meta::page_offset;
 use crate::pool::{now_secs, random, Extents, OpenReport, Pool};
@@ -43,7 +43,7 @@ impl Pool {
         let mut io = CtlIo::open(&dev)?;
         let mut b = Buf::new(2 * PAGE);
         io.read(0, &mut b, "reading the superblock")?;
-        if b.as_slice().iter().all(|&x| x == 0) {
+        if is_blank(b.as_slice()) {
             if !create_blank {
                 return Err(PoolError::NotAPool {
                     device: devname,

@@ -157,3 +157,24 @@ fn map_pages_drop_the_in_memory_flags() {
         vec![5, 7, ZERO, 0, 0]
     );
 }
+
+#[test]
+fn blank_means_every_byte_zero_across_pages_and_short_tails() {
+    let mut b = vec![0u8; 2 * PAGE + 100];
+    assert!(is_blank(&b));
+    assert!(is_blank(&b[..0]));
+    assert!(is_blank(&b[..17]));
+    for at in [0, 1, PAGE - 1, PAGE, PAGE + 2049, 2 * PAGE, 2 * PAGE + 99] {
+        b[at] = 0x80;
+        assert!(!is_blank(&b), "a byte set at {at} is not blank");
+        b[at] = 0;
+    }
+    let mut p = vec![0u8; PAGE];
+    p[PAGE - 1] = 1;
+    assert_eq!(
+        check_slot(&p, None, 0),
+        Slot::Bad("it does not start with the pool metadata magic")
+    );
+    p[PAGE - 1] = 0;
+    assert_eq!(check_slot(&p, None, 0), Slot::Blank);
+}
