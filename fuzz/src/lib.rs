@@ -193,8 +193,13 @@ impl Mem {
 
     /// From now on, reads and writes move the chunk sizes of `spec` (as [`Mem::new`]).
     pub fn set_chunks(&self, spec: &[u8]) {
+        self.set_chunks_in(spec, 1);
+    }
+
+    /// As [`Mem::set_chunks`], each chunk `unit` times as large (`unit` to 256 `unit`s).
+    pub fn set_chunks_in(&self, spec: &[u8], unit: usize) {
         let mut p = self.pipe();
-        p.chunks = spec.iter().map(|&b| usize::from(b) + 1).collect();
+        p.chunks = spec.iter().map(|&b| (usize::from(b) + 1) * unit).collect();
         p.next = 0;
     }
 
