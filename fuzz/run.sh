@@ -2,7 +2,8 @@
 # The fuzz targets (docs/fuzzing.md): cargo fuzz with libFuzzer on the stable toolchain.
 #
 #   fuzz/run.sh short [TARGET...]   CI's pass: 20 s per target (FUZZ_SECONDS)
-#   fuzz/run.sh long  [TARGET...]   1e8 executions per target (FUZZ_RUNS), or FUZZ_SECONDS
+#   fuzz/run.sh long  [TARGET...]   1e8 executions per target (FUZZ_RUNS), or FUZZ_SECONDS;
+#                                   FUZZ_WORKERS=N: N processes a target, the runs split
 #   fuzz/run.sh build               build only
 #   fuzz/run.sh seeds               rewrite fuzz/seeds/ with the project's own writers
 #
@@ -49,21 +50,52 @@ bin() {
 }
 
 # run TARGET LIBFUZZER-ARGS...: prints "TARGET: N runs, E exec/s"; non-zero on a finding.
+# With WORKERS > 1, that many processes fuzz the one corpus directory (each reloads
+# what the others add to it), each with its own log (TARGET.log, TARGET.w2.log, ...);
+# their counts add up.
 run() {
-    local t=$1 log rc=0
+    local t=$1 rc=0 w workers=${WORKERS:-1}
     shift
     mkdir -p "$CACHE/corpus/$t" "$CACHE/artifacts"
-    log=$CACHE/$t.log
     local dict=()
     [[ ! -f fuzz/dict/$t.dict ]] || dict=(-dict="fuzz/dict/$t.dict")
-    "$(bin "$t")" "${dict[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-        -artifact_prefix="$CACHE/artifacts/$t-" "$@" "$CACHE/corpus/$t" "fuzz/seeds/$t" >"$log" 2>&1 || rc=$?
-    local runs secs
-    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-    secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
-    echo "$t: ${runs:-?} runs in ${secs:-?} s ($(( ${runs:-0} / (${secs:-0} > 0 ? ${secs:-1} : 1) )) exec/s)$([[ $rc == 0 ]] || echo "  FAILED (exit $rc, log $log)")"
+    local cmd=("$(bin "$t")" "${dict[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+        -artifact_prefix="$CACHE/artifacts/$t-" "$@" "$CACHE/corpus/$t" "fuzz/seeds/$t")
+    local logs=("$CACHE/$t.log") pids=()
+    if [[ $workers -le 1 ]]; then
+        "${cmd[@]}" >"${logs[0]}" 2>&1 || rc=$?
+    else
+        for ((w = 2; w <= workers; w++)); do logs+=("$CACHE/$t.w$w.log"); done
+        for log in "${logs[@]}"; do
+            "${cmd[@]}" >"$log" 2>&1 &
+            pids+=($!)
+        done
+        # The first to fail (a finding) stops the others.
+        local live=("${pids[@]}") st id p next
+        while ((${#live[@]} > 0)); do
+            st=0
+            wait -n -p id "${live[@]}" || st=$?
+            next=()
+            for p in "${live[@]}"; do [[ $p == "$id" ]] || next+=("$p"); done
+            live=("${next[@]}")
+            if [[ $st != 0 && $rc == 0 ]]; then
+                rc=$st
+                kill -INT "${live[@]}" 2>/dev/null || true
+            fi
+        done
+    fi
+    local runs=0 secs=0 n s log
+    for log in "${logs[@]}"; do
+        n=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+        s=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
+        runs=$((runs + ${n:-0}))
+        [[ ${s:-0} -le $secs ]] || secs=$s
+    done
+    local rate="? s"
+    [[ $secs == 0 ]] || rate="$secs s ($((runs / secs)) exec/s)"
+    echo "$t: $runs runs in $rate$([[ $workers -le 1 ]] || echo ", $workers processes")$([[ $rc == 0 ]] || echo "  FAILED (exit $rc, logs ${logs[*]})")"
     if [[ $rc != 0 ]]; then
-        grep -E -A12 'panicked at|==fuzz==|ERROR: libFuzzer' "$log" | head -40 >&2
+        grep -E -A12 'panicked at|==fuzz==|ERROR: libFuzzer' "${logs[@]}" | head -40 >&2
     fi
     return $rc
 }
@@ -90,10 +122,12 @@ case $mode in
         ;;
     long)
         build
+        WORKERS=${FUZZ_WORKERS:-1}
         if [[ -n ${FUZZ_SECONDS:-} ]]; then
             ARGS=(-max_total_time="$FUZZ_SECONDS")
         else
-            ARGS=(-runs="${FUZZ_RUNS:-100000000}")
+            runs=${FUZZ_RUNS:-100000000}
+            ARGS=(-runs="$(((runs + WORKERS - 1) / WORKERS))")
         fi
         pass "${sel[@]}"
         ;;
