@@ -225,8 +225,13 @@ pub fn validate_volume_against(spec: &VolumeSpec, pools: &[StoragePool]) -> Resu
         .collect();
     let list = |set: &mut dyn Iterator<Item = &str>| set.collect::<Vec<_>>().join(", ");
 
+    // A pool whose agent has not yet reported its capacity (status still absent: the
+    // agent writes the pool, then its status) says nothing about what fits; counting
+    // it as 0 B refused a volume created in that window. With no pool reported, the
+    // volume waits like one with no pools at all.
     if let Some(biggest) = pools
         .iter()
+        .filter(|p| p.status.is_some())
         .max_by_key(|p| pool_limit(p, spec.provisioning))
     {
         let limit = pool_limit(biggest, spec.provisioning);

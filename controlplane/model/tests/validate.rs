@@ -156,6 +156,26 @@ fn size_beyond_any_pool_names_the_largest() {
 }
 
 #[test]
+fn a_pool_not_yet_reported_does_not_refuse_a_size() {
+    // The agent writes the pool, then its status: in between its capacity is unknown,
+    // not 0 B, and a volume created then must wait, not be refused.
+    let mut new = pool("pool-a", "node-a", 100 * GIB, 100);
+    new.status = None;
+    assert_eq!(
+        validate_volume_against(&spec("32Mi"), std::slice::from_ref(&new)),
+        Ok(32 << 20)
+    );
+    // Beside a reported pool, only the reported one decides.
+    let pools = [new, pool("pool-b", "node-b", 10 * GIB, 100)];
+    assert_eq!(validate_volume_against(&spec("8Gi"), &pools), Ok(8 * GIB));
+    let m = message(validate_volume_against(&spec("20Gi"), &pools));
+    assert!(
+        m.contains("the largest, pool-b on node node-b, holds 10 GiB"),
+        "{m}"
+    );
+}
+
+#[test]
 fn unknown_nodes_and_pools_in_affinity() {
     let pools = [pool("pool-a", "node-a", 100 * GIB, 100)];
     let mut s = spec("1Gi");
