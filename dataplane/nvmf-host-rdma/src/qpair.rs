@@ -34,6 +34,9 @@ const RECV_BIT: u64 = 1 << 63;
 const POLL_BATCH: usize = 32;
 /// How often an idle poll reads the RDMA_CM event channel (a system call).
 const CM_EVERY: Duration = Duration::from_millis(1);
+/// How long a flushed work request waits for the RDMA_CM event that explains it: the
+/// flush can reach the CQ before the DISCONNECTED event reaches the channel.
+const FLUSH_EXPLAINED: Duration = Duration::from_millis(200);
 
 /// Where a command stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -430,14 +433,7 @@ impl RdmaQpair {
             for k in 0..n {
                 let wc = self.wcs[k];
                 if wc.status != ibv_wc_status::IBV_WC_SUCCESS {
-                    return Err(InitiatorError::Protocol {
-                        addr: self.peer,
-                        qid: self.qid,
-                        msg: format!(
-                            "a work request failed (status {}): the target ended the queue",
-                            wc.status
-                        ),
-                    });
+                    return Err(self.failed(wc.status));
                 }
                 if wc.wr_id & RECV_BIT != 0 {
                     let i = (wc.wr_id & !RECV_BIT) as usize;
@@ -497,6 +493,38 @@ impl RdmaQpair {
         match self.ended {
             Some(kind) => Err(self.ended_error(kind)),
             None => Ok(()),
+        }
+    }
+
+    /// The error of a queue one of whose work requests completed with `status`. The
+    /// RDMA_CM events are read first (a flush is waited on for [`FLUSH_EXPLAINED`]): a
+    /// flushed request means the queue pair went to the error state, and when the
+    /// connection's end explains that, the end is the error (a target that
+    /// disconnects is [`InitiatorError::Closed`], not a protocol error), whichever of
+    /// the two the host happened to see first.
+    fn failed(&mut self, status: u32) -> InitiatorError {
+        let wait = if status == ibv_wc_status::IBV_WC_WR_FLUSH_ERR {
+            FLUSH_EXPLAINED
+        } else {
+            Duration::ZERO
+        };
+        let deadline = Instant::now() + wait;
+        while self.ended.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.ch.wait_event(left) {
+                Ok(Some(e)) if ends_connection(e.kind) => self.ended = Some(e.kind),
+                Ok(Some(_)) => {}
+                // Nothing (more) came, or the channel failed: the status stands.
+                Ok(None) | Err(_) => break,
+            }
+        }
+        match self.ended {
+            Some(kind) => self.ended_error(kind),
+            None => InitiatorError::Protocol {
+                addr: self.peer,
+                qid: self.qid,
+                msg: format!("a work request failed (status {status}): the target ended the queue"),
+            },
         }
     }
 
