@@ -483,17 +483,28 @@ impl RdmaQpair {
     fn watch_cm(&mut self) -> Result<(), InitiatorError> {
         if self.ended.is_none() && self.cm_checked.elapsed() >= CM_EVERY {
             self.cm_checked = Instant::now();
-            while let Some(e) = self.ch.next_event().map_err(|e| rdma_err(self.peer, e))? {
-                if ends_connection(e.kind) {
-                    self.ended = Some(e.kind);
-                    break;
-                }
-            }
+            self.read_cm(Duration::ZERO)
+                .map_err(|e| rdma_err(self.peer, e))?;
         }
         match self.ended {
             Some(kind) => Err(self.ended_error(kind)),
             None => Ok(()),
         }
+    }
+
+    /// Reads the RDMA_CM events waiting, and waits up to `wait` for more, until one
+    /// ends the connection (recorded in `ended`); other events are passed over.
+    fn read_cm(&mut self, wait: Duration) -> Result<(), RdmaError> {
+        let deadline = Instant::now() + wait;
+        while self.ended.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.ch.wait_event(left)? {
+                Some(e) if ends_connection(e.kind) => self.ended = Some(e.kind),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     /// The error of a queue one of whose work requests completed with `status`. The
@@ -508,16 +519,8 @@ impl RdmaQpair {
         } else {
             Duration::ZERO
         };
-        let deadline = Instant::now() + wait;
-        while self.ended.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.ch.wait_event(left) {
-                Ok(Some(e)) if ends_connection(e.kind) => self.ended = Some(e.kind),
-                Ok(Some(_)) => {}
-                // Nothing (more) came, or the channel failed: the status stands.
-                Ok(None) | Err(_) => break,
-            }
-        }
+        // A channel that fails leaves the work request's status as the error.
+        let _ = self.read_cm(wait);
         match self.ended {
             Some(kind) => self.ended_error(kind),
             None => InitiatorError::Protocol {
