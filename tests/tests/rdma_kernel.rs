@@ -74,6 +74,16 @@ done
 # The same over IPv6: a ULA on the rxe interface (no DAD wait), a second nvmet port.
 echo 0 > /proc/sys/net/ipv6/conf/$ifc/accept_dad
 ip -6 addr add fd00::15/64 dev $ifc
+# Without DAD the address is still tentative until the kernel's DAD work runs, and
+# nvmet-rdma cannot bind a tentative address (-EADDRNOTAVAIL, seen once in CI); busybox
+# ip has no `nodad`. Wait for the tentative flag (0x40, the fifth field of
+# /proc/net/if_inet6) to clear.
+addr_ready() {{
+    f=$(awk '$1 == "fd000000000000000000000000000015" {{ print $5 }}' /proc/net/if_inet6)
+    [ -n "$f" ] && [ $((0x$f & 0x40)) = 0 ]
+}}
+for i in $(seq 1 100); do addr_ready && break; sleep 0.1; done
+addr_ready || {{ say "fd00::15 still tentative after 10 s"; cat /proc/net/if_inet6; exit 1; }}
 mkdir $T/ports/2
 echo rdma > $T/ports/2/addr_trtype
 echo ipv6 > $T/ports/2/addr_adrfam
