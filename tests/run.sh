@@ -15,6 +15,9 @@ if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
 fi
 command -v cargo >/dev/null || { echo "tests/run.sh: cargo is not on PATH" >&2; exit 1; }
 
+# Free disk where the build goes: a full disk kills the linker with SIGBUS, which says
+# nothing about space itself.
+disk_free() { df -h --output=avail . 2>/dev/null | tail -n 1 | tr -d ' '; }
 TIMINGS=()
 phase() {
     local name=$1 t0 ms rc=0 free
@@ -23,9 +26,7 @@ phase() {
     t0=$(date +%s%N)
     "$@" || rc=$?
     ms=$((($(date +%s%N) - t0) / 1000000))
-    # Free disk where the build goes, after each phase: a full disk kills the linker
-    # with SIGBUS, which says nothing about space itself.
-    free=$(df -h --output=avail . 2>/dev/null | tail -n 1 | tr -d ' ')
+    free=$(disk_free)
     TIMINGS+=("$(printf '%-36s %5d.%d s  (disk free after: %s)' "$name" $((ms / 1000)) $((ms % 1000 / 100)) "${free:-?}")$([[ $rc == 0 ]] || echo "  FAILED (exit $rc)")")
     return $rc
 }
@@ -35,7 +36,7 @@ summary() {
 }
 trap summary EXIT
 
-echo "==> disk free at start: $(df -h --output=avail . | tail -n 1 | tr -d ' ') (a clean run needs about 10 GB: see README)"
+echo "==> disk free at start: $(disk_free) (a clean run needs about 10 GB: see README)"
 phase "setup (tests/vm/setup.sh)" ./tests/vm/setup.sh
 # deploy/ manifests, offline, strict, oldest and newest Kubernetes supported.
 phase "validate manifests (kubernetes-validate)" ./tests/validate-manifests.sh

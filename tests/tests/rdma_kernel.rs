@@ -71,7 +71,7 @@ for job in "randwrite 4096 32768:49152" "randread 4096 32768:49152" \
     perf_run "$1-$2${{4:-}}" -r "$R" -w $1 -o $2 --range $3 -q 16 -t 2 --verify \
         --connect-timeout 10 ${{4:-}}
 done
-# The same over IPv6: a ULA on the rxe interface (no DAD wait), a second nvmet port.
+# The same over IPv6: a ULA on the rxe interface (DAD off), a second nvmet port.
 echo 0 > /proc/sys/net/ipv6/conf/$ifc/accept_dad
 ip -6 addr add fd00::15/64 dev $ifc
 # Without DAD the address is still tentative until the kernel's DAD work runs, and
